@@ -1,0 +1,50 @@
+"""The ``blockseg`` command. Thin: parses options, calls the library, reports errors.
+
+Each subcommand lives in its own module of this package with two functions:
+``register(subparsers)`` adds its parser (every option with a help text) and sets
+``func=run``; ``run(args) -> int`` does the work through :mod:`blockseg`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from blockseg import BlocksegError, __version__
+
+#: subcommand modules, in the order ``blockseg --help`` lists them
+COMMANDS = ["synth", "import_cmd", "info"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blockseg",
+        description="Blockwise, seamless 3D nuclei segmentation of large zarr volumes on Dask. "
+        "Axes are (z, y, x) everywhere; voxel sizes are in micrometres.",
+    )
+    parser.add_argument("--version", action="version", version=f"blockseg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"blockseg_cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BlocksegError as exc:
+        if args.debug:
+            raise
+        print(f"blockseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"blockseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Options shared by several subcommands, so they read the same everywhere."""
+
+from __future__ import annotations
+
+import argparse
+
+from blockseg.cluster import ClusterConfig, cluster_config_from_args
+
+
+def add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """--scheduler, --workers, --memory-limit, --gpu, --no-progress."""
+    g = parser.add_argument_group("dask cluster")
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="address of an existing dask scheduler (tcp://host:8786); default: start a LocalCluster",
+    )
+    g.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: one per core)")
+    g.add_argument(
+        "--memory-limit", metavar="SIZE", help="memory limit per local worker, e.g. 4GiB (default: 90%% of RAM shared)"
+    )
+    g.add_argument("--gpu", action="store_true", help="one local worker per GPU, GPU tasks only there")
+    g.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
+
+
+def cluster_config(args: argparse.Namespace) -> ClusterConfig:
+    return cluster_config_from_args(args.scheduler, args.workers, args.memory_limit, args.gpu)
+
+
+def triple(kind):
+    """argparse ``type`` helper is not enough for 1-or-3 values; used with nargs='+'."""
+
+    def convert(values):
+        if len(values) == 1:
+            values = values * 3
+        if len(values) != 3:
+            raise argparse.ArgumentTypeError("give one value or three (z y x)")
+        return tuple(kind(v) for v in values)
+
+    return convert
