@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -176,8 +177,9 @@ def run_blocks(
         else:
             from distributed import as_completed
 
+            token = uuid.uuid4().hex[:8]  # keys unique per call: a rerun never meets stale tasks
             futures = client.map(
-                func, ids, key=[f"{name}-{b}" for b in ids], resources=resources, retries=retries, pure=False
+                func, ids, key=[f"{name}-{token}-{b}" for b in ids], resources=resources, retries=retries, pure=False
             )
             index = {f.key: b for f, b in zip(futures, ids)}
             try:
@@ -185,8 +187,9 @@ def run_blocks(
                     results[index[fut.key]] = fut.result()
                     if advance:
                         advance()
-            finally:
+            except BaseException:
                 client.cancel(futures)
+                raise
     return [results[b] for b in ids]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from blockseg import BlocksegError
 from blockseg.cluster import ClusterConfig, cluster_config_from_args
 
 
@@ -27,14 +28,12 @@ def cluster_config(args: argparse.Namespace) -> ClusterConfig:
     return cluster_config_from_args(args.scheduler, args.workers, args.memory_limit, args.gpu)
 
 
-def triple(kind):
-    """argparse ``type`` helper is not enough for 1-or-3 values; used with nargs='+'."""
-
-    def convert(values):
-        if len(values) == 1:
-            values = values * 3
-        if len(values) != 3:
-            raise argparse.ArgumentTypeError("give one value or three (z y x)")
-        return tuple(kind(v) for v in values)
-
-    return convert
+def zyx(values, option: str, kind=int):
+    """One value (isotropic) or three (z y x) from an ``nargs="+"`` option; None passes through."""
+    if values is None:
+        return None
+    if len(values) == 1:
+        values = list(values) * 3
+    if len(values) != 3:
+        raise BlocksegError(f"{option} takes one value or three (z y x), got {len(values)}")
+    return tuple(kind(v) for v in values)
