@@ -187,21 +187,30 @@ def open_volume(path: str | os.PathLike, mode: str = "r", storage_options: dict 
     return Volume(array, voxel_size, path)
 
 
-def _prepare_destination(path: str, overwrite: bool) -> None:
+def check_destination(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raise :class:`BlocksegError` unless an output can be created at ``path``.
+
+    Call it before any work starts, so bad output paths fail fast and nothing is touched.
+    """
+    path = str(path)
     if _is_url(path):
         return
-    if os.path.lexists(path):
-        if not overwrite:
-            raise BlocksegError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+    if os.path.lexists(path) and not overwrite:
+        raise BlocksegError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise BlocksegError(f"{path}: parent directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise BlocksegError(f"{path}: parent directory {parent} is not writable")
+
+
+def _prepare_destination(path: str, overwrite: bool) -> None:
+    check_destination(path, overwrite)
+    if not _is_url(path) and os.path.lexists(path):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
 
 
 def create_volume(

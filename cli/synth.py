@@ -6,6 +6,7 @@ import argparse
 import json
 
 from blockseg.cluster import dask_client
+from blockseg.io import check_destination
 from blockseg.synth import PRESETS, SynthParams, synthesize
 
 from .options import add_cluster_options, cluster_config, zyx
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.voxel_size:
         kw["voxel_size"] = zyx(args.voxel_size, "--voxel-size", float)
     params = SynthParams(**kw, mask=args.mask, seed=args.seed)
+    check_destination(args.out, args.overwrite)  # fail before starting a cluster
     with dask_client(cluster_config(args)) as client:
         summary = synthesize(
             args.out,
