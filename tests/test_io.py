@@ -141,3 +141,10 @@ def test_import_real_crop_keeps_voxel_size(tmp_path, real_data):
     assert vol.voxel_size == pytest.approx(tuple(ref["voxel_size_zyx"]))
     lab = import_volume(src, tmp_path / "lab.zarr", key="labels")
     assert np.array_equal(lab[:], ref["labels"])
+
+
+def test_fsspec_url_round_trip():
+    vol = create_volume("memory://blockseg-test/a.zarr", (4, 8, 8), np.uint8, 0.5, chunks=(2, 4, 4))
+    vol[:] = 3
+    back = open_volume("memory://blockseg-test/a.zarr")
+    assert back.voxel_size == (0.5, 0.5, 0.5) and int(back[:].sum()) == 3 * 4 * 8 * 8
