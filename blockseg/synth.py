@@ -224,7 +224,7 @@ def nucleus_table(params: SynthParams) -> NucleusTable:
     lo_um, hi_um = -0.5 * params.radius, extent + 0.5 * params.radius
     target = params.density * float(np.prod(shape)) * float(np.prod(hi_um - lo_um) / np.prod(extent))
     # draw more than needed: rejection removes some; the surplus is cut at the end
-    n_draw = rng.poisson(target * 1.6)
+    n_draw = rng.poisson(target * 2.5)
     n_clustered = int(n_draw * params.cluster_fraction)
     n_parents = max(1, int(round(n_clustered / params.cluster_size)))
     parents = rng.uniform(lo_um, hi_um, size=(n_parents, 3))

@@ -28,7 +28,8 @@ def test_synth_looks_like_nuclei_at_nucmm_density(tmp_path):
     params = SynthParams(shape=(64, 192, 192), seed=2)
     summary = synthesize(str(tmp_path / "s.zarr"), params, progress=False)
     expected = params.density * np.prod(params.shape)
-    assert 0.7 * expected <= summary.n_nuclei <= 1.05 * expected
+    # nuclei cut by the border count too, so a small volume holds a few more than its density
+    assert 0.9 * expected <= summary.n_nuclei_visible <= 1.2 * expected
     img = open_volume(tmp_path / "s.zarr")[:]
     lab = open_volume(tmp_path / "s.zarr/labels/nuclei")[:]
     # every table id that is visible is a label; labels are exactly the table ids seen
