@@ -190,7 +190,7 @@ def dense_reference(gt, pred, thresholds):
     n = max(1, min(iou.shape))
     out = []
     for t in thresholds:
-        cost = -(iou >= t) - iou / (2 * n)
+        cost = -(iou >= t).astype(float) - iou / (2 * n)
         r, c = linear_sum_assignment(cost)
         out.append(int((iou[r, c] >= t).sum()))
     return out

@@ -159,7 +159,8 @@ def coco_ap(
         for t in thresholds:
             match = greedy_match(overlaps, order, t, g_ign)
             m = match[order]
-            ignored = np.where(m >= 0, g_ign[np.maximum(m, 0)], p_out[order])
+            # index -1 (unmatched) reads the padding entry; unmatched use their own size
+            ignored = np.where(m >= 0, np.r_[g_ign, False][m], p_out[order])
             tp = (m >= 0)[~ignored]
             ap[name][float(t)] = interpolated_ap(tp, n_gt[name])
     out: dict = {"ap": ap, "n_gt": n_gt, "thresholds": [float(t) for t in thresholds]}

@@ -22,6 +22,14 @@ from scipy.spatial import cKDTree
 from .matching import max_weight_matching
 
 
+def _as_points(points, ndim: int | None = None) -> np.ndarray:
+    """(n, ndim) float64 array of points (empty input allowed)."""
+    points = np.asarray(points, np.float64)
+    if points.ndim == 2:
+        return points
+    return points.reshape(-1, ndim or 3)
+
+
 def _ratios(tp: int, n_points: int, n_gt: int) -> dict:
     fp, fn = n_points - tp, n_gt - tp
     div = lambda a, b: a / b if b else 0.0  # noqa: E731
@@ -67,7 +75,8 @@ def inside_nearest_match(
     gt_of_point : ndarray of int64
         GT index each TP point detects, -1 for FP points.
     """
-    points = np.asarray(points, np.float64).reshape(len(points), -1)
+    gt_centres = _as_points(gt_centres)
+    points = _as_points(points, gt_centres.shape[1])
     n, m = len(points), len(gt_ids)
     gt_of_point = np.full(n, -1, np.int64)
     if n and m:
@@ -95,8 +104,8 @@ def radius_match(
     point_index, gt_index : ndarray of int64
         Matched pairs.
     """
-    points = np.asarray(points, np.float64).reshape(len(points), -1)
-    gt_centres = np.asarray(gt_centres, np.float64).reshape(len(gt_centres), -1)
+    gt_centres = _as_points(gt_centres)
+    points = _as_points(points, gt_centres.shape[1])
     s = np.asarray(spacing, np.float64)
     pi = gi = np.zeros(0, np.int64)
     dist = np.zeros(0)
