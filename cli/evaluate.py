@@ -103,7 +103,7 @@ def _scores(path: str, column: str) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     from blockseg.cluster import dask_client
-    from blockseg.evaluate import evaluate, write_report
+    from blockseg.evaluate import check_inputs, evaluate, write_report
 
     n = len(args.gt)
     if len(args.pred) != n:
@@ -117,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         raise BlocksegError(f"--size-ranges needs two increasing positive numbers, got {args.size_ranges}")
     if args.radius <= 0:
         raise BlocksegError(f"--radius must be positive, got {args.radius}")
+    for k in range(n):  # shapes and dtypes before any cluster starts
+        check_inputs(args.gt[k], args.pred[k], args.mask[k] if args.mask else None)
     a, b = args.size_ranges
     ranges = {"small": (0, a), "medium": (a, b), "large": (b, float("inf"))}
     scores = _scores(args.scores, args.score_column) if args.scores else None

@@ -17,7 +17,7 @@ Examples
 from .analysis import best_partners, merges_and_splits
 from .coco import COCO_THRESHOLDS, DEFAULT_SIZE_RANGES, coco_ap, greedy_match, interpolated_ap
 from .contingency import ContingencyTable, contingency_table, merge_tables, reduce_tables
-from .core import EvaluationResult, evaluate, evaluate_overlaps, sample_volume, volume_table
+from .core import EvaluationResult, check_inputs, evaluate, evaluate_overlaps, sample_volume, volume_table
 from .detection import inside_nearest_match, radius_match
 from .matching import DEFAULT_THRESHOLDS, Matching, match_instances, matching_metrics, matching_stats, max_weight_matching
 from .overlaps import Overlaps, concat_overlaps, overlaps_from_table
@@ -32,6 +32,7 @@ __all__ = [
     "Matching",
     "Overlaps",
     "best_partners",
+    "check_inputs",
     "coco_ap",
     "concat_overlaps",
     "contingency_table",

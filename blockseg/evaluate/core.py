@@ -123,6 +123,11 @@ def _block_samples(block_id: int, grid: BlockGrid, path: str, points: np.ndarray
     return idx, data[tuple(local.T)]
 
 
+def check_inputs(gt: str, pred: str, mask: str | None = None) -> None:
+    """Open the volumes and check dtypes and shapes (raises :class:`BlocksegError`)."""
+    _check_volumes(_open(str(gt)), _open(str(pred)), None if mask is None else _open(str(mask)))
+
+
 def _check_volumes(gt, pred, mask) -> None:
     for vol, name in ((gt, "ground truth"), (pred, "prediction")):
         if vol.dtype.kind not in "iu":
