@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import numba
 import numpy as np
 
 from ..errors import BlocksegError
@@ -75,6 +76,53 @@ def _as_uint64(array: np.ndarray) -> np.ndarray:
     return array.astype(np.uint64)
 
 
+@numba.njit(cache=True, nogil=True)
+def _count_runs(g, p, m, use_mask, row):  # pragma: no cover - compiled
+    count = 0
+    for base in range(0, g.shape[0], row):
+        prev = np.uint64(0)
+        inside = False
+        for i in range(base, base + row):
+            if use_mask and not m[i]:
+                inside = False
+                continue
+            key = (np.uint64(g[i]) << np.uint64(32)) | np.uint64(p[i])
+            if not inside or key != prev:
+                count += 1
+                prev = key
+                inside = True
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
+def _run_length(g, p, m, use_mask, row):  # pragma: no cover - compiled
+    """Runs of equal (g, p) along rows: packed keys, start indices, lengths.
+
+    A run never crosses a row; masked-out voxels break runs and produce none.
+    """
+    count = _count_runs(g, p, m, use_mask, row)
+    keys = np.empty(count, np.uint64)
+    starts = np.empty(count, np.int64)
+    lengths = np.zeros(count, np.int64)
+    k = -1
+    for base in range(0, g.shape[0], row):
+        prev = np.uint64(0)
+        inside = False
+        for i in range(base, base + row):
+            if use_mask and not m[i]:
+                inside = False
+                continue
+            key = (np.uint64(g[i]) << np.uint64(32)) | np.uint64(p[i])
+            if not inside or key != prev:
+                k += 1
+                keys[k] = key
+                starts[k] = i
+                prev = key
+                inside = True
+            lengths[k] += 1
+    return keys, starts, lengths
+
+
 def contingency_table(
     gt: np.ndarray,
     pred: np.ndarray,
@@ -127,27 +175,17 @@ def contingency_table(
         g_lut, g = np.unique(g, return_inverse=True)
     if p.dtype.itemsize > 4 and p.max() > _LOW32:
         p_lut, p = np.unique(p, return_inverse=True)
-    keys = g.astype(np.uint64)
-    keys <<= np.uint64(32)
-    keys |= p.astype(np.uint64, copy=False)
-
-    # run starts: key changes, row starts, mask changes
-    change = np.empty(n, dtype=bool)
-    change[0] = True
-    np.not_equal(keys[1:], keys[:-1], out=change[1:])
-    change[:: shape[-1]] = True
     if mask is not None:
-        m = mask.reshape(-1).astype(bool, copy=False)
-        change[1:] |= m[1:] != m[:-1]
-    starts = np.flatnonzero(change)
-    del change
-    lengths = np.diff(starts, append=n)
-    if mask is not None:
-        keep = m[starts]
-        starts = starts[keep]
-        lengths = lengths[keep]
-    run_keys = keys[starts]
-    del keys
+        m = np.ascontiguousarray(mask.reshape(-1)).astype(bool, copy=False)
+    else:
+        m = np.ones(1, bool)
+    g = np.ascontiguousarray(g)
+    p = np.ascontiguousarray(p)
+    if g.dtype.kind == "i":
+        g = g.view(g.dtype.str.replace("i", "u"))  # checked non-negative above
+    if p.dtype.kind == "i":
+        p = p.view(p.dtype.str.replace("i", "u"))
+    run_keys, starts, lengths = _run_length(g, p, m, mask is not None, int(shape[-1]))
 
     # coordinate sums of every run (a run lies in one row of the last axis)
     coords = np.unravel_index(starts, shape)
