@@ -138,14 +138,26 @@ class PeakRSS:
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
+        self._cpu: dict[int, float] = {}
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) used by the tree while sampled (last sample per process)."""
+        return sum(self._cpu.values())
 
     def _sample(self):
         me = psutil.Process()
+        start = me.cpu_times()
         while not self._stop.is_set():
             total = 0
             for p in [me] + me.children(recursive=True):
                 try:
                     total += p.memory_info().rss
+                    t = p.cpu_times()
+                    used = t.user + t.system
+                    if p.pid == me.pid:
+                        used -= start.user + start.system
+                    self._cpu[p.pid] = used
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
@@ -169,11 +181,14 @@ def run_blockseg(gt, pred, workers, out_dir=None):
 
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        with dask_client(ClusterConfig(n_workers=workers, dashboard=False, memory_limit="1GiB"), quiet=True) as client:
+        with dask_client(ClusterConfig(n_workers=workers, dashboard=False), quiet=True) as client:
             res = evaluate(gt, pred, client=client)
         if out_dir:
             write_report(res, out_dir)
         wall = time.perf_counter() - t0
+    print(f"blockseg evaluate: {wall:.1f} s wall, {mem.cpu_s:.1f} s CPU, peak {mem.peak / 2**30:.2f} GB "
+          f"(1-min load average now: {os.getloadavg()[0]:.1f})", flush=True)
+    run_blockseg.cpu_s = mem.cpu_s
     return res, wall, mem.peak
 
 
@@ -227,8 +242,8 @@ def compare_small(gt_path, pred_path, workers):
         "reference_peak_rss_gb": mem.peak / 2**30,
         "speedup": t_ref / wall,
         "tp_equal_at_all_thresholds": ours == ref,
-        "tp_blockseg": ours,
-        "tp_reference": ref,
+        "tp_blockseg": [int(v) for v in ours],
+        "tp_reference": [int(v) for v in ref],
     }
 
 
@@ -261,6 +276,8 @@ def main(argv=None):
             "n_pred": res.overlaps.n_pred,
             "n_pairs": len(res.overlaps.count),
             "wall_s": wall,
+            "cpu_s": run_blockseg.cpu_s,
+            "load_average_1min_after": os.getloadavg()[0],
             "peak_rss_gb": peak / 2**30,
             "stage_s": res.timings,
             "avAP": res.av_ap,
@@ -272,7 +289,7 @@ def main(argv=None):
     res, wall, peak = run_blockseg(*paths["mid"], args.workers)
     n_t, n_p = res.overlaps.n_true, res.overlaps.n_pred
     dense_gb = (n_t + 1) * (n_p + 1) * (8 + 4 + 8) / 2**30  # overlap uint64 + iou float32 + cost float64
-    out["mid_512"] = {"shape": list(MID_SHAPE), "n_true": n_t, "n_pred": n_p, "wall_s": wall,
+    out["mid_512"] = {"shape": list(MID_SHAPE), "n_true": n_t, "n_pred": n_p, "wall_s": wall, "cpu_s": run_blockseg.cpu_s,
                       "peak_rss_gb": peak / 2**30, "avAP": res.av_ap,
                       "stardist_dense_matrices_gb": dense_gb,
                       "stardist": "not run: its dense matrices need about %.0f GB" % dense_gb}  # fmt: skip
@@ -283,12 +300,12 @@ def main(argv=None):
     (results_dir / "evaluate.json").write_text(json.dumps(out, indent=2) + "\n")
     md = ["## Evaluate benchmark", "", f"Machine: {out['machine']['cpus']} cores, {out['machine']['ram_gb']:.0f} GiB RAM, "
           f"{args.workers} dask workers. Wall time includes starting the cluster and writing the report; peak memory is "
-          "the summed RSS of the whole process tree.", "", "| case | shape | GT / pred instances | wall (s) | peak RSS (GB) |",
-          "|---|---|---|---|---|"]  # fmt: skip
+          "the summed RSS of the whole process tree.", "", "| case | shape | GT / pred instances | wall (s) | CPU (s) | peak RSS (GB) |",
+          "|---|---|---|---|---|---|"]  # fmt: skip
     for key in ("nucmm_z", "mid_512"):
         if key in out:
             c = out[key]
-            md.append(f"| {key} | {'x'.join(map(str, c['shape']))} | {c['n_true']} / {c['n_pred']} | {c['wall_s']:.1f} | {c['peak_rss_gb']:.2f} |")
+            md.append(f"| {key} | {'x'.join(map(str, c['shape']))} | {c['n_true']} / {c['n_pred']} | {c['wall_s']:.1f} | {c['cpu_s']:.1f} | {c['peak_rss_gb']:.2f} |")
     v = out["vs_reference"]
     md += ["", f"Against {v['reference']} on {'x'.join(map(str, v['shape']))} ({v['n_true']} GT): blockseg "
            f"{v['blockseg_wall_s']:.1f} s, reference {v['reference_s']:.1f} s (x{v['speedup']:.1f}); TP equal at all "

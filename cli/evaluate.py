@@ -58,10 +58,14 @@ def register(subparsers) -> None:
     p.add_argument("--score-column", default="score", help="column of --scores holding the score (default: score)")
     p.add_argument(
         "--points", metavar="POINTS.csv",
-        help="CSV of predicted centre points (columns z, y, x in voxels) for detection; default: centres of mass "
-        "of the predicted instances",
+        help="CSV of predicted centre points (columns z, y, x in voxels) for the detection metrics "
+        "(default: no detection metrics unless --centroid-points)",
     )  # fmt: skip
-    p.add_argument("--no-detection", action="store_true", help="skip the detection metrics (saves a GT lookup pass)")
+    p.add_argument(
+        "--centroid-points", action="store_true",
+        help="detection metrics with the centres of mass of the predicted instances as points "
+        "(costs a second, GT-only pass)",
+    )  # fmt: skip
     p.add_argument("--radius", type=float, default=3.0, metavar="UM", help="detection matching radius in µm (default 3)")
     p.add_argument(
         "--report-threshold", type=float, default=0.5,
@@ -122,10 +126,10 @@ def run(args: argparse.Namespace) -> int:
     a, b = args.size_ranges
     ranges = {"small": (0, a), "medium": (a, b), "large": (b, float("inf"))}
     scores = _scores(args.scores, args.score_column) if args.scores else None
-    points: object = "centroids"
-    if args.no_detection:
-        points = None
-    elif args.points:
+    points: object = "centroids" if args.centroid_points else None
+    if args.points and args.centroid_points:
+        raise BlocksegError("give either --points or --centroid-points, not both")
+    if args.points:
         if n != 1:
             raise BlocksegError("--points works with one --gt volume")
         t = _read_table(args.points, ["z", "y", "x"], "--points")

@@ -438,8 +438,9 @@ def test_zarr_blockwise_equals_in_memory(tmp_path):
         v = create_volume(tmp_path / f"{name}.zarr", arr.shape, arr.dtype, chunks=(8, 16, 16))
         v[...] = arr
         paths.append(str(tmp_path / f"{name}.zarr"))
-    a = evaluate(*paths[:2], mask=paths[2], block_voxels=4096)
-    b = evaluate(gt, pred, mask=mask.astype(bool))
+    a = evaluate(*paths[:2], mask=paths[2], block_voxels=4096, points="centroids")
+    b = evaluate(gt, pred, mask=mask.astype(bool), points="centroids")
+    assert a.detection is not None
     assert a.matching == b.matching and a.detection == b.detection
     np.testing.assert_equal(a.coco["ap"], b.coco["ap"])
     out = write_report(a, tmp_path / "report")

@@ -80,13 +80,14 @@ def test_cli_run_writes_reports(volumes, capsys):
     scores.write_text("id,score\n5,0.9\n")
     args = _parse(
         ["--gt", volumes["gt"], "--pred", volumes["pred"], "--out", str(out), "--workers", "1", "--no-progress",
-         "--scores", str(scores), "--thresholds", "0.5,0.6"]  # fmt: skip
+         "--scores", str(scores), "--thresholds", "0.5,0.6", "--centroid-points"]  # fmt: skip
     )
     assert args.func(args) == 0
     summary = json.loads((out / "evaluation.json").read_text())
     assert [m["tp"] for m in summary["matching"]] == [1, 1]
     assert summary["n_true"] == 2 and summary["n_pred"] == 1
     assert (out / "instances.csv").exists() and (out / "ap_vs_iou.png").exists()
+    assert summary["detection"]["inside_nearest"]["tp"] == 1
     assert "avAP" in capsys.readouterr().out
 
 

@@ -261,7 +261,7 @@ def evaluate(
     coco_thresholds: Sequence[float] = COCO_THRESHOLDS,
     size_ranges: Mapping[str, tuple[float, float]] | None = None,
     scores=None,
-    points="centroids",
+    points=None,
     radius_um: float = 3.0,
     voxel_size: Sequence[float] | None = None,
     report_threshold: float = 0.5,
@@ -291,9 +291,11 @@ def evaluate(
     scores : (n, 2) array or mapping or list of them, optional
         Prediction scores [id, score] for COCO ranking (default: voxel count). Predictions
         without a score rank last.
-    points : "centroids", None, (n, ndim) array or list of them
-        Predicted centre points (voxel coordinates) for detection; "centroids" uses the centres
-        of mass of the predicted instances, None skips detection.
+    points : None, "centroids", (n, ndim) array or list of them
+        Predicted centre points (voxel coordinates) for the detection metrics, e.g. from
+        ``segment``'s instance table or a detector. "centroids" uses the centres of mass of the
+        predicted instances. For zarr volumes the GT label under each point is read in a second,
+        GT-only pass over the blocks holding points. None (default) skips detection.
     radius_um : float
         Radius of the radius-based detection matching, in µm.
     voxel_size : sequence of float, optional
