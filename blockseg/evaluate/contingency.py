@@ -7,8 +7,10 @@ Tables of disjoint regions simply add up, so any partition of a volume into bloc
 counted independently and merged (:func:`merge_tables`). Memory is O(number of non-zero
 pairs), never O(voxels) nor O(#gt x #pred).
 
-Per block, voxels are first run-length encoded along the last axis (a run never crosses a
-row), so the sort that groups equal pairs works on runs, not voxels.
+Per block, one compiled (numba) scan reads the two label arrays row by row; each run of equal
+(gt, pred) pairs along the last axis is added at once to an open-addressing hash table keyed by
+the packed 64-bit pair ``gt << 32 | pred`` (ids >= 2**32 are first renumbered within the block),
+so there is no per-voxel temporary and no sort over voxels.
 """
 
 from __future__ import annotations
@@ -76,51 +78,82 @@ def _as_uint64(array: np.ndarray) -> np.ndarray:
     return array.astype(np.uint64)
 
 
-@numba.njit(cache=True, nogil=True)
-def _count_runs(g, p, m, use_mask, row):  # pragma: no cover - compiled
-    count = 0
-    for base in range(0, g.shape[0], row):
-        prev = np.uint64(0)
-        inside = False
-        for i in range(base, base + row):
-            if use_mask and not m[i]:
-                inside = False
-                continue
-            key = (np.uint64(g[i]) << np.uint64(32)) | np.uint64(p[i])
-            if not inside or key != prev:
-                count += 1
-                prev = key
-                inside = True
-    return count
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @numba.njit(cache=True, nogil=True)
-def _run_length(g, p, m, use_mask, row):  # pragma: no cover - compiled
-    """Runs of equal (g, p) along rows: packed keys, start indices, lengths.
+def _grow(keys, used, count, sums, bits):  # pragma: no cover - compiled
+    """Rehash the open-addressing table into twice the capacity."""
+    bits += 1
+    cap = 1 << bits
+    nk = np.zeros(cap, np.uint64)
+    nu = np.zeros(cap, np.bool_)
+    nc = np.zeros(cap, np.int64)
+    ns = np.zeros((cap, sums.shape[1]), np.int64)
+    shift = np.uint64(64 - bits)
+    mask = cap - 1
+    for j in range(keys.shape[0]):
+        if used[j]:
+            h = np.int64((keys[j] * _GOLDEN) >> shift)
+            while nu[h]:
+                h = (h + 1) & mask
+            nu[h] = True
+            nk[h] = keys[j]
+            nc[h] = count[j]
+            ns[h, :] = sums[j, :]
+    return nk, nu, nc, ns, bits
 
-    A run never crosses a row; masked-out voxels break runs and produce none.
+
+@numba.njit(cache=True, nogil=True)
+def _pair_counts(g, p, m, use_mask, row, row_coords, x0):  # pragma: no cover - compiled
+    """Count voxels and sum coordinates per packed (g << 32 | p) key.
+
+    Voxels are scanned row by row (last axis); each run of equal keys is added to an
+    open-addressing hash table at once: count += length, coordinate sums += length * row
+    coordinates and the arithmetic series of the last-axis positions. Masked-out voxels
+    (where ``use_mask`` and not ``m``) are skipped.
     """
-    count = _count_runs(g, p, m, use_mask, row)
-    keys = np.empty(count, np.uint64)
-    starts = np.empty(count, np.int64)
-    lengths = np.zeros(count, np.int64)
-    k = -1
-    for base in range(0, g.shape[0], row):
-        prev = np.uint64(0)
-        inside = False
-        for i in range(base, base + row):
-            if use_mask and not m[i]:
-                inside = False
+    ndim = row_coords.shape[1] + 1
+    bits = 10
+    cap = 1 << bits
+    keys = np.zeros(cap, np.uint64)
+    used = np.zeros(cap, np.bool_)
+    count = np.zeros(cap, np.int64)
+    sums = np.zeros((cap, ndim), np.int64)
+    size = 0
+    n_rows = g.shape[0] // row
+    for r in range(n_rows):
+        base = r * row
+        i = 0
+        while i < row:
+            if use_mask and not m[base + i]:
+                i += 1
                 continue
-            key = (np.uint64(g[i]) << np.uint64(32)) | np.uint64(p[i])
-            if not inside or key != prev:
-                k += 1
-                keys[k] = key
-                starts[k] = i
-                prev = key
-                inside = True
-            lengths[k] += 1
-    return keys, starts, lengths
+            key = (np.uint64(g[base + i]) << np.uint64(32)) | np.uint64(p[base + i])
+            j = i + 1
+            while j < row and (not use_mask or m[base + j]):
+                if ((np.uint64(g[base + j]) << np.uint64(32)) | np.uint64(p[base + j])) != key:
+                    break
+                j += 1
+            length = j - i
+            if 2 * (size + 1) > cap:
+                keys, used, count, sums, bits = _grow(keys, used, count, sums, bits)
+                cap = 1 << bits
+            h = np.int64((key * _GOLDEN) >> np.uint64(64 - bits))
+            while used[h] and keys[h] != key:
+                h = (h + 1) & (cap - 1)
+            if not used[h]:
+                used[h] = True
+                keys[h] = key
+                size += 1
+            count[h] += length
+            for a in range(ndim - 1):
+                sums[h, a] += length * row_coords[r, a]
+            first = x0 + i
+            sums[h, ndim - 1] += length * first + length * (length - 1) // 2
+            i = j
+    sel = np.flatnonzero(used)
+    return keys[sel], count[sel], sums[sel]
 
 
 def contingency_table(
@@ -185,21 +218,12 @@ def contingency_table(
         g = g.view(g.dtype.str.replace("i", "u"))  # checked non-negative above
     if p.dtype.kind == "i":
         p = p.view(p.dtype.str.replace("i", "u"))
-    run_keys, starts, lengths = _run_length(g, p, m, mask is not None, int(shape[-1]))
-
-    # coordinate sums of every run (a run lies in one row of the last axis)
-    coords = np.unravel_index(starts, shape)
-    sums = np.empty((len(starts), ndim), np.int64)
-    for axis in range(ndim - 1):
-        sums[:, axis] = lengths * (coords[axis] + origin[axis])
-    sums[:, -1] = lengths * (coords[-1] + origin[-1]) + lengths * (lengths - 1) // 2
-
-    order = np.argsort(run_keys, kind="stable")
-    run_keys = run_keys[order]
-    first = np.flatnonzero(np.r_[True, run_keys[1:] != run_keys[:-1]]) if len(run_keys) else np.zeros(0, np.int64)
-    ukeys = run_keys[first]
-    count = np.add.reduceat(lengths[order], first) if len(first) else np.zeros(0, np.int64)
-    coord_sum = np.add.reduceat(sums[order], first, axis=0) if len(first) else np.zeros((0, ndim), np.int64)
+    lead = shape[:-1]
+    rows = np.unravel_index(np.arange(int(np.prod(lead))), lead) if lead else ()
+    row_coords = np.stack([r + origin[k] for k, r in enumerate(rows)], axis=1) if lead else np.zeros((1, 0), np.int64)
+    keys, count, coord_sum = _pair_counts(g, p, m, mask is not None, int(shape[-1]), row_coords.astype(np.int64), int(origin[-1]))
+    order = np.argsort(keys)
+    ukeys, count, coord_sum = keys[order], count[order], coord_sum[order]
     gk = ukeys >> np.uint64(32)
     pk = ukeys & _LOW32
     if g_lut is not None:
