@@ -280,7 +280,7 @@ def main(argv=None):
         return 0
 
     if not args.skip_nucmm:
-        res, wall, peak = run_blockseg(*paths["nucmm_z"], args.workers, out_dir=results_dir / "nucmm_z_report")
+        res, wall, peak = run_blockseg(*paths["nucmm_z"], args.workers, out_dir=data / "nucmm_z_report")
         out["nucmm_z"] = {
             "shape": list(NUCMM_SHAPE),
             "n_true": res.overlaps.n_true,

@@ -96,29 +96,34 @@ def _jsonable(obj: Any) -> Any:
 # ----------------------------------------------------------------------------- volume pass
 
 
-@functools.lru_cache(maxsize=8)
-def _open(path: str):
+@functools.lru_cache(maxsize=16)
+def _open(path: str, token: int = 0):
+    """Open a volume once per process and evaluation (``token`` differs between evaluations)."""
     from ..io import open_volume
 
     return open_volume(path)
 
 
-def _block_table(block_id: int, grid: BlockGrid, gt: str, pred: str, mask: str | None) -> ContingencyTable:
+def _block_table(
+    block_id: int, grid: BlockGrid, gt: str, pred: str, mask: str | None, token: int = 0
+) -> ContingencyTable:
     core = grid[block_id].core
-    g = _open(gt).array[core]
-    p = _open(pred).array[core]
-    m = _open(mask).array[core] if mask else None
+    g = _open(gt, token).array[core]
+    p = _open(pred, token).array[core]
+    m = _open(mask, token).array[core] if mask else None
     origin = tuple(s.start for s in core)
     return contingency_table(g, p, m, origin=origin)
 
 
-def _block_samples(block_id: int, grid: BlockGrid, path: str, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _block_samples(
+    block_id: int, grid: BlockGrid, path: str, points: np.ndarray, token: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     core = grid[block_id].core
     lo = np.array([s.start for s in core])
     hi = np.array([s.stop for s in core])
     inside = np.all((points >= lo) & (points < hi), axis=1)
     idx = np.flatnonzero(inside)
-    data = _open(path).array[core]
+    data = _open(path, token).array[core]
     local = points[idx] - lo
     return idx, data[tuple(local.T)]
 
@@ -160,11 +165,15 @@ def volume_table(
     """
     from ..cluster import run_blocks
 
+    _open.cache_clear()
     g, p = _open(str(gt)), _open(str(pred))
     m = _open(str(mask)) if mask is not None else None
     _check_volumes(g, p, m)
     grid = BlockGrid(g.shape, default_block_shape(g.shape, g.write_unit, block_voxels))
-    func = functools.partial(_block_table, grid=grid, gt=str(gt), pred=str(pred), mask=str(mask) if mask else None)
+    token = time.time_ns()  # volumes rewritten between two evaluations are re-opened
+    func = functools.partial(
+        _block_table, grid=grid, gt=str(gt), pred=str(pred), mask=str(mask) if mask else None, token=token
+    )
     tables = run_blocks(func, grid.block_ids, client=client, name="evaluate", progress=progress)
     return reduce_tables(tables)
 
@@ -181,7 +190,7 @@ def sample_volume(path: str, points: np.ndarray, client=None, block_voxels: int 
     grid = BlockGrid(vol.shape, default_block_shape(vol.shape, vol.write_unit, block_voxels))
     block_of = np.ravel_multi_index(tuple((points // np.array(grid.block_shape)).T), grid.grid_shape)
     ids = np.unique(block_of)
-    func = functools.partial(_block_samples, grid=grid, path=str(path), points=points)
+    func = functools.partial(_block_samples, grid=grid, path=str(path), points=points, token=time.time_ns())
     for idx, values in run_blocks(func, ids, client=client, name="sample", progress=False):
         out[idx] = values
     return out
