@@ -460,11 +460,15 @@ def test_dask_client_pass(tmp_path):
     rng = np.random.default_rng(5)
     gt = blobs(rng, (16, 32, 32), 80).astype(np.uint16)
     pred = perturb(rng, gt, "shift").astype(np.uint16)
-    for name, arr in (("gt", gt), ("pred", pred)):
+    neg = np.where(pred == 3, -1, pred).astype(np.int16)
+    for name, arr in (("gt", gt), ("pred", pred), ("neg", neg)):
         create_volume(tmp_path / f"{name}.zarr", arr.shape, arr.dtype, chunks=(8, 16, 16))[...] = arr
     cfg = ClusterConfig(n_workers=2, processes=False, dashboard=False)
     with dask_client(cfg, quiet=True) as client:
         a = evaluate(str(tmp_path / "gt.zarr"), str(tmp_path / "pred.zarr"), client=client, block_voxels=2048)
+        # a user error found inside a block task reaches the caller as BlocksegError
+        with pytest.raises(BlocksegError, match="non-negative"):
+            evaluate(str(tmp_path / "gt.zarr"), str(tmp_path / "neg.zarr"), client=client, block_voxels=2048)
     b = evaluate(gt, pred)
     assert a.matching == b.matching
     np.testing.assert_equal(a.coco["ap"], b.coco["ap"])

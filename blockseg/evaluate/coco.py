@@ -3,7 +3,7 @@
 Predictions are ranked by a score (default: their voxel count, as ``mAP_3Dvolume``), then, for
 each IoU threshold, matched greedily in that order: each prediction takes the unmatched GT
 instance of highest IoU >= t, preferring GT instances inside the evaluated size range (COCO's
-rule). Precision is made monotone and sampled at 101 recall points; AP is their mean.
+rule; equal IoUs: the lower GT index). Precision is made monotone and sampled at 101 recall points; AP is their mean.
 
 Size ranges (by GT voxel count) follow COCO: a GT instance outside the range is *ignored*;
 a prediction matched to an ignored GT is ignored; an unmatched prediction is ignored when its
