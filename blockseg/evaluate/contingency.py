@@ -221,7 +221,9 @@ def contingency_table(
     lead = shape[:-1]
     rows = np.unravel_index(np.arange(int(np.prod(lead))), lead) if lead else ()
     row_coords = np.stack([r + origin[k] for k, r in enumerate(rows)], axis=1) if lead else np.zeros((1, 0), np.int64)
-    keys, count, coord_sum = _pair_counts(g, p, m, mask is not None, int(shape[-1]), row_coords.astype(np.int64), int(origin[-1]))
+    keys, count, coord_sum = _pair_counts(
+        g, p, m, mask is not None, int(shape[-1]), row_coords.astype(np.int64), int(origin[-1])
+    )
     order = np.argsort(keys)
     ukeys, count, coord_sum = keys[order], count[order], coord_sum[order]
     gk = ukeys >> np.uint64(32)

@@ -11,10 +11,10 @@ import numpy as np
 
 from ..errors import BlocksegError
 from ..grid import BlockGrid, default_block_shape
-from .analysis import best_partners, merges_and_splits
+from .analysis import merges_and_splits
 from .coco import COCO_THRESHOLDS, DEFAULT_SIZE_RANGES, coco_ap
-from .contingency import ContingencyTable, check_labels, contingency_table, reduce_tables
-from .detection import inside_nearest_match, radius_match
+from .contingency import ContingencyTable, contingency_table, reduce_tables
+from .detection import _ratios, inside_nearest_match, radius_match
 from .matching import DEFAULT_THRESHOLDS, Matching, match_instances, matching_stats
 from .overlaps import Overlaps, concat_overlaps, overlaps_from_table
 
@@ -396,8 +396,9 @@ def evaluate(
     else:
         all_scores = None
     stats, av_ap, report, coco, errors, t_metrics = evaluate_overlaps(
-        overlaps, thresholds, coco_thresholds, size_ranges, all_scores, report_threshold, merge_threshold, split_threshold
-    )
+        overlaps, thresholds, coco_thresholds, size_ranges, all_scores,
+        report_threshold, merge_threshold, split_threshold,
+    )  # fmt: skip
     timings.update(t_metrics)
 
     detection = None
@@ -443,8 +444,6 @@ def _detection(parts: list[Overlaps], det_parts, spacing, radius_um: float) -> t
             dist_sum += s2["mean_distance_um"] * s2["tp"]
         gt_of_point.append(np.where(gop >= 0, gop + offset, -1))
         offset += ov.n_true
-    from .detection import _ratios
-
     radius = _ratios(tp_r, n_pts, n_gt)
     radius["radius_um"] = float(radius_um)
     radius["mean_distance_um"] = dist_sum / tp_r if tp_r else float("nan")

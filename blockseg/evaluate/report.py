@@ -79,14 +79,7 @@ def instance_table(result: EvaluationResult) -> dict[str, np.ndarray]:
 
 def write_csv(table: dict[str, np.ndarray], path: str | os.PathLike) -> None:
     """Write a column table as CSV (vectorised formatting)."""
-    cols = []
-    for name, values in table.items():
-        if values.dtype.kind == "f":
-            cols.append(np.char.mod("%.6g", values))
-        elif values.dtype.kind in "iu":
-            cols.append(values.astype(str))
-        else:
-            cols.append(values.astype(str))
+    cols = [np.char.mod("%.6g", v) if v.dtype.kind == "f" else v.astype(str) for v in table.values()]
     with open(path, "w") as fh:
         fh.write(",".join(table) + "\n")
         if cols and len(cols[0]):
@@ -106,7 +99,8 @@ def plot_ap(result: EvaluationResult, path: str | os.PathLike) -> None:
 
     th = [s["threshold"] for s in result.matching]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for key, label in (("accuracy", "accuracy TP/(TP+FP+FN)"), ("f1", "F1"), ("precision", "precision"), ("recall", "recall")):
+    curves = (("accuracy", "accuracy TP/(TP+FP+FN)"), ("f1", "F1"), ("precision", "precision"), ("recall", "recall"))
+    for key, label in curves:
         ax.plot(th, [s[key] for s in result.matching], marker="o", ms=3, label=label)
     coco = result.coco["ap"]["all"]
     ax.plot(list(coco), [np.nan if v is None else v for v in coco.values()], marker="s", ms=3, ls="--", label="COCO AP")
