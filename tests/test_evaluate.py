@@ -466,12 +466,19 @@ def test_dask_client_pass(tmp_path):
     cfg = ClusterConfig(n_workers=2, processes=False, dashboard=False)
     with dask_client(cfg, quiet=True) as client:
         a = evaluate(str(tmp_path / "gt.zarr"), str(tmp_path / "pred.zarr"), client=client, block_voxels=2048)
+        # two volumes through the same client, pooled
+        pooled = evaluate(
+            [str(tmp_path / "gt.zarr")] * 2, [str(tmp_path / "pred.zarr")] * 2,
+            client=client, block_voxels=2048, points="centroids",
+        )  # fmt: skip
         # a user error found inside a block task reaches the caller as BlocksegError
         with pytest.raises(BlocksegError, match="non-negative"):
             evaluate(str(tmp_path / "gt.zarr"), str(tmp_path / "neg.zarr"), client=client, block_voxels=2048)
     b = evaluate(gt, pred)
     assert a.matching == b.matching
     np.testing.assert_equal(a.coco["ap"], b.coco["ap"])
+    assert [m["tp"] for m in pooled.matching] == [2 * m["tp"] for m in b.matching]
+    assert pooled.detection["radius"]["n_true"] == 2 * b.overlaps.n_true
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="shared real data not available")

@@ -174,7 +174,8 @@ def volume_table(
     func = functools.partial(
         _block_table, grid=grid, gt=str(gt), pred=str(pred), mask=str(mask) if mask else None, token=token
     )
-    tables = run_blocks(func, grid.block_ids, client=client, name="evaluate", progress=progress)
+    # task keys must be new for every call: run_blocks cancels its keys when it returns
+    tables = run_blocks(func, grid.block_ids, client=client, name=f"evaluate-{token:x}", progress=progress)
     return reduce_tables(tables)
 
 
@@ -190,8 +191,9 @@ def sample_volume(path: str, points: np.ndarray, client=None, block_voxels: int 
     grid = BlockGrid(vol.shape, default_block_shape(vol.shape, vol.write_unit, block_voxels))
     block_of = np.ravel_multi_index(tuple((points // np.array(grid.block_shape)).T), grid.grid_shape)
     ids = np.unique(block_of)
-    func = functools.partial(_block_samples, grid=grid, path=str(path), points=points, token=time.time_ns())
-    for idx, values in run_blocks(func, ids, client=client, name="sample", progress=False):
+    token = time.time_ns()
+    func = functools.partial(_block_samples, grid=grid, path=str(path), points=points, token=token)
+    for idx, values in run_blocks(func, ids, client=client, name=f"sample-{token:x}", progress=False):
         out[idx] = values
     return out
 
