@@ -426,7 +426,7 @@ def test_merges_and_splits():
 # ----------------------------------------------------------------------------- volumes, reports
 
 
-def test_zarr_blockwise_equals_in_memory(tmp_path):
+def test_zarr_blockwise_equals_in_memory(tmp_path, monkeypatch):
     from blockseg.io import create_volume
 
     rng = np.random.default_rng(11)
@@ -441,8 +441,21 @@ def test_zarr_blockwise_equals_in_memory(tmp_path):
     a = evaluate(*paths[:2], mask=paths[2], block_voxels=4096, points="centroids")
     b = evaluate(gt, pred, mask=mask.astype(bool), points="centroids")
     assert a.detection is not None
+    # given points (some outside the volume) are looked up during the pass
+    import blockseg.evaluate.core as core
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("given points must be looked up in the main pass")
+
+    monkeypatch.setattr(core, "sample_volume", no_second_pass)
+    pts = rng.uniform(-2, 50, (300, 3))
+    pa = evaluate(*paths[:2], mask=paths[2], block_voxels=4096, points=pts)
+    pb = evaluate(gt, pred, mask=mask.astype(bool), points=pts)
+    assert pa.detection == pb.detection
+    assert pa.detection["inside_nearest"]["n_points"] < 300  # outside the volume or the mask
     assert a.matching == b.matching and a.detection == b.detection
     np.testing.assert_equal(a.coco["ap"], b.coco["ap"])
+    monkeypatch.undo()
     out = write_report(a, tmp_path / "report")
     summary = json.loads(Path(out["json"]).read_text())
     assert summary["n_true"] == a.overlaps.n_true and len(summary["matching"]) == 9

@@ -105,14 +105,28 @@ def _open(path: str, token: int = 0):
 
 
 def _block_table(
-    block_id: int, grid: BlockGrid, gt: str, pred: str, mask: str | None, token: int = 0
-) -> ContingencyTable:
+    block_id: int,
+    grid: BlockGrid,
+    gt: str,
+    pred: str,
+    mask: str | None,
+    token: int = 0,
+    points: np.ndarray | None = None,
+):
+    """Table of one block; with ``points``, also the GT (and mask) values at those inside it."""
     core = grid[block_id].core
     g = _open(gt, token).array[core]
     p = _open(pred, token).array[core]
     m = _open(mask, token).array[core] if mask else None
     origin = tuple(s.start for s in core)
-    return contingency_table(g, p, m, origin=origin)
+    table = contingency_table(g, p, m, origin=origin)
+    if points is None:
+        return table
+    lo = np.array(origin)
+    hi = np.array([s.stop for s in core])
+    idx = np.flatnonzero(np.all((points >= lo) & (points < hi), axis=1))
+    local = tuple((points[idx] - lo).T)
+    return table, idx, g[local], (m[local] != 0) if m is not None else None
 
 
 def _block_samples(
@@ -144,8 +158,14 @@ def _check_volumes(gt, pred, mask) -> None:
 
 
 def volume_table(
-    gt: str, pred: str, mask: str | None = None, client=None, block_voxels: int = EVAL_BLOCK_VOXELS, progress=False
-) -> ContingencyTable:
+    gt: str,
+    pred: str,
+    mask: str | None = None,
+    client=None,
+    block_voxels: int = EVAL_BLOCK_VOXELS,
+    progress: bool = False,
+    points: np.ndarray | None = None,
+):
     """Contingency table of two label volumes (zarr paths) in one blockwise pass.
 
     Parameters
@@ -158,10 +178,18 @@ def volume_table(
         Run the blocks there (None: in this process).
     block_voxels : int
         Voxels per block, rounded to whole chunks of ``gt``.
+    progress : bool
+        Show a progress bar.
+    points : ndarray of int, shape (n, 3), optional
+        Voxel positions inside the volume whose GT label (and mask value) are read in the same
+        pass (detection points known beforehand).
 
     Returns
     -------
     ContingencyTable
+        Without ``points``.
+    (ContingencyTable, ndarray of uint64, ndarray of bool or None)
+        With ``points``: also the GT label and the mask value at each point.
     """
     from ..cluster import run_blocks
 
@@ -171,12 +199,23 @@ def volume_table(
     _check_volumes(g, p, m)
     grid = BlockGrid(g.shape, default_block_shape(g.shape, g.write_unit, block_voxels))
     token = time.time_ns()  # volumes rewritten between two evaluations are re-opened
+    if points is not None:
+        points = np.asarray(points, np.int32 if max(g.shape) < 2**31 else np.int64).reshape(-1, 3)
     func = functools.partial(
-        _block_table, grid=grid, gt=str(gt), pred=str(pred), mask=str(mask) if mask else None, token=token
-    )
+        _block_table, grid=grid, gt=str(gt), pred=str(pred), mask=str(mask) if mask else None, token=token,
+        points=points,
+    )  # fmt: skip
     # task keys must be new for every call: run_blocks cancels its keys when it returns
-    tables = run_blocks(func, grid.block_ids, client=client, name=f"evaluate-{token:x}", progress=progress)
-    return reduce_tables(tables)
+    results = run_blocks(func, grid.block_ids, client=client, name=f"evaluate-{token:x}", progress=progress)
+    if points is None:
+        return reduce_tables(results)
+    labels = np.zeros(len(points), np.uint64)
+    valid = np.ones(len(points), bool)
+    for _, idx, lab, val in results:
+        labels[idx] = lab
+        if val is not None:
+            valid[idx] = val
+    return reduce_tables(r[0] for r in results), labels, valid if mask is not None else None
 
 
 def sample_volume(path: str, points: np.ndarray, client=None, block_voxels: int = EVAL_BLOCK_VOXELS) -> np.ndarray:
@@ -306,7 +345,8 @@ def evaluate(
         Predicted centre points (voxel coordinates) for the detection metrics, e.g. from
         ``segment``'s instance table or a detector. "centroids" uses the centres of mass of the
         predicted instances. For zarr volumes the GT label under each point is read in a second,
-        GT-only pass over the blocks holding points. None (default) skips detection.
+        GT-only pass over the blocks holding points; given points are looked up during the
+        main pass. None (default) skips detection.
     radius_um : float
         Radius of the radius-based detection matching, in µm.
     voxel_size : sequence of float, optional
@@ -360,9 +400,16 @@ def evaluate(
             shape, vs = g_arr.shape, (1.0,) * g_arr.ndim
             inputs.append({"gt": "array", "pred": "array", "mask": None if m is None else "array", "shape": shape})
         else:
-            table = volume_table(str(g), str(p), None if m is None else str(m), client, block_voxels, progress)
             vol = _open(str(g))
             shape, vs = vol.shape, vol.voxel_size
+            if pts is not None and not isinstance(pts, str):  # known points: looked up in the same pass
+                pts = np.asarray(pts, np.float64).reshape(-1, len(shape))
+                r, ok = _round_points(pts, shape)
+                table, lab_given, valid_given = volume_table(
+                    str(g), str(p), None if m is None else str(m), client, block_voxels, progress, points=r[ok]
+                )
+            else:
+                table = volume_table(str(g), str(p), None if m is None else str(m), client, block_voxels, progress)
             inputs.append({"gt": str(g), "pred": str(p), "mask": None if m is None else str(m), "shape": shape})
         timings["pass"] += time.perf_counter() - t0
         spacing = tuple(voxel_size) if voxel_size is not None else (spacing or vs)
@@ -374,13 +421,16 @@ def evaluate(
         if pts is None:
             det_parts.append(None)
             continue
-        pts = ov.pred_centroid if isinstance(pts, str) else np.asarray(pts, np.float64).reshape(-1, len(shape))
+        centroids = isinstance(pts, str)
+        pts = ov.pred_centroid if centroids else np.asarray(pts, np.float64).reshape(-1, len(shape))
         r, ok = _round_points(pts, shape)
         if isinstance(g, np.ndarray) or isinstance(p, np.ndarray):
             lab = np.asarray(g)[tuple(r[ok].T)].astype(np.uint64)
             if m is not None:
                 keep = np.asarray(m)[tuple(r[ok].T)] != 0
-        else:
+        elif not centroids:  # read during the pass
+            lab, keep = lab_given, valid_given
+        else:  # centroids are known only after the pass: read the GT blocks holding them
             lab = sample_volume(str(g), r[ok], client, block_voxels)
             if m is not None:
                 keep = sample_volume(str(m), r[ok], client, block_voxels) != 0
