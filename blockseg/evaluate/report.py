@@ -1,0 +1,140 @@
+"""Reports of an evaluation: JSON summary, per-instance CSV (worst first), AP-vs-IoU PNG."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .analysis import best_partners
+from .core import EvaluationResult
+
+CSV_COLUMNS = (
+    "kind", "volume", "id", "size", "z", "y", "x", "best_partner", "best_iou",
+    "matched_partner", "matched_iou", "n_merged_or_split", "error",
+)  # fmt: skip
+
+
+def instance_table(result: EvaluationResult) -> dict[str, np.ndarray]:
+    """One row per GT and per predicted instance, worst (lowest best IoU) first.
+
+    Columns: ``kind`` (gt/pred), ``volume``, ``id``, ``size`` (voxels in the mask), centroid
+    ``z, y, x`` (voxels), ``best_partner`` / ``best_iou`` (highest-IoU overlapping instance of the
+    other side, 0 if none), ``matched_partner`` / ``matched_iou`` (one-to-one match at the report
+    threshold, 0 if unmatched), ``n_merged_or_split`` (for a prediction: GT instances it covers;
+    for a GT: predictions inside it) and ``error``: ``ok``, ``fn`` / ``fp`` (unmatched),
+    ``merge`` (prediction covering >= 2 GT, or GT covered by such a prediction) or ``split``.
+    """
+    o = result.overlaps
+    gbp, gbi, pbg, pbi = best_partners(o)
+    m = result.report_matching
+    g_match = np.full(o.n_true, -1, np.int64)
+    g_match[m.gi] = m.pj
+    g_miou = np.zeros(o.n_true)
+    g_miou[m.gi] = m.iou
+    p_match = np.full(o.n_pred, -1, np.int64)
+    p_match[m.pj] = m.gi
+    p_miou = np.zeros(o.n_pred)
+    p_miou[m.pj] = m.iou
+    gpp, ppg = result.errors["gt_per_pred"], result.errors["pred_per_gt"]
+    # a GT is part of a merge when a merging prediction covers it
+    rec = o.recall >= result.errors["merge_threshold"]
+    g_in_merge = np.zeros(o.n_true, bool)
+    g_in_merge[o.gi[rec & (gpp[o.pj] >= 2)]] = True
+
+    def err(matched, merged, split, fail):
+        return np.where(merged, "merge", np.where(split, "split", np.where(matched, "ok", fail)))
+
+    g_err = err(g_match >= 0, g_in_merge, ppg >= 2, "fn")
+    p_err = err(p_match >= 0, gpp >= 2, np.zeros(o.n_pred, bool), "fp")
+    if o.n_pred:  # a prediction that lies inside a split GT
+        prec = o.precision >= result.errors["split_threshold"]
+        p_split = np.zeros(o.n_pred, bool)
+        p_split[o.pj[prec & (ppg[o.gi] >= 2)]] = True
+        p_err = np.where((p_err != "merge") & p_split, "split", p_err)
+
+    def partner(idx, ids):
+        return np.where(idx >= 0, ids[np.maximum(idx, 0)] if len(ids) else 0, 0).astype(np.uint64)
+
+    cols = {
+        "kind": np.r_[np.full(o.n_true, "gt"), np.full(o.n_pred, "pred")],
+        "volume": np.r_[o.gt_volume, o.pred_volume],
+        "id": np.r_[o.gt_ids, o.pred_ids].astype(np.uint64),
+        "size": np.r_[o.gt_size, o.pred_size],
+        "best_partner": np.r_[partner(gbp, o.pred_ids), partner(pbg, o.gt_ids)],
+        "best_iou": np.r_[gbi, pbi],
+        "matched_partner": np.r_[partner(g_match, o.pred_ids), partner(p_match, o.gt_ids)],
+        "matched_iou": np.r_[g_miou, p_miou],
+        "n_merged_or_split": np.r_[ppg, gpp],
+        "error": np.r_[g_err, p_err],
+    }
+    cent = np.concatenate([o.gt_centroid, o.pred_centroid]).reshape(o.n_true + o.n_pred, -1)
+    for a, name in enumerate(("z", "y", "x")[-cent.shape[1] :] if cent.shape[1] <= 3 else range(cent.shape[1])):
+        cols[str(name)] = cent[:, a]
+    order = np.lexsort((cols["id"], cols["kind"], -cols["size"], cols["best_iou"]))
+    return {k: cols[k][order] for k in CSV_COLUMNS if k in cols}
+
+
+def write_csv(table: dict[str, np.ndarray], path: str | os.PathLike) -> None:
+    """Write a column table as CSV (vectorised formatting)."""
+    cols = [np.char.mod("%.6g", v) if v.dtype.kind == "f" else v.astype(str) for v in table.values()]
+    with open(path, "w") as fh:
+        fh.write(",".join(table) + "\n")
+        if cols and len(cols[0]):
+            rows = cols[0]
+            for c in cols[1:]:
+                rows = np.char.add(np.char.add(rows, ","), c)
+            fh.write("\n".join(rows.tolist()))
+            fh.write("\n")
+
+
+def plot_ap(result: EvaluationResult, path: str | os.PathLike) -> None:
+    """PNG of accuracy (TP/(TP+FP+FN)), F1, precision, recall and COCO AP vs IoU threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    th = [s["threshold"] for s in result.matching]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    curves = (("accuracy", "accuracy TP/(TP+FP+FN)"), ("f1", "F1"), ("precision", "precision"), ("recall", "recall"))
+    for key, label in curves:
+        ax.plot(th, [s[key] for s in result.matching], marker="o", ms=3, label=label)
+    coco = result.coco["ap"]["all"]
+    ax.plot(list(coco), [np.nan if v is None else v for v in coco.values()], marker="s", ms=3, ls="--", label="COCO AP")
+    ax.set_xlabel("IoU threshold")
+    ax.set_ylabel("score")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"avAP {result.av_ap:.3f}   COCO AP {result.coco['AP']:.3f}   ({result.overlaps.n_true} GT)")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(result: EvaluationResult, out_dir: str | os.PathLike, png: bool = True) -> dict[str, str]:
+    """Write ``evaluation.json``, ``instances.csv`` and ``ap_vs_iou.png`` into ``out_dir``.
+
+    Returns
+    -------
+    dict
+        Paths written, by kind.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": str(out / "evaluation.json"), "csv": str(out / "instances.csv")}
+    summary = result.summary()
+    table = instance_table(result)
+    worst = {k: v[:20] for k, v in table.items()}
+    summary["worst_instances"] = [dict(zip(worst, row)) for row in zip(*[v.tolist() for v in worst.values()])]
+    with open(paths["json"], "w") as fh:
+        json.dump(summary, fh, indent=2, allow_nan=False)
+    write_csv(table, paths["csv"])
+    if png:
+        paths["png"] = str(out / "ap_vs_iou.png")
+        plot_ap(result, paths["png"])
+    return paths
