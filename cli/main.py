@@ -14,7 +14,7 @@ import sys
 from blockseg import BlocksegError, __version__
 
 #: subcommand modules, in the order ``blockseg --help`` lists them
-COMMANDS = ["synth", "import_cmd", "info"]
+COMMANDS = ["synth", "import_cmd", "info", "evaluate"]
 
 
 def build_parser() -> argparse.ArgumentParser:
