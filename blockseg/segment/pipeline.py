@@ -346,7 +346,7 @@ def segment(
     work = out_path + ".work"
     _prepare_destination(work, True)
     zarr.open_group(work, mode="w")
-    kw = dict(shape=grid.shape, chunks=first.write_unit, fill_value=0)
+    kw = dict(shape=grid.shape, chunks=first.write_unit, fill_value=0, compressors=None)  # scratch: fast, not small
     zarr.create_array(f"{work}/seeds", dtype=np.uint64, **kw)
     zarr.create_array(f"{work}/labels", dtype=np.uint64, **kw)
     zarr.create_array(f"{work}/uncertain", dtype=bool, **kw)
