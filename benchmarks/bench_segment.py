@@ -55,7 +55,7 @@ def make_data(size: int, density: float, seed: int, client, block: int) -> tuple
     n = int(density * size**3 / (4 / 3 * np.pi * 10**3))
     if not (pred_path / "zarr.json").exists():
         centres, radii = random_nuclei(shape, n, (8.0, 12.0), seed=seed)
-        create_volume(labels_path, shape, np.uint32, 1.0, chunks=(64, 128, 128), overwrite=True)
+        create_volume(labels_path, shape, np.uint32, 1.0, chunks=(64, 64, 64), overwrite=True)
         run_blocks(partial(_label_block, path=str(labels_path), block_shape=(block,) * 3, centres=centres, radii=radii),
                    open_volume(labels_path).grid((block,) * 3).block_ids, client=client, name="labels", progress=False)  # fmt: skip
         write_bcd_targets(str(labels_path), str(pred_path), block_shape=(block,) * 3, client=client, overwrite=True)

@@ -146,8 +146,10 @@ def create_predictions(
     return out
 
 
-def open_predictions(path: str | os.PathLike, channels: Sequence[str] | None = None) -> dict[str, Volume]:
-    """Open a prediction store; return ``{channel: Volume}``.
+def open_predictions(
+    path: str | os.PathLike, channels: Sequence[str] | None = None, mode: str = "r"
+) -> dict[str, Volume]:
+    """Open a prediction store; return ``{channel: Volume}`` (``mode="r+"`` to write into it).
 
     Raises
     ------
@@ -169,7 +171,7 @@ def open_predictions(path: str | os.PathLike, channels: Sequence[str] | None = N
     missing = [c for c in wanted if c not in names]
     if missing:
         raise BlocksegError(f"{path}: has channels {names}, missing {missing}")
-    out = {c: open_volume(f"{path.rstrip('/')}/{c}") for c in wanted}
+    out = {c: open_volume(f"{path.rstrip('/')}/{c}", mode=mode) for c in wanted}
     shapes = {c: v.shape for c, v in out.items()}
     if len(set(shapes.values())) > 1:
         raise BlocksegError(f"{path}: channels differ in shape {shapes}")

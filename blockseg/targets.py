@@ -166,7 +166,7 @@ def _targets_block(block_id, labels_path, pred_path, block_shape, halo, alpha, b
     grid = lab.grid(block_shape, halo)
     block = grid[block_id]
     t = bcd_targets(lab.array[block.outer], lab.voxel_size, alpha, beta, max_distance)
-    for name, vol in open_predictions(pred_path).items():
+    for name, vol in open_predictions(pred_path, mode="r+").items():
         vol.array[block.core] = encode_channel(t[name][block.core_in_outer], prediction_kind(vol, name), vol.dtype)
     return None
 
