@@ -3,24 +3,24 @@
 Passes (each a set of independent block tasks that write only their own core):
 
 1. **seeds** -- decode the core, label the seed mask's 26-connected components, give them
-   uint64 ids ``grid.id_offset(block) + k`` (unique without coordination); return each
-   component's voxel count.
+   ids ``grid.id_offset(block) + k`` (unique without coordination); return each component's
+   voxel count.
 2. **pairs** -- for every face, edge and corner the block shares with a later block, label the
    two-voxel slab of seed ids 26-connected: ids in one slab component are one seed.
 3. *driver* -- union-find (sparse connected components) over the pairs; global seed sizes;
    seeds under ``min_seed_size`` dropped; kept seeds numbered 1..S; one small lookup table per
    block (only the ids in that block) written to the work directory.
-4. **relabel seeds** with the per-block tables.
-5. **watershed** -- decode core + halo, flood (:mod:`.flood`) from the global seeds, write the
-   core, and mark core voxels the certificate cannot vouch for as *uncertain*.
-6. **resolve** -- blocks with uncertain voxels run again with twice the halo (then four times,
-   ... up to ``max_halo``), overwriting only their uncertain voxels; the new certificate
-   decides what stays uncertain. Each round reads predictions and seeds only, never labels, so
-   no block reads what another writes.
-7. **stats** -- per-block partial statistics per instance (count, sums of coordinates, bbox,
-   summed score); the driver reduces them, removes instances under ``min_size`` and numbers
-   the rest 1..N (in seed order); per-block tables again.
-8. **relabel labels** into the output volume; the instance table goes to
+4. **watershed** -- decode core + halo, map the seed ids of core + halo to global ids with the
+   tables of the (at most 27) blocks it overlaps, flood (:mod:`.flood`), write the core, mark
+   the core voxels the certificate cannot vouch for as *uncertain*, and return partial
+   per-instance statistics of the core (count, coordinate sums, bbox, summed score).
+5. **resolve** -- blocks with uncertain voxels run again with twice the halo (then four times,
+   ... up to ``max_halo``), overwriting only their uncertain voxels, and return fresh
+   statistics; the new certificate decides what stays uncertain. Rounds read predictions and
+   seeds only, never labels, so no block reads what another writes.
+6. *driver* -- reduce the statistics, remove instances under ``min_size``, number the rest
+   1..N (in seed order); per-block tables again.
+7. **relabel** the work labels into the output volume; the instance table goes to
    ``OUT/instances.csv``.
 """
 
@@ -109,7 +109,8 @@ def _seed_task(block_id: int, job: _Job):
     keep = ids != 0
     offset = grid.id_offset(block_id)
     cc[cc != 0] += offset
-    job.array("seeds")[block.core] = cc
+    seeds_out = job.array("seeds")
+    seeds_out[block.core] = cc.astype(seeds_out.dtype, copy=False)
     return ids[keep].astype(np.uint64) + offset, counts[keep].astype(np.int64)
 
 
@@ -151,40 +152,44 @@ def _relabel_task(block_id: int, job: _Job, src: str, dst: str, table_dir: str):
     target[core] = out.astype(target.dtype, copy=False)
 
 
+def _global_seeds(job: _Job, grid: BlockGrid, region: tuple[slice, ...]) -> np.ndarray:
+    """Raw block seed ids of ``region`` mapped to global seed ids with the tables of the blocks
+    whose cores ``region`` overlaps (only those tables are loaded)."""
+    mapping = {0: 0}
+    for bid in grid.blocks_in(region):
+        data = np.load(os.path.join(job.work_path, "seed_tables", f"{bid}.npz"))
+        mapping.update(zip(data["keys"].tolist(), data["values"].tolist()))
+    raw = job.array("seeds")[region]
+    return fastremap.remap(raw, mapping, preserve_missing_labels=False, in_place=True)
+
+
 def _watershed_task(block_id: int, job: _Job, halo: tuple[int, ...], first: bool):
+    """Flood core + ``halo``; write the core (first pass) or its uncertain voxels (later rounds).
+
+    Returns (voxels considered, voxels left uncertain, partial statistics of the core).
+    """
     grid = job.grid()
-    core = grid[block_id].core
+    block = grid[block_id]
+    core = block.core
     outer = expand(core, halo, job.shape)
-    _, fg, height, _ = decode_region(job, outer)
-    seed_ids = job.array("seeds")[outer]
-    labels, level = flood(height, seed_ids, fg)
+    _, fg, height, ch = decode_region(job, outer)
+    labels, level = flood(height, _global_seeds(job, grid, outer), fg)
     unc = uncertain_voxels(height, fg, level, artificial_faces(outer, job.shape))
     inner = _within(core, outer)
     lab, unc = labels[inner], unc[inner]
     raw, umap = job.array("labels"), job.array("uncertain")
+    score = job.decoder.score({c: v[inner] for c, v in ch.items()})
     if first:
         raw[core] = lab
         umap[core] = unc
-        return int(fg[inner].sum()), int(unc.sum())
+        return int(fg[inner].sum()), int(unc.sum()), partial_stats(lab, score, block.origin)
     prev = umap[core].astype(bool)
     current = raw[core]
     current[prev] = lab[prev]
     raw[core] = current
     left = prev & unc
     umap[core] = left
-    return int(prev.sum()), int(left.sum())
-
-
-def _stats_task(block_id: int, job: _Job):
-    grid = job.grid()
-    block = grid[block_id]
-    labels = job.array("labels")[block.core]
-    if not labels.any():
-        return partial_stats(labels, np.zeros(labels.shape, np.float32), block.origin)
-    kinds = dict(job.kinds)
-    vols = open_predictions(job.pred_path, job.decoder.channels)
-    ch = {c: decode_channel(vols[c].array[block.core], kinds[c]) for c in job.decoder.channels}
-    return partial_stats(labels, job.decoder.score(ch), block.origin)
+    return int(prev.sum()), int(left.sum()), partial_stats(current, score, block.origin)
 
 
 # ---------------------------------------------------------------------------- driver steps
@@ -347,8 +352,10 @@ def segment(
     _prepare_destination(work, True)
     zarr.open_group(work, mode="w")
     kw = dict(shape=grid.shape, chunks=first.write_unit, fill_value=0, compressors=None)  # scratch: fast, not small
-    zarr.create_array(f"{work}/seeds", dtype=np.uint64, **kw)
-    zarr.create_array(f"{work}/labels", dtype=np.uint64, **kw)
+    # block-offset ids are below len(grid) * block_voxels: uint32 when that fits
+    id_dtype = np.uint32 if len(grid) * grid.block_voxels < 2**32 else np.uint64
+    zarr.create_array(f"{work}/seeds", dtype=id_dtype, **kw)
+    zarr.create_array(f"{work}/labels", dtype=id_dtype, **kw)
     zarr.create_array(f"{work}/uncertain", dtype=bool, **kw)
     kinds = tuple((c, prediction_kind(vols[c], c)) for c in decoder.channels)
     job = _Job(pred_path, work, grid.shape, grid.block_shape, halo, first.write_unit, decoder, kinds)
@@ -367,13 +374,12 @@ def segment(
     values, report.n_seeds = merge_seeds(
         [s[0] for s in seeds], [s[1] for s in seeds], np.concatenate(edges), decoder.min_seed_size
     )
-    tables = f"{work}/tables"
-    _write_tables(tables, {b: (s[0], v) for b, s, v in zip(ids, seeds, values)})
-    run(partial(_relabel_task, job=job, src="seeds", dst=f"{work}/seeds", table_dir=tables), name="seed-relabel")
+    _write_tables(f"{work}/seed_tables", {b: (s[0], v) for b, s, v in zip(ids, seeds, values)})
     t = timed("seed_merge", t)
 
     results = run(partial(_watershed_task, job=job, halo=halo, first=True), name="watershed")
     report.foreground_voxels = int(sum(r[0] for r in results))
+    parts = {b: r[2] for b, r in zip(ids, results)}
     pending = [b for b, r in zip(ids, results) if r[1]]
     report.uncertain_voxels = int(sum(r[1] for r in results))
     t = timed("watershed", t)
@@ -389,21 +395,23 @@ def segment(
         )  # fmt: skip
         entering, left = sum(r[0] for r in res), sum(r[1] for r in res)
         report.rounds.append({"halo": list(current), "blocks": len(pending), "uncertain_in": int(entering), "uncertain_out": int(left)})
+        parts.update({b: r[2] for b, r in zip(pending, res)})
         pending = [b for b, r in zip(pending, res) if r[1]]
     report.unresolved_voxels = int(report.rounds[-1]["uncertain_out"]) if report.rounds else report.uncertain_voxels
     t = timed("resolve", t)
 
-    parts = run(partial(_stats_task, job=job), name="stats")
-    stats = reduce_stats(parts)
+    stats = reduce_stats([parts[b] for b in ids])
     keep = stats["count"] >= decoder.min_size
     report.n_removed_small = int((~keep).sum())
     new_ids = np.zeros(stats["id"].size, dtype=np.uint64)
     new_ids[keep] = np.arange(1, keep.sum() + 1, dtype=np.uint64)
     report.n_instances = int(keep.sum())
     per_block = {}
-    for b, p in zip(ids, parts):
+    for b in ids:
+        p = parts[b]
         pos = np.searchsorted(stats["id"], p["id"])
         per_block[b] = (p["id"], new_ids[pos])
+    tables = f"{work}/label_tables"
     _write_tables(tables, per_block)
     dtype = np.uint32 if report.n_instances < 2**32 - 1 else np.uint64
     out = create_volume(
@@ -416,7 +424,7 @@ def segment(
     final["id"] = new_ids[keep]
     table = instance_table(final)
     write_csv(table, report.table_path)
-    t = timed("stats_relabel", t)
+    t = timed("relabel", t)
     report.seconds["total"] = round(time.perf_counter() - t_start, 3)
     zarr.open_group(out_path, mode="r+").attrs["blockseg_report"] = json.loads(json.dumps(report.to_dict()))
     if not keep_work:
