@@ -16,6 +16,7 @@ kind                      value range                  uint8 stored as
 ========================  ===========================  ===========================
 ``"prob"`` (B, C, ...)    probability in [0, 1]        ``round(p * 255)``
 ``"tanh"`` (D, sdt)       tanh output in [-1, 1]       ``round((d + 1) * 127.5)``
+``"raw"`` (cpv_z, ...)    any float (e.g. voxels)      not allowed: float only
 ========================  ===========================  ===========================
 
 The kind of a channel is recorded in the volume's ``blockseg.kind`` attribute; channels named
@@ -35,8 +36,8 @@ from .errors import BlocksegError
 from .io import Volume, _check_exists, create_volume, open_volume
 
 #: scaling kinds and the channel names that default to them
-KINDS = ("prob", "tanh")
-DEFAULT_KIND = {"D": "tanh", "sdt": "tanh"}
+KINDS = ("prob", "tanh", "raw")
+DEFAULT_KIND = {"D": "tanh", "sdt": "tanh", "cpv_z": "raw", "cpv_y": "raw", "cpv_x": "raw"}
 STORED_DTYPES = (np.dtype(np.uint8), np.dtype(np.float16), np.dtype(np.float32))
 
 
@@ -67,6 +68,10 @@ def encode_channel(values: np.ndarray, kind: str, dtype=np.uint8) -> np.ndarray:
         raise BlocksegError(f"unknown channel kind {kind!r}; use one of {KINDS}")
     if dtype not in STORED_DTYPES:
         raise BlocksegError(f"prediction channels are stored as uint8, float16 or float32, not {dtype}")
+    if kind == "raw":
+        if dtype.kind != "f":
+            raise BlocksegError("raw channels (e.g. cpv vectors) are stored as float16 or float32, not uint8")
+        return np.asarray(values).astype(dtype)
     lo = 0.0 if kind == "prob" else -1.0
     v = np.clip(np.asarray(values, dtype=np.float32), lo, 1.0)
     if dtype.kind == "f":
@@ -88,6 +93,8 @@ def decode_channel(stored: np.ndarray, kind: str) -> np.ndarray:
         return stored.astype(np.float32, copy=False)
     if stored.dtype != np.uint8:
         raise BlocksegError(f"prediction channels are stored as uint8, float16 or float32, not {stored.dtype}")
+    if kind == "raw":
+        raise BlocksegError("a raw channel (e.g. cpv vectors) must be stored as float16 or float32")
     f = stored.astype(np.float32)
     return f / np.float32(255.0) if kind == "prob" else f / np.float32(127.5) - np.float32(1.0)
 
@@ -204,6 +211,9 @@ def save_predictions(
     if len(shapes) != 1:
         raise BlocksegError(f"channels differ in shape: {sorted(shapes)}")
     shape = shapes.pop()
+    kinds = {c: (kinds or {}).get(c, channel_kind(c)) for c in names}
+    if np.dtype(dtype) == np.uint8 and "raw" in kinds.values():
+        dtype = np.float32  # raw channels cannot be quantised: store the whole set as float32
     vols = create_predictions(path, names, shape, dtype, voxel_size, chunks, kinds, overwrite)
     for name, vol in vols.items():
         vol.array[...] = encode_channel(arrays[name], prediction_kind(vol, name), vol.dtype)

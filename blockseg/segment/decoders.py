@@ -147,7 +147,10 @@ class SDTDecoder(Decoder):
     name: ClassVar[str] = "sdt"
     channels: ClassVar[tuple[str, ...]] = ("sdt",)
     score_channel: ClassVar[str] = "sdt"
-    support: ClassVar[int] = 1
+
+    @property
+    def support(self) -> int:  # type: ignore[override]
+        return int(self.dilation)
 
     def decode(self, ch):
         s = ch["sdt"]
@@ -174,7 +177,10 @@ class AffinityDecoder(Decoder):
     name: ClassVar[str] = "affinities"
     channels: ClassVar[tuple[str, ...]] = ("aff_z", "aff_y", "aff_x", "fg")
     score_channel: ClassVar[str] = "fg"
-    support: ClassVar[int] = 1
+
+    @property
+    def support(self) -> int:  # type: ignore[override]
+        return int(self.dilation)
 
     def decode(self, ch):
         az, ay, ax = ch["aff_z"], ch["aff_y"], ch["aff_x"]
@@ -186,7 +192,67 @@ class AffinityDecoder(Decoder):
         return seeds, fg, quantise_height(1.0 - mean, 0.0, 1.0)
 
 
-DECODERS: dict[str, type[Decoder]] = {d.name: d for d in (BCDDecoder, ThreeLabelDecoder, SDTDecoder, AffinityDecoder)}
+def vote_map(vectors: tuple[np.ndarray, np.ndarray, np.ndarray], voters: np.ndarray) -> np.ndarray:
+    """Votes per voxel: each voter adds one vote at its position plus its rounded vector.
+
+    Parameters
+    ----------
+    vectors : tuple of three ndarrays
+        Predicted offsets (z, y, x) in voxels from each voxel to its nucleus centre.
+    voters : ndarray of bool
+        Voxels that vote (the foreground).
+
+    Returns
+    -------
+    ndarray of int32
+        Number of votes landing on each voxel (votes leaving the array are dropped).
+    """
+    shape = voters.shape
+    idx = np.nonzero(voters)
+    target = [np.rint(v[idx]).astype(np.int64) + i for v, i in zip(vectors, idx)]
+    inside = np.ones(idx[0].size, dtype=bool)
+    for t, n in zip(target, shape):
+        inside &= (t >= 0) & (t < n)
+    flat = np.ravel_multi_index(tuple(t[inside] for t in target), shape)
+    return np.bincount(flat, minlength=int(np.prod(shape))).reshape(shape).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class CPVDecoder(Decoder):
+    """Centre-point-vector voting decoder (channels ``B``, ``cpv_z``, ``cpv_y``, ``cpv_x``).
+
+    Every foreground voxel (``B > fg_b``) votes at its position plus its rounded vector (in
+    voxels); seeds = vote count ``>= min_votes`` inside the foreground; the watershed floods
+    the vector length (distance to the predicted centre, quantised over [0, max_vector]).
+    Votes travel up to ``max_vector`` voxels (longer vectors are clipped), which is the
+    decoder's support: blocks read that much more context.
+    """
+
+    fg_b: float = 0.5
+    min_votes: int = 3
+    max_vector: int = 16
+
+    name: ClassVar[str] = "cpv"
+    channels: ClassVar[tuple[str, ...]] = ("B", "cpv_z", "cpv_y", "cpv_x")
+    score_channel: ClassVar[str] = "B"
+
+    @property
+    def support(self) -> int:  # type: ignore[override]
+        return int(self.max_vector) + 1
+
+    def decode(self, ch):
+        fg = ch["B"] > self.fg_b
+        m = np.float32(self.max_vector)
+        vec = tuple(np.clip(ch[c], -m, m) for c in ("cpv_z", "cpv_y", "cpv_x"))
+        votes = vote_map(vec, fg)
+        seeds = (votes >= self.min_votes) & fg
+        length = np.sqrt(vec[0] ** 2 + vec[1] ** 2 + vec[2] ** 2)
+        return seeds, fg, quantise_height(length, 0.0, float(m))
+
+
+DECODERS: dict[str, type[Decoder]] = {
+    d.name: d for d in (BCDDecoder, ThreeLabelDecoder, SDTDecoder, AffinityDecoder, CPVDecoder)
+}
 
 
 def make_decoder(name: str, **params) -> Decoder:
