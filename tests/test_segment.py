@@ -243,3 +243,11 @@ def test_real_nuclei_blockwise_equals_whole(tmp_path):
     assert same_partition(ref, out)
     m, n_gt, n_pred = matched_at(gt, out, 0.5)
     assert m >= 0.8 * n_gt
+
+
+def test_empty_prediction_gives_empty_labels_and_table(tmp_path):
+    zeros = {c: np.zeros((16, 16, 16), np.float32) for c in "BC"}
+    zeros["D"] = -np.ones((16, 16, 16), np.float32)
+    out, report, _ = run_blockwise(tmp_path, zeros, (8, 8, 8), 4)
+    assert out.max() == 0 and report.n_instances == 0 and report.n_seeds == 0
+    assert read_csv(report.table_path)["id"].size == 0

@@ -108,5 +108,8 @@ def read_csv(path: str) -> dict[str, np.ndarray]:
     """Read a table written by :func:`write_csv`."""
     with open(path) as f:
         header = f.readline().strip().split(",")
-    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+        body = f.read().strip()
+    if not body:
+        return {c: np.zeros(0) for c in header}
+    data = np.loadtxt(body.splitlines(), delimiter=",", ndmin=2)
     return {c: data[:, j] for j, c in enumerate(header)}
