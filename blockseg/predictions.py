@@ -1,0 +1,220 @@
+"""Prediction zarrs: the layout ``segment`` reads and ``predict`` writes.
+
+A prediction store is a zarr group holding one NGFF image volume per channel::
+
+    cells_pred.zarr/            <- plain zarr group (attributes: blockseg.channels)
+    cells_pred.zarr/B/          <- OME-Zarr image volume of channel B (see blockseg.io)
+    cells_pred.zarr/B/0         <- its (z, y, x) array
+    cells_pred.zarr/C/ ...
+    cells_pred.zarr/D/ ...
+
+All channels have the same shape, chunks and voxel size. Each channel is stored either as
+float32 / float16 (the value itself) or as uint8 with a fixed, per-channel-kind scaling:
+
+========================  ===========================  ===========================
+kind                      value range                  uint8 stored as
+========================  ===========================  ===========================
+``"prob"`` (B, C, ...)    probability in [0, 1]        ``round(p * 255)``
+``"tanh"`` (D, sdt)       tanh output in [-1, 1]       ``round((d + 1) * 127.5)``
+``"raw"`` (cpv_z, ...)    any float (e.g. voxels)      not allowed: float only
+========================  ===========================  ===========================
+
+The kind of a channel is recorded in the volume's ``blockseg.kind`` attribute; channels named
+``D`` default to ``"tanh"``, every other name to ``"prob"``. :func:`decode_channel` turns stored
+values back into float32 values; :func:`encode_channel` does the reverse.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+import zarr
+
+from .errors import BlocksegError
+from .io import Volume, _check_exists, create_volume, open_volume
+
+#: scaling kinds and the channel names that default to them
+KINDS = ("prob", "tanh", "raw")
+DEFAULT_KIND = {"D": "tanh", "sdt": "tanh", "cpv_z": "raw", "cpv_y": "raw", "cpv_x": "raw"}
+STORED_DTYPES = (np.dtype(np.uint8), np.dtype(np.float16), np.dtype(np.float32))
+
+
+def channel_kind(name: str) -> str:
+    """Default scaling kind of a channel name: ``"tanh"`` for D / sdt, else ``"prob"``."""
+    return DEFAULT_KIND.get(name, "prob")
+
+
+def encode_channel(values: np.ndarray, kind: str, dtype=np.uint8) -> np.ndarray:
+    """Convert float channel values into their stored representation.
+
+    Parameters
+    ----------
+    values : ndarray
+        Probabilities in [0, 1] (``kind="prob"``) or tanh values in [-1, 1] (``kind="tanh"``).
+        Out-of-range values are clipped.
+    kind : {"prob", "tanh"}
+        Scaling kind.
+    dtype : dtype
+        uint8 (quantised) or float16 / float32 (stored as is, clipped).
+
+    Returns
+    -------
+    ndarray of ``dtype``
+    """
+    dtype = np.dtype(dtype)
+    if kind not in KINDS:
+        raise BlocksegError(f"unknown channel kind {kind!r}; use one of {KINDS}")
+    if dtype not in STORED_DTYPES:
+        raise BlocksegError(f"prediction channels are stored as uint8, float16 or float32, not {dtype}")
+    if kind == "raw":
+        if dtype.kind != "f":
+            raise BlocksegError("raw channels (e.g. cpv vectors) are stored as float16 or float32, not uint8")
+        return np.asarray(values).astype(dtype)
+    lo = 0.0 if kind == "prob" else -1.0
+    v = np.clip(np.asarray(values, dtype=np.float32), lo, 1.0)
+    if dtype.kind == "f":
+        return v.astype(dtype)
+    scaled = v * 255.0 if kind == "prob" else (v + 1.0) * 127.5
+    return np.rint(scaled).astype(np.uint8)
+
+
+def decode_channel(stored: np.ndarray, kind: str) -> np.ndarray:
+    """Convert stored channel values back to float32 probabilities / tanh values.
+
+    Floats are returned as float32 unchanged; uint8 is unscaled (``u / 255`` for ``"prob"``,
+    ``u / 127.5 - 1`` for ``"tanh"``).
+    """
+    if kind not in KINDS:
+        raise BlocksegError(f"unknown channel kind {kind!r}; use one of {KINDS}")
+    stored = np.asarray(stored)
+    if stored.dtype.kind == "f":
+        return stored.astype(np.float32, copy=False)
+    if stored.dtype != np.uint8:
+        raise BlocksegError(f"prediction channels are stored as uint8, float16 or float32, not {stored.dtype}")
+    if kind == "raw":
+        raise BlocksegError("a raw channel (e.g. cpv vectors) must be stored as float16 or float32")
+    f = stored.astype(np.float32)
+    return f / np.float32(255.0) if kind == "prob" else f / np.float32(127.5) - np.float32(1.0)
+
+
+def create_predictions(
+    path: str | os.PathLike,
+    channels: Sequence[str],
+    shape: Sequence[int],
+    dtype=np.uint8,
+    voxel_size: float | Sequence[float] | None = None,
+    chunks: Sequence[int] | None = None,
+    kinds: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Volume]:
+    """Create an empty prediction store with one volume per channel.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The group to create (``*.zarr``).
+    channels : sequence of str
+        Channel names, e.g. ``("B", "C", "D")``.
+    shape, voxel_size, chunks
+        As for :func:`blockseg.io.create_volume`; shared by all channels.
+    dtype : uint8, float16 or float32
+        Storage dtype of every channel.
+    kinds : mapping, optional
+        Scaling kind per channel; default from :func:`channel_kind`.
+    overwrite : bool
+        Replace an existing store.
+
+    Returns
+    -------
+    dict of str to Volume
+    """
+    from .io import _prepare_destination
+
+    path = str(path)
+    dtype = np.dtype(dtype)
+    if dtype not in STORED_DTYPES:
+        raise BlocksegError(f"prediction channels are stored as uint8, float16 or float32, not {dtype}")
+    if not channels or len(set(channels)) != len(channels):
+        raise BlocksegError(f"give distinct channel names, got {list(channels)}")
+    kinds = {c: (kinds or {}).get(c, channel_kind(c)) for c in channels}
+    for c, k in kinds.items():
+        if k not in KINDS:
+            raise BlocksegError(f"channel {c}: unknown kind {k!r}; use one of {KINDS}")
+    _prepare_destination(path, overwrite)
+    group = zarr.open_group(path, mode="w")
+    group.attrs["blockseg"] = {"predictions": {"channels": list(channels), "kinds": kinds}}
+    out = {}
+    for c in channels:
+        out[c] = create_volume(
+            f"{path.rstrip('/')}/{c}", shape, dtype, voxel_size, chunks, name=c, attributes={"kind": kinds[c]}
+        )
+    return out
+
+
+def open_predictions(
+    path: str | os.PathLike, channels: Sequence[str] | None = None, mode: str = "r"
+) -> dict[str, Volume]:
+    """Open a prediction store; return ``{channel: Volume}`` (``mode="r+"`` to write into it).
+
+    Raises
+    ------
+    BlocksegError
+        If the store is missing, is not a prediction store, lacks a requested channel, or its
+        channels disagree in shape.
+    """
+    path = str(path)
+    _check_exists(path)
+    try:
+        group = zarr.open_group(path, mode="r")
+    except Exception:
+        raise BlocksegError(f"{path}: not a zarr group of prediction channels") from None
+    meta = dict(group.attrs.get("blockseg", {})).get("predictions")
+    if not meta:
+        raise BlocksegError(f"{path}: not a blockseg prediction store (no blockseg.predictions attribute)")
+    names = list(meta["channels"])
+    wanted = names if channels is None else list(channels)
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise BlocksegError(f"{path}: has channels {names}, missing {missing}")
+    out = {c: open_volume(f"{path.rstrip('/')}/{c}", mode=mode) for c in wanted}
+    shapes = {c: v.shape for c, v in out.items()}
+    if len(set(shapes.values())) > 1:
+        raise BlocksegError(f"{path}: channels differ in shape {shapes}")
+    return out
+
+
+def prediction_kind(volume: Volume, name: str) -> str:
+    """Scaling kind of an opened channel volume (its attribute, else the name's default)."""
+    group_attrs = zarr.open_group(volume.path, mode="r").attrs
+    return dict(group_attrs.get("blockseg", {})).get("kind", channel_kind(name))
+
+
+def read_channels(volumes: Mapping[str, Volume], region) -> dict[str, np.ndarray]:
+    """Read ``region`` (global slices) of every channel, decoded to float32."""
+    return {c: decode_channel(v.array[region], prediction_kind(v, c)) for c, v in volumes.items()}
+
+
+def save_predictions(
+    path: str | os.PathLike,
+    arrays: Mapping[str, np.ndarray],
+    dtype=np.uint8,
+    voxel_size: float | Sequence[float] | None = None,
+    chunks: Sequence[int] | None = None,
+    kinds: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Volume]:
+    """Write in-memory float channels (``{name: array}``) as a prediction store."""
+    names = list(arrays)
+    shapes = {np.shape(a) for a in arrays.values()}
+    if len(shapes) != 1:
+        raise BlocksegError(f"channels differ in shape: {sorted(shapes)}")
+    shape = shapes.pop()
+    kinds = {c: (kinds or {}).get(c, channel_kind(c)) for c in names}
+    if np.dtype(dtype) == np.uint8 and "raw" in kinds.values():
+        dtype = np.float32  # raw channels cannot be quantised: store the whole set as float32
+    vols = create_predictions(path, names, shape, dtype, voxel_size, chunks, kinds, overwrite)
+    for name, vol in vols.items():
+        vol.array[...] = encode_channel(arrays[name], prediction_kind(vol, name), vol.dtype)
+    return vols
