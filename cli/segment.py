@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     params = {}
     for name, value in args.param:
-        params[name] = int(value) if name in ("min_seed_size", "min_size", "dilation") else value
+        params[name] = int(value) if name in ("min_seed_size", "min_size", "dilation", "min_votes", "max_vector") else value
     decoder = make_decoder(args.decoder, **params)
     with dask_client(cluster_config(args), quiet=args.json) as client:
         report = segment(
