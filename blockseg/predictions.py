@@ -95,8 +95,11 @@ def decode_channel(stored: np.ndarray, kind: str) -> np.ndarray:
         raise BlocksegError(f"prediction channels are stored as uint8, float16 or float32, not {stored.dtype}")
     if kind == "raw":
         raise BlocksegError("a raw channel (e.g. cpv vectors) must be stored as float16 or float32")
-    f = stored.astype(np.float32)
-    return f / np.float32(255.0) if kind == "prob" else f / np.float32(127.5) - np.float32(1.0)
+    if kind == "prob":
+        return np.multiply(stored, np.float32(1 / 255), dtype=np.float32)
+    f = np.multiply(stored, np.float32(1 / 127.5), dtype=np.float32)
+    f -= np.float32(1.0)
+    return f
 
 
 def create_predictions(

@@ -20,16 +20,48 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar, Mapping
 
+import numba
 import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import BlocksegError
 
 
+@numba.njit(cache=True, nogil=True)
+def _quantise_kernel(values, lo, scale, out):
+    v = values.ravel()
+    o = out.ravel()
+    for i in range(v.size):
+        x = (v[i] - lo) * scale
+        if x < 0:
+            x = 0
+        elif x > 255:
+            x = 255
+        o[i] = np.uint8(np.rint(x))
+
+
 def quantise_height(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Map ``values`` linearly from ``[lo, hi]`` onto uint8 0..255 (rounded, clipped)."""
-    scaled = (np.asarray(values, dtype=np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
-    return np.rint(np.clip(scaled, 0, 255)).astype(np.uint8)
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    out = np.empty(values.shape, dtype=np.uint8)
+    _quantise_kernel(values, np.float32(lo), np.float32(255.0 / (hi - lo)), out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _bcd_kernel(b, c, d, seed_b, seed_c, seed_d, fg_b, fg_d, seeds, fg, height):
+    bb, cc, dd = b.ravel(), c.ravel(), d.ravel()
+    s, f, h = seeds.ravel(), fg.ravel(), height.ravel()
+    for i in range(bb.size):
+        fi = bb[i] > fg_b and dd[i] > fg_d
+        f[i] = fi
+        s[i] = fi and bb[i] > seed_b and cc[i] < seed_c and dd[i] > seed_d
+        x = (np.float32(1.0) - dd[i]) * np.float32(127.5)  # -D over [-1, 1] onto 0..255
+        if x < 0:
+            x = 0
+        elif x > 255:
+            x = 255
+        h[i] = np.uint8(np.rint(x))
 
 
 @dataclass(frozen=True)
@@ -97,10 +129,13 @@ class BCDDecoder(Decoder):
     score_channel: ClassVar[str] = "B"
 
     def decode(self, ch):
-        b, c, d = ch["B"], ch["C"], ch["D"]
-        fg = (b > self.fg_b) & (d > self.fg_d)
-        seeds = (b > self.seed_b) & (c < self.seed_c) & (d > self.seed_d) & fg
-        height = quantise_height(-d, -1.0, 1.0)
+        b, c, d = (np.ascontiguousarray(ch[k], dtype=np.float32) for k in ("B", "C", "D"))
+        seeds = np.empty(b.shape, dtype=bool)
+        fg = np.empty(b.shape, dtype=bool)
+        height = np.empty(b.shape, dtype=np.uint8)
+        f32 = np.float32
+        _bcd_kernel(b, c, d, f32(self.seed_b), f32(self.seed_c), f32(self.seed_d), f32(self.fg_b), f32(self.fg_d),
+                    seeds, fg, height)  # fmt: skip
         return seeds, fg, height
 
 
