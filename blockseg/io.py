@@ -291,8 +291,19 @@ def create_label_volume(
     **kwargs,
 ) -> Volume:
     """Create a label image ``IMAGE/labels/NAME`` following the NGFF labels spec."""
-    image_path = str(image_path)
-    labels_path = f"{image_path.rstrip('/')}/labels"
+    labels_path = f"{str(image_path).rstrip('/')}/labels"
+    vol = create_volume(f"{labels_path}/{name}", shape, dtype, voxel_size, name=name, **kwargs)
+    register_label(image_path, name)
+    return vol
+
+
+def register_label(image_path: str | os.PathLike, name: str) -> None:
+    """Declare the volume ``IMAGE/labels/NAME`` a label image of ``IMAGE`` (NGFF labels spec).
+
+    Adds ``NAME`` to the ``labels`` list of ``IMAGE/labels`` and the ``image-label`` metadata to
+    the label volume, which must already exist (e.g. written by ``segment``).
+    """
+    labels_path = f"{str(image_path).rstrip('/')}/labels"
     labels = zarr.open_group(labels_path, mode="a")
     ome = dict(labels.attrs.get("ome", {"version": NGFF_VERSION}))
     names = list(ome.get("labels", []))
@@ -300,12 +311,10 @@ def create_label_volume(
         names.append(name)
     ome["labels"] = names
     labels.attrs["ome"] = ome
-    vol = create_volume(f"{labels_path}/{name}", shape, dtype, voxel_size, name=name, **kwargs)
-    group = zarr.open_group(vol.path, mode="r+")
+    group = zarr.open_group(f"{labels_path}/{name}", mode="r+")
     ome = dict(group.attrs["ome"])
     ome["image-label"] = {"source": {"image": "../../"}}
     group.attrs["ome"] = ome
-    return vol
 
 
 # ---------------------------------------------------------------------------- import

@@ -97,8 +97,16 @@ def plot_ap(result: EvaluationResult, path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    th = [s["threshold"] for s in result.matching]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    draw_ap(ax, result)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def draw_ap(ax, result: EvaluationResult) -> None:
+    """Draw the curves of :func:`plot_ap` on a matplotlib axis."""
+    th = [s["threshold"] for s in result.matching]
     curves = (("accuracy", "accuracy TP/(TP+FP+FN)"), ("f1", "F1"), ("precision", "precision"), ("recall", "recall"))
     for key, label in curves:
         ax.plot(th, [s[key] for s in result.matching], marker="o", ms=3, label=label)
@@ -111,9 +119,6 @@ def plot_ap(result: EvaluationResult, path: str | os.PathLike) -> None:
     ax.grid(alpha=0.3)
     ax.set_title(f"avAP {result.av_ap:.3f}   COCO AP {result.coco['AP']:.3f}   ({result.overlaps.n_true} GT)")
     ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def write_report(result: EvaluationResult, out_dir: str | os.PathLike, png: bool = True) -> dict[str, str]:

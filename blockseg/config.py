@@ -1,0 +1,217 @@
+"""Run configuration: one YAML file describes a whole ``blockseg run``.
+
+The schema is strict: an unknown key or a value of the wrong type is an error that names the
+key (``segment.halo: Input should be a valid integer``). Relative paths in a config file are
+taken relative to the file's folder, so a config and its data can move together.
+
+Example (``configs/demo.yaml``)::
+
+    name: demo
+    run_dir: runs/demo
+    data:
+      synth: {preset: nucmm-z, shape: [128, 512, 512], mode: em, seed: 7}
+    model:
+      checkpoint: demo
+    segment:
+      decoder: bcd
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import BlocksegError
+
+Triple = Union[int, tuple[int, int, int]]
+STAGES = ("data", "predict", "segment", "evaluate")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SynthConfig(_Strict):
+    """Generate the input with :func:`blockseg.synth.synthesize` (ground truth included)."""
+
+    preset: Literal["nucmm-z", "nucmm-m"] = "nucmm-z"
+    shape: tuple[int, int, int] = (128, 512, 512)
+    mode: Optional[Literal["em", "uct"]] = None
+    seed: int = 0
+    mask: bool = False
+    density: Optional[float] = Field(default=None, gt=0)
+    radius: Optional[float] = Field(default=None, gt=0)
+    voxel_size: Optional[tuple[float, float, float]] = None
+
+
+class DataConfig(_Strict):
+    """Input image, optional ground truth and valid mask.
+
+    Give ``image`` (an OME-Zarr volume, or a file ``blockseg import`` reads: npy, npz, tif, h5)
+    or ``synth``. ``ground_truth`` / ``mask`` are label volumes (zarr paths; for an imported
+    npz/h5 file use ``import``'s key syntax). With ``synth`` the ground truth is the generated
+    ``labels/nuclei``.
+    """
+
+    image: Optional[str] = None
+    image_key: Optional[str] = None
+    ground_truth: Optional[str] = None
+    ground_truth_key: Optional[str] = None
+    mask: Optional[str] = None
+    voxel_size: Optional[tuple[float, float, float]] = None
+    synth: Optional[SynthConfig] = None
+    chunks: Optional[tuple[int, int, int]] = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.image is None) == (self.synth is None):
+            raise ValueError("give exactly one of data.image and data.synth")
+        return self
+
+
+class ModelConfig(_Strict):
+    """``checkpoint``: a checkpoint file, or ``demo`` for the shipped demo checkpoint."""
+
+    checkpoint: str = "demo"
+
+
+class PredictConfig(_Strict):
+    block_shape: Optional[Triple] = None
+    dtype: Literal["uint8", "float16", "float32"] = "uint8"
+    tta: bool = False
+    mc_samples: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=4, ge=1)
+    overlap: Optional[float] = Field(default=None, ge=0, lt=1)
+
+
+class SegmentConfig(_Strict):
+    decoder: Literal["bcd", "3label", "sdt", "aff", "cpv"] = "bcd"
+    params: dict[str, Any] = Field(default_factory=dict)
+    block_shape: Optional[Triple] = None
+    halo: Optional[Triple] = None
+    max_halo: Optional[Triple] = None
+
+
+class EvaluateConfig(_Strict):
+    enabled: bool = True
+    thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    detection_radius_um: float = Field(default=3.0, gt=0)
+    png: bool = True
+
+
+class ClusterSection(_Strict):
+    scheduler: Optional[str] = None
+    workers: Optional[int] = Field(default=None, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)
+    memory_limit: Optional[str] = None
+    gpu: bool = False
+    dashboard: bool = False
+
+
+class RunConfig(_Strict):
+    """A whole run; see the module docstring."""
+
+    name: str = "run"
+    run_dir: str
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    predict: PredictConfig = PredictConfig()
+    segment: SegmentConfig = SegmentConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    cluster: ClusterSection = ClusterSection()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError("must be a plain name (no '/')")
+        return v
+
+    def resolved(self) -> dict:
+        """The config as plain data (JSON-serialisable), defaults filled in."""
+        return self.model_dump(mode="json")
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: config key {loc}: {msg}{more}"
+
+
+_PATH_KEYS = {"data": ("image", "ground_truth", "mask")}
+
+
+def _anchor_paths(raw: dict, base: str) -> dict:
+    """Make relative paths of a config file relative to the file's folder."""
+    raw = dict(raw)
+
+    def anchor(p):
+        if not isinstance(p, str) or "://" in p or os.path.isabs(p):
+            return p
+        return os.path.normpath(os.path.join(base, p))
+
+    if isinstance(raw.get("run_dir"), str):
+        raw["run_dir"] = anchor(raw["run_dir"])
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("checkpoint") not in (None, "demo"):
+        raw["model"] = {**model, "checkpoint": anchor(model["checkpoint"])}
+    data = raw.get("data")
+    if isinstance(data, dict):
+        raw["data"] = {k: (anchor(v) if k in _PATH_KEYS["data"] else v) for k, v in data.items()}
+    return raw
+
+
+def parse_config(raw: Any, source: str = "config", base_dir: str | None = None) -> RunConfig:
+    """Validate a config mapping; errors become one-line :class:`BlocksegError` naming the key."""
+    if not isinstance(raw, dict):
+        raise BlocksegError(f"{source}: a config is a mapping of keys (name, run_dir, data, ...), got {type(raw).__name__}")
+    if base_dir is not None:
+        raw = _anchor_paths(raw, base_dir)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise BlocksegError(_format_error(e, source)) from None
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunConfig:
+    """Read and validate a YAML config file (relative paths anchored at its folder).
+
+    ``overrides`` maps dotted keys to values (``{"run_dir": "/tmp/x", "segment.halo": 32}``),
+    applied before validation.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise BlocksegError(f"config file {path} does not exist")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise BlocksegError(f"{path}: not valid YAML{where}") from None
+    raw = raw or {}
+    base = os.path.dirname(os.path.abspath(path))
+    if isinstance(raw, dict):
+        raw = _anchor_paths(raw, base)
+    for key, value in (overrides or {}).items():
+        raw = set_dotted(raw, key, value)
+    return parse_config(raw, path)
+
+
+def set_dotted(raw: Any, key: str, value: Any) -> dict:
+    if not isinstance(raw, dict):
+        return raw
+    raw = dict(raw)
+    head, _, rest = key.partition(".")
+    if rest:
+        raw[head] = set_dotted(raw.get(head) or {}, rest, value)
+    else:
+        raw[head] = value
+    return raw

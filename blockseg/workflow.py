@@ -1,0 +1,486 @@
+"""``blockseg run``: data → predict → segment → evaluate as one resumable job.
+
+A run directory holds everything a run makes, plus its provenance::
+
+    RUN_DIR/run.json                 resolved config, blockseg version, stage history
+    RUN_DIR/config.yaml              the resolved config (rerunnable as is)
+    RUN_DIR/stages/STAGE.json        per-stage record: fingerprint, status, seconds, memory
+    RUN_DIR/image.zarr               the image, when synthesised or imported here
+    RUN_DIR/image.zarr/labels/blockseg   the segmentation (NGFF label image of the image)
+    RUN_DIR/segmentation.zarr        the segmentation instead, when the image lives elsewhere
+    RUN_DIR/predictions.zarr         prediction channels (one NGFF volume each)
+    RUN_DIR/evaluation/              evaluation.json, instances.csv, PNG report
+
+Each stage has a *fingerprint*: a hash of its own config section, of the files it depends on,
+and of the fingerprints of the stages before it. A stage whose record says ``done`` with the
+current fingerprint is skipped; a stage whose record says ``running`` with the current
+fingerprint was interrupted and resumes (predict skips its finished blocks); any other stage,
+and every stage after it, is redone. The ``done`` record is written last, atomically, so a
+half-written output is never taken for a finished one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .config import STAGES, RunConfig
+from .errors import BlocksegError
+from .provenance import PeakMemory, file_digest, fingerprint, now, write_json_atomic
+
+RUN_MARKER = "run.json"
+
+#: the demo run (``blockseg demo``; ``configs/demo.yaml`` is the same with a run_dir): a
+#: 128×512×512 NucMM-Z-like EM volume, the shipped B, C, D + cpv checkpoint, the BCD decoder
+DEMO_CONFIG: dict = {
+    "name": "demo",
+    "data": {"synth": {"preset": "nucmm-z", "shape": [128, 512, 512], "mode": "em", "seed": 2026}},
+    "model": {"checkpoint": "demo"},
+    "predict": {"dtype": "uint8"},
+    "segment": {"decoder": "bcd"},
+    "evaluate": {"enabled": True},
+}
+
+
+def _is_zarr(path: str) -> bool:
+    return path.rstrip("/").endswith(".zarr") or os.path.isdir(path)
+
+
+def _inside(path: str, root: str) -> bool:
+    path, root = os.path.abspath(path), os.path.abspath(root)
+    return os.path.commonpath([path, root]) == root
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where every input and output of a run lives (derived from the config alone)."""
+
+    root: str
+    image: str
+    ground_truth: str | None
+    mask: str | None
+    predictions: str
+    labels: str
+    evaluation: str
+
+    @property
+    def stages_dir(self) -> str:
+        return os.path.join(self.root, "stages")
+
+    def stage_record(self, stage: str) -> str:
+        return os.path.join(self.stages_dir, f"{stage}.json")
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> "RunLayout":
+        root = os.path.abspath(cfg.run_dir)
+        d = cfg.data
+        if d.synth is not None or not _is_zarr(d.image):
+            image = os.path.join(root, "image.zarr")
+        else:
+            image = d.image
+        if d.synth is not None:
+            gt = f"{image}/labels/nuclei"
+            mask = f"{image}/labels/valid" if d.synth.mask else None
+        else:
+            gt = d.ground_truth if d.ground_truth is None or _is_zarr(d.ground_truth) else os.path.join(root, "ground_truth.zarr")
+            mask = d.mask if d.mask is None or _is_zarr(d.mask) else os.path.join(root, "mask.zarr")
+        labels = f"{image}/labels/blockseg" if _inside(image, root) else os.path.join(root, "segmentation.zarr")
+        return cls(
+            root=root,
+            image=image,
+            ground_truth=gt,
+            mask=mask,
+            predictions=os.path.join(root, "predictions.zarr"),
+            labels=labels,
+            evaluation=os.path.join(root, "evaluation"),
+        )
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` did: layout, per-stage records, evaluation summary (if evaluated)."""
+
+    layout: RunLayout
+    stages: dict = field(default_factory=dict)
+    evaluation: dict | None = None
+
+    @property
+    def ran(self) -> list[str]:
+        return [s for s, r in self.stages.items() if r.get("action") != "skipped"]
+
+
+# ------------------------------------------------------------------------------ checkpoint
+def checkpoint_path(cfg: RunConfig) -> str:
+    """The checkpoint file of a config (``demo`` = the shipped demo checkpoint)."""
+    if cfg.model.checkpoint == "demo":
+        from .models import demo_checkpoint_path
+
+        return demo_checkpoint_path()
+    return cfg.model.checkpoint
+
+
+# ------------------------------------------------------------------------------ fingerprints
+def fingerprints(cfg: RunConfig, layout: RunLayout) -> dict[str, str]:
+    """Fingerprint of every stage (see the module docstring)."""
+    d = cfg.data.model_dump(mode="json")
+    fp = {"data": fingerprint("data", d)}
+    ckpt = checkpoint_path(cfg)
+    ck = file_digest(ckpt) if os.path.isfile(ckpt) else ckpt
+    fp["predict"] = fingerprint("predict", fp["data"], ck, cfg.predict.model_dump(mode="json"))
+    fp["segment"] = fingerprint("segment", fp["predict"], cfg.segment.model_dump(mode="json"))
+    fp["evaluate"] = fingerprint("evaluate", fp["segment"], cfg.evaluate.model_dump(mode="json"))
+    return fp
+
+
+def _read_record(layout: RunLayout, stage: str) -> dict | None:
+    import json
+
+    path = layout.stage_record(stage)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None  # a damaged record counts as missing: the stage is redone
+
+
+def plan(cfg: RunConfig, from_stage: str | None = None, only: str | None = None) -> dict[str, str]:
+    """What each stage will do: ``skip``, ``resume`` or ``run``.
+
+    ``from_stage`` forces that stage and the later ones to run; ``only`` restricts the run to
+    one stage (its inputs must be complete).
+    """
+    for name, v in (("--from", from_stage), ("--only", only)):
+        if v is not None and v not in STAGES:
+            raise BlocksegError(f"{name} must be one of {list(STAGES)}, got {v!r}")
+    layout = RunLayout.of(cfg)
+    fps = fingerprints(cfg, layout)
+    actions: dict[str, str] = {}
+    upstream_changed = False
+    for stage in STAGES:
+        rec = _read_record(layout, stage)
+        same = rec is not None and rec.get("fingerprint") == fps[stage]
+        if stage == "evaluate" and (not cfg.evaluate.enabled or layout.ground_truth is None):
+            actions[stage] = "disabled"
+            continue
+        if from_stage is not None and STAGES.index(stage) >= STAGES.index(from_stage):
+            act = "run"
+        elif upstream_changed or not same:
+            act = "resume" if same and rec.get("status") == "running" else "run"
+        else:
+            act = "skip" if rec.get("status") == "done" else "resume"
+        if act != "skip":
+            upstream_changed = True
+        actions[stage] = act
+    if only is not None:
+        for stage in STAGES:
+            if stage == only:
+                continue
+            if STAGES.index(stage) < STAGES.index(only) and actions[stage] not in ("skip", "disabled"):
+                raise BlocksegError(f"--only {only}: stage {stage} is not complete for this config; run it first")
+            if actions[stage] != "disabled":
+                actions[stage] = "skip"
+        if actions[only] == "skip":
+            actions[only] = "run"
+    return actions
+
+
+# ------------------------------------------------------------------------------ stages
+def _stage_data(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict:
+    from .io import import_volume, open_volume
+
+    d = cfg.data
+    if d.synth is not None:
+        from .synth import PRESETS, SynthParams, synthesize
+
+        s = d.synth
+        kw = dict(PRESETS[s.preset])
+        kw["shape"] = tuple(s.shape)
+        for name in ("density", "radius", "mode", "voxel_size"):
+            if getattr(s, name) is not None:
+                kw[name] = getattr(s, name)
+        summary = synthesize(
+            layout.image, SynthParams(**kw, mask=s.mask, seed=s.seed), chunks=d.chunks, client=client,
+            overwrite=True, progress=False,
+        )  # fmt: skip
+        return {"synth": summary.to_dict() if hasattr(summary, "to_dict") else str(summary)}
+    out = {}
+    if layout.image != d.image:
+        import_volume(d.image, layout.image, d.voxel_size, d.image_key, d.chunks, overwrite=True)
+        out["imported_image"] = layout.image
+    if d.ground_truth is not None and layout.ground_truth != d.ground_truth:
+        img = open_volume(layout.image)
+        import_volume(d.ground_truth, layout.ground_truth, img.voxel_size, d.ground_truth_key, img.chunks, overwrite=True)
+        out["imported_ground_truth"] = layout.ground_truth
+    if d.mask is not None and layout.mask != d.mask:
+        img = open_volume(layout.image)
+        import_volume(d.mask, layout.mask, img.voxel_size, None, img.chunks, overwrite=True)
+    img = open_volume(layout.image)
+    for name, path in (("ground truth", layout.ground_truth), ("mask", layout.mask)):
+        if path is not None and open_volume(path).shape != img.shape:
+            raise BlocksegError(f"{name} {path} has shape {open_volume(path).shape}, the image {img.shape}")
+    out["image"] = {"path": layout.image, "shape": list(img.shape), "voxel_size": list(img.voxel_size)}
+    return out
+
+
+def _stage_predict(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict:
+    from .predict import predict
+
+    p = cfg.predict
+    report = predict(
+        layout.image,
+        checkpoint_path(cfg),
+        layout.predictions,
+        block_shape=p.block_shape,
+        client=client,
+        dtype=p.dtype,
+        overwrite=not resume,
+        resume=resume,
+        tta=p.tta,
+        mc_samples=p.mc_samples,
+        batch_size=p.batch_size,
+        **({"overlap": p.overlap} if p.overlap is not None else {}),
+    )
+    return report.to_dict() if hasattr(report, "to_dict") else dict(report or {})
+
+
+def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict:
+    from .segment import make_decoder, segment
+
+    s = cfg.segment
+    params = dict(s.params)
+    if not params and cfg.model.checkpoint:  # decoder settings recommended by the checkpoint
+        params = _recommended_decoder_params(cfg, s.decoder)
+    decoder = make_decoder(s.decoder, **params)
+    _check_channels(layout.predictions, decoder)
+    report = segment(
+        layout.predictions, layout.labels, decoder, block_shape=s.block_shape, halo=s.halo, max_halo=s.max_halo,
+        client=client, overwrite=True,
+    )  # fmt: skip
+    if layout.labels.startswith(layout.image.rstrip("/") + "/labels/"):
+        from .io import register_label
+
+        register_label(layout.image, os.path.basename(layout.labels))
+    out = report.to_dict()
+    out["decoder"] = {"name": s.decoder, **decoder.params()}
+    return out
+
+
+def _recommended_decoder_params(cfg: RunConfig, decoder: str) -> dict:
+    from .models import read_checkpoint
+
+    meta = read_checkpoint(checkpoint_path(cfg)).get("metadata", {})
+    rec = meta.get("decoder") or {}
+    if rec.get("name", decoder) != decoder:
+        return {}
+    return dict(rec.get("params", {}))
+
+
+def _check_channels(pred_path: str, decoder) -> None:
+    from .predictions import open_predictions
+
+    try:
+        open_predictions(pred_path, decoder.channels)
+    except BlocksegError as e:
+        raise BlocksegError(f"the model's outputs do not suit decoder {type(decoder).__name__}: {e}") from None
+
+
+def _stage_evaluate(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict:
+    from .evaluate import evaluate, write_report
+    from .report import overview_png
+    from .segment.stats import read_csv
+
+    e = cfg.evaluate
+    table = read_csv(os.path.join(layout.labels, "instances.csv"))
+    scores = np.c_[table["id"], table["score"]] if len(table.get("id", ())) else None
+    result = evaluate(
+        layout.ground_truth, layout.labels, layout.mask, thresholds=e.thresholds, scores=scores,
+        points="centroids", radius_um=e.detection_radius_um, client=client,
+    )  # fmt: skip
+    if os.path.exists(layout.evaluation):
+        shutil.rmtree(layout.evaluation)
+    paths = write_report(result, layout.evaluation, png=e.png)
+    if e.png:
+        paths["overview"] = os.path.join(layout.evaluation, "overview.png")
+        overview_png(layout.image, layout.ground_truth, layout.labels, result, paths["overview"], mask=layout.mask)
+    summary = result.summary()
+    return {
+        "paths": paths,
+        "avAP": summary["avAP"],
+        "AP50": summary["coco"].get("AP50"),
+        "AP75": summary["coco"].get("AP75"),
+        "n_true": summary["n_true"],
+        "n_pred": summary["n_pred"],
+        "matching": summary["matching"],
+    }
+
+
+STAGE_FUNCS: dict[str, Callable] = {
+    "data": _stage_data,
+    "predict": _stage_predict,
+    "segment": _stage_segment,
+    "evaluate": _stage_evaluate,
+}
+
+
+# ------------------------------------------------------------------------------ run
+def _claim_run_dir(cfg: RunConfig, layout: RunLayout, overwrite: bool) -> None:
+    root = layout.root
+    marker = os.path.join(root, RUN_MARKER)
+    if os.path.isdir(root) and os.listdir(root) and not os.path.exists(marker):
+        if not overwrite:
+            raise BlocksegError(f"run_dir {root} exists and is not a blockseg run directory; choose another or pass --overwrite")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise BlocksegError(f"run_dir {root} exists and is not a directory")
+    try:
+        os.makedirs(layout.stages_dir, exist_ok=True)
+    except OSError as e:
+        raise BlocksegError(f"cannot create run_dir {root}: {e.strerror}") from None
+    if not os.access(root, os.W_OK):
+        raise BlocksegError(f"run_dir {root} is not writable")
+    if overwrite:
+        for stage in STAGES:
+            rec = layout.stage_record(stage)
+            if os.path.exists(rec):
+                os.remove(rec)
+
+
+def _write_provenance(cfg: RunConfig, layout: RunLayout, history: list[dict]) -> None:
+    import json
+
+    import yaml
+
+    from . import __version__
+
+    marker = os.path.join(layout.root, RUN_MARKER)
+    previous = []
+    if os.path.exists(marker):
+        try:
+            with open(marker) as f:
+                previous = json.load(f).get("history", [])
+        except (OSError, ValueError):
+            previous = []
+    write_json_atomic(
+        marker,
+        {"blockseg_version": __version__, "python": sys.version.split()[0], "config": cfg.resolved(), "history": previous + history},
+    )
+    with open(os.path.join(layout.root, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg.resolved(), f, sort_keys=False)
+
+
+def _cluster_config(cfg: RunConfig):
+    from .cluster import ClusterConfig
+
+    c = cfg.cluster
+    return ClusterConfig(
+        scheduler=c.scheduler, n_workers=c.workers, threads_per_worker=c.threads_per_worker,
+        memory_limit=c.memory_limit or "auto", gpu=c.gpu, dashboard=c.dashboard,
+    )  # fmt: skip
+
+
+def run(
+    cfg: RunConfig,
+    from_stage: str | None = None,
+    only: str | None = None,
+    overwrite: bool = False,
+    client=None,
+    log: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Run (or resume) every stage of a config; see the module docstring.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        From :func:`blockseg.config.load_config` or :func:`blockseg.config.parse_config`.
+    from_stage, only : str, optional
+        Redo ``from_stage`` and everything after it / run only that stage.
+    overwrite : bool
+        Forget every stage record and redo everything (also lets a run take over a non-empty
+        folder that is not a blockseg run directory).
+    client : distributed.Client, optional
+        Use this client instead of the config's cluster.
+    log : callable, optional
+        Called with one line per stage event (default: print to stderr).
+
+    Returns
+    -------
+    RunResult
+    """
+    from .cluster import dask_client
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    layout = RunLayout.of(cfg)
+    if cfg.data.image is not None and not os.path.exists(cfg.data.image) and "://" not in cfg.data.image:
+        raise BlocksegError(f"data.image {cfg.data.image} does not exist")
+    for key in ("ground_truth", "mask"):
+        p = getattr(cfg.data, key)
+        if p is not None and not os.path.exists(p) and "://" not in p:
+            raise BlocksegError(f"data.{key} {p} does not exist")
+    ckpt = checkpoint_path(cfg)
+    from .models import read_checkpoint
+
+    read_checkpoint(ckpt)  # fail before any work on a missing or foreign checkpoint
+    _claim_run_dir(cfg, layout, overwrite)
+    actions = plan(cfg, from_stage, only)
+    fps = fingerprints(cfg, layout)
+    result = RunResult(layout)
+    history = []
+
+    def body(client):
+        for stage in STAGES:
+            act = actions[stage]
+            if act in ("skip", "disabled"):
+                log(f"[{stage}] {'skipped (complete)' if act == 'skip' else 'disabled (no ground truth)'}")
+                rec = _read_record(layout, stage) if act == "skip" else None
+                result.stages[stage] = {"action": "skipped" if act == "skip" else "disabled", **(rec or {})}
+                continue
+            log(f"[{stage}] {'resuming' if act == 'resume' else 'running'} ...")
+            rec = {"stage": stage, "fingerprint": fps[stage], "status": "running", "started": now()}
+            write_json_atomic(layout.stage_record(stage), rec)
+            t0 = time.perf_counter()
+            with PeakMemory() as mem:
+                out = STAGE_FUNCS[stage](cfg, layout, client, act == "resume")
+            rec.update(status="done", finished=now(), seconds=round(time.perf_counter() - t0, 2), **mem.to_dict(), result=out)
+            write_json_atomic(layout.stage_record(stage), rec)  # written last: the stage is complete
+            result.stages[stage] = {"action": act, **rec}
+            history.append({k: rec[k] for k in ("stage", "fingerprint", "started", "finished", "seconds", "peak_rss_total_gib", "peak_rss_worker_gib")})
+            log(f"[{stage}] done in {rec['seconds']:.1f} s (peak RSS {rec['peak_rss_total_gib']:.2f} GiB)")
+        ev = result.stages.get("evaluate", {})
+        result.evaluation = ev.get("result") if ev.get("status") == "done" else None
+
+    try:
+        if client is not None or all(a in ("skip", "disabled") for a in actions.values()):
+            body(client)
+        else:
+            with dask_client(_cluster_config(cfg), quiet=True) as c:
+                body(c)
+    finally:
+        _write_provenance(cfg, layout, history)
+    return result
+
+
+def ap_table(evaluation: dict) -> str:
+    """Plain-text table of a run's evaluation: IoU threshold, accuracy, precision, recall, F1."""
+    rows = [f"{'IoU':>5} {'accuracy':>9} {'precision':>9} {'recall':>7} {'F1':>6} {'TP':>6} {'FP':>6} {'FN':>6}"]
+    for m in evaluation["matching"]:
+        rows.append(
+            f"{m['threshold']:>5.2f} {m['accuracy']:>9.3f} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
+            f"{m['tp']:>6d} {m['fp']:>6d} {m['fn']:>6d}"
+        )
+    ap50, ap75 = evaluation.get("AP50"), evaluation.get("AP75")
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    rows.append(
+        f"avAP (mean accuracy) {evaluation['avAP']:.3f}   COCO AP-50 {fmt(ap50)}   AP-75 {fmt(ap75)}   "
+        f"GT {evaluation['n_true']}  predicted {evaluation['n_pred']}"
+    )
+    return "\n".join(rows)
+
+
+__all__: Sequence[str] = ["RunLayout", "RunResult", "ap_table", "fingerprints", "plan", "run"]

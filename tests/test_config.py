@@ -1,0 +1,90 @@
+"""Run configs: strict schema, one-line errors naming the key, shipped configs parse."""
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from blockseg import BlocksegError
+from blockseg.config import load_config, parse_config
+from blockseg.workflow import DEMO_CONFIG, plan
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def minimal(**extra):
+    return {"run_dir": "/tmp/x", "data": {"synth": {"shape": [16, 32, 32]}}, **extra}
+
+
+def test_defaults_filled_and_frozen():
+    cfg = parse_config(minimal())
+    assert cfg.segment.decoder == "bcd" and cfg.model.checkpoint == "demo"
+    assert cfg.resolved()["predict"]["dtype"] == "uint8"
+    with pytest.raises(Exception):
+        cfg.name = "other"
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        (minimal(segmnt={}), "segmnt: unknown key"),
+        (minimal(segment={"halo": "big"}), "segment.halo"),
+        (minimal(segment={"decoder": "nope"}), "segment.decoder"),
+        (minimal(predict={"dtype": "int7"}), "predict.dtype"),
+        (minimal(predict={"batch_size": 0}), "predict.batch_size"),
+        ({"run_dir": "/tmp/x", "data": {}}, "data"),
+        ({"data": {"synth": {}}}, "run_dir"),
+        (minimal(evaluate={"thresholds": "all"}), "evaluate.thresholds"),
+        (minimal(cluster={"workers": "two"}), "cluster.workers"),
+    ],
+)
+def test_bad_configs_name_the_key(raw, key):
+    with pytest.raises(BlocksegError) as e:
+        parse_config(raw, "cfg.yaml")
+    msg = str(e.value)
+    assert key in msg and "\n" not in msg and msg.startswith("cfg.yaml: config key")
+
+
+def test_load_config_anchors_relative_paths(tmp_path):
+    (tmp_path / "sub").mkdir()
+    p = tmp_path / "sub" / "c.yaml"
+    p.write_text(yaml.safe_dump({"run_dir": "../runs/a", "data": {"image": "img.zarr", "ground_truth": "gt.zarr"}}))
+    cfg = load_config(p, {"segment.halo": 8})
+    assert cfg.run_dir == str(tmp_path / "runs" / "a")
+    assert cfg.data.image == str(tmp_path / "sub" / "img.zarr")
+    assert cfg.segment.halo == 8
+
+
+def test_load_config_errors(tmp_path):
+    with pytest.raises(BlocksegError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run_dir: [unclosed\n")
+    with pytest.raises(BlocksegError, match="not valid YAML"):
+        load_config(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- a\n- b\n")
+    with pytest.raises(BlocksegError, match="mapping"):
+        load_config(lst)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_are_valid(name):
+    cfg = load_config(CONFIGS / name)
+    assert os.path.isabs(cfg.run_dir)
+
+
+def test_demo_yaml_is_the_demo_command():
+    from_file = load_config(CONFIGS / "demo.yaml").resolved()
+    built = parse_config({"run_dir": from_file["run_dir"], **DEMO_CONFIG}).resolved()
+    assert from_file == built
+
+
+def test_plan_fresh_and_forced(tmp_path):
+    cfg = parse_config({**minimal(), "run_dir": str(tmp_path / "r"), "model": {"checkpoint": str(tmp_path / "m.pt")}})
+    assert plan(cfg) == {"data": "run", "predict": "run", "segment": "run", "evaluate": "run"}
+    with pytest.raises(BlocksegError, match="--only segment"):
+        plan(cfg, only="segment")
+    with pytest.raises(BlocksegError, match="--from"):
+        plan(cfg, from_stage="train")
