@@ -80,7 +80,8 @@ class ModelConfig(_Strict):
 
 class PredictConfig(_Strict):
     block_shape: Optional[Triple] = None
-    dtype: Literal["uint8", "float16", "float32"] = "uint8"
+    #: storage of the channels; default uint8 for probabilities / tanh maps, float16 for raw ones
+    dtype: Optional[Literal["uint8", "float16", "float32"]] = None
     tta: bool = False
     mc_samples: int = Field(default=0, ge=0)
     batch_size: int = Field(default=4, ge=1)

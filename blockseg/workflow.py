@@ -42,7 +42,6 @@ DEMO_CONFIG: dict = {
     "name": "demo",
     "data": {"synth": {"preset": "nucmm-z", "shape": [128, 512, 512], "mode": "em", "seed": 2026}},
     "model": {"checkpoint": "demo"},
-    "predict": {"dtype": "uint8"},
     "segment": {"decoder": "bcd"},
     "evaluate": {"enabled": True},
 }

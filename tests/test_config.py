@@ -20,7 +20,7 @@ def minimal(**extra):
 def test_defaults_filled_and_frozen():
     cfg = parse_config(minimal())
     assert cfg.segment.decoder == "bcd" and cfg.model.checkpoint == "demo"
-    assert cfg.resolved()["predict"]["dtype"] == "uint8"
+    assert cfg.resolved()["predict"]["dtype"] is None and cfg.resolved()["segment"]["decoder"] == "bcd"
     with pytest.raises(Exception):
         cfg.name = "other"
 
