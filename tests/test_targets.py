@@ -62,7 +62,7 @@ def test_blockwise_targets_equal_whole_volume(tmp_path):
     lab = rasterise(shape, c, r, voxel_size=vs)
     vol = create_volume(tmp_path / "lab.zarr", shape, np.uint32, vs, chunks=(16, 24, 24))
     vol.array[...] = lab
-    assert all(h <= b for h, b in zip(target_halo(vs, 12.0), (16, 24, 24)))
+    assert all(h <= b for h, b in zip(target_halo(("B", "C", "D"), vs, max_distance=12.0), (16, 24, 24)))
     write_bcd_targets(str(tmp_path / "lab.zarr"), str(tmp_path / "p.zarr"), block_shape=(16, 24, 24), max_distance=12.0)
     whole = bcd_targets(lab, vs, max_distance=12.0)
     got = open_predictions(tmp_path / "p.zarr")
