@@ -11,7 +11,25 @@ from blockseg import BlocksegError
 from blockseg.io import create_volume
 from blockseg.predictions import decode_channel, encode_channel, open_predictions
 from blockseg.segment.synthetic import random_nuclei, rasterise
-from blockseg.targets import ALPHA, BETA, bcd_targets, contour_target, distance_target, target_halo, write_bcd_targets
+from blockseg.targets import (
+    ALPHA,
+    BETA,
+    bcd_targets,
+    centre_partials,
+    class_balance_weights,
+    compute_targets,
+    contour_target,
+    density_target,
+    distance_target,
+    gauss_target,
+    instance_centres,
+    loss_weights,
+    reduce_centres,
+    target_halo,
+    volume_centres,
+    write_bcd_targets,
+    write_targets,
+)
 
 
 def two_touching() -> np.ndarray:
@@ -69,3 +87,135 @@ def test_blockwise_targets_equal_whole_volume(tmp_path):
     for name in "BCD":
         kind = "tanh" if name == "D" else "prob"
         assert np.array_equal(got[name].array[:], encode_channel(whole[name], kind)), name
+
+
+# ---------------------------------------------------------------------------------------------
+# every representation: hand-computable cases
+# ---------------------------------------------------------------------------------------------
+ALL_REPS = ("B", "C", "D", "cpv", "3label", "sdt", "aff", "gauss", "density")
+
+
+def test_compute_targets_gives_the_channels_of_the_table_as_float32():
+    from blockseg.models.base import channels_of
+
+    t = compute_targets(two_touching(), ALL_REPS)
+    assert tuple(t) == channels_of(ALL_REPS)
+    assert all(v.dtype == np.float32 and v.shape == (12, 12, 20) for v in t.values())
+    with pytest.raises(BlocksegError, match="unknown target parameter"):
+        compute_targets(two_touching(), ["C"], width=2)
+    with pytest.raises(BlocksegError):
+        compute_targets(two_touching(), ["nope"])
+
+
+def test_instance_centres_are_the_centres_of_mass():
+    lab = np.zeros((6, 7, 8), np.uint64)
+    lab[1:3, 2:5, 0:1] = 7  # z 1..2, y 2..4, x 0
+    lab[5, 6, 7] = 3
+    ids, c = instance_centres(lab, origin=(10, 0, 100))
+    assert ids.tolist() == [3, 7] and ids.dtype == np.uint64
+    assert np.array_equal(c, [[15, 6, 107], [11.5, 3, 100]])
+    # partial sums of any split reduce to the same table
+    parts = [centre_partials(lab[:2]), centre_partials(lab[2:], origin=(2, 0, 0))]
+    ids2, c2 = reduce_centres(parts)
+    assert ids2.tolist() == [3, 7] and np.allclose(c2, [[5, 6, 7], [1.5, 3, 0]])
+
+
+def test_contour_width_is_a_city_block_radius():
+    lab = np.zeros((9, 9, 9), np.uint8)
+    lab[4, 4, 4] = 1
+    assert contour_target(lab).sum() == 7  # the voxel and its 6 neighbours
+    assert contour_target(lab, 2).sum() == 25  # the city-block ball of radius 2
+    assert compute_targets(lab, ["C"], contour_width=3)["C"].sum() == 63
+
+
+def test_cpv_points_from_each_voxel_to_its_centre():
+    lab = np.zeros((3, 4, 8), np.uint16)
+    lab[1, 1, 2:5] = 5  # centre x = 3
+    lab[0:2, 3, 6] = 9  # centre z = 0.5
+    t = compute_targets(lab, ["cpv"])
+    assert t["cpv_x"][1, 1, 2:5].tolist() == [1, 0, -1]
+    assert t["cpv_z"][0:2, 3, 6].tolist() == [0.5, -0.5]
+    fg = lab > 0
+    for k in ("cpv_z", "cpv_y", "cpv_x"):
+        assert np.all(t[k][~fg] == 0)
+    assert np.all(t["cpv_y"] == 0)
+    with pytest.raises(BlocksegError, match="no centre"):
+        compute_targets(lab, ["cpv"], centres=(np.array([5], np.uint64), np.zeros((1, 3))))
+
+
+def test_three_label_interior_is_the_26_erosion_and_the_border_does_not_erode():
+    lab = np.zeros((9, 9, 9), np.uint8)
+    lab[2:7, 2:7, 2:7] = 1  # 5^3 cube: 3^3 interior
+    t = compute_targets(lab, ["3label"])
+    assert t["P_interior"].sum() == 27 and t["P_interior"][3:6, 3:6, 3:6].all()
+    assert t["P_boundary"].sum() == 125 - 27 and t["P_bg"].sum() == 729 - 125
+    assert np.all(t["P_bg"] + t["P_boundary"] + t["P_interior"] == 1)
+    full = np.ones((4, 4, 4), np.uint8)  # one nucleus filling the volume: no boundary at the border
+    assert compute_targets(full, ["3label"])["P_interior"].all()
+    t2 = compute_targets(two_touching(), ["3label"])
+    assert t2["P_boundary"][5, 5, 9] == t2["P_boundary"][5, 5, 10] == 1  # the contact is boundary
+    assert t2["P_interior"][5, 5, 8] == t2["P_interior"][5, 5, 11] == 1
+
+
+def test_sdt_is_the_distance_to_boundary_voxels_negative_inside():
+    lab = np.zeros((9, 9, 9), np.uint8)
+    lab[2:7, 2:7, 2:7] = 1
+    s = compute_targets(lab, ["sdt"])["sdt"]
+    assert s[2, 4, 4] == 0  # boundary voxel
+    assert math.isclose(s[4, 4, 4], math.tanh(-2 / 9), rel_tol=1e-6)  # centre: 2 from the shell
+    assert math.isclose(s[3, 4, 4], math.tanh(-1 / 9), rel_tol=1e-6)
+    assert math.isclose(s[0, 4, 4], math.tanh(2 / 9), rel_tol=1e-6)  # 2 outside
+    aniso = compute_targets(lab, ["sdt"], voxel_size=(2.0, 1.0, 1.0))["sdt"]
+    assert math.isclose(aniso[0, 4, 4], math.tanh(4 / 9), rel_tol=1e-6)  # 2 slices of 2 units
+    assert compute_targets(lab, ["sdt"], max_distance=1.5)["sdt"].max() == np.float32(math.tanh(1.5 / 9))
+
+
+def test_affinities_link_each_voxel_to_its_lower_neighbour():
+    t = compute_targets(two_touching(), ["aff"])
+    ax = t["aff_x"][5, 5]
+    assert ax[3] == 0 and ax[4:10].all()  # label 1 starts at x=3: no link to background at x=2
+    assert ax[10] == 0 and ax[11:17].all()  # first voxel of label 2: its x-1 neighbour is label 1
+    assert not ax[17:].any() and not ax[:3].any()
+    assert t["aff_z"][3, 5, 5] == 0 and t["aff_z"][4, 5, 5] == 1 and t["aff_y"][5, 3, 5] == 0
+    full = np.ones((3, 3, 3), np.uint8)
+    a = compute_targets(full, ["aff"])
+    assert a["aff_z"][0].sum() == 0 and a["aff_z"][1:].all()  # first slice: neighbour outside
+    assert np.array_equal(a["fg"], np.ones((3, 3, 3), np.float32))
+
+
+def test_gauss_peaks_at_one_on_the_nearest_voxel_and_takes_the_max():
+    shape = (20, 20, 30)
+    centres = np.array([[10.2, 9.6, 8.5], [10.0, 10.0, 12.0]])  # rounded: (10, 10, 9) and (10, 10, 12)
+    g = gauss_target(shape, centres)
+    assert g[10, 10, 9] == 1 and g[10, 10, 12] == 1 and g.max() == 1
+    assert math.isclose(g[10, 12, 9], math.exp(-4 / 8), rel_tol=1e-6)  # 2 voxels away, sigma 2
+    one = gauss_target(shape, centres[:1])
+    two = gauss_target(shape, centres[1:])
+    assert np.array_equal(g, np.maximum(one, two))
+    # (10, 10, 17) is 5 voxels from the nearest centre: beyond 2 sigmas, within 4
+    assert gauss_target(shape, centres, truncate=2.0)[10, 10, 17] == 0 and g[10, 10, 17] > 0
+
+
+def test_density_blobs_sum_to_one_and_honour_the_voxel_size():
+    shape = (30, 30, 30)
+    centres = np.array([[15.0, 15.0, 15.0], [14.3, 20.7, 9.2]])
+    d = density_target(shape, centres, voxel_size=(2.0, 1.0, 1.0), sigma=1.0)
+    assert math.isclose(d.sum(), 2.0, rel_tol=1e-5)
+    one = density_target(shape, centres[:1], voxel_size=(2.0, 1.0, 1.0), sigma=1.0)
+    # sigma 1 µm = 0.5 voxel along z (2 µm voxels), 1 voxel along x
+    assert math.isclose(one[16, 15, 15] / one[15, 15, 15], math.exp(-0.5 * 4), rel_tol=1e-5)
+    assert math.isclose(one[15, 15, 16] / one[15, 15, 15], math.exp(-0.5), rel_tol=1e-5)
+    edge = density_target(shape, np.array([[0.0, 15.0, 15.0]]))  # half the blob is outside
+    assert 0.45 < edge.sum() < 0.75
+
+
+def test_loss_weights_and_class_balance():
+    lab = two_touching()
+    t = compute_targets(lab, ["cpv", "gauss"])
+    w = loss_weights(lab, t, ["cpv", "gauss"])
+    assert set(np.unique(w["cpv"])) == {np.float32(0.01), np.float32(1.0)} and np.all(w["cpv"][lab > 0] == 1)
+    assert np.all(w["gauss"][t["gauss"] >= 0.01] == 1) and np.all(w["gauss"][t["gauss"] < 0.01] == np.float32(1e-5))
+    classes = np.argmax(np.stack(list(compute_targets(lab, ["3label"]).values())), axis=0)
+    cw = class_balance_weights(classes, 3)
+    totals = [cw[classes == k].sum() for k in range(3)]
+    assert np.allclose(totals, totals[0], rtol=1e-4)  # no class fraction is clipped here
