@@ -694,16 +694,24 @@ def target_halo(
     With this halo (and the global centre table for cpv / gauss / density), the core of the
     targets of core + halo equals the same region of the whole-volume targets. Per
     representation: B, cpv, gauss, density 0 (pointwise given the table); aff, 3label 1; C
-    ``contour_width``; sdt ``ceil(max_distance / s) + 1`` and D ``ceil(max_distance / s) + 2``
-    with ``s`` the voxel edge over the smallest edge (the distances are clipped at
-    ``max_distance``; +1 for the boundary / contact test, +1 for D's contact offset).
+    ``contour_width``; sdt ``ceil(m / s)`` and D ``max(ceil((m - 1) / s), ceil(m / s) - 1)``
+    with ``m = max_distance`` and ``s`` the voxel edge over the smallest edge. Why: the
+    distances are clipped at ``m``, so only voxels closer than ``m`` matter (offsets
+    ``k < m / s``): background / foreground voxels are pointwise; sdt's boundary voxels need
+    their neighbours (+1); D's contact voxels need their neighbours (+1) but matter only closer
+    than ``m - 1`` since ``d_in = d_contact + 1``. Each of these values is the smallest that
+    works (tests show one voxel less breaks blockwise exactness).
     """
     from .models.base import check_representations
 
     reps = check_representations(representations)
     p = TargetParams.make(params)
     sp = _spacing(voxel_size, 3)
-    dist = np.ceil(p.max_distance / sp - 1e-9).astype(int)
+    m = p.max_distance
+    dist = np.ceil(m / sp - 1e-9).astype(int)
+    # D: background is pointwise (needs offsets k with k * s < m), contacts need a neighbour and
+    # matter only closer than m - 1 (d_in = d_contact + 1)
+    dist_d = np.maximum(np.maximum(np.ceil((m - 1) / sp - 1e-9).astype(int), dist - 1), 0)
     halo = np.zeros(3, dtype=int)
     for r in reps:
         if r in ("aff", "3label"):
@@ -711,9 +719,9 @@ def target_halo(
         elif r == "C":
             h = np.full(3, int(p.contour_width))
         elif r == "sdt":
-            h = dist + 1
+            h = dist
         elif r == "D":
-            h = dist + 2
+            h = dist_d
         else:
             h = np.zeros(3, int)
         halo = np.maximum(halo, h)

@@ -23,6 +23,7 @@ from blockseg.targets import (
     distance_target,
     gauss_target,
     instance_centres,
+    load_centres,
     loss_weights,
     reduce_centres,
     target_halo,
@@ -219,3 +220,109 @@ def test_loss_weights_and_class_balance():
     cw = class_balance_weights(classes, 3)
     totals = [cw[classes == k].sum() for k in range(3)]
     assert np.allclose(totals, totals[0], rtol=1e-4)  # no class fraction is clipped here
+
+
+# ---------------------------------------------------------------------------------------------
+# blockwise == whole volume, global centres
+# ---------------------------------------------------------------------------------------------
+BW_SHAPE, BW_VS = (20, 30, 34), (2.0, 1.0, 1.0)
+BW_PARAMS = {"max_distance": 5.0, "contour_width": 2}
+
+
+@pytest.fixture(scope="module")
+def cut_nuclei():
+    """Touching nuclei, many cut by any block border and by the volume border."""
+    c, r = random_nuclei(BW_SHAPE, 22, (4.0, 8.0), seed=7)
+    return rasterise(BW_SHAPE, c, r, voxel_size=BW_VS)
+
+
+def blockwise(lab, reps, block_shape, halo, table, **params):
+    """Targets assembled from the cores of block + halo computations (in memory)."""
+    from blockseg.grid import BlockGrid
+
+    out = {}
+    for block in BlockGrid(lab.shape, block_shape, halo=halo):
+        origin = tuple(s.start for s in block.outer)
+        t = compute_targets(lab[block.outer], reps, BW_VS, table, origin, **params)
+        for name, v in t.items():
+            out.setdefault(name, np.zeros(lab.shape, np.float32))[block.core] = v[block.core_in_outer]
+    return out
+
+
+def test_nuclei_cross_the_test_blocks(cut_nuclei):
+    for bs in BLOCK_SHAPES:  # nuclei present on both sides of the first block border of each cut axis
+        crossing = 0
+        for ax in np.flatnonzero(np.asarray(bs) < BW_SHAPE):
+            a, b = np.split(cut_nuclei, [bs[ax]], axis=ax)
+            crossing += np.intersect1d(a[a > 0], b[b > 0]).size
+        assert crossing >= 2
+
+
+BLOCK_SHAPES = [(8, 8, 8), (7, 11, 13), (20, 9, 34)]
+
+
+@pytest.mark.parametrize("block_shape", BLOCK_SHAPES)
+def test_blockwise_equals_whole_for_every_representation(cut_nuclei, block_shape):
+    table = instance_centres(cut_nuclei)
+    whole = compute_targets(cut_nuclei, ALL_REPS, BW_VS, table, **BW_PARAMS)
+    halo = target_halo(ALL_REPS, BW_VS, **BW_PARAMS)
+    assert halo == (3, 5, 5)  # D, sdt: ceil(5 / s) with s = (2, 1, 1)
+    got = blockwise(cut_nuclei, ALL_REPS, block_shape, halo, table, **BW_PARAMS)
+    for name, ref in whole.items():
+        assert np.array_equal(got[name], ref), name
+
+
+@pytest.mark.parametrize("rep", ["C", "D", "3label", "sdt", "aff"])
+def test_a_smaller_halo_than_target_halo_breaks_blockwise(cut_nuclei, rep):
+    halo = target_halo([rep], BW_VS, **BW_PARAMS)
+    whole = compute_targets(cut_nuclei, [rep], BW_VS, **BW_PARAMS)
+    got = blockwise(cut_nuclei, [rep], (8, 8, 8), tuple(h - 1 for h in halo), None, **BW_PARAMS)
+    assert any(not np.array_equal(got[k], whole[k]) for k in whole)
+
+
+def test_cpv_of_a_nucleus_cut_by_the_crop_points_to_its_true_centre():
+    lab = np.zeros((10, 12, 30), np.uint32)
+    lab[2:8, 3:9, 5:25] = 4  # centre (4.5, 5.5, 14.5)
+    table = instance_centres(lab)
+    crop = (slice(0, 10), slice(0, 12), slice(16, 30))  # keeps x 16..24 of the nucleus
+    origin = (0, 0, 16)
+    t = compute_targets(lab[crop], ["cpv"], centres=table, origin=origin)
+    z, y, x = np.nonzero(lab[crop])
+    hit = np.stack([t["cpv_z"][z, y, x] + z, t["cpv_y"][z, y, x] + y, t["cpv_x"][z, y, x] + x + origin[2]], 1)
+    assert np.allclose(hit, [4.5, 5.5, 14.5])
+    local = compute_targets(lab[crop], ["cpv"])  # without the table: the visible part's centre
+    assert np.allclose(local["cpv_x"][z, y, x] + x, (24 - 16) / 2)
+
+
+def test_volume_centres_reduce_blocks_to_the_true_centres(tmp_path, cut_nuclei):
+    vol = create_volume(tmp_path / "lab.zarr", BW_SHAPE, np.uint32, BW_VS, chunks=(5, 10, 17))
+    vol.array[...] = cut_nuclei
+    ids, c = volume_centres(str(tmp_path / "lab.zarr"), block_shape=(5, 10, 17))
+    ref_ids, ref = instance_centres(cut_nuclei)
+    assert np.array_equal(ids, ref_ids) and np.allclose(c, ref, rtol=0, atol=1e-9)
+
+
+def test_write_targets_on_a_cluster_equals_whole_volume(tmp_path, cut_nuclei, local_client):
+    vol = create_volume(tmp_path / "lab.zarr", BW_SHAPE, np.uint32, BW_VS, chunks=(10, 15, 17))
+    vol.array[...] = cut_nuclei
+    reps = ("3label", "cpv", "density", "D", "gauss")
+    write_targets(str(tmp_path / "lab.zarr"), str(tmp_path / "p.zarr"), reps, block_shape=(10, 15, 17),
+                  client=local_client, **BW_PARAMS)  # fmt: skip
+    whole = compute_targets(cut_nuclei, reps, BW_VS, **BW_PARAMS)
+    got = open_predictions(tmp_path / "p.zarr")
+    assert got["cpv_x"].dtype == np.float32 and got["density"].dtype == np.float32 and got["D"].dtype == np.uint8
+    for name, ref in whole.items():
+        kind = "tanh" if name == "D" else "raw" if name.startswith("cpv") or name == "density" else "prob"
+        expected = encode_channel(ref, kind, got[name].dtype)
+        assert np.array_equal(got[name].array[:], expected), name
+    ids, _ = load_centres(str(tmp_path / "p.zarr"))
+    assert np.array_equal(ids, instance_centres(cut_nuclei)[0])
+
+
+def test_write_targets_rejects_blocks_smaller_than_the_halo(tmp_path, cut_nuclei):
+    vol = create_volume(tmp_path / "lab.zarr", BW_SHAPE, np.uint32, BW_VS, chunks=(5, 5, 5))
+    vol.array[...] = cut_nuclei
+    with pytest.raises(BlocksegError, match="halo"):
+        write_targets(str(tmp_path / "lab.zarr"), str(tmp_path / "p.zarr"), ["sdt"], block_shape=(5, 5, 5))
+    with pytest.raises(BlocksegError, match="float16 or float32"):
+        write_targets(str(tmp_path / "lab.zarr"), str(tmp_path / "q.zarr"), ["cpv"], raw_dtype=np.uint8)
