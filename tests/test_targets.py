@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -326,3 +327,62 @@ def test_write_targets_rejects_blocks_smaller_than_the_halo(tmp_path, cut_nuclei
         write_targets(str(tmp_path / "lab.zarr"), str(tmp_path / "p.zarr"), ["sdt"], block_shape=(5, 5, 5))
     with pytest.raises(BlocksegError, match="float16 or float32"):
         write_targets(str(tmp_path / "lab.zarr"), str(tmp_path / "q.zarr"), ["cpv"], raw_dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# round trip: perfect targets through the matching decoder recover the nuclei
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def touching():
+    shape = (32, 48, 48)
+    c, r = random_nuclei(shape, 16, (6.0, 10.0), seed=1)
+    return rasterise(shape, c, r)
+
+
+def _recovered(gt, reps, decoder, iou):
+    from test_segment import matched_at
+
+    from blockseg.segment import segment_array
+
+    m, n_gt, n_pred = matched_at(gt, segment_array(compute_targets(gt, reps), decoder), iou)
+    return m == n_gt == n_pred and n_gt >= 12
+
+
+def test_three_label_and_cpv_targets_decode_to_the_nuclei(touching):
+    from blockseg.segment import ThreeLabelDecoder
+    from blockseg.segment.decoders import CPVDecoder
+
+    assert _recovered(touching, ["3label"], ThreeLabelDecoder(min_seed_size=8, min_size=64), 0.9)
+    assert _recovered(touching, ["B", "cpv"], CPVDecoder(min_votes=5, max_vector=12, min_seed_size=1, min_size=64), 0.5)
+
+
+def test_sdt_target_decodes_to_the_nuclei(touching):
+    """Every nucleus found; the SDT decoder's foreground (sdt < 0, dilated once) drops the
+    boundary voxels not 6-adjacent to the interior, so IoU stays below 0.9 on nuclei this small."""
+    from blockseg.segment import SDTDecoder
+
+    assert _recovered(touching, ["sdt"], SDTDecoder(min_seed_size=8, min_size=64), 0.5)
+
+
+def test_affinity_target_decodes_separate_nuclei():
+    from blockseg.segment import AffinityDecoder
+
+    shape = (28, 40, 40)
+    gt = np.zeros(shape, np.uint32)
+    zz, yy, xx = np.indices(shape)
+    for i, (z, y, x) in enumerate(itertools.product((7, 20), (9, 30), (9, 30))):  # 8 balls, radius 6
+        gt[(zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 <= 36] = i + 1
+    from test_segment import same_partition
+
+    from blockseg.segment import segment_array
+
+    out = segment_array(compute_targets(gt, ["aff"]), AffinityDecoder(min_seed_size=8, min_size=64, dilation=0))
+    assert same_partition(out, gt)
+
+
+@pytest.mark.xfail(strict=True, reason="AffinityDecoder seeds (all 3 affinities > t, 26-connected) merge "
+                   "touching nuclei: see NOTES_targets.md")  # fmt: skip
+def test_affinity_target_decodes_touching_nuclei(touching):
+    from blockseg.segment import AffinityDecoder
+
+    assert _recovered(touching, ["aff"], AffinityDecoder(min_seed_size=8, min_size=64, dilation=0), 0.5)
