@@ -519,6 +519,8 @@ def affinity_target(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 # ---------------------------------------------------------------------------------- gauss, density
 @numba.njit(cache=True, nogil=True)
 def _splat_kernel(out, origin, centres, sigma, radius, rmax, normalise, use_max):
+    """Separable blobs: per centre, 1-D profiles per axis, then their outer product over the
+    window's part inside ``out`` (max or add)."""
     nz, ny, nx = out.shape
     shape = (nz, ny, nx)
     g = np.zeros((3, rmax), dtype=np.float64)
@@ -550,21 +552,20 @@ def _splat_kernel(out, origin, centres, sigma, radius, rmax, normalise, use_max)
         if not inside:
             continue
         scale = 1.0 / norm if normalise else 1.0
+        dz, dy, dx = origin[0] - start[0], origin[1] - start[1], origin[2] - start[2]
+        gx = g[2, lo[2] + dx : hi[2] + dx]
         for z in range(lo[0], hi[0]):
-            gz = g[0, z + origin[0] - start[0]] * scale
-            if gz == 0.0:
-                continue
+            gz = g[0, z + dz] * scale
             for y in range(lo[1], hi[1]):
-                gzy = gz * g[1, y + origin[1] - start[1]]
-                if gzy == 0.0:
-                    continue
-                for x in range(lo[2], hi[2]):
-                    v = gzy * g[2, x + origin[2] - start[2]]
-                    if use_max:
-                        if v > out[z, y, x]:
-                            out[z, y, x] = v
-                    else:
-                        out[z, y, x] += v
+                gzy = gz * g[1, y + dy]
+                row = out[z, y, lo[2] : hi[2]]
+                if use_max:
+                    for x in range(row.size):
+                        v = out.dtype.type(gzy * gx[x])
+                        row[x] = v if v > row[x] else row[x]
+                else:
+                    for x in range(row.size):
+                        row[x] += gzy * gx[x]
 
 
 def _splat(
@@ -577,10 +578,11 @@ def _splat(
     c = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
     # blobs whose window meets the region, in table order (sums add in the same order anywhere)
     keep = np.all((c + radius_f >= origin) & (c - radius_f <= origin + np.asarray(shape) - 1), axis=1)
-    acc = np.zeros(tuple(shape), dtype=np.float64)
+    # max: exact in float32; sums: accumulated in float64 (same blob order in blocks and whole)
+    acc = np.zeros(tuple(shape), dtype=np.float32 if use_max else np.float64)
     rmax = int(2 * np.floor(radius_f.max())) + 2  # window length covering [c - r, c + r] on every axis
     _splat_kernel(acc, origin, np.ascontiguousarray(c[keep]), sigma, radius_f, rmax, normalise, use_max)
-    return acc.astype(np.float32)
+    return acc.astype(np.float32, copy=False)
 
 
 def gauss_target(
