@@ -450,7 +450,8 @@ def cpv_target(
         found = (tab_ids[pos] == ids[1:]) if len(tab_ids) else np.zeros(len(ids) - 1, bool)
         if not found.all():
             missing = ids[1:][~found]
-            raise BlocksegError(f"labels {missing[:5].tolist()}{'...' if missing.size > 5 else ''} have no centre in the table")
+            more = "..." if missing.size > 5 else ""
+            raise BlocksegError(f"labels {missing[:5].tolist()}{more} have no centre in the table")
         local[1:] = tab_c[pos]
     out = tuple(np.zeros(labels.shape, dtype=np.float32) for _ in range(3))
     _cpv_kernel(np.ascontiguousarray(compact), local, origin, *out)
@@ -569,7 +570,13 @@ def _splat_kernel(out, origin, centres, sigma, radius, rmax, normalise, use_max)
 
 
 def _splat(
-    shape: Sequence[int], centres: np.ndarray, sigma: np.ndarray, truncate: float, origin, normalise: bool, use_max: bool
+    shape: Sequence[int],
+    centres: np.ndarray,
+    sigma: np.ndarray,
+    truncate: float,
+    origin,
+    normalise: bool,
+    use_max: bool,
 ) -> np.ndarray:
     """Separable Gaussian blobs at ``centres`` (global voxel coords) over a region of ``shape``."""
     sigma = np.asarray(sigma, dtype=np.float64)
