@@ -5,10 +5,16 @@ computation block by block on Dask and writes a prediction store (see
 :mod:`blockseg.predictions`).
 """
 
+from .engine import BlockJob, PredictPlan, PredictReport, predict, predict_block
 from .infer import InferenceOptions, make_lattice, output_channels, predict_array, run_batch
 from .lattice import BLENDINGS, AxisLattice, Lattice, read_reflected, reflect_index, window_1d
 
 __all__ = [
+    "BlockJob",
+    "PredictPlan",
+    "PredictReport",
+    "predict",
+    "predict_block",
     "BLENDINGS",
     "AxisLattice",
     "InferenceOptions",
