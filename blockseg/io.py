@@ -292,6 +292,7 @@ def create_label_volume(
 ) -> Volume:
     """Create a label image ``IMAGE/labels/NAME`` following the NGFF labels spec."""
     labels_path = f"{str(image_path).rstrip('/')}/labels"
+    zarr.open_group(labels_path, mode="a")
     vol = create_volume(f"{labels_path}/{name}", shape, dtype, voxel_size, name=name, **kwargs)
     register_label(image_path, name)
     return vol
@@ -314,6 +315,8 @@ def register_label(image_path: str | os.PathLike, name: str) -> None:
     group = zarr.open_group(f"{labels_path}/{name}", mode="r+")
     ome = dict(group.attrs["ome"])
     ome["image-label"] = {"source": {"image": "../../"}}
+    if ome.get("multiscales"):
+        ome["multiscales"] = [{**ome["multiscales"][0], "name": name}, *ome["multiscales"][1:]]
     group.attrs["ome"] = ome
 
 

@@ -111,7 +111,7 @@ class RunResult:
 
     @property
     def ran(self) -> list[str]:
-        return [s for s, r in self.stages.items() if r.get("action") != "skipped"]
+        return [s for s, r in self.stages.items() if r.get("action") in ("run", "resume")]
 
 
 # ------------------------------------------------------------------------------ checkpoint

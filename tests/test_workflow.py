@@ -1,0 +1,117 @@
+"""``blockseg run``: stages, skipping, resuming, provenance, NGFF outputs, CLI."""
+
+import json
+import os
+
+import pytest
+import yaml
+
+from blockseg import BlocksegError
+from blockseg.config import parse_config
+from blockseg.models import IdentityNet, save_checkpoint
+from blockseg.workflow import RunLayout, plan, run
+from blockseg_cli.main import main
+
+
+@pytest.fixture(scope="module")
+def identity_ckpt(tmp_path_factory):
+    """A parameter-free B, C, D 'network' (engine mechanics only, not accuracy)."""
+    path = tmp_path_factory.mktemp("ckpt") / "identity.pt"
+    save_checkpoint(path, IdentityNet(("B", "C", "D"), input_patch=(16, 32, 32)), normalisation={"offset": 120.0, "scale": -15.0})
+    return str(path)
+
+
+def config(run_dir, ckpt, **sections):
+    raw = {
+        "run_dir": str(run_dir),
+        "data": {"synth": {"shape": [32, 64, 64], "seed": 3}, "chunks": [16, 32, 32]},
+        "model": {"checkpoint": ckpt},
+        "segment": {"params": {"min_size": 8, "min_seed_size": 4}},
+        "evaluate": {"png": False},
+    }
+    raw.update(sections)
+    return parse_config(raw)
+
+
+def test_run_skip_and_partial_redo(tmp_path, identity_ckpt, local_client):
+    cfg = config(tmp_path / "r", identity_ckpt)
+    first = run(cfg, client=local_client, log=lambda m: None)
+    assert first.ran == ["data", "predict", "segment", "evaluate"]
+    lay = first.layout
+    for stage in first.ran:
+        rec = json.load(open(lay.stage_record(stage)))
+        assert rec["status"] == "done" and rec["seconds"] >= 0 and rec["peak_rss_total_gib"] > 0
+    prov = json.load(open(os.path.join(lay.root, "run.json")))
+    assert prov["config"]["run_dir"] == lay.root and prov["blockseg_version"]
+    assert [h["stage"] for h in prov["history"]] == first.ran
+    assert first.evaluation["n_true"] > 0  # the synthetic ground truth was found and scored
+
+    again = run(cfg, client=local_client, log=lambda m: None)
+    assert again.ran == []
+
+    changed = config(tmp_path / "r", identity_ckpt, segment={"params": {"min_size": 16, "min_seed_size": 4}})
+    assert plan(changed) == {"data": "skip", "predict": "skip", "segment": "run", "evaluate": "run"}
+    redo = run(changed, client=local_client, log=lambda m: None)
+    assert redo.ran == ["segment", "evaluate"]
+    assert len(json.load(open(os.path.join(lay.root, "run.json")))["history"]) == 6
+
+    # an interrupted stage (record says running, same fingerprint) resumes, later ones rerun
+    rec = json.load(open(lay.stage_record("predict")))
+    rec["status"] = "running"
+    json.dump(rec, open(lay.stage_record("predict"), "w"))
+    assert plan(changed) == {"data": "skip", "predict": "resume", "segment": "run", "evaluate": "run"}
+    assert plan(changed, from_stage="segment")["predict"] == "resume"
+    assert plan(changed, only="data") == {"data": "run", "predict": "skip", "segment": "skip", "evaluate": "skip"}
+
+
+def test_outputs_are_ngff_that_ome_zarr_reads(tmp_path, identity_ckpt, local_client):
+    ome_zarr = pytest.importorskip("ome_zarr.reader")
+    from ome_zarr.io import parse_url
+
+    cfg = config(tmp_path / "r", identity_ckpt, evaluate={"enabled": False})
+    res = run(cfg, client=local_client, log=lambda m: None)
+    assert "evaluate" not in res.ran
+    nodes = list(ome_zarr.Reader(parse_url(res.layout.image))())
+    labels = {n.metadata.get("name"): n for n in nodes if any(type(s).__name__ == "Label" for s in n.specs)}
+    assert {"nuclei", "blockseg"} <= set(labels)
+    seg = labels["blockseg"]
+    assert seg.data[0].shape == (32, 64, 64)
+    assert seg.metadata["coordinateTransformations"][0][0]["scale"] == [0.48, 0.51, 0.51]
+
+
+def test_run_dir_safety(tmp_path, identity_ckpt):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep")
+    cfg = config(foreign, identity_ckpt)
+    with pytest.raises(BlocksegError, match="not a blockseg run directory"):
+        run(cfg, log=lambda m: None)
+    assert sorted(os.listdir(foreign)) == ["precious.txt"]
+    with pytest.raises(BlocksegError, match="checkpoint"):
+        run(config(tmp_path / "x", str(tmp_path / "missing.pt")), log=lambda m: None)
+    assert not (tmp_path / "x").exists()
+
+
+def test_layout_for_external_image(tmp_path):
+    cfg = parse_config({"run_dir": str(tmp_path / "r"), "data": {"image": str(tmp_path / "img.zarr")}})
+    lay = RunLayout.of(cfg)
+    assert lay.image == str(tmp_path / "img.zarr")  # used in place, never written
+    assert lay.labels == str(tmp_path / "r" / "segmentation.zarr")
+    cfg = parse_config({"run_dir": str(tmp_path / "r"), "data": {"image": "a.npz", "ground_truth": "a.npz"}})
+    lay = RunLayout.of(cfg)
+    assert lay.image.endswith("r/image.zarr") and lay.labels.endswith("image.zarr/labels/blockseg")
+    assert lay.ground_truth.endswith("r/ground_truth.zarr")
+
+
+def test_cli_dry_run_and_errors(tmp_path, identity_ckpt, capsys):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"run_dir": "runs/a", "data": {"synth": {"shape": [16, 32, 32]}}, "model": {"checkpoint": identity_ckpt}}))
+    assert main(["run", str(cfg_file), "--dry-run", "--set", "segment.halo=8"]) == 0
+    out = capsys.readouterr().out
+    assert "predict" in out and "run" in out
+    assert main(["run", str(cfg_file), "--set", "segment.hallo=8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "segment.hallo: unknown key" in err
+    assert main(["run", str(cfg_file), "--set", "predict.batch_size=many"]) == 2
+    assert "predict.batch_size" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
