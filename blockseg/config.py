@@ -123,6 +123,22 @@ class RunConfig(_Strict):
     segment: SegmentConfig = SegmentConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     cluster: ClusterSection = ClusterSection()
+    #: how the checkpoint was (or is to be) trained: a ``blockseg train`` config, validated by
+    #: :mod:`blockseg.train.config`; ``blockseg train RUN_CONFIG.yaml`` trains from it
+    train: Optional[dict[str, Any]] = None
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, v):
+        if v is None:
+            return v
+        from .train.config import parse_config as parse_train
+
+        try:
+            parse_train(v)
+        except BlocksegError as e:  # "training config: KEY: msg" -> "KEY: msg" under train.
+            raise ValueError(str(e).split(": ", 1)[-1]) from None
+        return v
 
     @field_validator("name")
     @classmethod
@@ -166,6 +182,20 @@ def _anchor_paths(raw: dict, base: str) -> dict:
     data = raw.get("data")
     if isinstance(data, dict):
         raw["data"] = {k: (anchor(v) if k in _PATH_KEYS["data"] else v) for k, v in data.items()}
+    train = raw.get("train")
+    if isinstance(train, dict):
+        train = dict(train)
+        if isinstance(train.get("output"), str):
+            train["output"] = anchor(train["output"])
+        tdata = train.get("data")
+        if isinstance(tdata, dict):
+            tdata = dict(tdata)
+            if isinstance(tdata.get("train"), list):
+                tdata["train"] = [anchor(p) for p in tdata["train"]]
+            if isinstance(tdata.get("validation"), str):
+                tdata["validation"] = anchor(tdata["validation"])
+            train["data"] = tdata
+        raw["train"] = train
     return raw
 
 
