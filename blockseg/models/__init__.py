@@ -15,12 +15,14 @@ from .base import (
     save_checkpoint,
 )
 from .identity import IdentityNet
+from .tiny import TinyConvNet
 
 __all__ = [
     "REPRESENTATIONS",
     "BlocksegNet",
     "Geometry",
     "IdentityNet",
+    "TinyConvNet",
     "architectures",
     "build_model",
     "channels_of",
