@@ -1,5 +1,19 @@
-"""blockseg: blockwise, seamless 3D nuclei segmentation of larger-than-memory volumes on Dask."""
+"""blockseg: blockwise, seamless 3D nuclei segmentation of larger-than-memory volumes on Dask.
 
+The Python API mirrors the command line::
+
+    import blockseg
+    cfg = blockseg.load_config("configs/demo.yaml")
+    result = blockseg.run(cfg)                                      # blockseg run
+    blockseg.predict("img.zarr", "model.pt", "pred.zarr")           # blockseg predict
+    blockseg.segment("pred.zarr", "seg.zarr")                       # blockseg segment
+    blockseg.evaluate("img.zarr/labels/gt", "seg.zarr")             # blockseg evaluate
+    blockseg.train("train.yaml")                                    # blockseg train
+
+Stage functions are imported on first use, so ``import blockseg`` stays light (no torch).
+"""
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 from .errors import BlocksegError
@@ -10,6 +24,34 @@ try:
     __version__ = version("blockseg")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
+
+#: public name -> (module, attribute), imported lazily
+_LAZY = {
+    "run": ("blockseg.workflow", "run"),
+    "load_config": ("blockseg.config", "load_config"),
+    "parse_config": ("blockseg.config", "parse_config"),
+    # stage packages, callable as their main function: blockseg.predict(...) == predict.predict(...)
+    "predict": ("blockseg.predict", None),
+    "segment": ("blockseg.segment", None),
+    "evaluate": ("blockseg.evaluate", None),
+    "train": ("blockseg.train", None),
+    "synthesize": ("blockseg.synth", "synthesize"),
+    "load_checkpoint": ("blockseg.models", "load_checkpoint"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = import_module(module) if attr is None else getattr(import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'blockseg' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Block",
@@ -22,4 +64,5 @@ __all__ = [
     "create_volume",
     "import_volume",
     "open_volume",
+    *_LAZY,
 ]

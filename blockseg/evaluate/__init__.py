@@ -56,3 +56,7 @@ __all__ = [
     "volume_table",
     "write_report",
 ]
+
+from .._callable import make_callable as _make_callable
+
+_make_callable(__name__, "evaluate")

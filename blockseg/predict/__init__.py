@@ -27,3 +27,7 @@ __all__ = [
     "run_batch",
     "window_1d",
 ]
+
+from .._callable import make_callable as _make_callable
+
+_make_callable(__name__, "predict")

@@ -24,3 +24,7 @@ __all__ = [
     "uncertain_voxels",
     "artificial_faces",
 ]
+
+from .._callable import make_callable as _make_callable
+
+_make_callable(__name__, "segment")
