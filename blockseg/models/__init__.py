@@ -16,6 +16,7 @@ from .base import (
     save_checkpoint,
 )
 from .identity import IdentityNet
+from .plain import JointDetSegNet, ValidUNet3D
 from .unet import ResUNet3D
 
 
@@ -46,6 +47,8 @@ __all__ = [
     "check_decoder_channels",
     "demo_checkpoint_path",
     "ResUNet3D",
+    "ValidUNet3D",
+    "JointDetSegNet",
     "kinds_of",
     "load_checkpoint",
     "normalise",
