@@ -37,7 +37,7 @@ from .io import Volume, _check_exists, create_volume, open_volume
 
 #: scaling kinds and the channel names that default to them
 KINDS = ("prob", "tanh", "raw")
-DEFAULT_KIND = {"D": "tanh", "sdt": "tanh", "cpv_z": "raw", "cpv_y": "raw", "cpv_x": "raw"}
+DEFAULT_KIND = {"D": "tanh", "sdt": "tanh", "cpv_z": "raw", "cpv_y": "raw", "cpv_x": "raw", "density": "raw"}
 STORED_DTYPES = (np.dtype(np.uint8), np.dtype(np.float16), np.dtype(np.float32))
 
 
@@ -122,8 +122,9 @@ def create_predictions(
         Channel names, e.g. ``("B", "C", "D")``.
     shape, voxel_size, chunks
         As for :func:`blockseg.io.create_volume`; shared by all channels.
-    dtype : uint8, float16 or float32
-        Storage dtype of every channel.
+    dtype : uint8, float16 or float32, or a mapping ``{channel: dtype}``
+        Storage dtype of every channel (a mapping gives one per channel, e.g. uint8 for
+        probabilities and float32 for raw cpv vectors).
     kinds : mapping, optional
         Scaling kind per channel; default from :func:`channel_kind`.
     overwrite : bool
@@ -136,22 +137,31 @@ def create_predictions(
     from .io import _prepare_destination
 
     path = str(path)
-    dtype = np.dtype(dtype)
-    if dtype not in STORED_DTYPES:
-        raise BlocksegError(f"prediction channels are stored as uint8, float16 or float32, not {dtype}")
     if not channels or len(set(channels)) != len(channels):
         raise BlocksegError(f"give distinct channel names, got {list(channels)}")
+    if isinstance(dtype, Mapping):
+        missing = [c for c in channels if c not in dtype]
+        if missing:
+            raise BlocksegError(f"no dtype given for channel(s) {missing}")
+        dtypes = {c: np.dtype(dtype[c]) for c in channels}
+    else:
+        dtypes = {c: np.dtype(dtype) for c in channels}
+    for dt in dtypes.values():
+        if dt not in STORED_DTYPES:
+            raise BlocksegError(f"prediction channels are stored as uint8, float16 or float32, not {dt}")
     kinds = {c: (kinds or {}).get(c, channel_kind(c)) for c in channels}
     for c, k in kinds.items():
         if k not in KINDS:
             raise BlocksegError(f"channel {c}: unknown kind {k!r}; use one of {KINDS}")
+        if k == "raw" and dtypes[c].kind != "f":
+            raise BlocksegError(f"channel {c} holds raw values: store it as float16 or float32, not {dtypes[c]}")
     _prepare_destination(path, overwrite)
     group = zarr.open_group(path, mode="w")
     group.attrs["blockseg"] = {"predictions": {"channels": list(channels), "kinds": kinds}}
     out = {}
     for c in channels:
         out[c] = create_volume(
-            f"{path.rstrip('/')}/{c}", shape, dtype, voxel_size, chunks, name=c, attributes={"kind": kinds[c]}
+            f"{path.rstrip('/')}/{c}", shape, dtypes[c], voxel_size, chunks, name=c, attributes={"kind": kinds[c]}
         )
     return out
 
