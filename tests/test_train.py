@@ -17,7 +17,8 @@ from blockseg.models import load_checkpoint
 from blockseg.synth import SynthParams, synthesize
 from blockseg.train import CropSampler, load_config, parse_config, train
 from blockseg.train.config import AugmentConfig
-from blockseg.train.data import Geometric, cpv_from_centres, instance_centres
+from blockseg.targets import instance_centres as _ic
+from blockseg.train.data import Geometric, compute_targets
 
 # test this checkout's cli/ even when another checkout's is installed as blockseg_cli
 blockseg_cli.__path__.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
@@ -69,6 +70,11 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, mutate, message):
 
 
 # ----------------------------------------------------------------------------- data
+def instance_centres(lab):
+    ids, cen = _ic(lab)
+    return {int(i): c for i, c in zip(ids, cen)}
+
+
 def test_geometric_transform_moves_centres_with_labels():
     lab = np.zeros((6, 10, 14), np.uint32)
     lab[1:4, 2:5, 3:9] = 7
@@ -87,12 +93,10 @@ def test_geometric_transform_moves_centres_with_labels():
 def test_cpv_points_to_centres_outside_the_crop():
     lab = np.zeros((4, 4, 4), np.uint32)
     lab[:, :2] = 3
-    v = cpv_from_centres(lab, {3: np.array([1.5, -5.0, 2.0])})
-    assert v.shape == (3, 4, 4, 4)
+    t = compute_targets(lab, ["cpv"], centres={3: np.array([1.5, -5.0, 2.0])})
+    v = np.stack([t["cpv_z"], t["cpv_y"], t["cpv_x"]])
     assert v[1, 0, 0, 0] == -5.0 and v[1, 0, 1, 0] == -6.0 and v[2, 0, 0, 3] == -1.0
     assert np.all(v[:, :, 2:] == 0)
-    with pytest.raises(BlocksegError):
-        cpv_from_centres(lab, {})
 
 
 def test_sampler_crops_shapes_and_mask(volume):

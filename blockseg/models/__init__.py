@@ -16,6 +16,7 @@ from .base import (
     save_checkpoint,
 )
 from .identity import IdentityNet
+from .tiny import TinyConvNet
 from .plain import JointDetSegNet, ValidUNet3D
 from .unet import ResUNet3D
 
@@ -41,6 +42,7 @@ __all__ = [
     "BlocksegNet",
     "Geometry",
     "IdentityNet",
+    "TinyConvNet",
     "architectures",
     "build_model",
     "channels_of",

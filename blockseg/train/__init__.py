@@ -6,7 +6,7 @@ augmentation), :func:`predict_image`, :func:`score_prediction`, :func:`tune_deco
 """
 
 from .config import TrainConfig, load_config, parse_config
-from .data import CropSampler, compute_targets, image_statistics, instance_centres
+from .data import CropSampler, centre_table, compute_targets, image_statistics
 from .trainer import TrainResult, make_model, predict_image, score_prediction, train, tune_decoder, validation_scores
 
 __all__ = [
@@ -15,7 +15,7 @@ __all__ = [
     "TrainResult",
     "compute_targets",
     "image_statistics",
-    "instance_centres",
+    "centre_table",
     "load_config",
     "make_model",
     "parse_config",

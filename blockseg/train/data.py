@@ -30,76 +30,12 @@ from .config import AugmentConfig
 
 
 # ---------------------------------------------------------------------------- centres
-def instance_centres(labels, slab: int = 64) -> dict[int, np.ndarray]:
-    """Centre of mass (voxels, z y x) of every instance of a (zarr or numpy) label volume.
+def centre_table(labels_path: str) -> dict[int, np.ndarray]:
+    """``{id: centre (z, y, x) in voxels}`` of a label volume (blockseg.targets.volume_centres)."""
+    from ..targets import volume_centres
 
-    Read in z-slabs, so memory is one slab plus O(#instances).
-    """
-    try:  # the targets branch provides the project-wide table
-        from ..targets import instance_centres as _ic  # type: ignore[attr-defined]
-    except ImportError:
-        _ic = None
-    if _ic is not None:
-        table = _ic(labels)
-        return _as_centre_dict(table)
-    sums: dict[int, np.ndarray] = {}
-    zs = labels.shape[0]
-    acc_ids, acc_n, acc_s = [], [], []
-    for z0 in range(0, zs, slab):
-        lab = np.asarray(labels[z0 : z0 + slab])
-        ids, inv = np.unique(lab, return_inverse=True)
-        inv = inv.reshape(lab.shape)
-        n = np.bincount(inv.ravel(), minlength=len(ids)).astype(np.float64)
-        grids = np.indices(lab.shape, dtype=np.float64)
-        grids[0] += z0
-        s = np.stack([np.bincount(inv.ravel(), weights=g.ravel(), minlength=len(ids)) for g in grids], 1)
-        keep = ids != 0
-        acc_ids.append(ids[keep]), acc_n.append(n[keep]), acc_s.append(s[keep])
-    if not acc_ids:
-        return sums
-    ids = np.concatenate(acc_ids)
-    n = np.concatenate(acc_n)
-    s = np.concatenate(acc_s)
-    uid, inv = np.unique(ids, return_inverse=True)
-    tot_n = np.bincount(inv, weights=n)
-    tot_s = np.stack([np.bincount(inv, weights=s[:, a]) for a in range(3)], 1)
-    cen = tot_s / tot_n[:, None]
-    return {int(i): c for i, c in zip(uid, cen)}
-
-
-def _as_centre_dict(table) -> dict[int, np.ndarray]:
-    if isinstance(table, dict):
-        return {int(k): np.asarray(v, dtype=np.float64) for k, v in table.items()}
-    arr = np.asarray(table)
-    if arr.ndim == 2 and arr.shape[1] == 4:
-        return {int(r[0]): r[1:].astype(np.float64) for r in arr}
-    if hasattr(table, "ids") and hasattr(table, "centres"):
-        return {int(i): np.asarray(c, np.float64) for i, c in zip(table.ids, table.centres)}
-    raise BlocksegError("unrecognised centre table")
-
-
-def cpv_from_centres(labels: np.ndarray, centres: dict[int, np.ndarray]) -> np.ndarray:
-    """``(3, z, y, x)`` float32: centre minus voxel position for every labelled voxel, else 0.
-
-    ``centres`` are in the coordinates of ``labels`` (they may lie outside the array).
-    """
-    out = np.zeros((3,) + labels.shape, np.float32)
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    if ids.size == 0:
-        return out
-    missing = [int(i) for i in ids if int(i) not in centres]
-    if missing:
-        raise BlocksegError(f"no centre for instance(s) {missing[:5]}")
-    lut_ids = np.concatenate([[0], ids])
-    table = np.zeros((len(lut_ids), 3), np.float64)
-    table[1:] = np.stack([centres[int(i)] for i in ids])
-    idx = np.searchsorted(lut_ids, labels)
-    fg = labels != 0
-    pos = np.indices(labels.shape, dtype=np.float32)
-    for a in range(3):
-        out[a] = np.where(fg, table[:, a][idx].astype(np.float32) - pos[a], 0.0)
-    return out
+    ids, cen = volume_centres(labels_path)
+    return {int(i): c for i, c in zip(ids, np.asarray(cen, dtype=np.float64))}
 
 
 def compute_targets(
@@ -109,31 +45,19 @@ def compute_targets(
     centres: dict[int, np.ndarray] | None = None,
     **params,
 ) -> dict[str, np.ndarray]:
-    """Targets of ``representations`` for one (augmented) label crop: ``{channel: float32}``.
+    """Targets of one (augmented) crop via :func:`blockseg.targets.compute_targets`.
 
-    Uses :func:`blockseg.targets.compute_targets` when available; B, C, D and cpv are also
-    computed here (the others need it).
+    ``centres`` maps the ids present to their centres in the crop's coordinates (already
+    transformed by the augmentation); a nucleus cut by the crop keeps its true centre.
     """
-    try:
-        from ..targets import compute_targets as _ct  # type: ignore[attr-defined]
-    except ImportError:
-        _ct = None
-    if _ct is not None:
-        return _ct(labels, tuple(representations), voxel_size=voxel_size, centres=centres, **params)
-    from ..targets import bcd_targets
+    from ..targets import compute_targets as _ct
 
-    out: dict[str, np.ndarray] = {}
-    reps = set(representations)
-    if reps & {"B", "C", "D"}:
-        t = bcd_targets(labels, voxel_size, **params)
-        out.update({k: t[k] for k in ("B", "C", "D") if k in reps})
-    if "cpv" in reps:
-        v = cpv_from_centres(labels, centres or {})
-        out.update({"cpv_z": v[0], "cpv_y": v[1], "cpv_x": v[2]})
-    missing = reps - {"B", "C", "D", "cpv"}
-    if missing:
-        raise BlocksegError(f"targets for {sorted(missing)} need blockseg.targets.compute_targets")
-    return out
+    table = None
+    if centres is not None:
+        ids = np.array(sorted(centres), dtype=np.uint64)
+        cen = np.array([centres[int(i)] for i in ids], dtype=np.float64).reshape(-1, 3)
+        table = (ids, cen)
+    return _ct(labels, tuple(representations), voxel_size=voxel_size, centres=table, **params)
 
 
 # ---------------------------------------------------------------------------- augmentation
@@ -253,6 +177,8 @@ class CropSampler:
         target_params: dict | None = None,
     ):
         self.representations = tuple(representations)
+        #: representations whose targets need the global centre table
+        self.needs_centres = bool({"cpv", "gauss", "density"} & set(self.representations))
         self.channels = tuple(c for r in self.representations for c in REPRESENTATIONS[r][0])
         self.patch = tuple(int(p) for p in patch)
         self.normalisation = normalisation
@@ -275,7 +201,7 @@ class CropSampler:
             self.images.append(img)
             self.labels.append(lab)
             self.valid.append(self._valid_centres(p, mask, img.shape))
-            self.centres.append(instance_centres(lab.array) if "cpv" in self.representations else {})
+            self.centres.append(centre_table(lab_path) if self.needs_centres else {})
         self.voxel_sizes = [tuple(v.voxel_size) for v in self.images]
 
     def _valid_centres(self, path, mask, shape) -> np.ndarray | None:
@@ -329,8 +255,9 @@ class CropSampler:
             img = np.pad(img, pad, mode="reflect")
             lab = np.pad(lab, pad, mode="constant")  # outside the volume: no labels
         start = o - ctx  # coordinates of the padded crop's first voxel
-        centres = {}
-        if "cpv" in self.representations:
+        centres = None
+        ids = np.zeros(0, np.uint64)
+        if self.needs_centres:
             ids = np.unique(lab)
             ids = ids[ids != 0]
             if ids.size:
@@ -340,11 +267,13 @@ class CropSampler:
         if cfg.elastic and rng.random() < cfg.elastic_p:
             field = elastic_field(rng, lab.shape, cfg.elastic_spacing, cfg.elastic_sigma)
             img, lab = elastic_apply(img, lab, field)
-            if "cpv" in self.representations and ids.size:
+            if ids.size:
                 pts = elastic_points(pts, field)
-        if "cpv" in self.representations and ids.size:
-            centres = {int(i): p for i, p in zip(ids, pts)}
-        targets = compute_targets(lab, self.representations, self.voxel_sizes[k], centres, **self.target_params)
+        if self.needs_centres:
+            centres = {int(i): p for i, p in zip(ids, pts)} if ids.size else {}
+        vs = self.voxel_sizes[k]
+        vs = (vs[0], vs[2], vs[1]) if geo.transpose else vs
+        targets = compute_targets(lab, self.representations, vs, centres, **self.target_params)
         core = tuple(slice(ctx, ctx + p) for p in self.patch)
         targets = {c: np.ascontiguousarray(targets[c][core], dtype=np.float32) for c in self.channels}
         targets["labels_fg"] = (lab[core] != 0).astype(np.float32)

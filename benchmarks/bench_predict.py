@@ -1,0 +1,188 @@
+"""Predict benchmark: raw forward vs blockseg predict (zarr -> zarr) vs MONAI sliding window.
+
+One run, one model (benchmarks/bench_unet.py, a small residual U-Net, random weights), one
+synthetic EM volume (blockseg.synth), one patch size. Reports voxels of the volume per second
+(for the raw forward: output voxels of in-memory patches per second) and, separately, the peak
+RSS per worker of blockseg predict on a larger volume for two block sizes.
+
+    PYTHONPATH=.:benchmarks python benchmarks/bench_predict.py --size 288 --rss-size 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_unet  # noqa: E402  (registers "bench_resunet")
+
+from blockseg.cluster import ClusterConfig, dask_client  # noqa: E402
+from blockseg.io import open_volume  # noqa: E402
+from blockseg.models import TinyConvNet, save_checkpoint  # noqa: E402
+from blockseg.predict import predict  # noqa: E402
+from blockseg.synth import SynthParams, synthesize  # noqa: E402
+
+NORM = {"offset": 128.0, "scale": 64.0}
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS of given process ids, sampled every ``interval`` seconds."""
+
+    def __init__(self, pids, interval=0.1):
+        super().__init__(daemon=True)
+        self.procs = {p: psutil.Process(p) for p in pids}
+        self.peak = {p: 0 for p in pids}
+        self.interval, self.stop = interval, threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            for p, proc in self.procs.items():
+                try:
+                    self.peak[p] = max(self.peak[p], proc.memory_info().rss)
+                except Exception:
+                    pass
+            time.sleep(self.interval)
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def make_volume(path: str, size: int, client) -> np.ndarray:
+    params = SynthParams(shape=(size, size, size), voxel_size=(0.5, 0.5, 0.5), seed=1)
+    synthesize(path, params, chunks=(48, 96, 96) if size % 48 == 0 else (64, 128, 128), client=client,
+               overwrite=True, progress=False)  # fmt: skip
+    return open_volume(path).array
+
+
+def raw_forward(model, patch, batch, repeats) -> float:
+    x = torch.randn(batch, 1, *patch).contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        model(x)
+        t = time.perf_counter()
+        for _ in range(repeats):
+            model.postprocess(model(x))
+        dt = time.perf_counter() - t
+    return batch * repeats * math.prod(patch) / dt
+
+
+def monai_run(model, image: np.ndarray, patch, batch) -> tuple[float, np.ndarray]:
+    from monai.inferers import sliding_window_inference
+
+    x = torch.from_numpy(((image.astype(np.float32) - NORM["offset"]) / NORM["scale"])[None, None])
+    t = time.perf_counter()
+    with torch.inference_mode():
+        out = sliding_window_inference(x, patch, batch, lambda p: model.postprocess(model(p)), overlap=0.25, mode="gaussian")
+    return time.perf_counter() - t, out[0].numpy()
+
+
+def blockseg_run(img, ckpt, out, block, workers, threads, batch, rss=False, chunks=None):
+    cfg = ClusterConfig(n_workers=workers, threads_per_worker=threads, dashboard=False, memory_limit="8GiB")
+    with dask_client(cfg, quiet=True) as client:
+        client.run(importlib.import_module, "bench_unet")
+        pids = list(client.run(os.getpid).values())
+        sampler = RssSampler(pids)
+        sampler.start()
+        cpu0 = sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
+        t = time.perf_counter()
+        rep = predict(img, ckpt, out, block_shape=block, client=client, overwrite=True, batch_size=batch,
+                      device="cpu", progress=False, chunks=chunks)  # fmt: skip
+        wall = time.perf_counter() - t
+        cpu = sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids) - cpu0
+        sampler.stop.set()
+    return wall, cpu, max(sampler.peak.values()), rep
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=288)
+    ap.add_argument("--patch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--block", type=int, nargs=3, default=[144, 288, 288])
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each measurement (median reported)")
+    ap.add_argument("--rss-size", type=int, default=512, help="volume edge of the peak-RSS measurement (0: skip)")
+    ap.add_argument("--out", default="benchmarks/results/predict")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench_predict_"))
+    res: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+                 "load_before": load(), "args": vars(args)}  # fmt: skip
+    patch = (args.patch,) * 3
+    model = bench_unet.BenchResUNet(input_patch=patch).eval()
+    ckpt = str(work / "unet.pt")
+    save_checkpoint(ckpt, model, normalisation=NORM)
+    model = model.to(memory_format=torch.channels_last_3d)
+    res["model"] = {"architecture": "bench_resunet", "params": sum(p.numel() for p in model.parameters()), "patch": patch}
+    n = args.size**3
+    try:
+        with dask_client(ClusterConfig(n_workers=2, dashboard=False), quiet=True) as client:
+            image = make_volume(str(work / "img.zarr"), args.size, client)[...]
+        runs: dict[str, list] = {"raw": [], "monai": [], "b2x1": [], "b1x2": []}
+        for r in range(args.repeats):
+            torch.set_num_threads(os.cpu_count() or 1)
+            runs["raw"].append(raw_forward(model, patch, args.batch, 4))
+            print("raw forward", runs["raw"][-1] / 1e6, "Mvox/s", load(), flush=True)
+            wall, cpu, peak, rep = blockseg_run(str(work / "img.zarr"), ckpt, str(work / "pred.zarr"), args.block, 2, 1, args.batch)
+            runs["b2x1"].append({"wall": wall, "cpu": cpu, "peak": peak, "patches": rep.patches})
+            print("blockseg 2x1", wall, load(), flush=True)
+            wall, cpu, peak, rep = blockseg_run(str(work / "img.zarr"), ckpt, str(work / "pred1.zarr"), args.block, 1, 2, args.batch)
+            runs["b1x2"].append({"wall": wall, "cpu": cpu, "peak": peak, "patches": rep.patches})
+            print("blockseg 1x2", wall, load(), flush=True)
+            torch.set_num_threads(os.cpu_count() or 1)
+            wall, mon = monai_run(model, image, patch, args.batch)
+            runs["monai"].append(wall)
+            print("monai", wall, load(), flush=True)
+        # agreement of blockseg (uint8) with MONAI (different lattice, overlap): informative only
+        from blockseg.predictions import open_predictions, read_channels
+
+        pred = read_channels(open_predictions(str(work / "pred.zarr"), ["B"]), (slice(None),) * 3)["B"]
+        res["blockseg_vs_monai_B_mean_abs_diff"] = float(np.abs(pred - mon[0]).mean())
+        raw = statistics.median(runs["raw"])
+        b2 = statistics.median(r["wall"] for r in runs["b2x1"])
+        b1 = statistics.median(r["wall"] for r in runs["b1x2"])
+        mo = statistics.median(runs["monai"])
+        res["runs"] = runs
+        res["throughput_vox_per_s"] = {"raw_forward": raw, "blockseg_2w1t": n / b2, "blockseg_1w2t": n / b1, "monai": n / mo}
+        best = min(b1, b2)
+        res["ratios"] = {"blockseg_over_monai": mo / best, "blockseg_over_raw": n / best / raw}
+        res["plan"] = rep.plan.to_dict()
+        res["monai_compute_factor"] = (math.ceil((args.size - args.patch) / (0.75 * args.patch)) + 1) ** 3 * args.patch**3 / n
+        res["load_after_main"] = load()
+        if args.rss_size:
+            size = args.rss_size
+            with dask_client(ClusterConfig(n_workers=2, dashboard=False), quiet=True) as client:
+                make_volume(str(work / "big.zarr"), size, client)
+            tiny = TinyConvNet(("B", "C", "D"), width=4, valid=False, input_patch=patch).eval()
+            tck = str(work / "tiny.pt")
+            save_checkpoint(tck, tiny, normalisation=NORM)
+            res["rss"] = {}
+            for block in ((128, 128, 128), (128, 256, 256)):
+                wall, cpu, peak, rep = blockseg_run(str(work / "big.zarr"), tck, str(work / "bigpred.zarr"), block, 2, 1, args.batch)
+                res["rss"][f"{block}"] = {"volume": size, "wall": wall, "peak_rss_per_worker_gib": peak / 2**30,
+                                          "estimate_gib": rep.plan.memory_bytes["total"] / 2**30}  # fmt: skip
+                print("rss", block, peak / 2**30, load(), flush=True)
+        res["load_after"] = load()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out + ".json").write_text(json.dumps(res, indent=2, default=str))
+    print(json.dumps({k: res[k] for k in ("throughput_vox_per_s", "ratios")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

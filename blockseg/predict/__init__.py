@@ -1,0 +1,29 @@
+"""Blockwise inference: image zarr -> prediction store, on one global patch lattice.
+
+:func:`predict_array` is the whole-volume in-memory reference; :func:`predict` runs the same
+computation block by block on Dask and writes a prediction store (see
+:mod:`blockseg.predictions`).
+"""
+
+from .engine import BlockJob, PredictPlan, PredictReport, predict, predict_block
+from .infer import InferenceOptions, make_lattice, output_channels, predict_array, run_batch
+from .lattice import BLENDINGS, AxisLattice, Lattice, read_reflected, reflect_index, window_1d
+
+__all__ = [
+    "BlockJob",
+    "PredictPlan",
+    "PredictReport",
+    "predict",
+    "predict_block",
+    "BLENDINGS",
+    "AxisLattice",
+    "InferenceOptions",
+    "Lattice",
+    "make_lattice",
+    "output_channels",
+    "predict_array",
+    "read_reflected",
+    "reflect_index",
+    "run_batch",
+    "window_1d",
+]

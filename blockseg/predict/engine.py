@@ -1,0 +1,515 @@
+"""The blockwise engine: image zarr -> prediction store, one Dask task per block.
+
+Each task receives a block id (plus a small frozen :class:`BlockJob` shipped once) and
+
+1. gets the network from a per-process cache (loaded once per worker and device, never shipped);
+2. computes exactly the lattice patches whose outputs overlap its core, reading core + the halo
+   those patches need (z-row by z-row, the next row read on a background thread), with global
+   reflection at the volume borders;
+3. blends them into its core only (normalised weights, so no seam), quantises, and writes each
+   channel's core: whole chunks, which no other task touches;
+4. then, last, sets its done-marker: one uint8 per block in ``OUT/_done`` (an array of the grid's
+   shape with one chunk per block, so markers too are written by one task each). A rerun skips
+   blocks whose marker is set; a block interrupted before its marker is recomputed whole.
+
+The run's settings (checkpoint digest, lattice, dtype, TTA...) are stored in the store's
+attributes; resuming with different settings is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache, partial
+from typing import Sequence
+
+import numpy as np
+import zarr
+
+from ..errors import BlocksegError
+from ..grid import BlockGrid, default_block_shape
+from ..io import _is_url, check_destination, open_volume
+from ..models.base import BlocksegNet, build_model, load_checkpoint, normalise, read_checkpoint
+from ..predictions import create_predictions, encode_channel
+from .infer import InferenceOptions, check_options, make_lattice, output_channels, predict_region
+from .lattice import Lattice, read_reflected
+
+DONE_ARRAY = "_done"
+DTYPES = {"uint8": np.uint8, "float16": np.float16, "float32": np.float32}
+
+
+# ---------------------------------------------------------------------------- worker side
+_MODELS: dict[tuple, BlocksegNet] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> CUDA when visible, else CPU; a bare ``"cuda"`` on a dask worker of a
+    multi-GPU host picks the GPU by worker name (LocalCluster workers are named 0, 1, ...)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise BlocksegError("device cuda requested but no CUDA device is visible")
+        n = torch.cuda.device_count()
+        index = 0
+        if n > 1:
+            try:
+                from distributed import get_worker
+
+                index = int(get_worker().name) % n
+            except (ValueError, TypeError):
+                index = 0
+        device = f"cuda:{index}"
+    return device
+
+
+def cached_model(checkpoint: str, device: str, mc: bool = False) -> BlocksegNet:
+    """The network of ``checkpoint`` on ``device``, loaded once per process (and thread for MC).
+
+    The key includes the file's modification time, so a rewritten checkpoint is reloaded.
+    MC-dropout switches dropout layers on and off around sampling, so each thread gets its own
+    copy then; plain inference shares one model between a worker's threads.
+    """
+    import torch
+
+    path = os.path.abspath(checkpoint)
+    key = (path, os.path.getmtime(path), device, threading.get_ident() if mc else None)
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            model, _ = load_checkpoint(path, device)
+            model = model.to(memory_format=torch.channels_last_3d)
+            _MODELS[key] = model
+    return model
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything a block task needs besides its id (small, pickled once per run)."""
+
+    image_path: str
+    out_path: str
+    checkpoint: str
+    device: str
+    shape: tuple[int, int, int]
+    block_shape: tuple[int, int, int]
+    chunk_shape: tuple[int, int, int]
+    patch: tuple[int, int, int]
+    overlap: tuple[int, int, int]
+    blending: str
+    channels: tuple[str, ...]
+    kinds: tuple[tuple[str, str], ...]
+    dtype: str
+    normalisation: tuple[tuple[str, float], ...] | None
+    batch_size: int = 2
+    tta: bool = False
+    mc_samples: int = 0
+    amp: bool = True
+    torch_threads: int | None = None
+    prefetch: bool = True
+
+    @property
+    def grid(self) -> BlockGrid:
+        return BlockGrid(self.shape, self.block_shape, 0, self.chunk_shape)
+
+
+@lru_cache(maxsize=8)
+def _job_lattice(job: BlockJob, crop: tuple, margin: tuple) -> Lattice:
+    return Lattice.build(job.shape, job.patch, crop, job.overlap, margin, job.blending)
+
+
+def predict_block(job: BlockJob, block_id: int) -> dict:
+    """Predict one block's core, write it, then set its done-marker. Returns timing stats."""
+    import torch
+
+    t0 = time.perf_counter()
+    if job.torch_threads:
+        torch.set_num_threads(job.torch_threads)
+    device = resolve_device(job.device)
+    model = cached_model(job.checkpoint, device, mc=job.mc_samples > 0)
+    geo = model.geometry
+    lattice = _job_lattice(job, geo.crop, geo.margin)
+    block = job.grid[block_id]
+    image = open_volume(job.image_path).array
+    norm = dict(job.normalisation) if job.normalisation else None
+    is_float = np.dtype(image.dtype).kind == "f"
+    t_read = [0.0]
+
+    def read(lo, hi):
+        t = time.perf_counter()
+        raw = read_reflected(image.__getitem__, job.shape, lo, hi)
+        if is_float and not np.isfinite(raw).all():
+            raise BlocksegError(
+                f"{job.image_path}: NaN or infinite values in block {block_id} (region {lo}..{hi}); "
+                "clean the image first"
+            )
+        x = normalise(raw, norm)
+        t_read[0] += time.perf_counter() - t
+        return x
+
+    options = InferenceOptions(job.batch_size, device, job.tta, job.mc_samples, job.amp)
+    acc = predict_region(model, read, lattice, block.core, len(job.channels), options, prefetch=job.prefetch)
+    t_compute = time.perf_counter()
+    kinds = dict(job.kinds)
+    dtype = np.dtype(job.dtype)
+    for i, c in enumerate(job.channels):
+        arr = zarr.open_array(f"{job.out_path.rstrip('/')}/{c}/0", mode="r+")
+        arr[block.core] = encode_channel(acc[i], kinds[c], dtype)
+    done = zarr.open_array(f"{job.out_path.rstrip('/')}/{DONE_ARRAY}", mode="r+")
+    done[block.index] = 1  # written last: the block's chunks are all on disk
+    t1 = time.perf_counter()
+    ranges = lattice.tiles_for(block.core)
+    return {
+        "block": block_id,
+        "patches": math.prod(len(r) for r in ranges),
+        "seconds": t1 - t0,
+        "read_s": t_read[0],
+        "write_s": t1 - t_compute,
+    }
+
+
+# ---------------------------------------------------------------------------- planning
+@dataclass
+class PredictPlan:
+    """What a run will do (``--dry-run`` prints :meth:`describe`)."""
+
+    image_path: str
+    out_path: str
+    shape: tuple[int, ...]
+    grid: BlockGrid
+    lattice: Lattice
+    halo: tuple[int, ...]
+    channels: list[str]
+    kinds: dict[str, str]
+    dtype: str
+    patches_total: int
+    patches_whole_volume: int
+    memory_bytes: dict[str, int]
+    todo: list[int] = field(default_factory=list)
+
+    @property
+    def compute_factor(self) -> float:
+        """Output voxels computed per volume voxel (overlap + patches shared by blocks)."""
+        return self.patches_total * math.prod(self.lattice.out) / math.prod(self.shape)
+
+    def describe(self) -> str:
+        g, lat = self.grid, self.lattice
+        mem = self.memory_bytes
+        lines = [
+            f"image {self.image_path}: shape {self.shape}",
+            f"output {self.out_path}: channels {', '.join(self.channels)} as {self.dtype}, chunks {g.chunk_shape}",
+            f"blocks: {len(g)} of {g.block_shape} (grid {g.grid_shape}); to run: {len(self.todo)}",
+            f"patch {lat.patch} -> output {lat.out}, stride {tuple(a.stride for a in lat.axes)}, "
+            f"reflect pad {tuple(a.pad for a in lat.axes)}, blending {lat.blending}",
+            f"lattice: {lat.n_tiles} tiles = {self.patches_whole_volume} patches whole-volume; "
+            f"{self.patches_total} computed blockwise ({self.compute_factor:.2f} output voxels per voxel)",
+            f"halo (read beyond the core, per side): {self.halo}",
+            "memory per task (estimate): "
+            + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in mem.items() if k != "total")
+            + f"; total ~{mem['total'] / 2**20:.0f} MiB",
+        ]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "image": self.image_path,
+            "output": self.out_path,
+            "shape": list(self.shape),
+            "block_shape": list(self.grid.block_shape),
+            "blocks": len(self.grid),
+            "todo": len(self.todo),
+            "patch": list(self.lattice.patch),
+            "halo": list(self.halo),
+            "patches_total": self.patches_total,
+            "compute_factor": round(self.compute_factor, 3),
+            "memory_bytes": self.memory_bytes,
+        }
+
+
+def _memory_estimate(model: BlocksegNet, grid: BlockGrid, lattice: Lattice, n_channels: int, in_itemsize: int,
+                     out_itemsize: int, batch_size: int) -> dict[str, int]:  # fmt: skip
+    from torch import nn
+
+    worst_slab, worst_core = 0, 0
+    seen = set()
+    for block in grid:
+        if block.shape in seen:
+            continue
+        seen.add(block.shape)
+        ranges = lattice.tiles_for(block.core)
+        ext = [a.input_extent(r) for a, r in zip(lattice.axes, ranges)]
+        slab = lattice.patch[0] * (ext[1][1] - ext[1][0]) * (ext[2][1] - ext[2][0])
+        worst_slab = max(worst_slab, slab)
+        worst_core = max(worst_core, math.prod(block.shape))
+    widths = sum(m.out_channels for m in model.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)))
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    mem = {
+        "input slabs": 2 * worst_slab * (4 + in_itemsize),
+        "accumulator": worst_core * n_channels * 8,
+        "encoded core": worst_core * out_itemsize,
+        "patch batch": batch_size * math.prod(lattice.patch) * 4 * (1 + max(widths, n_channels)),
+        "weights": params,
+    }
+    mem["total"] = sum(mem.values())
+    return mem
+
+
+def _checkpoint_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _dims(value, name) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    v = (value,) * 3 if np.isscalar(value) else tuple(value)
+    if len(v) != 3:
+        raise BlocksegError(f"{name} takes one value or three (z y x), got {value!r}")
+    return tuple(int(x) for x in v)  # type: ignore[return-value]
+
+
+@dataclass
+class PredictReport:
+    """Outcome of :func:`predict`."""
+
+    output: str
+    blocks: int
+    skipped: int
+    computed: int
+    patches: int
+    seconds: float
+    voxels: int
+    plan: PredictPlan
+
+    @property
+    def voxels_per_second(self) -> float:
+        return self.voxels / self.seconds if self.seconds > 0 else float("inf")
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "plan"}
+        d["voxels_per_second"] = self.voxels_per_second
+        d["plan"] = self.plan.to_dict()
+        return d
+
+
+def predict(
+    image_path: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    out_path: str | os.PathLike,
+    block_shape: int | Sequence[int] | None = None,
+    client=None,
+    dtype: str | np.dtype | None = None,
+    overwrite: bool = False,
+    resume: bool = True,
+    patch: int | Sequence[int] | None = None,
+    overlap: float | Sequence[float] = 0.125,
+    blending: str = "gaussian",
+    tta: bool = False,
+    mc_samples: int = 0,
+    batch_size: int = 2,
+    device: str = "auto",
+    amp: bool = True,
+    chunks: Sequence[int] | None = None,
+    torch_threads: int | None = None,
+    prefetch: bool = True,
+    progress: bool = True,
+    dry_run: bool = False,
+) -> PredictReport | PredictPlan:
+    """Predict every representation of a checkpoint's network over an image, block by block.
+
+    Parameters
+    ----------
+    image_path : str or path-like
+        3-D image volume (OME-Zarr or zarr array).
+    checkpoint : str or path-like
+        blockseg checkpoint (:func:`blockseg.models.save_checkpoint`); workers must see the path.
+    out_path : str or path-like
+        Prediction store to create (:mod:`blockseg.predictions` layout), one volume per channel.
+    block_shape : int or sequence of int, optional
+        Core shape of a block, a multiple of the output chunks (default ~16 M voxels).
+    client : distributed.Client, optional
+        Where blocks run (None: in this process, one after the other).
+    dtype : {"uint8", "float16", "float32"}, optional
+        Storage of every channel. Default uint8, or float16 when the network has "raw"
+        channels (cpv, density), which cannot be quantised.
+    overwrite : bool
+        Replace an existing output.
+    resume : bool
+        If the output exists and holds an unfinished run with the same settings, compute only
+        the blocks without a done-marker (a finished run computes nothing).
+    patch : int or sequence of int, optional
+        Input patch (default: the network's trained patch).
+    overlap : float or sequence
+        Overlap between neighbouring output tiles: < 1 a fraction of the output patch, else voxels.
+    blending : {"gaussian", "bump", "constant"}
+        Blending window (normalised weights).
+    tta : bool
+        Average the 8 flips (z, y, x subsets); cpv vector components are negated back.
+    mc_samples : int
+        MC-dropout samples (networks with dropout); adds a ``<ch>_var`` channel per channel.
+    batch_size : int
+        Patches per forward pass.
+    device : str
+        ``"auto"`` (CUDA where visible), ``"cpu"``, ``"cuda"``. GPU tasks ask for the ``GPU``
+        worker resource when the cluster has GPU workers.
+    amp : bool
+        bf16 / fp16 autocast on CUDA.
+    chunks : sequence of int, optional
+        Output chunk shape (default: the image's write unit).
+    torch_threads : int, optional
+        ``torch.set_num_threads`` in each task (default: leave it; dask workers start with 1).
+    prefetch : bool
+        Read the next z-row of a block's input on a background thread during compute.
+    progress : bool
+        Progress bar.
+    dry_run : bool
+        Return the :class:`PredictPlan` without computing or writing anything.
+
+    Returns
+    -------
+    PredictReport, or PredictPlan with ``dry_run``
+    """
+    image_path, out_path, checkpoint = str(image_path), str(out_path), str(checkpoint)
+    payload = read_checkpoint(checkpoint)
+    model = build_model(payload["architecture"], **payload["config"])
+    options = InferenceOptions(batch_size, "cpu", tta, mc_samples, amp)
+    check_options(model, options)
+    vol = open_volume(image_path)
+    shape = vol.shape
+    lattice = make_lattice(model, shape, _dims(patch, "patch"), overlap, blending)
+    names, kinds = output_channels(model, mc_samples)
+
+    raw = [c for c in names if kinds[c] == "raw"]
+    if dtype is None:
+        dtype = "float16" if raw else "uint8"
+    dtype = np.dtype(dtype).name
+    if dtype not in DTYPES:
+        raise BlocksegError(f"dtype must be one of {list(DTYPES)}, got {dtype}")
+    if dtype == "uint8" and raw:
+        raise BlocksegError(f"channels {raw} are raw values (not probabilities): store them as float16 or float32")
+
+    chunk_shape = tuple(min(int(c), s) for c, s in zip(_dims(chunks, "chunks") or vol.write_unit, shape))
+    block_shape = _dims(block_shape, "block shape") or default_block_shape(shape, chunk_shape)
+    block_shape = tuple(min(b, -(-s // c) * c) for b, s, c in zip(block_shape, shape, chunk_shape))
+    grid = BlockGrid(shape, block_shape, 0, chunk_shape)
+    patches_total = sum(math.prod(len(r) for r in lattice.tiles_for(b.core)) for b in grid)
+    mem = _memory_estimate(model, grid, lattice, len(names), vol.dtype.itemsize, np.dtype(dtype).itemsize, batch_size)
+    norm = payload.get("metadata", {}).get("normalisation")
+    run_settings = {
+        "image": os.path.abspath(image_path) if not _is_url(image_path) else image_path,
+        "shape": list(shape),
+        "checkpoint_sha256": _checkpoint_digest(checkpoint),
+        "patch": list(lattice.patch),
+        "overlap": [a.out - a.stride for a in lattice.axes],
+        "blending": blending,
+        "block_shape": list(grid.block_shape),
+        "chunks": list(chunk_shape),
+        "dtype": dtype,
+        "tta": bool(tta),
+        "mc_samples": int(mc_samples),
+        "channels": names,
+    }
+    plan = PredictPlan(image_path, out_path, shape, grid, lattice, lattice.halo(), names, kinds, dtype,
+                       patches_total, math.prod(lattice.n_tiles), mem, list(grid.block_ids))  # fmt: skip
+
+    done = _existing_run(out_path, run_settings, overwrite, resume)
+    if done is not None:
+        plan.todo = [b.id for b in grid if not done[b.index]]
+    if dry_run:
+        return plan
+
+    t0 = time.perf_counter()
+    if done is None:
+        create_predictions(out_path, names, shape, dtype, vol.voxel_size, chunk_shape, kinds, overwrite=overwrite)
+        group = zarr.open_group(out_path, mode="r+")
+        attrs = dict(group.attrs["blockseg"])
+        attrs["predictions"] = {**attrs["predictions"], "run": run_settings}
+        group.attrs["blockseg"] = attrs
+        group.create_array(DONE_ARRAY, shape=grid.grid_shape, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
+
+    job = BlockJob(
+        image_path=image_path,
+        out_path=out_path,
+        checkpoint=os.path.abspath(checkpoint),
+        device=device,
+        shape=shape,
+        block_shape=grid.block_shape,  # type: ignore[arg-type]
+        chunk_shape=chunk_shape,  # type: ignore[arg-type]
+        patch=lattice.patch,  # type: ignore[arg-type]
+        overlap=tuple(a.out - a.stride for a in lattice.axes),  # type: ignore[arg-type]
+        blending=blending,
+        channels=tuple(names),
+        kinds=tuple(sorted(kinds.items())),
+        dtype=dtype,
+        normalisation=tuple(sorted(norm.items())) if norm else None,
+        batch_size=batch_size,
+        tta=tta,
+        mc_samples=mc_samples,
+        amp=amp,
+        torch_threads=torch_threads,
+        prefetch=prefetch,
+    )
+    resources = None
+    if client is not None and device != "cpu":
+        from ..cluster import has_gpu_workers
+
+        if has_gpu_workers(client):
+            resources = {"GPU": 1}
+    elif client is None and device == "cuda":
+        resolve_device("cuda")  # fail fast, in this process
+    stats = []
+    if plan.todo:
+        from ..cluster import run_blocks
+
+        stats = run_blocks(partial(predict_block, job), plan.todo, client, name="predict", resources=resources,
+                           progress=progress)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    return PredictReport(
+        output=out_path,
+        blocks=len(grid),
+        skipped=len(grid) - len(plan.todo),
+        computed=len(stats),
+        patches=sum(s["patches"] for s in stats),
+        seconds=seconds,
+        voxels=sum(math.prod(grid[s["block"]].shape) for s in stats),
+        plan=plan,
+    )
+
+
+def _existing_run(out_path: str, settings: dict, overwrite: bool, resume: bool):
+    """Done-markers of a resumable run at ``out_path`` (None when a new store must be made)."""
+    exists = os.path.lexists(out_path) if not _is_url(out_path) else _url_exists(out_path)
+    if not exists or overwrite:
+        check_destination(out_path, overwrite=True)
+        return None
+    hint = "pass overwrite=True / --overwrite to replace it"
+    if not resume:
+        raise BlocksegError(f"{out_path} already exists ({hint})")
+    try:
+        group = zarr.open_group(out_path, mode="r")
+        previous = dict(group.attrs["blockseg"])["predictions"]["run"]
+        done = group[DONE_ARRAY][...]
+    except Exception:
+        raise BlocksegError(f"{out_path} already exists and is not a resumable blockseg prediction ({hint})") from None
+    diff = sorted(k for k in set(settings) | set(previous) if settings.get(k) != previous.get(k))
+    if diff:
+        raise BlocksegError(f"{out_path} holds a prediction run with other settings ({', '.join(diff)}); {hint}")
+    return done
+
+
+def _url_exists(url: str) -> bool:
+    try:
+        zarr.open_group(url, mode="r")
+        return True
+    except Exception:
+        return False

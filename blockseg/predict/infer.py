@@ -1,0 +1,284 @@
+"""Running a network over lattice patches and blending them into a region: the shared core of
+:func:`predict_array` (whole volume in memory) and the blockwise engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import BlocksegError
+from ..models.base import BlocksegNet, normalise
+from .lattice import Lattice, read_reflected, resolve_overlap
+
+#: flips used by test-time augmentation: every subset of the axes (z, y, x) -> 8 passes
+TTA_FLIPS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(a for a, on in zip((0, 1, 2), bits) if on) for bits in itertools.product((0, 1), repeat=3)
+)
+#: channels that hold a vector component along an axis: flipping that axis negates them
+VECTOR_AXIS = {"cpv_z": 0, "cpv_y": 1, "cpv_x": 2}
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How patches are run (everything except where they are).
+
+    Attributes
+    ----------
+    batch_size : int
+        Patches per forward pass.
+    device : str
+        Torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+    tta : bool
+        Average the outputs of the 8 flips (z, y, x subsets), flipped back.
+    mc_samples : int
+        MC-dropout forward passes (0: off). Outputs mean and variance per channel.
+    amp : bool
+        bf16 (or fp16 where bf16 is unsupported) autocast on CUDA; ignored on CPU.
+    """
+
+    batch_size: int = 2
+    device: str = "cpu"
+    tta: bool = False
+    mc_samples: int = 0
+    amp: bool = True
+
+
+def output_channels(model: BlocksegNet, mc_samples: int = 0) -> tuple[list[str], dict[str, str]]:
+    """Names and kinds of the stored channels: the model's, plus ``<ch>_var`` with MC-dropout.
+
+    A variance keeps the kind "raw" for raw channels; for prob / tanh channels it lies in
+    [0, 1] and is stored with the "prob" scaling.
+    """
+    names = list(model.channels)
+    kinds = dict(model.kinds)
+    if mc_samples:
+        for c in model.channels:
+            names.append(f"{c}_var")
+            kinds[f"{c}_var"] = "raw" if kinds[c] == "raw" else "prob"
+    return names, kinds
+
+
+def check_options(model: BlocksegNet, options: InferenceOptions) -> None:
+    if options.batch_size < 1:
+        raise BlocksegError(f"batch size must be at least 1, got {options.batch_size}")
+    if options.mc_samples < 0 or options.mc_samples == 1:
+        raise BlocksegError(f"MC-dropout needs at least 2 samples (or 0 for off), got {options.mc_samples}")
+    if options.mc_samples and not model.supports_mc_dropout:
+        raise BlocksegError(f"architecture {model.architecture!r} has no dropout layers: MC-dropout is not available")
+    if options.tta and "aff" in model.representations:
+        raise BlocksegError("test-time flips are not supported for affinity outputs (they point to one neighbour)")
+
+
+def _autocast(device: torch.device, amp: bool):
+    if device.type == "cuda" and amp:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def run_batch(model: BlocksegNet, x: np.ndarray, options: InferenceOptions) -> np.ndarray:
+    """Postprocessed outputs ``(N, C[, +C], ...)`` float32 of a normalised batch ``(N, 1, ...)``."""
+    device = torch.device(options.device)
+    vector_sign = None
+    if options.tta:
+        chans = list(model.channels)
+        vector_sign = {a: [i for i, c in enumerate(chans) if VECTOR_AXIS.get(c) == a] for a in (0, 1, 2)}
+    with torch.inference_mode():
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
+        t = t.contiguous(memory_format=torch.channels_last_3d)
+
+        def forward(inp: torch.Tensor) -> torch.Tensor:
+            with _autocast(device, options.amp):
+                raw = model(inp)
+            return model.postprocess(raw.float())
+
+        def one_pass(inp: torch.Tensor) -> torch.Tensor:
+            if not options.tta:
+                return forward(inp)
+            acc = None
+            for flips in TTA_FLIPS:
+                dims = [2 + a for a in flips]
+                y = forward(torch.flip(inp, dims) if dims else inp)
+                if dims:
+                    y = torch.flip(y, dims)
+                    for a in flips:
+                        if vector_sign[a]:
+                            y[:, vector_sign[a]] = -y[:, vector_sign[a]]
+                acc = y if acc is None else acc + y
+            return acc / len(TTA_FLIPS)
+
+        if options.mc_samples:
+            model.set_mc_dropout(True)
+            try:
+                s1 = s2 = None
+                for _ in range(options.mc_samples):
+                    y = one_pass(t).double()
+                    s1 = y if s1 is None else s1 + y
+                    s2 = y * y if s2 is None else s2 + y * y
+            finally:
+                model.set_mc_dropout(False)
+            n = options.mc_samples
+            mean = s1 / n
+            var = torch.clamp(s2 / n - mean * mean, min=0) * (n / (n - 1))
+            out = torch.cat([mean, var], dim=1).float()
+        else:
+            out = one_pass(t)
+        return out.contiguous().cpu().numpy()
+
+
+def predict_region(
+    model: BlocksegNet,
+    read: Callable[[Sequence[int], Sequence[int]], np.ndarray],
+    lattice: Lattice,
+    core: Sequence[slice],
+    n_channels: int,
+    options: InferenceOptions,
+    prefetch: bool = True,
+) -> np.ndarray:
+    """Blend the lattice patches overlapping ``core`` into a float64 array ``(C, *core shape)``.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(lo, hi)`` returns the normalised float32 input box ``[lo, hi)`` (global
+        coordinates, possibly outside the volume: the reader reflects).
+    lattice : Lattice
+        The volume's patch lattice.
+    core : tuple of slice
+        Region to fill (global, inside the volume).
+    n_channels : int
+        Output channels of :func:`run_batch`.
+    prefetch : bool
+        Read the input of the next z-row of tiles on a background thread while this row runs.
+
+    Notes
+    -----
+    Tiles are processed one z-row at a time (all tiles sharing a z start), so the input held
+    is at most two z-slabs of the read region. Accumulation is float64 so that the normalised
+    weights (summing to one) reproduce an identity network's input exactly once cast to float32.
+    """
+    ranges = lattice.tiles_for(core)
+    lz, ly, lx = lattice.axes
+    shape = tuple(s.stop - s.start for s in core)
+    acc = np.zeros((n_channels, *shape), dtype=np.float64)
+    if any(len(r) == 0 for r in ranges):
+        return acc
+    ylo, yhi = ly.input_extent(ranges[1])
+    xlo, xhi = lx.input_extent(ranges[2])
+    rows = list(ranges[0])
+
+    def read_row(kz: int) -> np.ndarray:
+        z0 = int(lz.starts[kz]) - lz.crop
+        return read((z0, ylo, xlo), (z0 + lz.patch, yhi, xhi))
+
+    pool = ThreadPoolExecutor(max_workers=1) if prefetch and len(rows) > 1 else None
+    try:
+        pending = pool.submit(read_row, rows[0]) if pool else None
+        for i, kz in enumerate(rows):
+            slab = pending.result() if pool else read_row(kz)
+            if pool and i + 1 < len(rows):
+                pending = pool.submit(read_row, rows[i + 1])
+            tiles = list(itertools.product(ranges[1], ranges[2]))
+            for b0 in range(0, len(tiles), options.batch_size):
+                batch = tiles[b0 : b0 + options.batch_size]
+                x = np.empty((len(batch), 1, *lattice.patch), dtype=np.float32)
+                for j, (ky, kx) in enumerate(batch):
+                    y0 = int(ly.starts[ky]) - ly.crop - ylo
+                    x0 = int(lx.starts[kx]) - lx.crop - xlo
+                    x[j, 0] = slab[:, y0 : y0 + ly.patch, x0 : x0 + lx.patch]
+                out = run_batch(model, x, options)
+                expect = (len(batch), n_channels, *lattice.out)
+                if out.shape != expect:
+                    raise BlocksegError(
+                        f"network output {out.shape[1:]} does not match its geometry: expected {expect[1:]} "
+                        f"for input patch {lattice.patch}"
+                    )
+                for j, (ky, kx) in enumerate(batch):
+                    _accumulate(acc, out[j], (kz, ky, kx), lattice, core)
+    finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return acc
+
+
+def _accumulate(acc: np.ndarray, out: np.ndarray, tile: tuple[int, int, int], lattice: Lattice, core) -> None:
+    src, dst, ws = [], [], []
+    for ax, k, s in zip(lattice.axes, tile, core):
+        t = int(ax.starts[k])
+        lo, hi = max(t, s.start), min(t + ax.out, s.stop)
+        src.append(slice(lo - t, hi - t))
+        dst.append(slice(lo - s.start, hi - s.start))
+        ws.append(ax.weights[k, lo - t : hi - t])
+    w = ws[0][:, None, None] * ws[1][None, :, None] * ws[2][None, None, :]
+    acc[(slice(None), *dst)] += out[(slice(None), *src)] * w
+
+
+def make_lattice(model: BlocksegNet, shape: Sequence[int], patch=None, overlap=0.125, blending="gaussian") -> Lattice:
+    """The lattice of a volume of ``shape`` for ``model`` (patch default: its trained patch)."""
+    geo = model.geometry
+    patch = geo.input_patch if patch is None else tuple(int(p) for p in ((patch,) * 3 if np.isscalar(patch) else patch))
+    out = geo.output_for(patch)
+    return Lattice.build(shape, patch, geo.crop, resolve_overlap(overlap, out), geo.margin, blending)
+
+
+def predict_array(
+    model: BlocksegNet,
+    image: np.ndarray,
+    normalisation: dict | None = None,
+    patch: Sequence[int] | None = None,
+    overlap: float | Sequence[float] = 0.125,
+    blending: str = "gaussian",
+    batch_size: int = 2,
+    device: str = "cpu",
+    tta: bool = False,
+    mc_samples: int = 0,
+    amp: bool = True,
+) -> dict[str, np.ndarray]:
+    """Whole-volume sliding-window prediction in memory (the reference for the blockwise engine).
+
+    Parameters
+    ----------
+    model : BlocksegNet
+        Network in eval mode, on ``device``.
+    image : ndarray
+        3-D ``(z, y, x)`` image, raw values.
+    normalisation : dict, optional
+        ``{"offset", "scale"}`` of the checkpoint (see :func:`blockseg.models.normalise`).
+    patch : sequence of int, optional
+        Input patch (default ``model.geometry.input_patch``); must be admissible for the model.
+    overlap : float or sequence
+        Overlap of neighbouring output tiles: values < 1 are fractions of the output patch,
+        values >= 1 voxels.
+    blending : {"gaussian", "bump", "constant"}
+        1-D window whose separable product weights each tile; weights are normalised.
+    batch_size, device, tta, mc_samples, amp
+        See :class:`InferenceOptions`.
+
+    Returns
+    -------
+    dict of str to float32 ndarray
+        One array per output channel (``model.channels``, plus ``<ch>_var`` with MC-dropout).
+    """
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise BlocksegError(f"expected a 3D (z, y, x) image, got shape {image.shape}")
+    options = InferenceOptions(batch_size, device, tta, mc_samples, amp)
+    check_options(model, options)
+    lattice = make_lattice(model, image.shape, patch, overlap, blending)
+    names, _ = output_channels(model, mc_samples)
+
+    def read(lo, hi):
+        return normalise(read_reflected(image.__getitem__, image.shape, lo, hi), normalisation)
+
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise BlocksegError("the image holds NaN or infinite values")
+    core = tuple(slice(0, s) for s in image.shape)
+    acc = predict_region(model, read, lattice, core, len(names), options, prefetch=False)
+    return {c: acc[i].astype(np.float32) for i, c in enumerate(names)}

@@ -1,0 +1,289 @@
+"""Blockwise inference: lattice, equality with the whole-volume reference, resume, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import blockseg_cli
+from blockseg import BlocksegError
+from blockseg.io import create_volume
+from blockseg.models import IdentityNet, TinyConvNet, save_checkpoint
+from blockseg.predict import predict, predict_array
+from blockseg.predict.lattice import Lattice, reflect_index, window_1d
+from blockseg.predictions import encode_channel, open_predictions, read_channels
+
+blockseg_cli.__path__.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
+predict_cmd = importlib.import_module("blockseg_cli.predict")
+
+NORM = {"offset": 128.0, "scale": 64.0}
+SHAPE = (23, 37, 41)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny convolutions: intra-op threads only add contention on a shared 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.random.default_rng(0).integers(0, 256, SHAPE).astype(np.uint8)
+
+
+@pytest.fixture
+def image_zarr(tmp_path, image):
+    vol = create_volume(tmp_path / "img.zarr", SHAPE, np.uint8, chunks=(4, 8, 8))
+    vol.array[...] = image
+    return str(vol.path)
+
+
+def tiny(valid=True, margin=(0, 0, 0), reps=("B", "C", "D")):
+    return TinyConvNet(reps, valid=valid, input_patch=(12, 20, 20), margin=margin).eval()
+
+
+def stored(path):
+    return {c: v.array[...] for c, v in open_predictions(path).items()}
+
+
+# ---------------------------------------------------------------------------- lattice
+def test_reflect_index_matches_numpy_pad():
+    x = np.arange(7)
+    idx = np.arange(-15, 22)
+    padded = np.pad(x, 15, mode="reflect")[: len(idx)]
+    np.testing.assert_array_equal(x[reflect_index(idx, 7)], padded)
+
+
+@pytest.mark.parametrize("blending", ["gaussian", "bump", "constant"])
+def test_normalised_weights_sum_to_one_everywhere(blending):
+    lat = Lattice.build((30, 17, 50), (10, 9, 12), (1, 0, 2), (2, 3, 0), (3, 0, 1), blending)
+    for ax in lat.axes:
+        total = np.zeros(ax.size + 2 * ax.pad + ax.out)
+        for t, w in zip(ax.starts, ax.weights):
+            total[t + ax.pad : t + ax.pad + ax.out] += w
+        np.testing.assert_allclose(total[: ax.size + 2 * ax.pad], 1.0, rtol=1e-12)
+        assert ax.starts[0] == -ax.pad and ax.starts[-1] + ax.out == ax.size + ax.pad
+        assert np.all(np.diff(ax.starts) <= ax.stride)
+    assert window_1d(9, blending).min() > 0
+
+
+def test_tiles_overlapping_is_exact():
+    lat = Lattice.build((40, 40, 40), (12, 12, 12), (2, 2, 2), (3, 3, 3))
+    ax = lat.axes[0]
+    for a, b in [(0, 5), (7, 19), (33, 40), (16, 17)]:
+        got = list(ax.tiles_overlapping(a, b))
+        want = [k for k, t in enumerate(ax.starts) if t < b and t + ax.out > a]
+        assert got == want
+
+
+# ---------------------------------------------------------------------------- reference
+@pytest.mark.parametrize("crop", [(0, 0, 0), (2, 3, 1)])
+def test_identity_reproduces_input_in_memory(image, crop):
+    model = IdentityNet(("cpv",), input_patch=(10, 16, 14), crop=crop, margin=(1, 2, 0)).eval()
+    out = predict_array(model, image, overlap=0.3)
+    for c in model.channels:
+        np.testing.assert_array_equal(out[c], image.astype(np.float32))
+
+
+def test_predict_array_corner_is_the_network_on_reflected_input():
+    # tiles start at 0 and 4 on every axis (output 8x16x16, volume 12x20x20): the corner
+    # [0, 4)^3 is covered by tile (0, 0, 0) alone, whose input is the volume reflect-padded by crop
+    model = tiny(valid=True)
+    img = np.random.default_rng(1).normal(size=(12, 20, 20)).astype(np.float32)
+    out = predict_array(model, img)
+    padded = np.pad(img, 2, mode="reflect")[:12, :20, :20]
+    with torch.inference_mode():
+        ref = model.postprocess(model(torch.from_numpy(padded)[None, None]))[0].numpy()
+    for i, c in enumerate(model.channels):
+        np.testing.assert_allclose(out[c][:4, :4, :4], ref[i][:4, :4, :4], atol=1e-5)
+        assert not np.allclose(out[c][:4, :4, :4], ref[i][4:8, 4:8, 4:8], atol=1e-3)
+
+
+# ---------------------------------------------------------------------------- blockwise
+@pytest.mark.parametrize(
+    "block,valid,margin",
+    [((8, 16, 16), True, (0, 0, 0)), ((4, 8, 24), True, (1, 2, 2)), ((12, 24, 8), False, (2, 3, 3)), ((24, 40, 48), True, (0, 0, 0))],
+)  # fmt: skip
+def test_blockwise_equals_whole_volume(tmp_path, image, image_zarr, block, valid, margin):
+    model = tiny(valid, margin)
+    save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
+    ref = predict_array(model, image, normalisation=NORM, overlap=0.25)
+    rep = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", block_shape=block, overlap=0.25,
+                  progress=False, torch_threads=1)  # fmt: skip
+    assert rep.computed == rep.blocks and rep.skipped == 0
+    got = stored(tmp_path / "o.zarr")
+    for c in model.channels:
+        want = encode_channel(ref[c], model.kinds[c], np.uint8).astype(int)
+        assert np.abs(got[c].astype(int) - want).max() <= 1, c
+        assert (got[c] == want).mean() > 0.99
+    assert open_predictions(tmp_path / "o.zarr")["B"].chunks == (4, 8, 8)
+
+
+@pytest.mark.parametrize("crop,block", [((0, 0, 0), (8, 16, 16)), ((2, 3, 1), (4, 8, 24)), ((1, 0, 4), (12, 40, 8))])
+def test_identity_blockwise_reproduces_input(tmp_path, image, image_zarr, crop, block):
+    model = IdentityNet(("cpv", "B"), input_patch=(10, 16, 14), crop=crop)
+    save_checkpoint(tmp_path / "i.pt", model)
+    predict(image_zarr, tmp_path / "i.pt", tmp_path / "o.zarr", block_shape=block, dtype="float32", overlap=0.4,
+            progress=False)  # fmt: skip
+    got = stored(tmp_path / "o.zarr")
+    for c in ("cpv_z", "cpv_y", "cpv_x"):
+        assert got[c].dtype == np.float32
+        np.testing.assert_array_equal(got[c], image.astype(np.float32))
+
+
+def test_blockwise_on_dask_cluster_equals_in_process(tmp_path, image_zarr, local_client):
+    model = tiny()
+    save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
+    kw = dict(block_shape=(8, 16, 24), progress=False, torch_threads=1)
+    predict(image_zarr, tmp_path / "m.pt", tmp_path / "a.zarr", **kw)
+    predict(image_zarr, tmp_path / "m.pt", tmp_path / "b.zarr", client=local_client, **kw)
+    a, b = stored(tmp_path / "a.zarr"), stored(tmp_path / "b.zarr")
+    for c in model.channels:
+        assert np.abs(a[c].astype(int) - b[c].astype(int)).max() <= 1
+
+
+def test_resume_skips_finished_blocks(tmp_path, image_zarr):
+    model = tiny()
+    save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
+    kw = dict(block_shape=(8, 16, 16), progress=False, torch_threads=1)
+    full = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", **kw)
+    first = stored(tmp_path / "o.zarr")
+    # simulate an interrupted run: forget 5 markers and corrupt those blocks' chunks
+    done = zarr.open_array(str(tmp_path / "o.zarr" / "_done"), mode="r+")
+    assert done[...].all()
+    grid = full.plan.grid
+    lost = [1, 4, 7, 11, 20]
+    for b in lost:
+        done[grid[b].index] = 0
+        for c in model.channels:
+            zarr.open_array(str(tmp_path / "o.zarr" / c / "0"), mode="r+")[grid[b].core] = 7
+    rerun = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", **kw)
+    assert (rerun.computed, rerun.skipped) == (len(lost), full.blocks - len(lost))
+    again = stored(tmp_path / "o.zarr")
+    for c in model.channels:
+        np.testing.assert_array_equal(again[c], first[c])
+    # everything done: nothing computed
+    assert predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", **kw).computed == 0
+    # other settings: refused rather than mixed
+    with pytest.raises(BlocksegError, match="other settings.*overlap"):
+        predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", overlap=0.5, **kw)
+
+
+def test_tta_and_mc_dropout_channels(tmp_path, image, image_zarr):
+    model = tiny()
+    save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
+    rep = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", block_shape=(12, 24, 24), mc_samples=3,
+                  dtype="float32", progress=False, torch_threads=1)  # fmt: skip
+    got = stored(tmp_path / "o.zarr")
+    assert set(got) == {"B", "C", "D", "B_var", "C_var", "D_var"} and rep.plan.kinds["D_var"] == "prob"
+    assert all(got[f"{c}_var"].min() >= 0 and got[f"{c}_var"].max() > 0 for c in "BCD")
+    # TTA = mean of the 8 flipped runs of the reference
+    tta = predict_array(model, image, normalisation=NORM, tta=True)
+    flips = [predict_array(model, image[::sz, ::sy, ::sx], normalisation=NORM)["B"][::sz, ::sy, ::sx]
+             for sz in (1, -1) for sy in (1, -1) for sx in (1, -1)]  # fmt: skip
+    np.testing.assert_allclose(tta["B"], np.mean(flips, axis=0), atol=1e-5)
+
+
+def test_tta_negates_vector_components(image):
+    model = IdentityNet(("cpv",), input_patch=(10, 16, 14)).eval()
+    out = predict_array(model, image.astype(np.float32), tta=True)
+    # half of the 8 flips flip any given axis: the component averages to zero
+    for c in model.channels:
+        np.testing.assert_allclose(out[c], 0.0, atol=1e-4)
+
+
+def test_dry_run_writes_nothing(tmp_path, image_zarr):
+    save_checkpoint(tmp_path / "m.pt", tiny())
+    plan = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", block_shape=(8, 16, 16), dry_run=True)
+    assert not (tmp_path / "o.zarr").exists()
+    assert len(plan.grid) == 3 * 3 * 3 and plan.halo == (9, 17, 17)
+    assert plan.patches_total > plan.patches_whole_volume and plan.memory_bytes["total"] > 0
+    text = plan.describe()
+    assert "blocks: 27" in text and "halo" in text and "MiB" in text
+
+
+def test_user_errors(tmp_path, image_zarr):
+    save_checkpoint(tmp_path / "m.pt", tiny())
+    save_checkpoint(tmp_path / "cpv.pt", IdentityNet(("cpv",), input_patch=(10, 16, 14)))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    out = tmp_path / "o.zarr"
+    with pytest.raises(BlocksegError, match="does not exist"):
+        predict(image_zarr, tmp_path / "missing.pt", out)
+    with pytest.raises(BlocksegError, match="not a blockseg checkpoint"):
+        predict(image_zarr, tmp_path / "junk.pt", out)
+    with pytest.raises(BlocksegError, match="not a multiple of the chunk"):
+        predict(image_zarr, tmp_path / "m.pt", out, block_shape=(6, 16, 16))
+    with pytest.raises(BlocksegError, match="float16 or float32"):
+        predict(image_zarr, tmp_path / "cpv.pt", out, dtype="uint8")
+    with pytest.raises(BlocksegError, match="no dropout|MC"):
+        predict(image_zarr, tmp_path / "cpv.pt", out, mc_samples=4)
+    flat = create_volume(tmp_path / "nan.zarr", (8, 16, 16), np.float32, chunks=(8, 8, 8))
+    bad = np.zeros((8, 16, 16), np.float32)
+    bad[5, 12, 3] = np.nan
+    flat.array[...] = bad
+    with pytest.raises(BlocksegError, match="NaN"):
+        predict(flat.path, tmp_path / "m.pt", out, progress=False)
+    zarr.create_array(str(tmp_path / "2d.zarr"), shape=(16, 16), dtype="uint8")
+    with pytest.raises(BlocksegError, match="3D"):
+        predict(tmp_path / "2d.zarr", tmp_path / "m.pt", tmp_path / "o2.zarr")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(BlocksegError, match="already exists"):
+        predict(image_zarr, tmp_path / "m.pt", tmp_path / "taken")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(tmp_path, image):  # pragma: no cover - GPU machines only
+    model = tiny()
+    ref = predict_array(model, image, normalisation=NORM)
+    got = predict_array(model.cuda(), image, normalisation=NORM, device="cuda", amp=False)
+    for c in model.channels:
+        np.testing.assert_allclose(got[c], ref[c], atol=1e-3)
+
+
+# ---------------------------------------------------------------------------- CLI
+def run_cli(argv):
+    from blockseg_cli.main import main
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    predict_cmd.register(sub)
+    args = parser.parse_args(["predict", *argv])
+    args.command, args.debug = "predict", False
+    try:
+        return int(args.func(args) or 0)
+    except BlocksegError as e:
+        print(f"blockseg predict: error: {e}")
+        return 2
+
+
+def test_cli_happy_path_and_errors(tmp_path, image_zarr, capsys, monkeypatch):
+    import contextlib
+
+    monkeypatch.setattr("blockseg.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
+    save_checkpoint(tmp_path / "m.pt", tiny(), normalisation=NORM)
+    out = str(tmp_path / "o.zarr")
+    assert run_cli([image_zarr, str(tmp_path / "m.pt"), out, "--block", "8", "16", "16", "--dry-run"]) == 0
+    assert "blocks: 27" in capsys.readouterr().out and not Path(out).exists()
+    assert run_cli([image_zarr, str(tmp_path / "m.pt"), out, "--block", "12", "24", "24", "--json", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["computed"] == report["blocks"] == 8
+    assert set(open_predictions(out)) == {"B", "C", "D"}
+    # exists, same settings, resume: nothing to do; --no-resume: refused
+    assert run_cli([image_zarr, str(tmp_path / "m.pt"), out, "--block", "12", "24", "24", "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["computed"] == 0
+    assert run_cli([image_zarr, str(tmp_path / "m.pt"), out, "--no-resume"]) == 2
+    assert "already exists" in capsys.readouterr().out
+    assert run_cli([image_zarr, str(tmp_path / "nope.pt"), str(tmp_path / "x.zarr")]) == 2
+    assert "does not exist" in capsys.readouterr().out
+    assert run_cli([image_zarr, str(tmp_path / "m.pt"), str(tmp_path / "x.zarr"), "--block", "5"]) == 2
+    assert "multiple of the chunk" in capsys.readouterr().out
