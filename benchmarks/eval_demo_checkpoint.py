@@ -41,6 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--volume", default=None, help="existing synthetic volume to use instead")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("-p", "--decoder-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a decoder parameter recorded in the checkpoint")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -48,7 +50,8 @@ def main(argv=None) -> int:
     model, payload = load_checkpoint(ckpt)
     meta = payload["metadata"]
     dec_meta = meta.get("decoder") or {"name": "bcd", "params": {}}
-    decoder = make_decoder(dec_meta["name"], **dec_meta["params"])
+    overrides = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.decoder_param)}
+    decoder = make_decoder(dec_meta["name"], **{**dec_meta["params"], **overrides})
     check_decoder_channels(model, decoder)
 
     tmp = None

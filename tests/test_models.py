@@ -232,3 +232,27 @@ def test_sdt_weight_with_cpv_and_unknown_weights():
     assert MultiLoss(("sdt",)).weights["sdt"] == 1.0
     with pytest.raises(BlocksegError):
         MultiLoss(("B",), {"E": 1.0})
+
+
+def test_shipped_demo_checkpoint():
+    import os
+
+    from blockseg.models import demo_checkpoint_path
+
+    path = demo_checkpoint_path()
+    assert os.path.getsize(path) <= 5 * 2**20
+    model, payload = load_checkpoint(path)
+    assert model.representations == ("B", "C", "D", "cpv")
+    meta = payload["metadata"]
+    assert meta["normalisation"]["scale"] > 0 and len(meta["voxel_size"]) == 3
+    check_decoder_channels(model, make_decoder(meta["decoder"]["name"], **meta["decoder"]["params"]))
+    # the network separates a dark blob from bright background (EM look) after normalisation
+    from blockseg.models import normalise
+
+    img = np.full((16, 32, 32), 195, np.float32)
+    zz, yy, xx = np.ogrid[:16, :32, :32]
+    img[(zz - 8) ** 2 + (yy - 16) ** 2 + (xx - 16) ** 2 <= 25] = 105
+    x = torch.from_numpy(normalise(img, meta["normalisation"]))[None, None]
+    with torch.no_grad():
+        b = model.postprocess(model(x))[0, 0].numpy()
+    assert b[8, 16, 16] > 0.5 > b[8, 2, 2]
