@@ -8,7 +8,7 @@ The Python API mirrors the command line::
     blockseg.predict("img.zarr", "model.pt", "pred.zarr")           # blockseg predict
     blockseg.segment("pred.zarr", "seg.zarr")                       # blockseg segment
     blockseg.evaluate("img.zarr/labels/gt", "seg.zarr")             # blockseg evaluate
-    blockseg.train("train.yaml")                                    # blockseg train
+    blockseg.train(blockseg.train.load_config("train.yaml"))        # blockseg train
 
 Stage functions are imported on first use, so ``import blockseg`` stays light (no torch).
 """

@@ -25,3 +25,7 @@ __all__ = [
     "tune_decoder",
     "validation_scores",
 ]
+
+from .._callable import make_callable as _make_callable
+
+_make_callable(__name__, "train")
