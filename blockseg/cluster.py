@@ -116,7 +116,7 @@ def dask_client(config: ClusterConfig | None = None, quiet: bool = False) -> Ite
         processes=config.processes,
         memory_limit=memory_limit,
         resources=resources,
-        dashboard_address=":0" if config.dashboard else None,
+        dashboard_address=":0",  # a free port (None would still try 8787)
         **config.extra,
     )
     client = Client(cluster)
