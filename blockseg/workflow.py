@@ -259,11 +259,16 @@ def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         params = _recommended_decoder_params(cfg, s.decoder)
     decoder = make_decoder(s.decoder, **params)
     _check_channels(layout.predictions, decoder)
+    under_image = layout.labels.startswith(layout.image.rstrip("/") + "/labels/")
+    if under_image:
+        import zarr
+
+        zarr.open_group(os.path.dirname(layout.labels), mode="a")  # IMAGE/labels
     report = segment(
         layout.predictions, layout.labels, decoder, block_shape=s.block_shape, halo=s.halo, max_halo=s.max_halo,
         client=client, overwrite=True,
     )  # fmt: skip
-    if layout.labels.startswith(layout.image.rstrip("/") + "/labels/"):
+    if under_image:
         from .io import register_label
 
         register_label(layout.image, os.path.basename(layout.labels))
