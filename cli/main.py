@@ -14,7 +14,7 @@ import sys
 from blockseg import BlocksegError, __version__
 
 #: subcommand modules, in the order ``blockseg --help`` lists them
-COMMANDS = ["synth", "import_cmd", "info", "predict", "segment", "evaluate"]
+COMMANDS = ["synth", "import_cmd", "info", "train", "predict", "segment", "evaluate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

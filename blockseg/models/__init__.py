@@ -7,6 +7,7 @@ from .base import (
     architectures,
     build_model,
     channels_of,
+    check_decoder_channels,
     kinds_of,
     load_checkpoint,
     normalise,
@@ -16,6 +17,25 @@ from .base import (
 )
 from .identity import IdentityNet
 from .tiny import TinyConvNet
+from .plain import JointDetSegNet, ValidUNet3D
+from .unet import ResUNet3D
+
+
+def demo_checkpoint_path() -> str:
+    """Path of the shipped demo checkpoint (residual U-Net, representations B, C, D, cpv).
+
+    Trained on synthetic NucMM-Z-like EM data by ``configs/train_demo.yaml``; see
+    ``NOTES_models.md`` / the README for how it was made and how well it segments.
+    """
+    from importlib.resources import files
+
+    from ..errors import BlocksegError
+
+    p = files("blockseg") / "checkpoints" / "demo_bcd_cpv.pt"
+    if not p.is_file():
+        raise BlocksegError(f"the demo checkpoint {p} is missing from this installation")
+    return str(p)
+
 
 __all__ = [
     "REPRESENTATIONS",
@@ -26,6 +46,11 @@ __all__ = [
     "architectures",
     "build_model",
     "channels_of",
+    "check_decoder_channels",
+    "demo_checkpoint_path",
+    "ResUNet3D",
+    "ValidUNet3D",
+    "JointDetSegNet",
     "kinds_of",
     "load_checkpoint",
     "normalise",

@@ -268,6 +268,38 @@ def load_checkpoint(path, device: str | torch.device = "cpu") -> tuple[BlocksegN
     return model.to(device).eval(), payload
 
 
+def check_decoder_channels(source, decoder) -> None:
+    """Refuse a decoder that reads channels a network (or checkpoint) does not produce.
+
+    Parameters
+    ----------
+    source : BlocksegNet, checkpoint payload dict, checkpoint path, or sequence of channel names
+    decoder : blockseg.segment.Decoder (anything with a ``channels`` tuple and a ``name``)
+
+    Raises
+    ------
+    BlocksegError
+        One line naming the missing channels and the representations that would provide them.
+    """
+    import os
+
+    if isinstance(source, BlocksegNet):
+        channels = source.channels
+    elif isinstance(source, dict):
+        channels = channels_of(source["representations"])
+    elif isinstance(source, (str, os.PathLike)):
+        channels = channels_of(read_checkpoint(source)["representations"])
+    else:
+        channels = tuple(source)
+    missing = [c for c in decoder.channels if c not in channels]
+    if missing:
+        need = sorted({r for r, (chs, _) in REPRESENTATIONS.items() if set(chs) & set(missing)})
+        raise BlocksegError(
+            f"decoder {decoder.name!r} needs channel(s) {missing} (representations {need}); "
+            f"the network predicts {list(channels)}"
+        )
+
+
 def normalise(image, normalisation: dict | None):
     """Scale raw image values to network input: ``(x - offset) / scale`` as float32.
 

@@ -1,0 +1,165 @@
+"""The training configuration (``blockseg train CONFIG.yaml``): a strict pydantic schema.
+
+Unknown keys and wrong types are refused with one line naming the key, e.g.
+``training config: optimizer.lr: Input should be a valid number``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import BlocksegError
+from ..models.base import REPRESENTATIONS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the training data is.
+
+    Each entry of ``train`` is an image volume (OME-Zarr) with instance labels under
+    ``PATH/<labels>`` and, when it exists, a valid-region mask under ``PATH/<mask>``: crops are
+    then centred on valid voxels.
+    """
+
+    train: list[str] = Field(min_length=1)
+    validation: Optional[str] = None
+    labels: str = "labels/nuclei"
+    mask: Optional[str] = "labels/valid"
+    #: a crop with a smaller foreground fraction is redrawn (up to 10 times)
+    min_foreground: float = Field(0.0, ge=0.0, le=1.0)
+    #: extra voxels per side read around a crop so that targets near its faces see context
+    target_context: int = Field(8, ge=0)
+
+
+class ModelConfig(_Strict):
+    architecture: str = "resunet3d"
+    representations: list[str] = Field(min_length=1)
+    #: architecture keyword arguments (widths, anisotropic, ...); ``input_patch`` is set from
+    #: ``training.patch``
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("representations")
+    @classmethod
+    def _known(cls, v):
+        bad = [r for r in v if r not in REPRESENTATIONS]
+        if bad:
+            raise ValueError(f"unknown representation(s) {bad}; known: {sorted(REPRESENTATIONS)}")
+        return v
+
+
+class AugmentConfig(_Strict):
+    flip: bool = True
+    #: swap y and x (in-plane transpose)
+    transpose: bool = True
+    #: random 90-degree rotations in the (y, x) plane
+    rot90: bool = True
+    #: image multiplied by a factor in [1 - s, 1 + s]
+    intensity_scale: float = Field(0.1, ge=0.0, lt=1.0)
+    #: then shifted by up to +-this fraction of the normalised range (units of ``scale``)
+    intensity_shift: float = Field(0.1, ge=0.0)
+    elastic: bool = False
+    #: elastic deformation: control-point spacing (voxels) and displacement s.d. (voxels)
+    elastic_spacing: int = Field(16, ge=2)
+    elastic_sigma: float = Field(2.0, ge=0.0)
+    #: probability of applying the elastic deformation to a crop
+    elastic_p: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class OptimizerConfig(_Strict):
+    """SGD + momentum with cosine decay (NucMM) or Adam (aux-task paper)."""
+
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.02, gt=0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    betas: tuple[float, float] = (0.95, 0.999)
+    #: linear warm-up iterations (from lr / 1000)
+    warmup: int = Field(0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+class DecoderConfig(_Strict):
+    """Decoder used for validation (and recorded in the checkpoint as recommended)."""
+
+    name: str = "bcd"
+    params: dict[str, float] = Field(default_factory=dict)
+    #: parameter grid searched on the validation volume at the end of training; the best
+    #: (COCO AP-50, then AP-75) is recorded in the checkpoint
+    tune: dict[str, list[float]] = Field(default_factory=dict)
+
+
+class TrainConfig(_Strict):
+    data: DataConfig
+    model: ModelConfig
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
+    #: directory of checkpoint.pt (latest weights), resume.pt and train_log.jsonl
+    output: str
+    iterations: int = Field(gt=0)
+    patch: tuple[int, int, int] = (32, 96, 96)
+    batch_size: int = Field(2, gt=0)
+    loss_weights: dict[str, float] = Field(default_factory=dict)
+    #: keyword parameters of the target computation (alpha, beta, ...)
+    targets: dict[str, Any] = Field(default_factory=dict)
+    checkpoint_every: int = Field(500, gt=0)
+    #: validation AP every this many iterations (0: only at the end, if a validation volume is set)
+    validate_every: int = Field(0, ge=0)
+    log_every: int = Field(10, gt=0)
+    seed: int = Field(0, ge=0)
+    #: torch CPU threads (default: all cores)
+    threads: Optional[int] = Field(None, gt=0)
+    device: str = "auto"
+    #: mixed precision (CUDA only; ignored on CPU)
+    amp: bool = True
+    #: image normalisation: "mean_std" from the training images, or fixed {offset, scale}
+    normalisation: Any = "mean_std"
+
+    @field_validator("normalisation")
+    @classmethod
+    def _norm(cls, v):
+        if v == "mean_std":
+            return v
+        if isinstance(v, dict) and set(v) == {"offset", "scale"} and float(v["scale"]) > 0:
+            return {"offset": float(v["offset"]), "scale": float(v["scale"])}
+        raise ValueError("must be 'mean_std' or {offset: float, scale: float > 0}")
+
+
+def _one_line(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"training config: {loc}: {msg}{more}"
+
+
+def parse_config(data: dict) -> TrainConfig:
+    """Validate a config dict; raise :class:`BlocksegError` with one line naming the key."""
+    if not isinstance(data, dict):
+        raise BlocksegError("training config must be a mapping of keys to values")
+    try:
+        return TrainConfig(**data)
+    except ValidationError as err:
+        raise BlocksegError(_one_line(err)) from None
+
+
+def load_config(path) -> TrainConfig:
+    """Read and validate a YAML training config (relative paths are relative to the working directory)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise BlocksegError(f"training config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise BlocksegError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return parse_config(data)
