@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -22,7 +23,10 @@ from blockseg.train.data import Geometric, compute_targets
 
 # test this checkout's cli/ even when another checkout's is installed as blockseg_cli
 blockseg_cli.__path__.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
-cli_main = importlib.reload(importlib.import_module("blockseg_cli.main"))
+# this checkout's cli/main.py under a private name (blockseg_cli.main itself is left alone)
+_spec = importlib.util.spec_from_file_location("_blockseg_cli_main_models", Path(__file__).resolve().parents[1] / "cli" / "main.py")
+cli_main = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cli_main)
 
 torch.set_num_threads(1)
 

@@ -109,10 +109,15 @@ def predict_image(model: BlocksegNet, image: np.ndarray, normalisation: dict | N
         from ..predict import predict_array  # type: ignore[attr-defined]
     except ImportError:
         predict_array = None
-    if predict_array is not None:
-        return predict_array(model, image, normalisation=normalisation)
-    geo = model.geometry
     device = device or next(model.parameters()).device
+    if predict_array is not None:
+        was_training = model.training
+        model.eval()
+        try:
+            return predict_array(model, image, normalisation=normalisation, device=str(device))
+        finally:
+            model.train(was_training)
+    geo = model.geometry
     x = normalise(image, normalisation)
     shape = np.array(x.shape)
     core = np.array([int(math.ceil(s / d) * d) for s, d in zip(shape, geo.divisor)])
