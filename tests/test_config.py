@@ -71,8 +71,13 @@ def test_load_config_errors(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_are_valid(name):
-    cfg = load_config(CONFIGS / name)
-    assert os.path.isabs(cfg.run_dir)
+    raw = yaml.safe_load((CONFIGS / name).read_text())
+    if "run_dir" in raw:  # a run config (blockseg run)
+        assert os.path.isabs(load_config(CONFIGS / name).run_dir)
+    else:  # a training config (blockseg train)
+        from blockseg.train.config import load_config as load_train
+
+        assert load_train(CONFIGS / name).iterations > 0
 
 
 def test_demo_yaml_is_the_demo_command():
@@ -88,3 +93,23 @@ def test_plan_fresh_and_forced(tmp_path):
         plan(cfg, only="segment")
     with pytest.raises(BlocksegError, match="--from"):
         plan(cfg, from_stage="train")
+
+
+def test_train_sections_of_paper_configs_load_for_blockseg_train():
+    from blockseg.train.config import load_config as load_train
+
+    z = load_train(CONFIGS / "nucmm_z.yaml")
+    assert z.model.representations == ["B", "C", "D"] and z.optimizer.name == "sgd" and z.optimizer.lr == 0.02
+    assert len(z.data.train) == 27 and os.path.isabs(z.data.train[0])  # 27 crops, anchored at the file
+    assert z.targets == {"alpha": 8.0, "beta": 50.0}
+    c = load_train(CONFIGS / "celegans_3label_cpv.yaml")
+    assert c.model.architecture == "valid_unet3d" and c.model.representations == ["3label", "cpv"]
+    with pytest.raises(BlocksegError, match="train"):
+        load_train(CONFIGS / "demo.yaml")  # a run config with nothing to train
+
+
+def test_bad_train_section_names_the_key():
+    raw = minimal(train={"data": {"train": ["a.zarr"]}, "model": {"representations": ["B"]}, "output": "o", "iterations": "many"})
+    with pytest.raises(BlocksegError, match="train") as e:
+        parse_config(raw)
+    assert "iterations" in str(e.value)

@@ -162,4 +162,11 @@ def load_config(path) -> TrainConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise BlocksegError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if isinstance(data, dict) and "run_dir" in data:  # a run config: train from its `train:` section
+        from ..config import load_config as load_run_config
+
+        section = load_run_config(path).train
+        if section is None:
+            raise BlocksegError(f"{path}: a run config without a `train:` section; nothing to train")
+        return parse_config(section)
     return parse_config(data)
