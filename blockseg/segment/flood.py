@@ -13,16 +13,43 @@ order, and both survive cropping: the relative raster order of two voxels is the
 block and in the whole volume. :func:`flood` also returns each voxel's *level* (the level it
 was queued at, its minimax height from the seeds).
 
-Certificate (why a block's result equals the whole-volume result). Let ``h`` be the level of a
-core voxel ``v``, and ``K`` the 6-connected component of ``v`` in ``mask & (height <= h)``. All
-flooding events of ``K`` up to level ``h`` involve only voxels of ``K`` (a voxel outside ``K``
-next to ``K`` is higher than ``h``), and they happen in the same relative order in any region
-that contains ``K``. So when ``K`` does not reach the artificial faces of the block's outer
-region (faces that are not the volume border), ``v`` gets the same label locally as in the
-whole volume. ``K`` reaches a face voxel exactly when the minimax height ``f(v)`` of a path from
-the face to ``v`` is at most ``h``; ``f`` is one more flood, seeded on the face
-(:func:`uncertain_voxels`). Voxels no seed reaches have ``h = ∞``: they are certain when no
-face reaches them either (their whole mask component lies in the block).
+Certificate (why a block's result equals the whole-volume result). Write ``l(v)`` for the level
+of ``v`` in the flood of the block's outer region ``R`` (core + halo) and ``L(v)`` for its level
+in the whole-volume flood. Three facts about the flood hold in any region:
+
+(F1) voxels are popped in non-decreasing level order, and ``L(v)`` is the minimax height of a
+     path from a seed to ``v`` (heights of both ends included);
+(F2) a non-seed voxel takes the label of the *first popped* of its mask neighbours, which is one
+     of the neighbours of least level;
+(F3) the flood restricted to a set of voxels that nothing outside it touches below some level
+     performs, up to that level, the same events in the same relative order (FIFO buckets,
+     seeds queued in raster order, fixed neighbour order).
+
+Let ``f(v)`` be the minimax height of a path inside ``R`` from an *artificial* face of ``R``
+(a face that is not the volume border) to ``v`` -- one more flood, seeded on those faces. A
+whole-volume path reaching ``v`` either stays in ``R`` (cost >= ``l(v)``: ``R`` holds the same
+global seeds) or last enters ``R`` through a face voxel (cost >= ``f(v)``), so
+
+    ``L(v) >= min(l(v), f(v))``  and  ``L(v) = l(v)`` whenever ``l(v) <= f(v)``.      (LB)
+
+A mask voxel ``v`` is *certain* (same label and same level as in the whole volume) when
+
+(C0) it is a seed (its label is its global seed id), or it is outside the mask (label 0);
+(C1) ``l(v) < f(v)``: the component ``K`` of ``v`` in ``mask & (height <= l(v))`` does not
+     reach an artificial face, so by (F3) all events of ``K`` up to level ``l(v)`` happen
+     identically in ``R`` and in the whole volume (this includes ``l(v) = 256``, unreached,
+     with ``f(v) = 257``: its mask component lies in ``R`` and holds no seed);
+(C2) ``v`` is not on an artificial face, and, with ``m`` the least lower bound
+     ``min(l(w), f(w))`` over its mask neighbours ``w``, every neighbour whose bound equals
+     ``m`` is certain, has ``l(w) = m`` and carries one common label ``λ``. Then the
+     whole-volume levels of those neighbours are exactly ``m`` and every other neighbour's is
+     ``> m`` (LB), so by (F1)/(F2) the first popped neighbour of ``v`` is one of them, in the
+     whole volume as in ``R``: both give ``v`` the label ``λ`` and the level ``max(m, h(v))``.
+
+(C2) is applied repeatedly (a work list) until nothing changes; it certifies, e.g., the outer
+shell of a nucleus whose equal-height contact with a neighbour nucleus links it, at its own
+level, to a nucleus crossing the face -- the case (C1) alone cannot decide, because of the tie
+at that level. :func:`uncertain_voxels` returns the mask voxels neither rule certifies.
 """
 
 from __future__ import annotations
@@ -158,7 +185,100 @@ def artificial_faces(outer: tuple[slice, ...], shape: tuple[int, ...]) -> np.nda
     return face
 
 
-def uncertain_voxels(height: np.ndarray, mask: np.ndarray, level: np.ndarray, faces: np.ndarray) -> np.ndarray:
+
+
+@numba.njit(cache=True, nogil=True)
+def _certify_kernel(labels, mask, seeds, level, face_level, face, certain):
+    nz, ny, nx = labels.shape
+    n = nz * ny * nx
+    lab = labels.ravel()
+    m = mask.ravel()
+    sd = seeds.ravel()
+    lev = level.ravel()
+    fl = face_level.ravel()
+    fc = face.ravel()
+    ok = certain.ravel()
+    sy = nx
+    sz = ny * nx
+    stack = np.empty(n, dtype=np.int64)
+    queued = np.zeros(n, dtype=np.bool_)
+    top = 0
+    for i in range(n):
+        if not m[i] or sd[i] != 0 or lev[i] < fl[i]:  # (C0), (C1)
+            ok[i] = True
+        else:
+            ok[i] = False
+            if not fc[i]:
+                stack[top] = i
+                top += 1
+                queued[i] = True
+    nb = np.empty(6, dtype=np.int64)
+    while top > 0:
+        top -= 1
+        i = stack[top]
+        queued[i] = False
+        if ok[i]:
+            continue
+        z = i // sz
+        r = i - z * sz
+        y = r // sy
+        x = r - y * sy
+        k = 0
+        if z > 0:
+            nb[k] = i - sz
+            k += 1
+        if z < nz - 1:
+            nb[k] = i + sz
+            k += 1
+        if y > 0:
+            nb[k] = i - sy
+            k += 1
+        if y < ny - 1:
+            nb[k] = i + sy
+            k += 1
+        if x > 0:
+            nb[k] = i - 1
+            k += 1
+        if x < nx - 1:
+            nb[k] = i + 1
+            k += 1
+        best = FACE_UNREACHED + 1
+        for t in range(k):
+            j = nb[t]
+            if m[j]:
+                b = lev[j] if lev[j] < fl[j] else fl[j]
+                if b < best:
+                    best = b
+        if best >= UNREACHED:
+            continue
+        good = True
+        lam = lab[i]
+        for t in range(k):
+            j = nb[t]
+            if m[j]:
+                b = lev[j] if lev[j] < fl[j] else fl[j]
+                if b == best and not (ok[j] and lev[j] == best and lab[j] == lam):
+                    good = False
+                    break
+        if not good:
+            continue
+        ok[i] = True  # (C2)
+        for t in range(k):
+            j = nb[t]
+            if m[j] and not ok[j] and not queued[j] and not fc[j]:
+                stack[top] = j
+                top += 1
+                queued[j] = True
+
+
+def uncertain_voxels(
+    height: np.ndarray,
+    mask: np.ndarray,
+    level: np.ndarray,
+    faces: np.ndarray,
+    labels: np.ndarray | None = None,
+    seeds: np.ndarray | None = None,
+) -> np.ndarray:
     """Mask voxels whose flooded label may differ from the whole-volume one (the certificate).
 
     Parameters
@@ -169,16 +289,24 @@ def uncertain_voxels(height: np.ndarray, mask: np.ndarray, level: np.ndarray, fa
         Levels returned by :func:`flood`.
     faces : ndarray of bool
         Artificial faces of the region (:func:`artificial_faces`).
+    labels, seeds : ndarray, optional
+        Labels returned by :func:`flood` and the seeds given to it. With both, rules (C0)-(C2)
+        of the module docstring apply; without, only (C1) (a coarser certificate).
 
     Returns
     -------
     ndarray of bool
-        True where the component of the voxel at its own level reaches an artificial face,
-        i.e. ``f <= level`` with ``f`` the minimax height from the faces.
+        True where no rule certifies the voxel.
     """
-    if not faces.any():
+    if not (faces & mask).any():
         return np.zeros(height.shape, dtype=bool)
-    seeds = (faces & mask).astype(np.uint8)
-    _, f = flood(height, seeds, mask)
+    _, f = flood(height, (faces & mask).view(np.uint8), mask)
     f[f == UNREACHED] = FACE_UNREACHED
-    return mask & (f <= level)
+    if labels is None or seeds is None:
+        return mask & (f <= level)
+    certain = np.empty(height.shape, dtype=bool)
+    _certify_kernel(
+        np.ascontiguousarray(labels), np.ascontiguousarray(mask, dtype=bool), np.ascontiguousarray(seeds),
+        level, f, np.ascontiguousarray(faces), certain,
+    )  # fmt: skip
+    return ~certain

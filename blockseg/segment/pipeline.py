@@ -173,8 +173,9 @@ def _watershed_task(block_id: int, job: _Job, halo: tuple[int, ...], first: bool
     core = block.core
     outer = expand(core, halo, job.shape)
     _, fg, height, ch = decode_region(job, outer)
-    labels, level = flood(height, _global_seeds(job, grid, outer), fg)
-    unc = uncertain_voxels(height, fg, level, artificial_faces(outer, job.shape))
+    seeds = _global_seeds(job, grid, outer)
+    labels, level = flood(height, seeds, fg)
+    unc = uncertain_voxels(height, fg, level, artificial_faces(outer, job.shape), labels, seeds)
     inner = _within(core, outer)
     lab, unc = labels[inner], unc[inner]
     raw, umap = job.array("labels"), job.array("uncertain")
