@@ -272,6 +272,7 @@ def test_seed_components_across_faces_edges_and_corners_equal_whole_volume(tmp_p
     work = str(tmp_path / "work")
     zarr.open_group(work, mode="w")
     zarr.create_array(f"{work}/seeds", shape=shape, chunks=(4, 4, 4), dtype=np.uint64, fill_value=0)
+    zarr.create_array(f"{work}/height", shape=shape, chunks=(4, 4, 4), dtype=np.uint8, fill_value=0)
     decoder = ThreeLabelDecoder(min_seed_size=1)
     job = _Job(str(tmp_path / "p.zarr"), work, shape, block_shape, (0, 0, 0), (4, 4, 4), decoder,
                (("P_bg", "prob"), ("P_boundary", "prob"), ("P_interior", "prob")))  # fmt: skip
@@ -280,7 +281,7 @@ def test_seed_components_across_faces_edges_and_corners_equal_whole_volume(tmp_p
     edges = np.concatenate([_pairs_task(b, job) for b in grid.block_ids])
     values, n = merge_seeds([s[0] for s in seeds], [s[1] for s in seeds], edges, 1)
     _write_tables(f"{work}/seed_tables", {b: (s[0], v) for b, s, v in zip(grid.block_ids, seeds, values)})
-    blockwise = _global_seeds(job, grid, tuple(slice(0, s) for s in shape))
+    blockwise, _ = _global_seeds(job, grid, tuple(slice(0, s) for s in shape))
     whole, n_whole = cc3d.connected_components(mask, connectivity=26, return_N=True)
     assert n == n_whole and same_partition(whole, blockwise)
     assert any(True for _ in grid.interfaces()) and len(edges) > 0

@@ -82,7 +82,7 @@ class Decoder:
 
     name: ClassVar[str] = ""
     channels: ClassVar[tuple[str, ...]] = ()
-    #: channel averaged over an instance as its score
+    #: channel the per-voxel score (averaged over an instance) is computed from
     score_channel: ClassVar[str] = ""
     #: voxels of context the masks need beyond the voxel itself
     support: ClassVar[int] = 0
@@ -104,7 +104,7 @@ class Decoder:
         raise NotImplementedError
 
     def score(self, ch: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Per-voxel foreground probability used as instance score."""
+        """Per-voxel foreground probability used as instance score (from ``score_channel`` only)."""
         return ch[self.score_channel]
 
 
@@ -152,7 +152,7 @@ class ThreeLabelDecoder(Decoder):
 
     name: ClassVar[str] = "3label"
     channels: ClassVar[tuple[str, ...]] = ("P_bg", "P_boundary", "P_interior")
-    score_channel: ClassVar[str] = "P_interior"
+    score_channel: ClassVar[str] = "P_bg"
 
     def decode(self, ch):
         fg = (1.0 - ch["P_bg"]) > self.fg_t

@@ -63,31 +63,26 @@ FACE_UNREACHED = 257
 
 
 @numba.njit(cache=True, nogil=True)
-def _flood_kernel(height, labels, mask, level):
-    nz, ny, nx = height.shape
-    n = nz * ny * nx
-    h = height.ravel()
-    lab = labels.ravel()
-    m = mask.ravel()
-    lev = level.ravel()
-    nxt = np.full(n, -1, dtype=np.int64)
+def _flood_kernel(h, lab, m, lev, nxt, sy, sz):
+    """Flood on flat, padded arrays (the one-voxel border is outside the mask: no bounds checks)."""
+    n = h.size
     head = np.full(256, -1, dtype=np.int64)
     tail = np.full(256, -1, dtype=np.int64)
-    sy = nx
-    sz = ny * nx
     for i in range(n):
-        lev[i] = UNREACHED
-    for i in range(n):
-        if lab[i] != 0 and m[i]:
+        if not m[i]:
+            lab[i] = 0
+            lev[i] = UNREACHED
+        elif lab[i] != 0:
             p = h[i]
             lev[i] = p
+            nxt[i] = -1
             if tail[p] == -1:
                 head[p] = i
             else:
                 nxt[tail[p]] = i
             tail[p] = i
-        elif not m[i]:
-            lab[i] = 0
+        else:
+            lev[i] = UNREACHED
     cur = 0
     while cur < 256:
         i = head[cur]
@@ -97,35 +92,19 @@ def _flood_kernel(height, labels, mask, level):
         head[cur] = nxt[i]
         if head[cur] == -1:
             tail[cur] = -1
-        z = i // sz
-        r = i - z * sz
-        y = r // sy
-        x = r - y * sy
         li = lab[i]
         for k in range(6):
             if k == 0:
-                if z == 0:
-                    continue
                 j = i - sz
             elif k == 1:
-                if z == nz - 1:
-                    continue
                 j = i + sz
             elif k == 2:
-                if y == 0:
-                    continue
                 j = i - sy
             elif k == 3:
-                if y == ny - 1:
-                    continue
                 j = i + sy
             elif k == 4:
-                if x == 0:
-                    continue
                 j = i - 1
             else:
-                if x == nx - 1:
-                    continue
                 j = i + 1
             if m[j] and lab[j] == 0:
                 lab[j] = li
@@ -133,11 +112,28 @@ def _flood_kernel(height, labels, mask, level):
                 if p < cur:
                     p = cur
                 lev[j] = p
+                nxt[j] = -1
                 if tail[p] == -1:
                     head[p] = j
                 else:
                     nxt[tail[p]] = j
                 tail[p] = j
+
+
+def _padded(a: np.ndarray, dtype) -> np.ndarray:
+    out = np.zeros(tuple(s + 2 for s in a.shape), dtype=dtype)
+    out[1:-1, 1:-1, 1:-1] = a
+    return out
+
+
+def _flood_padded(hp: np.ndarray, lp: np.ndarray, mp: np.ndarray) -> np.ndarray:
+    """Flood padded arrays in place (labels ``lp``); return the padded levels."""
+    lev = np.empty(hp.shape, dtype=np.int16)
+    n = hp.size
+    nxt = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
+    _, ny, nx = hp.shape
+    _flood_kernel(hp.ravel(), lp.ravel(), mp.ravel(), lev.ravel(), nxt, nx, ny * nx)
+    return lev
 
 
 def flood(height: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,15 +155,14 @@ def flood(height: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> tuple[np.n
     level : ndarray of int16
         Level each voxel was reached at (its minimax height from the seeds), 256 if unreached.
     """
-    height = np.ascontiguousarray(height, dtype=np.uint8)
-    mask = np.ascontiguousarray(mask, dtype=bool)
     if height.ndim != 3 or height.shape != seeds.shape or height.shape != mask.shape:
         raise ValueError(f"height, seeds and mask must be 3D of one shape: {height.shape}, {seeds.shape}, {mask.shape}")
-    labels = np.array(seeds, copy=True, order="C")
-    level = np.empty(height.shape, dtype=np.int16)
-    if height.size:
-        _flood_kernel(height, labels, mask, level)
-    return labels, level
+    if not height.size:
+        return np.array(seeds, copy=True), np.full(height.shape, UNREACHED, dtype=np.int16)
+    inner = (slice(1, -1),) * 3
+    lp = _padded(seeds, seeds.dtype)
+    lev = _flood_padded(_padded(height, np.uint8), lp, _padded(mask, bool))
+    return lp[inner].copy(), lev[inner].copy()
 
 
 def artificial_faces(outer: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:

@@ -2,22 +2,26 @@
 
 Passes (each a set of independent block tasks that write only their own core):
 
-1. **seeds** -- decode the core, label the seed mask's 26-connected components, give them
-   ids ``grid.id_offset(block) + k`` (unique without coordination); return each component's
-   voxel count.
+1. **seeds** -- decode the core (the only time predictions are decoded), label the seed mask's
+   26-connected components, give them ids ``grid.id_offset(block) + k`` (unique without
+   coordination); write the core's uint8 height and its *seed code* (0 background, the
+   dtype's largest value foreground without seed, else the block seed id) to the work
+   directory; return each component's voxel count.
 2. **pairs** -- for every face, edge and corner the block shares with a later block, label the
    two-voxel slab of seed ids 26-connected: ids in one slab component are one seed.
 3. *driver* -- union-find (sparse connected components) over the pairs; global seed sizes;
    seeds under ``min_seed_size`` dropped; kept seeds numbered 1..S; one small lookup table per
    block (only the ids in that block) written to the work directory.
-4. **watershed** -- decode core + halo, map the seed ids of core + halo to global ids with the
-   tables of the (at most 27) blocks it overlaps, flood (:mod:`.flood`), write the core, mark
-   the core voxels the certificate cannot vouch for as *uncertain*, and return partial
-   per-instance statistics of the core (count, coordinate sums, bbox, summed score).
-5. **resolve** -- blocks with uncertain voxels run again with twice the halo (then four times,
-   ... up to ``max_halo``, by default one round), overwriting only their uncertain voxels, and return fresh
-   statistics; the new certificate decides what stays uncertain. Rounds read predictions and
-   seeds only, never labels, so no block reads what another writes.
+4. **watershed** -- read height and seed code of core + halo (written by the neighbours in
+   pass 1), map the seed ids to global ids with the tables of the (at most 27) blocks it
+   overlaps, flood (:mod:`.flood`), write the core, mark the core voxels the certificate cannot
+   vouch for as *uncertain*, and return partial per-instance statistics of the core (count,
+   coordinate sums, bbox, summed score).
+5. **resolve** -- blocks with uncertain voxels flood again the bounding box of those voxels
+   grown by twice the halo (then four times, ... up to ``max_halo``; by default one round),
+   overwrite only their uncertain voxels, and return fresh statistics; the new certificate
+   decides what stays uncertain. Rounds read heights and seeds only, never labels, so no block
+   reads what another writes.
 6. *driver* -- reduce the statistics, remove instances under ``min_size``, number the rest
    1..N (in seed order); per-block tables again.
 7. **relabel** the work labels into the output volume; the instance table goes to
@@ -37,6 +41,7 @@ from typing import Mapping, Sequence
 
 import cc3d
 import fastremap
+import numba
 import numpy as np
 import zarr
 from scipy import sparse
@@ -100,18 +105,39 @@ def decode_region(job: _Job, region: Sequence[slice]):
 
 
 # ---------------------------------------------------------------------------- block tasks
+@numba.njit(cache=True, nogil=True)
+def _encode_seeds(cc, fg, offset, fg_value, out):
+    c, f, o = cc.ravel(), fg.ravel(), out.ravel()
+    for i in range(c.size):
+        if c[i] != 0:
+            o[i] = c[i] + offset
+        elif f[i]:
+            o[i] = fg_value
+        else:
+            o[i] = 0
+
+
 def _seed_task(block_id: int, job: _Job):
+    """Decode the core once: write its height and its seed/foreground code (see :func:`segment`),
+    return the block's seed ids and their voxel counts."""
     grid = job.grid()
     block = grid[block_id]
-    seeds, _, _, _ = decode_region(job, block.core)
-    cc = cc3d.connected_components(seeds.view(np.uint8), connectivity=26, out_dtype=np.uint64)
-    ids, counts = fastremap.unique(cc, return_counts=True)
-    keep = ids != 0
-    offset = grid.id_offset(block_id)
-    cc[cc != 0] += offset
+    seeds, fg, height, _ = decode_region(job, block.core)
+    cc, n = cc3d.connected_components(seeds.view(np.uint8), connectivity=26, out_dtype=np.uint32, return_N=True)
+    counts = np.bincount(cc.ravel(), minlength=n + 1)[1:]
     seeds_out = job.array("seeds")
-    seeds_out[block.core] = cc.astype(seeds_out.dtype, copy=False)
-    return ids[keep].astype(np.uint64) + offset, counts[keep].astype(np.int64)
+    dtype = seeds_out.dtype
+    code = np.empty(cc.shape, dtype=dtype)
+    _encode_seeds(cc, fg, dtype.type(grid.id_offset(block_id)), dtype.type(_fg_code(dtype)), code)
+    seeds_out[block.core] = code
+    job.array("height")[block.core] = height
+    ids = np.arange(1, n + 1, dtype=np.uint64) + grid.id_offset(block_id)
+    return ids, counts.astype(np.int64)
+
+
+def _fg_code(dtype) -> int:
+    """Seed-array value of a foreground voxel that is not a seed (the dtype's largest value)."""
+    return int(np.iinfo(dtype).max)
 
 
 def _later_neighbours(grid: BlockGrid, block_id: int) -> list[Interface]:
@@ -128,10 +154,10 @@ def _pairs_task(block_id: int, job: _Job) -> np.ndarray:
     edges = [np.zeros((0, 2), dtype=np.uint64)]
     for iface in _later_neighbours(grid, block_id):
         slab = seeds[grid.interface_slices(iface, 1)]
-        if not slab.any():
+        sel = (slab != 0) & (slab != _fg_code(slab.dtype))
+        if not sel.any():
             continue
-        cc = cc3d.connected_components(slab != 0, connectivity=26)
-        sel = slab != 0
+        cc = cc3d.connected_components(sel, connectivity=26)
         pairs = np.unique(np.stack([cc[sel].astype(np.uint64), slab[sel]], axis=1), axis=0)
         # within one slab component, link every id to the component's first id
         first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
@@ -152,45 +178,75 @@ def _relabel_task(block_id: int, job: _Job, src: str, dst: str, table_dir: str):
     target[core] = out.astype(target.dtype, copy=False)
 
 
-def _global_seeds(job: _Job, grid: BlockGrid, region: tuple[slice, ...]) -> np.ndarray:
-    """Raw block seed ids of ``region`` mapped to global seed ids with the tables of the blocks
-    whose cores ``region`` overlaps (only those tables are loaded)."""
-    mapping = {0: 0}
+def _global_seeds(job: _Job, grid: BlockGrid, region: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Global seed ids and foreground of ``region``: raw block seed ids mapped with the tables of
+    the blocks whose cores ``region`` overlaps (only those tables are loaded)."""
+    raw = job.array("seeds")[region]
+    code = _fg_code(raw.dtype)
+    mapping = {0: 0, code: 0}
     for bid in grid.blocks_in(region):
         data = np.load(os.path.join(job.work_path, "seed_tables", f"{bid}.npz"))
         mapping.update(zip(data["keys"].tolist(), data["values"].tolist()))
-    raw = job.array("seeds")[region]
-    return fastremap.remap(raw, mapping, preserve_missing_labels=False, in_place=True)
+    fg = raw != 0
+    return fastremap.remap(raw, mapping, preserve_missing_labels=False, in_place=True), fg
 
 
-def _watershed_task(block_id: int, job: _Job, halo: tuple[int, ...], first: bool):
-    """Flood core + ``halo``; write the core (first pass) or its uncertain voxels (later rounds).
+def _score(job: _Job, region: tuple[slice, ...]) -> np.ndarray:
+    """Per-voxel instance score of ``region`` (reads the decoder's score channel only)."""
+    c = job.decoder.score_channel
+    vol = open_predictions(job.pred_path, (c,))[c]
+    return job.decoder.score({c: decode_channel(vol.array[region], dict(job.kinds)[c])})
 
-    Returns (voxels considered, voxels left uncertain, partial statistics of the core).
-    """
+
+def _flood_region(job: _Job, grid: BlockGrid, outer: tuple[slice, ...]):
+    """Flood ``outer`` from the stored heights and global seeds; labels, foreground and the
+    certificate's uncertain mask."""
+    height = job.array("height")[outer]
+    seeds, fg = _global_seeds(job, grid, outer)
+    labels, level = flood(height, seeds, fg)
+    unc = uncertain_voxels(height, fg, level, artificial_faces(outer, job.shape), labels, seeds)
+    return labels, fg, unc
+
+
+def _watershed_task(block_id: int, job: _Job, halo: tuple[int, ...]):
+    """Flood core + ``halo`` and write the core; mark the voxels the certificate cannot vouch
+    for. Returns (foreground voxels, uncertain voxels, partial statistics of the core)."""
     grid = job.grid()
     block = grid[block_id]
     core = block.core
     outer = expand(core, halo, job.shape)
-    _, fg, height, ch = decode_region(job, outer)
-    seeds = _global_seeds(job, grid, outer)
-    labels, level = flood(height, seeds, fg)
-    unc = uncertain_voxels(height, fg, level, artificial_faces(outer, job.shape), labels, seeds)
+    labels, fg, unc = _flood_region(job, grid, outer)
     inner = _within(core, outer)
     lab, unc = labels[inner], unc[inner]
-    raw, umap = job.array("labels"), job.array("uncertain")
-    score = job.decoder.score({c: v[inner] for c, v in ch.items()})
-    if first:
-        raw[core] = lab
-        umap[core] = unc
-        return int(fg[inner].sum()), int(unc.sum()), partial_stats(lab, score, block.origin)
-    prev = umap[core].astype(bool)
+    job.array("labels")[core] = lab
+    n_unc = int(unc.sum())
+    if n_unc:
+        job.array("uncertain")[core] = unc
+    return int(fg[inner].sum()), n_unc, partial_stats(lab, _score(job, core), block.origin)
+
+
+def _resolve_task(block_id: int, job: _Job, halo: tuple[int, ...]):
+    """Flood the bounding box of the block's uncertain voxels grown by ``halo``; overwrite only
+    those voxels. Returns (voxels considered, voxels left uncertain, statistics of the core)."""
+    grid = job.grid()
+    block = grid[block_id]
+    core = block.core
+    umap = job.array("uncertain")
+    prev = umap[core]
+    nz = np.nonzero(prev)
+    box = tuple(slice(c.start + int(i.min()), c.start + int(i.max()) + 1) for c, i in zip(core, nz))
+    outer = expand(box, halo, job.shape)
+    labels, _, unc = _flood_region(job, grid, outer)
+    raw = job.array("labels")
     current = raw[core]
-    current[prev] = lab[prev]
+    in_core, in_outer = _within(box, core), _within(box, outer)
+    p = prev[in_core]
+    current[in_core][p] = labels[in_outer][p]
     raw[core] = current
-    left = prev & unc
+    left = np.zeros_like(prev)
+    left[in_core] = p & unc[in_outer]
     umap[core] = left
-    return int(prev.sum()), int(left.sum()), partial_stats(current, score, block.origin)
+    return int(p.sum()), int(left.sum()), partial_stats(current, _score(job, core), block.origin)
 
 
 # ---------------------------------------------------------------------------- driver steps
@@ -354,9 +410,11 @@ def segment(
     _prepare_destination(work, True)
     zarr.open_group(work, mode="w")
     kw = dict(shape=grid.shape, chunks=first.write_unit, fill_value=0, compressors=None)  # scratch: fast, not small
-    # block-offset ids are below len(grid) * block_voxels: uint32 when that fits
-    id_dtype = np.uint32 if len(grid) * grid.block_voxels < 2**32 else np.uint64
+    # block-offset ids are at most len(grid) * block_voxels: uint32 when that fits below the
+    # foreground code (the largest value)
+    id_dtype = np.uint32 if len(grid) * grid.block_voxels < 2**32 - 1 else np.uint64
     zarr.create_array(f"{work}/seeds", dtype=id_dtype, **kw)
+    zarr.create_array(f"{work}/height", dtype=np.uint8, **kw)
     zarr.create_array(f"{work}/labels", dtype=id_dtype, **kw)
     zarr.create_array(f"{work}/uncertain", dtype=bool, **kw)
     kinds = tuple((c, prediction_kind(vols[c], c)) for c in decoder.channels)
@@ -379,7 +437,7 @@ def segment(
     _write_tables(f"{work}/seed_tables", {b: (s[0], v) for b, s, v in zip(ids, seeds, values)})
     t = timed("seed_merge", t)
 
-    results = run(partial(_watershed_task, job=job, halo=halo, first=True), name="watershed")
+    results = run(partial(_watershed_task, job=job, halo=halo), name="watershed")
     report.foreground_voxels = int(sum(r[0] for r in results))
     parts = {b: r[2] for b, r in zip(ids, results)}
     pending = [b for b, r in zip(ids, results) if r[1]]
@@ -392,7 +450,7 @@ def segment(
             break
         current = bigger
         res = run_blocks(
-            partial(_watershed_task, job=job, halo=current, first=False), pending, client=client,
+            partial(_resolve_task, job=job, halo=current), pending, client=client,
             name=f"resolve-halo-{max(current)}", progress=progress,
         )  # fmt: skip
         entering, left = sum(r[0] for r in res), sum(r[1] for r in res)
