@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--block-shape", type=int, nargs="+", metavar="N", help="block core shape, 1 or 3 values (z y x), a multiple of the chunks")
     p.add_argument("--halo", type=int, nargs="+", metavar="N", help="halo in voxels, 1 or 3 values (default 24)")
-    p.add_argument("--max-halo", type=int, nargs="+", metavar="N", help="largest halo of the resolution rounds (default 2 x halo: one round; equal to --halo: none)")
+    p.add_argument("--max-halo", type=int, nargs="+", metavar="N", help="largest halo of the resolution rounds (default: equal to --halo, no round; e.g. 2 x halo: one round)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--keep-work", action="store_true", help="keep the intermediate OUTPUT.work directory")
     p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")

@@ -195,7 +195,6 @@ def _certify_kernel(labels, mask, seeds, level, face_level, face, certain):
     ok = certain.ravel()
     sy = nx
     sz = ny * nx
-    stack = np.empty(n, dtype=np.int64)
     queued = np.zeros(n, dtype=np.bool_)
     top = 0
     for i in range(n):
@@ -204,9 +203,15 @@ def _certify_kernel(labels, mask, seeds, level, face_level, face, certain):
         else:
             ok[i] = False
             if not fc[i]:
-                stack[top] = i
-                top += 1
                 queued[i] = True
+                top += 1
+    # a voxel is on the stack at most once at a time, and only candidates ever are
+    stack = np.empty(top, dtype=np.int64)
+    top = 0
+    for i in range(n):
+        if queued[i]:
+            stack[top] = i
+            top += 1
     nb = np.empty(6, dtype=np.int64)
     while top > 0:
         top -= 1

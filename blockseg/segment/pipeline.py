@@ -18,7 +18,7 @@ Passes (each a set of independent block tasks that write only their own core):
    vouch for as *uncertain*, and return partial per-instance statistics of the core (count,
    coordinate sums, bbox, summed score).
 5. **resolve** -- blocks with uncertain voxels flood again the bounding box of those voxels
-   grown by twice the halo (then four times, ... up to ``max_halo``; by default one round),
+   grown by twice the halo (then four times, ... up to ``max_halo``; by default none),
    overwrite only their uncertain voxels, and return fresh statistics; the new certificate
    decides what stays uncertain. Rounds read heights and seeds only, never labels, so no block
    reads what another writes.
@@ -370,8 +370,8 @@ def segment(
     halo : int or sequence of int, optional
         Context read around each core for the watershed (default 24, clipped to the block).
     max_halo : int or sequence of int, optional
-        Largest halo of the resolution rounds (default 2 x ``halo``: one round; equal to
-        ``halo``: no round, only the certificate). Voxels still uncertain
+        Largest halo of the resolution rounds (default ``halo``: no round, only the
+        certificate, the fast configuration; e.g. 2 x ``halo``: one round). Voxels still uncertain
         there keep their label and are counted in ``unresolved_voxels``.
     client : distributed.Client, optional
         Dask client; None runs the blocks in this process.
@@ -401,7 +401,7 @@ def segment(
     grid0 = first.grid(block_shape)
     halo = _as_triple(DEFAULT_HALO if halo is None else halo, "halo")
     halo = tuple(min(h, b) for h, b in zip(halo, grid0.block_shape))
-    max_halo = tuple(2 * h for h in halo) if max_halo is None else _as_triple(max_halo, "max_halo")
+    max_halo = halo if max_halo is None else _as_triple(max_halo, "max_halo")
     if any(m < h for m, h in zip(max_halo, halo)):
         raise BlocksegError(f"max_halo {max_halo} is smaller than the halo {halo}")
     grid = first.grid(grid0.block_shape, halo)
