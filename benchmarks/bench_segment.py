@@ -3,16 +3,21 @@
 Not a test. Generates (once, under benchmarks/data/, git-ignored) a synthetic nuclei volume and
 its perfect BCD predictions (uint8 store), then in one run:
 
-1. ``segment`` with a LocalCluster of ``--workers`` processes; the peak RSS of every worker
-   process is sampled every 0.1 s;
+1. ``segment`` with a LocalCluster of ``--workers`` processes, in its default configuration
+   (blocks 256³ here, halo 24, certificate only); the peak RSS of every worker process is
+   sampled every 0.1 s and the workers' CPU seconds are summed;
 2. the same decoder on the whole volume in a fresh subprocess: decode, 26-connected seeds
    (``cc3d``), ``skimage.segmentation.watershed`` of the same uint8 height map with the same
    mask, the same size filters; its peak RSS is the child's ``ru_maxrss``;
-3. agreement: voxels outside the one-to-one best overlap of the two labellings.
+
+1 and 2 are repeated ``--repeats`` times (paired, medians reported, with the load average:
+the machine is shared), then one run with a resolution round (``--resolution-halo``);
+3. agreement: voxels outside the one-to-one best overlap of the two labellings, and against
+   blockseg's own flood on the whole volume (same tie rule: the seam check).
 
 Writes benchmarks/results/segment.json and segment.md.
 
-    PYTHONPATH=. python benchmarks/bench_segment.py --size 512 --workers 2
+    PYTHONPATH=. python benchmarks/bench_segment.py --size 512 --workers 2 --repeats 3
 """
 
 from __future__ import annotations

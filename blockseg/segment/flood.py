@@ -62,77 +62,152 @@ UNREACHED = 256
 FACE_UNREACHED = 257
 
 
+#: entries per block of the bucket queue's storage
+_QBLOCK = 4096
+
+
 @numba.njit(cache=True, nogil=True)
-def _flood_kernel(h, lab, m, lev, nxt, sy, sz):
-    """Flood on flat, padded arrays (the one-voxel border is outside the mask: no bounds checks)."""
+def _flood_kernel(h, lab, lev, pool, sy, sz, wall):
+    """Flood on flat, padded arrays. Voxels outside the mask (and the one-voxel border) carry
+    the label ``wall`` and are never labelled, so there are no bounds checks. Each level's FIFO
+    lives in fixed-size blocks of ``pool`` (sequential reads and writes, no linked voxels)."""
     n = h.size
-    head = np.full(256, -1, dtype=np.int64)
-    tail = np.full(256, -1, dtype=np.int64)
-    for i in range(n):
-        if not m[i]:
-            lab[i] = 0
-            lev[i] = UNREACHED
-        elif lab[i] != 0:
-            p = h[i]
-            lev[i] = p
-            nxt[i] = -1
-            if tail[p] == -1:
-                head[p] = i
-            else:
-                nxt[tail[p]] = i
-            tail[p] = i
-        else:
-            lev[i] = UNREACHED
+    size = pool.shape[1]
+    blk_next = np.empty(pool.shape[0], dtype=np.int64)
+    head_blk = np.full(256, -1, dtype=np.int64)
+    head_pos = np.zeros(256, dtype=np.int64)
+    tail_blk = np.full(256, -1, dtype=np.int64)
+    tail_pos = np.zeros(256, dtype=np.int64)
+    free = 0
     cur = 0
-    while cur < 256:
-        i = head[cur]
-        if i == -1:
-            cur += 1
-            continue
-        head[cur] = nxt[i]
-        if head[cur] == -1:
-            tail[cur] = -1
-        li = lab[i]
-        for k in range(6):
-            if k == 0:
-                j = i - sz
-            elif k == 1:
-                j = i + sz
-            elif k == 2:
-                j = i - sy
-            elif k == 3:
-                j = i + sy
-            elif k == 4:
-                j = i - 1
-            else:
-                j = i + 1
-            if m[j] and lab[j] == 0:
-                lab[j] = li
-                p = h[j]
+    i = 0
+    start = True  # first the seeds, in raster order, then the flood
+    while True:
+        if start:
+            if i == n:
+                start = False
+                continue
+            li = lab[i]
+            if li == 0 or li == wall:
+                lev[i] = UNREACHED
+                i += 1
+                continue
+            j = i
+            i += 1
+            p = h[j]
+        else:
+            if cur == 256:
+                break
+            hb = head_blk[cur]
+            hp = head_pos[cur]
+            if hb == -1 or (hb == tail_blk[cur] and hp == tail_pos[cur]):
+                cur += 1  # this level is exhausted: pushes only go to levels >= cur
+                continue
+            if hp == size:
+                hb = blk_next[hb]
+                head_blk[cur] = hb
+                hp = 0
+            v = pool[hb, hp]
+            head_pos[cur] = hp + 1
+            lv = lab[v]
+            # the 6 neighbours in a fixed order; a new one is handled by the push below
+            j = -1
+            for k in range(6):
+                if k == 0:
+                    w = v - sz
+                elif k == 1:
+                    w = v + sz
+                elif k == 2:
+                    w = v - sy
+                elif k == 3:
+                    w = v + sy
+                elif k == 4:
+                    w = v - 1
+                else:
+                    w = v + 1
+                if lab[w] != 0:
+                    continue
+                lab[w] = lv
+                p = h[w]
                 if p < cur:
                     p = cur
-                lev[j] = p
-                nxt[j] = -1
-                if tail[p] == -1:
-                    head[p] = j
+                # push w at level p
+                lev[w] = p
+                tb = tail_blk[p]
+                if tb == -1 or tail_pos[p] == size:
+                    nb = free
+                    free += 1
+                    blk_next[nb] = -1
+                    if tb == -1:
+                        head_blk[p] = nb
+                        head_pos[p] = 0
+                    else:
+                        blk_next[tb] = nb
+                    tail_blk[p] = nb
+                    tail_pos[p] = 0
+                    tb = nb
+                pool[tb, tail_pos[p]] = w
+                tail_pos[p] += 1
+            continue
+        # push seed j at its own height p
+        lev[j] = p
+        tb = tail_blk[p]
+        if tb == -1 or tail_pos[p] == size:
+            nb = free
+            free += 1
+            blk_next[nb] = -1
+            if tb == -1:
+                head_blk[p] = nb
+                head_pos[p] = 0
+            else:
+                blk_next[tb] = nb
+            tail_blk[p] = nb
+            tail_pos[p] = 0
+            tb = nb
+        pool[tb, tail_pos[p]] = j
+        tail_pos[p] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _pad_labels(seeds, mask, wall, out):
+    """``out`` (padded by one) = seeds inside the mask, ``wall`` elsewhere; False if a seed is ``wall``."""
+    nz, ny, nx = seeds.shape
+    ok = True
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                if mask[z, y, x]:
+                    v = seeds[z, y, x]
+                    ok = ok and v != wall
+                    out[z + 1, y + 1, x + 1] = v
                 else:
-                    nxt[tail[p]] = j
-                tail[p] = j
+                    out[z + 1, y + 1, x + 1] = wall
+    return ok
 
 
-def _padded(a: np.ndarray, dtype) -> np.ndarray:
-    out = np.zeros(tuple(s + 2 for s in a.shape), dtype=dtype)
+@numba.njit(cache=True, nogil=True)
+def _unpad_labels(padded, wall, out):
+    nz, ny, nx = out.shape
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                v = padded[z + 1, y + 1, x + 1]
+                out[z, y, x] = 0 if v == wall else v
+
+
+def _padded(a: np.ndarray, dtype, fill=0) -> np.ndarray:
+    out = np.full(tuple(s + 2 for s in a.shape), fill, dtype=dtype)
     out[1:-1, 1:-1, 1:-1] = a
     return out
 
 
-def _flood_padded(hp: np.ndarray, lp: np.ndarray, mp: np.ndarray) -> np.ndarray:
-    """Flood padded arrays in place (labels ``lp``); return the padded levels."""
+def _flood_padded(hp: np.ndarray, lp: np.ndarray, wall) -> np.ndarray:
+    """Flood padded arrays in place (labels ``lp``, ``wall`` outside the mask); padded levels."""
     lev = np.empty(hp.shape, dtype=np.int16)
     n = hp.size
-    nxt = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
+    pool = np.empty((n // _QBLOCK + 258, _QBLOCK), dtype=np.int32 if n < 2**31 else np.int64)
     _, ny, nx = hp.shape
-    _flood_kernel(hp.ravel(), lp.ravel(), mp.ravel(), lev.ravel(), nxt, nx, ny * nx)
+    _flood_kernel(hp.ravel(), lp.ravel(), lev.ravel(), pool, nx, ny * nx, lp.dtype.type(wall))
     return lev
 
 
@@ -160,9 +235,17 @@ def flood(height: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> tuple[np.n
     if not height.size:
         return np.array(seeds, copy=True), np.full(height.shape, UNREACHED, dtype=np.int16)
     inner = (slice(1, -1),) * 3
-    lp = _padded(seeds, seeds.dtype)
-    lev = _flood_padded(_padded(height, np.uint8), lp, _padded(mask, bool))
-    return lp[inner].copy(), lev[inner].copy()
+    seeds = np.asarray(seeds)
+    if seeds.dtype.kind != "u":
+        raise ValueError(f"seeds must be of an unsigned integer type, got {seeds.dtype}")
+    wall = seeds.dtype.type(np.iinfo(seeds.dtype).max)
+    lp = np.full(tuple(s + 2 for s in seeds.shape), wall, dtype=seeds.dtype)
+    if not _pad_labels(seeds, np.asarray(mask, dtype=bool), wall, lp):
+        raise ValueError(f"seed label {wall} is reserved (the largest {seeds.dtype} value)")
+    lev = _flood_padded(_padded(height, np.uint8), lp, wall)
+    labels = np.empty(seeds.shape, dtype=seeds.dtype)
+    _unpad_labels(lp, wall, labels)
+    return labels, lev[inner].copy()
 
 
 def artificial_faces(outer: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
