@@ -106,11 +106,13 @@ def decode_region(job: _Job, region: Sequence[slice]):
 
 # ---------------------------------------------------------------------------- block tasks
 @numba.njit(cache=True, nogil=True)
-def _encode_seeds(cc, fg, offset, fg_value, out):
+def _encode_seeds(cc, fg, offset, fg_value, out, counts):
+    """Seed code of a core (see :func:`segment`) and the voxel count of each component."""
     c, f, o = cc.ravel(), fg.ravel(), out.ravel()
     for i in range(c.size):
         if c[i] != 0:
             o[i] = c[i] + offset
+            counts[c[i]] += 1
         elif f[i]:
             o[i] = fg_value
         else:
@@ -124,15 +126,15 @@ def _seed_task(block_id: int, job: _Job):
     block = grid[block_id]
     seeds, fg, height, _ = decode_region(job, block.core)
     cc, n = cc3d.connected_components(seeds.view(np.uint8), connectivity=26, out_dtype=np.uint32, return_N=True)
-    counts = np.bincount(cc.ravel(), minlength=n + 1)[1:]
     seeds_out = job.array("seeds")
     dtype = seeds_out.dtype
     code = np.empty(cc.shape, dtype=dtype)
-    _encode_seeds(cc, fg, dtype.type(grid.id_offset(block_id)), dtype.type(_fg_code(dtype)), code)
+    counts = np.zeros(n + 1, dtype=np.int64)
+    _encode_seeds(cc, fg, dtype.type(grid.id_offset(block_id)), dtype.type(_fg_code(dtype)), code, counts)
     seeds_out[block.core] = code
     job.array("height")[block.core] = height
     ids = np.arange(1, n + 1, dtype=np.uint64) + grid.id_offset(block_id)
-    return ids, counts.astype(np.int64)
+    return ids, counts[1:]
 
 
 def _fg_code(dtype) -> int:
@@ -178,17 +180,34 @@ def _relabel_task(block_id: int, job: _Job, src: str, dst: str, table_dir: str):
     target[core] = out.astype(target.dtype, copy=False)
 
 
-def _global_seeds(job: _Job, grid: BlockGrid, region: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Global seed ids and foreground of ``region``: raw block seed ids mapped with the tables of
-    the blocks whose cores ``region`` overlaps (only those tables are loaded)."""
+def _global_seeds(job: _Job, grid: BlockGrid, region: tuple[slice, ...], compact: bool = False):
+    """Seeds and foreground of ``region``: raw block seed ids mapped to global seed ids with the
+    tables of the blocks whose cores ``region`` overlaps (only those tables are loaded).
+
+    With ``compact``, seeds are numbered 1..K in the order of their global ids and returned as
+    uint16 when K < 65535 (a smaller flood: labels only need to be told apart), together with
+    the lookup table ``local -> global`` (else None and global ids).
+    """
     raw = job.array("seeds")[region]
     code = _fg_code(raw.dtype)
-    mapping = {0: 0, code: 0}
+    keys, values = [np.zeros(1, raw.dtype), np.full(1, code, raw.dtype)], [np.zeros(2, np.uint64)]
     for bid in grid.blocks_in(region):
         data = np.load(os.path.join(job.work_path, "seed_tables", f"{bid}.npz"))
-        mapping.update(zip(data["keys"].tolist(), data["values"].tolist()))
+        keys.append(data["keys"])
+        values.append(data["values"])
+    keys, values = np.concatenate(keys), np.concatenate(values)
     fg = raw != 0
-    return fastremap.remap(raw, mapping, preserve_missing_labels=False, in_place=True), fg
+    lut = None
+    if compact:
+        gids = np.unique(values)  # 0 first
+        if gids.size < 65535:
+            values = np.searchsorted(gids, values)
+            lut = gids
+    mapping = dict(zip(keys.tolist(), values.tolist()))
+    seeds = fastremap.remap(raw, mapping, preserve_missing_labels=False, in_place=True)
+    if lut is not None:
+        seeds = seeds.astype(np.uint16)
+    return (seeds, fg, lut) if compact else (seeds, fg)
 
 
 def _score(job: _Job, region: tuple[slice, ...]) -> np.ndarray:
@@ -202,10 +221,14 @@ def _flood_region(job: _Job, grid: BlockGrid, outer: tuple[slice, ...]):
     """Flood ``outer`` from the stored heights and global seeds; labels, foreground and the
     certificate's uncertain mask."""
     height = job.array("height")[outer]
-    seeds, fg = _global_seeds(job, grid, outer)
+    seeds, fg, lut = _global_seeds(job, grid, outer, compact=True)
     labels, level = flood(height, seeds, fg)
     unc = uncertain_voxels(height, fg, level, artificial_faces(outer, job.shape), labels, seeds)
-    return labels, fg, unc
+    return labels, fg, unc, lut
+
+
+def _to_global(labels: np.ndarray, lut) -> np.ndarray:
+    return labels if lut is None else lut.astype(np.uint32 if lut[-1] < 2**32 else np.uint64)[labels]
 
 
 def _watershed_task(block_id: int, job: _Job, halo: tuple[int, ...]):
@@ -215,9 +238,9 @@ def _watershed_task(block_id: int, job: _Job, halo: tuple[int, ...]):
     block = grid[block_id]
     core = block.core
     outer = expand(core, halo, job.shape)
-    labels, fg, unc = _flood_region(job, grid, outer)
+    labels, fg, unc, lut = _flood_region(job, grid, outer)
     inner = _within(core, outer)
-    lab, unc = labels[inner], unc[inner]
+    lab, unc = _to_global(labels[inner], lut), unc[inner]
     job.array("labels")[core] = lab
     n_unc = int(unc.sum())
     if n_unc:
@@ -236,12 +259,12 @@ def _resolve_task(block_id: int, job: _Job, halo: tuple[int, ...]):
     nz = np.nonzero(prev)
     box = tuple(slice(c.start + int(i.min()), c.start + int(i.max()) + 1) for c, i in zip(core, nz))
     outer = expand(box, halo, job.shape)
-    labels, _, unc = _flood_region(job, grid, outer)
+    labels, _, unc, lut = _flood_region(job, grid, outer)
     raw = job.array("labels")
     current = raw[core]
     in_core, in_outer = _within(box, core), _within(box, outer)
     p = prev[in_core]
-    current[in_core][p] = labels[in_outer][p]
+    current[in_core][p] = _to_global(labels[in_outer][p], lut)
     raw[core] = current
     left = np.zeros_like(prev)
     left[in_core] = p & unc[in_outer]
@@ -305,10 +328,11 @@ class SegmentReport:
     foreground_voxels : int
         Voxels in the decoded foreground.
     uncertain_voxels : int
-        Core voxels the first pass could not certify (they needed the resolution pass).
+        Core voxels the first pass could not certify (:mod:`.flood`, rules C0-C2); these are
+        the voxels a resolution round floods again.
     unresolved_voxels : int
-        Voxels still uncertain after the last round (0 means certified identical to a
-        whole-volume run).
+        Voxels still uncertain after the last round (all of ``uncertain_voxels`` when no round
+        runs; 0 means certified identical to a whole-volume run). They keep their label.
     rounds : list of dict
         Per resolution round: halo, blocks run, voxels entering and leaving uncertain.
     seconds : dict
