@@ -37,3 +37,16 @@ def zyx(values, option: str, kind=int):
     if len(values) != 3:
         raise BlocksegError(f"{option} takes one value or three (z y x), got {len(values)}")
     return tuple(kind(v) for v in values)
+
+
+def add_output_options(parser: argparse.ArgumentParser, dest: str, help: str) -> None:
+    """The positional output path ``dest`` and ``--overwrite`` (replace it if it exists)."""
+    parser.add_argument(dest, help=help)
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {dest.upper()} if it exists")
+
+
+def check_output(args: argparse.Namespace, dest: str) -> None:
+    """Fail with one line, before any cluster starts, when the output exists without --overwrite."""
+    from blockseg.io import check_destination
+
+    check_destination(getattr(args, dest), args.overwrite)

@@ -9,7 +9,7 @@ from dataclasses import fields
 
 from blockseg.errors import BlocksegError
 
-from .options import add_cluster_options, cluster_config
+from .options import add_cluster_options, add_output_options, check_output, cluster_config, zyx
 
 
 def _param(text: str) -> tuple[str, float]:
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("predictions", help="prediction store (zarr group with one volume per channel)")
-    p.add_argument("output", help="label volume to create (OME-Zarr); the table goes to OUTPUT/instances.csv")
+    add_output_options(p, "output", "label volume to create (OME-Zarr); the table goes to OUTPUT/instances.csv")
     p.add_argument("--decoder", default="bcd", choices=sorted(DECODERS), help="how channels become seeds, mask and height (default: bcd)")
     p.add_argument(
         "--param", "-p", action="append", type=_param, default=[], metavar="NAME=VALUE",
@@ -47,20 +47,11 @@ def register(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--block-shape", type=int, nargs="+", metavar="N", help="block core shape, 1 or 3 values (z y x), a multiple of the chunks")
     p.add_argument("--halo", type=int, nargs="+", metavar="N", help="halo in voxels, 1 or 3 values (default 24)")
-    p.add_argument("--max-halo", type=int, nargs="+", metavar="N", help="largest halo of the resolution rounds (default 2 x halo: one round; equal to --halo: none)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--max-halo", type=int, nargs="+", metavar="N", help="largest halo of the resolution rounds (default: equal to --halo, no round; e.g. 2 x halo: one round)")
     p.add_argument("--keep-work", action="store_true", help="keep the intermediate OUTPUT.work directory")
     p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
     add_cluster_options(p)
     p.set_defaults(func=run)
-
-
-def _triple(values, name):
-    if values is None:
-        return None
-    if len(values) not in (1, 3):
-        raise BlocksegError(f"--{name} takes one value or three (z y x), got {len(values)}")
-    return tuple(values) * 3 if len(values) == 1 else tuple(values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,14 +62,17 @@ def run(args: argparse.Namespace) -> int:
     for name, value in args.param:
         params[name] = int(value) if name in ("min_seed_size", "min_size", "dilation", "min_votes", "max_vector") else value
     decoder = make_decoder(args.decoder, **params)
+    block_shape, halo = zyx(args.block_shape, "--block-shape"), zyx(args.halo, "--halo")
+    max_halo = zyx(args.max_halo, "--max-halo")
+    check_output(args, "output")  # fail before starting a cluster
     with dask_client(cluster_config(args), quiet=args.json) as client:
         report = segment(
             args.predictions,
             args.output,
             decoder=decoder,
-            block_shape=_triple(args.block_shape, "block-shape"),
-            halo=_triple(args.halo, "halo"),
-            max_halo=_triple(args.max_halo, "max-halo"),
+            block_shape=block_shape,
+            halo=halo,
+            max_halo=max_halo,
             client=client,
             overwrite=args.overwrite,
             keep_work=args.keep_work,
@@ -90,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
         fg = max(report.foreground_voxels, 1)
         print(
             f"{report.n_instances} instances -> {report.labels_path} (table {report.table_path}); "
-            f"{report.uncertain_voxels} voxels ({report.uncertain_voxels / fg:.2%} of foreground) needed the "
-            f"resolution pass, {report.unresolved_voxels} left uncertified; {report.seconds['total']:.1f} s",
+            f"{report.uncertain_voxels} voxels ({report.uncertain_voxels / fg:.2%} of foreground) were not "
+            f"certified by the first pass, {report.unresolved_voxels} left uncertified; {report.seconds['total']:.1f} s",
             file=sys.stderr,
         )
     return 0

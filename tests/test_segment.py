@@ -201,25 +201,51 @@ def test_errors(tmp_path, adversarial):
 
 
 # ---------------------------------------------------------------------------- flood + certificate
-def test_flood_is_deterministic_and_certified_voxels_match_whole_volume():
-    rng = np.random.default_rng(0)
-    height = rng.integers(0, 6, size=(30, 34, 38)).astype(np.uint8)  # many plateaus = many ties
-    mask = rng.random(height.shape) < 0.8
-    seeds = np.zeros(height.shape, np.uint64)
-    pos = rng.integers(0, 30, size=(40, 3))
-    seeds[pos[:, 0], pos[:, 1], pos[:, 2]] = np.arange(1, 41)
-    whole, _ = flood(height, seeds, mask)
-    again, _ = flood(height, seeds, mask)
-    assert np.array_equal(whole, again)
-    certified = 0
-    for z0, y0, x0 in rng.integers(0, 14, size=(12, 3)):
-        region = (slice(z0, z0 + 16), slice(y0, y0 + 18), slice(x0, x0 + 20))
+def _check_certificate(height, seeds, mask, regions):
+    """Certified voxels of every region carry the whole-volume label and level; returns the
+    uncertain counts of the coarse (C1 only) and the full (C0-C2) certificate."""
+    whole, whole_level = flood(height, seeds, mask)
+    coarse = full = 0
+    for region in regions:
         lab, level = flood(height[region], seeds[region], mask[region])
-        unc = uncertain_voxels(height[region], mask[region], level, artificial_faces(region, height.shape))
+        faces = artificial_faces(region, height.shape)
+        unc1 = uncertain_voxels(height[region], mask[region], level, faces)
+        unc = uncertain_voxels(height[region], mask[region], level, faces, lab, seeds[region])
         ok = ~unc
         assert np.array_equal(lab[ok], whole[region][ok])
-        certified += int((ok & mask[region]).sum())
-    assert certified > 0
+        okm = ok & mask[region]
+        assert np.array_equal(level[okm], whole_level[region][okm])
+        assert not (unc & ~unc1).any()  # the full certificate only adds certified voxels
+        coarse, full = coarse + int(unc1.sum()), full + int(unc.sum())
+    return coarse, full
+
+
+def test_flood_is_deterministic_and_certified_voxels_match_whole_volume():
+    rng = np.random.default_rng(0)
+    for levels, density in ((6, 0.8), (3, 0.95), (40, 0.7)):  # few levels = many plateaus = many ties
+        height = rng.integers(0, levels, size=(30, 34, 38)).astype(np.uint8)
+        mask = rng.random(height.shape) < density
+        seeds = np.zeros(height.shape, np.uint64)
+        pos = rng.integers(0, 30, size=(40, 3))
+        seeds[pos[:, 0], pos[:, 1], pos[:, 2]] = np.arange(1, 41)
+        whole, _ = flood(height, seeds, mask)
+        assert np.array_equal(whole, flood(height, seeds, mask)[0])
+        regions = [(slice(z, z + 16), slice(y, y + 18), slice(x, x + 20)) for z, y, x in rng.integers(0, 14, size=(8, 3))]
+        coarse, full = _check_certificate(height, seeds, mask, regions)
+        assert full < coarse
+
+
+def test_certificate_on_touching_nuclei_certifies_contact_shells():
+    """Perfect BCD heights of touching nuclei: rule C2 certifies the equal-height contact
+    shells that C1 leaves to the tie, and every certified voxel is right."""
+    import cc3d
+
+    labels = adversarial_labels()
+    seeds_mask, fg, height = DECODER.decode(bcd_targets(labels))
+    seeds = cc3d.connected_components(seeds_mask.view(np.uint8), connectivity=26, out_dtype=np.uint64)
+    regions = [(slice(0, 28), slice(8, 40), slice(4, 40)), (slice(10, 40), slice(0, 30), slice(20, 56))]
+    coarse, full = _check_certificate(height, seeds, fg, regions)
+    assert coarse > 0 and full < coarse / 2
 
 
 def test_flood_breaks_ties_by_raster_order():
@@ -272,6 +298,7 @@ def test_seed_components_across_faces_edges_and_corners_equal_whole_volume(tmp_p
     work = str(tmp_path / "work")
     zarr.open_group(work, mode="w")
     zarr.create_array(f"{work}/seeds", shape=shape, chunks=(4, 4, 4), dtype=np.uint64, fill_value=0)
+    zarr.create_array(f"{work}/height", shape=shape, chunks=(4, 4, 4), dtype=np.uint8, fill_value=0)
     decoder = ThreeLabelDecoder(min_seed_size=1)
     job = _Job(str(tmp_path / "p.zarr"), work, shape, block_shape, (0, 0, 0), (4, 4, 4), decoder,
                (("P_bg", "prob"), ("P_boundary", "prob"), ("P_interior", "prob")))  # fmt: skip
@@ -280,7 +307,7 @@ def test_seed_components_across_faces_edges_and_corners_equal_whole_volume(tmp_p
     edges = np.concatenate([_pairs_task(b, job) for b in grid.block_ids])
     values, n = merge_seeds([s[0] for s in seeds], [s[1] for s in seeds], edges, 1)
     _write_tables(f"{work}/seed_tables", {b: (s[0], v) for b, s, v in zip(grid.block_ids, seeds, values)})
-    blockwise = _global_seeds(job, grid, tuple(slice(0, s) for s in shape))
+    blockwise, _ = _global_seeds(job, grid, tuple(slice(0, s) for s in shape))
     whole, n_whole = cc3d.connected_components(mask, connectivity=26, return_N=True)
     assert n == n_whole and same_partition(whole, blockwise)
     assert any(True for _ in grid.interfaces()) and len(edges) > 0

@@ -27,17 +27,23 @@ from scipy import ndimage as ndi
 from ..errors import BlocksegError
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _level(value, lo, scale):
+    """``value`` mapped linearly from ``[lo, lo + 255 / scale]`` onto 0..255 (rounded, clipped)."""
+    x = (value - lo) * scale
+    if x < 0:
+        x = 0
+    elif x > 255:
+        x = 255
+    return np.uint8(np.rint(x))
+
+
 @numba.njit(cache=True, nogil=True)
 def _quantise_kernel(values, lo, scale, out):
     v = values.ravel()
     o = out.ravel()
     for i in range(v.size):
-        x = (v[i] - lo) * scale
-        if x < 0:
-            x = 0
-        elif x > 255:
-            x = 255
-        o[i] = np.uint8(np.rint(x))
+        o[i] = _level(v[i], lo, scale)
 
 
 def quantise_height(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -56,12 +62,7 @@ def _bcd_kernel(b, c, d, seed_b, seed_c, seed_d, fg_b, fg_d, seeds, fg, height):
         fi = bb[i] > fg_b and dd[i] > fg_d
         f[i] = fi
         s[i] = fi and bb[i] > seed_b and cc[i] < seed_c and dd[i] > seed_d
-        x = (np.float32(1.0) - dd[i]) * np.float32(127.5)  # -D over [-1, 1] onto 0..255
-        if x < 0:
-            x = 0
-        elif x > 255:
-            x = 255
-        h[i] = np.uint8(np.rint(x))
+        h[i] = _level(-dd[i], np.float32(-1.0), np.float32(127.5))  # -D over [-1, 1] onto 0..255
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Decoder:
 
     name: ClassVar[str] = ""
     channels: ClassVar[tuple[str, ...]] = ()
-    #: channel averaged over an instance as its score
+    #: channel the per-voxel score (averaged over an instance) is computed from
     score_channel: ClassVar[str] = ""
     #: voxels of context the masks need beyond the voxel itself
     support: ClassVar[int] = 0
@@ -104,7 +105,7 @@ class Decoder:
         raise NotImplementedError
 
     def score(self, ch: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Per-voxel foreground probability used as instance score."""
+        """Per-voxel foreground probability used as instance score (from ``score_channel`` only)."""
         return ch[self.score_channel]
 
 
@@ -152,7 +153,7 @@ class ThreeLabelDecoder(Decoder):
 
     name: ClassVar[str] = "3label"
     channels: ClassVar[tuple[str, ...]] = ("P_bg", "P_boundary", "P_interior")
-    score_channel: ClassVar[str] = "P_interior"
+    score_channel: ClassVar[str] = "P_bg"
 
     def decode(self, ch):
         fg = (1.0 - ch["P_bg"]) > self.fg_t
@@ -163,8 +164,11 @@ class ThreeLabelDecoder(Decoder):
         return 1.0 - ch["P_bg"]
 
 
-def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
-    return ndi.binary_dilation(mask, structure=ndi.generate_binary_structure(3, 1), iterations=iterations)
+def _foreground(mask: np.ndarray, dilation: int) -> np.ndarray:
+    """``mask`` dilated ``dilation`` times (6-connected); the decoders' ``support``."""
+    if not dilation:
+        return mask
+    return ndi.binary_dilation(mask, structure=ndi.generate_binary_structure(3, 1), iterations=int(dilation))
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ class SDTDecoder(Decoder):
 
     def decode(self, ch):
         s = ch["sdt"]
-        fg = _dilate(s < self.fg_t, int(self.dilation)) if self.dilation else s < self.fg_t
+        fg = _foreground(s < self.fg_t, self.dilation)
         seeds = (s < self.seed_t) & fg
         return seeds, fg, quantise_height(s, -1.0, 1.0)
 
@@ -219,9 +223,7 @@ class AffinityDecoder(Decoder):
 
     def decode(self, ch):
         az, ay, ax = ch["aff_z"], ch["aff_y"], ch["aff_x"]
-        fg = ch["fg"] > self.fg_t
-        if self.dilation:
-            fg = _dilate(fg, int(self.dilation))
+        fg = _foreground(ch["fg"] > self.fg_t, self.dilation)
         seeds = (az > self.seed_t) & (ay > self.seed_t) & (ax > self.seed_t) & fg
         mean = (az + ay + ax) / np.float32(3.0)
         return seeds, fg, quantise_height(1.0 - mean, 0.0, 1.0)

@@ -2,22 +2,26 @@
 
 Passes (each a set of independent block tasks that write only their own core):
 
-1. **seeds** -- decode the core, label the seed mask's 26-connected components, give them
-   ids ``grid.id_offset(block) + k`` (unique without coordination); return each component's
-   voxel count.
+1. **seeds** -- decode the core (the only time predictions are decoded), label the seed mask's
+   26-connected components, give them ids ``grid.id_offset(block) + k`` (unique without
+   coordination); write the core's uint8 height and its *seed code* (0 background, the
+   dtype's largest value foreground without seed, else the block seed id) to the work
+   directory; return each component's voxel count.
 2. **pairs** -- for every face, edge and corner the block shares with a later block, label the
    two-voxel slab of seed ids 26-connected: ids in one slab component are one seed.
 3. *driver* -- union-find (sparse connected components) over the pairs; global seed sizes;
    seeds under ``min_seed_size`` dropped; kept seeds numbered 1..S; one small lookup table per
    block (only the ids in that block) written to the work directory.
-4. **watershed** -- decode core + halo, map the seed ids of core + halo to global ids with the
-   tables of the (at most 27) blocks it overlaps, flood (:mod:`.flood`), write the core, mark
-   the core voxels the certificate cannot vouch for as *uncertain*, and return partial
-   per-instance statistics of the core (count, coordinate sums, bbox, summed score).
-5. **resolve** -- blocks with uncertain voxels run again with twice the halo (then four times,
-   ... up to ``max_halo``, by default one round), overwriting only their uncertain voxels, and return fresh
-   statistics; the new certificate decides what stays uncertain. Rounds read predictions and
-   seeds only, never labels, so no block reads what another writes.
+4. **watershed** -- read height and seed code of core + halo (written by the neighbours in
+   pass 1), map the seed ids to global ids with the tables of the (at most 27) blocks it
+   overlaps, flood (:mod:`.flood`), write the core, mark the core voxels the certificate cannot
+   vouch for as *uncertain*, and return partial per-instance statistics of the core (count,
+   coordinate sums, bbox, summed score).
+5. **resolve** -- blocks with uncertain voxels flood again the bounding box of those voxels
+   grown by twice the halo (then four times, ... up to ``max_halo``; by default none),
+   overwrite only their uncertain voxels, and return fresh statistics; the new certificate
+   decides what stays uncertain. Rounds read heights and seeds only, never labels, so no block
+   reads what another writes.
 6. *driver* -- reduce the statistics, remove instances under ``min_size``, number the rest
    1..N (in seed order); per-block tables again.
 7. **relabel** the work labels into the output volume; the instance table goes to
@@ -37,6 +41,7 @@ from typing import Mapping, Sequence
 
 import cc3d
 import fastremap
+import numba
 import numpy as np
 import zarr
 from scipy import sparse
@@ -100,18 +105,41 @@ def decode_region(job: _Job, region: Sequence[slice]):
 
 
 # ---------------------------------------------------------------------------- block tasks
+@numba.njit(cache=True, nogil=True)
+def _encode_seeds(cc, fg, offset, fg_value, out, counts):
+    """Seed code of a core (see :func:`segment`) and the voxel count of each component."""
+    c, f, o = cc.ravel(), fg.ravel(), out.ravel()
+    for i in range(c.size):
+        if c[i] != 0:
+            o[i] = c[i] + offset
+            counts[c[i]] += 1
+        elif f[i]:
+            o[i] = fg_value
+        else:
+            o[i] = 0
+
+
 def _seed_task(block_id: int, job: _Job):
+    """Decode the core once: write its height and its seed/foreground code (see :func:`segment`),
+    return the block's seed ids and their voxel counts."""
     grid = job.grid()
     block = grid[block_id]
-    seeds, _, _, _ = decode_region(job, block.core)
-    cc = cc3d.connected_components(seeds.view(np.uint8), connectivity=26, out_dtype=np.uint64)
-    ids, counts = fastremap.unique(cc, return_counts=True)
-    keep = ids != 0
-    offset = grid.id_offset(block_id)
-    cc[cc != 0] += offset
+    seeds, fg, height, _ = decode_region(job, block.core)
+    cc, n = cc3d.connected_components(seeds.view(np.uint8), connectivity=26, out_dtype=np.uint32, return_N=True)
     seeds_out = job.array("seeds")
-    seeds_out[block.core] = cc.astype(seeds_out.dtype, copy=False)
-    return ids[keep].astype(np.uint64) + offset, counts[keep].astype(np.int64)
+    dtype = seeds_out.dtype
+    code = np.empty(cc.shape, dtype=dtype)
+    counts = np.zeros(n + 1, dtype=np.int64)
+    _encode_seeds(cc, fg, dtype.type(grid.id_offset(block_id)), dtype.type(_fg_code(dtype)), code, counts)
+    seeds_out[block.core] = code
+    job.array("height")[block.core] = height
+    ids = np.arange(1, n + 1, dtype=np.uint64) + grid.id_offset(block_id)
+    return ids, counts[1:]
+
+
+def _fg_code(dtype) -> int:
+    """Seed-array value of a foreground voxel that is not a seed (the dtype's largest value)."""
+    return int(np.iinfo(dtype).max)
 
 
 def _later_neighbours(grid: BlockGrid, block_id: int) -> list[Interface]:
@@ -128,10 +156,10 @@ def _pairs_task(block_id: int, job: _Job) -> np.ndarray:
     edges = [np.zeros((0, 2), dtype=np.uint64)]
     for iface in _later_neighbours(grid, block_id):
         slab = seeds[grid.interface_slices(iface, 1)]
-        if not slab.any():
+        sel = (slab != 0) & (slab != _fg_code(slab.dtype))
+        if not sel.any():
             continue
-        cc = cc3d.connected_components(slab != 0, connectivity=26)
-        sel = slab != 0
+        cc = cc3d.connected_components(sel, connectivity=26)
         pairs = np.unique(np.stack([cc[sel].astype(np.uint64), slab[sel]], axis=1), axis=0)
         # within one slab component, link every id to the component's first id
         first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
@@ -152,44 +180,96 @@ def _relabel_task(block_id: int, job: _Job, src: str, dst: str, table_dir: str):
     target[core] = out.astype(target.dtype, copy=False)
 
 
-def _global_seeds(job: _Job, grid: BlockGrid, region: tuple[slice, ...]) -> np.ndarray:
-    """Raw block seed ids of ``region`` mapped to global seed ids with the tables of the blocks
-    whose cores ``region`` overlaps (only those tables are loaded)."""
-    mapping = {0: 0}
+def _global_seeds(job: _Job, grid: BlockGrid, region: tuple[slice, ...], compact: bool = False):
+    """Seeds and foreground of ``region``: raw block seed ids mapped to global seed ids with the
+    tables of the blocks whose cores ``region`` overlaps (only those tables are loaded).
+
+    With ``compact``, seeds are numbered 1..K in the order of their global ids and returned as
+    uint16 when K < 65535 (a smaller flood: labels only need to be told apart), together with
+    the lookup table ``local -> global`` (else None and global ids).
+    """
+    raw = job.array("seeds")[region]
+    code = _fg_code(raw.dtype)
+    keys, values = [np.zeros(1, raw.dtype), np.full(1, code, raw.dtype)], [np.zeros(2, np.uint64)]
     for bid in grid.blocks_in(region):
         data = np.load(os.path.join(job.work_path, "seed_tables", f"{bid}.npz"))
-        mapping.update(zip(data["keys"].tolist(), data["values"].tolist()))
-    raw = job.array("seeds")[region]
-    return fastremap.remap(raw, mapping, preserve_missing_labels=False, in_place=True)
+        keys.append(data["keys"])
+        values.append(data["values"])
+    keys, values = np.concatenate(keys), np.concatenate(values)
+    fg = raw != 0
+    lut = None
+    if compact:
+        gids = np.unique(values)  # 0 first
+        if gids.size < 65535:
+            values = np.searchsorted(gids, values)
+            lut = gids
+    mapping = dict(zip(keys.tolist(), values.tolist()))
+    seeds = fastremap.remap(raw, mapping, preserve_missing_labels=False, in_place=True)
+    if lut is not None:
+        seeds = seeds.astype(np.uint16)
+    return (seeds, fg, lut) if compact else (seeds, fg)
 
 
-def _watershed_task(block_id: int, job: _Job, halo: tuple[int, ...], first: bool):
-    """Flood core + ``halo``; write the core (first pass) or its uncertain voxels (later rounds).
+def _score(job: _Job, region: tuple[slice, ...]) -> np.ndarray:
+    """Per-voxel instance score of ``region`` (reads the decoder's score channel only)."""
+    c = job.decoder.score_channel
+    vol = open_predictions(job.pred_path, (c,))[c]
+    return job.decoder.score({c: decode_channel(vol.array[region], dict(job.kinds)[c])})
 
-    Returns (voxels considered, voxels left uncertain, partial statistics of the core).
-    """
+
+def _flood_region(job: _Job, grid: BlockGrid, outer: tuple[slice, ...]):
+    """Flood ``outer`` from the stored heights and global seeds; labels, foreground and the
+    certificate's uncertain mask."""
+    height = job.array("height")[outer]
+    seeds, fg, lut = _global_seeds(job, grid, outer, compact=True)
+    labels, level = flood(height, seeds, fg)
+    unc = uncertain_voxels(height, fg, level, artificial_faces(outer, job.shape), labels, seeds)
+    return labels, fg, unc, lut
+
+
+def _to_global(labels: np.ndarray, lut) -> np.ndarray:
+    return labels if lut is None else lut.astype(np.uint32 if lut[-1] < 2**32 else np.uint64)[labels]
+
+
+def _watershed_task(block_id: int, job: _Job, halo: tuple[int, ...]):
+    """Flood core + ``halo`` and write the core; mark the voxels the certificate cannot vouch
+    for. Returns (foreground voxels, uncertain voxels, partial statistics of the core)."""
     grid = job.grid()
     block = grid[block_id]
     core = block.core
     outer = expand(core, halo, job.shape)
-    _, fg, height, ch = decode_region(job, outer)
-    labels, level = flood(height, _global_seeds(job, grid, outer), fg)
-    unc = uncertain_voxels(height, fg, level, artificial_faces(outer, job.shape))
+    labels, fg, unc, lut = _flood_region(job, grid, outer)
     inner = _within(core, outer)
-    lab, unc = labels[inner], unc[inner]
-    raw, umap = job.array("labels"), job.array("uncertain")
-    score = job.decoder.score({c: v[inner] for c, v in ch.items()})
-    if first:
-        raw[core] = lab
-        umap[core] = unc
-        return int(fg[inner].sum()), int(unc.sum()), partial_stats(lab, score, block.origin)
-    prev = umap[core].astype(bool)
+    lab, unc = _to_global(labels[inner], lut), unc[inner]
+    job.array("labels")[core] = lab
+    n_unc = int(unc.sum())
+    if n_unc:
+        job.array("uncertain")[core] = unc
+    return int(fg[inner].sum()), n_unc, partial_stats(lab, _score(job, core), block.origin)
+
+
+def _resolve_task(block_id: int, job: _Job, halo: tuple[int, ...]):
+    """Flood the bounding box of the block's uncertain voxels grown by ``halo``; overwrite only
+    those voxels. Returns (voxels considered, voxels left uncertain, statistics of the core)."""
+    grid = job.grid()
+    block = grid[block_id]
+    core = block.core
+    umap = job.array("uncertain")
+    prev = umap[core]
+    nz = np.nonzero(prev)
+    box = tuple(slice(c.start + int(i.min()), c.start + int(i.max()) + 1) for c, i in zip(core, nz))
+    outer = expand(box, halo, job.shape)
+    labels, _, unc, lut = _flood_region(job, grid, outer)
+    raw = job.array("labels")
     current = raw[core]
-    current[prev] = lab[prev]
+    in_core, in_outer = _within(box, core), _within(box, outer)
+    p = prev[in_core]
+    current[in_core][p] = _to_global(labels[in_outer][p], lut)
     raw[core] = current
-    left = prev & unc
+    left = np.zeros_like(prev)
+    left[in_core] = p & unc[in_outer]
     umap[core] = left
-    return int(prev.sum()), int(left.sum()), partial_stats(current, score, block.origin)
+    return int(p.sum()), int(left.sum()), partial_stats(current, _score(job, core), block.origin)
 
 
 # ---------------------------------------------------------------------------- driver steps
@@ -248,10 +328,11 @@ class SegmentReport:
     foreground_voxels : int
         Voxels in the decoded foreground.
     uncertain_voxels : int
-        Core voxels the first pass could not certify (they needed the resolution pass).
+        Core voxels the first pass could not certify (:mod:`.flood`, rules C0-C2); these are
+        the voxels a resolution round floods again.
     unresolved_voxels : int
-        Voxels still uncertain after the last round (0 means certified identical to a
-        whole-volume run).
+        Voxels still uncertain after the last round (all of ``uncertain_voxels`` when no round
+        runs; 0 means certified identical to a whole-volume run). They keep their label.
     rounds : list of dict
         Per resolution round: halo, blocks run, voxels entering and leaving uncertain.
     seconds : dict
@@ -313,8 +394,8 @@ def segment(
     halo : int or sequence of int, optional
         Context read around each core for the watershed (default 24, clipped to the block).
     max_halo : int or sequence of int, optional
-        Largest halo of the resolution rounds (default 2 x ``halo``: one round; equal to
-        ``halo``: no round, only the certificate). Voxels still uncertain
+        Largest halo of the resolution rounds (default ``halo``: no round, only the
+        certificate, the fast configuration; e.g. 2 x ``halo``: one round). Voxels still uncertain
         there keep their label and are counted in ``unresolved_voxels``.
     client : distributed.Client, optional
         Dask client; None runs the blocks in this process.
@@ -344,7 +425,7 @@ def segment(
     grid0 = first.grid(block_shape)
     halo = _as_triple(DEFAULT_HALO if halo is None else halo, "halo")
     halo = tuple(min(h, b) for h, b in zip(halo, grid0.block_shape))
-    max_halo = tuple(2 * h for h in halo) if max_halo is None else _as_triple(max_halo, "max_halo")
+    max_halo = halo if max_halo is None else _as_triple(max_halo, "max_halo")
     if any(m < h for m, h in zip(max_halo, halo)):
         raise BlocksegError(f"max_halo {max_halo} is smaller than the halo {halo}")
     grid = first.grid(grid0.block_shape, halo)
@@ -353,9 +434,11 @@ def segment(
     _prepare_destination(work, True)
     zarr.open_group(work, mode="w")
     kw = dict(shape=grid.shape, chunks=first.write_unit, fill_value=0, compressors=None)  # scratch: fast, not small
-    # block-offset ids are below len(grid) * block_voxels: uint32 when that fits
-    id_dtype = np.uint32 if len(grid) * grid.block_voxels < 2**32 else np.uint64
+    # block-offset ids are at most len(grid) * block_voxels: uint32 when that fits below the
+    # foreground code (the largest value)
+    id_dtype = np.uint32 if len(grid) * grid.block_voxels < 2**32 - 1 else np.uint64
     zarr.create_array(f"{work}/seeds", dtype=id_dtype, **kw)
+    zarr.create_array(f"{work}/height", dtype=np.uint8, **kw)
     zarr.create_array(f"{work}/labels", dtype=id_dtype, **kw)
     zarr.create_array(f"{work}/uncertain", dtype=bool, **kw)
     kinds = tuple((c, prediction_kind(vols[c], c)) for c in decoder.channels)
@@ -378,7 +461,7 @@ def segment(
     _write_tables(f"{work}/seed_tables", {b: (s[0], v) for b, s, v in zip(ids, seeds, values)})
     t = timed("seed_merge", t)
 
-    results = run(partial(_watershed_task, job=job, halo=halo, first=True), name="watershed")
+    results = run(partial(_watershed_task, job=job, halo=halo), name="watershed")
     report.foreground_voxels = int(sum(r[0] for r in results))
     parts = {b: r[2] for b, r in zip(ids, results)}
     pending = [b for b, r in zip(ids, results) if r[1]]
@@ -391,7 +474,7 @@ def segment(
             break
         current = bigger
         res = run_blocks(
-            partial(_watershed_task, job=job, halo=current, first=False), pending, client=client,
+            partial(_resolve_task, job=job, halo=current), pending, client=client,
             name=f"resolve-halo-{max(current)}", progress=progress,
         )  # fmt: skip
         entering, left = sum(r[0] for r in res), sum(r[1] for r in res)
