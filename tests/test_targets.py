@@ -381,7 +381,7 @@ def test_affinity_target_decodes_separate_nuclei():
 
 
 @pytest.mark.xfail(strict=True, reason="AffinityDecoder seeds (all 3 affinities > t, 26-connected) merge "
-                   "touching nuclei: see NOTES_targets.md")  # fmt: skip
+                   "touching nuclei: see README, Limits")  # fmt: skip
 def test_affinity_target_decodes_touching_nuclei(touching):
     from blockseg.segment import AffinityDecoder
 

@@ -25,7 +25,7 @@ def demo_checkpoint_path() -> str:
     """Path of the shipped demo checkpoint (residual U-Net, representations B, C, D, cpv).
 
     Trained on synthetic NucMM-Z-like EM data by ``configs/train_demo.yaml``; see
-    ``NOTES_models.md`` / the README for how it was made and how well it segments.
+    the README (`blockseg train`, "The demo checkpoint") for how it was made and how well it segments.
     """
     from importlib.resources import files
 
