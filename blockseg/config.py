@@ -89,7 +89,7 @@ class PredictConfig(_Strict):
 
 
 class SegmentConfig(_Strict):
-    decoder: Literal["bcd", "3label", "sdt", "aff", "cpv"] = "bcd"
+    decoder: Literal["bcd", "3label", "sdt", "affinities", "cpv"] = "bcd"
     params: dict[str, Any] = Field(default_factory=dict)
     block_shape: Optional[Triple] = None
     halo: Optional[Triple] = None

@@ -427,10 +427,13 @@ def run(
         p = getattr(cfg.data, key)
         if p is not None and not os.path.exists(p) and "://" not in p:
             raise BlocksegError(f"data.{key} {p} does not exist")
-    ckpt = checkpoint_path(cfg)
-    from .models import read_checkpoint
+    from .models import check_decoder_channels, read_checkpoint
+    from .segment import make_decoder
 
-    read_checkpoint(ckpt)  # fail before any work on a missing or foreign checkpoint
+    # fail before any work on a missing or foreign checkpoint, or on a decoder that reads
+    # channels the network does not predict
+    payload = read_checkpoint(checkpoint_path(cfg))
+    check_decoder_channels(payload, make_decoder(cfg.segment.decoder, **(cfg.segment.params or {})))
     _claim_run_dir(cfg, layout, overwrite)
     actions = plan(cfg, from_stage, only)
     fps = fingerprints(cfg, layout)

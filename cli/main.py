@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"blockseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permission denied, ... while reading or writing
+        if args.debug:
+            raise
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"blockseg {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"blockseg {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
         chunks=zyx(args.chunks, "--chunks"),
         progress=not args.no_progress,
     )
+    # the plan validates image, checkpoint and geometry: fail before starting a cluster
+    plan = predict(args.image, args.checkpoint, args.output, dry_run=True, **kwargs)
     if args.dry_run:
-        plan = predict(args.image, args.checkpoint, args.output, dry_run=True, **kwargs)
         print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
         return 0
     with cluster.dask_client(cluster_config(args), quiet=args.json) as client:
