@@ -20,7 +20,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_unet  # noqa: E402  (registers "bench_resunet")
+from measure import RssSampler  # noqa: E402
 
 from blockseg.cluster import ClusterConfig, dask_client  # noqa: E402
 from blockseg.io import open_volume  # noqa: E402
@@ -38,25 +38,6 @@ from blockseg.predict import predict  # noqa: E402
 from blockseg.synth import SynthParams, synthesize  # noqa: E402
 
 NORM = {"offset": 128.0, "scale": 64.0}
-
-
-class RssSampler(threading.Thread):
-    """Peak RSS of given process ids, sampled every ``interval`` seconds."""
-
-    def __init__(self, pids, interval=0.1):
-        super().__init__(daemon=True)
-        self.procs = {p: psutil.Process(p) for p in pids}
-        self.peak = {p: 0 for p in pids}
-        self.interval, self.stop = interval, threading.Event()
-
-    def run(self):
-        while not self.stop.is_set():
-            for p, proc in self.procs.items():
-                try:
-                    self.peak[p] = max(self.peak[p], proc.memory_info().rss)
-                except Exception:
-                    pass
-            time.sleep(self.interval)
 
 
 def load() -> list[float]:

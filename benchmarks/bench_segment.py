@@ -29,7 +29,6 @@ import os
 import platform
 import resource
 import sys
-import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -38,12 +37,14 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 from blockseg.cluster import ClusterConfig, dask_client, run_blocks  # noqa: E402
 from blockseg.io import create_volume, open_volume  # noqa: E402
 from blockseg.segment import BCDDecoder, segment  # noqa: E402
 from blockseg.segment.synthetic import random_nuclei, rasterise  # noqa: E402
 from blockseg.targets import write_bcd_targets  # noqa: E402
+from measure import RssSampler  # noqa: E402
 
 
 def _label_block(block_id, path, block_shape, centres, radii):
@@ -130,27 +131,6 @@ def _cpu_seconds(pids) -> float:
         t = psutil.Process(p).cpu_times()
         total += t.user + t.system
     return total
-
-
-class RssSampler(threading.Thread):
-    """Peak RSS of given process ids, sampled every ``interval`` seconds."""
-
-    def __init__(self, pids, interval=0.1):
-        super().__init__(daemon=True)
-        import psutil
-
-        self.procs = {p: psutil.Process(p) for p in pids}
-        self.peak = {p: 0 for p in pids}
-        self.interval, self.stop = interval, threading.Event()
-
-    def run(self):
-        while not self.stop.is_set():
-            for p, proc in self.procs.items():
-                try:
-                    self.peak[p] = max(self.peak[p], proc.memory_info().rss)
-                except Exception:
-                    pass
-            time.sleep(self.interval)
 
 
 def _whole(pred_path, decoder, whole_npy, own):

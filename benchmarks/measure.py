@@ -17,16 +17,26 @@ import time
 
 import psutil
 
+from blockseg.provenance import tree_rss
 
-def tree_rss(proc: psutil.Process) -> int:
-    """Resident memory of ``proc`` and all its descendants, in bytes."""
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
+
+class RssSampler(threading.Thread):
+    """Peak RSS of given process ids (e.g. Dask workers), sampled every ``interval`` seconds."""
+
+    def __init__(self, pids, interval=0.1):
+        super().__init__(daemon=True)
+        self.procs = {p: psutil.Process(p) for p in pids}
+        self.peak = {p: 0 for p in pids}
+        self.interval, self.stop = interval, threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            for p, proc in self.procs.items():
+                try:
+                    self.peak[p] = max(self.peak[p], proc.memory_info().rss)
+                except Exception:
+                    pass
+            time.sleep(self.interval)
 
 
 def measure(cmd: list[str], interval: float = 0.05) -> dict:
