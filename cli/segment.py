@@ -7,8 +7,6 @@ import json
 import sys
 from dataclasses import fields
 
-from blockseg.errors import BlocksegError
-
 from .options import add_cluster_options, add_output_options, check_output, cluster_config, zyx
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 import pytest
 
 from blockseg import BlocksegError

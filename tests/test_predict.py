@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
 from pathlib import Path
 
@@ -12,16 +10,12 @@ import pytest
 import torch
 import zarr
 
-import blockseg_cli
 from blockseg import BlocksegError
 from blockseg.io import create_volume
 from blockseg.models import IdentityNet, TinyConvNet, save_checkpoint
 from blockseg.predict import predict, predict_array
 from blockseg.predict.lattice import Lattice, reflect_index, window_1d
-from blockseg.predictions import encode_channel, open_predictions, read_channels
-
-blockseg_cli.__path__.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
-predict_cmd = importlib.import_module("blockseg_cli.predict")
+from blockseg.predictions import encode_channel, open_predictions
 
 NORM = {"offset": 128.0, "scale": 64.0}
 SHAPE = (23, 37, 41)
@@ -252,18 +246,10 @@ def test_cuda_matches_cpu(tmp_path, image):  # pragma: no cover - GPU machines o
 
 # ---------------------------------------------------------------------------- CLI
 def run_cli(argv):
+    """``blockseg predict ARGV`` through the real entry point (one-line errors on stderr)."""
     from blockseg_cli.main import main
 
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    predict_cmd.register(sub)
-    args = parser.parse_args(["predict", *argv])
-    args.command, args.debug = "predict", False
-    try:
-        return int(args.func(args) or 0)
-    except BlocksegError as e:
-        print(f"blockseg predict: error: {e}")
-        return 2
+    return main(["predict", *argv])
 
 
 def test_cli_happy_path_and_errors(tmp_path, image_zarr, capsys, monkeypatch):
@@ -282,8 +268,8 @@ def test_cli_happy_path_and_errors(tmp_path, image_zarr, capsys, monkeypatch):
     assert run_cli([image_zarr, str(tmp_path / "m.pt"), out, "--block", "12", "24", "24", "--json", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["computed"] == 0
     assert run_cli([image_zarr, str(tmp_path / "m.pt"), out, "--no-resume"]) == 2
-    assert "already exists" in capsys.readouterr().out
+    assert "already exists" in capsys.readouterr().err
     assert run_cli([image_zarr, str(tmp_path / "nope.pt"), str(tmp_path / "x.zarr")]) == 2
-    assert "does not exist" in capsys.readouterr().out
+    assert "does not exist" in capsys.readouterr().err
     assert run_cli([image_zarr, str(tmp_path / "m.pt"), str(tmp_path / "x.zarr"), "--block", "5"]) == 2
-    assert "multiple of the chunk" in capsys.readouterr().out
+    assert "multiple of the chunk" in capsys.readouterr().err

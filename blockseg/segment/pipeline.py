@@ -31,7 +31,6 @@ Passes (each a set of independent block tasks that write only their own core):
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -50,7 +49,7 @@ from scipy.sparse.csgraph import connected_components
 from ..cluster import run_blocks
 from ..errors import BlocksegError
 from ..grid import BlockGrid, Interface
-from ..io import _prepare_destination, create_volume, open_volume
+from ..io import _prepare_destination, create_volume
 from ..predictions import decode_channel, open_predictions, prediction_kind
 from .decoders import BCDDecoder, Decoder
 from .flood import artificial_faces, flood, uncertain_voxels
@@ -498,7 +497,7 @@ def segment(
     tables = f"{work}/label_tables"
     _write_tables(tables, per_block)
     dtype = np.uint32 if report.n_instances < 2**32 - 1 else np.uint64
-    out = create_volume(
+    create_volume(
         out_path, grid.shape, dtype, first.voxel_size, first.array.chunks,
         shards=getattr(first.array, "shards", None), name="nuclei",
         attributes={"segment": {"decoder": decoder.name, "params": decoder.params(), "block_shape": list(grid.block_shape), "halo": list(halo)}},
