@@ -24,7 +24,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import BlocksegError
+from .errors import BlocksegError, describe_validation_error
 
 Triple = Union[int, tuple[int, int, int]]
 STAGES = ("data", "predict", "segment", "evaluate")
@@ -152,16 +152,6 @@ class RunConfig(_Strict):
         return self.model_dump(mode="json")
 
 
-def _format_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{source}: config key {loc}: {msg}{more}"
-
-
 _PATH_KEYS = {"data": ("image", "ground_truth", "mask")}
 
 
@@ -208,7 +198,7 @@ def parse_config(raw: Any, source: str = "config", base_dir: str | None = None) 
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise BlocksegError(_format_error(e, source)) from None
+        raise BlocksegError(f"{source}: config key {describe_validation_error(e)}") from None
 
 
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunConfig:

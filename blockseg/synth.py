@@ -125,6 +125,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def preset_params(preset: str, **overrides) -> SynthParams:
+    """:class:`SynthParams` of a named preset, with every override that is not None applied."""
+    if preset not in PRESETS:
+        raise BlocksegError(f"unknown preset {preset!r}; use one of {sorted(PRESETS)}")
+    kw = dict(PRESETS[preset])
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return SynthParams(**kw)
+
+
 # ----------------------------------------------------------------------------- nuclei
 @dataclass(frozen=True)
 class NucleusTable:

@@ -197,34 +197,29 @@ def _stage_data(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict
 
     d = cfg.data
     if d.synth is not None:
-        from .synth import PRESETS, SynthParams, synthesize
+        from .synth import preset_params, synthesize
 
         s = d.synth
-        kw = dict(PRESETS[s.preset])
-        kw["shape"] = tuple(s.shape)
-        for name in ("density", "radius", "mode", "voxel_size"):
-            if getattr(s, name) is not None:
-                kw[name] = getattr(s, name)
-        summary = synthesize(
-            layout.image, SynthParams(**kw, mask=s.mask, seed=s.seed), chunks=d.chunks, client=client,
-            overwrite=True, progress=False,
+        params = preset_params(
+            s.preset, shape=tuple(s.shape), density=s.density, radius=s.radius, mode=s.mode, voxel_size=s.voxel_size,
+            mask=s.mask, seed=s.seed,
         )  # fmt: skip
-        return {"synth": summary.to_dict() if hasattr(summary, "to_dict") else str(summary)}
+        summary = synthesize(layout.image, params, chunks=d.chunks, client=client, overwrite=True, progress=False)
+        return {"synth": summary.to_dict()}
     out = {}
     if layout.image != d.image:
         import_volume(d.image, layout.image, d.voxel_size, d.image_key, d.chunks, overwrite=True)
         out["imported_image"] = layout.image
+    img = open_volume(layout.image)
     if d.ground_truth is not None and layout.ground_truth != d.ground_truth:
-        img = open_volume(layout.image)
         import_volume(d.ground_truth, layout.ground_truth, img.voxel_size, d.ground_truth_key, img.chunks, overwrite=True)
         out["imported_ground_truth"] = layout.ground_truth
     if d.mask is not None and layout.mask != d.mask:
-        img = open_volume(layout.image)
         import_volume(d.mask, layout.mask, img.voxel_size, None, img.chunks, overwrite=True)
-    img = open_volume(layout.image)
     for name, path in (("ground truth", layout.ground_truth), ("mask", layout.mask)):
-        if path is not None and open_volume(path).shape != img.shape:
-            raise BlocksegError(f"{name} {path} has shape {open_volume(path).shape}, the image {img.shape}")
+        shape = open_volume(path).shape if path is not None else img.shape
+        if shape != img.shape:
+            raise BlocksegError(f"{name} {path} has shape {shape}, the image {img.shape}")
     out["image"] = {"path": layout.image, "shape": list(img.shape), "voxel_size": list(img.voxel_size)}
     return out
 

@@ -7,7 +7,7 @@ import json
 
 from blockseg.cluster import dask_client
 from blockseg.io import check_destination
-from blockseg.synth import PRESETS, SynthParams, synthesize
+from blockseg.synth import PRESETS, preset_params, synthesize
 
 from .options import add_cluster_options, cluster_config, zyx
 
@@ -40,13 +40,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    kw = dict(PRESETS[args.preset])
-    for name in ("shape", "density", "radius", "mode"):
-        if getattr(args, name) is not None:
-            kw[name] = getattr(args, name)
-    if args.voxel_size:
-        kw["voxel_size"] = zyx(args.voxel_size, "--voxel-size", float)
-    params = SynthParams(**kw, mask=args.mask, seed=args.seed)
+    params = preset_params(
+        args.preset, shape=args.shape, density=args.density, radius=args.radius, mode=args.mode,
+        voxel_size=zyx(args.voxel_size, "--voxel-size", float), mask=args.mask, seed=args.seed,
+    )  # fmt: skip
     check_destination(args.out, args.overwrite)  # fail before starting a cluster
     with dask_client(cluster_config(args)) as client:
         summary = synthesize(

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import BlocksegError
+from ..errors import BlocksegError, describe_validation_error
 from ..models.base import REPRESENTATIONS
 
 
@@ -131,16 +131,6 @@ class TrainConfig(_Strict):
         raise ValueError("must be 'mean_std' or {offset: float, scale: float > 0}")
 
 
-def _one_line(err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-    msg = e["msg"]
-    if e["type"] == "extra_forbidden":
-        msg = "unknown key"
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"training config: {loc}: {msg}{more}"
-
-
 def parse_config(data: dict) -> TrainConfig:
     """Validate a config dict; raise :class:`BlocksegError` with one line naming the key."""
     if not isinstance(data, dict):
@@ -148,7 +138,7 @@ def parse_config(data: dict) -> TrainConfig:
     try:
         return TrainConfig(**data)
     except ValidationError as err:
-        raise BlocksegError(_one_line(err)) from None
+        raise BlocksegError(f"training config: {describe_validation_error(err)}") from None
 
 
 def load_config(path) -> TrainConfig:
