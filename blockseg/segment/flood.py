@@ -149,7 +149,8 @@ def _flood_kernel(h, lab, lev, pool, sy, sz, wall):
                 pool[tb, tail_pos[p]] = w
                 tail_pos[p] += 1
             continue
-        # push seed j at its own height p
+        # push seed j at its own height p (the same push as for a neighbour above, written out
+        # on purpose: a shared numba helper, inlined or not, measured 2-3x slower on 8 M voxels)
         lev[j] = p
         tb = tail_blk[p]
         if tb == -1 or tail_pos[p] == size:
