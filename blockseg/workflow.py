@@ -150,17 +150,20 @@ def _read_record(layout: RunLayout, stage: str) -> dict | None:
         return None  # a damaged record counts as missing: the stage is redone
 
 
-def plan(cfg: RunConfig, from_stage: str | None = None, only: str | None = None) -> dict[str, str]:
+def plan(
+    cfg: RunConfig, from_stage: str | None = None, only: str | None = None, fps: dict[str, str] | None = None
+) -> dict[str, str]:
     """What each stage will do: ``skip``, ``resume`` or ``run``.
 
     ``from_stage`` forces that stage and the later ones to run; ``only`` restricts the run to
-    one stage (its inputs must be complete).
+    one stage (its inputs must be complete). ``fps``: the stage fingerprints, if already
+    computed (:func:`fingerprints` hashes the checkpoint file).
     """
     for name, v in (("--from", from_stage), ("--only", only)):
         if v is not None and v not in STAGES:
             raise BlocksegError(f"{name} must be one of {list(STAGES)}, got {v!r}")
     layout = RunLayout.of(cfg)
-    fps = fingerprints(cfg, layout)
+    fps = fps or fingerprints(cfg, layout)
     actions: dict[str, str] = {}
     upstream_changed = False
     for stage in STAGES:
@@ -252,8 +255,7 @@ def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
     params = dict(s.params)
     if not params and cfg.model.checkpoint:  # decoder settings recommended by the checkpoint
         params = _recommended_decoder_params(cfg, s.decoder)
-    decoder = make_decoder(s.decoder, **params)
-    _check_channels(layout.predictions, decoder)
+    decoder = make_decoder(s.decoder, **params)  # run() checked its channels against the network
     under_image = layout.labels.startswith(layout.image.rstrip("/") + "/labels/")
     if under_image:
         import zarr
@@ -280,15 +282,6 @@ def _recommended_decoder_params(cfg: RunConfig, decoder: str) -> dict:
     if rec.get("name", decoder) != decoder:
         return {}
     return dict(rec.get("params", {}))
-
-
-def _check_channels(pred_path: str, decoder) -> None:
-    from .predictions import open_predictions
-
-    try:
-        open_predictions(pred_path, decoder.channels)
-    except BlocksegError as e:
-        raise BlocksegError(f"the model's outputs do not suit decoder {type(decoder).__name__}: {e}") from None
 
 
 def _stage_evaluate(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict:
@@ -430,8 +423,8 @@ def run(
     payload = read_checkpoint(checkpoint_path(cfg))
     check_decoder_channels(payload, make_decoder(cfg.segment.decoder, **(cfg.segment.params or {})))
     _claim_run_dir(cfg, layout, overwrite)
-    actions = plan(cfg, from_stage, only)
     fps = fingerprints(cfg, layout)
+    actions = plan(cfg, from_stage, only, fps)
     result = RunResult(layout)
     history = []
 
