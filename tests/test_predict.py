@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from blockseg import BlocksegError
 from blockseg.io import create_volume
 from blockseg.models import IdentityNet, TinyConvNet, save_checkpoint
 from blockseg.predict import predict, predict_array
+from blockseg.grid import BlockGrid
+from blockseg.predict.engine import block_layout
 from blockseg.predict.lattice import Lattice, reflect_index, window_1d
 from blockseg.predictions import encode_channel, open_predictions
 
@@ -80,6 +83,38 @@ def test_tiles_overlapping_is_exact():
         assert got == want
 
 
+@pytest.mark.parametrize(
+    "shape,patch,crop,overlap,pad,block,chunk",
+    [((30, 17, 50), (10, 9, 12), (1, 0, 2), (2, 3, 0), (3, 0, 1), (6, 4, 10), (3, 2, 5)),
+     ((40, 40, 40), (12, 12, 12), (2, 2, 2), (3, 3, 3), (0, 0, 0), (16, 8, 24), (8, 8, 8)),
+     ((9, 33, 21), (8, 8, 8), (0, 0, 0), (4, 1, 2), (5, 2, 0), (3, 11, 7), (3, 11, 7))],
+)  # fmt: skip
+def test_every_tile_is_owned_by_one_block_and_strips_tile_the_core(shape, patch, crop, overlap, pad, block, chunk):
+    lat = Lattice.build(shape, patch, crop, overlap, pad)
+    grid = BlockGrid(shape, block, 0, chunk)
+    owners = np.zeros(lat.n_tiles, dtype=int)
+    for b in grid:
+        lay = block_layout(lat, b.core, chunk)
+        owners[np.ix_(*[np.asarray(r, dtype=int) for r in lay.tiles])] += 1
+        # interior + strips cover the core exactly once, on chunk boundaries
+        cover = np.zeros(b.shape, dtype=int)
+        for box in [lay.interior] + lay.strips:
+            rel = tuple(slice(s.start - c.start, s.stop - c.start) for s, c in zip(box, b.core))
+            cover[rel] += 1
+            assert all(s.start % c == 0 for s, c in zip(box, chunk))
+        assert (cover == 1).all()
+        # no tile of another block reaches the interior; every own tile lies in the region
+        for k in itertools.product(*[range(n) for n in lat.n_tiles]):
+            out = [slice(int(a.starts[i]), int(a.starts[i]) + a.out) for a, i in zip(lat.axes, k)]
+            mine = all(i in r for i, r in zip(k, lay.tiles))
+            hits = all(max(o.start, s.start) < min(o.stop, s.stop) for o, s in zip(out, lay.interior))
+            assert mine or not hits
+            if mine:
+                assert all(max(o.start, 0) >= r.start and min(o.stop, n) <= r.stop
+                           for o, r, n in zip(out, lay.region, shape))  # fmt: skip
+    assert (owners == 1).all()
+
+
 # ---------------------------------------------------------------------------- reference
 @pytest.mark.parametrize("crop", [(0, 0, 0), (2, 3, 1)])
 def test_identity_reproduces_input_in_memory(image, crop):
@@ -121,6 +156,9 @@ def test_blockwise_equals_whole_volume(tmp_path, image, image_zarr, block, valid
         assert np.abs(got[c].astype(int) - want).max() <= 1, c
         assert (got[c] == want).mean() > 0.99
     assert open_predictions(tmp_path / "o.zarr")["B"].chunks == (4, 8, 8)
+    # each tile ran once; the partial sums exchanged between blocks are gone once all are done
+    assert rep.patches == rep.plan.patches_whole_volume
+    assert list(zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["_partial"].keys()) == []
 
 
 @pytest.mark.parametrize("crop,block", [((0, 0, 0), (8, 16, 16)), ((2, 3, 1), (4, 8, 24)), ((1, 0, 4), (12, 40, 8))])
@@ -152,13 +190,14 @@ def test_resume_skips_finished_blocks(tmp_path, image_zarr):
     kw = dict(block_shape=(8, 16, 16), progress=False, torch_threads=1)
     full = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", **kw)
     first = stored(tmp_path / "o.zarr")
-    # simulate an interrupted run: forget 5 markers and corrupt those blocks' chunks
+    # simulate an interrupted run: forget 5 blocks' markers and corrupt those blocks' chunks
     done = zarr.open_array(str(tmp_path / "o.zarr" / "_done"), mode="r+")
-    assert done[...].all()
+    pass1 = zarr.open_array(str(tmp_path / "o.zarr" / "_pass1"), mode="r+")
+    assert done[...].all() and full.patches == full.plan.patches_whole_volume  # each tile ran once
     grid = full.plan.grid
     lost = [1, 4, 7, 11, 20]
     for b in lost:
-        done[grid[b].index] = 0
+        done[grid[b].index] = pass1[grid[b].index] = 0
         for c in model.channels:
             zarr.open_array(str(tmp_path / "o.zarr" / c / "0"), mode="r+")[grid[b].core] = 7
     rerun = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", **kw)
@@ -201,7 +240,7 @@ def test_dry_run_writes_nothing(tmp_path, image_zarr):
     plan = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", block_shape=(8, 16, 16), dry_run=True)
     assert not (tmp_path / "o.zarr").exists()
     assert len(plan.grid) == 3 * 3 * 3 and plan.halo == (9, 17, 17)
-    assert plan.patches_total > plan.patches_whole_volume and plan.memory_bytes["total"] > 0
+    assert plan.patches_total == plan.patches_whole_volume and plan.memory_bytes["total"] > 0
     text = plan.describe()
     assert "blocks: 27" in text and "halo" in text and "MiB" in text
 

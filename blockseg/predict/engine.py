@@ -1,16 +1,24 @@
-"""The blockwise engine: image zarr -> prediction store, one Dask task per block.
+"""The blockwise engine: image zarr -> prediction store, Dask tasks that carry block ids.
 
-Each task receives a block id (plus a small frozen :class:`BlockJob` shipped once) and
+Every lattice tile is computed exactly once, by the block that owns it (the block whose core
+holds the tile's anchor, see :mod:`.lattice`). A block's own tiles cover its core except for
+strips along its lower faces, which tiles of the blocks below also reach, and they spill past
+its upper faces. So a block runs in two passes:
 
-1. gets the network from a per-process cache (loaded once per worker and device, never shipped);
-2. computes exactly the lattice patches whose outputs overlap its core, reading core + the halo
-   those patches need (z-row by z-row, the next row read on a background thread), with global
-   reflection at the volume borders;
-3. blends them into its core only (normalised weights, so no seam), quantises, and writes each
-   channel's core: whole chunks, which no other task touches;
-4. then, last, sets its done-marker: one uint8 per block in ``OUT/_done`` (an array of the grid's
-   shape with one chunk per block, so markers too are written by one task each). A rerun skips
-   blocks whose marker is set; a block interrupted before its marker is recomputed whole.
+1. ``predict_block`` gets the network from a per-process cache (loaded once per worker and
+   device, never shipped), computes its own tiles (reading the input z-row by z-row, the next
+   row on a background thread, with global reflection at the volume borders) and blends them.
+   It writes the *interior* of its core -- the chunks no other block's tile reaches -- as final
+   values, and the weighted partial sums of the rest of its region (lower-face strips and upper
+   spill) to its own scratch array ``OUT/_partial/<block id>`` (float64).
+2. ``finish_block`` (only blocks with lower-face strips) adds the partial sums of itself and of
+   the blocks below over its strips and writes those chunks.
+
+No tile is computed twice, no chunk is written by two tasks, and the result equals a
+whole-volume run (float64 sums in another order, then quantised). Done-markers: one uint8 per
+block in ``OUT/_pass1`` (pass 1 finished) and ``OUT/_done`` (the block's chunks are all final),
+each written after the data it vouches for. A rerun skips finished work; the scratch arrays
+are deleted once every block is done.
 
 The run's settings (checkpoint digest, lattice, dtype, TTA...) are stored in the store's
 attributes; resuming with different settings is refused.
@@ -19,6 +27,7 @@ attributes; resuming with different settings is refused.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import threading
@@ -39,6 +48,10 @@ from .infer import InferenceOptions, check_options, make_lattice, output_channel
 from .lattice import Lattice, read_reflected
 
 DONE_ARRAY = "_done"
+PASS1_ARRAY = "_pass1"
+PARTIAL_GROUP = "_partial"
+#: bumped when the block decomposition changes (stores of another scheme are not resumed)
+SCHEME = "owned-tiles-1"
 DTYPES = {"uint8": np.uint8, "float16": np.float16, "float32": np.float32}
 
 
@@ -102,6 +115,8 @@ class BlockJob:
     block_shape: tuple[int, int, int]
     chunk_shape: tuple[int, int, int]
     patch: tuple[int, int, int]
+    crop: tuple[int, int, int]
+    margin: tuple[int, int, int]
     overlap: tuple[int, int, int]
     blending: str
     channels: tuple[str, ...]
@@ -121,12 +136,115 @@ class BlockJob:
 
 
 @lru_cache(maxsize=8)
-def _job_lattice(job: BlockJob, crop: tuple, margin: tuple) -> Lattice:
-    return Lattice.build(job.shape, job.patch, crop, job.overlap, margin, job.blending)
+def _job_lattice(job: BlockJob) -> Lattice:
+    return Lattice.build(job.shape, job.patch, job.crop, job.overlap, job.margin, job.blending)
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """What one block computes and writes (global boxes, see the module docstring).
+
+    Attributes
+    ----------
+    tiles : tuple of range
+        Per-axis ranges of the tiles the block owns.
+    region : tuple of slice
+        Box its own tiles' outputs cover inside the volume, from its core's start (may be empty).
+    interior : tuple of slice
+        Chunk-aligned part of its core that only its own tiles reach (final after pass 1).
+    strips : list of tuple of slice
+        Disjoint chunk-aligned boxes covering ``core - interior`` (finished in pass 2).
+    """
+
+    tiles: tuple
+    region: tuple
+    interior: tuple
+    strips: list
+
+    @property
+    def n_tiles(self) -> int:
+        return math.prod(len(r) for r in self.tiles)
+
+
+def box_minus(outer: Sequence[slice], inner: Sequence[slice]) -> list[tuple[slice, ...]]:
+    """Disjoint boxes covering ``outer`` minus ``inner`` (``inner`` inside ``outer`` or empty)."""
+    if any(s.stop <= s.start for s in outer):
+        return []
+    if any(s.stop <= s.start for s in inner):
+        return [tuple(outer)]
+    boxes, cur = [], list(outer)
+    for a in range(len(cur)):
+        if inner[a].start > cur[a].start:
+            boxes.append(tuple(cur[:a] + [slice(cur[a].start, inner[a].start)] + cur[a + 1 :]))
+        if inner[a].stop < cur[a].stop:
+            boxes.append(tuple(cur[:a] + [slice(inner[a].stop, cur[a].stop)] + cur[a + 1 :]))
+        cur[a] = inner[a]
+    return boxes
+
+
+def block_layout(lattice: Lattice, core: Sequence[slice], chunk_shape: Sequence[int]) -> BlockLayout:
+    """The :class:`BlockLayout` of the block with ``core`` (chunk-aligned) on ``lattice``."""
+    tiles = lattice.tiles_owned(core)
+    region, interior = [], []
+    for ax, s, r, c in zip(lattice.axes, core, tiles, chunk_shape):
+        _, hi = ax.output_extent(r)
+        region.append(slice(s.start, max(hi, s.start)))
+        reach = min(ax.reach_below(s.start), s.stop)
+        interior.append(slice(min(s.start + -(-(reach - s.start) // c) * c, s.stop), s.stop))
+    if any(s.stop <= s.start for s in interior):
+        interior = [slice(s.start, s.start) for s in core]
+    return BlockLayout(tiles, tuple(region), tuple(interior), box_minus(core, interior))
+
+
+def strip_sources(lattice: Lattice, grid: BlockGrid, block_id: int) -> list[tuple[int, tuple[slice, ...]]]:
+    """``(id, region)`` of every block whose own tiles reach the core of ``block_id`` (itself included).
+
+    Only blocks at or below it on every axis can, and at most ``ceil((out + pad) / block) + 1``
+    grid steps below.
+    """
+    block = grid[block_id]
+    reach = [-(-(a.out + a.pad) // b) + 1 for a, b in zip(lattice.axes, grid.block_shape)]
+    lows = [range(max(i - r, 0), i + 1) for i, r in zip(block.index, reach)]
+    sources = []
+    for idx in itertools.product(*lows):
+        other = grid[grid.block_id(idx)]
+        region = block_layout(lattice, other.core, grid.chunk_shape).region
+        if _intersect(region, block.core) is not None:
+            sources.append((other.id, region))
+    return sources
+
+
+def _shift(box: Sequence[slice], origin: Sequence[slice]) -> tuple[slice, ...]:
+    return tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, origin))
+
+
+def _intersect(a: Sequence[slice], b: Sequence[slice]) -> tuple[slice, ...] | None:
+    box = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
+    return None if any(s.stop <= s.start for s in box) else box
+
+
+def _write_channels(job: BlockJob, values: np.ndarray, box: Sequence[slice]) -> None:
+    kinds = dict(job.kinds)
+    dtype = np.dtype(job.dtype)
+    for i, c in enumerate(job.channels):
+        arr = zarr.open_array(f"{job.out_path.rstrip('/')}/{c}/0", mode="r+")
+        arr[tuple(box)] = encode_channel(values[i], kinds[c], dtype)
+
+
+def _partial_path(job: BlockJob, block_id: int) -> str:
+    return f"{job.out_path.rstrip('/')}/{PARTIAL_GROUP}/{block_id}"
+
+
+def _set_marker(job: BlockJob, name: str, index) -> None:
+    zarr.open_array(f"{job.out_path.rstrip('/')}/{name}", mode="r+")[index] = 1
 
 
 def predict_block(job: BlockJob, block_id: int) -> dict:
-    """Predict one block's core, write it, then set its done-marker. Returns timing stats."""
+    """Pass 1 of a block: compute its own tiles, write its interior and its partial sums.
+
+    Sets the block's done-marker when its core has no strips (nothing left for pass 2),
+    else its pass-1 marker. Returns timing stats.
+    """
     import torch
 
     t0 = time.perf_counter()
@@ -134,9 +252,9 @@ def predict_block(job: BlockJob, block_id: int) -> dict:
         torch.set_num_threads(job.torch_threads)
     device = resolve_device(job.device)
     model = cached_model(job.checkpoint, device, mc=job.mc_samples > 0)
-    geo = model.geometry
-    lattice = _job_lattice(job, geo.crop, geo.margin)
+    lattice = _job_lattice(job)
     block = job.grid[block_id]
+    layout = block_layout(lattice, block.core, job.chunk_shape)
     image = open_volume(job.image_path).array
     norm = dict(job.normalisation) if job.normalisation else None
     is_float = np.dtype(image.dtype).kind == "f"
@@ -155,24 +273,55 @@ def predict_block(job: BlockJob, block_id: int) -> dict:
         return x
 
     options = InferenceOptions(job.batch_size, device, job.tta, job.mc_samples, job.amp)
-    acc = predict_region(model, read, lattice, block.core, len(job.channels), options, prefetch=job.prefetch)
+    n_ch = len(job.channels)
+    acc = predict_region(model, read, lattice, layout.region, n_ch, options, prefetch=job.prefetch, tiles=layout.tiles)
     t_compute = time.perf_counter()
-    kinds = dict(job.kinds)
-    dtype = np.dtype(job.dtype)
-    for i, c in enumerate(job.channels):
-        arr = zarr.open_array(f"{job.out_path.rstrip('/')}/{c}/0", mode="r+")
-        arr[block.core] = encode_channel(acc[i], kinds[c], dtype)
-    done = zarr.open_array(f"{job.out_path.rstrip('/')}/{DONE_ARRAY}", mode="r+")
-    done[block.index] = 1  # written last: the block's chunks are all on disk
+    if all(s.stop > s.start for s in layout.interior):
+        _write_channels(job, acc[(slice(None), *_shift(layout.interior, layout.region))], layout.interior)
+    rest = box_minus(layout.region, layout.interior)
+    if rest:
+        shape = tuple(s.stop - s.start for s in layout.region)
+        part = zarr.open_array(_partial_path(job, block_id), mode="w", shape=(n_ch, *shape), dtype="float64",
+                               chunks=(1, *(min(n, 64) for n in shape)), fill_value=0.0)  # fmt: skip
+        for box in rest:
+            rel = _shift(box, layout.region)
+            part[(slice(None), *rel)] = acc[(slice(None), *rel)]
+    # written last: everything this pass vouches for is on disk
+    _set_marker(job, PASS1_ARRAY if layout.strips else DONE_ARRAY, block.index)
     t1 = time.perf_counter()
-    ranges = lattice.tiles_for(block.core)
     return {
         "block": block_id,
-        "patches": math.prod(len(r) for r in ranges),
+        "patches": layout.n_tiles,
         "seconds": t1 - t0,
         "read_s": t_read[0],
         "write_s": t1 - t_compute,
     }
+
+
+def finish_block(job: BlockJob, block_id: int) -> dict:
+    """Pass 2 of a block: sum the partial sums reaching its strips, write them, set its done-marker.
+
+    Needs pass 1 of the block and of every block below it (lower or equal grid index on every
+    axis) to have finished.
+    """
+    t0 = time.perf_counter()
+    grid = job.grid
+    block = grid[block_id]
+    lattice = _job_lattice(job)
+    layout = block_layout(lattice, block.core, job.chunk_shape)
+    n_ch = len(job.channels)
+    sources = strip_sources(lattice, grid, block_id)
+    for box in layout.strips:
+        total = np.zeros((n_ch, *(s.stop - s.start for s in box)))
+        for oid, oregion in sources:
+            hit = _intersect(box, oregion)
+            if hit is None:
+                continue
+            part = zarr.open_array(_partial_path(job, oid), mode="r")
+            total[(slice(None), *_shift(hit, box))] += part[(slice(None), *_shift(hit, oregion))]
+        _write_channels(job, total, box)
+    _set_marker(job, DONE_ARRAY, block.index)
+    return {"block": block_id, "seconds": time.perf_counter() - t0, "sources": len(sources)}
 
 
 # ---------------------------------------------------------------------------- planning
@@ -196,7 +345,7 @@ class PredictPlan:
 
     @property
     def compute_factor(self) -> float:
-        """Output voxels computed per volume voxel (overlap + patches shared by blocks)."""
+        """Output voxels computed per volume voxel (the lattice's overlap: each tile runs once)."""
         return self.patches_total * math.prod(self.lattice.out) / math.prod(self.shape)
 
     def describe(self) -> str:
@@ -233,21 +382,18 @@ class PredictPlan:
         }
 
 
-def _memory_estimate(model: BlocksegNet, grid: BlockGrid, lattice: Lattice, n_channels: int, in_itemsize: int,
-                     out_itemsize: int, batch_size: int) -> dict[str, int]:  # fmt: skip
+def _memory_estimate(model: BlocksegNet, grid: BlockGrid, lattice: Lattice, layouts: dict, n_channels: int,
+                     in_itemsize: int, out_itemsize: int, batch_size: int) -> dict[str, int]:  # fmt: skip
     from torch import nn
 
     worst_slab, worst_core = 0, 0
-    seen = set()
-    for block in grid:
-        if block.shape in seen:
+    for lay in layouts.values():
+        if lay.n_tiles == 0:
             continue
-        seen.add(block.shape)
-        ranges = lattice.tiles_for(block.core)
-        ext = [a.input_extent(r) for a, r in zip(lattice.axes, ranges)]
+        ext = [a.input_extent(r) for a, r in zip(lattice.axes, lay.tiles)]
         slab = lattice.patch[0] * (ext[1][1] - ext[1][0]) * (ext[2][1] - ext[2][0])
         worst_slab = max(worst_slab, slab)
-        worst_core = max(worst_core, math.prod(block.shape))
+        worst_core = max(worst_core, math.prod(s.stop - s.start for s in lay.region))
     widths = sum(m.out_channels for m in model.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)))
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     mem = {
@@ -402,8 +548,10 @@ def predict(
     block_shape = _dims(block_shape, "block shape") or default_block_shape(shape, chunk_shape)
     block_shape = tuple(min(b, -(-s // c) * c) for b, s, c in zip(block_shape, shape, chunk_shape))
     grid = BlockGrid(shape, block_shape, 0, chunk_shape)
-    patches_total = sum(math.prod(len(r) for r in lattice.tiles_for(b.core)) for b in grid)
-    mem = _memory_estimate(model, grid, lattice, len(names), vol.dtype.itemsize, np.dtype(dtype).itemsize, batch_size)
+    layouts = {b.id: block_layout(lattice, b.core, chunk_shape) for b in grid}
+    patches_total = sum(lay.n_tiles for lay in layouts.values())
+    mem = _memory_estimate(model, grid, lattice, layouts, len(names), vol.dtype.itemsize, np.dtype(dtype).itemsize,
+                           batch_size)  # fmt: skip
     norm = payload.get("metadata", {}).get("normalisation")
     run_settings = {
         "image": os.path.abspath(image_path) if not _is_url(image_path) else image_path,
@@ -418,24 +566,29 @@ def predict(
         "tta": bool(tta),
         "mc_samples": int(mc_samples),
         "channels": names,
+        "scheme": SCHEME,
     }
     plan = PredictPlan(image_path, out_path, shape, grid, lattice, lattice.halo(), names, kinds, dtype,
                        patches_total, math.prod(lattice.n_tiles), mem, list(grid.block_ids))  # fmt: skip
 
-    done = _existing_run(out_path, run_settings, overwrite, resume)
-    if done is not None:
+    markers = _existing_run(out_path, run_settings, overwrite, resume)
+    if markers is not None:
+        done, pass1 = markers
         plan.todo = [b.id for b in grid if not done[b.index]]
     if dry_run:
         return plan
 
     t0 = time.perf_counter()
-    if done is None:
+    if markers is None:
+        pass1 = np.zeros(grid.grid_shape, dtype=np.uint8)
         create_predictions(out_path, names, shape, dtype, vol.voxel_size, chunk_shape, kinds, overwrite=overwrite)
         group = zarr.open_group(out_path, mode="r+")
         attrs = dict(group.attrs["blockseg"])
         attrs["predictions"] = {**attrs["predictions"], "run": run_settings}
         group.attrs["blockseg"] = attrs
-        group.create_array(DONE_ARRAY, shape=grid.grid_shape, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
+        for name in (DONE_ARRAY, PASS1_ARRAY):
+            group.create_array(name, shape=grid.grid_shape, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
+        group.create_group(PARTIAL_GROUP)
 
     job = BlockJob(
         image_path=image_path,
@@ -446,6 +599,8 @@ def predict(
         block_shape=grid.block_shape,  # type: ignore[arg-type]
         chunk_shape=chunk_shape,  # type: ignore[arg-type]
         patch=lattice.patch,  # type: ignore[arg-type]
+        crop=tuple(a.crop for a in lattice.axes),  # type: ignore[arg-type]
+        margin=tuple(a.pad for a in lattice.axes),  # type: ignore[arg-type]
         overlap=tuple(a.out - a.stride for a in lattice.axes),  # type: ignore[arg-type]
         blending=blending,
         channels=tuple(names),
@@ -471,17 +626,28 @@ def predict(
     if plan.todo:
         from ..cluster import run_blocks
 
-        stats = run_blocks(partial(predict_block, job), plan.todo, client, name="predict", resources=resources,
+        second = [i for i in plan.todo if layouts[i].strips]
+        first = {i for i in plan.todo if not pass1[grid[i].index]}
+        # a finished block's partial sums are deleted with the run's end; recompute them if needed
+        group = zarr.open_group(out_path, mode="r")
+        for i in second:
+            first.update(j for j, _ in strip_sources(lattice, grid, i)
+                         if j not in first and str(j) not in group[PARTIAL_GROUP])  # fmt: skip
+        first = sorted(first)
+        stats = run_blocks(partial(predict_block, job), first, client, name="predict", resources=resources,
                            progress=progress)  # fmt: skip
+        if second:
+            run_blocks(partial(finish_block, job), second, client, name="predict-strips", progress=progress)
+    _drop_partials(out_path)
     seconds = time.perf_counter() - t0
     return PredictReport(
         output=out_path,
         blocks=len(grid),
         skipped=len(grid) - len(plan.todo),
-        computed=len(stats),
+        computed=len(plan.todo),
         patches=sum(s["patches"] for s in stats),
         seconds=seconds,
-        voxels=sum(math.prod(grid[s["block"]].shape) for s in stats),
+        voxels=sum(math.prod(grid[i].shape) for i in plan.todo),
         plan=plan,
     )
 
@@ -504,7 +670,16 @@ def _existing_run(out_path: str, settings: dict, overwrite: bool, resume: bool):
     diff = sorted(k for k in set(settings) | set(previous) if settings.get(k) != previous.get(k))
     if diff:
         raise BlocksegError(f"{out_path} holds a prediction run with other settings ({', '.join(diff)}); {hint}")
-    return done
+    pass1 = group[PASS1_ARRAY][...]
+    return done, pass1
+
+
+def _drop_partials(out_path: str) -> None:
+    """Delete the scratch partial sums once every block is done (they are kept for a resume)."""
+    group = zarr.open_group(out_path, mode="r+")
+    if PARTIAL_GROUP in group and bool(group[DONE_ARRAY][...].all()):
+        del group[PARTIAL_GROUP]
+        group.create_group(PARTIAL_GROUP)
 
 
 def _url_exists(url: str) -> bool:

@@ -141,8 +141,9 @@ def predict_region(
     n_channels: int,
     options: InferenceOptions,
     prefetch: bool = True,
+    tiles: Sequence[range] | None = None,
 ) -> np.ndarray:
-    """Blend the lattice patches overlapping ``core`` into a float64 array ``(C, *core shape)``.
+    """Blend lattice patches into a float64 array ``(C, *core shape)`` covering the region ``core``.
 
     Parameters
     ----------
@@ -157,6 +158,9 @@ def predict_region(
         Output channels of :func:`run_batch`.
     prefetch : bool
         Read the input of the next z-row of tiles on a background thread while this row runs.
+    tiles : sequence of range, optional
+        Per-axis tile ranges to run (default: every tile overlapping ``core``, which makes the
+        result final). With a subset (a block's own tiles) the result is a partial sum.
 
     Notes
     -----
@@ -164,7 +168,7 @@ def predict_region(
     is at most two z-slabs of the read region. Accumulation is float64 so that the normalised
     weights (summing to one) reproduce an identity network's input exactly once cast to float32.
     """
-    ranges = lattice.tiles_for(core)
+    ranges = lattice.tiles_for(core) if tiles is None else tuple(tiles)
     lz, ly, lx = lattice.axes
     shape = tuple(s.stop - s.start for s in core)
     acc = np.zeros((n_channels, *shape), dtype=np.float64)

@@ -145,6 +145,29 @@ class AxisLattice:
         k1 = int(np.searchsorted(self.starts, stop, side="left"))
         return range(k0, k1)
 
+    @property
+    def anchors(self) -> np.ndarray:
+        """Output start of every tile clamped into the volume: decides which block owns it."""
+        return np.clip(self.starts, 0, self.size - 1)
+
+    def tiles_owned(self, start: int, stop: int) -> range:
+        """Indices of the tiles whose anchor lies in ``[start, stop)`` (contiguous)."""
+        return range(int(np.searchsorted(self.anchors, start)), int(np.searchsorted(self.anchors, stop)))
+
+    def output_extent(self, tiles: range) -> tuple[int, int]:
+        """Output box ``[lo, hi)`` of a run of tiles, clipped to the volume (empty: ``lo == hi``)."""
+        if len(tiles) == 0:
+            return 0, 0
+        lo = max(int(self.starts[tiles.start]), 0)
+        return lo, max(min(int(self.starts[tiles.stop - 1]) + self.out, self.size), lo)
+
+    def reach_below(self, start: int) -> int:
+        """End of the outputs of the tiles anchored before ``start`` (``start`` when none reach past it)."""
+        k = int(np.searchsorted(self.anchors, start))
+        if k == 0:
+            return start
+        return max(start, int((self.starts[:k] + self.out).max()))
+
     def input_extent(self, tiles: range) -> tuple[int, int]:
         """Global input box ``[lo, hi)`` read by a run of tiles."""
         return int(self.starts[tiles.start]) - self.crop, int(self.starts[tiles.stop - 1]) - self.crop + self.patch
@@ -191,6 +214,10 @@ class Lattice:
     def tiles_for(self, core: Sequence[slice]) -> tuple[range, ...]:
         """Per-axis tile ranges whose outputs overlap the region ``core``."""
         return tuple(a.tiles_overlapping(s.start, s.stop) for a, s in zip(self.axes, core))
+
+    def tiles_owned(self, core: Sequence[slice]) -> tuple[range, ...]:
+        """Per-axis tile ranges computed by the block of ``core`` (anchors inside it)."""
+        return tuple(a.tiles_owned(s.start, s.stop) for a, s in zip(self.axes, core))
 
     def halo(self) -> tuple[int, ...]:
         """Largest distance, per axis, that any block reads beyond its core (its derived halo).
