@@ -10,12 +10,14 @@ its upper faces. So a block runs in two passes:
    row on a background thread, with global reflection at the volume borders) and blends them.
    It writes the *interior* of its core -- the chunks no other block's tile reaches -- as final
    values, and the weighted partial sums of the rest of its region (lower-face strips and upper
-   spill) to its own scratch array ``OUT/_partial/<block id>`` (float64).
+   spill) to its own scratch array ``OUT/_partial/<block id>`` (float32; float64 when the
+   output is float32, so that an identity network still reproduces its input exactly).
 2. ``finish_block`` (only blocks with lower-face strips) adds the partial sums of itself and of
    the blocks below over its strips and writes those chunks.
 
 No tile is computed twice, no chunk is written by two tasks, and the result equals a
-whole-volume run (float64 sums in another order, then quantised). Done-markers: one uint8 per
+whole-volume run up to the order (and, for quantised outputs, the float32 rounding) of the
+additions. Done-markers: one uint8 per
 block in ``OUT/_pass1`` (pass 1 finished) and ``OUT/_done`` (the block's chunks are all final),
 each written after the data it vouches for. A rerun skips finished work; the scratch arrays
 are deleted once every block is done.
@@ -133,6 +135,11 @@ class BlockJob:
     @property
     def grid(self) -> BlockGrid:
         return BlockGrid(self.shape, self.block_shape, 0, self.chunk_shape)
+
+    @property
+    def scratch_dtype(self) -> str:
+        """Partial sums: float32 covers uint8 / float16 outputs; float32 outputs get float64."""
+        return "float64" if self.dtype == "float32" else "float32"
 
 
 @lru_cache(maxsize=8)
@@ -281,8 +288,9 @@ def predict_block(job: BlockJob, block_id: int) -> dict:
     rest = box_minus(layout.region, layout.interior)
     if rest:
         shape = tuple(s.stop - s.start for s in layout.region)
-        part = zarr.open_array(_partial_path(job, block_id), mode="w", shape=(n_ch, *shape), dtype="float64",
-                               chunks=(1, *(min(n, 64) for n in shape)), fill_value=0.0)  # fmt: skip
+        part = zarr.create_array(_partial_path(job, block_id), shape=(n_ch, *shape), dtype=job.scratch_dtype,
+                                 chunks=(1, *(min(n, 64) for n in shape)), fill_value=0.0, compressors=None,
+                                 overwrite=True)  # fmt: skip
         for box in rest:
             rel = _shift(box, layout.region)
             part[(slice(None), *rel)] = acc[(slice(None), *rel)]
@@ -342,6 +350,7 @@ class PredictPlan:
     patches_whole_volume: int
     memory_bytes: dict[str, int]
     todo: list[int] = field(default_factory=list)
+    scratch_bytes: int = 0
 
     @property
     def compute_factor(self) -> float:
@@ -360,6 +369,7 @@ class PredictPlan:
             f"lattice: {lat.n_tiles} tiles = {self.patches_whole_volume} patches whole-volume; "
             f"{self.patches_total} computed blockwise ({self.compute_factor:.2f} output voxels per voxel)",
             f"halo (read beyond the core, per side): {self.halo}",
+            f"partial sums exchanged between blocks (scratch, deleted at the end): {self.scratch_bytes / 2**20:.0f} MiB",
             "memory per task (estimate): "
             + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in mem.items() if k != "total")
             + f"; total ~{mem['total'] / 2**20:.0f} MiB",
@@ -378,6 +388,7 @@ class PredictPlan:
             "halo": list(self.halo),
             "patches_total": self.patches_total,
             "compute_factor": round(self.compute_factor, 3),
+            "scratch_bytes": self.scratch_bytes,
             "memory_bytes": self.memory_bytes,
         }
 
@@ -570,6 +581,9 @@ def predict(
     }
     plan = PredictPlan(image_path, out_path, shape, grid, lattice, lattice.halo(), names, kinds, dtype,
                        patches_total, math.prod(lattice.n_tiles), mem, list(grid.block_ids))  # fmt: skip
+    plan.scratch_bytes = (8 if dtype == "float32" else 4) * len(names) * sum(
+        math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in box_minus(lay.region, lay.interior)
+    )
 
     markers = _existing_run(out_path, run_settings, overwrite, resume)
     if markers is not None:
