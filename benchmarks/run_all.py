@@ -104,9 +104,8 @@ def run_step(name: str, argv: list[str], out_dir: Path) -> dict:
     log = out_dir / "results" / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, *argv]
-    rec = {"command": "PYTHONPATH=.:benchmarks python " + " ".join(shlex.quote(os.path.relpath(a, ROOT) if os.path.isabs(a) else a)
-                                                                   for a in argv),
-           "loadavg_before": loadavg()}  # fmt: skip
+    rel = lambda a: os.path.relpath(a, ROOT) if os.path.isabs(a) and Path(a).is_relative_to(ROOT) else a  # noqa: E731
+    rec = {"command": "PYTHONPATH=.:benchmarks python " + " ".join(shlex.quote(rel(a)) for a in argv), "loadavg_before": loadavg()}
     print(f"[bench] {name}: {rec['command']}  (load {rec['loadavg_before']})", flush=True)
     t = time.perf_counter()
     with open(log, "w") as f:
