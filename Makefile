@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` (main job) and `make test`.
+# The two commands of the README: `make demo` (main job) and `make test`; `make bench` regenerates
+# benchmarks/RESULTS.md (~35 min on 2 cores; BENCH_ARGS="--quick" for a tiny smoke run).
 # Both create the project virtualenv on first use; nothing has to be installed by hand.
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,9 +8,11 @@ PY := $(VENV)/bin/python
 # packages. On a GPU machine, e.g. `make TORCH_SPEC="torch==2.13.0" ...` with CUDA's index.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+BENCH_STAMP := $(VENV)/.bench-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DEMO_DIR ?= runs/demo
+BENCH_ARGS ?=
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +29,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# the peers (bench extra: stardist, monai, dask-image) on top of the normal setup
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,bench]"
+	rm -f $(VENV)/.bench-* && touch $@
+
+# every benchmark -> benchmarks/RESULTS.md, benchmarks/plots/*.png, benchmarks/results/bench.json
+bench: $(BENCH_STAMP)
+	PYTHONPATH=.:benchmarks $(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) out runs *.egg-info

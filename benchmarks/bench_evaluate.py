@@ -4,15 +4,17 @@
    (397 x 1450 x 2000 voxels, ~170K nuclei) blockwise, deterministically and with bounded memory.
 2. Evaluates them with a 2-worker LocalCluster and records wall time and the peak RSS of the
    whole process tree (this process + all children, sampled every 50 ms).
-3. A 512^3 / ~64K-instance case: blockseg alone (StarDist's dense matrices would need tens of
-   GB there), and a small case that StarDist (or, when absent, a dense reference) can hold,
-   timed in the same run against blockseg, with equality of the pooled counts checked.
+3. Cubes of ``--sizes`` (12x13x13-voxel cells, one nucleus each): paired repeats of blockseg
+   (end to end from zarr on a fresh cluster, and in memory) and StarDist's
+   ``matching_dataset`` where its dense matrices fit in memory (else N/A with the reason);
+   TP/FP/FN at every threshold must agree.
 
-Writes ``benchmarks/results/evaluate.json`` and ``benchmarks/results/evaluate.md``.
+Writes ``OUT.json`` (default ``benchmarks/results/evaluate``); ``benchmarks/run_all.py`` turns it
+into RESULTS.md.
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/bench_evaluate.py [DATA_DIR] [--workers 2]
+    PYTHONPATH=. python benchmarks/bench_evaluate.py [DATA_DIR] [--sizes 128 256 512] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -121,7 +123,6 @@ def ensure_data(data_dir: Path, name: str, shape, cell, client, seed=0) -> tuple
     gt = create_volume(gt_path, shape, np.uint32, voxel_size=0.51, chunks=CHUNKS, overwrite=True, name="gt")
     create_volume(pred_path, shape, np.uint32, voxel_size=0.51, chunks=CHUNKS, overwrite=True, name="pred")
     grid = BlockGrid(shape, (CHUNKS[0], 4 * CHUNKS[1], 4 * CHUNKS[2]))
-    assert gt.chunks == CHUNKS
     func = functools.partial(_write_block, grid=grid, gt_path=gt_path, pred_path=pred_path, shape=shape, cell=cell, seed=seed)
     run_blocks(func, grid.block_ids, client=client, name=f"synth-{name}", progress=False)
     done.write_text(f"{time.perf_counter() - t0:.1f} s\n")
@@ -192,139 +193,119 @@ def run_blockseg(gt, pred, workers, out_dir=None):
     return res, wall, mem.peak
 
 
-def dense_reference(gt, pred, thresholds):
-    """StarDist's definitions on dense matrices (used when StarDist is not installed)."""
-    from scipy.optimize import linear_sum_assignment
-
-    g_ids, g = np.unique(gt, return_inverse=True)
-    p_ids, p = np.unique(pred, return_inverse=True)
-    ov = np.zeros((len(g_ids), len(p_ids)), np.int64)
-    np.add.at(ov, (g.ravel(), p.ravel()), 1)
-    gs, ps = ov.sum(1, keepdims=True), ov.sum(0, keepdims=True)
-    iou = (ov / (gs + ps - ov))[g_ids != 0][:, p_ids != 0]
-    n = max(1, min(iou.shape))
-    out = []
-    for t in thresholds:
-        cost = -(iou >= t).astype(float) - iou / (2 * n)
-        r, c = linear_sum_assignment(cost)
-        out.append(int((iou[r, c] >= t).sum()))
-    return out
+THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
-def compare_small(gt_path, pred_path, workers):
-    """blockseg vs StarDist (or the dense reference) on a case that fits in memory."""
+def _counts(stats) -> dict:
+    """TP / FP / FN per threshold from StarDist's DatasetMatching list or blockseg's dicts."""
+    get = (lambda s, k: s[k]) if isinstance(stats[0], dict) else getattr
+    return {k: [int(get(s, k)) for s in stats] for k in ("tp", "fp", "fn")}
+
+
+def compare_case(gt_path, pred_path, workers, repeats, ram_fraction=0.4):
+    """Paired runs at one size: blockseg end to end (zarr, fresh cluster), blockseg in memory,
+    StarDist ``matching_dataset`` in memory when its dense matrices fit, else N/A with the reason."""
     from blockseg.evaluate import evaluate
 
-    th = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-    res, wall, peak = run_blockseg(gt_path, pred_path, workers)
+    rows = []
     gt = open_volume(gt_path).array[...]
     pred = open_volume(pred_path).array[...]
-    # same conditions as the reference: arrays in memory, one process, matching metrics + COCO AP
-    with PeakRSS() as mem_arr:
-        t0 = time.perf_counter()
-        res_arr = evaluate(gt, pred)
-        t_arr = time.perf_counter() - t0
-    assert res_arr.matching == res.matching
-    try:
-        from stardist.matching import matching_dataset
+    dense_gb = None
+    for r in range(repeats):
+        row = {"loadavg_before": [round(x, 2) for x in os.getloadavg()]}
+        res, wall, peak = run_blockseg(gt_path, pred_path, workers)
+        row.update(blockseg_s=wall, blockseg_peak_rss_gb=peak / 2**30, blockseg_cpu_s=run_blockseg.cpu_s)
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            res_arr = evaluate(gt, pred, thresholds=THRESHOLDS)
+            row["blockseg_in_memory_s"] = time.perf_counter() - t0
+        row["blockseg_in_memory_peak_rss_gb"] = mem.peak / 2**30
+        n_t, n_p = res.overlaps.n_true, res.overlaps.n_pred
+        dense_gb = (n_t + 1) * (n_p + 1) * (8 + 4 + 8) / 2**30  # overlap int64 + iou float32 + cost float64
+        fits = dense_gb < ram_fraction * psutil.virtual_memory().available / 2**30
+        if fits:
+            from stardist.matching import matching_dataset
 
-        name = "stardist.matching.matching_dataset"
-    except ImportError:
-        matching_dataset, name = None, "dense reference (scipy linear_sum_assignment)"
-    with PeakRSS() as mem:
-        t0 = time.perf_counter()
-        if matching_dataset is not None:
-            ref = [s.tp for s in matching_dataset([gt], [pred], thresh=th, show_progress=False)]
-        else:
-            ref = dense_reference(gt, pred, th)
-        t_ref = time.perf_counter() - t0
-    ours = [s["tp"] for s in res.matching]
-    return {
-        "shape": list(gt.shape),
-        "n_true": res.overlaps.n_true,
-        "n_pred": res.overlaps.n_pred,
-        "reference": name,
-        "blockseg_wall_s": wall,
-        "blockseg_peak_rss_gb": peak / 2**30,
-        "blockseg_in_memory_s": t_arr,
-        "blockseg_in_memory_peak_rss_gb": mem_arr.peak / 2**30,
-        "reference_s": t_ref,
-        "reference_peak_rss_gb": mem.peak / 2**30,
-        "speedup_in_memory": t_ref / t_arr,
-        "speedup_end_to_end": t_ref / wall,
-        "tp_equal_at_all_thresholds": ours == ref,
-        "tp_blockseg": [int(v) for v in ours],
-        "tp_reference": [int(v) for v in ref],
-    }
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                ref = matching_dataset([gt], [pred], thresh=THRESHOLDS, show_progress=False)
+                row["stardist_s"] = time.perf_counter() - t0
+            row["stardist_peak_rss_gb"] = mem.peak / 2**30
+            row["ratio_stardist_over_blockseg_in_memory"] = row["stardist_s"] / row["blockseg_in_memory_s"]
+            row["ratio_stardist_over_blockseg_end_to_end"] = row["stardist_s"] / wall
+            ours, theirs = _counts(res_arr.matching), _counts(ref)
+            row["counts_equal"] = ours == theirs and _counts(res.matching) == ours
+            row["counts_blockseg"], row["counts_stardist"] = ours, theirs
+        row["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if not k.startswith("counts")}), flush=True)
+    med = lambda k: float(np.median([row[k] for row in rows])) if k in rows[0] else None  # noqa: E731
+    out = {"shape": list(gt.shape), "n_true": n_t, "n_pred": n_p, "voxels": int(gt.size), "runs": rows,
+           "blockseg_median_s": med("blockseg_s"), "blockseg_in_memory_median_s": med("blockseg_in_memory_s"),
+           "blockseg_peak_rss_gb": max(row["blockseg_peak_rss_gb"] for row in rows),
+           "blockseg_in_memory_peak_rss_gb": max(row["blockseg_in_memory_peak_rss_gb"] for row in rows),
+           "throughput_vox_per_s": gt.size / med("blockseg_s"), "stardist_dense_matrices_gb": dense_gb}  # fmt: skip
+    if "stardist_s" in rows[0]:
+        out.update(stardist_median_s=med("stardist_s"), stardist_peak_rss_gb=max(row["stardist_peak_rss_gb"] for row in rows),
+                   ratio_in_memory_median=med("ratio_stardist_over_blockseg_in_memory"),
+                   ratio_end_to_end_median=med("ratio_stardist_over_blockseg_end_to_end"),
+                   counts_equal=all(row["counts_equal"] for row in rows), stardist="run")  # fmt: skip
+    else:
+        out["stardist"] = (f"N/A: its dense overlap/IoU/cost matrices need about {dense_gb:.0f} GB "
+                           f"({n_t} x {n_p} instances); this machine has {psutil.virtual_memory().total / 2**30:.0f} GiB")
+    return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data_dir", nargs="?", default=str(Path(__file__).parent / "data"), help="where the synthetic zarrs live")
     ap.add_argument("--workers", type=int, default=2, help="dask worker processes")
-    ap.add_argument("--skip-nucmm", action="store_true", help="only the small/medium cases")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512], help="cube edges compared with StarDist")
+    ap.add_argument("--repeats", type=int, default=3, help="paired runs per size; medians reported")
+    ap.add_argument("--skip-nucmm", action="store_true", help="no NucMM-Z-size run")
+    ap.add_argument("--scaling-workers", type=int, nargs="*", default=[1],
+                    help="extra worker counts timed (once) on the largest cube, for the scaling plot")
     ap.add_argument("--generate-only", action="store_true", help="create the synthetic data and stop")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "evaluate"), help="output prefix (.json)")
     args = ap.parse_args(argv)
     data = Path(args.data_dir)
-    results_dir = Path(__file__).parent / "results"
-    results_dir.mkdir(exist_ok=True)
     out = {"machine": {"cpus": os.cpu_count(), "ram_gb": psutil.virtual_memory().total / 2**30,
-                       "python": platform.python_version()}, "workers": args.workers}  # fmt: skip
-
-    with dask_client(ClusterConfig(n_workers=args.workers, dashboard=False), quiet=True) as client:
-        cases = {"small": (SMALL_SHAPE, SMALL_CELL), "mid": (MID_SHAPE, MID_CELL)}
-        if not args.skip_nucmm:
-            cases["nucmm_z"] = (NUCMM_SHAPE, NUCMM_CELL)
+                       "python": platform.python_version()}, "workers": args.workers, "thresholds": THRESHOLDS,
+           "synthetic": "one nucleus per cell of 12x13x13 voxels (17x20x21 at NucMM-Z size); prediction with "
+                        "shifted centres, scaled radii and 3 % merges, splits, misses and false positives"}  # fmt: skip
+    cases = {f"cube_{s}": ((s, s, s), MID_CELL) for s in args.sizes}
+    if not args.skip_nucmm:
+        cases["nucmm_z"] = (NUCMM_SHAPE, NUCMM_CELL)
+    with dask_client(ClusterConfig(n_workers=2, dashboard=False), quiet=True) as client:
+        t0 = time.perf_counter()
         paths = {k: ensure_data(data, k, s, c, client) for k, (s, c) in cases.items()}
+        out["data_generation_s"] = time.perf_counter() - t0
     if args.generate_only:
         return 0
-
+    out["cases"] = {}
+    # warm-up, discarded: first imports and numba compilation in this process and the workers
+    compare_case(*paths[f"cube_{min(args.sizes)}"], args.workers, 1)
+    for s in args.sizes:
+        out["cases"][f"cube_{s}"] = compare_case(*paths[f"cube_{s}"], args.workers, args.repeats)
     if not args.skip_nucmm:
-        res, wall, peak = run_blockseg(*paths["nucmm_z"], args.workers, out_dir=data / "nucmm_z_report")
-        out["nucmm_z"] = {
-            "shape": list(NUCMM_SHAPE),
-            "n_true": res.overlaps.n_true,
-            "n_pred": res.overlaps.n_pred,
-            "n_pairs": len(res.overlaps.count),
-            "wall_s": wall,
-            "cpu_s": run_blockseg.cpu_s,
-            "load_average_1min_after": os.getloadavg()[0],
-            "peak_rss_gb": peak / 2**30,
-            "stage_s": res.timings,
-            "avAP": res.av_ap,
-            "accuracy_at_0.5": res.matching[4]["accuracy"],
-            "coco_AP": res.coco["AP"],
-            "coco_AP75": res.coco["AP75"],
-        }
-        print(json.dumps(out["nucmm_z"], indent=1), flush=True)
-    res, wall, peak = run_blockseg(*paths["mid"], args.workers)
-    n_t, n_p = res.overlaps.n_true, res.overlaps.n_pred
-    dense_gb = (n_t + 1) * (n_p + 1) * (8 + 4 + 8) / 2**30  # overlap uint64 + iou float32 + cost float64
-    out["mid_512"] = {"shape": list(MID_SHAPE), "n_true": n_t, "n_pred": n_p, "wall_s": wall, "cpu_s": run_blockseg.cpu_s,
-                      "peak_rss_gb": peak / 2**30, "avAP": res.av_ap,
-                      "stardist_dense_matrices_gb": dense_gb,
-                      "stardist": "not run: its dense matrices need about %.0f GB" % dense_gb}  # fmt: skip
-    print(json.dumps(out["mid_512"], indent=1), flush=True)
-    out["vs_reference"] = compare_small(*paths["small"], args.workers)
-    print(json.dumps(out["vs_reference"], indent=1), flush=True)
-
-    (results_dir / "evaluate.json").write_text(json.dumps(out, indent=2) + "\n")
-    md = ["## Evaluate benchmark", "", f"Machine: {out['machine']['cpus']} cores, {out['machine']['ram_gb']:.0f} GiB RAM, "
-          f"{args.workers} dask workers. Wall time includes starting the cluster and writing the report; peak memory is "
-          "the summed RSS of the whole process tree.", "", "| case | shape | GT / pred instances | wall (s) | CPU (s) | peak RSS (GB) |",
-          "|---|---|---|---|---|---|"]  # fmt: skip
-    for key in ("nucmm_z", "mid_512"):
-        if key in out:
-            c = out[key]
-            md.append(f"| {key} | {'x'.join(map(str, c['shape']))} | {c['n_true']} / {c['n_pred']} | {c['wall_s']:.1f} | {c['cpu_s']:.1f} | {c['peak_rss_gb']:.2f} |")
-    v = out["vs_reference"]
-    md += ["", f"Against {v['reference']} on {'x'.join(map(str, v['shape']))} ({v['n_true']} GT, same in-memory "
-           f"arrays, same run): reference {v['reference_s']:.1f} s / {v['reference_peak_rss_gb']:.2f} GB, blockseg "
-           f"{v['blockseg_in_memory_s']:.1f} s / {v['blockseg_in_memory_peak_rss_gb']:.2f} GB in memory "
-           f"(x{v['speedup_in_memory']:.1f} faster; it also computes COCO AP) and {v['blockseg_wall_s']:.1f} s end to end "
-           f"from zarr with a fresh 2-worker cluster; TP equal at all 9 thresholds: {v['tp_equal_at_all_thresholds']}. "
-           f"At 512^3 the reference is {out['mid_512']['stardist']}.", ""]  # fmt: skip
-    (results_dir / "evaluate.md").write_text("\n".join(md))
+        load0 = [round(x, 2) for x in os.getloadavg()]
+        res, wall, peak = run_blockseg(*paths["nucmm_z"], args.workers)
+        out["cases"]["nucmm_z"] = {
+            "shape": list(NUCMM_SHAPE), "n_true": res.overlaps.n_true, "n_pred": res.overlaps.n_pred,
+            "voxels": int(np.prod(NUCMM_SHAPE)), "runs": [{"blockseg_s": wall, "loadavg_before": load0,
+                                                          "loadavg_after": [round(x, 2) for x in os.getloadavg()]}],
+            "blockseg_median_s": wall, "cpu_s": run_blockseg.cpu_s, "blockseg_peak_rss_gb": peak / 2**30,
+            "throughput_vox_per_s": int(np.prod(NUCMM_SHAPE)) / wall, "stage_s": res.timings, "avAP": res.av_ap,
+            "stardist": "N/A: not attempted at NucMM-Z size (dense matrices of ~165k x 165k instances, ~500 GB)",
+        }  # fmt: skip
+    big = f"cube_{max(args.sizes)}"
+    out["workers_scaling"] = {"shape": out["cases"][big]["shape"], str(args.workers): out["cases"][big]["blockseg_median_s"]}
+    for w in args.scaling_workers:
+        if w != args.workers:
+            _, wall, _ = run_blockseg(*paths[big], w)
+            out["workers_scaling"][str(w)] = wall
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out + ".json").write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

@@ -15,9 +15,11 @@ the machine is shared), then one run with a resolution round (``--resolution-hal
 3. agreement: voxels outside the one-to-one best overlap of the two labellings, and against
    blockseg's own flood on the whole volume (same tie rule: the seam check).
 
-Writes benchmarks/results/segment.json and segment.md.
+Writes ``OUT.json`` and ``OUT.md`` (default ``benchmarks/results/segment``). ``--skip-whole``
+times blockseg alone (the scaling runs; sizes where the whole volume does not fit in memory).
 
     PYTHONPATH=. python benchmarks/bench_segment.py --size 512 --workers 2 --repeats 3
+    PYTHONPATH=. python benchmarks/bench_segment.py --shape 397 1450 2000 --skip-whole --repeats 1
 """
 
 from __future__ import annotations
@@ -53,12 +55,15 @@ def _label_block(block_id, path, block_shape, centres, radii):
     vol.array[block.core] = rasterise(vol.shape, centres, radii, block.core)
 
 
-def make_data(size: int, density: float, seed: int, client, block: int) -> tuple[Path, Path, int]:
+def make_data(shape, density: float, seed: int, client, block: int) -> tuple[Path, Path, int]:
+    """Random touching nuclei and their perfect BCD predictions, cached under benchmarks/data
+    (keyed by shape, density and seed)."""
     data = HERE / "data"
     data.mkdir(exist_ok=True)
-    labels_path, pred_path = data / f"nuclei_{size}.zarr", data / f"nuclei_{size}_pred.zarr"
-    shape = (size,) * 3
-    n = int(density * size**3 / (4 / 3 * np.pi * 10**3))
+    shape = tuple(int(s) for s in shape)
+    key = f"{'x'.join(map(str, shape))}_d{density}_s{seed}"
+    labels_path, pred_path = data / f"nuclei_{key}.zarr", data / f"nuclei_{key}_pred.zarr"
+    n = int(density * np.prod(shape, dtype=float) / (4 / 3 * np.pi * 10**3))
     if not (pred_path / "zarr.json").exists():
         centres, radii = random_nuclei(shape, n, (8.0, 12.0), seed=seed)
         create_volume(labels_path, shape, np.uint32, 1.0, chunks=(64, 64, 64), overwrite=True)
@@ -143,6 +148,13 @@ def _whole(pred_path, decoder, whole_npy, own):
     return out
 
 
+def _remove(path: str) -> None:
+    """Delete a benchmark output (disk is limited; the repeats rewrite it anyway)."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _median(values):
     return float(np.median(np.asarray(values, dtype=float)))
 
@@ -158,21 +170,26 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="dask worker processes")
     ap.add_argument("--density", type=float, default=0.3, help="fraction of the volume covered by nuclei (approx.)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shape", type=int, nargs=3, help="volume shape (z y x) instead of --size cubed")
+    ap.add_argument("--skip-whole", action="store_true", help="time blockseg only (no whole-volume runs)")
+    ap.add_argument("--out", default=str(HERE / "results" / "segment"), help="output prefix (.json, .md)")
     args = ap.parse_args()
+    shape = tuple(args.shape) if args.shape else (args.size,) * 3
+    skey = "x".join(map(str, shape))
     decoder = BCDDecoder()
     cfg = ClusterConfig(n_workers=args.workers, threads_per_worker=1, dashboard=False, memory_limit="8GiB")
-    whole_npy = str(HERE / "data" / f"whole_{args.size}.npy")
+    whole_npy = str(HERE / "data" / f"whole_{skey}.npy")
     runs, wholes, loads = [], [], []
     resolution = None
     with dask_client(cfg, quiet=True) as client:
         t0 = time.perf_counter()
-        labels_path, pred_path, n_nuclei = make_data(args.size, args.density, args.seed, client, 128)
+        labels_path, pred_path, n_nuclei = make_data(shape, args.density, args.seed, client, 128)
         t_data = time.perf_counter() - t0
         pids = list(client.run(os.getpid).values())
         client.run(lambda: __import__("blockseg.segment.pipeline"))  # import (and load the numba cache) before timing
 
         def one(max_halo, label):
-            out = HERE / "data" / f"seg_{args.size}_{label}.zarr"
+            out = HERE / "data" / f"seg_{skey}_{label}.zarr"
             sampler = RssSampler(pids)
             sampler.start()
             cpu0 = _cpu_seconds(pids)
@@ -191,12 +208,28 @@ def main() -> None:
         for r in range(args.repeats):
             runs.append(one(args.halo, "default"))
             loads.append(os.getloadavg())
+            if args.skip_whole:
+                print(f"repeat {r}: blockseg {runs[-1]['seconds']} s, load {os.getloadavg()}", flush=True)
+                continue
             w = _whole(pred_path, decoder, whole_npy, own=(r == 0))
             w["loadavg_after"] = os.getloadavg()
             wholes.append(w)
             print(f"repeat {r}: blockseg {runs[-1]['seconds']} s, whole {w['seconds']:.1f} s, load {os.getloadavg()}", flush=True)
         if args.resolution_halo:
             resolution = one(args.resolution_halo, "resolution")
+    if args.skip_whole:
+        t_block = _median([r["seconds"] for r in runs])
+        res = {"volume": {"shape": list(shape), "nuclei_generated": n_nuclei, "prediction": "perfect BCD targets, uint8"},
+               "blockseg": {"workers": args.workers, "block": args.block, "halo": args.halo, "runs": runs,
+                            "median_seconds": t_block, "throughput_vox_per_s": float(np.prod(shape, dtype=float)) / t_block,
+                            "peak_rss_per_worker_bytes_max": max(max(r["peak_rss_per_worker_bytes"]) for r in runs)},
+               "data_generation_seconds": round(t_data, 1)}  # fmt: skip
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out + ".json").write_text(json.dumps(res, indent=2))
+        print(json.dumps({k: v for k, v in res["blockseg"].items() if k != "runs"}, indent=1))
+        for r in runs:
+            _remove(r["out"])
+        return
     a = open_volume(runs[-1]["out"]).array[:]
     b = np.load(whole_npy)
     diff = disagreement(a, b)
@@ -210,14 +243,17 @@ def main() -> None:
     cpu_whole = _median([w["cpu_seconds"] for w in wholes])
     ratios = [w["seconds"] / r["seconds"] for r, w in zip(runs, wholes)]
     peak = max(max(r["peak_rss_per_worker_bytes"]) for r in runs)
+    for r in runs + ([resolution] if resolution else []):
+        _remove(r["out"])
     res = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "note": "shared with 3 other engineers' jobs (one training a network): see the load averages"},
-        "volume": {"shape": [args.size] * 3, "nuclei_generated": n_nuclei, "prediction": "perfect BCD targets, uint8"},
+        "volume": {"shape": list(shape), "nuclei_generated": n_nuclei, "prediction": "perfect BCD targets, uint8"},
         "blockseg": {"workers": args.workers, "block": args.block, "halo": args.halo, "runs": runs,
-                     "median_seconds": t_block, "median_worker_cpu_seconds": cpu_block,
+                     "median_seconds": t_block, "throughput_vox_per_s": float(np.prod(shape, dtype=float)) / t_block, "median_worker_cpu_seconds": cpu_block,
                      "peak_rss_per_worker_bytes_max": peak, "resolution_run": resolution},
-        "whole_volume_skimage": {"runs": wholes, "median_seconds": t_whole, "median_cpu_seconds": cpu_whole},
+        "whole_volume_skimage": {"runs": wholes, "median_seconds": t_whole,
+                                 "peak_rss_bytes_max": max(w["peak_rss_bytes"] for w in wholes), "median_cpu_seconds": cpu_whole},
         "wall_ratio_whole_over_blockseg_per_repeat": [round(x, 3) for x in ratios],
         "wall_ratio_median": round(_median(ratios), 3),
         "cpu_ratio_whole_over_blockseg_median": round(cpu_whole / cpu_block, 3),
@@ -225,8 +261,8 @@ def main() -> None:
         "agreement_vs_own_whole_volume": {"voxels_differing": diff_own, "fraction": diff_own / max(fg, 1)},
         "data_generation_seconds": round(t_data, 1),
     }  # fmt: skip
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "segment.json").write_text(json.dumps(res, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out + ".json").write_text(json.dumps(res, indent=2))
     gib = 2**30
     rows = "\n".join(
         f"| {i} | {r['seconds']:.1f} | {r['worker_cpu_seconds']:.1f} | {w['seconds']:.1f} | {w['cpu_seconds']:.1f} | "
@@ -238,9 +274,9 @@ def main() -> None:
         rr = resolution["report"]
         res_line = (f"With one resolution round (halo {args.resolution_halo}): {resolution['seconds']:.1f} s wall, "
                     f"{resolution['worker_cpu_seconds']:.1f} CPU s; rounds {rr['rounds']}.\n")
-    md = f"""# segment benchmark ({args.size}³, {args.workers} workers)
+    md = f"""# segment benchmark ({skey}, {args.workers} workers)
 
-Command: `PYTHONPATH=. python benchmarks/bench_segment.py --size {args.size} --workers {args.workers} --block {args.block} --halo {args.halo} --repeats {args.repeats}`
+Command: `PYTHONPATH=. python benchmarks/bench_segment.py --shape {' '.join(map(str, shape))} --workers {args.workers} --block {args.block} --halo {args.halo} --repeats {args.repeats}`
 Machine: {os.cpu_count()} CPUs, {platform.platform()}, **shared** with three other engineers' jobs (one
 training a network) -- wall times are inflated and noisy; the CPU-time ratio is the steadier figure.
 
@@ -259,7 +295,7 @@ Voxels differing from the whole-volume run of blockseg's flood (same tie rule; t
 Certificate: {report['uncertain_voxels']} voxels ({report['uncertain_voxels'] / max(report['foreground_voxels'], 1):.3%} of foreground) not certified by the first pass.
 {res_line}Pass timings of the last default run (s): {report['seconds']}
 """
-    (HERE / "results" / "segment.md").write_text(md)
+    Path(args.out + ".md").write_text(md)
     print(md)
 
 

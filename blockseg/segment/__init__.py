@@ -1,18 +1,22 @@
 """Blockwise seeded watershed with seamless stitching (``blockseg segment``).
 
 Public API: :func:`segment` (prediction store -> label volume, blockwise), :func:`segment_array`
-(the same decoder on one in-memory array: the whole-volume reference), the decoders, and the
-deterministic flood with its certificate.
+(the same decoder on one in-memory array: the whole-volume reference), :func:`label` (exact
+blockwise connected components of a mask volume), the decoders, and the deterministic flood with
+its certificate.
 """
 
 from .decoders import DECODERS, AffinityDecoder, BCDDecoder, Decoder, SDTDecoder, ThreeLabelDecoder, make_decoder
 from .flood import artificial_faces, flood, uncertain_voxels
+from .components import LabelReport, label
 from .pipeline import SegmentReport, segment, segment_array
 
 __all__ = [
     "segment",
     "segment_array",
     "SegmentReport",
+    "label",
+    "LabelReport",
     "Decoder",
     "BCDDecoder",
     "ThreeLabelDecoder",
