@@ -200,8 +200,10 @@ def scaling_points(steps: dict) -> tuple[dict, dict]:
         if 1 in t and 2 in t:
             workers["predict"] = {"voxels": big**3, "seconds": t}
     p = _get(steps, "predict", "data")
-    if p and _get(p, "throughput_vox_per_s", "blockseg_2w1t") and _get(p, "args", "size"):
-        size["predict"].append((p["args"]["size"] ** 3, p["throughput_vox_per_s"]["blockseg_2w1t"]))
+    tp = (p or {}).get("throughput_vox_per_s") or {}
+    blockseg_tp = tp.get("blockseg", tp.get("blockseg_2w1t"))
+    if blockseg_tp and _get(p, "args", "size"):
+        size["predict"].append((p["args"]["size"] ** 3, blockseg_tp))
     one_worker = None
     for name, rec in steps.get("segment_scaling_runs", {}).items():
         d = rec.get("data")
@@ -332,8 +334,10 @@ def report(res: dict, out_dir: Path) -> str:
               f"(maintained with the predict engine), medians over {_get(p, 'args', 'repeats')} runs. MONAI: "
               "`sliding_window_inference`, gaussian, overlap 0.25.", "", "| method | volume voxels / s |", "|---|---|"]  # fmt: skip
         L += [f"| {k} | {fmt(val / 1e6, 3)} M |" for k, val in (p.get("throughput_vox_per_s") or {}).items()]
-        L += ["", "(raw_forward: output voxels of in-memory patches per second, the model's ceiling; 2w1t / 1w2t: "
-              "2 workers x 1 thread / 1 worker x 2 threads; the ratios use the faster blockseg variant.)"]
+        L += ["", "(raw_forward: output voxels of in-memory patches per second in one process with 2 torch threads; "
+              "raw_forward_2proc: the same in 2 processes x 1 thread at once, the machine's ceiling; blockseg: zarr in -> "
+              f"zarr out, 2 workers x 1 thread, blocks {tuple(_get(p, 'args', 'block') or ())}; ratios are medians of "
+              f"per-repeat ratios. Per-repeat table: `results/raw/predict.md`.)"]
         L += ["", "Ratios: " + ", ".join(f"{k} **{fmt(val)}**" for k, val in (p.get("ratios") or {}).items()) + ".", ""]
     else:
         L += [f"Not measured: {_get(steps, 'predict', 'error') or 'stage not selected'}.", ""]
