@@ -242,6 +242,15 @@ def _partial_path(job: BlockJob, block_id: int) -> str:
     return f"{job.out_path.rstrip('/')}/{PARTIAL_GROUP}/{block_id}"
 
 
+def _create_partial(job: BlockJob, block_id: int, layout: BlockLayout) -> None:
+    """(Re)create the scratch array of a block's partial sums (nothing when it has none)."""
+    if not box_minus(layout.region, layout.interior):
+        return
+    shape = tuple(s.stop - s.start for s in layout.region)
+    zarr.create_array(_partial_path(job, block_id), shape=(len(job.channels), *shape), dtype=job.scratch_dtype,
+                      chunks=(1, *(min(n, 64) for n in shape)), fill_value=0.0, compressors=None, overwrite=True)  # fmt: skip
+
+
 def _set_marker(job: BlockJob, name: str, index) -> None:
     zarr.open_array(f"{job.out_path.rstrip('/')}/{name}", mode="r+")[index] = 1
 
@@ -287,10 +296,7 @@ def predict_block(job: BlockJob, block_id: int) -> dict:
         _write_channels(job, acc[(slice(None), *_shift(layout.interior, layout.region))], layout.interior)
     rest = box_minus(layout.region, layout.interior)
     if rest:
-        shape = tuple(s.stop - s.start for s in layout.region)
-        part = zarr.create_array(_partial_path(job, block_id), shape=(n_ch, *shape), dtype=job.scratch_dtype,
-                                 chunks=(1, *(min(n, 64) for n in shape)), fill_value=0.0, compressors=None,
-                                 overwrite=True)  # fmt: skip
+        part = zarr.open_array(_partial_path(job, block_id), mode="r+")
         for box in rest:
             rel = _shift(box, layout.region)
             part[(slice(None), *rel)] = acc[(slice(None), *rel)]
@@ -648,6 +654,8 @@ def predict(
             first.update(j for j, _ in strip_sources(lattice, grid, i)
                          if j not in first and str(j) not in group[PARTIAL_GROUP])  # fmt: skip
         first = sorted(first)
+        for i in first:  # the scratch arrays are made here, so tasks write chunks only
+            _create_partial(job, i, layouts[i])
         stats = run_blocks(partial(predict_block, job), first, client, name="predict", resources=resources,
                            progress=progress)  # fmt: skip
         if second:
