@@ -22,13 +22,18 @@ The resident memory (RSS) of every worker process and of the driver is sampled e
 The bound is fitted per stage from the two block shapes on the big volume as
 ``peak <= A + B x block_voxels`` and checked against the small volume.
 
-Writes ``--out``/memory.json and memory.md (default benchmarks/results/); data go under
-``--root`` (default /tmp/bench_memory) and are deleted at the end unless ``--keep``.
+Every measured stage is appended to a JSON-lines file (``--rows``, default ROOT/rows.jsonl) as
+it completes, so an interrupted run keeps its rows; ``memory.json`` and ``memory.md`` (in
+``--out``, default benchmarks/results/) are written from all rows of that file
+(``--report-only`` only does that). Data go under ``--root`` (default /tmp/bench_memory) and
+are deleted at the end unless ``--keep``.
 
     # development size
-    PYTHONPATH=. python benchmarks/bench_memory.py --small 32 128 128 --big 64 256 256 \
-        --block 32 128 128 --block2 32 64 64 --chunks 32 64 64 --out /tmp/memdev
-    # the >= 1 Gvox run (NucMM-Z size, 1.15 Gvox)
+    PYTHONPATH=. python benchmarks/bench_memory.py --chunks 32x64x64 --root /tmp/memdev --out /tmp/memdev \
+        --case "32x128x128 32x128x128 synth,targets,predict,segment,evaluate" \
+        --case "32x128x128 32x64x64 predict,segment,evaluate" \
+        --case "64x128x128 32x128x128 synth,targets,predict,segment,evaluate"
+    # the >= 1 Gvox run (NucMM-Z size, 1.15 Gvox) with the default cases
     PYTHONPATH=. python benchmarks/bench_memory.py
 """
 
@@ -101,7 +106,12 @@ def _checkpoint(path: Path) -> str:
     return str(path)
 
 
-def run_volume(root: Path, shape, chunks, blocks, workers: int, ckpt: str, seed: int) -> list[dict]:
+def run_case(root: Path, shape, chunks, block, stages, workers: int, ckpt: str, seed: int, emit) -> None:
+    """Run ``stages`` of one case (volume shape, block shape); ``emit(row)`` after each stage.
+
+    ``synth`` and ``targets`` make the volume and the segment input; without them the volume of
+    an earlier case (same shape, under ``root``) is reused.
+    """
     from blockseg.evaluate import evaluate
     from blockseg.predict import predict
     from blockseg.segment import ThreeLabelDecoder, segment
@@ -109,69 +119,66 @@ def run_volume(root: Path, shape, chunks, blocks, workers: int, ckpt: str, seed:
     from blockseg.targets import write_targets
 
     tag = "x".join(map(str, shape))
-    vox = math.prod(shape)
     img = root / f"img_{tag}.zarr"
     gt = f"{img}/labels/nuclei"
     perfect = root / f"perfect_{tag}.zarr"
-    params = preset_params("nucmm-z", shape=tuple(shape), seed=seed)
-    common = {"volume": list(shape), "volume_voxels": vox}
-    rows = []
+    pred = root / f"tiny_{tag}.zarr"
+    seg = root / f"seg_{tag}_{'x'.join(map(str, block))}.zarr"
+    info = {"volume": list(shape), "volume_voxels": math.prod(shape), "block_shape": list(block),
+            "block_voxels": math.prod(block)}  # fmt: skip
 
-    def blk(b):
-        return {"block_shape": list(b), "block_voxels": math.prod(b)}
+    def do_synth(c):
+        params = preset_params("nucmm-z", shape=tuple(shape), seed=seed)
+        s = synthesize(str(img), params, chunks=chunks, block_shape=block, client=c, overwrite=True, progress=False)
+        return {"n_nuclei": s.n_nuclei}
 
-    rows.append({**_measure("synth", workers, lambda c: {"n_nuclei": synthesize(
-        str(img), params, chunks=chunks, block_shape=blocks[0], client=c, overwrite=True, progress=False).n_nuclei}),
-        **common, **blk(blocks[0])})  # fmt: skip
-    rows.append({**_measure("targets", workers, lambda c: write_targets(
-        gt, str(perfect), ("3label",), block_shape=blocks[0], client=c, overwrite=True) and None), **common, **blk(blocks[0])})  # fmt: skip
-    for b in blocks:
-        pred = root / f"tiny_{tag}.zarr"
-        seg = root / f"seg_{tag}.zarr"
+    def do_targets(c):
+        write_targets(gt, str(perfect), ("3label",), block_shape=block, client=c, overwrite=True)
 
-        def do_predict(c):
-            r = predict(str(img), ckpt, str(pred), block_shape=b, client=c, overwrite=True, progress=False,
-                        batch_size=2)  # fmt: skip
-            return {"blocks": r.blocks, "memory_estimate_gib": round(r.plan.memory_bytes["total"] / GIB, 3)}
-
-        rows.append({**_measure("predict", workers, do_predict), **common, **blk(b)})
+    def do_predict(c):
+        r = predict(str(img), ckpt, str(pred), block_shape=block, client=c, overwrite=True, progress=False, batch_size=2)
         shutil.rmtree(pred, ignore_errors=True)
+        return {"blocks": r.blocks, "memory_estimate_gib": round(r.plan.memory_bytes["total"] / GIB, 3)}
 
-        def do_segment(c):
-            r = segment(str(perfect), str(seg), ThreeLabelDecoder(), block_shape=b, halo=24, client=c, overwrite=True)
-            return {"n_instances": r.n_instances}
+    def do_segment(c):
+        r = segment(str(perfect), str(seg), ThreeLabelDecoder(), block_shape=block, halo=24, client=c, overwrite=True)
+        return {"n_instances": r.n_instances}
 
-        rows.append({**_measure("segment", workers, do_segment), **common, **blk(b)})
+    def do_evaluate(c):
+        s = evaluate(gt, str(seg), client=c, block_voxels=math.prod(block)).summary()
+        ev_block = default_block_shape(shape, open_volume(gt).write_unit, math.prod(block))
+        return {"n_true": s["n_true"], "n_pred": s["n_pred"], "avAP": round(s["avAP"], 4),
+                "block_shape": list(ev_block), "block_voxels": math.prod(ev_block)}  # fmt: skip
 
-        ev_block = default_block_shape(shape, open_volume(gt).write_unit, math.prod(b))
-
-        def do_evaluate(c):
-            s = evaluate(gt, str(seg), client=c, block_voxels=math.prod(b)).summary()
-            return {"n_true": s["n_true"], "n_pred": s["n_pred"], "avAP": round(s["avAP"], 4)}
-
-        rows.append({**_measure("evaluate", workers, do_evaluate), **common, **blk(ev_block)})
-        shutil.rmtree(seg, ignore_errors=True)
-    return rows
+    funcs = {"synth": do_synth, "targets": do_targets, "predict": do_predict, "segment": do_segment, "evaluate": do_evaluate}
+    for stage in stages:
+        row = {**info, **_measure(stage, workers, funcs[stage])}
+        emit(row)
 
 
 def fit(rows: list[dict], big: list[int]) -> dict:
-    """Per stage: A, B of ``peak = A + B x block_voxels`` through the big volume's two block shapes."""
+    """Per stage: A, B of ``peak = A + B x block_voxels`` through the two block shapes of one
+    volume (the biggest that has two), checked against the other volume's rows."""
     out = {}
     for stage in ("predict", "segment", "evaluate"):
-        pts = sorted({(r["block_voxels"], r["worker_peak_rss_gib"]) for r in rows if r["stage"] == stage and r["volume"] == big})
-        if len(pts) < 2 or pts[0][0] == pts[-1][0]:
+        mine = [r for r in rows if r["stage"] == stage]
+        for vol in sorted({tuple(r["volume"]) for r in mine}, key=math.prod, reverse=True):
+            pts = sorted({(r["block_voxels"], r["worker_peak_rss_gib"]) for r in mine if tuple(r["volume"]) == vol})
+            if len(pts) >= 2 and pts[0][0] != pts[-1][0]:
+                break
+        else:
             continue
         (v1, p1), (v2, p2) = pts[0], pts[-1]
         b = (p2 - p1) / (v2 - v1)
         a = p1 - b * v1
-        others = [r for r in rows if r["stage"] == stage and r["volume"] != big]
         out[stage] = {
+            "fitted_on": list(vol),
             "A_gib": round(a, 3),
             "B_bytes_per_block_voxel": round(b * GIB, 1),
             "check": [
                 {"volume": r["volume"], "block_voxels": r["block_voxels"], "measured_gib": r["worker_peak_rss_gib"],
                  "fitted_gib": round(a + b * r["block_voxels"], 3)}
-                for r in others
+                for r in mine if tuple(r["volume"]) != vol
             ],  # fmt: skip
         }
     return out
@@ -207,54 +214,79 @@ def markdown(res: dict) -> str:
         )
         lines.append(
             f"- **{stage}**: per-worker peak ≈ {f['A_gib']:.2f} GiB + {f['B_bytes_per_block_voxel']:.0f} B × block voxels "
-            f"(line through the big volume's two block shapes). {checks}."
+            f"(line through the two block shapes on {'x'.join(map(str, f['fitted_on']))}). {checks}."
         )
     lines += ["", res.get("conclusion", "")]
     return "\n".join(lines) + "\n"
 
 
+DEFAULT_CASES = [
+    "128x512x512 64x512x512 synth,targets,predict,segment,evaluate",
+    "128x512x512 32x256x256 predict,segment,evaluate",
+    "397x1450x2000 64x512x512 synth,targets,predict,segment,evaluate",
+    "397x1450x2000 32x256x256 predict,segment,evaluate",
+]
+
+
+def _triple(text: str) -> tuple[int, int, int]:
+    return tuple(int(v) for v in text.split("x"))  # type: ignore[return-value]
+
+
+def report(rows: list[dict], command: str, workers: int) -> dict:
+    big = max((r["volume"] for r in rows), key=math.prod)
+    res = {
+        "command": command,
+        "machine": f"{os.cpu_count()} CPUs, {platform.platform()}",
+        "workers": workers,
+        "rows": rows,
+        "fit": fit(rows, big),
+    }
+    w = [r["worker_peak_rss_gib"] for r in rows if r["stage"] in ("predict", "segment", "evaluate")]
+    biggest = math.prod(big)
+    res["conclusion"] = (
+        f"Largest per-worker peak of predict/segment/evaluate over all cases: {max(w):.2f} GiB "
+        f"(volumes up to {biggest / 1e9:.2f} G voxels, i.e. {biggest / GIB:.2f} GiB as uint8 and "
+        f"{4 * biggest / GIB:.2f} GiB as uint32 labels)."
+    )
+    return res
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--small", type=int, nargs=3, default=[128, 512, 512], help="small volume shape")
-    ap.add_argument("--big", type=int, nargs=3, default=[397, 1450, 2000], help="big volume shape (NucMM-Z)")
-    ap.add_argument("--block", type=int, nargs=3, default=[64, 512, 512], help="block shape of every stage")
-    ap.add_argument("--block2", type=int, nargs=3, default=[32, 256, 256], help="the smaller block shape (big volume)")
-    ap.add_argument("--chunks", type=int, nargs=3, default=[32, 128, 128])
+    ap.add_argument(
+        "--case", action="append", metavar="'ZxYxX BZxBYxBX STAGES'",
+        help="a volume shape, a block shape and comma-separated stages; repeatable (default: small and big "
+        "volume with blocks 64x512x512, and both with 32x256x256)",
+    )  # fmt: skip
+    ap.add_argument("--chunks", default="32x128x128")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--root", default="/tmp/bench_memory", help="where the volumes are written")
+    ap.add_argument("--rows", default=None, help="JSON-lines file the rows are appended to (default ROOT/rows.jsonl)")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder of memory.json / memory.md")
+    ap.add_argument("--report-only", action="store_true", help="write the report from the rows file, run nothing")
     ap.add_argument("--keep", action="store_true", help="keep the volumes")
     args = ap.parse_args()
 
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    ckpt = _checkpoint(root / "tiny.pt")
-    rows = []
-    t0 = time.perf_counter()
-    try:
-        rows += run_volume(root, args.small, tuple(args.chunks), [tuple(args.block)], args.workers, ckpt, args.seed)
-        rows += run_volume(root, args.big, tuple(args.chunks), [tuple(args.block), tuple(args.block2)], args.workers,
-                           ckpt, args.seed)  # fmt: skip
-    finally:
+    rows_file = Path(args.rows or root / "rows.jsonl")
+    if not args.report_only:
+        ckpt = _checkpoint(root / "tiny.pt")
+
+        def emit(row):
+            with open(rows_file, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+        for case in args.case or DEFAULT_CASES:
+            shape, block, stages = case.split()
+            run_case(root, _triple(shape), _triple(args.chunks), _triple(block), stages.split(","), args.workers, ckpt,
+                     args.seed, emit)  # fmt: skip
         if not args.keep:
             for p in root.glob("*.zarr"):
                 shutil.rmtree(p, ignore_errors=True)
-    res = {
-        "command": "PYTHONPATH=. python benchmarks/bench_memory.py " + " ".join(sys.argv[1:]),
-        "machine": f"{os.cpu_count()} CPUs, {platform.platform()}",
-        "workers": args.workers,
-        "total_wall_s": round(time.perf_counter() - t0, 1),
-        "rows": rows,
-        "fit": fit(rows, list(args.big)),
-    }
-    biggest = max(r["volume_voxels"] for r in rows)
-    w = [r["worker_peak_rss_gib"] for r in rows if r["stage"] in ("predict", "segment", "evaluate")]
-    res["conclusion"] = (
-        f"Largest per-worker peak of predict/segment/evaluate over all cases: {max(w):.2f} GiB "
-        f"(volume up to {biggest / 1e9:.2f} G voxels, i.e. {biggest / GIB:.2f} GiB as uint8 and "
-        f"{4 * biggest / GIB:.2f} GiB as uint32 labels)."
-    )
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    res = report(rows, "PYTHONPATH=. python benchmarks/bench_memory.py " + " ".join(sys.argv[1:]), args.workers)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "memory.json").write_text(json.dumps(res, indent=2) + "\n")
