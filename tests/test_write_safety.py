@@ -19,7 +19,6 @@ import json
 import os
 import threading
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
