@@ -231,6 +231,10 @@ def _stage_predict(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
     from .predict import predict
 
     p = cfg.predict
+    if resume and not _has_done_markers(layout.predictions):
+        # interrupted before predict made its done-markers (or with none left): nothing to
+        # keep, and predict would refuse the store as not resumable
+        resume = False
     report = predict(
         layout.image,
         checkpoint_path(cfg),
@@ -246,6 +250,19 @@ def _stage_predict(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         **({"overlap": p.overlap} if p.overlap is not None else {}),
     )
     return report.to_dict() if hasattr(report, "to_dict") else dict(report or {})
+
+
+def _has_done_markers(predictions: str) -> bool:
+    """Whether a prediction store has predict's per-block done-markers."""
+    import zarr
+
+    from .predict.engine import DONE_ARRAY
+
+    try:
+        zarr.open_array(f"{predictions.rstrip('/')}/{DONE_ARRAY}", mode="r")
+    except Exception:  # missing store, missing or damaged marker array
+        return False
+    return True
 
 
 def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict:
@@ -423,6 +440,9 @@ def run(
     payload = read_checkpoint(checkpoint_path(cfg))
     check_decoder_channels(payload, make_decoder(cfg.segment.decoder, **(cfg.segment.params or {})))
     _claim_run_dir(cfg, layout, overwrite)
+    # mark the folder as a run directory before any work: a driver killed during the first
+    # run must leave a folder the rerun recognises (and resumes) rather than refuses
+    _write_provenance(cfg, layout, [])
     fps = fingerprints(cfg, layout)
     actions = plan(cfg, from_stage, only, fps)
     result = RunResult(layout)

@@ -13,6 +13,8 @@ from blockseg import BlocksegError
 
 from .options import add_cluster_options, cluster_config
 
+#: the files ``write_report`` writes into --out
+REPORT_FILES = ("evaluation.json", "instances.csv", "ap_vs_iou.png")
 HELP = "score an instance segmentation against ground-truth labels (streaming, sparse)"
 
 
@@ -73,6 +75,7 @@ def register(subparsers) -> None:
     p.add_argument("--merge-threshold", type=float, default=0.5, help="GT fraction a prediction must cover to count in a merge")
     p.add_argument("--split-threshold", type=float, default=0.5, help="prediction fraction inside a GT to count in a split")
     p.add_argument("--no-png", action="store_true", help="do not draw ap_vs_iou.png")
+    p.add_argument("--overwrite", action="store_true", help="replace the reports of an earlier evaluation in --out")
     add_cluster_options(p)
     p.set_defaults(func=run)
 
@@ -120,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
         raise BlocksegError(f"--size-ranges needs two increasing positive numbers, got {args.size_ranges}")
     if args.radius <= 0:
         raise BlocksegError(f"--radius must be positive, got {args.radius}")
+    reports = [f for f in REPORT_FILES if os.path.exists(os.path.join(args.out, f))]
+    if reports and not args.overwrite:
+        raise BlocksegError(f"{args.out} already exists and holds {reports[0]} (pass --overwrite to replace the reports)")
     for k in range(n):  # shapes and dtypes before any cluster starts
         check_inputs(args.gt[k], args.pred[k], args.mask[k] if args.mask else None)
     a, b = args.size_ranges

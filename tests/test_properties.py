@@ -1,0 +1,157 @@
+"""Property-based tests (hypothesis): blockwise == whole volume for random geometry.
+
+Random volume, chunk and block shapes (volumes <= 40 voxels a side), on the in-process path
+(``client=None``: the same block functions dask runs, one after the other). Each property has
+a fixed example budget and ``derandomize=True``, so CI draws the same examples every run.
+
+(a) ``segment`` == ``segment_array`` (same partition, all voxels);
+(b) ``predict`` == ``predict_array`` within one uint8 step (1/255);
+(c) streaming ``evaluate`` of zarr volumes == ``evaluate`` of the in-memory arrays, and its TP
+    count at IoU 0.6 == a brute-force count.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from blockseg.io import create_volume, open_volume
+from blockseg.predictions import encode_channel, open_predictions, read_channels, save_predictions
+from blockseg.segment import BCDDecoder, segment, segment_array
+from blockseg.segment.synthetic import noisy_predictions, random_nuclei, rasterise
+
+SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def geometry(draw, lo=12, hi=40, chunk_lo=4, chunk_hi=12, max_factor=3):
+    """(volume shape, chunk shape, block shape): blocks are whole chunks, any remainder."""
+    shape = tuple(draw(st.integers(lo, hi)) for _ in range(3))
+    chunks = tuple(draw(st.integers(chunk_lo, min(chunk_hi, s))) for s in shape)
+    block = tuple(c * draw(st.integers(1, max_factor)) for c in chunks)
+    return shape, chunks, block
+
+
+def _nuclei(shape, seed, radius=(4.0, 7.0)):
+    n = max(2, int(np.prod(shape) / 1500))
+    centres, radii = random_nuclei(shape, n, radius, seed=seed)
+    return rasterise(shape, centres, radii)
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to renaming ids (background to background)."""
+    pairs = np.unique(np.stack([a.ravel().astype(np.uint64), b.ravel().astype(np.uint64)], 1), axis=0)
+    one_to_one = len(np.unique(pairs[:, 0])) == len(pairs) == len(np.unique(pairs[:, 1]))
+    return bool(one_to_one and np.array_equal(a == 0, b == 0))
+
+
+# ---------------------------------------------------------------------------- (a) segment
+DECODER = BCDDecoder(seed_d=0.3, min_seed_size=8, min_size=32)
+
+
+@settings(max_examples=12, **SETTINGS)
+@given(geometry(hi=36, chunk_lo=6, chunk_hi=16), st.integers(1, 10), st.integers(0, 2**16), st.sampled_from([0.0, 0.08]))
+def test_segment_blockwise_equals_whole_volume(geo, halo, seed, noise):
+    shape, chunks, block = geo
+    channels = noisy_predictions(_nuclei(shape, seed), noise=noise, blur=0.7 if noise else 0.0, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        pred = Path(tmp) / "pred.zarr"
+        save_predictions(pred, channels, chunks=chunks)
+        ref = segment_array(read_channels(open_predictions(pred), (slice(None),) * 3), DECODER)
+        # resolution rounds up to the volume size: every voxel the certificate doubts is redone
+        report = segment(pred, Path(tmp) / "seg.zarr", DECODER, block_shape=block, halo=halo, max_halo=max(shape))
+        out = open_volume(Path(tmp) / "seg.zarr").array[:]
+    assert ref.max() > 0
+    assert report.unresolved_voxels == 0
+    assert report.n_instances == int(ref.max())
+    assert same_partition(ref, out)
+
+
+# ---------------------------------------------------------------------------- (b) predict
+@settings(max_examples=12, **SETTINGS)
+@given(
+    geometry(lo=8, hi=32, chunk_lo=4, chunk_hi=16),
+    st.booleans(),
+    st.tuples(*[st.integers(0, 3)] * 3),
+    st.sampled_from([0.125, 0.25, 0.5]),
+    st.integers(0, 2**16),
+)
+def test_predict_blockwise_equals_predict_array(geo, valid, margin, overlap, seed):
+    from blockseg.models import save_checkpoint
+    from blockseg.models.tiny import TinyConvNet
+    from blockseg.predict import predict, predict_array
+
+    shape, chunks, block = geo
+    norm = {"offset": 128.0, "scale": 64.0}
+    image = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    model = TinyConvNet(("B", "D"), valid=valid, input_patch=(12, 20, 20), margin=margin, seed=seed % 97).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = predict_array(model, image, normalisation=norm, overlap=overlap)
+        with tempfile.TemporaryDirectory() as tmp:
+            img = create_volume(Path(tmp) / "img.zarr", shape, np.uint8, (1.0, 1.0, 1.0), chunks)
+            img.array[:] = image
+            save_checkpoint(Path(tmp) / "m.pt", model, normalisation=norm)
+            rep = predict(img.path, Path(tmp) / "m.pt", Path(tmp) / "o.zarr", block_shape=block, overlap=overlap,
+                          progress=False, torch_threads=1)  # fmt: skip
+            got = {c: v.array[:] for c, v in open_predictions(Path(tmp) / "o.zarr").items()}
+    finally:
+        torch.set_num_threads(threads)
+    assert rep.computed == rep.blocks >= 1
+    for c in model.channels:
+        want = encode_channel(ref[c], model.kinds[c], np.uint8).astype(int)
+        assert np.abs(got[c].astype(int) - want).max() <= 1, c  # one uint8 step = 1/255
+
+
+# ---------------------------------------------------------------------------- (c) evaluate
+def _tp_at(gt: np.ndarray, pred: np.ndarray, t: float) -> int:
+    """Pairs with IoU >= t > 0.5 (each instance has at most one such partner), brute force."""
+    tp = 0
+    for g in np.unique(gt[gt > 0]):
+        inside = gt == g
+        for p in np.unique(pred[inside]):
+            if p == 0:
+                continue
+            other = pred == p
+            inter = np.count_nonzero(inside & other)
+            if inter / np.count_nonzero(inside | other) >= t:
+                tp += 1
+    return tp
+
+
+@settings(max_examples=12, **SETTINGS)
+@given(geometry(chunk_lo=3, chunk_hi=16), st.integers(1, 12000), st.integers(0, 2**16))
+def test_streaming_evaluate_equals_in_memory(geo, block_voxels, seed):
+    from blockseg.evaluate import evaluate
+
+    shape, chunks, _ = geo
+    rng = np.random.default_rng(seed)
+    n = max(2, int(np.prod(shape) / 1500))
+    centres, radii = random_nuclei(shape, n, (4.0, 7.0), seed=seed)
+    gt = rasterise(shape, centres, radii)
+    # the prediction: nuclei moved and resized, some missed, some invented
+    keep = rng.random(n) > 0.15
+    extra_c, extra_r = random_nuclei(shape, 2, (3.0, 5.0), seed=seed + 1)
+    pc = np.r_[centres[keep] + rng.normal(0, 1.0, (keep.sum(), 3)), extra_c]
+    pr = np.r_[radii[keep] * rng.uniform(0.8, 1.2, keep.sum()), extra_r]
+    pred = rasterise(shape, pc, pr)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for name, arr in (("gt", gt), ("pred", pred)):
+            v = create_volume(Path(tmp) / f"{name}.zarr", shape, np.uint32, None, chunks)
+            v.array[:] = arr
+            paths.append(str(Path(tmp) / f"{name}.zarr"))
+        streamed = evaluate(*paths, block_voxels=block_voxels)
+    whole = evaluate(gt, pred)
+    assert streamed.matching == whole.matching
+    np.testing.assert_equal(streamed.coco["ap"], whole.coco["ap"])
+    assert streamed.overlaps.n_true == len(np.unique(gt[gt > 0]))
+    assert streamed.overlaps.n_pred == len(np.unique(pred[pred > 0]))
+    at = next(m for m in streamed.matching if m["threshold"] == 0.6)
+    assert at["tp"] == _tp_at(gt, pred, 0.6)
