@@ -99,7 +99,7 @@ def _split(path: str) -> tuple[str, tuple[int, ...]] | None:
     if not sep:
         return None
     idx = tail.split("/")
-    if len(idx) != 3 or not all(i.isdigit() for i in idx):
+    if not idx or not all(i.isdigit() for i in idx):
         return None
     return head, tuple(int(i) for i in idx)
 
@@ -134,6 +134,11 @@ def check_writes(writes, grids: dict[str, BlockGrid]) -> dict[str, dict]:
             per_pass[name].add(task)
         assert all(len(t) == 1 for t in per_pass.values()), f"{array} chunk {idx}: two tasks of one pass {writers}"
         (block,) = blocks
+        private = array.rpartition("/")
+        if private[0].endswith("_partial"):  # predict's per-block scratch: only its own block writes it
+            assert int(private[2]) == block, f"{array} chunk {idx} written by block {block}"
+            out[array][idx] = block
+            continue
         suffix = next((s for s in grids if array.endswith(s)), None)
         assert suffix is not None, f"unexpected array {array}"
         grid = grids[suffix]
@@ -164,7 +169,8 @@ def test_synth_predict_segment_write_each_chunk_from_one_task(recorded, tmp_path
     owners = check_writes(rec.since(start), {"s.zarr/0": grid, "nuclei/0": grid})
     assert len(owners) == 2 and all(len(v) == 2 * 2 * 3 for v in owners.values())  # every chunk, once
 
-    # predict: each channel's chunks, then the block's done-marker
+    # predict: each channel's chunks (interior in pass 1, lower-face strips in pass 2), each
+    # block's private scratch of partial sums, then the block's markers
     ckpt = tmp_path / "id.pt"
     save_checkpoint(ckpt, IdentityNet(("B", "C", "D"), input_patch=(16, 32, 32)), normalisation={"offset": 0.0, "scale": 255.0})
     start = rec.mark
@@ -172,9 +178,14 @@ def test_synth_predict_segment_write_each_chunk_from_one_task(recorded, tmp_path
                      progress=False)  # fmt: skip
     assert report.computed == len(grid) == 8
     writes = rec.since(start)
-    markers = BlockGrid(grid.grid_shape, (1, 1, 1), 0, (1, 1, 1))  # _done: one chunk per block
-    owners = check_writes(writes, {"p.zarr/B/0": grid, "p.zarr/C/0": grid, "p.zarr/D/0": grid, "p.zarr/_done": markers})
-    assert {a.rsplit("p.zarr/", 1)[1] for a in owners} == {"B/0", "C/0", "D/0", "_done"}
+    markers = BlockGrid(grid.grid_shape, (1, 1, 1), 0, (1, 1, 1))  # _done, _pass1: one chunk per block
+    owners = check_writes(writes, {"p.zarr/B/0": grid, "p.zarr/C/0": grid, "p.zarr/D/0": grid, "p.zarr/_done": markers,
+                                   "p.zarr/_pass1": markers})  # fmt: skip
+    written = {a.rsplit("p.zarr/", 1)[1] for a in owners}
+    assert {"B/0", "C/0", "D/0", "_done", "_pass1"} <= written
+    assert {a for a in written if a.startswith("_partial/")}, "no partial sums were exchanged"
+    names = {_task_block(t)[0] for _, _, t in writes if t}
+    assert names == {"predict", "predict-strips"}
     last_data = defaultdict(int)
     marker_at = {}
     for seq, path, task in writes:
