@@ -51,9 +51,11 @@ def make_volume(path: str, size: int, client) -> np.ndarray:
     return open_volume(path).array
 
 
-def raw_forward(model, patch, batch, repeats) -> float:
+def raw_forward(model, patch, batch, repeats, channels_last=True) -> float:
     """Output voxels per second of ``model`` on in-memory random patches (this process's threads)."""
-    x = torch.randn(batch, 1, *patch).contiguous(memory_format=torch.channels_last_3d)
+    x = torch.randn(batch, 1, *patch)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
         model(x)
         t = time.perf_counter()
@@ -64,10 +66,11 @@ def raw_forward(model, patch, batch, repeats) -> float:
 
 
 def raw_forward_worker(patch, batch, repeats) -> float:
-    """:func:`raw_forward` of the benchmark network inside a dask worker (1 torch thread)."""
+    """:func:`raw_forward` of the benchmark network inside a dask worker (1 torch thread, the
+    default memory layout: what blockseg's CPU workers run)."""
     torch.set_num_threads(1)
-    model = bench_unet.BenchResUNet(input_patch=patch).eval().to(memory_format=torch.channels_last_3d)
-    return raw_forward(model, patch, batch, repeats)
+    model = bench_unet.BenchResUNet(input_patch=patch).eval()
+    return raw_forward(model, patch, batch, repeats, channels_last=False)
 
 
 def monai_run(model, image: np.ndarray, patch, batch) -> tuple[float, np.ndarray]:
@@ -101,7 +104,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=288)
     ap.add_argument("--patch", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=1, help="patches per forward, all three methods (1 was fastest here)")
     ap.add_argument("--block", type=int, nargs=3, default=[144, 192, 192], help="8 blocks at 288³: enough to keep 2 workers busy")
     ap.add_argument("--repeats", type=int, default=3, help="paired runs of every measurement (medians reported)")
     ap.add_argument("--one-worker", action="store_true", help="also run blockseg on 1 worker x 2 threads")
@@ -127,10 +130,10 @@ def main() -> None:
         for r in range(args.repeats):
             run: dict = {"load_before": load()}
             torch.set_num_threads(os.cpu_count() or 1)
-            run["raw_1p"] = raw_forward(model, patch, args.batch, 4)
+            run["raw_1p"] = raw_forward(model, patch, args.batch, max(4, 16 // args.batch))
             with dask_client(ClusterConfig(n_workers=2, threads_per_worker=1, dashboard=False), quiet=True) as c:
                 c.run(importlib.import_module, "bench_unet")
-                run["raw_2p"] = sum(c.run(raw_forward_worker, patch, args.batch, 4).values())
+                run["raw_2p"] = sum(c.run(raw_forward_worker, patch, args.batch, max(4, 16 // args.batch)).values())
             print(f"[{r}] raw forward {run['raw_1p'] / 1e6:.3f} (1 process x 2 threads) / {run['raw_2p'] / 1e6:.3f} "
                   f"(2 processes x 1 thread) Mvox/s, load {load()}", flush=True)  # fmt: skip
             wall, cpu, peak, rep = blockseg_run(str(work / "img.zarr"), ckpt, str(work / "pred.zarr"), args.block, 2, 1, args.batch)
@@ -203,7 +206,8 @@ def report(res: dict) -> str:
         f"Machine: {res['machine']['cpus']} CPUs, {res['machine']['platform']}, torch {res['machine']['torch']}; "
         f"1-min load before {res['load_before']}, after {res['load_after']}.  ",
         f"Model: `bench_resunet` ({res['model']['params']:,} parameters, random weights), patch {a['patch']}³, "
-        f"batch {a['batch']}; synthetic EM volume.",
+        f"batch {a['batch']} for all three; synthetic EM volume. The in-process runs (raw 1p, MONAI) use the "
+        "channels-last layout (faster with 2 torch threads here), blockseg's workers and raw 2p the default layout.",
         "",
         "| | voxels/s (median) | compute factor |",
         "|---|---|---|",

@@ -100,7 +100,8 @@ def cached_model(checkpoint: str, device: str, mc: bool = False) -> BlocksegNet:
         model = _MODELS.get(key)
         if model is None:
             model, _ = load_checkpoint(path, device)
-            model = model.to(memory_format=torch.channels_last_3d)
+            if torch.device(device).type == "cuda":  # see run_batch: channels-last on GPUs only
+                model = model.to(memory_format=torch.channels_last_3d)
             _MODELS[key] = model
     return model
 

@@ -92,7 +92,10 @@ def run_batch(model: BlocksegNet, x: np.ndarray, options: InferenceOptions) -> n
         vector_sign = {a: [i for i, c in enumerate(chans) if VECTOR_AXIS.get(c) == a] for a in (0, 1, 2)}
     with torch.inference_mode():
         t = torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
-        t = t.contiguous(memory_format=torch.channels_last_3d)
+        if device.type == "cuda":
+            # channels-last feeds cuDNN's fast 3-D kernels; on CPU, single-thread workers ran this
+            # project's U-Nets as fast or faster in the default layout (benchmarks/results/predict.md)
+            t = t.contiguous(memory_format=torch.channels_last_3d)
 
         def forward(inp: torch.Tensor) -> torch.Tensor:
             with _autocast(device, options.amp):
