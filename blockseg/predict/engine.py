@@ -650,10 +650,9 @@ def predict(
         second = [i for i in plan.todo if layouts[i].strips]
         first = {i for i in plan.todo if not pass1[grid[i].index]}
         # a finished block's partial sums are deleted with the run's end; recompute them if needed
-        group = zarr.open_group(out_path, mode="r")
+        kept = {int(k) for k in zarr.open_group(out_path, mode="r")[PARTIAL_GROUP].keys()}
         for i in second:
-            first.update(j for j, _ in strip_sources(lattice, grid, i)
-                         if j not in first and str(j) not in group[PARTIAL_GROUP])  # fmt: skip
+            first.update(j for j, _ in strip_sources(lattice, grid, i) if j not in kept)
         first = sorted(first)
         for i in first:  # the scratch arrays are made here, so tasks write chunks only
             _create_partial(job, i, layouts[i])
