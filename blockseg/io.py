@@ -17,7 +17,6 @@ Paths may be local or any URL zarr understands through fsspec (``s3://``, ``gcs:
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -187,30 +186,28 @@ def open_volume(path: str | os.PathLike, mode: str = "r", storage_options: dict 
     return Volume(array, voxel_size, path)
 
 
-def check_destination(path: str | os.PathLike, overwrite: bool = False) -> None:
+def check_destination(
+    path: str | os.PathLike, overwrite: bool = False, inputs: Sequence[str | os.PathLike | None] = ()
+) -> None:
     """Raise :class:`BlocksegError` unless an output can be created at ``path``.
 
     Call it before any work starts, so bad output paths fail fast and nothing is touched.
+    The rules are :func:`blockseg.safety.prepare_output`'s: never an input, inside or around
+    one; an existing output only with ``overwrite`` and only when blockseg wrote it.
     """
-    path = str(path)
-    if _is_url(path):
-        return
-    if os.path.lexists(path) and not overwrite:
-        raise BlocksegError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise BlocksegError(f"{path}: parent directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise BlocksegError(f"{path}: parent directory {parent} is not writable")
+    from .safety import prepare_output
+
+    prepare_output(path, inputs, overwrite)
 
 
 def _prepare_destination(path: str, overwrite: bool) -> None:
-    check_destination(path, overwrite)
-    if not _is_url(path) and os.path.lexists(path):
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+    """Make room for a new output at ``path`` (low-level API: an own output is deleted in place;
+    the commands replace outputs new-then-swap through :mod:`blockseg.safety` instead)."""
+    from .safety import _remove, prepare_output
+
+    out = prepare_output(path, (), overwrite)
+    if out.action == "replace" or (out.action == "create" and not _is_url(path) and os.path.isdir(path)):
+        _remove(path)
 
 
 def create_volume(
@@ -266,9 +263,10 @@ def create_volume(
             raise BlocksegError(f"shard shape {shards} must be a positive multiple of the chunk shape {chunks}")
     _prepare_destination(path, overwrite)
     group = zarr.open_group(path, mode="w" if overwrite else "w-", storage_options=storage_options)
+    from .safety import stamp_json
+
     attrs: dict[str, Any] = {"ome": {"version": NGFF_VERSION, "multiscales": multiscales_metadata(voxel_size, name)}}
-    if attributes:
-        attrs["blockseg"] = attributes
+    attrs["blockseg"] = stamp_json(attributes)  # marks the volume as blockseg's (see blockseg.safety)
     group.attrs.update(attrs)
     array = group.create_array(
         "0",
@@ -418,10 +416,11 @@ def import_volume(
     """
     import dask.array as da
 
+    from .safety import prepare_output
+
     source, dest = str(source), str(dest)
     _check_exists(source)
-    if os.path.abspath(source) == os.path.abspath(dest):
-        raise BlocksegError(f"{dest}: the destination is the source")
+    output = prepare_output(dest, [source], overwrite)
     data, file_vs, close = _read_source(source, key)
     try:
         if data.ndim != 3:
@@ -430,11 +429,13 @@ def import_volume(
         if out_dtype.kind not in "biuf":
             raise BlocksegError(f"{source}: unsupported dtype {out_dtype} (need integers or floats)")
         vs = parse_voxel_size(voxel_size if voxel_size is not None else file_vs)
-        out = create_volume(dest, data.shape, out_dtype, vs, chunks, shards, overwrite=overwrite, name=Path(source).stem)
-        grid = out.grid()
-        src = da.from_array(data, chunks=grid.dask_chunks, lock=False, asarray=True)
-        da.store(src.astype(out_dtype), out.array, lock=False, scheduler="threads")
-        return out
+        with output.writing() as target:
+            out = create_volume(target, data.shape, out_dtype, vs, chunks, shards, name=Path(source).stem,
+                                attributes={"import": {"source": source}})  # fmt: skip
+            grid = out.grid()
+            src = da.from_array(data, chunks=grid.dask_chunks, lock=False, asarray=True)
+            da.store(src.astype(out_dtype), out.array, lock=False, scheduler="threads")
+        return open_volume(dest)
     finally:
         if close is not None:
             close()

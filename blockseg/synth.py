@@ -567,11 +567,15 @@ def synthesize(
     """
     from .cluster import run_blocks
 
+    from .safety import prepare_output
+
     t0 = time.perf_counter()
     chunks = tuple(chunks or DEFAULT_CHUNKS)
     meta = {"synth": params.to_dict()}
+    output = prepare_output(path, (), overwrite)
+    final_path, path = path, output.begin()  # a replacement is written beside the old one
     image = create_volume(
-        path, params.shape, np.uint8, params.voxel_size, chunks, shards, overwrite=overwrite,
+        path, params.shape, np.uint8, params.voxel_size, chunks, shards,
         name="synthetic " + params.mode, attributes=meta,
     )  # fmt: skip
     label_kw = dict(voxel_size=params.voxel_size, chunks=chunks, shards=shards, attributes=meta)
@@ -593,7 +597,7 @@ def synthesize(
     fg = sum(r[0] for r in results)
     visible = np.unique(np.concatenate([r[1] for r in results])) if results else np.empty(0)
     summary = SynthSummary(
-        path=path,
+        path=final_path,
         shape=params.shape,
         voxel_size=params.voxel_size,
         n_nuclei=len(table),
@@ -605,6 +609,7 @@ def synthesize(
     )
     with open(f"{path}/synth_summary.json", "w") as f:
         json.dump(summary.to_dict(), f, indent=2)
+    output.commit()
     return summary
 
 

@@ -22,7 +22,6 @@ half-written output is never taken for a finished one.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -89,7 +88,10 @@ class RunLayout:
         else:
             gt = d.ground_truth if d.ground_truth is None or _is_zarr(d.ground_truth) else os.path.join(root, "ground_truth.zarr")
             mask = d.mask if d.mask is None or _is_zarr(d.mask) else os.path.join(root, "mask.zarr")
-        labels = f"{image}/labels/blockseg" if _inside(image, root) else os.path.join(root, "segmentation.zarr")
+        # the segmentation becomes a label image of the image only when the run made the image
+        # itself (synthesised or imported into run_dir): never written into the user's zarr
+        own_image = d.synth is not None or image != d.image
+        labels = f"{image}/labels/blockseg" if own_image and _inside(image, root) else os.path.join(root, "segmentation.zarr")
         return cls(
             root=root,
             image=image,
@@ -313,9 +315,8 @@ def _stage_evaluate(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> 
         layout.ground_truth, layout.labels, layout.mask, thresholds=e.thresholds, scores=scores,
         points="centroids", radius_um=e.detection_radius_um, client=client,
     )  # fmt: skip
-    if os.path.exists(layout.evaluation):
-        shutil.rmtree(layout.evaluation)
-    paths = write_report(result, layout.evaluation, png=e.png)
+    inputs = [layout.ground_truth, layout.labels, layout.mask]
+    paths = write_report(result, layout.evaluation, png=e.png, overwrite=True, inputs=inputs)
     if e.png:
         paths["overview"] = os.path.join(layout.evaluation, "overview.png")
         overview_png(layout.image, layout.ground_truth, layout.labels, result, paths["overview"], mask=layout.mask)
@@ -340,12 +341,27 @@ STAGE_FUNCS: dict[str, Callable] = {
 
 
 # ------------------------------------------------------------------------------ run
+def run_inputs(cfg: RunConfig) -> list[str]:
+    """The user's files a run reads (image, ground truth, mask, checkpoint): never written."""
+    d = cfg.data
+    ins = [p for p in (d.image, d.ground_truth, d.mask) if p is not None]
+    if cfg.model.checkpoint and cfg.model.checkpoint != "demo":
+        ins.append(cfg.model.checkpoint)
+    return ins
+
+
 def _claim_run_dir(cfg: RunConfig, layout: RunLayout, overwrite: bool) -> None:
+    from .safety import check_not_input
+
     root = layout.root
     marker = os.path.join(root, RUN_MARKER)
+    # run_dir holds every output of the run: it may not be, hold, or lie inside an input
+    check_not_input([root], run_inputs(cfg))
     if os.path.isdir(root) and os.listdir(root) and not os.path.exists(marker):
-        if not overwrite:
-            raise BlocksegError(f"run_dir {root} exists and is not a blockseg run directory; choose another or pass --overwrite")
+        raise BlocksegError(
+            f"run_dir {root} exists, is not empty and is not a blockseg run directory; choose another "
+            "(it is never taken over, even with --overwrite)"
+        )
     if os.path.exists(root) and not os.path.isdir(root):
         raise BlocksegError(f"run_dir {root} exists and is not a directory")
     try:

@@ -123,9 +123,10 @@ def run(args: argparse.Namespace) -> int:
         raise BlocksegError(f"--size-ranges needs two increasing positive numbers, got {args.size_ranges}")
     if args.radius <= 0:
         raise BlocksegError(f"--radius must be positive, got {args.radius}")
-    reports = [f for f in REPORT_FILES if os.path.exists(os.path.join(args.out, f))]
-    if reports and not args.overwrite:
-        raise BlocksegError(f"{args.out} already exists and holds {reports[0]} (pass --overwrite to replace the reports)")
+    from blockseg.safety import prepare_output
+
+    inputs = args.gt + args.pred + (args.mask or []) + [p for p in (args.scores, args.points) if p]
+    prepare_output(args.out, inputs, args.overwrite, what="report folder")  # before any cluster starts
     for k in range(n):  # shapes and dtypes before any cluster starts
         check_inputs(args.gt[k], args.pred[k], args.mask[k] if args.mask else None)
     a, b = args.size_ranges
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             client=client,
             progress=not args.no_progress,
         )
-    paths = write_report(result, args.out, png=not args.no_png)
+    paths = write_report(result, args.out, png=not args.no_png, overwrite=args.overwrite, inputs=inputs)
     s = result.summary()
     at = {m["threshold"]: m for m in s["matching"]}
     line = f"{s['n_true']} GT, {s['n_pred']} predicted; avAP {s['avAP']:.4f}"

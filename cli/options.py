@@ -45,8 +45,9 @@ def add_output_options(parser: argparse.ArgumentParser, dest: str, help: str) ->
     parser.add_argument("--overwrite", action="store_true", help=f"replace {dest.upper()} if it exists")
 
 
-def check_output(args: argparse.Namespace, dest: str) -> None:
-    """Fail with one line, before any cluster starts, when the output exists without --overwrite."""
+def check_output(args: argparse.Namespace, dest: str, inputs=()) -> None:
+    """Fail with one line, before any cluster starts, when the output may not be written
+    (it exists without --overwrite, is not blockseg's, or is / holds / lies in an input)."""
     from blockseg.io import check_destination
 
-    check_destination(getattr(args, dest), args.overwrite)
+    check_destination(getattr(args, dest), args.overwrite, inputs)

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     decoder = make_decoder(args.decoder, **params)
     block_shape, halo = zyx(args.block_shape, "--block-shape"), zyx(args.halo, "--halo")
     max_halo = zyx(args.max_halo, "--max-halo")
-    check_output(args, "output")  # fail before starting a cluster
+    check_output(args, "output", [args.predictions])  # fail before starting a cluster
     with dask_client(cluster_config(args), quiet=args.json) as client:
         report = segment(
             args.predictions,

@@ -121,14 +121,37 @@ def draw_ap(ax, result: EvaluationResult) -> None:
     ax.legend(fontsize=8, loc="lower left")
 
 
-def write_report(result: EvaluationResult, out_dir: str | os.PathLike, png: bool = True) -> dict[str, str]:
+def write_report(
+    result: EvaluationResult,
+    out_dir: str | os.PathLike,
+    png: bool = True,
+    overwrite: bool = False,
+    inputs=(),
+) -> dict[str, str]:
     """Write ``evaluation.json``, ``instances.csv`` and ``ap_vs_iou.png`` into ``out_dir``.
+
+    ``out_dir`` follows :func:`blockseg.safety.prepare_output`: it must be new or empty, or,
+    with ``overwrite``, an earlier report folder (replaced new-then-swap); it may not be, hold
+    or lie inside one of ``inputs`` (the evaluated volumes and tables).
 
     Returns
     -------
     dict
         Paths written, by kind.
     """
+    from ..safety import prepare_output
+
+    output = prepare_output(out_dir, inputs, overwrite, what="report folder")
+    with output.writing() as target:
+        _write_report_files(result, target, png)
+    out = Path(out_dir)
+    paths = {"json": str(out / "evaluation.json"), "csv": str(out / "instances.csv")}
+    if png:
+        paths["png"] = str(out / "ap_vs_iou.png")
+    return paths
+
+
+def _write_report_files(result: EvaluationResult, out_dir: str, png: bool) -> dict[str, str]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": str(out / "evaluation.json"), "csv": str(out / "instances.csv")}

@@ -43,7 +43,7 @@ import zarr
 
 from ..errors import BlocksegError
 from ..grid import BlockGrid, default_block_shape
-from ..io import _is_url, check_destination, open_volume
+from ..io import _is_url, open_volume
 from ..models.base import BlocksegNet, build_model, load_checkpoint, normalise, read_checkpoint
 from ..predictions import create_predictions, encode_channel
 from .infer import InferenceOptions, check_options, make_lattice, output_channels, predict_region
@@ -592,7 +592,10 @@ def predict(
         math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in box_minus(lay.region, lay.interior)
     )
 
-    markers = _existing_run(out_path, run_settings, overwrite, resume)
+    from ..safety import prepare_output
+
+    output = prepare_output(out_path, [image_path, checkpoint], overwrite, resume=resume)
+    markers = _existing_run(output, run_settings)
     if markers is not None:
         done, pass1 = markers
         plan.todo = [b.id for b in grid if not done[b.index]]
@@ -600,9 +603,12 @@ def predict(
         return plan
 
     t0 = time.perf_counter()
+    # a new store is written in place (an interrupted run resumes it); a replaced one is
+    # written beside the old one and swapped in when complete (blockseg.safety)
+    out_path = output.begin()
     if markers is None:
         pass1 = np.zeros(grid.grid_shape, dtype=np.uint8)
-        create_predictions(out_path, names, shape, dtype, vol.voxel_size, chunk_shape, kinds, overwrite=overwrite)
+        create_predictions(out_path, names, shape, dtype, vol.voxel_size, chunk_shape, kinds)
         group = zarr.open_group(out_path, mode="r+")
         attrs = dict(group.attrs["blockseg"])
         attrs["predictions"] = {**attrs["predictions"], "run": run_settings}
@@ -661,9 +667,10 @@ def predict(
         if second:
             run_blocks(partial(finish_block, job), second, client, name="predict-strips", progress=progress)
     _drop_partials(out_path)
+    output.commit()
     seconds = time.perf_counter() - t0
     return PredictReport(
-        output=out_path,
+        output=output.path,
         blocks=len(grid),
         skipped=len(grid) - len(plan.todo),
         computed=len(plan.todo),
@@ -674,15 +681,16 @@ def predict(
     )
 
 
-def _existing_run(out_path: str, settings: dict, overwrite: bool, resume: bool):
-    """Done-markers of a resumable run at ``out_path`` (None when a new store must be made)."""
-    exists = os.path.lexists(out_path) if not _is_url(out_path) else _url_exists(out_path)
-    if not exists or overwrite:
-        check_destination(out_path, overwrite=True)
+def _existing_run(output, settings: dict):
+    """Done-markers of the run to resume at ``output`` (None when a new store must be made).
+
+    ``output`` is :func:`blockseg.safety.prepare_output`'s verdict: only a ``resume`` of
+    blockseg's own store gets here with markers; it must hold a run with the same settings.
+    """
+    if output.action != "resume":
         return None
+    out_path = output.path
     hint = "pass overwrite=True / --overwrite to replace it"
-    if not resume:
-        raise BlocksegError(f"{out_path} already exists ({hint})")
     try:
         group = zarr.open_group(out_path, mode="r")
         previous = dict(group.attrs["blockseg"])["predictions"]["run"]

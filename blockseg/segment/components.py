@@ -31,7 +31,7 @@ import zarr
 from ..cluster import run_blocks
 from ..errors import BlocksegError
 from ..grid import BlockGrid, Interface
-from ..io import _prepare_destination, create_volume, open_volume
+from ..io import create_volume, open_volume
 from .pipeline import _write_tables, merge_seeds
 
 #: cc3d connectivity -> BlockGrid neighbourhood connectivity (faces / + edges / + corners)
@@ -154,17 +154,18 @@ def label(
     mask_path, out_path = str(mask_path), str(out_path).rstrip("/")
     vol = open_volume(mask_path)
     grid = vol.grid(block_shape)
-    _prepare_destination(out_path, overwrite)
-    work = out_path + ".work"
-    _prepare_destination(work, True)
-    zarr.open_group(work, mode="w")
+    from ..safety import prepare_output, prepare_work
+
+    output = prepare_output(out_path, [mask_path], overwrite, extra=[out_path + ".work"])
+    final_path, out_path = out_path, output.begin()  # a replacement is written beside the old one
+    work = prepare_work(out_path + ".work")
     id_dtype = np.uint32 if len(grid) * grid.block_voxels < 2**32 - 1 else np.uint64
     zarr.create_array(f"{work}/ids", shape=grid.shape, chunks=vol.write_unit, dtype=id_dtype, fill_value=0,
                       compressors=None)  # fmt: skip
     job = _LabelJob(mask_path, work, grid.shape, grid.block_shape, vol.write_unit, connectivity)
     ids = list(grid.block_ids)
     run = partial(run_blocks, block_ids=ids, client=client, progress=progress)
-    report = LabelReport(out_path)
+    report = LabelReport(final_path)
     t = time.perf_counter()
     counts = run(partial(_components_task, job=job), name="label-components")
     edges = run(partial(_pairs_task, job=job), name="label-pairs")
@@ -182,4 +183,5 @@ def label(
     report.seconds["relabel"] = round(time.perf_counter() - t, 3)
     report.seconds["total"] = round(time.perf_counter() - t_start, 3)
     shutil.rmtree(work, ignore_errors=True)
+    output.commit()
     return report

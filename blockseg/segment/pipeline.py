@@ -49,7 +49,7 @@ from scipy.sparse.csgraph import connected_components
 from ..cluster import run_blocks
 from ..errors import BlocksegError
 from ..grid import BlockGrid, Interface
-from ..io import _prepare_destination, create_volume
+from ..io import create_volume
 from ..predictions import decode_channel, open_predictions, prediction_kind
 from .decoders import BCDDecoder, Decoder
 from .flood import artificial_faces, flood, uncertain_voxels
@@ -428,10 +428,11 @@ def segment(
     if any(m < h for m, h in zip(max_halo, halo)):
         raise BlocksegError(f"max_halo {max_halo} is smaller than the halo {halo}")
     grid = first.grid(grid0.block_shape, halo)
-    _prepare_destination(out_path, overwrite)
-    work = out_path + ".work"
-    _prepare_destination(work, True)
-    zarr.open_group(work, mode="w")
+    from ..safety import prepare_output, prepare_work, swap_work
+
+    output = prepare_output(out_path, [pred_path], overwrite, extra=[out_path + ".work"])
+    final_path, out_path = out_path, output.begin()  # a replacement is written beside the old one
+    work = prepare_work(out_path + ".work")
     kw = dict(shape=grid.shape, chunks=first.write_unit, fill_value=0, compressors=None)  # scratch: fast, not small
     # block-offset ids are at most len(grid) * block_voxels: uint32 when that fits below the
     # foreground code (the largest value)
@@ -443,7 +444,7 @@ def segment(
     kinds = tuple((c, prediction_kind(vols[c], c)) for c in decoder.channels)
     job = _Job(pred_path, work, grid.shape, grid.block_shape, halo, first.write_unit, decoder, kinds)
     ids = list(grid.block_ids)
-    report = SegmentReport(out_path, f"{out_path}/instances.csv")
+    report = SegmentReport(final_path, f"{final_path}/instances.csv")
     run = partial(run_blocks, block_ids=ids, client=client, progress=progress)
 
     def timed(name, t0):
@@ -506,12 +507,15 @@ def segment(
     final = {c: v[keep] for c, v in stats.items()}
     final["id"] = new_ids[keep]
     table = instance_table(final)
-    write_csv(table, report.table_path)
+    write_csv(table, f"{out_path}/instances.csv")
     t = timed("relabel", t)
     report.seconds["total"] = round(time.perf_counter() - t_start, 3)
     zarr.open_group(out_path, mode="r+").attrs["blockseg_report"] = json.loads(json.dumps(report.to_dict()))
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
+    output.commit()
+    if keep_work and work != final_path + ".work":
+        swap_work(work, final_path + ".work")
     return report
 
 

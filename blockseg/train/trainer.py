@@ -226,6 +226,12 @@ def train(
         raise BlocksegError(f"cannot resume: {resume_path} does not exist")
     if not resume and ckpt_path.exists():
         raise BlocksegError(f"{ckpt_path} exists; use --resume to continue it or choose another output")
+    from ..safety import check_not_input
+
+    # the output folder is never an input, inside or around one, nor someone else's folder
+    check_not_input([str(out)], [*cfg.data.train, cfg.data.validation])
+    if out.is_dir() and any(out.iterdir()) and not any((out / f).exists() for f in (CHECKPOINT, RESUME, "train_log.jsonl")):
+        raise BlocksegError(f"{out} exists, is not empty and is not a blockseg training folder; choose another output")
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -1,0 +1,445 @@
+"""Data safety: the one place that decides whether an output may be written, and how.
+
+Every command that writes (``import``, ``synth``, ``predict``, ``segment``, ``evaluate``,
+``export``, ``run`` / ``demo``, ``train``) asks :func:`prepare_output` before it writes a byte.
+The rules:
+
+1. **An output is never an input, never inside an input and never around one.** Paths are
+   compared after resolving them (absolute, symlinks followed); a local input inside a zarr
+   hierarchy (``img.zarr/labels/gt``) protects the whole hierarchy (``img.zarr``), so no output
+   may go into ``img.zarr`` either. URLs are compared by their normalised form.
+2. **An existing output is replaced only with ``overwrite``, and only when blockseg wrote it.**
+   blockseg recognises its own outputs by the marks it leaves (:func:`owned_kind`): zarr
+   attributes ``blockseg`` / ``blockseg_report`` (volumes, prediction stores, segmentations),
+   ``run.json`` (run directories), a folder of evaluation reports only, an export file's
+   ``blockseg`` metadata. Anything else that is not empty is foreign and is never replaced.
+3. **A replacement is written new, then swapped in.** The new output is written to a hidden
+   sibling (``.NAME.blockseg-new-PID``), and only when it is complete is the old one renamed
+   away, the new one renamed into place and the old one deleted. An interrupted replacement
+   leaves the old output as it was (the half-written sibling is removed at the next attempt).
+   The two renames happen back to back; should a crash fall exactly between them, the next
+   :func:`prepare_output` of that path renames the old output back.
+4. A *new* output (nothing at the path, or an empty folder) is written in place, so an
+   interrupted ``predict`` leaves a store that the rerun resumes.
+
+On object storage (``s3://``...) there is no atomic rename: existing outputs there are
+refused with a one-line message (delete it yourself or choose another output).
+
+Violations raise :class:`~blockseg.errors.BlocksegError` (one line; exit code 2 in the CLI)
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import posixpath
+import shutil
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import BlocksegError
+
+#: files a folder of evaluation reports may hold (``blockseg evaluate --out``; ``run``'s evaluation/)
+EVALUATION_FILES = frozenset({"evaluation.json", "instances.csv", "ap_vs_iou.png", "overview.png"})
+#: attribute keys that mark a zarr node as written by blockseg
+ZARR_MARKS = ("blockseg", "blockseg_report")
+NEW_TAG, OLD_TAG = "blockseg-new", "blockseg-old"
+
+
+# ---------------------------------------------------------------------------- paths
+def is_url(path: str) -> bool:
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def _strip_file_scheme(path: str) -> str:
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
+def resolve(path: str | os.PathLike) -> str:
+    """Canonical form of a path: absolute with symlinks resolved, or a normalised URL."""
+    path = str(path)
+    if is_url(path):
+        parts = urlsplit(path)
+        clean = posixpath.normpath("/" + parts.path.strip("/")) if parts.path.strip("/") else ""
+        return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), clean.rstrip("/"), "", ""))
+    return os.path.realpath(os.path.abspath(os.path.expanduser(_strip_file_scheme(path))))
+
+
+def _is_zarr_node(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, f)) for f in ("zarr.json", ".zgroup", ".zarray", "attributes.json"))
+
+
+def zarr_root(path: str) -> str:
+    """The outermost zarr hierarchy that holds a resolved local ``path`` (``path`` if none).
+
+    ``/d/img.zarr/labels/gt`` -> ``/d/img.zarr``; a URL is cut after its first ``.zarr``.
+    """
+    if is_url(path):
+        head, sep, _ = path.partition(".zarr/")
+        return head + ".zarr" if sep else path
+    root = path
+    cur = path
+    while True:
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            return root
+        if _is_zarr_node(parent) or parent.endswith((".zarr", ".n5")):
+            root = parent
+        cur = parent
+
+
+def _within(child: str, parent: str) -> bool:
+    """``child`` is ``parent`` or lies below it (both resolved)."""
+    if child == parent:
+        return True
+    sep = "/" if is_url(parent) else os.sep
+    return child.startswith(parent.rstrip(sep) + sep)
+
+
+def check_not_input(outputs: Iterable[str], inputs: Iterable[str]) -> None:
+    """Refuse an output that is an input, lies inside an input's zarr hierarchy, or contains an input.
+
+    Parameters
+    ----------
+    outputs, inputs : iterable of str
+        Paths or URLs as the user gave them (``None`` entries are ignored).
+
+    Raises
+    ------
+    BlocksegError
+        Naming the first offending pair.
+    """
+    ins = [(str(p), resolve(p)) for p in inputs if p is not None]
+    for out in outputs:
+        if out is None:
+            continue
+        o = resolve(out)
+        for given, i in ins:
+            if o == i:
+                raise BlocksegError(f"{out}: the output is the input {given}; choose another output path")
+            if _within(o, zarr_root(i)):
+                raise BlocksegError(
+                    f"{out}: the output lies inside the input {given}; blockseg never writes into an input"
+                )
+            if _within(i, o):
+                raise BlocksegError(f"{out}: the output contains the input {given}; choose another output path")
+
+
+# ---------------------------------------------------------------------------- ownership
+def _zarr_attrs(path: str) -> dict | None:
+    import zarr
+
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception:
+        return None
+    try:
+        return dict(node.attrs)
+    except Exception:
+        return None
+
+
+def _file_kind(path: str) -> str | None:
+    low = path.lower()
+    try:
+        if low.endswith((".tif", ".tiff")):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                desc = tif.pages[0].description if len(tif.pages) else ""
+                meta = tif.imagej_metadata or {}
+            if "blockseg" in str(desc) or "blockseg" in str(meta.get("Info", "")):
+                return "export"
+        elif low.endswith((".h5", ".hdf5", ".hdf")):
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                if "blockseg" in f.attrs:
+                    return "export"
+    except Exception:
+        return None
+    return None
+
+
+def owned_kind(path: str | os.PathLike) -> str | None:
+    """What blockseg output is at ``path`` (``"zarr"``, ``"run"``, ``"evaluation"``,
+    ``"export"``, ``"empty"`` for an empty folder), or None when it is not blockseg's."""
+    path = str(path)
+    if is_url(path):
+        attrs = _zarr_attrs(path)
+        return "zarr" if attrs is not None and any(k in attrs for k in ZARR_MARKS) else None
+    if os.path.islink(path):
+        return None  # a link is the user's: never replaced
+    if os.path.isfile(path):
+        return _file_kind(path)
+    if not os.path.isdir(path):
+        return None
+    entries = set(os.listdir(path))
+    if not entries:
+        return "empty"
+    if "run.json" in entries and os.path.isfile(os.path.join(path, "run.json")):
+        return "run"
+    if "evaluation.json" in entries and entries <= EVALUATION_FILES:
+        return "evaluation"
+    if _is_zarr_node(path):
+        attrs = _zarr_attrs(path)
+        if attrs is not None and any(k in attrs for k in ZARR_MARKS):
+            return "zarr"
+    return None
+
+
+def _exists(path: str) -> bool:
+    if is_url(path):
+        return _zarr_attrs(path) is not None
+    return os.path.lexists(path)
+
+
+# ---------------------------------------------------------------------------- replacement
+def _sibling(path: str, tag: str, pid: int | None = None) -> str:
+    parent, name = os.path.split(os.path.abspath(path.rstrip("/")))
+    return os.path.join(parent, f".{name}.{tag}-{os.getpid() if pid is None else pid}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _leftovers(path: str, tag: str) -> list[tuple[str, int]]:
+    parent, name = os.path.split(os.path.abspath(path.rstrip("/")))
+    out = []
+    for p in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.{tag}-*")):
+        tail = p.rsplit("-", 1)[1]
+        if tail.isdigit():
+            out.append((p, int(tail)))
+    return out
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def recover(path: str) -> None:
+    """Tidy what an interrupted replacement of ``path`` left behind.
+
+    An old output renamed away but not replaced (a crash between the two renames) is renamed
+    back; half-written new outputs of dead processes, and old outputs already replaced, are
+    deleted (both are blockseg's own hidden siblings).
+    """
+    if is_url(path):
+        return
+    path = os.path.abspath(path.rstrip("/"))
+    olds = sorted(_leftovers(path, OLD_TAG))
+    for old, pid in olds:
+        if _pid_alive(pid) and pid != os.getpid():
+            continue
+        if not os.path.lexists(path):
+            os.rename(old, path)
+        else:
+            _remove(old)
+    for new, pid in _leftovers(path, NEW_TAG):
+        if not _pid_alive(pid) or pid == os.getpid():
+            _remove(new)
+        for work in (new + ".work",):
+            if os.path.lexists(work) and (not _pid_alive(pid) or pid == os.getpid()):
+                _remove(work)
+
+
+@dataclass
+class Output:
+    """A checked output path and how it will be written (see :func:`prepare_output`).
+
+    Attributes
+    ----------
+    path : str
+        The output as given.
+    action : {"create", "replace", "resume"}
+        ``create``: nothing there (or an empty folder); ``replace``: blockseg's own output,
+        replaced new-then-swap; ``resume``: continue the unfinished output in place.
+    kind : str or None
+        :func:`owned_kind` of what is there now.
+    """
+
+    path: str
+    action: str
+    kind: str | None = None
+    _target: str | None = field(default=None, repr=False)
+
+    @property
+    def target(self) -> str:
+        """Where to write: the path itself, or its hidden sibling while replacing."""
+        if self._target is None:
+            self._target = _sibling(self.path, NEW_TAG) if self.action == "replace" else self.path
+        return self._target
+
+    def begin(self) -> str:
+        """Start writing: return :attr:`target` (an empty folder at a new path is removed first).
+
+        Pair it with :meth:`commit` on success; without it (a crash) the old output stays and
+        the half-written copy is removed by the next :func:`prepare_output` of the path.
+        """
+        if self.action == "create" and not is_url(self.path) and os.path.isdir(self.path):
+            os.rmdir(self.path)  # an empty folder: the writers create the output themselves
+        if self.action == "replace":
+            _remove(self.target)
+        return self.target
+
+    def commit(self) -> None:
+        """Swap a finished replacement into place (nothing to do for create / resume)."""
+        if self.action == "replace":
+            swap(self.target, self.path)
+
+    def abort(self) -> None:
+        """Delete a replacement's half-written copy (the old output stays)."""
+        if self.action == "replace":
+            with contextlib.suppress(OSError):
+                _remove(self.target)
+                _remove(self.target + ".work")
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[str]:
+        """Context in which the output is written to :attr:`target`; swapped in on success.
+
+        On an exception (or KeyboardInterrupt) a replacement's new copy is deleted and the old
+        output stays; a new output is left as it is (``predict`` resumes it).
+        """
+        target = self.begin()
+        try:
+            yield target
+        except BaseException:
+            self.abort()
+            raise
+        self.commit()
+
+
+def swap(new: str, path: str) -> None:
+    """Put ``new`` at ``path``: rename the old away, rename the new in, delete the old."""
+    path = os.path.abspath(path.rstrip("/"))
+    old = _sibling(path, OLD_TAG)
+    _remove(old)
+    os.rename(path, old)
+    try:
+        os.rename(new, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    _remove(old)
+
+
+def prepare_output(
+    path: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    overwrite: bool = False,
+    resume: bool = False,
+    what: str = "output",
+    extra: Iterable[str] = (),
+) -> Output:
+    """Check that ``path`` may be written, before anything is; return how to write it.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The output (local path or URL).
+    inputs : iterable of path-like
+        Everything the command reads (images, labels, stores, checkpoints, tables).
+    overwrite : bool
+        Replace an existing output -- only one that blockseg wrote.
+    resume : bool
+        An existing output blockseg wrote is continued in place (the caller checks that it
+        is the same run); without ``overwrite`` this is the only way an existing output is used.
+    what : str
+        How the output is named in messages.
+    extra : iterable of str
+        Further paths the command writes beside the output (e.g. ``OUT.work``); checked
+        against the inputs too.
+
+    Returns
+    -------
+    Output
+
+    Raises
+    ------
+    BlocksegError
+        If the output is, contains or lies inside an input; if it exists and is not
+        blockseg's own output (even with ``overwrite``); if it exists without ``overwrite``
+        or ``resume``; if its parent folder is missing or not writable.
+    """
+    path = str(path)
+    inputs = [str(p) for p in inputs if p is not None]
+    check_not_input([path, *extra], inputs)
+    if not is_url(path):
+        recover(path)
+    exists = _exists(path)
+    kind = owned_kind(path) if exists else None
+    if not exists or kind == "empty":
+        if not is_url(path):
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise BlocksegError(f"{path}: parent directory {parent} does not exist")
+            if not os.access(parent, os.W_OK):
+                raise BlocksegError(f"{path}: parent directory {parent} is not writable")
+        return Output(path, "create", kind)
+    if kind is None:
+        what_is = "a file" if os.path.isfile(path) else ("a link" if os.path.islink(path) else "not empty")
+        raise BlocksegError(
+            f"{path} already exists and was not written by blockseg ({what_is}): it is never replaced; choose another {what}"
+        )
+    if resume and not overwrite:
+        return Output(path, "resume", kind)
+    if not overwrite:
+        raise BlocksegError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
+    if is_url(path):
+        raise BlocksegError(
+            f"{path} exists on object storage, where blockseg cannot replace it safely (no atomic rename); "
+            "delete it yourself or choose another output"
+        )
+    if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+        raise BlocksegError(f"{path}: parent directory is not writable")
+    return Output(path, "replace", kind)
+
+
+def stamp_json(extra: dict | None = None) -> dict:
+    """The ``blockseg`` mark written into outputs that are not zarr (export metadata)."""
+    from . import __version__
+
+    return {"written_by": f"blockseg {__version__}", **(extra or {})}
+
+
+def mark_text(extra: dict | None = None) -> str:
+    return json.dumps({"blockseg": stamp_json(extra)})
+
+
+def prepare_work(work: str) -> str:
+    """Create the scratch group ``work`` (``OUT.work``) of a stage, replacing only an earlier
+    scratch group of blockseg's (marked ``blockseg.work``); return its path."""
+    import zarr
+
+    if os.path.lexists(work):
+        attrs = _zarr_attrs(work) if _is_zarr_node(work) else None
+        mine = attrs is not None and "work" in dict(attrs.get("blockseg", {}))
+        if not (mine or owned_kind(work) == "empty"):
+            raise BlocksegError(f"{work} exists and is not a blockseg work folder; move it away")
+        _remove(work)
+    group = zarr.open_group(work, mode="w")
+    group.attrs["blockseg"] = stamp_json({"work": True})
+    return work
+
+
+def swap_work(work: str, path: str) -> None:
+    """Move a kept work folder beside the swapped-in output (replacing an earlier one)."""
+    if os.path.lexists(path):
+        prepare_work(path)
+        _remove(path)
+    os.rename(work, path)
