@@ -32,11 +32,13 @@ before anything is written.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
 import os
 import posixpath
 import shutil
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -294,12 +296,15 @@ class Output:
             os.rmdir(self.path)  # an empty folder: the writers create the output themselves
         if self.action == "replace":
             _remove(self.target)
+            for frame in getattr(_ACTIVE, "frames", ()):
+                frame.append(self)
         return self.target
 
     def commit(self) -> None:
         """Swap a finished replacement into place (nothing to do for create / resume)."""
         if self.action == "replace":
             swap(self.target, self.path)
+            self.action = "done"
 
     def abort(self) -> None:
         """Delete a replacement's half-written copy (the old output stays)."""
@@ -322,6 +327,31 @@ class Output:
             self.abort()
             raise
         self.commit()
+
+
+_ACTIVE = threading.local()
+
+
+def aborts_on_error(func):
+    """Decorator: replacements begun inside ``func`` and not committed when it raises (or is
+    interrupted) are aborted -- their half-written copies deleted, the old outputs kept."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        frames = _ACTIVE.__dict__.setdefault("frames", [])
+        begun: list[Output] = []
+        frames.append(begun)
+        try:
+            return func(*args, **kwargs)
+        except BaseException:
+            for out in begun:
+                if out.action == "replace":
+                    out.abort()
+            raise
+        finally:
+            frames.remove(begun)
+
+    return wrapper
 
 
 def swap(new: str, path: str) -> None:

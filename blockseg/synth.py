@@ -42,6 +42,7 @@ from scipy.spatial import cKDTree
 from .errors import BlocksegError
 from .grid import BlockGrid, default_block_shape
 from .io import DEFAULT_CHUNKS, create_label_volume, create_volume, open_volume, parse_voxel_size
+from .safety import aborts_on_error
 
 MODES = ("em", "uct")
 #: relative size of the tissue blob of the valid-region mask (about 70 % of the volume)
@@ -535,6 +536,7 @@ def _synth_block(block_id: int, path: str, params: SynthParams, grid: BlockGrid)
     return int(np.count_nonzero(labels)), np.unique(labels[labels > 0])
 
 
+@aborts_on_error
 def synthesize(
     path: str,
     params: SynthParams,

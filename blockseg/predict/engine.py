@@ -48,6 +48,7 @@ from ..models.base import BlocksegNet, build_model, load_checkpoint, normalise, 
 from ..predictions import create_predictions, encode_channel
 from .infer import InferenceOptions, check_options, make_lattice, output_channels, predict_region
 from .lattice import Lattice, read_reflected
+from ..safety import aborts_on_error
 
 DONE_ARRAY = "_done"
 PASS1_ARRAY = "_pass1"
@@ -466,6 +467,7 @@ class PredictReport:
         return d
 
 
+@aborts_on_error
 def predict(
     image_path: str | os.PathLike,
     checkpoint: str | os.PathLike,

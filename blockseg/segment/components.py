@@ -33,6 +33,7 @@ from ..errors import BlocksegError
 from ..grid import BlockGrid, Interface
 from ..io import create_volume, open_volume
 from .pipeline import _write_tables, merge_seeds
+from ..safety import aborts_on_error
 
 #: cc3d connectivity -> BlockGrid neighbourhood connectivity (faces / + edges / + corners)
 _GRID_CONNECTIVITY = {6: 1, 18: 2, 26: 3}
@@ -109,6 +110,7 @@ def _relabel_task(block_id: int, job: _LabelJob, out_path: str) -> None:
     target[core] = out.astype(target.dtype, copy=False)
 
 
+@aborts_on_error
 def label(
     mask_path: str | os.PathLike,
     out_path: str | os.PathLike,

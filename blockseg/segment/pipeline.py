@@ -54,6 +54,7 @@ from ..predictions import decode_channel, open_predictions, prediction_kind
 from .decoders import BCDDecoder, Decoder
 from .flood import artificial_faces, flood, uncertain_voxels
 from .stats import instance_table, partial_stats, reduce_stats, write_csv
+from ..safety import aborts_on_error
 
 #: default halo in voxels per axis (clipped to the block shape)
 DEFAULT_HALO = 24
@@ -365,6 +366,7 @@ def _as_triple(value, name: str) -> tuple[int, int, int]:
     return t  # type: ignore[return-value]
 
 
+@aborts_on_error
 def segment(
     pred_path: str | os.PathLike,
     out_path: str | os.PathLike,

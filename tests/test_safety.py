@@ -1,0 +1,308 @@
+"""Data safety (blockseg.safety): the must-show matrix of issue 16.
+
+Every writing command x {output = input, output inside input, input inside output, foreign
+non-empty folder, own earlier output} x {with, without --overwrite}: the CLI runs in-process
+(blocks in this process, no cluster) on a fresh copy of a tiny workspace, and every file's
+digest is compared before and after. Refusals are one line, exit 2, and leave every byte of
+the workspace as it was; an own earlier output is replaced only with --overwrite, by a new
+folder swapped in (a new inode), with no temporary sibling left behind. A replacement killed
+mid-write (an exception in-process, SIGKILL in a subprocess) leaves the old output intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from blockseg.errors import BlocksegError
+from blockseg.io import create_label_volume, create_volume, open_volume
+from blockseg.models import IdentityNet, save_checkpoint
+from blockseg_cli.main import main
+
+SHAPE, CHUNKS, VS = (16, 32, 32), (16, 32, 32), (1.0, 0.5, 0.5)
+
+
+def digest(root: Path) -> dict:
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def argv_of(cmd: str, ws: Path, out: str) -> list[str]:
+    d = ws / "data"
+    common = ["--no-progress"]
+    return {
+        "import": ["import", f"{d}/img.zarr", out],
+        "synth": ["synth", out, "--shape", *map(str, SHAPE), "--chunks", *map(str, CHUNKS), *common],
+        "predict": ["predict", f"{d}/img.zarr", f"{d}/id.pt", out, *common],
+        "segment": ["segment", f"{d}/pred.zarr", out, "-p", "min_size=4", "-p", "min_seed_size=2", *common],
+        "evaluate": ["evaluate", "--gt", f"{d}/img.zarr/labels/gt", "--pred", f"{d}/seg.zarr", "--out", out,
+                     "--no-png", *common],  # fmt: skip
+    }[cmd]
+
+
+#: the main input of each command (None: the command reads nothing of the user's)
+MAIN_INPUT = {"import": "img.zarr", "synth": None, "predict": "img.zarr", "segment": "pred.zarr", "evaluate": "seg.zarr"}
+
+
+@contextlib.contextmanager
+def in_process():
+    """Blocks run in this process: no dask cluster is started."""
+    import blockseg_cli.synth  # noqa: F401  (imported before the patch, so it keeps the real dask_client)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("blockseg.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
+        mp.setattr("blockseg_cli.synth.dask_client", lambda *a, **k: contextlib.nullcontext(None))
+        yield
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    with in_process():
+        rc = main(argv)
+    return rc, capsys.readouterr().err.strip()
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """data/ (the user's inputs), foreign/ (someone's folder), own/ (each command's earlier output)."""
+    from blockseg.predictions import save_predictions
+    from blockseg.segment import BCDDecoder, segment
+    from blockseg.targets import bcd_targets
+
+    root = tmp_path_factory.mktemp("safety")
+    d = root / "data"
+    d.mkdir()
+    img = create_volume(d / "img.zarr", SHAPE, np.uint8, VS, CHUNKS)
+    rng = np.random.default_rng(0)
+    img.array[:] = rng.integers(0, 255, SHAPE, dtype=np.uint8)
+    gt = create_label_volume(d / "img.zarr", "gt", SHAPE, np.uint32, VS, chunks=CHUNKS)
+    lab = np.zeros(SHAPE, np.uint32)
+    lab[2:8, 2:14, 2:14] = 1
+    lab[8:14, 16:30, 16:30] = 2
+    gt.array[:] = lab
+    save_checkpoint(d / "id.pt", IdentityNet(("B", "C", "D"), input_patch=(16, 32, 32)), normalisation={"offset": 0.0, "scale": 255.0})
+    save_predictions(d / "pred.zarr", bcd_targets(lab), chunks=CHUNKS)
+    segment(d / "pred.zarr", d / "seg.zarr", BCDDecoder(min_size=4, min_seed_size=2))
+    (root / "foreign").mkdir()
+    (root / "foreign" / "notes.txt").write_text("my thesis\n")
+    (root / "own").mkdir()
+    with in_process():
+        for cmd in MAIN_INPUT:
+            assert main(argv_of(cmd, root, str(root / "own" / cmd))) == 0, cmd
+    return root
+
+
+@pytest.fixture
+def ws(template, tmp_path):
+    dst = tmp_path / "ws"
+    shutil.copytree(template, dst, symlinks=True)
+    return dst
+
+
+CASES = ("output is input", "output inside input", "input inside output", "foreign folder", "own earlier output")
+
+
+def out_for(case: str, cmd: str, ws: Path) -> str | None:
+    main_input = MAIN_INPUT[cmd]
+    if case == "output is input":
+        return None if main_input is None else str(ws / "data" / main_input)
+    if case == "output inside input":  # evaluate: inside the zarr that holds its --gt
+        return None if main_input is None else str(ws / "data" / ("img.zarr/labels/out" if cmd == "evaluate" else f"{main_input}/out"))
+    if case == "input inside output":
+        return None if main_input is None else str(ws / "data")
+    if case == "foreign folder":
+        return str(ws / "foreign")
+    return str(ws / "own" / cmd)
+
+
+MATRIX = [(cmd, case) for cmd in MAIN_INPUT for case in CASES if MAIN_INPUT[cmd] or case in CASES[3:]]  # synth reads nothing
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("cmd, case", MATRIX)
+def test_safety_matrix(ws, capsys, cmd, case, overwrite):
+    out = out_for(case, cmd, ws)
+    if cmd == "predict" and case == "own earlier output":  # its run settings name the image's path:
+        shutil.rmtree(out)  # made again in this copy of the workspace
+        assert run_cli(argv_of(cmd, ws, out), capsys)[0] == 0
+    before = digest(ws)
+    inputs = {k: v for k, v in before.items() if k.startswith("data/")}
+    argv = argv_of(cmd, ws, out) + (["--overwrite"] if overwrite else [])
+    ino = os.stat(out).st_ino if os.path.exists(out) else None
+    rc, err = run_cli(argv, capsys)
+    after = digest(ws)
+    assert {k: v for k, v in after.items() if k.startswith("data/")} == inputs, "an input changed"
+    leftovers = [p for p in Path(ws).rglob(".*blockseg-*")]
+    assert not leftovers, leftovers
+    if case != "own earlier output":
+        assert rc == 2, err
+        assert err.count("\n") == 0 and err.startswith(f"blockseg {cmd}: error: "), err
+        words = "not written by blockseg" if case == "foreign folder" else "input"
+        assert words in err, err
+        assert after == before, "a refused command wrote something"
+        return
+    if not overwrite and cmd == "predict":  # an own finished store is resumed: nothing to compute
+        assert rc == 0, err
+        assert "0 blocks computed" in err, err
+        assert after == before
+        return
+    if not overwrite:
+        assert rc == 2 and "already exists" in err and err.count("\n") == 0, err
+        assert after == before
+        return
+    assert rc == 0, err
+    assert os.stat(out).st_ino != ino, "the output was not replaced by a new one"
+    assert {k: v for k, v in after.items() if k.startswith("foreign/")} == {k: v for k, v in before.items() if k.startswith("foreign/")}
+    if cmd == "evaluate":
+        assert (Path(out) / "evaluation.json").exists()
+    else:
+        open_volume(out if cmd != "predict" else f"{out}/B")
+
+
+def test_run_dir_rules(ws, capsys):
+    """run: run_dir may not be, hold or lie in an input; a foreign folder is never taken over."""
+    d = ws / "data"
+
+    def cfg(run_dir) -> str:
+        p = ws / "c.yaml"
+        p.write_text(yaml.safe_dump({"run_dir": str(run_dir), "data": {"image": str(d / "img.zarr"),
+                                     "ground_truth": str(d / "img.zarr/labels/gt")},
+                                     "model": {"checkpoint": str(d / "id.pt")}}))  # fmt: skip
+        return str(p)
+
+    before = digest(ws)
+    for run_dir, words in ((d / "img.zarr", "input"), (d / "img.zarr/run", "input"), (d, "input"), (ws / "foreign", "not a blockseg run directory")):
+        for extra in ([], ["--overwrite"]):
+            rc, err = run_cli(["run", cfg(run_dir), *extra], capsys)
+            assert rc == 2 and words in err and err.count("\n") == 0, (run_dir, err)
+    after = digest(ws)
+    assert {k: v for k, v in after.items() if k != "c.yaml"} == {k: v for k, v in before.items() if k != "c.yaml"}
+
+
+def test_run_never_writes_into_the_users_image(ws, capsys):
+    """The segmentation of a user's zarr inside run_dir's parent goes to segmentation.zarr,
+    never to IMAGE/labels (only an image the run made itself gets a labels group)."""
+    from blockseg.config import parse_config
+    from blockseg.workflow import RunLayout
+
+    raw = {"run_dir": str(ws / "r"), "data": {"image": str(ws / "data/img.zarr")}}
+    layout = RunLayout.of(parse_config(raw, "t"))
+    assert layout.labels == str(ws / "r" / "segmentation.zarr")
+    synth = {"run_dir": str(ws / "r"), "data": {"synth": {"shape": [16, 32, 32]}}}
+    assert RunLayout.of(parse_config(synth, "t")).labels.endswith("image.zarr/labels/blockseg")
+
+
+def test_symlinked_output_is_the_input(ws, capsys):
+    os.symlink(ws / "data" / "pred.zarr", ws / "alias.zarr")
+    before = digest(ws / "data")
+    rc, err = run_cli(["segment", str(ws / "data/pred.zarr"), str(ws / "alias.zarr"), "--overwrite"], capsys)
+    assert rc == 2 and "is the input" in err, err
+    rc, err = run_cli(["segment", str(ws / "alias.zarr"), str(ws / "data/pred.zarr/x"), "--overwrite"], capsys)
+    assert rc == 2 and "inside the input" in err, err
+    assert digest(ws / "data") == before
+
+
+def test_interrupted_overwrite_keeps_the_old_output(ws, capsys, monkeypatch):
+    """An exception in the middle of a replacement: the old output is intact, no sibling left."""
+    out = ws / "own" / "segment"
+    before = digest(out)
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("blockseg.segment.pipeline.write_csv", boom)
+    rc, err = run_cli(argv_of("segment", ws, str(out)) + ["--overwrite"], capsys)
+    assert rc == 130, err
+    assert digest(out) == before
+    assert not list(ws.rglob(".*blockseg-*"))
+    monkeypatch.undo()
+    # predict: the failure in a block task, after part of the new store was written
+    out = ws / "own" / "predict"
+    before = digest(out)
+    monkeypatch.setattr("blockseg.predict.engine._drop_partials", boom)
+    rc, err = run_cli(argv_of("predict", ws, str(out)) + ["--overwrite"], capsys)
+    assert rc == 130
+    assert digest(out) == before
+
+
+KILL = """
+import os, signal, sys
+import blockseg.segment.pipeline as p
+p.write_csv = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+from blockseg_cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_killed_overwrite_keeps_the_old_output(ws):
+    """SIGKILL during a replacement (after the new labels are written): the old output is as
+    it was; the next --overwrite removes the dead process's half-written copy and succeeds."""
+    out = ws / "own" / "segment"
+    before = digest(out)
+    argv = argv_of("segment", ws, str(out)) + ["--overwrite", "--workers", "1"]
+    proc = subprocess.run([sys.executable, "-c", KILL, *argv], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert digest(out) == before
+    assert list(ws.rglob(".segment.blockseg-new-*")), "the killed run left no half-written copy (was it killed mid-write?)"
+    with in_process():
+        assert main(argv) == 0
+    assert not list(ws.rglob(".*blockseg-*"))
+    assert open_volume(out).shape == SHAPE
+
+
+def test_crash_between_the_two_renames_is_recovered(tmp_path):
+    """Old output renamed away, new one not yet in: the next attempt renames the old one back."""
+    from blockseg.safety import prepare_output
+
+    vol = create_volume(tmp_path / "a.zarr", SHAPE, np.uint8, VS, CHUNKS)
+    vol.array[:] = 7
+    dead = 2**22 + 12345  # above the default pid_max: never a live process
+    os.rename(tmp_path / "a.zarr", tmp_path / f".a.zarr.blockseg-old-{dead}")
+    os.mkdir(tmp_path / f".a.zarr.blockseg-new-{dead}")
+    with pytest.raises(BlocksegError, match="already exists"):
+        prepare_output(tmp_path / "a.zarr")
+    assert (open_volume(tmp_path / "a.zarr")[:] == 7).all()
+    assert sorted(os.listdir(tmp_path)) == ["a.zarr"]
+
+
+def test_paths_and_urls_are_compared_resolved(tmp_path):
+    from blockseg.safety import check_not_input, resolve, zarr_root
+
+    assert resolve("S3://Bucket/a//b/./c.zarr/") == "s3://bucket/a/b/c.zarr"
+    with pytest.raises(BlocksegError, match="is the input"):
+        check_not_input(["s3://bucket/a/c.zarr/"], ["s3://bucket/a//c.zarr"])
+    with pytest.raises(BlocksegError, match="inside the input"):
+        check_not_input(["s3://bucket/img.zarr/labels/seg"], ["s3://bucket/img.zarr/labels/gt"])
+    with pytest.raises(BlocksegError, match="contains the input"):
+        check_not_input(["s3://bucket/a"], ["s3://bucket/a/img.zarr"])
+    check_not_input(["s3://bucket/img2.zarr"], ["s3://bucket/img.zarr"])
+    create_label_volume(create_volume(tmp_path / "i.zarr", SHAPE, np.uint8).path, "gt", SHAPE)
+    assert zarr_root(resolve(tmp_path / "i.zarr/labels/gt")) == resolve(tmp_path / "i.zarr")
+    with pytest.raises(BlocksegError, match="inside the input"):
+        check_not_input([str(tmp_path / "i.zarr/../i.zarr/seg")], [str(tmp_path / "i.zarr/labels/gt")])
+    check_not_input([str(tmp_path / "i2.zarr")], [str(tmp_path / "i.zarr/labels/gt")])
+
+
+def test_library_overwrite_replaces_only_own_outputs(tmp_path):
+    """The low-level API (create_volume overwrite=True) refuses a foreign folder or file too."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "x.txt").write_text("x")
+    (tmp_path / "f.tif").write_bytes(b"II*\x00")
+    for p in ("mine", "f.tif"):
+        with pytest.raises(BlocksegError, match="not written by blockseg"):
+            create_volume(tmp_path / p, SHAPE, np.uint8, overwrite=True)
+    assert (tmp_path / "mine" / "x.txt").read_text() == "x"
+    (tmp_path / "empty").mkdir()
+    create_volume(tmp_path / "empty", SHAPE, np.uint8)  # an empty folder is fine
