@@ -26,6 +26,9 @@ import zarr
 
 from .errors import BlocksegError
 from .grid import BlockGrid, write_unit
+from .safety import install_chunk_errors
+
+install_chunk_errors()  # a corrupt chunk reads as one line naming the array and chunk key
 
 NGFF_VERSION = "0.5"
 AXES = ("z", "y", "x")

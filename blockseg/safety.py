@@ -296,8 +296,8 @@ class Output:
             os.rmdir(self.path)  # an empty folder: the writers create the output themselves
         if self.action == "replace":
             _remove(self.target)
-            for frame in getattr(_ACTIVE, "frames", ()):
-                frame.append(self)
+        for frame in getattr(_ACTIVE, "frames", ()):
+            frame.append(self)
         return self.target
 
     def commit(self) -> None:
@@ -334,7 +334,12 @@ _ACTIVE = threading.local()
 
 def aborts_on_error(func):
     """Decorator: replacements begun inside ``func`` and not committed when it raises (or is
-    interrupted) are aborted -- their half-written copies deleted, the old outputs kept."""
+    interrupted) are aborted -- their half-written copies deleted, the old outputs kept.
+
+    A *new* output begun in the call is deleted too when the failure is the user's input
+    (a :class:`BlocksegError`, e.g. a corrupt chunk): bad input leaves nothing written. After
+    any other failure (a crash, Ctrl-C) a new output stays, for ``predict`` to resume.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -343,10 +348,14 @@ def aborts_on_error(func):
         frames.append(begun)
         try:
             return func(*args, **kwargs)
-        except BaseException:
+        except BaseException as exc:
             for out in begun:
                 if out.action == "replace":
                     out.abort()
+                elif out.action == "create" and isinstance(exc, BlocksegError) and not is_url(out.path):
+                    with contextlib.suppress(OSError):
+                        _remove(out.path)
+                        _remove(out.path + ".work")
             raise
         finally:
             frames.remove(begun)
@@ -473,3 +482,63 @@ def swap_work(work: str, path: str) -> None:
         prepare_work(path)
         _remove(path)
     os.rename(work, path)
+
+
+# ---------------------------------------------------------------------------- corrupt chunks
+class CorruptChunkError(BlocksegError):
+    """A stored chunk (or shard) that cannot be decoded; the message names array and key."""
+
+
+_INSTALLED = False
+
+
+def install_chunk_errors() -> None:
+    """Make zarr name the chunk it cannot decode: one line, ``ARRAY: chunk KEY ... (reason)``.
+
+    Wraps zarr's batched codec pipeline read: when decoding a batch fails, its chunks are
+    decoded one by one to find the culprit, and :class:`CorruptChunkError` is raised instead
+    of the codec's own error. Done once per process (the driver and every dask worker import
+    :mod:`blockseg.io`, which calls this). Reading good chunks costs nothing extra.
+    """
+    global _INSTALLED
+    if _INSTALLED:
+        return
+    try:
+        from zarr.core.codec_pipeline import BatchedCodecPipeline
+    except ImportError:  # pragma: no cover - another zarr layout: keep zarr's own errors
+        return
+    original = BatchedCodecPipeline.read_batch
+
+    async def read_batch(self, batch_info, out, drop_axes=()):
+        batch_info = list(batch_info)
+        try:
+            return await original(self, batch_info, out, drop_axes)
+        except BlocksegError:
+            raise
+        except Exception as exc:
+            for item in batch_info:
+                byte_getter, spec = item[0], item[1]
+                try:
+                    raw = await byte_getter.get(prototype=spec.prototype)
+                    if raw is not None:
+                        list(await self.decode_batch([(raw, spec)]))
+                except Exception as one:
+                    raise CorruptChunkError(_describe(byte_getter, one)) from None
+            raise exc
+
+    BatchedCodecPipeline.read_batch = read_batch
+    _INSTALLED = True
+
+
+def _describe(byte_getter, exc: Exception) -> str:
+    path = str(getattr(byte_getter, "path", "") or "")
+    store = getattr(byte_getter, "store", None)
+    root = str(getattr(store, "root", "") or getattr(store, "path", "") or "")
+    array, sep, key = path.rpartition("/c/")
+    if not sep:
+        array, key = path.rpartition("/")[0], path.rpartition("/")[2]
+    else:
+        key = "c/" + key
+    where = os.path.join(root, array) if root and not is_url(root) else (f"{root}/{array}" if root else array)
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{where}: chunk {key} is corrupt or unreadable ({reason}); restore it or re-create the volume"

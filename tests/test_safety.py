@@ -47,7 +47,7 @@ def argv_of(cmd: str, ws: Path, out: str) -> list[str]:
         "import": ["import", f"{d}/img.zarr", out],
         "synth": ["synth", out, "--shape", *map(str, SHAPE), "--chunks", *map(str, CHUNKS), *common],
         "predict": ["predict", f"{d}/img.zarr", f"{d}/id.pt", out, *common],
-        "segment": ["segment", f"{d}/pred.zarr", out, "-p", "min_size=4", "-p", "min_seed_size=2", *common],
+        "segment": ["segment", f"{d}/pred.zarr", out, "-p", "min_size=4", "-p", "min_seed_size=2", "-p", "seed_d=0.2", *common],
         "evaluate": ["evaluate", "--gt", f"{d}/img.zarr/labels/gt", "--pred", f"{d}/seg.zarr", "--out", out,
                      "--no-png", *common],  # fmt: skip
     }[cmd]
@@ -94,7 +94,7 @@ def template(tmp_path_factory):
     gt.array[:] = lab
     save_checkpoint(d / "id.pt", IdentityNet(("B", "C", "D"), input_patch=(16, 32, 32)), normalisation={"offset": 0.0, "scale": 255.0})
     save_predictions(d / "pred.zarr", bcd_targets(lab), chunks=CHUNKS)
-    segment(d / "pred.zarr", d / "seg.zarr", BCDDecoder(min_size=4, min_seed_size=2))
+    assert segment(d / "pred.zarr", d / "seg.zarr", BCDDecoder(min_size=4, min_seed_size=2, seed_d=0.2)).n_instances == 2
     (root / "foreign").mkdir()
     (root / "foreign" / "notes.txt").write_text("my thesis\n")
     (root / "own").mkdir()
@@ -306,3 +306,32 @@ def test_library_overwrite_replaces_only_own_outputs(tmp_path):
     assert (tmp_path / "mine" / "x.txt").read_text() == "x"
     (tmp_path / "empty").mkdir()
     create_volume(tmp_path / "empty", SHAPE, np.uint8)  # an empty folder is fine
+
+
+def _corrupt(array_dir: Path, key: str = "c/0/0/0") -> None:
+    chunk = array_dir / key
+    assert chunk.exists(), chunk
+    chunk.write_bytes(b"\x00garbage" * 8)
+
+
+@pytest.mark.parametrize(
+    "cmd, damaged, workers",
+    [("predict", "img.zarr/0", ["--workers", "1"]),  # read on a dask worker process
+     ("segment", "pred.zarr/B/0", []), ("evaluate", "seg.zarr/0", [])],
+)  # fmt: skip
+def test_corrupt_chunk_is_one_line_and_nothing_is_written(ws, capsys, cmd, damaged, workers):
+    _corrupt(ws / "data" / damaged)
+    out = ws / "new_output"
+    before = digest(ws)
+    argv = argv_of(cmd, ws, str(out)) + workers
+    if workers:
+        with pytest.MonkeyPatch.context():
+            rc = main(argv)
+        err = capsys.readouterr().err.strip()
+    else:
+        rc, err = run_cli(argv, capsys)
+    last = err.splitlines()[-1]
+    assert rc == 2, err
+    assert "Traceback" not in err and last.startswith(f"blockseg {cmd}: error: "), err
+    assert f"{damaged}: chunk c/0/0/0 is corrupt" in last, last
+    assert not out.exists() and digest(ws) == before
