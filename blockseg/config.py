@@ -82,6 +82,8 @@ class PredictConfig(_Strict):
     block_shape: Optional[Triple] = None
     #: storage of the channels; default uint8 for probabilities / tanh maps, float16 for raw ones
     dtype: Optional[Literal["uint8", "float16", "float32"]] = None
+    #: channels stored besides the segment decoder's (``all``: every channel the network predicts)
+    channels: Optional[Union[list[str], Literal["all"]]] = None
     tta: bool = False
     mc_samples: int = Field(default=0, ge=0)
     batch_size: int = Field(default=4, ge=1)

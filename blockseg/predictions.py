@@ -231,3 +231,103 @@ def save_predictions(
     for name, vol in vols.items():
         vol.array[...] = encode_channel(arrays[name], prediction_kind(vol, name), vol.dtype)
     return vols
+
+
+def default_dtype(kind: str) -> str:
+    """Storage of a channel by default: uint8 for probabilities and tanh maps (quantised,
+    1/255 resp. 1/127.5 steps), float16 for raw values (cpv vectors, density)."""
+    return "float16" if kind == "raw" else "uint8"
+
+
+def plan_store(
+    names: Sequence[str],
+    kinds: Mapping[str, str],
+    decoder: str | None = None,
+    extra: Sequence[str] | str | None = None,
+    dtype: str | None = None,
+    recommended: str | None = None,
+) -> tuple[list[str], dict[str, str], str]:
+    """Which of a network's channels a prediction store keeps, and each one's dtype.
+
+    Parameters
+    ----------
+    names, kinds
+        The network's output channels (in order) and their kinds.
+    decoder : str, optional
+        Keep the channels this decoder reads (:data:`blockseg.segment.DECODERS`). Default: the
+        checkpoint's ``recommended`` decoder, else the first decoder the channels can feed;
+        when none can, every channel is kept.
+    extra : sequence of str or "all", optional
+        Channels kept besides the decoder's (``"all"``: every channel). A variance channel
+        ``X_var`` (MC dropout) is kept with its channel ``X``.
+    dtype : {"uint8", "float16", "float32"}, optional
+        One storage dtype for every kept channel (raw channels must be float); default per
+        channel from :func:`default_dtype`.
+
+    Returns
+    -------
+    keep : list of str
+        Kept channels, in the network's order.
+    dtypes : dict
+        Storage dtype per kept channel.
+    why : str
+        One line saying what was kept and why (shown by the dry run, stored in provenance).
+
+    Raises
+    ------
+    BlocksegError
+        For an unknown decoder or channel, a decoder whose channels the network lacks, or a
+        uint8 dtype for a raw channel.
+    """
+    from .segment import DECODERS
+
+    names = list(names)
+    base = [n for n in names if not n.endswith("_var")]
+    if decoder is not None and decoder not in DECODERS:
+        raise BlocksegError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")
+    chosen, how = decoder, "asked for"
+    if chosen is None and recommended in DECODERS and set(DECODERS[recommended].channels) <= set(base):
+        chosen, how = recommended, "recommended by the checkpoint"
+    if chosen is None:
+        chosen = next((d for d, c in DECODERS.items() if set(c.channels) <= set(base)), None)
+        how = "the first decoder the network can feed"
+    if extra == "all" or (isinstance(extra, (list, tuple)) and "all" in extra):
+        wanted, why = set(names), "all channels (asked for)"
+    elif chosen is None:
+        wanted, why = set(names), "all channels (no decoder can read this network's channels)"
+    else:
+        need = DECODERS[chosen].channels
+        missing = [c for c in need if c not in base]
+        if missing:
+            raise BlocksegError(f"decoder {chosen} reads channels {list(need)}; the network predicts {base}, not {missing}")
+        wanted = set(need)
+        why = f"the {chosen} decoder's channels ({how})"
+    extra_list = [] if extra in (None, "all") else [c for c in extra if c != "all"]
+    unknown = [c for c in extra_list if c not in names]
+    if unknown:
+        raise BlocksegError(f"--channels {unknown}: the network predicts {names}")
+    if extra_list:
+        wanted |= set(extra_list)
+        why += " + " + ", ".join(extra_list)
+    wanted |= {f"{c}_var" for c in wanted if f"{c}_var" in names}
+    keep = [n for n in names if n in wanted]
+    if dtype is not None:
+        dtype = np.dtype(dtype).name
+        if np.dtype(dtype) not in STORED_DTYPES:
+            raise BlocksegError(f"prediction channels are stored as uint8, float16 or float32, not {dtype}")
+        raw = [c for c in keep if kinds[c] == "raw"]
+        if dtype == "uint8" and raw:
+            raise BlocksegError(f"channels {raw} are raw values (not probabilities): store them as float16 or float32")
+    dtypes = {c: dtype or default_dtype(kinds[c]) for c in keep}
+    dropped = [n for n in names if n not in wanted]
+    if dropped:
+        why += f"; not stored: {', '.join(dropped)}"
+    return keep, dtypes, why
+
+
+def describe_dtypes(dtypes: Mapping[str, str]) -> str:
+    """``B, C, D uint8; cpv_z, cpv_y, cpv_x float16``."""
+    groups: dict[str, list[str]] = {}
+    for c, d in dtypes.items():
+        groups.setdefault(d, []).append(c)
+    return "; ".join(f"{', '.join(cs)} {d}" for d, cs in groups.items())

@@ -244,6 +244,8 @@ def _stage_predict(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         block_shape=p.block_shape,
         client=client,
         dtype=p.dtype,
+        channels=p.channels,
+        decoder=cfg.segment.decoder,
         overwrite=not resume,
         resume=resume,
         tta=p.tta,

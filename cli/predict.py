@@ -23,7 +23,15 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", help="blockseg checkpoint (.pt) of the network; workers must see this path")
     p.add_argument("output", help="prediction store to create (zarr group, one volume per channel)")
     p.add_argument("--block", type=int, nargs="+", metavar="N", help="block core shape, 1 or 3 values (z y x), a multiple of the chunks")
-    p.add_argument("--dtype", choices=["uint8", "float16", "float32"], help="storage of the channels (default uint8; float16 when the network has raw channels such as cpv)")
+    p.add_argument("--dtype", choices=["uint8", "float16", "float32"], help="one storage dtype for every kept channel (default per channel: uint8 for probabilities / tanh maps, float16 for raw vectors such as cpv)")
+    p.add_argument(
+        "--channels", metavar="C,C,...|all",
+        help="channels to store besides the decoder's (default: only the decoder's); 'all' keeps every channel",
+    )  # fmt: skip
+    p.add_argument(
+        "--decoder", metavar="NAME",
+        help="keep the channels this decoder reads (default: the checkpoint's recommended decoder, else the first one the network can feed)",
+    )  # fmt: skip
     p.add_argument("--patch", type=int, nargs="+", metavar="N", help="input patch, 1 or 3 values (default: the network's)")
     p.add_argument("--overlap", type=float, nargs="+", default=[0.125], metavar="F", help="overlap of neighbouring output tiles: < 1 a fraction of the output patch, else voxels (default 0.125)")
     p.add_argument("--blending", choices=["gaussian", "bump", "constant"], default="gaussian", help="blending window (default gaussian)")
@@ -40,6 +48,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _channels(text: str | None):
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    return "all" if names == ["all"] else names
+
+
 def run(args: argparse.Namespace) -> int:
     from blockseg import cluster
     from blockseg.predict import predict
@@ -48,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dict(
         block_shape=zyx(args.block, "--block"),
         dtype=args.dtype,
+        channels=_channels(args.channels),
+        decoder=args.decoder,
         overwrite=args.overwrite,
         resume=not args.no_resume,
         patch=zyx(args.patch, "--patch"),

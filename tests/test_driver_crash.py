@@ -38,7 +38,7 @@ def _write_config(path: Path, run_dir: Path) -> Path:
         "run_dir": str(run_dir),
         "data": {"synth": {"shape": [32, 128, 128], "seed": 21}, "chunks": [16, 64, 64]},
         "model": {"checkpoint": "demo"},
-        "predict": {"block_shape": [16, 64, 64]},
+        "predict": {"block_shape": [16, 64, 64], "channels": "all"},
         "segment": {"block_shape": [16, 64, 64], "halo": 8},
         "evaluate": {"png": False},
         "cluster": {"workers": 2, "memory_limit": "2GiB"},

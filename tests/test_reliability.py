@@ -56,7 +56,7 @@ def test_predict_survives_worker_loss(tmp_path):
     rng = np.random.default_rng(0)
     img = create_volume(tmp_path / "img.zarr", (32, 128, 128), np.uint8, (0.48, 0.51, 0.51), (16, 32, 32))
     img.array[:] = rng.integers(60, 200, size=img.shape, dtype=np.uint8)
-    kw = dict(block_shape=(16, 64, 64), progress=False, batch_size=2)
+    kw = dict(block_shape=(16, 64, 64), progress=False, batch_size=2, channels="all")
     cfg = ClusterConfig(n_workers=2, memory_limit="2GiB", dashboard=False)
     with dask_client(cfg, quiet=True) as client:
         predict(tmp_path / "img.zarr", demo_checkpoint_path(), tmp_path / "calm.zarr", client=client, **kw)

@@ -50,11 +50,14 @@ def argv_of(cmd: str, ws: Path, out: str) -> list[str]:
         "segment": ["segment", f"{d}/pred.zarr", out, "-p", "min_size=4", "-p", "min_seed_size=2", "-p", "seed_d=0.2", *common],
         "evaluate": ["evaluate", "--gt", f"{d}/img.zarr/labels/gt", "--pred", f"{d}/seg.zarr", "--out", out,
                      "--no-png", *common],  # fmt: skip
+        "export": ["export", f"{d}/seg.zarr", out],
     }[cmd]
 
 
 #: the main input of each command (None: the command reads nothing of the user's)
-MAIN_INPUT = {"import": "img.zarr", "synth": None, "predict": "img.zarr", "segment": "pred.zarr", "evaluate": "seg.zarr"}
+MAIN_INPUT = {"import": "img.zarr", "synth": None, "predict": "img.zarr", "segment": "pred.zarr", "evaluate": "seg.zarr",
+              "export": "seg.zarr"}  # fmt: skip
+OWN_NAME = {"export": "export.tif"}
 
 
 @contextlib.contextmanager
@@ -93,14 +96,14 @@ def template(tmp_path_factory):
     lab[8:14, 16:30, 16:30] = 2
     gt.array[:] = lab
     save_checkpoint(d / "id.pt", IdentityNet(("B", "C", "D"), input_patch=(16, 32, 32)), normalisation={"offset": 0.0, "scale": 255.0})
-    save_predictions(d / "pred.zarr", bcd_targets(lab), chunks=CHUNKS)
+    save_predictions(d / "pred.zarr", bcd_targets(lab), voxel_size=VS, chunks=CHUNKS)
     assert segment(d / "pred.zarr", d / "seg.zarr", BCDDecoder(min_size=4, min_seed_size=2, seed_d=0.2)).n_instances == 2
     (root / "foreign").mkdir()
     (root / "foreign" / "notes.txt").write_text("my thesis\n")
     (root / "own").mkdir()
     with in_process():
         for cmd in MAIN_INPUT:
-            assert main(argv_of(cmd, root, str(root / "own" / cmd))) == 0, cmd
+            assert main(argv_of(cmd, root, str(root / "own" / OWN_NAME.get(cmd, cmd)))) == 0, cmd
     return root
 
 
@@ -124,7 +127,7 @@ def out_for(case: str, cmd: str, ws: Path) -> str | None:
         return None if main_input is None else str(ws / "data")
     if case == "foreign folder":
         return str(ws / "foreign")
-    return str(ws / "own" / cmd)
+    return str(ws / "own" / OWN_NAME.get(cmd, cmd))
 
 
 MATRIX = [(cmd, case) for cmd in MAIN_INPUT for case in CASES if MAIN_INPUT[cmd] or case in CASES[3:]]  # synth reads nothing
@@ -167,6 +170,8 @@ def test_safety_matrix(ws, capsys, cmd, case, overwrite):
     assert {k: v for k, v in after.items() if k.startswith("foreign/")} == {k: v for k, v in before.items() if k.startswith("foreign/")}
     if cmd == "evaluate":
         assert (Path(out) / "evaluation.json").exists()
+    elif cmd == "export":
+        assert Path(out).stat().st_size > 0
     else:
         open_volume(out if cmd != "predict" else f"{out}/B")
 
@@ -335,3 +340,93 @@ def test_corrupt_chunk_is_one_line_and_nothing_is_written(ws, capsys, cmd, damag
     assert "Traceback" not in err and last.startswith(f"blockseg {cmd}: error: "), err
     assert f"{damaged}: chunk c/0/0/0 is corrupt" in last, last
     assert not out.exists() and digest(ws) == before
+
+
+def test_export_tif_h5_region_and_level(ws, capsys):
+    """Export keeps the voxel size where Fiji (ImageJ tags) and PyTorch Connectomics / ilastik
+    (element_size_um) read it; regions and downsampled levels have the right shape and values."""
+    import h5py
+    import tifffile
+
+    from blockseg.io import _tiff_voxel_size
+
+    seg = ws / "data" / "seg.zarr"
+    labels = open_volume(seg)[:]
+    rc, err = run_cli(["export", str(seg), str(ws / "a.tif"), "--region", "2:14,:,8:32"], capsys)
+    assert rc == 0, err
+    with tifffile.TiffFile(ws / "a.tif") as tif:
+        np.testing.assert_allclose(_tiff_voxel_size(tif), VS, rtol=1e-6)
+        got = tif.asarray()
+    assert got.dtype == np.uint16 and np.array_equal(got, labels[2:14, :, 8:32])
+    rc, err = run_cli(["export", str(seg), str(ws / "b.h5"), "--downsample", "2", "--mode", "mode"], capsys)
+    assert rc == 0, err
+    with h5py.File(ws / "b.h5", "r") as f:
+        np.testing.assert_allclose(f["main"].attrs["element_size_um"], [2 * v for v in VS])
+        level = f["main"][...]
+    assert level.shape == (8, 16, 16) and level.dtype == labels.dtype
+    assert set(np.unique(level)) <= set(np.unique(labels))
+    # a block of 2x2x2 inside one nucleus keeps its id
+    assert level[2, 2, 2] == labels[4, 4, 4] != 0
+    # the output is blockseg's: --overwrite replaces it, a plain rerun refuses
+    assert run_cli(["export", str(seg), str(ws / "b.h5")], capsys)[0] == 2
+    assert run_cli(["export", str(seg), str(ws / "b.h5"), "--overwrite"], capsys)[0] == 0
+    rc, err = run_cli(["export", str(seg), str(ws / "c.tif"), "--region", "0:99,:,:"], capsys)
+    assert rc == 2 and "outside the volume" in err
+
+
+def test_downsample_mode_picks_the_most_frequent_label():
+    from blockseg.export import downsample
+
+    a = np.zeros((2, 2, 4), np.uint32)
+    a[:, :, :2] = [[[5, 5], [5, 3]], [[3, 3], [5, 0]]]  # 5 x4, 3 x3, 0 x1 -> 5
+    a[:, :, 2:] = [[[7, 2], [2, 7]], [[0, 0], [9, 9]]]  # 7, 2, 0, 9 twice each -> the smallest, 0
+    assert downsample(a, (2, 2, 2), "mode").ravel().tolist() == [5, 0]
+    assert downsample(a, (2, 2, 2), "stride").ravel().tolist() == [5, 7]
+
+
+def test_instance_tables_have_micrometre_columns(template):
+    from blockseg.segment.stats import read_csv
+
+    t = read_csv(str(template / "data" / "seg.zarr" / "instances.csv"))
+    vz, vy, vx = VS
+    np.testing.assert_allclose(t["volume_um3"], t["voxels"] * vz * vy * vx, rtol=1e-5)
+    for a, v in zip("zyx", VS):
+        np.testing.assert_allclose(t[f"centroid_um_{a}"], t[f"centroid_{a}"] * v, rtol=1e-5)
+        np.testing.assert_allclose(t[f"bbox_um_{a}0"], t[f"bbox_{a}0"] * v, rtol=1e-5)
+        np.testing.assert_allclose(t[f"bbox_um_{a}1"], t[f"bbox_{a}1"] * v, rtol=1e-5)
+    # nucleus 1 is the box [2:8, 2:14, 2:14]: 6*12*12 voxels of 1 x 0.5 x 0.5 µm
+    assert sorted(t["volume_um3"].tolist()) == [6 * 12 * 12 * 0.25, 6 * 14 * 14 * 0.25]
+    import csv
+
+    with open(template / "own" / "evaluate" / "instances.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        assert float(r["size_um3"]) == pytest.approx(float(r["size"]) * vz * vy * vx, rel=1e-5)
+        assert float(r["z_um"]) == pytest.approx(float(r["z"]) * vz, rel=1e-5, abs=1e-9)
+
+
+def test_predict_stores_only_the_decoders_channels(tmp_path):
+    """Default: the channels of the checkpoint's decoder, each in its own dtype (uint8 for
+    probabilities / tanh, float16 for raw vectors); --channels adds to them; 'all' keeps all."""
+    from blockseg.predict import predict
+    from blockseg.predictions import open_predictions, plan_store
+
+    img = create_volume(tmp_path / "img.zarr", SHAPE, np.uint8, VS, CHUNKS)
+    img.array[:] = 100
+    net = IdentityNet(("B", "C", "D", "cpv"), input_patch=(16, 32, 32))
+    save_checkpoint(tmp_path / "n.pt", net, normalisation={"offset": 0.0, "scale": 255.0}, decoder={"name": "bcd"})
+    plan = predict(tmp_path / "img.zarr", tmp_path / "n.pt", tmp_path / "p.zarr", dry_run=True)
+    assert plan.channels == ["B", "C", "D"] and plan.store_bytes == 3 * np.prod(SHAPE) == 3 * plan.image_bytes
+    assert "not stored: cpv_z, cpv_y, cpv_x" in plan.describe() and "3.00x the image" in plan.describe()
+    predict(tmp_path / "img.zarr", tmp_path / "n.pt", tmp_path / "p.zarr", progress=False)
+    got = open_predictions(tmp_path / "p.zarr")
+    assert {c: v.dtype for c, v in got.items()} == {c: np.dtype(np.uint8) for c in "BCD"}
+    predict(tmp_path / "img.zarr", tmp_path / "n.pt", tmp_path / "q.zarr", channels=["cpv_z"], decoder="cpv", progress=False)
+    got = open_predictions(tmp_path / "q.zarr")
+    assert {c: v.dtype.name for c, v in got.items()} == {"B": "uint8", "cpv_z": "float16", "cpv_y": "float16", "cpv_x": "float16"}
+    keep, dtypes, why = plan_store(["B", "C", "D", "cpv_z"], {"B": "prob", "C": "prob", "D": "tanh", "cpv_z": "raw"}, extra="all")
+    assert keep == ["B", "C", "D", "cpv_z"] and dtypes["D"] == "uint8" and dtypes["cpv_z"] == "float16"
+    with pytest.raises(BlocksegError, match="reads channels"):
+        plan_store(["B", "cpv_z"], {"B": "prob", "cpv_z": "raw"}, decoder="bcd")
+    with pytest.raises(BlocksegError, match="raw values"):
+        plan_store(["cpv_z"], {"cpv_z": "raw"}, dtype="uint8")

@@ -13,7 +13,7 @@ from .core import EvaluationResult
 
 CSV_COLUMNS = (
     "kind", "volume", "id", "size", "z", "y", "x", "best_partner", "best_iou",
-    "matched_partner", "matched_iou", "n_merged_or_split", "error",
+    "matched_partner", "matched_iou", "n_merged_or_split", "error", "size_um3", "z_um", "y_um", "x_um",
 )  # fmt: skip
 
 
@@ -21,7 +21,8 @@ def instance_table(result: EvaluationResult) -> dict[str, np.ndarray]:
     """One row per GT and per predicted instance, worst (lowest best IoU) first.
 
     Columns: ``kind`` (gt/pred), ``volume``, ``id``, ``size`` (voxels in the mask), centroid
-    ``z, y, x`` (voxels), ``best_partner`` / ``best_iou`` (highest-IoU overlapping instance of the
+    ``z, y, x`` (voxels; ``size_um3`` and ``z_um, y_um, x_um`` in µm when the voxel size is
+    known), ``best_partner`` / ``best_iou`` (highest-IoU overlapping instance of the
     other side, 0 if none), ``matched_partner`` / ``matched_iou`` (one-to-one match at the report
     threshold, 0 if unmatched), ``n_merged_or_split`` (for a prediction: GT instances it covers;
     for a GT: predictions inside it) and ``error``: ``ok``, ``fn`` / ``fp`` (unmatched),
@@ -73,6 +74,12 @@ def instance_table(result: EvaluationResult) -> dict[str, np.ndarray]:
     cent = np.concatenate([o.gt_centroid, o.pred_centroid]).reshape(o.n_true + o.n_pred, -1)
     for a, name in enumerate(("z", "y", "x")[-cent.shape[1] :] if cent.shape[1] <= 3 else range(cent.shape[1])):
         cols[str(name)] = cent[:, a]
+    spacing = result.config.get("voxel_size_um")
+    if spacing is not None and np.size(spacing) == 3 and all(n in cols for n in "zyx"):
+        vz, vy, vx = (float(v) for v in np.ravel(spacing))  # the same measures in micrometres
+        cols["size_um3"] = cols["size"] * (vz * vy * vx)
+        for a, v in zip("zyx", (vz, vy, vx)):
+            cols[f"{a}_um"] = cols[a] * v
     order = np.lexsort((cols["id"], cols["kind"], -cols["size"], cols["best_iou"]))
     return {k: cols[k][order] for k in CSV_COLUMNS if k in cols}
 

@@ -45,7 +45,7 @@ from ..errors import BlocksegError
 from ..grid import BlockGrid, default_block_shape
 from ..io import _is_url, open_volume
 from ..models.base import BlocksegNet, build_model, load_checkpoint, normalise, read_checkpoint
-from ..predictions import create_predictions, encode_channel
+from ..predictions import create_predictions, describe_dtypes, encode_channel, plan_store
 from .infer import InferenceOptions, check_options, make_lattice, output_channels, predict_region
 from .lattice import Lattice, read_reflected
 from ..safety import aborts_on_error
@@ -133,6 +133,8 @@ class BlockJob:
     amp: bool = True
     torch_threads: int | None = None
     prefetch: bool = True
+    #: (channel, dtype) of the channels the store keeps (empty: every channel, as ``dtype``)
+    store: tuple = ()
 
     @property
     def grid(self) -> BlockGrid:
@@ -234,10 +236,12 @@ def _intersect(a: Sequence[slice], b: Sequence[slice]) -> tuple[slice, ...] | No
 
 def _write_channels(job: BlockJob, values: np.ndarray, box: Sequence[slice]) -> None:
     kinds = dict(job.kinds)
-    dtype = np.dtype(job.dtype)
+    stored = dict(job.store) if job.store else {c: job.dtype for c in job.channels}
     for i, c in enumerate(job.channels):
+        if c not in stored:  # computed (the network outputs it) but not kept in the store
+            continue
         arr = zarr.open_array(f"{job.out_path.rstrip('/')}/{c}/0", mode="r+")
-        arr[tuple(box)] = encode_channel(values[i], kinds[c], dtype)
+        arr[tuple(box)] = encode_channel(values[i], kinds[c], np.dtype(stored[c]))
 
 
 def _partial_path(job: BlockJob, block_id: int) -> str:
@@ -359,6 +363,9 @@ class PredictPlan:
     memory_bytes: dict[str, int]
     todo: list[int] = field(default_factory=list)
     scratch_bytes: int = 0
+    store_bytes: int = 0
+    image_bytes: int = 0
+    store_note: str = ""
 
     @property
     def compute_factor(self) -> float:
@@ -370,7 +377,9 @@ class PredictPlan:
         mem = self.memory_bytes
         lines = [
             f"image {self.image_path}: shape {self.shape}",
-            f"output {self.out_path}: channels {', '.join(self.channels)} as {self.dtype}, chunks {g.chunk_shape}",
+            f"output {self.out_path}: channels {self.dtype}, chunks {g.chunk_shape}; kept: {self.store_note}",
+            f"store size (uncompressed): {self.store_bytes / 2**20:.1f} MiB = "
+            f"{self.store_bytes / max(self.image_bytes, 1):.2f}x the image ({self.image_bytes / 2**20:.1f} MiB)",
             f"blocks: {len(g)} of {g.block_shape} (grid {g.grid_shape}); to run: {len(self.todo)}",
             f"patch {lat.patch} -> output {lat.out}, stride {tuple(a.stride for a in lat.axes)}, "
             f"reflect pad {tuple(a.pad for a in lat.axes)}, blending {lat.blending}",
@@ -397,6 +406,11 @@ class PredictPlan:
             "patches_total": self.patches_total,
             "compute_factor": round(self.compute_factor, 3),
             "scratch_bytes": self.scratch_bytes,
+            "channels": list(self.channels),
+            "dtypes": self.dtype,
+            "store_bytes": self.store_bytes,
+            "image_bytes": self.image_bytes,
+            "store_note": self.store_note,
             "memory_bytes": self.memory_bytes,
         }
 
@@ -477,6 +491,8 @@ def predict(
     dtype: str | np.dtype | None = None,
     overwrite: bool = False,
     resume: bool = True,
+    channels: Sequence[str] | str | None = None,
+    decoder: str | None = None,
     patch: int | Sequence[int] | None = None,
     overlap: float | Sequence[float] = 0.125,
     blending: str = "gaussian",
@@ -506,8 +522,14 @@ def predict(
     client : distributed.Client, optional
         Where blocks run (None: in this process, one after the other).
     dtype : {"uint8", "float16", "float32"}, optional
-        Storage of every channel. Default uint8, or float16 when the network has "raw"
-        channels (cpv, density), which cannot be quantised.
+        Storage of every kept channel. Default per channel: uint8 for probabilities and tanh
+        maps, float16 for "raw" channels (cpv, density), which cannot be quantised.
+    channels : sequence of str or "all", optional
+        Channels stored besides the decoder's (``"all"``: every channel the network predicts).
+    decoder : str, optional
+        The decoder whose channels the store keeps (default: the checkpoint's recommended
+        decoder, else the first one the network can feed); see
+        :func:`blockseg.predictions.plan_store`.
     overwrite : bool
         Replace an existing output.
     resume : bool
@@ -555,14 +577,10 @@ def predict(
     lattice = make_lattice(model, shape, _dims(patch, "patch"), overlap, blending)
     names, kinds = output_channels(model, mc_samples)
 
-    raw = [c for c in names if kinds[c] == "raw"]
-    if dtype is None:
-        dtype = "float16" if raw else "uint8"
-    dtype = np.dtype(dtype).name
-    if dtype not in DTYPES:
-        raise BlocksegError(f"dtype must be one of {list(DTYPES)}, got {dtype}")
-    if dtype == "uint8" and raw:
-        raise BlocksegError(f"channels {raw} are raw values (not probabilities): store them as float16 or float32")
+    # which channels the store keeps, each in its own dtype (blockseg.predictions.plan_store)
+    recommended = (payload.get("metadata", {}).get("decoder") or {}).get("name")
+    keep, dtypes, store_why = plan_store(names, kinds, decoder, channels, dtype, recommended)
+    dtype = "float32" if "float32" in dtypes.values() else ("float16" if "float16" in dtypes.values() else "uint8")
 
     chunk_shape = tuple(min(int(c), s) for c, s in zip(_dims(chunks, "chunks") or vol.write_unit, shape))
     block_shape = _dims(block_shape, "block shape") or default_block_shape(shape, chunk_shape)
@@ -582,14 +600,18 @@ def predict(
         "blending": blending,
         "block_shape": list(grid.block_shape),
         "chunks": list(chunk_shape),
-        "dtype": dtype,
+        "dtype": dtypes,
+        "stored_channels": keep,
         "tta": bool(tta),
         "mc_samples": int(mc_samples),
         "channels": names,
         "scheme": SCHEME,
     }
-    plan = PredictPlan(image_path, out_path, shape, grid, lattice, lattice.halo(), names, kinds, dtype,
+    plan = PredictPlan(image_path, out_path, shape, grid, lattice, lattice.halo(), keep, kinds, describe_dtypes(dtypes),
                        patches_total, math.prod(lattice.n_tiles), mem, list(grid.block_ids))  # fmt: skip
+    plan.store_bytes = math.prod(shape) * sum(np.dtype(d).itemsize for d in dtypes.values())
+    plan.image_bytes = math.prod(shape) * vol.dtype.itemsize
+    plan.store_note = store_why
     plan.scratch_bytes = (8 if dtype == "float32" else 4) * len(names) * sum(
         math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in box_minus(lay.region, lay.interior)
     )
@@ -610,7 +632,7 @@ def predict(
     out_path = output.begin()
     if markers is None:
         pass1 = np.zeros(grid.grid_shape, dtype=np.uint8)
-        create_predictions(out_path, names, shape, dtype, vol.voxel_size, chunk_shape, kinds)
+        create_predictions(out_path, keep, shape, dtypes, vol.voxel_size, chunk_shape, {c: kinds[c] for c in keep})
         group = zarr.open_group(out_path, mode="r+")
         attrs = dict(group.attrs["blockseg"])
         attrs["predictions"] = {**attrs["predictions"], "run": run_settings}
@@ -635,6 +657,7 @@ def predict(
         channels=tuple(names),
         kinds=tuple(sorted(kinds.items())),
         dtype=dtype,
+        store=tuple(dtypes.items()),
         normalisation=tuple(sorted(norm.items())) if norm else None,
         batch_size=batch_size,
         tta=tta,

@@ -508,7 +508,7 @@ def segment(
     run(partial(_relabel_task, job=job, src="labels", dst=f"{out_path}/0", table_dir=tables), name="relabel")
     final = {c: v[keep] for c, v in stats.items()}
     final["id"] = new_ids[keep]
-    table = instance_table(final)
+    table = instance_table(final, first.voxel_size)
     write_csv(table, f"{out_path}/instances.csv")
     t = timed("relabel", t)
     report.seconds["total"] = round(time.perf_counter() - t_start, 3)

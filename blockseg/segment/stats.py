@@ -110,9 +110,29 @@ def reduce_stats(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return out
 
 
-def instance_table(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Final per-instance columns: id, voxels, centroid (z, y, x), bbox (inclusive-exclusive), score."""
+def instance_table(stats: dict[str, np.ndarray], voxel_size=None) -> dict[str, np.ndarray]:
+    """Final per-instance columns: id, voxels, centroid (z, y, x), bbox (inclusive-exclusive), score.
+
+    With ``voxel_size`` (z, y, x) in µm the same measures follow in micrometres:
+    ``volume_um3``, ``centroid_um_z/y/x`` (voxel centres: index x size) and ``bbox_um_z0..x1``
+    (the bounding box's outer faces: index x size, exclusive upper faces).
+    """
     n = np.maximum(stats["count"], 1).astype(np.float64)
+    table = _voxel_table(stats, n)
+    if voxel_size is not None:
+        vz, vy, vx = (float(v) for v in voxel_size)
+        size = {"z": vz, "y": vy, "x": vx}
+        table["volume_um3"] = stats["count"] * (vz * vy * vx)
+        for a in "zyx":
+            table[f"centroid_um_{a}"] = table[f"centroid_{a}"] * size[a]
+        for a in "zyx":
+            table[f"bbox_um_{a}0"] = table[f"bbox_{a}0"] * size[a]
+        for a in "zyx":
+            table[f"bbox_um_{a}1"] = table[f"bbox_{a}1"] * size[a]
+    return table
+
+
+def _voxel_table(stats: dict[str, np.ndarray], n: np.ndarray) -> dict[str, np.ndarray]:
     return {
         "id": stats["id"],
         "voxels": stats["count"],
