@@ -269,9 +269,10 @@ def test_user_errors(tmp_path, image_zarr):
     zarr.create_array(str(tmp_path / "2d.zarr"), shape=(16, 16), dtype="uint8")
     with pytest.raises(BlocksegError, match="3D"):
         predict(tmp_path / "2d.zarr", tmp_path / "m.pt", tmp_path / "o2.zarr")
-    (tmp_path / "taken").mkdir()
-    with pytest.raises(BlocksegError, match="already exists"):
-        predict(image_zarr, tmp_path / "m.pt", tmp_path / "taken")
+    (tmp_path / "taken").mkdir()  # an empty folder may be used; a foreign non-empty one never
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(BlocksegError, match="already exists and was not written by blockseg"):
+        predict(image_zarr, tmp_path / "m.pt", tmp_path / "taken", overwrite=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -430,3 +430,24 @@ def test_predict_stores_only_the_decoders_channels(tmp_path):
         plan_store(["B", "cpv_z"], {"B": "prob", "cpv_z": "raw"}, decoder="bcd")
     with pytest.raises(BlocksegError, match="raw values"):
         plan_store(["cpv_z"], {"cpv_z": "raw"}, dtype="uint8")
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def test_demo_prediction_store_is_at_most_twice_the_image(tmp_path):
+    """The demo checkpoint (B, C, D + cpv) with the default decoder (bcd) stores B, C, D as
+    uint8: at most 2x the image on disk (was 13x: all six channels as float16)."""
+    from blockseg.predict import predict
+    from blockseg.synth import preset_params, synthesize
+    from blockseg.workflow import checkpoint_path
+    from blockseg.config import parse_config
+
+    params = preset_params("nucmm-z", shape=(32, 128, 128), mode="em", seed=2026)
+    synthesize(str(tmp_path / "img.zarr"), params, chunks=(32, 128, 128), progress=False)
+    ckpt = checkpoint_path(parse_config({"run_dir": str(tmp_path / "r"), "data": {"image": "x.zarr"}}, "t"))
+    rep = predict(tmp_path / "img.zarr", ckpt, tmp_path / "p.zarr", progress=False, batch_size=4)
+    assert rep.plan.channels == ["B", "C", "D"]
+    image, store = _du(tmp_path / "img.zarr" / "0"), _du(tmp_path / "p.zarr")
+    assert store <= 2 * image, (store, image)
