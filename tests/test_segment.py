@@ -180,9 +180,9 @@ def test_report_counts_rounds_and_reruns(tmp_path, adversarial):
     labels, channels = adversarial
     _, report, _ = run_blockwise(tmp_path, channels, (16, 16, 16), 2)
     rounds = report.rounds
-    assert len(rounds) >= 2 and rounds[0]["blocks"] == 27 and rounds[-1]["woken"] == 0
+    assert len(rounds) >= 2 and rounds[0]["blocks"] == 36 and rounds[-1]["woken"] == 0
     assert [r["blocks"] for r in rounds[1:]] == [r["woken"] for r in rounds[:-1]]
-    assert report.blocks_rerun == sum(r["blocks"] for r in rounds) - 27 > 0
+    assert report.blocks_rerun == sum(r["blocks"] for r in rounds) - 36 > 0
     assert report.flood_amplification > 1.0
     with pytest.raises(BlocksegError, match="max_halo is gone"):
         run_blockwise(tmp_path, channels, (16, 16, 16), 2, max_halo=8)
