@@ -98,9 +98,25 @@ def _tables_equal(a, b) -> bool:
     )
 
 
-@settings(max_examples=30, **SETTINGS)
+@st.composite
+def few_blocks(draw, lo=12, hi=30):
+    """(volume shape, chunk shape, block shape): 3-4 blocks along the longest axis (the rod's),
+    1-3 along the others, any remainder; blocks are whole chunks."""
+    shape = tuple(draw(st.integers(lo, hi)) for _ in range(3))
+    longest = int(np.argmax(shape))
+    block, chunks = [], []
+    for ax, s in enumerate(shape):
+        k = draw(st.integers(3, 4) if ax == longest else st.integers(1, 3))
+        b = -(-s // k)  # ceil: k blocks (the last one may be smaller)
+        c = draw(st.sampled_from([d for d in range(1, b + 1) if b % d == 0 and d >= min(3, b)]))
+        block.append(b)
+        chunks.append(c)
+    return shape, tuple(chunks), tuple(block)
+
+
+@settings(max_examples=20, **SETTINGS)
 @given(
-    geometry(lo=12, hi=32, chunk_lo=4, chunk_hi=12, max_factor=2),
+    few_blocks(),
     st.sampled_from([0, 1, 2, 4, 8, 48]),
     st.integers(0, 2**16),
     st.sampled_from(sorted(DECODERS)),

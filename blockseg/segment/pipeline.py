@@ -31,8 +31,11 @@ Passes (each a set of independent block tasks that write only their own core):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import pickle
+import uuid
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -76,13 +79,35 @@ class _Job:
     chunk_shape: tuple[int, ...]
     decoder: Decoder
     kinds: tuple[tuple[str, str], ...]
+    #: unique per segment run: keys the per-process caches below (a rerun never sees stale data)
+    token: str = ""
 
     def grid(self) -> BlockGrid:
         # the halo is handled here (any size, even larger than a block), not by the grid
         return BlockGrid(self.shape, self.block_shape, 0, self.chunk_shape)
 
     def array(self, name: str) -> zarr.Array:
-        return zarr.open_array(f"{self.work_path}/{name}", mode="r+")
+        if not self.token:
+            return zarr.open_array(f"{self.work_path}/{name}", mode="r+")
+        return _open_work_array(self.work_path, name, self.token)
+
+
+@functools.lru_cache(maxsize=64)
+def _open_work_array(work_path: str, name: str, token: str) -> zarr.Array:
+    """Work arrays opened once per worker process and run (opening costs ~1 ms a call)."""
+    return zarr.open_array(f"{work_path}/{name}", mode="r+")
+
+
+@functools.lru_cache(maxsize=16)
+def _open_score(pred_path: str, channel: str, token: str):
+    return open_predictions(pred_path, (channel,))[channel]
+
+
+@functools.lru_cache(maxsize=4096)
+def _seed_table(work_path: str, block_id: int, token: str) -> tuple[np.ndarray, np.ndarray]:
+    """A block's seed table (written once per run, before the watershed reads it many times)."""
+    data = np.load(os.path.join(work_path, "seed_tables", f"{block_id}.npz"))
+    return data["keys"], data["values"]
 
 
 def expand(region: Sequence[slice], by: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
@@ -206,9 +231,13 @@ def _global_seeds(job: _Job, grid: BlockGrid, region: tuple[slice, ...], compact
     code = _fg_code(raw.dtype)
     keys, values = [np.zeros(1, raw.dtype), np.full(1, code, raw.dtype)], [np.zeros(2, np.uint64)]
     for bid in grid.blocks_in(region):
-        data = np.load(os.path.join(job.work_path, "seed_tables", f"{bid}.npz"))
-        keys.append(data["keys"])
-        values.append(data["values"])
+        if job.token:
+            k, v = _seed_table(job.work_path, bid, job.token)
+        else:
+            data = np.load(os.path.join(job.work_path, "seed_tables", f"{bid}.npz"))
+            k, v = data["keys"], data["values"]
+        keys.append(k)
+        values.append(v)
     keys, values = np.concatenate(keys), np.concatenate(values)
     fg = raw != 0
     lut = None
@@ -227,7 +256,7 @@ def _global_seeds(job: _Job, grid: BlockGrid, region: tuple[slice, ...], compact
 def _score(job: _Job, region: tuple[slice, ...]) -> np.ndarray:
     """Per-voxel instance score of ``region`` (reads the decoder's score channel only)."""
     c = job.decoder.score_channel
-    vol = open_predictions(job.pred_path, (c,))[c]
+    vol = _open_score(job.pred_path, c, job.token) if job.token else open_predictions(job.pred_path, (c,))[c]
     return job.decoder.score({c: decode_channel(vol.array[region], dict(job.kinds)[c])})
 
 
@@ -260,6 +289,11 @@ def _pieces_dir(job: _Job, block_id: int) -> str:
     return os.path.join(job.work_path, "pieces", str(block_id))
 
 
+def _load_pieces(job: _Job, block_id: int, rnd: int) -> dict:
+    with open(os.path.join(_pieces_dir(job, block_id), f"{rnd}.pkl"), "rb") as f:
+        return pickle.load(f)
+
+
 def _read_shell(job: _Job, grid: BlockGrid, block_id: int, outer, dtype, last_run: Mapping[int, int]):
     """Shell values of ``block_id``'s region from the latest pieces its neighbours published."""
     pshape = tuple(s.stop - s.start + 2 for s in outer)
@@ -274,15 +308,13 @@ def _read_shell(job: _Job, grid: BlockGrid, block_id: int, outer, dtype, last_ru
             if c not in last_run:
                 continue  # not run yet: its voxels are unreached
             if c not in files:
-                files[c] = np.load(os.path.join(_pieces_dir(job, c), f"{last_run[c]}.npz"))
-            data = files[c]
-            if "l" + name not in data.files:
+                files[c] = _load_pieces(job, c, last_run[c])
+            piece = files[c].get(name)
+            if piece is None:
                 continue  # nothing reached on that piece
             inter = _intersect(slab, grid[c].core)
             loc = tuple(slice(i.start - o, i.stop - o) for i, o in zip(inter, origin))
-            lab[loc] = data["l" + name]
-            lev[loc] = data["v" + name]
-            dist[loc] = data["d" + name]
+            lab[loc], lev[loc], dist[loc] = piece
     return lab, lev, dist
 
 
@@ -304,7 +336,7 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
     job.array("labels")[core] = lab
     # publish: the parts of this core that lie on other blocks' shells (only pieces with a
     # reached voxel; a missing piece means all unreached)
-    pieces: dict[str, np.ndarray] = {}
+    pieces: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for b in grid.blocks_in(expand(core, tuple(h + 1 for h in job.halo), job.shape)):
         if b == block_id:
             continue
@@ -315,20 +347,20 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
             loc = _within(inter, outer)
             piece = labels[loc]
             if piece.any():
-                name = f"{b}_{face}"
-                pieces["l" + name], pieces["v" + name], pieces["d" + name] = piece, lev[loc], dist[loc]
+                pieces[f"{b}_{face}"] = (piece, lev[loc], dist[loc])
     folder = _pieces_dir(job, block_id)
     os.makedirs(folder, exist_ok=True)
     prev = last_run.get(block_id)
-    old = np.load(os.path.join(folder, f"{prev}.npz")) if prev is not None else None
-    old_names = {k[1:] for k in old.files} if old is not None else set()
+    old = _load_pieces(job, block_id, prev) if prev is not None else {}
     changed = set()
-    for name in old_names | {k[1:] for k in pieces}:
-        if name in old_names and "l" + name in pieces:
-            if all(np.array_equal(old[p + name], pieces[p + name]) for p in "lvd"):
-                continue
+    for name in old.keys() | pieces.keys():
+        if name in old and name in pieces and all(np.array_equal(a, b) for a, b in zip(old[name], pieces[name])):
+            continue
         changed.add(int(name.split("_")[0]))
-    np.savez(os.path.join(folder, f"{rnd}.npz"), **pieces)
+    tmp = os.path.join(folder, f"{rnd}.tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(pieces, f, protocol=5)
+    os.replace(tmp, os.path.join(folder, f"{rnd}.pkl"))
     # files older than the previous run are read by nobody any more
     for f in os.listdir(folder):
         r = int(f.split(".")[0])
@@ -526,7 +558,7 @@ def segment(
     zarr.create_array(f"{work}/height", dtype=np.uint8, **kw)
     zarr.create_array(f"{work}/labels", dtype=id_dtype, **kw)
     kinds = tuple((c, prediction_kind(vols[c], c)) for c in decoder.channels)
-    job = _Job(pred_path, work, grid.shape, grid.block_shape, halo, first.write_unit, decoder, kinds)
+    job = _Job(pred_path, work, grid.shape, grid.block_shape, halo, first.write_unit, decoder, kinds, uuid.uuid4().hex)
     ids = list(grid.block_ids)
     report = SegmentReport(out_path, f"{out_path}/instances.csv", halo=list(halo), block_shape=list(grid.block_shape))
     run = partial(run_blocks, block_ids=ids, client=client, progress=progress)
