@@ -22,6 +22,7 @@ def _param(text: str) -> tuple[str, float]:
 
 def register(subparsers) -> None:
     from blockseg.segment import DECODERS
+    from blockseg.segment.decoders import PRESETS
 
     lines = []
     for name, cls in DECODERS.items():
@@ -40,6 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("predictions", help="prediction store (zarr group with one volume per channel)")
     add_output_options(p, "output", "label volume to create (OME-Zarr); the table goes to OUTPUT/instances.csv")
     p.add_argument("--decoder", default="bcd", choices=sorted(DECODERS), help="how channels become seeds, mask and height (default: bcd)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named parameter set instead of the defaults (nucmm: NucMM's reference bcd thresholds and size filters); -p overrides it")
     p.add_argument(
         "--param", "-p", action="append", type=_param, default=[], metavar="NAME=VALUE",
         help="decoder parameter, repeatable, e.g. -p fg_b=0.8 -p min_size=200",
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     params = {}
     for name, value in args.param:
         params[name] = int(value) if name in ("min_seed_size", "min_size", "dilation", "min_votes", "max_vector") else value
-    decoder = make_decoder(args.decoder, **params)
+    decoder = make_decoder(args.decoder, preset=args.preset, **params)
     block_shape, halo = zyx(args.block_shape, "--block-shape"), zyx(args.halo, "--halo")
     check_output(args, "output")  # fail before starting a cluster
     with dask_client(cluster_config(args), quiet=args.json) as client:

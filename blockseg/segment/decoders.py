@@ -225,7 +225,8 @@ class AffinityDecoder(Decoder):
     six affinities touching it (its own three and those of its three successors) are
     ``> seed_t``; seeds = linked voxels whose six neighbours are all linked (so a seed's
     city-block 2-ball lies in one nucleus: seeds of touching nuclei are never 26-adjacent);
-    foreground = ``fg > fg_t`` dilated ``dilation`` times; height = ``1 - mean affinity``.
+    foreground = ``fg > fg_t`` dilated ``dilation`` times; height = 1 - the mean of the six
+    links touching the voxel.
     """
 
     seed_t: float = 0.9
@@ -244,19 +245,19 @@ class AffinityDecoder(Decoder):
         az, ay, ax = ch["aff_z"], ch["aff_y"], ch["aff_x"]
         fg = _foreground(ch["fg"] > self.fg_t, self.dilation)
         linked = (az > self.seed_t) & (ay > self.seed_t) & (ax > self.seed_t)
+        total = (az + ay + ax).astype(np.float32)
         for axis, a in enumerate((az, ay, ax)):  # the successor's link back to v
-            nxt = np.zeros_like(linked)
+            nxt = np.ones(a.shape, dtype=np.float32)  # no successor in the volume: no evidence against
             src = [slice(None)] * 3
             dst = [slice(None)] * 3
             src[axis], dst[axis] = slice(1, None), slice(None, -1)
-            nxt[tuple(dst)] = a[tuple(src)] > self.seed_t
-            last = [slice(None)] * 3
-            last[axis] = -1
-            nxt[tuple(last)] = True  # no successor inside the array: nothing to contradict
-            linked &= nxt
+            nxt[tuple(dst)] = a[tuple(src)]
+            linked &= nxt > self.seed_t
+            total += nxt
         seeds = ndi.binary_erosion(linked, structure=ndi.generate_binary_structure(3, 1), border_value=1) & fg
-        mean = (az + ay + ax) / np.float32(3.0)
-        return seeds, fg, quantise_height(1.0 - mean, 0.0, 1.0)
+        # height: 1 - mean of the six links touching the voxel (symmetric: a contact between two
+        # nuclei is high on both sides)
+        return seeds, fg, quantise_height(1.0 - total / np.float32(6.0), 0.0, 1.0)
 
 
 def vote_map(vectors: tuple[np.ndarray, np.ndarray, np.ndarray], voters: np.ndarray) -> np.ndarray:
