@@ -197,3 +197,38 @@ def test_halo_zero_and_larger_than_the_volume(tmp_path, halo):
     if halo == 40:  # every block sees the whole volume: one round, nothing to exchange
         assert report.rounds == [{"round": 1, "blocks": 18, "woken": 0}]
     _assert_tables_equal(table, table2)
+
+
+def test_incremental_update_equals_a_fresh_flood():
+    """keyed_update (later exchange rounds) from the previous solution == keyed_flood with the
+    new shell, for shells whose keys decrease (unreached -> an upper bound -> the true value)."""
+    from blockseg.segment.exact import keyed_update
+
+    rng = np.random.default_rng(3)
+    for _ in range(80):
+        shape = tuple(int(s) for s in rng.integers(3, 11, 3))
+        h = (rng.integers(0, int(rng.integers(1, 5)), shape) * 60).astype(np.uint8)
+        mask = rng.random(shape) < 0.8
+        seeds = np.zeros(shape, np.uint32)
+        for s in range(1, int(rng.integers(2, 7))):
+            seeds[tuple(int(rng.integers(0, n)) for n in shape)] = s
+        lab, lev, dist = keyed_flood(h, seeds, mask)
+        lo = [int(rng.integers(0, n - 1)) for n in shape]
+        hi = [int(rng.integers(a + 1, n + 1)) for a, n in zip(lo, shape)]
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        ring = tuple(slice(max(a - 1, 0), min(b + 1, n)) for a, b, n in zip(lo, hi, shape))
+        at = tuple(slice(r.start - a + 1, r.stop - a + 1) for r, a in zip(ring, lo))
+        pshape = tuple(b - a + 2 for a, b in zip(lo, hi))
+        *_, state = keyed_flood(h[box], seeds[box], mask[box], None, return_state=True)
+        # an upper bound first: the whole-volume values of a flood with fewer seeds (larger keys)
+        fewer = seeds * (seeds % 2 == 1)
+        ub = keyed_flood(h, fewer, mask)
+        for values in (ub, (lab, lev, dist)):
+            shell = (np.zeros(pshape, np.uint32), np.full(pshape, 256, np.uint16), np.zeros(pshape, np.uint32))
+            for arr, v in zip(shell, values):
+                arr[at] = v[ring]
+            fresh = keyed_flood(h[box], seeds[box], mask[box], shell)
+            *got, state, _ = keyed_update(state, h[box], seeds[box], mask[box], shell)
+            for a, b in zip(got, fresh):
+                assert np.array_equal(a, b)
+        assert np.array_equal(got[0], lab[box])

@@ -242,7 +242,8 @@ def keyed_flood(
     seeds: np.ndarray,
     mask: np.ndarray,
     shell: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return_state: bool = False,
+):
     """Exact seeded watershed of ``height`` inside ``mask`` (6-connected), see the module docstring.
 
     Parameters
@@ -265,6 +266,8 @@ def keyed_flood(
         Minimax height from the seeds (256 where unreached).
     dist : ndarray of uint32
         Steps since the optimal path entered its level (the key's second component).
+    state : tuple of ndarray, only with ``return_state``
+        The padded solution, shell included, for :func:`keyed_update`.
     """
     if height.ndim != 3 or height.shape != seeds.shape or height.shape != mask.shape:
         raise ValueError(f"height, seeds and mask must be 3D of one shape: {height.shape}, {seeds.shape}, {mask.shape}")
@@ -322,4 +325,195 @@ def keyed_flood(
     core = (slice(2, -2),) * 3
     labels = lab[core].copy()
     labels[labels == wall] = 0
+    if return_state:
+        return labels, lev[core].copy(), dist[core].copy(), (lab, lev, dist)
     return labels, lev[core].copy(), dist[core].copy()
+
+
+def _ring(shape) -> np.ndarray:
+    """The six face layers of a box of ``shape + 2`` (the shell positions)."""
+    ring = np.zeros(tuple(s + 2 for s in shape), dtype=bool)
+    for ax in range(3):
+        for side in (0, -1):
+            idx = [slice(1, -1)] * 3
+            idx[ax] = side
+            ring[tuple(idx)] = True
+    return ring
+
+
+def keyed_update(state, height, seeds, mask, shell):
+    """:func:`keyed_flood` of a region whose shell values changed, from its previous solution.
+
+    Exact because the shell keys only decrease between runs (module docstring, "keys only
+    decrease"): starting from the old solution, the voxels whose key or label changes are
+    exactly those reached, in key order, from the changed shell voxels through neighbours whose
+    offered key is at most their own (lower: a new key; equal: their label is recomputed from
+    all their optimal predecessors). The result is the unique solution with the new shell, the
+    same as a fresh flood (``tests/test_exact.py`` checks it). A shell key that *increased*
+    violates the premise and raises RuntimeError.
+
+    Returns ``(labels, level, dist, state, voxels_changed)``.
+    """
+    lab, lev, dist = state
+    shape = height.shape
+    pshape = lab.shape
+    wall = lab.dtype.type(np.iinfo(lab.dtype).max)
+    s_lab, s_lev, s_dist = shell
+    box = (slice(1, -1),) * 3
+    ring = _ring(shape)
+    new = ring & (s_lab != 0) & (s_lev < UNREACHED)
+    old_lab, old_lev, old_dist = lab[box], lev[box], dist[box]
+    old = ring & (old_lab != wall)
+    key_new = (s_lev.astype(np.uint64) << np.uint64(32)) | s_dist.astype(np.uint64)
+    key_old = (old_lev.astype(np.uint64) << np.uint64(32)) | old_dist.astype(np.uint64)
+    if (old & ~new).any() or (key_new[old] > key_old[old]).any():
+        raise RuntimeError("keyed_update: a shell key increased; the incremental update does not apply")
+    changed = new & ((old_lab != s_lab) | (key_new != key_old))
+    old_lab[changed], old_lev[changed], old_dist[changed] = s_lab[changed], s_lev[changed], s_dist[changed]
+    fixed = np.zeros(pshape, dtype=np.uint8)
+    fixed[box][new] = 1
+    fixed[2:-2, 2:-2, 2:-2][(np.asarray(seeds) != 0) & np.asarray(mask, dtype=bool)] = 1
+    hp = np.zeros(pshape, dtype=np.uint8)
+    hp[2:-2, 2:-2, 2:-2] = height
+    idx = np.ravel_multi_index(tuple(i + 1 for i in np.nonzero(changed)), pshape).astype(np.int64)
+    n = _update_kernel(hp.ravel(), lab.ravel(), lev.ravel(), dist.ravel(), fixed.ravel(), idx,
+                       pshape[2], pshape[1] * pshape[2], wall)  # fmt: skip
+    core = (slice(2, -2),) * 3
+    labels = lab[core].copy()
+    labels[labels == wall] = 0
+    return labels, lev[core].copy(), dist[core].copy(), (lab, lev, dist), int(n)
+
+
+# ---------------------------------------------------------------------------- incremental update
+@numba.njit(cache=True, nogil=True)
+def _heap_push(hk, hi, n, key, idx):
+    if n == hk.size:
+        nk = np.empty(2 * hk.size, dtype=hk.dtype)
+        ni = np.empty(2 * hi.size, dtype=hi.dtype)
+        nk[:n] = hk
+        ni[:n] = hi
+        hk, hi = nk, ni
+    j = n
+    hk[j] = key
+    hi[j] = idx
+    while j > 0:
+        p = (j - 1) >> 1
+        if hk[p] <= hk[j]:
+            break
+        hk[p], hk[j] = hk[j], hk[p]
+        hi[p], hi[j] = hi[j], hi[p]
+        j = p
+    return hk, hi, n + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _heap_pop(hk, hi, n):
+    key, idx = hk[0], hi[0]
+    n -= 1
+    hk[0], hi[0] = hk[n], hi[n]
+    j = 0
+    while True:
+        a = 2 * j + 1
+        if a >= n:
+            break
+        b = a + 1
+        c = b if b < n and hk[b] < hk[a] else a
+        if hk[j] <= hk[c]:
+            break
+        hk[c], hk[j] = hk[j], hk[c]
+        hi[c], hi[j] = hi[j], hi[c]
+        j = c
+    return key, idx, n
+
+
+@numba.njit(cache=True, nogil=True)
+def _update_kernel(h, lab, lev, dist, fixed, changed, sy, sz, wall):
+    """Bring a flood solution up to date after the shell values at ``changed`` (already written,
+    all *lower or equal keys* than before: see the module docstring) changed. Pops in key order
+    (a binary heap on ``level << 32 | dist``) only the voxels whose key or label may change;
+    a popped voxel takes the smallest label among its optimal predecessors (all final: smaller
+    keys), and notifies its neighbours only when its value changed. Returns the number of voxels
+    whose value changed."""
+    n_changed = 0
+    hk = np.empty(max(16, 4 * changed.size), dtype=np.uint64)
+    hi = np.empty(hk.size, dtype=np.int64)
+    n = 0
+    done = np.zeros(h.size, dtype=np.bool_)
+    moved = np.zeros(h.size, dtype=np.bool_)  # key lowered during this update
+    for t in range(changed.size):
+        r = changed[t]
+        hk, hi, n = _heap_push(hk, hi, n, (np.uint64(lev[r]) << np.uint64(32)) | np.uint64(dist[r]), r)
+    while n > 0:
+        key, v, n = _heap_pop(hk, hi, n)
+        if done[v]:
+            continue
+        pv = lev[v]
+        dv = dist[v]
+        if (np.uint64(pv) << np.uint64(32)) | np.uint64(dv) != key:
+            continue  # stale entry: the key decreased since
+        done[v] = True
+        if fixed[v] == 0:
+            # the smallest label among the optimal predecessors (ext(K(u), v) == K(v))
+            best = lab[v]
+            found = False
+            for k in range(6):
+                if k == 0:
+                    u = v - sz
+                elif k == 1:
+                    u = v + sz
+                elif k == 2:
+                    u = v - sy
+                elif k == 3:
+                    u = v + sy
+                elif k == 4:
+                    u = v - 1
+                else:
+                    u = v + 1
+                lu = lab[u]
+                if lu == wall or lu == 0 or lev[u] >= UNREACHED:
+                    continue
+                if h[v] > lev[u]:
+                    ok = pv == h[v] and dv == 0
+                else:
+                    ok = pv == lev[u] and dv == dist[u] + 1
+                if ok and (not found or lu < best):
+                    best = lu
+                    found = True
+            if not moved[v] and best == lab[v]:
+                continue  # same key, same label: nothing to tell the neighbours
+            lab[v] = best
+        n_changed += 1
+        for k in range(6):
+            if k == 0:
+                w = v - sz
+            elif k == 1:
+                w = v + sz
+            elif k == 2:
+                w = v - sy
+            elif k == 3:
+                w = v + sy
+            elif k == 4:
+                w = v - 1
+            else:
+                w = v + 1
+            lw = lab[w]
+            if lw == wall or fixed[w] != 0 or done[w]:
+                continue
+            hw = h[w]
+            if hw > pv:
+                nl = np.uint64(hw)
+                nd = np.uint64(0)
+            else:
+                nl = np.uint64(pv)
+                nd = np.uint64(dv) + np.uint64(1)
+            off = (nl << np.uint64(32)) | nd
+            cur = (np.uint64(lev[w]) << np.uint64(32)) | np.uint64(dist[w])
+            if lw == 0 or off < cur:
+                lab[w] = lab[v]
+                lev[w] = nl
+                dist[w] = nd
+                moved[w] = True
+                hk, hi, n = _heap_push(hk, hi, n, off, w)
+            elif off == cur:
+                hk, hi, n = _heap_push(hk, hi, n, cur, w)  # recompute its label
+    return n_changed

@@ -56,7 +56,7 @@ from ..grid import BlockGrid, Interface
 from ..io import _prepare_destination, create_volume
 from ..predictions import decode_channel, open_predictions, prediction_kind
 from .decoders import BCDDecoder, Decoder
-from .exact import UNREACHED, keyed_flood
+from .exact import UNREACHED, keyed_flood, keyed_update
 from .stats import instance_table, partial_stats, reduce_stats, write_csv
 
 #: default halo in voxels per axis (a performance knob: any halo gives the same result)
@@ -329,8 +329,21 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
     outer = expand(core, job.halo, job.shape)
     height = job.array("height")[outer]
     seeds, fg = _global_seeds(job, grid, outer)
-    shell = _read_shell(job, grid, block_id, outer, seeds.dtype, last_run) if rnd > 1 else None
-    labels, lev, dist = keyed_flood(height, seeds, fg, shell)
+    prev = last_run.get(block_id)
+    state_dir = os.path.join(job.work_path, "state", str(block_id))
+    if prev is None:  # round 1: nothing published yet, the shell is unreached
+        labels, lev, dist, state = keyed_flood(height, seeds, fg, None, return_state=True)
+    else:  # later rounds: update the previous solution from the shell values that changed
+        shell = _read_shell(job, grid, block_id, outer, seeds.dtype, last_run)
+        old = tuple(np.load(os.path.join(state_dir, str(prev), f"{k}.npy")) for k in "lvd")
+        labels, lev, dist, state, _ = keyed_update(old, height, seeds, fg, shell)
+    folder = os.path.join(state_dir, str(rnd))
+    os.makedirs(folder, exist_ok=True)
+    for k, a in zip("lvd", state):
+        np.save(os.path.join(folder, f"{k}.npy"), a)
+    for f in os.listdir(state_dir):  # older solutions are read by nobody any more
+        if f not in (str(rnd), str(prev)):
+            shutil.rmtree(os.path.join(state_dir, f), ignore_errors=True)
     inner = _within(core, outer)
     lab = labels[inner]
     job.array("labels")[core] = lab
@@ -350,7 +363,6 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
                 pieces[f"{b}_{face}"] = (piece, lev[loc], dist[loc])
     folder = _pieces_dir(job, block_id)
     os.makedirs(folder, exist_ok=True)
-    prev = last_run.get(block_id)
     old = _load_pieces(job, block_id, prev) if prev is not None else {}
     changed = set()
     for name in old.keys() | pieces.keys():
