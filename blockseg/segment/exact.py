@@ -85,6 +85,11 @@ the other blocks' shells. A block runs again only when a value on its own shell 
   every round (a block holding a wrong voxel always has a changed shell value pending), and at
   the fixed point every label satisfies the defining recursion: it is the whole-volume label.
 
+*Later runs are updates.* Because shell keys only decrease, a block's run in round 2 or later
+does not flood again: :func:`keyed_update` starts from the block's previous solution and
+revisits, in key order, only the voxels whose key or label can change (see its docstring);
+its result is the same unique solution a fresh flood would give.
+
 So the blockwise result equals :func:`keyed_flood` on the whole volume for *every* input,
 block shape and halo; no certificate decides anything. The halo only changes the cost: with
 more context a block's first flood is already right deeper into its core, fewer shell values
