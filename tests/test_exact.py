@@ -121,8 +121,8 @@ def test_long_nucleus_with_its_seed_at_one_end(tmp_path):
     ch = _bcd(shape)
     rod = (slice(5, 11), slice(5, 11), slice(2, 62))
     ch["B"][rod] = 1.0
-    ch["D"][rod] = np.linspace(0.9, 0.1, 60, dtype=np.float32)[None, None, :]  # seed (D > 0.5) at x < 32
-    ch["D"][:, :, :][(ch["B"] > 0) & (np.arange(64) >= 8)[None, None, :]] = 0.3  # seed only at x < 8
+    ch["D"][rod] = 0.9
+    ch["D"][(ch["B"] > 0) & (np.arange(64) >= 8)[None, None, :]] = 0.2  # seed (D > 0.3) only at x < 8
     dec = BCDDecoder(min_seed_size=1, min_size=1)
     ref, table, out, table2, report = _run(tmp_path, ch, dec, (16, 16, 16), 2)
     assert np.array_equal(out, ref)
