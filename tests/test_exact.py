@@ -228,7 +228,7 @@ def test_incremental_update_equals_a_fresh_flood():
             for arr, v in zip(shell, values):
                 arr[at] = v[ring]
             fresh = keyed_flood(h[box], seeds[box], mask[box], shell)
-            *got, state, _ = keyed_update(state, h[box], seeds[box], mask[box], shell)
+            *got, state, _ = keyed_update(state, shell)
             for a, b in zip(got, fresh):
                 assert np.array_equal(a, b)
         assert np.array_equal(got[0], lab[box])

@@ -331,7 +331,7 @@ def keyed_flood(
     labels = lab[core].copy()
     labels[labels == wall] = 0
     if return_state:
-        return labels, lev[core].copy(), dist[core].copy(), (lab, lev, dist)
+        return labels, lev[core], dist[core], (lab, lev, dist, hp, fixed)
     return labels, lev[core].copy(), dist[core].copy()
 
 
@@ -346,22 +346,24 @@ def _ring(shape) -> np.ndarray:
     return ring
 
 
-def keyed_update(state, height, seeds, mask, shell):
+def keyed_update(state, shell):
     """:func:`keyed_flood` of a region whose shell values changed, from its previous solution.
 
-    Exact because the shell keys only decrease between runs (module docstring, "keys only
-    decrease"): starting from the old solution, the voxels whose key or label changes are
-    exactly those reached, in key order, from the changed shell voxels through neighbours whose
-    offered key is at most their own (lower: a new key; equal: their label is recomputed from
-    all their optimal predecessors). The result is the unique solution with the new shell, the
-    same as a fresh flood (``tests/test_exact.py`` checks it). A shell key that *increased*
-    violates the premise and raises RuntimeError.
+    ``state`` is what :func:`keyed_flood` (``return_state=True``) or this function returned
+    for the same region: the padded labels, keys, height and fixed-voxel flags, so the update
+    reads nothing else. Exact because the shell keys only decrease between runs (module
+    docstring, "keys only decrease"): starting from the old solution, the voxels whose key or
+    label changes are exactly those reached, in key order, from the changed shell voxels through
+    neighbours whose offered key is at most their own (lower: a new key; equal: their label is
+    recomputed from all their optimal predecessors). The result is the unique solution with the
+    new shell, the same as a fresh flood (``tests/test_exact.py`` checks it). A shell key that
+    *increased* violates the premise and raises RuntimeError.
 
     Returns ``(labels, level, dist, state, voxels_changed)``.
     """
-    lab, lev, dist = state
-    shape = height.shape
+    lab, lev, dist, hp, fixed = state
     pshape = lab.shape
+    shape = tuple(n - 4 for n in pshape)
     wall = lab.dtype.type(np.iinfo(lab.dtype).max)
     s_lab, s_lev, s_dist = shell
     box = (slice(1, -1),) * 3
@@ -375,18 +377,14 @@ def keyed_update(state, height, seeds, mask, shell):
         raise RuntimeError("keyed_update: a shell key increased; the incremental update does not apply")
     changed = new & ((old_lab != s_lab) | (key_new != key_old))
     old_lab[changed], old_lev[changed], old_dist[changed] = s_lab[changed], s_lev[changed], s_dist[changed]
-    fixed = np.zeros(pshape, dtype=np.uint8)
     fixed[box][new] = 1
-    fixed[2:-2, 2:-2, 2:-2][(np.asarray(seeds) != 0) & np.asarray(mask, dtype=bool)] = 1
-    hp = np.zeros(pshape, dtype=np.uint8)
-    hp[2:-2, 2:-2, 2:-2] = height
     idx = np.ravel_multi_index(tuple(i + 1 for i in np.nonzero(changed)), pshape).astype(np.int64)
     n = _update_kernel(hp.ravel(), lab.ravel(), lev.ravel(), dist.ravel(), fixed.ravel(), idx,
                        pshape[2], pshape[1] * pshape[2], wall)  # fmt: skip
     core = (slice(2, -2),) * 3
     labels = lab[core].copy()
     labels[labels == wall] = 0
-    return labels, lev[core].copy(), dist[core].copy(), (lab, lev, dist), int(n)
+    return labels, lev[core], dist[core], (lab, lev, dist, hp, fixed), int(n)
 
 
 # ---------------------------------------------------------------------------- incremental update

@@ -325,30 +325,31 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
     core holds on other blocks' shells. Round 1 floods the region; later runs update the
     block's previous solution (:func:`.exact.keyed_update`), kept in the work directory.
     Returns (blocks whose shell changed, partial statistics of the core, foreground voxels of
-    the core, voxels flooded in round 1 or changed by the update)."""
+    the core (round 1 only, else None), voxels flooded in round 1 or changed by the update)."""
     grid = job.grid()
     block = grid[block_id]
     core = block.core
     outer = expand(core, job.halo, job.shape)
-    height = job.array("height")[outer]
-    seeds, fg = _global_seeds(job, grid, outer)
+    inner = _within(core, outer)
     prev = last_run.get(block_id)
     state_dir = os.path.join(job.work_path, "state", str(block_id))
+    fg_core = None
     if prev is None:  # round 1: nothing published yet, the shell is unreached
+        height = job.array("height")[outer]
+        seeds, fg = _global_seeds(job, grid, outer)
         labels, lev, dist, state = keyed_flood(height, seeds, fg, None, return_state=True)
-        work = int(height.size)
-    else:  # later rounds: update the previous solution from the shell values that changed
-        shell = _read_shell(job, grid, block_id, outer, seeds.dtype, last_run)
-        old = tuple(np.load(os.path.join(state_dir, str(prev), f"{k}.npy")) for k in "lvd")
-        labels, lev, dist, state, work = keyed_update(old, height, seeds, fg, shell)
+        work, fg_core = int(height.size), int(fg[inner].sum())
+    else:  # later rounds: update the previous solution (it holds height and seeds too)
+        old = tuple(np.load(os.path.join(state_dir, str(prev), f"{k}.npy")) for k in "lvdhf")
+        shell = _read_shell(job, grid, block_id, outer, old[0].dtype, last_run)
+        labels, lev, dist, state, work = keyed_update(old, shell)
     folder = os.path.join(state_dir, str(rnd))
     os.makedirs(folder, exist_ok=True)
-    for k, a in zip("lvd", state):
+    for k, a in zip("lvdhf", state):
         np.save(os.path.join(folder, f"{k}.npy"), a)
     for f in os.listdir(state_dir):  # older solutions are read by nobody any more
         if f not in (str(rnd), str(prev)):
             shutil.rmtree(os.path.join(state_dir, f), ignore_errors=True)
-    inner = _within(core, outer)
     lab = labels[inner]
     job.array("labels")[core] = lab
     # publish: the parts of this core that lie on other blocks' shells (only pieces with a
@@ -383,7 +384,7 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
         if r != rnd and r != prev:
             os.remove(os.path.join(folder, f))
     stats = partial_stats(lab, _score(job, core), block.origin)
-    return sorted(changed), stats, int(fg[inner].sum()), work
+    return sorted(changed), stats, fg_core, work
 
 
 # ---------------------------------------------------------------------------- driver steps
@@ -611,7 +612,9 @@ def segment(
         woken: set[int] = set()
         for b, r in zip(pending, res):
             woken.update(r[0])
-            parts[b], fg_count[b] = r[1], r[2]
+            parts[b] = r[1]
+            if r[2] is not None:  # the foreground is counted by round 1
+                fg_count[b] = r[2]
             flooded += r[3]
             last_run[b] = rnd
         report.rounds.append({"round": rnd, "blocks": len(pending), "woken": len(woken)})
