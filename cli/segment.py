@@ -22,6 +22,7 @@ def _param(text: str) -> tuple[str, float]:
 
 def register(subparsers) -> None:
     from blockseg.segment import DECODERS
+    from blockseg.segment.decoders import PRESETS
 
     lines = []
     for name, cls in DECODERS.items():
@@ -30,22 +31,23 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "segment",
         help="turn a prediction zarr into a global instance-label zarr (blockwise seeded watershed)",
-        description="Blockwise seeded watershed whose result equals a whole-volume run: seeds get "
-        "global ids before flooding, each block floods core + halo and writes its core, and voxels "
-        "the per-block certificate cannot vouch for are recomputed with a larger halo.",
+        description="Blockwise seeded watershed whose result equals a whole-volume run, voxel for voxel: "
+        "seeds get global ids before flooding, ties are fixed by a rule every block can evaluate, and "
+        "blocks exchange the values on their faces in rounds until none changes. The halo only sets "
+        "speed (fewer rounds, more voxels read), never the result.",
         epilog="decoders and their parameters (defaults):\n" + "\n".join(lines),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("predictions", help="prediction store (zarr group with one volume per channel)")
     add_output_options(p, "output", "label volume to create (OME-Zarr); the table goes to OUTPUT/instances.csv")
     p.add_argument("--decoder", default="bcd", choices=sorted(DECODERS), help="how channels become seeds, mask and height (default: bcd)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named parameter set instead of the defaults (nucmm: NucMM's reference bcd thresholds and size filters); -p overrides it")
     p.add_argument(
         "--param", "-p", action="append", type=_param, default=[], metavar="NAME=VALUE",
         help="decoder parameter, repeatable, e.g. -p fg_b=0.8 -p min_size=200",
     )  # fmt: skip
     p.add_argument("--block-shape", type=int, nargs="+", metavar="N", help="block core shape, 1 or 3 values (z y x), a multiple of the chunks")
-    p.add_argument("--halo", type=int, nargs="+", metavar="N", help="halo in voxels, 1 or 3 values (default 24)")
-    p.add_argument("--max-halo", type=int, nargs="+", metavar="N", help="largest halo of the resolution rounds (default: equal to --halo, no round; e.g. 2 x halo: one round)")
+    p.add_argument("--halo", type=int, nargs="+", metavar="N", help="halo in voxels, 1 or 3 values (default 24; any value, 0 included, gives the same result: it trades exchange rounds for voxels read)")
     p.add_argument("--keep-work", action="store_true", help="keep the intermediate OUTPUT.work directory")
     p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
     add_cluster_options(p)
@@ -59,9 +61,8 @@ def run(args: argparse.Namespace) -> int:
     params = {}
     for name, value in args.param:
         params[name] = int(value) if name in ("min_seed_size", "min_size", "dilation", "min_votes", "max_vector") else value
-    decoder = make_decoder(args.decoder, **params)
+    decoder = make_decoder(args.decoder, preset=args.preset, **params)
     block_shape, halo = zyx(args.block_shape, "--block-shape"), zyx(args.halo, "--halo")
-    max_halo = zyx(args.max_halo, "--max-halo")
     check_output(args, "output", [args.predictions])  # fail before starting a cluster
     with dask_client(cluster_config(args), quiet=args.json) as client:
         report = segment(
@@ -70,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
             decoder=decoder,
             block_shape=block_shape,
             halo=halo,
-            max_halo=max_halo,
             client=client,
             overwrite=args.overwrite,
             keep_work=args.keep_work,
@@ -79,11 +79,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        fg = max(report.foreground_voxels, 1)
         print(
             f"{report.n_instances} instances -> {report.labels_path} (table {report.table_path}); "
-            f"{report.uncertain_voxels} voxels ({report.uncertain_voxels / fg:.2%} of foreground) were not "
-            f"certified by the first pass, {report.unresolved_voxels} left uncertified; {report.seconds['total']:.1f} s",
+            f"{len(report.rounds)} exchange round(s), {report.blocks_rerun} block re-run(s), "
+            f"{report.flood_amplification:.2f}x voxels flooded; {report.seconds['total']:.1f} s",
             file=sys.stderr,
         )
     return 0

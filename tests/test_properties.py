@@ -4,7 +4,8 @@ Random volume, chunk and block shapes (volumes <= 40 voxels a side), on the in-p
 (``client=None``: the same block functions dask runs, one after the other). Each property has
 a fixed example budget and ``derandomize=True``, so CI draws the same examples every run.
 
-(a) ``segment`` == ``segment_array`` (same partition, all voxels);
+(a) ``segment`` == ``segment_array`` (0 differing voxels, equal instance tables) for every
+    decoder, perfect / quantised / noisy maps, any halo;
 (b) ``predict`` == ``predict_array`` within one uint8 step (1/255);
 (c) streaming ``evaluate`` of zarr volumes == ``evaluate`` of the in-memory arrays, and its TP
     count at IoU 0.6 == a brute-force count.
@@ -22,7 +23,12 @@ from hypothesis import strategies as st
 
 from blockseg.io import create_volume, open_volume
 from blockseg.predictions import encode_channel, open_predictions, read_channels, save_predictions
-from blockseg.segment import BCDDecoder, segment, segment_array
+from scipy import ndimage as ndi
+
+from blockseg.segment import AffinityDecoder, BCDDecoder, SDTDecoder, ThreeLabelDecoder, segment, segment_array
+from blockseg.segment.decoders import CPVDecoder
+from blockseg.segment.stats import read_csv
+from blockseg.targets import compute_targets
 from blockseg.segment.synthetic import noisy_predictions, random_nuclei, rasterise
 
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -53,23 +59,97 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 # ---------------------------------------------------------------------------- (a) segment
 DECODER = BCDDecoder(seed_d=0.3, min_seed_size=8, min_size=32)
 
+#: decoder -> (target representations, decoder used on both sides of the comparison)
+DECODERS = {
+    "bcd": (["B", "C", "D"], BCDDecoder(seed_d=0.3, min_seed_size=4, min_size=16)),
+    "cpv": (["B", "cpv"], CPVDecoder(min_votes=3, max_vector=6, min_seed_size=1, min_size=16)),
+    "3label": (["3label"], ThreeLabelDecoder(min_seed_size=4, min_size=16)),
+    "sdt": (["sdt"], SDTDecoder(min_seed_size=4, min_size=16)),
+    "affinities": (["aff"], AffinityDecoder(min_seed_size=4, min_size=16)),
+}
 
-@settings(max_examples=12, **SETTINGS)
-@given(geometry(hi=36, chunk_lo=6, chunk_hi=16), st.integers(1, 10), st.integers(0, 2**16), st.sampled_from([0.0, 0.08]))
-def test_segment_blockwise_equals_whole_volume(geo, halo, seed, noise):
+
+def _maps(labels, reps, kind, seed):
+    """Perfect targets; quantised to ``q <= 8`` levels per channel (heavy plateaus: most ties);
+    or blurred + noisy."""
+    ch = compute_targets(labels, reps)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for c, v in ch.items():
+        if kind == "quantised":
+            q = int(rng.integers(2, 9))
+            lo, hi = float(v.min()), float(v.max())
+            v = lo + np.round((v - lo) / max(hi - lo, 1e-6) * (q - 1)) / (q - 1) * (hi - lo) if hi > lo else v
+        elif kind == "noisy":
+            v = ndi.gaussian_filter(v, 0.7) + rng.normal(0, 0.08 * max(float(np.abs(v).max()), 1e-3), v.shape)
+            if c.startswith("cpv"):
+                pass
+            elif c in ("D", "sdt"):
+                v = np.clip(v, -1, 1)
+            else:
+                v = np.clip(v, 0, 1)
+        out[c] = np.asarray(v, dtype=np.float32)
+    return out
+
+
+def _tables_equal(a, b) -> bool:
+    return list(a) == list(b) and all(
+        np.allclose(np.asarray(a[c], float), np.asarray(b[c], float), rtol=1e-5, atol=0) for c in a
+    )
+
+
+@st.composite
+def few_blocks(draw, lo=12, hi=30):
+    """(volume shape, chunk shape, block shape): 3-4 blocks along the longest axis (the rod's),
+    1-3 along the others, any remainder; blocks are whole chunks."""
+    shape = tuple(draw(st.integers(lo, hi)) for _ in range(3))
+    longest = int(np.argmax(shape))
+    block, chunks = [], []
+    for ax, s in enumerate(shape):
+        k = draw(st.integers(3, 4) if ax == longest else st.integers(1, 3))
+        b = -(-s // k)  # ceil: k blocks (the last one may be smaller)
+        c = draw(st.sampled_from([d for d in range(1, b + 1) if b % d == 0 and d >= min(3, b)]))
+        block.append(b)
+        chunks.append(c)
+    return shape, tuple(chunks), tuple(block)
+
+
+@settings(max_examples=20, **SETTINGS)
+@given(
+    few_blocks(),
+    st.sampled_from([0, 1, 2, 4, 8, 48]),
+    st.integers(0, 2**16),
+    st.sampled_from(sorted(DECODERS)),
+    st.sampled_from(["perfect", "quantised", "noisy"]),
+    st.booleans(),
+)
+def test_segment_blockwise_equals_whole_volume(geo, halo, seed, decoder, kind, rod):
+    """blockwise ``segment`` == ``segment_array``: 0 differing voxels (ids included) and equal
+    instance tables, for random geometry, halos (0, smaller than the nuclei, larger than some
+    blocks), every decoder, perfect / quantised / noisy maps, with nuclei of radius up to 9
+    (larger than most halos) and optionally an elongated nucleus along the longest axis
+    (crossing every block on that axis)."""
     shape, chunks, block = geo
-    channels = noisy_predictions(_nuclei(shape, seed), noise=noise, blur=0.7 if noise else 0.0, seed=seed)
+    labels = _nuclei(shape, seed, radius=(3.0, 9.0))
+    if rod:
+        ax = int(np.argmax(shape))
+        sl = [slice(s // 2 - 2, s // 2 + 2) for s in shape]
+        sl[ax] = slice(1, shape[ax] - 1)
+        labels[tuple(sl)] = labels.max() + 1
+    reps, dec = DECODERS[decoder]
+    channels = _maps(labels, reps, kind, seed)
     with tempfile.TemporaryDirectory() as tmp:
         pred = Path(tmp) / "pred.zarr"
         save_predictions(pred, channels, chunks=chunks)
-        ref = segment_array(read_channels(open_predictions(pred), (slice(None),) * 3), DECODER)
-        # resolution rounds up to the volume size: every voxel the certificate doubts is redone
-        report = segment(pred, Path(tmp) / "seg.zarr", DECODER, block_shape=block, halo=halo, max_halo=max(shape))
+        ref, table = segment_array(read_channels(open_predictions(pred), (slice(None),) * 3), dec, return_table=True)
+        report = segment(pred, Path(tmp) / "seg.zarr", dec, block_shape=block, halo=halo)
         out = open_volume(Path(tmp) / "seg.zarr").array[:]
-    assert ref.max() > 0
-    assert report.unresolved_voxels == 0
+        got = read_csv(report.table_path)
+    assert report.halo == [halo] * 3 and report.rounds[-1]["woken"] == 0
     assert report.n_instances == int(ref.max())
+    assert int(np.count_nonzero(out != ref)) == 0
     assert same_partition(ref, out)
+    assert _tables_equal(table, got)
 
 
 # ---------------------------------------------------------------------------- (b) predict

@@ -380,9 +380,8 @@ def test_affinity_target_decodes_separate_nuclei():
     assert same_partition(out, gt)
 
 
-@pytest.mark.xfail(strict=True, reason="AffinityDecoder seeds (all 3 affinities > t, 26-connected) merge "
-                   "touching nuclei: see README, Limits")  # fmt: skip
 def test_affinity_target_decodes_touching_nuclei(touching):
+    """Seeds from all six links, eroded once, keep touching nuclei apart (issue 14)."""
     from blockseg.segment import AffinityDecoder
 
     assert _recovered(touching, ["aff"], AffinityDecoder(min_seed_size=8, min_size=64, dilation=0), 0.5)

@@ -7,6 +7,7 @@ its certificate.
 """
 
 from .decoders import DECODERS, AffinityDecoder, BCDDecoder, Decoder, SDTDecoder, ThreeLabelDecoder, make_decoder
+from .exact import keyed_flood
 from .flood import artificial_faces, flood, uncertain_voxels
 from .components import LabelReport, label
 from .pipeline import SegmentReport, segment, segment_array
@@ -24,6 +25,7 @@ __all__ = [
     "AffinityDecoder",
     "DECODERS",
     "make_decoder",
+    "keyed_flood",
     "flood",
     "uncertain_voxels",
     "artificial_faces",

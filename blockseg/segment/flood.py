@@ -1,4 +1,9 @@
-"""Deterministic seeded watershed (priority flood) on a uint8 height map, and its certificate.
+"""First-come seeded watershed (priority flood) on a uint8 height map, and its certificate.
+
+Not used by :func:`blockseg.segment.segment` any more: its ties follow queue arrival order,
+which a block cannot reproduce, so blockwise runs could only be *certified* voxel by voxel.
+``segment`` and ``segment_array`` now use the exact keyed flood of :mod:`.exact` (ties fixed
+by geometry and seed id). This module is kept for reference and for its tests.
 
 The flood uses a bucket queue with one FIFO list per height level (0..255):
 

@@ -10,28 +10,33 @@ Passes (each a set of independent block tasks that write only their own core):
 2. **pairs** -- for every face, edge and corner the block shares with a later block, label the
    two-voxel slab of seed ids 26-connected: ids in one slab component are one seed.
 3. *driver* -- union-find (sparse connected components) over the pairs; global seed sizes;
-   seeds under ``min_seed_size`` dropped; kept seeds numbered 1..S; one small lookup table per
+   seeds under ``min_seed_size`` dropped; kept seeds numbered 1..S by their first voxel in
+   raster order (as a whole-volume labelling numbers them); one small lookup table per
    block (only the ids in that block) written to the work directory.
-4. **watershed** -- read height and seed code of core + halo (written by the neighbours in
-   pass 1), map the seed ids to global ids with the tables of the (at most 27) blocks it
-   overlaps, flood (:mod:`.flood`), write the core, mark the core voxels the certificate cannot
-   vouch for as *uncertain*, and return partial per-instance statistics of the core (count,
-   coordinate sums, bbox, summed score).
-5. **resolve** -- blocks with uncertain voxels flood again the bounding box of those voxels
-   grown by twice the halo (then four times, ... up to ``max_halo``; by default none),
-   overwrite only their uncertain voxels, and return fresh statistics; the new certificate
-   decides what stays uncertain. Rounds read heights and seeds only, never labels, so no block
-   reads what another writes.
-6. *driver* -- reduce the statistics, remove instances under ``min_size``, number the rest
+4. **watershed**, in exchange rounds (:mod:`.exact`: the rule, the proofs) -- a block reads
+   height and seed code of core + halo (written by the neighbours in pass 1), maps the seed
+   ids to global ids with the tables of the blocks it overlaps, floods with the exact keyed
+   flood, using as boundary condition the values (label, level, distance) its neighbours'
+   latest runs published for the voxels just outside its region, writes its core, and
+   publishes, in one immutable file per run, the values its core holds on other blocks'
+   shells. Round 1 runs every block with an unreached shell; later rounds run only the blocks
+   whose shell values changed, until none did, and update the block's previous solution (kept
+   in the work directory) from the changed shell values instead of flooding again. Each run returns partial per-instance
+   statistics of its core (the latest run's are kept). No block reads a file or chunk that is
+   written in the same round.
+5. *driver* -- reduce the statistics, remove instances under ``min_size``, number the rest
    1..N (in seed order); per-block tables again.
-7. **relabel** the work labels into the output volume; the instance table goes to
+6. **relabel** the work labels into the output volume; the instance table goes to
    ``OUT/instances.csv``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import pickle
+import uuid
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -52,12 +57,15 @@ from ..grid import BlockGrid, Interface
 from ..io import create_volume
 from ..predictions import decode_channel, open_predictions, prediction_kind
 from .decoders import BCDDecoder, Decoder
-from .flood import artificial_faces, flood, uncertain_voxels
+from .exact import UNREACHED, keyed_flood, keyed_update
 from .stats import instance_table, partial_stats, reduce_stats, write_csv
 from ..safety import aborts_on_error
 
-#: default halo in voxels per axis (clipped to the block shape)
+#: default halo in voxels per axis (a performance knob: any halo gives the same result)
 DEFAULT_HALO = 24
+
+#: safety bound on exchange rounds (never reached: the fixed point is finite, see .exact)
+_MAX_ROUNDS = 100_000
 
 
 # ---------------------------------------------------------------------------- job context
@@ -73,12 +81,35 @@ class _Job:
     chunk_shape: tuple[int, ...]
     decoder: Decoder
     kinds: tuple[tuple[str, str], ...]
+    #: unique per segment run: keys the per-process caches below (a rerun never sees stale data)
+    token: str = ""
 
     def grid(self) -> BlockGrid:
-        return BlockGrid(self.shape, self.block_shape, self.halo, self.chunk_shape)
+        # the halo is handled here (any size, even larger than a block), not by the grid
+        return BlockGrid(self.shape, self.block_shape, 0, self.chunk_shape)
 
     def array(self, name: str) -> zarr.Array:
-        return zarr.open_array(f"{self.work_path}/{name}", mode="r+")
+        if not self.token:
+            return zarr.open_array(f"{self.work_path}/{name}", mode="r+")
+        return _open_work_array(self.work_path, name, self.token)
+
+
+@functools.lru_cache(maxsize=64)
+def _open_work_array(work_path: str, name: str, token: str) -> zarr.Array:
+    """Work arrays opened once per worker process and run (opening costs ~1 ms a call)."""
+    return zarr.open_array(f"{work_path}/{name}", mode="r+")
+
+
+@functools.lru_cache(maxsize=16)
+def _open_score(pred_path: str, channel: str, token: str):
+    return open_predictions(pred_path, (channel,))[channel]
+
+
+@functools.lru_cache(maxsize=4096)
+def _seed_table(work_path: str, block_id: int, token: str) -> tuple[np.ndarray, np.ndarray]:
+    """A block's seed table (written once per run, before the watershed reads it many times)."""
+    data = np.load(os.path.join(work_path, "seed_tables", f"{block_id}.npz"))
+    return data["keys"], data["values"]
 
 
 def expand(region: Sequence[slice], by: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
@@ -106,17 +137,23 @@ def decode_region(job: _Job, region: Sequence[slice]):
 
 # ---------------------------------------------------------------------------- block tasks
 @numba.njit(cache=True, nogil=True)
-def _encode_seeds(cc, fg, offset, fg_value, out, counts):
-    """Seed code of a core (see :func:`segment`) and the voxel count of each component."""
-    c, f, o = cc.ravel(), fg.ravel(), out.ravel()
-    for i in range(c.size):
-        if c[i] != 0:
-            o[i] = c[i] + offset
-            counts[c[i]] += 1
-        elif f[i]:
-            o[i] = fg_value
-        else:
-            o[i] = 0
+def _encode_seeds(cc, fg, offset, fg_value, out, counts, first, origin, shape):
+    """Seed code of a core (see :func:`segment`), the voxel count of each component and the
+    global raster index of its first voxel (the seed numbering key)."""
+    nz, ny, nx = cc.shape
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                c = cc[z, y, x]
+                if c != 0:
+                    out[z, y, x] = c + offset
+                    counts[c] += 1
+                    if first[c] < 0:
+                        first[c] = ((z + origin[0]) * shape[1] + (y + origin[1])) * shape[2] + (x + origin[2])
+                elif fg[z, y, x]:
+                    out[z, y, x] = fg_value
+                else:
+                    out[z, y, x] = 0
 
 
 def _seed_task(block_id: int, job: _Job):
@@ -130,11 +167,15 @@ def _seed_task(block_id: int, job: _Job):
     dtype = seeds_out.dtype
     code = np.empty(cc.shape, dtype=dtype)
     counts = np.zeros(n + 1, dtype=np.int64)
-    _encode_seeds(cc, fg, dtype.type(grid.id_offset(block_id)), dtype.type(_fg_code(dtype)), code, counts)
+    first = np.full(n + 1, -1, dtype=np.int64)
+    _encode_seeds(
+        cc, fg, dtype.type(grid.id_offset(block_id)), dtype.type(_fg_code(dtype)), code, counts, first,
+        np.asarray(block.origin, dtype=np.int64), np.asarray(grid.shape, dtype=np.int64),
+    )  # fmt: skip
     seeds_out[block.core] = code
     job.array("height")[block.core] = height
     ids = np.arange(1, n + 1, dtype=np.uint64) + grid.id_offset(block_id)
-    return ids, counts[1:]
+    return ids, counts[1:], first[1:]
 
 
 def _fg_code(dtype) -> int:
@@ -192,9 +233,13 @@ def _global_seeds(job: _Job, grid: BlockGrid, region: tuple[slice, ...], compact
     code = _fg_code(raw.dtype)
     keys, values = [np.zeros(1, raw.dtype), np.full(1, code, raw.dtype)], [np.zeros(2, np.uint64)]
     for bid in grid.blocks_in(region):
-        data = np.load(os.path.join(job.work_path, "seed_tables", f"{bid}.npz"))
-        keys.append(data["keys"])
-        values.append(data["values"])
+        if job.token:
+            k, v = _seed_table(job.work_path, bid, job.token)
+        else:
+            data = np.load(os.path.join(job.work_path, "seed_tables", f"{bid}.npz"))
+            k, v = data["keys"], data["values"]
+        keys.append(k)
+        values.append(v)
     keys, values = np.concatenate(keys), np.concatenate(values)
     fg = raw != 0
     lut = None
@@ -213,63 +258,134 @@ def _global_seeds(job: _Job, grid: BlockGrid, region: tuple[slice, ...], compact
 def _score(job: _Job, region: tuple[slice, ...]) -> np.ndarray:
     """Per-voxel instance score of ``region`` (reads the decoder's score channel only)."""
     c = job.decoder.score_channel
-    vol = open_predictions(job.pred_path, (c,))[c]
+    vol = _open_score(job.pred_path, c, job.token) if job.token else open_predictions(job.pred_path, (c,))[c]
     return job.decoder.score({c: decode_channel(vol.array[region], dict(job.kinds)[c])})
 
 
-def _flood_region(job: _Job, grid: BlockGrid, outer: tuple[slice, ...]):
-    """Flood ``outer`` from the stored heights and global seeds; labels, foreground and the
-    certificate's uncertain mask."""
-    height = job.array("height")[outer]
-    seeds, fg, lut = _global_seeds(job, grid, outer, compact=True)
-    labels, level = flood(height, seeds, fg)
-    unc = uncertain_voxels(height, fg, level, artificial_faces(outer, job.shape), labels, seeds)
-    return labels, fg, unc, lut
+# ---------------------------------------------------------------------------- exact watershed
+def _shell_slabs(outer: tuple[slice, ...], shape: Sequence[int]) -> list[tuple[int, tuple[slice, ...]]]:
+    """The one-voxel face layers just outside ``outer`` that lie in the volume, as
+    ``(face, slices)`` with ``face = 2 * axis + side`` (the shell of :mod:`.exact`)."""
+    out = []
+    for ax in range(3):
+        for side in (0, 1):
+            s = list(outer)
+            if side == 0:
+                if outer[ax].start == 0:
+                    continue
+                s[ax] = slice(outer[ax].start - 1, outer[ax].start)
+            else:
+                if outer[ax].stop == shape[ax]:
+                    continue
+                s[ax] = slice(outer[ax].stop, outer[ax].stop + 1)
+            out.append((2 * ax + side, tuple(s)))
+    return out
 
 
-def _to_global(labels: np.ndarray, lut) -> np.ndarray:
-    return labels if lut is None else lut.astype(np.uint32 if lut[-1] < 2**32 else np.uint64)[labels]
+def _intersect(a: Sequence[slice], b: Sequence[slice]) -> tuple[slice, ...] | None:
+    out = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
+    return out if all(s.stop > s.start for s in out) else None
 
 
-def _watershed_task(block_id: int, job: _Job, halo: tuple[int, ...]):
-    """Flood core + ``halo`` and write the core; mark the voxels the certificate cannot vouch
-    for. Returns (foreground voxels, uncertain voxels, partial statistics of the core)."""
+def _pieces_dir(job: _Job, block_id: int) -> str:
+    return os.path.join(job.work_path, "pieces", str(block_id))
+
+
+def _load_pieces(job: _Job, block_id: int, rnd: int) -> dict:
+    with open(os.path.join(_pieces_dir(job, block_id), f"{rnd}.pkl"), "rb") as f:
+        return pickle.load(f)
+
+
+def _read_shell(job: _Job, grid: BlockGrid, block_id: int, outer, dtype, last_run: Mapping[int, int]):
+    """Shell values of ``block_id``'s region from the latest pieces its neighbours published."""
+    pshape = tuple(s.stop - s.start + 2 for s in outer)
+    lab = np.zeros(pshape, dtype=dtype)
+    lev = np.full(pshape, UNREACHED, dtype=np.uint16)
+    dist = np.zeros(pshape, dtype=np.uint32)
+    origin = tuple(s.start - 1 for s in outer)
+    files: dict[int, object] = {}
+    for face, slab in _shell_slabs(outer, job.shape):
+        name = f"{block_id}_{face}"
+        for c in grid.blocks_in(slab):
+            if c not in last_run:
+                continue  # not run yet: its voxels are unreached
+            if c not in files:
+                files[c] = _load_pieces(job, c, last_run[c])
+            piece = files[c].get(name)
+            if piece is None:
+                continue  # nothing reached on that piece
+            inter = _intersect(slab, grid[c].core)
+            loc = tuple(slice(i.start - o, i.stop - o) for i, o in zip(inter, origin))
+            lab[loc], lev[loc], dist[loc] = piece
+    return lab, lev, dist
+
+
+def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int]):
+    """One run of a block in round ``rnd`` (see :mod:`.exact`): flood core + halo with the shell
+    values published by the neighbours' latest runs, write the core, publish the values this
+    core holds on other blocks' shells. Round 1 floods the region; later runs update the
+    block's previous solution (:func:`.exact.keyed_update`), kept in the work directory.
+    Returns (blocks whose shell changed, partial statistics of the core, foreground voxels of
+    the core (round 1 only, else None), voxels flooded in round 1 or changed by the update)."""
     grid = job.grid()
     block = grid[block_id]
     core = block.core
-    outer = expand(core, halo, job.shape)
-    labels, fg, unc, lut = _flood_region(job, grid, outer)
+    outer = expand(core, job.halo, job.shape)
     inner = _within(core, outer)
-    lab, unc = _to_global(labels[inner], lut), unc[inner]
+    prev = last_run.get(block_id)
+    state_dir = os.path.join(job.work_path, "state", str(block_id))
+    fg_core = None
+    if prev is None:  # round 1: nothing published yet, the shell is unreached
+        height = job.array("height")[outer]
+        seeds, fg = _global_seeds(job, grid, outer)
+        labels, lev, dist, state = keyed_flood(height, seeds, fg, None, return_state=True)
+        work, fg_core = int(height.size), int(fg[inner].sum())
+    else:  # later rounds: update the previous solution (it holds height and seeds too)
+        old = tuple(np.load(os.path.join(state_dir, str(prev), f"{k}.npy")) for k in "lvdhf")
+        shell = _read_shell(job, grid, block_id, outer, old[0].dtype, last_run)
+        labels, lev, dist, state, work = keyed_update(old, shell)
+    folder = os.path.join(state_dir, str(rnd))
+    os.makedirs(folder, exist_ok=True)
+    for k, a in zip("lvdhf", state):
+        np.save(os.path.join(folder, f"{k}.npy"), a)
+    for f in os.listdir(state_dir):  # older solutions are read by nobody any more
+        if f not in (str(rnd), str(prev)):
+            shutil.rmtree(os.path.join(state_dir, f), ignore_errors=True)
+    lab = labels[inner]
     job.array("labels")[core] = lab
-    n_unc = int(unc.sum())
-    if n_unc:
-        job.array("uncertain")[core] = unc
-    return int(fg[inner].sum()), n_unc, partial_stats(lab, _score(job, core), block.origin)
-
-
-def _resolve_task(block_id: int, job: _Job, halo: tuple[int, ...]):
-    """Flood the bounding box of the block's uncertain voxels grown by ``halo``; overwrite only
-    those voxels. Returns (voxels considered, voxels left uncertain, statistics of the core)."""
-    grid = job.grid()
-    block = grid[block_id]
-    core = block.core
-    umap = job.array("uncertain")
-    prev = umap[core]
-    nz = np.nonzero(prev)
-    box = tuple(slice(c.start + int(i.min()), c.start + int(i.max()) + 1) for c, i in zip(core, nz))
-    outer = expand(box, halo, job.shape)
-    labels, _, unc, lut = _flood_region(job, grid, outer)
-    raw = job.array("labels")
-    current = raw[core]
-    in_core, in_outer = _within(box, core), _within(box, outer)
-    p = prev[in_core]
-    current[in_core][p] = _to_global(labels[in_outer][p], lut)
-    raw[core] = current
-    left = np.zeros_like(prev)
-    left[in_core] = p & unc[in_outer]
-    umap[core] = left
-    return int(p.sum()), int(left.sum()), partial_stats(current, _score(job, core), block.origin)
+    # publish: the parts of this core that lie on other blocks' shells (only pieces with a
+    # reached voxel; a missing piece means all unreached)
+    pieces: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for b in grid.blocks_in(expand(core, tuple(h + 1 for h in job.halo), job.shape)):
+        if b == block_id:
+            continue
+        for face, slab in _shell_slabs(expand(grid[b].core, job.halo, job.shape), job.shape):
+            inter = _intersect(slab, core)
+            if inter is None:
+                continue
+            loc = _within(inter, outer)
+            piece = labels[loc]
+            if piece.any():
+                pieces[f"{b}_{face}"] = (piece, lev[loc], dist[loc])
+    folder = _pieces_dir(job, block_id)
+    os.makedirs(folder, exist_ok=True)
+    old = _load_pieces(job, block_id, prev) if prev is not None else {}
+    changed = set()
+    for name in old.keys() | pieces.keys():
+        if name in old and name in pieces and all(np.array_equal(a, b) for a, b in zip(old[name], pieces[name])):
+            continue
+        changed.add(int(name.split("_")[0]))
+    tmp = os.path.join(folder, f"{rnd}.tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(pieces, f, protocol=5)
+    os.replace(tmp, os.path.join(folder, f"{rnd}.pkl"))
+    # files older than the previous run are read by nobody any more
+    for f in os.listdir(folder):
+        r = int(f.split(".")[0])
+        if r != rnd and r != prev:
+            os.remove(os.path.join(folder, f))
+    stats = partial_stats(lab, _score(job, core), block.origin)
+    return sorted(changed), stats, fg_core, work
 
 
 # ---------------------------------------------------------------------------- driver steps
@@ -282,12 +398,19 @@ def _write_tables(table_dir: str, per_block: Mapping[int, tuple[np.ndarray, np.n
 
 
 def merge_seeds(
-    block_ids: list[np.ndarray], block_counts: list[np.ndarray], edges: np.ndarray, min_seed_size: int
+    block_ids: list[np.ndarray],
+    block_counts: list[np.ndarray],
+    edges: np.ndarray,
+    min_seed_size: int,
+    block_first: list[np.ndarray] | None = None,
 ) -> tuple[list[np.ndarray], int]:
     """Union-find of block seed ids; per-block tables of final seed ids (0 = dropped).
 
     Components are numbered 1..S in the order of their smallest block id, so the numbering is
-    deterministic. Returns the per-block values (aligned with ``block_ids``) and S.
+    deterministic; with ``block_first`` (each block seed's first global raster index), in the
+    order of their first voxel in the whole volume instead -- the numbering a whole-volume
+    labelling gives, independent of the blocks (the watershed breaks exact ties by seed id).
+    Returns the per-block values (aligned with ``block_ids``) and S.
     """
     all_ids = np.concatenate(block_ids) if block_ids else np.zeros(0, np.uint64)
     counts = np.concatenate(block_counts) if block_counts else np.zeros(0, np.int64)
@@ -301,9 +424,15 @@ def merge_seeds(
     graph = sparse.coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(n, n)).tocsr()
     _, comp = connected_components(graph, directed=False)
     size = np.bincount(comp, weights=counts).astype(np.int64)
-    # number the components in the order of their smallest member id
-    _, first = np.unique(comp[order], return_index=True)
-    by_first = np.argsort(first)
+    if block_first is not None:
+        # number the components in the order of their first voxel (raster order)
+        key = np.full(size.size, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(key, comp, np.concatenate(block_first).astype(np.int64))
+        by_first = np.argsort(key, kind="stable")
+    else:
+        # number the components in the order of their smallest member id
+        _, first = np.unique(comp[order], return_index=True)
+        by_first = np.argsort(first)
     kept = by_first[size[by_first] >= min_seed_size]
     new = np.zeros(size.size, dtype=np.uint64)
     new[kept] = np.arange(1, kept.size + 1, dtype=np.uint64)
@@ -327,14 +456,17 @@ class SegmentReport:
         Global seeds kept, instances written, instances removed by ``min_size``.
     foreground_voxels : int
         Voxels in the decoded foreground.
-    uncertain_voxels : int
-        Core voxels the first pass could not certify (:mod:`.flood`, rules C0-C2); these are
-        the voxels a resolution round floods again.
-    unresolved_voxels : int
-        Voxels still uncertain after the last round (all of ``uncertain_voxels`` when no round
-        runs; 0 means certified identical to a whole-volume run). They keep their label.
+    halo, block_shape : list of int
+        The halo (as given, never clipped) and the block core shape used.
     rounds : list of dict
-        Per resolution round: halo, blocks run, voxels entering and leaving uncertain.
+        Per exchange round of the watershed (:mod:`.exact`): ``round``, ``blocks`` run,
+        ``woken`` (blocks whose shell values changed, run in the next round). Round 1 runs
+        every block; the run stops when no shell value changed.
+    blocks_rerun : int
+        Block runs after round 1 (the recomputation the exchange needed).
+    flood_amplification : float
+        (Voxels flooded by round 1, halos included, + voxels changed by the later rounds'
+        updates) / volume voxels.
     seconds : dict
         Wall time per pass.
     """
@@ -345,9 +477,11 @@ class SegmentReport:
     n_instances: int = 0
     n_removed_small: int = 0
     foreground_voxels: int = 0
-    uncertain_voxels: int = 0
-    unresolved_voxels: int = 0
+    halo: list = field(default_factory=list)
+    block_shape: list = field(default_factory=list)
     rounds: list = field(default_factory=list)
+    blocks_rerun: int = 0
+    flood_amplification: float = 0.0
     seconds: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -379,7 +513,10 @@ def segment(
     keep_work: bool = False,
     progress: bool = False,
 ) -> SegmentReport:
-    """Segment a prediction store into a global instance-label volume, blockwise.
+    """Segment a prediction store into a global instance-label volume, blockwise and exactly.
+
+    The result equals :func:`segment_array` on the same (stored) predictions voxel for voxel,
+    ids included, for every block shape and halo (:mod:`.exact` proves it).
 
     Parameters
     ----------
@@ -389,15 +526,15 @@ def segment(
         Label volume to create (OME-Zarr, uint32, or uint64 beyond 2**32 - 1 instances). The
         instance table is written to ``OUT/instances.csv``.
     decoder : Decoder, optional
-        Decoder and its parameters (default: :class:`BCDDecoder` with NucMM defaults).
+        Decoder and its parameters (default: :class:`BCDDecoder`).
     block_shape : int or sequence of int, optional
         Core shape of a block; a multiple of the prediction chunks (default: about 16 M voxels).
     halo : int or sequence of int, optional
-        Context read around each core for the watershed (default 24, clipped to the block).
-    max_halo : int or sequence of int, optional
-        Largest halo of the resolution rounds (default ``halo``: no round, only the
-        certificate, the fast configuration; e.g. 2 x ``halo``: one round). Voxels still uncertain
-        there keep their label and are counted in ``unresolved_voxels``.
+        Context flooded around each core (default 24). A performance knob only: any value,
+        0 included and larger than the blocks, gives the same result; more halo means fewer
+        exchange rounds and more voxels read and flooded per block. Never clipped.
+    max_halo : None
+        Removed (the resolution rounds it bounded no longer exist); anything but None raises.
     client : distributed.Client, optional
         Dask client; None runs the blocks in this process.
     overwrite : bool
@@ -420,16 +557,15 @@ def segment(
     decoder = decoder or BCDDecoder()
     if not isinstance(decoder, Decoder):
         raise BlocksegError(f"decoder must be a blockseg Decoder, got {type(decoder).__name__}")
+    if max_halo is not None:
+        raise BlocksegError(
+            "max_halo is gone: segment is exact at any halo (the halo only sets speed); drop --max-halo"
+        )
     pred_path, out_path = str(pred_path), str(out_path).rstrip("/")
     vols = open_predictions(pred_path, decoder.channels)
     first = vols[decoder.channels[0]]
-    grid0 = first.grid(block_shape)
+    grid = first.grid(block_shape)
     halo = _as_triple(DEFAULT_HALO if halo is None else halo, "halo")
-    halo = tuple(min(h, b) for h, b in zip(halo, grid0.block_shape))
-    max_halo = halo if max_halo is None else _as_triple(max_halo, "max_halo")
-    if any(m < h for m, h in zip(max_halo, halo)):
-        raise BlocksegError(f"max_halo {max_halo} is smaller than the halo {halo}")
-    grid = first.grid(grid0.block_shape, halo)
     from ..safety import prepare_output, prepare_work, swap_work
 
     output = prepare_output(out_path, [pred_path], overwrite, extra=[out_path + ".work"])
@@ -442,11 +578,10 @@ def segment(
     zarr.create_array(f"{work}/seeds", dtype=id_dtype, **kw)
     zarr.create_array(f"{work}/height", dtype=np.uint8, **kw)
     zarr.create_array(f"{work}/labels", dtype=id_dtype, **kw)
-    zarr.create_array(f"{work}/uncertain", dtype=bool, **kw)
     kinds = tuple((c, prediction_kind(vols[c], c)) for c in decoder.channels)
-    job = _Job(pred_path, work, grid.shape, grid.block_shape, halo, first.write_unit, decoder, kinds)
+    job = _Job(pred_path, work, grid.shape, grid.block_shape, halo, first.write_unit, decoder, kinds, uuid.uuid4().hex)
     ids = list(grid.block_ids)
-    report = SegmentReport(final_path, f"{final_path}/instances.csv")
+    report = SegmentReport(final_path, f"{final_path}/instances.csv", halo=list(halo), block_shape=list(grid.block_shape))
     run = partial(run_blocks, block_ids=ids, client=client, progress=progress)
 
     def timed(name, t0):
@@ -458,33 +593,39 @@ def segment(
     edges = run(partial(_pairs_task, job=job), name="seed-pairs")
     t = timed("seeds", t)
     values, report.n_seeds = merge_seeds(
-        [s[0] for s in seeds], [s[1] for s in seeds], np.concatenate(edges), decoder.min_seed_size
-    )
+        [s[0] for s in seeds], [s[1] for s in seeds], np.concatenate(edges), decoder.min_seed_size,
+        block_first=[s[2] for s in seeds],
+    )  # fmt: skip
     _write_tables(f"{work}/seed_tables", {b: (s[0], v) for b, s, v in zip(ids, seeds, values)})
     t = timed("seed_merge", t)
 
-    results = run(partial(_watershed_task, job=job, halo=halo), name="watershed")
-    report.foreground_voxels = int(sum(r[0] for r in results))
-    parts = {b: r[2] for b, r in zip(ids, results)}
-    pending = [b for b, r in zip(ids, results) if r[1]]
-    report.uncertain_voxels = int(sum(r[1] for r in results))
-    t = timed("watershed", t)
-    current = halo
+    # exchange rounds until no shell value changes (:mod:`.exact`); the driver holds only the
+    # per-block round numbers and statistics
+    last_run: dict[int, int] = {}
+    parts, fg_count, flooded = {}, {}, 0
+    pending, rnd = ids, 0
     while pending:
-        bigger = tuple(min(2 * h if h else 1, m) for h, m in zip(current, max_halo))
-        if bigger == current:
-            break
-        current = bigger
+        rnd += 1
+        if rnd > _MAX_ROUNDS:  # the fixed point is reached in finitely many rounds (see .exact)
+            raise BlocksegError(f"segment: no fixed point after {_MAX_ROUNDS} exchange rounds (a bug; please report)")
         res = run_blocks(
-            partial(_resolve_task, job=job, halo=current), pending, client=client,
-            name=f"resolve-halo-{max(current)}", progress=progress,
+            partial(_flood_task, job=job, rnd=rnd, last_run=dict(last_run)), pending, client=client,
+            name="watershed" if rnd == 1 else f"watershed-round-{rnd}", progress=progress,
         )  # fmt: skip
-        entering, left = sum(r[0] for r in res), sum(r[1] for r in res)
-        report.rounds.append({"halo": list(current), "blocks": len(pending), "uncertain_in": int(entering), "uncertain_out": int(left)})
-        parts.update({b: r[2] for b, r in zip(pending, res)})
-        pending = [b for b, r in zip(pending, res) if r[1]]
-    report.unresolved_voxels = int(report.rounds[-1]["uncertain_out"]) if report.rounds else report.uncertain_voxels
-    t = timed("resolve", t)
+        woken: set[int] = set()
+        for b, r in zip(pending, res):
+            woken.update(r[0])
+            parts[b] = r[1]
+            if r[2] is not None:  # the foreground is counted by round 1
+                fg_count[b] = r[2]
+            flooded += r[3]
+            last_run[b] = rnd
+        report.rounds.append({"round": rnd, "blocks": len(pending), "woken": len(woken)})
+        pending = sorted(woken)
+    report.blocks_rerun = int(sum(r["blocks"] for r in report.rounds) - len(ids))
+    report.flood_amplification = round(flooded / float(np.prod(grid.shape)), 4)
+    report.foreground_voxels = int(sum(fg_count.values()))
+    t = timed("watershed", t)
 
     stats = reduce_stats([parts[b] for b in ids])
     keep = stats["count"] >= decoder.min_size
@@ -521,22 +662,40 @@ def segment(
     return report
 
 
-def segment_array(channels: Mapping[str, np.ndarray], decoder: Decoder | None = None) -> np.ndarray:
-    """Whole-volume reference: decode, global seeds, flood, size filter, in memory.
+def segment_array(
+    channels: Mapping[str, np.ndarray], decoder: Decoder | None = None, return_table: bool = False
+):
+    """Whole-volume reference: decode, seeds, exact flood, size filter, in memory.
 
-    Same decoder and the same flood as :func:`segment`, on one array. Returns uint32 labels
-    numbered 1..N in the order of their seeds' first voxel (raster order).
+    The same decoder and the same watershed rule (:mod:`.exact`) as :func:`segment`, on one
+    array: seeds are the 26-connected components of the seed mask numbered by their first voxel
+    in raster order (those under ``min_seed_size`` dropped); instances under ``min_size`` are
+    removed and the rest numbered 1..N in seed order -- so :func:`segment` writes the very same
+    ids.
+
+    Returns
+    -------
+    labels : ndarray of uint32
+    table : dict of ndarray, only with ``return_table``
+        The instance table :func:`segment` writes to ``instances.csv`` (same columns).
     """
     decoder = decoder or BCDDecoder()
     seeds_mask, fg, height = decoder.decode(channels)
-    seeds = cc3d.connected_components(seeds_mask.view(np.uint8), connectivity=26, out_dtype=np.uint64)
-    if decoder.min_seed_size > 1:
-        seeds = cc3d.dust(seeds, threshold=decoder.min_seed_size, connectivity=26, in_place=True)
-    labels, _ = flood(height, seeds, fg)
-    if decoder.min_size > 1:
-        ids, counts = fastremap.unique(labels, return_counts=True)
-        small = ids[(counts < decoder.min_size) & (ids != 0)]
-        if small.size:
-            labels = fastremap.mask(labels, small)
-    labels, _ = fastremap.renumber(labels, preserve_zero=True, in_place=True)
-    return labels.astype(np.uint32)
+    cc = cc3d.connected_components(seeds_mask.view(np.uint8), connectivity=26, out_dtype=np.uint32)
+    ids, first, counts = np.unique(cc.ravel(), return_index=True, return_counts=True)
+    keep = (ids != 0) & (counts >= max(decoder.min_seed_size, 1))
+    lut = np.zeros(int(ids.max()) + 1 if ids.size else 1, dtype=np.uint32)
+    order = np.argsort(first[keep], kind="stable")
+    lut[ids[keep][order]] = np.arange(1, order.size + 1, dtype=np.uint32)
+    seeds = lut[cc]
+    labels, _, _ = keyed_flood(height, seeds, fg)
+    stats = partial_stats(labels, decoder.score(channels))
+    keep = stats["count"] >= decoder.min_size
+    lut = np.zeros(int(labels.max()) + 1, dtype=np.uint32)
+    lut[stats["id"][keep].astype(np.int64)] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+    labels = lut[labels]
+    if not return_table:
+        return labels
+    final = {c: v[keep] for c, v in stats.items()}
+    final["id"] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint64)
+    return labels, instance_table(final)

@@ -1,0 +1,522 @@
+"""The exact seeded watershed: a total order every region can evaluate, and its block kernel.
+
+Why the old flood could only be certified
+-----------------------------------------
+A bucket-queue flood that gives each voxel the label of whichever neighbour reaches it first
+breaks ties by *queue arrival order*. That order is a property of the whole run (which seed was
+queued first, which plateau was entered first), so a block that sees only part of the volume
+cannot reproduce it, and a halo can at best certify voxels, never guarantee them.
+
+The rule (a definition that does not mention any queue)
+--------------------------------------------------------
+Let ``h`` be the uint8 height, ``F`` the foreground mask (6-connected graph), ``S`` the seed
+voxels with their global seed id ``sid`` (seed ids are numbered by the raster index of their
+first voxel, so the numbering is the same in every blocking). A path ``P = (v_0, ..., v_k)`` in
+``F`` starting at a seed gets the *key*
+
+    ``K(P) = (M, n)`` with ``M = max_i h(v_i)`` (the classical watershed level) and ``n`` the
+    number of steps taken since the path first reached height ``M`` (``n = k - i*``, ``i*``
+    the first index with ``h(v_i*) = M``),
+
+ordered lexicographically. Equivalently, seeds start at ``(h(s), 0)`` and one step to ``w``
+maps ``(M, n)`` to ``ext((M, n), w) = (h(w), 0)`` if ``h(w) > M`` else ``(M, n + 1)``: the
+level is the minimax height, the second component the geodesic distance, inside the level, from
+where the path entered the level. This algebra is
+
+* **strictly monotone**: ``ext(k, w) > k`` for every key ``k`` (the level grows, or ``n`` does);
+* **isotone**: ``k <= k'`` implies ``ext(k, w) <= ext(k', w)`` (case check: if ``h(w)`` exceeds
+  both levels both become ``(h(w), 0)``; if it exceeds only the smaller level that side becomes
+  ``(h(w), 0) <= (M', n' + 1)``; otherwise both add one step, or the smaller level stays
+  smaller).
+
+Hence ``K*(v) = min`` over seeded paths to ``v`` of ``K(P)`` is well defined, satisfies the
+Bellman equations ``K*(v) = min_{u ~ v} ext(K*(u), v)`` (``v`` not a seed; seeds keep
+``(h, 0)``, which no path beats), and is the **unique** solution of them: any solution's finite
+values are realised by a chain of strictly decreasing keys that must end at a seed (so they are
+path costs, ``>= K*``), and isotonicity along an optimal path gives ``<= K*``.
+
+The label is then fixed without any order of events: ``u`` is an *optimal predecessor* of a
+non-seed ``v`` when ``u ~ v`` and ``ext(K*(u), v) = K*(v)`` (so ``K*(u) < K*(v)``); the
+optimal-predecessor graph is acyclic and
+
+    ``label(v) = sid(v)`` for a seed, ``min`` of ``label(u)`` over the optimal predecessors
+    ``u`` of ``v`` otherwise, and 0 when no seed reaches ``v`` (``K* = infinity``).
+
+Equivalently ``label(v)`` is the smallest seed id with a path of optimal keys to ``v``. Every
+instance is connected and contains its seed (each voxel inherits its label from a neighbour of
+smaller key). It is a seeded, marker-controlled, lowest-level-first watershed restricted to
+the foreground; inside one level the basins grow by geodesic distance from where they entered
+it, and only exact ties between equally near seeds fall to the smaller seed id.
+
+The kernel computes it in one pass
+----------------------------------
+:func:`keyed_flood` is the bucket-queue flood the package always used (one FIFO per level,
+``w`` queued at ``max(level, h(w))``) with two changes: it records ``n`` (``dist``), and a
+neighbour already queued whose key equals the offered key takes the smaller label. FIFO order
+inside a level pops keys in non-decreasing order (a level's queue starts with its ``n = 0``
+entries, all queued before the level is reached, and each pop appends ``n + 1``), so the first
+offer a voxel receives carries its optimal key and all its optimal predecessors are popped
+before it: the label is the minimum over them. The order among equal keys does not matter.
+
+*Boundary sources.* A block floods a region ``R`` (its core plus the halo) and may be given
+the current values ``(K, label)`` of the voxels just outside ``R`` (the *shell*). They act as
+pre-valued, fixed voxels popped in key order: they are kept in one list sorted by key and, at
+each level, merged with that level's FIFO by ``n``. The merge keeps the pops sorted (proof: the
+FIFO only ever holds the values ``q`` and ``q + 1``, ``q`` the last pop, because a pop ``p``
+appends ``p + 1`` and ``p`` is the minimum). The result is the unique solution of the Bellman
+equations on ``R`` with the shell as boundary condition.
+
+Blockwise fixed point (used by :mod:`.pipeline`)
+------------------------------------------------
+Every block floods its region with the shell values of the previous round (round 1: no shell,
+i.e. every shell voxel unreached), writes its core, and publishes the values its core holds on
+the other blocks' shells. A block runs again only when a value on its own shell changed. Then:
+
+* **keys only decrease and stop.** Shell keys are path costs (so ``>= K*``); a region's keys
+  are isotone in its boundary; by induction every published key is ``<=`` the one it replaces,
+  and keys take finitely many values;
+* **when nothing changes, every key is ``K*``.** Take ``v`` with a wrong key and the least
+  ``K*(v)``; every voxel before it on an optimal path has a smaller ``K*`` and is right; that
+  path either stays in ``v``'s region or last enters it from a shell voxel, so the region's
+  flood finds ``K*(v)`` -- a contradiction. (The same argument holds for halo voxels.)
+* **labels then settle in key order.** With all keys right, a region's optimal-predecessor
+  sets equal the global ones, so a voxel whose optimal predecessors' labels are right gets its
+  right label at its block's next run; the least key carrying a wrong label increases at
+  every round (a block holding a wrong voxel always has a changed shell value pending), and at
+  the fixed point every label satisfies the defining recursion: it is the whole-volume label.
+
+*Later runs are updates.* Because shell keys only decrease, a block's run in round 2 or later
+does not flood again: :func:`keyed_update` starts from the block's previous solution and
+revisits, in key order, only the voxels whose key or label can change (see its docstring);
+its result is the same unique solution a fresh flood would give.
+
+So the blockwise result equals :func:`keyed_flood` on the whole volume for *every* input,
+block shape and halo; no certificate decides anything. The halo only changes the cost: with
+more context a block's first flood is already right deeper into its core, fewer shell values
+change and fewer rounds are needed; the price is reading and flooding ``(1 + 2 halo / block)^3``
+times the core. Halo 0 is valid.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+#: level of a voxel no seed reached
+UNREACHED = 256
+
+#: entries per block of the bucket queue's storage
+_QBLOCK = 4096
+
+
+@numba.njit(cache=True, nogil=True)
+def _keyed_kernel(h, lab, lev, dist, fixed, seeds, src, pool, sy, sz, wall):
+    """Flood flat arrays padded by two voxels (the outer layer is ``wall``; the inner layer
+    holds the shell sources or ``wall``). ``seeds`` and ``src`` are flat indices; ``src`` is
+    sorted by (level, dist). Keys of seeds and sources are preset by the caller."""
+    size = pool.shape[1]
+    blk_next = np.empty(pool.shape[0], dtype=np.int64)
+    head_blk = np.full(256, -1, dtype=np.int64)
+    head_pos = np.zeros(256, dtype=np.int64)
+    tail_blk = np.full(256, -1, dtype=np.int64)
+    tail_pos = np.zeros(256, dtype=np.int64)
+    free = 0
+    # seeds: queued at their own height with n = 0
+    for t in range(seeds.size):
+        j = seeds[t]
+        p = lev[j]
+        tb = tail_blk[p]
+        if tb == -1 or tail_pos[p] == size:
+            nb = free
+            free += 1
+            blk_next[nb] = -1
+            if tb == -1:
+                head_blk[p] = nb
+                head_pos[p] = 0
+            else:
+                blk_next[tb] = nb
+            tail_blk[p] = nb
+            tail_pos[p] = 0
+            tb = nb
+        pool[tb, tail_pos[p]] = j
+        tail_pos[p] += 1
+    ns = src.size
+    si = 0
+    cur = 0
+    while cur < 256:
+        # next pop: this level's FIFO head or the next source, whichever has the smaller n
+        hb = head_blk[cur]
+        hp = head_pos[cur]
+        fifo = hb != -1 and not (hb == tail_blk[cur] and hp == tail_pos[cur])
+        have_src = si < ns and lev[src[si]] == cur
+        if not fifo and not have_src:
+            cur += 1
+            continue
+        if fifo:
+            if hp == size:
+                hb = blk_next[hb]
+                head_blk[cur] = hb
+                hp = 0
+                head_pos[cur] = 0
+            v = pool[hb, hp]
+            if have_src and dist[src[si]] < dist[v]:
+                v = src[si]
+                si += 1
+            else:
+                head_pos[cur] = hp + 1
+        else:
+            v = src[si]
+            si += 1
+        pv = lev[v]
+        dv = dist[v]
+        lv = lab[v]
+        for k in range(6):
+            if k == 0:
+                w = v - sz
+            elif k == 1:
+                w = v + sz
+            elif k == 2:
+                w = v - sy
+            elif k == 3:
+                w = v + sy
+            elif k == 4:
+                w = v - 1
+            else:
+                w = v + 1
+            lw = lab[w]
+            if lw == wall:
+                continue
+            hw = h[w]
+            if hw > pv:
+                nl = np.int64(hw)
+                nd = np.uint32(0)
+            else:
+                nl = np.int64(pv)
+                nd = np.uint32(dv + 1)
+            if lw == 0:
+                lab[w] = lv
+                lev[w] = nl
+                dist[w] = nd
+                tb = tail_blk[nl]
+                if tb == -1 or tail_pos[nl] == size:
+                    nb = free
+                    free += 1
+                    blk_next[nb] = -1
+                    if tb == -1:
+                        head_blk[nl] = nb
+                        head_pos[nl] = 0
+                    else:
+                        blk_next[tb] = nb
+                    tail_blk[nl] = nb
+                    tail_pos[nl] = 0
+                    tb = nb
+                pool[tb, tail_pos[nl]] = w
+                tail_pos[nl] += 1
+            elif lv < lw and fixed[w] == 0 and lev[w] == nl and dist[w] == nd:
+                lab[w] = lv  # another optimal predecessor with a smaller label
+
+
+@numba.njit(cache=True, nogil=True)
+def _prepare(height, seeds, mask, wall, hp, lab, lev, dist, fixed):
+    """Fill the interior of the padded arrays; returns the number of seed voxels (or -1 when a
+    seed carries the reserved ``wall`` value)."""
+    nz, ny, nx = seeds.shape
+    count = 0
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                hv = height[z, y, x]
+                hp[z + 2, y + 2, x + 2] = hv
+                if mask[z, y, x]:
+                    s = seeds[z, y, x]
+                    if s == wall:
+                        return -1
+                    lab[z + 2, y + 2, x + 2] = s
+                    if s != 0:
+                        lev[z + 2, y + 2, x + 2] = hv
+                        dist[z + 2, y + 2, x + 2] = 0
+                        fixed[z + 2, y + 2, x + 2] = 1
+                        count += 1
+                else:
+                    lab[z + 2, y + 2, x + 2] = wall
+    return count
+
+
+def keyed_flood(
+    height: np.ndarray,
+    seeds: np.ndarray,
+    mask: np.ndarray,
+    shell: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    return_state: bool = False,
+):
+    """Exact seeded watershed of ``height`` inside ``mask`` (6-connected), see the module docstring.
+
+    Parameters
+    ----------
+    height : ndarray of uint8, 3D
+        Height map (low floods first).
+    seeds : ndarray of unsigned int, 3D
+        Seed ids (0 = no seed); ids order ties, so they must be the global ids. Seeds outside
+        ``mask`` are ignored. The dtype's largest value is reserved.
+    mask : ndarray of bool, 3D
+        Voxels that may be labelled.
+    shell : (labels, level, dist), optional
+        Values of the voxels just outside the region, as arrays of the region's shape plus one
+        voxel on each side (only the six face layers are read; label 0 or level 256 = none).
+
+    Returns
+    -------
+    labels : ndarray, dtype of ``seeds``
+    level : ndarray of uint16
+        Minimax height from the seeds (256 where unreached).
+    dist : ndarray of uint32
+        Steps since the optimal path entered its level (the key's second component).
+    state : tuple of ndarray, only with ``return_state``
+        The padded solution, shell included, for :func:`keyed_update`.
+    """
+    if height.ndim != 3 or height.shape != seeds.shape or height.shape != mask.shape:
+        raise ValueError(f"height, seeds and mask must be 3D of one shape: {height.shape}, {seeds.shape}, {mask.shape}")
+    seeds = np.ascontiguousarray(seeds)
+    if seeds.dtype.kind != "u":
+        raise ValueError(f"seeds must be of an unsigned integer type, got {seeds.dtype}")
+    shape = height.shape
+    wall = seeds.dtype.type(np.iinfo(seeds.dtype).max)
+    if not height.size:
+        return seeds.copy(), np.full(shape, UNREACHED, np.uint16), np.zeros(shape, np.uint32)
+    pshape = tuple(s + 4 for s in shape)
+    hp = np.zeros(pshape, dtype=np.uint8)
+    lab = np.full(pshape, wall, dtype=seeds.dtype)
+    lev = np.full(pshape, UNREACHED, dtype=np.uint16)
+    dist = np.zeros(pshape, dtype=np.uint32)
+    fixed = np.zeros(pshape, dtype=np.uint8)
+    n_seeds = _prepare(
+        np.ascontiguousarray(height, dtype=np.uint8), seeds, np.ascontiguousarray(mask, dtype=bool), wall,
+        hp, lab, lev, dist, fixed,
+    )  # fmt: skip
+    if n_seeds < 0:
+        raise ValueError(f"seed label {wall} is reserved (the largest {seeds.dtype} value)")
+    src = np.zeros(0, dtype=np.int64)
+    if shell is not None:
+        s_lab, s_lev, s_dist = shell
+        want = tuple(s + 2 for s in shape)
+        if s_lab.shape != want or s_lev.shape != want or s_dist.shape != want:
+            raise ValueError(f"shell arrays must have shape {want}")
+        ring = np.zeros(want, dtype=bool)
+        for ax in range(3):
+            for side in (0, -1):
+                idx = [slice(1, -1)] * 3
+                idx[ax] = side
+                ring[tuple(idx)] = True
+        ring &= (s_lab != 0) & (s_lev < UNREACHED)
+        if ring.any():
+            inner = (slice(1, -1),) * 3
+            lab[inner][ring] = s_lab[ring]
+            lev[inner][ring] = s_lev[ring]
+            dist[inner][ring] = s_dist[ring]
+            fixed[inner][ring] = 1
+            src = np.ravel_multi_index(tuple(i + 1 for i in np.nonzero(ring)), pshape)
+            src = src[np.lexsort((dist.ravel()[src], lev.ravel()[src]))]
+    seed_idx = np.flatnonzero(fixed[2:-2, 2:-2, 2:-2].ravel()) if n_seeds else np.zeros(0, np.int64)
+    if n_seeds:
+        z, r = np.divmod(seed_idx, shape[1] * shape[2])
+        y, x = np.divmod(r, shape[2])
+        seed_idx = ((z + 2) * pshape[1] + (y + 2)) * pshape[2] + (x + 2)
+    n = hp.size
+    pool = np.empty((n // _QBLOCK + 258, _QBLOCK), dtype=np.int32 if n < 2**31 else np.int64)
+    _keyed_kernel(
+        hp.ravel(), lab.ravel(), lev.ravel(), dist.ravel(), fixed.ravel(), seed_idx.astype(np.int64), src,
+        pool, pshape[2], pshape[1] * pshape[2], wall,
+    )  # fmt: skip
+    core = (slice(2, -2),) * 3
+    labels = lab[core].copy()
+    labels[labels == wall] = 0
+    if return_state:
+        return labels, lev[core], dist[core], (lab, lev, dist, hp, fixed)
+    return labels, lev[core].copy(), dist[core].copy()
+
+
+def _ring(shape) -> np.ndarray:
+    """The six face layers of a box of ``shape + 2`` (the shell positions)."""
+    ring = np.zeros(tuple(s + 2 for s in shape), dtype=bool)
+    for ax in range(3):
+        for side in (0, -1):
+            idx = [slice(1, -1)] * 3
+            idx[ax] = side
+            ring[tuple(idx)] = True
+    return ring
+
+
+def keyed_update(state, shell):
+    """:func:`keyed_flood` of a region whose shell values changed, from its previous solution.
+
+    ``state`` is what :func:`keyed_flood` (``return_state=True``) or this function returned
+    for the same region: the padded labels, keys, height and fixed-voxel flags, so the update
+    reads nothing else. Exact because the shell keys only decrease between runs (module
+    docstring, "keys only decrease"): starting from the old solution, the voxels whose key or
+    label changes are exactly those reached, in key order, from the changed shell voxels through
+    neighbours whose offered key is at most their own (lower: a new key; equal: their label is
+    recomputed from all their optimal predecessors). The result is the unique solution with the
+    new shell, the same as a fresh flood (``tests/test_exact.py`` checks it). A shell key that
+    *increased* violates the premise and raises RuntimeError.
+
+    Returns ``(labels, level, dist, state, voxels_changed)``.
+    """
+    lab, lev, dist, hp, fixed = state
+    pshape = lab.shape
+    shape = tuple(n - 4 for n in pshape)
+    wall = lab.dtype.type(np.iinfo(lab.dtype).max)
+    s_lab, s_lev, s_dist = shell
+    box = (slice(1, -1),) * 3
+    ring = _ring(shape)
+    new = ring & (s_lab != 0) & (s_lev < UNREACHED)
+    old_lab, old_lev, old_dist = lab[box], lev[box], dist[box]
+    old = ring & (old_lab != wall)
+    key_new = (s_lev.astype(np.uint64) << np.uint64(32)) | s_dist.astype(np.uint64)
+    key_old = (old_lev.astype(np.uint64) << np.uint64(32)) | old_dist.astype(np.uint64)
+    if (old & ~new).any() or (key_new[old] > key_old[old]).any():
+        raise RuntimeError("keyed_update: a shell key increased; the incremental update does not apply")
+    changed = new & ((old_lab != s_lab) | (key_new != key_old))
+    old_lab[changed], old_lev[changed], old_dist[changed] = s_lab[changed], s_lev[changed], s_dist[changed]
+    fixed[box][new] = 1
+    idx = np.ravel_multi_index(tuple(i + 1 for i in np.nonzero(changed)), pshape).astype(np.int64)
+    n = _update_kernel(hp.ravel(), lab.ravel(), lev.ravel(), dist.ravel(), fixed.ravel(), idx,
+                       pshape[2], pshape[1] * pshape[2], wall)  # fmt: skip
+    core = (slice(2, -2),) * 3
+    labels = lab[core].copy()
+    labels[labels == wall] = 0
+    return labels, lev[core], dist[core], (lab, lev, dist, hp, fixed), int(n)
+
+
+# ---------------------------------------------------------------------------- incremental update
+@numba.njit(cache=True, nogil=True)
+def _heap_push(hk, hi, n, key, idx):
+    if n == hk.size:
+        nk = np.empty(2 * hk.size, dtype=hk.dtype)
+        ni = np.empty(2 * hi.size, dtype=hi.dtype)
+        nk[:n] = hk
+        ni[:n] = hi
+        hk, hi = nk, ni
+    j = n
+    hk[j] = key
+    hi[j] = idx
+    while j > 0:
+        p = (j - 1) >> 1
+        if hk[p] <= hk[j]:
+            break
+        hk[p], hk[j] = hk[j], hk[p]
+        hi[p], hi[j] = hi[j], hi[p]
+        j = p
+    return hk, hi, n + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _heap_pop(hk, hi, n):
+    key, idx = hk[0], hi[0]
+    n -= 1
+    hk[0], hi[0] = hk[n], hi[n]
+    j = 0
+    while True:
+        a = 2 * j + 1
+        if a >= n:
+            break
+        b = a + 1
+        c = b if b < n and hk[b] < hk[a] else a
+        if hk[j] <= hk[c]:
+            break
+        hk[c], hk[j] = hk[j], hk[c]
+        hi[c], hi[j] = hi[j], hi[c]
+        j = c
+    return key, idx, n
+
+
+@numba.njit(cache=True, nogil=True)
+def _update_kernel(h, lab, lev, dist, fixed, changed, sy, sz, wall):
+    """Bring a flood solution up to date after the shell values at ``changed`` (already written,
+    all *lower or equal keys* than before: see the module docstring) changed. Pops in key order
+    (a binary heap on ``level << 32 | dist``) only the voxels whose key or label may change;
+    a popped voxel takes the smallest label among its optimal predecessors (all final: smaller
+    keys), and notifies its neighbours only when its value changed. Returns the number of voxels
+    whose value changed."""
+    n_changed = 0
+    hk = np.empty(max(16, 4 * changed.size), dtype=np.uint64)
+    hi = np.empty(hk.size, dtype=np.int64)
+    n = 0
+    done = np.zeros(h.size, dtype=np.bool_)
+    moved = np.zeros(h.size, dtype=np.bool_)  # key lowered during this update
+    for t in range(changed.size):
+        r = changed[t]
+        hk, hi, n = _heap_push(hk, hi, n, (np.uint64(lev[r]) << np.uint64(32)) | np.uint64(dist[r]), r)
+    while n > 0:
+        key, v, n = _heap_pop(hk, hi, n)
+        if done[v]:
+            continue
+        pv = lev[v]
+        dv = dist[v]
+        if (np.uint64(pv) << np.uint64(32)) | np.uint64(dv) != key:
+            continue  # stale entry: the key decreased since
+        done[v] = True
+        if fixed[v] == 0:
+            # the smallest label among the optimal predecessors (ext(K(u), v) == K(v))
+            best = lab[v]
+            found = False
+            for k in range(6):
+                if k == 0:
+                    u = v - sz
+                elif k == 1:
+                    u = v + sz
+                elif k == 2:
+                    u = v - sy
+                elif k == 3:
+                    u = v + sy
+                elif k == 4:
+                    u = v - 1
+                else:
+                    u = v + 1
+                lu = lab[u]
+                if lu == wall or lu == 0 or lev[u] >= UNREACHED:
+                    continue
+                if h[v] > lev[u]:
+                    ok = pv == h[v] and dv == 0
+                else:
+                    ok = pv == lev[u] and dv == dist[u] + 1
+                if ok and (not found or lu < best):
+                    best = lu
+                    found = True
+            if not moved[v] and best == lab[v]:
+                continue  # same key, same label: nothing to tell the neighbours
+            lab[v] = best
+        n_changed += 1
+        for k in range(6):
+            if k == 0:
+                w = v - sz
+            elif k == 1:
+                w = v + sz
+            elif k == 2:
+                w = v - sy
+            elif k == 3:
+                w = v + sy
+            elif k == 4:
+                w = v - 1
+            else:
+                w = v + 1
+            lw = lab[w]
+            if lw == wall or fixed[w] != 0 or done[w]:
+                continue
+            hw = h[w]
+            if hw > pv:
+                nl = np.uint64(hw)
+                nd = np.uint64(0)
+            else:
+                nl = np.uint64(pv)
+                nd = np.uint64(dv) + np.uint64(1)
+            off = (nl << np.uint64(32)) | nd
+            cur = (np.uint64(lev[w]) << np.uint64(32)) | np.uint64(dist[w])
+            if lw == 0 or off < cur:
+                lab[w] = lab[v]
+                lev[w] = nl
+                dist[w] = nd
+                moved[w] = True
+                hk, hi, n = _heap_push(hk, hi, n, off, w)
+            elif off == cur:
+                hk, hi, n = _heap_push(hk, hi, n, cur, w)  # recompute its label
+    return n_changed
