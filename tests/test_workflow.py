@@ -191,7 +191,7 @@ def test_same_config_twice_gives_identical_outputs(tmp_path, local_client):
             {
                 "run_dir": str(tmp_path / name),
                 "data": {"synth": {"shape": [32, 96, 96], "seed": 5}, "chunks": [16, 48, 48]},
-                "predict": {"block_shape": [16, 48, 48]},
+                "predict": {"block_shape": [16, 48, 48], "channels": "all"},
                 "segment": {"block_shape": [16, 48, 48]},
                 "evaluate": {"png": False},
             }
