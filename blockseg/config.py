@@ -62,6 +62,11 @@ class DataConfig(_Strict):
     ground_truth_key: Optional[str] = None
     mask: Optional[str] = None
     voxel_size: Optional[tuple[float, float, float]] = None
+    #: pyramid level / channel / timepoint of the image to segment (OME-Zarr, OME-TIFF, ...);
+    #: a zarr image is read in place through a ``#level=..&channel=..`` path fragment
+    level: Optional[int] = Field(default=None, ge=0)
+    channel: Optional[int] = Field(default=None, ge=0)
+    timepoint: Optional[int] = Field(default=None, ge=0)
     synth: Optional[SynthConfig] = None
     chunks: Optional[tuple[int, int, int]] = None
 

@@ -81,8 +81,10 @@ class RunLayout:
         d = cfg.data
         if d.synth is not None or not _is_zarr(d.image):
             image = os.path.join(root, "image.zarr")
-        else:
-            image = d.image
+        else:  # read in place; a chosen level / channel / timepoint rides on the path
+            from .formats import with_selection
+
+            image = with_selection(d.image, {"level": d.level, "channel": d.channel, "timepoint": d.timepoint})
         if d.synth is not None:
             gt = f"{image}/labels/nuclei"
             mask = f"{image}/labels/valid" if d.synth.mask else None
@@ -210,10 +212,12 @@ def _stage_data(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict
         summary = synthesize(layout.image, params, chunks=d.chunks, client=client, overwrite=True, progress=False)
         return {"synth": summary.to_dict()}
     out = {}
-    if layout.image != d.image:
-        import_volume(d.image, layout.image, d.voxel_size, d.image_key, d.chunks, overwrite=True)
+    img = None
+    if not _is_zarr(d.image):
+        img = import_volume(d.image, layout.image, d.voxel_size, d.image_key, d.chunks, overwrite=True, level=d.level,
+                            channel=d.channel, timepoint=d.timepoint)  # fmt: skip
         out["imported_image"] = layout.image
-    img = open_volume(layout.image)
+    img = open_volume(layout.image) if img is None else img
     if d.ground_truth is not None and layout.ground_truth != d.ground_truth:
         import_volume(d.ground_truth, layout.ground_truth, img.voxel_size, d.ground_truth_key, img.chunks, overwrite=True)
         out["imported_ground_truth"] = layout.ground_truth
@@ -223,7 +227,8 @@ def _stage_data(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict
         shape = open_volume(path).shape if path is not None else img.shape
         if shape != img.shape:
             raise BlocksegError(f"{name} {path} has shape {shape}, the image {img.shape}")
-    out["image"] = {"path": layout.image, "shape": list(img.shape), "voxel_size": list(img.voxel_size)}
+    out["image"] = {"path": layout.image, "shape": list(img.shape), "voxel_size": list(img.voxel_size),
+                    "voxel_size_source": img.voxel_size_source, "format": img.format}  # fmt: skip
     return out
 
 

@@ -50,3 +50,27 @@ def check_output(args: argparse.Namespace, dest: str) -> None:
     from blockseg.io import check_destination
 
     check_destination(getattr(args, dest), args.overwrite)
+
+
+def add_selection_options(parser: argparse.ArgumentParser, what: str = "the image") -> None:
+    """--level, --channel, --timepoint: which (z, y, x) view of a pyramid / czyx / tczyx input."""
+    g = parser.add_argument_group("input selection (OME-Zarr, OME-TIFF, ... ; also PATH#level=1&channel=0)")
+    g.add_argument("--level", type=int, metavar="N", help=f"pyramid level of {what} (default 0, full resolution)")
+    g.add_argument("--channel", type=int, metavar="C", help=f"channel of {what} (needed when it has several)")
+    g.add_argument("--timepoint", type=int, metavar="T", help=f"timepoint of {what} (needed when it has several)")
+
+
+def selected(path: str, args: argparse.Namespace) -> str:
+    """``path`` with the --level / --channel / --timepoint choice as a ``#...`` fragment."""
+    from blockseg.formats import split_selection, with_selection
+
+    bare, sel = split_selection(path)
+    for k in ("level", "channel", "timepoint"):
+        v = getattr(args, k, None)
+        if v is not None:
+            if v < 0:
+                raise BlocksegError(f"--{k} must be >= 0, got {v}")
+            if sel.get(k) is not None and sel[k] != v:
+                raise BlocksegError(f"{path}: {k} {sel[k]} in the path but --{k} {v}")
+            sel[k] = v
+    return with_selection(bare, sel)
