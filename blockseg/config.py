@@ -67,6 +67,8 @@ class DataConfig(_Strict):
     level: Optional[int] = Field(default=None, ge=0)
     channel: Optional[int] = Field(default=None, ge=0)
     timepoint: Optional[int] = Field(default=None, ge=0)
+    #: multiscale levels written for the image / ground truth / mask (None: automatic; 1: none)
+    pyramid_levels: Optional[int] = Field(default=None, ge=1)
     synth: Optional[SynthConfig] = None
     chunks: Optional[tuple[int, int, int]] = None
 
@@ -91,6 +93,8 @@ class PredictConfig(_Strict):
     mc_samples: int = Field(default=0, ge=0)
     batch_size: int = Field(default=4, ge=1)
     overlap: Optional[float] = Field(default=None, ge=0, lt=1)
+    #: multiscale levels of every prediction channel (None: automatic; 1: none)
+    pyramid_levels: Optional[int] = Field(default=None, ge=1)
 
 
 class SegmentConfig(_Strict):
@@ -99,6 +103,8 @@ class SegmentConfig(_Strict):
     block_shape: Optional[Triple] = None
     halo: Optional[Triple] = None
     max_halo: Optional[Triple] = None
+    #: multiscale levels of the label volume (None: automatic; 1: none)
+    pyramid_levels: Optional[int] = Field(default=None, ge=1)
 
 
 class EvaluateConfig(_Strict):

@@ -356,7 +356,7 @@ def register_label(image_path: str | os.PathLike, name: str) -> None:
     labels.attrs["ome"] = ome
     group = zarr.open_group(f"{labels_path}/{name}", mode="r+")
     ome = dict(group.attrs["ome"])
-    ome["image-label"] = {"source": {"image": "../../"}}
+    ome["image-label"] = {**ome.get("image-label", {}), "source": {"image": "../../"}}
     if ome.get("multiscales"):
         ome["multiscales"] = [{**ome["multiscales"][0], "name": name}, *ome["multiscales"][1:]]
     group.attrs["ome"] = ome
@@ -378,6 +378,8 @@ def import_volume(
     level: int | None = None,
     channel: int | None = None,
     timepoint: int | None = None,
+    labels: bool = False,
+    pyramid_levels: int | None = None,
 ) -> Volume:
     """Copy a tif / npy / npz / h5 / zarr volume into a chunked OME-Zarr volume.
 
@@ -387,7 +389,9 @@ def import_volume(
     the file's metadata (OME-Zarr scale, OME-TIFF PhysicalSize, ImageJ spacing, npz
     ``voxel_size_zyx``, h5 ``element_size_um``), else 1 µm with a warning. ``level``,
     ``channel``, ``timepoint`` choose the view of a pyramid / multi-channel / time-lapse source
-    (see :func:`open_volume`).
+    (see :func:`open_volume`). The copy gets a multiscale pyramid (``pyramid_levels``, None:
+    automatic, 1: none; :mod:`blockseg.pyramid`): averaged, or sampled and marked as an NGFF
+    label image when ``labels``.
 
     Raises
     ------
@@ -410,5 +414,8 @@ def import_volume(
     grid = out.grid()
     data = da.from_array(src.array, chunks=grid.dask_chunks, lock=False, asarray=True)
     da.store(data.astype(out_dtype), out.array, lock=False, scheduler="threads")
+    from .pyramid import finish_volume
+
+    out.levels = finish_volume(dest, labels=labels, levels=pyramid_levels)
     out.voxel_size_source = src.voxel_size_source
     return out

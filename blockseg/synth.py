@@ -544,6 +544,7 @@ def synthesize(
     client=None,
     overwrite: bool = False,
     progress: bool = True,
+    pyramid_levels: int | None = None,
 ) -> SynthSummary:
     """Write a synthetic volume to ``path`` as OME-Zarr, block by block on Dask.
 
@@ -564,8 +565,12 @@ def synthesize(
         Block (task) shape, a multiple of the chunks (or shards).
     client : distributed.Client, optional
         Dask client; None renders in this process.
+    pyramid_levels : int, optional
+        Levels of the multiscale pyramid of every volume (None: automatic; 1: none), built
+        blockwise once the blocks are written (:mod:`blockseg.pyramid`).
     """
     from .cluster import run_blocks
+    from .pyramid import finish_volume
 
     t0 = time.perf_counter()
     chunks = tuple(chunks or DEFAULT_CHUNKS)
@@ -590,6 +595,10 @@ def synthesize(
         name="synth",
         progress=progress,
     )
+    finish_volume(path, levels=pyramid_levels, client=client)
+    finish_volume(f"{path}/labels/nuclei", labels=True, levels=pyramid_levels, client=client)
+    if params.mask:
+        finish_volume(f"{path}/labels/valid", labels=True, levels=pyramid_levels, client=client)
     fg = sum(r[0] for r in results)
     visible = np.unique(np.concatenate([r[1] for r in results])) if results else np.empty(0)
     summary = SynthSummary(

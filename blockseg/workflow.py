@@ -209,20 +209,23 @@ def _stage_data(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict
             s.preset, shape=tuple(s.shape), density=s.density, radius=s.radius, mode=s.mode, voxel_size=s.voxel_size,
             mask=s.mask, seed=s.seed,
         )  # fmt: skip
-        summary = synthesize(layout.image, params, chunks=d.chunks, client=client, overwrite=True, progress=False)
+        summary = synthesize(layout.image, params, chunks=d.chunks, client=client, overwrite=True, progress=False,
+                             pyramid_levels=d.pyramid_levels)  # fmt: skip
         return {"synth": summary.to_dict()}
     out = {}
     img = None
     if not _is_zarr(d.image):
         img = import_volume(d.image, layout.image, d.voxel_size, d.image_key, d.chunks, overwrite=True, level=d.level,
-                            channel=d.channel, timepoint=d.timepoint)  # fmt: skip
+                            channel=d.channel, timepoint=d.timepoint, pyramid_levels=d.pyramid_levels)  # fmt: skip
         out["imported_image"] = layout.image
     img = open_volume(layout.image) if img is None else img
     if d.ground_truth is not None and layout.ground_truth != d.ground_truth:
-        import_volume(d.ground_truth, layout.ground_truth, img.voxel_size, d.ground_truth_key, img.chunks, overwrite=True)
+        import_volume(d.ground_truth, layout.ground_truth, img.voxel_size, d.ground_truth_key, img.chunks, overwrite=True,
+                      labels=True, pyramid_levels=d.pyramid_levels)  # fmt: skip
         out["imported_ground_truth"] = layout.ground_truth
     if d.mask is not None and layout.mask != d.mask:
-        import_volume(d.mask, layout.mask, img.voxel_size, None, img.chunks, overwrite=True)
+        import_volume(d.mask, layout.mask, img.voxel_size, None, img.chunks, overwrite=True, labels=True,
+                      pyramid_levels=d.pyramid_levels)  # fmt: skip
     for name, path in (("ground truth", layout.ground_truth), ("mask", layout.mask)):
         shape = open_volume(path).shape if path is not None else img.shape
         if shape != img.shape:
@@ -252,6 +255,7 @@ def _stage_predict(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         tta=p.tta,
         mc_samples=p.mc_samples,
         batch_size=p.batch_size,
+        pyramid_levels=p.pyramid_levels,
         **({"overlap": p.overlap} if p.overlap is not None else {}),
     )
     return report.to_dict() if hasattr(report, "to_dict") else dict(report or {})
@@ -285,7 +289,7 @@ def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         zarr.open_group(os.path.dirname(layout.labels), mode="a")  # IMAGE/labels
     report = segment(
         layout.predictions, layout.labels, decoder, block_shape=s.block_shape, halo=s.halo, max_halo=s.max_halo,
-        client=client, overwrite=True,
+        client=client, overwrite=True, pyramid_levels=s.pyramid_levels,
     )  # fmt: skip
     if under_image:
         from .io import register_label

@@ -6,7 +6,7 @@ import argparse
 
 from blockseg.io import SUPPORTED_SUFFIXES, import_volume
 
-from .options import add_selection_options, zyx
+from .options import add_pyramid_option, pyramid_levels, add_selection_options, zyx
 
 
 def register(sub) -> None:
@@ -26,7 +26,9 @@ def register(sub) -> None:
     p.add_argument("--chunks", nargs="+", type=int, metavar="N", help="chunk shape: one value or Z Y X (default 64 128 128)")
     p.add_argument("--shards", nargs="+", type=int, metavar="N", help="shard shape (a multiple of the chunks)")
     p.add_argument("--dtype", help="convert to this dtype (default: keep the source's)")
+    p.add_argument("--labels", action="store_true", help="the source is a label image: pyramid by sampling, NGFF image-label metadata")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_pyramid_option(p)
     add_selection_options(p, "the source")
     p.set_defaults(func=run)
 
@@ -44,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         level=args.level,
         channel=args.channel,
         timepoint=args.timepoint,
+        labels=args.labels,
+        pyramid_levels=pyramid_levels(args),
     )
     print(f"wrote {vol!r}")
     return 0

@@ -52,6 +52,22 @@ def check_output(args: argparse.Namespace, dest: str) -> None:
     check_destination(getattr(args, dest), args.overwrite)
 
 
+def add_pyramid_option(parser: argparse.ArgumentParser) -> None:
+    """--pyramid-levels: multiscale levels written with every output volume."""
+    parser.add_argument(
+        "--pyramid-levels", type=int, metavar="N",
+        help="multiscale levels written with each output volume, full resolution included (default: until the "
+        "smallest downsampled axis is <= 64 voxels or one chunk; 1: no pyramid)",
+    )  # fmt: skip
+
+
+def pyramid_levels(args: argparse.Namespace):
+    n = getattr(args, "pyramid_levels", None)
+    if n is not None and n < 1:
+        raise BlocksegError(f"--pyramid-levels must be >= 1 (1: full resolution only), got {n}")
+    return n
+
+
 def add_selection_options(parser: argparse.ArgumentParser, what: str = "the image") -> None:
     """--level, --channel, --timepoint: which (z, y, x) view of a pyramid / czyx / tczyx input."""
     g = parser.add_argument_group("input selection (OME-Zarr, OME-TIFF, ... ; also PATH#level=1&channel=0)")

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .options import add_cluster_options, add_selection_options, cluster_config, selected, zyx
+from .options import add_pyramid_option, pyramid_levels, add_cluster_options, add_selection_options, cluster_config, selected, zyx
 
 
 def register(subparsers) -> None:
@@ -36,6 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-resume", action="store_true", help="refuse an existing output instead of resuming it")
     p.add_argument("--json", action="store_true", help="print the report (or the plan) as JSON on stdout")
+    add_pyramid_option(p)
     add_selection_options(p)
     add_cluster_options(p)
     p.set_defaults(func=run)
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         chunks=zyx(args.chunks, "--chunks"),
         progress=not args.no_progress,
+        pyramid_levels=pyramid_levels(args),
     )
     # the plan validates image, checkpoint and geometry: fail before starting a cluster
     plan = predict(args.image, args.checkpoint, args.output, dry_run=True, **kwargs)

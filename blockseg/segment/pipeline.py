@@ -376,6 +376,7 @@ def segment(
     overwrite: bool = False,
     keep_work: bool = False,
     progress: bool = False,
+    pyramid_levels: int | None = None,
 ) -> SegmentReport:
     """Segment a prediction store into a global instance-label volume, blockwise.
 
@@ -404,6 +405,9 @@ def segment(
         Keep the work directory ``OUT.work`` (intermediate seeds and labels).
     progress : bool
         Show progress bars.
+    pyramid_levels : int, optional
+        Levels of the label volume's multiscale pyramid (None: automatic; 1: none), sampled
+        blockwise after the relabel; the volume is marked an NGFF ``image-label`` either way.
 
     Returns
     -------
@@ -508,6 +512,13 @@ def segment(
     table = instance_table(final)
     write_csv(table, report.table_path)
     t = timed("relabel", t)
+    from ..pyramid import MAX_PROPERTIES, finish_volume
+
+    props = None
+    if report.n_instances <= MAX_PROPERTIES:
+        props = [{"label-value": int(i), "voxels": int(n)} for i, n in zip(final["id"], final["count"])]
+    finish_volume(out_path, labels=True, levels=pyramid_levels, client=client, properties=props)
+    t = timed("pyramid", t)
     report.seconds["total"] = round(time.perf_counter() - t_start, 3)
     zarr.open_group(out_path, mode="r+").attrs["blockseg_report"] = json.loads(json.dumps(report.to_dict()))
     if not keep_work:
