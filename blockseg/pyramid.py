@@ -174,18 +174,23 @@ MAX_PROPERTIES = 10_000
 def set_image_label(path: str, properties: list[dict] | None = None, storage_options: dict | None = None) -> None:
     """Mark the OME-Zarr group at ``path`` a label image (NGFF ``image-label``).
 
-    Background (0) is transparent; other colours are left to the viewer (napari and
-    neuroglancer pick distinct ones). ``properties`` (a list of ``{"label-value": id, ...}``)
-    are written when given and at most :data:`MAX_PROPERTIES` long.
+    Background (0) is transparent. With ``properties`` (a list of ``{"label-value": id, ...}``,
+    at most :data:`MAX_PROPERTIES` long) every listed label also gets a fixed colour (a hash of
+    its value) and its properties; without, colours are left to the viewer.
     """
     import zarr
 
     group = zarr.open_group(path, mode="r+", storage_options=storage_options)
     ome = dict(group.attrs["ome"])
     label = dict(ome.get("image-label") or {})
-    label["colors"] = [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
+    label.pop("properties", None)
+    colors = [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
     if properties is not None and len(properties) <= MAX_PROPERTIES:
-        label["properties"] = properties
+        ids = np.array([int(p["label-value"]) for p in properties], dtype=np.uint64)
+        rgb = ((ids[:, None] * np.array([2654435761, 2246822519, 3266489917], dtype=np.uint64)) >> np.uint64(24)) % 200 + 55
+        colors += [{"label-value": int(i), "rgba": [*map(int, c), 255]} for i, c in zip(ids, rgb)]
+        label["properties"] = [{"label-value": 0, "background": True}, *properties]
+    label["colors"] = colors
     ome["image-label"] = label
     group.attrs["ome"] = ome
 

@@ -81,7 +81,7 @@ def ome_tiff(tmp_path_factory, data):
 @pytest.fixture(scope="module")
 def identity_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "identity.pt"
-    save_checkpoint(path, IdentityNet(("B", "C", "D"), input_patch=(8, 16, 16)), normalisation={"offset": 0.0, "scale": 255.0})
+    save_checkpoint(path, IdentityNet(("sdt",), input_patch=(8, 16, 16)), normalisation={"offset": 100.0, "scale": 50.0})
     return str(path)
 
 
@@ -214,21 +214,26 @@ def test_every_output_has_a_pyramid_ome_zarr_reads(tmp_path, ngff04, identity_ck
     img = str(tmp_path / "img.zarr")
     assert main(["import", f"{ngff04}#channel=1", img, "--chunks", "8", "8", "8", "--pyramid-levels", "3"]) == 0
     node, shapes, scales = _ome_zarr_levels(img)
-    assert shapes == [(16, 32, 32), (16, 16, 16), (8, 8, 8)]
-    assert scales == [[2.0, 0.5, 0.5], [2.0, 1.0, 1.0], [4.0, 2.0, 2.0]]
+    # z (2 µm) waits until y, x (0.5 µm) have caught up with it
+    assert shapes == [(16, 32, 32), (16, 16, 16), (16, 8, 8)]
+    assert scales == [[2.0, 0.5, 0.5], [2.0, 1.0, 1.0], [2.0, 2.0, 2.0]]
     pred, seg = str(tmp_path / "pred.zarr"), str(tmp_path / "seg.zarr")
     assert main(["predict", img, identity_ckpt, pred, "--pyramid-levels", "2", "--no-progress"]) == 0
-    for c in ("B", "C", "D"):
+    for c in ("sdt",):
         _, shapes, scales = _ome_zarr_levels(f"{pred}/{c}")
         assert shapes == [(16, 32, 32), (16, 16, 16)] and scales[1] == [2.0, 1.0, 1.0]
-    assert main(["segment", pred, seg, "--pyramid-levels", "3", "--no-progress", "-p", "min_size=1", "-p", "min_seed_size=1"]) == 0
+    assert main(["segment", pred, seg, "--pyramid-levels", "3", "--no-progress", "--decoder", "sdt", "-p", "min_size=1", "-p", "min_seed_size=1"]) == 0
     node, shapes, scales = _ome_zarr_levels(seg)
     assert any(type(s).__name__ == "Label" for s in node.specs)  # a label image to readers
-    assert shapes == [(16, 32, 32), (16, 16, 16), (8, 8, 8)] and scales[2] == [4.0, 2.0, 2.0]
+    assert shapes == [(16, 32, 32), (16, 16, 16), (16, 8, 8)] and scales[2] == [2.0, 2.0, 2.0]
     meta = zarr.open_group(seg, mode="r").attrs["ome"]["image-label"]
-    assert meta["colors"][0] == {"label-value": 0, "rgba": [0, 0, 0, 0]} and len(meta["properties"]) > 0
+    assert meta["colors"][0] == {"label-value": 0, "rgba": [0, 0, 0, 0]} and len(meta["properties"]) > 1
+    assert [c["label-value"] for c in meta["colors"]] == [p["label-value"] for p in meta["properties"]]
+    import ome_zarr_models
+
+    assert type(ome_zarr_models.open_ome_zarr(zarr.open_group(seg, mode="r"))).__name__ == "ImageLabel"  # validates
     full = open_volume(seg)[...]
-    np.testing.assert_array_equal(open_volume(seg, level=2)[...], full[::2, ::2, ::2][:, ::2, ::2])
+    np.testing.assert_array_equal(open_volume(seg, level=2)[...], full[:, ::4, ::4])
 
 
 # ------------------------------------------------------------------------------ every command
@@ -250,11 +255,11 @@ def test_every_command_reads_ome_zarr_py_and_ome_tiff(tmp_path, ngff04, ome_tiff
     for name, src in (("zarr", ngff04), ("tif", ome_tiff[0])):
         pred, seg = str(tmp_path / f"{name}_pred.zarr"), str(tmp_path / f"{name}_seg.zarr")
         assert main(["predict", src, identity_ckpt, pred, "--channel", "1", "--no-progress", "--pyramid-levels", "1"]) == 0
-        p = open_volume(f"{pred}/B")
+        p = open_volume(f"{pred}/sdt")
         assert p.voxel_size == VS
         run = dict(zarr.open_group(pred, mode="r").attrs["blockseg"])["predictions"]["run"]
         assert run["voxel_size_source"] == "metadata" and run["image"].endswith("#channel=1")
-        assert main(["segment", pred, seg, "--no-progress", "-p", "min_size=1", "-p", "min_seed_size=1"]) == 0
+        assert main(["segment", pred, seg, "--no-progress", "--decoder", "sdt", "-p", "min_size=1", "-p", "min_seed_size=1"]) == 0
         results[name] = open_volume(seg)[...]
     np.testing.assert_array_equal(results["zarr"], results["tif"])  # same pixels, same result
 
@@ -279,7 +284,7 @@ def test_run_config_reads_a_channel_in_place(tmp_path, ngff04, identity_ckpt, lo
         "data": {"image": ngff04, "channel": 1, "ground_truth": f"{ngff04}/labels/nuclei", "pyramid_levels": 2},
         "model": {"checkpoint": identity_ckpt},
         "predict": {"pyramid_levels": 2},
-        "segment": {"params": {"min_size": 1, "min_seed_size": 1}, "pyramid_levels": 2},
+        "segment": {"decoder": "sdt", "params": {"min_size": 1, "min_seed_size": 1}, "pyramid_levels": 2},
         "evaluate": {"png": False},
     })  # fmt: skip
     before = sorted(os.listdir(ngff04))
@@ -287,6 +292,7 @@ def test_run_config_reads_a_channel_in_place(tmp_path, ngff04, identity_ckpt, lo
     assert res.ran == ["data", "predict", "segment", "evaluate"]
     assert sorted(os.listdir(ngff04)) == before  # the input is read in place, never written
     rec = json.load(open(res.layout.stage_record("data")))
-    assert rec["result"]["image"]["voxel_size_source"] == "metadata" if "result" in rec else True
+    assert rec["result"]["image"]["voxel_size_source"] == "metadata"
+    assert rec["result"]["image"]["format"] == "OME-Zarr 0.4" and rec["result"]["image"]["voxel_size"] == list(VS)
     assert open_volume(res.layout.labels, level=1).shape == (16, 16, 16)
     assert res.evaluation["n_true"] == 8
