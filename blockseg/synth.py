@@ -612,7 +612,9 @@ def synthesize(
         seconds=time.perf_counter() - t0,
         params=params.to_dict(),
     )
-    with open(f"{path}/synth_summary.json", "w") as f:
+    from .storage import open_file
+
+    with open_file(f"{path}/synth_summary.json", "w") as f:
         json.dump(summary.to_dict(), f, indent=2)
     return summary
 
@@ -620,4 +622,7 @@ def synthesize(
 def _write_table(path: str, table: NucleusTable) -> None:
     data = np.column_stack([table.ids, table.centre, table.radii])
     header = "id,centre_z,centre_y,centre_x,axis_a_um,axis_b_um,axis_c_um"
-    np.savetxt(path, data, delimiter=",", header=header, comments="", fmt=["%d"] + ["%.3f"] * 6)
+    from .storage import open_file
+
+    with open_file(path, "w") as f:
+        np.savetxt(f, data, delimiter=",", header=header, comments="", fmt=["%d"] + ["%.3f"] * 6)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -50,6 +49,7 @@ from ..cluster import run_blocks
 from ..errors import BlocksegError
 from ..grid import BlockGrid, Interface
 from ..io import _prepare_destination, create_volume
+from ..storage import load_npz, makedirs, remove_tree, save_npz
 from ..predictions import decode_channel, open_predictions, prediction_kind
 from .decoders import BCDDecoder, Decoder
 from .flood import artificial_faces, flood, uncertain_voxels
@@ -171,7 +171,7 @@ def _pairs_task(block_id: int, job: _Job) -> np.ndarray:
 def _relabel_task(block_id: int, job: _Job, src: str, dst: str, table_dir: str):
     """Map the core of work array ``src`` through this block's table into array ``dst``."""
     core = job.grid()[block_id].core
-    data = np.load(os.path.join(table_dir, f"{block_id}.npz"))
+    data = load_npz(os.path.join(table_dir, f"{block_id}.npz"))
     mapping = dict(zip(data["keys"].tolist(), data["values"].tolist()))
     mapping[0] = 0
     out = fastremap.remap(job.array(src)[core], mapping, preserve_missing_labels=False, in_place=True)
@@ -191,7 +191,7 @@ def _global_seeds(job: _Job, grid: BlockGrid, region: tuple[slice, ...], compact
     code = _fg_code(raw.dtype)
     keys, values = [np.zeros(1, raw.dtype), np.full(1, code, raw.dtype)], [np.zeros(2, np.uint64)]
     for bid in grid.blocks_in(region):
-        data = np.load(os.path.join(job.work_path, "seed_tables", f"{bid}.npz"))
+        data = load_npz(os.path.join(job.work_path, "seed_tables", f"{bid}.npz"))
         keys.append(data["keys"])
         values.append(data["values"])
     keys, values = np.concatenate(keys), np.concatenate(values)
@@ -273,11 +273,10 @@ def _resolve_task(block_id: int, job: _Job, halo: tuple[int, ...]):
 
 # ---------------------------------------------------------------------------- driver steps
 def _write_tables(table_dir: str, per_block: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> None:
-    if os.path.isdir(table_dir):
-        shutil.rmtree(table_dir)
-    os.makedirs(table_dir)
+    remove_tree(table_dir)
+    makedirs(table_dir)
     for bid, (keys, values) in per_block.items():
-        np.savez(os.path.join(table_dir, f"{bid}.npz"), keys=keys, values=values)
+        save_npz(os.path.join(table_dir, f"{bid}.npz"), keys=keys, values=values)
 
 
 def merge_seeds(
@@ -435,6 +434,7 @@ def segment(
     _prepare_destination(out_path, overwrite)
     work = out_path + ".work"
     _prepare_destination(work, True)
+    remove_tree(work)  # a URL's leftover scratch (local ones: removed by the line above)
     zarr.open_group(work, mode="w")
     kw = dict(shape=grid.shape, chunks=first.write_unit, fill_value=0, compressors=None)  # scratch: fast, not small
     # block-offset ids are at most len(grid) * block_voxels: uint32 when that fits below the
@@ -522,7 +522,7 @@ def segment(
     report.seconds["total"] = round(time.perf_counter() - t_start, 3)
     zarr.open_group(out_path, mode="r+").attrs["blockseg_report"] = json.loads(json.dumps(report.to_dict()))
     if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
     return report
 
 
