@@ -296,3 +296,25 @@ def test_run_config_reads_a_channel_in_place(tmp_path, ngff04, identity_ckpt, lo
     assert rec["result"]["image"]["format"] == "OME-Zarr 0.4" and rec["result"]["image"]["voxel_size"] == list(VS)
     assert open_volume(res.layout.labels, level=1).shape == (16, 16, 16)
     assert res.evaluation["n_true"] == 8
+
+
+def test_napari_plugin_reads_pyramid_and_labels(tmp_path):
+    """napari's OME-Zarr reader plugin (headless: its reader hook, no viewer) sees every level."""
+    reader = pytest.importorskip("napari_ome_zarr._reader")
+    from blockseg.io import create_label_volume
+    from blockseg.pyramid import finish_volume
+
+    img = str(tmp_path / "img.zarr")
+    create_volume(img, (16, 64, 64), np.uint8, VS, chunks=(8, 16, 16))[...] = 5
+    create_label_volume(img, "nuclei", (16, 64, 64), np.uint32, VS, chunks=(8, 16, 16))[...] = 3
+    finish_volume(img, levels=3)
+    finish_volume(f"{img}/labels/nuclei", labels=True, levels=3)
+    alone = str(tmp_path / "seg.zarr")  # a standalone label volume, as `segment` writes it
+    create_volume(alone, (16, 64, 64), np.uint32, VS, chunks=(8, 16, 16))[...] = 7
+    finish_volume(alone, labels=True, levels=2)
+    layers = reader.napari_get_reader(img)(img)
+    kinds = {kind: ([tuple(d.shape) for d in data], meta.get("scale")) for data, meta, kind in layers}
+    assert kinds["image"] == ([(16, 64, 64), (16, 32, 32), (16, 16, 16)], list(VS))
+    assert kinds["labels"] == ([(16, 64, 64), (16, 32, 32), (16, 16, 16)], list(VS))
+    layers = reader.napari_get_reader(alone)(alone)
+    assert [(kind, [tuple(d.shape) for d in data]) for data, _, kind in layers] == [("labels", [(16, 64, 64), (16, 32, 32)])]
