@@ -177,7 +177,8 @@ class Source:
     voxel_size: tuple[float, float, float] | None  # None: the file says nothing
     format: str
     selection: dict[str, Any] = field(default_factory=dict)
-    levels: list[tuple[int, ...]] = field(default_factory=list)  # shapes of every pyramid level (zyx)
+    #: shapes of every pyramid level (z, y, x), or a function returning them (read on demand)
+    levels: Any = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -258,23 +259,12 @@ def _open_zarr(path, mode, storage_options, level, channel, timepoint) -> Source
 
 
 def _multiscale(group, path: str) -> tuple[dict, str, list[str]]:
-    """The first multiscale as a plain dict, the NGFF version, and notes (validation problems)."""
-    notes: list[str] = []
-    try:
-        import ome_zarr_models
+    """The first multiscale as a plain dict, the NGFF version, and notes (validation problems).
 
-        model = ome_zarr_models.open_ome_zarr(group)
-        attrs = model.attributes
-        version = "0.5" if hasattr(attrs, "ome") else "0.4"
-        inner = attrs.ome if hasattr(attrs, "ome") else attrs
-        ms = getattr(inner, "multiscales", None)
-        if ms:
-            return ms[0].model_dump(exclude_none=True), version, notes
-    except ImportError:  # pragma: no cover - a declared dependency
-        pass
-    except Exception as exc:  # not valid NGFF: read what is there, and say so
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        notes.append(f"metadata does not validate as OME-Zarr ({first}); read leniently")
+    The metadata is validated by ome-zarr-models' ``Multiscale`` model of its version (0.4 or
+    0.5) from the attributes alone (no array is opened: workers reopen volumes per task).
+    """
+    notes: list[str] = []
     attrs = group.attrs.asdict() if hasattr(group.attrs, "asdict") else dict(group.attrs)
     inner = attrs.get("ome", attrs)
     ms = inner.get("multiscales") if isinstance(inner, dict) else None
@@ -283,7 +273,19 @@ def _multiscale(group, path: str) -> tuple[dict, str, list[str]]:
         hint = f"; it holds {', '.join(members[:8])}: pass PATH/NAME of one" if members else ""
         raise BlocksegError(f"{path}: a zarr group but not an OME-Zarr image (no multiscales metadata){hint}")
     version = str(inner.get("version") or ms[0].get("version") or "0.4")
-    return ms[0], version, notes
+    try:
+        if version.startswith("0.5"):
+            from ome_zarr_models.v05.multiscales import Multiscale
+        else:
+            from ome_zarr_models.v04.multiscales import Multiscale
+        return Multiscale.model_validate(ms[0]).model_dump(exclude_none=True, by_alias=True), version, notes
+    except ImportError:  # pragma: no cover - a declared dependency
+        return ms[0], version, notes
+    except Exception as exc:  # not valid NGFF: read what is there, and say so
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = "; ".join(lines[1:3])[:160] if len(lines) > 1 else type(exc).__name__
+        notes.append(f"multiscales metadata does not validate as OME-Zarr {version} ({reason}); read leniently")
+        return ms[0], version, notes
 
 
 def _scale_of(transforms) -> list[float] | None:
@@ -326,13 +328,13 @@ def _open_ome_group(group, path: str, level, channel, timepoint) -> Source:
         else:
             voxel_size = tuple(scale[i] for i in spatial)
             notes.append("axes have no unit: scale read as µm")
-    levels = []
-    for d in datasets:
-        try:
+    def levels() -> list[tuple[int, ...]]:  # opened only when asked for (info), not per task
+        shapes = []
+        for d in datasets:
             shp = group[d["path"]].shape
-            levels.append(tuple(int(shp[names.index(a)]) for a in "zyx"))
-        except Exception:
-            break
+            shapes.append(tuple(int(shp[names.index(a)]) for a in "zyx"))
+        return shapes
+
     return Source(view, voxel_size, f"OME-Zarr {version}", sel, levels, notes)  # type: ignore[arg-type]
 
 

@@ -88,8 +88,19 @@ class Volume:
     selection: dict = field(default_factory=dict)
     #: the file format read, e.g. "OME-Zarr 0.4", "OME-TIFF"
     format: str = "OME-Zarr 0.5"
-    #: (z, y, x) shapes of every pyramid level of the source
-    levels: list = field(default_factory=list)
+    #: (z, y, x) shapes of every pyramid level of the source (or a function giving them)
+    _levels: Any = field(default_factory=list, repr=False)
+
+    @property
+    def levels(self) -> list:
+        """(z, y, x) shapes of every pyramid level of the source, read on first use."""
+        if callable(self._levels):
+            self._levels = self._levels()
+        return list(self._levels)
+
+    @levels.setter
+    def levels(self, value) -> None:
+        self._levels = value
 
     @property
     def ref(self) -> str:

@@ -70,12 +70,17 @@ def downsample_block(block: np.ndarray, factors: Sequence[int], method: str) -> 
     if method != "mean":
         raise BlocksegError(f"pyramid method must be one of {METHODS}, got {method!r}")
     out_shape = tuple(-(-s // k) for s, k in zip(block.shape, f))
-    pad = [(0, o * k - s) for o, k, s in zip(out_shape, f, block.shape)]
-    acc = np.pad(block.astype(np.float64, copy=False), pad)
-    counts = np.pad(np.ones(block.shape, dtype=np.float64), pad) if any(p[1] for p in pad) else None
+    dt = np.dtype(block.dtype)
+    # float32 sums are exact for the 8 (or fewer) values of <= 16-bit data; wider data sums in float64
+    acc = np.float64 if dt.itemsize > 2 or dt == np.float64 else np.float32
     shp = (out_shape[0], f[0], out_shape[1], f[1], out_shape[2], f[2])
-    total = acc.reshape(shp).sum(axis=(1, 3, 5))
-    mean = total / (counts.reshape(shp).sum(axis=(1, 3, 5)) if counts is not None else math.prod(f))
+    if all(o * k == n for o, k, n in zip(out_shape, f, block.shape)):  # whole windows: no padding
+        mean = block.reshape(shp).sum(axis=(1, 3, 5), dtype=acc) / acc(math.prod(f))
+    else:  # the volume's last block: average only the voxels that exist
+        pad = [(0, o * k - n) for o, k, n in zip(out_shape, f, block.shape)]
+        total = np.pad(block.astype(acc, copy=False), pad).reshape(shp).sum(axis=(1, 3, 5))
+        counts = np.pad(np.ones(block.shape, dtype=acc), pad).reshape(shp).sum(axis=(1, 3, 5))
+        mean = total / counts
     if np.dtype(block.dtype).kind in "iub":
         info = np.iinfo(block.dtype) if block.dtype.kind in "iu" else None
         mean = np.rint(mean)
