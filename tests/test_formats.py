@@ -318,3 +318,18 @@ def test_napari_plugin_reads_pyramid_and_labels(tmp_path):
     assert kinds["labels"] == ([(16, 64, 64), (16, 32, 32), (16, 16, 16)], list(VS))
     layers = reader.napari_get_reader(alone)(alone)
     assert [(kind, [tuple(d.shape) for d in data]) for data, _, kind in layers] == [("labels", [(16, 64, 64), (16, 32, 32)])]
+
+
+def test_invalid_ngff_is_read_leniently_with_a_warning(tmp_path):
+    g = zarr.open_group(str(tmp_path / "odd.zarr"), mode="w")
+    g.create_array("0", shape=(4, 5, 6), dtype="u1")
+    # axes as bare strings (NGFF 0.3 style) are not valid 0.5 metadata
+    g.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": ["z", "y", "x"], "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [3.0, 1.0, 1.0]}]}]}]}  # fmt: skip
+    with pytest.warns(BlocksegWarning, match="does not validate as OME-Zarr 0.5"):
+        v = open_volume(tmp_path / "odd.zarr")
+    assert v.shape == (4, 5, 6) and v.voxel_size == (3.0, 1.0, 1.0)
+    assert v.voxel_size_source == "metadata (no unit, read as µm)"
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w").create_array("raw", shape=(2, 2, 2), dtype="u1")
+    with pytest.raises(BlocksegError, match="not an OME-Zarr image .*it holds raw: pass PATH/NAME"):
+        open_volume(tmp_path / "plain.zarr")
