@@ -102,6 +102,18 @@ def multiscale_datasets(voxel_size: Sequence[float], factors: Sequence[Sequence[
     return out
 
 
+def level_graph(src, chunks: Sequence[int], factors: Sequence[int], method: str):
+    """Dask array of the next level: one task per destination chunk (``chunks``), reading the
+    ``chunk x factor`` source voxels under it, so no two tasks write one chunk."""
+    import dask.array as da
+
+    f = tuple(int(q) for q in factors)
+    x = da.from_zarr(src, chunks=tuple(c * q for c, q in zip(chunks, f))) if not hasattr(src, "dask") else src.rechunk(
+        tuple(c * q for c, q in zip(chunks, f)))  # fmt: skip
+    out_chunks = tuple(tuple(-(-c // q) for c in cs) for cs, q in zip(x.chunks, f))
+    return x.map_blocks(downsample_block, f, method, chunks=out_chunks, dtype=src.dtype)
+
+
 def write_pyramid(
     path: str,
     method: str = "mean",
@@ -152,11 +164,7 @@ def write_pyramid(
         cshape = tuple(min(c, s) for c, s in zip(chunks, shape))
         dst = group.create_array(str(k), shape=shape, dtype=src.dtype, chunks=cshape,
                                  fill_value=base.fill_value, dimension_names=("z", "y", "x"))  # fmt: skip
-        # one source block per destination chunk: task i reads chunk*f voxels, writes chunk i
-        x = da.from_zarr(src, chunks=tuple(c * q for c, q in zip(cshape, f)))
-        out_chunks = tuple(tuple(-(-c // q) for c in cs) for cs, q in zip(x.chunks, f))
-        y = x.map_blocks(downsample_block, f, method, chunks=out_chunks, dtype=src.dtype)
-        store = da.store(y, dst, lock=False, compute=False)
+        store = da.store(level_graph(src, cshape, f, method), dst, lock=False, compute=False)
         if client is not None:
             client.compute(store).result()
         else:
@@ -169,7 +177,7 @@ def write_pyramid(
     return shapes
 
 
-__all__ = ["METHODS", "downsample_block", "level_factors", "multiscale_datasets", "write_pyramid"]
+__all__ = ["METHODS", "downsample_block", "level_graph", "level_factors", "multiscale_datasets", "write_pyramid"]
 
 
 #: label images with more instances than this get no per-label ``properties`` in their metadata

@@ -200,6 +200,17 @@ def test_blockwise_pyramid_equals_whole_array(tmp_path):
     np.testing.assert_array_equal(open_volume(lab.path, level=1)[...], a[:, ::2, ::2])
 
 
+def test_pyramid_tasks_write_whole_chunks_of_their_level(tmp_path):
+    from blockseg.pyramid import level_graph
+
+    v = create_volume(tmp_path / "c.zarr", (19, 37, 41), np.uint8, chunks=(4, 8, 8))
+    y = level_graph(v.array, (4, 8, 8), (1, 2, 2), "mean")
+    assert y.shape == (19, 19, 21)
+    for axis, (sizes, c, n) in enumerate(zip(y.chunks, (4, 8, 8), y.shape)):
+        # every dask block is one chunk of the level (the last one clipped at the border)
+        assert all(s == c for s in sizes[:-1]) and 0 < sizes[-1] <= c and sum(sizes) == n, axis
+
+
 def _ome_zarr_levels(path):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
