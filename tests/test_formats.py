@@ -88,6 +88,9 @@ def identity_ckpt(tmp_path_factory):
 @pytest.fixture
 def in_process(monkeypatch):
     """CLI commands run their blocks in this process instead of starting a LocalCluster."""
+    from blockseg_cli.main import build_parser
+
+    build_parser()  # import every command first: `synth` binds dask_client at import, keep it unpatched
     none = lambda *a, **k: contextlib.nullcontext(None)  # noqa: E731
     monkeypatch.setattr("blockseg.cluster.dask_client", none)
 

@@ -132,6 +132,9 @@ def test_cli_and_run_read_s3(s3, on_s3, tmp_path, monkeypatch, capsys):
     from blockseg_cli.main import main
 
     d, ckpt = on_s3
+    from blockseg_cli.main import build_parser
+
+    build_parser()  # import every command first: `synth` binds dask_client at import, keep it unpatched
     monkeypatch.setattr("blockseg.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
     assert main(["info", "s3://bsbucket/img.zarr"]) == 0
     assert "voxel_size=0.48x0.51x0.51" in capsys.readouterr().out
