@@ -62,6 +62,13 @@ class DataConfig(_Strict):
     ground_truth_key: Optional[str] = None
     mask: Optional[str] = None
     voxel_size: Optional[tuple[float, float, float]] = None
+    #: pyramid level / channel / timepoint of the image to segment (OME-Zarr, OME-TIFF, ...);
+    #: a zarr image is read in place through a ``#level=..&channel=..`` path fragment
+    level: Optional[int] = Field(default=None, ge=0)
+    channel: Optional[int] = Field(default=None, ge=0)
+    timepoint: Optional[int] = Field(default=None, ge=0)
+    #: multiscale levels written for the image / ground truth / mask (None: automatic; 1: none)
+    pyramid_levels: Optional[int] = Field(default=None, ge=1)
     synth: Optional[SynthConfig] = None
     chunks: Optional[tuple[int, int, int]] = None
 
@@ -88,6 +95,8 @@ class PredictConfig(_Strict):
     mc_samples: int = Field(default=0, ge=0)
     batch_size: int = Field(default=4, ge=1)
     overlap: Optional[float] = Field(default=None, ge=0, lt=1)
+    #: multiscale levels of every prediction channel (None: automatic; 1: none)
+    pyramid_levels: Optional[int] = Field(default=None, ge=1)
 
 
 class SegmentConfig(_Strict):
@@ -96,6 +105,8 @@ class SegmentConfig(_Strict):
     block_shape: Optional[Triple] = None
     halo: Optional[Triple] = None
     max_halo: Optional[Triple] = None
+    #: multiscale levels of the label volume (None: automatic; 1: none)
+    pyramid_levels: Optional[int] = Field(default=None, ge=1)
 
 
 class EvaluateConfig(_Strict):

@@ -17,7 +17,7 @@ Paths may be local or any URL zarr understands through fsspec (``s3://``, ``gcs:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -65,26 +65,6 @@ def multiscales_metadata(voxel_size: Sequence[float], name: str = "") -> list[di
     ]
 
 
-def _level0(group: zarr.Group, path: str) -> tuple[zarr.Array, tuple[float, float, float]]:
-    ome = group.attrs.get("ome", group.attrs)  # NGFF 0.5 nests under "ome"; 0.4 did not
-    ms = ome.get("multiscales") if isinstance(ome, dict) else None
-    if not ms:
-        raise BlocksegError(f"{path}: a zarr group but not an OME-Zarr image (no multiscales metadata)")
-    dataset = ms[0]["datasets"][0]
-    axes = [a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", AXES)]
-    if [a.lower() for a in axes] != list(AXES):
-        raise BlocksegError(f"{path}: axes are {axes}, blockseg expects (z, y, x)")
-    scale = [1.0, 1.0, 1.0]
-    for t in dataset.get("coordinateTransformations", []):
-        if t.get("type") == "scale":
-            scale = t["scale"]
-    try:
-        array = group[dataset["path"]]
-    except KeyError:
-        raise BlocksegError(f"{path}: multiscale level {dataset['path']!r} is missing") from None
-    return array, parse_voxel_size(scale)
-
-
 # ---------------------------------------------------------------------------- Volume
 @dataclass
 class Volume:
@@ -92,17 +72,45 @@ class Volume:
 
     Attributes
     ----------
-    array : zarr.Array
-        The data (level 0 of an OME-Zarr image, or a plain array).
+    array : zarr.Array or array-like
+        The data (a level of an OME-Zarr image, a plain array, or a (z, y, x) view of a
+        TIFF / HDF5 / numpy source); indexable like a numpy array.
     voxel_size : tuple of float
         ``(z, y, x)`` voxel size in micrometres.
     path : str
         Where it was opened from.
     """
 
-    array: zarr.Array
+    array: Any
     voxel_size: tuple[float, float, float]
     path: str
+    #: where the voxel size came from: "metadata", "given" or "default" (1 µm, warned)
+    voxel_size_source: str = "metadata"
+    #: level / channel / timepoint / key read (see :mod:`blockseg.formats`)
+    selection: dict = field(default_factory=dict)
+    #: the file format read, e.g. "OME-Zarr 0.4", "OME-TIFF"
+    format: str = "OME-Zarr 0.5"
+    #: (z, y, x) shapes of every pyramid level of the source (or a function giving them)
+    _levels: Any = field(default_factory=list, repr=False)
+
+    @property
+    def levels(self) -> list:
+        """(z, y, x) shapes of every pyramid level of the source, read on first use."""
+        if callable(self._levels):
+            self._levels = self._levels()
+        return list(self._levels)
+
+    @levels.setter
+    def levels(self, value) -> None:
+        self._levels = value
+
+    @property
+    def ref(self) -> str:
+        """The path with its selection as a fragment: reopens this exact view anywhere."""
+        from .formats import with_selection
+
+        sel = {k: v for k, v in self.selection.items() if not (k in ("level", "channel", "timepoint") and v == 0)}
+        return with_selection(self.path, sel)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -140,7 +148,9 @@ class Volume:
         import dask.array as da
 
         chunks = self.grid(block_shape).dask_chunks if block_shape is not None else self.chunks
-        return da.from_zarr(self.array, chunks=chunks)
+        if isinstance(self.array, zarr.Array):
+            return da.from_zarr(self.array, chunks=chunks)
+        return da.from_array(self.array, chunks=chunks, lock=False, asarray=True)
 
     def __repr__(self) -> str:
         vs = "x".join(f"{v:g}" for v in self.voxel_size)
@@ -152,41 +162,84 @@ def _is_url(path: str) -> bool:
 
 
 def _check_exists(path: str) -> None:
+    from .formats import split_selection
+
+    path = split_selection(path)[0]
     if not _is_url(path) and not os.path.exists(path):
         raise BlocksegError(f"{path}: no such file or directory")
 
 
-def open_volume(path: str | os.PathLike, mode: str = "r", storage_options: dict | None = None) -> Volume:
-    """Open a blockseg volume (OME-Zarr image group or plain zarr array).
+def open_volume(
+    path: str | os.PathLike,
+    mode: str = "r",
+    storage_options: dict | None = None,
+    *,
+    level: int | None = None,
+    channel: int | None = None,
+    timepoint: int | None = None,
+    key: str | None = None,
+    voxel_size: float | Sequence[float] | None = None,
+) -> Volume:
+    """Open a (z, y, x) volume of any supported format (see :mod:`blockseg.formats`).
 
     Parameters
     ----------
     path : str or path-like
-        Local path or fsspec URL.
+        Local path or fsspec URL: an OME-Zarr image (NGFF 0.4 or 0.5), a plain zarr array, a
+        TIFF / OME-TIFF, HDF5, npy or npz file. May end with a selection fragment,
+        ``#level=1&channel=0&timepoint=2&key=NAME``.
     mode : {"r", "r+"}
-        ``"r+"`` to write into an existing volume.
+        ``"r+"`` to write into an existing zarr volume.
     storage_options : dict, optional
         Passed to fsspec for URLs.
+    level : int, optional
+        Pyramid level (default 0, full resolution).
+    channel, timepoint : int, optional
+        Index on the channel / time axis; required when that axis is longer than 1.
+    key : str, optional
+        Array inside an npz / dataset inside an HDF5 file (when there are several).
+    voxel_size : float or sequence of float, optional
+        Overrides the file's voxel size (µm).
 
     Raises
     ------
     BlocksegError
-        If nothing is there, it is not zarr, not 3D, or has axes other than (z, y, x).
+        If nothing is there, it is not readable, not 3-D after the selection, or the selection
+        is ambiguous or out of range (one line naming the option to use).
+
+    Notes
+    -----
+    A voxel size the file does not give falls back to 1 µm with a :class:`BlocksegWarning`;
+    ``Volume.voxel_size_source`` records it ("default") for provenance.
     """
+    from .formats import SELECT_KEYS, open_source, split_selection, warn
+
     path = str(path)
-    _check_exists(path)
-    try:
-        node = zarr.open(path, mode=mode, storage_options=storage_options)
-    except Exception as exc:  # zarr raises several types for "not zarr"
-        raise BlocksegError(f"{path}: not a zarr array or group ({type(exc).__name__})") from None
-    if isinstance(node, zarr.Group):
-        array, voxel_size = _level0(node, path)
+    bare, fragment = split_selection(path)
+    given = {"level": level, "channel": channel, "timepoint": timepoint, "key": key}
+    for k in SELECT_KEYS:
+        if given[k] is not None and fragment.get(k) is not None and given[k] != fragment[k]:
+            raise BlocksegError(f"{path}: {k} {fragment[k]} in the path but {given[k]} given")
+        if given[k] is None:
+            given[k] = fragment.get(k)
+    _check_exists(bare)
+    src = open_source(bare, mode, storage_options, **given)
+    if src.array.ndim != 3:
+        raise BlocksegError(f"{path}: expected a 3D (z, y, x) volume, got shape {tuple(src.array.shape)}")
+    for note in src.notes:
+        warn(f"{bare}: {note}")
+    if voxel_size is not None:
+        vs, source = parse_voxel_size(voxel_size), "given"
+    elif src.voxel_size is None:
+        vs, source = (1.0, 1.0, 1.0), "default"
+        warn(f"{bare}: no voxel size in the file ({src.format}); using 1 µm (pass --voxel-size to set it)")
     else:
-        array = node
-        voxel_size = parse_voxel_size(node.attrs.get("voxel_size_um"))
-    if array.ndim != 3:
-        raise BlocksegError(f"{path}: expected a 3D (z, y, x) volume, got {array.ndim} axes of shape {array.shape}")
-    return Volume(array, voxel_size, path)
+        try:
+            vs = parse_voxel_size(src.voxel_size)
+            source = "metadata (no unit, read as µm)" if any("no unit" in n for n in src.notes) else "metadata"
+        except BlocksegError as exc:
+            raise BlocksegError(f"{bare}: bad voxel size in the file's metadata ({exc})") from None
+    return Volume(src.array, vs, bare, source, src.selection, src.format, src.levels)
 
 
 def check_destination(
@@ -315,83 +368,14 @@ def register_label(image_path: str | os.PathLike, name: str) -> None:
     labels.attrs["ome"] = ome
     group = zarr.open_group(f"{labels_path}/{name}", mode="r+")
     ome = dict(group.attrs["ome"])
-    ome["image-label"] = {"source": {"image": "../../"}}
+    ome["image-label"] = {**ome.get("image-label", {}), "source": {"image": "../../"}}
     if ome.get("multiscales"):
         ome["multiscales"] = [{**ome["multiscales"][0], "name": name}, *ome["multiscales"][1:]]
     group.attrs["ome"] = ome
 
 
 # ---------------------------------------------------------------------------- import
-SUPPORTED_SUFFIXES = (".npy", ".npz", ".tif", ".tiff", ".h5", ".hdf5", ".hdf", ".zarr")
-
-
-def _read_source(path: str, key: str | None):
-    """Return (array-like, voxel size or None, closer) for a file of a supported format."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".npy":
-        return np.load(path, mmap_mode="r"), None, None
-    if suffix == ".npz":
-        npz = np.load(path, allow_pickle=False)
-        arrays = [k for k in npz.files if npz[k].ndim == 3]
-        if key is None:
-            key = "image" if "image" in npz.files else (arrays[0] if len(arrays) == 1 else None)
-        if key is None:
-            raise BlocksegError(f"{path}: holds several 3D arrays {arrays}; choose one with --key")
-        if key not in npz.files:
-            raise BlocksegError(f"{path}: no array {key!r} (has {npz.files})")
-        vs = npz["voxel_size_zyx"] if "voxel_size_zyx" in npz.files else None
-        return npz[key], vs, npz.close
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            vs = _tiff_voxel_size(tif)
-        try:
-            data = tifffile.memmap(path, mode="r")
-        except (ValueError, OSError):  # compressed or non-contiguous: read it whole
-            data = tifffile.imread(path)
-        return data, vs, None
-    if suffix in (".h5", ".hdf5", ".hdf"):
-        import h5py
-
-        f = h5py.File(path, "r")
-        datasets: list[str] = []
-        f.visititems(lambda n, o: datasets.append(n) if isinstance(o, h5py.Dataset) and o.ndim == 3 else None)
-        if key is None:
-            key = datasets[0] if len(datasets) == 1 else None
-        if key is None:
-            f.close()
-            raise BlocksegError(f"{path}: holds 3D datasets {datasets}; choose one with --key")
-        if key not in f:
-            f.close()
-            raise BlocksegError(f"{path}: no dataset {key!r} (has {datasets})")
-        ds = f[key]
-        vs = None
-        for attr in ("element_size_um", "voxel_size_um", "resolution"):
-            if attr in ds.attrs:
-                vs = ds.attrs[attr]
-                break
-        return ds, vs, f.close
-    if suffix == ".zarr" or os.path.isdir(path):
-        vol = open_volume(path)
-        return vol.array, vol.voxel_size, None
-    raise BlocksegError(f"{path}: unsupported format {suffix or '(none)'}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
-
-
-def _tiff_voxel_size(tif) -> tuple[float, float, float] | None:
-    """Voxel size from ImageJ hyperstack metadata (spacing + XResolution), when present."""
-    ij = tif.imagej_metadata or {}
-    try:
-        page = tif.pages[0]
-        xres = page.tags["XResolution"].value
-        yres = page.tags["YResolution"].value
-        vx, vy = xres[1] / xres[0], yres[1] / yres[0]
-        vz = float(ij.get("spacing", 1.0))
-    except (KeyError, ZeroDivisionError, IndexError, TypeError):
-        return None
-    if ij.get("unit", "micron") not in ("micron", "um", "µm", "\\u00B5m"):
-        return None
-    return (vz, vy, vx)
+SUPPORTED_SUFFIXES = (".npy", ".npz", ".tif", ".tiff", ".h5", ".hdf5", ".hdf", ".zarr", ".ome.zarr")
 
 
 def import_volume(
@@ -403,13 +387,23 @@ def import_volume(
     shards: Sequence[int] | None = None,
     dtype: Any = None,
     overwrite: bool = False,
+    level: int | None = None,
+    channel: int | None = None,
+    timepoint: int | None = None,
+    labels: bool = False,
+    pyramid_levels: int | None = None,
 ) -> Volume:
     """Copy a tif / npy / npz / h5 / zarr volume into a chunked OME-Zarr volume.
 
     The copy goes block by block (one block = one shard, or a few chunks) on dask's threaded
     scheduler, so memory stays bounded for memory-mappable sources (npy, uncompressed tif,
-    h5, zarr). Voxel size comes from ``voxel_size`` if given, else from the file's metadata
-    (npz ``voxel_size_zyx``, h5 ``element_size_um``, ImageJ tif spacing), else 1 µm.
+    h5, zarr, TIFF read page by page). Voxel size comes from ``voxel_size`` if given, else from
+    the file's metadata (OME-Zarr scale, OME-TIFF PhysicalSize, ImageJ spacing, npz
+    ``voxel_size_zyx``, h5 ``element_size_um``), else 1 µm with a warning. ``level``,
+    ``channel``, ``timepoint`` choose the view of a pyramid / multi-channel / time-lapse source
+    (see :func:`open_volume`). The copy gets a multiscale pyramid (``pyramid_levels``, None:
+    automatic, 1: none; :mod:`blockseg.pyramid`): averaged, or sampled and marked as an NGFF
+    label image when ``labels``.
 
     Raises
     ------
@@ -421,25 +415,25 @@ def import_volume(
 
     from .safety import prepare_output
 
-    source, dest = str(source), str(dest)
-    _check_exists(source)
-    output = prepare_output(dest, [source], overwrite)
-    data, file_vs, close = _read_source(source, key)
-    try:
-        if data.ndim != 3:
-            raise BlocksegError(f"{source}: expected a 3D (z, y, x) array, got shape {data.shape}")
-        out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(data.dtype)
-        if out_dtype.kind not in "biuf":
-            raise BlocksegError(f"{source}: unsupported dtype {out_dtype} (need integers or floats)")
-        vs = parse_voxel_size(voxel_size if voxel_size is not None else file_vs)
-        with output.writing() as target:
-            out = create_volume(target, data.shape, out_dtype, vs, chunks, shards, name=Path(source).stem,
-                                attributes={"import": {"source": source}})  # fmt: skip
-            grid = out.grid()
-            src = da.from_array(data, chunks=grid.dask_chunks, lock=False, asarray=True)
-            da.store(src.astype(out_dtype), out.array, lock=False, scheduler="threads")
-        return open_volume(dest)
-    finally:
-        if close is not None:
-            close()
+    from .formats import split_selection
 
+    source, dest = str(source), str(dest)
+    output = prepare_output(dest, [split_selection(source)[0]], overwrite)
+    src = open_volume(source, key=key, level=level, channel=channel, timepoint=timepoint, voxel_size=voxel_size)
+    out_dtype = np.dtype(dtype) if dtype is not None else src.dtype
+    if out_dtype.kind not in "biuf":
+        raise BlocksegError(f"{source}: unsupported dtype {out_dtype} (need integers or floats)")
+    from .pyramid import finish_volume
+
+    with output.writing() as target:
+        out = create_volume(target, src.shape, out_dtype, src.voxel_size, chunks, shards,
+                            name=Path(src.path.rstrip("/")).stem, attributes={"source": {
+                                "path": src.ref, "format": src.format, "voxel_size_source": src.voxel_size_source}})  # fmt: skip
+        grid = out.grid()
+        data = da.from_array(src.array, chunks=grid.dask_chunks, lock=False, asarray=True)
+        da.store(data.astype(out_dtype), out.array, lock=False, scheduler="threads")
+        levels = finish_volume(target, labels=labels, levels=pyramid_levels)
+    out = open_volume(dest)
+    out.levels = levels
+    out.voxel_size_source = src.voxel_size_source
+    return out

@@ -62,8 +62,14 @@ def _strip_file_scheme(path: str) -> str:
 
 
 def resolve(path: str | os.PathLike) -> str:
-    """Canonical form of a path: absolute with symlinks resolved, or a normalised URL."""
-    path = str(path)
+    """Canonical form of a path: absolute with symlinks resolved, or a normalised URL.
+
+    A selection fragment (``img.zarr#level=1&channel=0``, :mod:`blockseg.formats`) is dropped:
+    the file is what counts.
+    """
+    from .formats import split_selection
+
+    path = split_selection(str(path))[0]
     if is_url(path):
         parts = urlsplit(path)
         clean = posixpath.normpath("/" + parts.path.strip("/")) if parts.path.strip("/") else ""
@@ -78,20 +84,20 @@ def _is_zarr_node(path: str) -> bool:
 def zarr_root(path: str) -> str:
     """The outermost zarr hierarchy that holds a resolved local ``path`` (``path`` if none).
 
-    ``/d/img.zarr/labels/gt`` -> ``/d/img.zarr``; a URL is cut after its first ``.zarr``.
+    ``/d/img.zarr/labels/gt`` -> ``/d/img.zarr``; a URL is cut after its first ``.zarr``. The
+    climb stops at the first parent that is no zarr node: a stray ``zarr.json`` higher up (some
+    readers leave one two levels above a label volume they open) does not make a whole folder
+    tree an input.
     """
     if is_url(path):
         head, sep, _ = path.partition(".zarr/")
         return head + ".zarr" if sep else path
     root = path
-    cur = path
-    while True:
-        parent = os.path.dirname(cur)
-        if parent == cur:
+    while True:  # climb while the parents are zarr nodes: a plain folder ends the hierarchy
+        parent = os.path.dirname(root)
+        if parent == root or not (_is_zarr_node(parent) or parent.endswith((".zarr", ".n5"))):
             return root
-        if _is_zarr_node(parent) or parent.endswith((".zarr", ".n5")):
-            root = parent
-        cur = parent
+        root = parent
 
 
 def _within(child: str, parent: str) -> bool:
@@ -465,7 +471,14 @@ def prepare_work(work: str) -> str:
     scratch group of blockseg's (marked ``blockseg.work``); return its path."""
     import zarr
 
-    if os.path.lexists(work):
+    if is_url(work):
+        attrs = _zarr_attrs(work)
+        if attrs is not None and "work" not in dict(attrs.get("blockseg", {})):
+            raise BlocksegError(f"{work} exists and is not a blockseg work folder; move it away")
+        from .storage import remove_tree
+
+        remove_tree(work)  # an earlier run's scratch (object stores have no rename to swap it)
+    elif os.path.lexists(work):
         attrs = _zarr_attrs(work) if _is_zarr_node(work) else None
         mine = attrs is not None and "work" in dict(attrs.get("blockseg", {}))
         if not (mine or owned_kind(work) == "empty"):

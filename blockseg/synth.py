@@ -546,6 +546,7 @@ def synthesize(
     client=None,
     overwrite: bool = False,
     progress: bool = True,
+    pyramid_levels: int | None = None,
 ) -> SynthSummary:
     """Write a synthetic volume to ``path`` as OME-Zarr, block by block on Dask.
 
@@ -566,8 +567,12 @@ def synthesize(
         Block (task) shape, a multiple of the chunks (or shards).
     client : distributed.Client, optional
         Dask client; None renders in this process.
+    pyramid_levels : int, optional
+        Levels of the multiscale pyramid of every volume (None: automatic; 1: none), built
+        blockwise once the blocks are written (:mod:`blockseg.pyramid`).
     """
     from .cluster import run_blocks
+    from .pyramid import finish_volume
 
     from .safety import prepare_output
 
@@ -596,6 +601,10 @@ def synthesize(
         name="synth",
         progress=progress,
     )
+    finish_volume(path, levels=pyramid_levels, client=client)
+    finish_volume(f"{path}/labels/nuclei", labels=True, levels=pyramid_levels, client=client)
+    if params.mask:
+        finish_volume(f"{path}/labels/valid", labels=True, levels=pyramid_levels, client=client)
     fg = sum(r[0] for r in results)
     visible = np.unique(np.concatenate([r[1] for r in results])) if results else np.empty(0)
     summary = SynthSummary(
@@ -609,7 +618,9 @@ def synthesize(
         seconds=time.perf_counter() - t0,
         params=params.to_dict(),
     )
-    with open(f"{path}/synth_summary.json", "w") as f:
+    from .storage import open_file
+
+    with open_file(f"{path}/synth_summary.json", "w") as f:
         json.dump(summary.to_dict(), f, indent=2)
     output.commit()
     return summary
@@ -618,4 +629,7 @@ def synthesize(
 def _write_table(path: str, table: NucleusTable) -> None:
     data = np.column_stack([table.ids, table.centre, table.radii])
     header = "id,centre_z,centre_y,centre_x,axis_a_um,axis_b_um,axis_c_um"
-    np.savetxt(path, data, delimiter=",", header=header, comments="", fmt=["%d"] + ["%.3f"] * 6)
+    from .storage import open_file
+
+    with open_file(path, "w") as f:
+        np.savetxt(f, data, delimiter=",", header=header, comments="", fmt=["%d"] + ["%.3f"] * 6)

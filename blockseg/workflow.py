@@ -80,8 +80,10 @@ class RunLayout:
         d = cfg.data
         if d.synth is not None or not _is_zarr(d.image):
             image = os.path.join(root, "image.zarr")
-        else:
-            image = d.image
+        else:  # read in place; a chosen level / channel / timepoint rides on the path
+            from .formats import with_selection
+
+            image = with_selection(d.image, {"level": d.level, "channel": d.channel, "timepoint": d.timepoint})
         if d.synth is not None:
             gt = f"{image}/labels/nuclei"
             mask = f"{image}/labels/valid" if d.synth.mask else None
@@ -209,23 +211,29 @@ def _stage_data(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict
             s.preset, shape=tuple(s.shape), density=s.density, radius=s.radius, mode=s.mode, voxel_size=s.voxel_size,
             mask=s.mask, seed=s.seed,
         )  # fmt: skip
-        summary = synthesize(layout.image, params, chunks=d.chunks, client=client, overwrite=True, progress=False)
+        summary = synthesize(layout.image, params, chunks=d.chunks, client=client, overwrite=True, progress=False,
+                             pyramid_levels=d.pyramid_levels)  # fmt: skip
         return {"synth": summary.to_dict()}
     out = {}
-    if layout.image != d.image:
-        import_volume(d.image, layout.image, d.voxel_size, d.image_key, d.chunks, overwrite=True)
+    img = None
+    if not _is_zarr(d.image):
+        img = import_volume(d.image, layout.image, d.voxel_size, d.image_key, d.chunks, overwrite=True, level=d.level,
+                            channel=d.channel, timepoint=d.timepoint, pyramid_levels=d.pyramid_levels)  # fmt: skip
         out["imported_image"] = layout.image
-    img = open_volume(layout.image)
+    img = open_volume(layout.image) if img is None else img
     if d.ground_truth is not None and layout.ground_truth != d.ground_truth:
-        import_volume(d.ground_truth, layout.ground_truth, img.voxel_size, d.ground_truth_key, img.chunks, overwrite=True)
+        import_volume(d.ground_truth, layout.ground_truth, img.voxel_size, d.ground_truth_key, img.chunks, overwrite=True,
+                      labels=True, pyramid_levels=d.pyramid_levels)  # fmt: skip
         out["imported_ground_truth"] = layout.ground_truth
     if d.mask is not None and layout.mask != d.mask:
-        import_volume(d.mask, layout.mask, img.voxel_size, None, img.chunks, overwrite=True)
+        import_volume(d.mask, layout.mask, img.voxel_size, None, img.chunks, overwrite=True, labels=True,
+                      pyramid_levels=d.pyramid_levels)  # fmt: skip
     for name, path in (("ground truth", layout.ground_truth), ("mask", layout.mask)):
         shape = open_volume(path).shape if path is not None else img.shape
         if shape != img.shape:
             raise BlocksegError(f"{name} {path} has shape {shape}, the image {img.shape}")
-    out["image"] = {"path": layout.image, "shape": list(img.shape), "voxel_size": list(img.voxel_size)}
+    out["image"] = {"path": layout.image, "shape": list(img.shape), "voxel_size": list(img.voxel_size),
+                    "voxel_size_source": img.voxel_size_source, "format": img.format}  # fmt: skip
     return out
 
 
@@ -251,6 +259,7 @@ def _stage_predict(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         tta=p.tta,
         mc_samples=p.mc_samples,
         batch_size=p.batch_size,
+        pyramid_levels=p.pyramid_levels,
         **({"overlap": p.overlap} if p.overlap is not None else {}),
     )
     return report.to_dict() if hasattr(report, "to_dict") else dict(report or {})
@@ -284,7 +293,7 @@ def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         zarr.open_group(os.path.dirname(layout.labels), mode="a")  # IMAGE/labels
     report = segment(
         layout.predictions, layout.labels, decoder, block_shape=s.block_shape, halo=s.halo, max_halo=s.max_halo,
-        client=client, overwrite=True,
+        client=client, overwrite=True, pyramid_levels=s.pyramid_levels,
     )  # fmt: skip
     if under_image:
         from .io import register_label

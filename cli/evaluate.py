@@ -32,7 +32,7 @@ def register(subparsers) -> None:
         description=HELP + ". One blockwise pass builds a sparse (gt, pred) overlap table; "
         "memory stays O(overlapping pairs). Writes evaluation.json, instances.csv (worst first) and ap_vs_iou.png.",
     )
-    p.add_argument("--gt", required=True, nargs="+", metavar="GT.zarr", help="ground-truth label volume(s)")
+    p.add_argument("--gt", required=True, nargs="+", metavar="GT.zarr", help="ground-truth label volume(s): OME-Zarr, zarr, TIFF, HDF5, npy/npz; PATH#level=N&channel=C&timepoint=T&key=K picks a view")
     p.add_argument("--pred", required=True, nargs="+", metavar="SEG.zarr", help="predicted label volume(s), one per --gt")
     p.add_argument(
         "--mask", nargs="+", metavar="VALID.zarr",
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mask and len(args.mask) != n:
         raise BlocksegError(f"{len(args.mask)} --mask volume(s) for {n} --gt volume(s)")
     for path in args.gt + args.pred + (args.mask or []):
-        if "://" not in path and not os.path.exists(path):
+        if "://" not in path and not os.path.exists(path.split("#")[0]):
             raise BlocksegError(f"{path}: no such file or directory")
     if len(args.size_ranges) != 2 or not 0 < args.size_ranges[0] < args.size_ranges[1]:
         raise BlocksegError(f"--size-ranges needs two increasing positive numbers, got {args.size_ranges}")

@@ -6,7 +6,7 @@ import argparse
 
 from blockseg.io import SUPPORTED_SUFFIXES, import_volume
 
-from .options import zyx
+from .options import add_pyramid_option, pyramid_levels, add_selection_options, zyx
 
 
 def register(sub) -> None:
@@ -14,8 +14,9 @@ def register(sub) -> None:
         "import",
         help="convert a tif/npy/npz/h5/zarr volume into a chunked OME-Zarr volume",
         description="Copy a 3D (z, y, x) volume into OME-Zarr (zarr v3) block by block. The voxel size "
-        "comes from --voxel-size, else the file's metadata (npz voxel_size_zyx, h5 element_size_um, "
-        f"ImageJ tif spacing), else 1 µm. Formats: {', '.join(SUPPORTED_SUFFIXES)}.",
+        "comes from --voxel-size, else the file's metadata (OME-Zarr scale, OME-TIFF PhysicalSize, "
+        "ImageJ tif spacing, npz voxel_size_zyx, h5 element_size_um), else 1 µm with a warning. "
+        f"Formats: OME-Zarr NGFF 0.4/0.5, zarr arrays, {', '.join(SUPPORTED_SUFFIXES)}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("source", help="input file (or zarr) to import")
@@ -25,7 +26,10 @@ def register(sub) -> None:
     p.add_argument("--chunks", nargs="+", type=int, metavar="N", help="chunk shape: one value or Z Y X (default 64 128 128)")
     p.add_argument("--shards", nargs="+", type=int, metavar="N", help="shard shape (a multiple of the chunks)")
     p.add_argument("--dtype", help="convert to this dtype (default: keep the source's)")
+    p.add_argument("--labels", action="store_true", help="the source is a label image: pyramid by sampling, NGFF image-label metadata")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_pyramid_option(p)
+    add_selection_options(p, "the source")
     p.set_defaults(func=run)
 
 
@@ -39,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
         shards=zyx(args.shards, "--shards"),
         dtype=args.dtype,
         overwrite=args.overwrite,
+        level=args.level,
+        channel=args.channel,
+        timepoint=args.timepoint,
+        labels=args.labels,
+        pyramid_levels=pyramid_levels(args),
     )
     print(f"wrote {vol!r}")
     return 0

@@ -31,7 +31,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings() -> None:
+    """blockseg's own warnings (e.g. a voxel size taken as 1 µm) as one line on stderr."""
+    import warnings
+
+    from blockseg.formats import BlocksegWarning
+
+    plain = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        if issubclass(category, BlocksegWarning):
+            return f"blockseg: warning: {message}\n"
+        return plain(message, category, filename, lineno, line)
+
+    warnings.formatwarning = fmt
+
+
 def main(argv: list[str] | None = None) -> int:
+    _one_line_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -51,3 +51,43 @@ def check_output(args: argparse.Namespace, dest: str, inputs=()) -> None:
     from blockseg.io import check_destination
 
     check_destination(getattr(args, dest), args.overwrite, inputs)
+
+
+def add_pyramid_option(parser: argparse.ArgumentParser) -> None:
+    """--pyramid-levels: multiscale levels written with every output volume."""
+    parser.add_argument(
+        "--pyramid-levels", type=int, metavar="N",
+        help="multiscale levels written with each output volume, full resolution included (default: until the "
+        "smallest downsampled axis is <= 64 voxels or one chunk; 1: no pyramid)",
+    )  # fmt: skip
+
+
+def pyramid_levels(args: argparse.Namespace):
+    n = getattr(args, "pyramid_levels", None)
+    if n is not None and n < 1:
+        raise BlocksegError(f"--pyramid-levels must be >= 1 (1: full resolution only), got {n}")
+    return n
+
+
+def add_selection_options(parser: argparse.ArgumentParser, what: str = "the image") -> None:
+    """--level, --channel, --timepoint: which (z, y, x) view of a pyramid / czyx / tczyx input."""
+    g = parser.add_argument_group("input selection (OME-Zarr, OME-TIFF, ... ; also PATH#level=1&channel=0)")
+    g.add_argument("--level", type=int, metavar="N", help=f"pyramid level of {what} (default 0, full resolution)")
+    g.add_argument("--channel", type=int, metavar="C", help=f"channel of {what} (needed when it has several)")
+    g.add_argument("--timepoint", type=int, metavar="T", help=f"timepoint of {what} (needed when it has several)")
+
+
+def selected(path: str, args: argparse.Namespace) -> str:
+    """``path`` with the --level / --channel / --timepoint choice as a ``#...`` fragment."""
+    from blockseg.formats import split_selection, with_selection
+
+    bare, sel = split_selection(path)
+    for k in ("level", "channel", "timepoint"):
+        v = getattr(args, k, None)
+        if v is not None:
+            if v < 0:
+                raise BlocksegError(f"--{k} must be >= 0, got {v}")
+            if sel.get(k) is not None and sel[k] != v:
+                raise BlocksegError(f"{path}: {k} {sel[k]} in the path but --{k} {v}")
+            sel[k] = v
+    return with_selection(bare, sel)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .options import add_cluster_options, cluster_config, zyx
+from .options import add_pyramid_option, pyramid_levels, add_cluster_options, add_selection_options, cluster_config, selected, zyx
 
 
 def register(subparsers) -> None:
@@ -19,7 +19,7 @@ def register(subparsers) -> None:
         "core. The result equals a whole-volume run whatever the block shape. Reruns resume: "
         "blocks with a done-marker are skipped.",
     )
-    p.add_argument("image", help="image volume (OME-Zarr or zarr array), axes (z, y, x)")
+    p.add_argument("image", help="image volume: OME-Zarr (0.4/0.5), zarr array, TIFF / OME-TIFF, HDF5, npy; axes (z, y, x) after --channel / --timepoint")
     p.add_argument("checkpoint", help="blockseg checkpoint (.pt) of the network; workers must see this path")
     p.add_argument("output", help="prediction store to create (zarr group, one volume per channel)")
     p.add_argument("--block", type=int, nargs="+", metavar="N", help="block core shape, 1 or 3 values (z y x), a multiple of the chunks")
@@ -44,6 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-resume", action="store_true", help="refuse an existing output instead of resuming it")
     p.add_argument("--json", action="store_true", help="print the report (or the plan) as JSON on stdout")
+    add_pyramid_option(p)
+    add_selection_options(p)
     add_cluster_options(p)
     p.set_defaults(func=run)
 
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from blockseg import cluster
     from blockseg.predict import predict
 
+    args.image = selected(args.image, args)
     overlap = args.overlap[0] if len(args.overlap) == 1 else zyx(args.overlap, "--overlap", float)
     kwargs = dict(
         block_shape=zyx(args.block, "--block"),
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         chunks=zyx(args.chunks, "--chunks"),
         progress=not args.no_progress,
+        pyramid_levels=pyramid_levels(args),
     )
     # the plan validates image, checkpoint and geometry: fail before starting a cluster
     plan = predict(args.image, args.checkpoint, args.output, dry_run=True, **kwargs)

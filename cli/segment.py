@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import fields
 
-from .options import add_cluster_options, add_output_options, check_output, cluster_config, zyx
+from .options import add_pyramid_option, pyramid_levels, add_cluster_options, add_output_options, check_output, cluster_config, zyx
 
 
 def _param(text: str) -> tuple[str, float]:
@@ -51,6 +51,7 @@ def register(subparsers) -> None:
     p.add_argument("--keep-work", action="store_true", help="keep the intermediate OUTPUT.work directory")
     p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
     add_cluster_options(p)
+    add_pyramid_option(p)
     p.set_defaults(func=run)
 
 
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             keep_work=args.keep_work,
             progress=not args.no_progress,
+            pyramid_levels=pyramid_levels(args),
         )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

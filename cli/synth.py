@@ -9,7 +9,7 @@ from blockseg.cluster import dask_client
 from blockseg.io import check_destination
 from blockseg.synth import PRESETS, preset_params, synthesize
 
-from .options import add_cluster_options, cluster_config, zyx
+from .options import add_pyramid_option, pyramid_levels, add_cluster_options, cluster_config, zyx
 
 
 def register(sub) -> None:
@@ -36,6 +36,7 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_cluster_options(p)
+    add_pyramid_option(p)
     p.set_defaults(func=run)
 
 
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
             client=client,
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            pyramid_levels=pyramid_levels(args),
         )
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))

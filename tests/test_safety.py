@@ -348,14 +348,14 @@ def test_export_tif_h5_region_and_level(ws, capsys):
     import h5py
     import tifffile
 
-    from blockseg.io import _tiff_voxel_size
+    from blockseg.formats import tiff_imagej_voxel_size
 
     seg = ws / "data" / "seg.zarr"
     labels = open_volume(seg)[:]
     rc, err = run_cli(["export", str(seg), str(ws / "a.tif"), "--region", "2:14,:,8:32"], capsys)
     assert rc == 0, err
     with tifffile.TiffFile(ws / "a.tif") as tif:
-        np.testing.assert_allclose(_tiff_voxel_size(tif), VS, rtol=1e-6)
+        np.testing.assert_allclose(tiff_imagej_voxel_size(tif), VS, rtol=1e-6)
         got = tif.asarray()
     assert got.dtype == np.uint16 and np.array_equal(got, labels[2:14, :, 8:32])
     rc, err = run_cli(["export", str(seg), str(ws / "b.h5"), "--downsample", "2", "--mode", "mode"], capsys)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -87,7 +86,9 @@ def instance_table(result: EvaluationResult) -> dict[str, np.ndarray]:
 def write_csv(table: dict[str, np.ndarray], path: str | os.PathLike) -> None:
     """Write a column table as CSV (vectorised formatting)."""
     cols = [np.char.mod("%.6g", v) if v.dtype.kind == "f" else v.astype(str) for v in table.values()]
-    with open(path, "w") as fh:
+    from ..storage import open_file
+
+    with open_file(str(path), "w") as fh:
         fh.write(",".join(table) + "\n")
         if cols and len(cols[0]):
             rows = cols[0]
@@ -107,7 +108,10 @@ def plot_ap(result: EvaluationResult, path: str | os.PathLike) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     draw_ap(ax, result)
     fig.tight_layout()
-    fig.savefig(path)
+    from ..storage import open_file
+
+    with open_file(str(path), "wb") as fh:
+        fig.savefig(fh, format="png")
     plt.close(fig)
 
 
@@ -151,25 +155,27 @@ def write_report(
     output = prepare_output(out_dir, inputs, overwrite, what="report folder")
     with output.writing() as target:
         _write_report_files(result, target, png)
-    out = Path(out_dir)
-    paths = {"json": str(out / "evaluation.json"), "csv": str(out / "instances.csv")}
+    out = str(out_dir).rstrip("/")
+    paths = {"json": f"{out}/evaluation.json", "csv": f"{out}/instances.csv"}
     if png:
-        paths["png"] = str(out / "ap_vs_iou.png")
+        paths["png"] = f"{out}/ap_vs_iou.png"
     return paths
 
 
 def _write_report_files(result: EvaluationResult, out_dir: str, png: bool) -> dict[str, str]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": str(out / "evaluation.json"), "csv": str(out / "instances.csv")}
+    from ..storage import makedirs, open_file
+
+    out = str(out_dir).rstrip("/")
+    makedirs(out)
+    paths = {"json": f"{out}/evaluation.json", "csv": f"{out}/instances.csv"}
     summary = result.summary()
     table = instance_table(result)
     worst = {k: v[:20] for k, v in table.items()}
     summary["worst_instances"] = [dict(zip(worst, row)) for row in zip(*[v.tolist() for v in worst.values()])]
-    with open(paths["json"], "w") as fh:
+    with open_file(paths["json"], "w") as fh:
         json.dump(summary, fh, indent=2, allow_nan=False)
     write_csv(table, paths["csv"])
     if png:
-        paths["png"] = str(out / "ap_vs_iou.png")
+        paths["png"] = f"{out}/ap_vs_iou.png"
         plot_ap(result, paths["png"])
     return paths

@@ -506,6 +506,7 @@ def predict(
     prefetch: bool = True,
     progress: bool = True,
     dry_run: bool = False,
+    pyramid_levels: int | None = None,
 ) -> PredictReport | PredictPlan:
     """Predict every representation of a checkpoint's network over an image, block by block.
 
@@ -562,6 +563,9 @@ def predict(
         Progress bar.
     dry_run : bool
         Return the :class:`PredictPlan` without computing or writing anything.
+    pyramid_levels : int, optional
+        Levels of every channel's multiscale pyramid (None: automatic; 1: none), averaged
+        blockwise once every block is done; rebuilt by a resumed run.
 
     Returns
     -------
@@ -606,6 +610,8 @@ def predict(
         "mc_samples": int(mc_samples),
         "channels": names,
         "scheme": SCHEME,
+        "voxel_size": list(vol.voxel_size),
+        "voxel_size_source": vol.voxel_size_source,
     }
     plan = PredictPlan(image_path, out_path, shape, grid, lattice, lattice.halo(), keep, kinds, describe_dtypes(dtypes),
                        patches_total, math.prod(lattice.n_tiles), mem, list(grid.block_ids))  # fmt: skip
@@ -692,6 +698,10 @@ def predict(
         if second:
             run_blocks(partial(finish_block, job), second, client, name="predict-strips", progress=progress)
     _drop_partials(out_path)
+    from ..pyramid import finish_volume
+
+    for c in keep:  # part of the output: a rerun after an interruption here rebuilds it
+        finish_volume(f"{out_path.rstrip('/')}/{c}", levels=pyramid_levels, client=client)
     output.commit()
     seconds = time.perf_counter() - t0
     return PredictReport(

@@ -17,7 +17,6 @@ The result is the partition a whole-volume ``cc3d.connected_components`` gives (
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,6 +31,7 @@ from ..cluster import run_blocks
 from ..errors import BlocksegError
 from ..grid import BlockGrid, Interface
 from ..io import create_volume, open_volume
+from ..storage import load_npz, remove_tree
 from .pipeline import _write_tables, merge_seeds
 from ..safety import aborts_on_error
 
@@ -102,7 +102,7 @@ def _pairs_task(block_id: int, job: _LabelJob) -> np.ndarray:
 
 def _relabel_task(block_id: int, job: _LabelJob, out_path: str) -> None:
     core = job.grid()[block_id].core
-    data = np.load(os.path.join(job.work_path, "tables", f"{block_id}.npz"))
+    data = load_npz(os.path.join(job.work_path, "tables", f"{block_id}.npz"))
     mapping = dict(zip(data["keys"].tolist(), data["values"].tolist()))
     mapping[0] = 0
     out = fastremap.remap(job.ids()[core], mapping, preserve_missing_labels=False, in_place=True)
@@ -184,6 +184,6 @@ def label(
     run(partial(_relabel_task, job=job, out_path=out_path), name="label-relabel")
     report.seconds["relabel"] = round(time.perf_counter() - t, 3)
     report.seconds["total"] = round(time.perf_counter() - t_start, 3)
-    shutil.rmtree(work, ignore_errors=True)
+    remove_tree(work)
     output.commit()
     return report

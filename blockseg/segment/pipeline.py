@@ -37,7 +37,6 @@ import json
 import os
 import pickle
 import uuid
-import shutil
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,6 +54,7 @@ from ..cluster import run_blocks
 from ..errors import BlocksegError
 from ..grid import BlockGrid, Interface
 from ..io import create_volume
+from ..storage import listdir, load_npz, makedirs, read_bytes, remove_file, remove_tree, save_npz, write_bytes
 from ..predictions import decode_channel, open_predictions, prediction_kind
 from .decoders import BCDDecoder, Decoder
 from .exact import UNREACHED, keyed_flood, keyed_update
@@ -108,7 +108,7 @@ def _open_score(pred_path: str, channel: str, token: str):
 @functools.lru_cache(maxsize=4096)
 def _seed_table(work_path: str, block_id: int, token: str) -> tuple[np.ndarray, np.ndarray]:
     """A block's seed table (written once per run, before the watershed reads it many times)."""
-    data = np.load(os.path.join(work_path, "seed_tables", f"{block_id}.npz"))
+    data = load_npz(os.path.join(work_path, "seed_tables", f"{block_id}.npz"))
     return data["keys"], data["values"]
 
 
@@ -213,7 +213,7 @@ def _pairs_task(block_id: int, job: _Job) -> np.ndarray:
 def _relabel_task(block_id: int, job: _Job, src: str, dst: str, table_dir: str):
     """Map the core of work array ``src`` through this block's table into array ``dst``."""
     core = job.grid()[block_id].core
-    data = np.load(os.path.join(table_dir, f"{block_id}.npz"))
+    data = load_npz(os.path.join(table_dir, f"{block_id}.npz"))
     mapping = dict(zip(data["keys"].tolist(), data["values"].tolist()))
     mapping[0] = 0
     out = fastremap.remap(job.array(src)[core], mapping, preserve_missing_labels=False, in_place=True)
@@ -236,7 +236,7 @@ def _global_seeds(job: _Job, grid: BlockGrid, region: tuple[slice, ...], compact
         if job.token:
             k, v = _seed_table(job.work_path, bid, job.token)
         else:
-            data = np.load(os.path.join(job.work_path, "seed_tables", f"{bid}.npz"))
+            data = load_npz(os.path.join(job.work_path, "seed_tables", f"{bid}.npz"))
             k, v = data["keys"], data["values"]
         keys.append(k)
         values.append(v)
@@ -292,8 +292,7 @@ def _pieces_dir(job: _Job, block_id: int) -> str:
 
 
 def _load_pieces(job: _Job, block_id: int, rnd: int) -> dict:
-    with open(os.path.join(_pieces_dir(job, block_id), f"{rnd}.pkl"), "rb") as f:
-        return pickle.load(f)
+    return pickle.loads(read_bytes(os.path.join(_pieces_dir(job, block_id), f"{rnd}.pkl")))
 
 
 def _read_shell(job: _Job, grid: BlockGrid, block_id: int, outer, dtype, last_run: Mapping[int, int]):
@@ -341,16 +340,15 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
         labels, lev, dist, state = keyed_flood(height, seeds, fg, None, return_state=True)
         work, fg_core = int(height.size), int(fg[inner].sum())
     else:  # later rounds: update the previous solution (it holds height and seeds too)
-        old = tuple(np.load(os.path.join(state_dir, str(prev), f"{k}.npy")) for k in "lvdhf")
+        saved = load_npz(os.path.join(state_dir, f"{prev}.npz"))
+        old = tuple(saved[k] for k in "lvdhf")
         shell = _read_shell(job, grid, block_id, outer, old[0].dtype, last_run)
         labels, lev, dist, state, work = keyed_update(old, shell)
-    folder = os.path.join(state_dir, str(rnd))
-    os.makedirs(folder, exist_ok=True)
-    for k, a in zip("lvdhf", state):
-        np.save(os.path.join(folder, f"{k}.npy"), a)
-    for f in os.listdir(state_dir):  # older solutions are read by nobody any more
-        if f not in (str(rnd), str(prev)):
-            shutil.rmtree(os.path.join(state_dir, f), ignore_errors=True)
+    makedirs(state_dir)
+    save_npz(os.path.join(state_dir, f"{rnd}.npz"), **dict(zip("lvdhf", state)))
+    for f in listdir(state_dir):  # older solutions are read by nobody any more
+        if f not in (f"{rnd}.npz", f"{prev}.npz"):
+            remove_file(os.path.join(state_dir, f))
     lab = labels[inner]
     job.array("labels")[core] = lab
     # publish: the parts of this core that lie on other blocks' shells (only pieces with a
@@ -368,33 +366,28 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
             if piece.any():
                 pieces[f"{b}_{face}"] = (piece, lev[loc], dist[loc])
     folder = _pieces_dir(job, block_id)
-    os.makedirs(folder, exist_ok=True)
+    makedirs(folder)
     old = _load_pieces(job, block_id, prev) if prev is not None else {}
     changed = set()
     for name in old.keys() | pieces.keys():
         if name in old and name in pieces and all(np.array_equal(a, b) for a, b in zip(old[name], pieces[name])):
             continue
         changed.add(int(name.split("_")[0]))
-    tmp = os.path.join(folder, f"{rnd}.tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(pieces, f, protocol=5)
-    os.replace(tmp, os.path.join(folder, f"{rnd}.pkl"))
+    write_bytes(os.path.join(folder, f"{rnd}.pkl"), pickle.dumps(pieces, protocol=5))
     # files older than the previous run are read by nobody any more
-    for f in os.listdir(folder):
-        r = int(f.split(".")[0])
-        if r != rnd and r != prev:
-            os.remove(os.path.join(folder, f))
+    for f in listdir(folder):
+        if f not in (f"{rnd}.pkl", f"{prev}.pkl"):
+            remove_file(os.path.join(folder, f))
     stats = partial_stats(lab, _score(job, core), block.origin)
     return sorted(changed), stats, fg_core, work
 
 
 # ---------------------------------------------------------------------------- driver steps
 def _write_tables(table_dir: str, per_block: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> None:
-    if os.path.isdir(table_dir):
-        shutil.rmtree(table_dir)
-    os.makedirs(table_dir)
+    remove_tree(table_dir)
+    makedirs(table_dir)
     for bid, (keys, values) in per_block.items():
-        np.savez(os.path.join(table_dir, f"{bid}.npz"), keys=keys, values=values)
+        save_npz(os.path.join(table_dir, f"{bid}.npz"), keys=keys, values=values)
 
 
 def merge_seeds(
@@ -512,6 +505,7 @@ def segment(
     overwrite: bool = False,
     keep_work: bool = False,
     progress: bool = False,
+    pyramid_levels: int | None = None,
 ) -> SegmentReport:
     """Segment a prediction store into a global instance-label volume, blockwise and exactly.
 
@@ -543,6 +537,9 @@ def segment(
         Keep the work directory ``OUT.work`` (intermediate seeds and labels).
     progress : bool
         Show progress bars.
+    pyramid_levels : int, optional
+        Levels of the label volume's multiscale pyramid (None: automatic; 1: none), sampled
+        blockwise after the relabel; the volume is marked an NGFF ``image-label`` either way.
 
     Returns
     -------
@@ -652,10 +649,17 @@ def segment(
     table = instance_table(final, first.voxel_size)
     write_csv(table, f"{out_path}/instances.csv")
     t = timed("relabel", t)
+    from ..pyramid import MAX_PROPERTIES, finish_volume
+
+    props = None
+    if report.n_instances <= MAX_PROPERTIES:
+        props = [{"label-value": int(i), "voxels": int(n)} for i, n in zip(final["id"], final["count"])]
+    finish_volume(out_path, labels=True, levels=pyramid_levels, client=client, properties=props)
+    t = timed("pyramid", t)
     report.seconds["total"] = round(time.perf_counter() - t_start, 3)
     zarr.open_group(out_path, mode="r+").attrs["blockseg_report"] = json.loads(json.dumps(report.to_dict()))
     if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
     output.commit()
     if keep_work and work != final_path + ".work":
         swap_work(work, final_path + ".work")

@@ -153,7 +153,9 @@ def write_csv(table: dict[str, np.ndarray], path: str) -> None:
     """Write a column dict as CSV (header + one row per instance)."""
     cols = list(table)
     n = len(table[cols[0]]) if cols else 0
-    with open(path, "w") as f:
+    from ..storage import open_file
+
+    with open_file(path, "w") as f:
         f.write(",".join(cols) + "\n")
         if n:
             fmt = ",".join("%d" if np.asarray(table[c]).dtype.kind in "iu" else "%.6g" for c in cols)

@@ -1,0 +1,115 @@
+"""Small files beside the volumes (tables, reports, scratch) on any fsspec filesystem.
+
+Volumes go through zarr, which already speaks fsspec; the CSV / JSON / npz files blockseg writes
+next to them go through these helpers, so a run on ``s3://`` (or ``gs://``, ...) keeps every
+file there, readable by workers on other machines. Credentials and endpoints come from the
+usual environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ...),
+which dask workers must share.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+
+import numpy as np
+
+
+def is_url(path: str) -> bool:
+    """Whether ``path`` names a remote (non-local) fsspec location."""
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def open_file(path: str, mode: str = "rb", **kwargs):
+    """``open`` for local paths and fsspec URLs alike (a context manager)."""
+    if not is_url(path):
+        return open(path, mode, **kwargs)
+    import fsspec
+
+    return fsspec.open(str(path), mode, **kwargs)
+
+
+def makedirs(path: str) -> None:
+    """Create a folder (a no-op on object stores, which have none)."""
+    if not is_url(path):
+        os.makedirs(path, exist_ok=True)
+
+
+def remove_tree(path: str) -> None:
+    """Delete a folder and everything under it; nothing if it is not there."""
+    if not is_url(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(str(path))
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
+
+
+def listdir(path: str) -> list[str]:
+    """Names (not paths) of the entries of a folder; empty if it is not there."""
+    if not is_url(path):
+        return os.listdir(path) if os.path.isdir(path) else []
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(str(path))
+    if not fs.exists(p):
+        return []
+    return [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(p, detail=False)]
+
+
+def remove_file(path: str) -> None:
+    """Delete one file; nothing if it is not there."""
+    if not is_url(path):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        return
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(str(path))
+    if fs.exists(p):
+        fs.rm(p)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole file so that readers see the old or the new content, never a part.
+
+    Local files are written beside and renamed into place; an object store's put is atomic.
+    """
+    if not is_url(path):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return
+    with open_file(path, "wb") as f:
+        f.write(data)
+
+
+def read_bytes(path: str) -> bytes:
+    with open_file(path, "rb") as f:
+        return f.read()
+
+
+def save_npz(path: str, **arrays) -> None:
+    """``np.savez`` to a local path or URL."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes(path, buf.getvalue())
+
+
+def load_npz(path: str) -> dict:
+    """Every array of an npz file (local path or URL) as a dict."""
+    with open_file(path, "rb") as f:
+        with np.load(io.BytesIO(f.read())) as data:
+            return {k: data[k] for k in data.files}
+
+
+__all__ = [
+    "is_url", "listdir", "load_npz", "makedirs", "open_file", "read_bytes", "remove_file", "remove_tree",
+    "save_npz", "write_bytes",
+]  # fmt: skip
