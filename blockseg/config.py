@@ -101,6 +101,9 @@ class PredictConfig(_Strict):
 
 class SegmentConfig(_Strict):
     decoder: Literal["bcd", "3label", "sdt", "affinities", "cpv"] = "bcd"
+    #: a named parameter set (``nucmm``) instead of the checkpoint's tuned thresholds
+    preset: Optional[str] = None
+    #: single parameters over the checkpoint's tuned thresholds (or the preset, or the defaults)
     params: dict[str, Any] = Field(default_factory=dict)
     block_shape: Optional[Triple] = None
     halo: Optional[Triple] = None

@@ -121,11 +121,9 @@ class RunResult:
 # ------------------------------------------------------------------------------ checkpoint
 def checkpoint_path(cfg: RunConfig) -> str:
     """The checkpoint file of a config (``demo`` = the shipped demo checkpoint)."""
-    if cfg.model.checkpoint == "demo":
-        from .models import demo_checkpoint_path
+    from .models import resolve_checkpoint
 
-        return demo_checkpoint_path()
-    return cfg.model.checkpoint
+    return resolve_checkpoint(cfg.model.checkpoint)
 
 
 # ------------------------------------------------------------------------------ fingerprints
@@ -279,39 +277,41 @@ def _has_done_markers(predictions: str) -> bool:
 
 
 def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict:
-    from .segment import make_decoder, segment
+    from .segment import segment
 
     s = cfg.segment
-    params = dict(s.params)
-    if not params and cfg.model.checkpoint:  # decoder settings recommended by the checkpoint
-        params = _recommended_decoder_params(cfg, s.decoder)
-    decoder = make_decoder(s.decoder, **params)  # run() checked its channels against the network
+    choice = segment_decoder(cfg)  # run() checked its channels against the network
     under_image = layout.labels.startswith(layout.image.rstrip("/") + "/labels/")
     if under_image:
         import zarr
 
         zarr.open_group(os.path.dirname(layout.labels), mode="a")  # IMAGE/labels
     report = segment(
-        layout.predictions, layout.labels, decoder, block_shape=s.block_shape, halo=s.halo, max_halo=s.max_halo,
+        layout.predictions, layout.labels, choice, block_shape=s.block_shape, halo=s.halo, max_halo=s.max_halo,
         client=client, overwrite=True, pyramid_levels=s.pyramid_levels,
     )  # fmt: skip
     if under_image:
         from .io import register_label
 
         register_label(layout.image, os.path.basename(layout.labels))
-    out = report.to_dict()
-    out["decoder"] = {"name": s.decoder, **decoder.params()}
-    return out
+    return report.to_dict()  # its "decoder": name, parameters and where each came from
 
 
-def _recommended_decoder_params(cfg: RunConfig, decoder: str) -> dict:
+def segment_decoder(cfg: RunConfig, payload: dict | None = None):
+    """The run's decoder: the checkpoint's tuned recommendation (when it is for
+    ``segment.decoder``), or ``segment.preset``, with ``segment.params`` over it, parameter by
+    parameter (:func:`blockseg.segment.params.choose_decoder`).
+
+    ``payload``: the checkpoint, if already read.
+    """
     from .models import read_checkpoint
+    from .segment.params import checkpoint_decoder, choose_decoder
 
-    meta = read_checkpoint(checkpoint_path(cfg)).get("metadata", {})
-    rec = meta.get("decoder") or {}
-    if rec.get("name", decoder) != decoder:
-        return {}
-    return dict(rec.get("params", {}))
+    path = checkpoint_path(cfg)
+    payload = read_checkpoint(path) if payload is None else payload
+    s = cfg.segment
+    stored = checkpoint_decoder(payload, path)
+    return choose_decoder(s.decoder, s.preset, s.params, stored, stored_label="checkpoint", user_label="config")
 
 
 def _stage_evaluate(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict:
@@ -460,12 +460,13 @@ def run(
         if p is not None and not os.path.exists(p) and "://" not in p:
             raise BlocksegError(f"data.{key} {p} does not exist")
     from .models import check_decoder_channels, read_checkpoint
-    from .segment import make_decoder
 
     # fail before any work on a missing or foreign checkpoint, or on a decoder that reads
     # channels the network does not predict
     payload = read_checkpoint(checkpoint_path(cfg))
-    check_decoder_channels(payload, make_decoder(cfg.segment.decoder, **(cfg.segment.params or {})))
+    choice = segment_decoder(cfg, payload)
+    check_decoder_channels(payload, choice.decoder)
+    log(choice.describe().replace("decoder ", "[segment] decoder ", 1))
     _claim_run_dir(cfg, layout, overwrite)
     # mark the folder as a run directory before any work: a driver killed during the first
     # run must leave a folder the rerun recognises (and resumes) rather than refuses

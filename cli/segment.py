@@ -20,13 +20,20 @@ def _param(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{name}: {value!r} is not a number") from None
 
 
+def _range(cls, name: str) -> str:
+    lo, hi = cls.bounds.get(name, (None, None))
+    if lo is not None and hi is not None:
+        return f" [{lo:g}, {hi:g}]"
+    return f" (>= {lo:g})" if lo is not None else ""
+
+
 def register(subparsers) -> None:
     from blockseg.segment import DECODERS
     from blockseg.segment.decoders import PRESETS
 
     lines = []
     for name, cls in DECODERS.items():
-        params = ", ".join(f"{f.name}={f.default}" for f in fields(cls))
+        params = ", ".join(f"{f.name}={f.default}{_range(cls, f.name)}" for f in fields(cls))
         lines.append(f"  {name}: channels {', '.join(cls.channels)}; {params}")
     p = subparsers.add_parser(
         "segment",
@@ -34,18 +41,24 @@ def register(subparsers) -> None:
         description="Blockwise seeded watershed whose result equals a whole-volume run, voxel for voxel: "
         "seeds get global ids before flooding, ties are fixed by a rule every block can evaluate, and "
         "blocks exchange the values on their faces in rounds until none changes. The halo only sets "
-        "speed (fewer rounds, more voxels read), never the result.",
-        epilog="decoders and their parameters (defaults):\n" + "\n".join(lines),
+        "speed (fewer rounds, more voxels read), never the result.\n\n"
+        "Decoder parameters travel with the data: predict stores the checkpoint's recommended decoder "
+        "and its tuned thresholds in the prediction store, and segment starts from them (else from the "
+        "decoder's defaults); --preset replaces them with a named set; -p/--set change single "
+        "parameters on top. The parameters and where each came from are printed and stored in "
+        "OUTPUT's attributes (segment.params_source).",
+        epilog="decoders and their parameters (defaults, range):\n" + "\n".join(lines),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("predictions", help="prediction store (zarr group with one volume per channel)")
+    p.add_argument("predictions", help="prediction store (zarr group with one volume per channel), as predict writes it")
     add_output_options(p, "output", "label volume to create (OME-Zarr); the table goes to OUTPUT/instances.csv")
-    p.add_argument("--decoder", default="bcd", choices=sorted(DECODERS), help="how channels become seeds, mask and height (default: bcd)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a named parameter set instead of the defaults (nucmm: NucMM's reference bcd thresholds and size filters); -p overrides it")
+    p.add_argument("--decoder", choices=sorted(DECODERS), help="how channels become seeds, mask and height (default: the decoder stored with the predictions, else bcd)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named parameter set instead of the stored thresholds (nucmm: NucMM's reference bcd thresholds and size filters); -p overrides it")
     p.add_argument(
-        "--param", "-p", action="append", type=_param, default=[], metavar="NAME=VALUE",
-        help="decoder parameter, repeatable, e.g. -p fg_b=0.8 -p min_size=200",
+        "--param", "-p", "--set", dest="param", action="append", type=_param, default=[], metavar="NAME=VALUE",
+        help="one decoder parameter over the stored ones, repeatable, e.g. -p fg_b=0.8 -p min_size=200",
     )  # fmt: skip
+    p.add_argument("--no-stored-params", action="store_true", help="ignore the thresholds stored with the predictions: start from the decoder's defaults (or --preset)")
     p.add_argument("--block-shape", type=int, nargs="+", metavar="N", help="block core shape, 1 or 3 values (z y x), a multiple of the chunks")
     p.add_argument("--halo", type=int, nargs="+", metavar="N", help="halo in voxels, 1 or 3 values (default 24; any value, 0 included, gives the same result: it trades exchange rounds for voxels read)")
     p.add_argument("--keep-work", action="store_true", help="keep the intermediate OUTPUT.work directory")
@@ -57,19 +70,25 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from blockseg.cluster import dask_client
-    from blockseg.segment import make_decoder, segment
+    from blockseg.segment import segment
+    from blockseg.segment.params import choose_decoder, store_decoder
 
-    params = {}
-    for name, value in args.param:
-        params[name] = int(value) if name in ("min_seed_size", "min_size", "dilation", "min_votes", "max_vector") else value
-    decoder = make_decoder(args.decoder, preset=args.preset, **params)
+    from blockseg.predictions import open_predictions
+
     block_shape, halo = zyx(args.block_shape, "--block-shape"), zyx(args.halo, "--halo")
+    open_predictions(args.predictions)  # a missing store or a foreign folder: one line, here
+    choice = choose_decoder(
+        args.decoder, args.preset, dict(args.param), store_decoder(args.predictions), stored_label="store",
+        user_label="user", use_stored=not args.no_stored_params,
+    )  # fmt: skip
     check_output(args, "output", [args.predictions])  # fail before starting a cluster
+    if not args.json:
+        print(choice.describe(), file=sys.stderr)
     with dask_client(cluster_config(args), quiet=args.json) as client:
         report = segment(
             args.predictions,
             args.output,
-            decoder=decoder,
+            decoder=choice,
             block_shape=block_shape,
             halo=halo,
             client=client,

@@ -44,8 +44,15 @@ def test_cli_segment_runs_in_process(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_segment_bad_parameter(tmp_path):
+    c, r = random_nuclei((8, 16, 16), 1, (3.0, 4.0), seed=2)
+    save_predictions(tmp_path / "p.zarr", bcd_targets(rasterise((8, 16, 16), c, r)))
     args = parse([str(tmp_path / "p.zarr"), str(tmp_path / "o.zarr"), "-p", "nonsense=1"])
     with pytest.raises(BlocksegError, match="unknown parameter"):
         seg_cmd.run(args)
+    for bad, words in (("fg_b=1.5", "fg_b must be between 0 and 1, got 1.5"), ("min_size=-4", "min_size must be >= 0"),
+                       ("min_seed_size=2.5", "whole number")):  # fmt: skip
+        with pytest.raises(BlocksegError, match=words):
+            seg_cmd.run(parse([str(tmp_path / "p.zarr"), str(tmp_path / "o.zarr"), "--set", bad]))
+    assert not (tmp_path / "o.zarr").exists()
     with pytest.raises(SystemExit):
         parse(["a", "b", "-p", "fg_b"])

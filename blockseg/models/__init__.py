@@ -37,7 +37,15 @@ def demo_checkpoint_path() -> str:
     return str(p)
 
 
+def resolve_checkpoint(name) -> str:
+    """A checkpoint argument as a path: ``demo`` is the shipped demo checkpoint (as in run
+    configs); anything else is returned as given."""
+    name = str(name)
+    return demo_checkpoint_path() if name == "demo" else name
+
+
 __all__ = [
+    "resolve_checkpoint",
     "REPRESENTATIONS",
     "BlocksegNet",
     "Geometry",

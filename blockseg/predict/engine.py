@@ -515,7 +515,10 @@ def predict(
     image_path : str or path-like
         3-D image volume (OME-Zarr or zarr array).
     checkpoint : str or path-like
-        blockseg checkpoint (:func:`blockseg.models.save_checkpoint`); workers must see the path.
+        blockseg checkpoint (:func:`blockseg.models.save_checkpoint`), or ``"demo"`` for the
+        shipped one; workers must see the path. Its recommended decoder and tuned thresholds
+        are stored in the output's ``blockseg.predictions.decoder`` attribute, where
+        ``segment`` takes its defaults from.
     out_path : str or path-like
         Prediction store to create (:mod:`blockseg.predictions` layout), one volume per channel.
     block_shape : int or sequence of int, optional
@@ -571,7 +574,9 @@ def predict(
     -------
     PredictReport, or PredictPlan with ``dry_run``
     """
-    image_path, out_path, checkpoint = str(image_path), str(out_path), str(checkpoint)
+    from ..models import resolve_checkpoint
+
+    image_path, out_path, checkpoint = str(image_path), str(out_path), resolve_checkpoint(checkpoint)
     payload = read_checkpoint(checkpoint)
     model = build_model(payload["architecture"], **payload["config"])
     options = InferenceOptions(batch_size, "cpu", tta, mc_samples, amp)
@@ -641,7 +646,11 @@ def predict(
         create_predictions(out_path, keep, shape, dtypes, vol.voxel_size, chunk_shape, {c: kinds[c] for c in keep})
         group = zarr.open_group(out_path, mode="r+")
         attrs = dict(group.attrs["blockseg"])
-        attrs["predictions"] = {**attrs["predictions"], "run": run_settings}
+        # the checkpoint's tuned decoder travels with the data: segment's defaults (segment.params)
+        from ..segment.params import checkpoint_decoder
+
+        stored = checkpoint_decoder(payload, checkpoint, run_settings["checkpoint_sha256"])
+        attrs["predictions"] = {**attrs["predictions"], "run": run_settings, **({"decoder": stored} if stored else {})}
         group.attrs["blockseg"] = attrs
         for name in (DONE_ARRAY, PASS1_ARRAY):
             group.create_array(name, shape=grid.grid_shape, chunks=(1, 1, 1), dtype="uint8", fill_value=0)

@@ -73,6 +73,35 @@ def _bcd_kernel(b, c, d, seed_b, seed_c, seed_d, fg_b, fg_d, seeds, fg, height):
         h[i] = _level(-dd[i], np.float32(-1.0), np.float32(127.5))  # -D over [-1, 1] onto 0..255
 
 
+def _bound(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_param(cls, name: str, value):
+    """``value`` checked against the range of parameter ``name`` of decoder class ``cls``.
+
+    Returns the value (an integral float as an int for integer parameters); raises one-line
+    :class:`BlocksegError` ``"bcd: fg_b must be between 0 and 1, got 1.5"`` otherwise.
+    """
+    what = f"{cls.name}: {name}"
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool) or not np.isfinite(value):
+        raise BlocksegError(f"{what} must be a number, got {value!r}")
+    if name in cls.integers:
+        if float(value) != int(value):
+            raise BlocksegError(f"{what} must be a whole number (a count of voxels or votes), got {value!r}")
+        value = int(value)
+    else:
+        value = float(value)
+    lo, hi = cls.bounds.get(name, (None, None))
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        if lo is not None and hi is not None:
+            rule = f"between {_bound(lo)} and {_bound(hi)}"
+        else:
+            rule = f">= {_bound(lo)}" if lo is not None else f"<= {_bound(hi)}"
+        raise BlocksegError(f"{what} must be {rule}, got {_bound(value)}")
+    return value
+
+
 @dataclass(frozen=True)
 class Decoder:
     """Base class: parameters common to all seeded-watershed decoders.
@@ -96,13 +125,15 @@ class Decoder:
     #: voxels of context the masks need beyond the voxel itself
     support: ClassVar[int] = 0
 
+    #: valid range ``(low, high)`` of each parameter, both ends included (None: unbounded)
+    bounds: ClassVar[dict] = {"min_seed_size": (0, None), "min_size": (0, None)}
+    #: parameters that count voxels or votes: whole numbers (an integral float such as 4.0,
+    #: as JSON / YAML may give it, is taken as the integer)
+    integers: ClassVar[frozenset] = frozenset({"min_seed_size", "min_size"})
+
     def __post_init__(self):
         for f in fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v):
-                raise BlocksegError(f"{self.name}: parameter {f.name} must be a number, got {v!r}")
-        if self.min_seed_size < 0 or self.min_size < 0:
-            raise BlocksegError(f"{self.name}: sizes must not be negative")
+            object.__setattr__(self, f.name, check_param(type(self), f.name, getattr(self, f.name)))
 
     def params(self) -> dict:
         """Parameters as a plain dict (for metadata)."""
@@ -141,6 +172,9 @@ class BCDDecoder(Decoder):
 
     name: ClassVar[str] = "bcd"
     channels: ClassVar[tuple[str, ...]] = ("B", "C", "D")
+    #: B and C are probabilities, D a tanh map
+    bounds: ClassVar[dict] = {**Decoder.bounds, "seed_b": (0.0, 1.0), "seed_c": (0.0, 1.0), "fg_b": (0.0, 1.0),
+                              "seed_d": (-1.0, 1.0), "fg_d": (-1.0, 1.0)}  # fmt: skip
     score_channel: ClassVar[str] = "B"
 
     def decode(self, ch):
@@ -167,6 +201,7 @@ class ThreeLabelDecoder(Decoder):
 
     name: ClassVar[str] = "3label"
     channels: ClassVar[tuple[str, ...]] = ("P_bg", "P_boundary", "P_interior")
+    bounds: ClassVar[dict] = {**Decoder.bounds, "seed_t": (0.0, 1.0), "fg_t": (0.0, 1.0)}
     score_channel: ClassVar[str] = "P_bg"
 
     def decode(self, ch):
@@ -201,6 +236,9 @@ class SDTDecoder(Decoder):
 
     name: ClassVar[str] = "sdt"
     channels: ClassVar[tuple[str, ...]] = ("sdt",)
+    #: sdt is a tanh map; dilation a count of voxels
+    bounds: ClassVar[dict] = {**Decoder.bounds, "seed_t": (-1.0, 1.0), "fg_t": (-1.0, 1.0), "dilation": (0, None)}
+    integers: ClassVar[frozenset] = Decoder.integers | {"dilation"}
     score_channel: ClassVar[str] = "sdt"
 
     @property
@@ -235,6 +273,8 @@ class AffinityDecoder(Decoder):
 
     name: ClassVar[str] = "affinities"
     channels: ClassVar[tuple[str, ...]] = ("aff_z", "aff_y", "aff_x", "fg")
+    bounds: ClassVar[dict] = {**Decoder.bounds, "seed_t": (0.0, 1.0), "fg_t": (0.0, 1.0), "dilation": (0, None)}
+    integers: ClassVar[frozenset] = Decoder.integers | {"dilation"}
     score_channel: ClassVar[str] = "fg"
 
     @property
@@ -302,6 +342,8 @@ class CPVDecoder(Decoder):
 
     name: ClassVar[str] = "cpv"
     channels: ClassVar[tuple[str, ...]] = ("B", "cpv_z", "cpv_y", "cpv_x")
+    bounds: ClassVar[dict] = {**Decoder.bounds, "fg_b": (0.0, 1.0), "min_votes": (1, None), "max_vector": (0, None)}
+    integers: ClassVar[frozenset] = Decoder.integers | {"min_votes", "max_vector"}
     score_channel: ClassVar[str] = "B"
 
     @property

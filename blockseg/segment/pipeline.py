@@ -462,6 +462,9 @@ class SegmentReport:
         updates) / volume voxels.
     seconds : dict
         Wall time per pass.
+    decoder : dict
+        The decoder, its parameters and where each came from
+        (:meth:`blockseg.segment.params.DecoderChoice.provenance`).
     """
 
     labels_path: str
@@ -476,6 +479,7 @@ class SegmentReport:
     blocks_rerun: int = 0
     flood_amplification: float = 0.0
     seconds: dict = field(default_factory=dict)
+    decoder: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -491,6 +495,21 @@ def _as_triple(value, name: str) -> tuple[int, int, int]:
     if len(t) != 3 or any(v < 0 for v in t):
         raise BlocksegError(f"{name} must be one or three non-negative integers, got {value!r}")
     return t  # type: ignore[return-value]
+
+
+def _decoder_choice(decoder, pred_path: str):
+    """The decoder to use and the source of its parameters: a :class:`DecoderChoice` as given,
+    a :class:`Decoder` (``given``), or None: the recommendation the store carries (written by
+    ``predict`` from the checkpoint) over the defaults."""
+    from .params import DecoderChoice, choose_decoder, store_decoder
+
+    if decoder is None:
+        return choose_decoder(stored=store_decoder(pred_path), stored_label="store")
+    if isinstance(decoder, DecoderChoice):
+        return decoder
+    if isinstance(decoder, Decoder):
+        return DecoderChoice.given(decoder)
+    raise BlocksegError(f"decoder must be a blockseg Decoder, got {type(decoder).__name__}")
 
 
 @aborts_on_error
@@ -519,8 +538,11 @@ def segment(
     out_path : str or path-like
         Label volume to create (OME-Zarr, uint32, or uint64 beyond 2**32 - 1 instances). The
         instance table is written to ``OUT/instances.csv``.
-    decoder : Decoder, optional
-        Decoder and its parameters (default: :class:`BCDDecoder`).
+    decoder : Decoder or DecoderChoice, optional
+        Decoder and its parameters. Default: the decoder and thresholds the store carries
+        (``predict`` copies the checkpoint's tuned recommendation), else :class:`BCDDecoder`'s
+        defaults (:func:`blockseg.segment.params.choose_decoder`). The parameters and their
+        sources are recorded in the report and the output's ``segment`` attribute.
     block_shape : int or sequence of int, optional
         Core shape of a block; a multiple of the prediction chunks (default: about 16 M voxels).
     halo : int or sequence of int, optional
@@ -551,9 +573,8 @@ def segment(
         For a missing or incomplete prediction store, a bad geometry or an existing output.
     """
     t_start = time.perf_counter()
-    decoder = decoder or BCDDecoder()
-    if not isinstance(decoder, Decoder):
-        raise BlocksegError(f"decoder must be a blockseg Decoder, got {type(decoder).__name__}")
+    choice = _decoder_choice(decoder, str(pred_path))
+    decoder = choice.decoder
     if max_halo is not None:
         raise BlocksegError(
             "max_halo is gone: segment is exact at any halo (the halo only sets speed); drop --max-halo"
@@ -578,7 +599,8 @@ def segment(
     kinds = tuple((c, prediction_kind(vols[c], c)) for c in decoder.channels)
     job = _Job(pred_path, work, grid.shape, grid.block_shape, halo, first.write_unit, decoder, kinds, uuid.uuid4().hex)
     ids = list(grid.block_ids)
-    report = SegmentReport(final_path, f"{final_path}/instances.csv", halo=list(halo), block_shape=list(grid.block_shape))
+    report = SegmentReport(final_path, f"{final_path}/instances.csv", halo=list(halo), block_shape=list(grid.block_shape),
+                           decoder=choice.provenance())  # fmt: skip
     run = partial(run_blocks, block_ids=ids, client=client, progress=progress)
 
     def timed(name, t0):
@@ -641,7 +663,9 @@ def segment(
     create_volume(
         out_path, grid.shape, dtype, first.voxel_size, first.array.chunks,
         shards=getattr(first.array, "shards", None), name="nuclei",
-        attributes={"segment": {"decoder": decoder.name, "params": decoder.params(), "block_shape": list(grid.block_shape), "halo": list(halo)}},
+        attributes={"segment": {"decoder": decoder.name, "params": decoder.params(), "params_source": choice.sources,
+                                "preset": choice.preset, "stored_decoder": choice.stored,
+                                "block_shape": list(grid.block_shape), "halo": list(halo)}},
     )  # fmt: skip
     run(partial(_relabel_task, job=job, src="labels", dst=f"{out_path}/0", table_dir=tables), name="relabel")
     final = {c: v[keep] for c, v in stats.items()}
