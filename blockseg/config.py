@@ -1,7 +1,7 @@
 """Run configuration: one YAML file describes a whole ``blockseg run``.
 
 The schema is strict: an unknown key or a value of the wrong type is an error that names the
-key (``segment.halo: Input should be a valid integer``). Relative paths in a config file are
+key in plain words (``segment.halo: must be ≥ 0, got -1``). Relative paths in a config file are
 taken relative to the file's folder, so a config and its data can move together.
 
 Example (``configs/demo.yaml``)::
@@ -19,15 +19,56 @@ Example (``configs/demo.yaml``)::
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import BlocksegError, describe_validation_error
 
-Triple = Union[int, tuple[int, int, int]]
 STAGES = ("data", "predict", "segment", "evaluate")
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _sizes(minimum: int, scalar: bool):
+    """Validator of a (z, y, x) size: three whole numbers ≥ ``minimum`` (or one, when
+    ``scalar``, meaning the same on every axis); the value itself is kept as given."""
+
+    def check(v):
+        if v is None:
+            return v
+        if scalar and _whole(v):
+            values = [v]
+        elif isinstance(v, (list, tuple)) and len(v) == 3 and all(_whole(x) for x in v):
+            values = list(v)
+        else:
+            shape = "one whole number or three (z y x)" if scalar else "three whole numbers (z y x)"
+            raise ValueError(f"must be {shape}, got {v!r}")
+        if any(x < minimum for x in values):
+            raise ValueError(f"must be ≥ {minimum}, got {v!r}")
+        return tuple(v) if isinstance(v, list) else v
+
+    return BeforeValidator(check)
+
+
+def _positive_floats(v):
+    if v is None:
+        return v
+    if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        raise ValueError(f"must be three numbers (z y x) in µm, got {v!r}")
+    if any(not x > 0 for x in v):
+        raise ValueError(f"must be > 0 on every axis, got {v!r}")
+    return tuple(v)
+
+
+#: a block shape (≥ 1 per axis), a halo (≥ 0), a volume / chunk shape (three values ≥ 1)
+Block = Annotated[Optional[Union[int, tuple[int, int, int]]], _sizes(1, True)]
+Halo = Annotated[Optional[Union[int, tuple[int, int, int]]], _sizes(0, True)]
+Shape = Annotated[tuple[int, int, int], _sizes(1, False)]
+VoxelSize = Annotated[Optional[tuple[float, float, float]], BeforeValidator(_positive_floats)]
 
 
 class _Strict(BaseModel):
@@ -38,13 +79,13 @@ class SynthConfig(_Strict):
     """Generate the input with :func:`blockseg.synth.synthesize` (ground truth included)."""
 
     preset: Literal["nucmm-z", "nucmm-m"] = "nucmm-z"
-    shape: tuple[int, int, int] = (128, 512, 512)
+    shape: Shape = (128, 512, 512)
     mode: Optional[Literal["em", "uct"]] = None
     seed: int = 0
     mask: bool = False
     density: Optional[float] = Field(default=None, gt=0)
     radius: Optional[float] = Field(default=None, gt=0)
-    voxel_size: Optional[tuple[float, float, float]] = None
+    voxel_size: VoxelSize = None
 
 
 class DataConfig(_Strict):
@@ -61,7 +102,7 @@ class DataConfig(_Strict):
     ground_truth: Optional[str] = None
     ground_truth_key: Optional[str] = None
     mask: Optional[str] = None
-    voxel_size: Optional[tuple[float, float, float]] = None
+    voxel_size: VoxelSize = None
     #: pyramid level / channel / timepoint of the image to segment (OME-Zarr, OME-TIFF, ...);
     #: a zarr image is read in place through a ``#level=..&channel=..`` path fragment
     level: Optional[int] = Field(default=None, ge=0)
@@ -70,7 +111,7 @@ class DataConfig(_Strict):
     #: multiscale levels written for the image / ground truth / mask (None: automatic; 1: none)
     pyramid_levels: Optional[int] = Field(default=None, ge=1)
     synth: Optional[SynthConfig] = None
-    chunks: Optional[tuple[int, int, int]] = None
+    chunks: Optional[Shape] = None
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -86,7 +127,7 @@ class ModelConfig(_Strict):
 
 
 class PredictConfig(_Strict):
-    block_shape: Optional[Triple] = None
+    block_shape: Block = None
     #: storage of the channels; default uint8 for probabilities / tanh maps, float16 for raw ones
     dtype: Optional[Literal["uint8", "float16", "float32"]] = None
     #: channels stored besides the segment decoder's (``all``: every channel the network predicts)
@@ -105,16 +146,60 @@ class SegmentConfig(_Strict):
     preset: Optional[str] = None
     #: single parameters over the checkpoint's tuned thresholds (or the preset, or the defaults)
     params: dict[str, Any] = Field(default_factory=dict)
-    block_shape: Optional[Triple] = None
-    halo: Optional[Triple] = None
-    max_halo: Optional[Triple] = None
+    block_shape: Block = None
+    halo: Halo = None
+    #: removed (segment is exact at any halo); only None is accepted
+    max_halo: Optional[Any] = None
     #: multiscale levels of the label volume (None: automatic; 1: none)
     pyramid_levels: Optional[int] = Field(default=None, ge=1)
+
+    @field_validator("max_halo")
+    @classmethod
+    def _max_halo(cls, v):
+        if v is not None:
+            raise ValueError(f"is gone (segment is exact at any halo, the halo only sets speed), got {v!r}: remove the key")
+        return v
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v):
+        from .segment.decoders import PRESETS
+
+        if v is not None and v not in PRESETS:
+            raise ValueError(f"must be one of {sorted(PRESETS)}, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _decoder_params(self):
+        from .segment.decoders import DECODERS, PRESETS, check_param
+
+        cls = DECODERS[self.decoder]
+        if self.preset is not None and self.decoder not in PRESETS[self.preset]:
+            raise ValueError(f"preset: {self.preset} has no {self.decoder} decoder (it has {sorted(PRESETS[self.preset])})")
+        from dataclasses import fields
+
+        known = [f.name for f in fields(cls)]
+        for name, value in self.params.items():
+            if name not in known:
+                raise ValueError(f"params.{name}: not a parameter of the {self.decoder} decoder (it has {', '.join(known)})")
+            try:
+                check_param(cls, name, value)
+            except BlocksegError as e:
+                raise ValueError(f"params.{name}: " + str(e).split(f"{name} ", 1)[-1]) from None
+        return self
 
 
 class EvaluateConfig(_Strict):
     enabled: bool = True
     thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, v):
+        if not v or any(not 0 < t <= 1 for t in v):
+            raise ValueError(f"must be IoU thresholds in (0, 1], got {list(v)}")
+        return v
+
     detection_radius_um: float = Field(default=3.0, gt=0)
     png: bool = True
 

@@ -460,6 +460,9 @@ def run(
         if p is not None and not os.path.exists(p) and "://" not in p:
             raise BlocksegError(f"data.{key} {p} does not exist")
     from .models import check_decoder_channels, read_checkpoint
+    from .runcheck import check_run
+
+    check_run(cfg)  # geometry against the data's shape and chunks, before any stage
 
     # fail before any work on a missing or foreign checkpoint, or on a decoder that reads
     # channels the network does not predict
