@@ -1,0 +1,381 @@
+"""What a path holds, in a few human-readable lines (``blockseg info``) or as plain data.
+
+:func:`summarise` recognises five kinds of thing blockseg reads or writes and describes each:
+
+* ``checkpoint`` -- a ``.pt`` file (or ``demo``): architecture, parameter count,
+  representations, patch, voxel size, normalisation, the recommended decoder and its tuned
+  thresholds, validation scores;
+* ``run`` -- a run directory (has ``run.json``): its stages and their status, the evaluation;
+* ``predictions`` -- a prediction store: channels with kind and dtype, size, the decoder
+  parameters stored with it, how complete it is;
+* ``labels`` -- a label volume (NGFF ``image-label``): instances, how it was segmented;
+* ``image`` -- any other readable volume: shape, dtype, chunks, voxel size, pyramid.
+
+:func:`render` turns a summary into text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from .errors import BlocksegError
+
+
+def _disk_bytes(path: str) -> int | None:
+    """Bytes a local file or folder takes (None for a URL)."""
+    if "://" in path:
+        return None
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _params(params: dict, sources: dict | None = None) -> str:
+    """``seed_b=0.95 fg_b=0.85 [store]; fg_b=0.8 [user]``: parameters grouped by source."""
+    groups: dict[str, list[str]] = {}
+    for k, v in params.items():
+        groups.setdefault((sources or {}).get(k, ""), []).append(f"{k}={v:g}")
+    return "; ".join(" ".join(items) + (f" [{src}]" if src else "") for src, items in groups.items())
+
+
+def _xyz(values) -> str:
+    return "x".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def _blockseg_attrs(path: str) -> dict:
+    import zarr
+
+    try:
+        return dict(zarr.open_group(path, mode="r").attrs.get("blockseg", {}))
+    except Exception:
+        return {}
+
+
+def kind_of(path: str) -> str:
+    """``checkpoint``, ``run``, ``predictions``, ``labels`` or ``image`` (see the module docstring)."""
+    bare = path.split("#")[0]
+    if path == "demo" and not os.path.exists(path):
+        return "checkpoint"  # the shipped one, as in run configs and predict
+    if "://" not in bare and not os.path.exists(bare):
+        raise BlocksegError(f"{path}: no such file or directory")
+    if os.path.isdir(bare) and os.path.isfile(os.path.join(bare, "run.json")):
+        return "run"
+    if os.path.isfile(bare) and bare.endswith((".pt", ".pth", ".ckpt")):
+        return "checkpoint"
+    if bare == path and (_blockseg_attrs(bare).get("predictions") or {}).get("channels"):
+        return "predictions"
+    return "volume"  # image or labels: told apart once opened
+
+
+# ---------------------------------------------------------------------------- checkpoint
+def checkpoint_summary(path: str) -> dict:
+    from .models import channels_of, read_checkpoint, resolve_checkpoint
+    from .segment.params import checkpoint_decoder
+
+    file = resolve_checkpoint(path)
+    payload = read_checkpoint(file)
+    meta = payload.get("metadata") or {}
+    state = payload.get("state_dict") or {}
+    n_params = int(sum(int(t.numel()) for k, t in state.items() if hasattr(t, "numel") and "running_" not in k and not k.endswith("num_batches_tracked")))
+    training = meta.get("training") or {}
+    return {
+        "kind": "checkpoint",
+        "path": file,
+        "bytes": _disk_bytes(file),
+        "blockseg_version": payload.get("blockseg_version"),
+        "architecture": payload.get("architecture"),
+        "config": payload.get("config"),
+        "parameters": n_params,
+        "representations": list(payload.get("representations") or []),
+        "channels": list(channels_of(payload.get("representations") or [])),
+        "geometry": payload.get("geometry"),
+        "voxel_size": meta.get("voxel_size"),
+        "normalisation": meta.get("normalisation"),
+        "decoder": checkpoint_decoder(payload, file),
+        "validation": meta.get("validation"),
+        "iterations": training.get("iteration"),
+    }
+
+
+def _render_checkpoint(s: dict) -> list[str]:
+    g = s.get("geometry") or {}
+    lines = [
+        f"checkpoint {s['path']} ({_size(s['bytes'])}, blockseg {s.get('blockseg_version') or '?'})",
+        f"  network: {s['architecture']}, {s['parameters']:,} parameters"
+        + (f", trained {s['iterations']} iterations" if s.get("iterations") is not None else ""),
+        f"  representations: {', '.join(s['representations'])} -> channels {', '.join(s['channels'])}",
+    ]
+    if g:
+        lines.append(f"  input patch {_xyz(g.get('input_patch', []))}, context margin {_xyz(g.get('margin', []))}, valid crop {_xyz(g.get('crop', []))}")
+    vs = s.get("voxel_size")
+    lines.append(f"  voxel size (training data): {_xyz(vs) + ' µm' if vs else 'not recorded'}")
+    n = s.get("normalisation")
+    if n:
+        lines.append(f"  normalisation: {n.get('method', 'affine')}, (x - {n.get('offset', 0):.4g}) / {n.get('scale', 1):.4g}")
+    else:
+        lines.append("  normalisation: none recorded")
+    d = s.get("decoder")
+    if d:
+        params = _params(d["params"])
+        tuned = f" (tuned on the {d['tuned_on']} volume)" if d.get("tuned_on") else ""
+        lines.append(f"  decoder: {d['name']} {params}{tuned}; predict stores it with the predictions, segment starts from it")
+    else:
+        lines.append("  decoder: none recommended (segment uses the decoder's defaults)")
+    v = s.get("validation")
+    if v:
+        lines.append("  validation: " + ", ".join(f"{k} {val:.3f}" if isinstance(val, float) else f"{k} {val}" for k, val in v.items()))
+    return lines
+
+
+# ---------------------------------------------------------------------------- predictions
+def predictions_summary(path: str) -> dict:
+    import zarr
+
+    from .predictions import open_predictions, prediction_kind
+
+    vols = open_predictions(path)
+    attrs = _blockseg_attrs(path)["predictions"]
+    first = next(iter(vols.values()))
+    channels = []
+    for name, v in vols.items():
+        channels.append({"name": name, "kind": prediction_kind(v, name), "dtype": str(v.dtype),
+                         "bytes": _disk_bytes(f"{path.rstrip('/')}/{name}")})  # fmt: skip
+    run = attrs.get("run") or {}
+    done = None
+    try:
+        from .predict.engine import DONE_ARRAY
+
+        markers = zarr.open_array(f"{path.rstrip('/')}/{DONE_ARRAY}", mode="r")[...]
+        done = [int(markers.sum()), int(markers.size)]
+    except Exception:
+        pass
+    return {
+        "kind": "predictions",
+        "path": path,
+        "shape": list(first.shape),
+        "chunks": list(first.chunks),
+        "voxel_size": list(first.voxel_size),
+        "channels": channels,
+        "bytes": _disk_bytes(path),
+        "bytes_uncompressed": int(sum(v.array.nbytes for v in vols.values())),
+        "decoder": attrs.get("decoder"),
+        "blocks_done": done,
+        "run": {k: run.get(k) for k in ("image", "checkpoint_sha256", "patch", "overlap", "blending", "tta", "mc_samples", "block_shape") if k in run},
+    }
+
+
+def _render_predictions(s: dict) -> list[str]:
+    lines = [
+        f"prediction store {s['path']} ({_size(s['bytes'])} on disk, {_size(s['bytes_uncompressed'])} uncompressed)",
+        f"  shape {_xyz(s['shape'])}, chunks {_xyz(s['chunks'])}, voxel size {_xyz(s['voxel_size'])} µm",
+        "  channels: " + ", ".join(f"{c['name']} ({c['kind']}, {c['dtype']})" for c in s["channels"]),
+    ]
+    d = s.get("decoder")
+    if d:
+        params = _params(d["params"])
+        origin = f" from checkpoint {os.path.basename(d['checkpoint'])}" if d.get("checkpoint") else ""
+        lines.append(f"  decoder: {d['name']} {params}{origin}; segment's defaults (-p NAME=VALUE changes one)")
+    else:
+        lines.append("  decoder: none stored (segment uses the decoder's defaults)")
+    if s.get("blocks_done"):
+        a, b = s["blocks_done"]
+        lines.append(f"  blocks done: {a} of {b}" + ("" if a == b else " (unfinished: rerun predict to resume)"))
+    r = s.get("run") or {}
+    if r:
+        lines.append(
+            f"  predicted from {r.get('image', '?')} with checkpoint sha256 {r.get('checkpoint_sha256', '?')}, "
+            f"patch {_xyz(r.get('patch', []))}, {r.get('blending', '?')} blending, tta {r.get('tta')}"
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------- volumes
+def _is_label(vol) -> bool:
+    import zarr
+
+    try:
+        attrs = zarr.open_group(vol.path.split("#")[0], mode="r").attrs
+    except Exception:
+        return False
+    ome = dict(attrs.get("ome", {}))
+    return "image-label" in ome or "image-label" in dict(attrs)
+
+
+def volume_summary(path: str, key: str | None = None, block=None, halo=0) -> dict:
+    from .io import open_volume
+
+    vol = open_volume(path, key=key)
+    grid = vol.grid(block, halo)
+    bare = path.split("#")[0]
+    out: dict[str, Any] = {
+        "kind": "labels" if _is_label(vol) else "image",
+        "path": path,
+        "format": vol.format,
+        "shape": list(vol.shape),
+        "dtype": str(vol.dtype),
+        "chunks": list(vol.chunks),
+        "write_unit": list(vol.write_unit),
+        "voxel_size": list(vol.voxel_size),
+        "voxel_size_source": vol.voxel_size_source,
+        "selection": dict(vol.selection),
+        "levels": [list(s) for s in vol.levels],
+        "bytes": _disk_bytes(bare),
+        "bytes_uncompressed": int(vol.array.nbytes) if hasattr(vol.array, "nbytes") else None,
+        "grid": {"block_shape": list(grid.block_shape), "halo": list(grid.halo), "blocks": len(grid),
+                 "grid_shape": list(grid.grid_shape), "repr": repr(grid)},  # fmt: skip
+    }
+    if out["kind"] == "labels":
+        attrs = _blockseg_attrs(bare)
+        report = {}
+        try:
+            import zarr
+
+            report = dict(zarr.open_group(bare, mode="r").attrs.get("blockseg_report", {}))
+        except Exception:
+            pass
+        n = report.get("n_instances")
+        table = os.path.join(bare, "instances.csv")
+        if n is None and os.path.isfile(table):
+            with open(table) as f:
+                n = max(sum(1 for _ in f) - 1, 0)
+        out["instances"] = n
+        out["segment"] = attrs.get("segment")
+    return out
+
+
+def _render_volume(s: dict) -> list[str]:
+    what = "label volume" if s["kind"] == "labels" else "image"
+    lines = [
+        f"{what} {s['path']} ({s['format']}, {_size(s['bytes'])} on disk)",
+        f"  shape {_xyz(s['shape'])} {s['dtype']}, chunks {_xyz(s['chunks'])}"
+        + (f" (shards {_xyz(s['write_unit'])})" if s["write_unit"] != s["chunks"] else ""),
+        f"  voxel size {_xyz(s['voxel_size'])} µm (from {s['voxel_size_source']})"
+        + ("; read " + ", ".join(f"{k} {v}" for k, v in s["selection"].items()) if s["selection"] else ""),
+    ]
+    if len(s["levels"]) > 1:
+        lines.append("  pyramid: " + ", ".join(f"{i}: {_xyz(shape)}" for i, shape in enumerate(s["levels"])))
+    if s["kind"] == "labels":
+        lines.append(f"  instances: {s['instances'] if s.get('instances') is not None else 'not recorded (no instance table)'}")
+        seg = s.get("segment")
+        if seg:
+            params = _params(seg.get("params", {}), seg.get("params_source"))
+            lines.append(f"  segmented with decoder {seg.get('decoder')}: {params}")
+    lines.append(f"  {s['grid']['repr']}")
+    return lines
+
+
+# ---------------------------------------------------------------------------- run directory
+def run_summary(path: str) -> dict:
+    from .config import STAGES, parse_config
+
+    with open(os.path.join(path, "run.json")) as f:
+        marker = json.load(f)
+    stages = {}
+    for stage in STAGES:
+        rec_path = os.path.join(path, "stages", f"{stage}.json")
+        rec = None
+        if os.path.isfile(rec_path):
+            try:
+                with open(rec_path) as f:
+                    rec = json.load(f)
+            except (OSError, ValueError):
+                rec = {"status": "damaged record"}
+        stages[stage] = {
+            "status": (rec or {}).get("status", "not started"),
+            "seconds": (rec or {}).get("seconds"),
+            "finished": (rec or {}).get("finished"),
+        }
+    plan_actions = None
+    try:  # whether each stage is current for the config the run holds
+        from .workflow import plan
+
+        plan_actions = plan(parse_config(marker.get("config") or {}, "run.json"))
+    except Exception:
+        plan_actions = None
+    ev = None
+    rec = os.path.join(path, "stages", "evaluate.json")
+    if stages["evaluate"]["status"] == "done":
+        with open(rec) as f:
+            res = json.load(f).get("result") or {}
+        ev = {k: res.get(k) for k in ("avAP", "AP50", "AP75", "n_true", "n_pred")}
+    seg_rec = os.path.join(path, "stages", "segment.json")
+    decoder = None
+    if stages["segment"]["status"] == "done":
+        with open(seg_rec) as f:
+            decoder = (json.load(f).get("result") or {}).get("decoder")
+    cfg = marker.get("config") or {}
+    return {
+        "kind": "run",
+        "path": path,
+        "name": cfg.get("name"),
+        "blockseg_version": marker.get("blockseg_version"),
+        "checkpoint": (cfg.get("model") or {}).get("checkpoint"),
+        "stages": stages,
+        "plan": plan_actions,
+        "decoder": decoder,
+        "evaluation": ev,
+        "bytes": _disk_bytes(path),
+    }
+
+
+def _render_run(s: dict) -> list[str]:
+    lines = [f"run directory {s['path']} (name {s.get('name')}, blockseg {s.get('blockseg_version')}, {_size(s['bytes'])})",
+             f"  checkpoint: {s.get('checkpoint')}"]  # fmt: skip
+    words = {"skip": "up to date", "run": "to run", "resume": "to resume", "disabled": "disabled"}
+    for stage, st in s["stages"].items():
+        extra = f", {st['seconds']:.1f} s" if st.get("seconds") is not None else ""
+        when = f", finished {st['finished']}" if st.get("finished") else ""
+        nxt = f"; next run: {words.get(s['plan'][stage], s['plan'][stage])}" if s.get("plan") else ""
+        lines.append(f"  {stage:<9} {st['status']}{extra}{when}{nxt}")
+    d = s.get("decoder")
+    if d and d.get("params"):
+        lines.append(f"  decoder {d.get('name')}: " + _params(d["params"], d.get("sources")))
+    ev = s.get("evaluation")
+    if ev:
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(f"  evaluation: avAP {fmt(ev.get('avAP'))}, AP-50 {fmt(ev.get('AP50'))}, AP-75 {fmt(ev.get('AP75'))}, "
+                     f"{ev.get('n_true')} GT / {ev.get('n_pred')} predicted")  # fmt: skip
+    return lines
+
+
+# ---------------------------------------------------------------------------- entry points
+def summarise(path: str, key: str | None = None, block=None, halo=0) -> dict:
+    """Summary of what ``path`` holds (see the module docstring); plain, JSON-ready data."""
+    kind = kind_of(path)
+    if kind == "checkpoint":
+        return checkpoint_summary(path)
+    if kind == "run":
+        return run_summary(path)
+    if kind == "predictions":
+        return predictions_summary(path)
+    return volume_summary(path, key, block, halo)
+
+
+def render(summary: dict) -> str:
+    """A summary as a few lines of text."""
+    kind = summary["kind"]
+    lines = {
+        "checkpoint": _render_checkpoint,
+        "run": _render_run,
+        "predictions": _render_predictions,
+    }.get(kind, _render_volume)(summary)
+    return "\n".join(lines)
