@@ -88,14 +88,16 @@ def kind_of(path: str) -> str:
 
 # ---------------------------------------------------------------------------- checkpoint
 def checkpoint_summary(path: str) -> dict:
-    from .models import channels_of, read_checkpoint, resolve_checkpoint
+    from .models import channels_of, read_checkpoint, resolve_checkpoint  # noqa: F401
     from .segment.params import checkpoint_decoder
 
     file = resolve_checkpoint(path)
     payload = read_checkpoint(file)
     meta = payload.get("metadata") or {}
-    state = payload.get("state_dict") or {}
-    n_params = int(sum(int(t.numel()) for k, t in state.items() if hasattr(t, "numel") and "running_" not in k and not k.endswith("num_batches_tracked")))
+    from .models import build_model
+
+    # trainable parameters (the state dict also holds buffers such as batch-norm statistics)
+    n_params = int(sum(p.numel() for p in build_model(payload["architecture"], **payload["config"]).parameters()))
     training = meta.get("training") or {}
     return {
         "kind": "checkpoint",
