@@ -650,6 +650,10 @@ def predict(
         from ..segment.params import checkpoint_decoder
 
         stored = checkpoint_decoder(payload, checkpoint, run_settings["checkpoint_sha256"])
+        if stored is not None:  # only a decoder the kept channels can feed
+            from ..segment import DECODERS
+
+            stored = stored if set(DECODERS[stored["name"]].channels) <= set(keep) else None
         attrs["predictions"] = {**attrs["predictions"], "run": run_settings, **({"decoder": stored} if stored else {})}
         group.attrs["blockseg"] = attrs
         for name in (DONE_ARRAY, PASS1_ARRAY):
