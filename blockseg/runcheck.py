@@ -87,11 +87,38 @@ def check_geometry(cfg: RunConfig, shape, chunks) -> None:
     _grid("segment.block_shape", shape, sb, chunks, "predictions")
 
 
-def check_run(cfg: RunConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def check_predict(cfg: RunConfig, payload: dict) -> None:
+    """The predict section against the network: TTA / MC-dropout it supports, the channels
+    to keep (``predict.channels``) and their dtype."""
+    from .models import build_model
+    from .predict.infer import InferenceOptions, check_options, output_channels
+    from .predictions import plan_store
+
+    p = cfg.predict
+    model = build_model(payload["architecture"], **payload["config"])
+    try:
+        check_options(model, InferenceOptions(p.batch_size, "cpu", p.tta, p.mc_samples, True))
+    except BlocksegError as e:
+        _fail("predict.tta" if p.tta else "predict.mc_samples", str(e))
+    names, kinds = output_channels(model, p.mc_samples)
+    recommended = ((payload.get("metadata") or {}).get("decoder") or {}).get("name")
+    try:
+        plan_store(names, kinds, cfg.segment.decoder, p.channels, p.dtype, recommended)
+    except BlocksegError as e:
+        m = str(e)
+        key = "predict.dtype" if ("stored as" in m or "raw values" in m) else ("predict.channels" if "--channels" in m else "segment.decoder")
+        _fail(key, str(e).replace("--channels ", ""))
+
+
+def check_run(cfg: RunConfig, payload: dict | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Everything about a run that can be checked before its first stage; see the module
-    docstring. Returns the planned image's shape and write unit."""
+    docstring. ``payload``: the checkpoint (:func:`blockseg.models.read_checkpoint`), to check
+    the predict section against the network too. Returns the planned image's shape and write
+    unit."""
     from .workflow import RunLayout
 
+    if payload is not None:
+        check_predict(cfg, payload)
     layout = RunLayout.of(cfg)
     shape, chunks = planned_image(cfg, layout.image)
     if math.prod(shape) == 0:
@@ -112,3 +139,25 @@ def check_run(cfg: RunConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
             if other != shape:
                 _fail(f"data.{key}", f"shape {other} differs from the image's {shape}")
     return shape, chunks
+
+
+def check_config(cfg: RunConfig):
+    """Every check of a run before its first stage: the checkpoint (exists, is blockseg's), the
+    decoder and its parameters against the network's channels, the predict section, the
+    geometry against the data (:func:`check_run`).
+
+    Returns
+    -------
+    payload : dict
+        The checkpoint.
+    choice : blockseg.segment.params.DecoderChoice
+        The segment stage's decoder, with the source of each parameter.
+    """
+    from .models import check_decoder_channels, read_checkpoint
+    from .workflow import checkpoint_path, segment_decoder
+
+    payload = read_checkpoint(checkpoint_path(cfg))
+    choice = segment_decoder(cfg, payload)
+    check_decoder_channels(payload, choice.decoder)
+    check_run(cfg, payload)
+    return payload, choice

@@ -459,16 +459,11 @@ def run(
         p = getattr(cfg.data, key)
         if p is not None and not os.path.exists(p) and "://" not in p:
             raise BlocksegError(f"data.{key} {p} does not exist")
-    from .models import check_decoder_channels, read_checkpoint
-    from .runcheck import check_run
+    from .runcheck import check_config
 
-    check_run(cfg)  # geometry against the data's shape and chunks, before any stage
-
-    # fail before any work on a missing or foreign checkpoint, or on a decoder that reads
-    # channels the network does not predict
-    payload = read_checkpoint(checkpoint_path(cfg))
-    choice = segment_decoder(cfg, payload)
-    check_decoder_channels(payload, choice.decoder)
+    # fail before any work: a missing or foreign checkpoint, a decoder that reads channels the
+    # network does not predict, a geometry that does not fit the data's shape and chunks, ...
+    _, choice = check_config(cfg)
     log(choice.describe().replace("decoder ", "[segment] decoder ", 1))
     _claim_run_dir(cfg, layout, overwrite)
     # mark the folder as a run directory before any work: a driver killed during the first

@@ -55,9 +55,9 @@ def overrides(args: argparse.Namespace) -> dict:
 
 def execute(cfg, args: argparse.Namespace) -> int:
     if args.dry_run:
-        from blockseg.runcheck import check_run
+        from blockseg.runcheck import check_config
 
-        check_run(cfg)  # the same checks as a real run, before the plan
+        check_config(cfg)  # the same checks as a real run, before the plan
         for stage, action in plan(cfg, args.from_stage, args.only).items():
             print(f"{stage:<9} {action}")
         return 0

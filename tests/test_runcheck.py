@@ -52,6 +52,9 @@ CASES = {
     "unknown decoder parameter": (IMAGE, ["segment.params.fgb=0.5"], "segment.params.fgb: not a parameter of the bcd decoder"),
     "max_halo": (IMAGE, ["segment.max_halo=8"], "segment.max_halo: is gone"),
     "unknown preset": (IMAGE, ["segment.preset=best"], "segment.preset: must be one of ['nucmm'], got 'best'"),
+    "MC dropout without dropout": (IMAGE, ["predict.mc_samples=4"], "config key predict.mc_samples: "),
+    "unknown channel": (IMAGE, ["predict.channels=[B, nope]"], "config key predict.channels: ['nope']: the network predicts"),
+    "raw channel as uint8": (IMAGE, ["predict.channels=all", "predict.dtype=uint8"], "config key predict.dtype: "),
     "IoU threshold": (IMAGE, ["evaluate.thresholds=[0.5, 1.5]"], "evaluate.thresholds: must be IoU thresholds in (0, 1]"),
 }
 
