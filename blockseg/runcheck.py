@@ -158,6 +158,9 @@ def check_config(cfg: RunConfig):
 
     payload = read_checkpoint(checkpoint_path(cfg))
     choice = segment_decoder(cfg, payload)
-    check_decoder_channels(payload, choice.decoder)
+    try:
+        check_decoder_channels(payload, choice.decoder)
+    except BlocksegError as e:
+        _fail("segment.decoder", str(e))
     check_run(cfg, payload)
     return payload, choice

@@ -55,6 +55,7 @@ CASES = {
     "MC dropout without dropout": (IMAGE, ["predict.mc_samples=4"], "config key predict.mc_samples: "),
     "unknown channel": (IMAGE, ["predict.channels=[B, nope]"], "config key predict.channels: ['nope']: the network predicts"),
     "raw channel as uint8": (IMAGE, ["predict.channels=all", "predict.dtype=uint8"], "config key predict.dtype: "),
+    "decoder the network cannot feed": (IMAGE, ["segment.decoder=sdt"], "config key segment.decoder: decoder 'sdt' needs channel(s) ['sdt']"),
     "IoU threshold": (IMAGE, ["evaluate.thresholds=[0.5, 1.5]"], "evaluate.thresholds: must be IoU thresholds in (0, 1]"),
 }
 
