@@ -1,7 +1,7 @@
 """The training configuration (``blockseg train CONFIG.yaml``): a strict pydantic schema.
 
 Unknown keys and wrong types are refused with one line naming the key, e.g.
-``training config: optimizer.lr: Input should be a valid number``.
+``training config: optimizer.lr: must be a number, got 'fast'``.
 """
 
 from __future__ import annotations
