@@ -37,6 +37,7 @@ _LAZY = {
     "train": ("blockseg.train", None),
     "synthesize": ("blockseg.synth", "synthesize"),
     "load_checkpoint": ("blockseg.models", "load_checkpoint"),
+    "summarise": ("blockseg.summary", "summarise"),
 }
 
 
