@@ -11,15 +11,20 @@
 
 Both carry a ``blockseg`` mark (TIFF ``Info``, HDF5 file attribute), so a later ``--overwrite``
 knows the file is blockseg's; the output goes through :mod:`blockseg.safety` (never an input,
-replaced new-then-swap). The exported array is built in memory: export a region or a level
-that fits.
+replaced new-then-swap).
+
+The export is written slab by slab along z (:func:`output_slabs`): each slab reads only the
+source planes it needs, is downsampled and appended to the file (tifffile writes pages from an
+iterator, h5py writes into a chunked dataset), so memory is bounded by ``slab_bytes`` (default
+256 MiB), not by the size of the volume. Integer volumes that ImageJ cannot hold as they are
+(e.g. uint32 labels) take one extra read pass to find their range first.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -28,8 +33,8 @@ from .io import open_volume
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
-#: refuse exports larger than this in memory (bytes) unless ``max_bytes`` says otherwise
-MAX_BYTES = 8 * 2**30
+#: memory bound for one slab of the export (bytes of source data read at once)
+SLAB_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -109,7 +114,7 @@ def export(
     factor: int | Sequence[int] = 1,
     mode: str | None = None,
     overwrite: bool = False,
-    max_bytes: int = MAX_BYTES,
+    slab_bytes: int = SLAB_BYTES,
 ) -> ExportReport:
     """Write ``source`` (a region of it, downsampled by ``factor``) to ``out`` (.tif or .h5).
 
@@ -128,8 +133,8 @@ def export(
         How to downsample (default: ``stride`` for integer volumes, ``mean`` for floats).
     overwrite : bool
         Replace an earlier export of blockseg's at ``out``.
-    max_bytes : int
-        Refuse an export whose array is larger (it is built in memory).
+    slab_bytes : int
+        Source bytes read at once (the memory bound); the export goes slab by slab along z.
     """
     from .safety import mark_text, prepare_output, stamp_json
 
@@ -146,27 +151,28 @@ def export(
     mode = mode or ("mean" if vol.dtype.kind == "f" else "stride")
     if mode not in ("stride", "mode", "mean"):
         raise BlocksegError(f"downsampling mode must be stride, mode or mean, got {mode!r}")
-    n_bytes = int(np.prod([s.stop - s.start for s in box])) * vol.dtype.itemsize
-    if n_bytes > max_bytes:
-        raise BlocksegError(
-            f"the region is {n_bytes / 2**30:.1f} GiB, more than {max_bytes / 2**30:.1f} GiB in memory; "
-            "export a smaller --region or a downsampled level"
-        )
-    step = f if mode == "stride" else (1, 1, 1)
-    data = np.asarray(vol.array[tuple(slice(s.start, s.stop, k) for s, k in zip(box, step))])
-    if mode != "stride":
-        data = downsample(data, f, mode)
+    shape = output_shape(box, f, mode)
+    if min(shape) == 0:
+        raise BlocksegError(f"downsampling factor {f} is larger than the region {tuple(s.stop - s.start for s in box)}")
     vs = tuple(v * k for v, k in zip(vol.voxel_size, f))
-    note = ""
+    note, dtype = "", np.dtype(vol.dtype if mode != "mean" else (np.float32 if vol.dtype.kind == "f" else vol.dtype))
     info = {"source": source, "region": [[s.start, s.stop] for s in box], "factor": list(f), "mode": mode,
             "voxel_size_um": list(vs)}  # fmt: skip
+
+    def slabs() -> Iterator[tuple[int, np.ndarray]]:
+        return output_slabs(vol.array, box, f, mode, slab_bytes)
+
     with output.writing() as target:
         if suffix in TIFF_SUFFIXES:
-            data, note = _imagej_dtype(data)
+            dtype, note = _imagej_dtype(dtype, slabs)
             import tifffile
 
+            def planes():
+                for _, slab in slabs():
+                    yield from slab.astype(dtype, copy=False)
+
             tifffile.imwrite(
-                target, data, imagej=True, resolution=(1.0 / vs[2], 1.0 / vs[1]),
+                target, planes(), shape=shape, dtype=dtype, imagej=True, resolution=(1.0 / vs[2], 1.0 / vs[1]),
                 metadata={"spacing": vs[0], "unit": "micron", "axes": "ZYX", "Info": mark_text(info)},
             )  # fmt: skip
         else:
@@ -175,24 +181,78 @@ def export(
             import h5py
 
             with h5py.File(target, "w") as h5:
-                chunks = tuple(min(64, s) for s in data.shape)
-                ds = h5.create_dataset("main", data=data, chunks=chunks, compression="gzip")
+                chunks = tuple(min(64, n) for n in shape)
+                ds = h5.create_dataset("main", shape=shape, dtype=dtype, chunks=chunks, compression="gzip")
+                for z0, slab in slabs():
+                    ds[z0 : z0 + slab.shape[0]] = slab
                 ds.attrs["element_size_um"] = np.asarray(vs, dtype=np.float64)
                 h5.attrs["blockseg"] = json.dumps(stamp_json(info))
-    return ExportReport(out, tuple(data.shape), str(data.dtype), vs, tuple((s.start, s.stop) for s in box), f, note)  # type: ignore[arg-type]
+    return ExportReport(out, shape, str(dtype), vs, tuple((s.start, s.stop) for s in box), f, note)  # type: ignore[arg-type]
 
 
-def _imagej_dtype(data: np.ndarray) -> tuple[np.ndarray, str]:
-    """ImageJ holds uint8, uint16 and float32: convert exactly, or refuse."""
-    if data.dtype in (np.uint8, np.uint16, np.float32):
-        return data, ""
-    if data.dtype.kind == "b":
-        return data.astype(np.uint8), ""
-    if data.dtype.kind == "f":
-        return data.astype(np.float32), f"stored as float32 (ImageJ has no {data.dtype})"
-    lo, hi = (int(data.min()), int(data.max())) if data.size else (0, 0)
+def output_shape(box: Sequence[slice], factor: Sequence[int], mode: str) -> tuple[int, int, int]:
+    """Shape of ``box`` downsampled by ``factor``: every window (``stride``) or whole windows only."""
+    sizes = [s.stop - s.start for s in box]
+    if mode == "stride":
+        return tuple(-(-n // k) for n, k in zip(sizes, factor))  # type: ignore[return-value]
+    return tuple(n // k for n, k in zip(sizes, factor))  # type: ignore[return-value]
+
+
+def output_slabs(array, box: Sequence[slice], factor: Sequence[int], mode: str,
+                 slab_bytes: int = SLAB_BYTES) -> Iterator[tuple[int, np.ndarray]]:
+    """The export of ``array[box]`` downsampled by ``factor``, as ``(z0, slab)`` along z.
+
+    Each slab holds as many output planes as fit in ``slab_bytes`` of source data (at least
+    one): the source planes they need are read (every factor-th plane for ``stride``, whole
+    windows otherwise), downsampled with :func:`downsample` and yielded with the index of their
+    first output plane. Windows never straddle two slabs, so the slabs together equal the
+    downsampled region.
+    """
+    f = tuple(int(k) for k in factor)
+    nz = output_shape(box, f, mode)[0]
+    zb, yb, xb = box
+    if mode == "stride":
+        plane = len(range(yb.start, yb.stop, f[1])) * len(range(xb.start, xb.stop, f[2]))
+        src_planes = 1
+    else:
+        plane = (yb.stop - yb.start) // f[1] * f[1] * ((xb.stop - xb.start) // f[2] * f[2])
+        src_planes = f[0]
+    per_out = max(1, plane * src_planes * np.dtype(array.dtype).itemsize)
+    m = max(1, int(slab_bytes) // per_out)
+    cz = int(getattr(array, "chunks", (1,))[0])
+    per_chunk = max(1, -(-cz // f[0]))  # output planes that one source chunk row feeds
+    if m >= per_chunk:  # whole chunk rows per slab: no chunk is decoded twice (when aligned)
+        m = m // per_chunk * per_chunk
+    for z0 in range(0, nz, m):
+        z1 = min(nz, z0 + m)
+        if mode == "stride":
+            sel = (slice(zb.start + z0 * f[0], zb.start + (z1 - 1) * f[0] + 1, f[0]),
+                   slice(yb.start, yb.stop, f[1]), slice(xb.start, xb.stop, f[2]))  # fmt: skip
+            yield z0, np.asarray(array[sel])
+        else:
+            sel = (slice(zb.start + z0 * f[0], zb.start + z1 * f[0]), yb, xb)
+            yield z0, downsample(np.asarray(array[sel]), f, mode)
+
+
+def _imagej_dtype(dtype: np.dtype, slabs) -> tuple[np.dtype, str]:
+    """The dtype an ImageJ TIFF holds ``dtype`` in (uint8, uint16 or float32), exactly, or refuse.
+
+    Other integer types need the range of the values: ``slabs()`` (an iterator factory of
+    ``(z0, slab)``) is read once to find it.
+    """
+    dtype = np.dtype(dtype)
+    if dtype in (np.uint8, np.uint16, np.float32):
+        return dtype, ""
+    if dtype.kind == "b":
+        return np.dtype(np.uint8), ""
+    if dtype.kind == "f":
+        return np.dtype(np.float32), f"stored as float32 (ImageJ has no {dtype})"
+    lo, hi = 0, 0
+    for _, slab in slabs():
+        if slab.size:
+            lo, hi = min(lo, int(slab.min())), max(hi, int(slab.max()))
     if lo >= 0 and hi <= np.iinfo(np.uint16).max:
-        return data.astype(np.uint16), ""
+        return np.dtype(np.uint16), ""
     if lo > -(2**24) and hi < 2**24:
-        return data.astype(np.float32), f"values up to {hi} stored as float32 (exact; ImageJ has no 32-bit integers)"
+        return np.dtype(np.float32), f"values up to {hi} stored as float32 (exact; ImageJ has no 32-bit integers)"
     raise BlocksegError(f"values up to {hi} do not fit an ImageJ TIFF exactly; export to .h5 instead")

@@ -253,9 +253,27 @@ def _open_zarr(path, mode, storage_options, level, channel, timepoint) -> Source
         else:
             raise BlocksegError(f"{path}: expected a 3D (z, y, x) volume, got {node.ndim} axes of shape {node.shape}")
         view, sel = select_axes(node, axes, channel, timepoint, path)
+        if mode == "r":
+            _check_chunks(node, view, path, dict(node.attrs))
         vs = node.attrs.get("voxel_size_um")
         return Source(view, None if vs is None else tuple(vs), f"zarr v{node.metadata.zarr_format} array", sel, [view.shape])
-    return _open_ome_group(node, path, level, channel, timepoint)
+    source = _open_ome_group(node, path, level, channel, timepoint)
+    if mode == "r":
+        view = source.array
+        _check_chunks(getattr(view, "base", view), view, path, node.attrs.asdict() if hasattr(node.attrs, "asdict") else dict(node.attrs))
+    return source
+
+
+def _check_chunks(array, view, path: str, attrs: dict) -> None:
+    """Missing chunks of a zarr input: refused or reported (:mod:`blockseg.chunks`)."""
+    from .chunks import check_complete
+    from .safety import owned_kind, resolve, zarr_root
+
+    def owned() -> bool:
+        where = resolve(path)
+        return any(owned_kind(p) == "zarr" for p in {where, zarr_root(where)})
+
+    check_complete(array, path, fixed=getattr(view, "fixed", None), attrs=attrs, owned=owned)
 
 
 def _multiscale(group, path: str) -> tuple[dict, str, list[str]]:

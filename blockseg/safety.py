@@ -22,8 +22,18 @@ The rules:
 4. A *new* output (nothing at the path, or an empty folder) is written in place, so an
    interrupted ``predict`` leaves a store that the rerun resumes.
 
-On object storage (``s3://``...) there is no atomic rename: existing outputs there are
-refused with a one-line message (delete it yourself or choose another output).
+On object storage (``s3://``...) there is no rename, atomic or not. There the same rules hold
+(own outputs only, the new output written complete beside the old one first), and the swap
+is the closest honest equivalent: when the new output (``.NAME.blockseg-new-PID``) is
+complete, a small *ready* object (``.NAME.blockseg-ready-PID``) is put beside it; then the
+old output is deleted, the new one copied into place server-side (no data passes through
+blockseg) and the sibling and the ready object deleted. An overwrite interrupted before the
+ready object leaves the old output intact (the sibling is deleted at the next attempt); one
+interrupted after it -- while the old output is deleted or the copy runs -- is *rolled
+forward* by the next :func:`prepare_output` of that path (or :func:`recover`), which finishes
+the copy from the complete sibling. During that window a reader may see a partial output.
+Process ids identify writers on one machine: two machines replacing the same URL at once is
+not supported.
 
 Violations raise :class:`~blockseg.errors.BlocksegError` (one line; exit code 2 in the CLI)
 before anything is written.
@@ -49,7 +59,7 @@ from .errors import BlocksegError
 EVALUATION_FILES = frozenset({"evaluation.json", "instances.csv", "ap_vs_iou.png", "overview.png"})
 #: attribute keys that mark a zarr node as written by blockseg
 ZARR_MARKS = ("blockseg", "blockseg_report")
-NEW_TAG, OLD_TAG = "blockseg-new", "blockseg-old"
+NEW_TAG, OLD_TAG, READY_TAG = "blockseg-new", "blockseg-old", "blockseg-ready"
 
 
 # ---------------------------------------------------------------------------- paths
@@ -178,8 +188,17 @@ def owned_kind(path: str | os.PathLike) -> str | None:
     ``"export"``, ``"empty"`` for an empty folder), or None when it is not blockseg's."""
     path = str(path)
     if is_url(path):
+        from .storage import listdir
+
         attrs = _zarr_attrs(path)
-        return "zarr" if attrs is not None and any(k in attrs for k in ZARR_MARKS) else None
+        if attrs is not None:
+            return "zarr" if any(k in attrs for k in ZARR_MARKS) else None
+        entries = set(listdir(path))
+        if "run.json" in entries:
+            return "run"
+        if "evaluation.json" in entries and entries <= EVALUATION_FILES:
+            return "evaluation"
+        return None
     if os.path.islink(path):
         return None  # a link is the user's: never replaced
     if os.path.isfile(path):
@@ -202,12 +221,18 @@ def owned_kind(path: str | os.PathLike) -> str | None:
 
 def _exists(path: str) -> bool:
     if is_url(path):
-        return _zarr_attrs(path) is not None
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(path)
+        return bool(fs.exists(p))  # an object, or a prefix with objects under it
     return os.path.lexists(path)
 
 
 # ---------------------------------------------------------------------------- replacement
 def _sibling(path: str, tag: str, pid: int | None = None) -> str:
+    if is_url(path):
+        parent, _, name = path.rstrip("/").rpartition("/")
+        return f"{parent}/.{name}.{tag}-{os.getpid() if pid is None else pid}"
     parent, name = os.path.split(os.path.abspath(path.rstrip("/")))
     return os.path.join(parent, f".{name}.{tag}-{os.getpid() if pid is None else pid}")
 
@@ -223,9 +248,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _leftovers(path: str, tag: str) -> list[tuple[str, int]]:
-    parent, name = os.path.split(os.path.abspath(path.rstrip("/")))
+    if is_url(path):
+        from .storage import listdir
+
+        parent, _, name = path.rstrip("/").rpartition("/")
+        found = [f"{parent}/{e}" for e in listdir(parent) if e.startswith(f".{name}.{tag}-")]
+    else:
+        parent, name = os.path.split(os.path.abspath(path.rstrip("/")))
+        found = glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.{tag}-*"))
     out = []
-    for p in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.{tag}-*")):
+    for p in found:
         tail = p.rsplit("-", 1)[1]
         if tail.isdigit():
             out.append((p, int(tail)))
@@ -233,6 +265,11 @@ def _leftovers(path: str, tag: str) -> list[tuple[str, int]]:
 
 
 def _remove(path: str) -> None:
+    if is_url(path):
+        from .storage import remove_tree
+
+        remove_tree(path)
+        return
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
     elif os.path.lexists(path):
@@ -247,6 +284,7 @@ def recover(path: str) -> None:
     deleted (both are blockseg's own hidden siblings).
     """
     if is_url(path):
+        _recover_url(path)
         return
     path = os.path.abspath(path.rstrip("/"))
     olds = sorted(_leftovers(path, OLD_TAG))
@@ -263,6 +301,45 @@ def recover(path: str) -> None:
         for work in (new + ".work",):
             if os.path.lexists(work) and (not _pid_alive(pid) or pid == os.getpid()):
                 _remove(work)
+
+
+def _recover_url(path: str) -> None:
+    """:func:`recover` on object storage: roll a ready replacement forward, drop unready ones."""
+    path = path.rstrip("/")
+    for ready, pid in _leftovers(path, READY_TAG):
+        if _pid_alive(pid) and pid != os.getpid():
+            continue
+        new = _sibling(path, NEW_TAG, pid)
+        if _exists(new):
+            _finish_url_swap(new, path, ready)
+        else:  # the copy finished, only the deletion of the ready object was lost
+            _remove(ready)
+    for new, pid in _leftovers(path, NEW_TAG):
+        if not _pid_alive(pid) or pid == os.getpid():
+            _remove(new)
+            _remove(new + ".work")
+
+
+def _finish_url_swap(new: str, path: str, ready: str) -> None:
+    """Delete the old output, copy the complete ``new`` into place, delete ``new`` and ``ready``."""
+    import fsspec
+
+    fs, src = fsspec.core.url_to_fs(new)
+    dst = fsspec.core.url_to_fs(path)[1]
+    _remove(path)
+    fs.copy(src + "/" if fs.isdir(src) else src, dst, recursive=True)
+    _remove(new)
+    _remove(ready)
+
+
+def swap_url(new: str, path: str) -> None:
+    """:func:`swap` on object storage (see the module docstring): mark ready, then replace."""
+    from .storage import write_bytes
+
+    path = path.rstrip("/")
+    ready = _sibling(path, READY_TAG)
+    write_bytes(ready, json.dumps({"new": new, "path": path}).encode())
+    _finish_url_swap(new, path, ready)
 
 
 @dataclass
@@ -309,7 +386,7 @@ class Output:
     def commit(self) -> None:
         """Swap a finished replacement into place (nothing to do for create / resume)."""
         if self.action == "replace":
-            swap(self.target, self.path)
+            (swap_url if is_url(self.path) else swap)(self.target, self.path)
             self.action = "done"
 
     def abort(self) -> None:
@@ -358,7 +435,7 @@ def aborts_on_error(func):
             for out in begun:
                 if out.action == "replace":
                     out.abort()
-                elif out.action == "create" and isinstance(exc, BlocksegError) and not is_url(out.path):
+                elif out.action == "create" and isinstance(exc, BlocksegError):
                     with contextlib.suppress(OSError):
                         _remove(out.path)
                         _remove(out.path + ".work")
@@ -424,8 +501,7 @@ def prepare_output(
     path = str(path)
     inputs = [str(p) for p in inputs if p is not None]
     check_not_input([path, *extra], inputs)
-    if not is_url(path):
-        recover(path)
+    recover(path)  # local: rename back / delete leftovers; object storage: roll forward
     exists = _exists(path)
     kind = owned_kind(path) if exists else None
     if not exists or kind == "empty":
@@ -445,12 +521,7 @@ def prepare_output(
         return Output(path, "resume", kind)
     if not overwrite:
         raise BlocksegError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
-    if is_url(path):
-        raise BlocksegError(
-            f"{path} exists on object storage, where blockseg cannot replace it safely (no atomic rename); "
-            "delete it yourself or choose another output"
-        )
-    if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+    if not is_url(path) and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
         raise BlocksegError(f"{path}: parent directory is not writable")
     return Output(path, "replace", kind)
 
@@ -491,6 +562,16 @@ def prepare_work(work: str) -> str:
 
 def swap_work(work: str, path: str) -> None:
     """Move a kept work folder beside the swapped-in output (replacing an earlier one)."""
+    if is_url(path):
+        if _exists(path):
+            prepare_work(path)
+            _remove(path)
+        import fsspec
+
+        fs, src = fsspec.core.url_to_fs(work)
+        fs.copy(src.rstrip("/") + "/", fsspec.core.url_to_fs(path)[1], recursive=True)
+        _remove(work)
+        return
     if os.path.lexists(path):
         prepare_work(path)
         _remove(path)

@@ -13,7 +13,7 @@ def register(sub) -> None:
         help="write a volume, a region of it or a downsampled level to .tif (ImageJ) or .h5",
         description="Export a label (or image) volume to an ImageJ TIFF (voxel size as XResolution/"
         "YResolution + spacing, unit micron) or to HDF5 (dataset 'main', element_size_um on it). The "
-        "array is built in memory: choose a --region or a --downsample level that fits.",
+        "export is written slab by slab along z, so volumes larger than memory export too.",
     )
     p.add_argument("source", help="volume to export (OME-Zarr or zarr array), e.g. seg.zarr")
     p.add_argument("out", help="OUT.tif / OUT.tiff or OUT.h5 / OUT.hdf5")

@@ -28,6 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"blockseg_cli.{name}").register(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--missing-chunks",
+            choices=("auto", "error", "fill"),
+            help="chunks missing from a zarr input: auto (default) refuses them in images and reads them "
+            "as the fill value in label images (zarr omits empty chunks), error refuses them, fill reads "
+            "them as the fill value; both readings are reported",
+        )
     return parser
 
 
@@ -52,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from blockseg.chunks import set_policy
+
+        set_policy(getattr(args, "missing_chunks", None))
         return int(args.func(args) or 0)
     except BlocksegError as exc:
         if args.debug:

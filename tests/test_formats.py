@@ -339,7 +339,7 @@ def test_napari_plugin_reads_pyramid_and_labels(tmp_path):
 
 def test_invalid_ngff_is_read_leniently_with_a_warning(tmp_path):
     g = zarr.open_group(str(tmp_path / "odd.zarr"), mode="w")
-    g.create_array("0", shape=(4, 5, 6), dtype="u1")
+    g.create_array("0", shape=(4, 5, 6), dtype="u1")[:] = 1
     # axes as bare strings (NGFF 0.3 style) are not valid 0.5 metadata
     g.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": ["z", "y", "x"], "datasets": [
         {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [3.0, 1.0, 1.0]}]}]}]}  # fmt: skip

@@ -155,3 +155,54 @@ def test_cli_and_run_read_s3(s3, on_s3, tmp_path, monkeypatch, capsys):
     res = run(cfg, client=None, log=lambda m: None)
     assert res.ran == ["data", "predict", "segment", "evaluate"] and res.evaluation["n_true"] > 0
     np.testing.assert_array_equal(open_volume(res.layout.labels)[...], open_volume("s3://bsbucket/cli/seg.zarr")[...])
+
+
+def test_overwrite_on_s3_follows_the_local_rules(s3, on_s3):
+    """--overwrite on object storage: own outputs only; the new output is written complete
+    beside the old one before the old one goes; an interrupted replacement leaves the old
+    output, or -- once the new one was marked ready -- is rolled forward by the next attempt."""
+    from blockseg.errors import BlocksegError
+    from blockseg.predict import predict
+    from blockseg.safety import NEW_TAG, READY_TAG, _sibling, prepare_output
+    from blockseg.segment import make_decoder, segment
+
+    d, ckpt = on_s3
+    pred = "s3://bsbucket/ow/pred.zarr"
+    predict("s3://bsbucket/img.zarr", ckpt, pred, block_shape=(8, 16, 32), progress=False, pyramid_levels=1)
+    seg = "s3://bsbucket/ow/seg.zarr"
+    dec = make_decoder("sdt", min_size=1, min_seed_size=1)
+    segment(pred, seg, dec, block_shape=(8, 16, 32))
+    first = open_volume(seg)[...]
+    with pytest.raises(BlocksegError, match="already exists"):
+        segment(pred, seg, dec, block_shape=(8, 16, 32))
+    s3.pipe("bsbucket/ow/seg.zarr/zarr.json.note", b"mine")  # a stray object is kept or replaced with the output
+    segment(pred, seg, make_decoder("sdt", min_size=2, min_seed_size=1), block_shape=(8, 16, 32), overwrite=True)
+    assert not s3.exists("bsbucket/ow/seg.zarr/zarr.json.note")  # replaced as a whole, not merged
+    assert [p for p in s3.ls("bsbucket/ow") if "blockseg-" in p] == []  # no sibling left behind
+    second = open_volume(seg)[...]
+    assert second.shape == first.shape and s3.exists("bsbucket/ow/seg.zarr/instances.csv")
+
+    # a foreign prefix is never replaced, even with overwrite
+    s3.pipe("bsbucket/ow/theirs/notes.txt", b"my thesis")
+    with pytest.raises(BlocksegError, match="not written by blockseg"):
+        segment(pred, "s3://bsbucket/ow/theirs", dec, block_shape=(8, 16, 32), overwrite=True)
+    assert s3.cat("bsbucket/ow/theirs/notes.txt") == b"my thesis"
+
+    # killed while writing the new output: the old output stays, the half-written sibling goes
+    dead = 999_999_999
+    half = _sibling(seg, NEW_TAG, dead)
+    s3.pipe(half.replace("s3://", "") + "/zarr.json", b"{}")
+    out = prepare_output(seg, [pred], overwrite=True)
+    assert out.action == "replace" and not s3.exists(half.replace("s3://", ""))
+    np.testing.assert_array_equal(open_volume(seg)[...], second)
+
+    # killed after the new output was complete and marked ready: the next attempt finishes the swap
+    segment(pred, "s3://bsbucket/ow/other.zarr", dec, block_shape=(8, 16, 32))
+    ready_new = _sibling(seg, NEW_TAG, dead).replace("s3://", "")
+    s3.copy("bsbucket/ow/other.zarr/", ready_new, recursive=True)
+    s3.pipe(_sibling(seg, READY_TAG, dead).replace("s3://", ""), b"{}")
+    s3.rm("bsbucket/ow/seg.zarr", recursive=True)  # the old output was already deleted when it died
+    with pytest.raises(BlocksegError, match="already exists"):
+        prepare_output(seg, [pred])  # rolled forward: the output is there again
+    np.testing.assert_array_equal(open_volume(seg)[...], open_volume("s3://bsbucket/ow/other.zarr")[...])
+    assert [p for p in s3.ls("bsbucket/ow") if "blockseg-" in p] == []
