@@ -111,7 +111,7 @@ def scores(gt, seg) -> dict:
     from blockseg.evaluate import evaluate
 
     s = evaluate(gt, seg).summary()
-    return {"avAP": float(s["avAP"]), "AP50": float(s["coco"]["AP50"]), "n_true": int(s["n_true"]), "n_pred": int(s["n_pred"])}
+    return {"avAP": float(s["avAP"]), "AP50": float(s["coco"]["AP50"]), "AP75": float(s["coco"]["AP75"]), "n_true": int(s["n_true"]), "n_pred": int(s["n_pred"])}
 
 
 def tune_baseline(img, gt, vs) -> tuple[dict, dict]:
@@ -122,7 +122,7 @@ def tune_baseline(img, gt, vs) -> tuple[dict, dict]:
     for vals in itertools.product(*(BASE_GRID[k] for k in keys)):
         p = dict(zip(keys, vals))
         s = scores(gt, otsu_watershed(img, vs, **p))
-        if best is None or (s["AP50"], s["avAP"]) > (best[1]["AP50"], best[1]["avAP"]):
+        if best is None or (s["AP50"], s["AP75"]) > (best[1]["AP50"], best[1]["AP75"]):
             best = (p, s)
     return best
 
