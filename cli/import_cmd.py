@@ -20,7 +20,7 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("source", help="input file (or zarr) to import (the image, for a training pair)")
-    p.add_argument("out", nargs="?", help="output OME-Zarr path (with three paths: the LABELS file)")
+    p.add_argument("out", help="output OME-Zarr path (with three paths: the LABELS file)")
     p.add_argument("out2", nargs="?", metavar="OUT", help="IMAGE LABELS OUT writes the image at OUT and the labels "
                    "as the NGFF label image OUT/labels/NAME: a training volume for `blockseg train`")
     p.add_argument("--key", help="array inside an npz / dataset inside an h5 (needed when there are several)")
@@ -29,9 +29,9 @@ def register(sub) -> None:
     p.add_argument("--shards", nargs="+", type=int, metavar="N", help="shard shape (a multiple of the chunks)")
     p.add_argument("--dtype", help="convert to this dtype (default: keep the source's)")
     p.add_argument("--labels", nargs="?", const=True, default=False, metavar="FILE",
-                   help="alone: the source is a label image (pyramid by sampling, NGFF image-label metadata; "
-                   "OUT may be IMAGE.zarr/labels/NAME of an existing image); with FILE: the labels of the image "
-                   "source, written to OUT/labels/NAME")
+                   help="alone (after the paths): the source is a label image (pyramid by sampling, NGFF "
+                   "image-label metadata; OUT may be IMAGE.zarr/labels/NAME of an existing image, whose labels "
+                   "group is created); with FILE: the labels of the image source, written to OUT/labels/NAME")
     p.add_argument("--label-name", default="nuclei", help="NAME of the label image of a training pair")
     p.add_argument("--labels-key", help="array inside an npz / dataset inside an h5 holding the labels")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
