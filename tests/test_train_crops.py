@@ -52,12 +52,14 @@ def _cases(shape):
     return [(o, g) for i, o in enumerate(origins) for g in (geos if i % 3 == 0 else geos[i % 4 : i % 4 + 1])]
 
 
+@pytest.mark.parametrize("cache_mb", [0, 1024], ids=["computed", "cached"])
 @pytest.mark.parametrize("params", [{"max_distance": 5.0, "contour_width": 2}, {}], ids=["short", "defaults"])
-def test_crop_targets_equal_whole_volume_targets(dense, params):
+def test_crop_targets_equal_whole_volume_targets(dense, params, cache_mb):
     path, lab = dense
     assert lab[0].any() and lab[:, 0].any() and lab[:, :, -1].any(), "nuclei must touch the faces"
     aug = AugmentConfig(**NO_INTENSITY)
-    s = CropSampler([path], ALL, PATCH, {"offset": 0.0, "scale": 1.0}, aug, mask=None, target_context=0, target_params=params)
+    s = CropSampler([path], ALL, PATCH, {"offset": 0.0, "scale": 1.0}, aug, mask=None, target_context=0, target_params=params, cache_mb=cache_mb)
+    assert s.cache_targets == (cache_mb > 0)
     vs = s.voxel_sizes[0]
     checked = 0
     for o, geo in _cases(lab.shape):
@@ -75,13 +77,14 @@ def test_crop_targets_equal_whole_volume_targets(dense, params):
     assert checked >= 12
 
 
-def test_sampled_crops_equal_whole_volume_targets(dense):
+@pytest.mark.parametrize("cache_mb", [0, 1024], ids=["computed", "cached"])
+def test_sampled_crops_equal_whole_volume_targets(dense, cache_mb):
     """The random path (draw + crop) too, over many seeds: the image is the volume's window."""
     path, lab = dense
     img = np.asarray(open_volume(path).array[...])
     aug = AugmentConfig(**NO_INTENSITY)
     reps = ["B", "C", "D", "cpv"]
-    s = CropSampler([path], reps, PATCH, {"offset": 0.0, "scale": 1.0}, aug, mask=None, target_context=0)
+    s = CropSampler([path], reps, PATCH, {"offset": 0.0, "scale": 1.0}, aug, mask=None, target_context=0, cache_mb=cache_mb)
     from blockseg.train.data import core_in_transformed
 
     for seed in range(6):
@@ -98,7 +101,7 @@ def test_sampled_crops_equal_whole_volume_targets(dense):
 def test_face_nuclei_get_no_false_boundary(dense):
     """The issue's symptom: a corner crop's contour target is the whole volume's, not 1 on the face."""
     path, lab = dense
-    s = CropSampler([path], ["B", "C", "D"], PATCH, {"offset": 0.0, "scale": 1.0}, AugmentConfig(**NO_INTENSITY), mask=None)
+    s = CropSampler([path], ["B", "C", "D"], PATCH, {"offset": 0.0, "scale": 1.0}, AugmentConfig(**NO_INTENSITY), mask=None, cache_mb=0)
     _, t = s.crop(s.views[0], Geometric(), (0, 0, 0))
     face = lab[0, : PATCH[1], : PATCH[2]] > 0
     assert face.any()
@@ -107,12 +110,13 @@ def test_face_nuclei_get_no_false_boundary(dense):
     assert t["C"][0][face].mean() < 1.0  # with label-0 padding every face voxel was contour
 
 
-def test_validation_slab_is_a_face_and_never_read(dense):
+@pytest.mark.parametrize("cache_mb", [0, 1024], ids=["computed", "cached"])
+def test_validation_slab_is_a_face_and_never_read(dense, cache_mb):
     path, lab = dense
     box = ((0, 0, 12), (14, 34, 22))  # x 12..22 held out
     views = split_views(0, lab.shape, box)
     assert views == [View(0, (0, 0, 0), (14, 34, 12)), View(0, (0, 0, 22), (14, 34, 34))]
-    s = CropSampler([path], ["B", "C", "D", "cpv", "aff"], (6, 12, 12), {"offset": 0.0, "scale": 1.0}, AugmentConfig(**NO_INTENSITY), mask=None, exclude={0: box})
+    s = CropSampler([path], ["B", "C", "D", "cpv", "aff"], (6, 12, 12), {"offset": 0.0, "scale": 1.0}, AugmentConfig(**NO_INTENSITY), mask=None, exclude={0: box}, cache_mb=cache_mb)
     reads = []
     orig = s.labels[0].array
 

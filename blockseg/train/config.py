@@ -78,8 +78,12 @@ class DataConfig(_Strict):
     mask: Optional[str] = "labels/valid"
     #: a crop with a smaller foreground fraction is redrawn (up to 10 times)
     min_foreground: float = Field(0.0, ge=0.0, le=1.0)
-    #: extra voxels per side read around a crop so that targets near its faces see context
+    #: smallest context (voxels per side) read around a crop for its targets; the targets'
+    #: own halo (blockseg.targets.target_halo) is always read, so crop targets are exact
     target_context: int = Field(8, ge=0)
+    #: cache the targets of whole training volumes (per in-plane transform) when they fit in
+    #: this many MiB: crops are then slices (same values, several times faster); 0: never
+    cache_targets_mb: float = Field(1024, ge=0)
 
 
 #: ``model.capacity`` presets of the residual U-Net (``params.widths`` overrides them); the

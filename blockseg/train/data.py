@@ -202,6 +202,11 @@ class CropSampler:
     exclude : dict, optional
         ``{volume index: (lo, hi)}``: a box (e.g. a validation region) that crops never read;
         it must span the volume in two axes (a slab).
+    cache_mb : float
+        When the targets of every view under all 16 in-plane transforms fit in this many MiB,
+        each (view, transform)'s targets are computed once on the whole view and crops are
+        slices of them (the same values: a crop's targets are the whole view's); 0 disables.
+        Elastic crops are always computed afresh.
     """
 
     def __init__(
@@ -217,6 +222,7 @@ class CropSampler:
         min_foreground: float = 0.0,
         target_params: dict | None = None,
         exclude: dict | None = None,
+        cache_mb: float = 1024,
     ):
         from ..targets import target_halo
 
@@ -256,6 +262,10 @@ class CropSampler:
         self.voxel_sizes = [tuple(v.voxel_size) for v in self.images]
         #: kept for callers that read it: the smallest context asked for
         self.context = int(target_context)
+        need = sum(int(np.prod(v.shape)) for v in self.views) * (len(self.channels) + 1) * 4 * 16
+        #: targets of whole views are cached per (view, transform)
+        self.cache_targets = bool(cache_mb > 0 and need <= cache_mb * 2**20)
+        self._cache: dict = {}
 
     def _max_source(self) -> tuple[int, int, int]:
         """Largest source shape a crop may need (the patch, or its in-plane transpose)."""
@@ -326,6 +336,14 @@ class CropSampler:
         src = np.array(geo.source_shape(self.patch))
         o = np.asarray(o)
         vlo, vhi = np.array(view.lo), np.array(view.hi)
+        if elastic_rng is None and self.cache_targets:
+            if (view, geo) not in self._cache:
+                self._cache[(view, geo)] = self._view_targets(view, geo)
+            whole = self._cache[(view, geo)]
+            core = core_in_transformed(geo, o - vlo, src, view.shape)
+            core_sl = tuple(slice(int(a), int(a + s)) for a, s in zip(o, src))
+            img = geo.apply(np.asarray(self.images[k].array[core_sl]))
+            return normalise(img, self.normalisation), {c: np.ascontiguousarray(whole[c][core]) for c in whole}
         lo = np.maximum(o - ctx, vlo)
         hi = np.minimum(o + src + ctx, vhi)
         sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
@@ -372,6 +390,26 @@ class CropSampler:
         targets = {c: np.ascontiguousarray(targets[c][core], dtype=np.float32) for c in self.channels}
         targets["labels_fg"] = (lab[core] != 0).astype(np.float32)
         return normalise(img, self.normalisation), targets
+
+    def _view_targets(self, view: View, geo: Geometric) -> dict[str, np.ndarray]:
+        """Targets (and ``labels_fg``) of a whole view under ``geo``, for the cache."""
+        k = view.k
+        lab = np.asarray(self.labels[k].array[tuple(slice(a, b) for a, b in zip(view.lo, view.hi))])
+        centres = None
+        if self.needs_centres:
+            ids = np.fromiter(self.centres[k], dtype=np.uint64, count=len(self.centres[k]))
+            if not self.blob_centres:
+                present = np.unique(lab)
+                ids = ids[np.isin(ids, present)]
+            pts = geo.apply_points(np.stack([self.centres[k][int(i)] for i in ids]) - np.array(view.lo), lab.shape) if ids.size else None
+            centres = {int(i): p for i, p in zip(ids, pts)} if ids.size else {}
+        vs = self.voxel_sizes[k]
+        vs = (vs[0], vs[2], vs[1]) if geo.transpose else vs
+        lab = geo.apply(lab)
+        t = compute_targets(lab, self.representations, vs, centres, **self.target_params)
+        out = {c: np.ascontiguousarray(t[c], dtype=np.float32) for c in self.channels}
+        out["labels_fg"] = (lab != 0).astype(np.float32)
+        return out
 
     def batch(self, rng: np.random.Generator, n: int):
         """``(x (n, 1, z, y, x), {channel: (n, z, y, x)})`` as numpy arrays."""

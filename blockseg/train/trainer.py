@@ -433,6 +433,7 @@ def train(
     sampler = CropSampler(
         cfg.data.train, cfg.model.representations, cfg.patch, normalisation, cfg.augment, cfg.data.labels,
         cfg.data.mask, cfg.data.target_context, cfg.data.min_foreground, cfg.targets, exclude,
+        cfg.data.cache_targets_mb,
     )  # fmt: skip
     voxel_size = sampler.voxel_sizes[0]
     # channels-last 3D is several times faster for 3D convolutions on CPU (oneDNN)
