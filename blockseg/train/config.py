@@ -87,8 +87,8 @@ class DataConfig(_Strict):
 
 
 #: ``model.capacity`` presets of the residual U-Net (``params.widths`` overrides them); the
-#: default "base" (16-32-64-128, about 1.1 M parameters with B, C, D, cpv) is the
-#: architecture's default; "tiny" is the shipped demo's size class (about 0.1 M)
+#: default "base" (16-32-64-128, 1.54 M parameters with B, C, D, cpv) is the
+#: architecture's default; "tiny" is the shipped demo's size class (0.09 M)
 CAPACITY = {"tiny": [8, 16, 32], "small": [12, 24, 48, 96], "base": [16, 32, 64, 128], "large": [24, 48, 96, 192]}
 
 
