@@ -71,7 +71,13 @@ def import_pair(
     if not name or "/" in name or name.startswith("."):
         raise BlocksegError(f"label name must be a plain name, got {name!r}")
     src = open_volume(image, key=key, voxel_size=voxel_size)
-    lab = open_volume(labels, key=labels_key)
+    import warnings
+
+    from .formats import BlocksegWarning
+
+    with warnings.catch_warnings():  # the labels take the image's voxel size: no "1 µm" warning for them
+        warnings.simplefilter("ignore", BlocksegWarning)
+        lab = open_volume(labels, key=labels_key)
     if tuple(lab.shape) != tuple(src.shape):
         raise BlocksegError(f"labels {labels} have shape {tuple(lab.shape)}, the image {image} {tuple(src.shape)}")
     if np.dtype(lab.dtype).kind not in "iu":
