@@ -9,7 +9,10 @@ targets larger than the output (valid padding) are centre-cropped to it.
                fraction clipped to [0.05, 0.95]) + 0.5 x soft Dice (NucMM)
 ``D``          MSE of ``tanh(raw)`` against D (NucMM weight 5)
 ``cpv``        MSE with voxel weight 1 inside nuclei and 0.01 on background, weighted mean
-               (aux-task paper); added with coefficient 1
+               (aux-task paper); by default (``cpv_units="relative"``) divided by the batch's
+               weighted mean squared target vector, i.e. relative to the nuclei's size (about 1
+               for a zero prediction, like the other losses at the start); ``"voxels"`` keeps
+               the paper's unnormalised voxel units (about 7x the 3label loss on real crops)
 ``3label``     class-balanced softmax cross-entropy (weights = inverse class frequency)
 ``sdt``        MSE of ``tanh(raw)`` against tanh(sdt / 9); x100 when cpv is also trained
                (aux-task paper; it used a linear output -- the tanh matches what
@@ -96,10 +99,15 @@ class MultiLoss:
         The network's representations (in channel order).
     weights : mapping, optional
         Coefficient per representation (default :data:`DEFAULT_WEIGHTS`; sdt x100 with cpv).
+    cpv_units : {"relative", "voxels"}
+        cpv loss relative to the batch's squared centre distances (default), or in voxels.
     """
 
-    def __init__(self, representations: Sequence[str], weights: Mapping[str, float] | None = None):
+    def __init__(self, representations: Sequence[str], weights: Mapping[str, float] | None = None, cpv_units: str = "relative"):
         self.representations = check_representations(representations)
+        if cpv_units not in ("relative", "voxels"):
+            raise BlocksegError(f"cpv_units must be 'relative' or 'voxels', got {cpv_units!r}")
+        self.cpv_units = cpv_units
         w = dict(DEFAULT_WEIGHTS)
         if "sdt" in self.representations and "cpv" in self.representations:
             w["sdt"] = 100.0
@@ -155,7 +163,13 @@ class MultiLoss:
             return F.mse_loss(torch.tanh(x), t)
         if r == "cpv":
             inside = fg if fg is not None else (t.abs().sum(1, keepdim=True) > 0).float()
-            return weighted_mse(x, t, inside.clamp(0.01, 1.0))
+            w = inside.clamp(0.01, 1.0)
+            loss = weighted_mse(x, t, w)
+            if self.cpv_units == "relative":
+                with torch.no_grad():
+                    scale = weighted_mse(torch.zeros_like(t), t, w).clamp_min(1.0)
+                loss = loss / scale
+            return loss
         if r == "3label":
             ce = balanced_ce(x, t)
             return ce + soft_dice(torch.softmax(x, 1), t) if self.joint else ce

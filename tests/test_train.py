@@ -182,7 +182,8 @@ def test_validation_and_decoder_tuning(volume, tmp_path):
     res = train(parse_config(cfg), progress=False)
     assert set(res.validation) >= {"AP50", "AP75", "accuracy50"}
     meta = load_checkpoint(res.checkpoint)[1]["metadata"]
-    assert meta["decoder"]["params"]["fg_b"] in (0.5, 0.9) and meta["decoder"]["tuned_on"] == "validation"
+    # the grid is widened past a picked edge, within [0, 1] for a probability threshold
+    assert 0.0 <= meta["decoder"]["params"]["fg_b"] <= 1.0 and meta["decoder"]["tuned_on"] == "validation"
     assert meta["validation"] == res.validation
 
 

@@ -19,6 +19,50 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ValidationConfig(_Strict):
+    """A validation region: a box of a volume, or a held-out fraction of it (a slab).
+
+    When ``volume`` is also a training volume, training crops never read the region (it must
+    then be a slab: span the volume in two axes), and its faces are treated as volume faces.
+    """
+
+    volume: str
+    #: ``[[z0, z1], [y0, y1], [x0, x1]]`` voxels (end exclusive; null for a whole axis)
+    region: Optional[list[Optional[tuple[int, int]]]] = None
+    #: or: the last ``fraction`` of the volume along ``axis`` (0 z, 1 y, 2 x)
+    fraction: Optional[float] = Field(None, gt=0.0, lt=1.0)
+    axis: int = Field(0, ge=0, le=2)
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v):
+        if v is not None:
+            if len(v) != 3:
+                raise ValueError("region must have 3 entries (z, y, x), each [start, stop] or null")
+            for r in v:
+                if r is not None and not (0 <= r[0] < r[1]):
+                    raise ValueError(f"region entry {list(r)} must be [start, stop] with 0 <= start < stop")
+        return v
+
+    def box(self, shape) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        """``(lo, hi)`` of the region in a volume of ``shape``."""
+        from ..errors import BlocksegError
+
+        if self.region is not None and self.fraction is not None:
+            raise BlocksegError("data.validation: give region or fraction, not both")
+        lo, hi = [0, 0, 0], [int(s) for s in shape]
+        if self.fraction is not None:
+            n = max(1, int(round(self.fraction * shape[self.axis])))
+            lo[self.axis] = int(shape[self.axis]) - n
+        elif self.region is not None:
+            for a, r in enumerate(self.region):
+                if r is not None:
+                    if r[1] > shape[a]:
+                        raise BlocksegError(f"data.validation.region {list(r)} exceeds axis {a} of size {shape[a]}")
+                    lo[a], hi[a] = int(r[0]), int(r[1])
+        return tuple(lo), tuple(hi)  # type: ignore[return-value]
+
+
 class DataConfig(_Strict):
     """Where the training data is.
 
@@ -28,17 +72,34 @@ class DataConfig(_Strict):
     """
 
     train: list[str] = Field(min_length=1)
-    validation: Optional[str] = None
+    #: a whole volume (path), or ``{volume, region}`` / ``{volume, fraction, axis}``
+    validation: Optional[str | ValidationConfig] = None
     labels: str = "labels/nuclei"
     mask: Optional[str] = "labels/valid"
     #: a crop with a smaller foreground fraction is redrawn (up to 10 times)
     min_foreground: float = Field(0.0, ge=0.0, le=1.0)
-    #: extra voxels per side read around a crop so that targets near its faces see context
+    #: smallest context (voxels per side) read around a crop for its targets; the targets'
+    #: own halo (blockseg.targets.target_halo) is always read, so crop targets are exact
     target_context: int = Field(8, ge=0)
+    #: cache the targets of whole training volumes (per in-plane transform) when they fit in
+    #: this many MiB: crops are then slices (same values, several times faster); 0: never
+    cache_targets_mb: float = Field(1024, ge=0)
+
+
+#: ``model.capacity`` presets of the residual U-Net (``params.widths`` overrides them); the
+#: default "base" (16-32-64-128, 1.54 M parameters with B, C, D, cpv) is the
+#: architecture's default; "tiny" is the shipped demo's size class (0.09 M)
+CAPACITY = {"tiny": [8, 16, 32], "small": [12, 24, 48, 96], "base": [16, 32, 64, 128], "large": [24, 48, 96, 192]}
 
 
 class ModelConfig(_Strict):
     architecture: str = "resunet3d"
+    #: widths preset (see CAPACITY) used when ``params`` sets no ``widths``
+    capacity: Literal["tiny", "small", "base", "large"] = "base"
+    #: start from this checkpoint's weights (fine-tuning; same architecture and channels)
+    init: Optional[str] = None
+    #: with ``init``: train only the decoder path (encoder weights frozen)
+    freeze_encoder: bool = False
     representations: list[str] = Field(min_length=1)
     #: architecture keyword arguments (widths, anisotropic, ...); ``input_patch`` is set from
     #: ``training.patch``
@@ -106,6 +167,9 @@ class TrainConfig(_Strict):
     patch: tuple[int, int, int] = (32, 96, 96)
     batch_size: int = Field(2, gt=0)
     loss_weights: dict[str, float] = Field(default_factory=dict)
+    #: cpv loss "relative" to the nuclei's size (default: comparable to the other losses, no
+    #: hand-set loss_weights needed) or in "voxels" (the aux-task paper's unnormalised MSE)
+    cpv_units: Literal["relative", "voxels"] = "relative"
     #: keyword parameters of the target computation (alpha, beta, ...)
     targets: dict[str, Any] = Field(default_factory=dict)
     checkpoint_every: int = Field(500, gt=0)

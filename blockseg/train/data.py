@@ -4,8 +4,9 @@ A crop is drawn as follows:
 
 1. draw the geometric augmentation (in-plane transpose, flips, 90-degree rotations): it fixes
    the shape that has to be read so that the augmented crop has the patch shape;
-2. read image + labels of that shape plus ``target_context`` voxels per side, centred on a
-   random valid voxel (``labels/valid`` when present);
+2. read image of that shape and labels plus the targets' halo (at least ``target_context``)
+   per side, centred on a random valid voxel (``labels/valid`` when present), clipped at the
+   volume's faces and at any validation region (a face is "unknown", not a label change);
 3. apply the geometric augmentation (and the optional elastic deformation) to image, labels and
    the global instance centres of the labels present (for ``cpv``);
 4. compute the targets on the augmented labels, then drop the context;
@@ -140,8 +141,45 @@ def elastic_points(points: np.ndarray, field: np.ndarray, iterations: int = 4) -
 
 
 # ---------------------------------------------------------------------------- sampler
+@dataclass(frozen=True)
+class View:
+    """The part ``[lo, hi)`` of training volume ``k`` that crops may read (a box, voxels).
+
+    A validation region carved out of a training volume leaves one or two such boxes; their
+    faces are treated exactly like the volume's faces (nothing beyond them is read).
+    """
+
+    k: int
+    lo: tuple[int, int, int]
+    hi: tuple[int, int, int]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(b - a) for a, b in zip(self.lo, self.hi))  # type: ignore[return-value]
+
+
+def core_in_transformed(geo: Geometric, start: Sequence[int], size: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
+    """Where the box ``[start, start + size)`` of an array of ``shape`` lands after ``geo.apply``."""
+    start, size, shape = list(start), list(size), list(shape)
+    if geo.transpose:
+        for a in (start, size, shape):
+            a[1], a[2] = a[2], a[1]
+    for ax, f in enumerate(geo.flips):
+        if f:
+            start[ax] = shape[ax] - start[ax] - size[ax]
+    return tuple(slice(int(a), int(a + n)) for a, n in zip(start, size))
+
+
 class CropSampler:
     """Draws augmented ``(image, targets)`` crops from training volumes.
+
+    Targets of a crop equal the targets of the whole (augmented) volume on that crop: labels are
+    read with :func:`blockseg.targets.target_halo` voxels of context per side (at least
+    ``target_context``), never beyond a volume face or a validation region, and targets are
+    computed on that clipped read -- a face is "unknown", never a label change, exactly as for
+    the whole volume (``tests/test_train_crops.py``). With the elastic deformation the read is
+    padded to the full context by edge replication (the continuation that adds no boundary at
+    the face) before warping.
 
     Parameters
     ----------
@@ -156,11 +194,19 @@ class CropSampler:
     labels, mask : str
         Sub-paths of labels and mask.
     target_context : int
-        Voxels per side read around the crop for the target computation.
+        Smallest context (voxels per side) read around the crop for the target computation.
     min_foreground : float
         Redraw crops with less foreground (up to 10 times).
     target_params : dict
         Passed to the target computation.
+    exclude : dict, optional
+        ``{volume index: (lo, hi)}``: a box (e.g. a validation region) that crops never read;
+        it must span the volume in two axes (a slab).
+    cache_mb : float
+        When the targets of every view under all 16 in-plane transforms fit in this many MiB,
+        each (view, transform)'s targets are computed once on the whole view and crops are
+        slices of them (the same values: a crop's targets are the whole view's); 0 disables.
+        Elastic crops are always computed afresh.
     """
 
     def __init__(
@@ -175,19 +221,25 @@ class CropSampler:
         target_context: int = 8,
         min_foreground: float = 0.0,
         target_params: dict | None = None,
+        exclude: dict | None = None,
+        cache_mb: float = 1024,
     ):
+        from ..targets import target_halo
+
         self.representations = tuple(representations)
         #: representations whose targets need the global centre table
         self.needs_centres = bool({"cpv", "gauss", "density"} & set(self.representations))
+        #: representations whose targets need every centre (not only those of the labels read)
+        self.blob_centres = bool({"gauss", "density"} & set(self.representations))
         self.channels = tuple(c for r in self.representations for c in REPRESENTATIONS[r][0])
         self.patch = tuple(int(p) for p in patch)
         self.normalisation = normalisation
         self.augment = augment or AugmentConfig()
-        self.context = int(target_context)
         self.min_foreground = float(min_foreground)
         self.target_params = dict(target_params or {})
-        self.images, self.labels, self.valid, self.centres = [], [], [], []
-        for p in paths:
+        self.images, self.labels, self.valid, self.centres, self.views, self.contexts = [], [], [], [], [], []
+        exclude = dict(exclude or {})
+        for k, p in enumerate(paths):
             img = open_volume(p)
             lab_path = f"{str(p).rstrip('/')}/{labels}"
             try:
@@ -196,13 +248,29 @@ class CropSampler:
                 raise BlocksegError(f"training volume {p} has no labels at {lab_path}") from None
             if lab.shape != img.shape:
                 raise BlocksegError(f"{lab_path} has shape {lab.shape}, image {img.shape}")
-            if any(s < q for s, q in zip(img.shape, self.patch)):
-                raise BlocksegError(f"training volume {p} {img.shape} is smaller than the patch {self.patch}")
+            views = split_views(k, img.shape, exclude.get(k))
+            views = [v for v in views if all(s >= q for s, q in zip(v.shape, self._max_source()))]
+            if not views:
+                raise BlocksegError(f"training volume {p} {img.shape} (less any validation region) is smaller than the patch {self.patch}")
+            self.views.extend(views)
             self.images.append(img)
             self.labels.append(lab)
             self.valid.append(self._valid_centres(p, mask, img.shape))
             self.centres.append(centre_table(lab_path) if self.needs_centres else {})
+            halo = target_halo(self.representations, img.voxel_size, **self.target_params)
+            self.contexts.append(np.maximum(np.array(halo), int(target_context)))
         self.voxel_sizes = [tuple(v.voxel_size) for v in self.images]
+        #: kept for callers that read it: the smallest context asked for
+        self.context = int(target_context)
+        need = sum(int(np.prod(v.shape)) for v in self.views) * (len(self.channels) + 1) * 4 * 16
+        #: targets of whole views are cached per (view, transform)
+        self.cache_targets = bool(cache_mb > 0 and need <= cache_mb * 2**20)
+        self._cache: dict = {}
+
+    def _max_source(self) -> tuple[int, int, int]:
+        """Largest source shape a crop may need (the patch, or its in-plane transpose)."""
+        z, y, x = self.patch
+        return (z, max(y, x), max(y, x)) if (y == x and (self.augment.transpose or self.augment.rot90)) else (z, y, x)
 
     def _valid_centres(self, path, mask, shape) -> np.ndarray | None:
         """Coarse list of voxels inside the mask (stride 4), or None for "anywhere"."""
@@ -219,13 +287,17 @@ class CropSampler:
             raise BlocksegError(f"valid mask {mpath} is empty")
         return pts
 
-    def _origin(self, rng, k: int, shape: Sequence[int]) -> np.ndarray:
-        vol_shape = np.array(self.images[k].shape)
+    def _origin(self, rng, view: View, shape: Sequence[int]) -> np.ndarray:
+        """Crop origin inside ``view`` (centred on a valid voxel of the view when there is a mask)."""
+        lo, hi = np.array(view.lo), np.array(view.hi)
         shape = np.array(shape)
-        if self.valid[k] is None:
-            return np.array([rng.integers(0, s - p + 1) for s, p in zip(vol_shape, shape)])
-        c = self.valid[k][rng.integers(len(self.valid[k]))]
-        return np.clip(c - shape // 2, 0, vol_shape - shape)
+        pts = self.valid[view.k]
+        if pts is not None:
+            pts = pts[np.all((pts >= lo) & (pts < hi), axis=1)]
+        if pts is None or len(pts) == 0:
+            return np.array([rng.integers(a, b - p + 1) for a, b, p in zip(lo, hi, shape)])
+        c = pts[rng.integers(len(pts))]
+        return np.clip(c - shape // 2, lo, hi - shape)
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One crop: ``image (z, y, x)`` float32 and ``{channel: (z, y, x)}`` + ``labels_fg``."""
@@ -235,54 +307,109 @@ class CropSampler:
                 break
         return out
 
-    def _sample(self, rng):
-        cfg = self.augment
-        k = int(rng.integers(len(self.images)))
-        square = self.patch[1] == self.patch[2]
-        geo = draw_geometric(rng, cfg, square)
-        ctx = self.context
+    def draw(self, rng: np.random.Generator) -> tuple[View, Geometric, np.ndarray]:
+        """The random choices of one crop: view, geometric transform and source origin."""
+        view = self.views[int(rng.integers(len(self.views)))]
+        geo = draw_geometric(rng, self.augment, self.patch[1] == self.patch[2])
         src = np.array(geo.source_shape(self.patch))
-        o = self._origin(rng, k, src)
-        vol_shape = np.array(self.images[k].shape)
-        lo = np.maximum(o - ctx, 0)
-        hi = np.minimum(o + src + ctx, vol_shape)
-        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        img = np.asarray(self.images[k].array[sl])
-        lab = np.asarray(self.labels[k].array[sl])
-        # pad to the full context with reflection so every crop has the same shape
-        pad = [(int(a), int(b)) for a, b in zip(lo - (o - ctx), (o + src + ctx) - hi)]
-        if any(p != (0, 0) for p in pad):
-            img = np.pad(img, pad, mode="reflect")
-            lab = np.pad(lab, pad, mode="constant")  # outside the volume: no labels
-        start = o - ctx  # coordinates of the padded crop's first voxel
-        centres = None
-        ids = np.zeros(0, np.uint64)
-        if self.needs_centres:
-            ids = np.unique(lab)
-            ids = ids[ids != 0]
-            if ids.size:
-                pts = np.stack([self.centres[k][int(i)] for i in ids]) - start
-                pts = geo.apply_points(pts, lab.shape)
-        img, lab = geo.apply(img), geo.apply(lab)
-        if cfg.elastic and rng.random() < cfg.elastic_p:
-            field = elastic_field(rng, lab.shape, cfg.elastic_spacing, cfg.elastic_sigma)
-            img, lab = elastic_apply(img, lab, field)
-            if ids.size:
-                pts = elastic_points(pts, field)
-        if self.needs_centres:
-            centres = {int(i): p for i, p in zip(ids, pts)} if ids.size else {}
-        vs = self.voxel_sizes[k]
-        vs = (vs[0], vs[2], vs[1]) if geo.transpose else vs
-        targets = compute_targets(lab, self.representations, vs, centres, **self.target_params)
-        core = tuple(slice(ctx, ctx + p) for p in self.patch)
-        targets = {c: np.ascontiguousarray(targets[c][core], dtype=np.float32) for c in self.channels}
-        targets["labels_fg"] = (lab[core] != 0).astype(np.float32)
-        x = normalise(img[core], self.normalisation)
+        return view, geo, self._origin(rng, view, src)
+
+    def _sample(self, rng):
+        view, geo, o = self.draw(rng)
+        elastic = self.augment.elastic and rng.random() < self.augment.elastic_p
+        x, targets = self.crop(view, geo, o, rng if elastic else None)
+        cfg = self.augment
         if cfg.intensity_scale > 0 or cfg.intensity_shift > 0:
             x = x * np.float32(1 + rng.uniform(-cfg.intensity_scale, cfg.intensity_scale)) + np.float32(
                 rng.uniform(-cfg.intensity_shift, cfg.intensity_shift)
             )
         return np.ascontiguousarray(x, dtype=np.float32), targets
+
+    def crop(self, view: View, geo: Geometric, o: Sequence[int], elastic_rng=None):
+        """Normalised image and targets of the crop at source origin ``o`` under ``geo``.
+
+        Without ``elastic_rng`` the targets equal those of the whole transformed view on the
+        crop; with it, the read is edge-padded to the full context, warped, then targeted.
+        """
+        k = view.k
+        ctx = self.contexts[k]
+        src = np.array(geo.source_shape(self.patch))
+        o = np.asarray(o)
+        vlo, vhi = np.array(view.lo), np.array(view.hi)
+        if elastic_rng is None and self.cache_targets:
+            if (view, geo) not in self._cache:
+                self._cache[(view, geo)] = self._view_targets(view, geo)
+            whole = self._cache[(view, geo)]
+            core = core_in_transformed(geo, o - vlo, src, view.shape)
+            core_sl = tuple(slice(int(a), int(a + s)) for a, s in zip(o, src))
+            img = geo.apply(np.asarray(self.images[k].array[core_sl]))
+            return normalise(img, self.normalisation), {c: np.ascontiguousarray(whole[c][core]) for c in whole}
+        lo = np.maximum(o - ctx, vlo)
+        hi = np.minimum(o + src + ctx, vhi)
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        lab = np.asarray(self.labels[k].array[sl])
+        vs = self.voxel_sizes[k]
+        vs = (vs[0], vs[2], vs[1]) if geo.transpose else vs
+        if elastic_rng is None:
+            core_sl = tuple(slice(int(a), int(a + s)) for a, s in zip(o, src))
+            img = geo.apply(np.asarray(self.images[k].array[core_sl]))
+            pts_shape = lab.shape
+            start = lo
+        else:
+            img = np.asarray(self.images[k].array[sl])
+            pad = [(int(a), int(b)) for a, b in zip(lo - (o - ctx), (o + src + ctx) - hi)]
+            if any(p != (0, 0) for p in pad):
+                img = np.pad(img, pad, mode="reflect" if all(s > max(p) for s, p in zip(img.shape, pad)) else "edge")
+                lab = np.pad(lab, pad, mode="edge")  # no false boundary at the face
+            start = o - ctx
+            pts_shape = lab.shape
+        centres = None
+        ids = np.zeros(0, np.uint64)
+        if self.needs_centres:
+            if self.blob_centres:  # gauss / density: blobs of nuclei outside the read reach into it
+                ids = np.fromiter(self.centres[k], dtype=np.uint64, count=len(self.centres[k]))
+            else:
+                ids = np.unique(lab)
+                ids = ids[ids != 0]
+            if ids.size:
+                pts = geo.apply_points(np.stack([self.centres[k][int(i)] for i in ids]) - start, pts_shape)
+        lab = geo.apply(lab)
+        if elastic_rng is not None:
+            img = geo.apply(img)
+            cfg = self.augment
+            field = elastic_field(elastic_rng, lab.shape, cfg.elastic_spacing, cfg.elastic_sigma)
+            img, lab = elastic_apply(img, lab, field)
+            if ids.size:
+                pts = elastic_points(pts, field)
+        if self.needs_centres:
+            centres = {int(i): p for i, p in zip(ids, pts)} if ids.size else {}
+        targets = compute_targets(lab, self.representations, vs, centres, **self.target_params)
+        core = core_in_transformed(geo, o - start, src, pts_shape)
+        if elastic_rng is not None:
+            img = img[core]
+        targets = {c: np.ascontiguousarray(targets[c][core], dtype=np.float32) for c in self.channels}
+        targets["labels_fg"] = (lab[core] != 0).astype(np.float32)
+        return normalise(img, self.normalisation), targets
+
+    def _view_targets(self, view: View, geo: Geometric) -> dict[str, np.ndarray]:
+        """Targets (and ``labels_fg``) of a whole view under ``geo``, for the cache."""
+        k = view.k
+        lab = np.asarray(self.labels[k].array[tuple(slice(a, b) for a, b in zip(view.lo, view.hi))])
+        centres = None
+        if self.needs_centres:
+            ids = np.fromiter(self.centres[k], dtype=np.uint64, count=len(self.centres[k]))
+            if not self.blob_centres:
+                present = np.unique(lab)
+                ids = ids[np.isin(ids, present)]
+            pts = geo.apply_points(np.stack([self.centres[k][int(i)] for i in ids]) - np.array(view.lo), lab.shape) if ids.size else None
+            centres = {int(i): p for i, p in zip(ids, pts)} if ids.size else {}
+        vs = self.voxel_sizes[k]
+        vs = (vs[0], vs[2], vs[1]) if geo.transpose else vs
+        lab = geo.apply(lab)
+        t = compute_targets(lab, self.representations, vs, centres, **self.target_params)
+        out = {c: np.ascontiguousarray(t[c], dtype=np.float32) for c in self.channels}
+        out["labels_fg"] = (lab != 0).astype(np.float32)
+        return out
 
     def batch(self, rng: np.random.Generator, n: int):
         """``(x (n, 1, z, y, x), {channel: (n, z, y, x)})`` as numpy arrays."""
@@ -290,6 +417,29 @@ class CropSampler:
         x = np.stack([i[0] for i in items])[:, None]
         t = {c: np.stack([i[1][c] for i in items]) for c in items[0][1]}
         return x, t
+
+
+def split_views(k: int, shape: Sequence[int], box=None) -> list[View]:
+    """The boxes of volume ``k`` left when the box ``(lo, hi)`` is removed (a slab: it must span two axes)."""
+    shape = tuple(int(s) for s in shape)
+    if box is None:
+        return [View(k, (0, 0, 0), shape)]
+    lo, hi = (tuple(int(v) for v in b) for b in box)
+    cut = [a for a in range(3) if not (lo[a] <= 0 and hi[a] >= shape[a])]
+    if len(cut) > 1:
+        raise BlocksegError(
+            f"a validation region inside a training volume must be a slab (span the volume in two axes), got {list(lo)}..{list(hi)}"
+        )
+    if not cut:
+        return []
+    a = cut[0]
+    out = []
+    for s, e in ((0, lo[a]), (hi[a], shape[a])):
+        if e > s:
+            vlo, vhi = [0, 0, 0], list(shape)
+            vlo[a], vhi[a] = s, e
+            out.append(View(k, tuple(vlo), tuple(vhi)))  # type: ignore[arg-type]
+    return out
 
 
 def image_statistics(paths: Sequence[str], max_voxels: int = 2**24) -> dict:

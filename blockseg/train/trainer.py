@@ -69,21 +69,68 @@ def _seed_all(seed: int) -> None:
 
 def make_model(cfg: TrainConfig) -> BlocksegNet:
     """The network of a config (``training.patch`` is its ``input_patch``)."""
+    from .config import CAPACITY
+
     params = dict(cfg.model.params)
     params["representations"] = list(cfg.model.representations)
+    if cfg.model.architecture == "resunet3d" and "widths" not in params:
+        params["widths"] = list(CAPACITY[cfg.model.capacity])
     params.setdefault("input_patch", list(cfg.patch))
     model = build_model(cfg.model.architecture, **params)
     model.geometry.output_for(cfg.patch)  # refuse an inadmissible patch now
     return model
 
 
+#: module names of the encoder path (frozen by ``model.freeze_encoder``)
+ENCODER_MODULES = ("stem", "down", "encoder")
+
+
+def init_from_checkpoint(model: BlocksegNet, path: str, freeze_encoder: bool = False) -> dict:
+    """Load the weights of checkpoint ``path`` into ``model`` (fine-tuning); return its metadata.
+
+    The checkpoint must have the same architecture, widths and output channels (its heads are
+    reused). With ``freeze_encoder`` the parameters of :data:`ENCODER_MODULES` stop training.
+    """
+    from ..models import demo_checkpoint_path
+
+    if path == "demo":
+        path = demo_checkpoint_path()
+    loaded, payload = load_checkpoint(path, "cpu")
+    if tuple(loaded.channels) != tuple(model.channels):
+        raise BlocksegError(f"init checkpoint {path} predicts {list(loaded.channels)}, this model {list(model.channels)}")
+    try:
+        model.load_state_dict(loaded.state_dict())
+    except RuntimeError as e:
+        raise BlocksegError(
+            f"init checkpoint {path} has another architecture or widths ({str(e).splitlines()[0]}); "
+            "set model.params to the checkpoint's"
+        ) from None
+    if freeze_encoder:
+        names = [n for n in ENCODER_MODULES if hasattr(model, n)]
+        if not names:
+            raise BlocksegError(f"freeze_encoder: architecture {type(model).__name__} has no encoder modules {ENCODER_MODULES}")
+        for n in names:
+            for prm in getattr(model, n).parameters():
+                prm.requires_grad_(False)
+    return payload.get("metadata", {})
+
+
+def freeze_norm_statistics(model: BlocksegNet) -> None:
+    """Keep the frozen encoder's batch-norm statistics fixed (eval mode for those modules)."""
+    for n in ENCODER_MODULES:
+        if hasattr(model, n):
+            for m in getattr(model, n).modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module):
     """SGD (momentum, weight decay) or Adam, with linear warm-up and cosine decay to 0."""
     o = cfg.optimizer
     if o.name == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     total, warm = cfg.iterations, o.warmup
 
     def factor(it: int) -> float:
@@ -132,20 +179,40 @@ def predict_image(model: BlocksegNet, image: np.ndarray, normalisation: dict | N
     return {c: np.ascontiguousarray(out[i]) for i, c in enumerate(model.channels)}
 
 
-def validation_scores(
-    model: BlocksegNet, path: str, normalisation: dict | None, decoder, labels: str = "labels/nuclei", mask: str | None = "labels/valid"
-) -> tuple[dict, dict[str, np.ndarray]]:
-    """Predict, decode and evaluate one validation volume; return (scores, prediction)."""
+def resolve_validation(cfg: TrainConfig) -> tuple[str | None, tuple | None]:
+    """``(volume path, (lo, hi) box or None)`` of the config's validation data."""
     from ..io import open_volume
 
-    img = np.asarray(open_volume(path).array[...])
-    gt = np.asarray(open_volume(f"{str(path).rstrip('/')}/{labels}").array[...])
+    v = cfg.data.validation
+    if v is None:
+        return None, None
+    if isinstance(v, str):
+        return v, None
+    return v.volume, v.box(open_volume(v.volume).shape)
+
+
+def read_validation(path: str, box=None, labels: str = "labels/nuclei", mask: str | None = "labels/valid"):
+    """``(image, labels, mask or None)`` of a validation volume or of its region ``box``."""
+    from ..io import open_volume
+
+    sl = (...,) if box is None else tuple(slice(a, b) for a, b in zip(*box))
+    img = np.asarray(open_volume(path).array[sl])
+    gt = np.asarray(open_volume(f"{str(path).rstrip('/')}/{labels}").array[sl])
     m = None
     if mask:
         try:
-            m = np.asarray(open_volume(f"{str(path).rstrip('/')}/{mask}").array[...])
+            m = np.asarray(open_volume(f"{str(path).rstrip('/')}/{mask}").array[sl])
         except BlocksegError:
             m = None
+    return img, gt, m
+
+
+def validation_scores(
+    model: BlocksegNet, path: str, normalisation: dict | None, decoder, labels: str = "labels/nuclei",
+    mask: str | None = "labels/valid", box=None,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Predict, decode and evaluate one validation volume (or its region ``box``); return (scores, prediction)."""
+    img, gt, m = read_validation(path, box, labels, mask)
     pred = predict_image(model, img, normalisation)
     return score_prediction(pred, gt, decoder, m), pred
 
@@ -170,8 +237,7 @@ def score_prediction(pred: Mapping[str, np.ndarray], gt: np.ndarray, decoder, ma
     }
 
 
-def tune_decoder(pred: Mapping[str, np.ndarray], gt: np.ndarray, name: str, base: dict, grid: Mapping[str, list], mask=None):
-    """Best decoder parameters over a grid (all combinations) by (AP-50, AP-75)."""
+def _grid_search(pred, gt, name, base, grid, mask, cache):
     import itertools
 
     from ..segment import make_decoder
@@ -180,10 +246,117 @@ def tune_decoder(pred: Mapping[str, np.ndarray], gt: np.ndarray, name: str, base
     best = None
     for vals in itertools.product(*(grid[k] for k in keys)):
         params = {**base, **dict(zip(keys, vals))}
-        s = score_prediction(pred, gt, make_decoder(name, **params), mask)
-        if best is None or (s["AP50"], s["AP75"]) > (best[1]["AP50"], best[1]["AP75"]):
+        key = tuple(sorted(params.items()))
+        if key not in cache:
+            try:
+                dec = make_decoder(name, **params)
+            except BlocksegError:
+                cache[key] = None  # outside the parameter's range
+                continue
+            cache[key] = score_prediction(pred, gt, dec, mask)
+        s = cache[key]
+        if s is not None and (best is None or (s["AP50"], s["AP75"]) > (best[1]["AP50"], best[1]["AP75"])):
             best = (params, s)
     return best
+
+
+def widen(values: list, at_low: bool) -> list:
+    """``values`` with one more value beyond the low or high edge.
+
+    One grid step further (the end step, or half the value for a single entry), but never past
+    the range the values suggest: thresholds given in [0, 1] stay in [0, 1] and those in
+    [-1, 1] stay there (probabilities, tanh maps); near the bound, halfway to it.
+    """
+    v = sorted(values)
+    lo_bound = 0.0 if v[0] >= 0 else (-1.0 if v[0] >= -1 else -np.inf)
+    hi_bound = 1.0 if v[-1] <= 1 else np.inf
+    step = ((v[1] - v[0]) if at_low else (v[-1] - v[-2])) if len(v) > 1 else (abs(v[0]) / 2 or 0.1)
+    if at_low:
+        new = v[0] - step
+        if new < lo_bound:
+            new = (v[0] + lo_bound) / 2
+    else:
+        new = v[-1] + step
+        if new > hi_bound:
+            new = (v[-1] + hi_bound) / 2
+    new = float(round(new, 6))
+    return sorted(set(v) | {new})
+
+
+def tune_decoder(
+    pred: Mapping[str, np.ndarray], gt: np.ndarray, name: str, base: dict, grid: Mapping[str, list], mask=None,
+    widen_rounds: int = 3, warn: Callable[[str], None] | None = None,
+):
+    """Best decoder parameters over a grid (all combinations) by (AP-50, AP-75).
+
+    When the best value of a parameter lies at an edge of its list (of two or more values), the
+    list is widened by one step beyond that edge and the search repeated (up to
+    ``widen_rounds`` times; values the decoder refuses are skipped); a parameter still at an
+    edge afterwards is reported through ``warn`` (default: the module's logger), so a tuned
+    threshold at the edge of what was searched is never silent. Returns ``(params, scores)``
+    with ``scores["grid_edge"]`` listing the parameters left at an edge.
+    """
+    warn = warn or log.warning
+    grid = {k: sorted(float(x) for x in v) for k, v in grid.items()}
+    cache: dict = {}
+    best = _grid_search(pred, gt, name, base, grid, mask, cache)
+    if best is None:
+        raise BlocksegError(f"decoder tuning: no valid parameters in the grid {grid}")
+    for _ in range(widen_rounds):
+        changed = False
+        for k, v in grid.items():
+            if len(v) < 2:
+                continue
+            picked = best[0][k]
+            if picked in (v[0], v[-1]):
+                wider = widen(v, picked == v[0])
+                if wider != v:
+                    grid[k], changed = wider, True
+        if not changed:
+            break
+        new = _grid_search(pred, gt, name, base, grid, mask, cache)
+        if new is not None:
+            best = new
+    edge = []
+    for k, v in grid.items():
+        if len(v) < 2:
+            continue
+        valid = [x for x in v if any(c is not None and dict(key).get(k) == x for key, c in cache.items())]
+        if valid and best[0][k] in (min(valid), max(valid)):
+            edge.append(k)
+            warn(f"decoder tuning: {k} = {best[0][k]:g} is at the edge of the searched values {valid}; "
+                 "the optimum may lie beyond (widen decoder.tune)")  # fmt: skip
+    return best[0], {**best[1], "grid_edge": edge}
+
+
+def plot_log(log_path, png_path) -> None:
+    """PNG of the training loss and the validation AP-50 / AP-75 per iteration from ``train_log.jsonl``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    loss = [(r["iteration"], r["loss"]) for r in recs if "loss" in r]
+    val = [(r["iteration"], r["validation"]) for r in recs if r.get("validation") and "tuned_decoder" not in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if loss:
+        ax.plot(*zip(*loss), color="tab:blue", label="training loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    if val:
+        ax2 = ax.twinx()
+        its = [i for i, _ in val]
+        ax2.plot(its, [v["AP50"] for _, v in val], "o-", color="tab:green", label="validation AP-50")
+        ax2.plot(its, [v["AP75"] for _, v in val], "s--", color="tab:olive", label="validation AP-75")
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("validation AP")
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -229,7 +402,8 @@ def train(
     from ..safety import check_not_input
 
     # the output folder is never an input, inside or around one, nor someone else's folder
-    check_not_input([str(out)], [*cfg.data.train, cfg.data.validation])
+    v = cfg.data.validation
+    check_not_input([str(out)], [*cfg.data.train, v if isinstance(v, str) or v is None else v.volume, cfg.model.init])
     if out.is_dir() and any(out.iterdir()) and not any((out / f).exists() for f in (CHECKPOINT, RESUME, "train_log.jsonl")):
         raise BlocksegError(f"{out} exists, is not empty and is not a blockseg training folder; choose another output")
     out.mkdir(parents=True, exist_ok=True)
@@ -241,6 +415,16 @@ def train(
     decoder = make_decoder(cfg.decoder.name, **cfg.decoder.params)
     model = make_model(cfg)
     check_decoder_channels(model.channels, decoder)
+    if cfg.model.init and not resume:
+        init_from_checkpoint(model, cfg.model.init, cfg.model.freeze_encoder)
+    elif cfg.model.freeze_encoder and not cfg.model.init:
+        raise BlocksegError("model.freeze_encoder needs model.init (a checkpoint to start from)")
+    val_path, val_box = resolve_validation(cfg)
+    exclude = {}
+    if val_path is not None and val_box is not None:
+        for k, p in enumerate(cfg.data.train):
+            if os.path.abspath(str(p).rstrip("/")) == os.path.abspath(str(val_path).rstrip("/")):
+                exclude[k] = val_box
 
     if cfg.normalisation == "mean_std":
         normalisation = image_statistics(cfg.data.train)
@@ -248,15 +432,18 @@ def train(
         normalisation = dict(cfg.normalisation)
     sampler = CropSampler(
         cfg.data.train, cfg.model.representations, cfg.patch, normalisation, cfg.augment, cfg.data.labels,
-        cfg.data.mask, cfg.data.target_context, cfg.data.min_foreground, cfg.targets,
+        cfg.data.mask, cfg.data.target_context, cfg.data.min_foreground, cfg.targets, exclude,
+        cfg.data.cache_targets_mb,
     )  # fmt: skip
     voxel_size = sampler.voxel_sizes[0]
     # channels-last 3D is several times faster for 3D convolutions on CPU (oneDNN)
     fmt = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
     model.to(device, memory_format=fmt).train()
+    if cfg.model.freeze_encoder:
+        freeze_norm_statistics(model)
     opt, sched = make_optimizer(cfg, model)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = MultiLoss(cfg.model.representations, cfg.loss_weights)
+    loss_fn = MultiLoss(cfg.model.representations, cfg.loss_weights, cfg.cpv_units)
     rng = np.random.default_rng(cfg.seed)
     start = 0
     if resume:
@@ -265,6 +452,10 @@ def train(
             raise BlocksegError(f"{resume_path} belongs to a run with another model or patch")
         loaded, payload = load_checkpoint(ckpt_path, device)
         model.load_state_dict(loaded.state_dict())
+        if cfg.model.freeze_encoder:
+            for n in ENCODER_MODULES:
+                for prm in getattr(model, n).parameters() if hasattr(model, n) else ():
+                    prm.requires_grad_(False)
         model.to(memory_format=fmt).train()
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -306,11 +497,13 @@ def train(
             f.write(json.dumps(rec) + "\n")
 
     def validate(it: int) -> dict | None:
-        if not cfg.data.validation:
+        if not val_path:
             return None
         model.eval()
-        scores, _ = validation_scores(model, cfg.data.validation, normalisation, decoder, cfg.data.labels, cfg.data.mask)
+        scores, _ = validation_scores(model, val_path, normalisation, decoder, cfg.data.labels, cfg.data.mask, val_box)
         model.train()
+        if cfg.model.freeze_encoder:
+            freeze_norm_statistics(model)
         write_log({"iteration": it, "validation": scores})
         log.info("iteration %d: validation AP-50 %.3f AP-75 %.3f", it, scores["AP50"], scores["AP75"])
         return scores
@@ -370,17 +563,18 @@ def train(
         if bar is not None:
             bar.stop()
     validation = validate(cfg.iterations)
-    if cfg.data.validation and cfg.decoder.tune:
-        from ..io import open_volume
-
+    if val_path and cfg.decoder.tune:
         model.eval()
-        img = np.asarray(open_volume(cfg.data.validation).array[...])
-        gt = np.asarray(open_volume(f"{cfg.data.validation.rstrip('/')}/{cfg.data.labels}").array[...])
+        img, gt, m = read_validation(val_path, val_box, cfg.data.labels, cfg.data.mask)
         pred = predict_image(model, img, normalisation)
-        params, scores = tune_decoder(pred, gt, decoder.name, dict(cfg.decoder.params), cfg.decoder.tune)
+        params, scores = tune_decoder(pred, gt, decoder.name, dict(cfg.decoder.params), cfg.decoder.tune, m)
         decoder_meta = {"name": decoder.name, "params": make_decoder(decoder.name, **params).params(), "tuned_on": "validation"}
         validation = scores
         write_log({"iteration": cfg.iterations, "tuned_decoder": decoder_meta, "validation": scores})
         model.train()
     save(cfg.iterations)
+    try:
+        plot_log(out / LOG, out / "train_log.png")
+    except Exception as e:  # the plot is a convenience: never fail a finished run for it
+        log.warning("could not draw %s: %s", out / "train_log.png", e)
     return TrainResult(str(ckpt_path), cfg.iterations, losses, validation, time.perf_counter() - t_start)

@@ -1,0 +1,216 @@
+"""Training features of issue 15: validation regions, fine-tuning, capacity, loss units, tuner edges, import of pairs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import blockseg_cli
+from blockseg import BlocksegError
+from blockseg.io import open_volume
+from blockseg.losses import MultiLoss
+from blockseg.models import load_checkpoint
+from blockseg.synth import SynthParams, synthesize
+from blockseg.targets import compute_targets
+from blockseg.train import parse_config, train
+from blockseg.train.config import ValidationConfig
+from blockseg.train.trainer import make_model, tune_decoder, widen
+
+blockseg_cli.__path__.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
+_spec = importlib.util.spec_from_file_location("_blockseg_cli_main_trainfeat", Path(__file__).resolve().parents[1] / "cli" / "main.py")
+cli_main = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cli_main)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory):
+    path = tmp_path_factory.mktemp("feat") / "vol.zarr"
+    synthesize(str(path), SynthParams(shape=(24, 48, 48), seed=7), chunks=(24, 48, 48), progress=False)
+    return str(path)
+
+
+def _config(volume, out, **over):
+    cfg = {
+        "data": {"train": [volume], "target_context": 2},
+        "model": {"representations": ["B", "C", "D"], "params": {"widths": [4, 8], "anisotropic": 1}},
+        "optimizer": {"name": "adam", "lr": 0.01, "weight_decay": 0.0},
+        "output": str(out), "iterations": 3, "patch": [8, 16, 16], "batch_size": 1, "log_every": 1,
+        "checkpoint_every": 3, "threads": 1, "targets": {"max_distance": 4.0},
+    }  # fmt: skip
+    cfg.update(over)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- validation region
+def test_validation_region_and_fraction_boxes():
+    assert ValidationConfig(volume="v", fraction=0.25).box((40, 10, 10)) == ((30, 0, 0), (40, 10, 10))
+    assert ValidationConfig(volume="v", fraction=0.5, axis=2).box((4, 10, 10)) == ((0, 0, 5), (4, 10, 10))
+    assert ValidationConfig(volume="v", region=[[2, 5], None, [1, 3]]).box((8, 8, 8)) == ((2, 0, 1), (5, 8, 3))
+    with pytest.raises(BlocksegError, match="exceeds"):
+        ValidationConfig(volume="v", region=[[2, 50], None, None]).box((8, 8, 8))
+    with pytest.raises(BlocksegError, match="data.validation"):
+        parse_config(_config("v", "o", data={"train": ["v"], "validation": {"volume": "v", "region": [[5, 2], None, None]}}))
+
+
+def test_training_with_a_held_out_slab_never_reads_it(volume, tmp_path, monkeypatch):
+    from blockseg.train import data as data_mod
+
+    seen = []
+    orig = data_mod.CropSampler.crop
+
+    def spy(self, view, geo, o, elastic_rng=None):
+        seen.append(view)
+        return orig(self, view, geo, o, elastic_rng)
+
+    monkeypatch.setattr(data_mod.CropSampler, "crop", spy)
+    cfg = _config(volume, tmp_path / "r", iterations=4, validate_every=2,
+                  data={"train": [volume], "validation": {"volume": volume, "fraction": 0.25}, "target_context": 2})  # fmt: skip
+    res = train(parse_config(cfg), progress=False)
+    assert seen and all(v.hi[0] <= 18 for v in seen)  # z 18..24 is the validation slab
+    log = [json.loads(x) for x in (tmp_path / "r" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log if "validation" in r] == [2, 4]
+    assert (tmp_path / "r" / "train_log.png").stat().st_size > 1000
+    assert set(res.validation) >= {"AP50", "AP75"}
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+def test_init_from_checkpoint_and_freeze_encoder(volume, tmp_path):
+    first = train(parse_config(_config(volume, tmp_path / "a")), progress=False)
+    w0 = load_checkpoint(first.checkpoint)[0].state_dict()
+    cfg = _config(volume, tmp_path / "b", model={
+        "representations": ["B", "C", "D"], "params": {"widths": [4, 8], "anisotropic": 1},
+        "init": first.checkpoint, "freeze_encoder": True})  # fmt: skip
+    second = train(parse_config(cfg), progress=False)
+    w1 = load_checkpoint(second.checkpoint)[0].state_dict()
+    enc = [k for k in w0 if k.split(".")[0] in ("stem", "down", "encoder")]
+    dec = [k for k in w0 if k.split(".")[0] in ("decoder", "heads") and w0[k].dtype.is_floating_point]
+    assert enc and dec
+    for k in enc:  # weights and batch-norm statistics of the encoder are kept
+        torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0)
+    assert any(not torch.equal(w0[k], w1[k]) for k in dec)
+    # a checkpoint of another size is refused with one line
+    bad = _config(volume, tmp_path / "c", model={"representations": ["B", "C", "D"], "params": {"widths": [6, 8], "anisotropic": 1}, "init": first.checkpoint})
+    with pytest.raises(BlocksegError, match="another architecture or widths"):
+        train(parse_config(bad), progress=False)
+    with pytest.raises(BlocksegError, match="needs model.init"):
+        train(parse_config(_config(volume, tmp_path / "d", model={"representations": ["B", "C", "D"], "freeze_encoder": True})), progress=False)
+
+
+def test_capacity_presets_and_default():
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    base = dict(data={"train": ["v"]}, output="o", iterations=1, patch=[16, 64, 64])
+    sizes = {c: n(make_model(parse_config({**base, "model": {"representations": ["B", "C", "D", "cpv"], "capacity": c, "params": {"anisotropic": 1}}})))
+             for c in ("tiny", "small", "base", "large")}  # fmt: skip
+    assert sizes["tiny"] < sizes["small"] < sizes["base"] < sizes["large"]
+    default = n(make_model(parse_config({**base, "model": {"representations": ["B", "C", "D", "cpv"], "params": {"anisotropic": 1}}})))
+    assert default == sizes["base"] and default > 10 * 96_000  # the default is not the starved demo size
+
+
+# ----------------------------------------------------------------------------- loss units
+def test_cpv_relative_loss_is_size_free():
+    lab = np.zeros((8, 24, 24), np.uint16)
+    lab[1:7, 2:12, 2:12] = 1
+    t = compute_targets(lab, ["cpv"])
+    tt = {k: torch.from_numpy(v)[None] for k, v in t.items()}
+    tt["labels_fg"] = torch.from_numpy((lab > 0).astype(np.float32))[None]
+    zero = torch.zeros(1, 3, *lab.shape)
+    rel, _ = MultiLoss(["cpv"])(zero, tt)
+    vox, _ = MultiLoss(["cpv"], cpv_units="voxels")(zero, tt)
+    assert float(rel) == pytest.approx(1.0, rel=1e-5) and float(vox) > 5
+    # twice as large vectors (a nucleus twice the size) and twice the error: same relative loss
+    t2 = {k: 2 * v for k, v in tt.items() if k != "labels_fg"} | {"labels_fg": tt["labels_fg"]}
+    half = torch.cat([tt[c] for c in ("cpv_z", "cpv_y", "cpv_x")])[None] * 0.5
+    a, _ = MultiLoss(["cpv"])(half, tt)
+    b, _ = MultiLoss(["cpv"])(2 * half, t2)
+    assert float(a) == pytest.approx(float(b), rel=1e-5) and float(a) == pytest.approx(0.25, rel=1e-4)
+    with pytest.raises(BlocksegError):
+        MultiLoss(["cpv"], cpv_units="um")
+
+
+# ----------------------------------------------------------------------------- tuner
+def _perfect_prediction():
+    lab = np.zeros((12, 32, 32), np.uint16)
+    lab[2:10, 3:13, 3:13] = 1
+    lab[2:10, 16:28, 16:28] = 2
+    p = compute_targets(lab, ["B", "C", "D"])
+    p["B"] = p["B"] * 0.6 + 0.2  # foreground ~0.8: an fg_b grid of [0.85, 0.9] finds nothing
+    return lab, p
+
+
+def test_tuner_widens_past_a_picked_edge_and_warns(caplog):
+    lab, pred = _perfect_prediction()
+    msgs = []
+    params, scores = tune_decoder(pred, lab, "bcd", {"seed_b": 0.5}, {"fg_b": [0.85, 0.9]}, warn=msgs.append)
+    assert params["fg_b"] < 0.8 and scores["AP50"] == 1.0  # found below the given grid
+    assert scores["grid_edge"] == [] or msgs
+    # a grid that stays at its edge after widening warns
+    msgs.clear()
+    params, scores = tune_decoder(pred, lab, "bcd", {"seed_b": 0.5}, {"fg_b": [0.97, 0.99]}, widen_rounds=0, warn=msgs.append)
+    assert scores["grid_edge"] == ["fg_b"] and len(msgs) == 1 and "edge" in msgs[0]
+    with caplog.at_level(logging.WARNING, logger="blockseg.train"):
+        tune_decoder(pred, lab, "bcd", {"seed_b": 0.5}, {"fg_b": [0.97, 0.99]}, widen_rounds=0)
+    assert "edge of the searched values" in caplog.text
+
+
+def test_widen_stays_in_the_values_range():
+    assert widen([0.5, 0.9], at_low=False) == [0.5, 0.9, 0.95]
+    assert widen([0.5, 0.9], at_low=True) == [0.1, 0.5, 0.9]
+    assert widen([0.1, 0.5], at_low=True) == [0.05, 0.1, 0.5]
+    assert widen([-0.3, 0.3], at_low=True) == [-0.9, -0.3, 0.3]
+    assert widen([2.0, 4.0], at_low=False) == [2.0, 4.0, 6.0]
+    assert widen([-0.8, 0.3], at_low=True) == [-0.9, -0.8, 0.3]  # halfway to the tanh bound
+
+
+# ----------------------------------------------------------------------------- AMP
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_amp_training_on_cuda(volume, tmp_path):
+    res = train(parse_config(_config(volume, tmp_path / "g", device="cuda", amp=True)), progress=False)
+    assert np.isfinite(res.losses).all()
+
+
+# ----------------------------------------------------------------------------- import pairs
+def _main(argv):
+    return cli_main.main(["import", *argv])
+
+
+def test_import_image_and_labels_in_one_go(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (6, 10, 12), dtype=np.uint8)
+    lab = np.zeros((6, 10, 12), np.uint16)
+    lab[1:4, 2:6, 2:6] = 3
+    np.savez(tmp_path / "pair.npz", image=img, labels=lab, voxel_size_zyx=np.array([2.0, 0.5, 0.5]))
+    out = tmp_path / "new" / "folders" / "t.zarr"
+    src = f"{tmp_path}/pair.npz"
+    assert _main([src, "--key", "image", src, str(out), "--labels-key", "labels"]) == 0
+    v, lv = open_volume(str(out)), open_volume(f"{out}/labels/nuclei")
+    np.testing.assert_array_equal(v.array[...], img)
+    np.testing.assert_array_equal(lv.array[...], lab)
+    assert tuple(lv.voxel_size) == (2.0, 0.5, 0.5)
+    ome = json.loads((out / "labels" / "nuclei" / "zarr.json").read_text())["attributes"]["ome"]
+    assert ome["image-label"]["source"]["image"] == "../../"
+    assert json.loads((out / "labels" / "zarr.json").read_text())["attributes"]["ome"]["labels"] == ["nuclei"]
+    # the same through --labels FILE, another name
+    out2 = tmp_path / "t2.zarr"
+    assert _main([src, "--key", "image", "--labels", src, "--labels-key", "labels", "--label-name", "cells", str(out2)]) == 0
+    assert open_volume(f"{out2}/labels/cells").shape == (6, 10, 12)
+    # a label file alone into an existing image's labels/NAME: no folder made by hand
+    np.save(tmp_path / "lab.npy", lab)
+    assert _main([str(tmp_path / "lab.npy"), f"{out2}/labels/more", "--labels"]) == 0
+    assert "more" in json.loads((out2 / "labels" / "zarr.json").read_text())["attributes"]["ome"]["labels"]
+    # shapes that differ: one line, exit 2, nothing written
+    np.save(tmp_path / "small.npy", lab[:3])
+    capsys.readouterr()
+    assert _main([src, "--key", "image", str(tmp_path / "small.npy"), str(tmp_path / "bad.zarr")]) == 2
+    assert not (tmp_path / "bad.zarr").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "shape" in err[0]
+    # an existing output is refused without --overwrite
+    assert _main([src, "--key", "image", src, str(out), "--labels-key", "labels"]) == 2
