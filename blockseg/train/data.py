@@ -150,8 +150,9 @@ class CropSampler:
     representations : sequence of str
     patch : (z, y, x)
         Crop shape given to the network.
-    normalisation : dict
-        ``{"offset", "scale"}`` applied to the image (see :func:`blockseg.models.normalise`).
+    normalisation : dict or list of dict
+        ``{"offset", "scale"}`` applied to the image (see :func:`blockseg.models.normalise`),
+        one for all volumes or one per volume.
     augment : AugmentConfig
     labels, mask : str
         Sub-paths of labels and mask.
@@ -277,7 +278,9 @@ class CropSampler:
         core = tuple(slice(ctx, ctx + p) for p in self.patch)
         targets = {c: np.ascontiguousarray(targets[c][core], dtype=np.float32) for c in self.channels}
         targets["labels_fg"] = (lab[core] != 0).astype(np.float32)
-        x = normalise(img[core], self.normalisation)
+        # one affine map per volume (blockseg.normalise.training_normalisation) or one for all
+        norm = self.normalisation[k] if isinstance(self.normalisation, (list, tuple)) else self.normalisation
+        x = normalise(img[core], norm)
         if cfg.intensity_scale > 0 or cfg.intensity_shift > 0:
             x = x * np.float32(1 + rng.uniform(-cfg.intensity_scale, cfg.intensity_scale)) + np.float32(
                 rng.uniform(-cfg.intensity_shift, cfg.intensity_shift)
