@@ -113,3 +113,27 @@ def test_twice_the_voxel_size_gives_nearly_the_same_nuclei(tmp_path):
     assert dice(seg_fine, up(scaled)) >= 0.8, dice(seg_fine, up(scaled))
     shifted = dice(seg_fine, np.roll(up(scaled), 2, axis=2))
     assert shifted < dice(seg_fine, up(scaled)) - 0.05, shifted
+
+
+def test_cli_scale_option_and_what_it_prints(tmp_path, tiny_ckpt, capsys, monkeypatch):
+    import contextlib
+    import json
+
+    import zarr
+    from blockseg_cli.main import main
+
+    monkeypatch.setattr("blockseg.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
+    img = (np.random.default_rng(2).random((12, 24, 24)) * 200).astype(np.uint8)
+    path = write(tmp_path / "i.zarr", img, (2.0, 1.0, 1.0))
+    out = str(tmp_path / "o.pred")
+    assert main(["predict", path, tiny_ckpt, out, "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "normalisation: percentile" in err and "voxel size: resampled by (2.0, 1.0, 1.0)" in err
+    assert main(["predict", path, tiny_ckpt, str(tmp_path / "p.pred"), "--scale", "1", "--no-progress", "--json"]) == 0
+    assert "voxel size: not resampled (--scale 1)" in capsys.readouterr().err
+    run = dict(zarr.open_group(str(tmp_path / "p.pred"), mode="r").attrs["blockseg"])["predictions"]["run"]
+    assert run["resampling"] == {"description": "not resampled (--scale 1)"}
+    assert main(["predict", path, tiny_ckpt, str(tmp_path / "q.pred"), "--scale", "0", "--no-progress"]) == 2
+    assert "--scale" in capsys.readouterr().err
+    plan = main(["predict", path, tiny_ckpt, str(tmp_path / "r.pred"), "--scale", "1", "2", "2", "--dry-run", "--json"])
+    assert plan == 0 and json.loads(capsys.readouterr().out)["resampling"].startswith("resampled by (1.0, 2.0, 2.0)")
