@@ -138,6 +138,9 @@ class PredictConfig(_Strict):
     overlap: Optional[float] = Field(default=None, ge=0, lt=1)
     #: multiscale levels of every prediction channel (None: automatic; 1: none)
     pyramid_levels: Optional[int] = Field(default=None, ge=1)
+    #: resample the input for the network (blockseg.resample): None = image voxel size /
+    #: the checkpoint's training voxel size; 1 = off; one factor or three (z, y, x)
+    scale: Optional[Union[float, tuple[float, float, float]]] = None
 
 
 class SegmentConfig(_Strict):

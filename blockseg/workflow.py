@@ -258,6 +258,7 @@ def _stage_predict(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         mc_samples=p.mc_samples,
         batch_size=p.batch_size,
         pyramid_levels=p.pyramid_levels,
+        scale=p.scale,
         **({"overlap": p.overlap} if p.overlap is not None else {}),
     )
     return report.to_dict() if hasattr(report, "to_dict") else dict(report or {})

@@ -41,6 +41,11 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=2, metavar="N", help="patches per forward pass (default 2)")
     p.add_argument("--device", default="auto", help="auto (CUDA where visible), cpu, cuda (default auto)")
     p.add_argument("--chunks", type=int, nargs="+", metavar="N", help="output chunk shape (default: the image's)")
+    p.add_argument(
+        "--scale", type=float, nargs="+", metavar="F",
+        help="resample the input for the network by this factor, 1 or 3 values (z y x), outputs back to the image grid "
+        "(default: image voxel size / the checkpoint's training voxel size, when both are known; 1: off)",
+    )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print blocks, halo and a memory estimate; compute nothing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-resume", action="store_true", help="refuse an existing output instead of resuming it")
@@ -81,12 +86,15 @@ def run(args: argparse.Namespace) -> int:
         chunks=zyx(args.chunks, "--chunks"),
         progress=not args.no_progress,
         pyramid_levels=pyramid_levels(args),
+        scale=zyx(args.scale, "--scale", float),
     )
     # the plan validates image, checkpoint and geometry: fail before starting a cluster
     plan = predict(args.image, args.checkpoint, args.output, dry_run=True, **kwargs)
     if args.dry_run:
         print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
         return 0
+    # what changes results is said, not assumed: how the input is scaled and resampled
+    print(f"normalisation: {plan.normalisation}\nvoxel size: {plan.resampling}", file=sys.stderr)
     with cluster.dask_client(cluster_config(args), quiet=args.json) as client:
         report = predict(args.image, args.checkpoint, args.output, client=client, **kwargs)
     if args.json:

@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--voxel-size", nargs="+", type=float, metavar="UM", help="voxel size in µm: one value or Z Y X")
     p.add_argument("--density", type=float, help="nuclei per voxel (nucmm-z: 1.48e-4, ~170k per 1.15 Gvox)")
     p.add_argument("--radius", type=float, help="mean nucleus radius in µm")
-    p.add_argument("--mode", choices=("em", "uct"), help="image look: em (dark nuclei, bright neuropil) or uct (low contrast)")
+    p.add_argument("--mode", choices=("em", "uct", "fluo"), help="image look: em (dark nuclei, bright neuropil), uct (low contrast) or fluo (bright nuclei on a dark background, anisotropic PSF, shot noise, intensity drift)")
     p.add_argument("--mask", action="store_true", help="also write a valid-region mask; no nuclei outside it")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same volume")
     p.add_argument("--chunks", nargs="+", type=int, metavar="N", help="zarr chunk shape: one value or Z Y X (default 64 128 128)")

@@ -140,7 +140,8 @@ def test_loss_decreases_on_tiny_data(volume, tmp_path):
     model, payload = load_checkpoint(res.checkpoint)
     meta = payload["metadata"]
     assert meta["training"]["iteration"] == 30
-    assert set(meta["normalisation"]) >= {"offset", "scale"} and meta["normalisation"]["scale"] > 0
+    assert meta["normalisation"]["scheme"] == "percentile"  # the default (blockseg.normalise)
+    assert meta["normalisation"]["training"][0]["p_high"] > meta["normalisation"]["training"][0]["p_low"]
     assert meta["voxel_size"] == pytest.approx([0.48, 0.51, 0.51])
     assert meta["decoder"]["name"] == "bcd"
     assert model.channels == ("B", "C", "D", "cpv_z", "cpv_y", "cpv_x")

@@ -313,6 +313,10 @@ def normalise(image, normalisation: dict | None):
     x = np.asarray(image, dtype=np.float32)
     if not normalisation:
         return x
+    if "offset" not in normalisation and "scale" not in normalisation:
+        # e.g. the percentile scheme: its affine map depends on the whole volume
+        raise BlocksegError(f"normalisation {normalisation.get('scheme', normalisation)!r} needs the whole volume's "
+                            "statistics: resolve it with blockseg.normalise first")  # fmt: skip
     offset = np.float32(normalisation.get("offset", 0.0))
     scale = np.float32(normalisation.get("scale", 1.0))
     return (x - offset) / scale

@@ -135,6 +135,10 @@ class BlockJob:
     prefetch: bool = True
     #: (channel, dtype) of the channels the store keeps (empty: every channel, as ``dtype``)
     store: tuple = ()
+    #: resampling for the network (blockseg.resample): per-axis factors and the resampled
+    #: shape the lattice covers (empty: none)
+    scale: tuple = ()
+    net_shape: tuple = ()
 
     @property
     def grid(self) -> BlockGrid:
@@ -148,7 +152,7 @@ class BlockJob:
 
 @lru_cache(maxsize=8)
 def _job_lattice(job: BlockJob) -> Lattice:
-    return Lattice.build(job.shape, job.patch, job.crop, job.overlap, job.margin, job.blending)
+    return Lattice.build(job.net_shape or job.shape, job.patch, job.crop, job.overlap, job.margin, job.blending)
 
 
 @dataclass(frozen=True)
@@ -366,6 +370,9 @@ class PredictPlan:
     store_bytes: int = 0
     image_bytes: int = 0
     store_note: str = ""
+    #: how the input is normalised and resampled (blockseg.normalise, blockseg.resample)
+    normalisation: str = ""
+    resampling: str = ""
 
     @property
     def compute_factor(self) -> float:
@@ -386,6 +393,8 @@ class PredictPlan:
             f"lattice: {lat.n_tiles} tiles = {self.patches_whole_volume} patches whole-volume; "
             f"{self.patches_total} computed blockwise ({self.compute_factor:.2f} output voxels per voxel)",
             f"halo (read beyond the core, per side): {self.halo}",
+            f"normalisation: {self.normalisation}",
+            f"voxel size: {self.resampling}",
             f"partial sums exchanged between blocks (scratch, deleted at the end): {self.scratch_bytes / 2**20:.0f} MiB",
             "memory per task (estimate): "
             + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in mem.items() if k != "total")
@@ -411,6 +420,8 @@ class PredictPlan:
             "store_bytes": self.store_bytes,
             "image_bytes": self.image_bytes,
             "store_note": self.store_note,
+            "normalisation": self.normalisation,
+            "resampling": self.resampling,
             "memory_bytes": self.memory_bytes,
         }
 
@@ -507,6 +518,7 @@ def predict(
     progress: bool = True,
     dry_run: bool = False,
     pyramid_levels: int | None = None,
+    scale=None,
 ) -> PredictReport | PredictPlan:
     """Predict every representation of a checkpoint's network over an image, block by block.
 
@@ -569,6 +581,14 @@ def predict(
     pyramid_levels : int, optional
         Levels of every channel's multiscale pyramid (None: automatic; 1: none), averaged
         blockwise once every block is done; rebuilt by a resumed run.
+    scale : None, "auto", float or sequence of 3 floats
+        Resample the input for the network by these factors (resampled voxels per image
+        voxel) and the outputs back (:mod:`blockseg.resample`). Default: image voxel size /
+        the checkpoint's training voxel size, when both are known; 1: off.
+
+    The input is normalised by the checkpoint's scheme (:mod:`blockseg.normalise`: the
+    image's own 1-99.8 percentiles for checkpoints trained so, else the checkpoint's fixed
+    affine map); scheme, values and resampling are in the plan and the store's provenance.
 
     Returns
     -------
@@ -583,7 +603,13 @@ def predict(
     check_options(model, options)
     vol = open_volume(image_path)
     shape = vol.shape
-    lattice = make_lattice(model, shape, _dims(patch, "patch"), overlap, blending)
+    from ..normalise import resolve_volume
+    from ..resample import predict_block_scaled, resolve_scale, scaled_layouts
+
+    meta = payload.get("metadata", {})
+    scaling, scale_why = resolve_scale(scale, shape, vol.voxel_size, vol.voxel_size_source, meta.get("voxel_size"))
+    normalised = resolve_volume(meta.get("normalisation"), image_path, client=client)
+    lattice = make_lattice(model, scaling.net_shape if scaling else shape, _dims(patch, "patch"), overlap, blending)
     names, kinds = output_channels(model, mc_samples)
 
     # which channels the store keeps, each in its own dtype (blockseg.predictions.plan_store)
@@ -595,11 +621,14 @@ def predict(
     block_shape = _dims(block_shape, "block shape") or default_block_shape(shape, chunk_shape)
     block_shape = tuple(min(b, -(-s // c) * c) for b, s, c in zip(block_shape, shape, chunk_shape))
     grid = BlockGrid(shape, block_shape, 0, chunk_shape)
-    layouts = {b.id: block_layout(lattice, b.core, chunk_shape) for b in grid}
+    if scaling:
+        layouts = scaled_layouts(lattice, grid)
+    else:
+        layouts = {b.id: block_layout(lattice, b.core, chunk_shape) for b in grid}
     patches_total = sum(lay.n_tiles for lay in layouts.values())
     mem = _memory_estimate(model, grid, lattice, layouts, len(names), vol.dtype.itemsize, np.dtype(dtype).itemsize,
                            batch_size)  # fmt: skip
-    norm = payload.get("metadata", {}).get("normalisation")
+    norm = normalised.affine
     run_settings = {
         "image": os.path.abspath(image_path) if not _is_url(image_path) else image_path,
         "shape": list(shape),
@@ -617,12 +646,15 @@ def predict(
         "scheme": SCHEME,
         "voxel_size": list(vol.voxel_size),
         "voxel_size_source": vol.voxel_size_source,
+        "normalisation": normalised.provenance(),
+        "resampling": scaling.to_dict() if scaling else {"description": scale_why},
     }
     plan = PredictPlan(image_path, out_path, shape, grid, lattice, lattice.halo(), keep, kinds, describe_dtypes(dtypes),
                        patches_total, math.prod(lattice.n_tiles), mem, list(grid.block_ids))  # fmt: skip
     plan.store_bytes = math.prod(shape) * sum(np.dtype(d).itemsize for d in dtypes.values())
     plan.image_bytes = math.prod(shape) * vol.dtype.itemsize
     plan.store_note = store_why
+    plan.normalisation, plan.resampling = normalised.description, scale_why
     plan.scratch_bytes = (8 if dtype == "float32" else 4) * len(names) * sum(
         math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in box_minus(lay.region, lay.interior)
     )
@@ -684,6 +716,8 @@ def predict(
         amp=amp,
         torch_threads=torch_threads,
         prefetch=prefetch,
+        scale=scaling.factors if scaling else (),
+        net_shape=scaling.net_shape if scaling else (),
     )
     resources = None
     if client is not None and device != "cpu":
@@ -706,7 +740,7 @@ def predict(
         first = sorted(first)
         for i in first:  # the scratch arrays are made here, so tasks write chunks only
             _create_partial(job, i, layouts[i])
-        stats = run_blocks(partial(predict_block, job), first, client, name="predict", resources=resources,
+        stats = run_blocks(partial(predict_block_scaled if scaling else predict_block, job), first, client, name="predict", resources=resources,
                            progress=progress)  # fmt: skip
         if second:
             run_blocks(partial(finish_block, job), second, client, name="predict-strips", progress=progress)

@@ -257,7 +257,9 @@ def predict_array(
     image : ndarray
         3-D ``(z, y, x)`` image, raw values.
     normalisation : dict, optional
-        ``{"offset", "scale"}`` of the checkpoint (see :func:`blockseg.models.normalise`).
+        The checkpoint's ``metadata["normalisation"]``: a fixed ``{"offset", "scale"}`` map, or
+        the percentile scheme, applied with this image's own percentiles
+        (:mod:`blockseg.normalise`).
     patch : sequence of int, optional
         Input patch (default ``model.geometry.input_patch``); must be admissible for the model.
     overlap : float or sequence
@@ -286,6 +288,9 @@ def predict_array(
 
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise BlocksegError("the image holds NaN or infinite values")
+    from ..normalise import resolve_array
+
+    normalisation = resolve_array(normalisation, image).affine  # a percentile scheme: this image's own
     core = tuple(slice(0, s) for s in image.shape)
     acc = predict_region(model, read, lattice, core, len(names), options, prefetch=False)
     return {c: acc[i].astype(np.float32) for i, c in enumerate(names)}

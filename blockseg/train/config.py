@@ -182,17 +182,24 @@ class TrainConfig(_Strict):
     device: str = "auto"
     #: mixed precision (CUDA only; ignored on CPU)
     amp: bool = True
-    #: image normalisation: "mean_std" from the training images, or fixed {offset, scale}
-    normalisation: Any = "mean_std"
+    #: image normalisation (blockseg.normalise): "percentile" (each volume's 1-99.8 % -> [0, 1],
+    #: also applied per volume at inference), {percentile: [low, high]}, or the older fixed
+    #: maps in raw units: "mean_std" from the training images, or {offset, scale}
+    normalisation: Any = "percentile"
 
     @field_validator("normalisation")
     @classmethod
     def _norm(cls, v):
-        if v == "mean_std":
+        if v in ("mean_std", "percentile"):
             return v
+        if isinstance(v, dict) and set(v) == {"percentile"}:
+            lo, hi = (float(x) for x in v["percentile"])
+            if not 0 <= lo < hi <= 100:
+                raise ValueError("percentile must be [low, high] with 0 <= low < high <= 100")
+            return {"percentile": [lo, hi]}
         if isinstance(v, dict) and set(v) == {"offset", "scale"} and float(v["scale"]) > 0:
             return {"offset": float(v["offset"]), "scale": float(v["scale"])}
-        raise ValueError("must be 'mean_std' or {offset: float, scale: float > 0}")
+        raise ValueError("must be 'percentile', {percentile: [low, high]}, 'mean_std' or {offset: float, scale: float > 0}")
 
 
 def parse_config(data: dict) -> TrainConfig:

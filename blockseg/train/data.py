@@ -188,8 +188,9 @@ class CropSampler:
     representations : sequence of str
     patch : (z, y, x)
         Crop shape given to the network.
-    normalisation : dict
-        ``{"offset", "scale"}`` applied to the image (see :func:`blockseg.models.normalise`).
+    normalisation : dict or list of dict
+        ``{"offset", "scale"}`` applied to the image (see :func:`blockseg.models.normalise`),
+        one for all volumes or one per volume.
     augment : AugmentConfig
     labels, mask : str
         Sub-paths of labels and mask.
@@ -325,6 +326,11 @@ class CropSampler:
             )
         return np.ascontiguousarray(x, dtype=np.float32), targets
 
+    def _normalise(self, k: int, img: np.ndarray) -> np.ndarray:
+        """``img`` of volume ``k`` through its affine map (one per volume, or one for all)."""
+        norm = self.normalisation[k] if isinstance(self.normalisation, (list, tuple)) else self.normalisation
+        return normalise(img, norm)
+
     def crop(self, view: View, geo: Geometric, o: Sequence[int], elastic_rng=None):
         """Normalised image and targets of the crop at source origin ``o`` under ``geo``.
 
@@ -343,7 +349,7 @@ class CropSampler:
             core = core_in_transformed(geo, o - vlo, src, view.shape)
             core_sl = tuple(slice(int(a), int(a + s)) for a, s in zip(o, src))
             img = geo.apply(np.asarray(self.images[k].array[core_sl]))
-            return normalise(img, self.normalisation), {c: np.ascontiguousarray(whole[c][core]) for c in whole}
+            return self._normalise(k, img), {c: np.ascontiguousarray(whole[c][core]) for c in whole}
         lo = np.maximum(o - ctx, vlo)
         hi = np.minimum(o + src + ctx, vhi)
         sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
@@ -389,7 +395,7 @@ class CropSampler:
             img = img[core]
         targets = {c: np.ascontiguousarray(targets[c][core], dtype=np.float32) for c in self.channels}
         targets["labels_fg"] = (lab[core] != 0).astype(np.float32)
-        return normalise(img, self.normalisation), targets
+        return self._normalise(k, img), targets
 
     def _view_targets(self, view: View, geo: Geometric) -> dict[str, np.ndarray]:
         """Targets (and ``labels_fg``) of a whole view under ``geo``, for the cache."""

@@ -31,7 +31,7 @@ from ..errors import BlocksegError
 from ..losses import MultiLoss
 from ..models.base import BlocksegNet, build_model, check_decoder_channels, load_checkpoint, normalise, save_checkpoint
 from .config import TrainConfig
-from .data import CropSampler, image_statistics
+from .data import CropSampler
 
 log = logging.getLogger("blockseg.train")
 
@@ -426,12 +426,12 @@ def train(
             if os.path.abspath(str(p).rstrip("/")) == os.path.abspath(str(val_path).rstrip("/")):
                 exclude[k] = val_box
 
-    if cfg.normalisation == "mean_std":
-        normalisation = image_statistics(cfg.data.train)
-    else:
-        normalisation = dict(cfg.normalisation)
+    from ..normalise import training_normalisation, volume_affines
+
+    # metadata["normalisation"] (scheme + training statistics) and each volume's affine map
+    normalisation, affines = training_normalisation(cfg.normalisation, cfg.data.train)
     sampler = CropSampler(
-        cfg.data.train, cfg.model.representations, cfg.patch, normalisation, cfg.augment, cfg.data.labels,
+        cfg.data.train, cfg.model.representations, cfg.patch, affines, cfg.augment, cfg.data.labels,
         cfg.data.mask, cfg.data.target_context, cfg.data.min_foreground, cfg.targets, exclude,
         cfg.data.cache_targets_mb,
     )  # fmt: skip
@@ -463,7 +463,7 @@ def train(
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         normalisation = payload["metadata"]["normalisation"]
-        sampler.normalisation = normalisation
+        sampler.normalisation = volume_affines(normalisation, cfg.data.train)
         start = int(state["iteration"])
     if start >= cfg.iterations:
         raise BlocksegError(f"the run already reached {start} of {cfg.iterations} iterations")
