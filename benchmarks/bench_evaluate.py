@@ -120,7 +120,7 @@ def ensure_data(data_dir: Path, name: str, shape, cell, client, seed=0) -> tuple
         return gt_path, pred_path
     data_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    gt = create_volume(gt_path, shape, np.uint32, voxel_size=0.51, chunks=CHUNKS, overwrite=True, name="gt")
+    create_volume(gt_path, shape, np.uint32, voxel_size=0.51, chunks=CHUNKS, overwrite=True, name="gt")
     create_volume(pred_path, shape, np.uint32, voxel_size=0.51, chunks=CHUNKS, overwrite=True, name="pred")
     grid = BlockGrid(shape, (CHUNKS[0], 4 * CHUNKS[1], 4 * CHUNKS[2]))
     func = functools.partial(_write_block, grid=grid, gt_path=gt_path, pred_path=pred_path, shape=shape, cell=cell, seed=seed)

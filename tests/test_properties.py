@@ -29,7 +29,7 @@ from blockseg.segment import AffinityDecoder, BCDDecoder, SDTDecoder, ThreeLabel
 from blockseg.segment.decoders import CPVDecoder
 from blockseg.segment.stats import read_csv
 from blockseg.targets import compute_targets
-from blockseg.segment.synthetic import noisy_predictions, random_nuclei, rasterise
+from blockseg.segment.synthetic import random_nuclei, rasterise
 
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 

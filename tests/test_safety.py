@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import os
 import shutil
 import signal
@@ -63,7 +64,7 @@ OWN_NAME = {"export": "export.tif"}
 @contextlib.contextmanager
 def in_process():
     """Blocks run in this process: no dask cluster is started."""
-    import blockseg_cli.synth  # noqa: F401  (imported before the patch, so it keeps the real dask_client)
+    importlib.import_module("blockseg_cli.synth")  # before the patch, so it keeps the real dask_client
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("blockseg.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))

@@ -10,7 +10,7 @@ import pytest
 from blockseg import BlocksegError
 from blockseg.io import open_volume
 from blockseg.predictions import open_predictions, read_channels, save_predictions
-from blockseg.segment import BCDDecoder, artificial_faces, flood, segment, segment_array, uncertain_voxels
+from blockseg.segment import BCDDecoder, segment, segment_array
 from blockseg.segment.stats import read_csv
 from blockseg.segment.synthetic import noisy_predictions, random_nuclei, rasterise
 from blockseg.targets import bcd_targets
@@ -200,63 +200,6 @@ def test_errors(tmp_path, adversarial):
         segment(tmp_path / "q.zarr", tmp_path / "o.zarr", block_shape=8, halo=-1)
     with pytest.raises(BlocksegError, match="multiple of the chunk"):
         segment(tmp_path / "q.zarr", tmp_path / "o.zarr", block_shape=12)
-
-
-# ---------------------------------------------------------------------------- flood + certificate
-def _check_certificate(height, seeds, mask, regions):
-    """Certified voxels of every region carry the whole-volume label and level; returns the
-    uncertain counts of the coarse (C1 only) and the full (C0-C2) certificate."""
-    whole, whole_level = flood(height, seeds, mask)
-    coarse = full = 0
-    for region in regions:
-        lab, level = flood(height[region], seeds[region], mask[region])
-        faces = artificial_faces(region, height.shape)
-        unc1 = uncertain_voxels(height[region], mask[region], level, faces)
-        unc = uncertain_voxels(height[region], mask[region], level, faces, lab, seeds[region])
-        ok = ~unc
-        assert np.array_equal(lab[ok], whole[region][ok])
-        okm = ok & mask[region]
-        assert np.array_equal(level[okm], whole_level[region][okm])
-        assert not (unc & ~unc1).any()  # the full certificate only adds certified voxels
-        coarse, full = coarse + int(unc1.sum()), full + int(unc.sum())
-    return coarse, full
-
-
-def test_flood_is_deterministic_and_certified_voxels_match_whole_volume():
-    rng = np.random.default_rng(0)
-    for levels, density in ((6, 0.8), (3, 0.95), (40, 0.7)):  # few levels = many plateaus = many ties
-        height = rng.integers(0, levels, size=(30, 34, 38)).astype(np.uint8)
-        mask = rng.random(height.shape) < density
-        seeds = np.zeros(height.shape, np.uint64)
-        pos = rng.integers(0, 30, size=(40, 3))
-        seeds[pos[:, 0], pos[:, 1], pos[:, 2]] = np.arange(1, 41)
-        whole, _ = flood(height, seeds, mask)
-        assert np.array_equal(whole, flood(height, seeds, mask)[0])
-        regions = [(slice(z, z + 16), slice(y, y + 18), slice(x, x + 20)) for z, y, x in rng.integers(0, 14, size=(8, 3))]
-        coarse, full = _check_certificate(height, seeds, mask, regions)
-        assert full < coarse
-
-
-def test_certificate_on_touching_nuclei_certifies_contact_shells():
-    """Perfect BCD heights of touching nuclei: rule C2 certifies the equal-height contact
-    shells that C1 leaves to the tie, and every certified voxel is right."""
-    import cc3d
-
-    labels = adversarial_labels()
-    seeds_mask, fg, height = DECODER.decode(bcd_targets(labels))
-    seeds = cc3d.connected_components(seeds_mask.view(np.uint8), connectivity=26, out_dtype=np.uint64)
-    regions = [(slice(0, 28), slice(8, 40), slice(4, 40)), (slice(10, 40), slice(0, 30), slice(20, 56))]
-    coarse, full = _check_certificate(height, seeds, fg, regions)
-    assert coarse > 0 and full < coarse / 2
-
-
-def test_flood_breaks_ties_by_raster_order():
-    height = np.zeros((1, 1, 5), np.uint8)
-    seeds = np.zeros((1, 1, 5), np.uint64)
-    seeds[0, 0, 0], seeds[0, 0, 4] = 7, 3
-    lab, level = flood(height, seeds, np.ones_like(height, bool))
-    assert lab.ravel().tolist() == [7, 7, 7, 3, 3]  # the middle voxel goes to the earlier seed
-    assert level.max() == 0
 
 
 # ---------------------------------------------------------------------------- real data

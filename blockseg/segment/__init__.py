@@ -2,13 +2,12 @@
 
 Public API: :func:`segment` (prediction store -> label volume, blockwise), :func:`segment_array`
 (the same decoder on one in-memory array: the whole-volume reference), :func:`label` (exact
-blockwise connected components of a mask volume), the decoders, and the deterministic flood with
-its certificate.
+blockwise connected components of a mask volume), the decoders, and the exact keyed flood
+(:mod:`.exact`).
 """
 
 from .decoders import DECODERS, AffinityDecoder, BCDDecoder, Decoder, SDTDecoder, ThreeLabelDecoder, make_decoder
 from .exact import keyed_flood
-from .flood import artificial_faces, flood, uncertain_voxels
 from .components import LabelReport, label
 from .pipeline import SegmentReport, segment, segment_array
 
@@ -26,9 +25,6 @@ __all__ = [
     "DECODERS",
     "make_decoder",
     "keyed_flood",
-    "flood",
-    "uncertain_voxels",
-    "artificial_faces",
 ]
 
 from .._callable import make_callable as _make_callable
