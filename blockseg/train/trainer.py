@@ -290,8 +290,9 @@ def tune_decoder(
     """Best decoder parameters over a grid (all combinations) by (AP-50, AP-75).
 
     When the best value of a parameter lies at an edge of its list (of two or more values), the
-    list is widened by one step beyond that edge and the search repeated (up to
-    ``widen_rounds`` times; values the decoder refuses are skipped); a parameter still at an
+    list is widened by one step beyond that edge and the new value tried with the other
+    parameters at their best (up to ``widen_rounds`` times; values the decoder refuses are
+    skipped); a parameter still at an
     edge afterwards is reported through ``warn`` (default: the module's logger), so a tuned
     threshold at the edge of what was searched is never silent. Returns ``(params, scores)``
     with ``scores["grid_edge"]`` listing the parameters left at an edge.
@@ -312,11 +313,16 @@ def tune_decoder(
                 wider = widen(v, picked == v[0])
                 if wider != v:
                     grid[k], changed = wider, True
+                    # the new value against the best of the others (a line search, not the whole
+                    # product: the cost stays linear in the number of widened values)
+                    # (a tie moves to the new, outer value, so a plateau is followed outwards)
+                    added = (set(wider) - set(v)).pop()
+                    line = {j: ([best[0][j]] if j != k else [added]) for j in grid}
+                    new = _grid_search(pred, gt, name, base, line, mask, cache)
+                    if new is not None and (new[1]["AP50"], new[1]["AP75"]) >= (best[1]["AP50"], best[1]["AP75"]):
+                        best = new
         if not changed:
             break
-        new = _grid_search(pred, gt, name, base, grid, mask, cache)
-        if new is not None:
-            best = new
     edge = []
     for k, v in grid.items():
         if len(v) < 2:
