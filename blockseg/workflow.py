@@ -120,12 +120,10 @@ class RunResult:
 
 # ------------------------------------------------------------------------------ checkpoint
 def checkpoint_path(cfg: RunConfig) -> str:
-    """The checkpoint file of a config (``demo`` = the shipped demo checkpoint)."""
-    if cfg.model.checkpoint == "demo":
-        from .models import demo_checkpoint_path
+    """The checkpoint file of a config (``demo``, ``fluo``: the shipped checkpoints)."""
+    from .models import resolve_checkpoint
 
-        return demo_checkpoint_path()
-    return cfg.model.checkpoint
+    return resolve_checkpoint(cfg.model.checkpoint)
 
 
 # ------------------------------------------------------------------------------ fingerprints
@@ -357,7 +355,7 @@ def run_inputs(cfg: RunConfig) -> list[str]:
     """The user's files a run reads (image, ground truth, mask, checkpoint): never written."""
     d = cfg.data
     ins = [p for p in (d.image, d.ground_truth, d.mask) if p is not None]
-    if cfg.model.checkpoint and cfg.model.checkpoint != "demo":
+    if cfg.model.checkpoint and cfg.model.checkpoint not in ("demo", "fluo"):
         ins.append(cfg.model.checkpoint)
     return ins
 

@@ -21,6 +21,38 @@ from .plain import JointDetSegNet, ValidUNet3D
 from .unet import ResUNet3D
 
 
+#: checkpoints shipped with blockseg, by the name configs and the CLI accept for a path
+SHIPPED_CHECKPOINTS = {"demo": "demo_bcd_cpv.pt", "fluo": "fluo_bcd.pt"}
+
+
+def shipped_checkpoint_path(name: str) -> str:
+    """Path of a shipped checkpoint by name (:data:`SHIPPED_CHECKPOINTS`).
+
+    ``demo``: residual U-Net (B, C, D, cpv) trained on synthetic NucMM-Z-like EM volumes;
+    ``fluo``: residual U-Net (B, C, D) trained on synthetic fluorescence volumes (``blockseg
+    synth --preset fluo``), percentile-normalised, with its voxel size (README, "The fluo
+    checkpoint").
+    """
+    from importlib.resources import files
+
+    from ..errors import BlocksegError
+
+    if name not in SHIPPED_CHECKPOINTS:
+        raise BlocksegError(f"no shipped checkpoint {name!r}; shipped: {sorted(SHIPPED_CHECKPOINTS)}")
+    p = files("blockseg") / "checkpoints" / SHIPPED_CHECKPOINTS[name]
+    if not p.is_file():
+        raise BlocksegError(f"the {name} checkpoint {p} is missing from this installation")
+    return str(p)
+
+
+def resolve_checkpoint(checkpoint) -> str:
+    """A checkpoint path, or a shipped checkpoint's name (when no file of that name exists)."""
+    import os
+
+    c = str(checkpoint)
+    return shipped_checkpoint_path(c) if c in SHIPPED_CHECKPOINTS and not os.path.exists(c) else c
+
+
 def demo_checkpoint_path() -> str:
     """Path of the shipped demo checkpoint (residual U-Net, representations B, C, D, cpv).
 
@@ -48,6 +80,8 @@ __all__ = [
     "channels_of",
     "check_decoder_channels",
     "demo_checkpoint_path",
+    "resolve_checkpoint",
+    "shipped_checkpoint_path",
     "ResUNet3D",
     "ValidUNet3D",
     "JointDetSegNet",

@@ -591,7 +591,9 @@ def predict(
     -------
     PredictReport, or PredictPlan with ``dry_run``
     """
-    image_path, out_path, checkpoint = str(image_path), str(out_path), str(checkpoint)
+    from ..models import resolve_checkpoint
+
+    image_path, out_path, checkpoint = str(image_path), str(out_path), resolve_checkpoint(checkpoint)
     payload = read_checkpoint(checkpoint)
     model = build_model(payload["architecture"], **payload["config"])
     options = InferenceOptions(batch_size, "cpu", tta, mc_samples, amp)
