@@ -121,7 +121,7 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """``checkpoint``: a checkpoint file, or ``demo`` for the shipped demo checkpoint."""
+    """``checkpoint``: a checkpoint file, or ``demo`` / ``fluo`` for a shipped checkpoint."""
 
     checkpoint: str = "demo"
 
@@ -271,7 +271,7 @@ def _anchor_paths(raw: dict, base: str) -> dict:
     if isinstance(raw.get("run_dir"), str):
         raw["run_dir"] = anchor(raw["run_dir"])
     model = raw.get("model")
-    if isinstance(model, dict) and model.get("checkpoint") not in (None, "demo"):
+    if isinstance(model, dict) and model.get("checkpoint") not in (None, "demo", "fluo"):
         raw["model"] = {**model, "checkpoint": anchor(model["checkpoint"])}
     data = raw.get("data")
     if isinstance(data, dict):

@@ -120,7 +120,7 @@ class RunResult:
 
 # ------------------------------------------------------------------------------ checkpoint
 def checkpoint_path(cfg: RunConfig) -> str:
-    """The checkpoint file of a config (``demo`` = the shipped demo checkpoint)."""
+    """The checkpoint file of a config (``demo``, ``fluo``: the shipped checkpoints)."""
     from .models import resolve_checkpoint
 
     return resolve_checkpoint(cfg.model.checkpoint)
@@ -357,7 +357,7 @@ def run_inputs(cfg: RunConfig) -> list[str]:
     """The user's files a run reads (image, ground truth, mask, checkpoint): never written."""
     d = cfg.data
     ins = [p for p in (d.image, d.ground_truth, d.mask) if p is not None]
-    if cfg.model.checkpoint and cfg.model.checkpoint != "demo":
+    if cfg.model.checkpoint and cfg.model.checkpoint not in ("demo", "fluo"):
         ins.append(cfg.model.checkpoint)
     return ins
 

@@ -21,31 +21,48 @@ from .plain import JointDetSegNet, ValidUNet3D
 from .unet import ResUNet3D
 
 
+#: checkpoints shipped with blockseg, by the name configs and the CLI accept for a path
+SHIPPED_CHECKPOINTS = {"demo": "demo_bcd_cpv.pt", "fluo": "fluo_bcd.pt"}
+
+
+def shipped_checkpoint_path(name: str) -> str:
+    """Path of a shipped checkpoint by name (:data:`SHIPPED_CHECKPOINTS`).
+
+    ``demo``: residual U-Net (B, C, D, cpv) trained on synthetic NucMM-Z-like EM volumes;
+    ``fluo``: residual U-Net (B, C, D) trained on synthetic fluorescence volumes (``blockseg
+    synth --preset fluo``), percentile-normalised, with its voxel size (README, "The fluo
+    checkpoint").
+    """
+    from importlib.resources import files
+
+    from ..errors import BlocksegError
+
+    if name not in SHIPPED_CHECKPOINTS:
+        raise BlocksegError(f"no shipped checkpoint {name!r}; shipped: {sorted(SHIPPED_CHECKPOINTS)}")
+    p = files("blockseg") / "checkpoints" / SHIPPED_CHECKPOINTS[name]
+    if not p.is_file():
+        raise BlocksegError(f"the {name} checkpoint {p} is missing from this installation")
+    return str(p)
+
+
+def resolve_checkpoint(checkpoint) -> str:
+    """A checkpoint path, or a shipped checkpoint's name (when no file of that name exists)."""
+    import os
+
+    c = str(checkpoint)
+    return shipped_checkpoint_path(c) if c in SHIPPED_CHECKPOINTS and not os.path.exists(c) else c
+
+
 def demo_checkpoint_path() -> str:
     """Path of the shipped demo checkpoint (residual U-Net, representations B, C, D, cpv).
 
     Trained on synthetic NucMM-Z-like EM data by ``configs/train_demo.yaml``; see
     the README (`blockseg train`, "The demo checkpoint") for how it was made and how well it segments.
     """
-    from importlib.resources import files
-
-    from ..errors import BlocksegError
-
-    p = files("blockseg") / "checkpoints" / "demo_bcd_cpv.pt"
-    if not p.is_file():
-        raise BlocksegError(f"the demo checkpoint {p} is missing from this installation")
-    return str(p)
-
-
-def resolve_checkpoint(name) -> str:
-    """A checkpoint argument as a path: ``demo`` is the shipped demo checkpoint (as in run
-    configs); anything else is returned as given."""
-    name = str(name)
-    return demo_checkpoint_path() if name == "demo" else name
+    return shipped_checkpoint_path("demo")
 
 
 __all__ = [
-    "resolve_checkpoint",
     "REPRESENTATIONS",
     "BlocksegNet",
     "Geometry",
@@ -56,6 +73,8 @@ __all__ = [
     "channels_of",
     "check_decoder_channels",
     "demo_checkpoint_path",
+    "resolve_checkpoint",
+    "shipped_checkpoint_path",
     "ResUNet3D",
     "ValidUNet3D",
     "JointDetSegNet",
