@@ -34,6 +34,7 @@ import math
 import os
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache, partial
 from typing import Sequence
@@ -46,6 +47,7 @@ from ..grid import BlockGrid, default_block_shape
 from ..io import _is_url, open_volume
 from ..models.base import BlocksegNet, build_model, load_checkpoint, normalise, read_checkpoint
 from ..predictions import create_predictions, describe_dtypes, encode_channel, plan_store
+from .kernels import quantise
 from .infer import InferenceOptions, check_options, make_lattice, output_channels, predict_region
 from .lattice import Lattice, read_reflected
 from ..safety import aborts_on_error
@@ -135,6 +137,8 @@ class BlockJob:
     prefetch: bool = True
     #: (channel, dtype) of the channels the store keeps (empty: every channel, as ``dtype``)
     store: tuple = ()
+    #: unique per run: keys the per-process cache of opened output arrays
+    run_id: str = ""
 
     @property
     def grid(self) -> BlockGrid:
@@ -142,7 +146,8 @@ class BlockJob:
 
     @property
     def scratch_dtype(self) -> str:
-        """Partial sums: float32 covers uint8 / float16 outputs; float32 outputs get float64."""
+        """Accumulator and partial sums: float32 covers uint8 / float16 outputs (within one
+        storage step of float64); float32 outputs get float64 (an identity network stays exact)."""
         return "float64" if self.dtype == "float32" else "float32"
 
 
@@ -234,14 +239,28 @@ def _intersect(a: Sequence[slice], b: Sequence[slice]) -> tuple[slice, ...] | No
     return None if any(s.stop <= s.start for s in box) else box
 
 
+@lru_cache(maxsize=64)
+def _channel_array(out_path: str, channel: str, run_id: str) -> zarr.Array:
+    """The full-resolution array of a store's channel (opened once per process and run)."""
+    return zarr.open_array(f"{out_path.rstrip('/')}/{channel}/0", mode="r+")
+
+
+def encode_values(values: np.ndarray, kind: str, dtype) -> np.ndarray:
+    """:func:`blockseg.predictions.encode_channel`, with the compiled one-pass quantiser
+    (same bytes) for float32 values stored as uint8."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8 and values.dtype == np.float32 and values.ndim == 3 and kind in ("prob", "tanh"):
+        return quantise(values, kind)
+    return encode_channel(values, kind, dtype)
+
+
 def _write_channels(job: BlockJob, values: np.ndarray, box: Sequence[slice]) -> None:
     kinds = dict(job.kinds)
     stored = dict(job.store) if job.store else {c: job.dtype for c in job.channels}
     for i, c in enumerate(job.channels):
         if c not in stored:  # computed (the network outputs it) but not kept in the store
             continue
-        arr = zarr.open_array(f"{job.out_path.rstrip('/')}/{c}/0", mode="r+")
-        arr[tuple(box)] = encode_channel(values[i], kinds[c], np.dtype(stored[c]))
+        _channel_array(job.out_path, c, job.run_id)[tuple(box)] = encode_values(values[i], kinds[c], stored[c])
 
 
 def _partial_path(job: BlockJob, block_id: int) -> str:
@@ -296,7 +315,8 @@ def predict_block(job: BlockJob, block_id: int) -> dict:
 
     options = InferenceOptions(job.batch_size, device, job.tta, job.mc_samples, job.amp)
     n_ch = len(job.channels)
-    acc = predict_region(model, read, lattice, layout.region, n_ch, options, prefetch=job.prefetch, tiles=layout.tiles)
+    acc = predict_region(model, read, lattice, layout.region, n_ch, options, prefetch=job.prefetch, tiles=layout.tiles,
+                         dtype=np.dtype(job.scratch_dtype))  # fmt: skip
     t_compute = time.perf_counter()
     if all(s.stop > s.start for s in layout.interior):
         _write_channels(job, acc[(slice(None), *_shift(layout.interior, layout.region))], layout.interior)
@@ -332,7 +352,7 @@ def finish_block(job: BlockJob, block_id: int) -> dict:
     n_ch = len(job.channels)
     sources = strip_sources(lattice, grid, block_id)
     for box in layout.strips:
-        total = np.zeros((n_ch, *(s.stop - s.start for s in box)))
+        total = np.zeros((n_ch, *(s.stop - s.start for s in box)), dtype=job.scratch_dtype)
         for oid, oregion in sources:
             hit = _intersect(box, oregion)
             if hit is None:
@@ -431,7 +451,7 @@ def _memory_estimate(model: BlocksegNet, grid: BlockGrid, lattice: Lattice, layo
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     mem = {
         "input slabs": 2 * worst_slab * (4 + in_itemsize),
-        "accumulator": worst_core * n_channels * 8,
+        "accumulator": worst_core * n_channels * (8 if out_itemsize == 4 else 4),
         "encoded core": worst_core * out_itemsize,
         "patch batch": batch_size * math.prod(lattice.patch) * 4 * (1 + max(widths, n_channels)),
         "weights": params,
@@ -671,6 +691,7 @@ def predict(
         amp=amp,
         torch_threads=torch_threads,
         prefetch=prefetch,
+        run_id=uuid.uuid4().hex,
     )
     resources = None
     if client is not None and device != "cpu":
