@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from blockseg.errors import BlocksegError
+
 from .options import add_pyramid_option, pyramid_levels, add_cluster_options, add_selection_options, cluster_config, selected, zyx
 
 
@@ -32,7 +34,11 @@ def register(subparsers) -> None:
         "--decoder", metavar="NAME",
         help="keep the channels this decoder reads (default: the checkpoint's recommended decoder, else the first one the network can feed)",
     )  # fmt: skip
-    p.add_argument("--patch", type=int, nargs="+", metavar="N", help="input patch, 1 or 3 values (default: the network's)")
+    p.add_argument(
+        "--patch", nargs="+", default=["auto"], metavar="auto|train|N",
+        help="inference patch: auto (default: the largest block-aligned patch that fits the device's memory budget, "
+        "never smaller than the training patch), train (the network's training patch), or 1 or 3 sizes (z y x)",
+    )  # fmt: skip
     p.add_argument("--overlap", type=float, nargs="+", default=[0.125], metavar="F", help="overlap of neighbouring output tiles: < 1 a fraction of the output patch, else voxels (default 0.125)")
     p.add_argument("--blending", choices=["gaussian", "bump", "constant"], default="gaussian", help="blending window (default gaussian)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips")
@@ -57,6 +63,16 @@ def _channels(text: str | None):
     return "all" if names == ["all"] else names
 
 
+def _patch(values: list[str]):
+    """``--patch``: "auto", "train" or voxel sizes."""
+    if len(values) == 1 and values[0] in ("auto", "train"):
+        return values[0]
+    try:
+        return zyx(values, "--patch")
+    except ValueError:
+        raise BlocksegError(f"--patch takes auto, train or 1 or 3 sizes, got {' '.join(values)}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from blockseg import cluster
     from blockseg.predict import predict
@@ -70,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         decoder=args.decoder,
         overwrite=args.overwrite,
         resume=not args.no_resume,
-        patch=zyx(args.patch, "--patch"),
+        patch=_patch(args.patch),
         overlap=overlap,
         blending=args.blending,
         tta=args.tta,

@@ -236,12 +236,22 @@ def _accumulate(acc: np.ndarray, out: np.ndarray, tile: tuple[int, int, int], la
     blend_tile(acc, out, dst, src, n, [w[k] for w, k in zip(weights, tile)])
 
 
-def make_lattice(model: BlocksegNet, shape: Sequence[int], patch=None, overlap=0.125, blending="gaussian") -> Lattice:
-    """The lattice of a volume of ``shape`` for ``model`` (patch default: its trained patch)."""
+def make_lattice(model: BlocksegNet, shape: Sequence[int], patch=None, overlap=0.125, blending="gaussian",
+                 snap: bool = True) -> Lattice:  # fmt: skip
+    """The lattice of a volume of ``shape`` for ``model`` (patch default: its trained patch).
+
+    ``snap=False``: the last tile of each axis overhangs the volume's end rather than being
+    snapped back (see :meth:`.AxisLattice.build`); predict's ``patch="auto"`` uses it.
+
+    Overlap fractions (< 1) are fractions of the network's *training* output patch: the overlap
+    blending needs is set by the network, not by the patch it runs on, so a larger inference
+    patch keeps the overlap in voxels and computes fewer voxels twice.
+    """
     geo = model.geometry
     patch = geo.input_patch if patch is None else tuple(int(p) for p in ((patch,) * 3 if np.isscalar(patch) else patch))
     out = geo.output_for(patch)
-    return Lattice.build(shape, patch, geo.crop, resolve_overlap(overlap, out), geo.margin, blending)
+    vox = resolve_overlap(overlap, out, reference=geo.output_patch)
+    return Lattice.build(shape, patch, geo.crop, vox, geo.margin, blending, snap)
 
 
 def predict_array(
@@ -256,6 +266,7 @@ def predict_array(
     tta: bool = False,
     mc_samples: int = 0,
     amp: bool = True,
+    snap: bool = True,
 ) -> dict[str, np.ndarray]:
     """Whole-volume sliding-window prediction in memory (the reference for the blockwise engine).
 
@@ -276,6 +287,9 @@ def predict_array(
         1-D window whose separable product weights each tile; weights are normalised.
     batch_size, device, tta, mc_samples, amp
         See :class:`InferenceOptions`.
+    snap : bool
+        Snap the last tile of each axis to the volume's end (False: let it overhang, as
+        predict does with ``patch="auto"``; its ``plan.lattice_snap`` says which).
 
     Returns
     -------
@@ -287,7 +301,7 @@ def predict_array(
         raise BlocksegError(f"expected a 3D (z, y, x) image, got shape {image.shape}")
     options = InferenceOptions(batch_size, device, tta, mc_samples, amp)
     check_options(model, options)
-    lattice = make_lattice(model, image.shape, patch, overlap, blending)
+    lattice = make_lattice(model, image.shape, patch, overlap, blending, snap)
     names, _ = output_channels(model, mc_samples)
 
     def read(lo, hi):
