@@ -87,6 +87,18 @@ def main() -> None:
                "ns_per_voxel": {b: 1e9 * s / n for b, s in sorted(sums.items(), key=lambda kv: -kv[1])},
                "ns_per_voxel_total_profiled": 1e9 * total / n}
         print(json.dumps(res, indent=2))
+        # inclusive time of the engine's I/O steps (zarr waits on its own event-loop thread, so
+        # its own-time shows up as lock waits: the inclusive times attribute it)
+        cum = {"read (inclusive)": ("engine.py", "read"), "write channels (inclusive)": ("engine.py", "_write_channels"),
+               "pass 2: finish_block (inclusive)": ("engine.py", "finish_block"),
+               "pass 1: predict_block (inclusive)": ("engine.py", "predict_block"),
+               "forward run_batch (inclusive)": ("infer.py", "run_batch"),
+               "scratch create (inclusive)": ("engine.py", "_create_partial"),
+               "pyramid/finish (inclusive)": ("pyramid.py", "finish_volume")}
+        res["inclusive_ns_per_voxel"] = {
+            k: round(1e9 * sum(v[3] for key, v in st.stats.items() if key[0].endswith(f) and key[2] == fn) / n, 1)
+            for k, (f, fn) in cum.items()
+        }
         other = sorted(((v[2], k) for k, v in st.stats.items() if bucket_of(k).startswith("other")), reverse=True)[:12]
         res["top_other"] = [(f"{k[0].split('/')[-1]}:{k[2]}", round(1e9 * t / n, 1)) for t, k in other]
         print(json.dumps(res["top_other"]))

@@ -10,8 +10,9 @@ its upper faces. So a block runs in two passes:
    row on a background thread, with global reflection at the volume borders) and blends them.
    It writes the *interior* of its core -- the voxels no other block's tile reaches -- as final
    values, and the weighted partial sums of the rest of its region (lower-face strips and upper
-   spill) to its own scratch array ``OUT/_partial/<block id>`` (float32; float64 when the
-   output is float32, so that an identity network still reproduces its input exactly).
+   spill) to its own scratch ``OUT/_partial/<block id>/<k>``, one array per box (float32;
+   float64 when the output is float32, so that an identity network still reproduces its input
+   exactly).
 2. ``finish_block`` (only blocks with lower-face strips) adds the partial sums of itself and of
    the blocks below over its strips and writes them (pass 2 starts once every pass 1 is done,
    so a chunk shared by a block's interior and its strips is never written by two tasks at once).
@@ -280,12 +281,17 @@ def _partial_path(job: BlockJob, block_id: int) -> str:
 
 
 def _create_partial(job: BlockJob, block_id: int, layout: BlockLayout) -> None:
-    """(Re)create the scratch array of a block's partial sums (nothing when it has none)."""
-    if not box_minus(layout.region, layout.interior):
+    """(Re)create the scratch of a block's partial sums (nothing when it has none): one array
+    ``<id>/<k>`` per box of ``region - interior``, one chunk per channel, so that writing a thin
+    face never rewrites a chunk that reaches past it."""
+    rest = box_minus(layout.region, layout.interior)
+    if not rest:
         return
-    shape = tuple(s.stop - s.start for s in layout.region)
-    zarr.create_array(_partial_path(job, block_id), shape=(len(job.channels), *shape), dtype=job.scratch_dtype,
-                      chunks=(1, *(min(n, 64) for n in shape)), fill_value=0.0, compressors=None, overwrite=True)  # fmt: skip
+    group = zarr.open_group(_partial_path(job, block_id), mode="w")
+    for k, box in enumerate(rest):
+        shape = tuple(s.stop - s.start for s in box)
+        group.create_array(str(k), shape=(len(job.channels), *shape), dtype=job.scratch_dtype, chunks=(1, *shape),
+                           fill_value=0.0, compressors=None, overwrite=True)  # fmt: skip
 
 
 def _set_marker(job: BlockJob, name: str, index) -> None:
@@ -332,12 +338,9 @@ def predict_block(job: BlockJob, block_id: int) -> dict:
     t_compute = time.perf_counter()
     if all(s.stop > s.start for s in layout.interior):
         _write_channels(job, acc[(slice(None), *_shift(layout.interior, layout.region))], layout.interior)
-    rest = box_minus(layout.region, layout.interior)
-    if rest:
-        part = zarr.open_array(_partial_path(job, block_id), mode="r+")
-        for box in rest:
-            rel = _shift(box, layout.region)
-            part[(slice(None), *rel)] = acc[(slice(None), *rel)]
+    for k, box in enumerate(box_minus(layout.region, layout.interior)):
+        part = zarr.open_array(f"{_partial_path(job, block_id)}/{k}", mode="r+")
+        part[...] = acc[(slice(None), *_shift(box, layout.region))]
     # written last: everything this pass vouches for is on disk
     _set_marker(job, PASS1_ARRAY if layout.strips else DONE_ARRAY, block.index)
     t1 = time.perf_counter()
@@ -363,14 +366,19 @@ def finish_block(job: BlockJob, block_id: int) -> dict:
     layout = block_layout(lattice, block.core, job.chunk_shape)
     n_ch = len(job.channels)
     sources = strip_sources(lattice, grid, block_id)
+    # the scratch boxes of every source: its region minus its interior (see _create_partial)
+    parts = []
+    for oid, _ in sources:
+        lay = block_layout(lattice, grid[oid].core)
+        parts += [(f"{_partial_path(job, oid)}/{k}", b) for k, b in enumerate(box_minus(lay.region, lay.interior))]
     for box in layout.strips:
         total = np.zeros((n_ch, *(s.stop - s.start for s in box)), dtype=job.scratch_dtype)
-        for oid, oregion in sources:
-            hit = _intersect(box, oregion)
+        for path, pbox in parts:
+            hit = _intersect(box, pbox)
             if hit is None:
                 continue
-            part = zarr.open_array(_partial_path(job, oid), mode="r")
-            total[(slice(None), *_shift(hit, box))] += part[(slice(None), *_shift(hit, oregion))]
+            part = zarr.open_array(path, mode="r")
+            total[(slice(None), *_shift(hit, box))] += part[(slice(None), *_shift(hit, pbox))]
         _write_channels(job, total, box)
     _set_marker(job, DONE_ARRAY, block.index)
     return {"block": block_id, "seconds": time.perf_counter() - t0, "sources": len(sources)}

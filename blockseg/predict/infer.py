@@ -101,7 +101,10 @@ def run_batch(model: BlocksegNet, x: np.ndarray, options: InferenceOptions) -> n
         def forward(inp: torch.Tensor) -> torch.Tensor:
             with _autocast(device, options.amp):
                 raw = model(inp)
-            return model.postprocess(raw.float())
+            raw = raw.float()
+            # in place unless the network hands back (a view of) its input, which TTA reuses
+            own = raw.untyped_storage().data_ptr() != inp.untyped_storage().data_ptr()
+            return model.postprocess(raw, inplace=own)
 
         def one_pass(inp: torch.Tensor) -> torch.Tensor:
             if not options.tta:
