@@ -184,14 +184,18 @@ def model_section(args, work: Path, res: dict) -> None:
     n = args.size**3
     with dask_client(ClusterConfig(n_workers=2, dashboard=False), quiet=True) as client:
         image = make_volume(str(work / "img.zarr"), args.size, client)[...]
+    # the inference patch blockseg chooses (patch="auto"): the raw forward runs the same patch
+    ipatch = predict(str(work / "img.zarr"), ckpt, str(work / "pred.zarr"), block_shape=args.block, dry_run=True,
+                     batch_size=args.batch, device="cpu", progress=False).lattice.patch  # fmt: skip
+    res["model"]["inference_patch"] = list(ipatch)
     runs: list[dict] = []
     for r in range(args.repeats):
         run: dict = {"load_before": load()}
         torch.set_num_threads(os.cpu_count() or 1)
-        run["raw_1p"] = raw_forward(model, patch, args.batch, max(4, 16 // args.batch))
+        run["raw_1p"] = raw_forward(model, ipatch, args.batch, max(2, 8 // args.batch))
         with dask_client(ClusterConfig(n_workers=2, threads_per_worker=1, dashboard=False), quiet=True) as c:
             c.run(importlib.import_module, "bench_unet")
-            run["raw_2p"] = sum(c.run(raw_forward_worker, patch, args.batch, max(4, 16 // args.batch)).values())
+            run["raw_2p"] = sum(c.run(raw_forward_worker, ipatch, args.batch, max(2, 8 // args.batch)).values())
         print(f"[{r}] raw forward {run['raw_1p'] / 1e6:.3f} (1 process x 2 threads) / {run['raw_2p'] / 1e6:.3f} "
               f"(2 processes x 1 thread) Mvox/s, load {load()}", flush=True)  # fmt: skip
         wall, cpu, peak, rep = blockseg_run(str(work / "img.zarr"), ckpt, str(work / "pred.zarr"), args.block, 2, 1, args.batch)
@@ -283,8 +287,52 @@ def main() -> None:
     print(json.dumps({k: res[k] for k in ("throughput_vox_per_s", "ratios", "engine") if k in res}, indent=2, default=str))
 
 
+def engine_report(res: dict) -> list[str]:
+    """Markdown lines of the engine section."""
+    e, a = res["engine"], res["args"]
+    mv, ra = e["mvox_per_s"], e["ratios"]
+    lines = [
+        f"# predict engine benchmark (identity network, {tuple(e['shape'])}, CPU, {a['repeats']} paired repeats)",
+        "",
+        f"Command: `PYTHONPATH=.:benchmarks python benchmarks/bench_predict.py --skip-model --repeats {a['repeats']} "
+        f"--engine-shape {' '.join(map(str, e['shape']))}`  ",
+        f"Machine: {res['machine']['cpus']} CPUs (shared), 1-min load before {res['load_before']}, after {res.get('load_after')}.  ",
+        f"Identity network (`B`, `C`, `gauss`: three probability channels, uint8 out), training patch "
+        f"{tuple(e['train_patch'])}; blocks {tuple(e['block'])}, chunks {tuple(e['chunks'])}, 2 workers x 1 thread, "
+        f"fresh cluster per run (start-up not timed), pyramid off. Ceiling: every block task reads its core and writes "
+        f"it to three uint8 volumes of the same chunks and codec. Baseline: the engine at `{e['baseline_rev']}` "
+        "(today's main, training patch).",
+        "",
+        "| | M voxels/s (median) | / ceiling (median of paired ratios) |",
+        "|---|---|---|",
+        f"| zarr ceiling (read + write 3 x uint8) | {mv['ceiling']:.1f} | 1 |",
+        f"| this engine, `--patch auto` {tuple(e['auto_patch'])} | {mv['auto']:.1f} | {ra['auto_over_ceiling']:.2f} |",
+        f"| this engine, `--patch train` | {mv['train']:.1f} | {ra['train_over_ceiling']:.2f} |",
+        f"| baseline engine ({e['baseline_rev']}) | {mv['baseline']:.1f} | {ra['baseline_over_ceiling']:.2f} |",
+        "",
+        f"**Speed-up over the baseline engine (median of paired ratios): {ra['auto_over_baseline']:.1f}x with "
+        f"`--patch auto`, {ra['train_over_baseline']:.1f}x with the training patch.** Max |auto - train| over the "
+        f"first 16 z-slices: {e['max_abs_diff_auto_vs_train_uint8']} uint8 step(s) (different lattices).",
+        "",
+        "| repeat | load | ceiling (s) | auto (s) | train (s) | baseline (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(e["runs"]):
+        lines.append(f"| {i} | {r['load_before']} -> {r['load_after']} | {r['ceiling']['wall']:.2f} | {r['auto']['wall']:.2f} | "
+                     f"{r['train']['wall']:.2f} | {r['baseline']['wall']:.2f} |")  # fmt: skip
+    return lines + [""]
+
+
 def report(res: dict) -> str:
     """Markdown summary of a run (``<out>.md``)."""
+    head = engine_report(res) if "engine" in res else []
+    if "throughput_vox_per_s" not in res:
+        return "\n".join(head) + "\n"
+    return "\n".join(head) + model_report(res)
+
+
+def model_report(res: dict) -> str:
+    """Markdown lines of the model section."""
     a, tp, ra, plan = res["args"], res["throughput_vox_per_s"], res["ratios"], res["plan"]
     lines = [
         f"# predict benchmark ({a['size']}³, CPU, {a['repeats']} paired repeats)",
@@ -293,7 +341,9 @@ def report(res: dict) -> str:
         f"--repeats {a['repeats']} --rss-size {a['rss_size']}`  ",
         f"Machine: {res['machine']['cpus']} CPUs, {res['machine']['platform']}, torch {res['machine']['torch']}; "
         f"1-min load before {res['load_before']}, after {res['load_after']}.  ",
-        f"Model: `bench_resunet` ({res['model']['params']:,} parameters, random weights), patch {a['patch']}³, "
+        f"Model: `bench_resunet` ({res['model']['params']:,} parameters, random weights), training patch {a['patch']}³, "
+        f"blockseg's inference patch (`--patch auto`) {tuple(res['model']['inference_patch'])}: the raw forward runs that "
+        "patch too, MONAI the training patch; "
         f"batch {a['batch']} for all three; synthetic EM volume. The in-process runs (raw 1p, MONAI) use the "
         "channels-last layout (faster with 2 torch threads here), blockseg's workers and raw 2p the default layout.",
         "",
