@@ -45,6 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--mc-samples", type=int, default=0, metavar="N", help="MC-dropout samples: adds a <channel>_var variance channel per channel")
     p.add_argument("--batch-size", type=int, default=2, metavar="N", help="patches per forward pass (default 2)")
     p.add_argument("--device", default="auto", help="auto (CUDA where visible), cpu, cuda (default auto)")
+    p.add_argument("--no-amp", action="store_true", help="on CUDA, run the network in float32 instead of bf16 (fp16 where bf16 is unsupported) autocast")
     p.add_argument("--chunks", type=int, nargs="+", metavar="N", help="output chunk shape (default: the image's)")
     p.add_argument("--dry-run", action="store_true", help="print blocks, halo and a memory estimate; compute nothing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         mc_samples=args.mc_samples,
         batch_size=args.batch_size,
         device=args.device,
+        amp=not args.no_amp,
         chunks=zyx(args.chunks, "--chunks"),
         progress=not args.no_progress,
         pyramid_levels=pyramid_levels(args),

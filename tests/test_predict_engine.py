@@ -151,3 +151,24 @@ def test_gpu_predict_matches_cpu_within_a_storage_step(tmp_path):  # pragma: no 
     a, b = stored(tmp_path / "cpu.zarr"), stored(tmp_path / "gpu.zarr")
     for c in a:
         assert np.abs(a[c].astype(int) - b[c].astype(int)).max() <= 1, c
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_device_resident_path_equals_host_path(dtype):
+    # the GPU path's code (slab, patches and accumulator as torch tensors) run on the CPU
+    from blockseg.predict.infer import InferenceOptions, make_lattice, predict_region
+    from blockseg.predict.lattice import read_reflected
+
+    image = np.random.default_rng(6).integers(0, 256, (13, 21, 19)).astype(np.float32)
+    model = TinyConvNet(("B", "D"), valid=True, input_patch=(12, 20, 20), margin=(1, 1, 1)).eval()
+    lat = make_lattice(model, image.shape, (12, 24, 20), 0.25, snap=False)
+
+    def read(lo, hi):
+        return read_reflected(image.__getitem__, image.shape, lo, hi) / 64
+
+    core = (slice(2, 11), slice(0, 21), slice(5, 19))
+    opts = InferenceOptions(batch_size=3)
+    host = predict_region(model, read, lat, core, 2, opts, prefetch=False, dtype=dtype)
+    dev = predict_region(model, read, lat, core, 2, opts, prefetch=True, dtype=dtype, on_device=True)
+    assert dev.dtype == host.dtype == np.dtype(dtype) and dev.shape == host.shape
+    np.testing.assert_allclose(dev, host, rtol=1e-6 if dtype == np.float32 else 1e-12, atol=1e-6)

@@ -84,15 +84,15 @@ def _autocast(device: torch.device, amp: bool):
     return contextlib.nullcontext()
 
 
-def run_batch(model: BlocksegNet, x: np.ndarray, options: InferenceOptions) -> np.ndarray:
-    """Postprocessed outputs ``(N, C[, +C], ...)`` float32 of a normalised batch ``(N, 1, ...)``."""
-    device = torch.device(options.device)
+def forward_batch(model: BlocksegNet, t: torch.Tensor, options: InferenceOptions) -> torch.Tensor:
+    """Postprocessed outputs ``(N, C[, +C], ...)`` float32, on the batch's device, of a
+    normalised batch tensor ``(N, 1, ...)`` already on ``options.device``."""
+    device = t.device
     vector_sign = None
     if options.tta:
         chans = list(model.channels)
         vector_sign = {a: [i for i, c in enumerate(chans) if VECTOR_AXIS.get(c) == a] for a in (0, 1, 2)}
     with torch.inference_mode():
-        t = torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
         if device.type == "cuda":
             # channels-last feeds cuDNN's fast 3-D kernels; on CPU, single-thread workers ran this
             # project's U-Nets as fast or faster in the default layout (benchmarks/results/predict.md)
@@ -137,7 +137,13 @@ def run_batch(model: BlocksegNet, x: np.ndarray, options: InferenceOptions) -> n
             out = torch.cat([mean, var], dim=1).float()
         else:
             out = one_pass(t)
-        return out.contiguous().cpu().numpy()
+        return out.contiguous()
+
+
+def run_batch(model: BlocksegNet, x: np.ndarray, options: InferenceOptions) -> np.ndarray:
+    """Postprocessed outputs ``(N, C[, +C], ...)`` float32 of a normalised batch ``(N, 1, ...)``."""
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(torch.device(options.device), non_blocking=True)
+    return forward_batch(model, t, options).cpu().numpy()
 
 
 def predict_region(
@@ -150,6 +156,7 @@ def predict_region(
     prefetch: bool = True,
     tiles: Sequence[range] | None = None,
     dtype=np.float64,
+    on_device: bool | None = None,
 ) -> np.ndarray:
     """Blend lattice patches into an array ``(C, *core shape)`` covering the region ``core``.
 
@@ -174,6 +181,10 @@ def predict_region(
         (summing to one) reproduce an identity network's input exactly once cast to float32;
         float32 halves the memory traffic and is within one storage step of it for uint8 and
         float16 storage (the engine's choice for those).
+    on_device : bool, optional
+        Keep the input slab, patch extraction and the accumulator on ``options.device``
+        (:func:`_predict_region_torch`): one pinned, asynchronous host-to-device copy per z-row,
+        no per-batch round trips. Default: on for CUDA devices.
 
     Notes
     -----
@@ -181,6 +192,10 @@ def predict_region(
     is at most two z-slabs of the read region. Blending is one compiled pass per tile
     (:func:`.kernels.blend_tile`).
     """
+    if on_device is None:
+        on_device = torch.device(options.device).type == "cuda"
+    if on_device:
+        return _predict_region_torch(model, read, lattice, core, n_channels, options, prefetch, tiles, dtype)
     ranges = lattice.tiles_for(core) if tiles is None else tuple(tiles)
     lz, ly, lx = lattice.axes
     shape = tuple(s.stop - s.start for s in core)
@@ -224,6 +239,82 @@ def predict_region(
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
     return acc
+
+
+def _tile_boxes(lattice: Lattice, tile: tuple[int, int, int], core) -> tuple[list[slice], list[slice]]:
+    """Source box in the tile's output and destination box in ``core`` of a tile (clipped)."""
+    src, dst = [], []
+    for ax, k, s in zip(lattice.axes, tile, core):
+        t = int(ax.starts[k])
+        lo, hi = max(t, s.start), min(t + ax.out, s.stop)
+        src.append(slice(lo - t, hi - t))
+        dst.append(slice(lo - s.start, hi - s.start))
+    return src, dst
+
+
+def _predict_region_torch(model, read, lattice: Lattice, core, n_channels: int, options: InferenceOptions,
+                          prefetch: bool, tiles, dtype) -> np.ndarray:  # fmt: skip
+    """:func:`predict_region` with the slab, the patches and the accumulator on ``options.device``.
+
+    Each z-row's normalised input goes to the device once (pinned host memory, non-blocking
+    copy, the next row read on a background thread meanwhile); patches are views of the device
+    slab; blending is three broadcast multiplies and an add per tile on the device; only the
+    final accumulator comes back. Same operations, in the same order, as the host path.
+    """
+    device = torch.device(options.device)
+    tdtype = torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
+    ranges = lattice.tiles_for(core) if tiles is None else tuple(tiles)
+    lz, ly, lx = lattice.axes
+    shape = tuple(s.stop - s.start for s in core)
+    acc = torch.zeros((n_channels, *shape), dtype=tdtype, device=device)
+    if any(len(r) == 0 for r in ranges):
+        return acc.cpu().numpy()
+    weights = [torch.as_tensor(a.weights, dtype=tdtype, device=device) for a in lattice.axes]
+    ylo, yhi = ly.input_extent(ranges[1])
+    xlo, xhi = lx.input_extent(ranges[2])
+    rows = list(ranges[0])
+    pin = device.type == "cuda"
+
+    def read_row(kz: int) -> torch.Tensor:
+        z0 = int(lz.starts[kz]) - lz.crop
+        host = torch.from_numpy(np.ascontiguousarray(read((z0, ylo, xlo), (z0 + lz.patch, yhi, xhi)), dtype=np.float32))
+        return host.pin_memory() if pin else host
+
+    pool = ThreadPoolExecutor(max_workers=1) if prefetch and len(rows) > 1 else None
+    try:
+        pending = pool.submit(read_row, rows[0]) if pool else None
+        for i, kz in enumerate(rows):
+            host = pending.result() if pool else read_row(kz)
+            if pool and i + 1 < len(rows):
+                pending = pool.submit(read_row, rows[i + 1])
+            slab = host.to(device, non_blocking=True)
+            tiles_yx = list(itertools.product(ranges[1], ranges[2]))
+            for b0 in range(0, len(tiles_yx), options.batch_size):
+                batch = tiles_yx[b0 : b0 + options.batch_size]
+                parts = []
+                for ky, kx in batch:
+                    y0 = int(ly.starts[ky]) - ly.crop - ylo
+                    x0 = int(lx.starts[kx]) - lx.crop - xlo
+                    parts.append(slab[:, y0 : y0 + ly.patch, x0 : x0 + lx.patch])
+                out = forward_batch(model, torch.stack(parts)[:, None], options)
+                expect = (len(batch), n_channels, *lattice.out)
+                if tuple(out.shape) != expect:
+                    raise BlocksegError(
+                        f"network output {tuple(out.shape[1:])} does not match its geometry: expected {expect[1:]} "
+                        f"for input patch {lattice.patch}"
+                    )
+                for j, (ky, kx) in enumerate(batch):
+                    tile = (kz, ky, kx)
+                    src, dst = _tile_boxes(lattice, tile, core)
+                    if any(d.stop <= d.start for d in dst):
+                        continue
+                    wz, wy, wx = (w[k, s] for w, k, s in zip(weights, tile, src))
+                    w = wz[:, None, None] * wy[None, :, None] * wx[None, None, :]
+                    acc[(slice(None), *dst)] += out[j][(slice(None), *src)] * w
+    finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return acc.cpu().numpy()
 
 
 def _accumulate(acc: np.ndarray, out: np.ndarray, tile: tuple[int, int, int], lattice: Lattice, core,
