@@ -1,6 +1,12 @@
-"""Predict benchmark: raw forward vs blockseg predict (zarr -> zarr) vs MONAI sliding window.
+"""Predict benchmark: engine-only throughput vs the zarr ceiling; raw forward vs blockseg predict (zarr -> zarr) vs MONAI sliding window.
 
-One run, one model (benchmarks/bench_unet.py, a small residual U-Net, random weights), one
+Engine section: the parameter-free identity network (three probability channels, uint8 out)
+makes every second engine overhead. In each paired repeat, with the same fresh 2-worker
+cluster settings (``engine_run.py`` subprocesses): the zarr ceiling (read the image + write
+three uint8 volumes of the same chunks), this engine with ``--patch auto`` and ``--patch
+train``, and the engine of ``--baseline-rev`` (today's main) with its defaults.
+
+Model section: one model (benchmarks/bench_unet.py, a small residual U-Net, random weights), one
 synthetic EM volume (blockseg.synth), one patch size. Reports voxels of the volume per second
 (for the raw forward: output voxels of in-memory patches per second) and, separately, the peak
 RSS per worker of blockseg predict on a larger volume for two block sizes.
@@ -100,6 +106,151 @@ def blockseg_run(img, ckpt, out, block, workers, threads, batch, rss=False, chun
     return wall, cpu, max(sampler.peak.values()), rep
 
 
+def run_engine(mode: str, pythonpath: str, image: str, ckpt: str, out: str, block, patch=None) -> dict:
+    """One :mod:`engine_run` subprocess (its own cluster); its JSON result."""
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "engine_run.py"), mode, image, ckpt, out,
+           "--block", *map(str, block), "--workers", "2"]  # fmt: skip
+    if patch:
+        cmd += ["--patch", str(patch)]
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{mode} run failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def engine_section(args, work: Path) -> dict:
+    """Engine-only throughput (identity network) vs the zarr ceiling and vs ``--baseline-rev``."""
+    import subprocess
+
+    from blockseg.io import create_volume
+    from blockseg.models import IdentityNet
+
+    shape = tuple(args.engine_shape)
+    vol = create_volume(work / "eimg.zarr", shape, np.uint8, chunks=tuple(args.engine_chunks))
+    rng = np.random.default_rng(0)
+    for z in range(0, shape[0], args.engine_chunks[0]):  # slab by slab: bounded memory
+        vol.array[z : z + args.engine_chunks[0]] = rng.integers(0, 256, (min(args.engine_chunks[0], shape[0] - z), *shape[1:]), dtype=np.uint8)
+    ckpt = str(work / "identity.pt")
+    save_checkpoint(ckpt, IdentityNet(("B", "C", "gauss"), input_patch=tuple(args.engine_train_patch)), normalisation=NORM)
+    here = str(Path(__file__).resolve().parents[1])
+    base = work / "baseline"
+    base.mkdir()
+    archive = subprocess.run(["git", "-C", here, "archive", args.baseline_rev, "blockseg"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+    img = str(vol.path)
+    runs = []
+    for r in range(args.repeats):
+        run = {"load_before": load()}
+        run["ceiling"] = run_engine("ceiling", here, img, "-", str(work / "ceil.zarr"), args.engine_block)
+        run["auto"] = run_engine("predict", here, img, ckpt, str(work / "e_auto.zarr"), args.engine_block, "auto")
+        run["train"] = run_engine("predict", here, img, ckpt, str(work / "e_train.zarr"), args.engine_block, "train")
+        run["baseline"] = run_engine("predict", str(base), img, ckpt, str(work / "e_base.zarr"), args.engine_block)
+        run["load_after"] = load()
+        for k in ("auto", "train", "baseline"):
+            run[f"{k}_over_ceiling"] = run["ceiling"]["wall"] / run[k]["wall"]
+        run["auto_over_baseline"] = run["baseline"]["wall"] / run["auto"]["wall"]
+        run["train_over_baseline"] = run["baseline"]["wall"] / run["train"]["wall"]
+        print(f"[engine {r}] ceiling {run['ceiling']['wall']:.2f} s, auto {run['auto']['wall']:.2f} s, "
+              f"train {run['train']['wall']:.2f} s, baseline {run['baseline']['wall']:.2f} s, load {load()}", flush=True)  # fmt: skip
+        runs.append(run)
+    # the stores agree: auto vs train within one storage step (different lattices, same identity)
+    from blockseg.predictions import open_predictions
+
+    a, t = open_predictions(str(work / "e_auto.zarr")), open_predictions(str(work / "e_train.zarr"))
+    diff = max(int(np.abs(a[c].array[:16].astype(int) - t[c].array[:16].astype(int)).max()) for c in a)
+    med = statistics.median
+    n = math.prod(shape)
+    return {
+        "shape": list(shape), "block": list(args.engine_block), "chunks": list(args.engine_chunks),
+        "train_patch": list(args.engine_train_patch), "auto_patch": runs[-1]["auto"]["patch"],
+        "baseline_rev": args.baseline_rev, "runs": runs, "max_abs_diff_auto_vs_train_uint8": diff,
+        "mvox_per_s": {k: n / med(r[k]["wall"] for r in runs) / 1e6 for k in ("ceiling", "auto", "train", "baseline")},
+        "ratios": {k: med(r[k] for r in runs) for k in ("auto_over_ceiling", "train_over_ceiling", "baseline_over_ceiling",
+                                                         "auto_over_baseline", "train_over_baseline")},
+    }  # fmt: skip
+
+
+def model_section(args, work: Path, res: dict) -> None:
+    """Raw forward vs blockseg predict vs MONAI on the benchmark U-Net (fills ``res``)."""
+    patch = (args.patch,) * 3
+    model = bench_unet.BenchResUNet(input_patch=patch).eval()
+    ckpt = str(work / "unet.pt")
+    save_checkpoint(ckpt, model, normalisation=NORM)
+    model = model.to(memory_format=torch.channels_last_3d)
+    res["model"] = {"architecture": "bench_resunet", "params": sum(p.numel() for p in model.parameters()), "patch": patch}
+    n = args.size**3
+    with dask_client(ClusterConfig(n_workers=2, dashboard=False), quiet=True) as client:
+        image = make_volume(str(work / "img.zarr"), args.size, client)[...]
+    # the inference patch blockseg chooses (patch="auto"): the raw forward runs the same patch
+    ipatch = predict(str(work / "img.zarr"), ckpt, str(work / "pred.zarr"), block_shape=args.block, dry_run=True,
+                     batch_size=args.batch, device="cpu", progress=False).lattice.patch  # fmt: skip
+    res["model"]["inference_patch"] = list(ipatch)
+    runs: list[dict] = []
+    for r in range(args.repeats):
+        run: dict = {"load_before": load()}
+        torch.set_num_threads(os.cpu_count() or 1)
+        run["raw_1p"] = raw_forward(model, ipatch, args.batch, max(2, 8 // args.batch))
+        with dask_client(ClusterConfig(n_workers=2, threads_per_worker=1, dashboard=False), quiet=True) as c:
+            c.run(importlib.import_module, "bench_unet")
+            run["raw_2p"] = sum(c.run(raw_forward_worker, ipatch, args.batch, max(2, 8 // args.batch)).values())
+        print(f"[{r}] raw forward {run['raw_1p'] / 1e6:.3f} (1 process x 2 threads) / {run['raw_2p'] / 1e6:.3f} "
+              f"(2 processes x 1 thread) Mvox/s, load {load()}", flush=True)  # fmt: skip
+        wall, cpu, peak, rep = blockseg_run(str(work / "img.zarr"), ckpt, str(work / "pred.zarr"), args.block, 2, 1, args.batch)
+        run["blockseg"] = {"wall": wall, "cpu": cpu, "peak": peak, "patches": rep.patches}
+        print(f"[{r}] blockseg 2 workers x 1 thread {wall:.1f} s, load {load()}", flush=True)
+        if args.one_worker:
+            wall, cpu, peak, rep1 = blockseg_run(str(work / "img.zarr"), ckpt, str(work / "pred1.zarr"), args.block, 1, 2, args.batch)
+            run["blockseg_1w2t"] = {"wall": wall, "cpu": cpu, "peak": peak, "patches": rep1.patches}
+            print(f"[{r}] blockseg 1 worker x 2 threads {wall:.1f} s, load {load()}", flush=True)
+        torch.set_num_threads(os.cpu_count() or 1)
+        wall, mon = monai_run(model, image, patch, args.batch)
+        run["monai"] = wall
+        run["load_after"] = load()
+        print(f"[{r}] MONAI {wall:.1f} s, load {load()}", flush=True)
+        run["ratio_monai"] = run["monai"] / run["blockseg"]["wall"]
+        run["ratio_raw_1p"] = n / run["blockseg"]["wall"] / run["raw_1p"]
+        run["ratio_raw_2p"] = n / run["blockseg"]["wall"] / run["raw_2p"]
+        runs.append(run)
+    # agreement of blockseg (uint8) with MONAI (different lattice, overlap): informative only
+    from blockseg.predictions import open_predictions, read_channels
+
+    pred = read_channels(open_predictions(str(work / "pred.zarr"), ["B"]), (slice(None),) * 3)["B"]
+    res["blockseg_vs_monai_B_mean_abs_diff"] = float(np.abs(pred - mon[0]).mean())
+    med = statistics.median
+    res["runs"] = runs
+    res["throughput_vox_per_s"] = {
+        "raw_forward": med(r["raw_1p"] for r in runs),
+        "raw_forward_2proc": med(r["raw_2p"] for r in runs),
+        "blockseg": n / med(r["blockseg"]["wall"] for r in runs),
+        "monai": n / med(r["monai"] for r in runs),
+    }
+    res["ratios"] = {
+        "blockseg_over_monai": med(r["ratio_monai"] for r in runs),
+        "blockseg_over_raw": med(r["ratio_raw_1p"] for r in runs),
+        "blockseg_over_raw_2proc": med(r["ratio_raw_2p"] for r in runs),
+    }
+    res["plan"] = rep.plan.to_dict()
+    res["monai_compute_factor"] = (math.ceil((args.size - args.patch) / (0.75 * args.patch)) + 1) ** 3 * args.patch**3 / n
+    res["load_after_main"] = load()
+    if args.rss_size:
+        size = args.rss_size
+        with dask_client(ClusterConfig(n_workers=2, dashboard=False), quiet=True) as client:
+            make_volume(str(work / "big.zarr"), size, client)
+        tiny = TinyConvNet(("B", "C", "D"), width=4, valid=False, input_patch=patch).eval()
+        tck = str(work / "tiny.pt")
+        save_checkpoint(tck, tiny, normalisation=NORM)
+        res["rss"] = {}
+        for block in ((128, 128, 128), (128, 256, 256)):
+            wall, cpu, peak, rep = blockseg_run(str(work / "big.zarr"), tck, str(work / "bigpred.zarr"), block, 2, 1, args.batch)
+            res["rss"][f"{block}"] = {"volume": size, "wall": wall, "peak_rss_per_worker_gib": peak / 2**30,
+                                      "estimate_gib": rep.plan.memory_bytes["total"] / 2**30}  # fmt: skip
+            print("rss", block, peak / 2**30, load(), flush=True)
+    res["load_after"] = load()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=288)
@@ -110,93 +261,78 @@ def main() -> None:
     ap.add_argument("--one-worker", action="store_true", help="also run blockseg on 1 worker x 2 threads")
     ap.add_argument("--rss-size", type=int, default=512, help="volume edge of the peak-RSS measurement (0: skip)")
     ap.add_argument("--out", default="benchmarks/results/predict")
+    ap.add_argument("--engine-shape", type=int, nargs=3, default=[128, 512, 512], help="engine section volume (0 0 0: skip)")
+    ap.add_argument("--engine-block", type=int, nargs=3, default=[64, 256, 256])
+    ap.add_argument("--engine-chunks", type=int, nargs=3, default=[32, 128, 128])
+    ap.add_argument("--engine-train-patch", type=int, nargs=3, default=[32, 64, 64], help="identity network's training patch")
+    ap.add_argument("--baseline-rev", default="6df69af", help="git revision of the engine to compare with (today's main)")
+    ap.add_argument("--skip-model", action="store_true", help="engine section only")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_predict_"))
     res: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                              "python": platform.python_version()},
                  "load_before": load(), "args": vars(args)}  # fmt: skip
-    patch = (args.patch,) * 3
-    model = bench_unet.BenchResUNet(input_patch=patch).eval()
-    ckpt = str(work / "unet.pt")
-    save_checkpoint(ckpt, model, normalisation=NORM)
-    model = model.to(memory_format=torch.channels_last_3d)
-    res["model"] = {"architecture": "bench_resunet", "params": sum(p.numel() for p in model.parameters()), "patch": patch}
-    n = args.size**3
     try:
-        with dask_client(ClusterConfig(n_workers=2, dashboard=False), quiet=True) as client:
-            image = make_volume(str(work / "img.zarr"), args.size, client)[...]
-        runs: list[dict] = []
-        for r in range(args.repeats):
-            run: dict = {"load_before": load()}
-            torch.set_num_threads(os.cpu_count() or 1)
-            run["raw_1p"] = raw_forward(model, patch, args.batch, max(4, 16 // args.batch))
-            with dask_client(ClusterConfig(n_workers=2, threads_per_worker=1, dashboard=False), quiet=True) as c:
-                c.run(importlib.import_module, "bench_unet")
-                run["raw_2p"] = sum(c.run(raw_forward_worker, patch, args.batch, max(4, 16 // args.batch)).values())
-            print(f"[{r}] raw forward {run['raw_1p'] / 1e6:.3f} (1 process x 2 threads) / {run['raw_2p'] / 1e6:.3f} "
-                  f"(2 processes x 1 thread) Mvox/s, load {load()}", flush=True)  # fmt: skip
-            wall, cpu, peak, rep = blockseg_run(str(work / "img.zarr"), ckpt, str(work / "pred.zarr"), args.block, 2, 1, args.batch)
-            run["blockseg"] = {"wall": wall, "cpu": cpu, "peak": peak, "patches": rep.patches}
-            print(f"[{r}] blockseg 2 workers x 1 thread {wall:.1f} s, load {load()}", flush=True)
-            if args.one_worker:
-                wall, cpu, peak, rep1 = blockseg_run(str(work / "img.zarr"), ckpt, str(work / "pred1.zarr"), args.block, 1, 2, args.batch)
-                run["blockseg_1w2t"] = {"wall": wall, "cpu": cpu, "peak": peak, "patches": rep1.patches}
-                print(f"[{r}] blockseg 1 worker x 2 threads {wall:.1f} s, load {load()}", flush=True)
-            torch.set_num_threads(os.cpu_count() or 1)
-            wall, mon = monai_run(model, image, patch, args.batch)
-            run["monai"] = wall
-            run["load_after"] = load()
-            print(f"[{r}] MONAI {wall:.1f} s, load {load()}", flush=True)
-            run["ratio_monai"] = run["monai"] / run["blockseg"]["wall"]
-            run["ratio_raw_1p"] = n / run["blockseg"]["wall"] / run["raw_1p"]
-            run["ratio_raw_2p"] = n / run["blockseg"]["wall"] / run["raw_2p"]
-            runs.append(run)
-        # agreement of blockseg (uint8) with MONAI (different lattice, overlap): informative only
-        from blockseg.predictions import open_predictions, read_channels
-
-        pred = read_channels(open_predictions(str(work / "pred.zarr"), ["B"]), (slice(None),) * 3)["B"]
-        res["blockseg_vs_monai_B_mean_abs_diff"] = float(np.abs(pred - mon[0]).mean())
-        med = statistics.median
-        res["runs"] = runs
-        res["throughput_vox_per_s"] = {
-            "raw_forward": med(r["raw_1p"] for r in runs),
-            "raw_forward_2proc": med(r["raw_2p"] for r in runs),
-            "blockseg": n / med(r["blockseg"]["wall"] for r in runs),
-            "monai": n / med(r["monai"] for r in runs),
-        }
-        res["ratios"] = {
-            "blockseg_over_monai": med(r["ratio_monai"] for r in runs),
-            "blockseg_over_raw": med(r["ratio_raw_1p"] for r in runs),
-            "blockseg_over_raw_2proc": med(r["ratio_raw_2p"] for r in runs),
-        }
-        res["plan"] = rep.plan.to_dict()
-        res["monai_compute_factor"] = (math.ceil((args.size - args.patch) / (0.75 * args.patch)) + 1) ** 3 * args.patch**3 / n
-        res["load_after_main"] = load()
-        if args.rss_size:
-            size = args.rss_size
-            with dask_client(ClusterConfig(n_workers=2, dashboard=False), quiet=True) as client:
-                make_volume(str(work / "big.zarr"), size, client)
-            tiny = TinyConvNet(("B", "C", "D"), width=4, valid=False, input_patch=patch).eval()
-            tck = str(work / "tiny.pt")
-            save_checkpoint(tck, tiny, normalisation=NORM)
-            res["rss"] = {}
-            for block in ((128, 128, 128), (128, 256, 256)):
-                wall, cpu, peak, rep = blockseg_run(str(work / "big.zarr"), tck, str(work / "bigpred.zarr"), block, 2, 1, args.batch)
-                res["rss"][f"{block}"] = {"volume": size, "wall": wall, "peak_rss_per_worker_gib": peak / 2**30,
-                                          "estimate_gib": rep.plan.memory_bytes["total"] / 2**30}  # fmt: skip
-                print("rss", block, peak / 2**30, load(), flush=True)
+        if any(args.engine_shape):
+            res["engine"] = engine_section(args, work)
+        if not args.skip_model:
+            model_section(args, work, res)
         res["load_after"] = load()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(res, indent=2, default=str))
     Path(args.out + ".md").write_text(report(res))
-    print(json.dumps({k: res[k] for k in ("throughput_vox_per_s", "ratios")}, indent=2))
+    print(json.dumps({k: res[k] for k in ("throughput_vox_per_s", "ratios", "engine") if k in res}, indent=2, default=str))
+
+
+def engine_report(res: dict) -> list[str]:
+    """Markdown lines of the engine section."""
+    e, a = res["engine"], res["args"]
+    mv, ra = e["mvox_per_s"], e["ratios"]
+    lines = [
+        f"# predict engine benchmark (identity network, {tuple(e['shape'])}, CPU, {a['repeats']} paired repeats)",
+        "",
+        f"Command: `PYTHONPATH=.:benchmarks python benchmarks/bench_predict.py --skip-model --repeats {a['repeats']} "
+        f"--engine-shape {' '.join(map(str, e['shape']))}`  ",
+        f"Machine: {res['machine']['cpus']} CPUs (shared), 1-min load before {res['load_before']}, after {res.get('load_after')}.  ",
+        f"Identity network (`B`, `C`, `gauss`: three probability channels, uint8 out), training patch "
+        f"{tuple(e['train_patch'])}; blocks {tuple(e['block'])}, chunks {tuple(e['chunks'])}, 2 workers x 1 thread, "
+        f"fresh cluster per run (start-up not timed), pyramid off. Ceiling: every block task reads its core and writes "
+        f"it to three uint8 volumes of the same chunks and codec. Baseline: the engine at `{e['baseline_rev']}` "
+        "(today's main, training patch).",
+        "",
+        "| | M voxels/s (median) | / ceiling (median of paired ratios) |",
+        "|---|---|---|",
+        f"| zarr ceiling (read + write 3 x uint8) | {mv['ceiling']:.1f} | 1 |",
+        f"| this engine, `--patch auto` {tuple(e['auto_patch'])} | {mv['auto']:.1f} | {ra['auto_over_ceiling']:.2f} |",
+        f"| this engine, `--patch train` | {mv['train']:.1f} | {ra['train_over_ceiling']:.2f} |",
+        f"| baseline engine ({e['baseline_rev']}) | {mv['baseline']:.1f} | {ra['baseline_over_ceiling']:.2f} |",
+        "",
+        f"**Speed-up over the baseline engine (median of paired ratios): {ra['auto_over_baseline']:.1f}x with "
+        f"`--patch auto`, {ra['train_over_baseline']:.1f}x with the training patch.** Max |auto - train| over the "
+        f"first 16 z-slices: {e['max_abs_diff_auto_vs_train_uint8']} uint8 step(s) (different lattices).",
+        "",
+        "| repeat | load | ceiling (s) | auto (s) | train (s) | baseline (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(e["runs"]):
+        lines.append(f"| {i} | {r['load_before']} -> {r['load_after']} | {r['ceiling']['wall']:.2f} | {r['auto']['wall']:.2f} | "
+                     f"{r['train']['wall']:.2f} | {r['baseline']['wall']:.2f} |")  # fmt: skip
+    return lines + [""]
 
 
 def report(res: dict) -> str:
     """Markdown summary of a run (``<out>.md``)."""
+    head = engine_report(res) if "engine" in res else []
+    if "throughput_vox_per_s" not in res:
+        return "\n".join(head) + "\n"
+    return "\n".join(head) + model_report(res)
+
+
+def model_report(res: dict) -> str:
+    """Markdown lines of the model section."""
     a, tp, ra, plan = res["args"], res["throughput_vox_per_s"], res["ratios"], res["plan"]
     lines = [
         f"# predict benchmark ({a['size']}³, CPU, {a['repeats']} paired repeats)",
@@ -205,7 +341,9 @@ def report(res: dict) -> str:
         f"--repeats {a['repeats']} --rss-size {a['rss_size']}`  ",
         f"Machine: {res['machine']['cpus']} CPUs, {res['machine']['platform']}, torch {res['machine']['torch']}; "
         f"1-min load before {res['load_before']}, after {res['load_after']}.  ",
-        f"Model: `bench_resunet` ({res['model']['params']:,} parameters, random weights), patch {a['patch']}³, "
+        f"Model: `bench_resunet` ({res['model']['params']:,} parameters, random weights), training patch {a['patch']}³, "
+        f"blockseg's inference patch (`--patch auto`) {tuple(res['model']['inference_patch'])}: the raw forward runs that "
+        "patch too, MONAI the training patch; "
         f"batch {a['batch']} for all three; synthetic EM volume. The in-process runs (raw 1p, MONAI) use the "
         "channels-last layout (faster with 2 torch threads here), blockseg's workers and raw 2p the default layout.",
         "",

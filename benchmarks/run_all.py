@@ -48,7 +48,7 @@ def predict_args(quick: bool, repeats: int) -> list[str]:
     (the script is maintained elsewhere and may change)."""
     want = {"--size": "64" if quick else "288", "--repeats": str(repeats), "--rss-size": "0"}
     if quick:
-        want.update({"--patch": "32", "--block": "64 64 64"})
+        want.update({"--patch": "32", "--block": "64 64 64", "--engine-shape": "32 256 256", "--engine-block": "32 128 128"})
     try:
         helptext = subprocess.run([sys.executable, str(HERE / "bench_predict.py"), "--help"], capture_output=True,
                                   text=True, env=_env(), timeout=300).stdout  # fmt: skip
@@ -164,6 +164,8 @@ def headline(steps: dict) -> dict:
     if p:
         for k, v in (p.get("ratios") or {}).items():
             h[f"predict {k}"] = v
+        for k, v in ((p.get("engine") or {}).get("ratios") or {}).items():
+            h[f"predict engine {k}"] = v
     s = _get(steps, "segment", "data")
     if s and "wall_ratio_whole_over_blockseg_per_repeat" in s:
         h["segment wall, whole-volume skimage / blockseg"] = median(s["wall_ratio_whole_over_blockseg_per_repeat"])

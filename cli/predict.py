@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from blockseg.errors import BlocksegError
+
 from .options import add_pyramid_option, pyramid_levels, add_cluster_options, add_selection_options, cluster_config, selected, zyx
 
 
@@ -33,13 +35,18 @@ def register(subparsers) -> None:
         "--decoder", metavar="NAME",
         help="keep the channels this decoder reads (default: the checkpoint's recommended decoder, else the first one the network can feed)",
     )  # fmt: skip
-    p.add_argument("--patch", type=int, nargs="+", metavar="N", help="input patch, 1 or 3 values (default: the network's)")
+    p.add_argument(
+        "--patch", nargs="+", default=["auto"], metavar="auto|train|N",
+        help="inference patch: auto (default: the largest block-aligned patch that fits the device's memory budget, "
+        "never smaller than the training patch), train (the network's training patch), or 1 or 3 sizes (z y x)",
+    )  # fmt: skip
     p.add_argument("--overlap", type=float, nargs="+", default=[0.125], metavar="F", help="overlap of neighbouring output tiles: < 1 a fraction of the output patch, else voxels (default 0.125)")
     p.add_argument("--blending", choices=["gaussian", "bump", "constant"], default="gaussian", help="blending window (default gaussian)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips")
     p.add_argument("--mc-samples", type=int, default=0, metavar="N", help="MC-dropout samples: adds a <channel>_var variance channel per channel")
     p.add_argument("--batch-size", type=int, default=2, metavar="N", help="patches per forward pass (default 2)")
     p.add_argument("--device", default="auto", help="auto (CUDA where visible), cpu, cuda (default auto)")
+    p.add_argument("--no-amp", action="store_true", help="on CUDA, run the network in float32 instead of bf16 (fp16 where bf16 is unsupported) autocast")
     p.add_argument("--chunks", type=int, nargs="+", metavar="N", help="output chunk shape (default: the image's)")
     p.add_argument(
         "--scale", type=float, nargs="+", metavar="F",
@@ -63,6 +70,16 @@ def _channels(text: str | None):
     return "all" if names == ["all"] else names
 
 
+def _patch(values: list[str]):
+    """``--patch``: "auto", "train" or voxel sizes."""
+    if len(values) == 1 and values[0] in ("auto", "train"):
+        return values[0]
+    try:
+        return zyx(values, "--patch")
+    except ValueError:
+        raise BlocksegError(f"--patch takes auto, train or 1 or 3 sizes, got {' '.join(values)}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from blockseg import cluster
     from blockseg.predict import predict
@@ -76,13 +93,14 @@ def run(args: argparse.Namespace) -> int:
         decoder=args.decoder,
         overwrite=args.overwrite,
         resume=not args.no_resume,
-        patch=zyx(args.patch, "--patch"),
+        patch=_patch(args.patch),
         overlap=overlap,
         blending=args.blending,
         tta=args.tta,
         mc_samples=args.mc_samples,
         batch_size=args.batch_size,
         device=args.device,
+        amp=not args.no_amp,
         chunks=zyx(args.chunks, "--chunks"),
         progress=not args.no_progress,
         pyramid_levels=pyramid_levels(args),

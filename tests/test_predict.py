@@ -96,12 +96,11 @@ def test_every_tile_is_owned_by_one_block_and_strips_tile_the_core(shape, patch,
     for b in grid:
         lay = block_layout(lat, b.core, chunk)
         owners[np.ix_(*[np.asarray(r, dtype=int) for r in lay.tiles])] += 1
-        # interior + strips cover the core exactly once, on chunk boundaries
+        # interior + strips cover the core exactly once (exact boxes, not chunk-rounded)
         cover = np.zeros(b.shape, dtype=int)
         for box in [lay.interior] + lay.strips:
             rel = tuple(slice(s.start - c.start, s.stop - c.start) for s, c in zip(box, b.core))
             cover[rel] += 1
-            assert all(s.start % c == 0 for s, c in zip(box, chunk))
         assert (cover == 1).all()
         # no tile of another block reaches the interior; every own tile lies in the region
         for k in itertools.product(*[range(n) for n in lat.n_tiles]):
@@ -146,9 +145,11 @@ def test_predict_array_corner_is_the_network_on_reflected_input():
 def test_blockwise_equals_whole_volume(tmp_path, image, image_zarr, block, valid, margin):
     model = tiny(valid, margin)
     save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
-    ref = predict_array(model, image, normalisation=NORM, overlap=0.25)
     rep = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", block_shape=block, overlap=0.25,
                   progress=False, torch_threads=1)  # fmt: skip
+    # the default inference patch is "auto": the reference runs the patch and lattice it chose
+    ref = predict_array(model, image, normalisation=NORM, overlap=0.25, patch=rep.plan.lattice.patch,
+                        snap=rep.plan.lattice_snap)  # fmt: skip
     assert rep.computed == rep.blocks and rep.skipped == 0
     got = stored(tmp_path / "o.zarr")
     for c in model.channels:
@@ -237,12 +238,18 @@ def test_tta_negates_vector_components(image):
 
 def test_dry_run_writes_nothing(tmp_path, image_zarr):
     save_checkpoint(tmp_path / "m.pt", tiny())
-    plan = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", block_shape=(8, 16, 16), dry_run=True)
+    plan = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", block_shape=(8, 16, 16), dry_run=True,
+                   patch="train")  # fmt: skip
     assert not (tmp_path / "o.zarr").exists()
     assert len(plan.grid) == 3 * 3 * 3 and plan.halo == (9, 17, 17)
     assert plan.patches_total == plan.patches_whole_volume and plan.memory_bytes["total"] > 0
     text = plan.describe()
-    assert "blocks: 27" in text and "halo" in text and "MiB" in text
+    assert "blocks: 27" in text and "halo" in text and "MiB" in text and "training patch" in text
+    # the default inference patch is chosen, and the choice is shown
+    auto = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", block_shape=(8, 16, 16), dry_run=True)
+    assert auto.patch_choice.mode == "auto" and "inference patch: auto" in auto.describe()
+    assert auto.to_dict()["patch_choice"]["patch"] == list(auto.lattice.patch)
+    assert not (tmp_path / "o.zarr").exists()
 
 
 def test_user_errors(tmp_path, image_zarr):

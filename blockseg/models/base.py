@@ -161,12 +161,29 @@ class BlocksegNet(nn.Module):
     def geometry(self) -> Geometry:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def postprocess(self, raw: torch.Tensor) -> torch.Tensor:
+    def postprocess(self, raw: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """Map raw outputs ``(N, C, ...)`` to stored values, one slice per representation.
 
         B, C, aff, gauss: sigmoid; D, sdt: tanh; 3label: softmax over its 3 channels;
         cpv, density: unchanged. Raw and postprocessed outputs have the same channel count.
+        ``inplace=True`` (inference only, never under autograd) overwrites ``raw`` slice by
+        slice and returns it: no per-representation copies and no concatenation.
         """
+        if inplace:
+            i = 0
+            for r in self.representations:
+                n = len(REPRESENTATIONS[r][0])
+                x = raw[:, i : i + n]
+                i += n
+                if r in ("B", "C", "aff", "gauss"):
+                    x.sigmoid_()
+                elif r in ("D", "sdt"):
+                    x.tanh_()
+                elif r == "3label":
+                    x.copy_(torch.softmax(x, dim=1))
+            if i != raw.shape[1]:
+                raise BlocksegError(f"network output has {raw.shape[1]} channels, representations need {i}")
+            return raw
         parts, i = [], 0
         for r in self.representations:
             n = len(REPRESENTATIONS[r][0])

@@ -8,14 +8,16 @@ its upper faces. So a block runs in two passes:
 1. ``predict_block`` gets the network from a per-process cache (loaded once per worker and
    device, never shipped), computes its own tiles (reading the input z-row by z-row, the next
    row on a background thread, with global reflection at the volume borders) and blends them.
-   It writes the *interior* of its core -- the chunks no other block's tile reaches -- as final
+   It writes the *interior* of its core -- the voxels no other block's tile reaches -- as final
    values, and the weighted partial sums of the rest of its region (lower-face strips and upper
-   spill) to its own scratch array ``OUT/_partial/<block id>`` (float32; float64 when the
-   output is float32, so that an identity network still reproduces its input exactly).
+   spill) to its own scratch ``OUT/_partial/<block id>/<k>``, one array per box (float32;
+   float64 when the output is float32, so that an identity network still reproduces its input
+   exactly).
 2. ``finish_block`` (only blocks with lower-face strips) adds the partial sums of itself and of
-   the blocks below over its strips and writes those chunks.
+   the blocks below over its strips and writes them (pass 2 starts once every pass 1 is done,
+   so a chunk shared by a block's interior and its strips is never written by two tasks at once).
 
-No tile is computed twice, no chunk is written by two tasks, and the result equals a
+No tile is computed twice, no chunk is written by two tasks at once, and the result equals a
 whole-volume run up to the order (and, for quantised outputs, the float32 rounding) of the
 additions. Done-markers: one uint8 per
 block in ``OUT/_pass1`` (pass 1 finished) and ``OUT/_done`` (the block's chunks are all final),
@@ -34,6 +36,7 @@ import math
 import os
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache, partial
 from typing import Sequence
@@ -46,15 +49,17 @@ from ..grid import BlockGrid, default_block_shape
 from ..io import _is_url, open_volume
 from ..models.base import BlocksegNet, build_model, load_checkpoint, normalise, read_checkpoint
 from ..predictions import create_predictions, describe_dtypes, encode_channel, plan_store
+from .kernels import quantise
 from .infer import InferenceOptions, check_options, make_lattice, output_channels, predict_region
-from .lattice import Lattice, read_reflected
+from .lattice import Lattice, read_reflected, resolve_overlap
+from .patch import PatchChoice, choose_patch, patch_memory
 from ..safety import aborts_on_error
 
 DONE_ARRAY = "_done"
 PASS1_ARRAY = "_pass1"
 PARTIAL_GROUP = "_partial"
 #: bumped when the block decomposition changes (stores of another scheme are not resumed)
-SCHEME = "owned-tiles-1"
+SCHEME = "owned-tiles-2"  # 2: exact (not chunk-rounded) strips
 DTYPES = {"uint8": np.uint8, "float16": np.float16, "float32": np.float32}
 
 
@@ -139,6 +144,10 @@ class BlockJob:
     #: shape the lattice covers (empty: none)
     scale: tuple = ()
     net_shape: tuple = ()
+    #: unique per run: keys the per-process cache of opened output arrays
+    run_id: str = ""
+    #: lattice end: snapped last tiles (True) or overhanging ones (``patch="auto"``)
+    snap: bool = True
 
     @property
     def grid(self) -> BlockGrid:
@@ -146,13 +155,14 @@ class BlockJob:
 
     @property
     def scratch_dtype(self) -> str:
-        """Partial sums: float32 covers uint8 / float16 outputs; float32 outputs get float64."""
+        """Accumulator and partial sums: float32 covers uint8 / float16 outputs (within one
+        storage step of float64); float32 outputs get float64 (an identity network stays exact)."""
         return "float64" if self.dtype == "float32" else "float32"
 
 
 @lru_cache(maxsize=8)
 def _job_lattice(job: BlockJob) -> Lattice:
-    return Lattice.build(job.net_shape or job.shape, job.patch, job.crop, job.overlap, job.margin, job.blending)
+    return Lattice.build(job.net_shape or job.shape, job.patch, job.crop, job.overlap, job.margin, job.blending, job.snap)
 
 
 @dataclass(frozen=True)
@@ -166,9 +176,13 @@ class BlockLayout:
     region : tuple of slice
         Box its own tiles' outputs cover inside the volume, from its core's start (may be empty).
     interior : tuple of slice
-        Chunk-aligned part of its core that only its own tiles reach (final after pass 1).
+        Part of its core that only its own tiles reach (final after pass 1).
     strips : list of tuple of slice
-        Disjoint chunk-aligned boxes covering ``core - interior`` (finished in pass 2).
+        Disjoint boxes covering ``core - interior`` (finished in pass 2).
+
+    Interior and strips need not follow chunk boundaries: every pass-1 task writes inside its
+    own (chunk-aligned) core, and pass 2 starts only once every pass 1 is done, so the chunks
+    a block shares between its interior and its strips are never written by two tasks at once.
     """
 
     tiles: tuple
@@ -197,15 +211,19 @@ def box_minus(outer: Sequence[slice], inner: Sequence[slice]) -> list[tuple[slic
     return boxes
 
 
-def block_layout(lattice: Lattice, core: Sequence[slice], chunk_shape: Sequence[int]) -> BlockLayout:
-    """The :class:`BlockLayout` of the block with ``core`` (chunk-aligned) on ``lattice``."""
+def block_layout(lattice: Lattice, core: Sequence[slice], chunk_shape: Sequence[int] | None = None) -> BlockLayout:
+    """The :class:`BlockLayout` of the block with ``core`` (chunk-aligned) on ``lattice``.
+
+    ``chunk_shape`` is accepted for compatibility and unused (strips are exact, see
+    :class:`BlockLayout`): only the voxels that tiles of the blocks below reach go through the
+    scratch.
+    """
     tiles = lattice.tiles_owned(core)
     region, interior = [], []
-    for ax, s, r, c in zip(lattice.axes, core, tiles, chunk_shape):
+    for ax, s, r in zip(lattice.axes, core, tiles):
         _, hi = ax.output_extent(r)
         region.append(slice(s.start, max(hi, s.start)))
-        reach = min(ax.reach_below(s.start), s.stop)
-        interior.append(slice(min(s.start + -(-(reach - s.start) // c) * c, s.stop), s.stop))
+        interior.append(slice(min(ax.reach_below(s.start), s.stop), s.stop))
     if any(s.stop <= s.start for s in interior):
         interior = [slice(s.start, s.start) for s in core]
     return BlockLayout(tiles, tuple(region), tuple(interior), box_minus(core, interior))
@@ -238,14 +256,28 @@ def _intersect(a: Sequence[slice], b: Sequence[slice]) -> tuple[slice, ...] | No
     return None if any(s.stop <= s.start for s in box) else box
 
 
+@lru_cache(maxsize=64)
+def _channel_array(out_path: str, channel: str, run_id: str) -> zarr.Array:
+    """The full-resolution array of a store's channel (opened once per process and run)."""
+    return zarr.open_array(f"{out_path.rstrip('/')}/{channel}/0", mode="r+")
+
+
+def encode_values(values: np.ndarray, kind: str, dtype) -> np.ndarray:
+    """:func:`blockseg.predictions.encode_channel`, with the compiled one-pass quantiser
+    (same bytes) for float32 values stored as uint8."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8 and values.dtype == np.float32 and values.ndim == 3 and kind in ("prob", "tanh"):
+        return quantise(values, kind)
+    return encode_channel(values, kind, dtype)
+
+
 def _write_channels(job: BlockJob, values: np.ndarray, box: Sequence[slice]) -> None:
     kinds = dict(job.kinds)
     stored = dict(job.store) if job.store else {c: job.dtype for c in job.channels}
     for i, c in enumerate(job.channels):
         if c not in stored:  # computed (the network outputs it) but not kept in the store
             continue
-        arr = zarr.open_array(f"{job.out_path.rstrip('/')}/{c}/0", mode="r+")
-        arr[tuple(box)] = encode_channel(values[i], kinds[c], np.dtype(stored[c]))
+        _channel_array(job.out_path, c, job.run_id)[tuple(box)] = encode_values(values[i], kinds[c], stored[c])
 
 
 def _partial_path(job: BlockJob, block_id: int) -> str:
@@ -253,12 +285,17 @@ def _partial_path(job: BlockJob, block_id: int) -> str:
 
 
 def _create_partial(job: BlockJob, block_id: int, layout: BlockLayout) -> None:
-    """(Re)create the scratch array of a block's partial sums (nothing when it has none)."""
-    if not box_minus(layout.region, layout.interior):
+    """(Re)create the scratch of a block's partial sums (nothing when it has none): one array
+    ``<id>/<k>`` per box of ``region - interior``, one chunk per channel, so that writing a thin
+    face never rewrites a chunk that reaches past it."""
+    rest = box_minus(layout.region, layout.interior)
+    if not rest:
         return
-    shape = tuple(s.stop - s.start for s in layout.region)
-    zarr.create_array(_partial_path(job, block_id), shape=(len(job.channels), *shape), dtype=job.scratch_dtype,
-                      chunks=(1, *(min(n, 64) for n in shape)), fill_value=0.0, compressors=None, overwrite=True)  # fmt: skip
+    group = zarr.open_group(_partial_path(job, block_id), mode="w")
+    for k, box in enumerate(rest):
+        shape = tuple(s.stop - s.start for s in box)
+        group.create_array(str(k), shape=(len(job.channels), *shape), dtype=job.scratch_dtype, chunks=(1, *shape),
+                           fill_value=0.0, compressors=None, overwrite=True)  # fmt: skip
 
 
 def _set_marker(job: BlockJob, name: str, index) -> None:
@@ -300,16 +337,14 @@ def predict_block(job: BlockJob, block_id: int) -> dict:
 
     options = InferenceOptions(job.batch_size, device, job.tta, job.mc_samples, job.amp)
     n_ch = len(job.channels)
-    acc = predict_region(model, read, lattice, layout.region, n_ch, options, prefetch=job.prefetch, tiles=layout.tiles)
+    acc = predict_region(model, read, lattice, layout.region, n_ch, options, prefetch=job.prefetch, tiles=layout.tiles,
+                         dtype=np.dtype(job.scratch_dtype))  # fmt: skip
     t_compute = time.perf_counter()
     if all(s.stop > s.start for s in layout.interior):
         _write_channels(job, acc[(slice(None), *_shift(layout.interior, layout.region))], layout.interior)
-    rest = box_minus(layout.region, layout.interior)
-    if rest:
-        part = zarr.open_array(_partial_path(job, block_id), mode="r+")
-        for box in rest:
-            rel = _shift(box, layout.region)
-            part[(slice(None), *rel)] = acc[(slice(None), *rel)]
+    for k, box in enumerate(box_minus(layout.region, layout.interior)):
+        part = zarr.open_array(f"{_partial_path(job, block_id)}/{k}", mode="r+")
+        part[...] = acc[(slice(None), *_shift(box, layout.region))]
     # written last: everything this pass vouches for is on disk
     _set_marker(job, PASS1_ARRAY if layout.strips else DONE_ARRAY, block.index)
     t1 = time.perf_counter()
@@ -335,14 +370,19 @@ def finish_block(job: BlockJob, block_id: int) -> dict:
     layout = block_layout(lattice, block.core, job.chunk_shape)
     n_ch = len(job.channels)
     sources = strip_sources(lattice, grid, block_id)
+    # the scratch boxes of every source: its region minus its interior (see _create_partial)
+    parts = []
+    for oid, _ in sources:
+        lay = block_layout(lattice, grid[oid].core)
+        parts += [(f"{_partial_path(job, oid)}/{k}", b) for k, b in enumerate(box_minus(lay.region, lay.interior))]
     for box in layout.strips:
-        total = np.zeros((n_ch, *(s.stop - s.start for s in box)))
-        for oid, oregion in sources:
-            hit = _intersect(box, oregion)
+        total = np.zeros((n_ch, *(s.stop - s.start for s in box)), dtype=job.scratch_dtype)
+        for path, pbox in parts:
+            hit = _intersect(box, pbox)
             if hit is None:
                 continue
-            part = zarr.open_array(_partial_path(job, oid), mode="r")
-            total[(slice(None), *_shift(hit, box))] += part[(slice(None), *_shift(hit, oregion))]
+            part = zarr.open_array(path, mode="r")
+            total[(slice(None), *_shift(hit, box))] += part[(slice(None), *_shift(hit, pbox))]
         _write_channels(job, total, box)
     _set_marker(job, DONE_ARRAY, block.index)
     return {"block": block_id, "seconds": time.perf_counter() - t0, "sources": len(sources)}
@@ -373,6 +413,9 @@ class PredictPlan:
     #: how the input is normalised and resampled (blockseg.normalise, blockseg.resample)
     normalisation: str = ""
     resampling: str = ""
+    patch_choice: PatchChoice | None = None
+    #: False: the lattice's last tiles overhang the volume (pass ``snap=False`` to predict_array)
+    lattice_snap: bool = True
 
     @property
     def compute_factor(self) -> float:
@@ -390,6 +433,8 @@ class PredictPlan:
             f"blocks: {len(g)} of {g.block_shape} (grid {g.grid_shape}); to run: {len(self.todo)}",
             f"patch {lat.patch} -> output {lat.out}, stride {tuple(a.stride for a in lat.axes)}, "
             f"reflect pad {tuple(a.pad for a in lat.axes)}, blending {lat.blending}",
+            f"inference patch: {self.patch_choice.reason if self.patch_choice else 'given'}; "
+            f"last tiles {'snapped to the volume end' if self.lattice_snap else 'overhang the volume end (stride-aligned)'}",
             f"lattice: {lat.n_tiles} tiles = {self.patches_whole_volume} patches whole-volume; "
             f"{self.patches_total} computed blockwise ({self.compute_factor:.2f} output voxels per voxel)",
             f"halo (read beyond the core, per side): {self.halo}",
@@ -411,6 +456,8 @@ class PredictPlan:
             "blocks": len(self.grid),
             "todo": len(self.todo),
             "patch": list(self.lattice.patch),
+            "patch_choice": self.patch_choice.to_dict() if self.patch_choice else None,
+            "lattice_snap": self.lattice_snap,
             "halo": list(self.halo),
             "patches_total": self.patches_total,
             "compute_factor": round(self.compute_factor, 3),
@@ -438,17 +485,50 @@ def _memory_estimate(model: BlocksegNet, grid: BlockGrid, lattice: Lattice, layo
         slab = lattice.patch[0] * (ext[1][1] - ext[1][0]) * (ext[2][1] - ext[2][0])
         worst_slab = max(worst_slab, slab)
         worst_core = max(worst_core, math.prod(s.stop - s.start for s in lay.region))
-    widths = sum(m.out_channels for m in model.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)))
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     mem = {
         "input slabs": 2 * worst_slab * (4 + in_itemsize),
-        "accumulator": worst_core * n_channels * 8,
+        "accumulator": worst_core * n_channels * (8 if out_itemsize == 4 else 4),
         "encoded core": worst_core * out_itemsize,
-        "patch batch": batch_size * math.prod(lattice.patch) * 4 * (1 + max(widths, n_channels)),
+        "patch batch": patch_memory(lattice.patch, batch_size, _activations_per_voxel(model, n_channels)),
         "weights": params,
     }
     mem["total"] = sum(mem.values())
     return mem
+
+
+def _activations_per_voxel(model: BlocksegNet, n_channels: int) -> int:
+    """Values per input voxel a forward holds (the plan's memory model: every conv's outputs)."""
+    from torch import nn
+
+    widths = sum(m.out_channels for m in model.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)))
+    return max(widths, n_channels)
+
+
+def _patch_choice(model, shape, block_shape, patch, overlap, batch_size, n_channels, device, out_path) -> PatchChoice:
+    """The run's :class:`PatchChoice`; a resumed ``auto`` run keeps the patch it started with."""
+    import torch
+
+    geo = model.geometry
+    vox = resolve_overlap(overlap, geo.output_patch)
+    mode = patch if isinstance(patch, str) or patch is None else _dims(patch, "patch")
+    if mode == "auto":
+        previous = _previous_patch_choice(out_path)
+        if previous and previous.get("mode") == "auto":
+            # the same choice (a GPU's free memory may differ now): the resumed run stays one run
+            return PatchChoice(tuple(int(v) for v in previous["patch"]), "auto", geo.input_patch,  # type: ignore[arg-type]
+                               int(previous.get("budget_bytes", 0)), str(previous.get("reason", "")))  # fmt: skip
+    dev = "cpu" if device == "cpu" or not torch.cuda.is_available() else device
+    return choose_patch(geo, shape, block_shape, vox, batch_size, _activations_per_voxel(model, n_channels), mode, dev)
+
+
+def _previous_patch_choice(out_path: str) -> dict | None:
+    """The patch choice recorded in an existing prediction store (None when there is none)."""
+    try:
+        group = zarr.open_group(out_path, mode="r")
+        return dict(group.attrs["blockseg"])["predictions"]["run"].get("patch_choice")
+    except Exception:
+        return None
 
 
 def _checkpoint_digest(path: str) -> str:
@@ -504,7 +584,7 @@ def predict(
     resume: bool = True,
     channels: Sequence[str] | str | None = None,
     decoder: str | None = None,
-    patch: int | Sequence[int] | None = None,
+    patch: int | Sequence[int] | str | None = "auto",
     overlap: float | Sequence[float] = 0.125,
     blending: str = "gaussian",
     tta: bool = False,
@@ -551,10 +631,14 @@ def predict(
     resume : bool
         If the output exists and holds an unfinished run with the same settings, compute only
         the blocks without a done-marker (a finished run computes nothing).
-    patch : int or sequence of int, optional
-        Input patch (default: the network's trained patch).
+    patch : "auto", "train", int or sequence of int
+        Inference patch. ``"auto"`` (default): the largest patch whose stride divides the
+        block shape within a memory budget of the device (:func:`.patch.choose_patch`), never
+        smaller than the training patch; ``"train"`` or None: the network's training patch.
+        The choice and its reason are in the plan (dry run) and the store's provenance.
     overlap : float or sequence
-        Overlap between neighbouring output tiles: < 1 a fraction of the output patch, else voxels.
+        Overlap between neighbouring output tiles: < 1 a fraction of the network's *training*
+        output patch (so it stays the same in voxels for a larger inference patch), else voxels.
     blending : {"gaussian", "bump", "constant"}
         Blending window (normalised weights).
     tta : bool
@@ -609,7 +693,6 @@ def predict(
     meta = payload.get("metadata", {})
     scaling, scale_why = resolve_scale(scale, shape, vol.voxel_size, vol.voxel_size_source, meta.get("voxel_size"))
     normalised = resolve_volume(meta.get("normalisation"), image_path, client=client)
-    lattice = make_lattice(model, scaling.net_shape if scaling else shape, _dims(patch, "patch"), overlap, blending)
     names, kinds = output_channels(model, mc_samples)
 
     # which channels the store keeps, each in its own dtype (blockseg.predictions.plan_store)
@@ -621,6 +704,10 @@ def predict(
     block_shape = _dims(block_shape, "block shape") or default_block_shape(shape, chunk_shape)
     block_shape = tuple(min(b, -(-s // c) * c) for b, s, c in zip(block_shape, shape, chunk_shape))
     grid = BlockGrid(shape, block_shape, 0, chunk_shape)
+    net_shape = scaling.net_shape if scaling else shape
+    choice = _patch_choice(model, net_shape, grid.block_shape, patch, overlap, batch_size, len(names), device, out_path)
+    snap = choice.mode != "auto"  # auto patches keep tile starts on the stride (block-aligned)
+    lattice = make_lattice(model, net_shape, choice.patch, overlap, blending, snap)
     if scaling:
         layouts = scaled_layouts(lattice, grid)
     else:
@@ -634,6 +721,8 @@ def predict(
         "shape": list(shape),
         "checkpoint_sha256": _checkpoint_digest(checkpoint),
         "patch": list(lattice.patch),
+        "patch_choice": choice.to_dict(),
+        "lattice_snap": snap,
         "overlap": [a.out - a.stride for a in lattice.axes],
         "blending": blending,
         "block_shape": list(grid.block_shape),
@@ -655,6 +744,8 @@ def predict(
     plan.image_bytes = math.prod(shape) * vol.dtype.itemsize
     plan.store_note = store_why
     plan.normalisation, plan.resampling = normalised.description, scale_why
+    plan.patch_choice = choice
+    plan.lattice_snap = snap
     plan.scratch_bytes = (8 if dtype == "float32" else 4) * len(names) * sum(
         math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in box_minus(lay.region, lay.interior)
     )
@@ -718,6 +809,8 @@ def predict(
         prefetch=prefetch,
         scale=scaling.factors if scaling else (),
         net_shape=scaling.net_shape if scaling else (),
+        run_id=uuid.uuid4().hex,
+        snap=snap,
     )
     resources = None
     if client is not None and device != "cpu":

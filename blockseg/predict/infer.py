@@ -15,6 +15,7 @@ import torch
 
 from ..errors import BlocksegError
 from ..models.base import BlocksegNet, normalise
+from .kernels import blend_tile
 from .lattice import Lattice, read_reflected, resolve_overlap
 
 #: flips used by test-time augmentation: every subset of the axes (z, y, x) -> 8 passes
@@ -83,15 +84,15 @@ def _autocast(device: torch.device, amp: bool):
     return contextlib.nullcontext()
 
 
-def run_batch(model: BlocksegNet, x: np.ndarray, options: InferenceOptions) -> np.ndarray:
-    """Postprocessed outputs ``(N, C[, +C], ...)`` float32 of a normalised batch ``(N, 1, ...)``."""
-    device = torch.device(options.device)
+def forward_batch(model: BlocksegNet, t: torch.Tensor, options: InferenceOptions) -> torch.Tensor:
+    """Postprocessed outputs ``(N, C[, +C], ...)`` float32, on the batch's device, of a
+    normalised batch tensor ``(N, 1, ...)`` already on ``options.device``."""
+    device = t.device
     vector_sign = None
     if options.tta:
         chans = list(model.channels)
         vector_sign = {a: [i for i, c in enumerate(chans) if VECTOR_AXIS.get(c) == a] for a in (0, 1, 2)}
     with torch.inference_mode():
-        t = torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
         if device.type == "cuda":
             # channels-last feeds cuDNN's fast 3-D kernels; on CPU, single-thread workers ran this
             # project's U-Nets as fast or faster in the default layout (benchmarks/results/predict.md)
@@ -100,7 +101,10 @@ def run_batch(model: BlocksegNet, x: np.ndarray, options: InferenceOptions) -> n
         def forward(inp: torch.Tensor) -> torch.Tensor:
             with _autocast(device, options.amp):
                 raw = model(inp)
-            return model.postprocess(raw.float())
+            raw = raw.float()
+            # in place unless the network hands back (a view of) its input, which TTA reuses
+            own = raw.untyped_storage().data_ptr() != inp.untyped_storage().data_ptr()
+            return model.postprocess(raw, inplace=own)
 
         def one_pass(inp: torch.Tensor) -> torch.Tensor:
             if not options.tta:
@@ -133,7 +137,13 @@ def run_batch(model: BlocksegNet, x: np.ndarray, options: InferenceOptions) -> n
             out = torch.cat([mean, var], dim=1).float()
         else:
             out = one_pass(t)
-        return out.contiguous().cpu().numpy()
+        return out.contiguous()
+
+
+def run_batch(model: BlocksegNet, x: np.ndarray, options: InferenceOptions) -> np.ndarray:
+    """Postprocessed outputs ``(N, C[, +C], ...)`` float32 of a normalised batch ``(N, 1, ...)``."""
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(torch.device(options.device), non_blocking=True)
+    return forward_batch(model, t, options).cpu().numpy()
 
 
 def predict_region(
@@ -145,8 +155,10 @@ def predict_region(
     options: InferenceOptions,
     prefetch: bool = True,
     tiles: Sequence[range] | None = None,
+    dtype=np.float64,
+    on_device: bool | None = None,
 ) -> np.ndarray:
-    """Blend lattice patches into a float64 array ``(C, *core shape)`` covering the region ``core``.
+    """Blend lattice patches into an array ``(C, *core shape)`` covering the region ``core``.
 
     Parameters
     ----------
@@ -164,19 +176,33 @@ def predict_region(
     tiles : sequence of range, optional
         Per-axis tile ranges to run (default: every tile overlapping ``core``, which makes the
         result final). With a subset (a block's own tiles) the result is a partial sum.
+    dtype : {float64, float32}
+        Accumulator. float64 (the default, and the reference) makes the normalised weights
+        (summing to one) reproduce an identity network's input exactly once cast to float32;
+        float32 halves the memory traffic and is within one storage step of it for uint8 and
+        float16 storage (the engine's choice for those).
+    on_device : bool, optional
+        Keep the input slab, patch extraction and the accumulator on ``options.device``
+        (:func:`_predict_region_torch`): one pinned, asynchronous host-to-device copy per z-row,
+        no per-batch round trips. Default: on for CUDA devices.
 
     Notes
     -----
     Tiles are processed one z-row at a time (all tiles sharing a z start), so the input held
-    is at most two z-slabs of the read region. Accumulation is float64 so that the normalised
-    weights (summing to one) reproduce an identity network's input exactly once cast to float32.
+    is at most two z-slabs of the read region. Blending is one compiled pass per tile
+    (:func:`.kernels.blend_tile`).
     """
+    if on_device is None:
+        on_device = torch.device(options.device).type == "cuda"
+    if on_device:
+        return _predict_region_torch(model, read, lattice, core, n_channels, options, prefetch, tiles, dtype)
     ranges = lattice.tiles_for(core) if tiles is None else tuple(tiles)
     lz, ly, lx = lattice.axes
     shape = tuple(s.stop - s.start for s in core)
-    acc = np.zeros((n_channels, *shape), dtype=np.float64)
+    acc = np.zeros((n_channels, *shape), dtype=dtype)
     if any(len(r) == 0 for r in ranges):
         return acc
+    weights = [np.ascontiguousarray(a.weights, dtype=dtype) for a in lattice.axes]
     ylo, yhi = ly.input_extent(ranges[1])
     xlo, xhi = lx.input_extent(ranges[2])
     rows = list(ranges[0])
@@ -208,31 +234,118 @@ def predict_region(
                         f"for input patch {lattice.patch}"
                     )
                 for j, (ky, kx) in enumerate(batch):
-                    _accumulate(acc, out[j], (kz, ky, kx), lattice, core)
+                    _accumulate(acc, out[j], (kz, ky, kx), lattice, core, weights)
     finally:
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
     return acc
 
 
-def _accumulate(acc: np.ndarray, out: np.ndarray, tile: tuple[int, int, int], lattice: Lattice, core) -> None:
-    src, dst, ws = [], [], []
+def _tile_boxes(lattice: Lattice, tile: tuple[int, int, int], core) -> tuple[list[slice], list[slice]]:
+    """Source box in the tile's output and destination box in ``core`` of a tile (clipped)."""
+    src, dst = [], []
     for ax, k, s in zip(lattice.axes, tile, core):
         t = int(ax.starts[k])
         lo, hi = max(t, s.start), min(t + ax.out, s.stop)
         src.append(slice(lo - t, hi - t))
         dst.append(slice(lo - s.start, hi - s.start))
-        ws.append(ax.weights[k, lo - t : hi - t])
-    w = ws[0][:, None, None] * ws[1][None, :, None] * ws[2][None, None, :]
-    acc[(slice(None), *dst)] += out[(slice(None), *src)] * w
+    return src, dst
 
 
-def make_lattice(model: BlocksegNet, shape: Sequence[int], patch=None, overlap=0.125, blending="gaussian") -> Lattice:
-    """The lattice of a volume of ``shape`` for ``model`` (patch default: its trained patch)."""
+def _predict_region_torch(model, read, lattice: Lattice, core, n_channels: int, options: InferenceOptions,
+                          prefetch: bool, tiles, dtype) -> np.ndarray:  # fmt: skip
+    """:func:`predict_region` with the slab, the patches and the accumulator on ``options.device``.
+
+    Each z-row's normalised input goes to the device once (pinned host memory, non-blocking
+    copy, the next row read on a background thread meanwhile); patches are views of the device
+    slab; blending is three broadcast multiplies and an add per tile on the device; only the
+    final accumulator comes back. Same operations, in the same order, as the host path.
+    """
+    device = torch.device(options.device)
+    tdtype = torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
+    ranges = lattice.tiles_for(core) if tiles is None else tuple(tiles)
+    lz, ly, lx = lattice.axes
+    shape = tuple(s.stop - s.start for s in core)
+    acc = torch.zeros((n_channels, *shape), dtype=tdtype, device=device)
+    if any(len(r) == 0 for r in ranges):
+        return acc.cpu().numpy()
+    weights = [torch.as_tensor(a.weights, dtype=tdtype, device=device) for a in lattice.axes]
+    ylo, yhi = ly.input_extent(ranges[1])
+    xlo, xhi = lx.input_extent(ranges[2])
+    rows = list(ranges[0])
+    pin = device.type == "cuda"
+
+    def read_row(kz: int) -> torch.Tensor:
+        z0 = int(lz.starts[kz]) - lz.crop
+        host = torch.from_numpy(np.ascontiguousarray(read((z0, ylo, xlo), (z0 + lz.patch, yhi, xhi)), dtype=np.float32))
+        return host.pin_memory() if pin else host
+
+    pool = ThreadPoolExecutor(max_workers=1) if prefetch and len(rows) > 1 else None
+    try:
+        pending = pool.submit(read_row, rows[0]) if pool else None
+        for i, kz in enumerate(rows):
+            host = pending.result() if pool else read_row(kz)
+            if pool and i + 1 < len(rows):
+                pending = pool.submit(read_row, rows[i + 1])
+            slab = host.to(device, non_blocking=True)
+            tiles_yx = list(itertools.product(ranges[1], ranges[2]))
+            for b0 in range(0, len(tiles_yx), options.batch_size):
+                batch = tiles_yx[b0 : b0 + options.batch_size]
+                parts = []
+                for ky, kx in batch:
+                    y0 = int(ly.starts[ky]) - ly.crop - ylo
+                    x0 = int(lx.starts[kx]) - lx.crop - xlo
+                    parts.append(slab[:, y0 : y0 + ly.patch, x0 : x0 + lx.patch])
+                out = forward_batch(model, torch.stack(parts)[:, None], options)
+                expect = (len(batch), n_channels, *lattice.out)
+                if tuple(out.shape) != expect:
+                    raise BlocksegError(
+                        f"network output {tuple(out.shape[1:])} does not match its geometry: expected {expect[1:]} "
+                        f"for input patch {lattice.patch}"
+                    )
+                for j, (ky, kx) in enumerate(batch):
+                    tile = (kz, ky, kx)
+                    src, dst = _tile_boxes(lattice, tile, core)
+                    if any(d.stop <= d.start for d in dst):
+                        continue
+                    wz, wy, wx = (w[k, s] for w, k, s in zip(weights, tile, src))
+                    w = wz[:, None, None] * wy[None, :, None] * wx[None, None, :]
+                    acc[(slice(None), *dst)] += out[j][(slice(None), *src)] * w
+    finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return acc.cpu().numpy()
+
+
+def _accumulate(acc: np.ndarray, out: np.ndarray, tile: tuple[int, int, int], lattice: Lattice, core,
+                weights: Sequence[np.ndarray]) -> None:  # fmt: skip
+    """Add one tile's weighted output (clipped to ``core``) into ``acc``."""
+    src, dst, n = [], [], []
+    for ax, k, s in zip(lattice.axes, tile, core):
+        t = int(ax.starts[k])
+        lo, hi = max(t, s.start), min(t + ax.out, s.stop)
+        src.append(lo - t)
+        dst.append(lo - s.start)
+        n.append(hi - lo)
+    blend_tile(acc, out, dst, src, n, [w[k] for w, k in zip(weights, tile)])
+
+
+def make_lattice(model: BlocksegNet, shape: Sequence[int], patch=None, overlap=0.125, blending="gaussian",
+                 snap: bool = True) -> Lattice:  # fmt: skip
+    """The lattice of a volume of ``shape`` for ``model`` (patch default: its trained patch).
+
+    ``snap=False``: the last tile of each axis overhangs the volume's end rather than being
+    snapped back (see :meth:`.AxisLattice.build`); predict's ``patch="auto"`` uses it.
+
+    Overlap fractions (< 1) are fractions of the network's *training* output patch: the overlap
+    blending needs is set by the network, not by the patch it runs on, so a larger inference
+    patch keeps the overlap in voxels and computes fewer voxels twice.
+    """
     geo = model.geometry
     patch = geo.input_patch if patch is None else tuple(int(p) for p in ((patch,) * 3 if np.isscalar(patch) else patch))
     out = geo.output_for(patch)
-    return Lattice.build(shape, patch, geo.crop, resolve_overlap(overlap, out), geo.margin, blending)
+    vox = resolve_overlap(overlap, out, reference=geo.output_patch)
+    return Lattice.build(shape, patch, geo.crop, vox, geo.margin, blending, snap)
 
 
 def predict_array(
@@ -247,6 +360,7 @@ def predict_array(
     tta: bool = False,
     mc_samples: int = 0,
     amp: bool = True,
+    snap: bool = True,
 ) -> dict[str, np.ndarray]:
     """Whole-volume sliding-window prediction in memory (the reference for the blockwise engine).
 
@@ -269,6 +383,9 @@ def predict_array(
         1-D window whose separable product weights each tile; weights are normalised.
     batch_size, device, tta, mc_samples, amp
         See :class:`InferenceOptions`.
+    snap : bool
+        Snap the last tile of each axis to the volume's end (False: let it overhang, as
+        predict does with ``patch="auto"``; its ``plan.lattice_snap`` says which).
 
     Returns
     -------
@@ -280,7 +397,7 @@ def predict_array(
         raise BlocksegError(f"expected a 3D (z, y, x) image, got shape {image.shape}")
     options = InferenceOptions(batch_size, device, tta, mc_samples, amp)
     check_options(model, options)
-    lattice = make_lattice(model, image.shape, patch, overlap, blending)
+    lattice = make_lattice(model, image.shape, patch, overlap, blending, snap)
     names, _ = output_channels(model, mc_samples)
 
     def read(lo, hi):

@@ -13,7 +13,9 @@ Per axis (all in voxels):
 * the lattice covers the *domain* ``[-pad, size + pad)`` where ``pad`` is the model's context
   ``margin``: volume borders get ``margin`` voxels of reflected context like any interior voxel;
 * output tiles start at ``-pad + min(k * stride, L - O)`` with ``L = size + 2 * pad`` and
-  ``stride = O - overlap``: the last tile is snapped to the end of the domain;
+  ``stride = O - overlap``: the last tile is snapped to the end of the domain (or, with
+  ``snap=False``, at ``-pad + k * stride`` overhanging it: every tile start stays on the
+  stride, which keeps tiles aligned with blocks whose shape the stride divides);
 * a tile starting at ``t`` reads input ``[t - crop, t - crop + patch)``; input outside the
   volume is its mirror image (numpy ``"reflect"`` mode, edge voxel not repeated).
 
@@ -120,7 +122,11 @@ class AxisLattice:
     weights: np.ndarray
 
     @classmethod
-    def build(cls, size: int, patch: int, crop: int, overlap: int, pad: int, blending: str) -> "AxisLattice":
+    def build(cls, size: int, patch: int, crop: int, overlap: int, pad: int, blending: str,
+              snap: bool = True) -> "AxisLattice":  # fmt: skip
+        """The lattice of one axis; ``snap=False`` lets the last tile overhang the domain's end
+        (its input beyond the volume is reflected, its outputs there dropped) instead of
+        snapping it back, so every tile start stays a multiple of the stride."""
         out = patch - 2 * crop
         stride = out - overlap
         if out <= 0 or stride <= 0:
@@ -128,9 +134,10 @@ class AxisLattice:
         length = size + 2 * pad
         last = max(length - out, 0)
         n = 1 + math.ceil(last / stride)
-        starts = -pad + np.minimum(np.arange(n, dtype=np.int64) * stride, last)
+        k = np.arange(n, dtype=np.int64) * stride
+        starts = -pad + (np.minimum(k, last) if snap else k)
         w = window_1d(out, blending)
-        total = np.zeros(max(length, out))
+        total = np.zeros(max(length, int(starts[-1]) + pad + out))
         for t in starts:
             total[t + pad : t + pad + out] += w
         weights = np.stack([w / total[t + pad : t + pad + out] for t in starts])
@@ -189,9 +196,10 @@ class Lattice:
         overlap: Sequence[int],
         pad: Sequence[int] = (0, 0, 0),
         blending: str = "gaussian",
+        snap: bool = True,
     ) -> "Lattice":
         return cls(
-            tuple(AxisLattice.build(*args, blending) for args in zip(shape, patch, crop, overlap, pad)),  # type: ignore[arg-type]
+            tuple(AxisLattice.build(*args, blending, snap) for args in zip(shape, patch, crop, overlap, pad)),  # type: ignore[arg-type]
             blending,
         )
 
@@ -228,17 +236,18 @@ class Lattice:
         return tuple(max(a.out - 1 + a.crop, a.crop + a.pad) for a in self.axes)
 
 
-def resolve_overlap(overlap, out: Sequence[int]) -> tuple[int, int, int]:
-    """Overlap in voxels per axis: values < 1 are fractions of the output patch, else voxels."""
+def resolve_overlap(overlap, out: Sequence[int], reference: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """Overlap in voxels per axis: values < 1 are fractions of ``reference`` (default: the
+    output patch ``out``), else voxels; must be smaller than ``out``."""
     vals = (overlap,) * 3 if np.isscalar(overlap) else tuple(overlap)
     if len(vals) != 3:
         raise BlocksegError(f"overlap takes one value or three (z y x), got {overlap!r}")
     res = []
-    for v, o in zip(vals, out):
+    for v, o, r in zip(vals, out, out if reference is None else reference):
         v = float(v)
         if v < 0:
             raise BlocksegError(f"overlap must not be negative, got {overlap!r}")
-        vox = int(round(v * o)) if v < 1 else int(v)
+        vox = int(round(v * r)) if v < 1 else int(v)
         if vox >= o:
             raise BlocksegError(f"overlap {vox} voxels is not smaller than the output patch {o}")
         res.append(vox)

@@ -1,0 +1,91 @@
+"""One timed run of predict's engine, or of the zarr ceiling, on a fresh local cluster (JSON on stdout).
+
+Run as a subprocess by ``bench_predict.py`` so that the engine of another commit (``PYTHONPATH``
+pointing at its ``blockseg``) can be timed beside this one with the same workers:
+
+    python benchmarks/engine_run.py predict IMAGE CKPT OUT --block 64 256 256 --workers 2 [--patch auto]
+    python benchmarks/engine_run.py ceiling IMAGE - OUT --block 64 256 256 --workers 2 --channels 3
+
+``ceiling`` is the least any engine must do: every block task reads its core of the image and
+writes it, as uint8, to ``--channels`` volumes with the output's chunks and codec (zarr read +
+zarr write of the same volume and chunks, with the same workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+
+def ceiling_block(image_path: str, out_path: str, shape, block, chunks, channels: int, block_id: int) -> int:
+    """Read one block's core of the image and write it into every output channel."""
+    import zarr
+
+    from blockseg.grid import BlockGrid
+    from blockseg.io import open_volume
+
+    core = BlockGrid(shape, block, 0, chunks)[block_id].core
+    data = open_volume(image_path).array[core]
+    for c in range(channels):
+        zarr.open_array(f"{out_path}/c{c}", mode="r+")[core] = data
+    return block_id
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["predict", "ceiling"])
+    ap.add_argument("image")
+    ap.add_argument("checkpoint")
+    ap.add_argument("out")
+    ap.add_argument("--block", type=int, nargs=3, required=True)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--patch", default=None, help="auto | train | N (omitted: the engine's default)")
+    ap.add_argument("--channels", type=int, default=3)
+    args = ap.parse_args()
+
+    import zarr
+
+    from blockseg.cluster import ClusterConfig, dask_client
+    from blockseg.io import open_volume
+
+    cfg = ClusterConfig(n_workers=args.workers, threads_per_worker=1, dashboard=False, memory_limit="6GiB")
+    vol = open_volume(args.image)
+    shape, chunks = vol.shape, tuple(vol.array.chunks)
+    with dask_client(cfg, quiet=True) as client:
+        if args.mode == "ceiling":
+            from functools import partial
+
+            from blockseg.grid import BlockGrid
+
+            grid = BlockGrid(shape, tuple(args.block), 0, chunks)
+            group = zarr.open_group(args.out, mode="w")
+            for c in range(args.channels):
+                group.create_array(f"c{c}", shape=shape, dtype="uint8", chunks=chunks, fill_value=0)
+            client.run(lambda: None)  # workers up before timing
+            t = time.perf_counter()
+            futs = client.map(partial(ceiling_block, args.image, args.out, shape, tuple(args.block), chunks, args.channels),
+                              list(grid.block_ids), pure=False)  # fmt: skip
+            client.gather(futs)
+            wall = time.perf_counter() - t
+            res = {"wall": wall, "patch": None}
+        else:
+            from blockseg.predict import predict
+
+            kw = dict(block_shape=tuple(args.block), client=client, overwrite=True, device="cpu", progress=False,
+                      pyramid_levels=1, torch_threads=1)  # fmt: skip
+            if args.patch:
+                kw["patch"] = args.patch if args.patch in ("auto", "train") else int(args.patch)
+            client.run(lambda: None)
+            t = time.perf_counter()
+            rep = predict(args.image, args.checkpoint, args.out, **kw)
+            wall = time.perf_counter() - t
+            res = {"wall": wall, "patch": list(rep.plan.lattice.patch), "patches": rep.patches,
+                   "compute_factor": rep.plan.compute_factor, "scratch_bytes": rep.plan.scratch_bytes}  # fmt: skip
+    res["voxels"] = math.prod(shape)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
