@@ -21,6 +21,7 @@ half-written output is never taken for a finished one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -211,7 +212,7 @@ def _stage_data(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict
             s.preset, shape=tuple(s.shape), density=s.density, radius=s.radius, mode=s.mode, voxel_size=s.voxel_size,
             mask=s.mask, seed=s.seed,
         )  # fmt: skip
-        summary = synthesize(layout.image, params, chunks=d.chunks, client=client, overwrite=True, progress=False,
+        summary = synthesize(layout.image, params, chunks=d.chunks, client=client, overwrite=True, progress=True,
                              pyramid_levels=d.pyramid_levels)  # fmt: skip
         return {"synth": summary.to_dict()}
     out = {}
@@ -293,7 +294,7 @@ def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         zarr.open_group(os.path.dirname(layout.labels), mode="a")  # IMAGE/labels
     report = segment(
         layout.predictions, layout.labels, decoder, block_shape=s.block_shape, halo=s.halo, max_halo=s.max_halo,
-        client=client, overwrite=True, pyramid_levels=s.pyramid_levels,
+        client=client, overwrite=True, pyramid_levels=s.pyramid_levels, progress=True,
     )  # fmt: skip
     if under_image:
         from .io import register_label
@@ -324,7 +325,7 @@ def _stage_evaluate(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> 
     scores = np.c_[table["id"], table["score"]] if len(table.get("id", ())) else None
     result = evaluate(
         layout.ground_truth, layout.labels, layout.mask, thresholds=e.thresholds, scores=scores,
-        points="centroids", radius_um=e.detection_radius_um, client=client,
+        points="centroids", radius_um=e.detection_radius_um, client=client, progress=True,
     )  # fmt: skip
     inputs = [layout.ground_truth, layout.labels, layout.mask]
     paths = write_report(result, layout.evaluation, png=e.png, overwrite=True, inputs=inputs)
@@ -361,7 +362,8 @@ def run_inputs(cfg: RunConfig) -> list[str]:
     return ins
 
 
-def _claim_run_dir(cfg: RunConfig, layout: RunLayout, overwrite: bool) -> None:
+def _check_run_dir(cfg: RunConfig, layout: RunLayout) -> None:
+    """Refuse a run_dir that may not be used (creates nothing)."""
     from .safety import check_not_input
 
     root = layout.root
@@ -375,6 +377,11 @@ def _claim_run_dir(cfg: RunConfig, layout: RunLayout, overwrite: bool) -> None:
         )
     if os.path.exists(root) and not os.path.isdir(root):
         raise BlocksegError(f"run_dir {root} exists and is not a directory")
+
+
+def _claim_run_dir(cfg: RunConfig, layout: RunLayout, overwrite: bool) -> None:
+    root = layout.root
+    _check_run_dir(cfg, layout)
     try:
         os.makedirs(layout.stages_dir, exist_ok=True)
     except OSError as e:
@@ -428,6 +435,7 @@ def run(
     overwrite: bool = False,
     client=None,
     log: Callable[[str], None] | None = None,
+    cluster=None,
 ) -> RunResult:
     """Run (or resume) every stage of a config; see the module docstring.
 
@@ -442,6 +450,9 @@ def run(
         folder that is not a blockseg run directory).
     client : distributed.Client, optional
         Use this client instead of the config's cluster.
+    cluster : ClusterConfig, optional
+        Start (or connect to) this cluster instead of the config's ``cluster`` section. It
+        passes :func:`blockseg.preflight.preflight` before run_dir is created.
     log : callable, optional
         Called with one line per stage event (default: print to stderr).
 
@@ -466,6 +477,21 @@ def run(
     # channels the network does not predict
     payload = read_checkpoint(checkpoint_path(cfg))
     check_decoder_channels(payload, make_decoder(cfg.segment.decoder, **(cfg.segment.params or {})))
+    _check_run_dir(cfg, layout)
+    work = overwrite or any(a not in ("skip", "disabled") for a in plan(cfg, from_stage, only).values())
+    with contextlib.ExitStack() as stack:
+        if client is None and work:  # checked (workers, paths, versions) before run_dir is made
+            # what tasks read (files in other formats are imported by this process)
+            inputs = [p for p in (*run_inputs(cfg), checkpoint_path(cfg)) if p and p != "demo" and _is_zarr(p)]
+            inputs.append(checkpoint_path(cfg))
+            client = stack.enter_context(
+                dask_client(cluster or _cluster_config(cfg), quiet=True, inputs=inputs, outputs=[layout.root])
+            )
+        return _run(cfg, layout, from_stage, only, overwrite, client, log)
+
+
+def _run(cfg, layout, from_stage, only, overwrite, client, log) -> RunResult:
+    """:func:`run` once the cluster (if any) is up and checked."""
     _claim_run_dir(cfg, layout, overwrite)
     # mark the folder as a run directory before any work: a driver killed during the first
     # run must leave a folder the rerun recognises (and resumes) rather than refuses
@@ -498,11 +524,7 @@ def run(
         result.evaluation = ev.get("result") if ev.get("status") == "done" else None
 
     try:
-        if client is not None or all(a in ("skip", "disabled") for a in actions.values()):
-            body(client)
-        else:
-            with dask_client(_cluster_config(cfg), quiet=True) as c:
-                body(c)
+        body(client)
     finally:
         _write_provenance(cfg, layout, history)
     return result

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .options import add_pyramid_option, pyramid_levels, add_cluster_options, add_selection_options, cluster_config, selected, zyx
+from .options import absolute, add_cluster_options, add_pyramid_option, add_selection_options, open_cluster, progress_mode, pyramid_levels, selected, zyx
 
 
 def register(subparsers) -> None:
@@ -58,10 +58,15 @@ def _channels(text: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockseg import cluster
+    import os
+
     from blockseg.predict import predict
 
-    args.image = selected(args.image, args)
+    # workers run in another folder: every path leaves this process absolute
+    args.image, args.output = absolute(selected(args.image, args)), absolute(args.output)
+    if os.path.exists(args.checkpoint):
+        args.checkpoint = absolute(args.checkpoint)
+    args.resumable = not args.no_resume
     overlap = args.overlap[0] if len(args.overlap) == 1 else zyx(args.overlap, "--overlap", float)
     kwargs = dict(
         block_shape=zyx(args.block, "--block"),
@@ -78,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         chunks=zyx(args.chunks, "--chunks"),
-        progress=not args.no_progress,
+        progress=progress_mode(args) != "none",
         pyramid_levels=pyramid_levels(args),
     )
     # the plan validates image, checkpoint and geometry: fail before starting a cluster
@@ -86,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
         return 0
-    with cluster.dask_client(cluster_config(args), quiet=args.json) as client:
+    # the cluster is checked (workers, blockseg version, paths, GPUs) before the store is made
+    with open_cluster(args, [args.image, args.checkpoint], [args.output], quiet=args.json or args.quiet) as client:
         report = predict(args.image, args.checkpoint, args.output, client=client, **kwargs)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import fields
 
-from .options import add_pyramid_option, pyramid_levels, add_cluster_options, add_output_options, check_output, cluster_config, zyx
+from .options import absolute, add_cluster_options, add_output_options, add_pyramid_option, check_output, open_cluster, progress_mode, pyramid_levels, zyx
 
 
 def _param(text: str) -> tuple[str, float]:
@@ -56,8 +56,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockseg.cluster import dask_client
     from blockseg.segment import make_decoder, segment
+
+    args.predictions, args.output = absolute(args.predictions), absolute(args.output)
 
     params = {}
     for name, value in args.param:
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     decoder = make_decoder(args.decoder, preset=args.preset, **params)
     block_shape, halo = zyx(args.block_shape, "--block-shape"), zyx(args.halo, "--halo")
     check_output(args, "output", [args.predictions])  # fail before starting a cluster
-    with dask_client(cluster_config(args), quiet=args.json) as client:
+    with open_cluster(args, [args.predictions], [args.output], quiet=args.json or args.quiet) as client:
         report = segment(
             args.predictions,
             args.output,
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             client=client,
             overwrite=args.overwrite,
             keep_work=args.keep_work,
-            progress=not args.no_progress,
+            progress=progress_mode(args) != "none",
             pyramid_levels=pyramid_levels(args),
         )
     if args.json:
