@@ -47,6 +47,9 @@ class ClusterConfig:
         Seconds to wait for at least one worker of an existing scheduler.
     connect_timeout : float
         Seconds an address gets to answer as a dask scheduler.
+    quiet_logs : bool
+        Local workers log only critical events, and the shutdown after a failure or Ctrl-C prints
+        nothing (blockseg reports it in one line); False keeps dask's warnings (``--debug``).
     """
 
     scheduler: str | None = None
@@ -61,6 +64,9 @@ class ClusterConfig:
     worker_timeout: float = 60.0
     #: seconds to wait for a scheduler to answer dask's handshake
     connect_timeout: float = 10.0
+    #: local workers log only critical events (blockseg reports a failed task itself, in one line), and
+    #: the shutdown after an error or Ctrl-C is silent; False keeps dask's warnings
+    quiet_logs: bool = True
 
 
 def _log(msg: str) -> None:
@@ -113,9 +119,11 @@ def dask_client(
             if not quiet:
                 n = len(client.scheduler_info().get("workers", {}))
                 _log(f"blockseg: connected to {config.scheduler} ({n} workers); dashboard {client.dashboard_link}")
-            yield client
+            with _silent_shutdown(config.quiet_logs):
+                yield client
         finally:
             client.close()
+            _restore_logs()
         return
 
     resources = None
@@ -132,7 +140,10 @@ def dask_client(
         memory_limit = default_memory_limit(n_workers)
     import dask
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}), _workers_ignore_sigint():
+    environ = worker_environ()
+    if config.quiet_logs:
+        environ["DASK_LOGGING__DISTRIBUTED"] = "critical"
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), _workers_ignore_sigint():
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=config.threads_per_worker,
@@ -149,11 +160,41 @@ def dask_client(
             if not quiet:
                 link = f"; dashboard {client.dashboard_link}" if config.dashboard else ""
                 _log(f"blockseg: LocalCluster with {n_workers} worker(s) x {config.threads_per_worker} thread(s){link}")
-            yield client
+            with _silent_shutdown(config.quiet_logs):
+                yield client
         finally:
             client.close()
     finally:
         cluster.close()
+        _restore_logs()
+
+
+_MUTED: dict = {}
+
+
+@contextlib.contextmanager
+def _silent_shutdown(quiet: bool):
+    """After an exception (or Ctrl-C) inside, mute dask's loggers in this process while the
+    cluster closes: cancelled tasks and workers killed on close are not news to the user."""
+    import logging
+
+    try:
+        yield
+    except BaseException:
+        if quiet:
+            for name in ("distributed", "tornado"):
+                log = logging.getLogger(name)
+                _MUTED.setdefault(name, log.level)
+                log.setLevel(logging.CRITICAL + 1)
+        raise
+
+
+def _restore_logs() -> None:
+    import logging
+
+    for name, level in list(_MUTED.items()):
+        logging.getLogger(name).setLevel(level)
+        del _MUTED[name]
 
 
 @contextlib.contextmanager

@@ -182,4 +182,23 @@ def _rich_bar(counter: _Counter, size: Callable[[int], int]):
         yield advance
 
 
-__all__: Sequence[str] = ["PROGRESS_MODES", "block_progress", "current_mode", "progress_settings"]
+def reuse_summary(blocks: int, computed: int, voxels: int, computed_voxels: int) -> str:
+    """What a (resumed) run reused and computed, in words.
+
+    ``reuse_summary(4, 1, 4096, 1024)`` ->
+    ``"resumed: reused 3 of 4 blocks (3.07 k of 4.1 k voxels) done before; computed 1 block (1.02 k voxels)"``.
+    """
+    reused, reused_vox = blocks - computed, voxels - computed_voxels
+    plural = lambda n: "block" if n == 1 else "blocks"  # noqa: E731
+    done = f"computed {computed} {plural(computed)} ({human_voxels(computed_voxels)} voxels)"
+    if reused == 0:
+        return done
+    if computed == 0:
+        return f"nothing to do: all {blocks} {plural(blocks)} ({human_voxels(voxels)} voxels) were done before"
+    return (
+        f"resumed: reused {reused} of {blocks} {plural(blocks)} ({human_voxels(reused_vox)} of {human_voxels(voxels)} "
+        f"voxels) done before; {done}"
+    )
+
+
+__all__: Sequence[str] = ["PROGRESS_MODES", "block_progress", "current_mode", "progress_settings", "reuse_summary"]

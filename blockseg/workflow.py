@@ -520,6 +520,11 @@ def _run(cfg, layout, from_stage, only, overwrite, client, log) -> RunResult:
             result.stages[stage] = {"action": act, **rec}
             history.append({k: rec[k] for k in ("stage", "fingerprint", "started", "finished", "seconds", "peak_rss_total_gib", "peak_rss_worker_gib")})
             log(f"[{stage}] done in {rec['seconds']:.1f} s (peak RSS {rec['peak_rss_total_gib']:.2f} GiB)")
+            if stage == "predict" and act == "resume" and {"blocks", "computed", "voxels", "plan"} <= set(out):
+                from .progress import reuse_summary
+
+                shape = out["plan"]["shape"]
+                log(f"[{stage}] {reuse_summary(out['blocks'], out['computed'], int(np.prod(shape)), out['voxels'])}")
         ev = result.stages.get("evaluate", {})
         result.evaluation = ev.get("result") if ev.get("status") == "done" else None
 

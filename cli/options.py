@@ -68,6 +68,7 @@ def cluster_config(args: argparse.Namespace) -> ClusterConfig:
         if threads < 1:
             raise BlocksegError(f"--threads-per-worker must be at least 1, got {threads}")
         cfg.threads_per_worker = threads
+    cfg.quiet_logs = not getattr(args, "debug", False)
     timeout = getattr(args, "worker_timeout", None)
     if timeout is not None:
         if timeout <= 0:

@@ -97,9 +97,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
+        import math
+
+        from blockseg.progress import reuse_summary
+
+        summary = reuse_summary(report.blocks, report.computed, math.prod(report.plan.shape), report.voxels)
         print(
-            f"{report.computed} blocks computed, {report.skipped} already done -> {report.output}; "
-            f"{report.seconds:.1f} s ({report.voxels_per_second / 1e6:.2f} M voxels/s)",
+            f"{summary} -> {report.output}; {report.seconds:.1f} s ({report.voxels_per_second / 1e6:.2f} M voxels/s)",
             file=sys.stderr,
         )
     return 0

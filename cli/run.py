@@ -90,6 +90,7 @@ def cluster_options(cfg, args: argparse.Namespace):
         if value is not None:
             setattr(base, name, getattr(given, name))
     base.gpu = base.gpu or args.gpu
+    base.quiet_logs = given.quiet_logs
     return base
 
 

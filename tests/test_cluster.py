@@ -294,3 +294,58 @@ def test_task_error_names_the_task_and_the_worker(local_client):
         run_blocks(full, [7], client=local_client, name="predict", progress=False, retries=0)
     line = task_failure(info.value)
     assert line.startswith("predict block 7 on worker tcp://") and line.endswith("No space left on device: /data/out.zarr/7")
+
+
+def test_ctrl_c_during_predict_is_one_line_exit_130_and_the_rerun_resumes(tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C (the local workers get it too)."""
+    import signal
+
+    import zarr
+
+    from blockseg import create_volume
+    from blockseg.models import demo_checkpoint_path
+    from blockseg.predict.engine import DONE_ARRAY
+
+    rng = np.random.default_rng(0)
+    shape = (16, 64, 96)  # six blocks: one done, then Ctrl-C
+    create_volume(tmp_path / "img.zarr", shape, np.uint8, chunks=(16, 32, 32))[:] = rng.integers(0, 255, shape, dtype=np.uint8)
+    argv = [sys.executable, "-m", "blockseg_cli.main", "predict", "img.zarr", demo_checkpoint_path(), "pred.zarr",
+            "--block", "16", "32", "32", "--workers", "1", "--pyramid-levels", "1", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(sys.path), start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if zarr.open_array(str(tmp_path / "pred.zarr" / DONE_ARRAY), mode="r")[...].any():
+                    break
+            except Exception:  # not created yet
+                pass
+            time.sleep(0.2)
+        assert proc.poll() is None, "predict finished before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 130, err
+    assert len(lines) == 1 and "interrupted" in lines[0] and "resume" in lines[0], err
+    done = zarr.open_array(str(tmp_path / "pred.zarr" / DONE_ARRAY), mode="r")[...]
+    assert 0 < done.sum() < done.size
+    rerun = _blockseg(*argv[3:-1], cwd=tmp_path, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resumed: reused {int(done.sum())} of {done.size} blocks" in rerun.stderr, rerun.stderr
+
+
+def test_worker_side_error_is_one_line_naming_the_task_and_leaves_no_output(tmp_path):
+    from blockseg import create_volume
+    from blockseg.models import demo_checkpoint_path
+
+    img = np.zeros((16, 32, 32), np.float32)
+    img[3, 4, 5] = np.nan
+    create_volume(tmp_path / "img.zarr", img.shape, np.float32, chunks=(16, 32, 32))[:] = img
+    proc = _blockseg("predict", "img.zarr", demo_checkpoint_path(), "pred.zarr", "--workers", "1", "--quiet", cwd=tmp_path)
+    line = _one_error_line(proc)
+    assert "predict block 0 on worker tcp://" in line and "NaN" in line, line
+    assert not (tmp_path / "pred.zarr").exists()
