@@ -91,9 +91,9 @@ class SlurmSettings:
         directives = list(self.job_extra_directives)
         if self.gpus:
             directives.append(f"--gres=gpu:{self.gpus}")
+        # each worker of a GPU job takes one GPU: blockseg picks cuda:N by the worker name's
+        # trailing number (dask-jobqueue names a job's workers NAME-0, NAME-1, ...)
         worker_args = ["--resources", "GPU=1"] if self.gpus else []
-        # blockseg's local workers run one thread each (numpy / numba / torch blocks)
-        worker_args += ["--nthreads", str(max(self.cores // self.n_processes, 1))]
         return {
             "cores": self.cores,
             "memory": self.memory,

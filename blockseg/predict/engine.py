@@ -65,7 +65,8 @@ _MODELS_LOCK = threading.Lock()
 
 def resolve_device(device: str) -> str:
     """``"auto"`` -> CUDA when visible, else CPU; a bare ``"cuda"`` on a dask worker of a
-    multi-GPU host picks the GPU by worker name (LocalCluster workers are named 0, 1, ...)."""
+    multi-GPU host picks the GPU by worker name (LocalCluster workers are named 0, 1, ...;
+    dask-jobqueue's workers of one job NAME-0, NAME-1, ...)."""
     import torch
 
     if device == "auto":
@@ -79,7 +80,9 @@ def resolve_device(device: str) -> str:
             try:
                 from distributed import get_worker
 
-                index = int(get_worker().name) % n
+                # LocalCluster names workers 0, 1, ...; a dask-jobqueue job with several workers
+                # names them JOBNAME-0, JOBNAME-1, ...: the trailing number picks the GPU
+                index = int(str(get_worker().name).rsplit("-", 1)[-1]) % n
             except (ValueError, TypeError):
                 index = 0
         device = f"cuda:{index}"
