@@ -313,6 +313,13 @@ def run_blocks(
     return [results[b] for b in ids]
 
 
+def block_voxels(grid, block_ids: Iterable[int]) -> list[int]:
+    """Voxels of each block of ``grid`` (a :class:`blockseg.grid.BlockGrid`): progress in voxels."""
+    import math
+
+    return [math.prod(grid[int(b)].shape) for b in block_ids]
+
+
 def _named_task(func: Callable[[int], Any], name: str, block_id: int) -> Any:
     """``func(block_id)`` on a worker; an exception leaves with the task and the worker named."""
     try:
@@ -379,4 +386,5 @@ __all__: Sequence[str] = [
     "default_memory_limit",
     "cluster_config_from_args",
     "task_failure",
+    "block_voxels",
 ]

@@ -685,7 +685,7 @@ def predict(
         resolve_device("cuda")  # fail fast, in this process
     stats = []
     if plan.todo:
-        from ..cluster import run_blocks
+        from ..cluster import block_voxels, run_blocks
 
         second = [i for i in plan.todo if layouts[i].strips]
         first = {i for i in plan.todo if not pass1[grid[i].index]}
@@ -697,9 +697,10 @@ def predict(
         for i in first:  # the scratch arrays are made here, so tasks write chunks only
             _create_partial(job, i, layouts[i])
         stats = run_blocks(partial(predict_block, job), first, client, name="predict", resources=resources,
-                           progress=progress)  # fmt: skip
+                           progress=progress, voxels=block_voxels(grid, first))  # fmt: skip
         if second:
-            run_blocks(partial(finish_block, job), second, client, name="predict-strips", progress=progress)
+            run_blocks(partial(finish_block, job), second, client, name="predict-strips", progress=progress,
+                       voxels=block_voxels(grid, second))  # fmt: skip
     _drop_partials(out_path)
     from ..pyramid import finish_volume
 
