@@ -162,6 +162,7 @@ def block_progress(name: str, n_blocks: int, voxels: Sequence[int] | None = None
 
 @contextlib.contextmanager
 def _rich_bar(counter: _Counter, size: Callable[[int], int]):
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn
 
     with Progress(
@@ -169,7 +170,7 @@ def _rich_bar(counter: _Counter, size: Callable[[int], int]):
         BarColumn(),
         TextColumn("{task.fields[info]}"),
         transient=False,
-        console=None,
+        console=Console(stderr=True),  # stdout keeps the results (--json)
     ) as prog:
         total = counter.voxels_total if counter.voxels_total is not None else counter.blocks_total
         task = prog.add_task(counter.name, total=max(total, 1), info=counter.line().split(": ", 1)[1])
