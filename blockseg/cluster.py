@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from functools import partial
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -42,6 +43,13 @@ class ClusterConfig:
         Serve the dashboard (on a free port) and print its link.
     processes : bool
         Local workers as processes (default) or threads of this process (tests, debugging).
+    worker_timeout : float
+        Seconds to wait for at least one worker of an existing scheduler.
+    connect_timeout : float
+        Seconds an address gets to answer as a dask scheduler.
+    quiet_logs : bool
+        Local workers log only critical events, and the shutdown after a failure or Ctrl-C prints
+        nothing (blockseg reports it in one line); False keeps dask's warnings (``--debug``).
     """
 
     scheduler: str | None = None
@@ -52,6 +60,13 @@ class ClusterConfig:
     dashboard: bool = True
     processes: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    #: seconds to wait for the first worker of an existing scheduler
+    worker_timeout: float = 60.0
+    #: seconds to wait for a scheduler to answer dask's handshake
+    connect_timeout: float = 10.0
+    #: local workers log only critical events (blockseg reports a failed task itself, in one line), and
+    #: the shutdown after an error or Ctrl-C is silent; False keeps dask's warnings
+    quiet_logs: bool = True
 
 
 def _log(msg: str) -> None:
@@ -73,29 +88,42 @@ def count_gpus() -> int:
 
 
 @contextlib.contextmanager
-def dask_client(config: ClusterConfig | None = None, quiet: bool = False) -> Iterator["distributed.Client"]:  # noqa: F821
-    """Connect to ``config.scheduler`` or start a LocalCluster; close what was started on exit.
+def dask_client(
+    config: ClusterConfig | None = None,
+    quiet: bool = False,
+    inputs: Sequence[str] = (),
+    outputs: Sequence[str] = (),
+) -> Iterator["distributed.Client"]:  # noqa: F821
+    """Connect to ``config.scheduler`` or start a LocalCluster, check it; close what was started on exit.
+
+    The cluster passes :func:`blockseg.preflight.preflight` before the client is handed out:
+    a worker has joined, every worker imports this blockseg version, sees ``inputs`` and can
+    write where ``outputs`` go (and has a CUDA device with ``config.gpu``). Call it before
+    creating any output, so that a failed check leaves nothing behind.
 
     Raises
     ------
     BlocksegError
-        If the scheduler address cannot be reached, or GPUs are asked for but none is visible.
+        One line: the address is not a reachable dask scheduler, no worker joined in time, a
+        worker fails the preflight check, or GPUs are asked for but none is visible.
     """
     from distributed import Client, LocalCluster
 
+    from .preflight import connect, preflight
+
     config = config or ClusterConfig()
     if config.scheduler:
+        client = connect(config.scheduler, timeout=config.connect_timeout)
         try:
-            client = Client(config.scheduler, timeout="10s")
-        except (OSError, TimeoutError) as exc:
-            raise BlocksegError(f"cannot reach the dask scheduler at {config.scheduler}: {exc}") from None
-        if not quiet:
-            n = len(client.scheduler_info().get("workers", {}))
-            _log(f"blockseg: connected to {config.scheduler} ({n} workers); dashboard {client.dashboard_link}")
-        try:
-            yield client
+            preflight(client, inputs, outputs, gpu=config.gpu, timeout=config.worker_timeout)
+            if not quiet:
+                n = len(client.scheduler_info().get("workers", {}))
+                _log(f"blockseg: connected to {config.scheduler} ({n} workers); dashboard {client.dashboard_link}")
+            with _silent_shutdown(config.quiet_logs):
+                yield client
         finally:
             client.close()
+            _restore_logs()
         return
 
     resources = None
@@ -112,7 +140,10 @@ def dask_client(config: ClusterConfig | None = None, quiet: bool = False) -> Ite
         memory_limit = default_memory_limit(n_workers)
     import dask
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+    environ = worker_environ()
+    if config.quiet_logs:
+        environ["DASK_LOGGING__DISTRIBUTED"] = "critical"
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), _workers_ignore_sigint():
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=config.threads_per_worker,
@@ -122,15 +153,65 @@ def dask_client(config: ClusterConfig | None = None, quiet: bool = False) -> Ite
             dashboard_address=":0",  # a free port (None would still try 8787)
             **config.extra,
         )
-    client = Client(cluster)
-    if not quiet:
-        link = f"; dashboard {client.dashboard_link}" if config.dashboard else ""
-        _log(f"blockseg: LocalCluster with {n_workers} worker(s) x {config.threads_per_worker} thread(s){link}")
     try:
-        yield client
+        client = Client(cluster)
+        try:
+            preflight(client, inputs, outputs, gpu=config.gpu, timeout=config.worker_timeout)
+            if not quiet:
+                link = f"; dashboard {client.dashboard_link}" if config.dashboard else ""
+                _log(f"blockseg: LocalCluster with {n_workers} worker(s) x {config.threads_per_worker} thread(s){link}")
+            with _silent_shutdown(config.quiet_logs):
+                yield client
+        finally:
+            client.close()
     finally:
-        client.close()
         cluster.close()
+        _restore_logs()
+
+
+_MUTED: dict = {}
+
+
+@contextlib.contextmanager
+def _silent_shutdown(quiet: bool):
+    """After an exception (or Ctrl-C) inside, mute dask's loggers in this process while the
+    cluster closes: cancelled tasks and workers killed on close are not news to the user."""
+    import logging
+
+    try:
+        yield
+    except BaseException:
+        if quiet:
+            for name in ("distributed", "tornado"):
+                log = logging.getLogger(name)
+                _MUTED.setdefault(name, log.level)
+                log.setLevel(logging.CRITICAL + 1)
+        raise
+
+
+def _restore_logs() -> None:
+    import logging
+
+    for name, level in list(_MUTED.items()):
+        logging.getLogger(name).setLevel(level)
+        del _MUTED[name]
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """Worker processes started inside ignore SIGINT: Ctrl-C in a terminal reaches the whole
+    process group, and the driver alone should handle it (cancel, close the cluster, one line)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def worker_environ() -> dict:
@@ -165,6 +246,7 @@ def run_blocks(
     resources: dict[str, float] | None = None,
     progress: bool = True,
     retries: int = 1,
+    voxels: Sequence[int] | None = None,
 ) -> list[Any]:
     """Run ``func(block_id)`` for every block id as dask tasks; return results in id order.
 
@@ -178,58 +260,112 @@ def run_blocks(
     client : distributed.Client, optional
         Where to run. None runs the tasks in this process, one after the other (debugging).
     name : str
-        Task name prefix, shown on the dashboard and the progress bar.
+        Task name prefix, shown on the dashboard, the progress output and in error messages.
     resources : dict, optional
         Worker resources each task needs, e.g. ``{"GPU": 1}``.
     progress : bool
-        Show a progress bar on stderr.
+        Report progress (in the mode :func:`blockseg.progress.progress_settings` chose).
     retries : int
         Times a failed task is retried (a lost worker is always recovered by dask).
+    voxels : sequence of int, optional
+        Voxels of each block, in ``block_ids`` order: progress in voxels, rate and ETA.
+
+    Raises
+    ------
+    Exception
+        The first task's exception, with ``blockseg_task`` (``"predict block 3"``) and
+        ``blockseg_worker`` attributes (:func:`task_failure` makes one line of it); the other
+        tasks are cancelled. KeyboardInterrupt cancels them too.
     """
+    from .progress import block_progress
+
     ids = [int(b) for b in block_ids]
-    bar = _progress(name, len(ids)) if progress else contextlib.nullcontext(None)
+    if voxels is not None and len(voxels) != len(ids):
+        raise ValueError(f"voxels has {len(voxels)} entries for {len(ids)} blocks")
+    position = {b: i for i, b in enumerate(ids)}
+    bar = block_progress(name, len(ids), voxels, mode=None if progress else "none")
     results: dict[int, Any] = {}
     with bar as advance:
         if client is None:
             for b in ids:
-                results[b] = func(b)
-                if advance:
-                    advance()
+                results[b] = _named_task(func, name, b)
+                advance(position[b])
         else:
             from distributed import as_completed
 
             token = uuid.uuid4().hex[:8]  # keys unique per call: a rerun never meets stale tasks
             futures = client.map(
-                func, ids, key=[f"{name}-{token}-{b}" for b in ids], resources=resources, retries=retries, pure=False
-            )
+                partial(_named_task, func, name), ids, key=[f"{name}-{token}-{b}" for b in ids],
+                resources=resources, retries=retries, pure=False,
+            )  # fmt: skip
             index = {f.key: b for f, b in zip(futures, ids)}
             try:
                 for fut in as_completed(futures):
-                    results[index[fut.key]] = fut.result()
-                    if advance:
-                        advance()
+                    try:
+                        results[index[fut.key]] = fut.result()
+                    except Exception as exc:
+                        _annotate(exc, f"{name} block {index[fut.key]}", None)
+                        raise
+                    advance(position[index[fut.key]])
             except BaseException:
                 client.cancel(futures)
                 raise
     return [results[b] for b in ids]
 
 
-@contextlib.contextmanager
-def _progress(name: str, total: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+def block_voxels(grid, block_ids: Iterable[int]) -> list[int]:
+    """Voxels of each block of ``grid`` (a :class:`blockseg.grid.BlockGrid`): progress in voxels."""
+    import math
 
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-        disable=not sys.stderr.isatty(),
-        console=None,
-    ) as prog:
-        task = prog.add_task(name, total=total)
-        yield lambda: prog.advance(task)
+    return [math.prod(grid[int(b)].shape) for b in block_ids]
+
+
+def _named_task(func: Callable[[int], Any], name: str, block_id: int) -> Any:
+    """``func(block_id)`` on a worker; an exception leaves with the task and the worker named."""
+    try:
+        return func(block_id)
+    except Exception as exc:
+        try:
+            from distributed import get_worker
+
+            worker = get_worker().address
+        except Exception:  # not on a worker (in-process run)
+            worker = None
+        _annotate(exc, f"{name} block {block_id}", worker)
+        raise
+
+
+def _annotate(exc: BaseException, task: str, worker: str | None) -> None:
+    """Attach ``blockseg_task`` / ``blockseg_worker`` (kept by pickling: they live in ``__dict__``)."""
+    try:
+        if getattr(exc, "blockseg_task", None) is None:
+            exc.blockseg_task = task
+        if worker is not None and getattr(exc, "blockseg_worker", None) is None:
+            exc.blockseg_worker = worker
+    except AttributeError:  # exceptions without a __dict__
+        pass
+
+
+def task_failure(exc: BaseException) -> str | None:
+    """One line for an exception raised by a block task (None for other exceptions).
+
+    Names the task and the worker: ``predict block 3 on worker tcp://10.0.0.5:4567: No space
+    left on device: /data/pred.zarr/...``. A worker that died (``KilledWorker``) is named by dask's
+    own message.
+    """
+    task = getattr(exc, "blockseg_task", None)
+    if task is None:
+        return None
+    worker = getattr(exc, "blockseg_worker", None)
+    where = f"{task} on worker {worker}" if worker else task
+    if isinstance(exc, OSError) and exc.strerror:
+        what = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    elif isinstance(exc, BlocksegError):
+        what = str(exc)
+    else:
+        lines = str(exc).strip().splitlines()
+        what = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return f"{where} failed: {what}"
 
 
 def cluster_config_from_args(
@@ -249,4 +385,6 @@ __all__: Sequence[str] = [
     "count_gpus",
     "default_memory_limit",
     "cluster_config_from_args",
+    "task_failure",
+    "block_voxels",
 ]

@@ -392,6 +392,7 @@ def import_volume(
     timepoint: int | None = None,
     labels: bool = False,
     pyramid_levels: int | None = None,
+    client=None,
 ) -> Volume:
     """Copy a tif / npy / npz / h5 / zarr volume into a chunked OME-Zarr volume.
 
@@ -403,7 +404,8 @@ def import_volume(
     ``channel``, ``timepoint`` choose the view of a pyramid / multi-channel / time-lapse source
     (see :func:`open_volume`). The copy gets a multiscale pyramid (``pyramid_levels``, None:
     automatic, 1: none; :mod:`blockseg.pyramid`): averaged, or sampled and marked as an NGFF
-    label image when ``labels``.
+    label image when ``labels``. The copy reads the source in this process (it may be a file
+    only this machine sees); the pyramid is built on ``client`` (None: dask's threads).
 
     Raises
     ------
@@ -432,7 +434,7 @@ def import_volume(
         grid = out.grid()
         data = da.from_array(src.array, chunks=grid.dask_chunks, lock=False, asarray=True)
         da.store(data.astype(out_dtype), out.array, lock=False, scheduler="threads")
-        levels = finish_volume(target, labels=labels, levels=pyramid_levels)
+        levels = finish_volume(target, labels=labels, levels=pyramid_levels, client=client)
     out = open_volume(dest)
     out.levels = levels
     out.voxel_size_source = src.voxel_size_source

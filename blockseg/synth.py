@@ -618,7 +618,7 @@ def synthesize(
         Levels of the multiscale pyramid of every volume (None: automatic; 1: none), built
         blockwise once the blocks are written (:mod:`blockseg.pyramid`).
     """
-    from .cluster import run_blocks
+    from .cluster import block_voxels, run_blocks
     from .pyramid import finish_volume
 
     from .safety import prepare_output
@@ -647,6 +647,7 @@ def synthesize(
         client=client,
         name="synth",
         progress=progress,
+        voxels=block_voxels(grid, grid.block_ids),
     )
     finish_volume(path, levels=pyramid_levels, client=client)
     finish_volume(f"{path}/labels/nuclei", labels=True, levels=pyramid_levels, client=client)

@@ -21,6 +21,7 @@ half-written output is never taken for a finished one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -209,7 +210,7 @@ def _stage_data(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict
             s.preset, shape=tuple(s.shape), density=s.density, radius=s.radius, mode=s.mode, voxel_size=s.voxel_size,
             mask=s.mask, seed=s.seed,
         )  # fmt: skip
-        summary = synthesize(layout.image, params, chunks=d.chunks, client=client, overwrite=True, progress=False,
+        summary = synthesize(layout.image, params, chunks=d.chunks, client=client, overwrite=True, progress=True,
                              pyramid_levels=d.pyramid_levels)  # fmt: skip
         return {"synth": summary.to_dict()}
     out = {}
@@ -289,7 +290,7 @@ def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         zarr.open_group(os.path.dirname(layout.labels), mode="a")  # IMAGE/labels
     report = segment(
         layout.predictions, layout.labels, choice, block_shape=s.block_shape, halo=s.halo, max_halo=s.max_halo,
-        client=client, overwrite=True, pyramid_levels=s.pyramid_levels,
+        client=client, overwrite=True, pyramid_levels=s.pyramid_levels, progress=True,
     )  # fmt: skip
     if under_image:
         from .io import register_label
@@ -325,7 +326,7 @@ def _stage_evaluate(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> 
     scores = np.c_[table["id"], table["score"]] if len(table.get("id", ())) else None
     result = evaluate(
         layout.ground_truth, layout.labels, layout.mask, thresholds=e.thresholds, scores=scores,
-        points="centroids", radius_um=e.detection_radius_um, client=client,
+        points="centroids", radius_um=e.detection_radius_um, client=client, progress=True,
     )  # fmt: skip
     inputs = [layout.ground_truth, layout.labels, layout.mask]
     paths = write_report(result, layout.evaluation, png=e.png, overwrite=True, inputs=inputs)
@@ -362,7 +363,8 @@ def run_inputs(cfg: RunConfig) -> list[str]:
     return ins
 
 
-def _claim_run_dir(cfg: RunConfig, layout: RunLayout, overwrite: bool) -> None:
+def _check_run_dir(cfg: RunConfig, layout: RunLayout) -> None:
+    """Refuse a run_dir that may not be used (creates nothing)."""
     from .safety import check_not_input
 
     root = layout.root
@@ -376,6 +378,11 @@ def _claim_run_dir(cfg: RunConfig, layout: RunLayout, overwrite: bool) -> None:
         )
     if os.path.exists(root) and not os.path.isdir(root):
         raise BlocksegError(f"run_dir {root} exists and is not a directory")
+
+
+def _claim_run_dir(cfg: RunConfig, layout: RunLayout, overwrite: bool) -> None:
+    root = layout.root
+    _check_run_dir(cfg, layout)
     try:
         os.makedirs(layout.stages_dir, exist_ok=True)
     except OSError as e:
@@ -429,6 +436,7 @@ def run(
     overwrite: bool = False,
     client=None,
     log: Callable[[str], None] | None = None,
+    cluster=None,
 ) -> RunResult:
     """Run (or resume) every stage of a config; see the module docstring.
 
@@ -443,6 +451,9 @@ def run(
         folder that is not a blockseg run directory).
     client : distributed.Client, optional
         Use this client instead of the config's cluster.
+    cluster : ClusterConfig, optional
+        Start (or connect to) this cluster instead of the config's ``cluster`` section. It
+        passes :func:`blockseg.preflight.preflight` before run_dir is created.
     log : callable, optional
         Called with one line per stage event (default: print to stderr).
 
@@ -466,6 +477,21 @@ def run(
     # network does not predict, a geometry that does not fit the data's shape and chunks, ...
     _, choice = check_config(cfg)
     log(choice.describe().replace("decoder ", "[segment] decoder ", 1))
+    _check_run_dir(cfg, layout)
+    work = overwrite or any(a not in ("skip", "disabled") for a in plan(cfg, from_stage, only).values())
+    with contextlib.ExitStack() as stack:
+        if client is None and work:  # checked (workers, paths, versions) before run_dir is made
+            # what tasks read (files in other formats are imported by this process)
+            inputs = [p for p in (*run_inputs(cfg), checkpoint_path(cfg)) if p and p != "demo" and _is_zarr(p)]
+            inputs.append(checkpoint_path(cfg))
+            client = stack.enter_context(
+                dask_client(cluster or _cluster_config(cfg), quiet=True, inputs=inputs, outputs=[layout.root])
+            )
+        return _run(cfg, layout, from_stage, only, overwrite, client, log)
+
+
+def _run(cfg, layout, from_stage, only, overwrite, client, log) -> RunResult:
+    """:func:`run` once the cluster (if any) is up and checked."""
     _claim_run_dir(cfg, layout, overwrite)
     # mark the folder as a run directory before any work: a driver killed during the first
     # run must leave a folder the rerun recognises (and resumes) rather than refuses
@@ -494,15 +520,16 @@ def run(
             result.stages[stage] = {"action": act, **rec}
             history.append({k: rec[k] for k in ("stage", "fingerprint", "started", "finished", "seconds", "peak_rss_total_gib", "peak_rss_worker_gib")})
             log(f"[{stage}] done in {rec['seconds']:.1f} s (peak RSS {rec['peak_rss_total_gib']:.2f} GiB)")
+            if stage == "predict" and act == "resume" and {"blocks", "computed", "voxels", "plan"} <= set(out):
+                from .progress import reuse_summary
+
+                shape = out["plan"]["shape"]
+                log(f"[{stage}] {reuse_summary(out['blocks'], out['computed'], int(np.prod(shape)), out['voxels'])}")
         ev = result.stages.get("evaluate", {})
         result.evaluation = ev.get("result") if ev.get("status") == "done" else None
 
     try:
-        if client is not None or all(a in ("skip", "disabled") for a in actions.values()):
-            body(client)
-        else:
-            with dask_client(_cluster_config(cfg), quiet=True) as c:
-                body(c)
+        body(client)
     finally:
         _write_provenance(cfg, layout, history)
     return result

@@ -11,7 +11,7 @@ import numpy as np
 
 from blockseg import BlocksegError
 
-from .options import add_cluster_options, cluster_config
+from .options import absolute, add_cluster_options, open_cluster, progress_mode
 
 #: the files ``write_report`` writes into --out
 REPORT_FILES = ("evaluation.json", "instances.csv", "ap_vs_iou.png")
@@ -108,7 +108,6 @@ def _scores(path: str, column: str) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockseg.cluster import dask_client
     from blockseg.evaluate import check_inputs, evaluate, write_report
 
     n = len(args.gt)
@@ -116,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         raise BlocksegError(f"{n} --gt volume(s) but {len(args.pred)} --pred volume(s)")
     if args.mask and len(args.mask) != n:
         raise BlocksegError(f"{len(args.mask)} --mask volume(s) for {n} --gt volume(s)")
+    args.gt, args.pred = [absolute(p) for p in args.gt], [absolute(p) for p in args.pred]
+    args.mask = [absolute(p) for p in args.mask] if args.mask else args.mask
     for path in args.gt + args.pred + (args.mask or []):
         if "://" not in path and not os.path.exists(path.split("#")[0]):
             raise BlocksegError(f"{path}: no such file or directory")
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             raise BlocksegError("--points works with one --gt volume")
         t = _read_table(args.points, ["z", "y", "x"], "--points")
         points = np.c_[t["z"], t["y"], t["x"]]
-    with dask_client(cluster_config(args), quiet=args.no_progress) as client:
+    with open_cluster(args, args.gt + args.pred + (args.mask or []), [], quiet=args.no_progress or args.quiet) as client:
         result = evaluate(
             args.gt if n > 1 else args.gt[0],
             args.pred if n > 1 else args.pred[0],
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             merge_threshold=args.merge_threshold,
             split_threshold=args.split_threshold,
             client=client,
-            progress=not args.no_progress,
+            progress=progress_mode(args) != "none",
         )
     paths = write_report(result, args.out, png=not args.no_png, overwrite=args.overwrite, inputs=inputs)
     s = result.summary()

@@ -6,7 +6,9 @@ import argparse
 
 from blockseg.io import SUPPORTED_SUFFIXES, import_volume
 
-from .options import add_pyramid_option, pyramid_levels, add_selection_options, zyx
+import contextlib
+
+from .options import absolute, add_cluster_options, add_pyramid_option, add_selection_options, open_cluster, pyramid_levels, wants_cluster, zyx
 
 
 def register(sub) -> None:
@@ -16,7 +18,8 @@ def register(sub) -> None:
         description="Copy a 3D (z, y, x) volume into OME-Zarr (zarr v3) block by block. The voxel size "
         "comes from --voxel-size, else the file's metadata (OME-Zarr scale, OME-TIFF PhysicalSize, "
         "ImageJ tif spacing, npz voxel_size_zyx, h5 element_size_um), else 1 µm with a warning. "
-        f"Formats: OME-Zarr NGFF 0.4/0.5, zarr arrays, {', '.join(SUPPORTED_SUFFIXES)}.",
+        f"Formats: OME-Zarr NGFF 0.4/0.5, zarr arrays, {', '.join(SUPPORTED_SUFFIXES)}. The source is read by "
+        "this process (it may be a file only this machine sees); with cluster options the pyramid is built on Dask.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("source", help="input file (or zarr) to import (the image, for a training pair)")
@@ -37,6 +40,7 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     add_pyramid_option(p)
     add_selection_options(p, "the source")
+    add_cluster_options(p, progress=False)
     p.set_defaults(func=run)
 
 
@@ -78,12 +82,24 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(f"wrote {vol!r}")
         return 0
+    from blockseg.io import check_destination
     from blockseg.training_data import make_parent
 
-    make_parent(out)
-    vol = import_volume(
-        source,
-        out,
+    args.source, args.out = source, absolute(out)
+    check_destination(args.out, args.overwrite, [args.source])  # fail before starting a cluster
+    make_parent(args.out)
+    # a cluster only when asked for: the copy itself runs here, the pyramid on the workers
+    cluster = open_cluster(args, [], [args.out], quiet=True) if wants_cluster(args) else contextlib.nullcontext()
+    with cluster as client:
+        vol = _import(args, client)
+    print(f"wrote {vol!r}")
+    return 0
+
+
+def _import(args: argparse.Namespace, client):
+    return import_volume(
+        args.source,
+        args.out,
         voxel_size=zyx(args.voxel_size, "--voxel-size", float),
         key=args.key,
         chunks=zyx(args.chunks, "--chunks"),
@@ -95,6 +111,5 @@ def run(args: argparse.Namespace) -> int:
         timepoint=args.timepoint,
         labels=False,
         pyramid_levels=pyramid_levels(args),
+        client=client,
     )
-    print(f"wrote {vol!r}")
-    return 0

@@ -14,7 +14,7 @@ import sys
 from blockseg import BlocksegError, __version__
 
 #: subcommand modules, in the order ``blockseg --help`` lists them
-COMMANDS = ["demo", "run", "synth", "import_cmd", "info", "train", "predict", "segment", "evaluate", "export"]
+COMMANDS = ["demo", "run", "synth", "import_cmd", "info", "train", "predict", "segment", "evaluate", "export", "cluster_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +55,19 @@ def _one_line_warnings() -> None:
     warnings.formatwarning = fmt
 
 
+def _fail(args: argparse.Namespace, line: str, code: int) -> int:
+    """One line on stderr (and the traceback first with --debug); the same exit code either way."""
+    if getattr(args, "debug", False):
+        import traceback
+
+        traceback.print_exc()
+    print(f"blockseg {args.command}: {line}", file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    from blockseg.cluster import task_failure
+
     _one_line_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -64,20 +76,31 @@ def main(argv: list[str] | None = None) -> int:
 
         set_policy(getattr(args, "missing_chunks", None))
         return int(args.func(args) or 0)
-    except BlocksegError as exc:
-        if args.debug:
-            raise
-        print(f"blockseg {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # disk full, permission denied, ... while reading or writing
-        if args.debug:
-            raise
-        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        print(f"blockseg {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(f"blockseg {args.command}: interrupted", file=sys.stderr)
-        return 130
+        hint = " (rerun the same command to resume)" if getattr(args, "resumable", False) else ""
+        return _fail(args, f"interrupted; running tasks cancelled{hint}", 130)
+    except BlocksegError as exc:
+        line = task_failure(exc) or str(exc)
+        return _fail(args, f"error: {line}", 2)
+    except OSError as exc:  # disk full, permission denied, ... while reading or writing
+        line = task_failure(exc)
+        if line is None:
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            line = f"{exc.strerror or exc}{where}"
+        return _fail(args, f"error: {line}", 2)
+    except Exception as exc:
+        line = task_failure(exc) or _killed_worker(exc)
+        if line is None:  # a bug: keep the traceback
+            raise
+        return _fail(args, f"error: {line}", 1)
+
+
+def _killed_worker(exc: Exception) -> str | None:
+    """One line for dask's KilledWorker (a worker died running a task), else None."""
+    if type(exc).__name__ != "KilledWorker":
+        return None
+    text = " ".join(str(exc).split())
+    return f"a dask worker died running a task: {text}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,29 +3,102 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from blockseg import BlocksegError
 from blockseg.cluster import ClusterConfig, cluster_config_from_args
+from blockseg.progress import PROGRESS_MODES
 
 
-def add_cluster_options(parser: argparse.ArgumentParser) -> None:
-    """--scheduler, --workers, --memory-limit, --gpu, --no-progress."""
-    g = parser.add_argument_group("dask cluster")
+#: the options add_cluster_options adds (tests check every Dask command lists them)
+CLUSTER_OPTIONS = ("--scheduler", "--workers", "--threads-per-worker", "--memory-limit", "--gpu", "--worker-timeout")
+#: the progress options add_progress_options adds
+PROGRESS_OPTIONS = ("--progress", "--no-progress", "--quiet")
+
+
+def add_cluster_options(parser: argparse.ArgumentParser, progress: bool = True) -> None:
+    """The Dask cluster options every command that runs on Dask shares (and the progress options)."""
+    g = parser.add_argument_group("dask cluster (the same on every command that runs on Dask)")
     g.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="address of an existing dask scheduler (tcp://host:8786); default: start a LocalCluster",
-    )
-    g.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: one per core)")
+        "--scheduler", metavar="ADDRESS",
+        help="address of a running dask scheduler (tcp://host:8786, as 'dask scheduler' prints it; a SLURM "
+        "cluster from 'blockseg cluster slurm'); default: start a LocalCluster on this machine",
+    )  # fmt: skip
+    g.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: one per core, one per GPU with --gpu)")
+    g.add_argument("--threads-per-worker", type=int, metavar="N", help="threads per local worker (default 1)")
     g.add_argument(
         "--memory-limit", metavar="SIZE", help="memory limit per local worker, e.g. 4GiB (default: 90%% of RAM shared)"
     )
-    g.add_argument("--gpu", action="store_true", help="one local worker per GPU, GPU tasks only there")
-    g.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
+    g.add_argument(
+        "--gpu", action="store_true",
+        help="GPU tasks: locally one worker per GPU; with --scheduler, require workers started with --resources GPU=1",
+    )  # fmt: skip
+    g.add_argument(
+        "--worker-timeout", type=float, metavar="SECONDS",
+        help="with --scheduler: how long to wait for the first worker before giving up (default 60)",
+    )  # fmt: skip
+    if progress:
+        add_progress_options(parser)
+
+
+def add_progress_options(parser: argparse.ArgumentParser) -> None:
+    """--progress MODE, --no-progress, --quiet."""
+    g = parser.add_argument_group("progress")
+    g.add_argument(
+        "--progress", choices=PROGRESS_MODES, default="auto",
+        help="progress of every stage in blocks and voxels, with rate and ETA: bar (terminal), lines (one line "
+        "every few seconds), json (one JSON object a line on stderr, for scripts), none; default auto: bar on a "
+        "terminal, else lines",
+    )  # fmt: skip
+    g.add_argument("--no-progress", action="store_true", help="no progress output (same as --progress none)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress and no status lines: only errors and the result")
+
+
+def progress_mode(args: argparse.Namespace) -> str:
+    """The progress mode chosen by --progress / --no-progress / --quiet."""
+    if getattr(args, "quiet", False) or getattr(args, "no_progress", False):
+        return "none"
+    return getattr(args, "progress", "auto") or "auto"
 
 
 def cluster_config(args: argparse.Namespace) -> ClusterConfig:
-    return cluster_config_from_args(args.scheduler, args.workers, args.memory_limit, args.gpu)
+    cfg = cluster_config_from_args(args.scheduler, args.workers, args.memory_limit, args.gpu)
+    threads = getattr(args, "threads_per_worker", None)
+    if threads is not None:
+        if threads < 1:
+            raise BlocksegError(f"--threads-per-worker must be at least 1, got {threads}")
+        cfg.threads_per_worker = threads
+    cfg.quiet_logs = not getattr(args, "debug", False)
+    timeout = getattr(args, "worker_timeout", None)
+    if timeout is not None:
+        if timeout <= 0:
+            raise BlocksegError(f"--worker-timeout must be positive, got {timeout:g}")
+        cfg.worker_timeout = timeout
+    return cfg
+
+
+def wants_cluster(args: argparse.Namespace) -> bool:
+    """Whether any cluster option was given (commands that can also run without Dask)."""
+    return any(getattr(args, k, None) not in (None, False) for k in ("scheduler", "workers", "threads_per_worker", "memory_limit", "gpu"))
+
+
+@contextlib.contextmanager
+def open_cluster(args: argparse.Namespace, inputs=(), outputs=(), quiet: bool | None = None):
+    """The command's Dask client, its cluster checked (:mod:`blockseg.preflight`) before any output
+    exists; progress set to the chosen mode for the duration."""
+    from blockseg.cluster import dask_client
+    from blockseg.progress import progress_settings
+
+    quiet = getattr(args, "quiet", False) if quiet is None else quiet
+    with progress_settings(progress_mode(args)), dask_client(cluster_config(args), quiet, inputs, outputs) as client:
+        yield client
+
+
+def absolute(path):
+    """A path argument made absolute (workers run in another folder); URLs pass through."""
+    from blockseg.preflight import absolute_path
+
+    return absolute_path(path)
 
 
 def zyx(values, option: str, kind=int):

@@ -8,7 +8,7 @@ import sys
 
 from blockseg.errors import BlocksegError
 
-from .options import add_pyramid_option, pyramid_levels, add_cluster_options, add_selection_options, cluster_config, selected, zyx
+from .options import absolute, add_cluster_options, add_pyramid_option, add_selection_options, open_cluster, progress_mode, pyramid_levels, selected, zyx
 
 
 def register(subparsers) -> None:
@@ -81,10 +81,14 @@ def _patch(values: list[str]):
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockseg import cluster
     from blockseg.predict import predict
 
-    args.image = selected(args.image, args)
+    # workers run in another folder: every path leaves this process absolute
+    args.image, args.output = absolute(selected(args.image, args)), absolute(args.output)
+    from blockseg.models import resolve_checkpoint
+
+    args.checkpoint = absolute(resolve_checkpoint(args.checkpoint))  # demo, fluo: the shipped files
+    args.resumable = not args.no_resume
     overlap = args.overlap[0] if len(args.overlap) == 1 else zyx(args.overlap, "--overlap", float)
     kwargs = dict(
         block_shape=zyx(args.block, "--block"),
@@ -102,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         amp=not args.no_amp,
         chunks=zyx(args.chunks, "--chunks"),
-        progress=not args.no_progress,
+        progress=progress_mode(args) != "none",
         pyramid_levels=pyramid_levels(args),
         scale=zyx(args.scale, "--scale", float),
     )
@@ -113,14 +117,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     # what changes results is said, not assumed: how the input is scaled and resampled
     print(f"normalisation: {plan.normalisation}\nvoxel size: {plan.resampling}", file=sys.stderr)
-    with cluster.dask_client(cluster_config(args), quiet=args.json) as client:
+    # the cluster is checked (workers, blockseg version, paths, GPUs) before the store is made
+    with open_cluster(args, [args.image, args.checkpoint], [args.output], quiet=args.json or args.quiet) as client:
         report = predict(args.image, args.checkpoint, args.output, client=client, **kwargs)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
+        import math
+
+        from blockseg.progress import reuse_summary
+
+        summary = reuse_summary(report.blocks, report.computed, math.prod(report.plan.shape), report.voxels)
         print(
-            f"{report.computed} blocks computed, {report.skipped} already done -> {report.output}; "
-            f"{report.seconds:.1f} s ({report.voxels_per_second / 1e6:.2f} M voxels/s)",
+            f"{summary} -> {report.output}; {report.seconds:.1f} s ({report.voxels_per_second / 1e6:.2f} M voxels/s)",
             file=sys.stderr,
         )
     return 0

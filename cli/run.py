@@ -11,6 +11,8 @@ from blockseg import BlocksegError
 from blockseg.config import STAGES, load_config
 from blockseg.workflow import ap_table, plan, run as run_workflow
 
+from .options import add_cluster_options, cluster_config, progress_mode
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -36,6 +38,7 @@ def add_run_options(p: argparse.ArgumentParser, config: bool) -> None:
     p.add_argument("--dry-run", action="store_true", help="print what each stage would do, run nothing")
     p.add_argument("--overwrite", action="store_true", help="redo every stage; take over a non-empty run_dir")
     p.add_argument("--json", action="store_true", help="print the evaluation summary as JSON")
+    add_cluster_options(p)
 
 
 def overrides(args: argparse.Namespace) -> dict:
@@ -61,7 +64,13 @@ def execute(cfg, args: argparse.Namespace) -> int:
         for stage, action in plan(cfg, args.from_stage, args.only).items():
             print(f"{stage:<9} {action}")
         return 0
-    result = run_workflow(cfg, from_stage=args.from_stage, only=args.only, overwrite=args.overwrite)
+    from blockseg.progress import progress_settings
+
+    args.resumable = True
+    log = (lambda msg: None) if args.quiet else None
+    with progress_settings(progress_mode(args)):
+        result = run_workflow(cfg, from_stage=args.from_stage, only=args.only, overwrite=args.overwrite,
+                              cluster=cluster_options(cfg, args), log=log)  # fmt: skip
     if result.evaluation is not None:
         if args.json:
             print(json.dumps(result.evaluation, indent=2))
@@ -69,6 +78,23 @@ def execute(cfg, args: argparse.Namespace) -> int:
             print(ap_table(result.evaluation))
     print(f"outputs in {result.layout.root}")
     return 0
+
+
+def cluster_options(cfg, args: argparse.Namespace):
+    """The config's cluster section with the cluster options given on the command line on top."""
+    from blockseg.workflow import _cluster_config
+
+    base = _cluster_config(cfg)
+    given = cluster_config(args)
+    for name, value in (
+        ("scheduler", args.scheduler), ("n_workers", args.workers), ("memory_limit", args.memory_limit),
+        ("threads_per_worker", args.threads_per_worker), ("worker_timeout", args.worker_timeout),
+    ):  # fmt: skip
+        if value is not None:
+            setattr(base, name, getattr(given, name))
+    base.gpu = base.gpu or args.gpu
+    base.quiet_logs = given.quiet_logs
+    return base
 
 
 def run(args: argparse.Namespace) -> int:

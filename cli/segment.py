@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import fields
 
-from .options import add_pyramid_option, pyramid_levels, add_cluster_options, add_output_options, check_output, cluster_config, zyx
+from .options import absolute, add_cluster_options, add_output_options, add_pyramid_option, check_output, open_cluster, progress_mode, pyramid_levels, zyx
 
 
 def _param(text: str) -> tuple[str, float]:
@@ -69,12 +69,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockseg.cluster import dask_client
+    from blockseg.predictions import open_predictions
     from blockseg.segment import segment
     from blockseg.segment.params import choose_decoder, store_decoder
 
-    from blockseg.predictions import open_predictions
-
+    args.predictions, args.output = absolute(args.predictions), absolute(args.output)
     block_shape, halo = zyx(args.block_shape, "--block-shape"), zyx(args.halo, "--halo")
     open_predictions(args.predictions)  # a missing store or a foreign folder: one line, here
     choice = choose_decoder(
@@ -84,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args, "output", [args.predictions])  # fail before starting a cluster
     if not args.json:
         print(choice.describe(), file=sys.stderr)
-    with dask_client(cluster_config(args), quiet=args.json) as client:
+    with open_cluster(args, [args.predictions], [args.output], quiet=args.json or args.quiet) as client:
         report = segment(
             args.predictions,
             args.output,
@@ -94,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             client=client,
             overwrite=args.overwrite,
             keep_work=args.keep_work,
-            progress=not args.no_progress,
+            progress=progress_mode(args) != "none",
             pyramid_levels=pyramid_levels(args),
         )
     if args.json:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from blockseg.cluster import dask_client
 from blockseg.io import check_destination
 from blockseg.synth import PRESETS, preset_params, synthesize
 
-from .options import add_pyramid_option, pyramid_levels, add_cluster_options, cluster_config, zyx
+from .options import absolute, add_cluster_options, add_pyramid_option, open_cluster, progress_mode, pyramid_levels, zyx
 
 
 def register(sub) -> None:
@@ -45,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
         args.preset, shape=args.shape, density=args.density, radius=args.radius, mode=args.mode,
         voxel_size=zyx(args.voxel_size, "--voxel-size", float), mask=args.mask, seed=args.seed,
     )  # fmt: skip
+    args.out = absolute(args.out)
     check_destination(args.out, args.overwrite)  # fail before starting a cluster
-    with dask_client(cluster_config(args)) as client:
+    with open_cluster(args, [], [args.out], quiet=args.json or args.quiet) as client:
         summary = synthesize(
             args.out,
             params,
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             shards=zyx(args.shards, "--shards"),
             client=client,
             overwrite=args.overwrite,
-            progress=not args.no_progress,
+            progress=progress_mode(args) != "none",
             pyramid_levels=pyramid_levels(args),
         )
     if args.json:

@@ -22,6 +22,10 @@ def register(sub) -> None:
     p.add_argument("--iterations", type=int, help="override the config's number of iterations")
     p.add_argument("--output", help="override the config's output folder")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the config's, else all cores)")
+    p.add_argument(
+        "--device", help="auto (CUDA where visible), cpu, cuda or cuda:N (default: the config's, else auto); training "
+        "runs in this process, not on a Dask cluster",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     p.set_defaults(func=run)
@@ -38,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         over["output"] = args.output
     if args.threads is not None:
         over["threads"] = args.threads
+    if args.device is not None:
+        over["device"] = args.device
     if over:
         cfg = parse_config({**cfg.model_dump(mode="json"), **over})
     progress = sys.stderr.isatty() and not args.no_progress

@@ -32,6 +32,30 @@ def test_help_runs_for_every_command(capsys):
         assert f"blockseg {name}" in capsys.readouterr().out
 
 
+#: commands whose work runs on Dask (train runs in this process; info and export read locally)
+DASK_COMMANDS = ["demo", "run", "synth", "import", "predict", "segment", "evaluate"]
+
+
+@pytest.mark.parametrize("command", DASK_COMMANDS)
+def test_every_dask_command_lists_the_same_cluster_options(command, capsys):
+    from blockseg_cli.options import CLUSTER_OPTIONS, PROGRESS_OPTIONS
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    missing = [o for o in CLUSTER_OPTIONS if o not in text]
+    assert not missing, f"blockseg {command} --help lacks {missing}"
+    if command != "import":  # import's copy has no block stages to report
+        assert all(o in text for o in PROGRESS_OPTIONS), f"blockseg {command} --help lacks progress options"
+
+
+def test_train_takes_device_and_threads_not_cluster_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "--device" in text and "--threads" in text and "--scheduler" not in text
+
+
 def test_synth_and_info_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "s.zarr"
     rc = main(["synth", str(out), "--shape", "16", "40", "40", "--chunks", "8", "20", "20", "--workers", "1",
@@ -56,6 +80,10 @@ def test_synth_and_info_from_the_command_line(tmp_path, capsys):
         (["synth", "{tmp}/t.zarr", "--shape", "8", "8", "8", "--workers", "0"], "--workers must be at least 1"),
         (["import", "{tmp}/missing.npy", "{tmp}/o.zarr"], "no such file"),
         (["import", "{tmp}/flat.npy", "{tmp}/o.zarr"], "expected a 3D"),
+        (["synth", "{tmp}/t.zarr", "--scheduler", "http://127.0.0.1:8787"], "web address"),
+        (["synth", "{tmp}/t.zarr", "--scheduler", "127.0.0.1:1"], "cannot reach the dask scheduler"),
+        (["synth", "{tmp}/t.zarr", "--worker-timeout", "0"], "--worker-timeout must be positive"),
+        (["import", "{tmp}/flat.npy", "{tmp}/o.zarr", "--scheduler", "ftp://x:1"], "unknown scheme"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_data_alone(tmp_path, argv, message):
@@ -78,4 +106,6 @@ def test_debug_shows_the_traceback(tmp_path):
         [sys.executable, "-m", "blockseg_cli.main", "--debug", "info", str(tmp_path / "nope.zarr")],
         capture_output=True, text=True,
     )  # fmt: skip
-    assert proc.returncode != 0 and "Traceback" in proc.stderr
+    # --debug adds the traceback but keeps the exit code (and still ends with the one line)
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("blockseg info: error:")

@@ -191,7 +191,7 @@ def volume_table(
     (ContingencyTable, ndarray of uint64, ndarray of bool or None)
         With ``points``: also the GT label and the mask value at each point.
     """
-    from ..cluster import run_blocks
+    from ..cluster import block_voxels as voxels_of, run_blocks
 
     _open.cache_clear()
     g, p = _open(str(gt)), _open(str(pred))
@@ -205,8 +205,9 @@ def volume_table(
         _block_table, grid=grid, gt=str(gt), pred=str(pred), mask=str(mask) if mask else None, token=token,
         points=points,
     )  # fmt: skip
-    # task keys must be new for every call: run_blocks cancels its keys when it returns
-    results = run_blocks(func, grid.block_ids, client=client, name=f"evaluate-{token:x}", progress=progress)
+    # run_blocks makes its task keys unique per call (a rerun never meets cancelled keys)
+    results = run_blocks(func, grid.block_ids, client=client, name="evaluate", progress=progress,
+                         voxels=voxels_of(grid, grid.block_ids))
     if points is None:
         return reduce_tables(results)
     labels = np.zeros(len(points), np.uint64)

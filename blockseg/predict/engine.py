@@ -70,7 +70,8 @@ _MODELS_LOCK = threading.Lock()
 
 def resolve_device(device: str) -> str:
     """``"auto"`` -> CUDA when visible, else CPU; a bare ``"cuda"`` on a dask worker of a
-    multi-GPU host picks the GPU by worker name (LocalCluster workers are named 0, 1, ...)."""
+    multi-GPU host picks the GPU by worker name (LocalCluster workers are named 0, 1, ...;
+    dask-jobqueue's workers of one job NAME-0, NAME-1, ...)."""
     import torch
 
     if device == "auto":
@@ -84,7 +85,9 @@ def resolve_device(device: str) -> str:
             try:
                 from distributed import get_worker
 
-                index = int(get_worker().name) % n
+                # LocalCluster names workers 0, 1, ...; a dask-jobqueue job with several workers
+                # names them JOBNAME-0, JOBNAME-1, ...: the trailing number picks the GPU
+                index = int(str(get_worker().name).rsplit("-", 1)[-1]) % n
             except (ValueError, TypeError):
                 index = 0
         device = f"cuda:{index}"
@@ -822,7 +825,7 @@ def predict(
         resolve_device("cuda")  # fail fast, in this process
     stats = []
     if plan.todo:
-        from ..cluster import run_blocks
+        from ..cluster import block_voxels, run_blocks
 
         second = [i for i in plan.todo if layouts[i].strips]
         first = {i for i in plan.todo if not pass1[grid[i].index]}
@@ -834,9 +837,10 @@ def predict(
         for i in first:  # the scratch arrays are made here, so tasks write chunks only
             _create_partial(job, i, layouts[i])
         stats = run_blocks(partial(predict_block_scaled if scaling else predict_block, job), first, client, name="predict", resources=resources,
-                           progress=progress)  # fmt: skip
+                           progress=progress, voxels=block_voxels(grid, first))  # fmt: skip
         if second:
-            run_blocks(partial(finish_block, job), second, client, name="predict-strips", progress=progress)
+            run_blocks(partial(finish_block, job), second, client, name="predict-strips", progress=progress,
+                       voxels=block_voxels(grid, second))  # fmt: skip
     _drop_partials(out_path)
     from ..pyramid import finish_volume
 

@@ -27,7 +27,7 @@ import fastremap
 import numpy as np
 import zarr
 
-from ..cluster import run_blocks
+from ..cluster import block_voxels, run_blocks
 from ..errors import BlocksegError
 from ..grid import BlockGrid, Interface
 from ..io import create_volume, open_volume
@@ -166,7 +166,7 @@ def label(
                       compressors=None)  # fmt: skip
     job = _LabelJob(mask_path, work, grid.shape, grid.block_shape, vol.write_unit, connectivity)
     ids = list(grid.block_ids)
-    run = partial(run_blocks, block_ids=ids, client=client, progress=progress)
+    run = partial(run_blocks, block_ids=ids, client=client, progress=progress, voxels=block_voxels(grid, ids))
     report = LabelReport(final_path)
     t = time.perf_counter()
     counts = run(partial(_components_task, job=job), name="label-components")

@@ -50,7 +50,7 @@ import zarr
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from ..cluster import run_blocks
+from ..cluster import block_voxels, run_blocks
 from ..errors import BlocksegError
 from ..grid import BlockGrid, Interface
 from ..io import create_volume
@@ -601,7 +601,7 @@ def segment(
     ids = list(grid.block_ids)
     report = SegmentReport(final_path, f"{final_path}/instances.csv", halo=list(halo), block_shape=list(grid.block_shape),
                            decoder=choice.provenance())  # fmt: skip
-    run = partial(run_blocks, block_ids=ids, client=client, progress=progress)
+    run = partial(run_blocks, block_ids=ids, client=client, progress=progress, voxels=block_voxels(grid, ids))
 
     def timed(name, t0):
         report.seconds[name] = round(time.perf_counter() - t0, 3)
@@ -630,6 +630,7 @@ def segment(
         res = run_blocks(
             partial(_flood_task, job=job, rnd=rnd, last_run=dict(last_run)), pending, client=client,
             name="watershed" if rnd == 1 else f"watershed-round-{rnd}", progress=progress,
+            voxels=block_voxels(grid, pending),
         )  # fmt: skip
         woken: set[int] = set()
         for b, r in zip(pending, res):
