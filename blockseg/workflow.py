@@ -464,13 +464,14 @@ def run(
     # fail before any work: a missing or foreign checkpoint, a decoder that reads channels the
     # network does not predict, a geometry that does not fit the data's shape and chunks, ...
     _, choice = check_config(cfg)
-    log(choice.describe().replace("decoder ", "[segment] decoder ", 1))
     _claim_run_dir(cfg, layout, overwrite)
     # mark the folder as a run directory before any work: a driver killed during the first
     # run must leave a folder the rerun recognises (and resumes) rather than refuses
     _write_provenance(cfg, layout, [])
     fps = fingerprints(cfg, layout)
     actions = plan(cfg, from_stage, only, fps)
+    if actions["segment"] in ("run", "resume"):  # the parameters and where each came from
+        log(choice.describe().replace("decoder ", "[segment] decoder ", 1))
     result = RunResult(layout)
     history = []
 
