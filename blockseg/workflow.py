@@ -476,7 +476,6 @@ def run(
     # fail before any work: a missing or foreign checkpoint, a decoder that reads channels the
     # network does not predict, a geometry that does not fit the data's shape and chunks, ...
     _, choice = check_config(cfg)
-    log(choice.describe().replace("decoder ", "[segment] decoder ", 1))
     _check_run_dir(cfg, layout)
     work = overwrite or any(a not in ("skip", "disabled") for a in plan(cfg, from_stage, only).values())
     with contextlib.ExitStack() as stack:
@@ -487,10 +486,10 @@ def run(
             client = stack.enter_context(
                 dask_client(cluster or _cluster_config(cfg), quiet=True, inputs=inputs, outputs=[layout.root])
             )
-        return _run(cfg, layout, from_stage, only, overwrite, client, log)
+        return _run(cfg, layout, from_stage, only, overwrite, client, log, choice)
 
 
-def _run(cfg, layout, from_stage, only, overwrite, client, log) -> RunResult:
+def _run(cfg, layout, from_stage, only, overwrite, client, log, choice) -> RunResult:
     """:func:`run` once the cluster (if any) is up and checked."""
     _claim_run_dir(cfg, layout, overwrite)
     # mark the folder as a run directory before any work: a driver killed during the first
@@ -498,6 +497,8 @@ def _run(cfg, layout, from_stage, only, overwrite, client, log) -> RunResult:
     _write_provenance(cfg, layout, [])
     fps = fingerprints(cfg, layout)
     actions = plan(cfg, from_stage, only, fps)
+    if actions["segment"] in ("run", "resume"):  # the parameters and where each came from
+        log(choice.describe().replace("decoder ", "[segment] decoder ", 1))
     result = RunResult(layout)
     history = []
 

@@ -137,7 +137,7 @@ def test_cli_and_run_read_s3(s3, on_s3, tmp_path, monkeypatch, capsys):
     build_parser()  # import every command first: `synth` binds dask_client at import, keep it unpatched
     monkeypatch.setattr("blockseg.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
     assert main(["info", "s3://bsbucket/img.zarr"]) == 0
-    assert "voxel_size=0.48x0.51x0.51" in capsys.readouterr().out
+    assert "voxel size 0.48x0.51x0.51 µm" in capsys.readouterr().out  # blockseg info's summary
     assert main(["predict", "s3://bsbucket/img.zarr", ckpt, "s3://bsbucket/cli/pred.zarr", "--no-progress"]) == 0
     assert main(["segment", "s3://bsbucket/cli/pred.zarr", "s3://bsbucket/cli/seg.zarr", "--decoder", "sdt", "-p", "min_size=1",
                  "-p", "min_seed_size=1", "--no-progress"]) == 0  # fmt: skip

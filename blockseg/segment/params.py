@@ -118,7 +118,8 @@ def checkpoint_decoder(payload: Mapping, path: str | None = None, digest: str | 
     if name is None:
         return None
     if name not in DECODERS:
-        raise BlocksegError(f"checkpoint {path or ''}: recommends an unknown decoder {name!r}".replace("  ", " "))
+        where = f"checkpoint {path}" if path else "the checkpoint"
+        raise BlocksegError(f"{where} recommends an unknown decoder {name!r}; known: {sorted(DECODERS)}")
     params = make_decoder(name, **dict(rec.get("params") or {})).params()
     given = set(rec.get("params") or {})
     out = {"name": name, "params": {k: v for k, v in params.items() if k in given}, "from": "checkpoint"}
