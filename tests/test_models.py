@@ -210,10 +210,16 @@ def test_cpv_loss_weights_background_by_001():
     raw = _perfect_raw(t, reps).clone()
     fg = t["labels_fg"][:, None].expand_as(raw)
     raw[fg == 0] += 1.0  # error of 1 on every background voxel and channel
-    _, parts = MultiLoss(reps)(raw, t)
+    _, parts = MultiLoss(reps, cpv_units="voxels")(raw, t)
     n_fg, n_bg = float(fg.sum()), float((fg == 0).sum())
     expected = 0.01 * n_bg / (n_fg + 0.01 * n_bg)
     assert parts["cpv"] == pytest.approx(expected, rel=1e-5)
+    # the default divides by the weighted mean squared target vector (at least 1)
+    v = torch.stack([t["cpv_z"], t["cpv_y"], t["cpv_x"]], 1)
+    w = t["labels_fg"][:, None].clamp(0.01, 1.0).expand_as(v)
+    scale = max(float((w * v**2).sum() / w.sum()), 1.0)
+    _, rel = MultiLoss(reps)(raw, t)
+    assert rel["cpv"] == pytest.approx(expected / scale, rel=1e-5)
 
 
 def test_loss_crops_targets_to_valid_output():
