@@ -1,0 +1,65 @@
+"""The shipped ``fluo`` checkpoint: metadata, selection by name, and the real crops."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from blockseg.models import read_checkpoint, resolve_checkpoint, shipped_checkpoint_path
+
+torch.set_num_threads(1)
+REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
+
+
+def test_fluo_checkpoint_is_small_percentile_normalised_and_knows_its_voxel_size():
+    path = shipped_checkpoint_path("fluo")
+    assert os.path.getsize(path) <= 5 * 2**20
+    assert resolve_checkpoint("fluo") == path
+    meta = read_checkpoint(path)["metadata"]
+    assert meta["normalisation"]["scheme"] == "percentile"
+    assert meta["normalisation"]["training"]  # statistics of its training volumes
+    assert meta["voxel_size"] == pytest.approx([0.5, 0.25, 0.25])
+    assert meta["decoder"]["name"] == "bcd" and meta["decoder"].get("tuned_on") == "validation"
+
+
+def test_predict_accepts_the_name(tmp_path):
+    from blockseg.io import create_volume
+    from blockseg.predict import predict
+
+    vol = create_volume(tmp_path / "i.zarr", (16, 64, 64), np.uint8, (0.5, 0.25, 0.25))
+    vol.array[...] = 0
+    plan = predict(str(tmp_path / "i.zarr"), "fluo", str(tmp_path / "o.pred"), dry_run=True)
+    assert plan.normalisation.startswith("percentile") and plan.resampling.startswith("not resampled")
+
+
+def test_real_crop_as_uint8_and_uint16_gives_the_same_segmentation(tmp_path):
+    """The GoNuclear crop (uint8) and the same values x257 as uint16, through the fluo checkpoint
+    (percentile normalisation, resampled to its voxel size): the same nuclei."""
+    f = REAL / "gonuclear_1135_mini.npz"
+    if not f.is_file():
+        pytest.skip(f"real data {f} is absent")
+    from blockseg.evaluate import evaluate
+    from blockseg.io import create_volume
+    from blockseg.predict import predict
+    from blockseg.predictions import open_predictions, read_channels
+    from blockseg.segment import make_decoder, segment_array
+
+    d = np.load(f)
+    img, vs = d["image"], tuple(float(v) for v in d["voxel_size_zyx"])
+    meta = read_checkpoint(shipped_checkpoint_path("fluo"))["metadata"]
+    params = dict(meta["decoder"]["params"])
+    params["min_size"] *= float(np.prod(meta["voxel_size"]) / np.prod(vs))
+    segs = []
+    for name, data in (("u8", img), ("u16", img.astype(np.uint16) * 257)):
+        vol = create_volume(tmp_path / f"{name}.zarr", data.shape, data.dtype, vs)
+        vol.array[...] = data
+        rep = predict(str(tmp_path / f"{name}.zarr"), "fluo", str(tmp_path / f"{name}.pred"), progress=False, pyramid_levels=1)
+        assert rep.plan.resampling.startswith("resampled by")
+        ch = read_channels(open_predictions(str(tmp_path / f"{name}.pred")), (slice(None),) * 3)
+        segs.append(segment_array(ch, make_decoder("bcd", **params)))
+    assert segs[0].max() > 0
+    assert evaluate(segs[0], segs[1]).coco["AP50"] >= 0.99
