@@ -212,6 +212,9 @@ def main() -> None:
     ap.add_argument("--skip-whole", action="store_true", help="time blockseg only (no whole-volume runs)")
     ap.add_argument("--main", default="", help="a checkout of the previous code (e.g. /work/main, read-only): its "
                     "first pass is timed in the same repeats, as the baseline of the exact mode's cost")
+    ap.add_argument("--also", action="append", default=[], metavar="PATH",
+                    help="another checkout (e.g. the code before a change) timed in the same repeats, "
+                    "reported as this code's wall / its wall (repeatable)")
     ap.add_argument("--out", default=str(HERE / "results" / "segment"), help="output prefix (.json, .md)")
     args = ap.parse_args()
     shape = tuple(args.shape) if args.shape else (args.size,) * 3
@@ -220,6 +223,7 @@ def main() -> None:
     cfg = ClusterConfig(n_workers=args.workers, threads_per_worker=1, dashboard=False, memory_limit="8GiB")
     whole_npy = str(HERE / "data" / f"whole_{skey}.npy")
     runs, wholes, olds, loads = [], [], [], []
+    alsos: dict[str, list] = {p: [] for p in args.also}
     with dask_client(cfg, quiet=True) as client:
         t0 = time.perf_counter()
         labels_path, pred_path, n_nuclei = make_data(shape, args.density, args.seed, client, 128, tuple(args.radius))
@@ -252,6 +256,12 @@ def main() -> None:
                 o["loadavg_after"] = os.getloadavg()
                 olds.append(o)
                 msg += f", main's first pass {o['seconds']} s"
+            for other in args.also:
+                o = _main_first_pass(other, pred_path, HERE / "data" / f"seg_{skey}_also.zarr", args.block, args.halo, args.workers)
+                o["loadavg_after"] = os.getloadavg()
+                alsos[other].append(o)
+                _remove(str(HERE / "data" / f"seg_{skey}_also.zarr"))
+                msg += f", {other} {o['seconds']} s"
             if not args.skip_whole:
                 w = _whole(pred_path, decoder, whole_npy, own=(r == 0))
                 w["loadavg_after"] = os.getloadavg()
@@ -283,6 +293,16 @@ def main() -> None:
                      f"**exact / main = {res['exact_cost_over_main_first_pass_median']:.2f}x wall** (per repeat {res['exact_cost_over_main_first_pass_per_repeat']}), "
                      f"{res['exact_cpu_cost_over_main_first_pass_median']:.2f}x worker CPU; main left "
                      f"{olds[-1]['report'].get('uncertain_voxels')} voxels uncertified.")  # fmt: skip
+    for other, os_ in alsos.items():
+        cost = [r["seconds"] / o["seconds"] for r, o in zip(runs, os_)]
+        res.setdefault("also", {})[other] = {"runs": os_, "median_seconds": _median([o["seconds"] for o in os_]),
+                                             "this_over_it_per_repeat": [round(x, 3) for x in cost],
+                                             "this_over_it_median": round(_median(cost), 3)}  # fmt: skip
+        lines.append(f"`{other}` (same repeats): median {res['also'][other]['median_seconds']:.1f} s; **this code / it = "
+                     f"{res['also'][other]['this_over_it_median']:.2f}x wall** (per repeat {res['also'][other]['this_over_it_per_repeat']}).")
+        if olds:
+            base = [o["seconds"] / m["seconds"] for o, m in zip(os_, olds)]
+            lines.append(f"`{other}` / main's first pass: {_median(base):.2f}x wall (per repeat {[round(x, 3) for x in base]}).")
     a = open_volume(runs[-1]["out"]).array[:]
     fg = int((a > 0).sum())
     if not args.skip_whole:

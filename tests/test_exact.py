@@ -223,6 +223,7 @@ def test_incremental_update_equals_a_fresh_flood():
         at = tuple(slice(r.start - a + 1, r.stop - a + 1) for r, a in zip(ring, lo))
         pshape = tuple(b - a + 2 for a, b in zip(lo, hi))
         *_, state = keyed_flood(h[box], seeds[box], mask[box], None, return_state=True)
+        first = tuple(a.copy() for a in state)  # round 1's solution, kept when a round changed nothing
         # an upper bound first: the whole-volume values of a flood with fewer seeds (larger keys)
         fewer = seeds * (seeds % 2 == 1)
         ub = keyed_flood(h, fewer, mask)
@@ -235,3 +236,8 @@ def test_incremental_update_equals_a_fresh_flood():
             for a, b in zip(got, fresh):
                 assert np.array_equal(a, b)
         assert np.array_equal(got[0], lab[box])
+        # an older state (any earlier shell) is as good a start: round 1's, straight to the truth
+        *again, _, moved = keyed_update(first, shell)
+        for a, b in zip(again, got):
+            assert np.array_equal(a, b)
+        assert moved.dtype == np.int64 and np.unique(moved).size == moved.size

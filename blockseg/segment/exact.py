@@ -99,6 +99,8 @@ times the core. Halo 0 is valid.
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
@@ -346,45 +348,64 @@ def _ring(shape) -> np.ndarray:
     return ring
 
 
-def keyed_update(state, shell):
+@functools.lru_cache(maxsize=8)
+def _ring_index(shape: tuple[int, int, int]) -> np.ndarray:
+    """Flat indices, in a box of ``shape + 2``, of its six face layers (the shell positions)."""
+    return np.flatnonzero(_ring(shape))
+
+
+def keyed_update(state, shell, with_labels: bool = True):
     """:func:`keyed_flood` of a region whose shell values changed, from its previous solution.
 
     ``state`` is what :func:`keyed_flood` (``return_state=True``) or this function returned
-    for the same region: the padded labels, keys, height and fixed-voxel flags, so the update
-    reads nothing else. Exact because the shell keys only decrease between runs (module
-    docstring, "keys only decrease"): starting from the old solution, the voxels whose key or
-    label changes are exactly those reached, in key order, from the changed shell voxels through
-    neighbours whose offered key is at most their own (lower: a new key; equal: their label is
-    recomputed from all their optimal predecessors). The result is the unique solution with the
-    new shell, the same as a fresh flood (``tests/test_exact.py`` checks it). A shell key that
-    *increased* violates the premise and raises RuntimeError.
+    for the same region -- or for the same region with any *earlier* shell: the padded labels,
+    keys, height and fixed-voxel flags, so the update reads nothing else. It is updated in
+    place (a copy-on-write memory map is fine). Exact because the shell keys only decrease
+    between runs (module docstring, "keys only decrease"): starting from the old solution, the
+    voxels whose key or label changes are exactly those reached, in key order, from the changed
+    shell voxels through neighbours whose offered key is at most their own (lower: a new key;
+    equal: their label is recomputed from all their optimal predecessors). The result is the
+    unique solution with the new shell, the same as a fresh flood (``tests/test_exact.py``
+    checks it). A shell key that *increased* violates the premise and raises RuntimeError.
+    Only the shell positions of ``shell`` are read (elsewhere its arrays may hold anything).
 
-    Returns ``(labels, level, dist, state, voxels_changed)``.
+    Returns ``(labels, level, dist, state, changed)``: ``labels`` is the core's labels (None
+    without ``with_labels``: reading them touches the whole state), ``level`` and ``dist``
+    views of the core's keys, ``changed`` the flat indices (into the padded state) of the
+    region's voxels whose key or label changed (shell voxels not included).
     """
     lab, lev, dist, hp, fixed = state
     pshape = lab.shape
     shape = tuple(n - 4 for n in pshape)
     wall = lab.dtype.type(np.iinfo(lab.dtype).max)
-    s_lab, s_lev, s_dist = shell
-    box = (slice(1, -1),) * 3
-    ring = _ring(shape)
-    new = ring & (s_lab != 0) & (s_lev < UNREACHED)
-    old_lab, old_lev, old_dist = lab[box], lev[box], dist[box]
-    old = ring & (old_lab != wall)
-    key_new = (s_lev.astype(np.uint64) << np.uint64(32)) | s_dist.astype(np.uint64)
-    key_old = (old_lev.astype(np.uint64) << np.uint64(32)) | old_dist.astype(np.uint64)
+    s_lab, s_lev, s_dist = (np.asarray(a) for a in shell)
+    want = tuple(n + 2 for n in shape)
+    if s_lab.shape != want or s_lev.shape != want or s_dist.shape != want:
+        raise ValueError(f"shell arrays must have shape {want}")
+    ring = _ring_index(shape)  # positions in the (shape + 2) box; in the padded state: + offset
+    z, r = np.divmod(ring, want[1] * want[2])
+    y, x = np.divmod(r, want[2])
+    pidx = ((z + 1) * pshape[1] + (y + 1)) * pshape[2] + (x + 1)
+    nl, nv, nd = s_lab.ravel()[ring], s_lev.ravel()[ring], s_dist.ravel()[ring]
+    fl, fv, fd = lab.reshape(-1), lev.reshape(-1), dist.reshape(-1)
+    ol, ov, od = fl[pidx], fv[pidx], fd[pidx]
+    new = (nl != 0) & (nv < UNREACHED)
+    old = ol != wall
+    key_new = (nv.astype(np.uint64) << np.uint64(32)) | nd.astype(np.uint64)
+    key_old = (ov.astype(np.uint64) << np.uint64(32)) | od.astype(np.uint64)
     if (old & ~new).any() or (key_new[old] > key_old[old]).any():
         raise RuntimeError("keyed_update: a shell key increased; the incremental update does not apply")
-    changed = new & ((old_lab != s_lab) | (key_new != key_old))
-    old_lab[changed], old_lev[changed], old_dist[changed] = s_lab[changed], s_lev[changed], s_dist[changed]
-    fixed[box][new] = 1
-    idx = np.ravel_multi_index(tuple(i + 1 for i in np.nonzero(changed)), pshape).astype(np.int64)
-    n = _update_kernel(hp.ravel(), lab.ravel(), lev.ravel(), dist.ravel(), fixed.ravel(), idx,
-                       pshape[2], pshape[1] * pshape[2], wall)  # fmt: skip
+    changed = new & ((ol != nl) | (key_new != key_old))
+    idx = pidx[changed].astype(np.int64)
+    fl[idx], fv[idx], fd[idx] = nl[changed], nv[changed], nd[changed]
+    fixed.reshape(-1)[pidx[new]] = 1
+    moved = _update_kernel(hp.reshape(-1), fl, fv, fd, fixed.reshape(-1), idx, pshape[2], pshape[1] * pshape[2], wall)
     core = (slice(2, -2),) * 3
-    labels = lab[core].copy()
-    labels[labels == wall] = 0
-    return labels, lev[core], dist[core], (lab, lev, dist, hp, fixed), int(n)
+    labels = None
+    if with_labels:
+        labels = lab[core].copy()
+        labels[labels == wall] = 0
+    return labels, lev[core], dist[core], (lab, lev, dist, hp, fixed), moved
 
 
 # ---------------------------------------------------------------------------- incremental update
@@ -435,9 +456,10 @@ def _update_kernel(h, lab, lev, dist, fixed, changed, sy, sz, wall):
     all *lower or equal keys* than before: see the module docstring) changed. Pops in key order
     (a binary heap on ``level << 32 | dist``) only the voxels whose key or label may change;
     a popped voxel takes the smallest label among its optimal predecessors (all final: smaller
-    keys), and notifies its neighbours only when its value changed. Returns the number of voxels
-    whose value changed."""
+    keys), and notifies its neighbours only when its value changed. Returns the flat indices of
+    the non-fixed voxels whose value changed."""
     n_changed = 0
+    out = np.empty(64, dtype=np.int64)
     hk = np.empty(max(16, 4 * changed.size), dtype=np.uint64)
     hi = np.empty(hk.size, dtype=np.int64)
     n = 0
@@ -485,7 +507,12 @@ def _update_kernel(h, lab, lev, dist, fixed, changed, sy, sz, wall):
             if not moved[v] and best == lab[v]:
                 continue  # same key, same label: nothing to tell the neighbours
             lab[v] = best
-        n_changed += 1
+            if n_changed == out.size:
+                grown = np.empty(2 * out.size, dtype=np.int64)
+                grown[:n_changed] = out[:n_changed]
+                out = grown
+            out[n_changed] = v
+            n_changed += 1
         for k in range(6):
             if k == 0:
                 w = v - sz
@@ -519,4 +546,4 @@ def _update_kernel(h, lab, lev, dist, fixed, changed, sy, sz, wall):
                 hk, hi, n = _heap_push(hk, hi, n, off, w)
             elif off == cur:
                 hk, hi, n = _heap_push(hk, hi, n, cur, w)  # recompute its label
-    return n_changed
+    return out[:n_changed].copy()

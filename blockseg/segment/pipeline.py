@@ -21,9 +21,13 @@ Passes (each a set of independent block tasks that write only their own core):
    publishes, in one immutable file per run, the values its core holds on other blocks'
    shells. Round 1 runs every block with an unreached shell; later rounds run only the blocks
    whose shell values changed, until none did, and update the block's previous solution (kept
-   in the work directory) from the changed shell values instead of flooding again. Each run returns partial per-instance
-   statistics of its core (the latest run's are kept). No block reads a file or chunk that is
-   written in the same round.
+   in the work directory, read back as a copy-on-write memory map, so an update that touches
+   a thin layer reads little more) from the changed shell values instead of flooding again.
+   A later run whose update changes nothing in the core writes nothing but its (unchanged)
+   published values: no labels, no statistics, no new solution (the older one stays a valid
+   start for the next update, see :func:`.exact.keyed_update`). Each run returns partial
+   per-instance statistics of its core (the latest ones that changed are kept). No block
+   reads a file or chunk that is written in the same round.
 5. *driver* -- reduce the statistics, remove instances under ``min_size``, number the rest
    1..N (in seed order); per-block tables again.
 6. **relabel** the work labels into the output volume; the instance table goes to
@@ -54,7 +58,7 @@ from ..cluster import block_voxels, run_blocks
 from ..errors import BlocksegError
 from ..grid import BlockGrid, Interface
 from ..io import create_volume
-from ..storage import listdir, load_npz, makedirs, read_bytes, remove_file, remove_tree, save_npz, write_bytes
+from ..storage import is_url, listdir, load_npz, makedirs, read_bytes, remove_file, remove_tree, save_npz, write_bytes
 from ..predictions import decode_channel, open_predictions, prediction_kind
 from .decoders import BCDDecoder, Decoder
 from .exact import UNREACHED, keyed_flood, keyed_update
@@ -319,6 +323,38 @@ def _read_shell(job: _Job, grid: BlockGrid, block_id: int, outer, dtype, last_ru
     return lab, lev, dist
 
 
+_STATE_KEYS = "lvdhf"  # labels, level, dist, height, fixed: the padded solution of a region
+
+
+def _save_state(state_dir: str, rnd: int, state) -> None:
+    """Keep a region's solution for its next update: locally one ``.npy`` per array in the
+    folder ``rnd`` (written beside, then renamed: a folder is there complete or not at all),
+    on object storage one npz."""
+    if is_url(state_dir):
+        save_npz(os.path.join(state_dir, f"{rnd}.npz"), **dict(zip(_STATE_KEYS, state)))
+        return
+    tmp, final = os.path.join(state_dir, f"{rnd}.tmp"), os.path.join(state_dir, str(rnd))
+    remove_tree(tmp)
+    os.makedirs(tmp)
+    for k, a in zip(_STATE_KEYS, state):
+        np.save(os.path.join(tmp, f"{k}.npy"), a)
+    remove_tree(final)
+    os.rename(tmp, final)
+
+
+def _load_state(state_dir: str) -> tuple[int, tuple]:
+    """The latest saved solution of a region and its round. Any saved one is a valid start for
+    the update (its shell keys are >= today's); a retried task may find its own round's. Locally
+    the arrays are copy-on-write memory maps: an update that touches little reads little."""
+    names = listdir(state_dir)
+    rnd = max(int(n.split(".")[0]) for n in names if n.split(".")[0].isdigit() and not n.endswith(".tmp"))
+    if is_url(state_dir):
+        saved = load_npz(os.path.join(state_dir, f"{rnd}.npz"))
+        return rnd, tuple(saved[k] for k in _STATE_KEYS)
+    folder = os.path.join(state_dir, str(rnd))
+    return rnd, tuple(np.load(os.path.join(folder, f"{k}.npy"), mmap_mode="c") for k in _STATE_KEYS)
+
+
 def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int]):
     """One run of a block in round ``rnd`` (see :mod:`.exact`): flood core + halo with the shell
     values published by the neighbours' latest runs, write the core, publish the values this
@@ -334,21 +370,47 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
     prev = last_run.get(block_id)
     state_dir = os.path.join(job.work_path, "state", str(block_id))
     fg_core = None
+    keep = None  # the saved solution still in use (older ones are deleted)
     if prev is None:  # round 1: nothing published yet, the shell is unreached
         height = job.array("height")[outer]
         seeds, fg = _global_seeds(job, grid, outer)
         labels, lev, dist, state = keyed_flood(height, seeds, fg, None, return_state=True)
         work, fg_core = int(height.size), int(fg[inner].sum())
-    else:  # later rounds: update the previous solution (it holds height and seeds too)
-        saved = load_npz(os.path.join(state_dir, f"{prev}.npz"))
-        old = tuple(saved[k] for k in "lvdhf")
+        makedirs(state_dir)
+        _save_state(state_dir, rnd, state)
+        keep, core_changed = rnd, True
+    else:  # later rounds: update the latest saved solution (it holds height and seeds too)
+        saved, old = _load_state(state_dir)
         shell = _read_shell(job, grid, block_id, outer, old[0].dtype, last_run)
-        labels, lev, dist, state, work = keyed_update(old, shell)
-    makedirs(state_dir)
-    save_npz(os.path.join(state_dir, f"{rnd}.npz"), **dict(zip("lvdhf", state)))
+        _, lev, dist, state, moved = keyed_update(old, shell, with_labels=False)
+        work = int(moved.size)
+        if moved.size:  # the region changed: keep its new solution (an older one stays valid
+            _save_state(state_dir, rnd, state)  # as a start, as any earlier shell's does)
+            keep = rnd
+        else:
+            keep = saved
+        pz, pr = np.divmod(moved, state[0].shape[1] * state[0].shape[2])
+        py, px = np.divmod(pr, state[0].shape[2])
+        core_changed = bool(np.any(
+            (pz >= inner[0].start + 2) & (pz < inner[0].stop + 2) & (py >= inner[1].start + 2)
+            & (py < inner[1].stop + 2) & (px >= inner[2].start + 2) & (px < inner[2].stop + 2)
+        ))  # fmt: skip
+        labels = None
+        if core_changed:
+            labels = state[0][2:-2, 2:-2, 2:-2].copy()
+            labels[labels == np.iinfo(labels.dtype).max] = 0
     for f in listdir(state_dir):  # older solutions are read by nobody any more
-        if f not in (f"{rnd}.npz", f"{prev}.npz"):
-            remove_file(os.path.join(state_dir, f))
+        if f.split(".")[0] != str(keep):
+            (remove_file if is_url(state_dir) else remove_tree)(os.path.join(state_dir, f))
+    folder = _pieces_dir(job, block_id)
+    makedirs(folder)
+    old = _load_pieces(job, block_id, prev) if prev is not None else {}
+    if not core_changed:  # nothing this core publishes changed: no write, no statistics
+        write_bytes(os.path.join(folder, f"{rnd}.pkl"), pickle.dumps(old, protocol=5))
+        for f in listdir(folder):
+            if f not in (f"{rnd}.pkl", f"{prev}.pkl"):
+                remove_file(os.path.join(folder, f))
+        return [], None, fg_core, work
     lab = labels[inner]
     job.array("labels")[core] = lab
     # publish: the parts of this core that lie on other blocks' shells (only pieces with a
@@ -364,10 +426,7 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
             loc = _within(inter, outer)
             piece = labels[loc]
             if piece.any():
-                pieces[f"{b}_{face}"] = (piece, lev[loc], dist[loc])
-    folder = _pieces_dir(job, block_id)
-    makedirs(folder)
-    old = _load_pieces(job, block_id, prev) if prev is not None else {}
+                pieces[f"{b}_{face}"] = (piece, np.asarray(lev[loc]), np.asarray(dist[loc]))
     changed = set()
     for name in old.keys() | pieces.keys():
         if name in old and name in pieces and all(np.array_equal(a, b) for a, b in zip(old[name], pieces[name])):
@@ -635,7 +694,8 @@ def segment(
         woken: set[int] = set()
         for b, r in zip(pending, res):
             woken.update(r[0])
-            parts[b] = r[1]
+            if r[1] is not None:  # None: the core did not change, its statistics stand
+                parts[b] = r[1]
             if r[2] is not None:  # the foreground is counted by round 1
                 fg_count[b] = r[2]
             flooded += r[3]
