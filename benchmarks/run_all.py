@@ -343,6 +343,14 @@ def report(res: dict, out_dir: Path) -> str:
         L += ["", "Ratios: " + ", ".join(f"{k} **{fmt(val)}**" for k, val in (p.get("ratios") or {}).items()) + ".", ""]
     else:
         L += [f"Not measured: {_get(steps, 'predict', 'error') or 'stage not selected'}.", ""]
+    if p and p.get("engine"):
+        from bench_predict import engine_report
+
+        L += ["### Predict engine only (identity network) vs the zarr ceiling", ""]
+        L += [line for line in engine_report(p)[1:] if not line.startswith("Command:")] + [""]
+    profile = HERE / "results" / "predict_engine.md"
+    if profile.exists():  # the per-step profile (benchmarks/profile_predict.py), kept by hand
+        L += [profile.read_text().strip(), ""]
 
     L += ["## Segment", "", "### (a) blockseg (2 workers) vs whole-volume skimage watershed", ""]
     s = _get(steps, "segment", "data")

@@ -174,7 +174,6 @@ def test_predict_blockwise_equals_predict_array(geo, valid, margin, overlap, see
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ref = predict_array(model, image, normalisation=norm, overlap=overlap)
         with tempfile.TemporaryDirectory() as tmp:
             img = create_volume(Path(tmp) / "img.zarr", shape, np.uint8, (1.0, 1.0, 1.0), chunks)
             img.array[:] = image
@@ -182,6 +181,9 @@ def test_predict_blockwise_equals_predict_array(geo, valid, margin, overlap, see
             rep = predict(img.path, Path(tmp) / "m.pt", Path(tmp) / "o.zarr", block_shape=block, overlap=overlap,
                           progress=False, torch_threads=1)  # fmt: skip
             got = {c: v.array[:] for c, v in open_predictions(Path(tmp) / "o.zarr").items()}
+        # default inference patch "auto": the reference runs the patch and lattice predict chose
+        ref = predict_array(model, image, normalisation=norm, overlap=overlap, patch=rep.plan.lattice.patch,
+                            snap=rep.plan.lattice_snap)  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     assert rep.computed == rep.blocks >= 1
