@@ -136,6 +136,13 @@ def _start_worker(address: str, env: dict, cwd: Path) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def _wait_for_a_worker(address: str) -> None:
+    from distributed import Client
+
+    with Client(address, timeout="60s") as client:
+        client.wait_for_workers(1, timeout=180)
+
+
 def _stop(procs):
     for p in reversed(procs):
         p.terminate()
@@ -172,6 +179,7 @@ def blind_worker_cluster(tmp_path):
     sched, address = _start_scheduler(tmp_path / "sched", _env(sys.path))
     procs = [sched, _start_worker(address, _env([str(tmp_path / "shadow"), *sys.path]), tmp_path / "sched")]
     try:
+        _wait_for_a_worker(address)  # the 60 s the test allows are blockseg's, not the worker's start-up
         yield address
     finally:
         _stop(procs)
