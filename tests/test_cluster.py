@@ -357,3 +357,22 @@ def test_worker_side_error_is_one_line_naming_the_task_and_leaves_no_output(tmp_
     line = _one_error_line(proc)
     assert "predict block 0 on worker tcp://" in line and "NaN" in line, line
     assert not (tmp_path / "pred.zarr").exists()
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs CUDA")
+def test_gpu_cluster_passes_the_gpu_preflight():
+    from blockseg.preflight import check_workers
+
+    with dask_client(ClusterConfig(gpu=True, n_workers=1, dashboard=False), quiet=True) as client:
+        assert has_gpu_workers(client)
+        found = check_workers(client, gpu=True)
+        assert all(w.get("cuda") for w in found.workers.values())
