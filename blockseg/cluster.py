@@ -174,19 +174,18 @@ _MUTED: dict = {}
 
 @contextlib.contextmanager
 def _silent_shutdown(quiet: bool):
-    """After an exception (or Ctrl-C) inside, mute dask's loggers in this process while the
-    cluster closes: cancelled tasks and workers killed on close are not news to the user."""
+    """Mute dask's loggers in this process while the cluster closes (after the work, an error or
+    Ctrl-C): cancelled tasks and slow workers killed on close are not news to the user."""
     import logging
 
     try:
         yield
-    except BaseException:
+    finally:
         if quiet:
             for name in ("distributed", "tornado"):
                 log = logging.getLogger(name)
                 _MUTED.setdefault(name, log.level)
                 log.setLevel(logging.CRITICAL + 1)
-        raise
 
 
 def _restore_logs() -> None:
