@@ -48,7 +48,7 @@ class ClusterConfig:
     connect_timeout : float
         Seconds an address gets to answer as a dask scheduler.
     quiet_logs : bool
-        Local workers log only critical events, and the shutdown after a failure or Ctrl-C prints
+        Local workers log only critical events, and closing the cluster (after the work, a failure or Ctrl-C) prints
         nothing (blockseg reports it in one line); False keeps dask's warnings (``--debug``).
     """
 
@@ -65,7 +65,7 @@ class ClusterConfig:
     #: seconds to wait for a scheduler to answer dask's handshake
     connect_timeout: float = 10.0
     #: local workers log only critical events (blockseg reports a failed task itself, in one line), and
-    #: the shutdown after an error or Ctrl-C is silent; False keeps dask's warnings
+    #: closing the cluster is silent; False keeps dask's warnings
     quiet_logs: bool = True
 
 
@@ -174,19 +174,18 @@ _MUTED: dict = {}
 
 @contextlib.contextmanager
 def _silent_shutdown(quiet: bool):
-    """After an exception (or Ctrl-C) inside, mute dask's loggers in this process while the
-    cluster closes: cancelled tasks and workers killed on close are not news to the user."""
+    """Mute dask's loggers in this process while the cluster closes (after the work, an error or
+    Ctrl-C): cancelled tasks and slow workers killed on close are not news to the user."""
     import logging
 
     try:
         yield
-    except BaseException:
+    finally:
         if quiet:
             for name in ("distributed", "tornado"):
                 log = logging.getLogger(name)
                 _MUTED.setdefault(name, log.level)
                 log.setLevel(logging.CRITICAL + 1)
-        raise
 
 
 def _restore_logs() -> None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from blockseg.io import SUPPORTED_SUFFIXES, import_volume
-
-import contextlib
 
 from .options import absolute, add_cluster_options, add_pyramid_option, add_selection_options, open_cluster, pyramid_levels, wants_cluster, zyx
 

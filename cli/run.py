@@ -53,7 +53,16 @@ def overrides(args: argparse.Namespace) -> dict:
             raise BlocksegError(f"--set {key}: value {value!r} is not valid YAML") from None
     if args.run_dir:
         out["run_dir"] = args.run_dir
+    from .options import absolute
+
+    for key in _PATH_KEYS:  # relative to this folder, and absolute before workers see them
+        if isinstance(out.get(key), str) and out[key] != "demo":
+            out[key] = absolute(out[key])
     return out
+
+
+#: --set keys holding paths (a config file's own paths are anchored at its folder)
+_PATH_KEYS = ("run_dir", "data.image", "data.ground_truth", "data.mask", "model.checkpoint")
 
 
 def execute(cfg, args: argparse.Namespace) -> int:

@@ -136,6 +136,13 @@ def _start_worker(address: str, env: dict, cwd: Path) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def _wait_for_a_worker(address: str) -> None:
+    from distributed import Client
+
+    with Client(address, timeout="60s") as client:
+        client.wait_for_workers(1, timeout=180)
+
+
 def _stop(procs):
     for p in reversed(procs):
         p.terminate()
@@ -172,6 +179,7 @@ def blind_worker_cluster(tmp_path):
     sched, address = _start_scheduler(tmp_path / "sched", _env(sys.path))
     procs = [sched, _start_worker(address, _env([str(tmp_path / "shadow"), *sys.path]), tmp_path / "sched")]
     try:
+        _wait_for_a_worker(address)  # the 60 s the test allows are blockseg's, not the worker's start-up
         yield address
     finally:
         _stop(procs)
@@ -349,3 +357,22 @@ def test_worker_side_error_is_one_line_naming_the_task_and_leaves_no_output(tmp_
     line = _one_error_line(proc)
     assert "predict block 0 on worker tcp://" in line and "NaN" in line, line
     assert not (tmp_path / "pred.zarr").exists()
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs CUDA")
+def test_gpu_cluster_passes_the_gpu_preflight():
+    from blockseg.preflight import check_workers
+
+    with dask_client(ClusterConfig(gpu=True, n_workers=1, dashboard=False), quiet=True) as client:
+        assert has_gpu_workers(client)
+        found = check_workers(client, gpu=True)
+        assert all(w.get("cuda") for w in found.workers.values())

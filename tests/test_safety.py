@@ -64,11 +64,10 @@ OWN_NAME = {"export": "export.tif"}
 @contextlib.contextmanager
 def in_process():
     """Blocks run in this process: no dask cluster is started."""
-    importlib.import_module("blockseg_cli.synth")  # before the patch, so it keeps the real dask_client
-
+    # every command opens its cluster through blockseg_cli.options.open_cluster, which looks
+    # blockseg.cluster.dask_client up when called
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("blockseg.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
-        mp.setattr("blockseg_cli.synth.dask_client", lambda *a, **k: contextlib.nullcontext(None))
         yield
 
 
