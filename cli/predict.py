@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     )  # fmt: skip
     p.add_argument(
         "--patch", nargs="+", default=["auto"], metavar="auto|train|N",
-        help="inference patch: auto (default: the largest block-aligned patch that fits the device's memory budget, "
+        help="inference patch: auto (default: a block-aligned patch computing the fewest voxels that fits the device's memory budget, "
         "never smaller than the training patch), train (the network's training patch), or 1 or 3 sizes (z y x)",
     )  # fmt: skip
     p.add_argument("--overlap", type=float, nargs="+", default=[0.125], metavar="F", help="overlap of neighbouring output tiles: < 1 a fraction of the output patch, else voxels (default 0.125)")

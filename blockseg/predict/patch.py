@@ -3,10 +3,11 @@
 Fully convolutional networks run on larger patches at inference than in training. With the
 overlap between tiles fixed in voxels (it is set by the network's receptive field, not by the
 patch), a larger patch lowers the fraction of output voxels computed twice. :func:`choose_patch`
-picks, per axis, an output patch ``stride + overlap`` whose stride divides the block shape:
+picks, per axis, an output patch ``stride + overlap`` whose stride divides the block shape
+(preferring the one that computes the fewest output voxels along the axis):
 tiles then start on block boundaries (when the reflect pad is a multiple of the stride), so a
 block's tiles reach into the blocks above by only ``overlap`` voxels and the partial sums
-exchanged between blocks (the engine's scratch) stay thin. The largest such patch that fits the
+exchanged between blocks (the engine's scratch) stay thin. The best such patch that fits the
 memory budget wins; the reason is kept with the choice and written to the store's provenance.
 """
 
@@ -77,10 +78,12 @@ def device_budget(device: str) -> int:
 
 
 def _axis_candidates(size: int, block: int, pad: int, crop: int, divisor: int, overlap: int, out0: int) -> list[int]:
-    """Admissible output patches of one axis, largest first, never smaller than the training one.
+    """Admissible output patches of one axis, in order of preference, never smaller than the
+    training one.
 
-    Preferred: ``stride + overlap`` with ``stride`` a divisor of ``block`` (tiles aligned with
-    blocks); then the training output ``out0``. An axis whose whole domain fits one tile gets
+    Candidates: ``stride + overlap`` with ``stride`` a divisor of ``block`` (tiles aligned with
+    blocks), fewest output voxels computed along the axis first (larger first among equals);
+    then the training output ``out0``. An axis whose whole domain fits one tile gets
     that single tile instead of anything larger.
     """
     length = size + 2 * pad
@@ -90,9 +93,13 @@ def _axis_candidates(size: int, block: int, pad: int, crop: int, divisor: int, o
         if out % divisor == 0 and out >= out0:
             cands.append(out)
     whole = -(-length // divisor) * divisor  # one tile covering the domain
-    cands = [min(c, max(whole, out0)) for c in cands]
-    cands.append(out0)
-    return sorted(set(cands), reverse=True)
+    cands = {min(c, max(whole, out0)) for c in cands} - {out0}
+
+    def computed(out: int) -> int:  # output voxels the axis computes (last tile overhanging)
+        return (1 + -(-max(length - out, 0) // (out - overlap))) * out
+
+    # fewest voxels computed first (larger first among equals); the training patch comes last
+    return sorted(cands, key=lambda o: (computed(o), -o)) + [out0]
 
 
 def choose_patch(
@@ -160,6 +167,6 @@ def choose_patch(
     if patch == train:
         why = f"auto: the training patch (a larger one needs more than the {budget / 2**20:.0f} MiB budget)"
     else:
-        why = (f"auto: largest block-aligned patch within a {budget / 2**20:.0f} MiB forward budget "
+        why = (f"auto: block-aligned patch computing the fewest voxels within a {budget / 2**20:.0f} MiB forward budget "
                f"({need / 2**20:.0f} MiB for batch {batch_size}); training patch {train}")  # fmt: skip
     return PatchChoice(patch, "auto", train, budget, why)  # type: ignore[arg-type]
