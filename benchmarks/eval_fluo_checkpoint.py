@@ -98,7 +98,7 @@ def main(argv=None) -> int:
             params = dict(dec["params"])
             # decoder sizes are in voxels of the checkpoint's grid: convert to this image's voxels
             ratio = float(np.prod(meta["voxel_size"]) / np.prod(vs))
-            params["min_size"] = max(1.0, params.get("min_size", 0) * ratio)
+            params["min_size"] = max(1, int(round(params.get("min_size", 0) * ratio)))
             seg = segment_array(ch, make_decoder(dec["name"], **params))
             seconds = time.perf_counter() - t
             out["crops"][name] = {

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from blockseg.errors import BlocksegError
+from blockseg.formats import BlocksegWarning
 
 from .options import absolute, add_cluster_options, add_pyramid_option, add_selection_options, open_cluster, progress_mode, pyramid_levels, selected, zyx
 
@@ -110,13 +112,15 @@ def run(args: argparse.Namespace) -> int:
         pyramid_levels=pyramid_levels(args),
         scale=zyx(args.scale, "--scale", float),
     )
-    # the plan validates image, checkpoint and geometry: fail before starting a cluster
-    plan = predict(args.image, args.checkpoint, args.output, dry_run=True, **kwargs)
+    # the plan validates image, checkpoint and geometry: fail before starting a cluster; its
+    # warnings on the input come once, from the run itself (after the cluster's preflight)
+    with warnings.catch_warnings():
+        if not args.dry_run:
+            warnings.simplefilter("ignore", BlocksegWarning)
+        plan = predict(args.image, args.checkpoint, args.output, dry_run=True, **kwargs)
     if args.dry_run:
         print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
         return 0
-    # what changes results is said, not assumed: how the input is scaled and resampled
-    print(f"normalisation: {plan.normalisation}\nvoxel size: {plan.resampling}", file=sys.stderr)
     # the cluster is checked (workers, blockseg version, paths, GPUs) before the store is made
     with open_cluster(args, [args.image, args.checkpoint], [args.output], quiet=args.json or args.quiet) as client:
         report = predict(args.image, args.checkpoint, args.output, client=client, **kwargs)
@@ -132,5 +136,7 @@ def run(args: argparse.Namespace) -> int:
             f"{summary} -> {report.output}; {report.seconds:.1f} s ({report.voxels_per_second / 1e6:.2f} M voxels/s)",
             file=sys.stderr,
         )
+    # what changes results is said, not assumed: how the input was scaled and resampled
+    print(f"normalisation: {report.plan.normalisation}\nvoxel size: {report.plan.resampling}", file=sys.stderr)
     return 0
 

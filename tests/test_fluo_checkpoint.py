@@ -52,7 +52,7 @@ def test_real_crop_as_uint8_and_uint16_gives_the_same_segmentation(tmp_path):
     img, vs = d["image"], tuple(float(v) for v in d["voxel_size_zyx"])
     meta = read_checkpoint(shipped_checkpoint_path("fluo"))["metadata"]
     params = dict(meta["decoder"]["params"])
-    params["min_size"] *= float(np.prod(meta["voxel_size"]) / np.prod(vs))
+    params["min_size"] = int(round(params["min_size"] * float(np.prod(meta["voxel_size"]) / np.prod(vs))))
     segs = []
     for name, data in (("u8", img), ("u16", img.astype(np.uint16) * 257)):
         vol = create_volume(tmp_path / f"{name}.zarr", data.shape, data.dtype, vs)
