@@ -8,7 +8,6 @@ import sys
 import warnings
 
 from blockseg.errors import BlocksegError
-from blockseg.formats import BlocksegWarning
 
 from .options import absolute, add_cluster_options, add_pyramid_option, add_selection_options, open_cluster, progress_mode, pyramid_levels, selected, zyx
 
@@ -113,17 +112,23 @@ def run(args: argparse.Namespace) -> int:
         scale=zyx(args.scale, "--scale", float),
     )
     # the plan validates image, checkpoint and geometry: fail before starting a cluster; its
-    # warnings on the input come once, from the run itself (after the cluster's preflight)
-    with warnings.catch_warnings():
-        if not args.dry_run:
-            warnings.simplefilter("ignore", BlocksegWarning)
+    # warnings on the input are held until the cluster passed its preflight (a cluster error
+    # stays the only line), then said once with the run's own
+    with warnings.catch_warnings(record=True) as early:
+        warnings.simplefilter("always")
         plan = predict(args.image, args.checkpoint, args.output, dry_run=True, **kwargs)
+    said: set = set()
     if args.dry_run:
+        _say(early, said)
         print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
         return 0
     # the cluster is checked (workers, blockseg version, paths, GPUs) before the store is made
     with open_cluster(args, [args.image, args.checkpoint], [args.output], quiet=args.json or args.quiet) as client:
-        report = predict(args.image, args.checkpoint, args.output, client=client, **kwargs)
+        _say(early, said)
+        with warnings.catch_warnings(record=True) as late:
+            warnings.simplefilter("always")
+            report = predict(args.image, args.checkpoint, args.output, client=client, **kwargs)
+        _say(late, said)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -140,3 +145,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"normalisation: {report.plan.normalisation}\nvoxel size: {report.plan.resampling}", file=sys.stderr)
     return 0
 
+
+def _say(recorded, said: set) -> None:
+    """Emit recorded warnings again, each message once (``said`` holds those already emitted)."""
+    for w in recorded:
+        key = (w.category, str(w.message))
+        if key not in said:
+            said.add(key)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
