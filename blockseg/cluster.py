@@ -15,11 +15,14 @@ from functools import partial
 import sys
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import psutil
 
 from .errors import BlocksegError
+
+if TYPE_CHECKING:  # annotations only
+    import distributed
 
 
 @dataclass
@@ -93,7 +96,7 @@ def dask_client(
     quiet: bool = False,
     inputs: Sequence[str] = (),
     outputs: Sequence[str] = (),
-) -> Iterator["distributed.Client"]:  # noqa: F821
+) -> Iterator["distributed.Client"]:
     """Connect to ``config.scheduler`` or start a LocalCluster, check it; close what was started on exit.
 
     The cluster passes :func:`blockseg.preflight.preflight` before the client is handed out:

@@ -13,7 +13,7 @@ from ..errors import BlocksegError
 from ..grid import BlockGrid, default_block_shape
 from .analysis import merges_and_splits
 from .coco import COCO_THRESHOLDS, DEFAULT_SIZE_RANGES, coco_ap
-from .contingency import ContingencyTable, contingency_table, reduce_tables
+from .contingency import contingency_table, reduce_tables
 from .detection import _ratios, inside_nearest_match, radius_match
 from .matching import DEFAULT_THRESHOLDS, Matching, match_instances, matching_stats
 from .overlaps import Overlaps, concat_overlaps, overlaps_from_table

@@ -478,8 +478,6 @@ class PredictPlan:
 
 def _memory_estimate(model: BlocksegNet, grid: BlockGrid, lattice: Lattice, layouts: dict, n_channels: int,
                      in_itemsize: int, out_itemsize: int, batch_size: int) -> dict[str, int]:  # fmt: skip
-    from torch import nn
-
     worst_slab, worst_core = 0, 0
     for lay in layouts.values():
         if lay.n_tiles == 0:
