@@ -235,21 +235,11 @@ def scaled_layouts(lattice, grid) -> dict:
 def predict_block_scaled(job, block_id: int) -> dict:
     """The resampled counterpart of :func:`blockseg.predict.engine.predict_block`: one pass,
     writes the block's whole core and sets its done-marker."""
-    import torch
-
-    from .io import open_volume
-    from .predict.engine import DONE_ARRAY, _job_lattice, _set_marker, _write_channels, cached_model, resolve_device
+    from .predict.engine import DONE_ARRAY, _set_marker, _write_channels, task_context
     from .predict.infer import InferenceOptions
 
     t0 = time.perf_counter()
-    if job.torch_threads:
-        torch.set_num_threads(job.torch_threads)
-    device = resolve_device(job.device)
-    model = cached_model(job.checkpoint, device, mc=job.mc_samples > 0)
-    lattice = _job_lattice(job)
-    block = job.grid[block_id]
-    image = open_volume(job.image_path).array
-    norm = dict(job.normalisation) if job.normalisation else None
+    device, model, lattice, block, image, norm = task_context(job, block_id)
     scaling = Scaling(tuple(job.scale), tuple(job.shape), tuple(job.net_shape), "")  # type: ignore[arg-type]
     is_float = np.dtype(image.dtype).kind == "f"
 

@@ -305,24 +305,28 @@ def _set_marker(job: BlockJob, name: str, index) -> None:
     zarr.open_array(f"{job.out_path.rstrip('/')}/{name}", mode="r+")[index] = 1
 
 
+def task_context(job: BlockJob, block_id: int):
+    """What every predict task of ``block_id`` starts from: ``(device, model, lattice, block,
+    image array, normalisation)`` (torch threads set, the model cached per process)."""
+    import torch
+
+    if job.torch_threads:
+        torch.set_num_threads(job.torch_threads)
+    device = resolve_device(job.device)
+    model = cached_model(job.checkpoint, device, mc=job.mc_samples > 0)
+    norm = dict(job.normalisation) if job.normalisation else None
+    return device, model, _job_lattice(job), job.grid[block_id], open_volume(job.image_path).array, norm
+
+
 def predict_block(job: BlockJob, block_id: int) -> dict:
     """Pass 1 of a block: compute its own tiles, write its interior and its partial sums.
 
     Sets the block's done-marker when its core has no strips (nothing left for pass 2),
     else its pass-1 marker. Returns timing stats.
     """
-    import torch
-
     t0 = time.perf_counter()
-    if job.torch_threads:
-        torch.set_num_threads(job.torch_threads)
-    device = resolve_device(job.device)
-    model = cached_model(job.checkpoint, device, mc=job.mc_samples > 0)
-    lattice = _job_lattice(job)
-    block = job.grid[block_id]
+    device, model, lattice, block, image, norm = task_context(job, block_id)
     layout = block_layout(lattice, block.core, job.chunk_shape)
-    image = open_volume(job.image_path).array
-    norm = dict(job.normalisation) if job.normalisation else None
     is_float = np.dtype(image.dtype).kind == "f"
     t_read = [0.0]
 
