@@ -175,6 +175,27 @@ def test_safety_matrix(ws, capsys, cmd, case, overwrite):
         open_volume(out if cmd != "predict" else f"{out}/B")
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_train_output_rules(ws, capsys, case):
+    """train (no --overwrite: --resume continues its own folder) in the same five cases: every
+    one refused with one line before any training, every byte of the workspace kept."""
+    (ws / "own" / "train").mkdir()
+    (ws / "own" / "train" / "checkpoint.pt").write_bytes(b"an earlier run's checkpoint")
+    cfg = {"data": {"train": [str(ws / "data" / "img.zarr")], "labels": "labels/gt"},
+           "model": {"representations": ["B", "C", "D"], "params": {"widths": [4, 8]}},
+           "iterations": 1, "patch": [8, 16, 16], "batch_size": 1, "output": str(ws / "unused")}  # fmt: skip
+    (ws / "train.yaml").write_text(yaml.safe_dump(cfg))
+    out = {"output is input": ws / "data" / "img.zarr", "output inside input": ws / "data" / "img.zarr" / "out",
+           "input inside output": ws / "data", "foreign folder": ws / "foreign",
+           "own earlier output": ws / "own" / "train"}[case]  # fmt: skip
+    before = digest(ws)
+    rc, err = run_cli(["train", str(ws / "train.yaml"), "--output", str(out), "--no-progress"], capsys)
+    assert rc == 2 and err.count("\n") == 0 and err.startswith("blockseg train: error: "), err
+    words = {"foreign folder": "not a blockseg training folder", "own earlier output": "--resume"}.get(case, "input")
+    assert words in err, err
+    assert digest(ws) == before, "a refused train wrote something"
+
+
 def test_run_dir_rules(ws, capsys):
     """run: run_dir may not be, hold or lie in an input; a foreign folder is never taken over."""
     d = ws / "data"
