@@ -17,21 +17,26 @@ Passes (each a set of independent block tasks that write only their own core):
    height and seed code of core + halo (written by the neighbours in pass 1), maps the seed
    ids to global ids with the tables of the blocks it overlaps, floods with the exact keyed
    flood, using as boundary condition the values (label, level, distance) its neighbours'
-   latest runs published for the voxels just outside its region, writes its core, and
-   publishes, in one immutable file per run, the values its core holds on other blocks'
-   shells. Round 1 runs every block with an unreached shell; later rounds run only the blocks
-   whose shell values changed, until none did, and update the block's previous solution (kept
-   in the work directory, read back as a copy-on-write memory map, so an update that touches
-   a thin layer reads little more) from the changed shell values instead of flooding again.
-   A later run whose update changes nothing in the core writes nothing but its (unchanged)
-   published values: no labels, no statistics, no new solution (the older one stays a valid
-   start for the next update, see :func:`.exact.keyed_update`). Each run returns partial
-   per-instance statistics of its core (the latest ones that changed are kept). No block
-   reads a file or chunk that is written in the same round.
-5. *driver* -- reduce the statistics, remove instances under ``min_size``, number the rest
-   1..N (in seed order); per-block tables again.
-6. **relabel** the work labels into the output volume; the instance table goes to
-   ``OUT/instances.csv``.
+   latest runs published for the voxels just outside its region, keeps the region's solution
+   in the work directory, and publishes, in one immutable file per run, the values its core
+   holds on other blocks' shells. Round 1 runs every block with an unreached shell; later
+   rounds run only the blocks whose shell values changed, until none did, and update the
+   block's previous solution (read back as a copy-on-write memory map, so an update that
+   touches a thin layer reads little more) from the changed shell values instead of flooding
+   again. A later run whose update changes nothing in the core publishes its unchanged values
+   and keeps its older solution (still a valid start for the next update, see
+   :func:`.exact.keyed_update`). No labels are written in the rounds: a block may run again,
+   so writing them would be wasted work. No block reads a file or chunk that is written in
+   the same round.
+5. **statistics** -- each block reads its core from its last solution (the fixed point) and
+   returns partial per-instance statistics; *driver*: reduce them, remove instances under
+   ``min_size`` (exact global sizes), number the rest 1..N (in seed order); per-block tables.
+6. **relabel** -- each block maps its core's final labels through its table into the output
+   volume; the instance table goes to ``OUT/instances.csv``.
+
+The work directory therefore holds, per voxel, the seed code and height (pass 1) and one saved
+solution per block (labels, key, height and flags of core + halo: ~12 bytes a voxel, times the
+halo's read amplification), deleted at the end.
 """
 
 from __future__ import annotations
@@ -214,13 +219,13 @@ def _pairs_task(block_id: int, job: _Job) -> np.ndarray:
     return np.concatenate(edges)
 
 
-def _relabel_task(block_id: int, job: _Job, src: str, dst: str, table_dir: str):
-    """Map the core of work array ``src`` through this block's table into array ``dst``."""
+def _relabel_task(block_id: int, job: _Job, dst: str, table_dir: str):
+    """Map the core's final labels through this block's table into the output array ``dst``."""
     core = job.grid()[block_id].core
     data = load_npz(os.path.join(table_dir, f"{block_id}.npz"))
     mapping = dict(zip(data["keys"].tolist(), data["values"].tolist()))
     mapping[0] = 0
-    out = fastremap.remap(job.array(src)[core], mapping, preserve_missing_labels=False, in_place=True)
+    out = fastremap.remap(_final_labels(job, block_id), mapping, preserve_missing_labels=False, in_place=True)
     target = zarr.open_array(dst, mode="r+")
     target[core] = out.astype(target.dtype, copy=False)
 
@@ -355,13 +360,22 @@ def _load_state(state_dir: str) -> tuple[int, tuple]:
     return rnd, tuple(np.load(os.path.join(folder, f"{k}.npy"), mmap_mode="c") for k in _STATE_KEYS)
 
 
+def _core_labels(state, inner) -> np.ndarray:
+    """Labels of a saved region solution on ``inner`` (the region's core, or any box in it)."""
+    lab = np.array(state[0][tuple(slice(s.start + 2, s.stop + 2) for s in inner)])
+    lab[lab == np.iinfo(lab.dtype).max] = 0
+    return lab
+
+
 def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int]):
     """One run of a block in round ``rnd`` (see :mod:`.exact`): flood core + halo with the shell
-    values published by the neighbours' latest runs, write the core, publish the values this
-    core holds on other blocks' shells. Round 1 floods the region; later runs update the
-    block's previous solution (:func:`.exact.keyed_update`), kept in the work directory.
-    Returns (blocks whose shell changed, partial statistics of the core, foreground voxels of
-    the core (round 1 only, else None), voxels flooded in round 1 or changed by the update)."""
+    values published by the neighbours' latest runs, keep the region's solution in the work
+    directory, and publish the values this core holds on other blocks' shells. Round 1 floods
+    the region; later runs update the block's previous solution (:func:`.exact.keyed_update`).
+    Nothing is written to the labels here: a block may run again, so its core is read from its
+    last solution once, after the fixed point (:func:`_stats_task`, :func:`_relabel_task`).
+    Returns (blocks whose shell changed, foreground voxels of the core (round 1 only, else
+    None), voxels flooded in round 1 or changed by the update)."""
     grid = job.grid()
     block = grid[block_id]
     core = block.core
@@ -370,12 +384,12 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
     prev = last_run.get(block_id)
     state_dir = os.path.join(job.work_path, "state", str(block_id))
     fg_core = None
-    keep = None  # the saved solution still in use (older ones are deleted)
     if prev is None:  # round 1: nothing published yet, the shell is unreached
         height = job.array("height")[outer]
         seeds, fg = _global_seeds(job, grid, outer)
-        labels, lev, dist, state = keyed_flood(height, seeds, fg, None, return_state=True)
-        work, fg_core = int(height.size), int(fg[inner].sum())
+        _, lev, dist, state = keyed_flood(height, seeds, fg, None, return_state=True)
+        del height, seeds
+        work, fg_core = int(fg.size), int(fg[inner].sum())
         makedirs(state_dir)
         _save_state(state_dir, rnd, state)
         keep, core_changed = rnd, True
@@ -395,50 +409,52 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
             (pz >= inner[0].start + 2) & (pz < inner[0].stop + 2) & (py >= inner[1].start + 2)
             & (py < inner[1].stop + 2) & (px >= inner[2].start + 2) & (px < inner[2].stop + 2)
         ))  # fmt: skip
-        labels = None
-        if core_changed:
-            labels = state[0][2:-2, 2:-2, 2:-2].copy()
-            labels[labels == np.iinfo(labels.dtype).max] = 0
     for f in listdir(state_dir):  # older solutions are read by nobody any more
         if f.split(".")[0] != str(keep):
             (remove_file if is_url(state_dir) else remove_tree)(os.path.join(state_dir, f))
     folder = _pieces_dir(job, block_id)
     makedirs(folder)
     old = _load_pieces(job, block_id, prev) if prev is not None else {}
-    if not core_changed:  # nothing this core publishes changed: no write, no statistics
-        write_bytes(os.path.join(folder, f"{rnd}.pkl"), pickle.dumps(old, protocol=5))
-        for f in listdir(folder):
-            if f not in (f"{rnd}.pkl", f"{prev}.pkl"):
-                remove_file(os.path.join(folder, f))
-        return [], None, fg_core, work
-    lab = labels[inner]
-    job.array("labels")[core] = lab
-    # publish: the parts of this core that lie on other blocks' shells (only pieces with a
-    # reached voxel; a missing piece means all unreached)
-    pieces: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for b in grid.blocks_in(expand(core, tuple(h + 1 for h in job.halo), job.shape)):
-        if b == block_id:
-            continue
-        for face, slab in _shell_slabs(expand(grid[b].core, job.halo, job.shape), job.shape):
-            inter = _intersect(slab, core)
-            if inter is None:
-                continue
-            loc = _within(inter, outer)
-            piece = labels[loc]
-            if piece.any():
-                pieces[f"{b}_{face}"] = (piece, np.asarray(lev[loc]), np.asarray(dist[loc]))
+    pieces: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = old
     changed = set()
-    for name in old.keys() | pieces.keys():
-        if name in old and name in pieces and all(np.array_equal(a, b) for a, b in zip(old[name], pieces[name])):
-            continue
-        changed.add(int(name.split("_")[0]))
+    if core_changed:
+        # publish: the parts of this core that lie on other blocks' shells (only pieces with a
+        # reached voxel; a missing piece means all unreached)
+        pieces = {}
+        for b in grid.blocks_in(expand(core, tuple(h + 1 for h in job.halo), job.shape)):
+            if b == block_id:
+                continue
+            for face, slab in _shell_slabs(expand(grid[b].core, job.halo, job.shape), job.shape):
+                inter = _intersect(slab, core)
+                if inter is None:
+                    continue
+                loc = _within(inter, outer)
+                piece = _core_labels(state, loc)
+                if piece.any():
+                    pieces[f"{b}_{face}"] = (piece, np.array(lev[loc]), np.array(dist[loc]))
+        for name in old.keys() | pieces.keys():
+            if name in old and name in pieces and all(np.array_equal(a, b) for a, b in zip(old[name], pieces[name])):
+                continue
+            changed.add(int(name.split("_")[0]))
     write_bytes(os.path.join(folder, f"{rnd}.pkl"), pickle.dumps(pieces, protocol=5))
     # files older than the previous run are read by nobody any more
     for f in listdir(folder):
         if f not in (f"{rnd}.pkl", f"{prev}.pkl"):
             remove_file(os.path.join(folder, f))
-    stats = partial_stats(lab, _score(job, core), block.origin)
-    return sorted(changed), stats, fg_core, work
+    return sorted(changed), fg_core, work
+
+
+def _final_labels(job: _Job, block_id: int) -> np.ndarray:
+    """The core's labels (raw global seed ids) from the block's last saved solution."""
+    core = job.grid()[block_id].core
+    _, state = _load_state(os.path.join(job.work_path, "state", str(block_id)))
+    return _core_labels(state, _within(core, expand(core, job.halo, job.shape)))
+
+
+def _stats_task(block_id: int, job: _Job) -> dict:
+    """Partial per-instance statistics of the core's final labels."""
+    block = job.grid()[block_id]
+    return partial_stats(_final_labels(job, block_id), _score(job, block.core), block.origin)
 
 
 # ---------------------------------------------------------------------------- driver steps
@@ -654,7 +670,6 @@ def segment(
     id_dtype = np.uint32 if len(grid) * grid.block_voxels < 2**32 - 1 else np.uint64
     zarr.create_array(f"{work}/seeds", dtype=id_dtype, **kw)
     zarr.create_array(f"{work}/height", dtype=np.uint8, **kw)
-    zarr.create_array(f"{work}/labels", dtype=id_dtype, **kw)
     kinds = tuple((c, prediction_kind(vols[c], c)) for c in decoder.channels)
     job = _Job(pred_path, work, grid.shape, grid.block_shape, halo, first.write_unit, decoder, kinds, uuid.uuid4().hex)
     ids = list(grid.block_ids)
@@ -680,7 +695,7 @@ def segment(
     # exchange rounds until no shell value changes (:mod:`.exact`); the driver holds only the
     # per-block round numbers and statistics
     last_run: dict[int, int] = {}
-    parts, fg_count, flooded = {}, {}, 0
+    fg_count, flooded = {}, 0
     pending, rnd = ids, 0
     while pending:
         rnd += 1
@@ -694,11 +709,9 @@ def segment(
         woken: set[int] = set()
         for b, r in zip(pending, res):
             woken.update(r[0])
-            if r[1] is not None:  # None: the core did not change, its statistics stand
-                parts[b] = r[1]
-            if r[2] is not None:  # the foreground is counted by round 1
-                fg_count[b] = r[2]
-            flooded += r[3]
+            if r[1] is not None:  # the foreground is counted by round 1
+                fg_count[b] = r[1]
+            flooded += r[2]
             last_run[b] = rnd
         report.rounds.append({"round": rnd, "blocks": len(pending), "woken": len(woken)})
         pending = sorted(woken)
@@ -707,6 +720,7 @@ def segment(
     report.foreground_voxels = int(sum(fg_count.values()))
     t = timed("watershed", t)
 
+    parts = dict(zip(ids, run(partial(_stats_task, job=job), name="statistics")))
     stats = reduce_stats([parts[b] for b in ids])
     keep = stats["count"] >= decoder.min_size
     report.n_removed_small = int((~keep).sum())
@@ -728,7 +742,7 @@ def segment(
                                 "preset": choice.preset, "stored_decoder": choice.stored,
                                 "block_shape": list(grid.block_shape), "halo": list(halo)}},
     )  # fmt: skip
-    run(partial(_relabel_task, job=job, src="labels", dst=f"{out_path}/0", table_dir=tables), name="relabel")
+    run(partial(_relabel_task, job=job, dst=f"{out_path}/0", table_dir=tables), name="relabel")
     final = {c: v[keep] for c, v in stats.items()}
     final["id"] = new_ids[keep]
     table = instance_table(final, first.voxel_size)
