@@ -4,7 +4,7 @@ Not a test. Generates (once, under benchmarks/data/, git-ignored) a synthetic nu
 its perfect BCD predictions (uint8 store), then in one run:
 
 1. ``segment`` with a LocalCluster of ``--workers`` processes, in its default configuration
-   (blocks 256³ here, halo 24; exact: exchange rounds until no face value changes); the peak RSS of every worker process is
+   (blocks 256³ here, segment's default halo; exact: exchange rounds until no face value changes); the peak RSS of every worker process is
    sampled every 0.1 s and the workers' CPU seconds are summed;
 2. the same decoder on the whole volume in a fresh subprocess: decode, 26-connected seeds
    (``cc3d``), ``skimage.segmentation.watershed`` of the same uint8 height map with the same
@@ -49,6 +49,7 @@ sys.path.insert(0, str(HERE))
 from blockseg.cluster import ClusterConfig, dask_client, run_blocks  # noqa: E402
 from blockseg.io import create_volume, open_volume  # noqa: E402
 from blockseg.segment import BCDDecoder, segment  # noqa: E402
+from blockseg.segment.pipeline import DEFAULT_HALO  # noqa: E402
 from blockseg.segment.synthetic import random_nuclei, rasterise  # noqa: E402
 from blockseg.targets import write_bcd_targets  # noqa: E402
 from measure import RssSampler  # noqa: E402
@@ -202,7 +203,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=512, help="volume edge (voxels)")
     ap.add_argument("--block", type=int, default=256, help="block edge (voxels; 256 = segment's default here)")
-    ap.add_argument("--halo", type=int, default=24, help="halo (voxels; segment's default)")
+    ap.add_argument("--halo", type=int, default=DEFAULT_HALO, help=f"halo of the exact mode (voxels; default {DEFAULT_HALO}, segment's)")
+    ap.add_argument("--main-halo", type=int, default=24, help="halo of the previous code's first pass (default 24, its default)")
     ap.add_argument("--radius", type=float, nargs=2, default=(8.0, 12.0), help="nucleus radius range (voxels)")
     ap.add_argument("--repeats", type=int, default=3, help="paired runs (blockseg, main, whole volume); medians reported")
     ap.add_argument("--workers", type=int, default=2, help="dask worker processes")
@@ -252,7 +254,7 @@ def main() -> None:
             loads.append(os.getloadavg())
             msg = f"repeat {r}: blockseg {runs[-1]['seconds']} s (rounds {len(runs[-1]['report']['rounds'])})"
             if args.main:
-                o = _main_first_pass(args.main, pred_path, HERE / "data" / f"seg_{skey}_main.zarr", args.block, args.halo, args.workers)
+                o = _main_first_pass(args.main, pred_path, HERE / "data" / f"seg_{skey}_main.zarr", args.block, args.main_halo, args.workers)
                 o["loadavg_after"] = os.getloadavg()
                 olds.append(o)
                 msg += f", main's first pass {o['seconds']} s"
@@ -345,13 +347,13 @@ def main() -> None:
         f"{r['loadavg_before'][0]:.1f} / {r['loadavg_after'][0]:.1f} |"
         for i, r in enumerate(runs)
     )
-    cmd = f"PYTHONPATH=.:benchmarks python benchmarks/bench_segment.py --shape {' '.join(map(str, shape))} --radius {args.radius[0]:g} {args.radius[1]:g} --workers {args.workers} --block {args.block} --halo {args.halo} --repeats {args.repeats}" + (f" --main {args.main}" if args.main else "") + (" --skip-whole" if args.skip_whole else "")
+    cmd = f"PYTHONPATH=.:benchmarks python benchmarks/bench_segment.py --shape {' '.join(map(str, shape))} --radius {args.radius[0]:g} {args.radius[1]:g} --workers {args.workers} --block {args.block} --halo {args.halo} --main-halo {args.main_halo} --repeats {args.repeats}" + (f" --main {args.main}" if args.main else "") + (" --skip-whole" if args.skip_whole else "")
     nl = "\n"
     md = f"""# segment benchmark ({skey}, {args.workers} workers, exact mode)
 
 Command: `{cmd}`
 Machine: {os.cpu_count()} CPUs, {platform.platform()}, **shared** with other helpers' jobs -- see the load column.
-Volume: {n_nuclei} random touching nuclei of radius {args.radius[0]:g}-{args.radius[1]:g}, perfect BCD predictions (uint8), NucMM decoder thresholds; blocks {args.block}³, halo {args.halo}.
+Volume: {n_nuclei} random touching nuclei of radius {args.radius[0]:g}-{args.radius[1]:g}, perfect BCD predictions (uint8), NucMM decoder thresholds; blocks {args.block}³, halo {args.halo} (the previous code's first pass: halo {args.main_halo}, its default).
 
 | repeat | blockseg wall (s) | worker CPU (s) | exchange rounds | block re-runs | main's first pass wall (s) | whole-volume skimage wall (s) | 1-min load (before / after) |
 |---|---|---|---|---|---|---|---|

@@ -71,7 +71,7 @@ from .stats import instance_table, partial_stats, reduce_stats, write_csv
 from ..safety import aborts_on_error
 
 #: default halo in voxels per axis (a performance knob: any halo gives the same result)
-DEFAULT_HALO = 24
+DEFAULT_HALO = 8
 
 #: safety bound on exchange rounds (never reached: the fixed point is finite, see .exact)
 _MAX_ROUNDS = 100_000
