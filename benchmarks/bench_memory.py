@@ -13,7 +13,7 @@ Not a test. For each case (a volume shape and a block shape), with a fresh Local
   width 2, random weights, patch 36x132x132, output 32x128x128). A real U-Net would take about
   35 minutes per Gvox on 2 CPU cores; predict's memory is bounded the same way (input slabs +
   the block's float accumulator + the patch batch) and the small network keeps the run short;
-* ``segment``  -- ``blockseg.segment`` of the perfect predictions (3-label decoder, halo 24);
+* ``segment``  -- ``blockseg.segment`` of the perfect predictions (3-label decoder, default halo);
 * ``evaluate`` -- ``blockseg.evaluate`` of that segmentation against the synthetic ground
   truth, with ``block_voxels`` = the block's voxel count (evaluate picks its own block shape of
   whole chunks; the shape used is recorded).
@@ -141,7 +141,7 @@ def run_case(root: Path, shape, chunks, block, stages, workers: int, ckpt: str, 
         return {"blocks": r.blocks, "memory_estimate_gib": round(r.plan.memory_bytes["total"] / GIB, 3)}
 
     def do_segment(c):
-        r = segment(str(perfect), str(seg), ThreeLabelDecoder(), block_shape=block, halo=24, client=c, overwrite=True)
+        r = segment(str(perfect), str(seg), ThreeLabelDecoder(), block_shape=block, client=c, overwrite=True)  # default halo
         return {"n_instances": r.n_instances}
 
     def do_evaluate(c):
