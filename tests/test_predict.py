@@ -102,6 +102,18 @@ def test_every_tile_is_owned_by_one_block_and_strips_tile_the_core(shape, patch,
             rel = tuple(slice(s.start - c.start, s.stop - c.start) for s, c in zip(box, b.core))
             cover[rel] += 1
         assert (cover == 1).all()
+        # what is written: pass 1 whole chunks of the interior, pass 2 the rest of the core,
+        # whole chunks too; together once over the core; the held boxes lie in the interior
+        cover[...] = 0
+        for box in [lay.written_box] + lay.finish:
+            assert all((s.start - c.start) % k == 0 and ((s.stop - c.start) % k == 0 or s.stop == n)
+                       for s, c, k, n in zip(box, b.core, chunk, shape) if s.stop > s.start)  # fmt: skip
+            rel = tuple(slice(s.start - c.start, s.stop - c.start) for s, c in zip(box, b.core))
+            cover[rel] += 1
+        assert (cover == 1).all()
+        assert bool(lay.finish) == bool(lay.strips)
+        for box in lay.held:
+            assert all(i.start <= s.start and s.stop <= i.stop for s, i in zip(box, lay.interior))
         # no tile of another block reaches the interior; every own tile lies in the region
         for k in itertools.product(*[range(n) for n in lat.n_tiles]):
             out = [slice(int(a.starts[i]), int(a.starts[i]) + a.out) for a, i in zip(lat.axes, k)]

@@ -59,7 +59,7 @@ DONE_ARRAY = "_done"
 PASS1_ARRAY = "_pass1"
 PARTIAL_GROUP = "_partial"
 #: bumped when the block decomposition changes (stores of another scheme are not resumed)
-SCHEME = "owned-tiles-2"  # 2: exact (not chunk-rounded) strips
+SCHEME = "owned-tiles-3"  # 2: exact (not chunk-rounded) strips; 3: every output chunk written once
 DTYPES = {"uint8": np.uint8, "float16": np.float16, "float32": np.float32}
 
 
@@ -181,21 +181,50 @@ class BlockLayout:
     interior : tuple of slice
         Part of its core that only its own tiles reach (final after pass 1).
     strips : list of tuple of slice
-        Disjoint boxes covering ``core - interior`` (finished in pass 2).
+        Disjoint boxes covering ``core - interior`` (summed in pass 2).
+    written : tuple of slice, optional
+        The whole chunks of the interior (``interior`` shrunk to the chunk grid): pass 1 writes
+        them. The rest of the interior (:attr:`held`) is final after pass 1 too, but shares its
+        chunks with the strips, so pass 1 keeps it (encoded) in its scratch and pass 2 writes
+        those chunks once, whole. None: the interior itself (no chunk grid given).
 
-    Interior and strips need not follow chunk boundaries: every pass-1 task writes inside its
-    own (chunk-aligned) core, and pass 2 starts only once every pass 1 is done, so the chunks
-    a block shares between its interior and its strips are never written by two tasks at once.
+    Interior and strips need not follow chunk boundaries; what is *written* does: pass 1 writes
+    :attr:`written`, pass 2 writes :attr:`finish` (``core - written``), both whole chunks, so no
+    output chunk is ever read back, merged and written a second time.
     """
 
     tiles: tuple
     region: tuple
     interior: tuple
     strips: list
+    written: tuple | None = None
+
+    @property
+    def written_box(self) -> tuple:
+        return self.interior if self.written is None else self.written
+
+    @property
+    def held(self) -> list:
+        """Boxes of the interior that pass 1 keeps, encoded, for pass 2 to write."""
+        return box_minus(self.interior, self.written_box)
+
+    @property
+    def finish(self) -> list:
+        """Boxes pass 2 writes: ``core - written`` (the strips and the held boxes)."""
+        if not self.strips:
+            return []
+        core = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in
+                     zip(self.interior, _hull(self.strips)))  # fmt: skip
+        return box_minus(core, self.written_box)
 
     @property
     def n_tiles(self) -> int:
         return math.prod(len(r) for r in self.tiles)
+
+
+def _hull(boxes) -> tuple:
+    """The bounding box of ``boxes``."""
+    return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(len(boxes[0])))
 
 
 def box_minus(outer: Sequence[slice], inner: Sequence[slice]) -> list[tuple[slice, ...]]:
@@ -217,9 +246,9 @@ def box_minus(outer: Sequence[slice], inner: Sequence[slice]) -> list[tuple[slic
 def block_layout(lattice: Lattice, core: Sequence[slice], chunk_shape: Sequence[int] | None = None) -> BlockLayout:
     """The :class:`BlockLayout` of the block with ``core`` (chunk-aligned) on ``lattice``.
 
-    ``chunk_shape`` is accepted for compatibility and unused (strips are exact, see
-    :class:`BlockLayout`): only the voxels that tiles of the blocks below reach go through the
-    scratch.
+    Strips are exact (only the voxels that tiles of the blocks below reach go through the
+    scratch as partial sums); with ``chunk_shape``, :attr:`BlockLayout.written` is the
+    interior shrunk to whole chunks (see :class:`BlockLayout`).
     """
     tiles = lattice.tiles_owned(core)
     region, interior = [], []
@@ -229,7 +258,19 @@ def block_layout(lattice: Lattice, core: Sequence[slice], chunk_shape: Sequence[
         interior.append(slice(min(ax.reach_below(s.start), s.stop), s.stop))
     if any(s.stop <= s.start for s in interior):
         interior = [slice(s.start, s.start) for s in core]
-    return BlockLayout(tiles, tuple(region), tuple(interior), box_minus(core, interior))
+    strips = box_minus(core, interior)
+    written = None
+    if chunk_shape is not None:
+        # interior.stop is the core's stop (a chunk boundary or the volume's end); round the
+        # start up to the chunk grid (cores start on it)
+        written = [slice(min(s.start + -(-(i.start - s.start) // c) * c, s.stop), s.stop)
+                   for s, i, c in zip(core, interior, chunk_shape)]  # fmt: skip
+        if not strips:
+            written = interior
+        elif any(i.stop <= i.start for i in interior) or any(w.stop <= w.start for w in written):
+            written = [slice(s.start, s.start) for s in core]
+        written = tuple(written)
+    return BlockLayout(tiles, tuple(region), tuple(interior), strips, written)
 
 
 def strip_sources(lattice: Lattice, grid: BlockGrid, block_id: int) -> list[tuple[int, tuple[slice, ...]]]:
@@ -274,13 +315,21 @@ def encode_values(values: np.ndarray, kind: str, dtype) -> np.ndarray:
     return encode_channel(values, kind, dtype)
 
 
-def _write_channels(job: BlockJob, values: np.ndarray, box: Sequence[slice]) -> None:
-    kinds = dict(job.kinds)
+def _stored(job: BlockJob) -> dict:
+    """Kept channel -> stored dtype (channels the network computes but the store drops are absent)."""
     stored = dict(job.store) if job.store else {c: job.dtype for c in job.channels}
-    for i, c in enumerate(job.channels):
-        if c not in stored:  # computed (the network outputs it) but not kept in the store
-            continue
-        _channel_array(job.out_path, c, job.run_id)[tuple(box)] = encode_values(values[i], kinds[c], stored[c])
+    return {c: stored[c] for c in job.channels if c in stored}
+
+
+def _encode_channels(job: BlockJob, values: np.ndarray) -> dict:
+    """Kept channel -> its stored (encoded) values."""
+    kinds, stored = dict(job.kinds), _stored(job)
+    return {c: encode_values(values[i], kinds[c], stored[c]) for i, c in enumerate(job.channels) if c in stored}
+
+
+def _write_channels(job: BlockJob, values: np.ndarray, box: Sequence[slice]) -> None:
+    for c, enc in _encode_channels(job, values).items():
+        _channel_array(job.out_path, c, job.run_id)[tuple(box)] = enc
 
 
 def _partial_path(job: BlockJob, block_id: int) -> str:
@@ -292,13 +341,19 @@ def _create_partial(job: BlockJob, block_id: int, layout: BlockLayout) -> None:
     ``<id>/<k>`` per box of ``region - interior``, one chunk per channel, so that writing a thin
     face never rewrites a chunk that reaches past it."""
     rest = box_minus(layout.region, layout.interior)
-    if not rest:
+    held = layout.held
+    if not rest and not held:
         return
     group = zarr.open_group(_partial_path(job, block_id), mode="w")
     for k, box in enumerate(rest):
         shape = tuple(s.stop - s.start for s in box)
         group.create_array(str(k), shape=(len(job.channels), *shape), dtype=job.scratch_dtype, chunks=(1, *shape),
                            fill_value=0.0, compressors=None, overwrite=True)  # fmt: skip
+    for k, box in enumerate(held):  # final values, encoded as stored: one array per kept channel
+        shape = tuple(s.stop - s.start for s in box)
+        for c, dt in _stored(job).items():
+            group.create_array(f"held{k}_{c}", shape=shape, dtype=dt, chunks=shape, fill_value=0,
+                               compressors=None, overwrite=True)  # fmt: skip
 
 
 def _set_marker(job: BlockJob, name: str, index) -> None:
@@ -347,8 +402,12 @@ def predict_block(job: BlockJob, block_id: int) -> dict:
     acc = predict_region(model, read, lattice, layout.region, n_ch, options, prefetch=job.prefetch, tiles=layout.tiles,
                          dtype=np.dtype(job.scratch_dtype))  # fmt: skip
     t_compute = time.perf_counter()
-    if all(s.stop > s.start for s in layout.interior):
-        _write_channels(job, acc[(slice(None), *_shift(layout.interior, layout.region))], layout.interior)
+    written = layout.written_box
+    if all(s.stop > s.start for s in written):
+        _write_channels(job, acc[(slice(None), *_shift(written, layout.region))], written)
+    for k, box in enumerate(layout.held):  # final, but in chunks pass 2 writes: kept encoded
+        for c, enc in _encode_channels(job, acc[(slice(None), *_shift(box, layout.region))]).items():
+            zarr.open_array(f"{_partial_path(job, block_id)}/held{k}_{c}", mode="r+")[...] = enc
     for k, box in enumerate(box_minus(layout.region, layout.interior)):
         part = zarr.open_array(f"{_partial_path(job, block_id)}/{k}", mode="r+")
         part[...] = acc[(slice(None), *_shift(box, layout.region))]
@@ -382,7 +441,8 @@ def finish_block(job: BlockJob, block_id: int) -> dict:
     for oid, _ in sources:
         lay = block_layout(lattice, grid[oid].core)
         parts += [(f"{_partial_path(job, oid)}/{k}", b) for k, b in enumerate(box_minus(lay.region, lay.interior))]
-    for box in layout.strips:
+    held = [(k, b) for k, b in enumerate(layout.held)]
+    for box in layout.finish:  # whole chunks: the strips' sums and the interior pass 1 held
         total = np.zeros((n_ch, *(s.stop - s.start for s in box)), dtype=job.scratch_dtype)
         for path, pbox in parts:
             hit = _intersect(box, pbox)
@@ -390,7 +450,16 @@ def finish_block(job: BlockJob, block_id: int) -> dict:
                 continue
             part = zarr.open_array(path, mode="r")
             total[(slice(None), *_shift(hit, box))] += part[(slice(None), *_shift(hit, pbox))]
-        _write_channels(job, total, box)
+        encoded = _encode_channels(job, total)
+        for k, hbox in held:
+            hit = _intersect(box, hbox)
+            if hit is None:
+                continue
+            for c, enc in encoded.items():
+                src = zarr.open_array(f"{_partial_path(job, block_id)}/held{k}_{c}", mode="r")
+                enc[_shift(hit, box)] = src[_shift(hit, hbox)]
+        for c, enc in encoded.items():
+            _channel_array(job.out_path, c, job.run_id)[tuple(box)] = enc
     _set_marker(job, DONE_ARRAY, block.index)
     return {"block": block_id, "seconds": time.perf_counter() - t0, "sources": len(sources)}
 
@@ -753,7 +822,9 @@ def predict(
     plan.lattice_snap = snap
     plan.scratch_bytes = (8 if dtype == "float32" else 4) * len(names) * sum(
         math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in box_minus(lay.region, lay.interior)
-    )
+    ) + sum(np.dtype(dtypes[c]).itemsize for c in keep) * sum(
+        math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in lay.held
+    )  # fmt: skip
 
     from ..safety import prepare_output
 
@@ -829,7 +900,7 @@ def predict(
     if plan.todo:
         from ..cluster import block_voxels, run_blocks
 
-        second = [i for i in plan.todo if layouts[i].strips]
+        second = [i for i in plan.todo if layouts[i].finish]
         first = {i for i in plan.todo if not pass1[grid[i].index]}
         # a finished block's partial sums are deleted with the run's end; recompute them if needed
         kept = {int(k) for k in zarr.open_group(out_path, mode="r")[PARTIAL_GROUP].keys()}
