@@ -8,14 +8,16 @@ its upper faces. So a block runs in two passes:
 1. ``predict_block`` gets the network from a per-process cache (loaded once per worker and
    device, never shipped), computes its own tiles (reading the input z-row by z-row, the next
    row on a background thread, with global reflection at the volume borders) and blends them.
-   It writes the *interior* of its core -- the voxels no other block's tile reaches -- as final
-   values, and the weighted partial sums of the rest of its region (lower-face strips and upper
-   spill) to its own scratch ``OUT/_partial/<block id>/<k>``, one array per box (float32;
-   float64 when the output is float32, so that an identity network still reproduces its input
-   exactly).
+   Its *interior* -- the voxels no other block's tile reaches -- is final: it writes the
+   interior's whole chunks and keeps the rest of it (in chunks that strips also touch),
+   encoded as stored, in its scratch ``OUT/_partial/<block id>/held<k>_<channel>``; the
+   weighted partial sums of the rest of its region (lower-face strips and upper spill) go to
+   ``OUT/_partial/<block id>/<k>``, one array per box (float32; float64 when the output is
+   float32, so that an identity network still reproduces its input exactly).
 2. ``finish_block`` (only blocks with lower-face strips) adds the partial sums of itself and of
-   the blocks below over its strips and writes them (pass 2 starts once every pass 1 is done,
-   so a chunk shared by a block's interior and its strips is never written by two tasks at once).
+   the blocks below over its strips, fills in what it held, and writes the rest of its core in
+   whole chunks (pass 2 starts once every pass 1 is done). Every output chunk is written once,
+   by one task: none is read back, merged and recompressed.
 
 No tile is computed twice, no chunk is written by two tasks at once, and the result equals a
 whole-volume run up to the order (and, for quantised outputs, the float32 rounding) of the
