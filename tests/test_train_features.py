@@ -49,6 +49,19 @@ def _config(volume, out, **over):
     return cfg
 
 
+def test_volumes_of_different_voxel_sizes_are_refused_before_anything_is_written(volume, tmp_path):
+    """The checkpoint records one training voxel size (predict resamples to it), so volumes of
+    different voxel sizes are one line, and the output folder is not even made."""
+    other = tmp_path / "coarse.zarr"
+    synthesize(str(other), SynthParams(shape=(24, 48, 48), seed=8, voxel_size=(0.96, 0.51, 0.51)), chunks=(24, 48, 48),
+               progress=False)  # fmt: skip
+    cfg = _config(volume, tmp_path / "out")
+    cfg["data"]["train"] = [volume, str(other)]
+    with pytest.raises(BlocksegError, match=r"different voxel sizes: .*vol\.zarr \(0\.48, 0\.51, 0\.51\) µm, .*coarse\.zarr \(0\.96"):
+        train(parse_config(cfg), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- validation region
 def test_validation_region_and_fraction_boxes():
     assert ValidationConfig(volume="v", fraction=0.25).box((40, 10, 10)) == ((30, 0, 0), (40, 10, 10))

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -366,6 +366,21 @@ def plot_log(log_path, png_path) -> None:
 
 
 # ---------------------------------------------------------------------------- the loop
+def training_voxel_size(paths: Sequence[str], voxel_sizes: Sequence[Sequence[float]], rtol: float = 0.01) -> tuple:
+    """The voxel size a checkpoint records (``predict`` resamples inputs to it): the training
+    volumes' common one. Volumes whose voxel sizes differ by more than ``rtol`` are refused in one
+    line: the network would learn several scales while the checkpoint could name only one
+    (``train`` does not resample them)."""
+    first = np.asarray(voxel_sizes[0], dtype=float)
+    for path, vs in zip(paths, voxel_sizes):
+        if not np.allclose(vs, first, rtol=rtol, atol=0):
+            raise BlocksegError(
+                f"training volumes have different voxel sizes: {paths[0]} {tuple(float(v) for v in first)} µm, "
+                f"{path} {tuple(float(v) for v in vs)} µm; train does not resample, so bring them to one voxel size first"
+            )
+    return tuple(float(v) for v in first)
+
+
 def _metadata(cfg: TrainConfig, normalisation, voxel_size, iteration, decoder, validation, losses) -> dict:
     return {
         "normalisation": normalisation,
@@ -412,6 +427,9 @@ def train(
     check_not_input([str(out)], [*cfg.data.train, v if isinstance(v, str) or v is None else v.volume, cfg.model.init])
     if out.is_dir() and any(out.iterdir()) and not any((out / f).exists() for f in (CHECKPOINT, RESUME, "train_log.jsonl")):
         raise BlocksegError(f"{out} exists, is not empty and is not a blockseg training folder; choose another output")
+    from ..io import open_volume
+
+    voxel_size = training_voxel_size(cfg.data.train, [open_volume(p).voxel_size for p in cfg.data.train])
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -441,7 +459,6 @@ def train(
         cfg.data.mask, cfg.data.target_context, cfg.data.min_foreground, cfg.targets, exclude,
         cfg.data.cache_targets_mb,
     )  # fmt: skip
-    voxel_size = sampler.voxel_sizes[0]
     # channels-last 3D is several times faster for 3D convolutions on CPU (oneDNN)
     fmt = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
     model.to(device, memory_format=fmt).train()
