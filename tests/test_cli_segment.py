@@ -56,3 +56,28 @@ def test_cli_segment_bad_parameter(tmp_path):
     assert not (tmp_path / "o.zarr").exists()
     with pytest.raises(SystemExit):
         parse(["a", "b", "-p", "fg_b"])
+
+
+def test_segment_refuses_to_start_without_the_work_space_it_needs(tmp_path, monkeypatch):
+    """Seed code, height and every block's saved solution must fit beside OUT: a full disk is a
+    one-line refusal before anything is written, not a failure halfway through a large volume."""
+    import shutil
+    from collections import namedtuple
+
+    from blockseg.grid import BlockGrid
+    from blockseg.segment import segment
+    from blockseg.segment.pipeline import work_bytes
+
+    c, r = random_nuclei((16, 32, 32), 3, (4.0, 6.0), seed=2)
+    save_predictions(tmp_path / "p.zarr", bcd_targets(rasterise((16, 32, 32), c, r)), chunks=(8, 16, 16))
+    need = work_bytes(BlockGrid((16, 32, 32), (8, 16, 16), 0, (8, 16, 16)), (8, 8, 8))
+    # 5 bytes per voxel of the volume + 12 per voxel of each of the 8 blocks' core + halo regions
+    # (clipped at the volume: 16 x 24 x 24), padded by 2 on each side
+    assert need == 5 * 16 * 32 * 32 + 12 * 8 * (16 + 4) * (24 + 4) * (24 + 4)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 10**12 - need + 1, need - 1))
+    with pytest.raises(BlocksegError, match=r"segment needs about .* GiB of work space beside .*o\.zarr .* GiB free"):
+        segment(tmp_path / "p.zarr", tmp_path / "o.zarr", block_shape=(8, 16, 16), halo=8)
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.work").exists()
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 10**12 - need, need))
+    assert segment(tmp_path / "p.zarr", tmp_path / "o.zarr", block_shape=(8, 16, 16), halo=8).n_instances > 0

@@ -587,6 +587,38 @@ def _decoder_choice(decoder, pred_path: str):
     raise BlocksegError(f"decoder must be a blockseg Decoder, got {type(decoder).__name__}")
 
 
+#: bytes per voxel of a block's saved solution (labels 4, level 2, dist 4, height 1, flags 1)
+_STATE_BYTES = 12
+
+
+def work_bytes(grid: BlockGrid, halo: Sequence[int]) -> int:
+    """Peak bytes of segment's work directory: seed code (4) and height (1) per voxel, and every
+    block's saved solution of core + halo (kept until the end, :data:`_STATE_BYTES` per voxel)."""
+    regions = 0
+    for b in grid:
+        regions += int(np.prod([min(s.stop + h, n) - max(s.start - h, 0) + 4 for s, h, n in zip(b.core, halo, grid.shape)]))
+    return 5 * int(np.prod(grid.shape, dtype=np.int64)) + _STATE_BYTES * regions
+
+
+def check_work_space(out_path: str, grid: BlockGrid, halo: Sequence[int]) -> None:
+    """Refuse to start (one line) when the local disk of ``OUT.work`` has less free space than
+    segment's work directory will need; object storage is not checked."""
+    import shutil
+
+    if is_url(out_path):
+        return
+    need = work_bytes(grid, halo)
+    parent = os.path.dirname(os.path.abspath(out_path)) or "."
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise BlocksegError(
+            f"segment needs about {need / 2**30:.1f} GiB of work space beside {out_path} (seed code, height and each "
+            f"block's saved solution, halo {list(halo)}); {parent} has {free / 2**30:.1f} GiB free"
+        )
+
+
 @aborts_on_error
 def segment(
     pred_path: str | os.PathLike,
@@ -659,6 +691,7 @@ def segment(
     first = vols[decoder.channels[0]]
     grid = first.grid(block_shape)
     halo = _as_triple(DEFAULT_HALO if halo is None else halo, "halo")
+    check_work_space(out_path, grid, halo)
     from ..safety import prepare_output, prepare_work, swap_work
 
     output = prepare_output(out_path, [pred_path], overwrite, extra=[out_path + ".work"])
