@@ -161,6 +161,22 @@ def interpolate_box(read, lo: Sequence[int], hi: Sequence[int], src_shape, dst_s
     return data
 
 
+def resample_array(data: np.ndarray, shape: Sequence[int], labels: bool = False) -> np.ndarray:
+    """``data`` (3D) on a grid of ``shape`` spanning the same volume (centres aligned, the
+    lattice predict resamples on): linear for images (rounded back to an integer dtype),
+    nearest for labels and masks (ids are never mixed)."""
+    src = tuple(int(s) for s in data.shape)
+    shape = tuple(int(s) for s in shape)
+    if labels:
+        idx = [np.rint(_coords(np.arange(d), s, d)).astype(np.int64) for s, d in zip(src, shape)]
+        return np.asarray(data)[np.ix_(*idx)]
+    out = interpolate_box(lambda box: np.asarray(data[box], dtype=np.float32), (0, 0, 0), shape, src, shape)
+    if np.dtype(data.dtype).kind in "ui":
+        info = np.iinfo(data.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(data.dtype)
+
+
 def scaled_reader(read_image, shape, net_shape, norm: dict | None):
     """``read(lo, hi)`` of the resampled, normalised input (global resampled coordinates,
     reflected at the resampled volume's borders), for :func:`blockseg.predict.infer.predict_region`."""

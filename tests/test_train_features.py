@@ -60,6 +60,37 @@ def test_volumes_of_different_voxel_sizes_are_refused_before_anything_is_written
     with pytest.raises(BlocksegError, match=r"different voxel sizes: .*vol\.zarr \(0\.48, 0\.51, 0\.51\) µm, .*coarse\.zarr \(0\.96"):
         train(parse_config(cfg), progress=False)
     assert not (tmp_path / "out").exists()
+    # with data.voxel_size the coarse volume is resampled (z doubled) and the checkpoint records it
+    cfg["data"]["voxel_size"] = [0.48, 0.51, 0.51]
+    cfg["data"]["validation"] = {"volume": str(other), "region": [[6, 12], None, None]}
+    res = train(parse_config(cfg), progress=False)
+    assert tuple(load_checkpoint(res.checkpoint)[1]["metadata"]["voxel_size"]) == (0.48, 0.51, 0.51)
+    made = open_volume(tmp_path / "out" / "resampled" / "0.zarr")
+    assert made.shape == (48, 48, 48) and tuple(made.voxel_size) == (0.48, 0.51, 0.51)
+    src = open_volume(f"{other}/labels/nuclei").array[:]
+    lab = open_volume(tmp_path / "out" / "resampled" / "0.zarr" / "labels" / "nuclei").array[:]
+    assert np.array_equal(lab[1::2], src) and np.array_equal(lab[0::2], src)  # nearest: each slice twice
+    # the original volume (already at the voxel size) is used as it is
+    assert not (tmp_path / "out" / "resampled" / "1.zarr").exists()
+    # the validation region is scaled with its volume (z 6..12 at 0.96 µm -> 12..24 at 0.48 µm)
+    from blockseg.train.trainer import resample_training_data
+
+    again = resample_training_data(parse_config(cfg), tmp_path / "again")
+    assert again.data.train == [volume, str(tmp_path / "again" / "0.zarr")]
+    assert again.data.validation.volume == str(tmp_path / "again" / "0.zarr")
+    assert [tuple(r) if r else r for r in again.data.validation.region] == [(12, 24), None, None]
+
+
+def test_resample_array_follows_predicts_lattice():
+    from blockseg.resample import resample_array
+
+    a = np.arange(4 * 6 * 8, dtype=np.uint16).reshape(4, 6, 8)
+    up = resample_array(a, (8, 6, 8))  # centres aligned: z' = (z + 0.5) / 2 - 0.5, clamped
+    assert up.dtype == np.uint16 and up.shape == (8, 6, 8)
+    assert np.array_equal(up[0], a[0]) and np.array_equal(up[-1], a[-1])
+    np.testing.assert_allclose(up[1].astype(float), 0.75 * a[0] + 0.25 * a[1], atol=0.5)
+    down = resample_array(a, (2, 3, 4), labels=True)
+    assert np.array_equal(down, a[np.ix_([0, 2], [0, 2, 4], [0, 2, 4, 6])])  # nearest to (i + 0.5) * 2 - 0.5, half to even
 
 
 # ----------------------------------------------------------------------------- validation region

@@ -84,6 +84,18 @@ class DataConfig(_Strict):
     #: cache the targets of whole training volumes (per in-plane transform) when they fit in
     #: this many MiB: crops are then slices (same values, several times faster); 0: never
     cache_targets_mb: float = Field(1024, ge=0)
+    #: train at this voxel size (µm, z y x): volumes (and a validation volume) whose voxel size
+    #: differs by more than 1 % are resampled to it first (image linear, labels and mask
+    #: nearest) into ``OUTPUT/resampled/``; the checkpoint records it. Unset: the volumes'
+    #: common voxel size (volumes that differ are refused)
+    voxel_size: Optional[tuple[float, float, float]] = None
+
+    @field_validator("voxel_size")
+    @classmethod
+    def _voxel_size(cls, v):
+        if v is not None and not all(x > 0 for x in v):
+            raise ValueError(f"voxel sizes must be > 0 µm, got {list(v)}")
+        return v
 
 
 #: ``model.capacity`` presets of the residual U-Net (``params.widths`` overrides them); the

@@ -370,15 +370,78 @@ def training_voxel_size(paths: Sequence[str], voxel_sizes: Sequence[Sequence[flo
     """The voxel size a checkpoint records (``predict`` resamples inputs to it): the training
     volumes' common one. Volumes whose voxel sizes differ by more than ``rtol`` are refused in one
     line: the network would learn several scales while the checkpoint could name only one
-    (``train`` does not resample them)."""
+    (``data.voxel_size`` resamples them to one, :func:`resample_training_data`)."""
     first = np.asarray(voxel_sizes[0], dtype=float)
     for path, vs in zip(paths, voxel_sizes):
         if not np.allclose(vs, first, rtol=rtol, atol=0):
             raise BlocksegError(
                 f"training volumes have different voxel sizes: {paths[0]} {tuple(float(v) for v in first)} µm, "
-                f"{path} {tuple(float(v) for v in vs)} µm; train does not resample, so bring them to one voxel size first"
+                f"{path} {tuple(float(v) for v in vs)} µm; set data.voxel_size to train at one (volumes are resampled to it)"
             )
     return tuple(float(v) for v in first)
+
+
+def resample_training_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
+    """``cfg`` with every training volume (and a validation volume) at ``cfg.data.voxel_size``.
+
+    A volume whose voxel size differs from it by more than 1 % on some axis is resampled on
+    predict's lattice (:func:`blockseg.resample.resample_array`: image linear, labels and mask
+    nearest) into ``folder/<k>.zarr`` with the same label layout; the others are used as they
+    are. A validation region of a resampled volume is scaled with it (a fraction needs
+    nothing). Training volumes are read whole (they are crops), so this is done in memory.
+    """
+    from .config import ValidationConfig
+    from ..io import create_label_volume, create_volume, open_volume
+    from ..resample import resample_array
+
+    target = np.asarray(cfg.data.voxel_size, dtype=float)
+    done: dict[str, tuple[str, np.ndarray]] = {}
+
+    def resampled(path: str) -> tuple[str, np.ndarray]:
+        key = os.path.abspath(str(path).rstrip("/"))
+        if key in done:
+            return done[key]
+        img = open_volume(path)
+        vs = np.asarray(img.voxel_size, dtype=float)
+        if np.allclose(vs, target, rtol=0.01, atol=0):
+            done[key] = (path, np.ones(3))
+            return done[key]
+        shape = tuple(max(1, int(round(n * v / t))) for n, v, t in zip(img.shape, vs, target))
+        if math.prod(shape) * 16 > 8 * 2**30:
+            raise BlocksegError(f"{path}: resampling it to {tuple(target)} µm gives {shape} voxels, too many to resample in "
+                                "memory; resample it with the tool that made it")  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        dst = folder / f"{sum(1 for p, _ in done.values() if str(p).startswith(str(folder)))}.zarr"
+        log.info("resampling %s %s at %s µm to %s at %s µm", path, img.shape, tuple(vs), shape, tuple(target))
+        create_volume(dst, shape, img.dtype, tuple(target), overwrite=True).array[...] = resample_array(img.array[...], shape)
+        for name in (cfg.data.labels, cfg.data.mask):
+            if not name:
+                continue
+            try:
+                lab = open_volume(f"{str(path).rstrip('/')}/{name}")
+            except BlocksegError:
+                continue  # no mask: none is written either
+            label_name = name.split("/")[-1] if name.startswith("labels/") else None
+            data = resample_array(lab.array[...], shape, labels=True)
+            if label_name is not None and name.count("/") == 1:
+                create_label_volume(dst, label_name, shape, lab.dtype, tuple(target)).array[...] = data
+            else:
+                create_volume(f"{dst}/{name}", shape, lab.dtype, tuple(target), overwrite=True).array[...] = data
+        done[key] = (str(dst), np.asarray(shape, dtype=float) / np.asarray(img.shape, dtype=float))
+        return done[key]
+
+    train_paths = [resampled(p)[0] for p in cfg.data.train]
+    v = cfg.data.validation
+    if isinstance(v, str):
+        v = resampled(v)[0]
+    elif v is not None:
+        path, f = resampled(v.volume)
+        region = v.region
+        if region is not None:
+            region = [None if r is None else (int(math.floor(r[0] * f[a])), max(int(math.ceil(r[1] * f[a])), int(math.floor(r[0] * f[a])) + 1))
+                      for a, r in enumerate(region)]  # fmt: skip
+        v = ValidationConfig(volume=path, region=region, fraction=v.fraction, axis=v.axis)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": train_paths, "validation": v})})
 
 
 def _metadata(cfg: TrainConfig, normalisation, voxel_size, iteration, decoder, validation, losses) -> dict:
@@ -429,8 +492,12 @@ def train(
         raise BlocksegError(f"{out} exists, is not empty and is not a blockseg training folder; choose another output")
     from ..io import open_volume
 
-    voxel_size = training_voxel_size(cfg.data.train, [open_volume(p).voxel_size for p in cfg.data.train])
+    if cfg.data.voxel_size is None:
+        voxel_size = training_voxel_size(cfg.data.train, [open_volume(p).voxel_size for p in cfg.data.train])
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.data.voxel_size is not None:
+        cfg = resample_training_data(cfg, out / "resampled")
+        voxel_size = tuple(float(v) for v in cfg.data.voxel_size)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg.device)
