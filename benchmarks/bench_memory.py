@@ -189,9 +189,10 @@ def markdown(res: dict) -> str:
         "# Bounded memory: per-worker peak RSS is set by the block, not the volume",
         "",
         f"Command: `{res['command']}`  ",
-        f"Machine: {res['machine']} (shared with other engineers' jobs; load averages per stage below). "
+        f"Machine: {res['machine']} (other jobs may share it; load averages per stage below). "
         f"{res['workers']} worker processes, a fresh LocalCluster per stage.  ",
-        "predict runs an untrained `tiny_conv` network (2 convolutions, width 2, patch 36x132x132): a real U-Net "
+        "predict runs an untrained `tiny_conv` network (2 convolutions, width 2, training patch 36x132x132; predict picks "
+        "its inference patch from its memory budget, `--patch auto`, the default): a real U-Net "
         "would take ~35 min per Gvox on 2 CPU cores. segment runs on perfect 3-label predictions written from the "
         "synthetic labels (`write_targets`; the D target of B, C, D costs ~8x more to write), evaluate scores that segmentation against the synthetic ground truth.",
         "",
