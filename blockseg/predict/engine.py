@@ -341,7 +341,8 @@ def _partial_path(job: BlockJob, block_id: int) -> str:
 def _create_partial(job: BlockJob, block_id: int, layout: BlockLayout) -> None:
     """(Re)create the scratch of a block's partial sums (nothing when it has none): one array
     ``<id>/<k>`` per box of ``region - interior``, one chunk per channel, so that writing a thin
-    face never rewrites a chunk that reaches past it."""
+    face never rewrites a chunk that reaches past it; and one ``<id>/held<k>_<channel>`` per
+    held box of the interior and kept channel, in the stored dtype (:attr:`BlockLayout.held`)."""
     rest = box_minus(layout.region, layout.interior)
     held = layout.held
     if not rest and not held:
@@ -443,7 +444,7 @@ def finish_block(job: BlockJob, block_id: int) -> dict:
     for oid, _ in sources:
         lay = block_layout(lattice, grid[oid].core)
         parts += [(f"{_partial_path(job, oid)}/{k}", b) for k, b in enumerate(box_minus(lay.region, lay.interior))]
-    held = [(k, b) for k, b in enumerate(layout.held)]
+    held = list(enumerate(layout.held))
     for box in layout.finish:  # whole chunks: the strips' sums and the interior pass 1 held
         total = np.zeros((n_ch, *(s.stop - s.start for s in box)), dtype=job.scratch_dtype)
         for path, pbox in parts:

@@ -250,6 +250,7 @@ def keyed_flood(
     mask: np.ndarray,
     shell: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     return_state: bool = False,
+    with_labels: bool = True,
 ):
     """Exact seeded watershed of ``height`` inside ``mask`` (6-connected), see the module docstring.
 
@@ -275,6 +276,9 @@ def keyed_flood(
         Steps since the optimal path entered its level (the key's second component).
     state : tuple of ndarray, only with ``return_state``
         The padded solution, shell included, for :func:`keyed_update`.
+
+    Without ``with_labels`` (only with ``return_state``), ``labels`` is None: the caller reads
+    them from ``state`` where it needs them (as :func:`keyed_update` allows).
     """
     if height.ndim != 3 or height.shape != seeds.shape or height.shape != mask.shape:
         raise ValueError(f"height, seeds and mask must be 3D of one shape: {height.shape}, {seeds.shape}, {mask.shape}")
@@ -330,8 +334,10 @@ def keyed_flood(
         pool, pshape[2], pshape[1] * pshape[2], wall,
     )  # fmt: skip
     core = (slice(2, -2),) * 3
-    labels = lab[core].copy()
-    labels[labels == wall] = 0
+    labels = None
+    if with_labels or not return_state:
+        labels = lab[core].copy()
+        labels[labels == wall] = 0
     if return_state:
         return labels, lev[core], dist[core], (lab, lev, dist, hp, fixed)
     return labels, lev[core].copy(), dist[core].copy()

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import pickle
 import uuid
@@ -387,7 +388,7 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
     if prev is None:  # round 1: nothing published yet, the shell is unreached
         height = job.array("height")[outer]
         seeds, fg = _global_seeds(job, grid, outer)
-        _, lev, dist, state = keyed_flood(height, seeds, fg, None, return_state=True)
+        _, lev, dist, state = keyed_flood(height, seeds, fg, None, return_state=True, with_labels=False)
         del height, seeds
         work, fg_core = int(fg.size), int(fg[inner].sum())
         makedirs(state_dir)
@@ -594,9 +595,7 @@ _STATE_BYTES = 12
 def work_bytes(grid: BlockGrid, halo: Sequence[int]) -> int:
     """Peak bytes of segment's work directory: seed code (4) and height (1) per voxel, and every
     block's saved solution of core + halo (kept until the end, :data:`_STATE_BYTES` per voxel)."""
-    regions = 0
-    for b in grid:
-        regions += int(np.prod([min(s.stop + h, n) - max(s.start - h, 0) + 4 for s, h, n in zip(b.core, halo, grid.shape)]))
+    regions = sum(math.prod(s.stop - s.start + 4 for s in expand(b.core, halo, grid.shape)) for b in grid)  # padded by 2
     return 5 * int(np.prod(grid.shape, dtype=np.int64)) + _STATE_BYTES * regions
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..config import VoxelSize
 from ..errors import BlocksegError, describe_validation_error
 from ..models.base import REPRESENTATIONS
 
@@ -88,14 +89,7 @@ class DataConfig(_Strict):
     #: differs by more than 1 % are resampled to it first (image linear, labels and mask
     #: nearest) into ``OUTPUT/resampled/``; the checkpoint records it. Unset: the volumes'
     #: common voxel size (volumes that differ are refused)
-    voxel_size: Optional[tuple[float, float, float]] = None
-
-    @field_validator("voxel_size")
-    @classmethod
-    def _voxel_size(cls, v):
-        if v is not None and not all(x > 0 for x in v):
-            raise ValueError(f"voxel sizes must be > 0 µm, got {list(v)}")
-        return v
+    voxel_size: VoxelSize = None
 
 
 #: ``model.capacity`` presets of the residual U-Net (``params.widths`` overrides them); the

@@ -366,7 +366,11 @@ def plot_log(log_path, png_path) -> None:
 
 
 # ---------------------------------------------------------------------------- the loop
-def training_voxel_size(paths: Sequence[str], voxel_sizes: Sequence[Sequence[float]], rtol: float = 0.01) -> tuple:
+#: voxel sizes closer than this (relative, per axis) count as one in training
+VOXEL_SIZE_RTOL = 0.01
+
+
+def training_voxel_size(paths: Sequence[str], voxel_sizes: Sequence[Sequence[float]], rtol: float = VOXEL_SIZE_RTOL) -> tuple:
     """The voxel size a checkpoint records (``predict`` resamples inputs to it): the training
     volumes' common one. Volumes whose voxel sizes differ by more than ``rtol`` are refused in one
     line: the network would learn several scales while the checkpoint could name only one
@@ -395,15 +399,17 @@ def resample_training_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
     from ..resample import resample_array
 
     target = np.asarray(cfg.data.voxel_size, dtype=float)
-    done: dict[str, tuple[str, np.ndarray]] = {}
+    done: dict[str, tuple[str, np.ndarray]] = {}  # path -> (path to train on, per-axis scale)
+    made = 0
 
     def resampled(path: str) -> tuple[str, np.ndarray]:
+        nonlocal made
         key = os.path.abspath(str(path).rstrip("/"))
         if key in done:
             return done[key]
         img = open_volume(path)
         vs = np.asarray(img.voxel_size, dtype=float)
-        if np.allclose(vs, target, rtol=0.01, atol=0):
+        if np.allclose(vs, target, rtol=VOXEL_SIZE_RTOL, atol=0):
             done[key] = (path, np.ones(3))
             return done[key]
         shape = tuple(max(1, int(round(n * v / t))) for n, v, t in zip(img.shape, vs, target))
@@ -411,7 +417,8 @@ def resample_training_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
             raise BlocksegError(f"{path}: resampling it to {tuple(target)} µm gives {shape} voxels, too many to resample in "
                                 "memory; resample it with the tool that made it")  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
-        dst = folder / f"{sum(1 for p, _ in done.values() if str(p).startswith(str(folder)))}.zarr"
+        dst = folder / f"{made}.zarr"
+        made += 1
         log.info("resampling %s %s at %s µm to %s at %s µm", path, img.shape, tuple(vs), shape, tuple(target))
         create_volume(dst, shape, img.dtype, tuple(target), overwrite=True).array[...] = resample_array(img.array[...], shape)
         for name in (cfg.data.labels, cfg.data.mask):
@@ -421,10 +428,9 @@ def resample_training_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
                 lab = open_volume(f"{str(path).rstrip('/')}/{name}")
             except BlocksegError:
                 continue  # no mask: none is written either
-            label_name = name.split("/")[-1] if name.startswith("labels/") else None
             data = resample_array(lab.array[...], shape, labels=True)
-            if label_name is not None and name.count("/") == 1:
-                create_label_volume(dst, label_name, shape, lab.dtype, tuple(target)).array[...] = data
+            if name.startswith("labels/") and name.count("/") == 1:  # an NGFF label image, as in the source
+                create_label_volume(dst, name[len("labels/"):], shape, lab.dtype, tuple(target)).array[...] = data
             else:
                 create_volume(f"{dst}/{name}", shape, lab.dtype, tuple(target), overwrite=True).array[...] = data
         done[key] = (str(dst), np.asarray(shape, dtype=float) / np.asarray(img.shape, dtype=float))
