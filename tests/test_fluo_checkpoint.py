@@ -26,6 +26,15 @@ def test_fluo_checkpoint_is_small_percentile_normalised_and_knows_its_voxel_size
     assert meta["decoder"]["name"] == "bcd" and meta["decoder"].get("tuned_on") == "validation"
 
 
+def test_a_folder_named_like_a_shipped_checkpoint_does_not_shadow_it(tmp_path, monkeypatch):
+    """`blockseg demo --run-dir demo` makes a folder `demo`; the name must still mean the checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert resolve_checkpoint("demo") == shipped_checkpoint_path("demo")
+    (tmp_path / "fluo").write_bytes(b"x")  # a file of that name is the user's and wins
+    assert resolve_checkpoint("fluo") == "fluo"
+
+
 def test_predict_accepts_the_name(tmp_path):
     from blockseg.io import create_volume
     from blockseg.predict import predict

@@ -46,11 +46,15 @@ def shipped_checkpoint_path(name: str) -> str:
 
 
 def resolve_checkpoint(checkpoint) -> str:
-    """A checkpoint path, or a shipped checkpoint's name (when no file of that name exists)."""
+    """A checkpoint path, or a shipped checkpoint's name (when no file of that name exists).
+
+    Only a *file* shadows a shipped name: a folder called ``demo`` in the working directory
+    (``blockseg demo --run-dir demo`` makes one) does not.
+    """
     import os
 
     c = str(checkpoint)
-    return shipped_checkpoint_path(c) if c in SHIPPED_CHECKPOINTS and not os.path.exists(c) else c
+    return shipped_checkpoint_path(c) if c in SHIPPED_CHECKPOINTS and not os.path.isfile(c) else c
 
 
 def demo_checkpoint_path() -> str:
