@@ -69,8 +69,9 @@ def main() -> int:
         "# Real crops: blockseg (shipped demo checkpoint) vs Otsu + distance-transform watershed",
         "",
         "Command: `PYTHONPATH=. python benchmarks/real_volumes.py`. The demo checkpoint was trained only on",
-        "synthetic EM-like data (dark nuclei, 0.48×0.51×0.51 µm); these are fluorescence crops (bright",
-        "nuclei) at other voxel sizes, so this measures transfer, not what a model trained on them reaches.",
+        "synthetic EM-like data (dark nuclei, 0.48×0.51×0.51 µm, percentile-normalised); these are",
+        "fluorescence crops (bright nuclei) at other voxel sizes, so this measures transfer, not what a",
+        "model trained on them reaches.",
         "",
         "| volume | GT | blockseg pred | blockseg avAP | AP-50 | AP-75 | baseline pred | baseline avAP | AP-50 | AP-75 |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -81,7 +82,10 @@ def main() -> int:
             f"| {r['volume']} | {r['n_true']} | {a['n_pred']} | {fmt(a['avAP'])} | {fmt(a['AP50'])} | {fmt(a['AP75'])} "
             f"| {b['n_pred']} | {fmt(b['avAP'])} | {fmt(b['AP50'])} | {fmt(b['AP75'])} |"
         )
-    (OUT / "real_volumes.md").write_text("\n".join(lines) + "\n")
+    md = OUT / "real_volumes.md"
+    # keep the trained-model section that benchmarks/real_volumes_train.py maintains below this table
+    kept = md.read_text().partition("<!-- trained: begin -->") if md.exists() else ("", "", "")
+    md.write_text("\n".join(lines) + "\n" + ("\n" + kept[1] + kept[2] if kept[1] else ""))
     print("\n".join(lines))
     return 0
 

@@ -181,10 +181,19 @@ def test_far_from_training_warns(tmp_path, scene, percentile_ckpt):
         resolve_array(read_checkpoint(percentile_ckpt)["metadata"]["normalisation"], inverted)
 
 
+#: the normalisation the demo checkpoint shipped with until 2026-11-29: one affine map in raw units
+OLD_DEMO_MAP = {"offset": 187.4854156176249, "scale": 29.35511393930031, "method": "mean_std"}
+
+
 def test_old_checkpoint_keeps_its_fixed_map_and_says_so(tmp_path, scene):
-    ckpt = demo_checkpoint_path()
+    import torch
+
+    payload = torch.load(demo_checkpoint_path(), map_location="cpu", weights_only=False)
+    payload["metadata"]["normalisation"] = dict(OLD_DEMO_MAP)  # an older checkpoint, as saved then
+    ckpt = tmp_path / "old_demo.pt"
+    torch.save(payload, ckpt)
     meta = read_checkpoint(ckpt)["metadata"]["normalisation"]
-    assert "scheme" not in meta  # shipped before the percentile scheme: an affine map in raw units
+    assert "scheme" not in meta  # written before the percentile scheme: an affine map in raw units
     data = (scene[0] * 255).astype(np.uint8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
