@@ -125,6 +125,47 @@ def test_training_with_a_held_out_slab_never_reads_it(volume, tmp_path, monkeypa
     assert set(res.validation) >= {"AP50", "AP75"}
 
 
+def test_validation_on_several_volumes_holds_out_each_and_scores_their_mean(volume, tmp_path, monkeypatch):
+    """A list of validation entries (e.g. one slab of each real crop): each training volume's
+    slab is held out, and the validation scores are the mean over the volumes."""
+    from blockseg.train import data as data_mod
+
+    other = tmp_path / "other.zarr"
+    synthesize(str(other), SynthParams(shape=(24, 48, 48), seed=9), chunks=(24, 48, 48), progress=False)
+    seen = []
+    orig = data_mod.CropSampler.crop
+
+    def spy(self, view, geo, o, elastic_rng=None):
+        seen.append(view)
+        return orig(self, view, geo, o, elastic_rng)
+
+    monkeypatch.setattr(data_mod.CropSampler, "crop", spy)
+    val = [{"volume": volume, "fraction": 0.25}, {"volume": str(other), "region": [[0, 8], None, None]}]
+    cfg = _config(volume, tmp_path / "r", iterations=4, data={"train": [volume, str(other)], "validation": val, "target_context": 2},
+                  decoder={"name": "bcd", "tune": {"fg_b": [0.5, 0.7]}})  # fmt: skip
+    res = train(parse_config(cfg), progress=False)
+    # crops of the first volume stay below z 18; those of the second above z 8
+    assert {v.k for v in seen} == {0, 1}
+    assert all(v.hi[0] <= 18 for v in seen if v.k == 0) and all(v.lo[0] >= 8 for v in seen if v.k == 1)
+    per = res.validation["volumes"]
+    assert len(per) == 2 and per[0]["n_true"] != per[1]["n_true"]
+    assert res.validation["AP50"] == pytest.approx((per[0]["AP50"] + per[1]["AP50"]) / 2)
+    assert res.validation["n_true"] == per[0]["n_true"] + per[1]["n_true"]
+    with pytest.raises(BlocksegError, match="one validation region per training volume"):
+        train(parse_config(_config(volume, tmp_path / "two", data={"train": [volume], "target_context": 2, "validation": [
+            {"volume": volume, "fraction": 0.25}, {"volume": volume, "region": [[0, 4], None, None]}]})), progress=False)  # fmt: skip
+
+
+def test_tuner_on_several_volumes_maximises_their_mean():
+    lab, pred = _perfect_prediction()
+    empty = {k: np.zeros_like(v) for k, v in pred.items()}
+    msgs = []
+    params, scores = tune_decoder([pred, empty], [lab, lab], "bcd", {"seed_b": 0.5}, {"fg_b": [0.5, 0.7]}, warn=msgs.append)
+    assert scores["AP50"] == pytest.approx(0.5) and [v["AP50"] for v in scores["volumes"]] == [1.0, 0.0]
+    with pytest.raises(ValueError, match="one entry per volume"):
+        tune_decoder([pred], [lab, lab], "bcd", {}, {"fg_b": [0.5]})
+
+
 # ----------------------------------------------------------------------------- fine-tuning
 def test_init_from_checkpoint_and_freeze_encoder(volume, tmp_path):
     first = train(parse_config(_config(volume, tmp_path / "a")), progress=False)

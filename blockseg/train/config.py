@@ -73,8 +73,10 @@ class DataConfig(_Strict):
     """
 
     train: list[str] = Field(min_length=1)
-    #: a whole volume (path), or ``{volume, region}`` / ``{volume, fraction, axis}``
-    validation: Optional[str | ValidationConfig] = None
+    #: a whole volume (path), or ``{volume, region}`` / ``{volume, fraction, axis}``, or a list
+    #: of these: scores are then the mean over the volumes (each volume weighs the same, however
+    #: many nuclei it holds), and the decoder is tuned for that mean
+    validation: Optional[str | ValidationConfig | list[str | ValidationConfig]] = None
     labels: str = "labels/nuclei"
     mask: Optional[str] = "labels/valid"
     #: a crop with a smaller foreground fraction is redrawn (up to 10 times)
@@ -90,6 +92,18 @@ class DataConfig(_Strict):
     #: nearest) into ``OUTPUT/resampled/``; the checkpoint records it. Unset: the volumes'
     #: common voxel size (volumes that differ are refused)
     voxel_size: VoxelSize = None
+
+    @field_validator("validation")
+    @classmethod
+    def _validation(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("validation: an empty list; leave it out for no validation")
+        return v
+
+    def validation_list(self) -> list[str | ValidationConfig]:
+        """The validation entries as a list (empty without validation)."""
+        v = self.validation
+        return [] if v is None else list(v) if isinstance(v, list) else [v]
 
 
 #: ``model.capacity`` presets of the residual U-Net (``params.widths`` overrides them); the

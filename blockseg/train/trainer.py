@@ -179,16 +179,11 @@ def predict_image(model: BlocksegNet, image: np.ndarray, normalisation: dict | N
     return {c: np.ascontiguousarray(out[i]) for i, c in enumerate(model.channels)}
 
 
-def resolve_validation(cfg: TrainConfig) -> tuple[str | None, tuple | None]:
-    """``(volume path, (lo, hi) box or None)`` of the config's validation data."""
+def validation_sets(cfg: TrainConfig) -> list[tuple[str, tuple | None]]:
+    """``[(volume path, (lo, hi) box or None), ...]`` of the config's validation data (may be empty)."""
     from ..io import open_volume
 
-    v = cfg.data.validation
-    if v is None:
-        return None, None
-    if isinstance(v, str):
-        return v, None
-    return v.volume, v.box(open_volume(v.volume).shape)
+    return [(v, None) if isinstance(v, str) else (v.volume, v.box(open_volume(v.volume).shape)) for v in cfg.data.validation_list()]
 
 
 def read_validation(path: str, box=None, labels: str = "labels/nuclei", mask: str | None = "labels/valid"):
@@ -217,6 +212,16 @@ def validation_scores(
     return score_prediction(pred, gt, decoder, m), pred
 
 
+def mean_scores(scores: Sequence[dict]) -> dict:
+    """One score record for several validation volumes: the mean of each rate over the volumes
+    (each volume weighs the same), counts summed, and the per-volume records under ``volumes``."""
+    if len(scores) == 1:
+        return dict(scores[0])
+    out = {k: float(np.mean([s[k] for s in scores])) for k in ("AP50", "AP75", "AP", "accuracy50", "precision50", "recall50")}
+    out.update(n_true=sum(s["n_true"] for s in scores), n_pred=sum(s["n_pred"] for s in scores), volumes=[dict(s) for s in scores])
+    return out
+
+
 def score_prediction(pred: Mapping[str, np.ndarray], gt: np.ndarray, decoder, mask=None) -> dict:
     """Decode a prediction with ``decoder`` and score it: COCO AP-50/75, accuracy at IoU 0.5."""
     from ..evaluate import evaluate
@@ -237,7 +242,7 @@ def score_prediction(pred: Mapping[str, np.ndarray], gt: np.ndarray, decoder, ma
     }
 
 
-def _grid_search(pred, gt, name, base, grid, mask, cache):
+def _grid_search(cases, name, base, grid, cache):
     import itertools
 
     from ..segment import make_decoder
@@ -253,7 +258,7 @@ def _grid_search(pred, gt, name, base, grid, mask, cache):
             except BlocksegError:
                 cache[key] = None  # outside the parameter's range
                 continue
-            cache[key] = score_prediction(pred, gt, dec, mask)
+            cache[key] = mean_scores([score_prediction(pred, gt, dec, mask) for pred, gt, mask in cases])
         s = cache[key]
         if s is not None and (best is None or (s["AP50"], s["AP75"]) > (best[1]["AP50"], best[1]["AP75"])):
             best = (params, s)
@@ -284,10 +289,14 @@ def widen(values: list, at_low: bool) -> list:
 
 
 def tune_decoder(
-    pred: Mapping[str, np.ndarray], gt: np.ndarray, name: str, base: dict, grid: Mapping[str, list], mask=None,
+    pred: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]], gt: np.ndarray | Sequence[np.ndarray],
+    name: str, base: dict, grid: Mapping[str, list], mask=None,
     widen_rounds: int = 3, warn: Callable[[str], None] | None = None,
 ):
     """Best decoder parameters over a grid (all combinations) by (AP-50, AP-75).
+
+    ``pred``, ``gt`` (and ``mask``) may be lists, one entry per validation volume: the
+    criterion is then the mean over the volumes (:func:`mean_scores`).
 
     When the best value of a parameter lies at an edge of its list (of two or more values), the
     list is widened by one step beyond that edge and the new value tried with the other
@@ -298,9 +307,16 @@ def tune_decoder(
     with ``scores["grid_edge"]`` listing the parameters left at an edge.
     """
     warn = warn or log.warning
+    if isinstance(pred, Mapping):
+        cases = [(pred, gt, mask)]
+    else:
+        masks = [None] * len(pred) if mask is None else list(mask)
+        if not (len(pred) == len(gt) == len(masks)):
+            raise ValueError("tune_decoder: pred, gt and mask lists must have one entry per volume")
+        cases = list(zip(pred, gt, masks))
     grid = {k: sorted(float(x) for x in v) for k, v in grid.items()}
     cache: dict = {}
-    best = _grid_search(pred, gt, name, base, grid, mask, cache)
+    best = _grid_search(cases, name, base, grid, cache)
     if best is None:
         raise BlocksegError(f"decoder tuning: no valid parameters in the grid {grid}")
     for _ in range(widen_rounds):
@@ -318,7 +334,7 @@ def tune_decoder(
                     # (a tie moves to the new, outer value, so a plateau is followed outwards)
                     added = (set(wider) - set(v)).pop()
                     line = {j: ([best[0][j]] if j != k else [added]) for j in grid}
-                    new = _grid_search(pred, gt, name, base, line, mask, cache)
+                    new = _grid_search(cases, name, base, line, cache)
                     if new is not None and (new[1]["AP50"], new[1]["AP75"]) >= (best[1]["AP50"], best[1]["AP75"]):
                         best = new
         if not changed:
@@ -419,7 +435,8 @@ def resample_training_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
         folder.mkdir(parents=True, exist_ok=True)
         dst = folder / f"{made}.zarr"
         made += 1
-        log.info("resampling %s %s at %s µm to %s at %s µm", path, img.shape, tuple(vs), shape, tuple(target))
+        log.info("resampling %s %s at %s µm to %s at %s µm", path, img.shape, tuple(round(float(v), 4) for v in vs), shape,
+                 tuple(float(v) for v in target))  # fmt: skip
         create_volume(dst, shape, img.dtype, tuple(target), overwrite=True).array[...] = resample_array(img.array[...], shape)
         for name in (cfg.data.labels, cfg.data.mask):
             if not name:
@@ -436,17 +453,20 @@ def resample_training_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
         done[key] = (str(dst), np.asarray(shape, dtype=float) / np.asarray(img.shape, dtype=float))
         return done[key]
 
-    train_paths = [resampled(p)[0] for p in cfg.data.train]
-    v = cfg.data.validation
-    if isinstance(v, str):
-        v = resampled(v)[0]
-    elif v is not None:
+    def scaled(v):
+        if isinstance(v, str):
+            return resampled(v)[0]
         path, f = resampled(v.volume)
         region = v.region
         if region is not None:
             region = [None if r is None else (int(math.floor(r[0] * f[a])), max(int(math.ceil(r[1] * f[a])), int(math.floor(r[0] * f[a])) + 1))
                       for a, r in enumerate(region)]  # fmt: skip
-        v = ValidationConfig(volume=path, region=region, fraction=v.fraction, axis=v.axis)
+        return ValidationConfig(volume=path, region=region, fraction=v.fraction, axis=v.axis)
+
+    train_paths = [resampled(p)[0] for p in cfg.data.train]
+    v = cfg.data.validation
+    if v is not None:
+        v = [scaled(e) for e in v] if isinstance(v, list) else scaled(v)
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": train_paths, "validation": v})})
 
 
@@ -492,8 +512,7 @@ def train(
     from ..safety import check_not_input
 
     # the output folder is never an input, inside or around one, nor someone else's folder
-    v = cfg.data.validation
-    check_not_input([str(out)], [*cfg.data.train, v if isinstance(v, str) or v is None else v.volume, cfg.model.init])
+    check_not_input([str(out)], [*cfg.data.train, *(v if isinstance(v, str) else v.volume for v in cfg.data.validation_list()), cfg.model.init])
     if out.is_dir() and any(out.iterdir()) and not any((out / f).exists() for f in (CHECKPOINT, RESUME, "train_log.jsonl")):
         raise BlocksegError(f"{out} exists, is not empty and is not a blockseg training folder; choose another output")
     from ..io import open_volume
@@ -516,11 +535,13 @@ def train(
         init_from_checkpoint(model, cfg.model.init, cfg.model.freeze_encoder)
     elif cfg.model.freeze_encoder and not cfg.model.init:
         raise BlocksegError("model.freeze_encoder needs model.init (a checkpoint to start from)")
-    val_path, val_box = resolve_validation(cfg)
-    exclude = {}
-    if val_path is not None and val_box is not None:
+    val_sets = validation_sets(cfg)
+    exclude: dict[int, tuple] = {}
+    for val_path, val_box in val_sets:
         for k, p in enumerate(cfg.data.train):
-            if os.path.abspath(str(p).rstrip("/")) == os.path.abspath(str(val_path).rstrip("/")):
+            if val_box is not None and os.path.abspath(str(p).rstrip("/")) == os.path.abspath(str(val_path).rstrip("/")):
+                if k in exclude:
+                    raise BlocksegError(f"data.validation: one validation region per training volume ({p} has two)")
                 exclude[k] = val_box
 
     from ..normalise import training_normalisation, volume_affines
@@ -593,10 +614,10 @@ def train(
             f.write(json.dumps(rec) + "\n")
 
     def validate(it: int) -> dict | None:
-        if not val_path:
+        if not val_sets:
             return None
         model.eval()
-        scores, _ = validation_scores(model, val_path, normalisation, decoder, cfg.data.labels, cfg.data.mask, val_box)
+        scores = mean_scores([validation_scores(model, p, normalisation, decoder, cfg.data.labels, cfg.data.mask, b)[0] for p, b in val_sets])
         model.train()
         if cfg.model.freeze_encoder:
             freeze_norm_statistics(model)
@@ -659,11 +680,15 @@ def train(
         if bar is not None:
             bar.stop()
     validation = validate(cfg.iterations)
-    if val_path and cfg.decoder.tune:
+    if val_sets and cfg.decoder.tune:
         model.eval()
-        img, gt, m = read_validation(val_path, val_box, cfg.data.labels, cfg.data.mask)
-        pred = predict_image(model, img, normalisation)
-        params, scores = tune_decoder(pred, gt, decoder.name, dict(cfg.decoder.params), cfg.decoder.tune, m)
+        preds, gts, masks = [], [], []
+        for val_path, val_box in val_sets:
+            img, gt, m = read_validation(val_path, val_box, cfg.data.labels, cfg.data.mask)
+            preds.append(predict_image(model, img, normalisation))
+            gts.append(gt)
+            masks.append(m)
+        params, scores = tune_decoder(preds, gts, decoder.name, dict(cfg.decoder.params), cfg.decoder.tune, masks)
         decoder_meta = {"name": decoder.name, "params": make_decoder(decoder.name, **params).params(), "tuned_on": "validation"}
         validation = scores
         write_log({"iteration": cfg.iterations, "tuned_decoder": decoder_meta, "validation": scores})
