@@ -281,8 +281,12 @@ def _has_done_markers(predictions: str) -> bool:
 def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict:
     from .segment import segment
 
+    from .segment.params import store_decoder
+
     s = cfg.segment
-    choice = segment_decoder(cfg)  # run() checked its channels against the network
+    # the store's copy of the checkpoint's recommendation: its sizes are in this image's voxels
+    # when predict resampled (run() checked the decoder's channels against the network)
+    choice = segment_decoder(cfg, stored=store_decoder(layout.predictions))
     under_image = layout.labels.startswith(layout.image.rstrip("/") + "/labels/")
     if under_image:
         import zarr
@@ -299,20 +303,23 @@ def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
     return report.to_dict()  # its "decoder": name, parameters and where each came from
 
 
-def segment_decoder(cfg: RunConfig, payload: dict | None = None):
+def segment_decoder(cfg: RunConfig, payload: dict | None = None, stored: dict | None = None):
     """The run's decoder: the checkpoint's tuned recommendation (when it is for
     ``segment.decoder``), or ``segment.preset``, with ``segment.params`` over it, parameter by
     parameter (:func:`blockseg.segment.params.choose_decoder`).
 
-    ``payload``: the checkpoint, if already read.
+    ``payload``: the checkpoint, if already read. ``stored``: the recommendation as the
+    prediction store carries it (sizes rescaled when predict resampled), used instead of the
+    checkpoint's own.
     """
     from .models import read_checkpoint
     from .segment.params import checkpoint_decoder, choose_decoder
 
-    path = checkpoint_path(cfg)
-    payload = read_checkpoint(path) if payload is None else payload
     s = cfg.segment
-    stored = checkpoint_decoder(payload, path)
+    if stored is None:
+        path = checkpoint_path(cfg)
+        payload = read_checkpoint(path) if payload is None else payload
+        stored = checkpoint_decoder(payload, path)
     return choose_decoder(s.decoder, s.preset, s.params, stored, stored_label="checkpoint", user_label="config")
 
 

@@ -35,6 +35,28 @@ def test_a_folder_named_like_a_shipped_checkpoint_does_not_shadow_it(tmp_path, m
     assert resolve_checkpoint("fluo") == "fluo"
 
 
+def test_resampled_predictions_carry_size_thresholds_in_the_images_voxels(tmp_path):
+    """fluo's min_size counts voxels of its 0.5x0.25x0.25 µm grid; an image at half that voxel
+    size is predicted on its own grid, so the stored (and used) sizes are 8x larger."""
+    from blockseg.io import create_volume
+    from blockseg.predict import predict
+    from blockseg.segment.params import checkpoint_decoder, choose_decoder, store_decoder
+
+    vol = create_volume(tmp_path / "i.zarr", (16, 48, 48), np.uint8, (0.25, 0.125, 0.125))
+    vol.array[...] = np.random.default_rng(0).integers(0, 255, (16, 48, 48), dtype=np.uint8)
+    predict(str(tmp_path / "i.zarr"), "fluo", str(tmp_path / "o.pred"), progress=False, pyramid_levels=1)
+    own = checkpoint_decoder(read_checkpoint(shipped_checkpoint_path("fluo")))["params"]
+    stored = store_decoder(tmp_path / "o.pred")
+    assert stored["sizes"]["factor"] == pytest.approx(8.0)
+    for k in ("min_size", "min_seed_size"):
+        assert stored["params"][k] == round(own[k] * 8) and stored["sizes"]["checkpoint_grid"][k] == own[k]
+    assert {k: v for k, v in stored["params"].items() if k not in ("min_size", "min_seed_size")} == \
+        {k: v for k, v in own.items() if k not in ("min_size", "min_seed_size")}  # thresholds unchanged
+    choice = choose_decoder(stored=stored)
+    assert choice.decoder.params()["min_size"] == round(own["min_size"] * 8)
+    assert "sizes ×8 from its voxel grid to this image's" in choice.describe()
+
+
 def test_predict_accepts_the_name(tmp_path):
     from blockseg.io import create_volume
     from blockseg.predict import predict

@@ -851,7 +851,9 @@ def predict(
         # the checkpoint's tuned decoder travels with the data: segment's defaults (segment.params)
         from ..segment.params import checkpoint_decoder
 
-        stored = checkpoint_decoder(payload, checkpoint, run_settings["checkpoint_sha256"])
+        # sizes in voxels of the network's grid become voxels of this image's grid
+        size_factor = 1.0 / float(np.prod(scaling.factors)) if scaling else None
+        stored = checkpoint_decoder(payload, checkpoint, run_settings["checkpoint_sha256"], size_factor)
         if stored is not None:  # only a decoder the kept channels can feed
             from ..segment import DECODERS
 

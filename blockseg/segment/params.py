@@ -83,7 +83,9 @@ def _source_words(source: str, stored: dict | None) -> str:
     origin = ""
     if stored and stored.get("checkpoint"):
         tuned = " tuned on its " + stored["tuned_on"] + " volume" if stored.get("tuned_on") else ""
-        origin = f" (thresholds of checkpoint {os.path.basename(stored['checkpoint'])}{tuned})"
+        sizes = stored.get("sizes")
+        rescaled = (f"; sizes ×{sizes['factor']:.3g} from its voxel grid to this image's" if sizes else "")
+        origin = f" (thresholds of checkpoint {os.path.basename(stored['checkpoint'])}{tuned}{rescaled})"
     words = {
         "default": "(the decoder's defaults)",
         "checkpoint": "from the checkpoint" + origin,
@@ -97,7 +99,14 @@ def _source_words(source: str, stored: dict | None) -> str:
     return words.get(source, f"from {source}")
 
 
-def checkpoint_decoder(payload: Mapping, path: str | None = None, digest: str | None = None) -> dict | None:
+#: decoder parameters that count voxels (object volumes): in a checkpoint they count voxels of
+#: its training grid, so they are rescaled when predictions are resampled to another grid
+VOXEL_COUNT_PARAMS = ("min_size", "min_seed_size")
+
+
+def checkpoint_decoder(
+    payload: Mapping, path: str | None = None, digest: str | None = None, size_factor: float | None = None
+) -> dict | None:
     """The decoder a checkpoint recommends, as stored with predictions (None when it names none).
 
     Parameters
@@ -106,6 +115,12 @@ def checkpoint_decoder(payload: Mapping, path: str | None = None, digest: str | 
         A checkpoint payload (:func:`blockseg.models.read_checkpoint`).
     path, digest : str, optional
         The checkpoint's path and sha256 prefix, recorded as the origin.
+    size_factor : float, optional
+        Image voxels per voxel of the checkpoint's grid (``1 / prod(scale factors)`` when
+        ``predict`` resampled the image for the network and its outputs back). The
+        recommendation's voxel counts (:data:`VOXEL_COUNT_PARAMS`) are multiplied by it and
+        rounded, so a size filter keeps the same physical size; the factor and the original
+        values are recorded under ``sizes``.
 
     Returns
     -------
@@ -123,6 +138,11 @@ def checkpoint_decoder(payload: Mapping, path: str | None = None, digest: str | 
     params = make_decoder(name, **dict(rec.get("params") or {})).params()
     given = set(rec.get("params") or {})
     out = {"name": name, "params": {k: v for k, v in params.items() if k in given}, "from": "checkpoint"}
+    if size_factor is not None and abs(float(size_factor) - 1.0) > 1e-6:
+        before = {k: out["params"][k] for k in VOXEL_COUNT_PARAMS if k in out["params"]}
+        if before:
+            out["params"].update({k: max(int(v > 0), int(round(v * float(size_factor)))) for k, v in before.items()})
+            out["sizes"] = {"factor": float(size_factor), "checkpoint_grid": before}
     if path is not None:
         out["checkpoint"] = os.path.abspath(path) if "://" not in str(path) else str(path)
     if digest is not None:
