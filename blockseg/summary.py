@@ -131,8 +131,12 @@ def _render_checkpoint(s: dict) -> list[str]:
     vs = s.get("voxel_size")
     lines.append(f"  voxel size (training data): {_xyz(vs) + ' µm' if vs else 'not recorded'}")
     n = s.get("normalisation")
-    if n:
-        lines.append(f"  normalisation: {n.get('method', 'affine')}, (x - {n.get('offset', 0):.4g}) / {n.get('scale', 1):.4g}")
+    if n and n.get("scheme") == "percentile":
+        med = (n.get("summary") or {}).get("median")
+        lines.append(f"  normalisation: percentile, each volume's {n.get('low', 1):g} % and {n.get('high', 99.8):g} % map to 0 and 1"
+                     + (f" (training volumes' normalised median {med:.3g})" if med is not None else ""))  # fmt: skip
+    elif n:
+        lines.append(f"  normalisation: fixed map in raw units, {n.get('method', 'affine')}, (x - {n.get('offset', 0):.4g}) / {n.get('scale', 1):.4g}")
     else:
         lines.append("  normalisation: none recorded")
     d = s.get("decoder")

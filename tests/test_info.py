@@ -54,8 +54,9 @@ def test_checkpoint(ws, capsys):
     assert js["kind"] == "checkpoint" and js["path"] == demo_checkpoint_path()
     assert js["architecture"] == "resunet3d" and js["parameters"] > 10_000 and js["representations"] == ["B", "C", "D", "cpv"]
     assert js["decoder"]["name"] == "bcd" and js["decoder"]["params"]["min_size"] == 64 and js["decoder"]["tuned_on"] == "validation"
-    assert js["normalisation"]["method"] == "mean_std" and js["voxel_size"] == [0.48, 0.51, 0.51]
-    assert "network: resunet3d" in text and "decoder: bcd" in text and "min_size=64" in text and "normalisation: mean_std" in text
+    assert js["normalisation"]["scheme"] == "percentile" and js["voxel_size"] == [0.48, 0.51, 0.51]
+    assert "network: resunet3d" in text and "decoder: bcd" in text and "min_size=64" in text
+    assert "normalisation: percentile, each volume's 1 % and 99.8 % map to 0 and 1" in text
     text, js = info(capsys, ws / "plain.pt")
     n = sum(p.numel() for p in IdentityNet(("B", "C", "D"), input_patch=(8, 16, 16)).parameters())
     assert js["parameters"] == n < 10 and js["decoder"] is None and "none recommended" in text and "not recorded" in text
