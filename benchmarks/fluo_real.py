@@ -6,8 +6,8 @@ The protocol is fixed before the first run and written into
 
     PYTHONPATH=. python benchmarks/fluo_real.py --protocol
     PYTHONPATH=. python benchmarks/fluo_real.py --prepare data/fluo      # synthetic + real slabs
-    blockseg train configs/train_fluo.yaml                               # -> runs/train_fluo
-    PYTHONPATH=. python benchmarks/fluo_real.py --evaluate runs/train_fluo/checkpoint.pt \\
+    blockseg train configs/train_fluo_real.yaml                               # -> runs/train_fluo_real
+    PYTHONPATH=. python benchmarks/fluo_real.py --evaluate runs/train_fluo_real/checkpoint.pt \\
         [--before OLD_FLUO.pt] --json benchmarks/results/fluo_real.json
 
 Splits are those of ``benchmarks/real_volumes_train.py`` (z fractions: train [0, 0.5),
@@ -67,7 +67,7 @@ def protocol_text() -> str:
         "  test [0.7, 1)). `--prepare` imports each crop's train + validation slabs with",
         "  `blockseg.training_data.import_pair`; the two synthetic volumes of the first `fluo`",
         "  (`blockseg synth --preset fluo`, seeds 11 and 12) stay in the training set.",
-        "* Training: `configs/train_fluo.yaml` from scratch (same tiny residual U-Net as before, B, C, D,",
+        "* Training: `configs/train_fluo_real.yaml` from scratch (same tiny residual U-Net as before, B, C, D,",
         "  percentile normalisation), `data.voxel_size` 0.5×0.25×0.25 µm (the real slabs are resampled",
         "  to it), crops drawn from the four volumes with equal probability, `data.validation` = the",
         "  two real validation slabs; the decoder grid is tuned at the end for the mean AP-50 (then",
