@@ -1,0 +1,304 @@
+"""A learned peer on the real crops: StarDist-3D trained on the same slabs, scored by blockseg's evaluator.
+
+Same protocol as ``benchmarks/real_volumes_train.py`` (``benchmarks/results/real_volumes.md``):
+per crop, z-slabs train ``[0, 0.5)``, validation ``[0.5, 0.7)``, test ``[0.7, 1)`` (the same
+``slabs()`` arithmetic, so the same slab boundaries and the same ground truth). StarDist-3D
+(``stardist.models.StarDist3D``) is trained on the train slab only; its own threshold tuning
+(``optimize_thresholds``, probability and NMS thresholds) sees the validation slab only; the test
+slab is predicted once per budget and scored with ``blockseg.evaluate.evaluate(gt, pred).summary()``
+(avAP over IoU 0.1-0.9, COCO AP-50), exactly as the blockseg models are.
+
+Budgets are training CPU time of the process (``time.process_time``, user + system, the measure
+used for blockseg), one TensorFlow thread (intra- and inter-op) and ``OMP_NUM_THREADS=1``. One
+training run per crop is snapshotted twice: at the CPU time the blockseg model of the same crop
+used (the larger of its two models, from ``real_volumes_train.json``) and at the protocol's cap
+of 5 CPU-minutes; thresholds are tuned and the test slab predicted at each snapshot (that time is
+recorded apart and not counted as training).
+
+StarDist and TensorFlow live in their own virtual environment (they are not installed with
+blockseg), so the script runs in two steps::
+
+    python3 -m venv /tmp/sdvenv && /tmp/sdvenv/bin/pip install tensorflow-cpu stardist
+    nice -n 10 /tmp/sdvenv/bin/python benchmarks/stardist_real.py --train --work /tmp/sd_runs
+    PYTHONPATH=. /work/main/.venv/bin/python benchmarks/stardist_real.py --score --work /tmp/sd_runs
+
+``--train`` writes the predicted test-slab labels (``.npy``) and a ``train.json`` to ``--work``;
+``--score`` evaluates them with blockseg and writes ``benchmarks/results/stardist_real.json`` and
+``benchmarks/results/stardist_real.md``. ``--dry`` trains briefly and tunes thresholds without
+touching the test slab (a plumbing check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy: BLAS and StarDist's OpenMP NMS on one thread
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "real"
+OUT = ROOT / "benchmarks" / "results"
+BLOCKSEG_RUN = OUT / "real_volumes_train.json"
+
+#: same as benchmarks/real_volumes_train.py: z fractions, train [0, a), validation [a, b), test [b, 1)
+SPLIT = (0.5, 0.7)
+DATASETS = {"gonuclear": "gonuclear_1135_mini.npz", "bbbc050": "bbbc050_qcanet_8cell.npz"}
+#: training patch (z, y, x) per crop: z fits the validation slab (StarDist draws its validation
+#: patch from it; BBBC050's is 10 slices), y/x divisible by the grid
+PATCH = {"gonuclear": (16, 48, 48), "bbbc050": (8, 64, 64)}
+N_RAYS = 64
+BATCH = 2
+STEPS_PER_EPOCH = 10
+CAP_S = 300.0  # the protocol's budget: at most 5 CPU-minutes of training per model
+SEED = 0
+
+
+def slabs(n: int) -> tuple[int, int]:
+    """Slab boundaries ``(a, b)`` of a crop with ``n`` z-slices (as in real_volumes_train.py)."""
+    return int(round(SPLIT[0] * n)), int(round(SPLIT[1] * n))
+
+
+def load(name: str) -> dict:
+    """The crop ``name`` cut into its three slabs, with its voxel size."""
+    d = np.load(REAL / DATASETS[name])
+    img, lab = d["image"], d["labels"]
+    a, b = slabs(img.shape[0])
+    return {"train": (img[:a], lab[:a]), "val": (img[a:b], lab[a:b]), "test": (img[b:], lab[b:]),
+            "vs": tuple(float(v) for v in d["voxel_size_zyx"]), "bounds": (a, b, img.shape[0])}  # fmt: skip
+
+
+def blockseg_budgets() -> dict[str, float]:
+    """Training CPU seconds of the blockseg models per crop (the larger of the crop's models)."""
+    res = json.loads(BLOCKSEG_RUN.read_text())
+    return {r["dataset"]: max(float(m["cpu_s"]) for m in r["models"].values()) for r in res["within"]}
+
+
+def augment(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Random y/x flips, a random 90-degree turn in the (isotropic) y-x plane and an intensity jitter."""
+    rng = np.random
+    for ax in (1, 2):
+        if rng.rand() < 0.5:
+            x, y = np.flip(x, ax), np.flip(y, ax)
+    k = rng.randint(4)
+    x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k, axes=(1, 2))
+    x = x * rng.uniform(0.7, 1.3) + rng.uniform(-0.1, 0.1)
+    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
+
+
+def make_model(name: str, vs: tuple[float, float, float], workdir: Path):
+    """A StarDist3D with rays and anisotropy from the crop's voxel size, grid 2 in y/x."""
+    from stardist import Rays_GoldenSpiral
+    from stardist.models import Config3D, StarDist3D
+
+    aniso = tuple(v / min(vs) for v in vs)
+    grid = tuple(1 if a > 1.5 else 2 for a in aniso)
+    conf = Config3D(rays=Rays_GoldenSpiral(N_RAYS, anisotropy=aniso), grid=grid, anisotropy=aniso,
+                    n_channel_in=1, use_gpu=False, train_patch_size=PATCH[name], train_batch_size=BATCH,
+                    train_tensorboard=False)  # fmt: skip
+    return StarDist3D(conf, name=name, basedir=str(workdir / "models"))
+
+
+def cpu_budget_callback(limit_s: float):
+    """A Keras callback that stops training once the process has spent ``limit_s`` CPU seconds in ``fit``."""
+    import keras
+
+    class CpuBudget(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.limit, self.used, self.steps, self.t0 = limit_s, 0.0, 0, None
+
+        def on_train_begin(self, logs=None):
+            self.t0 = time.process_time()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+            if self.used + time.process_time() - self.t0 >= self.limit:
+                self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            self.used += time.process_time() - self.t0
+
+    return CpuBudget()
+
+
+def train_crop(name: str, budgets: list[float], workdir: Path, dry: bool) -> dict:
+    """Train one crop's model up to each budget in turn; tune on validation, predict the test slab."""
+    from csbdeep.utils import normalize
+
+    d = load(name)
+    norm = lambda v: normalize(v.astype(np.float32), 1, 99.8, axis=(0, 1, 2))  # noqa: E731
+    (xt, yt), (xv, yv), (xs, _) = d["train"], d["val"], d["test"]
+    xt, xv = norm(xt), norm(xv)
+    model = make_model(name, d["vs"], workdir)
+    model.prepare_for_training()
+    cb = cpu_budget_callback(budgets[0])
+    model.callbacks.append(cb)
+    row = {"dataset": name, "bounds_zab": d["bounds"], "voxel_size": d["vs"], "patch": PATCH[name],
+           "anisotropy": model.config.anisotropy, "grid": model.config.grid, "n_rays": N_RAYS,
+           "n_params": int(model.keras_model.count_params()), "snapshots": []}  # fmt: skip
+    wall = 0.0
+    for i, limit in enumerate(budgets):
+        cb.limit = limit
+        t0 = time.perf_counter()
+        hist = model.train([xt], [yt], validation_data=([xv], [yv]), augmenter=augment, seed=SEED + i,
+                           epochs=100000, steps_per_epoch=STEPS_PER_EPOCH)  # fmt: skip
+        wall += time.perf_counter() - t0
+        c0, t0 = time.process_time(), time.perf_counter()
+        thr = model.optimize_thresholds([xv], [yv])
+        snap = {"budget_cpu_s": round(limit, 1), "train_cpu_s": round(cb.used, 1), "train_wall_s": round(wall, 1),
+                "steps": cb.steps, "epochs_last_fit": len(hist.history.get("loss", [])),
+                "val_loss_last": float(hist.history["val_loss"][-1]) if hist.history.get("val_loss") else None,
+                "thresholds": {k: float(v) for k, v in thr.items()}}  # fmt: skip
+        if not dry:
+            pred, _ = model.predict_instances(norm(xs))
+            path = workdir / f"{name}_{i}.npy"
+            np.save(path, pred.astype(np.int32))
+            snap["pred"] = str(path)
+        snap["tune_predict_cpu_s"] = round(time.process_time() - c0, 1)
+        snap["tune_predict_wall_s"] = round(time.perf_counter() - t0, 1)
+        print(name, snap, flush=True)
+        row["snapshots"].append(snap)
+    return row
+
+
+def train_all(workdir: Path, datasets: list[str], dry: bool) -> dict:
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import csbdeep
+    import keras
+    import stardist
+
+    keras.utils.set_random_seed(SEED)  # weight initialisation (patch sampling: seeded in train)
+    workdir.mkdir(parents=True, exist_ok=True)
+    bs = blockseg_budgets()
+    out = {"versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "stardist": stardist.__version__,
+                        "csbdeep": csbdeep.__version__, "numpy": np.__version__, "python": platform.python_version()},
+           "machine": platform.platform(), "cpus": os.cpu_count(), "load_start": os.getloadavg(),
+           "command": " ".join(sys.argv), "split": SPLIT, "batch": BATCH, "steps_per_epoch": STEPS_PER_EPOCH,
+           "threads": 1, "within": []}  # fmt: skip
+    for name in datasets:
+        budgets = [20.0] if dry else [bs[name], CAP_S]
+        out["within"].append(train_crop(name, budgets, workdir, dry))
+        out["load_after_" + name] = os.getloadavg()
+    out["load_end"] = os.getloadavg()
+    (workdir / ("dry.json" if dry else "train.json")).write_text(json.dumps(out, indent=1, default=str))
+    return out
+
+
+def scores(gt, seg) -> dict:
+    """avAP, COCO AP-50/75 and counts, as real_volumes_train.py reports them."""
+    from blockseg.evaluate import evaluate
+
+    s = evaluate(gt, seg).summary()
+    return {"avAP": float(s["avAP"]), "AP50": float(s["coco"]["AP50"]), "AP75": float(s["coco"]["AP75"]),
+            "n_true": int(s["n_true"]), "n_pred": int(s["n_pred"])}  # fmt: skip
+
+
+def score_all(workdir: Path) -> dict:
+    res = json.loads((workdir / "train.json").read_text())
+    blockseg = {r["dataset"]: r for r in json.loads(BLOCKSEG_RUN.read_text())["within"]}
+    for row in res["within"]:
+        gt = load(row["dataset"])["test"][1]
+        for snap in row["snapshots"]:
+            snap["test"] = scores(gt, np.load(snap["pred"]))
+            snap["pred"] = Path(snap["pred"]).name
+        row["blockseg"] = {m: {k: s[k] for k in ("avAP", "AP50", "n_pred", "n_true", "cpu_s", "wall_s")}
+                           for m, s in blockseg[row["dataset"]]["models"].items()}  # fmt: skip
+        row["baseline"] = {k: blockseg[row["dataset"]]["baseline"][k] for k in ("avAP", "AP50", "n_pred", "n_true")}
+    res["load_score"] = os.getloadavg()
+    (OUT / "stardist_real.json").write_text(json.dumps(res, indent=1, default=str))
+    (OUT / "stardist_real.md").write_text(report(res))
+    return res
+
+
+def report(res: dict) -> str:
+    f = lambda v: f"{v:.3f}"  # noqa: E731
+    v = res["versions"]
+    ld = lambda x: tuple(round(t, 2) for t in x)  # noqa: E731
+    lines = [
+        "# StarDist-3D on the real crops (a learned peer)",
+        "",
+        "Same split, same ground truth, same evaluator as `benchmarks/real_volumes_train.py`",
+        "(`benchmarks/results/real_volumes.md`, section \"Trained on the real crops\"): per crop, z-slabs",
+        "train [0, 0.5), validation [0.5, 0.7), test [0.7, 1); thresholds tuned on the validation slab only",
+        "(StarDist's own `optimize_thresholds`); the test slab scored once per budget with",
+        "`blockseg.evaluate` (avAP over IoU 0.1-0.9, COCO AP-50).",
+        "",
+        "## Setup",
+        "",
+        f"* Versions: tensorflow-cpu {v['tensorflow']}, keras {v['keras']}, stardist {v['stardist']}, csbdeep "
+        f"{v['csbdeep']}, numpy {v['numpy']}, Python {v['python']}; in a separate venv (not blockseg's).",
+        f"* StarDist3D, default 3D config (ResNet backbone) except: {res['within'][0]['n_rays']} rays "
+        "(`Rays_GoldenSpiral` with the anisotropy), anisotropy = voxel size / smallest voxel size, grid 2 in y/x,",
+        f"  batch {res['batch']}, patch per crop below, {res['steps_per_epoch']} steps per epoch, no TensorBoard; "
+        "StarDist's default Adam lr 3e-4, its best-validation-loss weights reloaded after each fit.",
+        "  Normalisation `csbdeep.utils.normalize(x, 1, 99.8)` per slab (each slab is one image).",
+        "  Augmentation: y/x flips, 90-degree turns in y-x, intensity scale/shift.",
+        "* Budget: training CPU time of the process (`time.process_time`, as for blockseg), one TF thread",
+        "  (intra/inter-op) and `OMP_NUM_THREADS=1`, `nice -n 10`. One training run per crop, snapshotted at the",
+        "  CPU time of that crop's larger blockseg model (`real_volumes_train.json`) and at the protocol's cap",
+        "  of 5 CPU-minutes; threshold tuning and test prediction at each snapshot are timed apart.",
+        f"* Machine: {res['machine']}, {res['cpus']} cores shared with other jobs; load average (1, 5, 15 min)",
+        f"  at start {ld(res['load_start'])}, at end of training {ld(res['load_end'])}.",
+        "",
+        "Commands:",
+        "",
+        "```",
+        "python3 -m venv /tmp/sdvenv && /tmp/sdvenv/bin/pip install tensorflow-cpu stardist",
+        f"nice -n 10 /tmp/sdvenv/bin/python benchmarks/stardist_real.py {res['command'].split('stardist_real.py')[-1].strip()}",
+        "PYTHONPATH=. /work/main/.venv/bin/python benchmarks/stardist_real.py --score --work /tmp/sd_runs",
+        "```",
+        "",
+        "## Test slabs",
+        "",
+        "| crop | GT nuclei (test slab) | method | avAP | AP-50 | predicted | training CPU-min (wall min) | steps |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["within"]:
+        b = r["baseline"]
+        lines.append(f"| {r['dataset']} | {b['n_true']} | Otsu + distance watershed (tuned) | {f(b['avAP'])} | {f(b['AP50'])} | {b['n_pred']} | – | – |")
+        for m, s in r["blockseg"].items():
+            lines.append(f"| {r['dataset']} | {s['n_true']} | blockseg train {m} | {f(s['avAP'])} | {f(s['AP50'])} | {s['n_pred']} "
+                         f"| {s['cpu_s'] / 60:.1f} ({s['wall_s'] / 60:.1f}) | 250 |")  # fmt: skip
+        for s in r["snapshots"]:
+            t = s["test"]
+            lines.append(f"| {r['dataset']} | {t['n_true']} | StarDist-3D, {s['budget_cpu_s'] / 60:.1f} CPU-min budget | {f(t['avAP'])} "
+                         f"| {f(t['AP50'])} | {t['n_pred']} | {s['train_cpu_s'] / 60:.1f} ({s['train_wall_s'] / 60:.1f}) | {s['steps']} |")  # fmt: skip
+    lines += ["", "blockseg and baseline rows are copied from `real_volumes_train.json` (their own run, other load).", "",
+              "| crop | slabs z (val start, test start, end) | patch | anisotropy | grid | parameters | tuned thresholds (prob, nms) per snapshot |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in res["within"]:
+        th = "; ".join(f"{s['thresholds']['prob']:.3f}, {s['thresholds']['nms']:.2f}" for s in r["snapshots"])
+        an = tuple(round(a, 2) for a in r["anisotropy"])
+        lines.append(f"| {r['dataset']} | {tuple(r['bounds_zab'])} | {tuple(r['patch'])} | {an} | {tuple(r['grid'])} | {r['n_params']} | {th} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--train", action="store_true", help="train, tune and predict (StarDist venv)")
+    ap.add_argument("--score", action="store_true", help="score the predictions with blockseg.evaluate (blockseg venv)")
+    ap.add_argument("--dry", action="store_true", help="with --train: 20 CPU-s, tune, no test prediction")
+    ap.add_argument("--work", default="/tmp/sd_runs", help="folder for models, predictions and train.json")
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    args = ap.parse_args(argv)
+    if not REAL.is_dir():
+        print(f"{REAL} is absent", file=sys.stderr)
+        return 1
+    if args.train:
+        train_all(Path(args.work), args.datasets.split(","), args.dry)
+    if args.score:
+        score_all(Path(args.work))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
