@@ -91,15 +91,19 @@ def augment(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
 
 
-def make_model(name: str, vs: tuple[float, float, float], workdir: Path, lr: float | None = None):
-    """A StarDist3D with rays and anisotropy from the crop's voxel size, grid 2 in y/x (``lr``: Adam's, else StarDist's default)."""
+def make_model(name: str, vs: tuple[float, float, float], workdir: Path, lr: float | None = None,
+               grid: tuple[int, int, int] | None = None, patch: tuple[int, int, int] | None = None):
+    """A StarDist3D with rays and anisotropy from the crop's voxel size, grid 2 in y/x.
+
+    ``lr``, ``grid``, ``patch`` override StarDist's default learning rate, the grid rule and ``PATCH``.
+    """
     from stardist import Rays_GoldenSpiral
     from stardist.models import Config3D, StarDist3D
 
     aniso = tuple(v / min(vs) for v in vs)
-    grid = tuple(1 if a > 1.5 else 2 for a in aniso)
+    grid = grid or tuple(1 if a > 1.5 else 2 for a in aniso)
     conf = Config3D(rays=Rays_GoldenSpiral(N_RAYS, anisotropy=aniso), grid=grid, anisotropy=aniso,
-                    n_channel_in=1, use_gpu=False, train_patch_size=PATCH[name], train_batch_size=BATCH,
+                    n_channel_in=1, use_gpu=False, train_patch_size=patch or PATCH[name], train_batch_size=BATCH,
                     train_tensorboard=False, **({"train_learning_rate": lr} if lr else {}))  # fmt: skip
     return StarDist3D(conf, name=name, basedir=str(workdir / "models"))
 
@@ -127,7 +131,7 @@ def cpu_budget_callback(limit_s: float):
     return CpuBudget()
 
 
-def train_crop(name: str, budgets: list[float], workdir: Path, dry: bool, lr: float | None = None) -> dict:
+def train_crop(name: str, budgets: list[float], workdir: Path, dry: bool, lr: float | None = None, grid=None, patch=None) -> dict:
     """Train one crop's model up to each budget in turn; tune on validation, predict the test slab."""
     from csbdeep.utils import normalize
 
@@ -135,11 +139,11 @@ def train_crop(name: str, budgets: list[float], workdir: Path, dry: bool, lr: fl
     norm = lambda v: normalize(v.astype(np.float32), 1, 99.8, axis=(0, 1, 2))  # noqa: E731
     (xt, yt), (xv, yv), (xs, _) = d["train"], d["val"], d["test"]
     xt, xv = norm(xt), norm(xv)
-    model = make_model(name, d["vs"], workdir, lr)
+    model = make_model(name, d["vs"], workdir, lr, grid, patch)
     model.prepare_for_training()
     cb = cpu_budget_callback(budgets[0])
     model.callbacks.append(cb)
-    row = {"dataset": name, "bounds_zab": d["bounds"], "voxel_size": d["vs"], "patch": PATCH[name],
+    row = {"dataset": name, "bounds_zab": d["bounds"], "voxel_size": d["vs"], "patch": model.config.train_patch_size,
            "anisotropy": model.config.anisotropy, "grid": model.config.grid, "n_rays": N_RAYS,
            "n_params": int(model.keras_model.count_params()), "lr": model.config.train_learning_rate, "snapshots": []}  # fmt: skip
     wall = 0.0
@@ -168,7 +172,7 @@ def train_crop(name: str, budgets: list[float], workdir: Path, dry: bool, lr: fl
 
 
 def train_all(workdir: Path, datasets: list[str], dry: bool, lr: float | None = None, budgets: list[float] | None = None,
-              label: str = "") -> dict:
+              label: str = "", grid=None, patch=None) -> dict:
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -187,7 +191,7 @@ def train_all(workdir: Path, datasets: list[str], dry: bool, lr: float | None = 
            "threads": 1, "label": label, "within": []}  # fmt: skip
     for name in datasets:
         b = [20.0] if dry else (budgets or [bs[name], CAP_S])
-        out["within"].append(train_crop(name, b, workdir, dry, lr))
+        out["within"].append(train_crop(name, b, workdir, dry, lr, grid, patch))
         out["load_after_" + name] = os.getloadavg()
     out["load_end"] = os.getloadavg()
     (workdir / ("dry.json" if dry else "train.json")).write_text(json.dumps(out, indent=1, default=str))
@@ -371,6 +375,8 @@ def main(argv=None) -> int:
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--lr", type=float, help="Adam learning rate (default: StarDist's 3e-4)")
     ap.add_argument("--budgets", help="comma-separated training CPU seconds of the snapshots (default: blockseg's, 300)")
+    ap.add_argument("--grid", help="z,y,x output grid (default: 1 if anisotropy > 1.5 else 2)")
+    ap.add_argument("--patch", help="z,y,x training patch (default: PATCH of the crop)")
     ap.add_argument("--label", default="", help="a name for this run in the report")
     args = ap.parse_args(argv)
     if not REAL.is_dir():
@@ -378,7 +384,8 @@ def main(argv=None) -> int:
         return 1
     if args.train:
         budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else None
-        train_all(Path(args.work), args.datasets.split(","), args.dry, args.lr, budgets, args.label)
+        tup = lambda t: tuple(int(v) for v in t.split(",")) if t else None  # noqa: E731
+        train_all(Path(args.work), args.datasets.split(","), args.dry, args.lr, budgets, args.label, tup(args.grid), tup(args.patch))
     if args.diagnose:
         diagnose(Path(args.work))
     if args.score:
