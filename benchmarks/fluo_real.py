@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_volumes_train  # noqa: E402
 from real_volumes_train import BASE_GRID, DATASETS, REAL, slabs, tune_baseline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,13 +85,7 @@ def protocol_text() -> str:
 
 
 def write_section(text: str) -> None:
-    old = MD.read_text() if MD.exists() else ""
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}\n"
-    if BEGIN in old:
-        new = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", lambda m: block, old, flags=re.S)
-    else:
-        new = old.rstrip() + "\n\n" + block
-    MD.write_text(new)
+    real_volumes_train.write_section(text, MD, BEGIN, END)
 
 
 def prepare(folder: Path) -> None:

@@ -102,15 +102,16 @@ def protocol_text(iterations: int) -> str:
     ])
 
 
-def write_section(text: str) -> None:
-    MD.parent.mkdir(parents=True, exist_ok=True)
-    old = MD.read_text() if MD.exists() else ""
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}\n"
-    if BEGIN in old:
-        new = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", lambda m: block, old, flags=re.S)
+def write_section(text: str, md: Path = MD, begin: str = BEGIN, end: str = END) -> None:
+    """Put ``text`` between the ``begin`` / ``end`` markers of ``md`` (appended when absent); the rest of the file stays."""
+    md.parent.mkdir(parents=True, exist_ok=True)
+    old = md.read_text() if md.exists() else ""
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    if begin in old:
+        new = re.sub(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", lambda m: block, old, flags=re.S)
     else:
         new = old.rstrip() + "\n\n" + block
-    MD.write_text(new)
+    md.write_text(new)
 
 
 def scores(gt, seg) -> dict:

@@ -104,7 +104,9 @@ def test_validation_region_and_fraction_boxes():
         parse_config(_config("v", "o", data={"train": ["v"], "validation": {"volume": "v", "region": [[5, 2], None, None]}}))
 
 
-def test_training_with_a_held_out_slab_never_reads_it(volume, tmp_path, monkeypatch):
+@pytest.fixture
+def crops_read(monkeypatch):
+    """The views every training crop is read from (the crop sampler, spied on)."""
     from blockseg.train import data as data_mod
 
     seen = []
@@ -115,6 +117,11 @@ def test_training_with_a_held_out_slab_never_reads_it(volume, tmp_path, monkeypa
         return orig(self, view, geo, o, elastic_rng)
 
     monkeypatch.setattr(data_mod.CropSampler, "crop", spy)
+    return seen
+
+
+def test_training_with_a_held_out_slab_never_reads_it(volume, tmp_path, crops_read):
+    seen = crops_read
     cfg = _config(volume, tmp_path / "r", iterations=4, validate_every=2,
                   data={"train": [volume], "validation": {"volume": volume, "fraction": 0.25}, "target_context": 2})  # fmt: skip
     res = train(parse_config(cfg), progress=False)
@@ -125,21 +132,12 @@ def test_training_with_a_held_out_slab_never_reads_it(volume, tmp_path, monkeypa
     assert set(res.validation) >= {"AP50", "AP75"}
 
 
-def test_validation_on_several_volumes_holds_out_each_and_scores_their_mean(volume, tmp_path, monkeypatch):
+def test_validation_on_several_volumes_holds_out_each_and_scores_their_mean(volume, tmp_path, crops_read):
     """A list of validation entries (e.g. one slab of each real crop): each training volume's
     slab is held out, and the validation scores are the mean over the volumes."""
-    from blockseg.train import data as data_mod
-
+    seen = crops_read
     other = tmp_path / "other.zarr"
     synthesize(str(other), SynthParams(shape=(24, 48, 48), seed=9), chunks=(24, 48, 48), progress=False)
-    seen = []
-    orig = data_mod.CropSampler.crop
-
-    def spy(self, view, geo, o, elastic_rng=None):
-        seen.append(view)
-        return orig(self, view, geo, o, elastic_rng)
-
-    monkeypatch.setattr(data_mod.CropSampler, "crop", spy)
     val = [{"volume": volume, "fraction": 0.25}, {"volume": str(other), "region": [[0, 8], None, None]}]
     cfg = _config(volume, tmp_path / "r", iterations=4, data={"train": [volume, str(other)], "validation": val, "target_context": 2},
                   decoder={"name": "bcd", "tune": {"fg_b": [0.5, 0.7]}})  # fmt: skip
