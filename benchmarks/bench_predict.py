@@ -89,7 +89,7 @@ def monai_run(model, image: np.ndarray, patch, batch) -> tuple[float, np.ndarray
     return time.perf_counter() - t, out[0].numpy()
 
 
-def blockseg_run(img, ckpt, out, block, workers, threads, batch, rss=False, chunks=None):
+def blockseg_run(img, ckpt, out, block, workers, threads, batch, rss=False, chunks=None, patch="auto"):
     cfg = ClusterConfig(n_workers=workers, threads_per_worker=threads, dashboard=False, memory_limit="8GiB")
     with dask_client(cfg, quiet=True) as client:
         client.run(importlib.import_module, "bench_unet")
@@ -99,7 +99,7 @@ def blockseg_run(img, ckpt, out, block, workers, threads, batch, rss=False, chun
         cpu0 = sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
         t = time.perf_counter()
         rep = predict(img, ckpt, out, block_shape=block, client=client, overwrite=True, batch_size=batch,
-                      device="cpu", progress=False, chunks=chunks)  # fmt: skip
+                      device="cpu", progress=False, chunks=chunks, patch=patch)  # fmt: skip
         wall = time.perf_counter() - t
         cpu = sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids) - cpu0
         sampler.stop.set()
@@ -186,9 +186,10 @@ def model_section(args, work: Path, res: dict) -> None:
     n = args.size**3
     with dask_client(ClusterConfig(n_workers=2, dashboard=False), quiet=True) as client:
         image = make_volume(str(work / "img.zarr"), args.size, client)[...]
-    # the inference patch blockseg chooses (patch="auto"): the raw forward runs the same patch
+    # the inference patch blockseg chooses (patch="auto", or --infer-patch): the raw forward runs the same patch
+    infer = "auto" if not args.infer_patch else (args.infer_patch,) * 3
     ipatch = predict(str(work / "img.zarr"), ckpt, str(work / "pred.zarr"), block_shape=args.block, dry_run=True,
-                     batch_size=args.batch, device="cpu", progress=False).lattice.patch  # fmt: skip
+                     batch_size=args.batch, device="cpu", progress=False, patch=infer).lattice.patch  # fmt: skip
     res["model"]["inference_patch"] = list(ipatch)
     runs: list[dict] = []
     for r in range(args.repeats):
@@ -200,7 +201,8 @@ def model_section(args, work: Path, res: dict) -> None:
             run["raw_2p"] = sum(c.run(raw_forward_worker, ipatch, args.batch, max(2, 8 // args.batch)).values())
         print(f"[{r}] raw forward {run['raw_1p'] / 1e6:.3f} (1 process x 2 threads) / {run['raw_2p'] / 1e6:.3f} "
               f"(2 processes x 1 thread) Mvox/s, load {load()}", flush=True)  # fmt: skip
-        wall, cpu, peak, rep = blockseg_run(str(work / "img.zarr"), ckpt, str(work / "pred.zarr"), args.block, 2, 1, args.batch)
+        wall, cpu, peak, rep = blockseg_run(str(work / "img.zarr"), ckpt, str(work / "pred.zarr"), args.block, 2, 1, args.batch,
+                                            patch=infer)  # fmt: skip
         run["blockseg"] = {"wall": wall, "cpu": cpu, "peak": peak, "patches": rep.patches}
         print(f"[{r}] blockseg 2 workers x 1 thread {wall:.1f} s, load {load()}", flush=True)
         if args.one_worker:
@@ -263,6 +265,7 @@ def main() -> None:
     ap.add_argument("--one-worker", action="store_true", help="also run blockseg on 1 worker x 2 threads")
     ap.add_argument("--rss-size", type=int, default=512, help="volume edge of the peak-RSS measurement (0: skip)")
     ap.add_argument("--out", default="benchmarks/results/predict")
+    ap.add_argument("--infer-patch", type=int, default=0, help="blockseg's (and the raw forward's) inference patch edge (0: --patch auto)")
     ap.add_argument("--engine-shape", type=int, nargs=3, default=[128, 512, 512], help="engine section volume (0 0 0: skip)")
     ap.add_argument("--engine-block", type=int, nargs=3, default=[64, 256, 256])
     ap.add_argument("--engine-chunks", type=int, nargs=3, default=[32, 128, 128])
@@ -343,12 +346,14 @@ def model_report(res: dict) -> str:
     lines = [
         f"# predict benchmark ({a['size']}³, CPU, {a['repeats']} paired repeats)",
         "",
-        f"Command: `PYTHONPATH=.:benchmarks python benchmarks/bench_predict.py --size {a['size']} "
-        f"--repeats {a['repeats']} --rss-size {a['rss_size']}`  ",
+        f"Command: `PYTHONPATH=.:benchmarks python benchmarks/bench_predict.py --engine-shape {' '.join(map(str, a['engine_shape']))} "
+        f"--size {a['size']} --block {' '.join(map(str, a['block']))} --repeats {a['repeats']} --rss-size {a['rss_size']}"
+        + (f" --infer-patch {a['infer_patch']}" if a.get("infer_patch") else "") + "`  ",
         f"Machine: {res['machine']['cpus']} CPUs, {res['machine']['platform']}, torch {res['machine']['torch']}; "
         f"1-min load before {res['load_before']}, after {res['load_after']}.  ",
         f"Model: `bench_resunet` ({res['model']['params']:,} parameters, random weights), training patch {a['patch']}³, "
-        f"blockseg's inference patch (`--patch auto`) {tuple(res['model']['inference_patch'])}: the raw forward runs that "
+        f"blockseg's inference patch ({'`--patch auto`' if not a.get('infer_patch') else '`--infer-patch`'}) "
+        f"{tuple(res['model']['inference_patch'])}: the raw forward runs that "
         "patch too, MONAI the training patch; "
         f"batch {a['batch']} for all three; synthetic EM volume. The in-process runs (raw 1p, MONAI) use the "
         "channels-last layout (faster with 2 torch threads here), blockseg's workers and raw 2p the default layout.",
