@@ -250,15 +250,17 @@ def test_shipped_demo_checkpoint():
     model, payload = load_checkpoint(path)
     assert model.representations == ("B", "C", "D", "cpv")
     meta = payload["metadata"]
-    assert meta["normalisation"]["scale"] > 0 and len(meta["voxel_size"]) == 3
+    assert meta["normalisation"]["scheme"] == "percentile" and len(meta["voxel_size"]) == 3
     check_decoder_channels(model, make_decoder(meta["decoder"]["name"], **meta["decoder"]["params"]))
     # the network separates a dark blob from bright background (EM look) after normalisation
     from blockseg.models import normalise
+    from blockseg.normalise import resolve_array
 
     img = np.full((16, 32, 32), 195, np.float32)
     zz, yy, xx = np.ogrid[:16, :32, :32]
     img[(zz - 8) ** 2 + (yy - 16) ** 2 + (xx - 16) ** 2 <= 25] = 105
-    x = torch.from_numpy(normalise(img, meta["normalisation"]))[None, None]
+    affine = resolve_array(meta["normalisation"], img, warn=False).affine  # the image's own percentiles
+    x = torch.from_numpy(normalise(img, affine))[None, None]
     with torch.no_grad():
         b = model.postprocess(model(x))[0, 0].numpy()
     assert b[8, 16, 16] > 0.5 > b[8, 2, 2]
