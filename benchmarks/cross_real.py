@@ -32,15 +32,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_volumes_train import BASE_GRID, REAL, scores, slabs, tune_baseline  # noqa: E402
 
+from blockseg.resample import nucleus_diameter_um  # noqa: E402
+
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 MD, JSON = OUT / "cross_real.md", OUT / "cross_real.json"
-
-
-def median_diameter_um(labels: np.ndarray, voxel_size) -> float:
-    """Median equivalent-sphere diameter (µm) of the instances of ``labels``."""
-    counts = np.bincount(labels.ravel().astype(np.int64))[1:]
-    vol = counts[counts > 0] * float(np.prod(voxel_size))
-    return float(np.median((6.0 * vol / np.pi) ** (1.0 / 3.0)))
 
 
 def protocol_text() -> str:
@@ -85,8 +80,8 @@ def run(models_dir: Path) -> dict:
     b = np.load(REAL / "bbbc050_qcanet_8cell.npz")
     g_vs, b_vs = [tuple(float(v) for v in d["voxel_size_zyx"]) for d in (g, b)]
     a, v_end = slabs(g["image"].shape[0])
-    d_train = median_diameter_um(g["labels"][:a], g_vs)
-    d_test = median_diameter_um(b["labels"], b_vs)
+    d_train = nucleus_diameter_um(g["labels"][:a], g_vs)
+    d_test = nucleus_diameter_um(b["labels"], b_vs)
     img, gt = b["image"], b["labels"]
     out = {"machine": platform.platform(), "load_start": os.getloadavg(), "d_train_um": d_train, "d_test_um": d_test, "rows": []}
     bp, bval = tune_baseline(g["image"][a:v_end], g["labels"][a:v_end], g_vs)

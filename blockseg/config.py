@@ -141,6 +141,9 @@ class PredictConfig(_Strict):
     #: resample the input for the network (blockseg.resample): None = image voxel size /
     #: the checkpoint's training voxel size; 1 = off; one factor or three (z, y, x)
     scale: Optional[Union[float, tuple[float, float, float]]] = None
+    #: or: the image's typical nucleus diameter (µm); resample so its nuclei span as many network
+    #: voxels as the checkpoint's training nuclei (needs ``metadata.nucleus_diameter_um``)
+    diameter: Optional[float] = Field(default=None, gt=0)
 
 
 class SegmentConfig(_Strict):

@@ -72,7 +72,22 @@ def scaled_shape(shape: Sequence[int], factors: Sequence[float]) -> tuple[int, i
     return tuple(max(1, int(round(s * f))) for s, f in zip(shape, factors))  # type: ignore[return-value]
 
 
-def resolve_scale(scale, shape, image_voxel_size, voxel_size_source: str, network_voxel_size) -> tuple[Scaling | None, str]:
+def instance_diameters_um(labels: np.ndarray, voxel_size: Sequence[float]) -> np.ndarray:
+    """Equivalent-sphere diameter (µm) of every instance of ``labels`` (0 = background)."""
+    counts = np.bincount(np.asarray(labels).ravel().astype(np.int64))[1:]
+    counts = counts[counts > 0]
+    return (6.0 * counts * float(np.prod(voxel_size)) / np.pi) ** (1.0 / 3.0)
+
+
+def nucleus_diameter_um(labels: np.ndarray, voxel_size: Sequence[float]) -> float | None:
+    """Median equivalent-sphere diameter (µm) of the instances of ``labels`` (None without any)."""
+    d = instance_diameters_um(labels, voxel_size)
+    return float(np.median(d)) if d.size else None
+
+
+def resolve_scale(
+    scale, shape, image_voxel_size, voxel_size_source: str, network_voxel_size, diameter=None, network_diameter=None
+) -> tuple[Scaling | None, str]:
     """The resampling of an image for a network, or None; and one line saying why.
 
     Parameters
@@ -89,8 +104,34 @@ def resolve_scale(scale, shape, image_voxel_size, voxel_size_source: str, networ
         ``"metadata"``, ``"given"`` or ``"default"`` (unknown: taken as 1 µm).
     network_voxel_size : sequence of float or None
         The checkpoint's training voxel size.
+    diameter : float, optional
+        The image's typical nucleus diameter (µm). The factors then make a nucleus of this
+        size span as many network voxels as the training nuclei did:
+        ``(network_diameter / diameter) * (image voxel / network voxel)`` per axis, for nuclei
+        of another physical size than the training data's (another organism or stage).
+    network_diameter : float, optional
+        The checkpoint's training nucleus diameter (µm; ``metadata["nucleus_diameter_um"]``).
     """
     shape = tuple(int(s) for s in shape)
+    if diameter is not None:
+        if scale is not None and not (isinstance(scale, str) and scale == "auto"):
+            raise BlocksegError("give --scale or --diameter, not both")
+        if not (np.isfinite(float(diameter)) and float(diameter) > 0):
+            raise BlocksegError(f"--diameter takes a positive size in µm, got {diameter!r}")
+        if not network_diameter or not network_voxel_size:
+            raise BlocksegError("--diameter needs a checkpoint that records its training nucleus diameter and voxel size "
+                                "(checkpoints trained since 2026-11-29 do); use --scale")  # fmt: skip
+        if voxel_size_source == "default":
+            raise BlocksegError("--diameter needs the image's voxel size (pass --voxel-size)")
+        k = float(network_diameter) / float(diameter)
+        factors = tuple(k * float(a) / float(b) for a, b in zip(image_voxel_size, network_voxel_size))
+        why = f"nuclei of {float(diameter):g} µm to the network's {float(network_diameter):.3g} µm, in its voxels"
+        if all(abs(f - 1) <= AUTO_TOLERANCE for f in factors):
+            return None, f"not resampled: {why} within {AUTO_TOLERANCE:.0%} of 1"
+        net = scaled_shape(shape, factors)
+        eff = tuple(n / s for n, s in zip(net, shape))
+        desc = f"resampled by {tuple(round(f, 4) for f in eff)} (z, y, x) to {net} for the network ({why}), outputs back to the image grid"
+        return Scaling(eff, shape, net, desc), desc  # type: ignore[arg-type]
     if scale is None or (isinstance(scale, str) and scale == "auto"):
         if not network_voxel_size:
             return None, "not resampled: the checkpoint records no training voxel size"

@@ -111,6 +111,7 @@ def checkpoint_summary(path: str) -> dict:
         "channels": list(channels_of(payload.get("representations") or [])),
         "geometry": payload.get("geometry"),
         "voxel_size": meta.get("voxel_size"),
+        "nucleus_diameter_um": meta.get("nucleus_diameter_um"),
         "normalisation": meta.get("normalisation"),
         "decoder": checkpoint_decoder(payload, file),
         "validation": meta.get("validation"),
@@ -130,6 +131,8 @@ def _render_checkpoint(s: dict) -> list[str]:
         lines.append(f"  input patch {_xyz(g.get('input_patch', []))}, context margin {_xyz(g.get('margin', []))}, valid crop {_xyz(g.get('crop', []))}")
     vs = s.get("voxel_size")
     lines.append(f"  voxel size (training data): {_xyz(vs) + ' µm' if vs else 'not recorded'}")
+    d = s.get("nucleus_diameter_um")
+    lines.append(f"  nucleus diameter (training data, median): {f'{d:.3g} µm' if d else 'not recorded (predict --diameter needs it)'}")
     n = s.get("normalisation")
     if n and n.get("scheme") == "percentile":
         med = (n.get("summary") or {}).get("median")

@@ -260,6 +260,7 @@ def _stage_predict(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         batch_size=p.batch_size,
         pyramid_levels=p.pyramid_levels,
         scale=p.scale,
+        diameter=p.diameter,
         **({"overlap": p.overlap} if p.overlap is not None else {}),
     )
     return report.to_dict() if hasattr(report, "to_dict") else dict(report or {})

@@ -54,6 +54,11 @@ def register(subparsers) -> None:
         help="resample the input for the network by this factor, 1 or 3 values (z y x), outputs back to the image grid "
         "(default: image voxel size / the checkpoint's training voxel size, when both are known; 1: off)",
     )  # fmt: skip
+    p.add_argument(
+        "--diameter", type=float, metavar="UM",
+        help="the image's typical nucleus diameter in µm, instead of --scale: resample so that its nuclei span as many "
+        "network voxels as the checkpoint's training nuclei (for nuclei of another size than the training data's)",
+    )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print blocks, halo and a memory estimate; compute nothing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-resume", action="store_true", help="refuse an existing output instead of resuming it")
@@ -110,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         progress=progress_mode(args) != "none",
         pyramid_levels=pyramid_levels(args),
         scale=zyx(args.scale, "--scale", float),
+        diameter=args.diameter,
     )
     # the plan validates image, checkpoint and geometry: fail before starting a cluster; its
     # warnings on the input are held until the cluster passed its preflight (a cluster error

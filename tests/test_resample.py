@@ -137,3 +137,47 @@ def test_cli_scale_option_and_what_it_prints(tmp_path, tiny_ckpt, capsys, monkey
     assert "--scale" in capsys.readouterr().err
     plan = main(["predict", path, tiny_ckpt, str(tmp_path / "r.pred"), "--scale", "1", "2", "2", "--dry-run", "--json"])
     assert plan == 0 and json.loads(capsys.readouterr().out)["resampling"].startswith("resampled by (1.0, 2.0, 2.0)")
+
+
+# ----------------------------------------------------------------------------- --diameter
+def test_diameter_resolves_factors_from_nucleus_sizes():
+    """Nuclei of 16 µm at 0.8 µm voxels for a network trained on 2.7 µm nuclei at 0.127 µm voxels
+    (BBBC050 and GoNuclear): both span ~21 voxels, so the factors are ~1, where voxel-size
+    resampling alone would be 6.3x."""
+    s, why = resolve_scale(None, (51, 120, 122), (1.75, 0.8, 0.8), "metadata", [0.284, 0.127, 0.127], 16.8, 2.7)
+    assert s is None and "not resampled" in why and "16.8 µm" in why
+    s, why = resolve_scale(None, (10, 20, 20), (1.0, 1.0, 1.0), "metadata", [1.0, 1.0, 1.0], 5.0, 10.0)
+    assert s.net_shape == (20, 40, 40) and "nuclei of 5 µm" in why  # half the size: twice the voxels
+    with pytest.raises(BlocksegError, match="not both"):
+        resolve_scale(2.0, (10, 20, 20), (1, 1, 1), "metadata", [1, 1, 1], 5.0, 10.0)
+    with pytest.raises(BlocksegError, match="records its training nucleus diameter"):
+        resolve_scale(None, (10, 20, 20), (1, 1, 1), "metadata", [1, 1, 1], 5.0, None)
+    with pytest.raises(BlocksegError, match="voxel size"):
+        resolve_scale(None, (10, 20, 20), (1, 1, 1), "default", [1, 1, 1], 5.0, 10.0)
+    with pytest.raises(BlocksegError, match="positive"):
+        resolve_scale(None, (10, 20, 20), (1, 1, 1), "metadata", [1, 1, 1], -1.0, 10.0)
+
+
+def test_training_records_the_nucleus_diameter_and_predict_uses_it(tmp_path, capsys):
+    from blockseg.resample import nucleus_diameter_um
+    from blockseg.synth import SynthParams, synthesize
+    from blockseg.train import parse_config, train
+    from blockseg_cli.main import main
+
+    vol = tmp_path / "v.zarr"
+    synthesize(str(vol), SynthParams(shape=(24, 48, 48), seed=3), chunks=(24, 48, 48), progress=False)
+    cfg = {"data": {"train": [str(vol)], "target_context": 2},
+           "model": {"representations": ["B", "C", "D"], "params": {"widths": [4, 8], "anisotropic": 1}},
+           "output": str(tmp_path / "run"), "iterations": 2, "patch": [8, 16, 16], "batch_size": 1,
+           "checkpoint_every": 2, "threads": 1, "targets": {"max_distance": 4.0}}  # fmt: skip
+    ckpt = train(parse_config(cfg), progress=False).checkpoint
+    meta = load_checkpoint(ckpt)[1]["metadata"]
+    lab = open_volume(f"{vol}/labels/nuclei")
+    assert meta["nucleus_diameter_um"] == pytest.approx(nucleus_diameter_um(lab.array[...], lab.voxel_size))
+    d = meta["nucleus_diameter_um"]
+    # the image's nuclei are half the training size: the network sees it at twice the resolution
+    assert main(["predict", str(vol), ckpt, str(tmp_path / "p.pred"), "--diameter", str(d / 2), "--dry-run", "--json"]) == 0
+    plan = __import__("json").loads(capsys.readouterr().out)
+    assert plan["resampling"].startswith("resampled by (2.0, 2.0, 2.0)") and "in its voxels" in plan["resampling"]
+    assert main(["predict", str(vol), demo_checkpoint_path(), str(tmp_path / "q.pred"), "--diameter", "5", "--dry-run"]) == 2
+    assert "records its training nucleus diameter" in capsys.readouterr().err

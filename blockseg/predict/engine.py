@@ -676,6 +676,7 @@ def predict(
     dry_run: bool = False,
     pyramid_levels: int | None = None,
     scale=None,
+    diameter=None,
 ) -> PredictReport | PredictPlan:
     """Predict every representation of a checkpoint's network over an image, block by block.
 
@@ -746,6 +747,10 @@ def predict(
         Resample the input for the network by these factors (resampled voxels per image
         voxel) and the outputs back (:mod:`blockseg.resample`). Default: image voxel size /
         the checkpoint's training voxel size, when both are known; 1: off.
+    diameter : float, optional
+        The image's typical nucleus diameter (µm), instead of ``scale``: resample so that such
+        a nucleus spans as many network voxels as the checkpoint's training nuclei
+        (``metadata["nucleus_diameter_um"]``; :func:`blockseg.resample.resolve_scale`).
 
     The input is normalised by the checkpoint's scheme (:mod:`blockseg.normalise`: the
     image's own 1-99.8 percentiles for checkpoints trained so, else the checkpoint's fixed
@@ -768,7 +773,8 @@ def predict(
     from ..resample import predict_block_scaled, resolve_scale, scaled_layouts
 
     meta = payload.get("metadata", {})
-    scaling, scale_why = resolve_scale(scale, shape, vol.voxel_size, vol.voxel_size_source, meta.get("voxel_size"))
+    scaling, scale_why = resolve_scale(scale, shape, vol.voxel_size, vol.voxel_size_source, meta.get("voxel_size"),
+                                       diameter, meta.get("nucleus_diameter_um"))  # fmt: skip
     normalised = resolve_volume(meta.get("normalisation"), image_path, client=client)
     names, kinds = output_channels(model, mc_samples)
 

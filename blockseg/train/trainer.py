@@ -470,10 +470,22 @@ def resample_training_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": train_paths, "validation": v})})
 
 
-def _metadata(cfg: TrainConfig, normalisation, voxel_size, iteration, decoder, validation, losses) -> dict:
+def training_nucleus_diameter(paths: Sequence[str], labels: str) -> float | None:
+    """Median equivalent-sphere diameter (µm) of the nuclei of all training volumes (recorded in
+    the checkpoint; ``predict --diameter`` scales other nucleus sizes to it)."""
+    from ..io import open_volume
+    from ..resample import instance_diameters_um
+
+    vols = [open_volume(f"{str(p).rstrip('/')}/{labels}") for p in paths]
+    d = np.concatenate([instance_diameters_um(v.array[...], v.voxel_size) for v in vols] or [np.zeros(0)])
+    return float(np.median(d)) if d.size else None
+
+
+def _metadata(cfg: TrainConfig, normalisation, voxel_size, iteration, decoder, validation, losses, diameter=None) -> dict:
     return {
         "normalisation": normalisation,
         "voxel_size": list(voxel_size),
+        "nucleus_diameter_um": diameter,
         "representations": list(cfg.model.representations),
         "training": {"config": cfg.model_dump(mode="json"), "iteration": iteration, "recent_loss": losses},
         "decoder": decoder,
@@ -548,6 +560,7 @@ def train(
 
     # metadata["normalisation"] (scheme + training statistics) and each volume's affine map
     normalisation, affines = training_normalisation(cfg.normalisation, cfg.data.train)
+    diameter = training_nucleus_diameter(cfg.data.train, cfg.data.labels)
     sampler = CropSampler(
         cfg.data.train, cfg.model.representations, cfg.patch, affines, cfg.augment, cfg.data.labels,
         cfg.data.mask, cfg.data.target_context, cfg.data.min_foreground, cfg.targets, exclude,
@@ -591,7 +604,7 @@ def train(
     window: list[dict] = []
 
     def save(it: int) -> None:
-        meta = _metadata(cfg, normalisation, voxel_size, it, decoder_meta, validation, losses[-cfg.log_every :])
+        meta = _metadata(cfg, normalisation, voxel_size, it, decoder_meta, validation, losses[-cfg.log_every :], diameter)
         tmp = out / (CHECKPOINT + ".tmp")
         save_checkpoint(tmp, model, **meta)
         os.replace(tmp, ckpt_path)
