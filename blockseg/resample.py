@@ -113,8 +113,9 @@ def resolve_scale(
         The checkpoint's training nucleus diameter (µm; ``metadata["nucleus_diameter_um"]``).
     """
     shape = tuple(int(s) for s in shape)
+    auto = scale is None or (isinstance(scale, str) and scale == "auto")
     if diameter is not None:
-        if scale is not None and not (isinstance(scale, str) and scale == "auto"):
+        if not auto:
             raise BlocksegError("give --scale or --diameter, not both")
         if not (np.isfinite(float(diameter)) and float(diameter) > 0):
             raise BlocksegError(f"--diameter takes a positive size in µm, got {diameter!r}")
@@ -126,13 +127,7 @@ def resolve_scale(
         k = float(network_diameter) / float(diameter)
         factors = tuple(k * float(a) / float(b) for a, b in zip(image_voxel_size, network_voxel_size))
         why = f"nuclei of {float(diameter):g} µm to the network's {float(network_diameter):.3g} µm, in its voxels"
-        if all(abs(f - 1) <= AUTO_TOLERANCE for f in factors):
-            return None, f"not resampled: {why} within {AUTO_TOLERANCE:.0%} of 1"
-        net = scaled_shape(shape, factors)
-        eff = tuple(n / s for n, s in zip(net, shape))
-        desc = f"resampled by {tuple(round(f, 4) for f in eff)} (z, y, x) to {net} for the network ({why}), outputs back to the image grid"
-        return Scaling(eff, shape, net, desc), desc  # type: ignore[arg-type]
-    if scale is None or (isinstance(scale, str) and scale == "auto"):
+    elif auto:
         if not network_voxel_size:
             return None, "not resampled: the checkpoint records no training voxel size"
         if voxel_size_source == "default":
@@ -140,8 +135,6 @@ def resolve_scale(
         factors = tuple(float(a) / float(b) for a, b in zip(image_voxel_size, network_voxel_size))
         why = (f"image voxel size {tuple(round(float(v), 4) for v in image_voxel_size)} µm / network's "
                f"{tuple(round(float(v), 4) for v in network_voxel_size)} µm")  # fmt: skip
-        if all(abs(f - 1) <= AUTO_TOLERANCE for f in factors):
-            return None, f"not resampled: {why} within {AUTO_TOLERANCE:.0%} of 1"
     else:
         vals = (scale,) * 3 if np.isscalar(scale) else tuple(scale)
         if len(vals) == 1:
@@ -152,6 +145,8 @@ def resolve_scale(
         if all(f == 1 for f in factors):
             return None, "not resampled (--scale 1)"
         why = "given factors"
+    if auto and all(abs(f - 1) <= AUTO_TOLERANCE for f in factors):  # derived factors (--diameter included)
+        return None, f"not resampled: {why} within {AUTO_TOLERANCE:.0%} of 1"
     net = scaled_shape(shape, factors)
     eff = tuple(n / s for n, s in zip(net, shape))
     desc = f"resampled by {tuple(round(f, 4) for f in eff)} (z, y, x) to {net} for the network ({why}), outputs back to the image grid"
