@@ -626,11 +626,20 @@ def train(
         with open(out / LOG, "a") as f:
             f.write(json.dumps(rec) + "\n")
 
-    def validate(it: int) -> dict | None:
+    def validation_cases() -> list[tuple]:
+        """``(prediction, labels, mask)`` of every validation volume with the current weights."""
+        model.eval()
+        cases = []
+        for p, b in val_sets:
+            img, gt, m = read_validation(p, b, cfg.data.labels, cfg.data.mask)
+            cases.append((predict_image(model, img, normalisation), gt, m))
+        return cases
+
+    def validate(it: int, cases: list[tuple] | None = None) -> dict | None:
         if not val_sets:
             return None
-        model.eval()
-        scores = mean_scores([validation_scores(model, p, normalisation, decoder, cfg.data.labels, cfg.data.mask, b)[0] for p, b in val_sets])
+        cases = validation_cases() if cases is None else cases
+        scores = mean_scores([score_prediction(pred, gt, decoder, m) for pred, gt, m in cases])
         model.train()
         if cfg.model.freeze_encoder:
             freeze_norm_statistics(model)
@@ -692,20 +701,15 @@ def train(
     finally:
         if bar is not None:
             bar.stop()
-    validation = validate(cfg.iterations)
-    if val_sets and cfg.decoder.tune:
-        model.eval()
-        preds, gts, masks = [], [], []
-        for val_path, val_box in val_sets:
-            img, gt, m = read_validation(val_path, val_box, cfg.data.labels, cfg.data.mask)
-            preds.append(predict_image(model, img, normalisation))
-            gts.append(gt)
-            masks.append(m)
+    # the final weights' predictions serve both the last validation and the decoder tuning
+    final = validation_cases() if val_sets else []
+    validation = validate(cfg.iterations, final)
+    if final and cfg.decoder.tune:
+        preds, gts, masks = (list(c) for c in zip(*final))
         params, scores = tune_decoder(preds, gts, decoder.name, dict(cfg.decoder.params), cfg.decoder.tune, masks)
         decoder_meta = {"name": decoder.name, "params": make_decoder(decoder.name, **params).params(), "tuned_on": "validation"}
         validation = scores
         write_log({"iteration": cfg.iterations, "tuned_decoder": decoder_meta, "validation": scores})
-        model.train()
     save(cfg.iterations)
     try:
         plot_log(out / LOG, out / "train_log.png")
