@@ -113,25 +113,18 @@ def prepare(folder: Path) -> None:
 def run_checkpoint(ckpt: str, img: np.ndarray, vs: tuple, tmp: str, tag: str) -> tuple[np.ndarray, dict]:
     """Blockwise predict of ``img`` (written with voxel size ``vs``) + the checkpoint's decoder."""
     from blockseg.io import create_volume
-    from blockseg.models import read_checkpoint
     from blockseg.predict import predict
     from blockseg.predictions import open_predictions, read_channels
-    from blockseg.segment import make_decoder, segment_array
+    from blockseg.segment import segment_array
+    from blockseg.segment.params import choose_decoder, store_decoder
 
-    meta = read_checkpoint(ckpt)["metadata"]
-    path = f"{tmp}/{tag}.zarr"
+    path, pred = f"{tmp}/{tag}.zarr", f"{tmp}/{tag}.pred"
     create_volume(path, img.shape, img.dtype, vs).array[...] = img
-    rep = predict(path, ckpt, f"{tmp}/{tag}.pred", progress=False, pyramid_levels=1)
-    ch = read_channels(open_predictions(f"{tmp}/{tag}.pred"), (slice(None),) * 3)
-    dec = meta["decoder"]
-    params = dict(dec["params"])
-    # sizes are in voxels of the checkpoint's grid; the prediction is on the image's grid
-    ratio = float(np.prod(meta["voxel_size"]) / np.prod(vs))
-    for k in ("min_size", "min_seed_size"):
-        if k in params:
-            params[k] = max(1, int(round(params[k] * ratio)))
-    seg = segment_array(ch, make_decoder(dec["name"], **params))
-    return seg, {"decoder": params, "normalisation": rep.plan.normalisation, "resampling": rep.plan.resampling}
+    rep = predict(path, ckpt, pred, progress=False, pyramid_levels=1)
+    # the checkpoint's decoder as predict stored it: size thresholds already in this image's voxels
+    dec = choose_decoder(stored=store_decoder(pred)).decoder
+    seg = segment_array(read_channels(open_predictions(pred), (slice(None),) * 3), dec)
+    return seg, {"decoder": dec.params(), "normalisation": rep.plan.normalisation, "resampling": rep.plan.resampling}
 
 
 def evaluate_slabs(ckpt: str, before: str | None) -> dict:
