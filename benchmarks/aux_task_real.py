@@ -20,23 +20,23 @@ import json
 import os
 import platform
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_volumes_train import PATCH, REAL, prepare, scores, slabs, test_model, tune_baseline  # noqa: E402
+from real_volumes_train import PATCH, REAL, prepare, scores, slab_config, slabs, test_model, train_timed, tune_baseline  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 MD, JSON = OUT / "aux_task_real.md", OUT / "aux_task_real.json"
 DATASET = "gonuclear"
 ITERATIONS = 250
+SIZES = {"min_seed_size": 4, "min_size": 64}
 BASE = {
-    "3label": {"representations": ["3label"], "decoder": "3label", "tune": {"fg_t": [0.3, 0.5, 0.7], "seed_t": [0.5, 0.7, 0.9]}},
-    "sdt": {"representations": ["sdt"], "decoder": "sdt", "tune": {"fg_t": [-0.1, 0.05, 0.2], "seed_t": [-0.5, -0.3, -0.1]}},
-    "bcd": {"representations": ["B", "C", "D"], "decoder": "bcd",
+    "3label": {"representations": ["3label"], "decoder": "3label", "params": SIZES, "tune": {"fg_t": [0.3, 0.5, 0.7], "seed_t": [0.5, 0.7, 0.9]}},
+    "sdt": {"representations": ["sdt"], "decoder": "sdt", "params": SIZES, "tune": {"fg_t": [-0.1, 0.05, 0.2], "seed_t": [-0.5, -0.3, -0.1]}},
+    "bcd": {"representations": ["B", "C", "D"], "decoder": "bcd", "params": SIZES,
             "tune": {"fg_b": [0.5, 0.7, 0.85], "seed_b": [0.8, 0.9], "seed_c": [0.3, 0.5], "seed_d": [0.2, 0.3, 0.4]}},
 }  # fmt: skip
 #: every base representation alone and with the cpv auxiliary task (same decoder: cpv is only trained)
@@ -77,23 +77,10 @@ def train_arm(job: tuple) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from blockseg.train import parse_config, train
-
     tmp, data, arm, seed, iterations = job
-    m = ARMS[arm]
-    a, b = data["val"]
-    cfg = {
-        "data": {"train": [data["volume"]], "validation": {"volume": data["volume"], "region": [[a, b], None, None]}},
-        "model": {"representations": m["representations"], "capacity": "small", "params": {"anisotropic": 1}},
-        "optimizer": {"name": "adam", "lr": 0.002, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup": 25},
-        "decoder": {"name": m["decoder"], "params": {"min_seed_size": 4, "min_size": 64}, "tune": m["tune"]},
-        "output": str(Path(tmp) / f"run_{arm.replace('+', '_')}_s{seed}"),
-        "iterations": iterations, "patch": list(PATCH), "batch_size": 2, "log_every": 25,
-        "validate_every": 0, "checkpoint_every": iterations, "seed": seed, "threads": 1,
-    }  # fmt: skip
-    c0, t0 = time.process_time(), time.perf_counter()
-    res = train(parse_config(cfg), progress=False)
-    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    b = data["val"][1]
+    cfg = slab_config(data, ARMS[arm], Path(tmp) / f"run_{arm.replace('+', '_')}_s{seed}", iterations, seed=seed, validate_every=0)
+    res, cpu, wall = train_timed(cfg)
     te = test_model(res.checkpoint, data["image"][b:], data["labels"][b:])
     row = {"arm": arm, "seed": seed, **te, "validation": res.validation, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1)}
     print(json.dumps(row, default=str), flush=True)

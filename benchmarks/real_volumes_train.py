@@ -148,24 +148,34 @@ def prepare(tmp: Path, name: str) -> dict:
     return {"volume": str(vol), "val": (a, b), "image": img, "labels": lab, "vs": vs}
 
 
-def train_model(tmp: Path, data: dict, model: str, iterations: int) -> dict:
+def slab_config(data: dict, spec: dict, output, iterations: int, seed: int = 0, validate_every: int | None = None) -> dict:
+    """The training config of one model on a crop's train slab, its validation slab held out
+    (``spec``: representations, decoder, its params and tune grid)."""
+    a, b = data["val"]
+    return {
+        "data": {"train": [data["volume"]], "validation": {"volume": data["volume"], "region": [[a, b], None, None]}},
+        "model": {"representations": spec["representations"], "capacity": "small", "params": {"anisotropic": 1}},
+        "optimizer": {"name": "adam", "lr": 0.002, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup": 25},
+        "decoder": {"name": spec["decoder"], "params": spec["params"], "tune": spec["tune"]},
+        "output": str(output), "iterations": iterations, "patch": list(PATCH), "batch_size": 2, "log_every": 25,
+        "validate_every": max(50, iterations // 4) if validate_every is None else validate_every,
+        "checkpoint_every": iterations, "seed": seed, "threads": 1,
+    }  # fmt: skip
+
+
+def train_timed(cfg: dict):
+    """``(TrainResult, CPU seconds, wall seconds)`` of one training run."""
     from blockseg.train import parse_config, train
 
-    m = MODELS[model]
-    a, b = data["val"]
-    cfg = {
-        "data": {"train": [data["volume"]], "validation": {"volume": data["volume"], "region": [[a, b], None, None]}},
-        "model": {"representations": m["representations"], "capacity": "small", "params": {"anisotropic": 1}},
-        "optimizer": {"name": "adam", "lr": 0.002, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup": 25},
-        "decoder": {"name": m["decoder"], "params": m["params"], "tune": m["tune"]},
-        "output": str(tmp / f"run_{model}_{Path(data['volume']).parent.name}"),
-        "iterations": iterations, "patch": list(PATCH), "batch_size": 2, "log_every": 25,
-        "validate_every": max(50, iterations // 4), "checkpoint_every": iterations, "seed": 0, "threads": 1,
-    }  # fmt: skip
     c0, t0 = time.process_time(), time.perf_counter()
     res = train(parse_config(cfg), progress=False)
-    return {"checkpoint": res.checkpoint, "cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0,
-            "config": cfg, "log": str(Path(cfg["output"]) / "train_log.jsonl")}  # fmt: skip
+    return res, time.process_time() - c0, time.perf_counter() - t0
+
+
+def train_model(tmp: Path, data: dict, model: str, iterations: int) -> dict:
+    cfg = slab_config(data, MODELS[model], tmp / f"run_{model}_{Path(data['volume']).parent.name}", iterations)
+    res, cpu, wall = train_timed(cfg)
+    return {"checkpoint": res.checkpoint, "cpu_s": cpu, "wall_s": wall, "config": cfg, "log": str(Path(cfg["output"]) / "train_log.jsonl")}
 
 
 def test_model(ckpt: str, img, gt) -> dict:
