@@ -131,8 +131,8 @@ def _render_checkpoint(s: dict) -> list[str]:
         lines.append(f"  input patch {_xyz(g.get('input_patch', []))}, context margin {_xyz(g.get('margin', []))}, valid crop {_xyz(g.get('crop', []))}")
     vs = s.get("voxel_size")
     lines.append(f"  voxel size (training data): {_xyz(vs) + ' µm' if vs else 'not recorded'}")
-    d = s.get("nucleus_diameter_um")
-    lines.append(f"  nucleus diameter (training data, median): {f'{d:.3g} µm' if d else 'not recorded (predict --diameter needs it)'}")
+    diameter = s.get("nucleus_diameter_um")
+    lines.append(f"  nucleus diameter (training data, median): {f'{diameter:.3g} µm' if diameter else 'not recorded (predict --diameter needs it)'}")
     n = s.get("normalisation")
     if n and n.get("scheme") == "percentile":
         med = (n.get("summary") or {}).get("median")

@@ -281,7 +281,6 @@ def _has_done_markers(predictions: str) -> bool:
 
 def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict:
     from .segment import segment
-
     from .segment.params import store_decoder
 
     s = cfg.segment
