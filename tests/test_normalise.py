@@ -109,6 +109,23 @@ def test_volume_statistics_on_dask_equal_in_memory(tmp_path, local_client):
     assert on_dask == ref == here
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int8, np.int16, np.bool_, np.int32, np.float32])
+def test_box_histogram_counts_every_value_like_unique(dtype):
+    # 8/16-bit images are counted with bincount, the rest sorted: the same histogram either way
+    rng = np.random.default_rng(5)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "ui" else None
+    if info is not None:
+        a = rng.integers(max(info.min, -40000), min(info.max, 40000), (9, 10, 11), endpoint=True).astype(dtype)
+        a.flat[:2] = [info.min, info.max]
+    else:
+        a = (rng.random((9, 10, 11)) * 3).astype(dtype)
+    values, counts = box_histogram(a, (1, 2, 3), 2)
+    want_v, want_c = np.unique(a[1::2, ::2, 1::2], return_counts=True)
+    assert values.dtype == a.dtype and counts.dtype == np.int64
+    np.testing.assert_array_equal(values, want_v)
+    np.testing.assert_array_equal(counts, want_c)
+
+
 def test_histogram_merge_and_percentiles_are_exact():
     rng = np.random.default_rng(3)
     a = rng.integers(0, 50, (10, 11, 12)).astype(np.uint16)

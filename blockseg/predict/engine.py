@@ -10,7 +10,7 @@ its upper faces. So a block runs in two passes:
    row on a background thread, with global reflection at the volume borders) and blends them.
    Its *interior* -- the voxels no other block's tile reaches -- is final: it writes the
    interior's whole chunks and keeps the rest of it (in chunks that strips also touch),
-   encoded as stored, in its scratch ``OUT/_partial/<block id>/held<k>_<channel>``; the
+   encoded as stored, packed in one scratch array ``OUT/_partial/<block id>/held``; the
    weighted partial sums of the rest of its region (lower-face strips and upper spill) go to
    ``OUT/_partial/<block id>/<k>``, one array per box (float32; float64 when the output is
    float32, so that an identity network still reproduces its input exactly).
@@ -61,7 +61,8 @@ DONE_ARRAY = "_done"
 PASS1_ARRAY = "_pass1"
 PARTIAL_GROUP = "_partial"
 #: bumped when the block decomposition changes (stores of another scheme are not resumed)
-SCHEME = "owned-tiles-3"  # 2: exact (not chunk-rounded) strips; 3: every output chunk written once
+SCHEME = "owned-tiles-4"  # 2: exact (not chunk-rounded) strips; 3: every output chunk written once;
+#                            4: a block's held values packed in one scratch array
 DTYPES = {"uint8": np.uint8, "float16": np.float16, "float32": np.float32}
 
 
@@ -338,25 +339,41 @@ def _partial_path(job: BlockJob, block_id: int) -> str:
     return f"{job.out_path.rstrip('/')}/{PARTIAL_GROUP}/{block_id}"
 
 
+def held_pieces(job: BlockJob, layout: BlockLayout) -> tuple[list, int]:
+    """Where each held box and kept channel lies in a block's packed ``held`` scratch.
+
+    Returns ``([(box, channel, dtype, byte offset), ...], total bytes)``: box by box, each
+    box's kept channels one after the other, C-ordered, in the stored dtype.
+    """
+    pieces, offset = [], 0
+    stored = _stored(job)
+    for box in layout.held:
+        n = math.prod(s.stop - s.start for s in box)
+        for c, dt in stored.items():
+            dt = np.dtype(dt)
+            pieces.append((box, c, dt, offset))
+            offset += n * dt.itemsize
+    return pieces, offset
+
+
 def _create_partial(job: BlockJob, block_id: int, layout: BlockLayout) -> None:
     """(Re)create the scratch of a block's partial sums (nothing when it has none): one array
     ``<id>/<k>`` per box of ``region - interior``, one chunk per channel, so that writing a thin
-    face never rewrites a chunk that reaches past it; and one ``<id>/held<k>_<channel>`` per
-    held box of the interior and kept channel, in the stored dtype (:attr:`BlockLayout.held`)."""
+    face never rewrites a chunk that reaches past it; and one uint8 array ``<id>/held`` of the
+    held values (:attr:`BlockLayout.held`, encoded as stored, packed by :func:`held_pieces`):
+    one array, written once and read once, instead of one per box and channel."""
     rest = box_minus(layout.region, layout.interior)
-    held = layout.held
-    if not rest and not held:
+    _, held_bytes = held_pieces(job, layout)
+    if not rest and not held_bytes:
         return
     group = zarr.open_group(_partial_path(job, block_id), mode="w")
     for k, box in enumerate(rest):
         shape = tuple(s.stop - s.start for s in box)
         group.create_array(str(k), shape=(len(job.channels), *shape), dtype=job.scratch_dtype, chunks=(1, *shape),
                            fill_value=0.0, compressors=None, overwrite=True)  # fmt: skip
-    for k, box in enumerate(held):  # final values, encoded as stored: one array per kept channel
-        shape = tuple(s.stop - s.start for s in box)
-        for c, dt in _stored(job).items():
-            group.create_array(f"held{k}_{c}", shape=shape, dtype=dt, chunks=shape, fill_value=0,
-                               compressors=None, overwrite=True)  # fmt: skip
+    if held_bytes:
+        group.create_array("held", shape=(held_bytes,), dtype="uint8", chunks=(held_bytes,), fill_value=0,
+                           compressors=None, overwrite=True)  # fmt: skip
 
 
 def _set_marker(job: BlockJob, name: str, index) -> None:
@@ -408,9 +425,16 @@ def predict_block(job: BlockJob, block_id: int) -> dict:
     written = layout.written_box
     if all(s.stop > s.start for s in written):
         _write_channels(job, acc[(slice(None), *_shift(written, layout.region))], written)
-    for k, box in enumerate(layout.held):  # final, but in chunks pass 2 writes: kept encoded
-        for c, enc in _encode_channels(job, acc[(slice(None), *_shift(box, layout.region))]).items():
-            zarr.open_array(f"{_partial_path(job, block_id)}/held{k}_{c}", mode="r+")[...] = enc
+    pieces, held_bytes = held_pieces(job, layout)
+    if held_bytes:  # final, but in chunks pass 2 writes: kept encoded, packed in one array
+        packed = np.empty(held_bytes, dtype=np.uint8)
+        encoded, encoded_box = {}, None
+        for box, c, _, offset in pieces:  # pieces come box by box: encode each box once
+            if box != encoded_box:
+                encoded, encoded_box = _encode_channels(job, acc[(slice(None), *_shift(box, layout.region))]), box
+            raw = np.ascontiguousarray(encoded[c]).view(np.uint8).ravel()
+            packed[offset : offset + raw.size] = raw
+        zarr.open_array(f"{_partial_path(job, block_id)}/held", mode="r+")[...] = packed
     for k, box in enumerate(box_minus(layout.region, layout.interior)):
         part = zarr.open_array(f"{_partial_path(job, block_id)}/{k}", mode="r+")
         part[...] = acc[(slice(None), *_shift(box, layout.region))]
@@ -439,29 +463,45 @@ def finish_block(job: BlockJob, block_id: int) -> dict:
     layout = block_layout(lattice, block.core, job.chunk_shape)
     n_ch = len(job.channels)
     sources = strip_sources(lattice, grid, block_id)
-    # the scratch boxes of every source: its region minus its interior (see _create_partial)
-    parts = []
-    for oid, _ in sources:
+    # finish = held + strips (disjoint): the held values come from this block's packed scratch;
+    # each strip piece is the sum of the partial sums reaching it, added in source order
+    finish = layout.finish
+    pieces = [(box, sb) for box in finish for strip in layout.strips
+              if (sb := _intersect(box, strip)) is not None]  # fmt: skip
+    totals = [np.zeros((n_ch, *(s.stop - s.start for s in sb)), dtype=job.scratch_dtype) for _, sb in pieces]
+    for oid, _ in sources:  # every scratch box of every source, each read at most once
         lay = block_layout(lattice, grid[oid].core)
-        parts += [(f"{_partial_path(job, oid)}/{k}", b) for k, b in enumerate(box_minus(lay.region, lay.interior))]
-    held = list(enumerate(layout.held))
-    for box in layout.finish:  # whole chunks: the strips' sums and the interior pass 1 held
-        total = np.zeros((n_ch, *(s.stop - s.start for s in box)), dtype=job.scratch_dtype)
-        for path, pbox in parts:
-            hit = _intersect(box, pbox)
-            if hit is None:
+        for k, pbox in enumerate(box_minus(lay.region, lay.interior)):
+            hits = [(i, hit) for i, (_, sb) in enumerate(pieces) if (hit := _intersect(sb, pbox)) is not None]
+            if not hits:
                 continue
-            part = zarr.open_array(path, mode="r")
-            total[(slice(None), *_shift(hit, box))] += part[(slice(None), *_shift(hit, pbox))]
-        encoded = _encode_channels(job, total)
-        for k, hbox in held:
+            part = zarr.open_array(f"{_partial_path(job, oid)}/{k}", mode="r")[...]
+            for i, hit in hits:
+                totals[i][(slice(None), *_shift(hit, pieces[i][1]))] += part[(slice(None), *_shift(hit, pbox))]
+    held, held_bytes = held_pieces(job, layout)
+    packed = zarr.open_array(f"{_partial_path(job, block_id)}/held", mode="r")[...] if held_bytes else None
+    stored = _stored(job)
+    for box in finish:  # whole chunks
+        shape = tuple(s.stop - s.start for s in box)
+        out = {c: np.empty(shape, dtype=dt) for c, dt in stored.items()}
+        filled = 0
+        for hbox in layout.held:
             hit = _intersect(box, hbox)
-            if hit is None:
-                continue
-            for c, enc in encoded.items():
-                src = zarr.open_array(f"{_partial_path(job, block_id)}/held{k}_{c}", mode="r")
-                enc[_shift(hit, box)] = src[_shift(hit, hbox)]
-        for c, enc in encoded.items():
+            filled += 0 if hit is None else math.prod(s.stop - s.start for s in hit)
+        for hbox, c, dt, offset in held:
+            hit = _intersect(box, hbox)
+            if hit is not None:
+                hshape = tuple(s.stop - s.start for s in hbox)
+                values = packed[offset : offset + math.prod(hshape) * dt.itemsize].view(dt).reshape(hshape)
+                out[c][_shift(hit, box)] = values[_shift(hit, hbox)]
+        for (fbox, sb), total in zip(pieces, totals):
+            if fbox == box:
+                for c, enc in _encode_channels(job, total).items():
+                    out[c][_shift(sb, box)] = enc
+                filled += total[0].size
+        if filled != math.prod(shape):  # held + strips must tile the box exactly
+            raise BlocksegError(f"internal error: block {block_id}'s pass 2 covers {filled} of {math.prod(shape)} voxels")
+        for c, enc in out.items():
             _channel_array(job.out_path, c, job.run_id)[tuple(box)] = enc
     _set_marker(job, DONE_ARRAY, block.index)
     return {"block": block_id, "seconds": time.perf_counter() - t0, "sources": len(sources)}
