@@ -172,3 +172,25 @@ def test_device_resident_path_equals_host_path(dtype):
     dev = predict_region(model, read, lat, core, 2, opts, prefetch=True, dtype=dtype, on_device=True)
     assert dev.dtype == host.dtype == np.dtype(dtype) and dev.shape == host.shape
     np.testing.assert_allclose(dev, host, rtol=1e-6 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+def test_prediction_channels_are_written_without_the_empty_chunk_check(tmp_path):
+    # zarr's default skips chunks equal to the fill value after comparing each chunk with it,
+    # which costs more than the write; predict writes dense channels, all-zero chunks included
+    import zarr
+
+    from blockseg.predict.engine import open_dense
+
+    zarr.create_array(str(tmp_path / "a"), shape=(4, 8, 8), chunks=(2, 8, 8), dtype="uint8", fill_value=0)
+    arr = open_dense(str(tmp_path / "a"))
+    assert arr.config.write_empty_chunks
+    arr[...] = 0
+    assert sorted(p.name for p in (tmp_path / "a" / "c").iterdir()) == ["0", "1"]  # both chunks stored
+    # predict's store: an all-zero prediction (sigmoid(-1000)) still gives every chunk
+    img = create_volume(tmp_path / "img.zarr", (8, 16, 16), np.uint8, chunks=(4, 8, 8))
+    ck = tmp_path / "id.pt"
+    save_checkpoint(ck, IdentityNet(("B",), input_patch=(8, 8, 8)), normalisation={"offset": 1000.0, "scale": 1.0})
+    with pytest.warns(UserWarning):  # constant input
+        predict(str(img.path), ck, tmp_path / "o.zarr", block_shape=(4, 8, 8), progress=False, torch_threads=1)
+    b = zarr.open_array(str(tmp_path / "o.zarr" / "B" / "0"), mode="r")
+    assert not b[...].any() and b.nchunks_initialized == b.nchunks

@@ -303,10 +303,22 @@ def _intersect(a: Sequence[slice], b: Sequence[slice]) -> tuple[slice, ...] | No
     return None if any(s.stop <= s.start for s in box) else box
 
 
+def open_dense(path: str) -> zarr.Array:
+    """``path`` opened for writing without zarr's empty-chunk check.
+
+    zarr-python 3 compares every chunk it writes with the fill value, to skip "empty" ones
+    (``write_empty_chunks=False``, its default); that comparison has no fast path in numpy and
+    cost more than the write itself here (an 11 MB raw scratch array: 68 ms with it, 5 ms
+    without; eight zstd uint8 chunks: 26 ms vs 12 ms). Predictions and the engine's scratch are
+    dense, so the check buys nothing: an all-zero chunk is simply stored.
+    """
+    return zarr.open_array(path, mode="r+").with_config({"write_empty_chunks": True})
+
+
 @lru_cache(maxsize=64)
 def _channel_array(out_path: str, channel: str, run_id: str) -> zarr.Array:
     """The full-resolution array of a store's channel (opened once per process and run)."""
-    return zarr.open_array(f"{out_path.rstrip('/')}/{channel}/0", mode="r+")
+    return open_dense(f"{out_path.rstrip('/')}/{channel}/0")
 
 
 def encode_values(values: np.ndarray, kind: str, dtype) -> np.ndarray:
@@ -434,10 +446,9 @@ def predict_block(job: BlockJob, block_id: int) -> dict:
                 encoded, encoded_box = _encode_channels(job, acc[(slice(None), *_shift(box, layout.region))]), box
             raw = np.ascontiguousarray(encoded[c]).view(np.uint8).ravel()
             packed[offset : offset + raw.size] = raw
-        zarr.open_array(f"{_partial_path(job, block_id)}/held", mode="r+")[...] = packed
+        open_dense(f"{_partial_path(job, block_id)}/held")[...] = packed
     for k, box in enumerate(box_minus(layout.region, layout.interior)):
-        part = zarr.open_array(f"{_partial_path(job, block_id)}/{k}", mode="r+")
-        part[...] = acc[(slice(None), *_shift(box, layout.region))]
+        open_dense(f"{_partial_path(job, block_id)}/{k}")[...] = acc[(slice(None), *_shift(box, layout.region))]
     # written last: everything this pass vouches for is on disk
     _set_marker(job, PASS1_ARRAY if layout.strips else DONE_ARRAY, block.index)
     t1 = time.perf_counter()
