@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import json
 from pathlib import Path
 
@@ -90,7 +91,49 @@ def test_tiles_overlapping_is_exact():
      ((9, 33, 21), (8, 8, 8), (0, 0, 0), (4, 1, 2), (5, 2, 0), (3, 11, 7), (3, 11, 7))],
 )  # fmt: skip
 def test_every_tile_is_owned_by_one_block_and_strips_tile_the_core(shape, patch, crop, overlap, pad, block, chunk):
-    lat = Lattice.build(shape, patch, crop, overlap, pad)
+    check_layouts(shape, patch, crop, overlap, pad, block, chunk)
+
+
+def test_layout_invariants_hold_on_random_lattices():
+    # random shapes, patches, pads, blocks and chunks, snapped and overhanging lattice ends
+    rng = np.random.default_rng(17)
+    for _ in range(30):
+        shape = tuple(int(v) for v in rng.integers(5, 40, 3))
+        patch = tuple(int(v) for v in rng.integers(4, 20, 3))
+        crop = tuple(int(rng.integers(0, (p - 1) // 2)) if p > 4 else 0 for p in patch)
+        out = [p - 2 * c for p, c in zip(patch, crop)]
+        overlap = tuple(int(rng.integers(0, o)) for o in out)
+        pad = tuple(int(v) for v in rng.integers(0, 12, 3))
+        chunk = tuple(int(v) for v in rng.integers(2, 12, 3))
+        block = tuple(c * int(k) for c, k in zip(chunk, rng.integers(1, 4, 3)))
+        check_layouts(shape, patch, crop, overlap, pad, block, chunk, snap=bool(rng.integers(0, 2)))
+
+
+@pytest.mark.parametrize(
+    "shape,patch,pad,block,snap",
+    [((128, 512, 512), (34, 72, 136), (6, 16, 16), (64, 256, 256), False),  # the demo network, --patch auto
+     ((256, 256, 256), (136, 136, 136), (0, 0, 0), (128, 128, 128), True)],  # an explicit patch, last tile snapped
+)  # fmt: skip
+def test_tiles_are_shared_evenly_between_blocks(shape, patch, pad, block, snap):
+    # a tile belongs to the block holding its output's centre: a lattice shifted by the reflect
+    # pad, or a last tile snapped back, no longer piles every tile into the first block
+    lat = Lattice.build(shape, patch, (0, 0, 0), (2, 8, 8), pad, snap=snap)
+    grid = BlockGrid(shape, block, 0, (32, 128, 128))
+    owned = [block_layout(lat, b.core, grid.chunk_shape).tiles for b in grid]
+    assert sum(math.prod(len(r) for r in t) for t in owned) == math.prod(lat.n_tiles)
+    for a in range(3):  # blocks of one size own as many tiles along each axis, give or take one
+        per_axis = [len(t[a]) for t in owned]
+        assert max(per_axis) - min(per_axis) <= 1 and min(per_axis) >= 1, (a, per_axis)
+    # and the strips (what goes through the scratch) stay thin: a neighbour's tile reaches at
+    # most half an output past its block's face (the start rule let whole tiles cross faces)
+    for b in grid:
+        lay = block_layout(lat, b.core, grid.chunk_shape)
+        for i, c, ax in zip(lay.interior, b.core, lat.axes):
+            assert i.start - c.start <= ax.out // 2 and c.stop - i.stop <= ax.out // 2, (b.core, lay.interior)
+
+
+def check_layouts(shape, patch, crop, overlap, pad, block, chunk, snap=True):
+    lat = Lattice.build(shape, patch, crop, overlap, pad, snap=snap)
     grid = BlockGrid(shape, block, 0, chunk)
     owners = np.zeros(lat.n_tiles, dtype=int)
     for b in grid:
@@ -120,7 +163,8 @@ def test_every_tile_is_owned_by_one_block_and_strips_tile_the_core(shape, patch,
             mine = all(i in r for i, r in zip(k, lay.tiles))
             hits = all(max(o.start, s.start) < min(o.stop, s.stop) for o, s in zip(out, lay.interior))
             assert mine or not hits
-            if mine:
+            inside = all(max(o.start, 0) < min(o.stop, n) for o, n in zip(out, shape))  # (overhanging tiles may not be)
+            if mine and inside:
                 assert all(max(o.start, 0) >= r.start and min(o.stop, n) <= r.stop
                            for o, r, n in zip(out, lay.region, shape))  # fmt: skip
     assert (owners == 1).all()

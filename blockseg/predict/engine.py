@@ -1,9 +1,9 @@
 """The blockwise engine: image zarr -> prediction store, Dask tasks that carry block ids.
 
 Every lattice tile is computed exactly once, by the block that owns it (the block whose core
-holds the tile's anchor, see :mod:`.lattice`). A block's own tiles cover its core except for
-strips along its lower faces, which tiles of the blocks below also reach, and they spill past
-its upper faces. So a block runs in two passes:
+holds the centre of the tile's output, see :mod:`.lattice`). A block's own tiles cover its core
+except for strips along its faces, which tiles of neighbouring blocks also reach, and they
+spill past its faces. So a block runs in two passes:
 
 1. ``predict_block`` gets the network from a per-process cache (loaded once per worker and
    device, never shipped), computes its own tiles (reading the input z-row by z-row, the next
@@ -11,11 +11,11 @@ its upper faces. So a block runs in two passes:
    Its *interior* -- the voxels no other block's tile reaches -- is final: it writes the
    interior's whole chunks and keeps the rest of it (in chunks that strips also touch),
    encoded as stored, packed in one scratch array ``OUT/_partial/<block id>/held``; the
-   weighted partial sums of the rest of its region (lower-face strips and upper spill) go to
+   weighted partial sums of the rest of its region (its strips and its spill) go to
    ``OUT/_partial/<block id>/<k>``, one array per box (float32; float64 when the output is
    float32, so that an identity network still reproduces its input exactly).
-2. ``finish_block`` (only blocks with lower-face strips) adds the partial sums of itself and of
-   the blocks below over its strips, fills in what it held, and writes the rest of its core in
+2. ``finish_block`` (only blocks with strips) adds the partial sums of itself and of the
+   neighbours reaching its strips, fills in what it held, and writes the rest of its core in
    whole chunks (pass 2 starts once every pass 1 is done). Every output chunk is written once,
    by one task: none is read back, merged and recompressed.
 
@@ -61,8 +61,8 @@ DONE_ARRAY = "_done"
 PASS1_ARRAY = "_pass1"
 PARTIAL_GROUP = "_partial"
 #: bumped when the block decomposition changes (stores of another scheme are not resumed)
-SCHEME = "owned-tiles-4"  # 2: exact (not chunk-rounded) strips; 3: every output chunk written once;
-#                            4: a block's held values packed in one scratch array
+SCHEME = "owned-tiles-5"  # 2: exact (not chunk-rounded) strips; 3: every output chunk written once;
+#                            4: a block's held values packed in one scratch array; 5: tiles owned by their centre
 DTYPES = {"uint8": np.uint8, "float16": np.float16, "float32": np.float32}
 
 
@@ -249,24 +249,25 @@ def box_minus(outer: Sequence[slice], inner: Sequence[slice]) -> list[tuple[slic
 def block_layout(lattice: Lattice, core: Sequence[slice], chunk_shape: Sequence[int] | None = None) -> BlockLayout:
     """The :class:`BlockLayout` of the block with ``core`` (chunk-aligned) on ``lattice``.
 
-    Strips are exact (only the voxels that tiles of the blocks below reach go through the
+    Strips are exact (only the voxels that tiles of neighbouring blocks reach go through the
     scratch as partial sums); with ``chunk_shape``, :attr:`BlockLayout.written` is the
     interior shrunk to whole chunks (see :class:`BlockLayout`).
     """
     tiles = lattice.tiles_owned(core)
     region, interior = [], []
     for ax, s, r in zip(lattice.axes, core, tiles):
-        _, hi = ax.output_extent(r)
-        region.append(slice(s.start, max(hi, s.start)))
-        interior.append(slice(min(ax.reach_below(s.start), s.stop), s.stop))
+        lo, hi = ax.output_extent(r)
+        region.append(slice(lo, hi) if hi > lo else slice(s.start, s.start))
+        interior.append(slice(ax.reach_below(s.start), ax.reach_above(s.stop)))
     if any(s.stop <= s.start for s in interior):
         interior = [slice(s.start, s.start) for s in core]
     strips = box_minus(core, interior)
     written = None
     if chunk_shape is not None:
-        # interior.stop is the core's stop (a chunk boundary or the volume's end); round the
-        # start up to the chunk grid (cores start on it)
-        written = [slice(min(s.start + -(-(i.start - s.start) // c) * c, s.stop), s.stop)
+        # cores start on the chunk grid and stop on it or at the volume's end: round the
+        # interior's start up and its stop down to the grid (a stop at the core's stop stays)
+        written = [slice(min(s.start + -(-(i.start - s.start) // c) * c, s.stop),
+                         i.stop if i.stop == s.stop else s.start + (i.stop - s.start) // c * c)
                    for s, i, c in zip(core, interior, chunk_shape)]  # fmt: skip
         if not strips:
             written = interior
@@ -279,14 +280,14 @@ def block_layout(lattice: Lattice, core: Sequence[slice], chunk_shape: Sequence[
 def strip_sources(lattice: Lattice, grid: BlockGrid, block_id: int) -> list[tuple[int, tuple[slice, ...]]]:
     """``(id, region)`` of every block whose own tiles reach the core of ``block_id`` (itself included).
 
-    Only blocks at or below it on every axis can, and at most ``ceil((out + pad) / block) + 1``
-    grid steps below.
+    A tile reaches at most ``out + pad`` voxels from its owner's core on either side, so only
+    blocks within ``ceil((out + pad) / block) + 1`` grid steps can.
     """
     block = grid[block_id]
     reach = [-(-(a.out + a.pad) // b) + 1 for a, b in zip(lattice.axes, grid.block_shape)]
-    lows = [range(max(i - r, 0), i + 1) for i, r in zip(block.index, reach)]
+    near = [range(max(i - r, 0), min(i + r, n - 1) + 1) for i, r, n in zip(block.index, reach, grid.grid_shape)]
     sources = []
-    for idx in itertools.product(*lows):
+    for idx in itertools.product(*near):
         other = grid[grid.block_id(idx)]
         region = block_layout(lattice, other.core, grid.chunk_shape).region
         if _intersect(region, block.core) is not None:

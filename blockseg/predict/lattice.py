@@ -154,8 +154,13 @@ class AxisLattice:
 
     @property
     def anchors(self) -> np.ndarray:
-        """Output start of every tile clamped into the volume: decides which block owns it."""
-        return np.clip(self.starts, 0, self.size - 1)
+        """Centre of every tile's output, clamped into the volume: decides which block owns it.
+
+        The centre, not the start: a tile then reaches at most about half its output into the
+        blocks on either side, and tiles of a block-aligned lattice shifted by the reflect pad
+        (or a last tile snapped back to the volume's end) stay with the block they mostly cover.
+        """
+        return np.clip(self.starts + self.out // 2, 0, self.size - 1)
 
     def tiles_owned(self, start: int, stop: int) -> range:
         """Indices of the tiles whose anchor lies in ``[start, stop)`` (contiguous)."""
@@ -174,6 +179,13 @@ class AxisLattice:
         if k == 0:
             return start
         return max(start, int((self.starts[:k] + self.out).max()))
+
+    def reach_above(self, stop: int) -> int:
+        """Start of the outputs of the tiles anchored at or after ``stop`` (``stop`` when none reach below it)."""
+        k = int(np.searchsorted(self.anchors, stop))
+        if k == len(self.starts):
+            return stop
+        return min(stop, max(int(self.starts[k:].min()), 0))
 
     def input_extent(self, tiles: range) -> tuple[int, int]:
         """Global input box ``[lo, hi)`` read by a run of tiles."""

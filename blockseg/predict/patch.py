@@ -5,9 +5,10 @@ overlap between tiles fixed in voxels (it is set by the network's receptive fiel
 patch), a larger patch lowers the fraction of output voxels computed twice. :func:`choose_patch`
 picks, per axis, an output patch ``stride + overlap`` whose stride divides the block shape
 (preferring the one that computes the fewest output voxels along the axis):
-tiles then start on block boundaries (when the reflect pad is a multiple of the stride), so a
-block's tiles reach into the blocks above by only ``overlap`` voxels and the partial sums
-exchanged between blocks (the engine's scratch) stay thin. The best such patch that fits the
+tiles then start on block boundaries, shifted by the reflect pad, so each block owns the tiles
+centred in it and they reach into its neighbours by only ``pad`` (below) and ``overlap - pad``
+or ``overlap`` (above) voxels: the partial sums exchanged between blocks (the engine's
+scratch) stay thin. The best such patch that fits the
 memory budget wins; the reason is kept with the choice and written to the store's provenance.
 """
 
