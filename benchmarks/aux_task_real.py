@@ -9,6 +9,9 @@ spread between seeds. The protocol is written into ``benchmarks/results/aux_task
     PYTHONPATH=. python benchmarks/aux_task_real.py --protocol
     PYTHONPATH=. python benchmarks/aux_task_real.py --run [--seeds 0,1,2] [--jobs 2] [--keep runs/aux]
 
+``--dataset bbbc050`` (with ``--arms``) trains the same arms on the other crop, into
+``aux_task_real_bbbc050.{md,json}``: the models of the BBBC050 -> GoNuclear cross-dataset test.
+
 Splits, budget, data preparation, test scoring and the Otsu baseline are those of
 ``benchmarks/real_volumes_train.py`` (one crop, z-slabs train / validation / test).
 """
@@ -26,11 +29,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_volumes_train import PATCH, REAL, prepare, scores, slab_config, slabs, test_model, train_timed, tune_baseline  # noqa: E402
+from real_volumes_train import DATASETS, PATCH, REAL, prepare, scores, slab_config, slabs, test_model, train_timed, tune_baseline  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-MD, JSON = OUT / "aux_task_real.md", OUT / "aux_task_real.json"
-DATASET = "gonuclear"
+CROP_NAMES = {"gonuclear": "GoNuclear 1135 mini", "bbbc050": "BBBC050 QCANet 8-cell"}
+
+
+def outputs(dataset: str) -> tuple[Path, Path]:
+    """Report and raw results of a crop's table (GoNuclear's keeps its original names)."""
+    stem = "aux_task_real" if dataset == "gonuclear" else f"aux_task_real_{dataset}"
+    return OUT / f"{stem}.md", OUT / f"{stem}.json"
+
 ITERATIONS = 250
 SIZES = {"min_seed_size": 4, "min_size": 64}
 BASE = {
@@ -43,18 +52,24 @@ BASE = {
 ARMS = {**{k: v for k, v in BASE.items()}, **{f"{k}+cpv": {**v, "representations": v["representations"] + ["cpv"]} for k, v in BASE.items()}}
 
 
-def protocol_text(seeds: list[int], iterations: int) -> str:
-    d = np.load(REAL / "gonuclear_1135_mini.npz")
+def protocol_text(seeds: list[int], iterations: int, dataset: str = "gonuclear", arms: list[str] | None = None) -> str:
+    d = np.load(REAL / DATASETS[dataset])
     nz = d["image"].shape[0]
     a, b = slabs(nz)
+    why = (["  (the split of `benchmarks/real_volumes_train.py`). BBBC050 is left out: its test slab holds 2",
+            "  nucleus pieces, too few to rank six arms."] if dataset == "gonuclear" else
+           ["  (the split of `benchmarks/real_volumes_train.py`). Purpose: the models of the cross-dataset test",
+            "  BBBC050 -> whole GoNuclear crop (`benchmarks/cross_real.py --source bbbc050`); the test slab here",
+            "  holds 2 nucleus pieces, so its scores are reported, not ranked."])  # fmt: skip
+    arms_line = [] if arms is None or set(arms) == set(ARMS) else [f"* Arms run: {', '.join(arms)} (of the six below)."]
     return "\n".join([
         "# The auxiliary-task table on a real crop (cpv paper, Table 1)",
         "",
         "## Protocol (written before the first run, 2026-11-29)",
         "",
-        f"* Crop: GoNuclear 1135 mini {tuple(d['image'].shape)}; train z 0–{a}, validation z {a}–{b}, test z {b}–{nz}",
-        "  (the split of `benchmarks/real_volumes_train.py`). BBBC050 is left out: its test slab holds 2",
-        "  nucleus pieces, too few to rank six arms.",
+        f"* Crop: {CROP_NAMES[dataset]} {tuple(d['image'].shape)}; train z 0–{a}, validation z {a}–{b}, test z {b}–{nz}",
+        *why,
+        *arms_line,
         "* Arms: 3-label, sdt and BCD, each alone and with the cpv auxiliary task (cpv is trained, not",
         "  decoded: each arm uses its base representation's decoder). cpv in the default relative units,",
         "  no `loss_weights` (sdt's loss is ×100 with cpv, as in the paper).",
@@ -87,18 +102,18 @@ def train_arm(job: tuple) -> dict:
     return row
 
 
-def run(seeds: list[int], iterations: int, jobs: int, keep: str) -> dict:
+def run(seeds: list[int], iterations: int, jobs: int, keep: str, dataset: str = "gonuclear", arms: list[str] | None = None) -> dict:
     from blockseg.baseline import otsu_watershed
 
     tmp = Path(keep)
     tmp.mkdir(parents=True, exist_ok=True)
-    data = prepare(tmp, DATASET)
+    data = prepare(tmp, dataset)
     a, b = data["val"]
-    out = {"dataset": DATASET, "iterations": iterations, "seeds": seeds, "machine": platform.platform(),
+    out = {"dataset": dataset, "iterations": iterations, "seeds": seeds, "machine": platform.platform(),
            "load_start": os.getloadavg(), "rows": []}  # fmt: skip
     bp, bs = tune_baseline(data["image"][a:b], data["labels"][a:b], data["vs"])
     out["baseline"] = {**scores(data["labels"][b:], otsu_watershed(data["image"][b:], data["vs"], **bp)), "params": bp}
-    job_list = [(str(tmp), data, arm, s, iterations) for s in seeds for arm in ARMS]
+    job_list = [(str(tmp), data, arm, s, iterations) for s in seeds for arm in (arms or list(ARMS))]
     with ProcessPoolExecutor(max_workers=jobs) as ex:
         out["rows"] = list(ex.map(train_arm, job_list))
     out["load_end"] = os.getloadavg()
@@ -109,7 +124,9 @@ def results_text(res: dict) -> str:
     rows, seeds = res["rows"], res["seeds"]
     get = {(r["arm"], r["seed"]): r for r in rows}
     lines = ["## Results", "",
-             f"`PYTHONPATH=. python benchmarks/aux_task_real.py --run --seeds {','.join(map(str, seeds))}` on {res['machine']};",
+             f"`PYTHONPATH=. python benchmarks/aux_task_real.py --run --seeds {','.join(map(str, seeds))}"
+             + ("" if res.get("dataset", "gonuclear") == "gonuclear" else f" --dataset {res['dataset']} --arms {','.join(res['arms'])}")
+             + f"` on {res['machine']};",
              f"load average {tuple(round(x, 2) for x in res['load_start'])} at start, {tuple(round(x, 2) for x in res['load_end'])} at end.",
              "", "Test slab, per seed (avAP / AP-50):", "",
              "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean avAP ± s.d. | mean AP-50 ± s.d. | CPU-min per model |",
@@ -142,19 +159,29 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--iterations", type=int, default=ITERATIONS)
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--keep", default="runs/aux_task_real")
+    ap.add_argument("--keep", default=None, help="where the runs are kept (default runs/aux_task_real[_DATASET])")
+    ap.add_argument("--dataset", default="gonuclear", choices=sorted(DATASETS))
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms (default: all six)")
     args = ap.parse_args(argv)
     if not REAL.is_dir():
         print(f"{REAL} is absent", file=sys.stderr)
         return 1
     seeds = [int(s) for s in args.seeds.split(",")]
-    proto = protocol_text(seeds, args.iterations)
+    arms = args.arms.split(",")
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        print(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}", file=sys.stderr)
+        return 2
+    md, js = outputs(args.dataset)
+    keep = args.keep or ("runs/aux_task_real" if args.dataset == "gonuclear" else f"runs/aux_task_real_{args.dataset}")
+    proto = protocol_text(seeds, args.iterations, args.dataset, arms)
     if args.protocol:
-        MD.write_text(proto)
+        md.write_text(proto)
     if args.run:
-        res = run(seeds, args.iterations, args.jobs, args.keep)
-        JSON.write_text(json.dumps(res, indent=1, default=str))
-        MD.write_text(proto + "\n" + results_text(res))
+        res = run(seeds, args.iterations, args.jobs, keep, args.dataset, arms)
+        res["arms"] = arms
+        js.write_text(json.dumps(res, indent=1, default=str))
+        md.write_text(proto + "\n" + results_text(res))
         print(results_text(res))
     return 0
 
