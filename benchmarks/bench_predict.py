@@ -89,13 +89,19 @@ def monai_run(model, image: np.ndarray, patch, batch) -> tuple[float, np.ndarray
     return time.perf_counter() - t, out[0].numpy()
 
 
-def blockseg_run(img, ckpt, out, block, workers, threads, batch, rss=False, chunks=None, patch="auto"):
+def blockseg_run(img, ckpt, out, block, workers, threads, batch, rss=False, chunks=None, patch="auto", warm=True):
+    """One timed predict on a fresh cluster; ``warm``: after an untimed run on the same cluster, as
+    the raw forward and MONAI run an already warmed-up network (each worker's one-off start --
+    loading the network, the first forward of a new shape, compiled kernels -- is not per voxel)."""
     cfg = ClusterConfig(n_workers=workers, threads_per_worker=threads, dashboard=False, memory_limit="8GiB")
     with dask_client(cfg, quiet=True) as client:
         client.run(importlib.import_module, "bench_unet")
         pids = list(client.run(os.getpid).values())
         sampler = RssSampler(pids)
         sampler.start()
+        if warm:
+            predict(img, ckpt, f"{out}.warmup", block_shape=block, client=client, overwrite=True, batch_size=batch,
+                    device="cpu", progress=False, chunks=chunks, patch=patch)  # fmt: skip
         cpu0 = sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
         t = time.perf_counter()
         rep = predict(img, ckpt, out, block_shape=block, client=client, overwrite=True, batch_size=batch,
@@ -248,7 +254,8 @@ def model_section(args, work: Path, res: dict) -> None:
         save_checkpoint(tck, tiny, normalisation=NORM)
         res["rss"] = {}
         for block in ((128, 128, 128), (128, 256, 256)):
-            wall, cpu, peak, rep = blockseg_run(str(work / "big.zarr"), tck, str(work / "bigpred.zarr"), block, 2, 1, args.batch)
+            wall, cpu, peak, rep = blockseg_run(str(work / "big.zarr"), tck, str(work / "bigpred.zarr"), block, 2, 1, args.batch,
+                                                warm=False)  # fmt: skip
             res["rss"][f"{block}"] = {"volume": size, "wall": wall, "peak_rss_per_worker_gib": peak / 2**30,
                                       "estimate_gib": rep.plan.memory_bytes["total"] / 2**30}  # fmt: skip
             print("rss", block, peak / 2**30, load(), flush=True)
@@ -357,7 +364,9 @@ def model_report(res: dict) -> str:
         f"{tuple(res['model']['inference_patch'])}: the raw forward runs that "
         "patch too, MONAI the training patch; "
         f"batch {a['batch']} for all three; synthetic EM volume. The in-process runs (raw 1p, MONAI) use the "
-        "channels-last layout (faster with 2 torch threads here), blockseg's workers and raw 2p the default layout.",
+        "channels-last layout (faster with 2 torch threads here), blockseg's workers and raw 2p the default layout. "
+        "blockseg's timed run is the second on its fresh cluster (since 2026-11-29 evening): the first, untimed, warms "
+        "each worker up, as the raw forward's untimed first forward and MONAI's already warm network are.",
         "",
         "| | voxels/s (median) | compute factor |",
         "|---|---|---|",
