@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 
 from blockseg import BlocksegError
 from blockseg.io import create_volume, open_volume
-from blockseg.models import TinyConvNet, demo_checkpoint_path, load_checkpoint, save_checkpoint
+from blockseg.models import IdentityNet, TinyConvNet, demo_checkpoint_path, load_checkpoint, save_checkpoint
 from blockseg.predict import predict, predict_array
 from blockseg.predictions import open_predictions, read_channels
 from blockseg.resample import channel_factors, interpolate_box, predict_array_scaled, resolve_scale
@@ -179,5 +179,11 @@ def test_training_records_the_nucleus_diameter_and_predict_uses_it(tmp_path, cap
     assert main(["predict", str(vol), ckpt, str(tmp_path / "p.pred"), "--diameter", str(d / 2), "--dry-run", "--json"]) == 0
     plan = __import__("json").loads(capsys.readouterr().out)
     assert plan["resampling"].startswith("resampled by (2.0, 2.0, 2.0)") and "in its voxels" in plan["resampling"]
-    assert main(["predict", str(vol), demo_checkpoint_path(), str(tmp_path / "q.pred"), "--diameter", "5", "--dry-run"]) == 2
+    # a checkpoint that records no training diameter is refused in one line
+    plain = tmp_path / "plain.pt"
+    save_checkpoint(plain, IdentityNet(("B",), input_patch=(8, 16, 16)))
+    assert main(["predict", str(vol), str(plain), str(tmp_path / "q.pred"), "--diameter", "5", "--dry-run"]) == 2
     assert "records its training nucleus diameter" in capsys.readouterr().err
+    # the shipped checkpoints record theirs (benchmarks/shipped_diameters.py): --diameter works with them
+    assert main(["predict", str(vol), demo_checkpoint_path(), str(tmp_path / "r.pred"), "--diameter", "9.9", "--dry-run", "--json"]) == 0
+    assert "resampled by" in __import__("json").loads(capsys.readouterr().out)["resampling"]
