@@ -10,6 +10,9 @@ The protocol is fixed before the first run and written into
     PYTHONPATH=. python benchmarks/fluo_real.py --evaluate runs/train_fluo_real/checkpoint.pt \\
         [--before OLD_FLUO.pt] --json benchmarks/results/fluo_real.json
 
+``--diameter-protocol`` / ``--diameter fluo`` score the shipped ``fluo`` with ``predict --diameter``
+(section ``fluo-diameter`` of the same file; protocol in :func:`diameter_protocol_text`).
+
 Splits are those of ``benchmarks/real_volumes_train.py`` (z fractions: train [0, 0.5),
 validation [0.5, 0.7), test [0.7, 1)): ``--prepare`` imports the train + validation slabs of each
 crop (never the test slab) as one training volume, and the training config holds each
@@ -41,6 +44,7 @@ from real_volumes_train import BASE_GRID, DATASETS, REAL, slabs, tune_baseline  
 ROOT = Path(__file__).resolve().parents[1]
 MD = ROOT / "benchmarks" / "results" / "fluo_checkpoint.md"
 BEGIN, END = "<!-- fluo-real: begin -->", "<!-- fluo-real: end -->"
+DBEGIN, DEND = "<!-- fluo-diameter: begin -->", "<!-- fluo-diameter: end -->"
 #: synthetic fluorescence volumes of the config (``blockseg synth --preset fluo``)
 SYNTH = {"train_a.zarr": ["--shape", "48", "160", "160", "--seed", "11", "--radius", "2.2"],
          "train_b.zarr": ["--shape", "48", "160", "160", "--seed", "12", "--radius", "3.0"]}  # fmt: skip
@@ -110,8 +114,9 @@ def prepare(folder: Path) -> None:
             print(f"{dst}: z 0–{b} of {name}", flush=True)
 
 
-def run_checkpoint(ckpt: str, img: np.ndarray, vs: tuple, tmp: str, tag: str) -> tuple[np.ndarray, dict]:
-    """Blockwise predict of ``img`` (written with voxel size ``vs``) + the checkpoint's decoder."""
+def run_checkpoint(ckpt: str, img: np.ndarray, vs: tuple, tmp: str, tag: str, diameter: float | None = None) -> tuple[np.ndarray, dict]:
+    """Blockwise predict of ``img`` (written with voxel size ``vs``; ``diameter``: ``predict --diameter``)
+    + the checkpoint's decoder."""
     from blockseg.io import create_volume
     from blockseg.predict import predict
     from blockseg.predictions import open_predictions, read_channels
@@ -120,7 +125,7 @@ def run_checkpoint(ckpt: str, img: np.ndarray, vs: tuple, tmp: str, tag: str) ->
 
     path, pred = f"{tmp}/{tag}.zarr", f"{tmp}/{tag}.pred"
     create_volume(path, img.shape, img.dtype, vs).array[...] = img
-    rep = predict(path, ckpt, pred, progress=False, pyramid_levels=1)
+    rep = predict(path, ckpt, pred, progress=False, pyramid_levels=1, diameter=diameter)
     # the checkpoint's decoder as predict stored it: size thresholds already in this image's voxels
     dec = choose_decoder(stored=store_decoder(pred)).decoder
     seg = segment_array(read_channels(open_predictions(pred), (slice(None),) * 3), dec)
@@ -157,6 +162,70 @@ def evaluate_slabs(ckpt: str, before: str | None) -> dict:
     return out
 
 
+def diameter_protocol_text() -> str:
+    return "\n".join([
+        "## The shipped `fluo` with `predict --diameter` (protocol written before the run, 2026-11-29 evening)",
+        "",
+        "* The shipped `fluo` (synthetic fluorescence only; weights unchanged) now records its training nuclei's",
+        "  median diameter (4.10 µm, `benchmarks/shipped_diameters.py`), so `predict --diameter UM` resamples an",
+        "  image so that its nuclei cover as many network voxels as the training nuclei did.",
+        "* The diameter given for each crop: the median equivalent-sphere diameter of the nuclei in that crop's",
+        "  train + validation slabs (z fractions [0, 0.7), the labels a user would have annotated), never the",
+        "  test slab's.",
+        "* Scored once on each test slab (z fractions [0.7, 1)): `fluo` with `--diameter`, `fluo` with the",
+        "  default voxel-size resampling, and the Otsu + distance-watershed baseline tuned on the crop's",
+        "  validation slab (the grid and criterion of `real_volumes_train.py`) and with its defaults. The",
+        "  decoder is the checkpoint's stored one (no tuning on these crops).",
+        "* Question: does the shipped `fluo`, with no training, beat the tuned baseline on avAP and AP-50 on",
+        "  both crops once it is told the nucleus size?",
+        "",
+    ])
+
+
+def evaluate_diameter(ckpt: str) -> dict:
+    import torch
+
+    from blockseg.baseline import otsu_watershed
+    from blockseg.resample import nucleus_diameter_um
+    from real_volumes_train import scores
+
+    torch.set_num_threads(1)
+    out = {"checkpoint": ckpt, "machine": platform.platform(), "load_start": os.getloadavg(), "crops": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, f in DATASETS.items():
+            d = np.load(REAL / f)
+            img, gt, vs = d["image"], d["labels"], tuple(float(v) for v in d["voxel_size_zyx"])
+            a, b = slabs(img.shape[0])
+            diameter = nucleus_diameter_um(gt[:b], vs)
+            bp, _ = tune_baseline(img[a:b], gt[a:b], vs)
+            t_img, t_gt = np.ascontiguousarray(img[b:]), np.ascontiguousarray(gt[b:])
+            row = {"test_slab": [b, int(img.shape[0])], "diameter_um": diameter, "baseline_params": bp,
+                   "baseline_tuned": scores(t_gt, otsu_watershed(t_img, vs, **bp)),
+                   "baseline_default": scores(t_gt, otsu_watershed(t_img, vs))}  # fmt: skip
+            for tag, dia in (("fluo_diameter", diameter), ("fluo_default", None)):
+                seg, info = run_checkpoint(ckpt, t_img, vs, tmp, f"{name}_{tag}", diameter=dia)
+                row[tag] = {**scores(t_gt, seg), **info}
+            out["crops"][name] = row
+            print(name, json.dumps(row, default=str), flush=True)
+    out["load_end"] = os.getloadavg()
+    return out
+
+
+def diameter_results_text(res: dict) -> str:
+    f = lambda s: f"{s['avAP']:.3f} | {s['AP50']:.3f} | {s['n_pred']} / {s['n_true']}"  # noqa: E731
+    lines = ["", "### Results", "",
+             f"`PYTHONPATH=. python benchmarks/fluo_real.py --diameter {res['checkpoint']}`; load average "
+             f"{tuple(round(x, 2) for x in res['load_start'])} at start, {tuple(round(x, 2) for x in res['load_end'])} at end.", "",
+             "| crop (test slab) | method | avAP | AP-50 | predicted / GT |", "|---|---|---|---|---|"]  # fmt: skip
+    for name, r in res["crops"].items():
+        z = f"z {r['test_slab'][0]}–{r['test_slab'][1]}"
+        lines.append(f"| {name} ({z}) | **fluo, `--diameter {r['diameter_um']:.2f}`** | {f(r['fluo_diameter'])} |")
+        lines.append(f"| | fluo, voxel-size resampling (default) | {f(r['fluo_default'])} |")
+        lines.append(f"| | Otsu + watershed, tuned on this crop's validation slab | {f(r['baseline_tuned'])} |")
+        lines.append(f"| | Otsu + watershed, default | {f(r['baseline_default'])} |")
+    return "\n".join(lines)
+
+
 def results_text(res: dict) -> str:
     f = lambda s: f"{s['avAP']:.3f} | {s['AP50']:.3f} | {s['n_pred']} / {s['n_true']}"  # noqa: E731
     lines = ["", "### Results", "",
@@ -182,6 +251,8 @@ def main(argv=None) -> int:
     p.add_argument("--evaluate", metavar="CHECKPOINT")
     p.add_argument("--before", metavar="CHECKPOINT", help="also score this checkpoint (the earlier fluo)")
     p.add_argument("--json")
+    p.add_argument("--diameter-protocol", action="store_true", help="write the protocol of the --diameter section")
+    p.add_argument("--diameter", metavar="CHECKPOINT", help="score CHECKPOINT (e.g. fluo) with predict --diameter")
     args = p.parse_args(argv)
     if not REAL.is_dir():
         print(f"{REAL} is absent", file=sys.stderr)
@@ -190,6 +261,13 @@ def main(argv=None) -> int:
         write_section(protocol_text())
     if args.prepare:
         prepare(Path(args.prepare))
+    if args.diameter_protocol:
+        real_volumes_train.write_section(diameter_protocol_text(), MD, DBEGIN, DEND)
+    if args.diameter:
+        res = evaluate_diameter(args.diameter)
+        (ROOT / "benchmarks" / "results" / "fluo_diameter.json").write_text(json.dumps(res, indent=2, default=str))
+        real_volumes_train.write_section(diameter_protocol_text() + diameter_results_text(res), MD, DBEGIN, DEND)
+        print(diameter_results_text(res))
     if args.evaluate:
         res = evaluate_slabs(args.evaluate, args.before)
         if args.json:
