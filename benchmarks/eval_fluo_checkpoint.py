@@ -60,11 +60,9 @@ def main(argv=None) -> int:
     import torch
 
     from blockseg.baseline import otsu_watershed
-    from blockseg.io import create_volume, open_volume
+    from blockseg.io import open_volume
     from blockseg.models import read_checkpoint
-    from blockseg.predict import predict
-    from blockseg.predictions import open_predictions, read_channels
-    from blockseg.segment import make_decoder, segment_array
+    from fluo_real import run_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint")
@@ -89,21 +87,13 @@ def main(argv=None) -> int:
                 continue
             d = np.load(f)
             img, gt, vs = d["image"], d["labels"], tuple(float(v) for v in d["voxel_size_zyx"])
-            path = f"{tmp}/{name}.zarr"
-            vol = create_volume(path, img.shape, img.dtype, vs)
-            vol.array[...] = img
             t = time.perf_counter()
-            rep = predict(path, args.checkpoint, f"{tmp}/{name}.pred", progress=False, pyramid_levels=1)
-            ch = read_channels(open_predictions(f"{tmp}/{name}.pred"), (slice(None),) * 3)
-            params = dict(dec["params"])
-            # decoder sizes are in voxels of the checkpoint's grid: convert to this image's voxels
-            ratio = float(np.prod(meta["voxel_size"]) / np.prod(vs))
-            params["min_size"] = max(1, int(round(params.get("min_size", 0) * ratio)))
-            seg = segment_array(ch, make_decoder(dec["name"], **params))
+            # blockwise predict + the decoder predict stored (its sizes already in this image's voxels)
+            seg, info = run_checkpoint(args.checkpoint, img, vs, tmp, name)
             seconds = time.perf_counter() - t
             out["crops"][name] = {
-                "voxel_size": vs, "normalisation": rep.plan.normalisation, "resampling": rep.plan.resampling,
-                "fluo": scores(gt, seg), "seconds": round(seconds, 1),
+                "voxel_size": vs, "normalisation": info["normalisation"], "resampling": info["resampling"],
+                "decoder_applied": info["decoder"], "fluo": scores(gt, seg), "seconds": round(seconds, 1),
                 "baseline_tuned_on_synthetic": scores(gt, otsu_watershed(img, vs, **base_params)),
                 "baseline_default": scores(gt, otsu_watershed(img, vs)),
             }  # fmt: skip
