@@ -17,7 +17,7 @@ from blockseg.io import create_volume
 from blockseg.models import IdentityNet, TinyConvNet, save_checkpoint
 from blockseg.predict import predict, predict_array
 from blockseg.grid import BlockGrid
-from blockseg.predict.engine import block_layout
+from blockseg.predict.engine import block_layout, strip_sources
 from blockseg.predict.lattice import Lattice, reflect_index, window_1d
 from blockseg.predictions import encode_channel, open_predictions
 
@@ -168,6 +168,12 @@ def check_layouts(shape, patch, crop, overlap, pad, block, chunk, snap=True):
                 assert all(max(o.start, 0) >= r.start and min(o.stop, n) <= r.stop
                            for o, r, n in zip(out, lay.region, shape))  # fmt: skip
     assert (owners == 1).all()
+    # pass 2's sources: exactly the blocks whose region reaches the core (brute force over all blocks)
+    regions = {b.id: block_layout(lat, b.core, chunk).region for b in grid}
+    for b in grid:
+        want = sorted(i for i, r in regions.items()
+                      if all(max(x.start, c.start) < min(x.stop, c.stop) for x, c in zip(r, b.core)))  # fmt: skip
+        assert sorted(i for i, _ in strip_sources(lat, grid, b.id)) == want
 
 
 # ---------------------------------------------------------------------------- reference

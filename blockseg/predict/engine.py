@@ -280,11 +280,12 @@ def block_layout(lattice: Lattice, core: Sequence[slice], chunk_shape: Sequence[
 def strip_sources(lattice: Lattice, grid: BlockGrid, block_id: int) -> list[tuple[int, tuple[slice, ...]]]:
     """``(id, region)`` of every block whose own tiles reach the core of ``block_id`` (itself included).
 
-    A tile reaches at most ``out + pad`` voxels from its owner's core on either side, so only
-    blocks within ``ceil((out + pad) / block) + 1`` grid steps can.
+    A tile's output centre (clamped into the volume) lies in its owner's core, so its output
+    reaches at most ``out - out // 2`` voxels past that core on either side: only blocks within
+    ``ceil((out - out // 2) / block)`` grid steps can.
     """
     block = grid[block_id]
-    reach = [-(-(a.out + a.pad) // b) + 1 for a, b in zip(lattice.axes, grid.block_shape)]
+    reach = [-(-(a.out - a.out // 2) // b) for a, b in zip(lattice.axes, grid.block_shape)]
     near = [range(max(i - r, 0), min(i + r, n - 1) + 1) for i, r, n in zip(block.index, reach, grid.grid_shape)]
     sources = []
     for idx in itertools.product(*near):
