@@ -29,16 +29,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_volumes_train import DATASETS, PATCH, REAL, prepare, scores, slab_config, slabs, test_model, train_timed, tune_baseline  # noqa: E402
+from real_volumes_train import DATASETS, OUT, PATCH, REAL, crop_name, prepare, scores, slab_config, slabs, test_model, train_timed, tune_baseline  # noqa: E402
 
-OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 CROP_NAMES = {"gonuclear": "GoNuclear 1135 mini", "bbbc050": "BBBC050 QCANet 8-cell"}
-
-
-def outputs(dataset: str) -> tuple[Path, Path]:
-    """Report and raw results of a crop's table (GoNuclear's keeps its original names)."""
-    stem = "aux_task_real" if dataset == "gonuclear" else f"aux_task_real_{dataset}"
-    return OUT / f"{stem}.md", OUT / f"{stem}.json"
+STEM = "aux_task_real"
 
 ITERATIONS = 250
 SIZES = {"min_seed_size": 4, "min_size": 64}
@@ -172,8 +166,9 @@ def main(argv=None) -> int:
     if unknown:
         print(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}", file=sys.stderr)
         return 2
-    md, js = outputs(args.dataset)
-    keep = args.keep or ("runs/aux_task_real" if args.dataset == "gonuclear" else f"runs/aux_task_real_{args.dataset}")
+    name = crop_name(STEM, args.dataset)
+    md, js = OUT / f"{name}.md", OUT / f"{name}.json"
+    keep = args.keep or f"runs/{name}"
     proto = protocol_text(seeds, args.iterations, args.dataset, arms)
     if args.protocol:
         md.write_text(proto)

@@ -33,18 +33,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_volumes_train import BASE_GRID, DATASETS, REAL, scores, slabs, tune_baseline  # noqa: E402
+from aux_task_real import STEM as MODELS_STEM  # noqa: E402
+from real_volumes_train import BASE_GRID, DATASETS, OUT, REAL, crop_name, scores, slabs, tune_baseline  # noqa: E402
 
 from blockseg.resample import nucleus_diameter_um  # noqa: E402
 
-OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 NAMES = {"gonuclear": "GoNuclear", "bbbc050": "BBBC050"}
-
-
-def outputs(source: str) -> tuple[Path, Path]:
-    """Report and raw results of one direction (GoNuclear -> BBBC050 keeps its original names)."""
-    stem = "cross_real" if source == "gonuclear" else f"cross_real_{source}"
-    return OUT / f"{stem}.md", OUT / f"{stem}.json"
 
 
 def target_of(source: str) -> str:
@@ -158,7 +152,7 @@ def results_text(res: dict) -> str:
     f = lambda xs: f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1) if len(xs) > 1 else 0:.3f}"  # noqa: E731
     b = res["baseline"]
     src, dst = NAMES[res.get("source", "gonuclear")], NAMES[res.get("target", "bbbc050")]
-    flag = "" if res.get("source", "gonuclear") == "gonuclear" else f" --source {res['source']} --models runs/aux_task_real_{res['source']}"
+    flag = "" if res.get("source", "gonuclear") == "gonuclear" else f" --source {res['source']} --models runs/{crop_name(MODELS_STEM, res['source'])}"
     lines = ["## Results", "",
              f"`PYTHONPATH=. python benchmarks/cross_real.py --run{flag}` on {res['machine']}; load average "
              f"{tuple(round(x, 2) for x in res['load_start'])} at start, {tuple(round(x, 2) for x in res['load_end'])} at end.",
@@ -185,9 +179,10 @@ def main(argv=None) -> int:
     if not REAL.is_dir():
         print(f"{REAL} is absent", file=sys.stderr)
         return 1
-    md, js = outputs(args.source)
+    name = crop_name("cross_real", args.source)
+    md, js = OUT / f"{name}.md", OUT / f"{name}.json"
     proto = protocol_text() if args.source == "gonuclear" else protocol_text_reverse()
-    models = args.models or ("runs/aux_task_real" if args.source == "gonuclear" else f"runs/aux_task_real_{args.source}")
+    models = args.models or f"runs/{crop_name(MODELS_STEM, args.source)}"
     if args.protocol:
         md.write_text(proto)
     if args.run:

@@ -34,6 +34,14 @@ BEGIN, END = "<!-- trained: begin -->", "<!-- trained: end -->"
 
 #: z fractions: train [0, a), validation [a, b), test [b, 1)
 SPLIT = (0.5, 0.7)
+#: the crop a benchmark's results and runs are named after by default (other crops get a suffix)
+DEFAULT_CROP = "gonuclear"
+
+
+def crop_name(stem: str, crop: str) -> str:
+    """``stem`` for the default crop, ``stem_<crop>`` for another: the name of a benchmark's
+    report (``OUT/<name>.{md,json}``) and of its runs folder (``runs/<name>``)."""
+    return stem if crop == DEFAULT_CROP else f"{stem}_{crop}"
 DATASETS = {"gonuclear": "gonuclear_1135_mini.npz", "bbbc050": "bbbc050_qcanet_8cell.npz"}
 MODELS = {
     "bcd": {"representations": ["B", "C", "D"], "decoder": "bcd",
