@@ -132,24 +132,38 @@ def run_checkpoint(ckpt: str, img: np.ndarray, vs: tuple, tmp: str, tag: str, di
     return seg, {"decoder": dec.params(), "normalisation": rep.plan.normalisation, "resampling": rep.plan.resampling}
 
 
+def test_slabs_with_baseline():
+    """Each crop's test slab beside the Otsu + watershed baseline: yields ``(name, crop, row)``.
+
+    ``crop`` holds the image, labels, voxel size, validation slab ``(a, b)`` and the test slab's
+    image and labels; ``row`` the baseline tuned on the validation slab and with its defaults,
+    scored on the test slab.
+    """
+    from blockseg.baseline import otsu_watershed
+    from real_volumes_train import scores
+
+    for name, f in DATASETS.items():
+        d = np.load(REAL / f)
+        img, gt, vs = d["image"], d["labels"], tuple(float(v) for v in d["voxel_size_zyx"])
+        a, b = slabs(img.shape[0])
+        bp, bval = tune_baseline(img[a:b], gt[a:b], vs)
+        t_img, t_gt = np.ascontiguousarray(img[b:]), np.ascontiguousarray(gt[b:])
+        row = {"test_slab": [b, int(img.shape[0])], "baseline_params": bp, "baseline_on_validation": bval,
+               "baseline_tuned": scores(t_gt, otsu_watershed(t_img, vs, **bp)),
+               "baseline_default": scores(t_gt, otsu_watershed(t_img, vs))}  # fmt: skip
+        yield name, {"labels": gt, "vs": vs, "val": (a, b), "test_image": t_img, "test_labels": t_gt}, row
+
+
 def evaluate_slabs(ckpt: str, before: str | None) -> dict:
     import torch
 
-    from blockseg.baseline import otsu_watershed
     from real_volumes_train import scores
 
     torch.set_num_threads(1)
     out = {"checkpoint": ckpt, "before": before, "machine": platform.platform(), "load_start": os.getloadavg(), "crops": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, f in DATASETS.items():
-            d = np.load(REAL / f)
-            img, gt, vs = d["image"], d["labels"], tuple(float(v) for v in d["voxel_size_zyx"])
-            a, b = slabs(img.shape[0])
-            bp, bval = tune_baseline(img[a:b], gt[a:b], vs)
-            t_img, t_gt = np.ascontiguousarray(img[b:]), np.ascontiguousarray(gt[b:])
-            row = {"test_slab": [b, int(img.shape[0])], "baseline_params": bp, "baseline_on_validation": bval,
-                   "baseline_tuned": scores(t_gt, otsu_watershed(t_img, vs, **bp)),
-                   "baseline_default": scores(t_gt, otsu_watershed(t_img, vs))}  # fmt: skip
+        for name, crop, row in test_slabs_with_baseline():
+            t_img, t_gt, vs = crop["test_image"], crop["test_labels"], crop["vs"]
             t0 = time.perf_counter()
             seg, info = run_checkpoint(ckpt, t_img, vs, tmp, f"{name}_new")
             row["fluo"] = {**scores(t_gt, seg), **info, "seconds": round(time.perf_counter() - t0, 1)}
@@ -185,26 +199,18 @@ def diameter_protocol_text() -> str:
 def evaluate_diameter(ckpt: str) -> dict:
     import torch
 
-    from blockseg.baseline import otsu_watershed
     from blockseg.resample import nucleus_diameter_um
     from real_volumes_train import scores
 
     torch.set_num_threads(1)
     out = {"checkpoint": ckpt, "machine": platform.platform(), "load_start": os.getloadavg(), "crops": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, f in DATASETS.items():
-            d = np.load(REAL / f)
-            img, gt, vs = d["image"], d["labels"], tuple(float(v) for v in d["voxel_size_zyx"])
-            a, b = slabs(img.shape[0])
-            diameter = nucleus_diameter_um(gt[:b], vs)
-            bp, _ = tune_baseline(img[a:b], gt[a:b], vs)
-            t_img, t_gt = np.ascontiguousarray(img[b:]), np.ascontiguousarray(gt[b:])
-            row = {"test_slab": [b, int(img.shape[0])], "diameter_um": diameter, "baseline_params": bp,
-                   "baseline_tuned": scores(t_gt, otsu_watershed(t_img, vs, **bp)),
-                   "baseline_default": scores(t_gt, otsu_watershed(t_img, vs))}  # fmt: skip
+        for name, crop, row in test_slabs_with_baseline():
+            # the user's estimate: the nuclei of the train + validation slabs, never the test slab's
+            row["diameter_um"] = diameter = nucleus_diameter_um(crop["labels"][: crop["val"][1]], crop["vs"])
             for tag, dia in (("fluo_diameter", diameter), ("fluo_default", None)):
-                seg, info = run_checkpoint(ckpt, t_img, vs, tmp, f"{name}_{tag}", diameter=dia)
-                row[tag] = {**scores(t_gt, seg), **info}
+                seg, info = run_checkpoint(ckpt, crop["test_image"], crop["vs"], tmp, f"{name}_{tag}", diameter=dia)
+                row[tag] = {**scores(crop["test_labels"], seg), **info}
             out["crops"][name] = row
             print(name, json.dumps(row, default=str), flush=True)
     out["load_end"] = os.getloadavg()
