@@ -212,6 +212,12 @@ class BlockLayout:
         return box_minus(self.interior, self.written_box)
 
     @property
+    def partials(self) -> list:
+        """Boxes whose weighted partial sums pass 1 leaves in the scratch: ``region - interior``
+        (its strips and its spill), one scratch array each, numbered in this order."""
+        return box_minus(self.region, self.interior)
+
+    @property
     def finish(self) -> list:
         """Boxes pass 2 writes: ``core - written`` (the strips and the held boxes)."""
         if not self.strips:
@@ -277,8 +283,8 @@ def block_layout(lattice: Lattice, core: Sequence[slice], chunk_shape: Sequence[
     return BlockLayout(tiles, tuple(region), tuple(interior), strips, written)
 
 
-def strip_sources(lattice: Lattice, grid: BlockGrid, block_id: int) -> list[tuple[int, tuple[slice, ...]]]:
-    """``(id, region)`` of every block whose own tiles reach the core of ``block_id`` (itself included).
+def strip_sources(lattice: Lattice, grid: BlockGrid, block_id: int) -> list[tuple[int, BlockLayout]]:
+    """``(id, layout)`` of every block whose own tiles reach the core of ``block_id`` (itself included).
 
     A tile's output centre (clamped into the volume) lies in its owner's core, so its output
     reaches at most ``out - out // 2`` voxels past that core on either side: only blocks within
@@ -290,9 +296,9 @@ def strip_sources(lattice: Lattice, grid: BlockGrid, block_id: int) -> list[tupl
     sources = []
     for idx in itertools.product(*near):
         other = grid[grid.block_id(idx)]
-        region = block_layout(lattice, other.core, grid.chunk_shape).region
-        if _intersect(region, block.core) is not None:
-            sources.append((other.id, region))
+        layout = block_layout(lattice, other.core, grid.chunk_shape)
+        if _intersect(layout.region, block.core) is not None:
+            sources.append((other.id, layout))
     return sources
 
 
@@ -376,7 +382,7 @@ def _create_partial(job: BlockJob, block_id: int, layout: BlockLayout) -> None:
     face never rewrites a chunk that reaches past it; and one uint8 array ``<id>/held`` of the
     held values (:attr:`BlockLayout.held`, encoded as stored, packed by :func:`held_pieces`):
     one array, written once and read once, instead of one per box and channel."""
-    rest = box_minus(layout.region, layout.interior)
+    rest = layout.partials
     _, held_bytes = held_pieces(job, layout)
     if not rest and not held_bytes:
         return
@@ -449,7 +455,7 @@ def predict_block(job: BlockJob, block_id: int) -> dict:
             raw = np.ascontiguousarray(encoded[c]).view(np.uint8).ravel()
             packed[offset : offset + raw.size] = raw
         open_dense(f"{_partial_path(job, block_id)}/held")[...] = packed
-    for k, box in enumerate(box_minus(layout.region, layout.interior)):
+    for k, box in enumerate(layout.partials):
         open_dense(f"{_partial_path(job, block_id)}/{k}")[...] = acc[(slice(None), *_shift(box, layout.region))]
     # written last: everything this pass vouches for is on disk
     _set_marker(job, PASS1_ARRAY if layout.strips else DONE_ARRAY, block.index)
@@ -466,8 +472,8 @@ def predict_block(job: BlockJob, block_id: int) -> dict:
 def finish_block(job: BlockJob, block_id: int) -> dict:
     """Pass 2 of a block: sum the partial sums reaching its strips, write them, set its done-marker.
 
-    Needs pass 1 of the block and of every block below it (lower or equal grid index on every
-    axis) to have finished.
+    Needs pass 1 of the block and of every neighbour whose tiles reach its core
+    (:func:`strip_sources`) to have finished: predict starts pass 2 once every pass 1 is done.
     """
     t0 = time.perf_counter()
     grid = job.grid
@@ -482,9 +488,8 @@ def finish_block(job: BlockJob, block_id: int) -> dict:
     pieces = [(box, sb) for box in finish for strip in layout.strips
               if (sb := _intersect(box, strip)) is not None]  # fmt: skip
     totals = [np.zeros((n_ch, *(s.stop - s.start for s in sb)), dtype=job.scratch_dtype) for _, sb in pieces]
-    for oid, _ in sources:  # every scratch box of every source, each read at most once
-        lay = block_layout(lattice, grid[oid].core)
-        for k, pbox in enumerate(box_minus(lay.region, lay.interior)):
+    for oid, lay in sources:  # every scratch box of every source, each read at most once
+        for k, pbox in enumerate(lay.partials):
             hits = [(i, hit) for i, (_, sb) in enumerate(pieces) if (hit := _intersect(sb, pbox)) is not None]
             if not hits:
                 continue
@@ -883,7 +888,7 @@ def predict(
     plan.patch_choice = choice
     plan.lattice_snap = snap
     plan.scratch_bytes = (8 if dtype == "float32" else 4) * len(names) * sum(
-        math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in box_minus(lay.region, lay.interior)
+        math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in lay.partials
     ) + sum(np.dtype(dtypes[c]).itemsize for c in keep) * sum(
         math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in lay.held
     )  # fmt: skip
