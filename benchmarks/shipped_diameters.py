@@ -20,13 +20,15 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fluo_real import SYNTH as FLUO_SYNTH  # noqa: E402  (fluo's synthetic training volumes)
+
 ROOT = Path(__file__).resolve().parents[1]
 #: checkpoint -> the `blockseg synth` arguments of its training volumes (from its config's header)
 TRAINING = {
     "demo_bcd_cpv.pt": [["--shape", "96", "256", "256", "--seed", "1"]],
-    "fluo_bcd.pt": [["--preset", "fluo", "--shape", "48", "160", "160", "--seed", "11", "--radius", "2.2"],
-                    ["--preset", "fluo", "--shape", "48", "160", "160", "--seed", "12", "--radius", "3.0"]],
-}  # fmt: skip
+    "fluo_bcd.pt": [["--preset", "fluo", *args] for args in FLUO_SYNTH.values()],
+}
 
 
 def measure(synth_args: list[list[str]], tmp: Path) -> float:
