@@ -135,6 +135,8 @@ class PredictConfig(_Strict):
     tta: bool = False
     mc_samples: int = Field(default=0, ge=0)
     batch_size: int = Field(default=4, ge=1)
+    #: how the network runs: torch eager, or torch.compile (compiles once per worker; faster after)
+    runtime: Literal["eager", "compile"] = "eager"
     overlap: Optional[float] = Field(default=None, ge=0, lt=1)
     #: multiscale levels of every prediction channel (None: automatic; 1: none)
     pyramid_levels: Optional[int] = Field(default=None, ge=1)

@@ -258,6 +258,7 @@ def _stage_predict(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         tta=p.tta,
         mc_samples=p.mc_samples,
         batch_size=p.batch_size,
+        runtime=p.runtime,
         pyramid_levels=p.pyramid_levels,
         scale=p.scale,
         diameter=p.diameter,

@@ -136,6 +136,47 @@ def test_overhanging_lattice_weights_sum_to_one():
         np.testing.assert_allclose(total[a.pad : a.pad + a.size], 1.0, rtol=1e-12)
 
 
+# ---------------------------------------------------------------------------- runtime
+def test_compiled_runtime_equals_eager_predict_array_within_a_storage_step(tmp_path):
+    shape = (17, 29, 31)
+    image = np.random.default_rng(6).integers(0, 256, shape).astype(np.uint8)
+    vol = create_volume(tmp_path / "img.zarr", shape, np.uint8, chunks=(4, 8, 8))
+    vol.array[...] = image
+    model = TinyConvNet(("B", "C", "D"), valid=True, input_patch=(12, 20, 20), margin=(1, 2, 2)).eval()
+    save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
+    rep = predict(vol.path, tmp_path / "m.pt", tmp_path / "o.zarr", block_shape=(8, 16, 16), runtime="compile",
+                  progress=False, torch_threads=1)  # fmt: skip
+    assert rep.plan.runtime == "compile" and "torch.compile" in rep.plan.describe()
+    from blockseg.predict.engine import cached_model
+
+    compiled = cached_model(str(tmp_path / "m.pt"), "cpu", runtime="compile")
+    assert compiled._compiled_call_impl is not None  # the network that ran was compiled
+    ref = predict_array(model, image, NORM, patch=rep.plan.lattice.patch, snap=rep.plan.lattice_snap)  # eager
+    got = stored(tmp_path / "o.zarr")
+    for c in model.channels:
+        want = encode_channel(ref[c], model.kinds[c], np.uint8).astype(int)
+        assert np.abs(got[c].astype(int) - want).max() <= 1, c
+        assert (got[c] == want).mean() > 0.99
+    import zarr
+
+    run = dict(zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["blockseg"])["predictions"]["run"]
+    assert run["runtime"] == "compile"
+
+
+def test_runtime_is_checked_before_anything_is_written(tmp_path, monkeypatch):
+    vol = create_volume(tmp_path / "img.zarr", (8, 16, 16), np.uint8, chunks=(4, 8, 8))
+    save_checkpoint(tmp_path / "m.pt", TinyConvNet(("B",), input_patch=(8, 12, 12)), normalisation=NORM)
+    with pytest.raises(BlocksegError, match="unknown runtime 'onnx'"):
+        predict(vol.path, tmp_path / "m.pt", tmp_path / "o.zarr", runtime="onnx", progress=False)
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(BlocksegError, match="needs a C.. compiler"):
+        predict(vol.path, tmp_path / "m.pt", tmp_path / "o.zarr", runtime="compile", device="cpu", progress=False)
+    assert not (tmp_path / "o.zarr").exists()
+
+
 # ---------------------------------------------------------------------------- GPU
 @cuda
 def test_gpu_predict_matches_cpu_within_a_storage_step(tmp_path):  # pragma: no cover - GPU machines only

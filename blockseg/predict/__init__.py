@@ -6,7 +6,7 @@ computation block by block on Dask and writes a prediction store (see
 """
 
 from .engine import BlockJob, PredictPlan, PredictReport, predict, predict_block
-from .infer import InferenceOptions, make_lattice, output_channels, predict_array, run_batch
+from .infer import RUNTIMES, InferenceOptions, compile_model, make_lattice, output_channels, predict_array, run_batch
 from .lattice import BLENDINGS, AxisLattice, Lattice, read_reflected, reflect_index, window_1d
 
 __all__ = [
@@ -18,6 +18,8 @@ __all__ = [
     "BLENDINGS",
     "AxisLattice",
     "InferenceOptions",
+    "RUNTIMES",
+    "compile_model",
     "Lattice",
     "make_lattice",
     "output_channels",

@@ -52,7 +52,15 @@ from ..io import _is_url, open_volume
 from ..models.base import BlocksegNet, build_model, load_checkpoint, normalise, read_checkpoint
 from ..predictions import create_predictions, describe_dtypes, encode_channel, plan_store
 from .kernels import quantise
-from .infer import InferenceOptions, check_options, make_lattice, output_channels, predict_region
+from .infer import (
+    InferenceOptions,
+    check_options,
+    check_runtime,
+    compile_model,
+    make_lattice,
+    output_channels,
+    predict_region,
+)
 from .lattice import Lattice, read_reflected, resolve_overlap
 from .patch import PatchChoice, choose_patch, patch_memory
 from ..safety import aborts_on_error
@@ -97,23 +105,27 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def cached_model(checkpoint: str, device: str, mc: bool = False) -> BlocksegNet:
+def cached_model(checkpoint: str, device: str, mc: bool = False, runtime: str = "eager") -> BlocksegNet:
     """The network of ``checkpoint`` on ``device``, loaded once per process (and thread for MC).
 
     The key includes the file's modification time, so a rewritten checkpoint is reloaded.
     MC-dropout switches dropout layers on and off around sampling, so each thread gets its own
-    copy then; plain inference shares one model between a worker's threads.
+    copy then; plain inference shares one model between a worker's threads. ``runtime``
+    ``"compile"``: the copy is compiled (:func:`.infer.compile_model`) and so compiles once per
+    process and patch shape, on its first forward.
     """
     import torch
 
     path = os.path.abspath(checkpoint)
-    key = (path, os.path.getmtime(path), device, threading.get_ident() if mc else None)
+    key = (path, os.path.getmtime(path), device, threading.get_ident() if mc else None, runtime)
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
             model, _ = load_checkpoint(path, device)
             if torch.device(device).type == "cuda":  # see run_batch: channels-last on GPUs only
                 model = model.to(memory_format=torch.channels_last_3d)
+            if runtime == "compile":
+                compile_model(model)
             _MODELS[key] = model
     return model
 
@@ -144,6 +156,8 @@ class BlockJob:
     amp: bool = True
     torch_threads: int | None = None
     prefetch: bool = True
+    #: how the network runs: "eager" (torch) or "compile" (torch.compile; infer.RUNTIMES)
+    runtime: str = "eager"
     #: (channel, dtype) of the channels the store keeps (empty: every channel, as ``dtype``)
     store: tuple = ()
     #: resampling for the network (blockseg.resample): per-axis factors and the resampled
@@ -408,7 +422,7 @@ def task_context(job: BlockJob, block_id: int):
     if job.torch_threads:
         torch.set_num_threads(job.torch_threads)
     device = resolve_device(job.device)
-    model = cached_model(job.checkpoint, device, mc=job.mc_samples > 0)
+    model = cached_model(job.checkpoint, device, mc=job.mc_samples > 0, runtime=job.runtime)
     norm = dict(job.normalisation) if job.normalisation else None
     return device, model, _job_lattice(job), job.grid[block_id], open_volume(job.image_path).array, norm
 
@@ -553,6 +567,8 @@ class PredictPlan:
     patch_choice: PatchChoice | None = None
     #: False: the lattice's last tiles overhang the volume (pass ``snap=False`` to predict_array)
     lattice_snap: bool = True
+    #: how the network runs (infer.RUNTIMES)
+    runtime: str = "eager"
 
     @property
     def compute_factor(self) -> float:
@@ -575,6 +591,7 @@ class PredictPlan:
             f"lattice: {lat.n_tiles} tiles = {self.patches_whole_volume} patches whole-volume; "
             f"{self.patches_total} computed blockwise ({self.compute_factor:.2f} output voxels per voxel)",
             f"halo (read beyond the core, per side): {self.halo}",
+            f"network runtime: {'torch.compile (inductor), compiled once per worker' if self.runtime == 'compile' else 'torch eager'}",
             f"normalisation: {self.normalisation}",
             f"voxel size: {self.resampling}",
             f"partial sums exchanged between blocks (scratch, deleted at the end): {self.scratch_bytes / 2**20:.0f} MiB",
@@ -595,6 +612,7 @@ class PredictPlan:
             "patch": list(self.lattice.patch),
             "patch_choice": self.patch_choice.to_dict() if self.patch_choice else None,
             "lattice_snap": self.lattice_snap,
+            "runtime": self.runtime,
             "halo": list(self.halo),
             "patches_total": self.patches_total,
             "compute_factor": round(self.compute_factor, 3),
@@ -727,6 +745,7 @@ def predict(
     batch_size: int = 2,
     device: str = "auto",
     amp: bool = True,
+    runtime: str = "eager",
     chunks: Sequence[int] | None = None,
     torch_threads: int | None = None,
     prefetch: bool = True,
@@ -788,6 +807,11 @@ def predict(
         worker resource when the cluster has GPU workers.
     amp : bool
         bf16 / fp16 autocast on CUDA.
+    runtime : {"eager", "compile"}
+        How the network runs: torch eager, or ``torch.compile`` (inductor) compiled once per
+        worker and patch shape (needs a C++ compiler on CPU workers; tens of seconds per worker,
+        then a faster forward: benchmarks/results/predict_engine.md). Recorded in the
+        provenance; equal to eager within one storage step.
     chunks : sequence of int, optional
         Output chunk shape (default: the image's write unit).
     torch_threads : int, optional
@@ -825,6 +849,7 @@ def predict(
     model = build_model(payload["architecture"], **payload["config"])
     options = InferenceOptions(batch_size, "cpu", tta, mc_samples, amp)
     check_options(model, options)
+    check_runtime(runtime, device)
     vol = open_volume(image_path)
     shape = vol.shape
     from ..normalise import resolve_volume
@@ -872,6 +897,7 @@ def predict(
         "stored_channels": keep,
         "tta": bool(tta),
         "mc_samples": int(mc_samples),
+        "runtime": runtime,
         "channels": names,
         "scheme": SCHEME,
         "voxel_size": list(vol.voxel_size),
@@ -887,6 +913,7 @@ def predict(
     plan.normalisation, plan.resampling = normalised.description, scale_why
     plan.patch_choice = choice
     plan.lattice_snap = snap
+    plan.runtime = runtime
     plan.scratch_bytes = (8 if dtype == "float32" else 4) * len(names) * sum(
         math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in lay.partials
     ) + sum(np.dtype(dtypes[c]).itemsize for c in keep) * sum(
@@ -950,6 +977,7 @@ def predict(
         tta=tta,
         mc_samples=mc_samples,
         amp=amp,
+        runtime=runtime,
         torch_threads=torch_threads,
         prefetch=prefetch,
         scale=scaling.factors if scaling else (),

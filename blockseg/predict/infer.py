@@ -24,6 +24,8 @@ TTA_FLIPS: tuple[tuple[int, ...], ...] = tuple(
 )
 #: channels that hold a vector component along an axis: flipping that axis negates them
 VECTOR_AXIS = {"cpv_z": 0, "cpv_y": 1, "cpv_x": 2}
+#: how predict runs the network: torch eager, or torch.compile (inductor)
+RUNTIMES = ("eager", "compile")
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,30 @@ def check_options(model: BlocksegNet, options: InferenceOptions) -> None:
         raise BlocksegError(f"architecture {model.architecture!r} has no dropout layers: MC-dropout is not available")
     if options.tta and "aff" in model.representations:
         raise BlocksegError("test-time flips are not supported for affinity outputs (they point to one neighbour)")
+
+
+def check_runtime(runtime: str, device: str = "auto") -> None:
+    """Raise a one-line error for an unknown ``runtime`` (:data:`RUNTIMES`), or for
+    ``"compile"`` on a CPU device where inductor finds no C++ compiler to build its kernels."""
+    if runtime not in RUNTIMES:
+        raise BlocksegError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "compile" and not device.startswith("cuda"):
+        import os
+        import shutil
+
+        cxx = os.environ.get("CXX", "").split(" ")[0]
+        if not any(shutil.which(c) for c in filter(None, (cxx, "g++", "c++", "clang++"))):
+            raise BlocksegError("runtime 'compile' on CPU needs a C++ compiler (g++ or clang++, or $CXX); none was found")
+
+
+def compile_model(model: BlocksegNet) -> BlocksegNet:
+    """Compile ``model``'s forward in place with ``torch.compile`` (inductor, static shapes).
+
+    Each new input shape (patch, batch) compiles once per process on its first forward; the
+    lattice has one patch shape and at most two batch sizes. Postprocessing stays eager.
+    """
+    model.compile(dynamic=False)
+    return model
 
 
 def _autocast(device: torch.device, amp: bool):
