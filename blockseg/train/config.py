@@ -144,6 +144,14 @@ class AugmentConfig(_Strict):
     intensity_scale: float = Field(0.1, ge=0.0, lt=1.0)
     #: then shifted by up to +-this fraction of the normalised range (units of ``scale``)
     intensity_shift: float = Field(0.1, ge=0.0)
+    #: appearance changes between microscopes (each applied to a crop with ``appearance_p``;
+    #: 0 = off, the default): gamma exp(U(-g, g)) on the crop's own [min, max] range, Gaussian
+    #: blur with a sigma per axis drawn from U(0, s) voxels, additive Gaussian noise with a
+    #: standard deviation drawn from U(0, n) normalised units (blockseg.train.data.appearance)
+    gamma: float = Field(0.0, ge=0.0, le=2.0)
+    blur_sigma: float = Field(0.0, ge=0.0, le=4.0)
+    noise_sigma: float = Field(0.0, ge=0.0, le=1.0)
+    appearance_p: float = Field(0.5, ge=0.0, le=1.0)
     elastic: bool = False
     #: elastic deformation: control-point spacing (voxels) and displacement s.d. (voxels)
     elastic_spacing: int = Field(16, ge=2)

@@ -96,6 +96,25 @@ class Geometric:
         return p
 
 
+def appearance(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Random gamma, blur and noise of a normalised crop (``cfg.gamma``, ``blur_sigma``,
+    ``noise_sigma``; each drawn only when set, so runs without them keep their random stream).
+
+    Gamma acts on the crop's own [min, max] range and keeps that range; blur is separable,
+    mirrored at the crop's faces; noise is added last, in normalised units.
+    """
+    if cfg.gamma > 0 and rng.random() < cfg.appearance_p:
+        lo, hi = float(x.min()), float(x.max())
+        if hi > lo:
+            g = np.exp(rng.uniform(-cfg.gamma, cfg.gamma))
+            x = (((x - lo) / (hi - lo)) ** g * (hi - lo) + lo).astype(np.float32)
+    if cfg.blur_sigma > 0 and rng.random() < cfg.appearance_p:
+        x = ndi.gaussian_filter(x, rng.uniform(0, cfg.blur_sigma, 3), mode="mirror").astype(np.float32)
+    if cfg.noise_sigma > 0 and rng.random() < cfg.appearance_p:
+        x = x + rng.normal(0, rng.uniform(0, cfg.noise_sigma), x.shape).astype(np.float32)
+    return x
+
+
 def draw_geometric(rng: np.random.Generator, cfg: AugmentConfig, square: bool) -> Geometric:
     """Random in-plane transform allowed by ``cfg`` (transposes only for square y/x patches).
 
@@ -324,6 +343,7 @@ class CropSampler:
             x = x * np.float32(1 + rng.uniform(-cfg.intensity_scale, cfg.intensity_scale)) + np.float32(
                 rng.uniform(-cfg.intensity_shift, cfg.intensity_shift)
             )
+        x = appearance(x, rng, cfg)
         return np.ascontiguousarray(x, dtype=np.float32), targets
 
     def _normalise(self, k: int, img: np.ndarray) -> np.ndarray:
