@@ -81,7 +81,9 @@ class DecoderChoice:
 
 def _source_words(source: str, stored: dict | None) -> str:
     origin = ""
-    if stored and stored.get("checkpoint"):
+    if stored and stored.get("from") == "tuned":  # blockseg tune wrote it into the store
+        origin = f" (tuned on {stored.get('tuned_on', 'annotated nuclei')})"
+    elif stored and stored.get("checkpoint"):
         tuned = " tuned on its " + stored["tuned_on"] + " volume" if stored.get("tuned_on") else ""
         sizes = stored.get("sizes")
         rescaled = (f"; sizes ×{sizes['factor']:.3g} from its voxel grid to this image's" if sizes else "")

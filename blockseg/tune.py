@@ -1,0 +1,162 @@
+"""Tune a prediction store's decoder thresholds on annotated nuclei, without training.
+
+A network's outputs may be good on new data while the thresholds it was shipped with are not
+(the shipped ``fluo`` checkpoint on real confocal nuclei: benchmarks/results/fluo_checkpoint.md).
+With a few annotated nuclei -- a small region of a large volume is enough -- the thresholds can be
+tuned on the predictions themselves: :func:`tune_store` searches a grid of the decoder's
+thresholds on the annotated region (best COCO AP-50, then AP-75; a grid edge is widened, as in
+training) and writes the result into the store's decoder recommendation, which ``segment`` then
+uses for the whole volume, naming where it came from.
+
+Sizes (``min_size``, ``min_seed_size``) are not tuned: they count voxels of this image already.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import BlocksegError
+
+#: the thresholds searched by default, per decoder (the tuner widens a grid edge it picks)
+DEFAULT_GRIDS: dict[str, dict[str, list[float]]] = {
+    "bcd": {"seed_c": [0.3, 0.5, 0.8], "seed_d": [0.1, 0.3, 0.5], "fg_b": [0.5, 0.7, 0.85]},
+    "3label": {"seed_t": [0.3, 0.5, 0.7, 0.9], "fg_t": [0.3, 0.5, 0.7]},
+    "sdt": {"seed_t": [-0.2, -0.1, 0.0, 0.1, 0.3], "fg_t": [-0.1, 0.0, 0.05, 0.2]},
+    "affinities": {"seed_t": [0.7, 0.8, 0.9, 0.95], "fg_t": [0.3, 0.5, 0.7]},
+    "cpv": {"fg_b": [0.3, 0.5, 0.7], "min_votes": [1, 3, 5]},
+}
+#: largest annotated region read into memory (voxels): predictions and labels of it are held
+MAX_REGION_VOXELS = 256 * 1024**2
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune_store` found (``written``: whether the store now recommends it)."""
+
+    decoder: str
+    params: dict
+    scores: dict
+    before_params: dict
+    before_scores: dict
+    region: tuple[tuple[int, int], ...]
+    n_annotated: int
+    grid: dict = field(default_factory=dict)
+    written: bool = False
+
+    def to_dict(self) -> dict:
+        return {
+            "decoder": self.decoder, "params": self.params, "scores": self.scores, "before_params": self.before_params,
+            "before_scores": self.before_scores, "region": [list(r) for r in self.region],
+            "annotated_nuclei": self.n_annotated, "grid": self.grid, "written": self.written,
+        }  # fmt: skip
+
+    def describe(self) -> str:
+        changed = {k: v for k, v in self.params.items() if self.before_params.get(k) != v}
+        what = ", ".join(f"{k} {self.before_params.get(k):g} -> {v:g}" for k, v in changed.items()) or "no change"
+        return (
+            f"tuned {self.decoder} on {self.n_annotated} annotated nuclei in region "
+            + " ".join(f"{a}:{b}" for a, b in self.region)
+            + f": AP-50 {self.before_scores['AP50']:.3f} -> {self.scores['AP50']:.3f}, AP-75 "
+            f"{self.before_scores['AP75']:.3f} -> {self.scores['AP75']:.3f} ({what})"
+            + ("; written to the store" if self.written else "; not written (dry run)")
+        )
+
+
+def tune_store(
+    pred_path: str,
+    labels,
+    region: str | Sequence[slice] | None = None,
+    decoder: str | None = None,
+    grid: Mapping[str, Sequence[float]] | None = None,
+    write: bool = True,
+) -> TuneResult:
+    """Tune the decoder of a prediction store on annotated nuclei and (``write``) store the result.
+
+    Parameters
+    ----------
+    pred_path : str
+        A prediction store written by ``predict``.
+    labels : str or ndarray
+        Instance labels (0 = background): a label volume of the store's shape (the region is cut
+        from it), or one of the region's shape (the annotation of that region).
+    region : str or sequence of 3 slices, optional
+        The annotated box, ``"z0:z1,y0:y1,x0:x1"`` (bounds may be left out) or slices (default:
+        the whole volume). Every nucleus in it must be annotated.
+    decoder : str, optional
+        Decoder to tune (default: the store's recommendation, else ``bcd``).
+    grid : mapping, optional
+        Threshold -> values to search (default :data:`DEFAULT_GRIDS`).
+    write : bool
+        Write the tuned parameters as the store's decoder recommendation (``segment``'s defaults).
+
+    Returns
+    -------
+    TuneResult
+    """
+    import zarr
+
+    from .export import parse_region
+    from .io import open_volume
+    from .predictions import open_predictions, read_channels
+    from .segment import DECODERS, make_decoder
+    from .segment.params import choose_decoder, store_decoder
+    from .train.trainer import score_prediction, tune_decoder
+
+    vols = open_predictions(pred_path)
+    shape = next(iter(vols.values())).shape
+    if region is None or isinstance(region, str):
+        sl = parse_region(region, shape)
+    else:
+        sl = parse_region(",".join(f"{s.start or 0}:{s.stop if s.stop is not None else n}" for s, n in zip(region, shape)),
+                          shape)  # fmt: skip
+    box = tuple((s.start, s.stop) for s in sl)
+    n = math.prod(b - a for a, b in box)
+    if n > MAX_REGION_VOXELS:
+        raise BlocksegError(f"the annotated region holds {n:,} voxels; tune on at most {MAX_REGION_VOXELS:,} (a smaller region)")
+    lab = open_volume(str(labels)).array if isinstance(labels, (str, bytes)) or hasattr(labels, "__fspath__") else labels
+    if tuple(lab.shape) == tuple(shape):
+        gt = np.asarray(lab[sl])
+    elif tuple(lab.shape) == tuple(b - a for a, b in box):
+        gt = np.asarray(lab[...])
+    else:
+        raise BlocksegError(f"labels of shape {tuple(lab.shape)} fit neither the store {tuple(shape)} nor the region "
+                            f"{tuple(b - a for a, b in box)}")  # fmt: skip
+    if gt.dtype.kind not in "iu":
+        raise BlocksegError(f"labels must be integer instance ids, got {gt.dtype}")
+    n_nuclei = int(np.unique(gt[gt != 0]).size)
+    if n_nuclei == 0:
+        raise BlocksegError("the annotated region holds no nuclei (all labels are 0)")
+    stored = store_decoder(pred_path)
+    choice = choose_decoder(decoder, stored=stored)
+    name = choice.decoder.name
+    grid = {k: list(v) for k, v in (grid or DEFAULT_GRIDS.get(name, {})).items()}
+    known = set(choice.decoder.params())
+    if not grid or set(grid) - known:
+        raise BlocksegError(f"nothing to tune for decoder {name}: grid {sorted(grid)} (its parameters: {sorted(known)})")
+    missing = [c for c in DECODERS[name].channels if c not in vols]
+    if missing:
+        raise BlocksegError(f"the store lacks the channels {missing} that decoder {name} reads")
+    pred = read_channels({c: vols[c] for c in DECODERS[name].channels}, sl)
+    before = choice.decoder.params()
+    before_scores = score_prediction(pred, gt, choice.decoder)
+    params, scores = tune_decoder(pred, gt, name, before, grid)
+    params = make_decoder(name, **params).params()
+    result = TuneResult(name, params, {k: v for k, v in scores.items() if k != "volumes"}, before,
+                        before_scores, box, n_nuclei, grid)  # fmt: skip
+    if write:
+        group = zarr.open_group(str(pred_path), mode="r+")
+        attrs = dict(group.attrs["blockseg"])
+        rec = {"name": name, "params": params, "from": "tuned",
+               "tuned_on": f"{n_nuclei} annotated nuclei in region " + " ".join(f"{a}:{b}" for a, b in box),
+               "tuning": {"labels": "array" if isinstance(labels, np.ndarray) else str(labels), "grid": grid,
+                          "scores": result.scores, "before": {"params": before, "scores": before_scores}}}  # fmt: skip
+        if stored and stored.get("checkpoint"):
+            rec["checkpoint"], rec["checkpoint_sha256"] = stored["checkpoint"], stored.get("checkpoint_sha256")
+        attrs["predictions"] = {**attrs["predictions"], "decoder": rec}
+        group.attrs["blockseg"] = attrs
+        result.written = True
+    return result
