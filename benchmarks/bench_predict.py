@@ -40,7 +40,7 @@ from measure import RssSampler  # noqa: E402
 from blockseg.cluster import ClusterConfig, dask_client  # noqa: E402
 from blockseg.io import open_volume  # noqa: E402
 from blockseg.models import TinyConvNet, save_checkpoint  # noqa: E402
-from blockseg.predict import predict  # noqa: E402
+from blockseg.predict import compile_model, predict  # noqa: E402
 from blockseg.synth import SynthParams, synthesize  # noqa: E402
 
 NORM = {"offset": 128.0, "scale": 64.0}
@@ -58,7 +58,8 @@ def make_volume(path: str, size: int, client) -> np.ndarray:
 
 
 def raw_forward(model, patch, batch, repeats, channels_last=True) -> float:
-    """Output voxels per second of ``model`` on in-memory random patches (this process's threads)."""
+    """Output voxels per second of ``model`` on in-memory random patches (this process's threads;
+    the first, untimed forward compiles a compiled model)."""
     x = torch.randn(batch, 1, *patch)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -89,27 +90,32 @@ def monai_run(model, image: np.ndarray, patch, batch) -> tuple[float, np.ndarray
     return time.perf_counter() - t, out[0].numpy()
 
 
-def blockseg_run(img, ckpt, out, block, workers, threads, batch, rss=False, chunks=None, patch="auto", warm=True):
+def blockseg_run(img, ckpt, out, block, workers, threads, batch, rss=False, chunks=None, patch="auto", warm=True,
+                 runtime="eager"):  # fmt: skip
     """One timed predict on a fresh cluster; ``warm``: after an untimed run on the same cluster, as
     the raw forward and MONAI run an already warmed-up network (each worker's one-off start --
-    loading the network, the first forward of a new shape, compiled kernels -- is not per voxel)."""
+    loading the network, the first forward of a new shape, compiled kernels -- is not per voxel).
+    Returns ``(wall, cpu, peak RSS, report, wall of the warm-up run or None)``."""
     cfg = ClusterConfig(n_workers=workers, threads_per_worker=threads, dashboard=False, memory_limit="8GiB")
     with dask_client(cfg, quiet=True) as client:
         client.run(importlib.import_module, "bench_unet")
         pids = list(client.run(os.getpid).values())
         sampler = RssSampler(pids)
         sampler.start()
+        kw = dict(block_shape=block, client=client, overwrite=True, batch_size=batch, device="cpu", progress=False,
+                  chunks=chunks, patch=patch, runtime=runtime)  # fmt: skip
+        cold = None
         if warm:
-            predict(img, ckpt, f"{out}.warmup", block_shape=block, client=client, overwrite=True, batch_size=batch,
-                    device="cpu", progress=False, chunks=chunks, patch=patch)  # fmt: skip
+            t = time.perf_counter()
+            predict(img, ckpt, f"{out}.warmup", **kw)
+            cold = time.perf_counter() - t
         cpu0 = sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
         t = time.perf_counter()
-        rep = predict(img, ckpt, out, block_shape=block, client=client, overwrite=True, batch_size=batch,
-                      device="cpu", progress=False, chunks=chunks, patch=patch)  # fmt: skip
+        rep = predict(img, ckpt, out, **kw)
         wall = time.perf_counter() - t
         cpu = sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids) - cpu0
         sampler.stop.set()
-    return wall, cpu, max(sampler.peak.values()), rep
+    return wall, cpu, max(sampler.peak.values()), rep, cold
 
 
 def run_engine(mode: str, pythonpath: str, image: str, ckpt: str, out: str, block, patch=None) -> dict:
@@ -207,12 +213,27 @@ def model_section(args, work: Path, res: dict) -> None:
             run["raw_2p"] = sum(c.run(raw_forward_worker, ipatch, args.batch, max(2, 8 // args.batch)).values())
         print(f"[{r}] raw forward {run['raw_1p'] / 1e6:.3f} (1 process x 2 threads) / {run['raw_2p'] / 1e6:.3f} "
               f"(2 processes x 1 thread) Mvox/s, load {load()}", flush=True)  # fmt: skip
-        wall, cpu, peak, rep = blockseg_run(str(work / "img.zarr"), ckpt, str(work / "pred.zarr"), args.block, 2, 1, args.batch,
-                                            patch=infer)  # fmt: skip
-        run["blockseg"] = {"wall": wall, "cpu": cpu, "peak": peak, "patches": rep.patches}
+        wall, cpu, peak, rep, cold = blockseg_run(str(work / "img.zarr"), ckpt, str(work / "pred.zarr"), args.block, 2, 1,
+                                                  args.batch, patch=infer)  # fmt: skip
+        run["blockseg"] = {"wall": wall, "cpu": cpu, "peak": peak, "patches": rep.patches, "cold": cold}
         print(f"[{r}] blockseg 2 workers x 1 thread {wall:.1f} s, load {load()}", flush=True)
+        if args.compile:
+            # the same network compiled (--runtime compile): in memory, then blockseg, each
+            # against its eager twin measured just before
+            torch.set_num_threads(os.cpu_count() or 1)
+            compiled = compile_model(bench_unet.BenchResUNet(input_patch=patch).eval())
+            compiled.load_state_dict(model.state_dict())
+            compiled = compiled.to(memory_format=torch.channels_last_3d)
+            run["raw_1p_compiled"] = raw_forward(compiled, ipatch, args.batch, max(2, 8 // args.batch))
+            wall, cpu, peak, rep_c, cold = blockseg_run(str(work / "img.zarr"), ckpt, str(work / "predc.zarr"), args.block, 2,
+                                                        1, args.batch, patch=infer, runtime="compile")  # fmt: skip
+            run["blockseg_compiled"] = {"wall": wall, "cpu": cpu, "peak": peak, "patches": rep_c.patches, "cold": cold}
+            run["ratio_compiled_blockseg"] = run["blockseg"]["wall"] / wall
+            run["ratio_compiled_raw"] = run["raw_1p_compiled"] / run["raw_1p"]
+            print(f"[{r}] compiled: raw {run['raw_1p_compiled'] / 1e6:.3f} Mvox/s, blockseg {wall:.1f} s "
+                  f"(first run on the cluster {cold:.1f} s), load {load()}", flush=True)  # fmt: skip
         if args.one_worker:
-            wall, cpu, peak, rep1 = blockseg_run(str(work / "img.zarr"), ckpt, str(work / "pred1.zarr"), args.block, 1, 2, args.batch)
+            wall, cpu, peak, rep1, _ = blockseg_run(str(work / "img.zarr"), ckpt, str(work / "pred1.zarr"), args.block, 1, 2, args.batch)
             run["blockseg_1w2t"] = {"wall": wall, "cpu": cpu, "peak": peak, "patches": rep1.patches}
             print(f"[{r}] blockseg 1 worker x 2 threads {wall:.1f} s, load {load()}", flush=True)
         torch.set_num_threads(os.cpu_count() or 1)
@@ -242,6 +263,15 @@ def model_section(args, work: Path, res: dict) -> None:
         "blockseg_over_raw": med(r["ratio_raw_1p"] for r in runs),
         "blockseg_over_raw_2proc": med(r["ratio_raw_2p"] for r in runs),
     }
+    if args.compile:
+        res["compiled"] = {
+            "raw_compiled_over_eager": med(r["ratio_compiled_raw"] for r in runs),
+            "blockseg_compiled_over_eager": med(r["ratio_compiled_blockseg"] for r in runs),
+            "blockseg_compiled_over_monai": med(r["monai"] / r["blockseg_compiled"]["wall"] for r in runs),
+            "blockseg_compiled_over_raw_eager_1p": med(n / r["blockseg_compiled"]["wall"] / r["raw_1p"] for r in runs),
+            "first_run_s": med(r["blockseg_compiled"]["cold"] for r in runs),
+            "first_run_eager_s": med(r["blockseg"]["cold"] for r in runs),
+        }
     res["plan"] = rep.plan.to_dict()
     res["monai_compute_factor"] = (math.ceil((args.size - args.patch) / (0.75 * args.patch)) + 1) ** 3 * args.patch**3 / n
     res["load_after_main"] = load()
@@ -254,8 +284,8 @@ def model_section(args, work: Path, res: dict) -> None:
         save_checkpoint(tck, tiny, normalisation=NORM)
         res["rss"] = {}
         for block in ((128, 128, 128), (128, 256, 256)):
-            wall, cpu, peak, rep = blockseg_run(str(work / "big.zarr"), tck, str(work / "bigpred.zarr"), block, 2, 1, args.batch,
-                                                warm=False)  # fmt: skip
+            wall, cpu, peak, rep, _ = blockseg_run(str(work / "big.zarr"), tck, str(work / "bigpred.zarr"), block, 2, 1,
+                                                   args.batch, warm=False)  # fmt: skip
             res["rss"][f"{block}"] = {"volume": size, "wall": wall, "peak_rss_per_worker_gib": peak / 2**30,
                                       "estimate_gib": rep.plan.memory_bytes["total"] / 2**30}  # fmt: skip
             print("rss", block, peak / 2**30, load(), flush=True)
@@ -269,6 +299,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1, help="patches per forward, all three methods (1 was fastest here)")
     ap.add_argument("--block", type=int, nargs=3, default=[144, 192, 192], help="8 blocks at 288³: enough to keep 2 workers busy")
     ap.add_argument("--repeats", type=int, default=3, help="paired runs of every measurement (medians reported)")
+    ap.add_argument("--compile", action="store_true", help="also run the network compiled (--runtime compile), raw and in blockseg")
     ap.add_argument("--one-worker", action="store_true", help="also run blockseg on 1 worker x 2 threads")
     ap.add_argument("--rss-size", type=int, default=512, help="volume edge of the peak-RSS measurement (0: skip)")
     ap.add_argument("--out", default="benchmarks/results/predict")
@@ -356,7 +387,8 @@ def model_report(res: dict) -> str:
         "",
         f"Command: `PYTHONPATH=.:benchmarks python benchmarks/bench_predict.py --engine-shape {' '.join(map(str, a['engine_shape']))} "
         f"--size {a['size']} --block {' '.join(map(str, a['block']))} --repeats {a['repeats']} --rss-size {a['rss_size']}"
-        + (f" --infer-patch {a['infer_patch']}" if a.get("infer_patch") else "") + "`  ",
+        + (f" --infer-patch {a['infer_patch']}" if a.get("infer_patch") else "") + (" --compile" if a.get("compile") else "")
+        + "`  ",
         f"Machine: {res['machine']['cpus']} CPUs, {res['machine']['platform']}, torch {res['machine']['torch']}; "
         f"1-min load before {res['load_before']}, after {res['load_after']}.  ",
         f"Model: `bench_resunet` ({res['model']['params']:,} parameters, random weights), training patch {a['patch']}³, "
@@ -398,6 +430,26 @@ def model_report(res: dict) -> str:
         f"{res['monai_compute_factor']:.2f}. Mean |blockseg B - MONAI B| = {res['blockseg_vs_monai_B_mean_abs_diff']:.4f} "
         "(different lattices; informative only).",
     ]
+    if "compiled" in res:
+        c = res["compiled"]
+        lines += [
+            "", "`--runtime compile` (torch.compile, inductor), each run right after its eager twin:", "",
+            "| repeat | raw 1p compiled (M/s) | raw compiled / eager | blockseg compiled (s) | blockseg compiled / eager "
+            "| first run on the cluster, compiled / eager (s) |",
+            "|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        for i, r in enumerate(res["runs"]):
+            bc = r["blockseg_compiled"]
+            lines.append(f"| {i} | {r['raw_1p_compiled'] / 1e6:.3f} | {r['ratio_compiled_raw']:.2f}x | {bc['wall']:.1f} | "
+                         f"{r['ratio_compiled_blockseg']:.2f}x | {bc['cold']:.1f} / {r['blockseg']['cold']:.1f} |")  # fmt: skip
+        lines += [
+            "",
+            f"**Medians: compiled / eager {c['raw_compiled_over_eager']:.2f}x (raw forward) and "
+            f"{c['blockseg_compiled_over_eager']:.2f}x (blockseg, warm); blockseg compiled / MONAI (eager) "
+            f"{c['blockseg_compiled_over_monai']:.2f}x; blockseg compiled / raw eager forward "
+            f"{c['blockseg_compiled_over_raw_eager_1p']:.2f}. The first run on a fresh cluster, which compiles, took "
+            f"{c['first_run_s']:.1f} s against {c['first_run_eager_s']:.1f} s eager.**",
+        ]
     if "rss" in res:
         lines += ["", "Peak RSS per worker (untrained tiny network, 2 workers):", "",
                   "| volume | block | peak RSS per worker (GiB) | plan estimate (GiB) |", "|---|---|---|---|"]  # fmt: skip
