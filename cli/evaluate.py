@@ -11,18 +11,11 @@ import numpy as np
 
 from blockseg import BlocksegError
 
-from .options import absolute, add_cluster_options, open_cluster, progress_mode
+from .options import absolute, add_cluster_options, floats, open_cluster, progress_mode
 
 #: the files ``write_report`` writes into --out
 REPORT_FILES = ("evaluation.json", "instances.csv", "ap_vs_iou.png")
 HELP = "score an instance segmentation against ground-truth labels (streaming, sparse)"
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
 
 
 def register(subparsers) -> None:
@@ -40,15 +33,15 @@ def register(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--out", default="evaluation", metavar="DIR", help="output folder for the reports (default: ./evaluation)")
     p.add_argument(
-        "--thresholds", type=_floats, default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], metavar="T,T,...",
+        "--thresholds", type=floats, default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], metavar="T,T,...",
         help="IoU thresholds of the matching metrics (default 0.1,...,0.9)",
     )  # fmt: skip
     p.add_argument(
-        "--coco-thresholds", type=_floats, default=[round(0.5 + 0.05 * i, 2) for i in range(10)], metavar="T,T,...",
+        "--coco-thresholds", type=floats, default=[round(0.5 + 0.05 * i, 2) for i in range(10)], metavar="T,T,...",
         help="IoU thresholds of COCO AP (default 0.50:0.05:0.95)",
     )  # fmt: skip
     p.add_argument(
-        "--size-ranges", type=_floats, default=[5e3, 1.5e4], metavar="A,B",
+        "--size-ranges", type=floats, default=[5e3, 1.5e4], metavar="A,B",
         help="GT voxel counts separating small/medium/large for COCO AP (default 5000,15000)",
     )  # fmt: skip
     p.add_argument(

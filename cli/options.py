@@ -101,6 +101,14 @@ def absolute(path):
     return absolute_path(path)
 
 
+def floats(text: str) -> list[float]:
+    """An argparse type: numbers separated by commas (or spaces)."""
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
 def zyx(values, option: str, kind=int):
     """One value (isotropic) or three (z y x) from an ``nargs="+"`` option; None passes through."""
     if values is None:

@@ -7,17 +7,16 @@ import json
 
 from blockseg import BlocksegError
 
+from .options import floats
+
 HELP = "tune the decoder thresholds of a prediction store on annotated nuclei, without training"
 
 
 def _grid_entry(text: str) -> tuple[str, list[float]]:
     name, sep, values = text.partition("=")
-    try:
-        if not sep or not name:
-            raise ValueError
-        return name.strip(), [float(v) for v in values.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=V1,V2,..., got {text!r}") from None
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=V1,V2,..., got {text!r}")
+    return name.strip(), floats(values)
 
 
 def register(sub) -> None:

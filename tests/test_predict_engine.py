@@ -33,6 +33,21 @@ def stored(path):
     return {c: v.array[...] for c, v in open_predictions(path).items()}
 
 
+def assert_within_a_storage_step(got: dict, ref: dict, model) -> None:
+    """Stored uint8 channels equal ``ref`` (floats) encoded, within one step, in >99 % exactly."""
+    for c in model.channels:
+        want = encode_channel(ref[c], model.kinds[c], np.uint8).astype(int)
+        assert np.abs(got[c].astype(int) - want).max() <= 1, c
+        assert (got[c] == want).mean() > 0.99
+
+
+def run_settings(path) -> dict:
+    """The run settings predict stored in a store's provenance."""
+    import zarr
+
+    return dict(zarr.open_group(str(path), mode="r").attrs["blockseg"])["predictions"]["run"]
+
+
 # ---------------------------------------------------------------------------- kernels
 @pytest.mark.parametrize("kind", ["prob", "tanh"])
 def test_quantiser_gives_the_bytes_of_encode_channel(kind):
@@ -99,15 +114,8 @@ def test_larger_inference_patch_equals_predict_array(tmp_path, shape, block, chu
     assert np.prod(used) > np.prod(model.geometry.input_patch)  # larger than the training patch
     assert rep.patches == rep.plan.patches_whole_volume  # every tile once
     ref = predict_array(model, image, NORM, patch=used, overlap=0.25, snap=rep.plan.lattice_snap)
-    got = stored(tmp_path / "o.zarr")
-    for c in model.channels:
-        want = encode_channel(ref[c], model.kinds[c], np.uint8).astype(int)
-        assert np.abs(got[c].astype(int) - want).max() <= 1, c
-        assert (got[c] == want).mean() > 0.99
-    # the choice is in the store's provenance
-    import zarr
-
-    run = dict(zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["blockseg"])["predictions"]["run"]
+    assert_within_a_storage_step(stored(tmp_path / "o.zarr"), ref, model)
+    run = run_settings(tmp_path / "o.zarr")  # the choice is in the store's provenance
     assert run["patch"] == list(used) and run["patch_choice"]["patch"] == list(used)
 
 
@@ -152,15 +160,8 @@ def test_compiled_runtime_equals_eager_predict_array_within_a_storage_step(tmp_p
     compiled = cached_model(str(tmp_path / "m.pt"), "cpu", runtime="compile")
     assert compiled._compiled_call_impl is not None  # the network that ran was compiled
     ref = predict_array(model, image, NORM, patch=rep.plan.lattice.patch, snap=rep.plan.lattice_snap)  # eager
-    got = stored(tmp_path / "o.zarr")
-    for c in model.channels:
-        want = encode_channel(ref[c], model.kinds[c], np.uint8).astype(int)
-        assert np.abs(got[c].astype(int) - want).max() <= 1, c
-        assert (got[c] == want).mean() > 0.99
-    import zarr
-
-    run = dict(zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["blockseg"])["predictions"]["run"]
-    assert run["runtime"] == "compile"
+    assert_within_a_storage_step(stored(tmp_path / "o.zarr"), ref, model)
+    assert run_settings(tmp_path / "o.zarr")["runtime"] == "compile"
 
 
 def test_runtime_is_checked_before_anything_is_written(tmp_path, monkeypatch):
