@@ -809,9 +809,10 @@ def predict(
         bf16 / fp16 autocast on CUDA.
     runtime : {"eager", "compile"}
         How the network runs: torch eager, or ``torch.compile`` (inductor) compiled once per
-        worker and patch shape (needs a C++ compiler on CPU workers; tens of seconds per worker,
-        then a faster forward: benchmarks/results/predict_engine.md). Recorded in the
-        provenance; equal to eager within one storage step.
+        worker and patch shape (needs a C++ compiler on CPU workers; ~10 s per worker, then a
+        forward 1.14x faster on the CPU measured, with no wall-time gain for a 64x256x256 volume:
+        benchmarks/results/predict_runtime.md). Recorded in the provenance; equal to eager
+        within one storage step.
     chunks : sequence of int, optional
         Output chunk shape (default: the image's write unit).
     torch_threads : int, optional
