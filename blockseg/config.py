@@ -148,6 +148,17 @@ class PredictConfig(_Strict):
     diameter: Optional[float] = Field(default=None, gt=0)
 
 
+class TuneConfig(_Strict):
+    """Thresholds tuned on annotated nuclei before segmenting (:func:`blockseg.tune.tune_store`)."""
+
+    #: instance labels of the annotated nuclei: a volume of the image's shape, or of the region's
+    labels: str
+    #: the annotated box ``"z0:z1,y0:y1,x0:x1"`` (None: the whole volume)
+    region: Optional[str] = None
+    #: threshold -> values to search (None: blockseg.tune.DEFAULT_GRIDS for the decoder)
+    grid: Optional[dict[str, list[float]]] = None
+
+
 class SegmentConfig(_Strict):
     decoder: Literal["bcd", "3label", "sdt", "affinities", "cpv"] = "bcd"
     #: a named parameter set (``nucmm``) instead of the checkpoint's tuned thresholds
@@ -160,6 +171,8 @@ class SegmentConfig(_Strict):
     max_halo: Optional[Any] = None
     #: multiscale levels of the label volume (None: automatic; 1: none)
     pyramid_levels: Optional[int] = Field(default=None, ge=1)
+    #: tune the thresholds on annotated nuclei first (``segment.params`` still override them)
+    tune: Optional[TuneConfig] = None
 
     @field_validator("max_halo")
     @classmethod
@@ -281,6 +294,9 @@ def _anchor_paths(raw: dict, base: str) -> dict:
     data = raw.get("data")
     if isinstance(data, dict):
         raw["data"] = {k: (anchor(v) if k in _PATH_KEYS["data"] else v) for k, v in data.items()}
+    seg = raw.get("segment")
+    if isinstance(seg, dict) and isinstance(seg.get("tune"), dict) and isinstance(seg["tune"].get("labels"), str):
+        raw["segment"] = {**seg, "tune": {**seg["tune"], "labels": anchor(seg["tune"]["labels"])}}
     train = raw.get("train")
     if isinstance(train, dict):
         train = dict(train)

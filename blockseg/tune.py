@@ -54,6 +54,17 @@ class TuneResult:
             "annotated_nuclei": self.n_annotated, "grid": self.grid, "written": self.written,
         }  # fmt: skip
 
+    def recommendation(self, labels: str, stored: Mapping | None = None) -> dict:
+        """The decoder recommendation to store or segment with: the tuned parameters, where they
+        were tuned, and (from ``stored``) the checkpoint they started from."""
+        rec = {"name": self.decoder, "params": dict(self.params), "from": "tuned",
+               "tuned_on": f"{self.n_annotated} annotated nuclei in region " + " ".join(f"{a}:{b}" for a, b in self.region),
+               "tuning": {"labels": labels, "grid": self.grid, "scores": self.scores,
+                          "before": {"params": self.before_params, "scores": self.before_scores}}}  # fmt: skip
+        if stored and stored.get("checkpoint"):
+            rec["checkpoint"], rec["checkpoint_sha256"] = stored["checkpoint"], stored.get("checkpoint_sha256")
+        return rec
+
     def describe(self) -> str:
         changed = {k: v for k, v in self.params.items() if self.before_params.get(k) != v}
         what = ", ".join(f"{k} {self.before_params.get(k):g} -> {v:g}" for k, v in changed.items()) or "no change"
@@ -145,17 +156,14 @@ def tune_store(
     before_scores = score_prediction(pred, gt, choice.decoder)
     params, scores = tune_decoder(pred, gt, name, before, grid)
     params = make_decoder(name, **params).params()
+    if (before_scores["AP50"], before_scores["AP75"]) >= (scores["AP50"], scores["AP75"]):
+        params, scores = before, before_scores  # the grid found nothing better: keep what was there
     result = TuneResult(name, params, {k: v for k, v in scores.items() if k != "volumes"}, before,
                         before_scores, box, n_nuclei, grid)  # fmt: skip
     if write:
         group = zarr.open_group(str(pred_path), mode="r+")
         attrs = dict(group.attrs["blockseg"])
-        rec = {"name": name, "params": params, "from": "tuned",
-               "tuned_on": f"{n_nuclei} annotated nuclei in region " + " ".join(f"{a}:{b}" for a, b in box),
-               "tuning": {"labels": "array" if isinstance(labels, np.ndarray) else str(labels), "grid": grid,
-                          "scores": result.scores, "before": {"params": before, "scores": before_scores}}}  # fmt: skip
-        if stored and stored.get("checkpoint"):
-            rec["checkpoint"], rec["checkpoint_sha256"] = stored["checkpoint"], stored.get("checkpoint_sha256")
+        rec = result.recommendation("array" if isinstance(labels, np.ndarray) else str(labels), stored)
         attrs["predictions"] = {**attrs["predictions"], "decoder": rec}
         group.attrs["blockseg"] = attrs
         result.written = True

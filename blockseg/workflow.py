@@ -287,7 +287,13 @@ def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
     s = cfg.segment
     # the store's copy of the checkpoint's recommendation: its sizes are in this image's voxels
     # when predict resampled (run() checked the decoder's channels against the network)
-    choice = segment_decoder(cfg, stored=store_decoder(layout.predictions))
+    stored, tuning = store_decoder(layout.predictions), None
+    if s.tune is not None:  # tuned here, used for this run only: the store keeps the checkpoint's
+        from .tune import tune_store
+
+        res = tune_store(layout.predictions, s.tune.labels, s.tune.region, decoder=s.decoder, grid=s.tune.grid, write=False)
+        stored, tuning = res.recommendation(s.tune.labels, stored), {**res.to_dict(), "text": res.describe()}
+    choice = segment_decoder(cfg, stored=stored)
     under_image = layout.labels.startswith(layout.image.rstrip("/") + "/labels/")
     if under_image:
         import zarr
@@ -301,7 +307,8 @@ def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         from .io import register_label
 
         register_label(layout.image, os.path.basename(layout.labels))
-    return report.to_dict()  # its "decoder": name, parameters and where each came from
+    # its "decoder": name, parameters and where each came from
+    return {**report.to_dict(), **({"tuning": tuning} if tuning else {})}
 
 
 def segment_decoder(cfg: RunConfig, payload: dict | None = None, stored: dict | None = None):
@@ -321,7 +328,8 @@ def segment_decoder(cfg: RunConfig, payload: dict | None = None, stored: dict | 
         path = checkpoint_path(cfg)
         payload = read_checkpoint(path) if payload is None else payload
         stored = checkpoint_decoder(payload, path)
-    return choose_decoder(s.decoder, s.preset, s.params, stored, stored_label="checkpoint", user_label="config")
+    label = "segment.tune" if (stored or {}).get("from") == "tuned" else "checkpoint"
+    return choose_decoder(s.decoder, s.preset, s.params, stored, stored_label=label, user_label="config")
 
 
 def _stage_evaluate(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict:
@@ -506,7 +514,8 @@ def _run(cfg, layout, from_stage, only, overwrite, client, log, choice) -> RunRe
     fps = fingerprints(cfg, layout)
     actions = plan(cfg, from_stage, only, fps)
     if actions["segment"] in ("run", "resume"):  # the parameters and where each came from
-        log(choice.describe().replace("decoder ", "[segment] decoder ", 1))
+        before = " (before segment.tune)" if cfg.segment.tune is not None else ""
+        log(choice.describe().replace("decoder ", f"[segment] decoder{before} ", 1))
     result = RunResult(layout)
     history = []
 
@@ -529,6 +538,8 @@ def _run(cfg, layout, from_stage, only, overwrite, client, log, choice) -> RunRe
             result.stages[stage] = {"action": act, **rec}
             history.append({k: rec[k] for k in ("stage", "fingerprint", "started", "finished", "seconds", "peak_rss_total_gib", "peak_rss_worker_gib")})
             log(f"[{stage}] done in {rec['seconds']:.1f} s (peak RSS {rec['peak_rss_total_gib']:.2f} GiB)")
+            if stage == "segment" and out.get("tuning"):
+                log(f"[segment] {out['tuning']['text'].replace('; not written (dry run)', '')}; used for this run")
             if stage == "predict" and act == "resume" and {"blocks", "computed", "voxels", "plan"} <= set(out):
                 from .progress import reuse_summary
 

@@ -64,6 +64,29 @@ def test_run_skip_and_partial_redo(tmp_path, identity_ckpt, local_client):
     assert plan(changed, only="data") == {"data": "run", "predict": "skip", "segment": "skip", "evaluate": "skip"}
 
 
+def test_segment_tune_fits_thresholds_for_the_run_without_touching_the_store(tmp_path, identity_ckpt, local_client):
+    from blockseg.segment.params import store_decoder
+
+    first = run(config(tmp_path / "r", identity_ckpt, evaluate={"enabled": False}), client=local_client, log=lambda m: None)
+    stored = store_decoder(first.layout.predictions)
+    tune = {"labels": first.layout.ground_truth, "region": "0:16,:,:", "grid": {"seed_d": [0.1, 0.3], "fg_b": [0.5, 0.85]}}
+    cfg = config(tmp_path / "r", identity_ckpt, evaluate={"enabled": False},
+                 segment={"params": {"min_size": 8, "min_seed_size": 4}, "tune": tune})  # fmt: skip
+    assert plan(cfg)["segment"] == "run" and plan(cfg)["predict"] == "skip"
+    lines = []
+    res = run(cfg, client=local_client, log=lines.append)
+    out = res.stages["segment"]["result"]
+    tuning = out["tuning"]
+    assert tuning["region"] == [[0, 16], [0, 64], [0, 64]] and tuning["annotated_nuclei"] > 0
+    assert tuning["scores"]["AP50"] >= tuning["before_scores"]["AP50"]
+    # segment used the tuned values (segment.params still override their own keys), named as tuned
+    used = out["decoder"]
+    assert used["params"]["seed_d"] == tuning["params"]["seed_d"] and used["params"]["min_size"] == 8
+    assert used["sources"]["seed_d"] == "segment.tune" and used["stored"]["from"] == "tuned"
+    assert any("used for this run" in line for line in lines)
+    assert store_decoder(first.layout.predictions) == stored  # the store keeps the checkpoint's
+
+
 def test_outputs_are_ngff_that_ome_zarr_reads(tmp_path, identity_ckpt, local_client):
     ome_zarr = pytest.importorskip("ome_zarr.reader")
     from ome_zarr.io import parse_url

@@ -92,6 +92,7 @@ def _source_words(source: str, stored: dict | None) -> str:
         "default": "(the decoder's defaults)",
         "checkpoint": "from the checkpoint" + origin,
         "store": "from the prediction store" + origin,
+        "segment.tune": "fitted by the config's segment.tune" + origin,
         "user": "from the command line",
         "config": "from the config's segment.params",
         "given": "(given)",
