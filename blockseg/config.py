@@ -158,6 +158,13 @@ class TuneConfig(_Strict):
     #: threshold -> values to search (None: blockseg.tune.DEFAULT_GRIDS for the decoder)
     grid: Optional[dict[str, list[float]]] = None
 
+    @field_validator("region", mode="before")
+    @classmethod
+    def _region_text(cls, v):
+        if v is not None and not isinstance(v, str):
+            raise ValueError('must be text in quotes, e.g. "50:70,:,:" (YAML reads a bare ":" as a mapping)')
+        return v
+
 
 class SegmentConfig(_Strict):
     decoder: Literal["bcd", "3label", "sdt", "affinities", "cpv"] = "bcd"

@@ -138,7 +138,28 @@ def check_run(cfg: RunConfig, payload: dict | None = None) -> tuple[tuple[int, .
                 _fail(f"data.{key}", str(e))
             if other != shape:
                 _fail(f"data.{key}", f"shape {other} differs from the image's {shape}")
+    if cfg.segment.tune is not None:
+        check_tune(cfg, shape)
     return shape, chunks
+
+
+def check_tune(cfg: RunConfig, shape) -> None:
+    """``segment.tune``: the region lies in the image, the labels exist and fit the image or the region."""
+    from .export import parse_region
+    from .io import open_volume
+
+    t = cfg.segment.tune
+    try:
+        box = parse_region(t.region, shape)
+    except BlocksegError as e:
+        _fail("segment.tune.region", str(e).replace("--region ", ""))
+    try:
+        other = tuple(open_volume(t.labels).shape)
+    except BlocksegError as e:
+        _fail("segment.tune.labels", str(e))
+    region = tuple(s.stop - s.start for s in box)
+    if other not in (tuple(shape), region):
+        _fail("segment.tune.labels", f"shape {other} fits neither the image {tuple(shape)} nor the region {region}")
 
 
 def check_config(cfg: RunConfig):

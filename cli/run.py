@@ -62,7 +62,7 @@ def overrides(args: argparse.Namespace) -> dict:
 
 
 #: --set keys holding paths (a config file's own paths are anchored at its folder)
-_PATH_KEYS = ("run_dir", "data.image", "data.ground_truth", "data.mask", "model.checkpoint")
+_PATH_KEYS = ("run_dir", "data.image", "data.ground_truth", "data.mask", "model.checkpoint", "segment.tune.labels")
 
 
 def execute(cfg, args: argparse.Namespace) -> int:

@@ -76,6 +76,34 @@ def test_config_errors_name_the_key_before_any_stage(ws, capsys, name, dry):
     assert not (ws / ("run_" + cfg.name)).exists()  # no stage started, no run directory
 
 
+TUNE_CASES = {
+    # name: (labels, region, the words of the one-line error)
+    "labels of another shape": ("small.zarr", "0:16,0:32,0:64",
+                                "segment.tune.labels: shape (16, 64, 64) fits neither the image (32, 64, 64) nor the region (16, 32, 64)"),
+    "region outside": ("img.zarr/labels/gt", "0:40,:,:", "segment.tune.region: z 0:40 is outside the volume (0:32) or empty"),
+    "labels missing": ("nowhere.zarr", None, "config key segment.tune.labels: "),
+}
+
+
+@pytest.mark.parametrize("name", list(TUNE_CASES))
+def test_segment_tune_is_checked_before_any_stage(ws, capsys, name):
+    labels, region, words = TUNE_CASES[name]
+    tune = {"labels": labels, **({"region": region} if region else {})}
+    cfg = write(ws, f"tune_{name.replace(' ', '_')}.yaml", data=IMAGE, model={"checkpoint": "demo"}, segment={"tune": tune})
+    assert main(["run", str(cfg), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and words in err, err
+    assert not (ws / ("run_" + cfg.name)).exists()
+
+
+def test_unquoted_tune_region_is_explained(ws, capsys):
+    # YAML reads a bare ':' as a mapping: in a file that is a YAML error (one line, with the line
+    # number); in --set it parses, and the config says how to write it
+    cfg = write(ws, "tune_unquoted.yaml", data=IMAGE, model={"checkpoint": "demo"}, segment={"tune": {"labels": "small.zarr"}})
+    assert main(["run", str(cfg), "--dry-run", "--set", "segment.tune.region=0:16,:,:"]) == 2
+    assert 'segment.tune.region: must be text in quotes, e.g. "50:70,:,:"' in capsys.readouterr().err
+
+
 def test_several_problems_are_reported_together(ws, capsys):
     cfg = write(ws, "several.yaml", data=IMAGE)
     assert main(["run", str(cfg), "--set", "segment.halo=-1", "--set", "predict.batch_size=0"]) == 2
