@@ -50,6 +50,11 @@ def test_tuning_a_region_raises_ap_and_segment_uses_it(weak_store, tmp_path):
     rec = store_decoder(store)
     assert rec["from"] == "tuned" and rec["params"]["seed_d"] == res.params["seed_d"]
     assert "tuned on" in choose_decoder(stored=rec).describe()
+    from blockseg.summary import render, summarise
+
+    import re
+
+    assert re.search(r"tuned on \d+ annotated nuclei", render(summarise(str(store))))  # blockseg info names where the thresholds come from
     # the thresholds carry to the part that was not annotated
     other = (slice(None), slice(32, 64), slice(None))
     assert ap50(store, lab) > before + 0.2
