@@ -14,6 +14,7 @@ Sizes (``min_size``, ``min_seed_size``) are not tuned: they count voxels of this
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -138,6 +139,14 @@ def tune_store(
                             f"{tuple(b - a for a, b in box)}")  # fmt: skip
     if gt.dtype.kind not in "iu":
         raise BlocksegError(f"labels must be integer instance ids, got {gt.dtype}")
+    source = ((dict(zarr.open_group(str(pred_path), mode="r").attrs.get("blockseg", {})).get("predictions") or {})
+              .get("run") or {}).get("image")  # fmt: skip
+    if isinstance(labels, (str, os.PathLike)) and source and os.path.abspath(str(labels)) == os.path.abspath(source):
+        raise BlocksegError(f"{labels} is the image these predictions were made from, not instance labels")
+    background = float(np.mean(gt == 0))
+    if background < 0.01:
+        raise BlocksegError(f"the labels have almost no background ({background:.1%} zeros in the region): "
+                            "instance labels with 0 = background are needed, not an image")  # fmt: skip
     n_nuclei = int(np.unique(gt[gt != 0]).size)
     if n_nuclei == 0:
         raise BlocksegError("the annotated region holds no nuclei (all labels are 0)")

@@ -89,6 +89,8 @@ def test_empty_or_misshapen_labels_are_refused(weak_store, tmp_path):
     create_volume(tmp_path / "zero.zarr", lab.shape, lab.dtype).array[...] = 0
     with pytest.raises(BlocksegError, match="no nuclei"):
         tune_store(str(tmp / "p.zarr"), str(tmp_path / "zero.zarr"), write=False)
+    with pytest.raises(BlocksegError, match="almost no background"):  # an image given as labels
+        tune_store(str(tmp / "p.zarr"), lab + 1, write=False)
     create_volume(tmp_path / "odd.zarr", (5, 5, 5), lab.dtype)
     with pytest.raises(BlocksegError, match="fit neither"):
         tune_store(str(tmp / "p.zarr"), str(tmp_path / "odd.zarr"), write=False)
