@@ -177,3 +177,47 @@ def tune_store(
         group.attrs["blockseg"] = attrs
         result.written = True
     return result
+
+
+def save_tuned_checkpoint(pred_path: str, out: str) -> str:
+    """Write a copy of the checkpoint a store was predicted with, recommending the thresholds
+    :func:`tune_store` wrote into the store -- to segment other volumes of the same kind.
+
+    Only the tuned thresholds change; the size thresholds stay the checkpoint's own (they count
+    voxels of its grid); weights and every other field are copied. ``out`` must not exist.
+
+    Returns
+    -------
+    str
+        ``out``.
+    """
+    import hashlib
+
+    import torch
+
+    from .models import read_checkpoint
+    from .safety import prepare_output
+    from .segment.params import store_decoder
+
+    rec = store_decoder(pred_path)
+    if not rec or rec.get("from") != "tuned":
+        raise BlocksegError(f"{pred_path} holds no tuned thresholds: run blockseg tune on it first (without --dry-run)")
+    src = rec.get("checkpoint")
+    if not src or not os.path.isfile(src):
+        raise BlocksegError(f"the checkpoint these predictions were made with ({src}) is not available")
+    digest = hashlib.sha256(open(src, "rb").read()).hexdigest()[:16]
+    if rec.get("checkpoint_sha256") and digest != rec["checkpoint_sha256"]:
+        raise BlocksegError(f"checkpoint {src} changed since {pred_path} was predicted with it")
+    prepare_output(out, [pred_path, src], what="checkpoint")  # refuses an existing file, an input
+    payload = read_checkpoint(src)
+    meta = payload["metadata"]
+    old = dict(meta.get("decoder") or {})
+    base = dict(old.get("params") or {}) if old.get("name") == rec["name"] else {}
+    tuned = {k: rec["params"][k] for k in (rec.get("tuning") or {}).get("grid", {}) if k in rec["params"]}
+    meta["decoder"] = {"name": rec["name"], "params": {**base, **tuned}, "tuned_on": rec["tuned_on"],
+                       "tuned_from": {"predictions": os.path.abspath(pred_path), "checkpoint": src,
+                                      "scores": (rec.get("tuning") or {}).get("scores")}}  # fmt: skip
+    tmp = f"{out}.tmp-{os.getpid()}"
+    torch.save(payload, tmp)
+    os.replace(tmp, out)  # whole or not at all
+    return out

@@ -37,16 +37,30 @@ def register(sub) -> None:
         help="values of one threshold to search (repeatable; default: blockseg.tune.DEFAULT_GRIDS for the decoder)",
     )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="report the tuned thresholds without writing them into the store")
+    p.add_argument(
+        "--save-checkpoint", metavar="OUT.pt",
+        help="also write a copy of the store's checkpoint recommending the tuned thresholds (for other volumes of the same kind; OUT must not exist)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockseg.tune import tune_store
+    from blockseg.tune import save_tuned_checkpoint, tune_store
 
     grid = dict(args.grid) if args.grid else None
     if grid is not None and len(grid) != len(args.grid):
         raise BlocksegError("--grid names one threshold twice")
+    if args.save_checkpoint:
+        if args.dry_run:
+            raise BlocksegError("--save-checkpoint needs the tuned thresholds written: drop --dry-run")
+        from blockseg.safety import prepare_output
+
+        prepare_output(args.save_checkpoint, [args.predictions, args.labels], what="checkpoint")  # before the store changes
     res = tune_store(args.predictions, args.labels, region=args.region, decoder=args.decoder, grid=grid, write=not args.dry_run)
-    print(json.dumps(res.to_dict(), indent=2) if args.json else res.describe())
+    saved = save_tuned_checkpoint(args.predictions, args.save_checkpoint) if args.save_checkpoint else None
+    if args.json:
+        print(json.dumps({**res.to_dict(), "saved_checkpoint": saved}, indent=2))
+    else:
+        print(res.describe() + (f"; checkpoint with these thresholds: {saved}" if saved else ""))
     return 0

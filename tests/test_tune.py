@@ -106,3 +106,32 @@ def test_cli(weak_store, tmp_path, capsys):
     assert e.value.code == 2 and "expected NAME=V1,V2" in capsys.readouterr().err
     assert main(["tune", str(tmp / "p.zarr"), str(tmp / "v.zarr/labels/nuclei"), "--region", "0:99,:,:"]) == 2
     assert "outside the volume" in capsys.readouterr().err
+
+
+def test_saved_checkpoint_carries_the_tuned_thresholds_to_the_next_volume(tmp_path, capsys):
+    from blockseg.models import IdentityNet, read_checkpoint, save_checkpoint
+    from blockseg.predict import predict
+
+    save_checkpoint(tmp_path / "id.pt", IdentityNet(("B", "C", "D"), input_patch=(16, 32, 32)),
+                    normalisation={"offset": 120.0, "scale": -15.0},
+                    decoder={"name": "bcd", "params": {"seed_d": 0.3, "min_size": 8}})  # fmt: skip
+    for seed in (1, 2):
+        synthesize(str(tmp_path / f"v{seed}.zarr"), SynthParams(shape=(16, 64, 64), seed=seed), progress=False)
+        predict(str(tmp_path / f"v{seed}.zarr"), tmp_path / "id.pt", tmp_path / f"p{seed}.zarr", progress=False, pyramid_levels=1)
+    out = tmp_path / "tuned.pt"
+    argv = ["tune", str(tmp_path / "p1.zarr"), str(tmp_path / "v1.zarr/labels/nuclei"), "--grid", "seed_d=0.1,0.3,0.5",
+            "--save-checkpoint", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert str(out) in capsys.readouterr().out
+    tuned = store_decoder(tmp_path / "p1.zarr")["params"]
+    meta = read_checkpoint(out)["metadata"]
+    assert meta["decoder"]["params"] == {"seed_d": tuned["seed_d"], "min_size": 8}  # sizes stay the checkpoint's
+    assert "annotated nuclei" in meta["decoder"]["tuned_on"]
+    predict(str(tmp_path / "v2.zarr"), out, tmp_path / "p2t.zarr", progress=False, pyramid_levels=1)
+    assert store_decoder(tmp_path / "p2t.zarr")["params"]["seed_d"] == tuned["seed_d"]
+    # an existing file is never replaced, and the store is not touched when that is refused
+    attrs = dict(zarr.open_group(str(tmp_path / "p2.zarr"), mode="r").attrs)
+    argv[1:3] = [str(tmp_path / "p2.zarr"), str(tmp_path / "v2.zarr/labels/nuclei")]
+    assert main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert dict(zarr.open_group(str(tmp_path / "p2.zarr"), mode="r").attrs) == attrs
