@@ -191,11 +191,10 @@ def save_tuned_checkpoint(pred_path: str, out: str) -> str:
     str
         ``out``.
     """
-    import hashlib
-
     import torch
 
     from .models import read_checkpoint
+    from .provenance import file_digest
     from .safety import prepare_output
     from .segment.params import store_decoder
 
@@ -205,8 +204,7 @@ def save_tuned_checkpoint(pred_path: str, out: str) -> str:
     src = rec.get("checkpoint")
     if not src or not os.path.isfile(src):
         raise BlocksegError(f"the checkpoint these predictions were made with ({src}) is not available")
-    digest = hashlib.sha256(open(src, "rb").read()).hexdigest()[:16]
-    if rec.get("checkpoint_sha256") and digest != rec["checkpoint_sha256"]:
+    if rec.get("checkpoint_sha256") and file_digest(src) != rec["checkpoint_sha256"]:
         raise BlocksegError(f"checkpoint {src} changed since {pred_path} was predicted with it")
     prepare_output(out, [pred_path, src], what="checkpoint")  # refuses an existing file, an input
     payload = read_checkpoint(src)

@@ -32,7 +32,6 @@ attributes; resuming with different settings is refused.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import os
@@ -51,6 +50,7 @@ from ..grid import BlockGrid, default_block_shape
 from ..io import _is_url, open_volume
 from ..models.base import BlocksegNet, build_model, load_checkpoint, normalise, read_checkpoint
 from ..predictions import create_predictions, describe_dtypes, encode_channel, plan_store
+from ..provenance import file_digest
 from .kernels import quantise
 from .infer import (
     InferenceOptions,
@@ -684,14 +684,6 @@ def _previous_patch_choice(out_path: str) -> dict | None:
         return None
 
 
-def _checkpoint_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def _dims(value, name) -> tuple[int, int, int] | None:
     if value is None:
         return None
@@ -886,7 +878,7 @@ def predict(
     run_settings = {
         "image": os.path.abspath(image_path) if not _is_url(image_path) else image_path,
         "shape": list(shape),
-        "checkpoint_sha256": _checkpoint_digest(checkpoint),
+        "checkpoint_sha256": file_digest(checkpoint),
         "patch": list(lattice.patch),
         "patch_choice": choice.to_dict(),
         "lattice_snap": snap,
