@@ -243,16 +243,17 @@ def test_tuner_widens_past_a_picked_edge_and_warns(caplog):
     assert "edge of the searched values" in caplog.text
 
 
-def test_widen_stays_in_the_values_range():
-    assert widen([0.5, 0.9], at_low=False) == [0.5, 0.9, 0.95]
-    assert widen([0.5, 0.9], at_low=True) == [0.1, 0.5, 0.9]
-    assert widen([0.1, 0.5], at_low=True) == [0.05, 0.1, 0.5]
-    assert widen([-0.3, 0.3], at_low=True) == [-0.9, -0.3, 0.3]
-    assert widen([2.0, 4.0], at_low=False) == [2.0, 4.0, 6.0]
-    assert widen([-0.8, 0.3], at_low=True) == [-0.9, -0.8, 0.3]  # halfway to the tanh bound
-    # with the parameter's own range: a distance threshold given as [0, ...] may go negative
-    assert widen([0.0, 0.05, 0.1], at_low=True, bounds=(-1.0, 1.0)) == [-0.05, 0.0, 0.05, 0.1]
-    assert widen([0.0, 0.05], at_low=True) == [0.0, 0.05]  # inferred [0, 1]: nowhere to go
+def test_widen_stays_in_the_parameter_range():
+    prob, tanh = (0.0, 1.0), (-1.0, 1.0)
+    assert widen([0.5, 0.9], at_low=False, bounds=prob) == [0.5, 0.9, 0.95]
+    assert widen([0.5, 0.9], at_low=True, bounds=prob) == [0.1, 0.5, 0.9]
+    assert widen([0.1, 0.5], at_low=True, bounds=prob) == [0.05, 0.1, 0.5]
+    assert widen([-0.3, 0.3], at_low=True, bounds=tanh) == [-0.9, -0.3, 0.3]
+    assert widen([2.0, 4.0], at_low=False, bounds=(0, None)) == [2.0, 4.0, 6.0]
+    assert widen([-0.8, 0.3], at_low=True, bounds=tanh) == [-0.9, -0.8, 0.3]  # halfway to the tanh bound
+    # a distance threshold given as [0, ...] may go negative: the range is the parameter's
+    assert widen([0.0, 0.05, 0.1], at_low=True, bounds=tanh) == [-0.05, 0.0, 0.05, 0.1]
+    assert widen([0.0, 0.05], at_low=True, bounds=prob) == [0.0, 0.05]  # at a probability's bound: nowhere to go
     assert widen([3.0, 5.0], at_low=True, bounds=(1, None)) == [1.0, 3.0, 5.0]  # min_votes >= 1
 
 

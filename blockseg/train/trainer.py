@@ -265,22 +265,16 @@ def _grid_search(cases, name, base, grid, cache):
     return best
 
 
-def widen(values: list, at_low: bool, bounds: tuple | None = None) -> list:
+def widen(values: list, at_low: bool, bounds: tuple) -> list:
     """``values`` with one more value beyond the low or high edge.
 
     One grid step further (the end step, or half the value for a single entry), but never past
-    the parameter's range: ``bounds`` ``(low, high)`` (None: unbounded on that side; the
-    decoder's own, :attr:`blockseg.segment.Decoder.bounds`), else the range the values suggest
-    (thresholds given in [0, 1] stay in [0, 1], those in [-1, 1] stay there); near the bound,
-    halfway to it.
+    the parameter's range ``bounds`` ``(low, high)`` (None: unbounded on that side; the
+    decoder's own, :attr:`blockseg.segment.Decoder.bounds`); near the bound, halfway to it.
     """
     v = sorted(values)
-    if bounds is not None:
-        lo_bound = -np.inf if bounds[0] is None else float(bounds[0])
-        hi_bound = np.inf if bounds[1] is None else float(bounds[1])
-    else:
-        lo_bound = 0.0 if v[0] >= 0 else (-1.0 if v[0] >= -1 else -np.inf)
-        hi_bound = 1.0 if v[-1] <= 1 else np.inf
+    lo_bound = -np.inf if bounds[0] is None else float(bounds[0])
+    hi_bound = np.inf if bounds[1] is None else float(bounds[1])
     step = ((v[1] - v[0]) if at_low else (v[-1] - v[-2])) if len(v) > 1 else (abs(v[0]) / 2 or 0.1)
     if at_low:
         new = v[0] - step
@@ -334,7 +328,7 @@ def tune_decoder(
                 continue
             picked = best[0][k]
             if picked in (v[0], v[-1]):
-                wider = widen(v, picked == v[0], DECODERS[name].bounds.get(k))  # e.g. D thresholds reach -1
+                wider = widen(v, picked == v[0], DECODERS[name].bounds[k])  # e.g. D thresholds reach -1
                 if wider != v:
                     grid[k], changed = wider, True
                     # the new value against the best of the others (a line search, not the whole
