@@ -201,9 +201,11 @@ def _render_predictions(s: dict) -> list[str]:
     d = s.get("decoder")
     if d:
         params = _params(d["params"])
-        origin = f" from checkpoint {os.path.basename(d['checkpoint'])}" if d.get("checkpoint") else ""
+        ckpt = f"checkpoint {os.path.basename(d['checkpoint'])}" if d.get("checkpoint") else ""
         if d.get("from") == "tuned":  # blockseg tune wrote it
-            origin = f" tuned on {d.get('tuned_on', 'annotated nuclei')}" + (f" (starting from {origin[6:]})" if origin else "")
+            origin = f" tuned on {d.get('tuned_on', 'annotated nuclei')}" + (f" (starting from {ckpt})" if ckpt else "")
+        else:
+            origin = f" from {ckpt}" if ckpt else ""
         lines.append(f"  decoder: {d['name']} {params}{origin}; segment's defaults (-p NAME=VALUE changes one)")
     else:
         lines.append("  decoder: none stored (segment uses the decoder's defaults)")
