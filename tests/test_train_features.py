@@ -243,6 +243,16 @@ def test_tuner_widens_past_a_picked_edge_and_warns(caplog):
     assert "edge of the searched values" in caplog.text
 
 
+def test_tuner_at_the_end_of_a_parameters_range_does_not_ask_to_widen():
+    """fg_b 0.0 is the end of BCD's range [0, 1]: the report says so instead of "may lie beyond"."""
+    lab, pred = _perfect_prediction()
+    pred = {**pred, "B": np.where(lab > 0, 0.05, 0.0).astype(np.float32)}  # only fg_b < 0.05 keeps the nuclei
+    msgs = []
+    params, scores = tune_decoder(pred, lab, "bcd", {"seed_b": 0.01}, {"fg_b": [0.0, 0.5]}, warn=msgs.append)
+    assert params["fg_b"] == 0.0 and scores["grid_edge"] == ["fg_b"]
+    assert len(msgs) == 1 and "end of its range (0.0, 1.0)" in msgs[0] and "beyond (widen" not in msgs[0]
+
+
 def test_widen_stays_in_the_parameter_range():
     prob, tanh = (0.0, 1.0), (-1.0, 1.0)
     assert widen([0.5, 0.9], at_low=False, bounds=prob) == [0.5, 0.9, 0.95]

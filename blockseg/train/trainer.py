@@ -304,7 +304,9 @@ def tune_decoder(
     skipped); a parameter still at an
     edge afterwards is reported through ``warn`` (default: the module's logger), so a tuned
     threshold at the edge of what was searched is never silent. Returns ``(params, scores)``
-    with ``scores["grid_edge"]`` listing the parameters left at an edge.
+    with ``scores["grid_edge"]`` listing the parameters left at an edge. A parameter left at
+    the end of its decoder's range (:attr:`blockseg.segment.Decoder.bounds`) is reported as
+    such: there is nothing beyond it to search.
     """
     from ..segment import DECODERS
 
@@ -346,9 +348,16 @@ def tune_decoder(
         if len(v) < 2:
             continue
         valid = [x for x in v if any(c is not None and dict(key).get(k) == x for key, c in cache.items())]
-        if valid and best[0][k] in (min(valid), max(valid)):
-            edge.append(k)
-            warn(f"decoder tuning: {k} = {best[0][k]:g} is at the edge of the searched values {valid}; "
+        picked = best[0][k]
+        if not valid or picked not in (min(valid), max(valid)):
+            continue
+        edge.append(k)
+        if picked in DECODERS[name].bounds.get(k, (None, None)):
+            # nothing lies beyond the end of the parameter's range: say so, not "widen"
+            warn(f"decoder tuning: {k} = {picked:g} is at the end of its range {DECODERS[name].bounds[k]}; "
+                 "the decoder accepts nothing beyond it")  # fmt: skip
+        else:
+            warn(f"decoder tuning: {k} = {picked:g} is at the edge of the searched values {valid}; "
                  "the optimum may lie beyond (widen decoder.tune)")  # fmt: skip
     return best[0], {**best[1], "grid_edge": edge}
 
