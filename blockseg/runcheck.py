@@ -147,6 +147,7 @@ def check_tune(cfg: RunConfig, shape) -> None:
     """``segment.tune``: the region lies in the image, the labels exist and fit the image or the region."""
     from .export import parse_region
     from .io import open_volume
+    from .tune import labels_cover_volume
 
     t = cfg.segment.tune
     try:
@@ -157,9 +158,10 @@ def check_tune(cfg: RunConfig, shape) -> None:
         other = tuple(open_volume(t.labels).shape)
     except BlocksegError as e:
         _fail("segment.tune.labels", str(e))
-    region = tuple(s.stop - s.start for s in box)
-    if other not in (tuple(shape), region):
-        _fail("segment.tune.labels", f"shape {other} fits neither the image {tuple(shape)} nor the region {region}")
+    try:
+        labels_cover_volume(other, shape, [(s.start, s.stop) for s in box], "image")
+    except BlocksegError as e:
+        _fail("segment.tune.labels", str(e))
 
 
 def check_config(cfg: RunConfig):

@@ -78,6 +78,23 @@ class TuneResult:
         )
 
 
+def labels_cover_volume(label_shape, shape, box, volume: str = "store") -> bool:
+    """Whether annotations of ``label_shape`` cover the whole volume (True: cut the region out of
+    them) or only the region ``box`` (False: they are its annotation, ``((start, stop), ...)``).
+
+    Raises
+    ------
+    BlocksegError
+        When they fit neither (``volume`` names the volume in the message).
+    """
+    region = tuple(b - a for a, b in box)
+    if tuple(label_shape) == tuple(shape):
+        return True
+    if tuple(label_shape) == region:
+        return False
+    raise BlocksegError(f"labels of shape {tuple(label_shape)} fit neither the {volume} {tuple(shape)} nor the region {region}")
+
+
 def tune_store(
     pred_path: str,
     labels,
@@ -130,13 +147,7 @@ def tune_store(
     if n > MAX_REGION_VOXELS:
         raise BlocksegError(f"the annotated region holds {n:,} voxels; tune on at most {MAX_REGION_VOXELS:,} (a smaller region)")
     lab = open_volume(str(labels)).array if isinstance(labels, (str, bytes)) or hasattr(labels, "__fspath__") else labels
-    if tuple(lab.shape) == tuple(shape):
-        gt = np.asarray(lab[sl])
-    elif tuple(lab.shape) == tuple(b - a for a, b in box):
-        gt = np.asarray(lab[...])
-    else:
-        raise BlocksegError(f"labels of shape {tuple(lab.shape)} fit neither the store {tuple(shape)} nor the region "
-                            f"{tuple(b - a for a, b in box)}")  # fmt: skip
+    gt = np.asarray(lab[sl] if labels_cover_volume(lab.shape, shape, box, "store") else lab[...])
     if gt.dtype.kind not in "iu":
         raise BlocksegError(f"labels must be integer instance ids, got {gt.dtype}")
     source = ((dict(zarr.open_group(str(pred_path), mode="r").attrs.get("blockseg", {})).get("predictions") or {})

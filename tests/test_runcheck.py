@@ -79,7 +79,7 @@ def test_config_errors_name_the_key_before_any_stage(ws, capsys, name, dry):
 TUNE_CASES = {
     # name: (labels, region, the words of the one-line error)
     "labels of another shape": ("small.zarr", "0:16,0:32,0:64",
-                                "segment.tune.labels: shape (16, 64, 64) fits neither the image (32, 64, 64) nor the region (16, 32, 64)"),
+                                "segment.tune.labels: labels of shape (16, 64, 64) fit neither the image (32, 64, 64) nor the region (16, 32, 64)"),
     "region outside": ("img.zarr/labels/gt", "0:40,:,:", "segment.tune.region: z 0:40 is outside the volume (0:32) or empty"),
     "labels missing": ("nowhere.zarr", None, "config key segment.tune.labels: "),
 }
