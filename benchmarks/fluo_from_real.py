@@ -131,7 +131,7 @@ def test_selected(trained: dict) -> dict:
 
     torch.set_num_threads(1)
     ckpt = next(r["checkpoint"] for r in trained["seeds"] if r["seed"] == trained["selected"])
-    old = str(shipped_checkpoint_path("fluo"))
+    old = str(shipped_checkpoint_path("fluo_synth"))  # the synthetic-only network shipped as fluo before
     g, t = np.load(REAL / DATASETS[SOURCE]), np.load(REAL / DATASETS[TARGET])
     g_vs, t_vs = [tuple(float(v) for v in d["voxel_size_zyx"]) for d in (g, t)]
     a, b = slabs(g["image"].shape[0])
@@ -186,8 +186,8 @@ def results_text(trained: dict, tested: dict) -> str:
               f"{tested['d_train_um']:.2f} µm, BBBC050 {tested['d_test_um']:.2f} µm; checkpoint {tested['bytes'] / 2**20:.2f} MiB.", "",
               "| test data | method | avAP | AP-50 | predicted / true |", "|---|---|---|---|---|"]  # fmt: skip
     names = {"candidate": "**candidate** (defaults)", "candidate_diameter": "**candidate**, `--diameter D`",
-             "candidate_default": "candidate, predict's defaults (not in the verdict)", "fluo_shipped": "shipped `fluo` (synthetic only)",
-             "fluo_shipped_diameter": "shipped `fluo`, `--diameter D`", "baseline_tuned": "Otsu + watershed, tuned on GoNuclear validation",
+             "candidate_default": "candidate, predict's defaults (not in the verdict)", "fluo_shipped": "`fluo_synth` (the synthetic-only `fluo` shipped before)",
+             "fluo_shipped_diameter": "`fluo_synth`, `--diameter D`", "baseline_tuned": "Otsu + watershed, tuned on GoNuclear validation",
              "baseline_size_matched": "Otsu + watershed, tuned, size-matched", "baseline_default": "Otsu + watershed, defaults"}  # fmt: skip
     for w, label in (("gonuclear_test", "GoNuclear test slab"), ("bbbc050", "BBBC050 whole crop")):
         for tag, s in r[w].items():

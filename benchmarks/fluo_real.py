@@ -10,7 +10,7 @@ The protocol is fixed before the first run and written into
     PYTHONPATH=. python benchmarks/fluo_real.py --evaluate runs/train_fluo_real/checkpoint.pt \\
         [--before OLD_FLUO.pt] --json benchmarks/results/fluo_real.json
 
-``--diameter-protocol`` / ``--diameter fluo`` score the shipped ``fluo`` with ``predict --diameter``
+``--diameter-protocol`` / ``--diameter fluo_synth`` score the synthetic-only ``fluo`` (``fluo_synth`` now) with ``predict --diameter``
 (section ``fluo-diameter`` of the same file; protocol in :func:`diameter_protocol_text`).
 
 Splits are those of ``benchmarks/real_volumes_train.py`` (z fractions: train [0, 0.5),

@@ -1,4 +1,4 @@
-"""Re-tune the shipped ``fluo`` checkpoint's decoder thresholds on synthetic volumes of several
+"""Re-tune the synthetic-only ``fluo`` checkpoint (shipped as ``fluo`` then, ``fluo_synth`` now)'s decoder thresholds on synthetic volumes of several
 nucleus sizes, then score it once on the real crops (weights unchanged).
 
 Why: ``fluo``'s BCD thresholds were tuned on one synthetic validation volume (nucleus radius
@@ -153,13 +153,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default="benchmarks/results/fluo_retune.json")
     ap.add_argument("--set", choices=["sizes", "degraded"], default="sizes", help="validation set (see the protocols above)")
-    ap.add_argument("--checkpoint", default="fluo", help="weights to re-tune (default: the shipped fluo)")
+    ap.add_argument("--checkpoint", default="fluo_synth", help="weights to re-tune (default: the shipped fluo_synth)")
     ap.add_argument("--validation", default="data/fluo/val.zarr", help="--set degraded: the clean validation volume")
     ap.add_argument("--ship", action="store_true", help="write the re-tuned thresholds into the shipped checkpoint if the decision rule holds")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    shipped = shipped_checkpoint_path("fluo")
-    source = shipped if args.checkpoint == "fluo" else args.checkpoint
+    shipped = shipped_checkpoint_path("fluo_synth")
+    source = shipped if args.checkpoint == "fluo_synth" else args.checkpoint
     payload = read_checkpoint(source)
     meta = payload["metadata"]
     dec = meta["decoder"]

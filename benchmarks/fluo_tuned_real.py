@@ -1,4 +1,4 @@
-"""The shipped ``fluo`` network with its thresholds tuned by ``blockseg tune`` on a few annotated
+"""The synthetic-only ``fluo`` network (shipped as ``fluo`` then, ``fluo_synth`` now) with its thresholds tuned by ``blockseg tune`` on a few annotated
 nuclei of each real crop -- no training -- against the classical baseline tuned on the same nuclei.
 
 Protocol (written before the first run, 2026-11-29 night):
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default="benchmarks/results/fluo_tuned_real.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    ckpt = shipped_checkpoint_path("fluo")
+    ckpt = shipped_checkpoint_path("fluo_synth")
     out: dict = {"protocol": "benchmarks/fluo_tuned_real.py docstring", "load_before": os.getloadavg(), "crops": {}}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

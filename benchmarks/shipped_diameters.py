@@ -3,7 +3,7 @@
 The shipped ``demo`` and ``fluo`` networks were trained before checkpoints recorded
 ``metadata.nucleus_diameter_um``, so ``predict --diameter`` refused them. Their training volumes
 are synthetic and deterministic (the commands in ``configs/train_demo.yaml`` and
-``configs/train_fluo.yaml``): this script regenerates them, measures the median equivalent-sphere
+``configs/train_fluo_synth.yaml``): this script regenerates them, measures the median equivalent-sphere
 diameter of their nuclei exactly as ``blockseg train`` does (:func:`training_nucleus_diameter`),
 and writes it into each checkpoint's metadata. Weights and every other field stay as they are.
 

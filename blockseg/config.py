@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .checkpoints import SHIPPED_CHECKPOINTS
 from .errors import BlocksegError, describe_validation_error
 
 STAGES = ("data", "predict", "segment", "evaluate")
@@ -121,7 +122,7 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """``checkpoint``: a checkpoint file, or ``demo`` / ``fluo`` for a shipped checkpoint."""
+    """``checkpoint``: a checkpoint file, or ``demo`` / ``fluo`` / ``fluo_synth`` for a shipped checkpoint."""
 
     checkpoint: str = "demo"
 
@@ -296,7 +297,7 @@ def _anchor_paths(raw: dict, base: str) -> dict:
     if isinstance(raw.get("run_dir"), str):
         raw["run_dir"] = anchor(raw["run_dir"])
     model = raw.get("model")
-    if isinstance(model, dict) and model.get("checkpoint") not in (None, "demo", "fluo"):
+    if isinstance(model, dict) and model.get("checkpoint") not in (None, *SHIPPED_CHECKPOINTS):
         raw["model"] = {**model, "checkpoint": anchor(model["checkpoint"])}
     data = raw.get("data")
     if isinstance(data, dict):

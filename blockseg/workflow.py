@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .checkpoints import SHIPPED_CHECKPOINTS
 from .config import STAGES, RunConfig
 from .errors import BlocksegError
 from .provenance import PeakMemory, file_digest, fingerprint, now, write_json_atomic
@@ -121,7 +122,7 @@ class RunResult:
 
 # ------------------------------------------------------------------------------ checkpoint
 def checkpoint_path(cfg: RunConfig) -> str:
-    """The checkpoint file of a config (``demo``, ``fluo``: the shipped checkpoints)."""
+    """The checkpoint file of a config (a name of :data:`blockseg.checkpoints.SHIPPED_CHECKPOINTS` for a shipped one)."""
     from .models import resolve_checkpoint
 
     return resolve_checkpoint(cfg.model.checkpoint)
@@ -374,7 +375,7 @@ def run_inputs(cfg: RunConfig) -> list[str]:
     """The user's files a run reads (image, ground truth, mask, checkpoint): never written."""
     d = cfg.data
     ins = [p for p in (d.image, d.ground_truth, d.mask) if p is not None]
-    if cfg.model.checkpoint and cfg.model.checkpoint not in ("demo", "fluo"):
+    if cfg.model.checkpoint and cfg.model.checkpoint not in SHIPPED_CHECKPOINTS:
         ins.append(cfg.model.checkpoint)
     return ins
 

@@ -1,1 +1,12 @@
-"""Networks shipped with blockseg (``demo_bcd_cpv.pt``: see :func:`blockseg.models.demo_checkpoint_path`)."""
+"""Networks shipped with blockseg, by the name configs and the CLI accept for a checkpoint path.
+
+``demo``: residual U-Net (B, C, D, cpv) trained on synthetic NucMM-Z-like EM volumes
+(``configs/train_demo.yaml``). ``fluo``: residual U-Net (3-label + cpv) for light-microscopy
+nuclei, trained on a real confocal crop (``configs/train_fluo.yaml``). ``fluo_synth``: the earlier
+``fluo``, residual U-Net (B, C, D) trained on synthetic fluorescence only
+(``configs/train_fluo_synth.yaml``), a starting point for fine-tuning. README, "The fluo checkpoint".
+"""
+
+#: shipped checkpoint files (in this folder) by name; a light module, so configs can check names
+#: without importing torch
+SHIPPED_CHECKPOINTS = {"demo": "demo_bcd_cpv.pt", "fluo": "fluo_3label_cpv.pt", "fluo_synth": "fluo_bcd.pt"}

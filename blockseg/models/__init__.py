@@ -21,17 +21,17 @@ from .plain import JointDetSegNet, ValidUNet3D
 from .unet import ResUNet3D
 
 
-#: checkpoints shipped with blockseg, by the name configs and the CLI accept for a path
-SHIPPED_CHECKPOINTS = {"demo": "demo_bcd_cpv.pt", "fluo": "fluo_bcd.pt"}
+from ..checkpoints import SHIPPED_CHECKPOINTS
 
 
 def shipped_checkpoint_path(name: str) -> str:
     """Path of a shipped checkpoint by name (:data:`SHIPPED_CHECKPOINTS`).
 
     ``demo``: residual U-Net (B, C, D, cpv) trained on synthetic NucMM-Z-like EM volumes;
-    ``fluo``: residual U-Net (B, C, D) trained on synthetic fluorescence volumes (``blockseg
-    synth --preset fluo``), percentile-normalised, with its voxel size (README, "The fluo
-    checkpoint").
+    ``fluo``: residual U-Net (3-label + cpv) trained on a real confocal nuclei crop,
+    percentile-normalised, with its voxel size and nucleus diameter; ``fluo_synth``: residual
+    U-Net (B, C, D) trained on synthetic fluorescence only (``blockseg synth --preset fluo``)
+    (README, "The fluo checkpoint").
     """
     from importlib.resources import files
 

@@ -91,10 +91,9 @@ def init_from_checkpoint(model: BlocksegNet, path: str, freeze_encoder: bool = F
     The checkpoint must have the same architecture, widths and output channels (its heads are
     reused). With ``freeze_encoder`` the parameters of :data:`ENCODER_MODULES` stop training.
     """
-    from ..models import demo_checkpoint_path
+    from ..models import resolve_checkpoint
 
-    if path == "demo":
-        path = demo_checkpoint_path()
+    path = resolve_checkpoint(path)  # demo, fluo, fluo_synth: the shipped files
     loaded, payload = load_checkpoint(path, "cpu")
     if tuple(loaded.channels) != tuple(model.channels):
         raise BlocksegError(f"init checkpoint {path} predicts {list(loaded.channels)}, this model {list(model.channels)}")
