@@ -52,7 +52,7 @@ def protocol_text() -> str:
         f"* Data: BBBC050 8-cell {tuple(lab.shape)}, the z-slabs of `real_volumes_train.py`: train z 0–{a}",
         f"  ({count[0]} nucleus pieces), validation z {a}–{b} ({count[1]}), test z {b}–{nz} ({count[2]}); the train and",
         "  validation slabs imported as one volume, the validation slab held out of the crop sampler.",
-        f"* Model: the shipped `fluo` (3-label + cpv, trained on GoNuclear only) fine-tuned with `model.init: fluo`,",
+        "* Model: the shipped `fluo` (3-label + cpv, trained on GoNuclear only) fine-tuned with `model.init: fluo`,",
         f"  nothing frozen, {ITERATIONS} iterations, Adam lr {LR:g} (warm-up 25, cosine), patch {list(PATCH)}, batch 2,",
         "  one torch thread, percentile normalisation, the crop's own voxel size (no resampling: both crops'",
         "  nuclei span ~21 voxels), flips / transposes / intensity augmentation; seeds "
