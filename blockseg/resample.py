@@ -40,6 +40,10 @@ from .errors import BlocksegError
 #: automatic factors within this relative distance of 1 are not applied (resampling by 3 %
 #: costs an interpolation and changes nothing a network can tell)
 AUTO_TOLERANCE = 0.05
+#: voxel-size resampling that changes a nucleus's size in voxels by more than this (geometric
+#: mean over the axes, either way) warns, when the checkpoint records its nuclei's diameter: the
+#: image's nuclei may not be of that size in µm (another organism or stage), see ``--diameter``
+SIZE_WARN_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,12 @@ def resolve_scale(
         if voxel_size_source == "default":
             return None, "not resampled: the image's voxel size is unknown (pass --voxel-size, or --scale)"
         factors = tuple(float(a) / float(b) for a, b in zip(image_voxel_size, network_voxel_size))
+        mean = math.prod(factors) ** (1 / 3)
+        if network_diameter and not 1 / SIZE_WARN_FACTOR <= mean <= SIZE_WARN_FACTOR:
+            from .formats import warn
+
+            warn(f"resampling by {mean:.2g}x to the checkpoint's voxel size assumes nuclei about {float(network_diameter):.3g} µm "
+                 "across, as in its training data; if this image's differ, give --diameter (their typical size in µm)")  # fmt: skip
         why = (f"image voxel size {tuple(round(float(v), 4) for v in image_voxel_size)} µm / network's "
                f"{tuple(round(float(v), 4) for v in network_voxel_size)} µm")  # fmt: skip
     else:

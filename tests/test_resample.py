@@ -76,6 +76,24 @@ def test_scale_option_resolution():
     np.testing.assert_allclose(channel_factors(["B", "cpv_z", "cpv_x", "density"], (2.0, 1.0, 0.5)), [1, 0.5, 2, 1.0])
 
 
+def test_large_voxel_size_resampling_warns_that_it_assumes_the_training_nucleus_size(recwarn):
+    """BBBC050 (1.75x0.8x0.8 µm, 17 µm nuclei) through a GoNuclear-trained network (0.28x0.13x0.13 µm,
+    3 µm nuclei): voxel-size resampling alone makes the nuclei ~6x too large, so predict says so."""
+    from blockseg.formats import BlocksegWarning
+
+    args = ((51, 120, 122), (1.75, 0.8, 0.8), "metadata", [0.284, 0.127, 0.127])
+    s, _ = resolve_scale(None, *args, network_diameter=2.97)
+    assert s is not None
+    msgs = [str(w.message) for w in recwarn.list if issubclass(w.category, BlocksegWarning)]
+    assert len(msgs) == 1 and "assumes nuclei about 2.97 µm" in msgs[0] and "--diameter" in msgs[0]
+    recwarn.clear()
+    resolve_scale(None, *args, diameter=16.8, network_diameter=2.97)  # the size is given
+    resolve_scale((6, 6, 6), *args, network_diameter=2.97)  # factors given
+    resolve_scale(None, *args)  # the checkpoint knows no nucleus size: nothing to compare
+    resolve_scale(None, (51, 120, 122), (0.5, 0.2, 0.2), "metadata", [0.284, 0.127, 0.127], network_diameter=2.97)  # < 2x
+    assert not [w for w in recwarn.list if issubclass(w.category, BlocksegWarning)]
+
+
 def test_twice_the_voxel_size_gives_nearly_the_same_nuclei(tmp_path):
     """The demo network (trained at 0.48 x 0.51 x 0.51 µm) on a synthetic volume at its voxel size,
     and on the same volume averaged 2x2x2 (0.96 x 1.02 x 1.02 µm): resampled to its voxel
