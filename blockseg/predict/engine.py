@@ -569,11 +569,14 @@ class PredictPlan:
     lattice_snap: bool = True
     #: how the network runs (infer.RUNTIMES)
     runtime: str = "eager"
+    #: the grid the lattice tiles: the image's, or the network's when the input is resampled
+    lattice_shape: tuple[int, ...] | None = None
 
     @property
     def compute_factor(self) -> float:
-        """Output voxels computed per volume voxel (the lattice's overlap: each tile runs once)."""
-        return self.patches_total * math.prod(self.lattice.out) / math.prod(self.shape)
+        """Output voxels computed per voxel of the grid the network runs on (the lattice's
+        overlap: each tile runs once; with resampling, per *resampled* voxel)."""
+        return self.patches_total * math.prod(self.lattice.out) / math.prod(self.lattice_shape or self.shape)
 
     def describe(self) -> str:
         g, lat = self.grid, self.lattice
@@ -589,12 +592,15 @@ class PredictPlan:
             f"inference patch: {self.patch_choice.reason if self.patch_choice else 'given'}; "
             f"last tiles {'snapped to the volume end' if self.lattice_snap else 'overhang the volume end (stride-aligned)'}",
             f"lattice: {lat.n_tiles} tiles = {self.patches_whole_volume} patches whole-volume; "
-            f"{self.patches_total} computed blockwise ({self.compute_factor:.2f} output voxels per voxel)",
+            f"{self.patches_total} computed blockwise ({self.compute_factor:.2f} output voxels per "
+            f"{'resampled ' if self.lattice_shape else ''}voxel)",
             f"halo (read beyond the core, per side): {self.halo}",
             f"network runtime: {'torch.compile (inductor), compiled once per worker' if self.runtime == 'compile' else 'torch eager'}",
             f"normalisation: {self.normalisation}",
             f"voxel size: {self.resampling}",
-            f"partial sums exchanged between blocks (scratch, deleted at the end): {self.scratch_bytes / 2**20:.0f} MiB",
+            ("partial sums exchanged between blocks: none (resampled: each block runs every tile reaching its core)"
+             if self.lattice_shape else
+             f"partial sums exchanged between blocks (scratch, deleted at the end): {self.scratch_bytes / 2**20:.0f} MiB"),
             "memory per task (estimate): "
             + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in mem.items() if k != "total")
             + f"; total ~{mem['total'] / 2**20:.0f} MiB",
@@ -907,7 +913,10 @@ def predict(
     plan.patch_choice = choice
     plan.lattice_snap = snap
     plan.runtime = runtime
-    plan.scratch_bytes = (8 if dtype == "float32" else 4) * len(names) * sum(
+    plan.lattice_shape = tuple(scaling.net_shape) if scaling else None
+    # resampled blocks exchange nothing: their layouts mix the network's grid (region) and the
+    # image's (core), so the box arithmetic below means nothing for them
+    plan.scratch_bytes = 0 if scaling else (8 if dtype == "float32" else 4) * len(names) * sum(
         math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in lay.partials
     ) + sum(np.dtype(dtypes[c]).itemsize for c in keep) * sum(
         math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in lay.held
