@@ -334,6 +334,7 @@ def predict_array_scaled(
     tta: bool = False,
     mc_samples: int = 0,
     amp: bool = True,
+    snap: bool = True,
 ) -> dict[str, np.ndarray]:
     """Whole-volume in-memory prediction through the resampled grid (the blockwise reference).
 
@@ -347,7 +348,7 @@ def predict_array_scaled(
         ``round(S * r) / S``.
     normalisation : dict, optional
         A checkpoint's ``metadata["normalisation"]`` (any scheme, see :mod:`blockseg.normalise`).
-    patch, overlap, blending, batch_size, device, tta, mc_samples, amp
+    patch, overlap, blending, batch_size, device, tta, mc_samples, amp, snap
         As :func:`blockseg.predict.predict_array`.
     """
     from .normalise import resolve_array
@@ -362,7 +363,7 @@ def predict_array_scaled(
     check_options(model, options)
     net = scaled_shape(image.shape, factors)
     scaling = Scaling(tuple(n / s for n, s in zip(net, image.shape)), image.shape, net, "")  # type: ignore[arg-type]
-    lattice = make_lattice(model, net, patch, overlap, blending)
+    lattice = make_lattice(model, net, patch, overlap, blending, snap)
     names, _ = output_channels(model, mc_samples)
     norm = resolve_array(normalisation, image).affine
     core = tuple(slice(0, s) for s in image.shape)

@@ -94,6 +94,34 @@ def test_auto_patch_is_block_aligned_within_budget_and_never_below_training():
         choose_patch(geo, (9, 9, 9), (9, 9, 9), (4, 4, 4), 2, 3, (17, 32, 32))
 
 
+def test_auto_patch_on_a_resampled_grid_counts_the_tiles_each_block_reaches():
+    """Resampled runs: blocks do not align with the lattice and each runs every tile reaching its
+    region, so the choice ranks patches by those tiles (brute force over the lattice here)."""
+    from blockseg.predict.lattice import AxisLattice
+    from blockseg.predict.patch import _axis_candidates_for_regions
+
+    geo = Geometry((16, 32, 32), (0, 0, 0), (2, 4, 4), (4, 4, 4))
+    regions = [[(0, 40), (38, 77)], [(0, 120), (118, 230)], [(0, 120), (118, 230)]]  # two blocks per axis
+    shape = (77, 230, 230)
+    cands = _axis_candidates_for_regions(230, regions[1], 4, 4, 4, 32)
+
+    def brute(out):  # output voxels the blocks compute along y, from the lattice the engine builds
+        lat = AxisLattice.build(230, out, 0, 4, 4, "gaussian", snap=False)
+        return sum(len(lat.tiles_overlapping(a, b)) for a, b in regions[1]) * out
+
+    costs = [brute(o) for o in cands[:-1]]
+    assert costs == sorted(costs) and cands[-1] == 32  # fewest computed first, the training patch last
+    assert brute(cands[0]) == min(brute(o) for o in range(32, 240, 4))
+    auto = choose_patch(geo, shape, (40, 120, 120), (4, 4, 4), 2, 3, "auto", budget_bytes=1 << 30, regions=regions)
+    aligned = choose_patch(geo, shape, (40, 120, 120), (4, 4, 4), 2, 3, "auto", budget_bytes=1 << 30)
+
+    def computed(patch):
+        lats = [AxisLattice.build(n, p, 0, 4, m, "gaussian", snap=False) for n, p, m in zip(shape, patch, (2, 4, 4))]
+        return np.prod([sum(len(lat.tiles_overlapping(a, b)) for a, b in r) * lat.out for lat, r in zip(lats, regions)])
+
+    assert computed(auto.patch) < computed(aligned.patch) and "resampled grid" in auto.reason
+
+
 # ---------------------------------------------------------------------------- equality
 @pytest.mark.parametrize(
     "shape,block,chunks,patch,valid",

@@ -664,7 +664,7 @@ def _activations_per_voxel(model: BlocksegNet, n_channels: int) -> int:
     return max(widths, n_channels)
 
 
-def _patch_choice(model, shape, block_shape, patch, overlap, batch_size, n_channels, device, out_path) -> PatchChoice:
+def _patch_choice(model, shape, block_shape, patch, overlap, batch_size, n_channels, device, out_path, regions=None) -> PatchChoice:
     """The run's :class:`PatchChoice`; a resumed ``auto`` run keeps the patch it started with."""
     import torch
 
@@ -678,7 +678,8 @@ def _patch_choice(model, shape, block_shape, patch, overlap, batch_size, n_chann
             return PatchChoice(tuple(int(v) for v in previous["patch"]), "auto", geo.input_patch,  # type: ignore[arg-type]
                                int(previous.get("budget_bytes", 0)), str(previous.get("reason", "")))  # fmt: skip
     dev = "cpu" if device == "cpu" or not torch.cuda.is_available() else device
-    return choose_patch(geo, shape, block_shape, vox, batch_size, _activations_per_voxel(model, n_channels), mode, dev)
+    return choose_patch(geo, shape, block_shape, vox, batch_size, _activations_per_voxel(model, n_channels), mode, dev,
+                        regions=regions)  # fmt: skip
 
 
 def _previous_patch_choice(out_path: str) -> dict | None:
@@ -870,7 +871,14 @@ def predict(
     block_shape = tuple(min(b, -(-s // c) * c) for b, s, c in zip(block_shape, shape, chunk_shape))
     grid = BlockGrid(shape, block_shape, 0, chunk_shape)
     net_shape = scaling.net_shape if scaling else shape
-    choice = _patch_choice(model, net_shape, grid.block_shape, patch, overlap, batch_size, len(names), device, out_path)
+    regions = None
+    if scaling:  # the ranges of the network's grid the blocks along each axis need
+        from ..resample import net_region
+
+        boxes = [net_region(b.core, shape, net_shape) for b in grid]
+        regions = [sorted({(bx[a].start, bx[a].stop) for bx in boxes}) for a in range(3)]
+    choice = _patch_choice(model, net_shape, grid.block_shape, patch, overlap, batch_size, len(names), device, out_path,
+                           regions)  # fmt: skip
     snap = choice.mode != "auto"  # auto patches keep tile starts on the stride (block-aligned)
     lattice = make_lattice(model, net_shape, choice.patch, overlap, blending, snap)
     if scaling:

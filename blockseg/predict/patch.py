@@ -103,6 +103,39 @@ def _axis_candidates(size: int, block: int, pad: int, crop: int, divisor: int, o
     return sorted(cands, key=lambda o: (computed(o), -o)) + [out0]
 
 
+def _axis_candidates_for_regions(
+    size: int, regions: Sequence[tuple[int, int]], pad: int, divisor: int, overlap: int, out0: int
+) -> list[int]:
+    """Admissible output patches of one axis for blocks that each run every tile reaching their
+    region (resampled runs: no partial sums, a tile reaching two regions runs twice).
+
+    ``regions`` holds the ``(start, stop)`` range the blocks along this axis need on the
+    lattice's grid. Candidates are every multiple of ``divisor`` from the training output
+    ``out0`` up to one tile over the whole domain, ordered by the output voxels the blocks
+    compute along the axis (the sum over regions of tiles reaching it times ``out``; fewest
+    first, larger first among equals), then ``out0``. Tile starts follow the auto lattice
+    (``-pad + k * stride``, the last tile overhanging), as :class:`~.lattice.AxisLattice` builds them.
+    """
+    import numpy as np
+
+    length = size + 2 * pad
+    whole = max(-(-length // divisor) * divisor, out0)
+    lo = np.array([r[0] for r in regions], dtype=np.int64)
+    hi = np.array([r[1] for r in regions], dtype=np.int64)
+
+    def computed(out: int) -> int:
+        stride = out - overlap
+        n = 1 + -(-max(length - out, 0) // stride)
+        starts = -pad + np.arange(n, dtype=np.int64) * stride
+        k0 = np.searchsorted(starts + out, lo, side="right")  # first tile ending after lo
+        k1 = np.searchsorted(starts, hi, side="left")  # tiles starting before hi
+        return int(np.maximum(k1 - k0, 0).sum()) * out
+
+    first = -(-max(out0, overlap + 1) // divisor) * divisor
+    cands = [o for o in range(first, whole + 1, divisor) if o != out0]
+    return sorted(cands, key=lambda o: (computed(o), -o)) + [out0]
+
+
 def choose_patch(
     geometry: Geometry,
     shape: Sequence[int],
@@ -113,6 +146,7 @@ def choose_patch(
     mode: str | Sequence[int] | int | None = "auto",
     device: str = "cpu",
     budget_bytes: int | None = None,
+    regions: Sequence[Sequence[tuple[int, int]]] | None = None,
 ) -> PatchChoice:
     """The inference patch for a run (see the module docstring).
 
@@ -135,6 +169,11 @@ def choose_patch(
         Where the network runs (sets the default budget, :func:`device_budget`).
     budget_bytes : int, optional
         Override of the forward-batch memory budget.
+    regions : per axis, a sequence of ``(start, stop)``, optional
+        For resampled runs (``shape`` is then the network's grid): the ranges the blocks along
+        each axis need on that grid. Blocks do not align with the lattice there and each runs
+        every tile reaching its region, so candidates are ranked by the tiles the regions
+        actually reach (:func:`_axis_candidates_for_regions`) instead of by block alignment.
     """
     train = tuple(geometry.input_patch)
     if mode is None or mode == "train":
@@ -147,10 +186,16 @@ def choose_patch(
         raise BlocksegError(f"patch is 'auto', 'train' or voxel sizes, got {mode!r}")
     budget = device_budget(device) if budget_bytes is None else int(budget_bytes)
     out0 = geometry.output_patch
-    per_axis = [
-        _axis_candidates(s, b, p, c, d, o, o0)
-        for s, b, p, c, d, o, o0 in zip(shape, block_shape, geometry.margin, geometry.crop, geometry.divisor, overlap, out0)
-    ]
+    if regions is None:
+        per_axis = [
+            _axis_candidates(s, b, p, c, d, o, o0)
+            for s, b, p, c, d, o, o0 in zip(shape, block_shape, geometry.margin, geometry.crop, geometry.divisor, overlap, out0)
+        ]
+    else:
+        per_axis = [
+            _axis_candidates_for_regions(s, r, p, d, o, o0)
+            for s, r, p, d, o, o0 in zip(shape, regions, geometry.margin, geometry.divisor, overlap, out0)
+        ]
     idx = [0, 0, 0]
 
     def patch_of(ix) -> tuple[int, int, int]:
@@ -168,6 +213,7 @@ def choose_patch(
     if patch == train:
         why = f"auto: the training patch (a larger one needs more than the {budget / 2**20:.0f} MiB budget)"
     else:
-        why = (f"auto: block-aligned patch computing the fewest voxels within a {budget / 2**20:.0f} MiB forward budget "
+        kind = "block-aligned patch" if regions is None else "patch (on the resampled grid)"
+        why = (f"auto: {kind} computing the fewest voxels within a {budget / 2**20:.0f} MiB forward budget "
                f"({need / 2**20:.0f} MiB for batch {batch_size}); training patch {train}")  # fmt: skip
     return PatchChoice(patch, "auto", train, budget, why)  # type: ignore[arg-type]
