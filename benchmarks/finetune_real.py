@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aux_task_real import ARMS  # noqa: E402
 from fluo_real import run_checkpoint  # noqa: E402
-from real_volumes_train import DATASETS, OUT, PATCH, REAL, prepare, scores, slab_config, slabs, train_timed, tune_baseline  # noqa: E402
+from real_volumes_train import DATASETS, OUT, PATCH, REAL, prepare, scores, slab_config, slabs, train_row, tune_baseline  # noqa: E402
 
 STEM = "finetune_real"
 DATASET = "bbbc050"
@@ -78,18 +78,12 @@ def protocol_text() -> str:
 def train_seed(job: tuple) -> dict:
     import torch
 
-    from blockseg.models import read_checkpoint
-
     torch.set_num_threads(1)
     keep, data, seed = job
     cfg = slab_config(data, ARMS["3label+cpv"], Path(keep) / f"run_s{seed}", ITERATIONS, seed=seed, validate_every=0)
     cfg["model"]["init"] = "fluo"
     cfg["optimizer"]["lr"] = LR
-    res, cpu, wall = train_timed(cfg)
-    row = {"seed": seed, "checkpoint": str(res.checkpoint), "validation": res.validation,
-           "decoder": read_checkpoint(res.checkpoint)["metadata"]["decoder"]["params"], "cpu_s": round(cpu, 1), "wall_s": round(wall, 1)}  # fmt: skip
-    print(json.dumps(row, default=str), flush=True)
-    return row
+    return train_row(cfg)
 
 
 def run(jobs: int) -> dict:

@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aux_task_real import ARMS  # noqa: E402
 from fluo_real import run_checkpoint  # noqa: E402
-from real_volumes_train import DATASETS, OUT, PATCH, REAL, prepare, scores, slab_config, slabs, train_timed, tune_baseline  # noqa: E402
+from real_volumes_train import DATASETS, OUT, PATCH, REAL, prepare, scores, slab_config, slabs, train_row, tune_baseline  # noqa: E402
 
 STEM = "fluo_from_real"
 ARM = "3label+cpv"
@@ -99,14 +99,7 @@ def train_seed(job: tuple) -> dict:
 
     torch.set_num_threads(1)
     keep, data, seed = job
-    cfg = slab_config(data, ARMS[ARM], Path(keep) / f"run_s{seed}", ITERATIONS, seed=seed, validate_every=0)
-    res, cpu, wall = train_timed(cfg)
-    from blockseg.models import read_checkpoint
-
-    row = {"seed": seed, "checkpoint": str(res.checkpoint), "validation": res.validation,
-           "decoder": read_checkpoint(res.checkpoint)["metadata"]["decoder"]["params"], "cpu_s": round(cpu, 1), "wall_s": round(wall, 1)}  # fmt: skip
-    print(json.dumps(row, default=str), flush=True)
-    return row
+    return train_row(slab_config(data, ARMS[ARM], Path(keep) / f"run_s{seed}", ITERATIONS, seed=seed, validate_every=0))
 
 
 def train_all(jobs: int) -> dict:

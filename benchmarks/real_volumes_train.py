@@ -180,6 +180,18 @@ def train_timed(cfg: dict):
     return res, time.process_time() - c0, time.perf_counter() - t0
 
 
+def train_row(cfg: dict) -> dict:
+    """Train one model of a seed sweep (``cfg["seed"]``); its row: checkpoint, validation scores,
+    the decoder thresholds tuned on them, CPU and wall seconds (printed as one JSON line too)."""
+    from blockseg.models import read_checkpoint
+
+    res, cpu, wall = train_timed(cfg)
+    row = {"seed": cfg["seed"], "checkpoint": str(res.checkpoint), "validation": res.validation,
+           "decoder": read_checkpoint(res.checkpoint)["metadata"]["decoder"]["params"], "cpu_s": round(cpu, 1), "wall_s": round(wall, 1)}  # fmt: skip
+    print(json.dumps(row, default=str), flush=True)
+    return row
+
+
 def train_model(tmp: Path, data: dict, model: str, iterations: int) -> dict:
     cfg = slab_config(data, MODELS[model], tmp / f"run_{model}_{Path(data['volume']).parent.name}", iterations)
     res, cpu, wall = train_timed(cfg)
