@@ -336,8 +336,9 @@ def test_ctrl_c_during_predict_is_one_line_exit_130_and_the_rerun_resumes(tmp_pa
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    # a noise image is unlike the demo's training data: that warning may precede the interruption
-    lines = [line for line in err.strip().splitlines() if not line.startswith("blockseg: warning: ") or "intensities" not in line]
+    # warnings may precede the interruption (a noise image is unlike the demo's training data, and
+    # at 1 µm voxels it is resampled 2x for the network): the interruption is the one other line
+    lines = [line for line in err.strip().splitlines() if not line.startswith("blockseg: warning: ")]
     assert proc.returncode == 130, err
     assert len(lines) == 1 and "interrupted" in lines[0] and "resume" in lines[0], err
     done = zarr.open_array(str(tmp_path / "pred.zarr" / DONE_ARRAY), mode="r")[...]
