@@ -13,7 +13,6 @@ was trained on GoNuclear); ``fluo_synth`` saw only synthetic data. The protocol 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -28,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aux_task_real import ARMS  # noqa: E402
 from fluo_real import run_checkpoint  # noqa: E402
-from real_volumes_train import DATASETS, OUT, REAL, prepare, scores, slab_config, slabs, train_row, tune_baseline  # noqa: E402
+from real_volumes_train import DATASETS, REAL, prepare, scores, protocol_then_run, seed_table, slab_config, slabs, train_row, tune_baseline  # noqa: E402
 
 STEM = "cross_finetune"
 SOURCE, TARGET = "bbbc050", "gonuclear"
@@ -135,10 +134,7 @@ def results_text(res: dict) -> str:
              f"`--run` on {res['machine']}: training {res['train_wall_s'] / 60:.1f} min wall for the three seeds; load average "
              f"{tuple(round(x, 2) for x in res['load_start'])} at start, {tuple(round(x, 2) for x in res['load_end'])} at end. "
              f"Median nucleus diameter: BBBC050 train slab {res['d_train_um']:.2f} µm, GoNuclear {res['d_test_um']:.2f} µm.", "",
-             "| seed | validation AP-50 | validation avAP | tuned thresholds | CPU-min |", "|---|---|---|---|---|"]  # fmt: skip
-    for s in res["seeds"]:
-        v = s["validation"]
-        lines.append(f"| {s['seed']}{' (selected)' if s['seed'] == res['selected'] else ''} | {v['AP50']:.3f} | {v['AP']:.3f} | {s['decoder']} | {s['cpu_s'] / 60:.1f} |")
+             *seed_table(res["seeds"], res["selected"])]  # fmt: skip
     names = {"finetuned": "**`fluo_synth` fine-tuned on BBBC050**", "fluo_synth": "`fluo_synth` as shipped",
              "baseline_tuned": "Otsu + watershed, tuned on BBBC050 validation, unscaled",
              "baseline_size_matched": "Otsu + watershed, tuned, size-matched", "baseline_default": "Otsu + watershed, defaults"}  # fmt: skip
@@ -153,23 +149,7 @@ def results_text(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--protocol", action="store_true")
-    ap.add_argument("--run", action="store_true")
-    ap.add_argument("--jobs", type=int, default=2)
-    args = ap.parse_args(argv)
-    if not REAL.is_dir():
-        print(f"{REAL} is absent: the real crops are needed", file=sys.stderr)
-        return 1
-    md, js = OUT / f"{STEM}.md", OUT / f"{STEM}.json"
-    if args.protocol:
-        md.write_text(protocol_text())
-    if args.run:
-        res = run(args.jobs)
-        js.write_text(json.dumps(res, indent=1, default=str))
-        md.write_text(protocol_text() + "\n" + results_text(res))
-        print(results_text(res))
-    return 0
+    return protocol_then_run(__doc__, STEM, protocol_text, run, results_text, argv)
 
 
 if __name__ == "__main__":

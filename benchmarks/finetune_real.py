@@ -13,7 +13,6 @@ baseline (``benchmarks/results/real_volumes.md``). The protocol is written into
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -28,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aux_task_real import ARMS  # noqa: E402
 from fluo_real import run_checkpoint  # noqa: E402
-from real_volumes_train import DATASETS, OUT, PATCH, REAL, prepare, scores, slab_config, slabs, train_row, tune_baseline  # noqa: E402
+from real_volumes_train import DATASETS, PATCH, REAL, prepare, scores, protocol_then_run, seed_table, slab_config, slabs, train_row, tune_baseline  # noqa: E402
 
 STEM = "finetune_real"
 DATASET = "bbbc050"
@@ -125,10 +124,7 @@ def results_text(res: dict) -> str:
     lines = ["## Results", "",
              f"`--run` on {res['machine']}: training {res['train_wall_s'] / 60:.1f} min wall for the three seeds; load average "
              f"{tuple(round(x, 2) for x in res['load_start'])} at start, {tuple(round(x, 2) for x in res['load_end'])} at end.", "",
-             "| seed | validation AP-50 | validation avAP | tuned thresholds | CPU-min |", "|---|---|---|---|---|"]  # fmt: skip
-    for s in res["seeds"]:
-        v = s["validation"]
-        lines.append(f"| {s['seed']}{' (selected)' if s['seed'] == res['selected'] else ''} | {v['AP50']:.3f} | {v['AP']:.3f} | {s['decoder']} | {s['cpu_s'] / 60:.1f} |")
+             *seed_table(res["seeds"], res["selected"])]  # fmt: skip
     names = {"finetuned": "**`fluo` fine-tuned on the train slab**", "fluo_diameter": f"`fluo` as shipped, `--diameter {res['diameter_um']:.1f}`",
              "baseline_tuned": "Otsu + watershed, tuned on the validation slab", "baseline_default": "Otsu + watershed, defaults"}  # fmt: skip
     lines += ["", "Test slab:", "", "| method | avAP | AP-50 | predicted / true |", "|---|---|---|---|"]
@@ -141,23 +137,7 @@ def results_text(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--protocol", action="store_true")
-    ap.add_argument("--run", action="store_true")
-    ap.add_argument("--jobs", type=int, default=2)
-    args = ap.parse_args(argv)
-    if not REAL.is_dir():
-        print(f"{REAL} is absent: the real crops are needed", file=sys.stderr)
-        return 1
-    md, js = OUT / f"{STEM}.md", OUT / f"{STEM}.json"
-    if args.protocol:
-        md.write_text(protocol_text())
-    if args.run:
-        res = run(args.jobs)
-        js.write_text(json.dumps(res, indent=1, default=str))
-        md.write_text(protocol_text() + "\n" + results_text(res))
-        print(results_text(res))
-    return 0
+    return protocol_then_run(__doc__, STEM, protocol_text, run, results_text, argv)
 
 
 if __name__ == "__main__":

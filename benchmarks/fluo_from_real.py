@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aux_task_real import ARMS  # noqa: E402
 from fluo_real import run_checkpoint  # noqa: E402
-from real_volumes_train import DATASETS, OUT, PATCH, REAL, prepare, scores, slab_config, slabs, train_row, tune_baseline  # noqa: E402
+from real_volumes_train import DATASETS, OUT, PATCH, REAL, prepare, scores, seed_table, slab_config, slabs, train_row, tune_baseline  # noqa: E402
 
 STEM = "fluo_from_real"
 ARM = "3label+cpv"
@@ -169,11 +169,7 @@ def results_text(trained: dict, tested: dict) -> str:
     lines = ["## Results", "",
              f"Training: `--train` on {trained['machine']}, {trained['wall_s'] / 60:.1f} min wall, load average "
              f"{tuple(round(x, 2) for x in trained['load_start'])} at start, {tuple(round(x, 2) for x in trained['load_end'])} at end.",
-             "", "| seed | validation AP-50 | validation avAP | tuned thresholds | CPU-min |", "|---|---|---|---|---|"]  # fmt: skip
-    for s in trained["seeds"]:
-        v = s["validation"]
-        lines.append(f"| {s['seed']}{' (selected)' if s['seed'] == trained['selected'] else ''} | {v['AP50']:.3f} | {v['AP']:.3f} "
-                     f"| {s.get('decoder', '')} | {s['cpu_s'] / 60:.1f} |")  # fmt: skip
+             "", *seed_table(trained["seeds"], trained["selected"])]  # fmt: skip
     lines += ["", f"Test: `--test`, load average {tuple(round(x, 2) for x in tested['load_start'])} at start, "
               f"{tuple(round(x, 2) for x in tested['load_end'])} at end; median nucleus diameter GoNuclear train slab "
               f"{tested['d_train_um']:.2f} µm, BBBC050 {tested['d_test_um']:.2f} µm; checkpoint {tested['bytes'] / 2**20:.2f} MiB.", "",

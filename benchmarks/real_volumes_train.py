@@ -192,6 +192,42 @@ def train_row(cfg: dict) -> dict:
     return row
 
 
+def seed_table(seeds: list[dict], selected: int) -> list[str]:
+    """Markdown rows of a seed sweep (:func:`train_row` rows), the selected seed marked."""
+    lines = ["| seed | validation AP-50 | validation avAP | tuned thresholds | CPU-min |", "|---|---|---|---|---|"]
+    for s in seeds:
+        v = s["validation"]
+        lines.append(f"| {s['seed']}{' (selected)' if s['seed'] == selected else ''} | {v['AP50']:.3f} | {v['AP']:.3f} "
+                     f"| {s.get('decoder', '')} | {s['cpu_s'] / 60:.1f} |")  # fmt: skip
+    return lines
+
+
+def protocol_then_run(doc: str, stem: str, protocol_text, run, results_text, argv=None) -> int:
+    """The command line of a pre-registered experiment: ``--protocol`` writes the protocol into
+    ``results/STEM.md`` (commit it before the run); ``--run [--jobs N]`` runs it and writes
+    ``results/STEM.json`` and the protocol followed by ``results_text`` of the result."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--protocol", action="store_true")
+    ap.add_argument("--run", action="store_true")
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args(argv)
+    if not REAL.is_dir():
+        print(f"{REAL} is absent: the real crops are needed", file=sys.stderr)
+        return 1
+    md, js = OUT / f"{stem}.md", OUT / f"{stem}.json"
+    if args.protocol:
+        md.write_text(protocol_text())
+    if args.run:
+        res = run(args.jobs)
+        js.write_text(json.dumps(res, indent=1, default=str))
+        md.write_text(protocol_text() + "\n" + results_text(res))
+        print(results_text(res))
+    return 0
+
+
 def train_model(tmp: Path, data: dict, model: str, iterations: int) -> dict:
     cfg = slab_config(data, MODELS[model], tmp / f"run_{model}_{Path(data['volume']).parent.name}", iterations)
     res, cpu, wall = train_timed(cfg)
