@@ -66,7 +66,8 @@ class TuneResult:
             rec["checkpoint"], rec["checkpoint_sha256"] = stored["checkpoint"], stored.get("checkpoint_sha256")
         return rec
 
-    def describe(self) -> str:
+    def summary(self) -> str:
+        """One line: where it was tuned, the scores before and after, what changed."""
         changed = {k: v for k, v in self.params.items() if self.before_params.get(k) != v}
         what = ", ".join(f"{k} {self.before_params.get(k):g} -> {v:g}" for k, v in changed.items()) or "no change"
         return (
@@ -74,8 +75,11 @@ class TuneResult:
             + " ".join(f"{a}:{b}" for a, b in self.region)
             + f": AP-50 {self.before_scores['AP50']:.3f} -> {self.scores['AP50']:.3f}, AP-75 "
             f"{self.before_scores['AP75']:.3f} -> {self.scores['AP75']:.3f} ({what})"
-            + ("; written to the store" if self.written else "; not written (dry run)")
         )
+
+    def describe(self) -> str:
+        """:meth:`summary` and whether the store now recommends the result (``blockseg tune``'s line)."""
+        return self.summary() + ("; written to the store" if self.written else "; not written (dry run)")
 
 
 def labels_cover_volume(label_shape, shape, box, volume: str = "store") -> bool:

@@ -293,7 +293,7 @@ def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         from .tune import tune_store
 
         res = tune_store(layout.predictions, s.tune.labels, s.tune.region, decoder=s.decoder, grid=s.tune.grid, write=False)
-        stored, tuning = res.recommendation(s.tune.labels, stored), {**res.to_dict(), "text": res.describe()}
+        stored, tuning = res.recommendation(s.tune.labels, stored), {**res.to_dict(), "text": res.summary()}
     choice = segment_decoder(cfg, stored=stored)
     under_image = layout.labels.startswith(layout.image.rstrip("/") + "/labels/")
     if under_image:
@@ -540,7 +540,7 @@ def _run(cfg, layout, from_stage, only, overwrite, client, log, choice) -> RunRe
             history.append({k: rec[k] for k in ("stage", "fingerprint", "started", "finished", "seconds", "peak_rss_total_gib", "peak_rss_worker_gib")})
             log(f"[{stage}] done in {rec['seconds']:.1f} s (peak RSS {rec['peak_rss_total_gib']:.2f} GiB)")
             if stage == "segment" and out.get("tuning"):
-                log(f"[segment] {out['tuning']['text'].replace('; not written (dry run)', '')}; used for this run")
+                log(f"[segment] {out['tuning']['text']}; used for this run")
             if stage == "predict" and act == "resume" and {"blocks", "computed", "voxels", "plan"} <= set(out):
                 from .progress import reuse_summary
 
