@@ -93,7 +93,7 @@ def main() -> None:
                "pass 2: finish_block (inclusive)": ("engine.py", "finish_block"),
                "pass 1: predict_block (inclusive)": ("engine.py", "predict_block"),
                "forward run_batch (inclusive)": ("infer.py", "run_batch"),
-               "scratch create (inclusive)": ("engine.py", "_create_partial"),
+               "scratch create (inclusive)": ("engine.py", "_create_scratch"),
                "pyramid/finish (inclusive)": ("pyramid.py", "finish_volume")}
         res["inclusive_ns_per_voxel"] = {
             k: round(1e9 * sum(v[3] for key, v in st.stats.items() if key[0].endswith(f) and key[2] == fn) / n, 1)

@@ -298,6 +298,39 @@ def test_resume_skips_finished_blocks(tmp_path, image_zarr):
     with pytest.raises(BlocksegError, match="other settings.*overlap"):
         predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", overlap=0.5, **kw)
 
+def test_resume_between_the_passes_uses_the_scratch_rows(tmp_path, image_zarr, monkeypatch):
+    # interrupted in pass 2: the partial sums of every block are in the scratch; the rerun
+    # computes no tile again and writes what an uninterrupted run writes
+    import blockseg.predict.engine as engine
+
+    model = tiny(margin=(1, 2, 2))
+    save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
+    kw = dict(block_shape=(8, 16, 16), progress=False, torch_threads=1)
+    predict(image_zarr, tmp_path / "m.pt", tmp_path / "ref.zarr", **kw)
+    finish = engine.finish_block
+    calls = []
+
+    def crash_late(job, block_id):
+        calls.append(block_id)
+        if len(calls) == 3:
+            raise RuntimeError("interrupted")
+        return finish(job, block_id)
+
+    monkeypatch.setattr(engine, "finish_block", crash_late)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", **kw)
+    monkeypatch.setattr(engine, "finish_block", finish)
+    pass1 = zarr.open_array(str(tmp_path / "o.zarr" / "_pass1"), mode="r")[...]
+    done = zarr.open_array(str(tmp_path / "o.zarr" / "_done"), mode="r")[...]
+    assert (pass1 | done).all() and not done.all()
+    rerun = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", **kw)
+    assert rerun.patches == 0 and 0 < rerun.computed < rerun.blocks
+    a, b = stored(tmp_path / "ref.zarr"), stored(tmp_path / "o.zarr")
+    for c in model.channels:
+        np.testing.assert_array_equal(b[c], a[c])
+    assert list(zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["_partial"].keys()) == []
+
+
 
 def test_tta_and_mc_dropout_channels(tmp_path, image, image_zarr):
     model = tiny()

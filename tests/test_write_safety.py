@@ -135,8 +135,8 @@ def check_writes(writes, grids: dict[str, BlockGrid]) -> dict[str, dict]:
         assert all(len(t) == 1 for t in per_pass.values()), f"{array} chunk {idx}: two tasks of one pass {writers}"
         (block,) = blocks
         parts = array.split("/")
-        if "_partial" in parts:  # predict's per-block scratch (_partial/<block>/<box>): only its own block writes it
-            assert int(parts[parts.index("_partial") + 1]) == block, f"{array} chunk {idx} written by block {block}"
+        if "_partial" in parts:  # predict's scratch (_partial/rows): a row per block, written only by its block
+            assert idx[0] == block, f"{array} chunk {idx} written by block {block}"
             out[array][idx] = block
             continue
         suffix = next((s for s in grids if array.endswith(s)), None)

@@ -10,10 +10,10 @@ spill past its faces. So a block runs in two passes:
    row on a background thread, with global reflection at the volume borders) and blends them.
    Its *interior* -- the voxels no other block's tile reaches -- is final: it writes the
    interior's whole chunks and keeps the rest of it (in chunks that strips also touch),
-   encoded as stored, packed in one scratch array ``OUT/_partial/<block id>/held``; the
-   weighted partial sums of the rest of its region (its strips and its spill) go to
-   ``OUT/_partial/<block id>/<k>``, one array per box (float32; float64 when the output is
-   float32, so that an identity network still reproduces its input exactly).
+   encoded as stored; with the weighted partial sums of the rest of its region (its strips
+   and its spill; float32, float64 when the output is float32, so that an identity network
+   still reproduces its input exactly) these go to the block's own row of the scratch
+   ``OUT/_partial/rows`` (one uint8 array, a row per block: :func:`scratch_pieces`).
 2. ``finish_block`` (only blocks with strips) adds the partial sums of itself and of the
    neighbours reaching its strips, fills in what it held, and writes the rest of its core in
    whole chunks (pass 2 starts once every pass 1 is done). Every output chunk is written once,
@@ -23,8 +23,8 @@ No tile is computed twice, no chunk is written by two tasks at once, and the res
 whole-volume run up to the order (and, for quantised outputs, the float32 rounding) of the
 additions. Done-markers: one uint8 per
 block in ``OUT/_pass1`` (pass 1 finished) and ``OUT/_done`` (the block's chunks are all final),
-each written after the data it vouches for. A rerun skips finished work; the scratch arrays
-are deleted once every block is done.
+each written after the data it vouches for. A rerun skips finished work; the scratch is
+deleted once every block is done.
 
 The run's settings (checkpoint digest, lattice, dtype, TTA...) are stored in the store's
 attributes; resuming with different settings is refused.
@@ -68,9 +68,14 @@ from ..safety import aborts_on_error
 DONE_ARRAY = "_done"
 PASS1_ARRAY = "_pass1"
 PARTIAL_GROUP = "_partial"
+#: the scratch (partial sums and held values): one row of bytes per block (scratch_pieces)
+SCRATCH_ARRAY = f"{PARTIAL_GROUP}/rows"
+#: bytes per scratch chunk
+SCRATCH_CHUNK = 1 << 20
 #: bumped when the block decomposition changes (stores of another scheme are not resumed)
-SCHEME = "owned-tiles-5"  # 2: exact (not chunk-rounded) strips; 3: every output chunk written once;
-#                            4: a block's held values packed in one scratch array; 5: tiles owned by their centre
+SCHEME = "owned-tiles-6"  # 2: exact (not chunk-rounded) strips; 3: every output chunk written once;
+#                            4: a block's held values packed in one scratch array; 5: tiles owned by their centre;
+#                            6: one scratch row per block (partial sums and held values)
 DTYPES = {"uint8": np.uint8, "float16": np.float16, "float32": np.float32}
 
 
@@ -369,45 +374,52 @@ def _write_channels(job: BlockJob, values: np.ndarray, box: Sequence[slice]) -> 
         _channel_array(job.out_path, c, job.run_id)[tuple(box)] = enc
 
 
-def _partial_path(job: BlockJob, block_id: int) -> str:
-    return f"{job.out_path.rstrip('/')}/{PARTIAL_GROUP}/{block_id}"
+def _scratch(job: BlockJob, mode: str = "r+") -> zarr.Array:
+    """The run's scratch: one row of bytes per block (:func:`scratch_pieces`)."""
+    path = f"{job.out_path.rstrip('/')}/{SCRATCH_ARRAY}"
+    return open_dense(path) if mode == "r+" else zarr.open_array(path, mode="r")
 
 
-def held_pieces(job: BlockJob, layout: BlockLayout) -> tuple[list, int]:
-    """Where each held box and kept channel lies in a block's packed ``held`` scratch.
+def scratch_pieces(job: BlockJob, layout: BlockLayout) -> tuple[list, list, int]:
+    """Where a block's row of the scratch holds its partial sums and its held values.
 
-    Returns ``([(box, channel, dtype, byte offset), ...], total bytes)``: box by box, each
-    box's kept channels one after the other, C-ordered, in the stored dtype.
+    Returns ``(partials, held, total bytes)``. ``partials[k]`` is the byte offset of
+    :attr:`BlockLayout.partials` box ``k``: every channel, C-ordered, in the scratch dtype.
+    ``held`` is ``[(box, channel, dtype, byte offset), ...]`` for :attr:`BlockLayout.held`:
+    box by box, each box's kept channels one after the other, C-ordered, encoded as stored.
+    Partial sums come first, so each lies at a multiple of its item size.
     """
-    pieces, offset = [], 0
+    partials, offset = [], 0
+    sums = len(job.channels) * np.dtype(job.scratch_dtype).itemsize
+    for box in layout.partials:
+        partials.append(offset)
+        offset += sums * math.prod(s.stop - s.start for s in box)
+    held = []
     stored = _stored(job)
     for box in layout.held:
         n = math.prod(s.stop - s.start for s in box)
         for c, dt in stored.items():
             dt = np.dtype(dt)
-            pieces.append((box, c, dt, offset))
+            held.append((box, c, dt, offset))
             offset += n * dt.itemsize
-    return pieces, offset
+    return partials, held, offset
 
 
-def _create_partial(job: BlockJob, block_id: int, layout: BlockLayout) -> None:
-    """(Re)create the scratch of a block's partial sums (nothing when it has none): one array
-    ``<id>/<k>`` per box of ``region - interior``, one chunk per channel, so that writing a thin
-    face never rewrites a chunk that reaches past it; and one uint8 array ``<id>/held`` of the
-    held values (:attr:`BlockLayout.held`, encoded as stored, packed by :func:`held_pieces`):
-    one array, written once and read once, instead of one per box and channel."""
-    rest = layout.partials
-    _, held_bytes = held_pieces(job, layout)
-    if not rest and not held_bytes:
+def _create_scratch(job: BlockJob, layouts: dict) -> None:
+    """Create the run's scratch (nothing when no block has partial sums or held values).
+
+    One uint8 array, a row per block id, chunks of :data:`SCRATCH_CHUNK` bytes along the row,
+    uncompressed: a block writes its own row once (no chunk of another block's), a neighbour
+    reads back only the chunks of the boxes it needs, and the driver creates one array per run
+    instead of one per box (each zarr array costs milliseconds to create and to open).
+    """
+    width = max((scratch_pieces(job, lay)[2] for lay in layouts.values()), default=0)
+    if not width:
         return
-    group = zarr.open_group(_partial_path(job, block_id), mode="w")
-    for k, box in enumerate(rest):
-        shape = tuple(s.stop - s.start for s in box)
-        group.create_array(str(k), shape=(len(job.channels), *shape), dtype=job.scratch_dtype, chunks=(1, *shape),
-                           fill_value=0.0, compressors=None, overwrite=True)  # fmt: skip
-    if held_bytes:
-        group.create_array("held", shape=(held_bytes,), dtype="uint8", chunks=(held_bytes,), fill_value=0,
-                           compressors=None, overwrite=True)  # fmt: skip
+    width = -(-width // SCRATCH_CHUNK) * SCRATCH_CHUNK
+    zarr.open_group(f"{job.out_path.rstrip('/')}/{PARTIAL_GROUP}", mode="a").create_array(
+        SCRATCH_ARRAY.rpartition("/")[2], shape=(len(job.grid), width), dtype="uint8", chunks=(1, SCRATCH_CHUNK),
+        fill_value=0, compressors=None, overwrite=True)  # fmt: skip
 
 
 def _set_marker(job: BlockJob, name: str, index) -> None:
@@ -459,18 +471,20 @@ def predict_block(job: BlockJob, block_id: int) -> dict:
     written = layout.written_box
     if all(s.stop > s.start for s in written):
         _write_channels(job, acc[(slice(None), *_shift(written, layout.region))], written)
-    pieces, held_bytes = held_pieces(job, layout)
-    if held_bytes:  # final, but in chunks pass 2 writes: kept encoded, packed in one array
-        packed = np.empty(held_bytes, dtype=np.uint8)
+    parts, held, total = scratch_pieces(job, layout)
+    if total:  # partial sums, and the final values in chunks pass 2 writes (encoded): one row
+        packed = np.empty(total, dtype=np.uint8)
+        sums = np.dtype(job.scratch_dtype)
+        for box, offset in zip(layout.partials, parts):
+            values = acc[(slice(None), *_shift(box, layout.region))]
+            packed[offset : offset + values.nbytes].view(sums).reshape(values.shape)[...] = values
         encoded, encoded_box = {}, None
-        for box, c, _, offset in pieces:  # pieces come box by box: encode each box once
+        for box, c, _, offset in held:  # pieces come box by box: encode each box once
             if box != encoded_box:
                 encoded, encoded_box = _encode_channels(job, acc[(slice(None), *_shift(box, layout.region))]), box
             raw = np.ascontiguousarray(encoded[c]).view(np.uint8).ravel()
             packed[offset : offset + raw.size] = raw
-        open_dense(f"{_partial_path(job, block_id)}/held")[...] = packed
-    for k, box in enumerate(layout.partials):
-        open_dense(f"{_partial_path(job, block_id)}/{k}")[...] = acc[(slice(None), *_shift(box, layout.region))]
+        _scratch(job)[block_id, :total] = packed
     # written last: everything this pass vouches for is on disk
     _set_marker(job, PASS1_ARRAY if layout.strips else DONE_ARRAY, block.index)
     t1 = time.perf_counter()
@@ -502,16 +516,21 @@ def finish_block(job: BlockJob, block_id: int) -> dict:
     pieces = [(box, sb) for box in finish for strip in layout.strips
               if (sb := _intersect(box, strip)) is not None]  # fmt: skip
     totals = [np.zeros((n_ch, *(s.stop - s.start for s in sb)), dtype=job.scratch_dtype) for _, sb in pieces]
-    for oid, lay in sources:  # every scratch box of every source, each read at most once
-        for k, pbox in enumerate(lay.partials):
+    scratch = _scratch(job, "r")
+    sums = np.dtype(job.scratch_dtype)
+    for oid, lay in sources:  # every partial-sum box of every source, each read at most once
+        offsets = scratch_pieces(job, lay)[0]
+        for pbox, offset in zip(lay.partials, offsets):
             hits = [(i, hit) for i, (_, sb) in enumerate(pieces) if (hit := _intersect(sb, pbox)) is not None]
             if not hits:
                 continue
-            part = zarr.open_array(f"{_partial_path(job, oid)}/{k}", mode="r")[...]
+            shape = (n_ch, *(s.stop - s.start for s in pbox))
+            part = scratch[oid, offset : offset + math.prod(shape) * sums.itemsize].view(sums).reshape(shape)
             for i, hit in hits:
                 totals[i][(slice(None), *_shift(hit, pieces[i][1]))] += part[(slice(None), *_shift(hit, pbox))]
-    held, held_bytes = held_pieces(job, layout)
-    packed = zarr.open_array(f"{_partial_path(job, block_id)}/held", mode="r")[...] if held_bytes else None
+    _, held, total = scratch_pieces(job, layout)
+    start = held[0][3] if held else total
+    packed = scratch[block_id, start:total] if held else None
     stored = _stored(job)
     for box in finish:  # whole chunks
         shape = tuple(s.stop - s.start for s in box)
@@ -524,7 +543,7 @@ def finish_block(job: BlockJob, block_id: int) -> dict:
             hit = _intersect(box, hbox)
             if hit is not None:
                 hshape = tuple(s.stop - s.start for s in hbox)
-                values = packed[offset : offset + math.prod(hshape) * dt.itemsize].view(dt).reshape(hshape)
+                values = packed[offset - start : offset - start + math.prod(hshape) * dt.itemsize].view(dt).reshape(hshape)
                 out[c][_shift(hit, box)] = values[_shift(hit, hbox)]
         for (fbox, sb), total in zip(pieces, totals):
             if fbox == box:
@@ -945,7 +964,7 @@ def predict(
     # written beside the old one and swapped in when complete (blockseg.safety)
     out_path = output.begin()
     if markers is None:
-        pass1 = np.zeros(grid.grid_shape, dtype=np.uint8)
+        done = pass1 = np.zeros(grid.grid_shape, dtype=np.uint8)
         create_predictions(out_path, keep, shape, dtypes, vol.voxel_size, chunk_shape, {c: kinds[c] for c in keep})
         group = zarr.open_group(out_path, mode="r+")
         attrs = dict(group.attrs["blockseg"])
@@ -1009,13 +1028,16 @@ def predict(
 
         second = [i for i in plan.todo if layouts[i].finish]
         first = {i for i in plan.todo if not pass1[grid[i].index]}
-        # a finished block's partial sums are deleted with the run's end; recompute them if needed
-        kept = {int(k) for k in zarr.open_group(out_path, mode="r")[PARTIAL_GROUP].keys()}
+        # the scratch is deleted with the run's end: a block whose pass 1 finished before (its
+        # pass-1 or done-marker is written after its row) has its row only while the scratch
+        # is there; recompute the partial sums of the others if needed
+        scratch_there = SCRATCH_ARRAY.rpartition("/")[2] in zarr.open_group(out_path, mode="r")[PARTIAL_GROUP]
+        kept = {b.id for b in grid if pass1[b.index] or done[b.index]} if scratch_there else set()
         for i in second:
             first.update(j for j, _ in strip_sources(lattice, grid, i) if j not in kept)
         first = sorted(first)
-        for i in first:  # the scratch arrays are made here, so tasks write chunks only
-            _create_partial(job, i, layouts[i])
+        if not kept:  # the scratch array is made here, so tasks write chunks only
+            _create_scratch(job, layouts)
         stats = run_blocks(partial(predict_block_scaled if scaling else predict_block, job), first, client, name="predict", resources=resources,
                            progress=progress, voxels=block_voxels(grid, first))  # fmt: skip
         if second:
