@@ -655,7 +655,8 @@ class PredictPlan:
 
 def _memory_estimate(model: BlocksegNet, grid: BlockGrid, lattice: Lattice, layouts: dict, n_channels: int,
                      in_itemsize: int, out_itemsize: int, batch_size: int) -> dict[str, int]:  # fmt: skip
-    worst_slab, worst_core = 0, 0
+    worst_slab, worst_core, worst_row = 0, 0, 0
+    sums = 8 if out_itemsize == 4 else 4
     for lay in layouts.values():
         if lay.n_tiles == 0:
             continue
@@ -663,11 +664,15 @@ def _memory_estimate(model: BlocksegNet, grid: BlockGrid, lattice: Lattice, layo
         slab = lattice.patch[0] * (ext[1][1] - ext[1][0]) * (ext[2][1] - ext[2][0])
         worst_slab = max(worst_slab, slab)
         worst_core = max(worst_core, math.prod(s.stop - s.start for s in lay.region))
+        row = sum(math.prod(s.stop - s.start for s in b) for b in lay.partials) * sums + sum(
+            math.prod(s.stop - s.start for s in b) for b in lay.held) * out_itemsize  # fmt: skip
+        worst_row = max(worst_row, row * n_channels)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     mem = {
         "input slabs": 2 * worst_slab * (4 + in_itemsize),
-        "accumulator": worst_core * n_channels * (8 if out_itemsize == 4 else 4),
-        "encoded core": worst_core * out_itemsize,
+        "accumulator": worst_core * n_channels * sums,
+        "encoded core": worst_core * n_channels * out_itemsize,
+        "scratch row": worst_row,
         "patch batch": patch_memory(lattice.patch, batch_size, _activations_per_voxel(model, n_channels)),
         "weights": params,
     }
