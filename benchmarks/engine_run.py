@@ -5,11 +5,18 @@ pointing at its ``blockseg``) can be timed beside this one with the same workers
 
     python benchmarks/engine_run.py predict IMAGE CKPT OUT --block 64 256 256 --workers 2 [--patch auto]
     python benchmarks/engine_run.py ceiling IMAGE - OUT --block 64 256 256 --workers 2 --channels 3
+    python benchmarks/engine_run.py network IMAGE CKPT OUT --block 64 256 256 --workers 2
 
 ``ceiling`` is the least any engine must do: every block task reads its core of the image and
 writes it, as uint8, to ``--channels`` volumes with the output's chunks and codec and, like the
 engine, without zarr's empty-chunk check (``write_empty_chunks=True``): zarr read + zarr write
 of the same volume and chunks, with the same workers.
+
+``network`` is the ceiling plus the network's own work on each block's core, in memory: the
+input normalised, one forward pass of the whole core (no halo, no overlap, no blending, no
+exchange between blocks) and each channel quantised to uint8 before it is written. It is what
+any engine running this network must at least do; an identity network costs little, but its
+forward (a copy per channel and a sigmoid) and the quantisation are not free.
 
 Each mode runs twice on the same cluster: ``wall_cold`` is the first run (it pays each worker's
 one-off start: loading the model, the compiled kernels' cache, first touches of memory),
@@ -24,8 +31,10 @@ import math
 import time
 
 
-def ceiling_block(image_path: str, out_path: str, shape, block, chunks, channels: int, block_id: int) -> int:
-    """Read one block's core of the image and write it into every output channel."""
+def ceiling_block(image_path: str, out_path: str, shape, block, chunks, channels: int, checkpoint: str | None,
+                  block_id: int) -> int:  # fmt: skip
+    """Read one block's core of the image and write it into every output channel; with a
+    ``checkpoint``, run the network on the core in memory and write its quantised channels."""
     import zarr
 
     from blockseg.grid import BlockGrid
@@ -33,8 +42,19 @@ def ceiling_block(image_path: str, out_path: str, shape, block, chunks, channels
 
     core = BlockGrid(shape, block, 0, chunks)[block_id].core
     data = open_volume(image_path).array[core]
-    for c in range(channels):  # as the engine writes its channels: without zarr's empty-chunk check
-        zarr.open_array(f"{out_path}/c{c}", mode="r+").with_config({"write_empty_chunks": True})[core] = data
+    if checkpoint is None:
+        outs = [data] * channels
+    else:
+        from blockseg.models.base import normalise, read_checkpoint
+        from blockseg.predict.engine import cached_model
+        from blockseg.predict.infer import InferenceOptions, run_batch
+        from blockseg.predict.kernels import quantise
+
+        norm = read_checkpoint(checkpoint)["metadata"].get("normalisation")
+        out = run_batch(cached_model(checkpoint, "cpu"), normalise(data, norm)[None, None], InferenceOptions(1, "cpu"))[0]
+        outs = [quantise(out[c], "prob") for c in range(channels)]
+    for c, values in enumerate(outs):  # as the engine writes its channels: without zarr's empty-chunk check
+        zarr.open_array(f"{out_path}/c{c}", mode="r+").with_config({"write_empty_chunks": True})[core] = values
     return block_id
 
 
@@ -53,7 +73,7 @@ def _warm() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["predict", "ceiling"])
+    ap.add_argument("mode", choices=["predict", "ceiling", "network"])
     ap.add_argument("image")
     ap.add_argument("checkpoint")
     ap.add_argument("out")
@@ -72,7 +92,7 @@ def main() -> None:
     vol = open_volume(args.image)
     shape, chunks = vol.shape, tuple(vol.array.chunks)
     with dask_client(cfg, quiet=True) as client:
-        if args.mode == "ceiling":
+        if args.mode in ("ceiling", "network"):
             from functools import partial
 
             from blockseg.grid import BlockGrid
@@ -85,8 +105,9 @@ def main() -> None:
             walls = []
             for _ in range(2):
                 t = time.perf_counter()
-                futs = client.map(partial(ceiling_block, args.image, args.out, shape, tuple(args.block), chunks, args.channels),
-                                  list(grid.block_ids), pure=False)  # fmt: skip
+                ckpt = args.checkpoint if args.mode == "network" else None
+                futs = client.map(partial(ceiling_block, args.image, args.out, shape, tuple(args.block), chunks, args.channels,
+                                          ckpt), list(grid.block_ids), pure=False)  # fmt: skip
                 client.gather(futs)
                 walls.append(time.perf_counter() - t)
             res = {"wall": walls[1], "wall_cold": walls[0], "patch": None}
