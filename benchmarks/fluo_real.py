@@ -114,9 +114,10 @@ def prepare(folder: Path) -> None:
             print(f"{dst}: z 0–{b} of {name}", flush=True)
 
 
-def run_checkpoint(ckpt: str, img: np.ndarray, vs: tuple, tmp: str, tag: str, diameter: float | None = None) -> tuple[np.ndarray, dict]:
-    """Blockwise predict of ``img`` (written with voxel size ``vs``; ``diameter``: ``predict --diameter``)
-    + the checkpoint's decoder."""
+def run_checkpoint(ckpt: str, img: np.ndarray, vs: tuple, tmp: str, tag: str, diameter: float | None = None,
+                   **predict_kw) -> tuple[np.ndarray, dict]:  # fmt: skip
+    """Blockwise predict of ``img`` (written with voxel size ``vs``; ``diameter``: ``predict --diameter``;
+    ``predict_kw``: other predict options) + the checkpoint's decoder."""
     from blockseg.io import create_volume
     from blockseg.predict import predict
     from blockseg.predictions import open_predictions, read_channels
@@ -125,11 +126,12 @@ def run_checkpoint(ckpt: str, img: np.ndarray, vs: tuple, tmp: str, tag: str, di
 
     path, pred = f"{tmp}/{tag}.zarr", f"{tmp}/{tag}.pred"
     create_volume(path, img.shape, img.dtype, vs).array[...] = img
-    rep = predict(path, ckpt, pred, progress=False, pyramid_levels=1, diameter=diameter)
+    rep = predict(path, ckpt, pred, progress=False, pyramid_levels=1, diameter=diameter, **predict_kw)
     # the checkpoint's decoder as predict stored it: size thresholds already in this image's voxels
     dec = choose_decoder(stored=store_decoder(pred)).decoder
     seg = segment_array(read_channels(open_predictions(pred), (slice(None),) * 3), dec)
-    return seg, {"decoder": dec.params(), "normalisation": rep.plan.normalisation, "resampling": rep.plan.resampling}
+    return seg, {"decoder": dec.params(), "normalisation": rep.plan.normalisation, "resampling": rep.plan.resampling,
+                 "patch": list(rep.plan.lattice.patch), "compute_factor": rep.plan.compute_factor}  # fmt: skip
 
 
 def test_slabs_with_baseline():
