@@ -68,6 +68,8 @@ def protocol_text() -> str:
         "* Reported per case and arm: avAP (IoU 0.1–0.9), AP-50, AP-75, predicted count, true positives at",
         "  IoU 0.5, the inference patch and output voxels computed per voxel; and the mean and the largest",
         "  |ΔB| (foreground channel, uint8 steps) against the default arm (auto, 0.125).",
+        "  (Added after a first attempt stopped on it, before any result: for 3-label networks, which have no B,",
+        "  the foreground's difference is measured on P_bg, whose complement it is.)",
         "* Rule, fixed now: `--patch auto` stays the default if in every case its true positives at IoU 0.5",
         "  (default overlap) are at least those of the training patch minus one nucleus (the crops hold 8 to",
         "  54 nuclei: one nucleus is 2–13 % of AP-50, within the noise of a single crop). Otherwise the",
@@ -123,7 +125,9 @@ def run(jobs: int) -> dict:
                     t = time.perf_counter()
                     seg, info = run_checkpoint(net, crop["image"], crop["vs"], tmp, tag, diameter=d, patch=patch, overlap=ov)
                     wall = time.perf_counter() - t
-                    bs[tag] = np.asarray(open_predictions(f"{tmp}/{tag}.pred")["B"].array[...]).astype(np.int16)
+                    store = open_predictions(f"{tmp}/{tag}.pred")
+                    # the foreground: B, or for 3-label networks P_bg (|Δ(1 - P_bg)| = |ΔP_bg|)
+                    bs[tag] = np.asarray(store["B" if "B" in store else "P_bg"].array[...]).astype(np.int16)
                     arm = {"patch": patch, "overlap": ov, **scores(crop["labels"], seg), "tp50": _tp50(crop["labels"], seg),
                            "inference_patch": info.get("patch"), "compute_factor": info.get("compute_factor"),
                            "wall_s": round(wall, 1)}  # fmt: skip
