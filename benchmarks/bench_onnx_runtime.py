@@ -1,7 +1,8 @@
 """Would ONNX Runtime run blockseg's networks faster than torch eager on a CPU worker?
 
-Issue 17 allows an optimised CPU runtime behind a flag if it wins in a measurement. This is
-that measurement: for each network (the benchmark's residual U-Net and the two shipped
+Issue 17 allows an optimised CPU runtime behind a flag if it wins in a measurement.
+``bench_runtime.py --onnx`` measured it once, for ``demo`` on its inference patch inside a
+predict run; this one asks the same of several networks, forward only: for each network (the benchmark's residual U-Net and the two shipped
 checkpoints, each on a typical inference patch), one forward pass of one patch, torch eager
 against ONNX Runtime's CPU provider (exported with ``torch.onnx.export``, all graph
 optimisations on), both on one thread as a predict worker runs them, in paired repeats
@@ -16,11 +17,12 @@ Needs ``onnxruntime`` and ``onnx`` (not blockseg dependencies: ``pip install onn
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,48 +31,29 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_unet  # noqa: E402  (registers "bench_resunet")
+from bench_runtime import forward_rate, onnx_rate, onnx_session  # noqa: E402
 
 from blockseg.models import load_checkpoint, resolve_checkpoint  # noqa: E402
 
 CASES = (("bench_resunet", None, (72, 72, 72)), ("demo", "demo", (32, 128, 128)), ("fluo", "fluo", (32, 96, 96)))
 
 
-def _timed(fn, n: int) -> float:
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t) / n
-
-
-def measure(name: str, model: torch.nn.Module, patch, repeats: int, forwards: int) -> dict:
-    import onnxruntime as ort
-
+def measure(name: str, model: torch.nn.Module, patch, repeats: int, forwards: int, work: str) -> dict:
+    """Paired repeats of eager vs ONNX Runtime forwards of one patch (:mod:`bench_runtime`'s timers)."""
     model = model.eval()
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 1, *patch), dtype=np.float32))
-    buf = io.BytesIO()
     t = time.perf_counter()
-    torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
+    session = onnx_session(model, patch, 1, f"{work}/{name}.onnx")
     export_s = time.perf_counter() - t
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
-    xn = x.numpy()
+    x = np.random.default_rng(0).standard_normal((1, 1, *patch)).astype(np.float32)
     with torch.inference_mode():
-        want = model(x).numpy()
-    got = session.run(None, {"x": xn})[0]  # also the warm-up of both
-
-    def eager():
-        with torch.inference_mode():
-            model(x)
-
-    def onnx():
-        session.run(None, {"x": xn})
-
+        want = model(torch.from_numpy(x)).numpy()
+    got = session.run(None, {"x": x})[0]
+    voxels = math.prod(patch)
     runs = []
     for r in range(repeats):
-        order = (("eager", eager), ("onnxruntime", onnx)) if r % 2 == 0 else (("onnxruntime", onnx), ("eager", eager))
-        run = {k: _timed(f, forwards) for k, f in order}
+        timers = (("eager", lambda: forward_rate(model, patch, 1, forwards)),
+                  ("onnxruntime", lambda: onnx_rate(session, patch, 1, forwards)))  # fmt: skip
+        run = {k: voxels / f() for k, f in (timers if r % 2 == 0 else timers[::-1])}  # seconds per forward
         run["ratio"] = run["eager"] / run["onnxruntime"]
         run["load"] = [round(v, 2) for v in os.getloadavg()]
         runs.append(run)
@@ -113,9 +96,10 @@ def main() -> None:
 
     torch.set_num_threads(1)
     cases = []
-    for name, ckpt, patch in CASES:
-        model = bench_unet.BenchResUNet(input_patch=patch) if ckpt is None else load_checkpoint(resolve_checkpoint(ckpt))[0]
-        cases.append(measure(name, model, patch, args.repeats, args.forwards))
+    with tempfile.TemporaryDirectory() as work:
+        for name, ckpt, patch in CASES:
+            model = bench_unet.BenchResUNet(input_patch=patch) if ckpt is None else load_checkpoint(resolve_checkpoint(ckpt))[0]
+            cases.append(measure(name, model, patch, args.repeats, args.forwards, work))
     res = {"repeats": args.repeats, "forwards": args.forwards, "torch": torch.__version__,
            "onnxruntime": onnxruntime.__version__, "cases": cases}  # fmt: skip
     Path(f"{args.out}.json").write_text(json.dumps(res, indent=2))
