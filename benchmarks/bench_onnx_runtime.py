@@ -9,7 +9,7 @@ optimisations on), both on one thread as a predict worker runs them, in paired r
 (alternating which goes first). Reports the median time per forward and the median of the
 paired ratios, and the largest absolute difference of the raw outputs.
 
-Needs ``onnxruntime`` and ``onnx`` (not blockseg dependencies: ``pip install onnxruntime onnx``).
+Needs ``onnxruntime`` and ``onnx`` (the ``bench`` extra: ``pip install -e ".[bench]"``).
 
     PYTHONPATH=.:benchmarks python benchmarks/bench_onnx_runtime.py --repeats 5
 """
