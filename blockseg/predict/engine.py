@@ -408,17 +408,18 @@ def scratch_pieces(job: BlockJob, layout: BlockLayout) -> tuple[list, list, int]
 def _create_scratch(job: BlockJob, layouts: dict) -> None:
     """Create the run's scratch (nothing when no block has partial sums or held values).
 
-    One uint8 array, a row per block id, chunks of :data:`SCRATCH_CHUNK` bytes along the row,
-    uncompressed: a block writes its own row once (no chunk of another block's), a neighbour
+    One uint8 array, a row per block id, chunks of :data:`SCRATCH_CHUNK` bytes along the row
+    (or one chunk per row where every row is shorter), uncompressed: a block writes its own row once (no chunk of another block's), a neighbour
     reads back only the chunks of the boxes it needs, and the driver creates one array per run
     instead of one per box (each zarr array costs milliseconds to create and to open).
     """
     width = max((scratch_pieces(job, lay)[2] for lay in layouts.values()), default=0)
     if not width:
         return
-    width = -(-width // SCRATCH_CHUNK) * SCRATCH_CHUNK
+    chunk = min(width, SCRATCH_CHUNK)  # a small volume's rows are one chunk each, not 1 MiB
+    width = -(-width // chunk) * chunk
     zarr.open_group(f"{job.out_path.rstrip('/')}/{PARTIAL_GROUP}", mode="a").create_array(
-        SCRATCH_ARRAY.rpartition("/")[2], shape=(len(job.grid), width), dtype="uint8", chunks=(1, SCRATCH_CHUNK),
+        SCRATCH_ARRAY.rpartition("/")[2], shape=(len(job.grid), width), dtype="uint8", chunks=(1, chunk),
         fill_value=0, compressors=None, overwrite=True)  # fmt: skip
 
 
