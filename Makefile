@@ -35,7 +35,8 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,bench]"
 	rm -f $(VENV)/.bench-* && touch $@
 
-# every benchmark -> benchmarks/RESULTS.md, benchmarks/plots/*.png, benchmarks/results/bench.json
+# every benchmark -> benchmarks/RESULTS.md (its hand-measured part below the marker is kept),
+# benchmarks/plots/*.png, benchmarks/results/bench.json
 bench: $(BENCH_STAMP)
 	PYTHONPATH=.:benchmarks $(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
