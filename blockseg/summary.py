@@ -188,7 +188,7 @@ def predictions_summary(path: str) -> dict:
         "bytes_uncompressed": int(sum(v.array.nbytes for v in vols.values())),
         "decoder": attrs.get("decoder"),
         "blocks_done": done,
-        "run": {k: run.get(k) for k in ("image", "checkpoint_sha256", "patch", "overlap", "blending", "tta", "mc_samples", "block_shape") if k in run},
+        "run": {k: run.get(k) for k in ("image", "checkpoint_sha256", "patch", "patch_choice", "lattice_snap", "overlap", "blending", "tta", "mc_samples", "block_shape") if k in run},
     }
 
 
@@ -214,9 +214,12 @@ def _render_predictions(s: dict) -> list[str]:
         lines.append(f"  blocks done: {a} of {b}" + ("" if a == b else " (unfinished: rerun predict to resume)"))
     r = s.get("run") or {}
     if r:
+        mode = (r.get("patch_choice") or {}).get("mode")
+        lattice = f" ({mode}{', block-aligned lattice' if r.get('lattice_snap') is False else ''})" if mode else ""
         lines.append(
             f"  predicted from {r.get('image', '?')} with checkpoint sha256 {r.get('checkpoint_sha256', '?')}, "
-            f"patch {_xyz(r.get('patch', []))}, {r.get('blending', '?')} blending, tta {r.get('tta')}"
+            f"patch {_xyz(r.get('patch', []))}{lattice} in blocks {_xyz(r.get('block_shape', []))}, "
+            f"{r.get('blending', '?')} blending, tta {r.get('tta')}"
         )
     return lines
 

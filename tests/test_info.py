@@ -73,6 +73,10 @@ def test_prediction_store_shows_its_channels_and_stored_decoder(ws, capsys):
     assert js["decoder"]["checkpoint"] == str(ws / "tuned.pt") and js["blocks_done"] == [1, 1]
     assert js["bytes"] > 0 and js["bytes_uncompressed"] == 3 * 16 * 48 * 48
     assert "B (prob, uint8)" in text and "seed_b=0.95" in text and "from checkpoint tuned.pt" in text and "blocks done: 1 of 1" in text
+    # what reproduces the output: the auto patch follows the block shape, and both are shown
+    run = js["run"]
+    assert run["patch_choice"]["mode"] == "auto" and run["lattice_snap"] is False
+    assert f"patch {'x'.join(map(str, run['patch']))} (auto, block-aligned lattice) in blocks 16x48x48" in text
 
 
 def test_label_volume_shows_instances_and_how_it_was_segmented(ws, capsys):
