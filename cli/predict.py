@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--patch", nargs="+", default=["auto"], metavar="auto|train|N",
         help="inference patch: auto (default: a block-aligned patch computing the fewest voxels that fits the device's memory budget, "
-        "never smaller than the training patch), train (the network's training patch), or 1 or 3 sizes (z y x)",
+        "never smaller than the training patch), train (the network's training patch), or 1 or 3 sizes (z y x); auto and "
+        "sizes run one stride-aligned lattice set by the patch alone, so a store's patch (blockseg info) reproduces it with other blocks",
     )  # fmt: skip
     p.add_argument("--overlap", type=float, nargs="+", default=[0.125], metavar="F", help="overlap of neighbouring output tiles: < 1 a fraction of the output patch, else voxels (default 0.125)")
     p.add_argument("--blending", choices=["gaussian", "bump", "constant"], default="gaussian", help="blending window (default gaussian)")

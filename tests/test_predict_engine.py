@@ -147,6 +147,30 @@ def test_larger_inference_patch_equals_predict_array(tmp_path, shape, block, chu
     assert run["patch"] == list(used) and run["patch_choice"]["patch"] == list(used)
 
 
+def test_a_stores_recorded_patch_reproduces_its_lattice_with_other_blocks(tmp_path):
+    # the auto patch follows the block shape; giving the recorded patch with other blocks runs
+    # the same lattice (it depends on the patch alone), so the two stores agree within a storage
+    # step, while auto with those other blocks picks another patch
+    shape = (23, 37, 41)
+    image = np.random.default_rng(5).integers(0, 256, shape).astype(np.uint8)
+    vol = create_volume(tmp_path / "img.zarr", shape, np.uint8, chunks=(4, 8, 8))
+    vol.array[...] = image
+    model = TinyConvNet(("B", "C", "D"), valid=True, input_patch=(12, 20, 20), margin=(1, 2, 2)).eval()
+    save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
+    kw = dict(overlap=0.25, progress=False, torch_threads=1)
+    first = predict(vol.path, tmp_path / "m.pt", tmp_path / "a.zarr", block_shape=(8, 16, 16), **kw)
+    recorded = run_settings(tmp_path / "a.zarr")["patch"]
+    other = predict(vol.path, tmp_path / "m.pt", tmp_path / "b.zarr", block_shape=(12, 24, 24), dry_run=True, **kw)
+    assert list(other.lattice.patch) != recorded  # auto with other blocks: another lattice
+    again = predict(vol.path, tmp_path / "m.pt", tmp_path / "c.zarr", block_shape=(12, 24, 24), patch=recorded, **kw)
+    assert again.plan.patch_choice.mode == "explicit" and not again.plan.lattice_snap
+    assert np.array_equal(again.plan.lattice.axes[1].starts, first.plan.lattice.axes[1].starts)
+    a, c = stored(tmp_path / "a.zarr"), stored(tmp_path / "c.zarr")
+    for ch in model.channels:
+        diff = np.abs(a[ch].astype(int) - c[ch].astype(int))
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.99, ch
+
+
 @pytest.mark.parametrize("block", [(8, 16, 16), (12, 24, 40)])
 def test_identity_stays_exact_with_auto_patch(tmp_path, block):
     shape = (23, 37, 41)

@@ -171,7 +171,7 @@ class BlockJob:
     net_shape: tuple = ()
     #: unique per run: keys the per-process cache of opened output arrays
     run_id: str = ""
-    #: lattice end: snapped last tiles (True) or overhanging ones (``patch="auto"``)
+    #: lattice end: snapped last tiles (True, ``patch="train"``) or overhanging ones (auto and explicit patches)
     snap: bool = True
 
     @property
@@ -813,7 +813,11 @@ def predict(
     patch : "auto", "train", int or sequence of int
         Inference patch. ``"auto"`` (default): the largest patch whose stride divides the
         block shape within a memory budget of the device (:func:`.patch.choose_patch`), never
-        smaller than the training patch; ``"train"`` or None: the network's training patch.
+        smaller than the training patch; ``"train"`` or None: the network's training patch (on
+        the snapped lattice); sizes: that patch. Auto and explicit patches run the same
+        stride-aligned lattice (tile starts ``-margin + k * stride``, the last tiles overhanging
+        the volume), which depends on the patch alone: giving a store's recorded patch
+        reproduces its lattice with any block shape.
         The choice and its reason are in the plan (dry run) and the store's provenance.
     overlap : float or sequence
         Overlap between neighbouring output tiles: < 1 a fraction of the network's *training*
@@ -904,7 +908,10 @@ def predict(
         regions = [sorted({(bx[a].start, bx[a].stop) for bx in boxes}) for a in range(3)]
     choice = _patch_choice(model, net_shape, grid.block_shape, patch, overlap, batch_size, len(names), device, out_path,
                            regions)  # fmt: skip
-    snap = choice.mode != "auto"  # auto patches keep tile starts on the stride (block-aligned)
+    # auto and explicit patches keep tile starts on the stride (-margin + k * stride, the last tiles
+    # overhanging): the lattice depends on the patch alone, not on the blocks, so a store's
+    # recorded patch reproduces its lattice with any block shape; "train" keeps the snapped lattice
+    snap = choice.mode == "train"
     lattice = make_lattice(model, net_shape, choice.patch, overlap, blending, snap)
     if scaling:
         layouts = scaled_layouts(lattice, grid)

@@ -361,7 +361,7 @@ def make_lattice(model: BlocksegNet, shape: Sequence[int], patch=None, overlap=0
     """The lattice of a volume of ``shape`` for ``model`` (patch default: its trained patch).
 
     ``snap=False``: the last tile of each axis overhangs the volume's end rather than being
-    snapped back (see :meth:`.AxisLattice.build`); predict's ``patch="auto"`` uses it.
+    snapped back (see :meth:`.AxisLattice.build`); predict uses it for auto and explicit patches.
 
     Overlap fractions (< 1) are fractions of the network's *training* output patch: the overlap
     blending needs is set by the network, not by the patch it runs on, so a larger inference
@@ -411,7 +411,7 @@ def predict_array(
         See :class:`InferenceOptions`.
     snap : bool
         Snap the last tile of each axis to the volume's end (False: let it overhang, as
-        predict does with ``patch="auto"``; its ``plan.lattice_snap`` says which).
+        predict does with auto and explicit patches; its ``plan.lattice_snap`` says which).
 
     Returns
     -------
