@@ -122,6 +122,16 @@ def test_auto_patch_on_a_resampled_grid_counts_the_tiles_each_block_reaches():
     assert computed(auto.patch) < computed(aligned.patch) and "resampled grid" in auto.reason
 
 
+def volume_and_tiny(tmp_path, shape, seed, valid=True, chunks=(4, 8, 8)):
+    """A random uint8 image volume and a saved TinyConvNet checkpoint (``tmp_path / "m.pt"``)."""
+    image = np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
+    vol = create_volume(tmp_path / "img.zarr", shape, np.uint8, chunks=chunks)
+    vol.array[...] = image
+    model = TinyConvNet(("B", "C", "D"), valid=valid, input_patch=(12, 20, 20), margin=(1, 2, 2)).eval()
+    save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
+    return vol, image, model
+
+
 # ---------------------------------------------------------------------------- equality
 @pytest.mark.parametrize(
     "shape,block,chunks,patch,valid",
@@ -131,11 +141,7 @@ def test_auto_patch_on_a_resampled_grid_counts_the_tiles_each_block_reaches():
      ((17, 29, 31), (8, 16, 8), (4, 8, 8), (16, 28, 24), True)],
 )  # fmt: skip
 def test_larger_inference_patch_equals_predict_array(tmp_path, shape, block, chunks, patch, valid):
-    image = np.random.default_rng(3).integers(0, 256, shape).astype(np.uint8)
-    vol = create_volume(tmp_path / "img.zarr", shape, np.uint8, chunks=chunks)
-    vol.array[...] = image
-    model = TinyConvNet(("B", "C", "D"), valid=valid, input_patch=(12, 20, 20), margin=(1, 2, 2)).eval()
-    save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
+    vol, image, model = volume_and_tiny(tmp_path, shape, 3, valid, chunks)
     rep = predict(vol.path, tmp_path / "m.pt", tmp_path / "o.zarr", block_shape=block, patch=patch, overlap=0.25,
                   progress=False, torch_threads=1)  # fmt: skip
     used = rep.plan.lattice.patch
@@ -151,12 +157,7 @@ def test_a_stores_recorded_patch_reproduces_its_lattice_with_other_blocks(tmp_pa
     # the auto patch follows the block shape; giving the recorded patch with other blocks runs
     # the same lattice (it depends on the patch alone), so the two stores agree within a storage
     # step, while auto with those other blocks picks another patch
-    shape = (23, 37, 41)
-    image = np.random.default_rng(5).integers(0, 256, shape).astype(np.uint8)
-    vol = create_volume(tmp_path / "img.zarr", shape, np.uint8, chunks=(4, 8, 8))
-    vol.array[...] = image
-    model = TinyConvNet(("B", "C", "D"), valid=True, input_patch=(12, 20, 20), margin=(1, 2, 2)).eval()
-    save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
+    vol, _, model = volume_and_tiny(tmp_path, (23, 37, 41), 5)
     kw = dict(overlap=0.25, progress=False, torch_threads=1)
     first = predict(vol.path, tmp_path / "m.pt", tmp_path / "a.zarr", block_shape=(8, 16, 16), **kw)
     recorded = run_settings(tmp_path / "a.zarr")["patch"]
@@ -198,12 +199,7 @@ def test_overhanging_lattice_weights_sum_to_one():
 
 # ---------------------------------------------------------------------------- runtime
 def test_compiled_runtime_equals_eager_predict_array_within_a_storage_step(tmp_path):
-    shape = (17, 29, 31)
-    image = np.random.default_rng(6).integers(0, 256, shape).astype(np.uint8)
-    vol = create_volume(tmp_path / "img.zarr", shape, np.uint8, chunks=(4, 8, 8))
-    vol.array[...] = image
-    model = TinyConvNet(("B", "C", "D"), valid=True, input_patch=(12, 20, 20), margin=(1, 2, 2)).eval()
-    save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
+    vol, image, model = volume_and_tiny(tmp_path, (17, 29, 31), 6)
     rep = predict(vol.path, tmp_path / "m.pt", tmp_path / "o.zarr", block_shape=(8, 16, 16), runtime="compile",
                   progress=False, torch_threads=1)  # fmt: skip
     assert rep.plan.runtime == "compile" and "torch.compile" in rep.plan.describe()
