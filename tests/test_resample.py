@@ -55,6 +55,7 @@ def test_resampled_plan_counts_work_on_the_networks_grid(tmp_path, tiny_ckpt):
     img = write(tmp_path / "i.zarr", np.zeros((24, 48, 48), np.uint8), (2.0, 1.5, 1.5))
     plan = predict(img, tiny_ckpt, str(tmp_path / "o.pred"), block_shape=(12, 24, 24), dry_run=True)
     assert plan.lattice_shape == (48, 72, 72) and plan.scratch_bytes == 0
+    assert plan.memory_bytes["scratch row"] == 0  # resampled blocks exchange nothing
     assert 1.0 <= plan.compute_factor < 3.0
     text = plan.describe()
     assert "partial sums exchanged between blocks: none (resampled" in text and "output voxels per resampled voxel" in text

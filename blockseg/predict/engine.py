@@ -409,9 +409,10 @@ def _create_scratch(job: BlockJob, layouts: dict) -> None:
     """Create the run's scratch (nothing when no block has partial sums or held values).
 
     One uint8 array, a row per block id, chunks of :data:`SCRATCH_CHUNK` bytes along the row
-    (or one chunk per row where every row is shorter), uncompressed: a block writes its own row once (no chunk of another block's), a neighbour
-    reads back only the chunks of the boxes it needs, and the driver creates one array per run
-    instead of one per box (each zarr array costs milliseconds to create and to open).
+    (one chunk per row where every row is shorter), uncompressed: a block writes its own row
+    once (no chunk of another block's), a neighbour reads back only the chunks of the boxes it
+    needs, and the driver creates one array per run instead of one per box (each zarr array
+    costs milliseconds to create and to open).
     """
     width = max((scratch_pieces(job, lay)[2] for lay in layouts.values()), default=0)
     if not width:
@@ -655,7 +656,9 @@ class PredictPlan:
 
 
 def _memory_estimate(model: BlocksegNet, grid: BlockGrid, lattice: Lattice, layouts: dict, n_channels: int,
-                     in_itemsize: int, out_itemsize: int, batch_size: int) -> dict[str, int]:  # fmt: skip
+                     in_itemsize: int, out_itemsize: int, batch_size: int, exchange: bool = True) -> dict[str, int]:  # fmt: skip
+    """Peak bytes of one block task, by what holds them (``exchange``: the blocks exchange partial
+    sums through the scratch; resampled runs do not)."""
     worst_slab, worst_core, worst_row = 0, 0, 0
     sums = 8 if out_itemsize == 4 else 4
     for lay in layouts.values():
@@ -667,7 +670,7 @@ def _memory_estimate(model: BlocksegNet, grid: BlockGrid, lattice: Lattice, layo
         worst_core = max(worst_core, math.prod(s.stop - s.start for s in lay.region))
         row = sum(math.prod(s.stop - s.start for s in b) for b in lay.partials) * sums + sum(
             math.prod(s.stop - s.start for s in b) for b in lay.held) * out_itemsize  # fmt: skip
-        worst_row = max(worst_row, row * n_channels)
+        worst_row = max(worst_row, row * n_channels if exchange else 0)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     mem = {
         "input slabs": 2 * worst_slab * (4 + in_itemsize),
@@ -919,7 +922,7 @@ def predict(
         layouts = {b.id: block_layout(lattice, b.core, chunk_shape) for b in grid}
     patches_total = sum(lay.n_tiles for lay in layouts.values())
     mem = _memory_estimate(model, grid, lattice, layouts, len(names), vol.dtype.itemsize, np.dtype(dtype).itemsize,
-                           batch_size)  # fmt: skip
+                           batch_size, exchange=not scaling)  # fmt: skip
     norm = normalised.affine
     run_settings = {
         "image": os.path.abspath(image_path) if not _is_url(image_path) else image_path,
@@ -1049,7 +1052,7 @@ def predict(
         for i in second:
             first.update(j for j, _ in strip_sources(lattice, grid, i) if j not in kept)
         first = sorted(first)
-        if not kept:  # the scratch array is made here, so tasks write chunks only
+        if not kept and not scaling:  # made here, so tasks write chunks only (resampled blocks exchange nothing)
             _create_scratch(job, layouts)
         stats = run_blocks(partial(predict_block_scaled if scaling else predict_block, job), first, client, name="predict", resources=resources,
                            progress=progress, voxels=block_voxels(grid, first))  # fmt: skip
