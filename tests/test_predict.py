@@ -439,3 +439,31 @@ def test_cli_happy_path_and_errors(tmp_path, image_zarr, capsys, monkeypatch):
     assert "does not exist" in capsys.readouterr().err
     assert run_cli([image_zarr, str(tmp_path / "m.pt"), str(tmp_path / "x.zarr"), "--block", "5"]) == 2
     assert "multiple of the chunk" in capsys.readouterr().err
+
+
+def test_predict_refuses_to_start_without_room_for_its_scratch(tmp_path, image_zarr, monkeypatch, capsys):
+    # the scratch is uncompressed (held values and partial sums): a disk without room for it is
+    # refused before anything is written, in one line; room for the scratch but not for the
+    # output uncompressed is a warning
+    import shutil
+    from collections import namedtuple
+
+    from blockseg_cli.main import main
+
+    model = tiny()
+    save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
+    kw = dict(block_shape=(8, 16, 16), progress=False, torch_threads=1)
+    plan = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", dry_run=True, **kw)
+    assert plan.scratch_bytes > 0
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12, plan.scratch_bytes - 1))
+    with pytest.raises(BlocksegError, match="GiB of scratch beside"):
+        predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", **kw)
+    assert not (tmp_path / "o.zarr").exists()
+    assert main(["predict", image_zarr, str(tmp_path / "m.pt"), str(tmp_path / "o.zarr"), "--block", "8", "16", "16"]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "LocalCluster" not in line]
+    assert len(err) == 1 and "of scratch beside" in err[0] and not (tmp_path / "o.zarr").exists()
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12, plan.scratch_bytes + 1))
+    with pytest.warns(UserWarning, match="not for the output uncompressed"):
+        predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", **kw)
+    assert (tmp_path / "o.zarr").exists()

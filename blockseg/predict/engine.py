@@ -974,6 +974,8 @@ def predict(
         plan.todo = [b.id for b in grid if not done[b.index]]
     if dry_run:
         return plan
+    if markers is None:  # a resumed run's scratch is partly on disk already
+        check_scratch_space(out_path, plan.scratch_bytes, plan.store_bytes)
 
     t0 = time.perf_counter()
     # a new store is written in place (an interrupted run resumes it); a replaced one is
@@ -1076,6 +1078,32 @@ def predict(
         voxels=sum(math.prod(grid[i].shape) for i in plan.todo),
         plan=plan,
     )
+
+
+def check_scratch_space(out_path: str, scratch_bytes: int, store_bytes: int) -> None:
+    """Refuse to start (one line) when the local disk of ``out_path`` has less free space than
+    the run's scratch (partial sums and held values, uncompressed, deleted at the end); warn when
+    it could not also hold the output uncompressed (its compressed size is not known before).
+    Object storage is not checked."""
+    import shutil
+
+    if _is_url(out_path) or not scratch_bytes:
+        return
+    parent = os.path.dirname(os.path.abspath(out_path)) or "."
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    free = shutil.disk_usage(parent).free
+    gib = 2**30
+    if free < scratch_bytes:
+        raise BlocksegError(
+            f"predict needs about {scratch_bytes / gib:.1f} GiB of scratch beside {out_path} (the partial sums and held "
+            f"values blocks exchange, uncompressed, deleted at the end); {parent} has {free / gib:.1f} GiB free"
+        )
+    if free < scratch_bytes + store_bytes:
+        from ..formats import warn
+
+        warn(f"{parent} has {free / gib:.1f} GiB free: enough for predict's {scratch_bytes / gib:.1f} GiB of scratch, not for "
+             f"the output uncompressed ({store_bytes / gib:.1f} GiB); compression decides whether it fits")  # fmt: skip
 
 
 def _existing_run(output, settings: dict):
