@@ -75,6 +75,17 @@ def remove_file(path: str) -> None:
         fs.rm(p)
 
 
+def free_space(path: str) -> tuple[str, int] | None:
+    """``(folder, free bytes)`` of the local disk that ``path`` (existing or not) would be
+    written to: its nearest existing parent folder. None for object storage (not checked)."""
+    if is_url(path):
+        return None
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    while not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    return folder, shutil.disk_usage(folder).free
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Write a whole file so that readers see the old or the new content, never a part.
 
@@ -110,6 +121,6 @@ def load_npz(path: str) -> dict:
 
 
 __all__ = [
-    "is_url", "listdir", "load_npz", "makedirs", "open_file", "read_bytes", "remove_file", "remove_tree",
+    "free_space", "is_url", "listdir", "load_npz", "makedirs", "open_file", "read_bytes", "remove_file", "remove_tree",
     "save_npz", "write_bytes",
 ]  # fmt: skip

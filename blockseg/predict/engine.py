@@ -1085,14 +1085,12 @@ def check_scratch_space(out_path: str, scratch_bytes: int, store_bytes: int) -> 
     the run's scratch (partial sums and held values, uncompressed, deleted at the end); warn when
     it could not also hold the output uncompressed (its compressed size is not known before).
     Object storage is not checked."""
-    import shutil
+    from ..storage import free_space
 
-    if _is_url(out_path) or not scratch_bytes:
+    space = free_space(out_path) if scratch_bytes else None
+    if space is None:
         return
-    parent = os.path.dirname(os.path.abspath(out_path)) or "."
-    while not os.path.isdir(parent):
-        parent = os.path.dirname(parent)
-    free = shutil.disk_usage(parent).free
+    parent, free = space
     gib = 2**30
     if free < scratch_bytes:
         raise BlocksegError(

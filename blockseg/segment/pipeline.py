@@ -64,7 +64,7 @@ from ..cluster import block_voxels, run_blocks
 from ..errors import BlocksegError
 from ..grid import BlockGrid, Interface
 from ..io import create_volume
-from ..storage import is_url, listdir, load_npz, makedirs, read_bytes, remove_file, remove_tree, save_npz, write_bytes
+from ..storage import free_space, is_url, listdir, load_npz, makedirs, read_bytes, remove_file, remove_tree, save_npz, write_bytes
 from ..predictions import decode_channel, open_predictions, prediction_kind
 from .decoders import BCDDecoder, Decoder
 from .exact import UNREACHED, keyed_flood, keyed_update
@@ -602,15 +602,11 @@ def work_bytes(grid: BlockGrid, halo: Sequence[int]) -> int:
 def check_work_space(out_path: str, grid: BlockGrid, halo: Sequence[int]) -> None:
     """Refuse to start (one line) when the local disk of ``OUT.work`` has less free space than
     segment's work directory will need; object storage is not checked."""
-    import shutil
-
-    if is_url(out_path):
+    space = free_space(out_path)
+    if space is None:
         return
+    parent, free = space
     need = work_bytes(grid, halo)
-    parent = os.path.dirname(os.path.abspath(out_path)) or "."
-    while not os.path.isdir(parent):
-        parent = os.path.dirname(parent)
-    free = shutil.disk_usage(parent).free
     if free < need:
         raise BlocksegError(
             f"segment needs about {need / 2**30:.1f} GiB of work space beside {out_path} (seed code, height and each "
