@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aux_task_real import ARMS  # noqa: E402
 from fluo_real import run_checkpoint  # noqa: E402
-from real_volumes_train import DATASETS, REAL, prepare, scores, protocol_then_run, seed_table, slab_config, slabs, train_row, tune_baseline  # noqa: E402
+from real_volumes_train import DATASETS, REAL, prepare, score_cells, scores, protocol_then_run, seed_table, slab_config, slabs, train_row, training_line, tune_baseline  # noqa: E402
 
 STEM = "cross_finetune"
 SOURCE, TARGET = "bbbc050", "gonuclear"
@@ -131,9 +131,7 @@ def run(jobs: int) -> dict:
 def results_text(res: dict) -> str:
     r = res["results"]
     lines = ["## Results", "",
-             f"`--run` on {res['machine']}: training {res['train_wall_s'] / 60:.1f} min wall for the three seeds; load average "
-             f"{tuple(round(x, 2) for x in res['load_start'])} at start, {tuple(round(x, 2) for x in res['load_end'])} at end. "
-             f"Median nucleus diameter: BBBC050 train slab {res['d_train_um']:.2f} µm, GoNuclear {res['d_test_um']:.2f} µm.", "",
+             f"{training_line(res)} Median nucleus diameter: BBBC050 train slab {res['d_train_um']:.2f} µm, GoNuclear {res['d_test_um']:.2f} µm.", "",
              *seed_table(res["seeds"], res["selected"])]  # fmt: skip
     names = {"finetuned": "**`fluo_synth` fine-tuned on BBBC050**", "fluo_synth": "`fluo_synth` as shipped",
              "baseline_tuned": "Otsu + watershed, tuned on BBBC050 validation, unscaled",
@@ -142,7 +140,7 @@ def results_text(res: dict) -> str:
               "| method | avAP | AP-50 | predicted / true |", "|---|---|---|---|"]  # fmt: skip
     for tag in ("finetuned", "fluo_synth", "baseline_tuned", "baseline_size_matched", "baseline_default"):
         s = r[tag]
-        lines.append(f"| {names[tag]} | {s['avAP']:.3f} | {s['AP50']:.3f} | {s['n_pred']} / {s['n_true']} |")
+        lines.append(f"| {names[tag]} | {score_cells(s)} |")
     lines += ["| 3-label + cpv from scratch on BBBC050 (`cross_real_bbbc050.md`, mean of 3 seeds, unscaled; quoted) | 0.266 | 0.186 | |", "",
               f"**Verdict: the split is {'won' if res['wins'] else 'not won'}.**", ""]  # fmt: skip
     return "\n".join(lines)

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aux_task_real import ARMS  # noqa: E402
 from fluo_real import run_checkpoint  # noqa: E402
-from real_volumes_train import DATASETS, PATCH, REAL, prepare, scores, protocol_then_run, seed_table, slab_config, slabs, train_row, tune_baseline  # noqa: E402
+from real_volumes_train import DATASETS, PATCH, REAL, prepare, score_cells, scores, protocol_then_run, seed_table, slab_config, slabs, train_row, training_line, tune_baseline  # noqa: E402
 
 STEM = "finetune_real"
 DATASET = "bbbc050"
@@ -122,15 +122,14 @@ def run(jobs: int) -> dict:
 def results_text(res: dict) -> str:
     r = res["results"]
     lines = ["## Results", "",
-             f"`--run` on {res['machine']}: training {res['train_wall_s'] / 60:.1f} min wall for the three seeds; load average "
-             f"{tuple(round(x, 2) for x in res['load_start'])} at start, {tuple(round(x, 2) for x in res['load_end'])} at end.", "",
+             training_line(res), "",
              *seed_table(res["seeds"], res["selected"])]  # fmt: skip
     names = {"finetuned": "**`fluo` fine-tuned on the train slab**", "fluo_diameter": f"`fluo` as shipped, `--diameter {res['diameter_um']:.1f}`",
              "baseline_tuned": "Otsu + watershed, tuned on the validation slab", "baseline_default": "Otsu + watershed, defaults"}  # fmt: skip
     lines += ["", "Test slab:", "", "| method | avAP | AP-50 | predicted / true |", "|---|---|---|---|"]
     for tag in ("finetuned", "fluo_diameter", "baseline_tuned", "baseline_default"):
         s = r[tag]
-        lines.append(f"| {names[tag]} | {s['avAP']:.3f} | {s['AP50']:.3f} | {s['n_pred']} / {s['n_true']} |")
+        lines.append(f"| {names[tag]} | {score_cells(s)} |")
     lines += ["| 3-label + cpv from scratch (`real_volumes.md`, quoted) | 0.278 | 0.505 | 1 / 2 |", "",
               f"**Verdict: fine-tuning {'wins' if res['wins'] else 'does not win'} this split.**", ""]  # fmt: skip
     return "\n".join(lines)

@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aux_task_real import ARMS  # noqa: E402
 from fluo_real import run_checkpoint  # noqa: E402
-from real_volumes_train import DATASETS, OUT, PATCH, REAL, prepare, scores, seed_table, slab_config, slabs, train_row, tune_baseline  # noqa: E402
+from real_volumes_train import DATASETS, OUT, PATCH, REAL, prepare, score_cells, scores, seed_table, slab_config, slabs, train_row, tune_baseline  # noqa: E402
 
 STEM = "fluo_from_real"
 ARM = "3label+cpv"
@@ -180,7 +180,7 @@ def results_text(trained: dict, tested: dict) -> str:
              "baseline_size_matched": "Otsu + watershed, tuned, size-matched", "baseline_default": "Otsu + watershed, defaults"}  # fmt: skip
     for w, label in (("gonuclear_test", "GoNuclear test slab"), ("bbbc050", "BBBC050 whole crop")):
         for tag, s in r[w].items():
-            lines.append(f"| {label} | {names[tag]} | {s['avAP']:.3f} | {s['AP50']:.3f} | {s['n_pred']} / {s['n_true']} |")
+            lines.append(f"| {label} | {names[tag]} | {score_cells(s)} |")
     lines += ["", f"**Verdict: the claim {'holds' if tested['claim_holds'] else 'does not hold'}"
               f"{'; the candidate is shipped as `fluo`' if tested['ships'] else '; nothing is shipped'}.**", ""]  # fmt: skip
     return "\n".join(lines)

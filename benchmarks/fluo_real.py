@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_volumes_train  # noqa: E402
-from real_volumes_train import BASE_GRID, DATASETS, REAL, slabs, tune_baseline  # noqa: E402
+from real_volumes_train import BASE_GRID, DATASETS, REAL, score_cells, slabs, tune_baseline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MD = ROOT / "benchmarks" / "results" / "fluo_checkpoint.md"
@@ -220,22 +220,20 @@ def evaluate_diameter(ckpt: str) -> dict:
 
 
 def diameter_results_text(res: dict) -> str:
-    f = lambda s: f"{s['avAP']:.3f} | {s['AP50']:.3f} | {s['n_pred']} / {s['n_true']}"  # noqa: E731
     lines = ["", "### Results", "",
              f"`PYTHONPATH=. python benchmarks/fluo_real.py --diameter {res['checkpoint']}`; load average "
              f"{tuple(round(x, 2) for x in res['load_start'])} at start, {tuple(round(x, 2) for x in res['load_end'])} at end.", "",
              "| crop (test slab) | method | avAP | AP-50 | predicted / GT |", "|---|---|---|---|---|"]  # fmt: skip
     for name, r in res["crops"].items():
         z = f"z {r['test_slab'][0]}–{r['test_slab'][1]}"
-        lines.append(f"| {name} ({z}) | **fluo, `--diameter {r['diameter_um']:.2f}`** | {f(r['fluo_diameter'])} |")
-        lines.append(f"| | fluo, voxel-size resampling (default) | {f(r['fluo_default'])} |")
-        lines.append(f"| | Otsu + watershed, tuned on this crop's validation slab | {f(r['baseline_tuned'])} |")
-        lines.append(f"| | Otsu + watershed, default | {f(r['baseline_default'])} |")
+        lines.append(f"| {name} ({z}) | **fluo, `--diameter {r['diameter_um']:.2f}`** | {score_cells(r['fluo_diameter'])} |")
+        lines.append(f"| | fluo, voxel-size resampling (default) | {score_cells(r['fluo_default'])} |")
+        lines.append(f"| | Otsu + watershed, tuned on this crop's validation slab | {score_cells(r['baseline_tuned'])} |")
+        lines.append(f"| | Otsu + watershed, default | {score_cells(r['baseline_default'])} |")
     return "\n".join(lines)
 
 
 def results_text(res: dict) -> str:
-    f = lambda s: f"{s['avAP']:.3f} | {s['AP50']:.3f} | {s['n_pred']} / {s['n_true']}"  # noqa: E731
     lines = ["", "### Results", "",
              f"`PYTHONPATH=. python benchmarks/fluo_real.py --evaluate {res['checkpoint']}"
              + (f" --before {res['before']}`" if res.get("before") else "`")
@@ -244,11 +242,11 @@ def results_text(res: dict) -> str:
              "| crop (test slab) | method | avAP | AP-50 | predicted / GT |", "|---|---|---|---|---|"]  # fmt: skip
     for name, r in res["crops"].items():
         z = f"z {r['test_slab'][0]}–{r['test_slab'][1]}"
-        lines.append(f"| {name} ({z}) | **fluo** (synthetic + real training slabs) | {f(r['fluo'])} |")
+        lines.append(f"| {name} ({z}) | **fluo** (synthetic + real training slabs) | {score_cells(r['fluo'])} |")
         if "fluo_before" in r:
-            lines.append(f"| | first fluo (synthetic only) | {f(r['fluo_before'])} |")
-        lines.append(f"| | Otsu + watershed, tuned on this crop's validation slab | {f(r['baseline_tuned'])} |")
-        lines.append(f"| | Otsu + watershed, default | {f(r['baseline_default'])} |")
+            lines.append(f"| | first fluo (synthetic only) | {score_cells(r['fluo_before'])} |")
+        lines.append(f"| | Otsu + watershed, tuned on this crop's validation slab | {score_cells(r['baseline_tuned'])} |")
+        lines.append(f"| | Otsu + watershed, default | {score_cells(r['baseline_default'])} |")
     return "\n".join(lines)
 
 

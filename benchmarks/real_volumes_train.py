@@ -192,6 +192,17 @@ def train_row(cfg: dict) -> dict:
     return row
 
 
+def score_cells(s: dict) -> str:
+    """``avAP | AP-50 | predicted / true`` table cells of a :func:`scores` row."""
+    return f"{s['avAP']:.3f} | {s['AP50']:.3f} | {s['n_pred']} / {s['n_true']}"
+
+
+def training_line(res: dict) -> str:
+    """Where and how long a seed sweep's ``--run`` trained, and the load around it."""
+    return (f"`--run` on {res['machine']}: training {res['train_wall_s'] / 60:.1f} min wall for the three seeds; load average "
+            f"{tuple(round(x, 2) for x in res['load_start'])} at start, {tuple(round(x, 2) for x in res['load_end'])} at end.")  # fmt: skip
+
+
 def seed_table(seeds: list[dict], selected: int) -> list[str]:
     """Markdown rows of a seed sweep (:func:`train_row` rows), the selected seed marked."""
     lines = ["| seed | validation AP-50 | validation avAP | tuned thresholds | CPU-min |", "|---|---|---|---|---|"]
