@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aux_task_real import ARMS  # noqa: E402
 from fluo_real import run_checkpoint  # noqa: E402
-from real_volumes_train import DATASETS, REAL, prepare, score_cells, scores, protocol_then_run, seed_table, slab_config, slabs, train_row, training_line, tune_baseline  # noqa: E402
+from real_volumes_train import DATASETS, REAL, prepare, method_table, scores, protocol_then_run, seed_table, slab_config, slabs, train_row, training_line, tune_baseline  # noqa: E402
 
 STEM = "cross_finetune"
 SOURCE, TARGET = "bbbc050", "gonuclear"
@@ -136,11 +136,7 @@ def results_text(res: dict) -> str:
     names = {"finetuned": "**`fluo_synth` fine-tuned on BBBC050**", "fluo_synth": "`fluo_synth` as shipped",
              "baseline_tuned": "Otsu + watershed, tuned on BBBC050 validation, unscaled",
              "baseline_size_matched": "Otsu + watershed, tuned, size-matched", "baseline_default": "Otsu + watershed, defaults"}  # fmt: skip
-    lines += ["", f"Whole GoNuclear crop, `--diameter {res['d_test_um']:.2f}` for the networks:", "",
-              "| method | avAP | AP-50 | predicted / true |", "|---|---|---|---|"]  # fmt: skip
-    for tag in ("finetuned", "fluo_synth", "baseline_tuned", "baseline_size_matched", "baseline_default"):
-        s = r[tag]
-        lines.append(f"| {names[tag]} | {score_cells(s)} |")
+    lines += ["", f"Whole GoNuclear crop, `--diameter {res['d_test_um']:.2f}` for the networks:", "", *method_table(r, names)]
     lines += ["| 3-label + cpv from scratch on BBBC050 (`cross_real_bbbc050.md`, mean of 3 seeds, unscaled; quoted) | 0.266 | 0.186 | |", "",
               f"**Verdict: the split is {'won' if res['wins'] else 'not won'}.**", ""]  # fmt: skip
     return "\n".join(lines)

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aux_task_real import ARMS  # noqa: E402
 from fluo_real import run_checkpoint  # noqa: E402
-from real_volumes_train import DATASETS, PATCH, REAL, prepare, score_cells, scores, protocol_then_run, seed_table, slab_config, slabs, train_row, training_line, tune_baseline  # noqa: E402
+from real_volumes_train import DATASETS, PATCH, REAL, prepare, method_table, scores, protocol_then_run, seed_table, slab_config, slabs, train_row, training_line, tune_baseline  # noqa: E402
 
 STEM = "finetune_real"
 DATASET = "bbbc050"
@@ -126,10 +126,7 @@ def results_text(res: dict) -> str:
              *seed_table(res["seeds"], res["selected"])]  # fmt: skip
     names = {"finetuned": "**`fluo` fine-tuned on the train slab**", "fluo_diameter": f"`fluo` as shipped, `--diameter {res['diameter_um']:.1f}`",
              "baseline_tuned": "Otsu + watershed, tuned on the validation slab", "baseline_default": "Otsu + watershed, defaults"}  # fmt: skip
-    lines += ["", "Test slab:", "", "| method | avAP | AP-50 | predicted / true |", "|---|---|---|---|"]
-    for tag in ("finetuned", "fluo_diameter", "baseline_tuned", "baseline_default"):
-        s = r[tag]
-        lines.append(f"| {names[tag]} | {score_cells(s)} |")
+    lines += ["", "Test slab:", "", *method_table(r, names)]
     lines += ["| 3-label + cpv from scratch (`real_volumes.md`, quoted) | 0.278 | 0.505 | 1 / 2 |", "",
               f"**Verdict: fine-tuning {'wins' if res['wins'] else 'does not win'} this split.**", ""]  # fmt: skip
     return "\n".join(lines)

@@ -197,6 +197,12 @@ def score_cells(s: dict) -> str:
     return f"{s['avAP']:.3f} | {s['AP50']:.3f} | {s['n_pred']} / {s['n_true']}"
 
 
+def method_table(rows: dict, names: dict) -> list[str]:
+    """A markdown table of :func:`scores` rows: one per key of ``names`` (tag -> label), in its order."""
+    return ["| method | avAP | AP-50 | predicted / true |", "|---|---|---|---|",
+            *(f"| {label} | {score_cells(rows[tag])} |" for tag, label in names.items())]  # fmt: skip
+
+
 def training_line(res: dict) -> str:
     """Where and how long a seed sweep's ``--run`` trained, and the load around it."""
     return (f"`--run` on {res['machine']}: training {res['train_wall_s'] / 60:.1f} min wall for the three seeds; load average "
