@@ -161,8 +161,9 @@ def test_segment_blockwise_equals_whole_volume(geo, halo, seed, decoder, kind, r
     st.tuples(*[st.integers(0, 3)] * 3),
     st.sampled_from([0.125, 0.25, 0.5]),
     st.integers(0, 2**16),
+    st.one_of(st.none(), st.tuples(*[st.integers(0, 3)] * 3)),
 )
-def test_predict_blockwise_equals_predict_array(geo, valid, margin, overlap, seed):
+def test_predict_blockwise_equals_predict_array(geo, valid, margin, overlap, seed, grow):
     from blockseg.models import save_checkpoint
     from blockseg.models.tiny import TinyConvNet
     from blockseg.predict import predict, predict_array
@@ -178,10 +179,15 @@ def test_predict_blockwise_equals_predict_array(geo, valid, margin, overlap, see
             img = create_volume(Path(tmp) / "img.zarr", shape, np.uint8, (1.0, 1.0, 1.0), chunks)
             img.array[:] = image
             save_checkpoint(Path(tmp) / "m.pt", model, normalisation=norm)
+            # the inference patch: "auto" (None), or an explicit one grown from the training patch by
+            # whole divisors (not aligned with the blocks: tiles straddle them)
+            geo_net = model.geometry
+            patch = "auto" if grow is None else tuple(o + g * d + 2 * c for o, g, d, c in
+                                                      zip(geo_net.output_patch, grow, geo_net.divisor, geo_net.crop))  # fmt: skip
             rep = predict(img.path, Path(tmp) / "m.pt", Path(tmp) / "o.zarr", block_shape=block, overlap=overlap,
-                          progress=False, torch_threads=1)  # fmt: skip
+                          patch=patch, progress=False, torch_threads=1)  # fmt: skip
             got = {c: v.array[:] for c, v in open_predictions(Path(tmp) / "o.zarr").items()}
-        # default inference patch "auto": the reference runs the patch and lattice predict chose
+        # the reference runs the patch and lattice predict chose
         ref = predict_array(model, image, normalisation=norm, overlap=overlap, patch=rep.plan.lattice.patch,
                             snap=rep.plan.lattice_snap)  # fmt: skip
     finally:
