@@ -249,6 +249,7 @@ def run_blocks(
     progress: bool = True,
     retries: int = 1,
     voxels: Sequence[int] | None = None,
+    retried: list[int] | None = None,
 ) -> list[Any]:
     """Run ``func(block_id)`` for every block id as dask tasks; return results in id order.
 
@@ -271,6 +272,10 @@ def run_blocks(
         Times a failed task is retried (a lost worker is always recovered by dask).
     voxels : sequence of int, optional
         Voxels of each block, in ``block_ids`` order: progress in voxels, rate and ETA.
+    retried : list, optional
+        Filled with the ids of the blocks whose task ran more than once (it failed, or its
+        worker was lost, and ran again): a stage's report says so. Every block task is
+        idempotent, so a retry never changes a result.
 
     Raises
     ------
@@ -290,7 +295,17 @@ def run_blocks(
     with bar as advance:
         if client is None:
             for b in ids:
-                results[b] = _named_task(func, name, b)
+                for attempt in range(retries + 1):  # as dask would: a failed task runs again
+                    try:
+                        results[b] = _named_task(func, name, b)
+                        break
+                    except (BlocksegError, MemoryError):
+                        raise  # the input or the settings are wrong: running again cannot help
+                    except Exception:
+                        if attempt == retries:
+                            raise
+                        if retried is not None:
+                            retried.append(b)
                 advance(position[b])
         else:
             from distributed import as_completed
@@ -312,7 +327,24 @@ def run_blocks(
             except BaseException:
                 client.cancel(futures)
                 raise
+            if retried is not None:
+                retried.extend(sorted(index[k] for k in _rerun_keys(client, list(index))))
     return [results[b] for b in ids]
+
+
+def _rerun_keys(client, keys: list[str]) -> set[str]:
+    """The keys the scheduler sent to a worker more than once (a retry after an error, or a
+    rerun after a lost worker), from its transition log."""
+    starts: dict[str, int] = {}
+    try:
+        story = client.story(*keys, on_error="ignore")
+    except Exception:  # a scheduler without the story API: report nothing rather than fail the run
+        return set()
+    wanted = set(keys)
+    for event in story:  # (source, key, start, finish, ...): the scheduler's sends to a worker
+        if len(event) > 3 and event[0] == "scheduler" and event[1] in wanted and event[3] == "processing":
+            starts[event[1]] = starts.get(event[1], 0) + 1
+    return {k for k, n in starts.items() if n > 1}
 
 
 def block_voxels(grid, block_ids: Iterable[int]) -> list[int]:
@@ -360,7 +392,11 @@ def task_failure(exc: BaseException) -> str | None:
         return None
     worker = getattr(exc, "blockseg_worker", None)
     where = f"{task} on worker {worker}" if worker else task
-    if isinstance(exc, OSError) and exc.strerror:
+    from .access import explain
+
+    if explain(exc) is not None:  # object storage refused the worker, damaged metadata
+        what = explain(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
         what = exc.strerror + (f": {exc.filename}" if exc.filename else "")
     elif isinstance(exc, BlocksegError):
         what = str(exc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import uuid
 import shutil
 
 import numpy as np
@@ -92,7 +93,7 @@ def write_bytes(path: str, data: bytes) -> None:
     Local files are written beside and renamed into place; an object store's put is atomic.
     """
     if not is_url(path):
-        tmp = f"{path}.tmp-{os.getpid()}"
+        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # two attempts of one task may overlap
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -45,7 +45,6 @@ import functools
 import json
 import math
 import os
-import pickle
 import uuid
 import time
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..cluster import block_voxels, run_blocks
 from ..errors import BlocksegError
+from ..faults import fault_point
 from ..grid import BlockGrid, Interface
 from ..io import create_volume
 from ..storage import free_space, is_url, listdir, load_npz, makedirs, read_bytes, remove_file, remove_tree, save_npz, write_bytes
@@ -182,8 +182,11 @@ def _seed_task(block_id: int, job: _Job):
         cc, fg, dtype.type(grid.id_offset(block_id)), dtype.type(_fg_code(dtype)), code, counts, first,
         np.asarray(block.origin, dtype=np.int64), np.asarray(grid.shape, dtype=np.int64),
     )  # fmt: skip
+    fault_point("segment.seeds:before", block=block_id)
     seeds_out[block.core] = code
+    fault_point("segment.seeds:between", block=block_id)
     job.array("height")[block.core] = height
+    fault_point("segment.seeds:after", block=block_id)
     ids = np.arange(1, n + 1, dtype=np.uint64) + grid.id_offset(block_id)
     return ids, counts[1:], first[1:]
 
@@ -228,7 +231,9 @@ def _relabel_task(block_id: int, job: _Job, dst: str, table_dir: str):
     mapping[0] = 0
     out = fastremap.remap(_final_labels(job, block_id), mapping, preserve_missing_labels=False, in_place=True)
     target = zarr.open_array(dst, mode="r+")
+    fault_point("segment.relabel:before", block=block_id)
     target[core] = out.astype(target.dtype, copy=False)
+    fault_point("segment.relabel:after", block=block_id)
 
 
 def _global_seeds(job: _Job, grid: BlockGrid, region: tuple[slice, ...], compact: bool = False):
@@ -301,8 +306,36 @@ def _pieces_dir(job: _Job, block_id: int) -> str:
     return os.path.join(job.work_path, "pieces", str(block_id))
 
 
-def _load_pieces(job: _Job, block_id: int, rnd: int) -> dict:
-    return pickle.loads(read_bytes(os.path.join(_pieces_dir(job, block_id), f"{rnd}.pkl")))
+_PIECE_PARTS = ("lab", "lev", "dist")
+
+
+def _save_pieces(job: _Job, block_id: int, rnd: int, pieces: Mapping[str, tuple[np.ndarray, ...]]) -> None:
+    """Publish a run's pieces as one immutable npz (plain arrays: reading it runs no code)."""
+    arrays = {f"{name}.{part}": a for name, parts in pieces.items() for part, a in zip(_PIECE_PARTS, parts)}
+    save_npz(os.path.join(_pieces_dir(job, block_id), f"{rnd}.npz"), **arrays)
+
+
+def _load_pieces(job: _Job, block_id: int, rnd: int) -> dict[str, tuple[np.ndarray, ...]]:
+    arrays = load_npz(os.path.join(_pieces_dir(job, block_id), f"{rnd}.npz"))
+    names = sorted({k.rsplit(".", 1)[0] for k in arrays})
+    return {n: tuple(arrays[f"{n}.{part}"] for part in _PIECE_PARTS) for n in names}
+
+
+def _round_of(name: str) -> int | None:
+    """The round a work file or folder belongs to (``3``, ``3.npz``), None for a temporary one."""
+    stem = name[:-4] if name.endswith(".npz") else name
+    return int(stem) if stem.isdigit() else None
+
+
+def _remove_older(folder: str, than: int) -> None:
+    """Delete the files and folders of rounds before ``than`` (and temporaries left by a killed
+    attempt of those rounds); no task of round ``than`` or later reads them."""
+    for f in listdir(folder):
+        rnd = _round_of(f)
+        rnd = rnd if rnd is not None else _round_of(f.split(".")[0])
+        if rnd is not None and rnd < than:
+            path = os.path.join(folder, f)
+            remove_tree(path) if os.path.isdir(path) else remove_file(path)
 
 
 def _read_shell(job: _Job, grid: BlockGrid, block_id: int, outer, dtype, last_run: Mapping[int, int]):
@@ -339,8 +372,9 @@ def _save_state(state_dir: str, rnd: int, state) -> None:
     if is_url(state_dir):
         save_npz(os.path.join(state_dir, f"{rnd}.npz"), **dict(zip(_STATE_KEYS, state)))
         return
-    tmp, final = os.path.join(state_dir, f"{rnd}.tmp"), os.path.join(state_dir, str(rnd))
-    remove_tree(tmp)
+    # the temporary name is unique: two attempts of one task may run at once (a worker taken
+    # for lost still finishing); both write the same arrays
+    tmp, final = os.path.join(state_dir, f"{rnd}.tmp-{uuid.uuid4().hex[:12]}"), os.path.join(state_dir, str(rnd))
     os.makedirs(tmp)
     for k, a in zip(_STATE_KEYS, state):
         np.save(os.path.join(tmp, f"{k}.npy"), a)
@@ -348,12 +382,14 @@ def _save_state(state_dir: str, rnd: int, state) -> None:
     os.rename(tmp, final)
 
 
-def _load_state(state_dir: str) -> tuple[int, tuple]:
-    """The latest saved solution of a region and its round. Any saved one is a valid start for
-    the update (its shell keys are >= today's); a retried task may find its own round's. Locally
+def _load_state(state_dir: str, upto: int | None = None) -> tuple[int, tuple]:
+    """The latest saved solution of a region from a round ``<= upto`` (any round when None) and
+    its round. A run of round ``r`` asks for ``upto`` = the block's previous run, never for its
+    own round: a retried attempt must start from what the first attempt started from, not from
+    what that attempt saved (it would then update nothing and publish stale pieces). Locally
     the arrays are copy-on-write memory maps: an update that touches little reads little."""
-    names = listdir(state_dir)
-    rnd = max(int(n.split(".")[0]) for n in names if n.split(".")[0].isdigit() and not n.endswith(".tmp"))
+    rounds = [r for r in map(_round_of, listdir(state_dir)) if r is not None and (upto is None or r <= upto)]
+    rnd = max(rounds)
     if is_url(state_dir):
         saved = load_npz(os.path.join(state_dir, f"{rnd}.npz"))
         return rnd, tuple(saved[k] for k in _STATE_KEYS)
@@ -385,6 +421,7 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
     prev = last_run.get(block_id)
     state_dir = os.path.join(job.work_path, "state", str(block_id))
     fg_core = None
+    where = dict(round=rnd, block=block_id)
     if prev is None:  # round 1: nothing published yet, the shell is unreached
         height = job.array("height")[outer]
         seeds, fg = _global_seeds(job, grid, outer)
@@ -392,27 +429,29 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
         del height, seeds
         work, fg_core = int(fg.size), int(fg[inner].sum())
         makedirs(state_dir)
+        fault_point("segment.state:before", **where)
         _save_state(state_dir, rnd, state)
-        keep, core_changed = rnd, True
-    else:  # later rounds: update the latest saved solution (it holds height and seeds too)
-        saved, old = _load_state(state_dir)
+        fault_point("segment.state:after", **where)
+        start, core_changed = rnd, True
+    else:  # later rounds: update the solution the block's previous run left (height, seeds too)
+        start, old = _load_state(state_dir, upto=prev)
         shell = _read_shell(job, grid, block_id, outer, old[0].dtype, last_run)
         _, lev, dist, state, moved = keyed_update(old, shell, with_labels=False)
         work = int(moved.size)
         if moved.size:  # the region changed: keep its new solution (an older one stays valid
-            _save_state(state_dir, rnd, state)  # as a start, as any earlier shell's does)
-            keep = rnd
-        else:
-            keep = saved
+            fault_point("segment.state:before", **where)  # as a start, as any earlier shell's does)
+            _save_state(state_dir, rnd, state)
+            fault_point("segment.state:after", **where)
         pz, pr = np.divmod(moved, state[0].shape[1] * state[0].shape[2])
         py, px = np.divmod(pr, state[0].shape[2])
         core_changed = bool(np.any(
             (pz >= inner[0].start + 2) & (pz < inner[0].stop + 2) & (py >= inner[1].start + 2)
             & (py < inner[1].stop + 2) & (px >= inner[2].start + 2) & (px < inner[2].stop + 2)
         ))  # fmt: skip
-    for f in listdir(state_dir):  # older solutions are read by nobody any more
-        if f.split(".")[0] != str(keep):
-            (remove_file if is_url(state_dir) else remove_tree)(os.path.join(state_dir, f))
+    # Idempotent by construction: every input above (the solution of round <= prev, the pieces
+    # of the neighbours' runs before this round) was written in an earlier round and is deleted
+    # only by a later one, so any attempt of this task computes the same state and pieces.
+    _remove_older(state_dir, start)  # solutions before the one this run started from: read by nobody
     folder = _pieces_dir(job, block_id)
     makedirs(folder)
     old = _load_pieces(job, block_id, prev) if prev is not None else {}
@@ -437,11 +476,11 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
             if name in old and name in pieces and all(np.array_equal(a, b) for a, b in zip(old[name], pieces[name])):
                 continue
             changed.add(int(name.split("_")[0]))
-    write_bytes(os.path.join(folder, f"{rnd}.pkl"), pickle.dumps(pieces, protocol=5))
-    # files older than the previous run are read by nobody any more
-    for f in listdir(folder):
-        if f not in (f"{rnd}.pkl", f"{prev}.pkl"):
-            remove_file(os.path.join(folder, f))
+    fault_point("segment.pieces:before", **where)
+    _save_pieces(job, block_id, rnd, pieces)
+    fault_point("segment.pieces:after", **where)
+    if prev is not None:  # this round's readers read this run's or the previous run's pieces
+        _remove_older(folder, prev)
     return sorted(changed), fg_core, work
 
 
@@ -538,6 +577,9 @@ class SegmentReport:
         updates) / volume voxels.
     seconds : dict
         Wall time per pass.
+    retried : dict
+        Blocks whose task ran more than once (it failed or its worker was lost), per pass:
+        ``{"watershed-round-3": [2]}``. Every task is idempotent: the output is the same.
     decoder : dict
         The decoder, its parameters and where each came from
         (:meth:`blockseg.segment.params.DecoderChoice.provenance`).
@@ -556,6 +598,7 @@ class SegmentReport:
     flood_amplification: float = 0.0
     seconds: dict = field(default_factory=dict)
     decoder: dict = field(default_factory=dict)
+    retried: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -703,7 +746,14 @@ def segment(
     ids = list(grid.block_ids)
     report = SegmentReport(final_path, f"{final_path}/instances.csv", halo=list(halo), block_shape=list(grid.block_shape),
                            decoder=choice.provenance())  # fmt: skip
-    run = partial(run_blocks, block_ids=ids, client=client, progress=progress, voxels=block_voxels(grid, ids))
+
+    def run(func, name, block_ids=ids):
+        again: list[int] = []
+        out = run_blocks(func, block_ids, client=client, name=name, progress=progress,
+                         voxels=block_voxels(grid, block_ids), retried=again)  # fmt: skip
+        if again:
+            report.retried[name] = sorted(again)
+        return out
 
     def timed(name, t0):
         report.seconds[name] = round(time.perf_counter() - t0, 3)
@@ -729,11 +779,8 @@ def segment(
         rnd += 1
         if rnd > _MAX_ROUNDS:  # the fixed point is reached in finitely many rounds (see .exact)
             raise BlocksegError(f"segment: no fixed point after {_MAX_ROUNDS} exchange rounds (a bug; please report)")
-        res = run_blocks(
-            partial(_flood_task, job=job, rnd=rnd, last_run=dict(last_run)), pending, client=client,
-            name="watershed" if rnd == 1 else f"watershed-round-{rnd}", progress=progress,
-            voxels=block_voxels(grid, pending),
-        )  # fmt: skip
+        name = "watershed" if rnd == 1 else f"watershed-round-{rnd}"
+        res = run(partial(_flood_task, job=job, rnd=rnd, last_run=dict(last_run)), name, pending)
         woken: set[int] = set()
         for b, r in zip(pending, res):
             woken.update(r[0])
