@@ -111,6 +111,7 @@ def create_predictions(
     chunks: Sequence[int] | None = None,
     kinds: Mapping[str, str] | None = None,
     overwrite: bool = False,
+    complete: bool | None = None,
 ) -> dict[str, Volume]:
     """Create an empty prediction store with one volume per channel.
 
@@ -129,6 +130,10 @@ def create_predictions(
         Scaling kind per channel; default from :func:`channel_kind`.
     overwrite : bool
         Replace an existing store.
+    complete : bool, optional
+        Record the store as unfinished (``False``: ``predict`` fills it block by block and
+        marks it complete at the end, :func:`mark_complete`); readers refuse an unfinished
+        store (:func:`open_predictions`). None records nothing: the caller fills it at once.
 
     Returns
     -------
@@ -157,7 +162,8 @@ def create_predictions(
             raise BlocksegError(f"channel {c} holds raw values: store it as float16 or float32, not {dtypes[c]}")
     _prepare_destination(path, overwrite)
     group = zarr.open_group(path, mode="w")
-    group.attrs["blockseg"] = {"predictions": {"channels": list(channels), "kinds": kinds}}
+    meta = {"channels": list(channels), "kinds": kinds, **({} if complete is None else {"complete": bool(complete)})}
+    group.attrs["blockseg"] = {"predictions": meta}
     out = {}
     for c in channels:
         out[c] = create_volume(
@@ -167,15 +173,19 @@ def create_predictions(
 
 
 def open_predictions(
-    path: str | os.PathLike, channels: Sequence[str] | None = None, mode: str = "r"
+    path: str | os.PathLike, channels: Sequence[str] | None = None, mode: str = "r", unfinished_ok: bool = False
 ) -> dict[str, Volume]:
     """Open a prediction store; return ``{channel: Volume}`` (``mode="r+"`` to write into it).
+
+    An unfinished store (``predict`` interrupted: its ``complete`` flag is False) is refused
+    unless ``unfinished_ok`` (``blockseg info`` shows it): its channels hold zeros where blocks
+    are missing, and segmenting them would count nothing there without a word.
 
     Raises
     ------
     BlocksegError
-        If the store is missing, is not a prediction store, lacks a requested channel, or its
-        channels disagree in shape.
+        If the store is missing, is not a prediction store, is unfinished, lacks a requested
+        channel, or its channels disagree in shape.
     """
     path = str(path)
     _check_exists(path)
@@ -186,6 +196,8 @@ def open_predictions(
     meta = dict(group.attrs.get("blockseg", {})).get("predictions")
     if not meta:
         raise BlocksegError(f"{path}: not a blockseg prediction store (no blockseg.predictions attribute)")
+    if not unfinished_ok and meta.get("complete") is False:
+        raise BlocksegError(_unfinished_message(path))
     names = list(meta["channels"])
     wanted = names if channels is None else list(channels)
     missing = [c for c in wanted if c not in names]
@@ -196,6 +208,53 @@ def open_predictions(
     if len(set(shapes.values())) > 1:
         raise BlocksegError(f"{path}: channels differ in shape {shapes}")
     return out
+
+
+def blocks_done(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(done, total)`` of ``predict``'s per-block done-markers in a store (None without them)."""
+    from .predict.engine import DONE_ARRAY
+
+    try:
+        markers = zarr.open_array(f"{str(path).rstrip('/')}/{DONE_ARRAY}", mode="r")[...]
+    except Exception:  # a store written at once (save_predictions), or no markers yet
+        return None
+    return int(np.count_nonzero(markers)), int(markers.size)
+
+
+def _unfinished_message(path: str) -> str:
+    counts = blocks_done(path)
+    done = f"blocks done: {counts[0]} of {counts[1]}" if counts else "blocks done: none recorded"
+    if counts and counts[0] == counts[1]:
+        done += ", its multiscale levels unfinished"
+    return f"{path}: unfinished prediction store ({done}); rerun predict to resume it"
+
+
+def check_complete(path: str | os.PathLike) -> None:
+    """Refuse (one line, :class:`BlocksegError`) a prediction store ``predict`` has not finished.
+
+    Reads the ``complete`` flag, and for stores written before the flag existed, ``predict``'s
+    done-markers (one read per block: call it once, on the driver, not in every task).
+    """
+    path = str(path)
+    try:
+        group = zarr.open_group(path, mode="r")
+        meta = dict(dict(group.attrs.get("blockseg", {})).get("predictions") or {})
+    except Exception:
+        return  # open_predictions says what is wrong with it
+    if meta.get("complete") is False:
+        raise BlocksegError(_unfinished_message(path))
+    if "complete" not in meta and meta.get("run"):
+        counts = blocks_done(path)
+        if counts is not None and counts[0] < counts[1]:
+            raise BlocksegError(_unfinished_message(path))
+
+
+def mark_complete(path: str | os.PathLike) -> None:
+    """Record a prediction store as complete (``predict``, once every block and level is written)."""
+    group = zarr.open_group(str(path), mode="r+")
+    attrs = dict(group.attrs["blockseg"])
+    attrs["predictions"] = {**dict(attrs["predictions"]), "complete": True}
+    group.attrs["blockseg"] = attrs
 
 
 def prediction_kind(volume: Volume, name: str) -> str:

@@ -183,16 +183,21 @@ def _rich_bar(counter: _Counter, size: Callable[[int], int]):
         yield advance
 
 
-def reuse_summary(blocks: int, computed: int, voxels: int, computed_voxels: int) -> str:
+def reuse_summary(blocks: int, computed: int, voxels: int, computed_voxels: int, reused_pass1: int = 0) -> str:
     """What a (resumed) run reused and computed, in words.
 
     ``reuse_summary(4, 1, 4096, 1024)`` ->
     ``"resumed: reused 3 of 4 blocks (3.07 k of 4.1 k voxels) done before; computed 1 block (1.02 k voxels)"``.
+
+    ``reused_pass1``: blocks among the ``computed`` ones whose network pass an interrupted run
+    had finished (only their exchange with neighbours was left): said, not counted as network work.
     """
     reused, reused_vox = blocks - computed, voxels - computed_voxels
     plural = lambda n: "block" if n == 1 else "blocks"  # noqa: E731
     done = f"computed {computed} {plural(computed)} ({human_voxels(computed_voxels)} voxels)"
-    if reused == 0:
+    if reused_pass1:
+        done += f", reusing the network outputs of {reused_pass1} of them from the interrupted run"
+    if reused == 0 and not reused_pass1:
         return done
     if computed == 0:
         return f"nothing to do: all {blocks} {plural(blocks)} ({human_voxels(voxels)} voxels) were done before"

@@ -161,7 +161,7 @@ def predictions_summary(path: str) -> dict:
 
     from .predictions import open_predictions, prediction_kind
 
-    vols = open_predictions(path)
+    vols = open_predictions(path, unfinished_ok=True)  # info shows how far an unfinished store got
     attrs = _blockseg_attrs(path)["predictions"]
     first = next(iter(vols.values()))
     channels = []
@@ -188,6 +188,7 @@ def predictions_summary(path: str) -> dict:
         "bytes_uncompressed": int(sum(v.array.nbytes for v in vols.values())),
         "decoder": attrs.get("decoder"),
         "blocks_done": done,
+        "complete": attrs.get("complete"),
         "run": {k: run.get(k) for k in ("image", "checkpoint_sha256", "patch", "patch_choice", "lattice_snap", "overlap", "blending", "tta", "mc_samples", "block_shape") if k in run},
     }
 
@@ -211,7 +212,9 @@ def _render_predictions(s: dict) -> list[str]:
         lines.append("  decoder: none stored (segment uses the decoder's defaults)")
     if s.get("blocks_done"):
         a, b = s["blocks_done"]
-        lines.append(f"  blocks done: {a} of {b}" + ("" if a == b else " (unfinished: rerun predict to resume)"))
+        unfinished = a != b or s.get("complete") is False
+        more = "" if a != b or not unfinished else ", multiscale levels unfinished"
+        lines.append(f"  blocks done: {a} of {b}{more}" + (" (unfinished: rerun predict to resume)" if unfinished else ""))
     r = s.get("run") or {}
     if r:
         mode = (r.get("patch_choice") or {}).get("mode")

@@ -528,6 +528,7 @@ def _run(cfg, layout, from_stage, only, overwrite, client, log, choice) -> RunRe
                 rec = _read_record(layout, stage) if act == "skip" else None
                 result.stages[stage] = {"action": "skipped" if act == "skip" else "disabled", **(rec or {})}
                 continue
+            _check_predecessor(layout, stage, fps, actions)
             log(f"[{stage}] {'resuming' if act == 'resume' else 'running'} ...")
             rec = {"stage": stage, "fingerprint": fps[stage], "status": "running", "started": now()}
             write_json_atomic(layout.stage_record(stage), rec)
@@ -545,7 +546,7 @@ def _run(cfg, layout, from_stage, only, overwrite, client, log, choice) -> RunRe
                 from .progress import reuse_summary
 
                 shape = out["plan"]["shape"]
-                log(f"[{stage}] {reuse_summary(out['blocks'], out['computed'], int(np.prod(shape)), out['voxels'])}")
+                log(f"[{stage}] {reuse_summary(out['blocks'], out['computed'], int(np.prod(shape)), out['voxels'], out.get('reused_pass1', 0))}")
         ev = result.stages.get("evaluate", {})
         result.evaluation = ev.get("result") if ev.get("status") == "done" else None
 
@@ -554,6 +555,27 @@ def _run(cfg, layout, from_stage, only, overwrite, client, log, choice) -> RunRe
     finally:
         _write_provenance(cfg, layout, history)
     return result
+
+
+def _check_predecessor(layout: RunLayout, stage: str, fps: dict[str, str], actions: dict[str, str]) -> None:
+    """Refuse to start ``stage`` unless the stage before it is recorded complete for this config.
+
+    The stage loop runs them in order, so this holds unless a record changed under the run
+    (another process, a hand edit): a stage never reads an input its producer did not finish.
+    """
+    k = STAGES.index(stage)
+    if k == 0:
+        return
+    before = STAGES[k - 1]
+    if actions.get(before) == "disabled":
+        return
+    rec = _read_record(layout, before)
+    if rec is None or rec.get("status") != "done" or rec.get("fingerprint") != fps[before]:
+        state = "missing" if rec is None else ("for another config" if rec.get("fingerprint") != fps[before] else rec.get("status"))
+        raise BlocksegError(
+            f"[{stage}] the {before} stage is not complete ({layout.stage_record(before)}: {state}); "
+            f"rerun without --only to redo it"
+        )
 
 
 def ap_table(evaluation: dict) -> str:

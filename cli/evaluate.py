@@ -68,6 +68,11 @@ def register(subparsers) -> None:
     p.add_argument("--merge-threshold", type=float, default=0.5, help="GT fraction a prediction must cover to count in a merge")
     p.add_argument("--split-threshold", type=float, default=0.5, help="prediction fraction inside a GT to count in a split")
     p.add_argument("--no-png", action="store_true", help="do not draw ap_vs_iou.png")
+    p.add_argument(
+        "--labels-anyway", action="store_true",
+        help="score --gt / --pred as labels even when they do not look like instance labels (a prediction store's "
+        "channel, or a volume whose neighbouring voxels mostly differ, as in a raw image, is refused otherwise)",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace the reports of an earlier evaluation in --out")
     add_cluster_options(p)
     p.set_defaults(func=run)
@@ -120,9 +125,9 @@ def run(args: argparse.Namespace) -> int:
     from blockseg.safety import prepare_output
 
     inputs = args.gt + args.pred + (args.mask or []) + [p for p in (args.scores, args.points) if p]
+    for k in range(n):  # shapes, dtypes and label-likeness before any cluster starts
+        check_inputs(args.gt[k], args.pred[k], args.mask[k] if args.mask else None, labels_anyway=args.labels_anyway)
     prepare_output(args.out, inputs, args.overwrite, what="report folder")  # before any cluster starts
-    for k in range(n):  # shapes and dtypes before any cluster starts
-        check_inputs(args.gt[k], args.pred[k], args.mask[k] if args.mask else None)
     a, b = args.size_ranges
     ranges = {"small": (0, a), "medium": (a, b), "large": (b, float("inf"))}
     scores = _scores(args.scores, args.score_column) if args.scores else None

@@ -149,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
 
         from blockseg.progress import reuse_summary
 
-        summary = reuse_summary(report.blocks, report.computed, math.prod(report.plan.shape), report.voxels)
+        summary = reuse_summary(report.blocks, report.computed, math.prod(report.plan.shape), report.voxels,
+                                getattr(report, "reused_pass1", 0))  # fmt: skip
         print(
             f"{summary} -> {report.output}; {report.seconds:.1f} s ({report.voxels_per_second / 1e6:.2f} M voxels/s)",
             file=sys.stderr,

@@ -69,13 +69,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockseg.predictions import open_predictions
+    from blockseg.predictions import check_complete, open_predictions
     from blockseg.segment import segment
     from blockseg.segment.params import choose_decoder, store_decoder
 
     args.predictions, args.output = absolute(args.predictions), absolute(args.output)
     block_shape, halo = zyx(args.block_shape, "--block-shape"), zyx(args.halo, "--halo")
-    open_predictions(args.predictions)  # a missing store or a foreign folder: one line, here
+    open_predictions(args.predictions)  # a missing store, a foreign folder, an unfinished store: one line, here
+    check_complete(args.predictions)  # stores written before the complete flag: their done-markers
     choice = choose_decoder(
         args.decoder, args.preset, dict(args.param), store_decoder(args.predictions), stored_label="store",
         user_label="user", use_stored=not args.no_stored_params,

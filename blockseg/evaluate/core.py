@@ -142,9 +142,18 @@ def _block_samples(
     return idx, data[tuple(local.T)]
 
 
-def check_inputs(gt: str, pred: str, mask: str | None = None) -> None:
-    """Open the volumes and check dtypes and shapes (raises :class:`BlocksegError`)."""
-    _check_volumes(_open(str(gt)), _open(str(pred)), None if mask is None else _open(str(mask)))
+def check_inputs(gt: str, pred: str, mask: str | None = None, labels_anyway: bool = False) -> None:
+    """Open the volumes and check dtypes and shapes (raises :class:`BlocksegError`).
+
+    ``gt`` and ``pred`` must also look like instance labels, not a raw image or a probability
+    map (:func:`.labelcheck.check_label_volume`), unless ``labels_anyway``.
+    """
+    from .labelcheck import check_label_volume
+
+    g, p = _open(str(gt)), _open(str(pred))
+    check_label_volume(g, "--gt", labels_anyway)
+    check_label_volume(p, "--pred", labels_anyway)
+    _check_volumes(g, p, None if mask is None else _open(str(mask)))
 
 
 def _check_volumes(gt, pred, mask) -> None:

@@ -49,7 +49,7 @@ from ..errors import BlocksegError
 from ..grid import BlockGrid, default_block_shape
 from ..io import _is_url, open_volume
 from ..models.base import BlocksegNet, build_model, load_checkpoint, normalise, read_checkpoint
-from ..predictions import create_predictions, describe_dtypes, encode_channel, plan_store
+from ..predictions import create_predictions, describe_dtypes, encode_channel, mark_complete, plan_store
 from ..provenance import file_digest
 from .kernels import quantise
 from .infer import (
@@ -740,6 +740,9 @@ class PredictReport:
     seconds: float
     voxels: int
     plan: PredictPlan
+    #: blocks of ``computed`` whose network pass an interrupted run had finished (only their
+    #: exchange with neighbours was left to do): reused, not recomputed
+    reused_pass1: int = 0
 
     @property
     def voxels_per_second(self) -> float:
@@ -983,7 +986,9 @@ def predict(
     out_path = output.begin()
     if markers is None:
         done = pass1 = np.zeros(grid.grid_shape, dtype=np.uint8)
-        create_predictions(out_path, keep, shape, dtypes, vol.voxel_size, chunk_shape, {c: kinds[c] for c in keep})
+        # marked unfinished until every block and level is written: segment refuses it until then
+        create_predictions(out_path, keep, shape, dtypes, vol.voxel_size, chunk_shape, {c: kinds[c] for c in keep},
+                           complete=False)  # fmt: skip
         group = zarr.open_group(out_path, mode="r+")
         attrs = dict(group.attrs["blockseg"])
         # the checkpoint's tuned decoder travels with the data: segment's defaults (segment.params)
@@ -1041,6 +1046,7 @@ def predict(
     elif client is None and device == "cuda":
         resolve_device("cuda")  # fail fast, in this process
     stats = []
+    reused_pass1 = 0
     if plan.todo:
         from ..cluster import block_voxels, run_blocks
 
@@ -1054,6 +1060,7 @@ def predict(
         for i in second:
             first.update(j for j, _ in strip_sources(lattice, grid, i) if j not in kept)
         first = sorted(first)
+        reused_pass1 = len(set(plan.todo) - set(first))
         if not kept and not scaling:  # made here, so tasks write chunks only (resampled blocks exchange nothing)
             _create_scratch(job, layouts)
         stats = run_blocks(partial(predict_block_scaled if scaling else predict_block, job), first, client, name="predict", resources=resources,
@@ -1066,6 +1073,7 @@ def predict(
 
     for c in keep:  # part of the output: a rerun after an interruption here rebuilds it
         finish_volume(f"{out_path.rstrip('/')}/{c}", levels=pyramid_levels, client=client)
+    mark_complete(out_path)
     output.commit()
     seconds = time.perf_counter() - t0
     return PredictReport(
@@ -1077,6 +1085,7 @@ def predict(
         seconds=seconds,
         voxels=sum(math.prod(grid[i].shape) for i in plan.todo),
         plan=plan,
+        reused_pass1=reused_pass1,
     )
 
 
