@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import Any, Sequence
 
-import numba
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from ._jit import njit
 from .errors import BlocksegError
 from .grid import BlockGrid, default_block_shape
 from .io import DEFAULT_CHUNKS, create_label_volume, create_volume, open_volume, parse_voxel_size
@@ -298,7 +298,7 @@ def nucleus_table(params: SynthParams) -> NucleusTable:
 
 
 # ----------------------------------------------------------------------------- kernels
-@numba.njit(cache=True, inline="always")
+@njit(inline="always")
 def _mix(h):
     # splitmix64 finaliser
     h ^= h >> np.uint64(30)
@@ -309,7 +309,7 @@ def _mix(h):
     return h
 
 
-@numba.njit(cache=True, inline="always")
+@njit(inline="always")
 def _hash01(seed, a, b, c):
     off = np.int64(1) << np.int64(32)  # keep coordinates positive before the cast
     h = _mix(np.uint64(seed) + np.uint64(0x9E3779B97F4A7C15))
@@ -319,7 +319,7 @@ def _hash01(seed, a, b, c):
     return (h >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@numba.njit(cache=True, inline="always")
+@njit(inline="always")
 def _smooth(p):
     """Integer cell and smoothstep weight of a lattice coordinate."""
     i = int(math.floor(p))
@@ -327,7 +327,7 @@ def _smooth(p):
     return i, f * f * (3.0 - 2.0 * f)
 
 
-@numba.njit(cache=True, inline="always")
+@njit(inline="always")
 def _trilinear(c000, c001, c010, c011, c100, c101, c110, c111, fz, fy, fx):
     c00 = c000 + fx * (c001 - c000)
     c01 = c010 + fx * (c011 - c010)
@@ -338,7 +338,7 @@ def _trilinear(c000, c001, c010, c011, c100, c101, c110, c111, fz, fy, fx):
     return c0 + fz * (c1 - c0)
 
 
-@numba.njit(cache=True)
+@njit
 def _value_noise_kernel(origin, shape, scale, seed, out):
     """Smooth value noise in [0, 1): hashed lattice values, smoothstep-interpolated.
 
@@ -371,7 +371,7 @@ def _value_noise_kernel(origin, shape, scale, seed, out):
                 )  # fmt: skip
 
 
-@numba.njit(cache=True)
+@njit
 def _value_noise_points(points, scale, seed, out):
     """:func:`_value_noise_kernel` evaluated at single voxels ``points`` (n, 3)."""
     for p in range(points.shape[0]):
@@ -396,7 +396,7 @@ def _value_noise(origin, shape, scale_vox, seed) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True)
+@njit
 def _white_noise_kernel(origin, seed, out):
     """Approximately standard normal noise per voxel (sum of 4 hashed uniforms)."""
     for z in range(out.shape[0]):
@@ -409,7 +409,7 @@ def _white_noise_kernel(origin, seed, out):
                 out[z, y, x] = (s - 2.0) * 1.7320508075688772  # var of the sum is 4/12
 
 
-@numba.njit(cache=True)
+@njit
 def _paint_kernel(origin, centre, inv_axes, lo, hi, ids, vs, warp, roughness, labels, d1, d2):
     """Assign voxels to the nucleus of smallest normalised distance (< 1); keep the 2nd best."""
     sz, sy, sx = labels.shape

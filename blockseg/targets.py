@@ -54,10 +54,10 @@ from functools import partial
 from typing import Mapping, Sequence
 
 import fastremap
-import numba
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._jit import njit
 from .errors import BlocksegError
 
 #: NucMM defaults for the tanh distance target
@@ -152,7 +152,7 @@ def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------- centres
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _centre_sums_kernel(lab, out):
     nz, ny, nx = lab.shape
     for z in range(nz):
@@ -399,7 +399,7 @@ def bcd_targets(
 
 
 # ---------------------------------------------------------------------------------- cpv
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _cpv_kernel(compact, centres, origin, oz, oy, ox):
     nz, ny, nx = compact.shape
     for z in range(nz):
@@ -518,7 +518,7 @@ def affinity_target(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 # ---------------------------------------------------------------------------------- gauss, density
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _splat_kernel(out, origin, centres, sigma, radius, rmax, normalise, use_max):
     """Separable blobs: per centre, 1-D profiles per axis, then their outer product over the
     window's part inside ``out`` (max or add)."""

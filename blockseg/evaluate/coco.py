@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-import numba
 import numpy as np
 
+from .._jit import njit
 from .overlaps import Overlaps
 
 #: COCO IoU thresholds 0.50:0.05:0.95
@@ -32,7 +32,7 @@ DEFAULT_SIZE_RANGES: dict[str, tuple[float, float]] = {
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
 
-@numba.njit(cache=True)
+@njit
 def _greedy(order, indptr, g_of_edge, iou_of_edge, threshold, gt_ignore):  # pragma: no cover - numba
     n_pred = len(indptr) - 1
     taken = np.zeros(len(gt_ignore), np.bool_)

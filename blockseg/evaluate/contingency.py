@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import numba
 import numpy as np
 
+from .._jit import njit
 from ..errors import BlocksegError
 
 _LOW32 = np.uint64(0xFFFFFFFF)
@@ -81,7 +81,7 @@ def _as_uint64(array: np.ndarray) -> np.ndarray:
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _grow(keys, used, count, sums, bits):  # pragma: no cover - compiled
     """Rehash the open-addressing table into twice the capacity."""
     bits += 1
@@ -104,7 +104,7 @@ def _grow(keys, used, count, sums, bits):  # pragma: no cover - compiled
     return nk, nu, nc, ns, bits
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _pair_counts(g, p, m, use_mask, row, row_coords, x0):  # pragma: no cover - compiled
     """Count voxels and sum coordinates per packed (g << 32 | p) key.
 

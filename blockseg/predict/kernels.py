@@ -15,11 +15,12 @@ thread keeps running while they do.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
+from .._jit import njit
 
-@numba.njit(cache=True, nogil=True)
+
+@njit(nogil=True)
 def _blend(acc, out, dst, src, n, wz, wy, wx):  # pragma: no cover - compiled
     wxs = wx[src[2] : src[2] + n[2]]
     for c in range(acc.shape[0]):
@@ -53,7 +54,7 @@ def blend_tile(acc: np.ndarray, out: np.ndarray, dst, src, n, weights) -> None:
     _blend(acc, out, np.asarray(dst, np.int64), np.asarray(src, np.int64), np.asarray(n, np.int64), *weights)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _quantise(values, dest, lo, shift, scale):  # pragma: no cover - compiled
     hi = np.float32(1.0)
     for i in range(values.shape[0]):

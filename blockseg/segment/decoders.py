@@ -28,14 +28,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar, Mapping
 
-import numba
 import numpy as np
 from scipy import ndimage as ndi
 
+from .._jit import njit
 from ..errors import BlocksegError
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _level(value, lo, scale):
     """``value`` mapped linearly from ``[lo, lo + 255 / scale]`` onto 0..255 (rounded, clipped)."""
     x = (value - lo) * scale
@@ -46,7 +46,7 @@ def _level(value, lo, scale):
     return np.uint8(np.rint(x))
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _quantise_kernel(values, lo, scale, out):
     v = values.ravel()
     o = out.ravel()
@@ -62,7 +62,7 @@ def quantise_height(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _bcd_kernel(b, c, d, seed_b, seed_c, seed_d, fg_b, fg_d, seeds, fg, height):
     bb, cc, dd = b.ravel(), c.ravel(), d.ravel()
     s, f, h = seeds.ravel(), fg.ravel(), height.ravel()
@@ -342,7 +342,7 @@ class CPVDecoder(Decoder):
 
     name: ClassVar[str] = "cpv"
     channels: ClassVar[tuple[str, ...]] = ("B", "cpv_z", "cpv_y", "cpv_x")
-    bounds: ClassVar[dict] = {**Decoder.bounds, "fg_b": (0.0, 1.0), "min_votes": (1, None), "max_vector": (0, None)}
+    bounds: ClassVar[dict] = {**Decoder.bounds, "fg_b": (0.0, 1.0), "min_votes": (1, None), "max_vector": (1, None)}
     integers: ClassVar[frozenset] = Decoder.integers | {"min_votes", "max_vector"}
     score_channel: ClassVar[str] = "B"
 

@@ -7,8 +7,9 @@ table is computed with sorting and ``reduceat``, never a loop over instances.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from .._jit import njit
 
 #: partial-statistics columns
 STAT_COLUMNS = (
@@ -24,7 +25,7 @@ def _empty() -> dict[str, np.ndarray]:
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _stats_kernel(labels, score, oz, oy, ox, n_max):
     nz, ny, nx = labels.shape
     index = np.full(n_max + 1, -1, dtype=np.int64)
