@@ -79,19 +79,34 @@ def kind_of(path: str) -> str:
         raise BlocksegError(f"{path}: no such file or directory")
     if os.path.isdir(bare) and os.path.isfile(os.path.join(bare, "run.json")):
         return "run"
-    if os.path.isfile(bare) and bare.endswith((".pt", ".pth", ".ckpt")):
+    if os.path.isfile(bare) and bare.endswith((".pt", ".pth", ".ckpt", ".onnx", ".ts", ".jit", ".torchscript")):
         return "checkpoint"
+    if os.path.isfile(bare) and bare.endswith((".yaml", ".yml", ".json")) and _is_sidecar(bare):
+        return "checkpoint"  # a foreign network's sidecar (blockseg.models.foreign)
     if bare == path and (_blockseg_attrs(bare).get("predictions") or {}).get("channels"):
         return "predictions"
     return "volume"  # image or labels: told apart once opened
 
 
+def _is_sidecar(path: str) -> bool:
+    """Whether a YAML / JSON file is a foreign network's sidecar (it names the network's outputs)."""
+    from .models.foreign import _read_sidecar
+
+    try:
+        return "outputs" in _read_sidecar(path)
+    except BlocksegError:
+        return False
+
+
 # ---------------------------------------------------------------------------- checkpoint
 def checkpoint_summary(path: str) -> dict:
     from .models import channels_of, read_checkpoint, resolve_checkpoint  # noqa: F401
+    from .models.foreign import is_foreign
     from .segment.params import checkpoint_decoder
 
     file = resolve_checkpoint(path)
+    if is_foreign(file):
+        return model_summary(file)
     payload = read_checkpoint(file)
     meta = payload.get("metadata") or {}
     from .models import build_model
@@ -152,6 +167,70 @@ def _render_checkpoint(s: dict) -> list[str]:
     v = s.get("validation")
     if v:
         lines.append("  validation: " + ", ".join(f"{k} {val:.3f}" if isinstance(val, float) else f"{k} {val}" for k, val in v.items()))
+    return lines
+
+
+def model_summary(path: str) -> dict:
+    """A foreign network (TorchScript / ONNX with its sidecar): what the engine will use of it."""
+    from .models import build_model
+    from .models.foreign import describe
+    from .segment.params import checkpoint_decoder
+
+    d = describe(path)
+    payload = d.payload()
+    net = build_model(payload["architecture"], **payload["config"])
+    out = {"kind": "model", "path": os.path.abspath(path), "bytes": _disk_bytes(d.weights), **d.to_dict()}
+    out["channels"] = list(net.channels)
+    out["kinds"] = dict(net.kinds)
+    out["parameters"] = int(sum(p.numel() for p in net.parameters()))
+    out["decoder"] = checkpoint_decoder(payload, d.weights)
+    from .segment import DECODERS
+
+    implied = next((name for name, dec in DECODERS.items() if set(dec.channels) <= set(net.channels)), None)
+    out["implied_decoder"] = (f"{implied} (the first decoder its channels feed; segment picks it)" if implied else
+                              "none reads these channels (predict stores them all)")  # fmt: skip
+    return out
+
+
+_TRUST = {
+    "torchscript": "TorchScript is a program: open only files from sources you trust",
+    "onnx": "ONNX is a data-only graph run by onnxruntime",
+}
+
+
+def _render_model(s: dict) -> list[str]:
+    src = s.get("sources") or {}
+    notes = s.get("notes") or {}
+
+    def tag(key: str) -> str:
+        note = notes.get(key)
+        return f" [{src.get(key, '?')}{': ' + note if note else ''}]"
+
+    n = s.get("normalisation")
+    if not n:
+        norm = "none: raw values are fed to the network"
+    elif n.get("scheme") == "percentile":
+        norm = f"percentile: each volume's {n['low']:g} % and {n['high']:g} % map to 0 and 1"
+    else:
+        norm = f"fixed map in raw units, (x - {n['offset']:.4g}) / {n['scale']:.4g}"
+    meaning = ", ".join(f"{i}: {o}" for i, o in enumerate(s["outputs"]))
+    stored = ", ".join(f"{c} ({s['kinds'][c]})" for c in s["channels"])
+    lines = [
+        f"{s['format']} network {s['weights']} ({_size(s['bytes'])}, {s['parameters']:,} parameters"
+        f"{'' if s['format'] == 'torchscript' else ' (in the graph)'}); sidecar {s['sidecar']}",
+        f"  trust: {_TRUST[s['format']]}",
+        f"  output channels: {meaning}{tag('outputs')}",
+        f"  stored as: {stored}; activation "
+        + ", ".join(f"{r} {a}" for r, a in s["activation"].items()) + tag("activation"),
+        f"  patch {_xyz(s['patch'])}{tag('patch')}",
+        f"  margin {_xyz(s['margin'])}{tag('margin')}",
+        f"  crop {_xyz(s['crop'])} per side (halo {_xyz(s['halo'])}){tag('crop')}; patch sizes multiples of "
+        f"{_xyz(s['divisor'])}{tag('divisor')}",
+        f"  normalisation: {norm}{tag('normalisation')}",
+        f"  voxel size: {_xyz(s['voxel_size']) + ' µm' if s.get('voxel_size') else 'not given'}{tag('voxel_size')}",
+    ]
+    d = s.get("decoder")
+    lines.append(f"  decoder: {d['name']} {_params(d['params'])} [sidecar]" if d else f"  decoder: {s['implied_decoder']}")
     return lines
 
 
@@ -394,6 +473,7 @@ def render(summary: dict) -> str:
     kind = summary["kind"]
     lines = {
         "checkpoint": _render_checkpoint,
+        "model": _render_model,
         "run": _render_run,
         "predictions": _render_predictions,
     }.get(kind, _render_volume)(summary)

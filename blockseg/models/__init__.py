@@ -19,6 +19,7 @@ from .identity import IdentityNet
 from .tiny import TinyConvNet
 from .plain import JointDetSegNet, ValidUNet3D
 from .unet import ResUNet3D
+from .foreign import ForeignNet, describe as describe_foreign, is_foreign
 
 
 from ..checkpoints import SHIPPED_CHECKPOINTS
@@ -82,6 +83,9 @@ __all__ = [
     "ResUNet3D",
     "ValidUNet3D",
     "JointDetSegNet",
+    "ForeignNet",
+    "describe_foreign",
+    "is_foreign",
     "kinds_of",
     "load_checkpoint",
     "normalise",

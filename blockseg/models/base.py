@@ -261,6 +261,10 @@ def read_checkpoint(path) -> dict:
     path = str(path)
     if not os.path.exists(path):
         raise BlocksegError(f"checkpoint {path} does not exist")
+    from .foreign import describe, is_foreign
+
+    if is_foreign(path):  # a TorchScript / ONNX network with its sidecar (blockseg.models.foreign)
+        return describe(path).payload()
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -275,7 +279,14 @@ def read_checkpoint(path) -> dict:
 
 
 def load_checkpoint(path, device: str | torch.device = "cpu") -> tuple[BlocksegNet, dict]:
-    """Rebuild a network from a checkpoint; return ``(model in eval mode on device, payload)``."""
+    """Rebuild a network from a checkpoint; return ``(model in eval mode on device, payload)``.
+
+    A TorchScript or ONNX network with its sidecar loads as a
+    :class:`blockseg.models.foreign.ForeignNet`."""
+    from .foreign import is_foreign, load_foreign
+
+    if is_foreign(path):
+        return load_foreign(path, device)
     payload = read_checkpoint(path)
     model = build_model(payload["architecture"], **payload["config"])
     try:

@@ -592,6 +592,8 @@ class PredictPlan:
     runtime: str = "eager"
     #: the grid the lattice tiles: the image's, or the network's when the input is resampled
     lattice_shape: tuple[int, ...] | None = None
+    #: a foreign network (TorchScript / ONNX with a sidecar): what it is and where its margin came from
+    model: str = ""
 
     @property
     def compute_factor(self) -> float:
@@ -617,6 +619,7 @@ class PredictPlan:
             f"{'resampled ' if self.lattice_shape else ''}voxel)",
             f"halo (read beyond the core, per side): {self.halo}",
             f"network runtime: {'torch.compile (inductor), compiled once per worker' if self.runtime == 'compile' else 'torch eager'}",
+            *([f"model: {self.model}"] if self.model else []),
             f"normalisation: {self.normalisation}",
             f"voxel size: {self.resampling}",
             ("partial sums exchanged between blocks: none (resampled: each block runs every tile reaching its core)"
@@ -640,6 +643,7 @@ class PredictPlan:
             "patch_choice": self.patch_choice.to_dict() if self.patch_choice else None,
             "lattice_snap": self.lattice_snap,
             "runtime": self.runtime,
+            **({"model": self.model} if self.model else {}),
             "halo": list(self.halo),
             "patches_total": self.patches_total,
             "compute_factor": round(self.compute_factor, 3),
@@ -688,6 +692,9 @@ def _activations_per_voxel(model: BlocksegNet, n_channels: int) -> int:
     """Values per input voxel a forward holds (the plan's memory model: every conv's outputs)."""
     from torch import nn
 
+    own = getattr(model, "activations_per_voxel", None)  # a foreign network counts its own (models.foreign)
+    if own is not None and (n := own()) is not None:
+        return max(int(n), n_channels)
     widths = sum(m.out_channels for m in model.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)))
     return max(widths, n_channels)
 
@@ -699,6 +706,10 @@ def _patch_choice(model, shape, block_shape, patch, overlap, batch_size, n_chann
     geo = model.geometry
     vox = resolve_overlap(overlap, geo.output_patch)
     mode = patch if isinstance(patch, str) or patch is None else _dims(patch, "patch")
+    if getattr(model, "fixed_patch", False):  # an ONNX graph with a fixed input shape runs its patch only
+        if mode not in ("auto", "train", None) and tuple(mode) != tuple(geo.input_patch):
+            raise BlocksegError(f"the network's input shape is fixed at {list(geo.input_patch)}: --patch must be that, auto or train")
+        return PatchChoice(geo.input_patch, "train", geo.input_patch, 0, "the network's fixed input shape (an ONNX graph without dynamic axes)")
     if mode == "auto":
         previous = _previous_patch_choice(out_path)
         if previous and previous.get("mode") == "auto":
@@ -885,6 +896,9 @@ def predict(
     options = InferenceOptions(batch_size, "cpu", tta, mc_samples, amp)
     check_options(model, options)
     check_runtime(runtime, device)
+    foreign = payload.get("foreign")  # a TorchScript / ONNX network with its sidecar (models.foreign)
+    if foreign and runtime != "eager":
+        raise BlocksegError(f"runtime {runtime!r} is for blockseg checkpoints; a {foreign['format']} network runs as it is (--runtime eager)")
     vol = open_volume(image_path)
     shape = vol.shape
     from ..normalise import resolve_volume
@@ -949,6 +963,8 @@ def predict(
         "voxel_size_source": vol.voxel_size_source,
         "normalisation": normalised.provenance(),
         "resampling": scaling.to_dict() if scaling else {"description": scale_why},
+        # a foreign network's sidecar and measured margin are part of the run (the digest above is the weights')
+        **({"model": {k: foreign[k] for k in ("format", "sha256", "outputs", "activation", "margin", "crop")}} if foreign else {}),
     }
     plan = PredictPlan(image_path, out_path, shape, grid, lattice, lattice.halo(), keep, kinds, describe_dtypes(dtypes),
                        patches_total, math.prod(lattice.n_tiles), mem, list(grid.block_ids))  # fmt: skip
@@ -960,6 +976,8 @@ def predict(
     plan.lattice_snap = snap
     plan.runtime = runtime
     plan.lattice_shape = tuple(scaling.net_shape) if scaling else None
+    if foreign:
+        plan.model = model.description.summary_line()
     # resampled blocks exchange nothing: their layouts mix the network's grid (region) and the
     # image's (core), so the box arithmetic below means nothing for them
     plan.scratch_bytes = 0 if scaling else (8 if dtype == "float32" else 4) * len(names) * sum(
