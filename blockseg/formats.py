@@ -237,7 +237,7 @@ def _open_zarr(path, mode, storage_options, level, channel, timepoint) -> Source
     try:
         node = zarr.open(path, mode=mode, storage_options=storage_options)
     except Exception as exc:  # zarr raises several types for "not zarr"
-        raise BlocksegError(f"{path}: not a zarr array or group ({type(exc).__name__})") from None
+        raise BlocksegError(_unopenable(path, exc, storage_options, "not a zarr array or group")) from None
     if isinstance(node, zarr.Array):
         if level not in (None, 0):
             raise BlocksegError(f"{path}: a plain zarr array has no pyramid levels; drop --level")
@@ -257,11 +257,39 @@ def _open_zarr(path, mode, storage_options, level, channel, timepoint) -> Source
             _check_chunks(node, view, path, dict(node.attrs))
         vs = node.attrs.get("voxel_size_um")
         return Source(view, None if vs is None else tuple(vs), f"zarr v{node.metadata.zarr_format} array", sel, [view.shape])
-    source = _open_ome_group(node, path, level, channel, timepoint)
+    try:
+        source = _open_ome_group(node, path, level, channel, timepoint)
+    except BlocksegError:
+        raise
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:  # metadata of the wrong shape
+        raise BlocksegError(f"{path}: OME-Zarr metadata is malformed ({_first_line(exc)})") from None
     if mode == "r":
         view = source.array
         _check_chunks(getattr(view, "base", view), view, path, node.attrs.asdict() if hasattr(node.attrs, "asdict") else dict(node.attrs))
     return source
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
+def _unopenable(path: str, exc: BaseException, storage_options: dict | None, what: str) -> str:
+    """One line for a zarr node that would not open: storage refused, metadata damaged, or ``what``."""
+    from .access import bad_metadata, storage_failure
+
+    return storage_failure(exc, path) or bad_metadata(path, storage_options) or f"{path}: {what} ({_first_line(exc)})"
+
+
+def _open_level(group, path: str, name) -> Any:
+    """The array of one pyramid level, or one line saying why it does not open."""
+    try:
+        return group[name]
+    except KeyError:
+        raise BlocksegError(f"{path}: multiscale level {name!r} is missing") from None
+    except Exception as exc:
+        level = f"{path.rstrip('/')}/{name}"
+        raise BlocksegError(_unopenable(level, exc, None, f"multiscale level {name!r} does not open as a zarr array")) from None
 
 
 def _check_chunks(array, view, path: str, attrs: dict) -> None:
@@ -325,10 +353,7 @@ def _open_ome_group(group, path: str, level, channel, timepoint) -> Source:
     if not 0 <= lvl < len(datasets):
         raise BlocksegError(f"{path}: --level {lvl} out of range (the pyramid has levels 0..{len(datasets) - 1})")
     ds = datasets[lvl]
-    try:
-        array = group[ds["path"]]
-    except KeyError:
-        raise BlocksegError(f"{path}: multiscale level {ds['path']!r} is missing") from None
+    array = _open_level(group, path, ds["path"])
     if "?" in names:
         raise BlocksegError(f"{path}: axes {[a.get('name') for a in axes]}; blockseg reads t, c, z, y, x")
     view, sel = select_axes(array, names, channel, timepoint, path)
@@ -349,7 +374,7 @@ def _open_ome_group(group, path: str, level, channel, timepoint) -> Source:
     def levels() -> list[tuple[int, ...]]:  # opened only when asked for (info), not per task
         shapes = []
         for d in datasets:
-            shp = group[d["path"]].shape
+            shp = _open_level(group, path, d["path"]).shape
             shapes.append(tuple(int(shp[names.index(a)]) for a in "zyx"))
         return shapes
 

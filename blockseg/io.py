@@ -223,6 +223,9 @@ def open_volume(
         if given[k] is None:
             given[k] = fragment.get(k)
     _check_exists(bare)
+    from .access import probe
+
+    probe(bare, storage_options)  # object storage: credentials, bucket and endpoint, in one line
     src = open_source(bare, mode, storage_options, **given)
     if src.array.ndim != 3:
         raise BlocksegError(f"{path}: expected a 3D (z, y, x) volume, got shape {tuple(src.array.shape)}")

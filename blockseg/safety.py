@@ -501,6 +501,10 @@ def prepare_output(
     path = str(path)
     inputs = [str(p) for p in inputs if p is not None]
     check_not_input([path, *extra], inputs)
+    if is_url(path):
+        from .access import probe
+
+        probe(path)  # no credentials, a missing bucket, no endpoint: one line before anything is written
     recover(path)  # local: rename back / delete leftovers; object storage: roll forward
     exists = _exists(path)
     kind = owned_kind(path) if exists else None

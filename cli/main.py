@@ -66,6 +66,7 @@ def _fail(args: argparse.Namespace, line: str, code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from blockseg.access import explain
     from blockseg.cluster import task_failure
 
     _one_line_warnings()
@@ -83,16 +84,24 @@ def main(argv: list[str] | None = None) -> int:
         line = task_failure(exc) or str(exc)
         return _fail(args, f"error: {line}", 2)
     except OSError as exc:  # disk full, permission denied, ... while reading or writing
-        line = task_failure(exc)
+        line = task_failure(exc) or explain(exc)
         if line is None:
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
             line = f"{exc.strerror or exc}{where}"
         return _fail(args, f"error: {line}", 2)
     except Exception as exc:
         line = task_failure(exc) or _killed_worker(exc)
+        if line is None:
+            line = explain(exc)  # object storage refused, a metadata file that does not parse
+            if line is not None:
+                return _fail(args, f"error: {line}", 2)
         if line is None:  # a bug: keep the traceback
             raise
         return _fail(args, f"error: {line}", 1)
+    finally:
+        from blockseg.safety import release_all_locks
+
+        release_all_locks()  # the outputs this command claimed (blockseg.safety.acquire_lock)
 
 
 def _killed_worker(exc: Exception) -> str | None:
