@@ -19,9 +19,11 @@ def register(sub) -> None:
         "stores: channels with kind and dtype, size, the decoder parameters stored with them, blocks done. "
         "Run directories: every stage's status and whether the next run redoes it, the evaluation. "
         "Checkpoints (.pt, or demo): architecture, parameter count, representations, patch, voxel size, "
-        "normalisation, the recommended decoder and its tuned thresholds, validation scores.",
+        "normalisation, the recommended decoder and its tuned thresholds, validation scores. TorchScript / ONNX networks "
+        "with a sidecar: what predict will use (output channels and their meaning, activation, patch, margin, normalisation, "
+        "voxel size) and where each came from (sidecar, measured, default, model).",
     )
-    p.add_argument("path", help="OME-Zarr image or labels, zarr array, TIFF / OME-TIFF, HDF5, npy, npz; a prediction store; a run directory; a checkpoint .pt or demo")
+    p.add_argument("path", help="OME-Zarr image or labels, zarr array, TIFF / OME-TIFF, HDF5, npy, npz; a prediction store; a run directory; a checkpoint .pt or demo; a TorchScript / ONNX network or its sidecar")
     p.add_argument("--key", help="array inside an npz / dataset inside an h5 (needed when there are several)")
     p.add_argument("--block", nargs="+", type=int, metavar="N", help="block shape to show the grid for (default: chosen)")
     p.add_argument("--halo", nargs="+", type=int, metavar="N", default=[0], help="halo: one value or Z Y X")

@@ -34,7 +34,7 @@ blockseg[onnx]``).
 input patch changes the outputs within the receptive radius of that voxel; the radius (per
 axis, the largest distance of a changed output voxel, over two impulse positions) becomes the
 margin, capped at half the output patch (a network whose response reaches the patch border,
-e.g. with instance normalisation, sees the whole patch anyway). The plan and ``blockseg info``
+through a large receptive field or instance normalisation, sees the whole patch anyway). The plan and ``blockseg info``
 say that the margin was measured, and what was found.
 """
 
@@ -655,7 +655,7 @@ def measure_margin(net, patch, crop, halo, divisor, where: str = "model") -> tup
     margin = tuple(min(r, c) for r, c in zip(radius, cap))
     note = f"impulse response on a {_xyz(patch)} patch: receptive radius {_xyz(radius)}"
     if any(reached):
-        note += " (the response reaches the patch border: the receptive field is at least the patch, e.g. instance normalisation)"
+        note += " (the response reaches the patch border: the receptive field is at least the patch, or a normalisation spans it)"
     if margin != tuple(radius):
         note += f", capped at half the output patch {_xyz(cap)}"
     return margin, note  # type: ignore[return-value]
