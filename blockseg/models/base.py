@@ -265,10 +265,9 @@ def read_checkpoint(path) -> dict:
 
     if is_foreign(path):  # a TorchScript / ONNX network with its sidecar (blockseg.models.foreign)
         return describe(path).payload()
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise BlocksegError(f"{path}: not a blockseg checkpoint ({type(e).__name__})") from None
+    from ..untrusted import load_plain
+
+    payload = load_plain(path, "blockseg checkpoint")  # tensors and plain data only: nothing in it can run
     if not isinstance(payload, dict) or payload.get("magic") != CHECKPOINT_MAGIC:
         raise BlocksegError(f"{path}: not a blockseg checkpoint")
     if payload.get("format") != CHECKPOINT_FORMAT:

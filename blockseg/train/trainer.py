@@ -38,6 +38,10 @@ log = logging.getLogger("blockseg.train")
 CHECKPOINT = "checkpoint.pt"
 RESUME = "resume.pt"
 LOG = "train_log.jsonl"
+#: marks a resume file as blockseg's; its format number (files before it had neither: same content)
+RESUME_MAGIC, RESUME_FORMAT = "blockseg-resume", 1
+#: what a resume file holds: optimiser, scheduler and scaler states, random states, the run's identity
+RESUME_KEYS = ("iteration", "optimizer", "scheduler", "scaler", "numpy_rng", "torch_rng", "model_config", "patch")
 
 
 @dataclass
@@ -52,6 +56,36 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------- helpers
+def read_resume(path) -> dict:
+    """Load and check a training resume file (``OUTPUT/resume.pt``) without running anything in it.
+
+    It is loaded as tensors and plain data only (:func:`blockseg.untrusted.load_plain`): a file
+    holding any other Python object -- which ``torch.load(weights_only=False)`` would have
+    executed -- is refused with one line saying why. Files written before resume files carried
+    :data:`RESUME_MAGIC` hold the same plain data and load too.
+
+    Raises
+    ------
+    BlocksegError
+        Refused (not plain data), not a blockseg resume file, or of another format.
+    """
+    from ..untrusted import load_plain
+
+    state = load_plain(path, "resume file")
+    if not isinstance(state, dict) or state.get("magic", RESUME_MAGIC) != RESUME_MAGIC:
+        raise BlocksegError(f"{path}: not a blockseg resume file")
+    if state.get("format", RESUME_FORMAT) != RESUME_FORMAT:
+        raise BlocksegError(f"{path}: resume file format {state.get('format')} is not supported (this blockseg reads format {RESUME_FORMAT})")
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise BlocksegError(f"{path}: not a blockseg resume file (no {', '.join(missing)})")
+    if not isinstance(state["iteration"], int) or not isinstance(state["torch_rng"], torch.Tensor) or not all(
+        isinstance(state[k], dict) for k in ("optimizer", "scheduler", "scaler", "numpy_rng")
+    ):
+        raise BlocksegError(f"{path}: a damaged blockseg resume file (entries of the wrong type)")
+    return state
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -529,6 +563,7 @@ def train(
     ckpt_path, resume_path = out / CHECKPOINT, out / RESUME
     if resume and not resume_path.exists():
         raise BlocksegError(f"cannot resume: {resume_path} does not exist")
+    state = read_resume(resume_path) if resume else None  # refused before anything is written
     if not resume and ckpt_path.exists():
         raise BlocksegError(f"{ckpt_path} exists; use --resume to continue it or choose another output")
     from ..safety import check_not_input
@@ -587,7 +622,6 @@ def train(
     rng = np.random.default_rng(cfg.seed)
     start = 0
     if resume:
-        state = torch.load(resume_path, map_location="cpu", weights_only=False)
         if state.get("model_config") != cfg.model.model_dump(mode="json") or state.get("patch") != list(cfg.patch):
             raise BlocksegError(f"{resume_path} belongs to a run with another model or patch")
         loaded, payload = load_checkpoint(ckpt_path, device)
@@ -597,11 +631,15 @@ def train(
                 for prm in getattr(model, n).parameters() if hasattr(model, n) else ():
                     prm.requires_grad_(False)
         model.to(memory_format=fmt).train()
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
+        try:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            rng.bit_generator.state = state["numpy_rng"]
+            torch.set_rng_state(state["torch_rng"])
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise BlocksegError(f"{resume_path}: does not fit this run's optimiser or random state ({first})") from None
         normalisation = payload["metadata"]["normalisation"]
         sampler.normalisation = volume_affines(normalisation, cfg.data.train)
         start = int(state["iteration"])
@@ -619,6 +657,8 @@ def train(
         save_checkpoint(tmp, model, **meta)
         os.replace(tmp, ckpt_path)
         state = {
+            "magic": RESUME_MAGIC,
+            "format": RESUME_FORMAT,
             "iteration": it,
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
@@ -629,7 +669,7 @@ def train(
             "patch": list(cfg.patch),
         }
         tmp = out / (RESUME + ".tmp")
-        torch.save(state, tmp)
+        torch.save(state, tmp)  # tensors and plain data only: read back with weights_only=True (read_resume)
         os.replace(tmp, resume_path)
 
     def write_log(rec: dict) -> None:
