@@ -8,8 +8,8 @@ exactly-once guarantee (``tests/test_faults.py``) set
 ``BLOCKSEG_FAULT``
     ``PATTERN=ACTION``: a shell-style pattern (:func:`fnmatch.fnmatchcase`) matched against the
     point's full name, and what to do there: ``raise`` (an :class:`OSError`, as a full disk or
-    a flaky object store gives) or ``kill`` (the process ends at once, as a worker lost to the
-    OOM killer or a pre-empted node).
+    a flaky object store gives) or ``kill`` (the process SIGKILLs itself, as a worker lost to the OOM
+    killer or a pre-empted node, or a driver killed by a scheduler).
 ``BLOCKSEG_FAULT_DIR``
     A folder that holds the *fired* marker: the fault fires once per folder, in whichever
     process reaches a matching point first (an exclusive create decides), so the retried task
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import signal
 
 __all__ = ["FaultInjected", "fault_point"]
 
@@ -62,7 +63,7 @@ def fault_point(name: str, **where: int) -> None:
     os.write(fd, full.encode())
     os.close(fd)
     if action == "kill":
-        os._exit(137)
+        os.kill(os.getpid(), signal.SIGKILL)
     if action == "raise":
         raise FaultInjected(f"injected fault at {full}")
     raise RuntimeError(f"BLOCKSEG_FAULT action must be 'raise' or 'kill', got {action!r}")

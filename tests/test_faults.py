@@ -112,3 +112,53 @@ def test_lost_update_regression_on_a_cluster(tube, armed, tmp_path, action):
     _same_as_reference(tmp_path / "seg.zarr", report, ref, table)
     assert len(report.rounds) == 9
     assert sum(len(b) for b in report.retried.values()) >= 1
+
+
+# ---------------------------------------------------------------------------- segment resume
+_DRIVER = """
+import sys
+from blockseg.segment import BCDDecoder, segment
+segment(sys.argv[1], sys.argv[2], BCDDecoder(min_seed_size=1, min_size=1), block_shape=(32, 32, 64), halo=8)
+"""
+
+
+def test_a_driver_killed_in_a_later_round_resumes_from_its_journal(tube, armed, tmp_path):
+    """SIGKILL the driver right after it journalled exchange round 3: the rerun reuses the
+    seed pass and three rounds (it runs only the rest) and writes the whole-volume result."""
+    import subprocess
+    import sys
+
+    pred, block, ref, table = tube
+    out = tmp_path / "seg.zarr"
+    fired = armed("segment.journal:after done=round round=3", "kill")
+    proc = subprocess.run([sys.executable, "-c", _DRIVER, str(pred), str(out)], capture_output=True, text=True,
+                          timeout=300, env=os.environ.copy())  # fmt: skip
+    assert proc.returncode == -9 and fired.exists(), proc.stderr[-2000:]
+    assert not out.exists() and (tmp_path / "seg.zarr.work" / "journal.json").exists()
+    os.environ.pop("BLOCKSEG_FAULT")
+    report = segment(pred, out, DECODER, block_shape=block, halo=8)
+    assert [r["round"] for r in report.rounds] == list(range(1, 10))
+    reused = sum(r["blocks"] for r in report.rounds[:3])
+    assert report.resumed == {"from": "round", "rounds": 3, "block_runs": reused} and reused >= 10
+    assert "seeds" not in report.seconds and not (tmp_path / "seg.zarr.work").exists()
+    _same_as_reference(out, report, ref, table)
+
+
+def test_a_driver_that_failed_after_the_seeds_resumes_them_and_other_settings_start_afresh(tube, armed, tmp_path):
+    pred, block, ref, table = tube
+    out = tmp_path / "seg.zarr"
+    armed("segment.journal:after done=seeds *", "raise")
+    with pytest.raises(FaultInjected):
+        segment(pred, out, DECODER, block_shape=block, halo=8)
+    report = segment(pred, out, DECODER, block_shape=block, halo=4)  # another plan: nothing reused
+    assert report.resumed == {}
+    _same_as_reference(out, report, ref, table)
+    for point, resumed in [("done=seeds *", {"from": "seeds", "rounds": 0, "block_runs": 0}),
+                           ("done=round round=1", {"from": "round", "rounds": 1, "block_runs": 8})]:  # fmt: skip
+        armed(f"segment.journal:after {point}", "raise").unlink(missing_ok=True)
+        with pytest.raises(FaultInjected):  # an existing output is replaced: --overwrite
+            segment(pred, out, DECODER, block_shape=block, halo=8, overwrite=True)
+        _same_as_reference(out, report, ref, table)  # the old output is untouched
+        report = segment(pred, out, DECODER, block_shape=block, halo=8, overwrite=True)
+        assert report.resumed == resumed
+        _same_as_reference(out, report, ref, table)

@@ -69,7 +69,7 @@ from ..predictions import decode_channel, open_predictions, prediction_kind
 from .decoders import BCDDecoder, Decoder
 from .exact import UNREACHED, keyed_flood, keyed_update
 from .stats import instance_table, partial_stats, reduce_stats, write_csv
-from ..safety import aborts_on_error
+from ..safety import aborts_on_error, prepare_output, prepare_work
 
 #: default halo in voxels per axis (a performance knob: any halo gives the same result)
 DEFAULT_HALO = 8
@@ -378,8 +378,12 @@ def _save_state(state_dir: str, rnd: int, state) -> None:
     os.makedirs(tmp)
     for k, a in zip(_STATE_KEYS, state):
         np.save(os.path.join(tmp, f"{k}.npy"), a)
-    remove_tree(final)
-    os.rename(tmp, final)
+    try:  # a complete solution of this round is never replaced (another attempt's is identical):
+        os.rename(tmp, final)  # no moment without one, for a reader of the next round
+    except OSError:
+        if not os.path.isdir(final):
+            raise
+        remove_tree(tmp)
 
 
 def _load_state(state_dir: str, upto: int | None = None) -> tuple[int, tuple]:
@@ -412,7 +416,8 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
     Nothing is written to the labels here: a block may run again, so its core is read from its
     last solution once, after the fixed point (:func:`_stats_task`, :func:`_relabel_task`).
     Returns (blocks whose shell changed, foreground voxels of the core (round 1 only, else
-    None), voxels flooded in round 1 or changed by the update)."""
+    None), voxels flooded in round 1 or changed by the update, the round of the solution the
+    block now stands on)."""
     grid = job.grid()
     block = grid[block_id]
     core = block.core
@@ -481,7 +486,8 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
     fault_point("segment.pieces:after", **where)
     if prev is not None:  # this round's readers read this run's or the previous run's pieces
         _remove_older(folder, prev)
-    return sorted(changed), fg_core, work
+    kept = rnd if prev is None or moved.size else start
+    return sorted(changed), fg_core, work, kept
 
 
 def _final_labels(job: _Job, block_id: int) -> np.ndarray:
@@ -580,6 +586,10 @@ class SegmentReport:
     retried : dict
         Blocks whose task ran more than once (it failed or its worker was lost), per pass:
         ``{"watershed-round-3": [2]}``. Every task is idempotent: the output is the same.
+    resumed : dict
+        Empty for a fresh run; after a killed run of the same plan, what its work directory
+        gave: ``from`` (the last finished step: ``seeds`` or ``round``), ``rounds`` and
+        ``block_runs`` reused.
     decoder : dict
         The decoder, its parameters and where each came from
         (:meth:`blockseg.segment.params.DecoderChoice.provenance`).
@@ -599,6 +609,7 @@ class SegmentReport:
     seconds: dict = field(default_factory=dict)
     decoder: dict = field(default_factory=dict)
     retried: dict = field(default_factory=dict)
+    resumed: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -691,7 +702,7 @@ def segment(
     block_shape : int or sequence of int, optional
         Core shape of a block; a multiple of the prediction chunks (default: about 16 M voxels).
     halo : int or sequence of int, optional
-        Context flooded around each core (default 24). A performance knob only: any value,
+        Context flooded around each core (default :data:`DEFAULT_HALO`, 8). A performance knob only: any value,
         0 included and larger than the blocks, gives the same result; more halo means fewer
         exchange rounds and more voxels read and flooded per block. Never clipped.
     max_halo : None
@@ -701,7 +712,10 @@ def segment(
     overwrite : bool
         Replace an existing output.
     keep_work : bool
-        Keep the work directory ``OUT.work`` (intermediate seeds and labels).
+        Keep the work directory ``OUT.work`` (intermediate seeds and labels). A run that
+        stops early (a crash, a killed driver, Ctrl-C) always leaves it: the next run with the
+        same predictions and settings continues from its journal (finished passes and
+        exchange rounds are reused; ``SegmentReport.resumed`` says what).
     progress : bool
         Show progress bars.
     pyramid_levels : int, optional
@@ -718,69 +732,216 @@ def segment(
         For a missing or incomplete prediction store, a bad geometry or an existing output.
     """
     t_start = time.perf_counter()
-    choice = _decoder_choice(decoder, str(pred_path))
-    decoder = choice.decoder
-    if max_halo is not None:
-        raise BlocksegError(
-            "max_halo is gone: segment is exact at any halo (the halo only sets speed); drop --max-halo"
-        )
-    pred_path, out_path = str(pred_path), str(out_path).rstrip("/")
-    vols = open_predictions(pred_path, decoder.channels)
-    first = vols[decoder.channels[0]]
-    grid = first.grid(block_shape)
-    halo = _as_triple(DEFAULT_HALO if halo is None else halo, "halo")
-    check_work_space(out_path, grid, halo)
-    from ..safety import prepare_output, prepare_work, swap_work
+    plan = plan_segment(pred_path, out_path, decoder, block_shape, halo, max_halo)
+    check_work_space(plan.out_path, plan.grid, plan.halo)
+    output = prepare_output(plan.out_path, [plan.pred_path], overwrite, extra=[plan.work_path])
+    target = output.begin()  # a replacement is written beside the old one, then swapped in
+    report = SegmentReport(plan.out_path, f"{plan.out_path}/instances.csv", halo=list(plan.halo),
+                           block_shape=list(plan.grid.block_shape), decoder=plan.choice.provenance())  # fmt: skip
+    driver = _Driver(plan, _open_work(plan, report), report, client, progress)
+    if driver.journal.get("done") is None:
+        _seed_pass(driver)
+    _watershed_pass(driver)
+    final = _statistics_pass(driver)
+    _write_labels(driver, target, final, pyramid_levels)
+    report.seconds["total"] = round(time.perf_counter() - t_start, 3)
+    zarr.open_group(target, mode="r+").attrs["blockseg_report"] = json.loads(json.dumps(report.to_dict()))
+    if not keep_work:
+        remove_tree(plan.work_path)
+    output.commit()
+    return report
 
-    output = prepare_output(out_path, [pred_path], overwrite, extra=[out_path + ".work"])
-    final_path, out_path = out_path, output.begin()  # a replacement is written beside the old one
-    work = prepare_work(out_path + ".work")
-    kw = dict(shape=grid.shape, chunks=first.write_unit, fill_value=0, compressors=None)  # scratch: fast, not small
+
+# ---------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class SegmentPlan:
+    """What a segment run will do, from metadata alone (nothing is read or written).
+
+    Attributes
+    ----------
+    pred_path, out_path : str
+        The prediction store and the label volume.
+    work_path : str
+        The work directory ``OUT.work`` (a driver killed mid-run leaves it, and a rerun with
+        the same plan continues from its journal).
+    choice : DecoderChoice
+        The decoder, its parameters and their sources.
+    grid : BlockGrid
+        Block cores (the halo is added per block, never clipped).
+    halo : tuple of int
+        Context flooded around each core.
+    kinds : tuple of (str, str)
+        Each decoder channel and how its values are scaled.
+    id_dtype : numpy dtype
+        Seed ids while stitching (uint32 when every block-offset id fits).
+    voxel_size, chunks, shards
+        Copied onto the label volume.
+    """
+
+    pred_path: str
+    out_path: str
+    work_path: str
+    choice: object
+    grid: BlockGrid
+    halo: tuple[int, int, int]
+    kinds: tuple[tuple[str, str], ...]
+    id_dtype: type
+    voxel_size: tuple
+    chunks: tuple
+    shards: tuple | None
+
+    @property
+    def decoder(self) -> Decoder:
+        return self.choice.decoder
+
+    def signature(self) -> dict:
+        """What a work directory must have been made by to be continued: the same stored
+        predictions (their metadata files as written: a rewritten store differs), decoder,
+        blocks, halo and blockseg version."""
+        from .. import __version__
+
+        return json.loads(json.dumps({
+            "blockseg": __version__, "predictions": _store_stamp(self.pred_path, [c for c, _ in self.kinds]),
+            "decoder": [self.decoder.name, self.decoder.params()], "shape": self.grid.shape,
+            "block_shape": self.grid.block_shape, "chunks": self.grid.chunk_shape, "halo": self.halo,
+            "id_dtype": np.dtype(self.id_dtype).name,
+        }))  # fmt: skip
+
+
+def plan_segment(pred_path, out_path, decoder=None, block_shape=None, halo=None, max_halo=None) -> SegmentPlan:
+    """The plan of :func:`segment` (same parameters), from metadata reads only; raises
+    :class:`BlocksegError` (one line) for anything :func:`segment` would refuse up front."""
+    if max_halo is not None:
+        raise BlocksegError("max_halo is gone: segment is exact at any halo (the halo only sets speed); drop --max-halo")
+    choice = _decoder_choice(decoder, str(pred_path))
+    pred_path, out_path = str(pred_path), str(out_path).rstrip("/")
+    vols = open_predictions(pred_path, choice.decoder.channels)
+    first = vols[choice.decoder.channels[0]]
+    grid = first.grid(block_shape)
     # block-offset ids are at most len(grid) * block_voxels: uint32 when that fits below the
     # foreground code (the largest value)
     id_dtype = np.uint32 if len(grid) * grid.block_voxels < 2**32 - 1 else np.uint64
-    zarr.create_array(f"{work}/seeds", dtype=id_dtype, **kw)
-    zarr.create_array(f"{work}/height", dtype=np.uint8, **kw)
-    kinds = tuple((c, prediction_kind(vols[c], c)) for c in decoder.channels)
-    job = _Job(pred_path, work, grid.shape, grid.block_shape, halo, first.write_unit, decoder, kinds, uuid.uuid4().hex)
-    ids = list(grid.block_ids)
-    report = SegmentReport(final_path, f"{final_path}/instances.csv", halo=list(halo), block_shape=list(grid.block_shape),
-                           decoder=choice.provenance())  # fmt: skip
+    return SegmentPlan(
+        pred_path, out_path, out_path + ".work", choice, grid, _as_triple(DEFAULT_HALO if halo is None else halo, "halo"),
+        tuple((c, prediction_kind(vols[c], c)) for c in choice.decoder.channels), id_dtype, first.voxel_size,
+        first.array.chunks, getattr(first.array, "shards", None),
+    )  # fmt: skip
 
-    def run(func, name, block_ids=ids):
+
+def _store_stamp(pred_path: str, channels: Sequence[str]) -> list:
+    """Modification stamps of a store's metadata files (root and channels)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(pred_path)
+    out = []
+    for part in ("", *channels):
+        try:
+            info = fs.info(f"{root.rstrip('/')}/{part + '/' if part else ''}zarr.json")
+        except (OSError, ValueError):
+            out.append(None)
+            continue
+        out.append(str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("size")))
+    return out
+
+
+# ---------------------------------------------------------------------------- driver
+@dataclass
+class _Driver:
+    """One run's driver: runs a pass's block tasks (recording retries), times the passes and
+    keeps the journal of what is finished (``WORK/journal.json``, rewritten whole after every
+    pass and exchange round: a rerun of a killed driver continues from it)."""
+
+    plan: SegmentPlan
+    job: _Job
+    report: SegmentReport
+    client: object = None
+    progress: bool = False
+    journal: dict = field(default_factory=dict)
+    _t: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self):
+        self.journal = _read_journal(self.job.work_path)
+
+    def run(self, func, name: str, block_ids: Sequence[int] | None = None) -> list:
+        ids = list(self.plan.grid.block_ids) if block_ids is None else list(block_ids)
         again: list[int] = []
-        out = run_blocks(func, block_ids, client=client, name=name, progress=progress,
-                         voxels=block_voxels(grid, block_ids), retried=again)  # fmt: skip
+        out = run_blocks(func, ids, client=self.client, name=name, progress=self.progress,
+                         voxels=block_voxels(self.plan.grid, ids), retried=again)  # fmt: skip
         if again:
-            report.retried[name] = sorted(again)
+            self.report.retried[name] = sorted(again)
         return out
 
-    def timed(name, t0):
-        report.seconds[name] = round(time.perf_counter() - t0, 3)
-        return time.perf_counter()
+    def timed(self, name: str) -> None:
+        now = time.perf_counter()
+        self.report.seconds[name] = round(self.report.seconds.get(name, 0.0) + now - self._t, 3)
+        self._t = now
 
-    t = time.perf_counter()
-    seeds = run(partial(_seed_task, job=job), name="seeds")
-    edges = run(partial(_pairs_task, job=job), name="seed-pairs")
-    t = timed("seeds", t)
-    values, report.n_seeds = merge_seeds(
-        [s[0] for s in seeds], [s[1] for s in seeds], np.concatenate(edges), decoder.min_seed_size,
+    def record(self, **state) -> None:
+        self.journal = {**self.journal, **state}
+        write_bytes(_journal_path(self.job.work_path), json.dumps(self.journal).encode())
+        fault_point("segment.journal:after", done=self.journal["done"], round=self.journal.get("round", 0))
+
+
+def _journal_path(work: str) -> str:
+    return os.path.join(work, "journal.json")
+
+
+def _read_journal(work: str) -> dict:
+    try:
+        return json.loads(read_bytes(_journal_path(work)))
+    except (OSError, ValueError):
+        return {}
+
+
+def _open_work(plan: SegmentPlan, report: SegmentReport) -> _Job:
+    """The job of this run: the work directory an interrupted run of the same plan left
+    (its journal says how far it got), else a new one."""
+    signature, work = plan.signature(), plan.work_path
+    journal = _read_journal(work)
+    if journal.get("signature") == signature and journal.get("done"):
+        report.resumed = {"from": journal["done"], "rounds": int(journal.get("round", 0)),
+                          "block_runs": int(sum(r["blocks"] for r in journal.get("rounds", [])))}  # fmt: skip
+    else:
+        prepare_work(work)
+        kw = dict(shape=plan.grid.shape, chunks=plan.grid.chunk_shape, fill_value=0, compressors=None)  # scratch: fast
+        zarr.create_array(f"{work}/seeds", dtype=plan.id_dtype, **kw)
+        zarr.create_array(f"{work}/height", dtype=np.uint8, **kw)
+        write_bytes(_journal_path(work), json.dumps({"signature": signature, "done": None}).encode())
+    g = plan.grid
+    return _Job(plan.pred_path, work, g.shape, g.block_shape, plan.halo, g.chunk_shape, plan.decoder, plan.kinds,
+                uuid.uuid4().hex)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- passes
+def _seed_pass(d: _Driver) -> None:
+    """Seeds per block, joined across faces, numbered globally; one lookup table per block."""
+    seeds = d.run(partial(_seed_task, job=d.job), "seeds")
+    edges = d.run(partial(_pairs_task, job=d.job), "seed-pairs")
+    d.timed("seeds")
+    values, n_seeds = merge_seeds(
+        [s[0] for s in seeds], [s[1] for s in seeds], np.concatenate(edges), d.plan.decoder.min_seed_size,
         block_first=[s[2] for s in seeds],
     )  # fmt: skip
-    _write_tables(f"{work}/seed_tables", {b: (s[0], v) for b, s, v in zip(ids, seeds, values)})
-    t = timed("seed_merge", t)
+    ids = d.plan.grid.block_ids
+    _write_tables(f"{d.job.work_path}/seed_tables", {b: (s[0], v) for b, s, v in zip(ids, seeds, values)})
+    d.timed("seed_merge")
+    d.record(done="seeds", n_seeds=int(n_seeds), round=0, pending=list(ids), last_run={}, fg_count={}, flooded=0,
+             rounds=[])  # fmt: skip
 
-    # exchange rounds until no shell value changes (:mod:`.exact`); the driver holds only the
-    # per-block round numbers and statistics
-    last_run: dict[int, int] = {}
-    fg_count, flooded = {}, 0
-    pending, rnd = ids, 0
+
+def _watershed_pass(d: _Driver) -> None:
+    """Exchange rounds until no shell value changes (:mod:`.exact`); the driver holds only
+    the per-block round numbers and statistics, journalled after every round."""
+    j = d.journal
+    last_run = {int(b): r for b, r in j["last_run"].items()}
+    fg_count = {int(b): n for b, n in j["fg_count"].items()}
+    flooded, pending, rnd, rounds = j["flooded"], j["pending"], j["round"], list(j["rounds"])
     while pending:
         rnd += 1
         if rnd > _MAX_ROUNDS:  # the fixed point is reached in finitely many rounds (see .exact)
             raise BlocksegError(f"segment: no fixed point after {_MAX_ROUNDS} exchange rounds (a bug; please report)")
         name = "watershed" if rnd == 1 else f"watershed-round-{rnd}"
-        res = run(partial(_flood_task, job=job, rnd=rnd, last_run=dict(last_run)), name, pending)
+        res = d.run(partial(_flood_task, job=d.job, rnd=rnd, last_run=dict(last_run)), name, pending)
         woken: set[int] = set()
         for b, r in zip(pending, res):
             woken.update(r[0])
@@ -788,56 +949,60 @@ def segment(
                 fg_count[b] = r[1]
             flooded += r[2]
             last_run[b] = rnd
-        report.rounds.append({"round": rnd, "blocks": len(pending), "woken": len(woken)})
+            # the round is over: no attempt of it will start from an older solution again
+            _remove_older(os.path.join(d.job.work_path, "state", str(b)), r[3])
+        rounds.append({"round": rnd, "blocks": len(pending), "woken": len(woken)})
         pending = sorted(woken)
-    report.blocks_rerun = int(sum(r["blocks"] for r in report.rounds) - len(ids))
-    report.flood_amplification = round(flooded / float(np.prod(grid.shape)), 4)
-    report.foreground_voxels = int(sum(fg_count.values()))
-    t = timed("watershed", t)
+        d.record(done="round", round=rnd, pending=pending, last_run=last_run, fg_count=fg_count, flooded=flooded,
+                 rounds=rounds)  # fmt: skip
+    grid = d.plan.grid
+    d.report.n_seeds = d.journal["n_seeds"]
+    d.report.rounds = rounds
+    d.report.blocks_rerun = int(sum(r["blocks"] for r in rounds) - len(grid))
+    d.report.flood_amplification = round(flooded / float(np.prod(grid.shape)), 4)
+    d.report.foreground_voxels = int(sum(fg_count.values()))
+    d.timed("watershed")
 
-    parts = dict(zip(ids, run(partial(_stats_task, job=job), name="statistics")))
+
+def _statistics_pass(d: _Driver) -> dict:
+    """Per-instance statistics reduced over blocks; instances under ``min_size`` removed, the
+    rest numbered 1..N in seed order; one relabel table per block. Returns the final table."""
+    ids = list(d.plan.grid.block_ids)
+    parts = dict(zip(ids, d.run(partial(_stats_task, job=d.job), "statistics")))
     stats = reduce_stats([parts[b] for b in ids])
-    keep = stats["count"] >= decoder.min_size
-    report.n_removed_small = int((~keep).sum())
+    keep = stats["count"] >= d.plan.decoder.min_size
+    d.report.n_removed_small = int((~keep).sum())
     new_ids = np.zeros(stats["id"].size, dtype=np.uint64)
     new_ids[keep] = np.arange(1, keep.sum() + 1, dtype=np.uint64)
-    report.n_instances = int(keep.sum())
-    per_block = {}
-    for b in ids:
-        p = parts[b]
-        pos = np.searchsorted(stats["id"], p["id"])
-        per_block[b] = (p["id"], new_ids[pos])
-    tables = f"{work}/label_tables"
-    _write_tables(tables, per_block)
-    dtype = np.uint32 if report.n_instances < 2**32 - 1 else np.uint64
-    create_volume(
-        out_path, grid.shape, dtype, first.voxel_size, first.array.chunks,
-        shards=getattr(first.array, "shards", None), name="nuclei",
-        attributes={"segment": {"decoder": decoder.name, "params": decoder.params(), "params_source": choice.sources,
-                                "preset": choice.preset, "stored_decoder": choice.stored,
-                                "block_shape": list(grid.block_shape), "halo": list(halo)}},
-    )  # fmt: skip
-    run(partial(_relabel_task, job=job, dst=f"{out_path}/0", table_dir=tables), name="relabel")
+    d.report.n_instances = int(keep.sum())
+    per_block = {b: (parts[b]["id"], new_ids[np.searchsorted(stats["id"], parts[b]["id"])]) for b in ids}
+    _write_tables(f"{d.job.work_path}/label_tables", per_block)
     final = {c: v[keep] for c, v in stats.items()}
     final["id"] = new_ids[keep]
-    table = instance_table(final, first.voxel_size)
-    write_csv(table, f"{out_path}/instances.csv")
-    t = timed("relabel", t)
+    return final
+
+
+def _write_labels(d: _Driver, target: str, final: dict, pyramid_levels: int | None) -> None:
+    """The label volume (each core mapped through its table), its instance table and pyramid."""
     from ..pyramid import MAX_PROPERTIES, finish_volume
 
+    plan, report = d.plan, d.report
+    dtype = np.uint32 if report.n_instances < 2**32 - 1 else np.uint64
+    create_volume(
+        target, plan.grid.shape, dtype, plan.voxel_size, plan.chunks, shards=plan.shards, name="nuclei",
+        attributes={"segment": {"decoder": plan.decoder.name, "params": plan.decoder.params(),
+                                "params_source": plan.choice.sources, "preset": plan.choice.preset,
+                                "stored_decoder": plan.choice.stored, "block_shape": list(plan.grid.block_shape),
+                                "halo": list(plan.halo)}},
+    )  # fmt: skip
+    d.run(partial(_relabel_task, job=d.job, dst=f"{target}/0", table_dir=f"{d.job.work_path}/label_tables"), "relabel")
+    write_csv(instance_table(final, plan.voxel_size), f"{target}/instances.csv")
+    d.timed("relabel")
     props = None
     if report.n_instances <= MAX_PROPERTIES:
         props = [{"label-value": int(i), "voxels": int(n)} for i, n in zip(final["id"], final["count"])]
-    finish_volume(out_path, labels=True, levels=pyramid_levels, client=client, properties=props)
-    t = timed("pyramid", t)
-    report.seconds["total"] = round(time.perf_counter() - t_start, 3)
-    zarr.open_group(out_path, mode="r+").attrs["blockseg_report"] = json.loads(json.dumps(report.to_dict()))
-    if not keep_work:
-        remove_tree(work)
-    output.commit()
-    if keep_work and work != final_path + ".work":
-        swap_work(work, final_path + ".work")
-    return report
+    finish_volume(target, labels=True, levels=pyramid_levels, client=d.client, properties=props)
+    d.timed("pyramid")
 
 
 def segment_array(
