@@ -81,6 +81,136 @@ def default_memory_limit(n_workers: int) -> int:
     return int(psutil.virtual_memory().total * 0.9 / max(n_workers, 1))
 
 
+#: memory a dask worker holds before its first block (measured on Linux with torch 2.13 CPU: ~75 MiB
+#: once numpy, zarr and blockseg are imported, ~310 MiB once torch is, as predict's workers do)
+WORKER_BASE_BYTES = 80 * 2**20
+TORCH_WORKER_BYTES = 320 * 2**20
+#: restarts of dask workers for exceeding their memory limit tolerated in one stage: one more ends it
+MAX_MEMORY_RESTARTS = 2
+#: seconds every worker may stay paused (over dask's pause fraction of its memory limit) before the
+#: stage ends: a paused worker takes no new task, so the run would wait forever
+PAUSED_SECONDS = 60.0
+
+
+def format_bytes(n: float) -> str:
+    """``1536 * 2**20`` -> ``1.5 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f}".removesuffix(".0") + f" {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def parse_memory_limit(value, option: str = "--memory-limit") -> str | int:
+    """``"auto"``, or bytes per worker (0: no limit) from ``4GiB``, ``500MB``, ``2e9``, an int, ``none``.
+
+    Raises
+    ------
+    BlocksegError
+        One line for text that is no size (``lots``) or a size below one byte.
+    """
+    if value is None:
+        return "auto"
+    given = value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() == "auto":
+            return "auto"
+        if text.lower() in ("none", "0", "unlimited"):
+            return 0
+        from dask.utils import parse_bytes
+
+        try:
+            value = parse_bytes(text.replace(" ", ""))
+        except (ValueError, TypeError, KeyError):
+            raise BlocksegError(
+                f"{option} {value!r} is not a size; give bytes with a unit such as 4GiB, 500MB or 2e9 (or auto, or none: "
+                "no limit)"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 1:
+        raise BlocksegError(f"{option} must be a size of at least 1 byte such as 4GiB (or auto, or none), got {given!r}")
+    return int(value)
+
+
+def memory_fraction() -> float:
+    """Fraction of its memory limit a dask worker may use before it is paused (no new tasks), or
+    else terminated (dask's ``distributed.worker.memory.pause`` / ``terminate``)."""
+    import dask
+    import distributed  # noqa: F401  (loads distributed's defaults into dask's config)
+
+    for key in ("distributed.worker.memory.pause", "distributed.worker.memory.terminate"):
+        value = dask.config.get(key, None)
+        if value:
+            return float(value)
+    return 1.0
+
+
+def worker_memory_limit(client) -> int | None:
+    """The smallest memory limit among ``client``'s workers (None: no worker has one)."""
+    limits = [w.get("memory_limit") or 0 for w in client.scheduler_info().get("workers", {}).values()]
+    limits = [int(v) for v in limits if v]
+    return min(limits) if limits else None
+
+
+def check_task_memory(estimate: int, limit: int | None, task: str, base: int = WORKER_BASE_BYTES, detail: str = "") -> None:
+    """Refuse, before submission, a task whose estimated peak cannot fit a worker's memory limit.
+
+    A worker over dask's pause fraction of its limit (:func:`memory_fraction`) takes no new task
+    and over the terminate fraction is restarted: a task that needs more would loop forever.
+
+    Parameters
+    ----------
+    estimate : int
+        Peak bytes of the task's own data.
+    limit : int or None
+        Bytes per worker (None or 0: no limit, nothing to check).
+    task : str
+        Names the task in the message (``"predict block 0 (core 64x256x256)"``).
+    base : int
+        Bytes a worker holds before the task (:data:`WORKER_BASE_BYTES`, :data:`TORCH_WORKER_BYTES`).
+    detail : str
+        What the estimate is made of, put in parentheses.
+
+    Raises
+    ------
+    BlocksegError
+        Naming the task, the estimate, the limit and what to change.
+    """
+    if not limit:
+        return
+    fraction = memory_fraction()
+    need = estimate + base
+    if need <= fraction * limit:
+        return
+    enough = -(-need / fraction // 2**20) * 2**20
+    raise BlocksegError(
+        f"{task} needs about {format_bytes(estimate)} (estimate{': ' + detail if detail else ''}) on top of the "
+        f"~{format_bytes(base)} a worker holds at rest, more than {fraction:.0%} of the {format_bytes(limit)} "
+        f"memory limit per worker (dask pauses or restarts a worker beyond it, and the run would never end); raise "
+        f"--memory-limit to at least {format_bytes(enough)} (fewer --workers leave each more of this machine's "
+        "memory) or use a smaller block shape (--block)"
+    )
+
+
+def local_memory_limit(memory_limit, n_workers: int, base: int = WORKER_BASE_BYTES) -> int:
+    """Bytes per local worker (0: no limit) for ``memory_limit`` (:func:`parse_memory_limit`) shared
+    by ``n_workers``; refuse, before any worker starts, a limit that a worker exceeds at rest (it
+    would be restarted over and over)."""
+    limit = parse_memory_limit(memory_limit)
+    if limit == "auto":
+        return default_memory_limit(n_workers)
+    fraction = memory_fraction()
+    if limit and base > fraction * limit:
+        enough = -(-base / fraction // 2**20) * 2**20
+        raise BlocksegError(
+            f"--memory-limit {format_bytes(limit)} per worker is less than a dask worker running blockseg holds at rest "
+            f"(~{format_bytes(base)}; dask pauses or restarts a worker beyond {fraction:.0%} of its limit, and the run "
+            f"would never end); give at least {format_bytes(enough)}, more for the blocks themselves (or leave it out: "
+            "90% of this machine's memory shared among the workers)"
+        )
+    return limit
+
+
 def count_gpus() -> int:
     """Visible CUDA devices (0 when torch or CUDA is absent)."""
     try:
@@ -138,14 +268,20 @@ def dask_client(
         n_workers = n_workers or n_gpus
         resources = {"GPU": 1}
     n_workers = n_workers or max(1, os.cpu_count() or 1)
-    memory_limit = config.memory_limit
-    if memory_limit == "auto":
-        memory_limit = default_memory_limit(n_workers)
+    # a size that does not parse, or one a worker exceeds at rest, ends here in one line
+    memory_limit = local_memory_limit(config.memory_limit, n_workers) or None  # None: no limit
     import dask
 
     environ = worker_environ()
     if config.quiet_logs:
         environ["DASK_LOGGING__DISTRIBUTED"] = "critical"
+        # the nannies live in this process: a worker restarted for memory is reported by
+        # run_blocks (MemoryWatch) in one line, not by a warning per restart
+        import logging
+
+        nanny_log = logging.getLogger("distributed.nanny")
+        _MUTED.setdefault("distributed.nanny", nanny_log.level)
+        nanny_log.setLevel(logging.CRITICAL)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), _workers_ignore_sigint():
         cluster = LocalCluster(
             n_workers=n_workers,
@@ -316,16 +452,21 @@ def run_blocks(
                 resources=resources, retries=retries, pure=False,
             )  # fmt: skip
             index = {f.key: b for f, b in zip(futures, ids)}
+            # workers restarted for memory over and over, or paused for good, end the stage
+            watch = MemoryWatch(client, futures, index, name)
             try:
-                for fut in as_completed(futures):
-                    try:
-                        results[index[fut.key]] = fut.result()
-                    except Exception as exc:
-                        _annotate(exc, f"{name} block {index[fut.key]}", None)
-                        raise
-                    advance(position[index[fut.key]])
-            except BaseException:
+                with watch:
+                    for fut in as_completed(futures):
+                        try:
+                            results[index[fut.key]] = fut.result()
+                        except Exception as exc:
+                            _annotate(exc, f"{name} block {index[fut.key]}", None)
+                            raise
+                        advance(position[index[fut.key]])
+            except BaseException as exc:
                 client.cancel(futures)
+                if not isinstance(exc, KeyboardInterrupt):
+                    watch.raise_for_memory(exc)  # a task lost to memory restarts: one line saying so
                 raise
             if retried is not None:
                 retried.extend(sorted(index[k] for k in _rerun_keys(client, list(index))))
@@ -345,6 +486,116 @@ def _rerun_keys(client, keys: list[str]) -> set[str]:
         if len(event) > 3 and event[0] == "scheduler" and event[1] in wanted and event[3] == "processing":
             starts[event[1]] = starts.get(event[1], 0) + 1
     return {k for k, n in starts.items() if n > 1}
+
+
+class MemoryWatch:
+    """Ends a stage whose dask workers cannot hold its tasks, instead of waiting forever.
+
+    A worker over the terminate fraction of its memory limit is restarted by its nanny, and the
+    task it ran goes to the next worker, where the same happens; a worker over the pause fraction
+    takes no new task. A thread polls the scheduler every ``interval`` seconds (one small request)
+    and, after more than ``restarts`` memory restarts since the stage began, or with every worker
+    paused for ``paused_seconds``, cancels the stage's tasks; :meth:`raise_for_memory` then
+    raises one line naming the block, the memory it held and the limit.
+    """
+
+    def __init__(self, client, futures, index: dict, name: str, restarts: int | None = None,
+                 paused_seconds: float | None = None, interval: float = 1.0):  # fmt: skip
+        import threading
+
+        self.client, self.futures, self.index, self.name = client, futures, index, name
+        self.restarts = MAX_MEMORY_RESTARTS if restarts is None else restarts
+        self.paused_seconds = PAUSED_SECONDS if paused_seconds is None else paused_seconds
+        self.interval = interval
+        self.error: BlocksegError | None = None
+        self.limit = None
+        self._t0 = float("-inf")  # scheduler time of the last restart event before the stage
+        self._paused_since: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="blockseg-memory-watch", daemon=True)
+
+    def __enter__(self) -> "MemoryWatch":
+        try:
+            self.limit = worker_memory_limit(self.client)
+            self._t0 = max((t for t, _ in self.client.get_events("worker-restart-memory")), default=self._t0)
+        except Exception:  # the scheduler will say what is wrong through the tasks
+            self.limit = None
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception:  # scheduler gone or closing: the main loop sees it
+                return
+            if self.error is not None:
+                self.client.cancel(self.futures)
+                return
+
+    def _restart_events(self) -> list[dict]:
+        return [m for t, m in self.client.get_events("worker-restart-memory") if t > self._t0]
+
+    def check(self) -> None:
+        """Set :attr:`error` when the workers were restarted for memory too often or stay paused."""
+        import time
+
+        events = self._restart_events()
+        if len(events) > self.restarts:
+            self.error = self._restarted(events)
+            return
+        workers = self.client.scheduler_info().get("workers", {})
+        if workers and all(w.get("status") == "paused" for w in workers.values()):
+            self._paused_since = self._paused_since or time.time()
+            if time.time() - self._paused_since >= self.paused_seconds:
+                held = max((w.get("metrics", {}).get("memory", 0) for w in workers.values()), default=0)
+                self.error = BlocksegError(
+                    f"{self.name}: every dask worker stayed paused for {self.paused_seconds:.0f} s, holding "
+                    f"{format_bytes(held)} of its {format_bytes(self.limit or 0)} memory limit (dask pauses a worker beyond "
+                    f"{memory_fraction():.0%}, and a paused worker takes no new block); raise --memory-limit (fewer "
+                    "--workers leave each more of this machine's memory) or use a smaller block shape (--block)"
+                )
+        else:
+            self._paused_since = None
+
+    def _blocks_on(self, address: str) -> list[int]:
+        """Blocks of this stage the worker at ``address`` was running when it was removed."""
+        blocks: set[int] = set()
+        for _, msg in self.client.get_events(address):
+            if isinstance(msg, dict) and msg.get("action") == "remove-worker":
+                blocks.update(self.index[k] for k in msg.get("processing-tasks", ()) if k in self.index)
+        return sorted(blocks)
+
+    def _restarted(self, events: list[dict]) -> BlocksegError:
+        blocks: list[int] = []
+        for msg in events:
+            blocks += [b for b in self._blocks_on(msg.get("worker", "")) if b not in blocks]
+        what = (f"{self.name} block {blocks[0]}" + (f" (and {len(blocks) - 1} more)" if len(blocks) > 1 else "")
+                if blocks else f"no {self.name} block yet: the workers exceed it at rest")  # fmt: skip
+        rss = max(int(m.get("rss", 0)) for m in events)
+        limit = f" of its {format_bytes(self.limit)} limit" if self.limit else ""
+        return BlocksegError(
+            f"{what}: dask workers were restarted {len(events)} times for exceeding their memory limit (a worker "
+            f"held {format_bytes(rss)}{limit}); raise --memory-limit (fewer --workers leave each more of this "
+            "machine's memory) or use a smaller block shape (--block)"
+        )
+
+    def raise_for_memory(self, exc: BaseException | None = None) -> None:
+        """Raise the memory error if there is one: the watch's, or a task dask gave up on
+        (``KilledWorker``) after workers were restarted for memory."""
+        if self.error is None:
+            try:
+                events = self._restart_events()
+                if events and (len(events) > self.restarts or type(exc).__name__ == "KilledWorker"):
+                    self.error = self._restarted(events)
+            except Exception:  # the scheduler is gone: keep the original error
+                return
+        if self.error is not None:
+            raise self.error from None
 
 
 def block_voxels(grid, block_ids: Iterable[int]) -> list[int]:
@@ -412,7 +663,8 @@ def cluster_config_from_args(
     """Build a :class:`ClusterConfig` from CLI-style options."""
     if workers is not None and workers < 1:
         raise BlocksegError(f"--workers must be at least 1, got {workers}")
-    return ClusterConfig(scheduler=scheduler, n_workers=workers, memory_limit=memory_limit or "auto", gpu=gpu)
+    memory_limit = parse_memory_limit(memory_limit)  # one line for a size that does not parse
+    return ClusterConfig(scheduler=scheduler, n_workers=workers, memory_limit=memory_limit, gpu=gpu)
 
 
 __all__: Sequence[str] = [
@@ -425,4 +677,9 @@ __all__: Sequence[str] = [
     "cluster_config_from_args",
     "task_failure",
     "block_voxels",
+    "parse_memory_limit",
+    "check_task_memory",
+    "local_memory_limit",
+    "worker_memory_limit",
+    "MemoryWatch",
 ]

@@ -94,6 +94,9 @@ def _patch(values: list[str]):
 
 
 def run(args: argparse.Namespace) -> int:
+    from .options import cluster_config
+
+    cluster_config(args)  # the cluster options (a --memory-limit that is no size...) fail first
     from blockseg.predict import predict
 
     # workers run in another folder: every path leaves this process absolute
@@ -132,10 +135,17 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         plan = predict(args.image, args.checkpoint, args.output, dry_run=True, **kwargs)
     said: set = set()
+    # blocks a local worker cannot hold: refused before any worker starts (or, in the dry run, said)
+    limit = None if args.scheduler else _local_limit(args)
     if args.dry_run:
         _say(early, said)
+        try:
+            plan.check_memory(limit)
+        except BlocksegError as exc:
+            print(f"blockseg: warning: {exc}", file=sys.stderr)
         print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
         return 0
+    plan.check_memory(limit)
     # the cluster is checked (workers, blockseg version, paths, GPUs) before the store is made
     with open_cluster(args, [args.image, args.checkpoint], [args.output], quiet=args.json or args.quiet) as client:
         _say(early, said)
@@ -159,6 +169,16 @@ def run(args: argparse.Namespace) -> int:
     # what changes results is said, not assumed: how the input was scaled and resampled
     print(f"normalisation: {report.plan.normalisation}\nvoxel size: {report.plan.resampling}", file=sys.stderr)
     return 0
+
+
+def _local_limit(args: argparse.Namespace) -> int:
+    """Bytes per worker of the LocalCluster the options ask for (0: no limit)."""
+    import os
+
+    from blockseg.cluster import count_gpus, local_memory_limit
+
+    n = args.workers or (count_gpus() if args.gpu else 0) or max(1, os.cpu_count() or 1)
+    return local_memory_limit(args.memory_limit, n, base=0)  # the plan's check names the block instead
 
 
 def _say(recorded, said: set) -> None:

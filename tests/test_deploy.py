@@ -125,3 +125,101 @@ def test_cache_folder_shared_with_others_is_not_used(tmp_path, monkeypatch):
     link = tmp_path / "link"
     link.symlink_to(mine)
     assert not _jit._private_dir(str(link))
+
+
+# ------------------------------------------------------------------ worker memory limits (goal 2)
+@pytest.fixture
+def image(tmp_path):
+    from blockseg.io import create_volume
+
+    vol = create_volume(tmp_path / "img.zarr", (32, 64, 64), "uint8", voxel_size=(0.48, 0.51, 0.51), chunks=(32, 64, 64))
+    vol[:] = np.random.default_rng(0).integers(0, 255, (32, 64, 64), dtype=np.uint8)
+    return str(tmp_path / "img.zarr")
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"blockseg {command}: error: ") and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("text", ["lots", "-1GB", "12 parsecs", "0.5"])
+def test_memory_limit_that_is_no_size_is_one_line(tmp_path, image, capsys, text):
+    import time
+
+    out = tmp_path / "pred.zarr"
+    t0 = time.perf_counter()
+    assert main(["predict", image, "demo", str(out), f"--memory-limit={text}"]) == 2
+    err = _one_line_error(capsys, "predict")
+    assert "--memory-limit" in err and repr(text) in err
+    assert time.perf_counter() - t0 < 5  # before the network or a cluster is loaded
+    assert not out.exists()
+
+
+def test_parse_memory_limit():
+    from blockseg.cluster import parse_memory_limit
+
+    assert parse_memory_limit("4GiB") == 4 * 2**30
+    assert parse_memory_limit("500 MB") == 500 * 10**6
+    assert parse_memory_limit(None) == parse_memory_limit("auto") == "auto"
+    assert parse_memory_limit("none") == 0
+    assert parse_memory_limit(2e9) == 2 * 10**9
+    with pytest.raises(blockseg.BlocksegError, match="not a size"):
+        parse_memory_limit("lots")
+
+
+def test_memory_limit_too_small_for_a_predict_block_ends_at_once(tmp_path, image, capsys):
+    """The issue's command looped forever (the nanny restarting workers); now the plan refuses it
+    before any worker starts, naming the block, the estimate, the limit and the fix."""
+    import time
+
+    out = tmp_path / "pred.zarr"
+    t0 = time.perf_counter()
+    assert main(["predict", image, "demo", str(out), "--workers", "2", "--memory-limit", "60MB", "--no-progress"]) == 2
+    seconds = time.perf_counter() - t0
+    err = _one_line_error(capsys, "predict")
+    assert "predict block 0 (core 32x64x64 voxels) needs about" in err
+    assert "57.2 MiB memory limit per worker" in err and "--memory-limit to at least" in err and "--block" in err
+    assert seconds < 60, seconds
+    assert not out.exists()
+    # the dry run says the same as a warning, and still describes the plan
+    assert main(["predict", image, "demo", str(out), "--workers", "2", "--memory-limit", "60MB", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "blockseg: warning: predict block 0" in captured.err and "memory per task" in captured.out
+    assert not out.exists()
+
+
+def test_memory_limit_below_a_resting_worker_is_refused_before_workers_start(tmp_path, capsys):
+    from blockseg.cluster import ClusterConfig, dask_client
+
+    with pytest.raises(blockseg.BlocksegError, match=r"--memory-limit 9.5 MiB per worker is less than a dask worker"):
+        with dask_client(ClusterConfig(n_workers=1, memory_limit="10MB", dashboard=False), quiet=True):
+            pass
+
+
+def _hog(block_id):  # a block task that holds far more than its worker may
+    import time
+
+    held = np.ones(600 * 2**20 // 8)
+    time.sleep(2)
+    return float(held[0])
+
+
+@pytest.mark.slow
+def test_workers_restarted_for_memory_end_the_stage_in_one_line():
+    """A task that exceeds the worker's limit at run time (no estimate could say so): dask restarts
+    the worker and hands the task on; after MAX_MEMORY_RESTARTS + 1 restarts the stage ends."""
+    import time
+
+    from blockseg.cluster import MAX_MEMORY_RESTARTS, ClusterConfig, dask_client, run_blocks
+
+    with dask_client(ClusterConfig(n_workers=1, memory_limit="300MB", dashboard=False), quiet=True) as client:
+        t0 = time.perf_counter()
+        with pytest.raises(blockseg.BlocksegError) as info:
+            run_blocks(_hog, [0], client, name="hog", progress=False)
+        seconds = time.perf_counter() - t0
+    msg = str(info.value)
+    assert msg.startswith(f"hog block 0: dask workers were restarted {MAX_MEMORY_RESTARTS + 1} times"), msg
+    assert "limit" in msg and "--memory-limit" in msg and "--block" in msg and "\n" not in msg
+    assert seconds < 90, seconds

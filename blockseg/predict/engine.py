@@ -631,6 +631,19 @@ class PredictPlan:
         ]
         return "\n".join(lines)
 
+    def check_memory(self, limit: int | None) -> None:
+        """Refuse (one line) a run whose block tasks cannot fit a worker's memory ``limit`` (bytes;
+        None or 0: unlimited): named by its largest block, the estimate and what to change."""
+        from ..cluster import TORCH_WORKER_BYTES, check_task_memory
+
+        if not self.todo or not limit:
+            return
+        block = max(self.todo, key=lambda i: math.prod(self.grid[i].shape))
+        core = "x".join(str(n) for n in self.grid[block].shape)
+        parts = ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in self.memory_bytes.items() if k != "total" and v >= 2**20)
+        check_task_memory(self.memory_bytes["total"], limit, f"predict block {block} (core {core} voxels)",
+                          base=TORCH_WORKER_BYTES, detail=parts)  # fmt: skip
+
     def to_dict(self) -> dict:
         return {
             "image": self.image_path,
@@ -995,6 +1008,10 @@ def predict(
         plan.todo = [b.id for b in grid if not done[b.index]]
     if dry_run:
         return plan
+    if client is not None:  # before anything is written: blocks no worker can hold never start
+        from ..cluster import worker_memory_limit
+
+        plan.check_memory(worker_memory_limit(client))
     if markers is None:  # a resumed run's scratch is partly on disk already
         check_scratch_space(out_path, plan.scratch_bytes, plan.store_bytes)
 
