@@ -256,7 +256,7 @@ def check_destination(
     """
     from .safety import prepare_output
 
-    prepare_output(path, inputs, overwrite)
+    prepare_output(path, inputs, overwrite).release()  # a check: another command writing it is refused too
 
 
 def _prepare_destination(path: str, overwrite: bool) -> None:
@@ -264,7 +264,7 @@ def _prepare_destination(path: str, overwrite: bool) -> None:
     the commands replace outputs new-then-swap through :mod:`blockseg.safety` instead)."""
     from .safety import _remove, prepare_output
 
-    out = prepare_output(path, (), overwrite)
+    out = prepare_output(path, (), overwrite, lock=False)  # inside a command's output, or a low-level call
     if out.action == "replace" or (out.action == "create" and not _is_url(path) and os.path.isdir(path)):
         _remove(path)
 

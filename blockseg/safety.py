@@ -361,6 +361,14 @@ class Output:
     action: str
     kind: str | None = None
     _target: str | None = field(default=None, repr=False)
+    _locked: bool = field(default=False, repr=False)
+    _begun: bool = field(default=False, repr=False)
+
+    def release(self) -> None:
+        """Let go of the output's lock (:func:`acquire_lock`); idempotent."""
+        if self._locked:
+            self._locked = False
+            release_lock(self.path)
 
     @property
     def target(self) -> str:
@@ -379,8 +387,10 @@ class Output:
             os.rmdir(self.path)  # an empty folder: the writers create the output themselves
         if self.action == "replace":
             _remove(self.target)
+        self._begun = True
         for frame in getattr(_ACTIVE, "frames", ()):
-            frame.append(self)
+            if not any(o is self for o in frame):
+                frame.append(self)
         return self.target
 
     def commit(self) -> None:
@@ -388,6 +398,7 @@ class Output:
         if self.action == "replace":
             (swap_url if is_url(self.path) else swap)(self.target, self.path)
             self.action = "done"
+        self.release()
 
     def abort(self) -> None:
         """Delete a replacement's half-written copy (the old output stays)."""
@@ -395,6 +406,7 @@ class Output:
             with contextlib.suppress(OSError):
                 _remove(self.target)
                 _remove(self.target + ".work")
+        self.release()
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[str]:
@@ -433,6 +445,8 @@ def aborts_on_error(func):
             return func(*args, **kwargs)
         except BaseException as exc:
             for out in begun:
+                if not out._begun:
+                    continue
                 if out.action == "replace":
                     out.abort()
                 elif out.action == "create" and isinstance(exc, BlocksegError):
@@ -442,6 +456,8 @@ def aborts_on_error(func):
             raise
         finally:
             frames.remove(begun)
+            for out in begun:  # outputs prepared in the call: their locks end with it
+                out.release()
 
     return wrapper
 
@@ -467,6 +483,7 @@ def prepare_output(
     resume: bool = False,
     what: str = "output",
     extra: Iterable[str] = (),
+    lock: bool = True,
 ) -> Output:
     """Check that ``path`` may be written, before anything is; return how to write it.
 
@@ -486,6 +503,11 @@ def prepare_output(
     extra : iterable of str
         Further paths the command writes beside the output (e.g. ``OUT.work``); checked
         against the inputs too.
+    lock : bool
+        Claim the output for this process first (:func:`acquire_lock`): a second command on
+        the same output is refused at once, naming the holder. Released by
+        :meth:`Output.commit` / :meth:`Output.abort` / :meth:`Output.release`, at the end of
+        an :func:`aborts_on_error` call that prepared it, or at exit.
 
     Returns
     -------
@@ -496,7 +518,8 @@ def prepare_output(
     BlocksegError
         If the output is, contains or lies inside an input; if it exists and is not
         blockseg's own output (even with ``overwrite``); if it exists without ``overwrite``
-        or ``resume``; if its parent folder is missing or not writable.
+        or ``resume``; if its parent folder is missing or not writable; if another command
+        is writing it.
     """
     path = str(path)
     inputs = [str(p) for p in inputs if p is not None]
@@ -505,6 +528,22 @@ def prepare_output(
         from .access import probe
 
         probe(path)  # no credentials, a missing bucket, no endpoint: one line before anything is written
+    # one writer per output: claimed before anything at the path is looked at or touched
+    held = acquire_lock(path) if lock else None
+    try:
+        output = _prepare(path, overwrite, resume, what)
+    except BaseException:
+        if held is not None:
+            release_lock(path)
+        raise
+    output._locked = held is not None
+    for frame in getattr(_ACTIVE, "frames", ()):  # released when the decorated call ends
+        frame.append(output)
+    return output
+
+
+def _prepare(path: str, overwrite: bool, resume: bool, what: str) -> Output:
+    """:func:`prepare_output`'s verdict on ``path``, once its lock is held."""
     recover(path)  # local: rename back / delete leftovers; object storage: roll forward
     exists = _exists(path)
     kind = owned_kind(path) if exists else None
@@ -580,6 +619,297 @@ def swap_work(work: str, path: str) -> None:
         prepare_work(path)
         _remove(path)
     os.rename(work, path)
+
+
+# ---------------------------------------------------------------------------- one writer per output
+LOCK_TAG = "blockseg-lock"
+_LOCKS: dict[str, "OutputLock"] = {}
+_LOCKS_MUTEX = threading.RLock()
+
+
+def lock_file(path: str) -> str:
+    """Where the lock of output ``path`` lives: the hidden sibling ``.NAME.blockseg-lock``."""
+    path = str(path).rstrip("/")
+    if is_url(path):
+        parent, _, name = path.rpartition("/")
+        return f"{parent}/.{name}.{LOCK_TAG}"
+    parent, name = os.path.split(os.path.abspath(path))
+    return os.path.join(parent, f".{name}.{LOCK_TAG}")
+
+
+@dataclass
+class OutputLock:
+    """This process's claim on one output (see :func:`acquire_lock`)."""
+
+    path: str
+    file: str
+    info: dict
+    thread: int
+    fd: int | None = None  # local: the open, flock-ed lock file
+    count: int = 1
+
+
+def _holder_info() -> dict:
+    import datetime
+    import socket
+    import sys
+    import uuid
+
+    cmd = " ".join(os.path.basename(a) if k == 0 else a for k, a in enumerate(sys.argv)) or "python"
+    return {
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": cmd[:300], "token": uuid.uuid4().hex,
+    }  # fmt: skip
+
+
+def _parse_holder(raw: bytes | str | None) -> dict:
+    try:
+        info = json.loads(raw or b"")
+        return info if isinstance(info, dict) else {}
+    except ValueError:
+        return {}
+
+
+def _busy(path: str, holder: dict, file: str, sure: bool) -> BlocksegError:
+    """The one line a second writer gets: who holds ``path`` and since when."""
+    if holder.get("pid"):
+        who = f"pid {holder['pid']} on {holder.get('host', '?')}, since {holder.get('started', '?')}"
+        if holder.get("command"):
+            who += f": {holder['command']}"
+    else:
+        who = "a process that is just starting"
+    tail = "wait for it to finish" if sure else f"wait for it to finish, or delete {file} if that process is gone"
+    return BlocksegError(f"{path} is being written by another blockseg command ({who}); {tail}")
+
+
+def _stale(holder: dict) -> bool:
+    """A holder is gone: it ran on this host and its process no longer exists."""
+    import socket
+
+    pid = holder.get("pid")
+    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
+
+
+def _take_local(path: str) -> OutputLock | None:
+    """flock the lock file (released by the kernel when the holder dies, on any host sharing the
+    file system); file systems without flock fall back to an exclusive create (:func:`_take_exclusive`)."""
+    import fcntl
+    import time
+
+    file = lock_file(path)
+    for _ in range(50):
+        try:
+            fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return None  # no right to create a file beside the output: unlocked (see the README)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = {}
+            for _ in range(20):  # the holder writes its details right after taking the lock
+                holder = _parse_holder(os.pread(fd, 4096, 0))
+                if holder:
+                    break
+                time.sleep(0.01)
+            os.close(fd)
+            raise _busy(path, holder, file, sure=True) from None
+        except OSError:  # no flock here (some network file systems)
+            os.close(fd)
+            return _take_exclusive(path, file)
+        try:  # the file locked must still be the one at the path (a holder deletes it on release)
+            same = os.stat(file).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            continue
+        info = _holder_info()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        return OutputLock(path, file, info, threading.get_ident(), fd)
+    raise BlocksegError(f"{path}: could not take its lock {file} (it keeps changing); try again")
+
+
+def _take_exclusive(path: str, file: str) -> OutputLock:
+    """A lock file made by an exclusive create; a leftover of a dead process on this host is stale."""
+    for _ in range(3):
+        info = _holder_info()
+        try:
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                with open(file, "rb") as fh:
+                    holder = _parse_holder(fh.read())
+            except FileNotFoundError:
+                continue
+            if not _stale(holder):
+                raise _busy(path, holder, file, sure=False) from None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(file)
+            continue
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(json.dumps(info).encode())
+        return OutputLock(path, file, info, threading.get_ident())
+    raise BlocksegError(f"{path}: could not take its lock {file}; try again")
+
+
+def _take_url(path: str) -> OutputLock:
+    """The lock object on object storage, created with a conditional put ("xb": S3's
+    ``If-None-Match: *``) where the store offers it; else written and read back (two writers
+    starting within one round trip may both win: see the README)."""
+    import fsspec
+
+    file = lock_file(path)
+    fs, key = fsspec.core.url_to_fs(file)
+    for _ in range(3):
+        info = _holder_info()
+        data = json.dumps(info).encode()
+        try:
+            with fs.open(key, "xb") as fh:
+                fh.write(data)
+            return OutputLock(path, file, info, threading.get_ident())
+        except FileExistsError:
+            pass
+        except (ValueError, NotImplementedError, TypeError):  # no exclusive create: write, then read back
+            fs.invalidate_cache(key)
+            if not fs.exists(key):
+                fs.pipe_file(key, data)
+                fs.invalidate_cache(key)
+                if _parse_holder(fs.cat_file(key)).get("token") == info["token"]:
+                    return OutputLock(path, file, info, threading.get_ident())
+        except OSError:  # a refused conditional put (HTTP 412) surfaces as some OSError
+            fs.invalidate_cache(key)
+            if not fs.exists(key):
+                raise
+        try:
+            fs.invalidate_cache(key)
+            holder = _parse_holder(fs.cat_file(key))
+        except FileNotFoundError:
+            continue
+        if not _stale(holder):
+            raise _busy(path, holder, file, sure=False)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(key)
+    raise BlocksegError(f"{path}: could not take its lock {file}; try again")
+
+
+def acquire_lock(path: str | os.PathLike) -> OutputLock | None:
+    """Claim output ``path`` for this process and thread, or refuse in one line naming the holder.
+
+    The claim is a lock file beside the output (:func:`lock_file`) holding host, pid, start time
+    and command. Locally it is ``flock``-ed: the kernel releases it when the holder exits or is
+    killed, so a lock is never stale; on object storage it is created exclusively where the store
+    can, and a leftover of a dead process on this host is taken over (one of another host is
+    named, with the object to delete). Re-entrant in one thread (counted: each acquire needs a
+    :func:`release_lock`); another thread of the process is refused like another process. None
+    when no lock file can be made beside the output (a read-only folder): unlocked.
+
+    Raises
+    ------
+    BlocksegError
+        When another command (or thread) holds the output.
+    """
+    path = str(path)
+    key = resolve(path)
+    with _LOCKS_MUTEX:
+        held = _LOCKS.get(key)
+        if held is not None:
+            if held.thread != threading.get_ident():
+                raise _busy(path, {**held.info, "command": f"another thread of this process ({held.info.get('command')})"},
+                            held.file, sure=True)  # fmt: skip
+            held.count += 1
+            return held
+        lock = _take_url(path) if is_url(path) else _take_local(path)
+        if lock is not None:
+            _LOCKS[key] = lock
+            _install_release_at_exit()
+        return lock
+
+
+def release_lock(path: str | os.PathLike, force: bool = False) -> None:
+    """Undo one :func:`acquire_lock` of ``path`` (all of them with ``force``); the last one
+    deletes the lock file."""
+    key = resolve(str(path))
+    with _LOCKS_MUTEX:
+        lock = _LOCKS.get(key)
+        if lock is None:
+            return
+        lock.count = 0 if force else lock.count - 1
+        if lock.count > 0:
+            return
+        del _LOCKS[key]
+        _drop_lock(lock)
+
+
+def _drop_lock(lock: OutputLock) -> None:
+    with contextlib.suppress(Exception):
+        if is_url(lock.path):
+            import fsspec
+
+            fs, key = fsspec.core.url_to_fs(lock.file)
+            fs.invalidate_cache(key)
+            if _parse_holder(fs.cat_file(key)).get("token") == lock.info["token"]:
+                fs.rm_file(key)
+        elif lock.fd is not None:  # delete while still holding it, then let go
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(lock.file).st_ino == os.fstat(lock.fd).st_ino:
+                    os.remove(lock.file)
+            os.close(lock.fd)
+        else:
+            with open(lock.file, "rb") as fh:
+                if _parse_holder(fh.read()).get("token") == lock.info["token"]:
+                    os.remove(lock.file)
+
+
+def held_locks() -> list[str]:
+    """Outputs this process holds (resolved paths)."""
+    with _LOCKS_MUTEX:
+        return sorted(_LOCKS)
+
+
+def release_all_locks() -> None:
+    """Release every lock of this process (at exit; after a signal)."""
+    with _LOCKS_MUTEX:
+        locks = list(_LOCKS.values())
+        _LOCKS.clear()
+    for lock in locks:
+        _drop_lock(lock)
+
+
+_AT_EXIT = False
+
+
+def _forget_locks_in_child() -> None:
+    """A forked child does not hold its parent's locks: close the copies of their files (the
+    parent keeps them locked) and forget them, so the child neither reuses nor deletes them."""
+    for lock in _LOCKS.values():
+        if lock.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+    _LOCKS.clear()
+
+
+def _install_release_at_exit() -> None:
+    global _AT_EXIT
+    if not _AT_EXIT:
+        import atexit
+
+        atexit.register(release_all_locks)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_forget_locks_in_child)
+        _AT_EXIT = True
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[OutputLock | None]:
+    """Hold the lock of ``path`` for the ``with`` block (:func:`acquire_lock`)."""
+    lock = acquire_lock(path)
+    try:
+        yield lock
+    finally:
+        if lock is not None:
+            release_lock(path)
 
 
 # ---------------------------------------------------------------------------- corrupt chunks

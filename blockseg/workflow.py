@@ -494,8 +494,12 @@ def run(
     # network does not predict, a geometry that does not fit the data's shape and chunks, ...
     _, choice = check_config(cfg)
     _check_run_dir(cfg, layout)
+    from .safety import output_lock
+
     work = overwrite or any(a not in ("skip", "disabled") for a in plan(cfg, from_stage, only).values())
     with contextlib.ExitStack() as stack:
+        # one run per run directory: a second one is refused at once, naming this one
+        stack.enter_context(output_lock(layout.root))
         if client is None and work:  # checked (workers, paths, versions) before run_dir is made
             # what tasks read (files in other formats are imported by this process)
             inputs = [p for p in (*run_inputs(cfg), checkpoint_path(cfg)) if p and p != "demo" and _is_zarr(p)]

@@ -130,7 +130,11 @@ def check_output(args: argparse.Namespace, dest: str, inputs=()) -> None:
     """Fail with one line, before any cluster starts, when the output may not be written
     (it exists without --overwrite, is not blockseg's, or is / holds / lies in an input)."""
     from blockseg.io import check_destination
+    from blockseg.safety import acquire_lock
 
+    # claimed now, before a cluster starts: a second command on this output is refused at once;
+    # held until the command ends (cli.main releases it)
+    acquire_lock(getattr(args, dest))
     check_destination(getattr(args, dest), args.overwrite, inputs)
 
 

@@ -105,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
 
     args.checkpoint = absolute(resolve_checkpoint(args.checkpoint))  # demo, fluo, fluo_synth: the shipped files
     args.resumable = not args.no_resume
+    if not args.dry_run:  # one writer per output, refused at once (held until the command ends)
+        from blockseg.safety import acquire_lock
+
+        acquire_lock(args.output)
     overlap = args.overlap[0] if len(args.overlap) == 1 else zyx(args.overlap, "--overlap", float)
     kwargs = dict(
         block_shape=zyx(args.block, "--block"),

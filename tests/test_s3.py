@@ -194,6 +194,7 @@ def test_overwrite_on_s3_follows_the_local_rules(s3, on_s3):
     s3.pipe(half.replace("s3://", "") + "/zarr.json", b"{}")
     out = prepare_output(seg, [pred], overwrite=True)
     assert out.action == "replace" and not s3.exists(half.replace("s3://", ""))
+    out.release()  # prepared, never written: its lock goes
     np.testing.assert_array_equal(open_volume(seg)[...], second)
 
     # killed after the new output was complete and marked ready: the next attempt finishes the swap
@@ -206,3 +207,38 @@ def test_overwrite_on_s3_follows_the_local_rules(s3, on_s3):
         prepare_output(seg, [pred])  # rolled forward: the output is there again
     np.testing.assert_array_equal(open_volume(seg)[...], open_volume("s3://bsbucket/ow/other.zarr")[...])
     assert [p for p in s3.ls("bsbucket/ow") if "blockseg-" in p] == []
+
+
+def test_one_writer_per_output_on_s3(s3):
+    """The lock of an output on object storage is an object beside it, made by an exclusive
+    put; a second writer is refused naming the holder, a dead holder's lock on this host is
+    taken over, and the lock object goes with the lock."""
+    import socket
+
+    from blockseg.errors import BlocksegError
+    from blockseg.safety import lock_file, prepare_output
+
+    url = "s3://bsbucket/lock/o.zarr"
+    key = lock_file(url).replace("s3://", "")
+    assert key == "bsbucket/lock/.o.zarr.blockseg-lock"
+    out = prepare_output(url)
+    s3.invalidate_cache()
+    assert json.loads(s3.cat(key))["pid"] == os.getpid()
+    code = f"from blockseg.safety import prepare_output\nprepare_output({url!r})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert f"{url} is being written by another blockseg command (pid {os.getpid()}" in proc.stderr.splitlines()[-1]
+    out.release()
+    s3.invalidate_cache()
+    assert not s3.exists(key)
+    # a lock left by a process of this host that is gone: taken over
+    s3.pipe(key, json.dumps({"host": socket.gethostname(), "pid": 999_999_999, "started": "then"}).encode())
+    out = prepare_output(url)
+    s3.invalidate_cache()
+    assert json.loads(s3.cat(key))["pid"] == os.getpid()
+    out.release()
+    # one of another host cannot be judged from here: refused, naming it and the object to delete
+    s3.pipe(key, json.dumps({"host": "elsewhere", "pid": 12, "started": "then"}).encode())
+    with pytest.raises(BlocksegError, match=r"pid 12 on elsewhere, since then\); wait for it to finish, or delete "):
+        prepare_output(url)
+    s3.rm(key)
