@@ -8,6 +8,7 @@ Each subcommand lives in its own module of this package with two functions:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -65,6 +66,43 @@ def _fail(args: argparse.Namespace, line: str, code: int) -> int:
     return code
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit or pre-emption, ``kill``), SIGHUP (the terminal went
+    away) or SIGUSR1 (a scheduler's warning before a limit), raised in the main thread: handled
+    exactly as Ctrl-C is (tasks cancelled, half-written replacements dropped, a new output left
+    to resume)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame) -> None:
+    import signal
+
+    signal.signal(signum, signal.SIG_IGN)  # a second one while cleaning up changes nothing
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt():
+    """SIGTERM, SIGHUP and SIGUSR1 end the command as SIGINT does, for the duration (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = ("SIGTERM", "SIGHUP", "SIGUSR1")  # SIGUSR1: the pre-emption warning schedulers are often asked for
+    wanted = [getattr(signal, n) for n in names if hasattr(signal, n)]
+    previous = {s: signal.signal(s, _raise_terminated) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     from blockseg.access import explain
     from blockseg.cluster import task_failure
@@ -76,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         from blockseg.chunks import set_policy
 
         set_policy(getattr(args, "missing_chunks", None))
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+        with _terminate_like_interrupt():
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP, SIGUSR1: one line, exit 128 + the signal
+        import signal
+
+        signum = getattr(exc, "signum", signal.SIGINT)
         hint = " (rerun the same command to resume)" if getattr(args, "resumable", False) else ""
-        return _fail(args, f"interrupted; running tasks cancelled{hint}", 130)
+        return _fail(args, f"interrupted by {signal.Signals(signum).name}; running tasks cancelled{hint}", 128 + int(signum))
     except BlocksegError as exc:
         line = task_failure(exc) or str(exc)
         return _fail(args, f"error: {line}", 2)
