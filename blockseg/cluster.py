@@ -420,9 +420,11 @@ def run_blocks(
         ``blockseg_worker`` attributes (:func:`task_failure` makes one line of it); the other
         tasks are cancelled. KeyboardInterrupt cancels them too.
     """
+    from .costs import settle, task_cost
     from .progress import block_progress
 
     ids = [int(b) for b in block_ids]
+    settle([task_cost(len(ids), name)])  # millions of tasks: refused before submission
     if voxels is not None and len(voxels) != len(ids):
         raise ValueError(f"voxels has {len(voxels)} entries for {len(ids)} blocks")
     position = {b: i for i, b in enumerate(ids)}

@@ -320,6 +320,10 @@ def create_volume(
         shards = tuple(int(s) for s in shards)
         if len(shards) != 3 or any(s <= 0 or s % c for s, c in zip(shards, chunks)):
             raise BlocksegError(f"shard shape {shards} must be a positive multiple of the chunk shape {chunks}")
+    from .costs import chunk_cost, settle
+
+    # a quarter of a million 1-voxel chunk files is refused before the first is written
+    settle([chunk_cost(shape, shards or chunks, np.dtype(dtype).itemsize, path)])
     _prepare_destination(path, overwrite)
     group = zarr.open_group(path, mode="w" if overwrite else "w-", storage_options=storage_options)
     from .safety import stamp_json

@@ -150,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
         return 0
     plan.check_memory(limit)
+    for cost in plan.costs:  # refused geometry (blockseg.costs) ends here, before any worker starts
+        if cost.refuse:
+            raise BlocksegError(cost.message)
     # the cluster is checked (workers, blockseg version, paths, GPUs) before the store is made
     with open_cluster(args, [args.image, args.checkpoint], [args.output], quiet=args.json or args.quiet) as client:
         _say(early, said)

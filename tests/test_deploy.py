@@ -223,3 +223,93 @@ def test_workers_restarted_for_memory_end_the_stage_in_one_line():
     assert msg.startswith(f"hog block 0: dask workers were restarted {MAX_MEMORY_RESTARTS + 1} times"), msg
     assert "limit" in msg and "--memory-limit" in msg and "--block" in msg and "\n" not in msg
     assert seconds < 90, seconds
+
+
+# ------------------------------------------------------------------ costly geometry (goal 5)
+def test_one_voxel_chunks_are_refused_before_any_file_is_written(tmp_path, capsys):
+    """Importing a 64^3 volume with 1-voxel chunks wrote 262,144 chunk files in 246 s."""
+    import time
+
+    src = tmp_path / "v.npy"
+    np.save(src, np.random.default_rng(0).integers(0, 255, (64, 64, 64), dtype=np.uint8))
+    out = tmp_path / "v.zarr"
+    t0 = time.perf_counter()
+    assert main(["import", str(src), str(out), "--chunks", "1", "--voxel-size", "1"]) == 2
+    err = _one_line_error(capsys, "import")
+    assert "chunks of 1x1x1 voxels (1 B each) make 262,144 chunk files for 64x64x64 voxels" in err
+    assert "--chunks 64 128 128" in err
+    assert time.perf_counter() - t0 < 20
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["v.npy"]
+
+
+def test_chunk_and_task_thresholds():
+    from blockseg.costs import MANY_TASKS, MAX_TASKS, chunk_cost, settle, task_cost
+
+    assert chunk_cost((64, 64, 64), (8, 8, 8), 1) is None  # few chunks: small ones do not matter
+    assert chunk_cost((512, 2048, 2048), (64, 128, 128), 1) is None  # 1 MiB chunks
+    warned = chunk_cost((256, 1024, 1024), (16, 32, 32), 2)  # 32 KiB chunks, 16,384 of them
+    assert warned is not None and not warned.refuse and "16,384 chunk files" in warned.message
+    refused = chunk_cost((256, 1024, 1024), (8, 8, 8), 4)  # 2 KiB chunks
+    assert refused is not None and refused.refuse and "smaller than a file-system block" in refused.message
+    assert task_cost(MANY_TASKS, "segment") is None
+    assert not task_cost(MANY_TASKS + 1, "segment").refuse
+    assert task_cost(MAX_TASKS + 1, "segment", (8, 8, 8)).refuse
+    with pytest.warns(UserWarning, match="16,384 chunk files"):
+        settle([warned, None])
+    with pytest.raises(blockseg.BlocksegError, match="smaller than a file-system block"):
+        settle([warned, refused])
+    with pytest.warns(UserWarning, match=r"\(refused when run\)"):
+        settle([refused], dry_run=True)
+
+
+def test_millions_of_tasks_are_refused_before_submission():
+    from blockseg.cluster import run_blocks
+    from blockseg.costs import MAX_TASKS
+
+    ran = []
+    with pytest.raises(blockseg.BlocksegError, match=f"{MAX_TASKS + 1:,} block tasks"):
+        run_blocks(ran.append, range(MAX_TASKS + 1), None, name="segment", progress=False)
+    assert ran == []
+
+
+def test_millions_of_predict_blocks_are_refused_before_the_plan_lays_them_out(tmp_path, capsys):
+    import time
+
+    from blockseg.io import create_volume
+
+    vol = create_volume(tmp_path / "img.zarr", (128, 128, 128), "uint8", chunks=(64, 128, 128))
+    vol[:] = np.random.default_rng(0).integers(0, 255, (128, 128, 128), dtype=np.uint8)
+    out = tmp_path / "pred.zarr"
+    t0 = time.perf_counter()
+    code = main(["predict", str(tmp_path / "img.zarr"), "demo", str(out), "--block", "1", "--chunks", "1", "--dry-run"])
+    assert code == 2
+    err = _one_line_error(capsys, "predict")
+    assert "predict: 4,194,304 block tasks of 1x1x1 voxels" in err and "--block" in err
+    assert time.perf_counter() - t0 < 30
+    assert not out.exists()
+
+
+@pytest.fixture
+def lazy_image(tmp_path):
+    """An image of more than 2^31 voxels declared but never written (no chunk stored)."""
+    from blockseg.io import create_volume
+
+    create_volume(tmp_path / "lazy.zarr", (2048, 1024, 1040), "uint8", chunks=(64, 128, 128))
+    return str(tmp_path / "lazy.zarr")
+
+
+def test_huge_image_holding_no_data_is_named_in_the_dry_run_and_refused(tmp_path, lazy_image, capsys):
+    import time
+
+    out = tmp_path / "pred.zarr"
+    t0 = time.perf_counter()
+    # the dry run warns (the CLI prints "blockseg: warning: ..."; pytest collects warnings itself)
+    with pytest.warns(UserWarning, match=r"holds no data: none of its chunks is stored, so each of its "
+                      r"2,181,038,080 voxels .*\(refused when run\)"):  # fmt: skip
+        assert main(["predict", lazy_image, "demo", str(out), "--dry-run", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["predict", lazy_image, "demo", str(out), "--no-progress"]) == 2
+    line = _one_line_error(capsys, "predict")
+    assert "holds no data" in line and "2,181,038,080 voxels (2048x1024x1040)" in line
+    assert time.perf_counter() - t0 < 90  # no network ran over it
+    assert not out.exists()

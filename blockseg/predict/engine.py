@@ -592,6 +592,8 @@ class PredictPlan:
     runtime: str = "eager"
     #: the grid the lattice tiles: the image's, or the network's when the input is resampled
     lattice_shape: tuple[int, ...] | None = None
+    #: costly geometry (blockseg.costs): warned about in the dry run, refusals raised before a run
+    costs: list = field(default_factory=list)
     #: a foreign network (TorchScript / ONNX with a sidecar): what it is and where its margin came from
     model: str = ""
 
@@ -932,6 +934,10 @@ def predict(
     block_shape = _dims(block_shape, "block shape") or default_block_shape(shape, chunk_shape)
     block_shape = tuple(min(b, -(-s // c) * c) for b, s, c in zip(block_shape, shape, chunk_shape))
     grid = BlockGrid(shape, block_shape, 0, chunk_shape)
+    from ..costs import chunk_cost, empty_image_cost, settle, task_cost
+
+    # millions of blocks: refused before the plan lays them out (minutes of Python), even in a dry run
+    settle([task_cost(2 * len(grid), "predict", grid.block_shape)])  # up to two passes per block
     net_shape = scaling.net_shape if scaling else shape
     regions = None
     if scaling:  # the ranges of the network's grid the blocks along each axis need
@@ -1006,6 +1012,12 @@ def predict(
     if markers is not None:
         done, pass1 = markers
         plan.todo = [b.id for b in grid if not done[b.index]]
+    # tiny output chunks, an image that stores no data: named before they cost (the dry run warns)
+    plan.costs = [c for c in (
+        chunk_cost(shape, chunk_shape, max(np.dtype(d).itemsize for d in dtypes.values()), out_path),
+        empty_image_cost(vol.array, shape, image_path),
+    ) if c is not None]  # fmt: skip
+    settle(plan.costs, dry_run=dry_run)
     if dry_run:
         return plan
     if client is not None:  # before anything is written: blocks no worker can hold never start
