@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .checkpoints import SHIPPED_CHECKPOINTS
+from .defaults import DEFAULT_BATCH_SIZE
 from .errors import BlocksegError, describe_validation_error
 
 STAGES = ("data", "predict", "segment", "evaluate")
@@ -135,7 +136,7 @@ class PredictConfig(_Strict):
     channels: Optional[Union[list[str], Literal["all"]]] = None
     tta: bool = False
     mc_samples: int = Field(default=0, ge=0)
-    batch_size: int = Field(default=4, ge=1)
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1)  # a speed knob: never changes the result
     #: how the network runs: torch eager, or torch.compile (compiles once per worker; faster after)
     runtime: Literal["eager", "compile"] = "eager"
     overlap: Optional[float] = Field(default=None, ge=0, lt=1)

@@ -79,6 +79,10 @@ def kind_of(path: str) -> str:
         raise BlocksegError(f"{path}: no such file or directory")
     if os.path.isdir(bare) and os.path.isfile(os.path.join(bare, "run.json")):
         return "run"
+    from .models.bioimageio import is_package
+
+    if is_package(bare):
+        return "checkpoint"  # a bioimage.io model package (blockseg.models.bioimageio)
     if os.path.isfile(bare) and bare.endswith((".pt", ".pth", ".ckpt", ".onnx", ".ts", ".jit", ".torchscript")):
         return "checkpoint"
     if os.path.isfile(bare) and bare.endswith((".yaml", ".yml", ".json")) and _is_sidecar(bare):
@@ -216,8 +220,9 @@ def _render_model(s: dict) -> list[str]:
     meaning = ", ".join(f"{i}: {o}" for i, o in enumerate(s["outputs"]))
     stored = ", ".join(f"{c} ({s['kinds'][c]})" for c in s["channels"])
     lines = [
-        f"{s['format']} network {s['weights']} ({_size(s['bytes'])}, {s['parameters']:,} parameters"
-        f"{'' if s['format'] == 'torchscript' else ' (in the graph)'}); sidecar {s['sidecar']}",
+        (f"bioimage.io package {s['package']}: " if s.get("package") else "")
+        + f"{s['format']} network {s['weights']} ({_size(s['bytes'])}, {s['parameters']:,} parameters"
+        f"{'' if s['format'] == 'torchscript' else ' (in the graph)'}); {'rdf' if s.get('package') else 'sidecar'} {s['sidecar']}",
         f"  trust: {_TRUST[s['format']]}",
         f"  output channels: {meaning}{tag('outputs')}",
         f"  stored as: {stored}; activation "
@@ -230,7 +235,7 @@ def _render_model(s: dict) -> list[str]:
         f"  voxel size: {_xyz(s['voxel_size']) + ' µm' if s.get('voxel_size') else 'not given'}{tag('voxel_size')}",
     ]
     d = s.get("decoder")
-    lines.append(f"  decoder: {d['name']} {_params(d['params'])} [sidecar]" if d else f"  decoder: {s['implied_decoder']}")
+    lines.append(f"  decoder: {d['name']} {_params(d['params'])}{tag('decoder')}" if d else f"  decoder: {s['implied_decoder']}")
     return lines
 
 

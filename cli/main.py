@@ -15,7 +15,8 @@ import sys
 from blockseg import BlocksegError, __version__
 
 #: subcommand modules, in the order ``blockseg --help`` lists them
-COMMANDS = ["demo", "run", "synth", "import_cmd", "info", "train", "predict", "tune", "segment", "evaluate", "export", "cluster_cmd"]
+COMMANDS = ["demo", "run", "synth", "import_cmd", "info", "train", "predict", "tune", "segment", "evaluate", "export", "export_model",
+            "cluster_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ import json
 import sys
 import warnings
 
+from blockseg.defaults import DEFAULT_BATCH_SIZE
 from blockseg.errors import BlocksegError
 
 from .options import absolute, add_cluster_options, add_pyramid_option, add_selection_options, open_cluster, progress_mode, pyramid_levels, selected, zyx
@@ -47,7 +48,10 @@ def register(subparsers) -> None:
     p.add_argument("--blending", choices=["gaussian", "bump", "constant"], default="gaussian", help="blending window (default gaussian)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips")
     p.add_argument("--mc-samples", type=int, default=0, metavar="N", help="MC-dropout samples: adds a <channel>_var variance channel per channel")
-    p.add_argument("--batch-size", type=int, default=2, metavar="N", help="patches per forward pass (default 2)")
+    p.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+        help=f"patches per forward pass (default {DEFAULT_BATCH_SIZE}); a speed knob: the output is the same for every batch size",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA where visible), cpu, cuda (default auto)")
     p.add_argument("--no-amp", action="store_true", help="on CUDA, run the network in float32 instead of bf16 (fp16 where bf16 is unsupported) autocast")
     p.add_argument(

@@ -272,3 +272,116 @@ def test_predict_cli_prints_the_model_line_and_refuses_a_bad_sidecar_in_one_line
     write_sidecar(tmp_path / "net.yaml")
     rc, _, err = blockseg(capsys, "predict", vol.path, path, tmp_path / "o.zarr", "--runtime", "compile", "--dry-run")
     assert rc == 2 and "runtime" in err
+
+
+# ---------------------------------------------------------------------------- bioimage.io packages
+@pytest.mark.slow  # ~40 s on 2 loaded cores: the demo network runs twice over the volume
+def test_export_model_of_a_shipped_checkpoint_validates_and_predicts_as_the_checkpoint(tmp_path, local_client):
+    pytest.importorskip("bioimageio.spec")
+    from bioimageio.spec import load_model_description
+
+    from blockseg.models.bioimageio import _blobs, export_package
+
+    rep = export_package("demo", tmp_path / "demo.zip")
+    assert rep["status"] in ("valid-format", "passed")
+    descr = load_model_description(str(tmp_path / "demo.zip"), format_version="latest")
+    assert descr.validation_summary.status == rep["status"]
+    assert [str(c) for c in descr.outputs[0].axes[1].channel_names] == ["B", "C", "D", "cpv_z", "cpv_y", "cpv_x"]
+    assert any(p.id == "scale_range" for p in descr.inputs[0].preprocessing)
+    assert descr.config.model_extra["blockseg"]["margin"] == [6, 16, 16]  # the exact sidecar travels with it
+    shape = (24, 48, 40)
+    image = _blobs(shape, seed=3).astype(np.uint16)
+    vol = create_volume(tmp_path / "img.zarr", shape, np.uint16, chunks=CHUNKS)
+    vol.array[...] = image
+    kw = dict(block_shape=BLOCK, client=local_client, progress=False, scale=1, channels="all")
+    native = predict(vol.path, "demo", tmp_path / "native.zarr", **kw)
+    package = predict(vol.path, tmp_path / "demo.zip", tmp_path / "package.zarr", **kw)
+    assert package.plan.lattice.patch == native.plan.lattice.patch and package.blocks > 1
+    a, b = stored(native.output), stored(package.output)
+    assert set(a) == set(b) == {"B", "C", "D", "cpv_z", "cpv_y", "cpv_x"}
+    for c in a:  # the same network on the same lattice: within one storage step
+        assert np.abs(a[c].astype(np.float64) - b[c].astype(np.float64)).max() <= (1 if a[c].dtype == np.uint8 else 1e-2), c
+    with pytest.raises(BlocksegError, match="already exists"):
+        export_package("demo", tmp_path / "demo.zip")
+
+
+class FinalUNet(nn.Module):
+    """The plain U-Net with its activations inside (sigmoid B, C; tanh D), as many zoo models are."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = PlainUNet(3)
+
+    def forward(self, x):
+        y = self.net(x)
+        return torch.cat([torch.sigmoid(y[:, :2]), torch.tanh(y[:, 2:])], dim=1)
+
+
+def zoo_package(tmp_path) -> str:
+    """A bioimage.io package written with bioimageio.spec's own classes around a plain torch U-Net."""
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.model import v0_5 as m
+
+    d = tmp_path / "zoo"
+    d.mkdir()
+    net = FinalUNet().eval()
+    x = np.random.default_rng(0).random((1, 1, 16, 32, 32)).astype(np.float32) * 1000
+    lo, hi = np.percentile(x, [1, 99.8])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(net, torch.zeros(1, 1, 16, 32, 32)).save(str(d / "weights.pt"))
+        y = net(torch.from_numpy(((x - lo) / (hi - lo + 1e-6)).astype(np.float32))).numpy()
+    np.save(d / "in.npy", x)
+    np.save(d / "out.npy", y)
+    (d / "README.md").write_text("# zoo U-Net\n\n# Validation\n\nnone\n")
+    import matplotlib.pyplot as plt
+
+    plt.imsave(d / "cover.png", x[0, 0, 8], cmap="gray")
+    space = [m.SpaceInputAxis(id=m.AxisId(a), size=m.ParameterizedSize(min=s, step=2), scale=v, unit="nanometer")
+             for a, s, v in zip("zyx", (8, 16, 16), (400.0, 200.0, 200.0))]  # fmt: skip
+    inp = m.InputTensorDescr(
+        id=m.TensorId("raw"), axes=[m.BatchAxis(), m.ChannelAxis(channel_names=[m.Identifier("raw")]), *space],
+        test_tensor=m.FileDescr(source=d / "in.npy"),
+        preprocessing=[m.ScaleRangeDescr(kwargs=m.ScaleRangeKwargs(axes=[m.AxisId(a) for a in "zyx"], min_percentile=1.0,
+                                                                  max_percentile=99.8))],
+    )  # fmt: skip
+    out_axes = [m.BatchAxis(), m.ChannelAxis(channel_names=[m.Identifier(c) for c in ("foreground", "contour", "distance")])]
+    out_axes += [m.SpaceOutputAxis(id=m.AxisId(a), size=m.SizeReference(tensor_id=m.TensorId("raw"), axis_id=m.AxisId(a)),
+                                   scale=v, unit="nanometer") for a, v in zip("zyx", (400.0, 200.0, 200.0))]  # fmt: skip
+    out = m.OutputTensorDescr(id=m.TensorId("bcd"), axes=out_axes, test_tensor=m.FileDescr(source=d / "out.npy"))
+    descr = m.ModelDescr(
+        name="zoo unet", description="a plain torch U-Net", authors=[m.Author(name="test")],
+        cite=[m.CiteEntry(text="3D U-Net", url="https://arxiv.org/abs/1606.06650")], license="CC-BY-4.0",
+        documentation=m.FileDescr(source=d / "README.md"), covers=[m.FileDescr(source=d / "cover.png")],
+        inputs=[inp], outputs=[out],
+        weights=m.WeightsDescr(torchscript=m.TorchscriptWeightsDescr(source=d / "weights.pt", pytorch_version=m.Version("2.0"))),
+    )  # fmt: skip
+    return str(save_bioimageio_package(descr, output_path=tmp_path / "zoo.zip"))
+
+
+def test_a_zoo_package_runs_blockwise_on_two_workers_as_whole_volume(tmp_path, local_client):
+    pytest.importorskip("bioimageio.spec")
+    path = zoo_package(tmp_path)
+    d = describe(path)
+    assert d.outputs == ("B", "C", "D") and d.sources["outputs"] == "package" and d.package
+    assert d.input_patch == (16, 32, 32) and d.divisor == (2, 2, 2) and d.sources["margin"] == "measured"
+    assert d.voxel_size == pytest.approx((0.4, 0.2, 0.2))  # nanometres -> µm
+    assert d.normalisation == {"scheme": "percentile", "low": 1.0, "high": 99.8}
+    assert set(d.activation.values()) == {"applied"}  # no postprocessing: the outputs are final
+    vol, image = volume(tmp_path, seed=4)
+    rep = predict(vol.path, path, tmp_path / "o.zarr", block_shape=BLOCK, client=local_client, progress=False, scale=1)
+    assert rep.blocks > 1 and "[measured" in rep.plan.model
+    assert_equals_predict_array(tmp_path, path, image, rep)
+    # a sidecar beside the package overrides what the package says
+    (tmp_path / "zoo.yaml").write_text(yaml.safe_dump({"margin": [2, 3, 3]}))
+    d = describe(path)
+    assert d.margin == (2, 3, 3) and d.sources["margin"] == "sidecar"
+
+
+def test_export_model_cli_refuses_in_one_line(tmp_path, capsys):
+    pytest.importorskip("bioimageio.spec")
+    path = torchscript(tmp_path)
+    rc, _, err = blockseg(capsys, "export-model", path, tmp_path / "x.zip")
+    assert rc == 2 and "takes a blockseg checkpoint" in err and err.strip().count("\n") == 0
+    rc, _, err = blockseg(capsys, "export-model", "demo", tmp_path / "x.tar")
+    assert rc == 2 and ".zip" in err

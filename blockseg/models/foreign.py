@@ -85,7 +85,13 @@ def _is_torchscript_zip(path: str) -> bool:
 def is_foreign(path) -> bool:
     """Whether ``path`` names a TorchScript or ONNX network (or its sidecar), not a blockseg checkpoint."""
     p = str(path)
-    if "://" in p or not os.path.isfile(p):
+    if "://" in p:
+        return False
+    from .bioimageio import is_package
+
+    if is_package(p):  # a bioimage.io model package (blockseg.models.bioimageio)
+        return True
+    if not os.path.isfile(p):
         return False
     low = p.lower()
     if low.endswith(".onnx") or low.endswith(SIDECAR_SUFFIXES):
@@ -197,6 +203,8 @@ class ForeignModel:
     sources: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
     fixed_patch: bool = False
+    #: the path the model was given as when it is a bioimage.io package (else "")
+    package: str = ""
 
     @property
     def geometry(self) -> Geometry:
@@ -223,6 +231,7 @@ class ForeignModel:
             "voxel_size": None if self.voxel_size is None else list(self.voxel_size),
             "decoder": self.decoder,
             "fixed_patch": self.fixed_patch,
+            **({"package": self.package} if self.package else {}),
             "sources": dict(self.sources),
             "notes": dict(self.notes),
         }
@@ -240,7 +249,7 @@ class ForeignModel:
             "magic": "foreign",
             "format": self.format,
             "architecture": ForeignNet.architecture,
-            "config": {"path": self.weights, "sidecar": self.sidecar},
+            "config": {"path": self.package} if self.package else {"path": self.weights, "sidecar": self.sidecar},
             "representations": list(self.representations),
             "geometry": self.geometry.to_dict(),
             "metadata": meta,
@@ -487,6 +496,10 @@ def describe(path, sidecar: str | None = None) -> ForeignModel:
     ``sidecar``: the sidecar of weights ``path``, when it is not found by the weights' stem.
     """
     p = os.path.abspath(str(path))
+    from .bioimageio import is_package
+
+    if sidecar is None and is_package(p):
+        return _describe_package(p)
     if not os.path.isfile(p):
         raise BlocksegError(f"model {path} does not exist")
     if sidecar is not None:
@@ -509,10 +522,34 @@ def describe(path, sidecar: str | None = None) -> ForeignModel:
     return desc
 
 
-def _describe(weights: str, sidecar: str) -> ForeignModel:
-    spec = _read_sidecar(sidecar)
-    where = sidecar
+def _describe_package(p: str) -> ForeignModel:
+    """:func:`describe` of a bioimage.io package (cached per process and modification times)."""
+    from .bioimageio import package_spec
+
+    rdf_or_self = p if os.path.isfile(p) else next((os.path.join(p, n) for n in ("rdf.yaml", "bioimageio.yaml")
+                                                    if os.path.isfile(os.path.join(p, n))), p)  # fmt: skip
+    side = _find_sidecar(p) if os.path.isfile(p) and not p.lower().endswith(SIDECAR_SUFFIXES) else None
+    key = ("package", p, os.path.getmtime(rdf_or_self), os.path.getmtime(side) if side else None)
+    if key in _DESCRIBED:
+        return _DESCRIBED[key]
+    weights, rdf, spec, origins = package_spec(p)
+    desc = _describe(weights, rdf, spec, origins, package=p, extra=[side] if side else [])
+    _DESCRIBED[key] = desc
+    return desc
+
+
+def _describe(weights: str, sidecar: str, spec: dict | None = None, origins: dict | None = None, package: str = "",
+              extra: Sequence[str] = ()) -> ForeignModel:  # fmt: skip
+    """A :class:`ForeignModel` from its weights and sidecar (or a package's derived ``spec``,
+    whose items came from ``origins[key]``: "package" or "sidecar")."""
+    spec = _read_sidecar(sidecar) if spec is None else dict(spec)
+    where = package or sidecar
     sources, notes = {}, {}
+    sigmoid_only = spec.pop("_sigmoid", False)  # a package's sigmoid postprocessing
+
+    def origin(key: str) -> str:
+        return (origins or {}).get(key, "sidecar")
+
     fmt = spec.get("format") or ("onnx" if weights.lower().endswith(".onnx") else "torchscript")
     if fmt not in FORMATS:
         raise BlocksegError(f"{where}: format is one of {FORMATS}, got {fmt!r}")
@@ -520,12 +557,22 @@ def _describe(weights: str, sidecar: str) -> ForeignModel:
         raise BlocksegError(f"{weights}: not a TorchScript archive (torch.jit.save / torch.jit.trace(...).save); "
                             "for a plain state dict, rebuild the network in Python and export it with torch.jit.script or trace")  # fmt: skip
     outputs, reps, index = parse_outputs(spec.get("outputs"), where)
-    sources["outputs"] = "sidecar"
+    sources["outputs"] = origin("outputs")
     activation, sources["activation"] = parse_activation(spec.get("activation"), reps, where)
+    if sources["activation"] == "sidecar":
+        sources["activation"] = origin("activation")
+    if sigmoid_only and "activation" not in (k for k, v in (origins or {}).items() if v == "sidecar"):
+        other = [r for r in reps if r not in ("B", "C", "aff", "gauss")]
+        if other:
+            raise BlocksegError(f"{where}: the package applies a sigmoid to every output, but {other} are not probabilities; "
+                                "add 'activation:' to a sidecar beside the package")  # fmt: skip
+        notes["activation"] = "the package's sigmoid postprocessing"
     if sources["activation"] == "default":
         notes["activation"] = "the network outputs logits: blockseg applies sigmoid / tanh / softmax (say 'activation: applied' if not)"
     normalisation = parse_normalisation(spec, where)
-    sources["normalisation"] = "sidecar"
+    sources["normalisation"] = origin("normalisation")
+    if package and normalisation and normalisation.get("scheme") == "percentile" and origin("normalisation") == "package":
+        notes["normalisation"] = "the package's scale_range, taken over the whole volume (bioimage.io: per tile)"
 
     net = _load_network(weights, fmt)
     fixed = net.fixed if fmt == "onnx" else None
@@ -536,13 +583,13 @@ def _describe(weights: str, sidecar: str) -> ForeignModel:
     elif patch is None:
         raise BlocksegError(f"{where}: add 'patch: [Z, Y, X]', the input patch the network was trained with (or runs well on)")
     else:
-        sources["patch"] = "sidecar"
+        sources["patch"] = origin("patch")
         if fixed and tuple(patch) != tuple(fixed):
             raise BlocksegError(f"{where}: patch {list(patch)} differs from the ONNX graph's fixed input shape {list(fixed)}")
     crop = _triple(spec, "crop", where) or (0, 0, 0)
     halo = _triple(spec, "halo", where) or (0, 0, 0)
-    sources["crop"] = "sidecar" if "crop" in spec else "default"
-    sources["halo"] = "sidecar" if "halo" in spec else "default"
+    sources["crop"] = origin("crop") if "crop" in spec else "default"
+    sources["halo"] = origin("halo") if "halo" in spec else "default"
     total_crop = tuple(c + h for c, h in zip(crop, halo))
     out = tuple(p - 2 * c for p, c in zip(patch, total_crop))
     if any(o <= 0 for o in out):
@@ -558,7 +605,7 @@ def _describe(weights: str, sidecar: str) -> ForeignModel:
         sources["divisor"] = "default"
         notes["divisor"] = "the largest power of 2 dividing the patch (set divisor: to allow other sizes)"
     else:
-        sources["divisor"] = "sidecar"
+        sources["divisor"] = origin("divisor")
     if any(o % d for o, d in zip(out, divisor)):
         raise BlocksegError(f"{where}: the patch's output {list(out)} is not a multiple of divisor {list(divisor)}")
     voxel_size = spec.get("voxel_size")
@@ -568,7 +615,7 @@ def _describe(weights: str, sidecar: str) -> ForeignModel:
             assert len(voxel_size) == 3 and all(v > 0 for v in voxel_size)
         except (TypeError, ValueError, AssertionError):
             raise BlocksegError(f"{where}: voxel_size is 1 or 3 positive numbers (µm, z y x), got {spec['voxel_size']!r}") from None
-    sources["voxel_size"] = "sidecar" if voxel_size is not None else "default"
+    sources["voxel_size"] = origin("voxel_size") if voxel_size is not None else "default"
     if voxel_size is None:
         notes["voxel_size"] = "the image is not resampled (predict --scale to do it)"
     decoder = spec.get("decoder")
@@ -578,7 +625,7 @@ def _describe(weights: str, sidecar: str) -> ForeignModel:
 
         if decoder.get("name") not in DECODERS:
             raise BlocksegError(f"{where}: decoder {decoder.get('name')!r} is not one of {sorted(DECODERS)}")
-    sources["decoder"] = "sidecar" if decoder is not None else "default"
+    sources["decoder"] = origin("decoder") if decoder is not None else "default"
     diameter = spec.get("nucleus_diameter_um")
 
     # one forward on the patch: the output's channels and size must be what the sidecar says
@@ -596,13 +643,13 @@ def _describe(weights: str, sidecar: str) -> ForeignModel:
         margin, note = measure_margin(net, patch, crop, halo, divisor, where)
         sources["margin"], notes["margin"] = "measured", note
     else:
-        margin, sources["margin"] = _triple(spec, "margin", where), "sidecar"
+        margin, sources["margin"] = _triple(spec, "margin", where), origin("margin")
     desc = ForeignModel(
         weights=weights, sidecar=sidecar, format=fmt, outputs=outputs, representations=reps, index=index,
         activation=activation, input_patch=tuple(patch), margin=tuple(margin), crop=total_crop, halo=tuple(halo),
         divisor=tuple(divisor), normalisation=normalisation, voxel_size=voxel_size, decoder=decoder,
         nucleus_diameter_um=None if diameter is None else float(diameter), name=str(spec.get("name") or os.path.basename(weights)),
-        digest=_digest(weights, sidecar), sources=sources, notes=notes, fixed_patch=bool(fixed),
+        digest=_digest(weights, sidecar, *extra), sources=sources, notes=notes, fixed_patch=bool(fixed), package=package,
     )  # fmt: skip
     desc.geometry  # validates
     return desc

@@ -45,6 +45,7 @@ from typing import Sequence
 import numpy as np
 import zarr
 
+from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError
 from ..grid import BlockGrid, default_block_shape
 from ..io import _is_url, open_volume
@@ -155,7 +156,7 @@ class BlockJob:
     kinds: tuple[tuple[str, str], ...]
     dtype: str
     normalisation: tuple[tuple[str, float], ...] | None
-    batch_size: int = 2
+    batch_size: int = DEFAULT_BATCH_SIZE
     tta: bool = False
     mc_samples: int = 0
     amp: bool = True
@@ -798,7 +799,7 @@ def predict(
     blending: str = "gaussian",
     tta: bool = False,
     mc_samples: int = 0,
-    batch_size: int = 2,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "auto",
     amp: bool = True,
     runtime: str = "eager",
@@ -861,7 +862,8 @@ def predict(
     mc_samples : int
         MC-dropout samples (networks with dropout); adds a ``<ch>_var`` channel per channel.
     batch_size : int
-        Patches per forward pass.
+        Patches per forward pass (default :data:`blockseg.defaults.DEFAULT_BATCH_SIZE`, as the
+        CLI and the run config). A speed knob: the output does not depend on it.
     device : str
         ``"auto"`` (CUDA where visible), ``"cpu"``, ``"cuda"``. GPU tasks ask for the ``GPU``
         worker resource when the cluster has GPU workers.

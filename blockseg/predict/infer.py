@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError
 from ..models.base import BlocksegNet, normalise
 from .kernels import blend_tile
@@ -46,7 +47,7 @@ class InferenceOptions:
         bf16 (or fp16 where bf16 is unsupported) autocast on CUDA; ignored on CPU.
     """
 
-    batch_size: int = 2
+    batch_size: int = DEFAULT_BATCH_SIZE
     device: str = "cpu"
     tta: bool = False
     mc_samples: int = 0
@@ -381,7 +382,7 @@ def predict_array(
     patch: Sequence[int] | None = None,
     overlap: float | Sequence[float] = 0.125,
     blending: str = "gaussian",
-    batch_size: int = 2,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "cpu",
     tta: bool = False,
     mc_samples: int = 0,

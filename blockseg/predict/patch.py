@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError
 from ..models.base import Geometry
 
@@ -159,7 +160,9 @@ def choose_patch(
     overlap : sequence of int
         Tile overlap in voxels per axis.
     batch_size : int
-        Patches per forward pass.
+        Patches per forward pass of the run: named in the reason only. The budget is checked
+        for a batch of :data:`~blockseg.defaults.DEFAULT_BATCH_SIZE` patches whatever the run's
+        batch, so that a speed knob never changes the patch (and with it the output).
     activations_per_voxel : int
         Values per input voxel a forward holds (the memory model of the plan's estimate).
     mode : "auto", "train", int or 3 ints
@@ -201,19 +204,21 @@ def choose_patch(
     def patch_of(ix) -> tuple[int, int, int]:
         return tuple(per_axis[a][ix[a]] + 2 * geometry.crop[a] for a in range(3))  # type: ignore[return-value]
 
-    # shrink the axis with the largest patch (relative to its training patch) until it fits
-    while patch_memory(patch_of(idx), batch_size, activations_per_voxel) > budget:
+    # shrink the axis with the largest patch (relative to its training patch) until it fits; the
+    # batch is the shared default's, not the run's: the batch size is a speed knob
+    ref = DEFAULT_BATCH_SIZE
+    while patch_memory(patch_of(idx), ref, activations_per_voxel) > budget:
         shrinkable = [a for a in range(3) if idx[a] + 1 < len(per_axis[a])]
         if not shrinkable:
             break
         a = max(shrinkable, key=lambda a: (per_axis[a][idx[a]] / out0[a], per_axis[a][idx[a]]))
         idx[a] += 1
     patch = patch_of(idx)
-    need = patch_memory(patch, batch_size, activations_per_voxel)
+    need = patch_memory(patch, ref, activations_per_voxel)
     if patch == train:
         why = f"auto: the training patch (a larger one needs more than the {budget / 2**20:.0f} MiB budget)"
     else:
         kind = "block-aligned patch" if regions is None else "patch (on the resampled grid)"
         why = (f"auto: {kind} computing the fewest voxels within a {budget / 2**20:.0f} MiB forward budget "
-               f"({need / 2**20:.0f} MiB for batch {batch_size}); training patch {train}")  # fmt: skip
+               f"({need / 2**20:.0f} MiB for a batch of {ref}, whatever the batch size); training patch {train}")  # fmt: skip
     return PatchChoice(patch, "auto", train, budget, why)  # type: ignore[arg-type]
