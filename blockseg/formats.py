@@ -210,13 +210,20 @@ def open_source(
     if suffix in FILE_SUFFIXES:
         if mode != "r":
             raise BlocksegError(f"{path}: {suffix} files are read-only inputs for blockseg")
-        if suffix in (".tif", ".tiff"):
-            return _open_tiff(path, level, channel, timepoint)
-        if level not in (None, 0):
-            raise BlocksegError(f"{path}: a {suffix} file has no pyramid levels; drop --level")
-        if suffix in (".h5", ".hdf5", ".hdf"):
-            return _open_h5(path, key, channel, timepoint)
-        return _open_numpy(path, key, channel, timepoint)
+        try:
+            if suffix in (".tif", ".tiff"):
+                return _open_tiff(path, level, channel, timepoint)
+            if level not in (None, 0):
+                raise BlocksegError(f"{path}: a {suffix} file has no pyramid levels; drop --level")
+            if suffix in (".h5", ".hdf5", ".hdf"):
+                return _open_h5(path, key, channel, timepoint)
+            return _open_numpy(path, key, channel, timepoint)
+        except (BlocksegError, MemoryError):
+            raise
+        except Exception as exc:  # a damaged or foreign file: its header or metadata does not parse
+            if "allow_pickle" in str(exc) or "Python objects" in str(exc):
+                raise BlocksegError(f"{path}: holds Python objects (a pickle), which blockseg never loads: they could run code") from None
+            raise BlocksegError(f"{path}: not a readable {suffix} file ({_first_line(exc)})") from None
     if "://" not in path and os.path.isfile(path):
         raise BlocksegError(
             f"{path}: not a zarr array or group but a file of unsupported format {suffix or '(none)'}; "

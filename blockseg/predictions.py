@@ -189,10 +189,14 @@ def open_predictions(
     """
     path = str(path)
     _check_exists(path)
+    from .access import bad_metadata, probe, storage_failure
+
+    probe(path)
     try:
         group = zarr.open_group(path, mode="r")
-    except Exception:
-        raise BlocksegError(f"{path}: not a zarr group of prediction channels") from None
+    except Exception as exc:
+        line = storage_failure(exc, path) or bad_metadata(path)  # refused by object storage, damaged metadata
+        raise BlocksegError(line or f"{path}: not a zarr group of prediction channels") from None
     meta = dict(group.attrs.get("blockseg", {})).get("predictions")
     if not meta:
         raise BlocksegError(f"{path}: not a blockseg prediction store (no blockseg.predictions attribute)")

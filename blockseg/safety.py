@@ -820,6 +820,10 @@ def acquire_lock(path: str | os.PathLike) -> OutputLock | None:
                             held.file, sure=True)  # fmt: skip
             held.count += 1
             return held
+        if is_url(path):
+            from .access import probe
+
+            probe(path)  # no credentials, a missing bucket, no endpoint: one line naming the output
         lock = _take_url(path) if is_url(path) else _take_local(path)
         if lock is not None:
             _LOCKS[key] = lock
