@@ -335,6 +335,50 @@ def parse_config(raw: Any, source: str = "config", base_dir: str | None = None) 
         raise BlocksegError(f"{source}: config key {describe_validation_error(e)}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (yaml keeps the last one
+    silently: a config would run with a value the user did not see)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # << merges: explicit keys may override them
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: yaml itself refuses it
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise DuplicateKeyError(key, first, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping."""
+
+    def __init__(self, key, first: int, again: int):
+        super().__init__(f"key {key!r} given twice")
+        self.key, self.first, self.again = key, first, again
+
+
+def load_yaml(text: str, path: str) -> Any:
+    """Parse a YAML config file's text; one-line :class:`BlocksegError` for bad YAML and for a key
+    given twice in one mapping (naming the key and both lines)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as e:
+        raise BlocksegError(
+            f"{path}: line {e.again}: key {e.key!r} is given twice (first on line {e.first}); YAML would keep only "
+            "the last one silently: remove one"
+        ) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise BlocksegError(f"{path}: not valid YAML{where}") from None
+
+
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunConfig:
     """Read and validate a YAML config file (relative paths anchored at its folder).
 
@@ -344,13 +388,8 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunCo
     path = str(path)
     if not os.path.isfile(path):
         raise BlocksegError(f"config file {path} does not exist")
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise BlocksegError(f"{path}: not valid YAML{where}") from None
+    with open(path) as f:
+        raw = load_yaml(f.read(), path)
     raw = raw or {}
     base = os.path.dirname(os.path.abspath(path))
     if isinstance(raw, dict):

@@ -201,3 +201,38 @@ def test_a_run_stage_refuses_when_its_predecessor_is_not_recorded_complete(tmp_p
     with pytest.raises(BlocksegError, match=r"^\[segment\] the predict stage is not complete \(.*predict.json: running\)"):
         wf.run(cfg, client=object(), log=log)
     assert ran == ["data", "predict"]  # segment never started
+
+
+# ----------------------------------------------------------------------------- messages
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_a_key_given_twice_in_a_config_is_refused(tmp_path, capsys, command):
+    text = ("run_dir: out\ndata:\n  synth:\n    shape: [16, 32, 32]\nsegment:\n  halo: 8\n  decoder: bcd\n  halo: 16\n"
+            if command == "run" else "iterations: 5\npatch: [16, 32, 32]\niterations: 50\n")  # fmt: skip
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    code, out, err = _cli([command, str(cfg)], capsys)
+    line, first, key = (8, 6, "halo") if command == "run" else (3, 1, "iterations")
+    assert code == 2 and out == ""
+    assert err == [f"blockseg {command}: error: {cfg}: line {line}: key '{key}' is given twice (first on line {first}); "
+                   "YAML would keep only the last one silently: remove one"]  # fmt: skip
+    assert os.listdir(tmp_path) == ["c.yaml"]
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    from blockseg.config import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("base: &b {halo: 8}\nrun_dir: out\ndata: {synth: {shape: [16, 32, 32]}}\n"
+                   "segment:\n  <<: *b\n  halo: 16\n")  # fmt: skip
+    with pytest.raises(BlocksegError, match="base: unknown key"):  # parsed; only the stray anchor key is refused
+        load_config(cfg)
+
+
+def test_resume_summary_says_what_was_reused():
+    from blockseg.progress import reuse_summary
+
+    assert reuse_summary(8, 8, 8000, 8000, reused_pass1=2) == (
+        "resumed: reused 0 of 8 blocks (0 of 8 k voxels) done before; computed 8 blocks (8 k voxels), reusing the "
+        "network outputs of 2 of them from the interrupted run"
+    )
+    assert reuse_summary(8, 8, 8000, 8000) == "computed 8 blocks (8 k voxels)"

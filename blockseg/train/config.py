@@ -247,8 +247,15 @@ def load_config(path) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise BlocksegError(f"training config {path} does not exist")
+    from ..config import DuplicateKeyError, _UniqueKeyLoader
+
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as e:
+        raise BlocksegError(
+            f"{path}: line {e.again}: key {e.key!r} is given twice (first on line {e.first}); YAML would keep only "
+            "the last one silently: remove one"
+        ) from None
     except yaml.YAMLError as e:
         raise BlocksegError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if isinstance(data, dict) and "run_dir" in data:  # a run config: train from its `train:` section
