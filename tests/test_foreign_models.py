@@ -385,3 +385,23 @@ def test_export_model_cli_refuses_in_one_line(tmp_path, capsys):
     assert rc == 2 and "takes a blockseg checkpoint" in err and err.strip().count("\n") == 0
     rc, _, err = blockseg(capsys, "export-model", "demo", tmp_path / "x.tar")
     assert rc == 2 and ".zip" in err
+
+
+def test_a_package_whose_channel_names_blockseg_does_not_know_asks_for_a_sidecar(tmp_path):
+    pytest.importorskip("bioimageio.spec")
+    import zipfile
+
+    path = zoo_package(tmp_path)
+    with zipfile.ZipFile(path) as z:  # the same package with the zoo's usual anonymous channel names
+        files = {n: z.read(n) for n in z.namelist()}
+    for k, name in enumerate((b"foreground", b"contour", b"distance")):
+        files["rdf.yaml"] = files["rdf.yaml"].replace(b"- " + name, b"- channel%d" % k)
+    anon = tmp_path / "anon.zip"
+    with zipfile.ZipFile(anon, "w") as z:
+        for n, b in files.items():
+            z.writestr(n, b)
+    with pytest.raises(BlocksegError, match="put 'outputs: \\[...\\]' in anon.yaml beside the package") as e:
+        read_checkpoint(anon)
+    assert "\n" not in str(e.value)
+    (tmp_path / "anon.yaml").write_text(yaml.safe_dump({"outputs": ["B", "C", "D"]}))
+    assert read_checkpoint(anon)["representations"] == ["B", "C", "D"]

@@ -556,7 +556,13 @@ def _describe(weights: str, sidecar: str, spec: dict | None = None, origins: dic
     if fmt == "torchscript" and not _is_torchscript_zip(weights):
         raise BlocksegError(f"{weights}: not a TorchScript archive (torch.jit.save / torch.jit.trace(...).save); "
                             "for a plain state dict, rebuild the network in Python and export it with torch.jit.script or trace")  # fmt: skip
-    outputs, reps, index = parse_outputs(spec.get("outputs"), where)
+    try:
+        outputs, reps, index = parse_outputs(spec.get("outputs"), where)
+    except BlocksegError as e:
+        if not (package and origin("outputs") == "package"):
+            raise
+        stem = os.path.splitext(os.path.basename(package.rstrip("/")))[0]
+        raise BlocksegError(f"{e} (the package's channel names); put 'outputs: [...]' in {stem}.yaml beside the package") from None
     sources["outputs"] = origin("outputs")
     activation, sources["activation"] = parse_activation(spec.get("activation"), reps, where)
     if sources["activation"] == "sidecar":
