@@ -495,9 +495,10 @@ class MemoryWatch:
 
     A worker over the terminate fraction of its memory limit is restarted by its nanny, and the
     task it ran goes to the next worker, where the same happens; a worker over the pause fraction
-    takes no new task. A thread polls the scheduler every ``interval`` seconds (one small request)
-    and, after more than ``restarts`` memory restarts since the stage began, or with every worker
-    paused for ``paused_seconds``, cancels the stage's tasks; :meth:`raise_for_memory` then
+    takes no new task. A thread polls the scheduler every ``interval`` seconds (its log of memory
+    restarts; the workers' states every fifth time) and, after more than ``restarts`` memory
+    restarts since the stage began, or with every worker paused for ``paused_seconds``, cancels
+    the stage's tasks; :meth:`raise_for_memory` then
     raises one line naming the block, the memory it held and the limit.
     """
 
@@ -513,6 +514,7 @@ class MemoryWatch:
         self.limit = None
         self._t0 = float("-inf")  # scheduler time of the last restart event before the stage
         self._paused_since: float | None = None
+        self._ticks = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="blockseg-memory-watch", daemon=True)
 
@@ -550,14 +552,18 @@ class MemoryWatch:
         if len(events) > self.restarts:
             self.error = self._restarted(events)
             return
+        self._ticks += 1
+        if self._ticks % 5:  # the workers' states (a larger answer) every 5th poll
+            return
         workers = self.client.scheduler_info().get("workers", {})
         if workers and all(w.get("status") == "paused" for w in workers.values()):
             self._paused_since = self._paused_since or time.time()
             if time.time() - self._paused_since >= self.paused_seconds:
                 held = max((w.get("metrics", {}).get("memory", 0) for w in workers.values()), default=0)
+                limit = f" of its {format_bytes(self.limit)} memory limit" if self.limit else ""
                 self.error = BlocksegError(
                     f"{self.name}: every dask worker stayed paused for {self.paused_seconds:.0f} s, holding "
-                    f"{format_bytes(held)} of its {format_bytes(self.limit or 0)} memory limit (dask pauses a worker beyond "
+                    f"{format_bytes(held)}{limit} (dask pauses a worker beyond "
                     f"{memory_fraction():.0%}, and a paused worker takes no new block); raise --memory-limit (fewer "
                     "--workers leave each more of this machine's memory) or use a smaller block shape (--block)"
                 )

@@ -60,6 +60,7 @@ def _env(home: Path, tmp: Path) -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_runs_from_a_read_only_install_without_a_writable_home(tmp_path):
     from blockseg.io import create_volume
 
@@ -313,3 +314,62 @@ def test_huge_image_holding_no_data_is_named_in_the_dry_run_and_refused(tmp_path
     assert "holds no data" in line and "2,181,038,080 voxels (2048x1024x1040)" in line
     assert time.perf_counter() - t0 < 90  # no network ran over it
     assert not out.exists()
+
+
+class _FakeScheduler:
+    """What MemoryWatch asks a dask client: event logs and the workers' states."""
+
+    def __init__(self, events=None, workers=None):
+        self.events = events or {}
+        self.workers = workers or {}
+        self.cancelled = []
+
+    def get_events(self, topic):
+        return tuple(self.events.get(topic, ()))
+
+    def scheduler_info(self):
+        return {"workers": self.workers}
+
+    def cancel(self, futures):
+        self.cancelled.extend(futures)
+
+
+def test_memory_watch_names_the_block_the_restarted_workers_ran():
+    from blockseg.cluster import MemoryWatch
+
+    restarts = [(10.0 + i, {"worker": f"tcp://w:{i}", "pid": i, "rss": 900 * 2**20}) for i in range(3)]
+    removed = {f"tcp://w:{i}": [(10.5 + i, {"action": "remove-worker", "processing-tasks": {"predict-x-7"}})] for i in range(3)}
+    client = _FakeScheduler({"worker-restart-memory": restarts, **removed}, {"tcp://w:3": {"memory_limit": 2**30}})
+    watch = MemoryWatch(client, ["f7"], {"predict-x-7": 7}, "predict", restarts=2)
+    watch.limit = 2**30
+    watch.check()
+    assert str(watch.error) == (
+        "predict block 7: dask workers were restarted 3 times for exceeding their memory limit (a worker held 900 MiB of "
+        "its 1 GiB limit); raise --memory-limit (fewer --workers leave each more of this machine's memory) or use a "
+        "smaller block shape (--block)"
+    )
+    with pytest.raises(blockseg.BlocksegError, match="predict block 7"):
+        watch.raise_for_memory(RuntimeError("cancelled"))
+    # two restarts and a task dask gave up on (KilledWorker): memory is named too
+    two = MemoryWatch(_FakeScheduler({"worker-restart-memory": restarts[:2], **removed}), [], {"predict-x-7": 7}, "predict")
+    two.raise_for_memory(RuntimeError("another error"))  # not KilledWorker, under the limit: left alone
+    KilledWorker = type("KilledWorker", (Exception,), {})
+    with pytest.raises(blockseg.BlocksegError, match="restarted 2 times"):
+        two.raise_for_memory(KilledWorker("all those workers died"))
+
+
+def test_memory_watch_ends_a_stage_whose_workers_all_stay_paused():
+    from blockseg.cluster import MemoryWatch
+
+    workers = {a: {"status": "paused", "memory_limit": 2**30, "metrics": {"memory": 850 * 2**20}} for a in ("a", "b")}
+    client = _FakeScheduler(workers=workers)
+    watch = MemoryWatch(client, [], {}, "segment", paused_seconds=0)
+    for _ in range(5):  # the workers' states are asked every fifth poll
+        watch.check()
+    assert watch.error is not None and str(watch.error).startswith("segment: every dask worker stayed paused")
+    assert "850 MiB" in str(watch.error) and "--memory-limit" in str(watch.error)
+    workers["b"]["status"] = "running"
+    watch = MemoryWatch(client, [], {}, "segment", paused_seconds=0)
+    for _ in range(10):
+        watch.check()
+    assert watch.error is None
