@@ -16,8 +16,8 @@ The thresholds, and why:
   Measured: a 64^3 volume imported with 1-voxel chunks wrote 262,144 files in 246 s.
 - **tasks**: dask's scheduler spends ~1 ms and a few KiB per task; above :data:`MANY_TASKS` the
   overhead is minutes and is warned about, above :data:`MAX_TASKS` refused.
-- **no data**: a zarr image none of whose chunks is stored reads as its fill value everywhere
-  (a lazily declared array); computing over more than :data:`EMPTY_VOXELS` voxels of it is refused.
+- **no data**: a zarr image none of whose chunks is stored (or an HDF5 dataset with no byte
+  allocated) reads as its fill value everywhere (a lazily declared array); computing over more than :data:`EMPTY_VOXELS` voxels of it is refused.
 """
 
 from __future__ import annotations
@@ -96,11 +96,16 @@ _METADATA = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
 
 
 def _any_chunk_stored(array) -> bool | None:
-    """Whether any chunk (or shard) of a zarr array is stored; None when that cannot be told (not a
-    zarr array, or the store cannot list)."""
+    """Whether any chunk (or shard) of a zarr array, or any byte of an HDF5 dataset, is stored; None
+    when that cannot be told (another kind of array, or a store that cannot list)."""
     import zarr
 
     base = getattr(array, "base", array)  # a channel / timepoint view of a zarr array
+    if type(base).__module__.startswith("h5py"):  # an HDF5 dataset: bytes allocated on disk
+        try:
+            return base.id.get_storage_size() > 0
+        except Exception:
+            return None
     if not isinstance(base, zarr.Array):
         return None
     try:

@@ -373,3 +373,25 @@ def test_memory_watch_ends_a_stage_whose_workers_all_stay_paused():
     for _ in range(10):
         watch.check()
     assert watch.error is None
+
+
+def test_empty_image_is_told_from_a_written_one(tmp_path):
+    import h5py
+    import zarr
+
+    from blockseg.costs import EMPTY_VOXELS, empty_image_cost
+    from blockseg.io import open_volume
+
+    big = (1024, 1024, 1024)
+    lazy = zarr.create_array(str(tmp_path / "lazy.zarr"), shape=big, chunks=(128, 128, 128), dtype="u1")
+    cost = empty_image_cost(lazy, big, "lazy.zarr")
+    assert cost is not None and cost.refuse and "1,073,741,824 voxels (1024x1024x1024)" in cost.message
+    lazy[:1, :1, :1] = 7  # one chunk written: it holds data
+    assert empty_image_cost(lazy, big, "lazy.zarr") is None
+    assert empty_image_cost(np.zeros((4, 4, 4)), big, "array") is None  # cannot tell: no refusal
+    with h5py.File(tmp_path / "lazy.h5", "w") as f:
+        f.create_dataset("raw", shape=big, chunks=(64, 64, 64), dtype="u1")
+    vol = open_volume(str(tmp_path / "lazy.h5"), key="raw")
+    assert empty_image_cost(vol.array, vol.shape, "lazy.h5").refuse
+    small = zarr.create_array(str(tmp_path / "small.zarr"), shape=(64, 64, 64), chunks=(32, 32, 32), dtype="u1")
+    assert 64**3 <= EMPTY_VOXELS and empty_image_cost(small, small.shape, "small.zarr") is None
