@@ -192,18 +192,20 @@ def check_task_memory(estimate: int, limit: int | None, task: str, base: int = W
     )
 
 
-def local_memory_limit(memory_limit, n_workers: int, base: int = WORKER_BASE_BYTES) -> int:
+def local_memory_limit(memory_limit, n_workers: int, base: int = WORKER_BASE_BYTES,
+                       option: str = "--memory-limit") -> int:  # fmt: skip
     """Bytes per local worker (0: no limit) for ``memory_limit`` (:func:`parse_memory_limit`) shared
     by ``n_workers``; refuse, before any worker starts, a limit that a worker exceeds at rest (it
     would be restarted over and over)."""
-    limit = parse_memory_limit(memory_limit)
+    limit = parse_memory_limit(memory_limit, option)
     if limit == "auto":
         return default_memory_limit(n_workers)
     fraction = memory_fraction()
     if limit and base > fraction * limit:
         enough = -(-base / fraction // 2**20) * 2**20
         raise BlocksegError(
-            f"--memory-limit {format_bytes(limit)} per worker is less than a dask worker running blockseg holds at rest "
+            f"a memory limit of {format_bytes(limit)} per worker (--memory-limit; cluster.memory_limit in a config) is "
+            f"less than a dask worker running blockseg holds at rest "
             f"(~{format_bytes(base)}; dask pauses or restarts a worker beyond {fraction:.0%} of its limit, and the run "
             f"would never end); give at least {format_bytes(enough)}, more for the blocks themselves (or leave it out: "
             "90% of this machine's memory shared among the workers)"
@@ -269,7 +271,8 @@ def dask_client(
         resources = {"GPU": 1}
     n_workers = n_workers or max(1, os.cpu_count() or 1)
     # a size that does not parse, or one a worker exceeds at rest, ends here in one line
-    memory_limit = local_memory_limit(config.memory_limit, n_workers) or None  # None: no limit
+    # (a value from the command line was checked as --memory-limit already: this one is a config's)
+    memory_limit = local_memory_limit(config.memory_limit, n_workers, option="cluster.memory_limit") or None
     import dask
 
     environ = worker_environ()

@@ -194,7 +194,7 @@ def test_memory_limit_too_small_for_a_predict_block_ends_at_once(tmp_path, image
 def test_memory_limit_below_a_resting_worker_is_refused_before_workers_start(tmp_path, capsys):
     from blockseg.cluster import ClusterConfig, dask_client
 
-    with pytest.raises(blockseg.BlocksegError, match=r"--memory-limit 9.5 MiB per worker is less than a dask worker"):
+    with pytest.raises(blockseg.BlocksegError, match=r"a memory limit of 9.5 MiB per worker \(--memory-limit; cluster.memory_limit in a config\) is less than a dask worker"):
         with dask_client(ClusterConfig(n_workers=1, memory_limit="10MB", dashboard=False), quiet=True):
             pass
 
