@@ -121,6 +121,7 @@ def assert_equals_predict_array(tmp_path, model_path, image, report):
 
 
 # ---------------------------------------------------------------------------- blockwise == whole volume
+@pytest.mark.slow  # ~20 s on 2 loaded cores: three predicts (run, resume, refused resume)
 def test_torchscript_unet_runs_blockwise_on_two_workers_as_whole_volume(tmp_path, local_client):
     vol, image = volume(tmp_path)
     path = torchscript(tmp_path)
