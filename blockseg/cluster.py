@@ -585,13 +585,16 @@ class MemoryWatch:
         blocks: list[int] = []
         for msg in events:
             blocks += [b for b in self._blocks_on(msg.get("worker", "")) if b not in blocks]
-        what = (f"{self.name} block {blocks[0]}" + (f" (and {len(blocks) - 1} more)" if len(blocks) > 1 else "")
-                if blocks else f"no {self.name} block yet: the workers exceed it at rest")  # fmt: skip
+        if blocks:
+            what = f"{self.name} block {blocks[0]}" + (f" (and {len(blocks) - 1} more)" if len(blocks) > 1 else "")
+            when = ""
+        else:  # restarted while running none of this stage's blocks: at rest, or on another task
+            what, when = self.name, " while running none of its blocks"
         rss = max(int(m.get("rss", 0)) for m in events)
         limit = f" of its {format_bytes(self.limit)} limit" if self.limit else ""
         return BlocksegError(
-            f"{what}: dask workers were restarted {len(events)} times for exceeding their memory limit (a worker "
-            f"held {format_bytes(rss)}{limit}); raise --memory-limit (fewer --workers leave each more of this "
+            f"{what}: dask workers were restarted {len(events)} times for exceeding their memory limit{when} (a "
+            f"worker held {format_bytes(rss)}{limit}); raise --memory-limit (fewer --workers leave each more of this "
             "machine's memory) or use a smaller block shape (--block)"
         )
 

@@ -395,3 +395,30 @@ def test_empty_image_is_told_from_a_written_one(tmp_path):
     assert empty_image_cost(vol.array, vol.shape, "lazy.h5").refuse
     small = zarr.create_array(str(tmp_path / "small.zarr"), shape=(64, 64, 64), chunks=(32, 32, 32), dtype="u1")
     assert 64**3 <= EMPTY_VOXELS and empty_image_cost(small, small.shape, "small.zarr") is None
+
+
+def _sleepy(block_id):
+    import time
+
+    time.sleep(30)
+    return block_id
+
+
+def test_memory_watch_cancels_a_stage_that_would_wait_forever(local_client, monkeypatch):
+    """Workers restarted for memory while no task fails (dask would keep handing the tasks on):
+    the watch cancels the stage, and run_blocks raises its one line within seconds."""
+    import time
+
+    from blockseg.cluster import MemoryWatch, run_blocks
+
+    t0 = time.time()
+
+    def restarts(self):
+        if time.time() - t0 < 2:
+            return []
+        return [{"worker": "tcp://gone:1", "pid": i, "rss": 500 * 2**20} for i in range(3)]
+
+    monkeypatch.setattr(MemoryWatch, "_restart_events", restarts)
+    with pytest.raises(blockseg.BlocksegError, match=r"^segment: dask workers were restarted 3 times for exceeding their memory limit while running none"):
+        run_blocks(_sleepy, [0, 1, 2, 3], local_client, name="segment", progress=False)
+    assert time.time() - t0 < 20
