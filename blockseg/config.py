@@ -145,9 +145,22 @@ class PredictConfig(_Strict):
     #: resample the input for the network (blockseg.resample): None = image voxel size /
     #: the checkpoint's training voxel size; 1 = off; one factor or three (z, y, x)
     scale: Optional[Union[float, tuple[float, float, float]]] = None
-    #: or: the image's typical nucleus diameter (µm); resample so its nuclei span as many network
-    #: voxels as the checkpoint's training nuclei (needs ``metadata.nucleus_diameter_um``)
-    diameter: Optional[float] = Field(default=None, gt=0)
+    #: or: the image's typical nucleus diameter, ``17um`` / ``34px`` (a bare number is µm); resample
+    #: so its nuclei span as many network voxels as the checkpoint's training nuclei (needs
+    #: ``metadata.nucleus_diameter_um``; blockseg.resample.parse_diameter)
+    diameter: Optional[Union[float, str]] = None
+
+    @field_validator("diameter")
+    @classmethod
+    def _diameter_unit(cls, v):
+        if v is not None:
+            from .resample import parse_diameter
+
+            try:
+                parse_diameter(v)
+            except BlocksegError as e:
+                raise ValueError(str(e).replace("--diameter takes ", "")) from None
+        return v
 
 
 class TuneConfig(_Strict):

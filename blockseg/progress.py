@@ -3,7 +3,9 @@
 Every stage that runs blocks (:func:`blockseg.cluster.run_blocks`) reports through
 :func:`block_progress`. How it is shown is chosen once per command (:func:`progress_settings`):
 
-``auto``   a bar on a terminal, nothing otherwise (the default);
+``auto``   a bar on a terminal; otherwise (a log file, a SLURM job, a notebook) a line every
+           :data:`AUTO_LINES_INTERVAL` seconds while a stage runs, with rate and ETA, and a
+           closing line for stages that printed one (the default);
 ``bar``    a bar: blocks done / total, voxels done / total, voxels per second, ETA;
 ``lines``  one plain line on stderr every few seconds and at the end (logs, batch jobs);
 ``json``   one JSON object a line on stderr (scripts): ``{"event": "progress", "stage": ...,
@@ -18,6 +20,7 @@ import contextlib
 import contextvars
 import json
 import sys
+import threading
 import time
 from typing import Callable, Iterator, Sequence
 
@@ -26,6 +29,8 @@ PROGRESS_MODES = ("auto", "bar", "lines", "json", "none")
 _MODE: contextvars.ContextVar[str] = contextvars.ContextVar("blockseg_progress_mode", default="auto")
 #: seconds between two ``lines`` / ``json`` updates
 INTERVAL = {"lines": 5.0, "json": 1.0}
+#: seconds between two lines of ``auto`` progress outside a terminal (a log stays readable)
+AUTO_LINES_INTERVAL = 30.0
 
 
 @contextlib.contextmanager
@@ -41,11 +46,18 @@ def progress_settings(mode: str) -> Iterator[None]:
 
 
 def current_mode() -> str:
-    """The mode in force: ``auto`` resolved to ``bar`` on a terminal, else ``none``."""
+    """The mode in force: ``auto`` resolved to ``bar`` on a terminal, else ``lines``."""
     mode = _MODE.get()
     if mode == "auto":
-        return "bar" if sys.stderr.isatty() else "none"
+        return "bar" if _is_terminal() else "lines"
     return mode
+
+
+def _is_terminal() -> bool:
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
 
 
 def human_voxels(n: float) -> str:
@@ -132,6 +144,7 @@ def block_progress(name: str, n_blocks: int, voxels: Sequence[int] | None = None
     mode : str, optional
         Override the mode in force (:func:`progress_settings`).
     """
+    auto = mode is None and _MODE.get() == "auto"  # lines outside a terminal: sparser, quiet when short
     mode = mode or current_mode()
     counter = _Counter(name, voxels, n_blocks)
     size: Callable[[int], int] = (lambda i: voxels[i]) if voxels is not None else (lambda i: 0)
@@ -144,19 +157,28 @@ def block_progress(name: str, n_blocks: int, voxels: Sequence[int] | None = None
         return
     emit = (lambda ev: print(json.dumps(counter.record(ev)), file=sys.stderr, flush=True)) if mode == "json" else (
         lambda ev: print(f"blockseg: {counter.line()}", file=sys.stderr, flush=True))  # fmt: skip
-    last = [time.perf_counter()]
+    interval = AUTO_LINES_INTERVAL if auto else INTERVAL[mode]
+    said = [False]
     if mode == "json":
         emit("start")
+    # a line every `interval` seconds while the stage runs, blocks finished or not: a log shows
+    # the job alive, its rate and ETA even while one long block computes
+    stop = threading.Event()
 
-    def advance(i: int) -> None:
-        counter.advance(size(i))
-        now = time.perf_counter()
-        if counter.blocks_done < counter.blocks_total and now - last[0] >= INTERVAL[mode]:
-            last[0] = now
-            emit("progress")
+    def tick() -> None:
+        while not stop.wait(interval):
+            if counter.blocks_done < counter.blocks_total:
+                said[0] = True
+                emit("progress")
 
-    yield advance
-    if counter.blocks_done == counter.blocks_total:
+    ticker = threading.Thread(target=tick, name=f"blockseg-progress-{name}", daemon=True)
+    ticker.start()
+    try:
+        yield lambda i: counter.advance(size(i))
+    finally:
+        stop.set()
+        ticker.join()
+    if counter.blocks_done == counter.blocks_total and (said[0] or not auto):
         emit("done")
 
 

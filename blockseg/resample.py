@@ -89,6 +89,35 @@ def nucleus_diameter_um(labels: np.ndarray, voxel_size: Sequence[float]) -> floa
     return float(np.median(d)) if d.size else None
 
 
+#: units ``--diameter`` accepts: micrometres (the default for a bare number) and pixels
+DIAMETER_UNITS = {"um": "um", "µm": "um", "μm": "um", "micron": "um", "microns": "um", "px": "px", "pixel": "px", "pixels": "px"}
+
+
+def parse_diameter(value) -> tuple[float, str]:
+    """A nucleus diameter with its unit: ``17``, ``"17um"``, ``"17 µm"`` -> ``(17.0, "um")``;
+    ``"34px"`` -> ``(34.0, "px")``. A bare number is micrometres (blockseg's unit everywhere;
+    Cellpose's ``--diameter`` is pixels: write ``34px`` for that).
+
+    Raises
+    ------
+    BlocksegError
+        For anything else (one line with the accepted forms).
+    """
+    import re
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number, unit = float(value), "um"
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([^\s0-9.]*)\s*", str(value))
+        unit = DIAMETER_UNITS.get(m.group(2).lower() if m.group(2) else "um") if m else None
+        if m is None or unit is None:
+            raise BlocksegError(f"--diameter takes a size with its unit, e.g. 17um, 17µm or 34px (a bare number is µm), got {value!r}")
+        number = float(m.group(1))
+    if not (np.isfinite(number) and number > 0):
+        raise BlocksegError(f"--diameter takes a positive size (17um, 34px), got {value!r}")
+    return number, unit
+
+
 def resolve_scale(
     scale, shape, image_voxel_size, voxel_size_source: str, network_voxel_size, diameter=None, network_diameter=None
 ) -> tuple[Scaling | None, str]:
@@ -108,9 +137,11 @@ def resolve_scale(
         ``"metadata"``, ``"given"`` or ``"default"`` (unknown: taken as 1 µm).
     network_voxel_size : sequence of float or None
         The checkpoint's training voxel size.
-    diameter : float, optional
-        The image's typical nucleus diameter (µm). The factors then make a nucleus of this
-        size span as many network voxels as the training nuclei did:
+    diameter : float or str, optional
+        The image's typical nucleus diameter: a number in µm, or text with its unit (``"17um"``,
+        ``"17µm"``, ``"34px"``: pixels of the image's y/x plane, as Cellpose counts them;
+        :func:`parse_diameter`). The factors then make a nucleus of this size span as many
+        network voxels as the training nuclei did:
         ``(network_diameter / diameter) * (image voxel / network voxel)`` per axis, for nuclei
         of another physical size than the training data's (another organism or stage).
     network_diameter : float, optional
@@ -121,16 +152,19 @@ def resolve_scale(
     if diameter is not None:
         if not auto:
             raise BlocksegError("give --scale or --diameter, not both")
-        if not (np.isfinite(float(diameter)) and float(diameter) > 0):
-            raise BlocksegError(f"--diameter takes a positive size in µm, got {diameter!r}")
+        number, unit = parse_diameter(diameter)
         if not network_diameter or not network_voxel_size:
             raise BlocksegError("--diameter needs a checkpoint that records its training nucleus diameter and voxel size "
                                 "(checkpoints trained since 2026-11-29 do); use --scale")  # fmt: skip
         if voxel_size_source == "default":
             raise BlocksegError("--diameter needs the image's voxel size (pass --voxel-size)")
+        in_plane = (float(image_voxel_size[1]) + float(image_voxel_size[2])) / 2  # pixels are counted in y/x
+        diameter = number if unit == "um" else number * in_plane
         k = float(network_diameter) / float(diameter)
         factors = tuple(k * float(a) / float(b) for a, b in zip(image_voxel_size, network_voxel_size))
-        why = f"nuclei of {float(diameter):g} µm to the network's {float(network_diameter):.3g} µm, in its voxels"
+        # said in both units: a Cellpose user's "17" means pixels
+        why = (f"nuclei of {diameter:.4g} µm ({diameter / in_plane:.4g} px at {in_plane:.4g} µm in y/x; --diameter "
+               f"{number:g}{'px' if unit == 'px' else 'um'}) to the network's {float(network_diameter):.3g} µm, in its voxels")  # fmt: skip
     elif auto:
         if not network_voxel_size:
             return None, "not resampled: the checkpoint records no training voxel size"

@@ -110,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
     _one_line_warnings()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # an unknown option of a subcommand: that subcommand's usage, not the top level's
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subparsers.choices.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         from blockseg.chunks import set_policy
 

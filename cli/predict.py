@@ -66,9 +66,11 @@ def register(subparsers) -> None:
         "(default: image voxel size / the checkpoint's training voxel size, when both are known; 1: off)",
     )  # fmt: skip
     p.add_argument(
-        "--diameter", type=float, metavar="UM",
-        help="the image's typical nucleus diameter in µm, instead of --scale: resample so that its nuclei span as many "
-        "network voxels as the checkpoint's training nuclei (for nuclei of another size than the training data's)",
+        "--diameter", metavar="SIZE",
+        help="the image's typical nucleus diameter with its unit: 17um (or 17µm) in micrometres, 34px in pixels of the "
+        "y/x plane (Cellpose's unit); a bare number is µm. Instead of --scale: resample so that its nuclei span as many "
+        "network voxels as the checkpoint's training nuclei (for nuclei of another size than the training data's); the "
+        "plan and the run print it in both units",
     )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print blocks, halo and a memory estimate; compute nothing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
