@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import BlocksegError
+from .faults import fault_point
 
 #: stop adding levels once the smallest downsampled axis is at most this long
 MIN_AXIS = 64
@@ -64,6 +65,7 @@ def level_factors(
 
 def downsample_block(block: np.ndarray, factors: Sequence[int], method: str) -> np.ndarray:
     """Downsample one block by integer ``factors`` (``ceil`` of the shape; see module doc)."""
+    fault_point("pyramid.level:before", voxels=block.size)
     f = tuple(int(k) for k in factors)
     if method == "stride":
         return np.ascontiguousarray(block[:: f[0], :: f[1], :: f[2]])
@@ -102,6 +104,26 @@ def multiscale_datasets(voxel_size: Sequence[float], factors: Sequence[Sequence[
     return out
 
 
+def _compute_retried(store, client, retries: int = 1) -> None:
+    """Compute a level's store graph; a failed task runs again (every task rewrites whole
+    chunks of the level from the complete level above it, so a rerun writes the same bytes).
+    The threaded scheduler has no retries: the level is computed again instead."""
+    import dask
+
+    if client is not None:
+        client.compute(store, retries=retries).result()
+        return
+    for attempt in range(retries + 1):
+        try:
+            dask.compute(store, scheduler="threads")
+            return
+        except (BlocksegError, MemoryError):
+            raise
+        except Exception:
+            if attempt == retries:
+                raise
+
+
 def level_graph(src, chunks: Sequence[int], factors: Sequence[int], method: str):
     """Dask array of the next level: one task per destination chunk (``chunks``), reading the
     ``chunk x factor`` source voxels under it, so no two tasks write one chunk."""
@@ -111,7 +133,9 @@ def level_graph(src, chunks: Sequence[int], factors: Sequence[int], method: str)
     x = da.from_zarr(src, chunks=tuple(c * q for c, q in zip(chunks, f))) if not hasattr(src, "dask") else src.rechunk(
         tuple(c * q for c, q in zip(chunks, f)))  # fmt: skip
     out_chunks = tuple(tuple(-(-c // q) for c in cs) for cs, q in zip(x.chunks, f))
-    return x.map_blocks(downsample_block, f, method, chunks=out_chunks, dtype=src.dtype)
+    # meta given: dask need not call the function on an empty block in the driver to guess it
+    return x.map_blocks(downsample_block, f, method, chunks=out_chunks, dtype=src.dtype,
+                        meta=np.empty((0, 0, 0), dtype=src.dtype))
 
 
 def write_pyramid(
@@ -165,10 +189,7 @@ def write_pyramid(
         dst = group.create_array(str(k), shape=shape, dtype=src.dtype, chunks=cshape,
                                  fill_value=base.fill_value, dimension_names=("z", "y", "x"))  # fmt: skip
         store = da.store(level_graph(src, cshape, f, method), dst, lock=False, compute=False)
-        if client is not None:
-            client.compute(store).result()
-        else:
-            dask.compute(store, scheduler="threads")
+        _compute_retried(store, client)
         shapes.append(shape)
         src = dst
     ms[0]["datasets"] = multiscale_datasets(scale, factors, method)

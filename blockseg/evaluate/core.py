@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import BlocksegError
+from ..faults import fault_point
 from ..grid import BlockGrid, default_block_shape
 from .analysis import merges_and_splits
 from .coco import COCO_THRESHOLDS, DEFAULT_SIZE_RANGES, coco_ap
@@ -113,7 +114,9 @@ def _block_table(
     token: int = 0,
     points: np.ndarray | None = None,
 ):
-    """Table of one block; with ``points``, also the GT (and mask) values at those inside it."""
+    """Table of one block; with ``points``, also the GT (and mask) values at those inside it.
+    It writes nothing: a rerun returns the same table."""
+    fault_point("evaluate.block:before", block=block_id)
     core = grid[block_id].core
     g = _open(gt, token).array[core]
     p = _open(pred, token).array[core]

@@ -47,6 +47,7 @@ import zarr
 
 from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError
+from ..faults import fault_point
 from ..grid import BlockGrid, default_block_shape
 from ..io import _is_url, open_volume
 from ..models.base import BlocksegNet, build_model, load_checkpoint, normalise, read_checkpoint
@@ -473,7 +474,9 @@ def predict_block(job: BlockJob, block_id: int) -> dict:
     t_compute = time.perf_counter()
     written = layout.written_box
     if all(s.stop > s.start for s in written):
+        fault_point("predict.pass1.channels:before", block=block_id)
         _write_channels(job, acc[(slice(None), *_shift(written, layout.region))], written)
+        fault_point("predict.pass1.channels:after", block=block_id)
     parts, held, total = scratch_pieces(job, layout)
     if total:  # partial sums, and the final values in chunks pass 2 writes (encoded): one row
         packed = np.empty(total, dtype=np.uint8)
@@ -487,9 +490,12 @@ def predict_block(job: BlockJob, block_id: int) -> dict:
                 encoded, encoded_box = _encode_channels(job, acc[(slice(None), *_shift(box, layout.region))]), box
             raw = np.ascontiguousarray(encoded[c]).view(np.uint8).ravel()
             packed[offset : offset + raw.size] = raw
+        fault_point("predict.scratch:before", block=block_id)
         _scratch(job)[block_id, :total] = packed
+        fault_point("predict.scratch:after", block=block_id)
     # written last: everything this pass vouches for is on disk
     _set_marker(job, PASS1_ARRAY if layout.strips else DONE_ARRAY, block.index)
+    fault_point("predict.pass1.marker:after", block=block_id)
     t1 = time.perf_counter()
     return {
         "block": block_id,
@@ -555,9 +561,12 @@ def finish_block(job: BlockJob, block_id: int) -> dict:
                 filled += total[0].size
         if filled != math.prod(shape):  # held + strips must tile the box exactly
             raise BlocksegError(f"internal error: block {block_id}'s pass 2 covers {filled} of {math.prod(shape)} voxels")
+        fault_point("predict.pass2.channels:before", block=block_id)
         for c, enc in out.items():
             _channel_array(job.out_path, c, job.run_id)[tuple(box)] = enc
+    fault_point("predict.pass2.marker:before", block=block_id)
     _set_marker(job, DONE_ARRAY, block.index)
+    fault_point("predict.pass2.marker:after", block=block_id)
     return {"block": block_id, "seconds": time.perf_counter() - t0, "sources": len(sources)}
 
 
@@ -770,6 +779,9 @@ class PredictReport:
     #: blocks of ``computed`` whose network pass an interrupted run had finished (only their
     #: exchange with neighbours was left to do): reused, not recomputed
     reused_pass1: int = 0
+    #: blocks whose task ran more than once (it failed or its worker was lost), per pass:
+    #: ``{"predict": [3]}``; every task is idempotent, so the output is the same
+    retried: dict = field(default_factory=dict)
 
     @property
     def voxels_per_second(self) -> float:
@@ -1096,6 +1108,7 @@ def predict(
         resolve_device("cuda")  # fail fast, in this process
     stats = []
     reused_pass1 = 0
+    retried: dict[str, list[int]] = {}  # blocks whose task ran again, per pass
     if plan.todo:
         from ..cluster import block_voxels, run_blocks
 
@@ -1113,10 +1126,10 @@ def predict(
         if not kept and not scaling:  # made here, so tasks write chunks only (resampled blocks exchange nothing)
             _create_scratch(job, layouts)
         stats = run_blocks(partial(predict_block_scaled if scaling else predict_block, job), first, client, name="predict", resources=resources,
-                           progress=progress, voxels=block_voxels(grid, first))  # fmt: skip
+                           progress=progress, voxels=block_voxels(grid, first), retried=retried.setdefault("predict", []))  # fmt: skip
         if second:
             run_blocks(partial(finish_block, job), second, client, name="predict-strips", progress=progress,
-                       voxels=block_voxels(grid, second))  # fmt: skip
+                       voxels=block_voxels(grid, second), retried=retried.setdefault("predict-strips", []))  # fmt: skip
     _drop_partials(out_path)
     from ..pyramid import finish_volume
 
@@ -1135,6 +1148,7 @@ def predict(
         voxels=sum(math.prod(grid[i].shape) for i in plan.todo),
         plan=plan,
         reused_pass1=reused_pass1,
+        retried={name: sorted(ids) for name, ids in retried.items() if ids},
     )
 
 

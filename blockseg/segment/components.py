@@ -29,6 +29,7 @@ import zarr
 
 from ..cluster import block_voxels, run_blocks
 from ..errors import BlocksegError
+from ..faults import fault_point
 from ..grid import BlockGrid, Interface
 from ..io import create_volume, open_volume
 from ..storage import load_npz, remove_tree
@@ -57,11 +58,13 @@ class _LabelJob:
 
 @dataclass
 class LabelReport:
-    """What :func:`label` did: output path, number of components, wall seconds per pass."""
+    """What :func:`label` did: output path, number of components, wall seconds per pass, and
+    the blocks whose task ran more than once, per pass (``retried``; the output is the same)."""
 
     labels_path: str
     n_components: int = 0
     seconds: dict = field(default_factory=dict)
+    retried: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -75,7 +78,9 @@ def _components_task(block_id: int, job: _LabelJob) -> int:
     cc, n = cc3d.connected_components(mask, connectivity=job.connectivity, out_dtype=np.uint64, return_N=True)
     if n:
         cc[mask] += grid.id_offset(block_id)
+    fault_point("label.components:before", block=block_id)
     ids[block.core] = cc.astype(ids.dtype, copy=False)
+    fault_point("label.components:after", block=block_id)
     return int(n)
 
 
@@ -107,7 +112,9 @@ def _relabel_task(block_id: int, job: _LabelJob, out_path: str) -> None:
     mapping[0] = 0
     out = fastremap.remap(job.ids()[core], mapping, preserve_missing_labels=False, in_place=True)
     target = open_volume(out_path, mode="r+").array
+    fault_point("label.relabel:before", block=block_id)
     target[core] = out.astype(target.dtype, copy=False)
+    fault_point("label.relabel:after", block=block_id)
 
 
 @aborts_on_error
@@ -166,8 +173,15 @@ def label(
                       compressors=None)  # fmt: skip
     job = _LabelJob(mask_path, work, grid.shape, grid.block_shape, vol.write_unit, connectivity)
     ids = list(grid.block_ids)
-    run = partial(run_blocks, block_ids=ids, client=client, progress=progress, voxels=block_voxels(grid, ids))
     report = LabelReport(final_path)
+
+    def run(func, name):
+        again: list[int] = []
+        out = run_blocks(func, ids, client=client, name=name, progress=progress, voxels=block_voxels(grid, ids),
+                         retried=again)  # fmt: skip
+        if again:
+            report.retried[name] = sorted(again)
+        return out
     t = time.perf_counter()
     counts = run(partial(_components_task, job=job), name="label-components")
     edges = run(partial(_pairs_task, job=job), name="label-pairs")
