@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +187,51 @@ def test_two_segment_commands_race(store, tmp_path):
         for p in procs:
             p.stdout.close()
             p.stderr.close()
+
+
+@pytest.mark.parametrize("command", ["predict", "segment", "evaluate", "run"])
+def test_a_second_command_is_refused_at_once_naming_the_holder(store, tmp_path, capsys, command):
+    """Another command (here: another thread of this process) holds the output: refused before
+    a cluster starts, one line naming the holder, nothing written."""
+    import importlib
+
+    import blockseg_cli
+    import yaml
+
+    from blockseg.safety import output_lock
+
+    if str(REPO / "cli") not in blockseg_cli.__path__:
+        blockseg_cli.__path__.insert(0, str(REPO / "cli"))
+    main = importlib.import_module("blockseg_cli.main").main
+    store_path, _ = store
+    labels = str(store_path.parent / "ref.zarr")
+    out = tmp_path / ("run" if command == "run" else "out.zarr")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"run_dir": str(out), "data": {"synth": {"shape": [16, 32, 32]}}}))
+    argv = {
+        "predict": ["predict", str(store_path / "B"), "demo", str(out)],
+        "segment": ["segment", str(store_path), str(out)],
+        "evaluate": ["evaluate", "--gt", labels, "--pred", labels, "--out", str(out)],
+        "run": ["run", str(tmp_path / "c.yaml")],
+    }[command]
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with output_lock(out):
+            held.set()
+            release.wait(60)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(10)
+    try:
+        t0 = time.monotonic()
+        code = main(argv)
+        seconds = time.monotonic() - t0
+    finally:
+        release.set()
+        t.join()
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("blockseg: warning: ")]
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith(f"blockseg {command}: error: {out} {BUSY} (pid {os.getpid()} "), err
+    assert "another thread of this process" in err[0] and seconds < 20
+    assert sorted(os.listdir(tmp_path)) == ["c.yaml"]  # nothing written; the holder's lock went with it
