@@ -36,6 +36,8 @@ from .errors import BlocksegError
 from .provenance import PeakMemory, file_digest, fingerprint, now, write_json_atomic
 
 RUN_MARKER = "run.json"
+#: predict settings that change the speed, never the output: not part of the stage's fingerprint
+SPEED_KNOBS = ("batch_size",)
 
 #: the demo run (``blockseg demo``; ``configs/demo.yaml`` is the same with a run_dir): a
 #: 128×512×512 NucMM-Z-like EM volume, the shipped B, C, D + cpv checkpoint, the BCD decoder
@@ -135,7 +137,9 @@ def fingerprints(cfg: RunConfig, layout: RunLayout) -> dict[str, str]:
     fp = {"data": fingerprint("data", d)}
     ckpt = checkpoint_path(cfg)
     ck = file_digest(ckpt) if os.path.isfile(ckpt) else ckpt
-    fp["predict"] = fingerprint("predict", fp["data"], ck, cfg.predict.model_dump(mode="json"))
+    # speed knobs change no result (tests/test_speed_knobs.py): changing one redoes nothing
+    predict_cfg = {k: v for k, v in cfg.predict.model_dump(mode="json").items() if k not in SPEED_KNOBS}
+    fp["predict"] = fingerprint("predict", fp["data"], ck, predict_cfg)
     fp["segment"] = fingerprint("segment", fp["predict"], cfg.segment.model_dump(mode="json"))
     fp["evaluate"] = fingerprint("evaluate", fp["segment"], cfg.evaluate.model_dump(mode="json"))
     return fp

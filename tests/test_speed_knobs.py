@@ -103,3 +103,15 @@ def test_the_doors_share_one_default_batch_size():
     cli_predict.register(parser.add_subparsers())
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["predict"]
     assert sub.parse_args(["i.zarr", "demo", "o.zarr"]).batch_size == DEFAULT_BATCH_SIZE
+
+
+def test_changing_a_speed_knob_redoes_no_run_stage(tmp_path):
+    from blockseg.config import parse_config
+    from blockseg.workflow import RunLayout, fingerprints
+
+    def fps(**predict):
+        cfg = parse_config({"run_dir": str(tmp_path / "r"), "data": {"synth": {"shape": [16, 32, 32]}}, "predict": predict})
+        return fingerprints(cfg, RunLayout.of(cfg))
+
+    assert fps(batch_size=7) == fps() == fps(batch_size=DEFAULT_BATCH_SIZE)
+    assert fps(tta=True)["predict"] != fps()["predict"]  # a setting that changes the output does
