@@ -21,6 +21,9 @@ The rules:
    :func:`prepare_output` of that path renames the old output back.
 4. A *new* output (nothing at the path, or an empty folder) is written in place, so an
    interrupted ``predict`` leaves a store that the rerun resumes.
+5. **One writer per output.** :func:`prepare_output` first claims the output with a lock file
+   beside it (``.NAME.blockseg-lock``: host, pid, start time, command; :func:`acquire_lock`);
+   a second command (or thread) on the same output is refused in one line naming the holder.
 
 On object storage (``s3://``...) there is no rename, atomic or not. There the same rules hold
 (own outputs only, the new output written complete beside the old one first), and the swap
