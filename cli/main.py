@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # disk full, permission denied, ... while reading or writing
         line = task_failure(exc) or explain(exc)
         if line is None:
-            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else _writing(exc)
             line = f"{exc.strerror or exc}{where}"
         return _fail(args, f"error: {line}", 2)
     except Exception as exc:
@@ -148,6 +148,19 @@ def main(argv: list[str] | None = None) -> int:
         from blockseg.safety import release_all_locks
 
         release_all_locks()  # the outputs this command claimed (blockseg.safety.acquire_lock)
+
+
+def _writing(exc: OSError) -> str:
+    """For a write error that names no file (a full disk, a quota, a read-only mount): the
+    outputs the command was writing, which it still holds (blockseg.safety.acquire_lock)."""
+    import errno
+
+    from blockseg.safety import held_locks
+
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+        return ""
+    outputs = held_locks()
+    return f" (while writing {', '.join(outputs)})" if outputs else ""
 
 
 def _killed_worker(exc: Exception) -> str | None:

@@ -89,3 +89,19 @@ def test_sigterm_to_the_job_mid_predict_then_the_rerun_resumes(tmp_path):
     rerun = subprocess.run(argv[:-1], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert f"resumed: reused {int(done.sum())} of {done.size} blocks" in rerun.stderr, rerun.stderr
+
+
+def test_a_full_disk_names_the_output_being_written(tmp_path, capsys, monkeypatch):
+    """ENOSPC raised by a write that names no file (as zarr's writes do): the line names the
+    output the command holds."""
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("blockseg.predict.predict", full)
+    out = tmp_path / "p.zarr"
+    code = cli_main.main(["predict", str(tmp_path / "img.zarr"), "demo", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"blockseg predict: error: No space left on device (while writing {out})"]
+    assert os.listdir(tmp_path) == []
