@@ -212,7 +212,8 @@ def open_source(
             raise BlocksegError(f"{path}: {suffix} files are read-only inputs for blockseg")
         try:
             if suffix in (".tif", ".tiff"):
-                return _open_tiff(path, level, channel, timepoint)
+                with _tifffile_log_as_warnings(path):
+                    return _open_tiff(path, level, channel, timepoint)
             if level not in (None, 0):
                 raise BlocksegError(f"{path}: a {suffix} file has no pyramid levels; drop --level")
             if suffix in (".h5", ".hdf5", ".hdf"):
@@ -389,6 +390,32 @@ def _open_ome_group(group, path: str, level, channel, timepoint) -> Source:
 
 
 # ----------------------------------------------------------------------------- TIFF
+class _tifffile_log_as_warnings:
+    """tifffile logs what it finds wrong in a file (``invalid offset to first page``) on stderr:
+    while a TIFF is opened, such records become one-line warnings if it opens, and are dropped if
+    it does not (the error line says why)."""
+
+    def __init__(self, path: str):
+        import logging
+
+        self.path, self.logger, self.records = path, logging.getLogger("tifffile"), []
+
+    def filter(self, record) -> bool:
+        self.records.append(record.getMessage())
+        return False
+
+    def __enter__(self):
+        self.logger.addFilter(self)
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        self.logger.removeFilter(self)
+        if kind is None:
+            for message in self.records:
+                warn(f"{self.path}: tifffile: {' '.join(message.split())[:200]}")
+        return False
+
+
 def _open_tiff(path, level, channel, timepoint) -> Source:
     import tifffile
     import zarr

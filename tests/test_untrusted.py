@@ -174,7 +174,7 @@ def test_crafted_init_checkpoint_is_refused_and_runs_nothing(trained, tmp_path, 
     cfg = tmp_path / "init.yaml"
     cfg.write_text(yaml.safe_dump(_config(volume, tmp_path / "run", 2, init=str(tmp_path / "init.pt"))))
     _refused(capsys, ["train", str(cfg), "--no-progress"], "refused to load this blockseg checkpoint")
-    assert not marker.exists()
+    assert not marker.exists() and not (tmp_path / "run").exists()
 
 
 def test_a_real_checkpoint_still_loads(image, tmp_path, capsys):

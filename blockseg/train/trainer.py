@@ -564,6 +564,10 @@ def train(
     if resume and not resume_path.exists():
         raise BlocksegError(f"cannot resume: {resume_path} does not exist")
     state = read_resume(resume_path) if resume else None  # refused before anything is written
+    if cfg.model.init and not resume:
+        from ..models import read_checkpoint, resolve_checkpoint
+
+        read_checkpoint(resolve_checkpoint(cfg.model.init))  # a crafted or broken init file: refused now, too
     if not resume and ckpt_path.exists():
         raise BlocksegError(f"{ckpt_path} exists; use --resume to continue it or choose another output")
     from ..safety import check_not_input
