@@ -186,7 +186,7 @@ def model_summary(path: str) -> dict:
     out = {"kind": "model", "path": os.path.abspath(path), "bytes": _disk_bytes(d.weights), **d.to_dict()}
     out["channels"] = list(net.channels)
     out["kinds"] = dict(net.kinds)
-    out["parameters"] = int(sum(p.numel() for p in net.parameters()))
+    out["parameters"] = net.parameter_count()
     out["decoder"] = checkpoint_decoder(payload, d.weights)
     from .segment import DECODERS
 
@@ -221,8 +221,9 @@ def _render_model(s: dict) -> list[str]:
     stored = ", ".join(f"{c} ({s['kinds'][c]})" for c in s["channels"])
     lines = [
         (f"bioimage.io package {s['package']}: " if s.get("package") else "")
-        + f"{s['format']} network {s['weights']} ({_size(s['bytes'])}, {s['parameters']:,} parameters"
-        f"{'' if s['format'] == 'torchscript' else ' (in the graph)'}); {'rdf' if s.get('package') else 'sidecar'} {s['sidecar']}",
+        + f"{s['format']} network {s['weights']} ({_size(s['bytes'])}, "
+        f"{format(s['parameters'], ',') if s['parameters'] is not None else '?'} parameters); "
+        f"{'rdf' if s.get('package') else 'sidecar'} {s['sidecar']}",
         f"  trust: {_TRUST[s['format']]}",
         f"  output channels: {meaning}{tag('outputs')}",
         f"  stored as: {stored}; activation "

@@ -755,6 +755,18 @@ class ForeignNet(BlocksegNet):
         """Whether the network runs on its patch only (an ONNX graph with a fixed input shape)."""
         return self.description.fixed_patch
 
+    def parameter_count(self) -> int | None:
+        """Weights of the network (an ONNX graph's initializers; None without the onnx package)."""
+        if self.net is not None:
+            return int(sum(p.numel() for p in self.net.parameters()))
+        try:
+            import onnx
+
+            g = onnx.load(self.description.weights, load_external_data=False).graph
+            return int(sum(int(np.prod(i.dims)) for i in g.initializer))
+        except Exception:
+            return None
+
     def activations_per_voxel(self) -> int | None:
         """Values per input voxel a forward holds (the plan's memory model), where known."""
         if self.onnx is not None:
