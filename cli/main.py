@@ -136,14 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             line = f"{exc.strerror or exc}{where}"
         return _fail(args, f"error: {line}", 2)
     except Exception as exc:
-        line = task_failure(exc) or _killed_worker(exc)
-        if line is None:
-            line = explain(exc)  # object storage refused, a metadata file that does not parse
-            if line is not None:
-                return _fail(args, f"error: {line}", 2)
+        why = explain(exc)  # object storage refused (here or on a worker), a metadata file that does not parse
+        line = task_failure(exc) or _killed_worker(exc) or why
         if line is None:  # a bug: keep the traceback
             raise
-        return _fail(args, f"error: {line}", 1)
+        return _fail(args, f"error: {line}", 2 if why is not None else 1)
     finally:
         from blockseg.safety import release_all_locks
 

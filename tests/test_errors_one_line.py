@@ -151,6 +151,27 @@ def test_storage_failure_lines_from_service_errors():
     assert "not valid JSON" in explain(json.JSONDecodeError("Expecting value", "x", 0))
 
 
+def test_worker_without_credentials_names_the_block_and_exits_2(ws, capsys, monkeypatch):
+    """Credentials the driver has but a dask worker lacks: the task's failure names the block,
+    the worker and what to set, exit 2 (the environment's fault, not a bug)."""
+    botocore = pytest.importorskip("botocore.exceptions")
+    import importlib
+
+    from blockseg.cluster import task_failure
+
+    exc = botocore.NoCredentialsError()
+    exc.blockseg_task, exc.blockseg_worker = "predict block 3", "tcp://10.0.0.5:4567"
+    assert task_failure(exc).startswith("predict block 3 on worker tcp://10.0.0.5:4567 failed: no credentials for object storage: set AWS_")
+
+    def no_credentials(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(importlib.import_module("blockseg.predict"), "predict", no_credentials)
+    rc, err = _run(capsys, ["predict", str(ws / "img.zarr"), str(ws / "sdt.pt"), str(ws / "never.zarr")])
+    assert rc == 2, err
+    assert "predict block 3 on worker tcp://10.0.0.5:4567 failed: no credentials" in _one_line(err, "predict")
+
+
 # ----------------------------------------------------------------------------- object storage
 def _free_port() -> int:
     with socket.socket() as s:
