@@ -313,11 +313,11 @@ def test_resume_between_the_passes_uses_the_scratch_rows(tmp_path, image_zarr, m
     def crash_late(job, block_id):
         calls.append(block_id)
         if len(calls) == 3:
-            raise RuntimeError("interrupted")
+            raise KeyboardInterrupt  # the driver stopped (a failing task would just run again)
         return finish(job, block_id)
 
     monkeypatch.setattr(engine, "finish_block", crash_late)
-    with pytest.raises(RuntimeError, match="interrupted"):
+    with pytest.raises(KeyboardInterrupt):
         predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", **kw)
     monkeypatch.setattr(engine, "finish_block", finish)
     pass1 = zarr.open_array(str(tmp_path / "o.zarr" / "_pass1"), mode="r")[...]

@@ -101,8 +101,9 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
+
+from .._jit import njit
 
 #: level of a voxel no seed reached
 UNREACHED = 256
@@ -111,7 +112,7 @@ UNREACHED = 256
 _QBLOCK = 4096
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _keyed_kernel(h, lab, lev, dist, fixed, seeds, src, pool, sy, sz, wall):
     """Flood flat arrays padded by two voxels (the outer layer is ``wall``; the inner layer
     holds the shell sources or ``wall``). ``seeds`` and ``src`` are flat indices; ``src`` is
@@ -218,7 +219,7 @@ def _keyed_kernel(h, lab, lev, dist, fixed, seeds, src, pool, sy, sz, wall):
                 lab[w] = lv  # another optimal predecessor with a smaller label
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _prepare(height, seeds, mask, wall, hp, lab, lev, dist, fixed):
     """Fill the interior of the padded arrays; returns the number of seed voxels (or -1 when a
     seed carries the reserved ``wall`` value)."""
@@ -360,7 +361,7 @@ def _ring_index(shape: tuple[int, int, int]) -> np.ndarray:
     return np.flatnonzero(_ring(shape))
 
 
-def keyed_update(state, shell, with_labels: bool = True):
+def keyed_update(state, shell, with_labels: bool = True, return_shell: bool = False):
     """:func:`keyed_flood` of a region whose shell values changed, from its previous solution.
 
     ``state`` is what :func:`keyed_flood` (``return_state=True``) or this function returned
@@ -378,7 +379,10 @@ def keyed_update(state, shell, with_labels: bool = True):
     Returns ``(labels, level, dist, state, changed)``: ``labels`` is the core's labels (None
     without ``with_labels``: reading them touches the whole state), ``level`` and ``dist``
     views of the core's keys, ``changed`` the flat indices (into the padded state) of the
-    region's voxels whose key or label changed (shell voxels not included).
+    region's voxels whose key or label changed (shell voxels not included). With
+    ``return_shell``, a sixth item: the flat indices of the shell positions it wrote (values
+    and fixed flags); with ``changed`` they are every entry of ``state`` that differs from
+    before, so a caller can keep the update as a delta.
     """
     lab, lev, dist, hp, fixed = state
     pshape = lab.shape
@@ -411,11 +415,13 @@ def keyed_update(state, shell, with_labels: bool = True):
     if with_labels:
         labels = lab[core].copy()
         labels[labels == wall] = 0
+    if return_shell:
+        return labels, lev[core], dist[core], (lab, lev, dist, hp, fixed), moved, pidx[new].astype(np.int64)
     return labels, lev[core], dist[core], (lab, lev, dist, hp, fixed), moved
 
 
 # ---------------------------------------------------------------------------- incremental update
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _heap_push(hk, hi, n, key, idx):
     if n == hk.size:
         nk = np.empty(2 * hk.size, dtype=hk.dtype)
@@ -436,7 +442,7 @@ def _heap_push(hk, hi, n, key, idx):
     return hk, hi, n + 1
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _heap_pop(hk, hi, n):
     key, idx = hk[0], hi[0]
     n -= 1
@@ -456,7 +462,7 @@ def _heap_pop(hk, hi, n):
     return key, idx, n
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _update_kernel(h, lab, lev, dist, fixed, changed, sy, sz, wall):
     """Bring a flood solution up to date after the shell values at ``changed`` (already written,
     all *lower or equal keys* than before: see the module docstring) changed. Pops in key order

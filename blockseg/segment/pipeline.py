@@ -53,13 +53,13 @@ from typing import Mapping, Sequence
 
 import cc3d
 import fastremap
-import numba
 import numpy as np
 import zarr
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from ..cluster import block_voxels, run_blocks
+from .._jit import njit
 from ..errors import BlocksegError
 from ..faults import fault_point
 from ..grid import BlockGrid, Interface
@@ -146,7 +146,7 @@ def decode_region(job: _Job, region: Sequence[slice]):
 
 
 # ---------------------------------------------------------------------------- block tasks
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _encode_seeds(cc, fg, offset, fg_value, out, counts, first, origin, shape):
     """Seed code of a core (see :func:`segment`), the voxel count of each component and the
     global raster index of its first voxel (the seed numbering key)."""
@@ -386,19 +386,81 @@ def _save_state(state_dir: str, rnd: int, state) -> None:
         remove_tree(tmp)
 
 
-def _load_state(state_dir: str, upto: int | None = None) -> tuple[int, tuple]:
-    """The latest saved solution of a region from a round ``<= upto`` (any round when None) and
-    its round. A run of round ``r`` asks for ``upto`` = the block's previous run, never for its
-    own round: a retried attempt must start from what the first attempt started from, not from
-    what that attempt saved (it would then update nothing and publish stale pieces). Locally
-    the arrays are copy-on-write memory maps: an update that touches little reads little."""
-    rounds = [r for r in map(_round_of, listdir(state_dir)) if r is not None and (upto is None or r <= upto)]
-    rnd = max(rounds)
+#: a later round's update is kept as a delta (the entries it changed) until the deltas since
+#: the last full solution hold this fraction of the region's voxels, or there are
+#: :data:`_MAX_DELTAS` of them (each run reads the whole chain); then a full one is saved
+_DELTA_FRACTION = 0.125
+_MAX_DELTAS = 8
+
+_DELTA = ".delta.npz"
+
+
+def _save_delta(state_dir: str, rnd: int, state, touched: np.ndarray) -> None:
+    """Keep an update as the entries it changed: flat indices and their new label, key and
+    fixed flag (one immutable npz; a later round's cost grows with what changed)."""
+    arrays = {"i": touched}
+    for k, a in zip(_STATE_KEYS, state):
+        if k != "h":  # the height never changes
+            arrays[k] = np.asarray(a).reshape(-1)[touched]
+    save_npz(os.path.join(state_dir, f"{rnd}{_DELTA}"), **arrays)
+
+
+def _state_files(state_dir: str) -> tuple[list[int], list[int]]:
+    """Rounds of the full solutions and of the deltas a region's folder holds."""
+    full, deltas = [], []
+    for f in listdir(state_dir):
+        if f.endswith(_DELTA) and f[: -len(_DELTA)].isdigit():
+            deltas.append(int(f[: -len(_DELTA)]))
+        elif (r := _round_of(f)) is not None:
+            full.append(r)
+    return full, deltas
+
+
+def _chain(state_dir: str, upto: int | None) -> tuple[int, list[int]]:
+    """The solution of the latest round ``<= upto``: its full base and the deltas after it."""
+    full, deltas = _state_files(state_dir)
+    base = max(r for r in full if upto is None or r <= upto)
+    return base, sorted(r for r in deltas if r > base and (upto is None or r <= upto))
+
+
+def _load_state(state_dir: str, upto: int | None = None) -> tuple[int, tuple, tuple[int, int]]:
+    """The latest saved solution of a region from a round ``<= upto`` (any round when None),
+    its round and (delta entries, deltas) it was rebuilt with. A run of round ``r`` asks for
+    ``upto`` = the block's previous run, never for its own round: a retried attempt must start
+    from what the first attempt started from, not from what that attempt saved (it would then
+    update nothing and publish stale pieces). Locally the full solution's arrays are
+    copy-on-write memory maps: an update that touches little reads little."""
+    base, deltas = _chain(state_dir, upto)
     if is_url(state_dir):
-        saved = load_npz(os.path.join(state_dir, f"{rnd}.npz"))
-        return rnd, tuple(saved[k] for k in _STATE_KEYS)
-    folder = os.path.join(state_dir, str(rnd))
-    return rnd, tuple(np.load(os.path.join(folder, f"{k}.npy"), mmap_mode="c") for k in _STATE_KEYS)
+        saved = load_npz(os.path.join(state_dir, f"{base}.npz"))
+        state = tuple(saved[k] for k in _STATE_KEYS)
+    else:
+        folder = os.path.join(state_dir, str(base))
+        state = tuple(np.load(os.path.join(folder, f"{k}.npy"), mmap_mode="c") for k in _STATE_KEYS)
+    entries = 0
+    for rnd in deltas:  # in round order: a later delta overwrites an earlier one's entries
+        d = load_npz(os.path.join(state_dir, f"{rnd}{_DELTA}"))
+        for k, a in zip(_STATE_KEYS, state):
+            if k != "h":
+                a.reshape(-1)[d["i"]] = d[k]
+        entries += int(d["i"].size)
+    return (deltas[-1] if deltas else base), state, (entries, len(deltas))
+
+
+def _prune_states(state_dir: str, upto: int) -> None:
+    """Delete what no reader needs any more: everything older than the full solution that the
+    chain of round ``upto`` starts from (later files, and that chain, stay)."""
+    base, _ = _chain(state_dir, upto)
+    for f in listdir(state_dir):
+        if f.endswith(_DELTA):
+            old = f[: -len(_DELTA)].isdigit() and int(f[: -len(_DELTA)]) <= base
+        else:
+            rnd = _round_of(f)
+            rnd = rnd if rnd is not None else _round_of(f.split(".")[0])  # temporaries of a killed attempt
+            old = rnd is not None and rnd < base
+        if old:
+            path = os.path.join(state_dir, f)
+            remove_tree(path) if os.path.isdir(path) else remove_file(path)
 
 
 def _core_labels(state, inner) -> np.ndarray:
@@ -439,13 +501,17 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
         fault_point("segment.state:after", **where)
         start, core_changed = rnd, True
     else:  # later rounds: update the solution the block's previous run left (height, seeds too)
-        start, old = _load_state(state_dir, upto=prev)
+        start, old, entries = _load_state(state_dir, upto=prev)
         shell = _read_shell(job, grid, block_id, outer, old[0].dtype, last_run)
-        _, lev, dist, state, moved = keyed_update(old, shell, with_labels=False)
+        _, lev, dist, state, moved, written = keyed_update(old, shell, with_labels=False, return_shell=True)
         work = int(moved.size)
         if moved.size:  # the region changed: keep its new solution (an older one stays valid
             fault_point("segment.state:before", **where)  # as a start, as any earlier shell's does)
-            _save_state(state_dir, rnd, state)
+            touched = np.union1d(moved, written)
+            if entries[0] + touched.size > _DELTA_FRACTION * state[0].size or entries[1] >= _MAX_DELTAS:
+                _save_state(state_dir, rnd, state)  # a new full solution: the chain stays short
+            else:
+                _save_delta(state_dir, rnd, state, touched)
             fault_point("segment.state:after", **where)
         pz, pr = np.divmod(moved, state[0].shape[1] * state[0].shape[2])
         py, px = np.divmod(pr, state[0].shape[2])
@@ -456,7 +522,8 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
     # Idempotent by construction: every input above (the solution of round <= prev, the pieces
     # of the neighbours' runs before this round) was written in an earlier round and is deleted
     # only by a later one, so any attempt of this task computes the same state and pieces.
-    _remove_older(state_dir, start)  # solutions before the one this run started from: read by nobody
+    if prev is not None:
+        _prune_states(state_dir, prev)  # solutions before the one this run started from: read by nobody
     folder = _pieces_dir(job, block_id)
     makedirs(folder)
     old = _load_pieces(job, block_id, prev) if prev is not None else {}
@@ -493,7 +560,7 @@ def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int])
 def _final_labels(job: _Job, block_id: int) -> np.ndarray:
     """The core's labels (raw global seed ids) from the block's last saved solution."""
     core = job.grid()[block_id].core
-    _, state = _load_state(os.path.join(job.work_path, "state", str(block_id)))
+    _, state, _ = _load_state(os.path.join(job.work_path, "state", str(block_id)))
     return _core_labels(state, _within(core, expand(core, job.halo, job.shape)))
 
 
@@ -950,7 +1017,7 @@ def _watershed_pass(d: _Driver) -> None:
             flooded += r[2]
             last_run[b] = rnd
             # the round is over: no attempt of it will start from an older solution again
-            _remove_older(os.path.join(d.job.work_path, "state", str(b)), r[3])
+            _prune_states(os.path.join(d.job.work_path, "state", str(b)), r[3])
         rounds.append({"round": rnd, "blocks": len(pending), "woken": len(woken)})
         pending = sorted(woken)
         d.record(done="round", round=rnd, pending=pending, last_run=last_run, fg_count=fg_count, flooded=flooded,

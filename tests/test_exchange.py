@@ -1,0 +1,37 @@
+"""Segment's exchange rounds keep later updates as deltas (issue 29, goal 3): a later round
+writes the entries it changed, not its whole region, and the result is unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import blockseg.segment.pipeline as pipeline
+from blockseg.io import open_volume
+from blockseg.predictions import open_predictions, read_channels
+from blockseg.segment import BCDDecoder, segment, segment_array
+from test_faults import _tube
+
+DECODER = BCDDecoder(min_seed_size=1, min_size=1)
+
+
+@pytest.mark.parametrize("fraction", [pipeline._DELTA_FRACTION, 0.0, 1.0])
+def test_deltas_and_full_solutions_give_the_same_labels(tmp_path, monkeypatch, fraction):
+    """Default: later rounds of a tube write deltas far smaller than the region; 0: every
+    update saved in full (the old behaviour); 1: never compacted. All equal segment_array."""
+    monkeypatch.setattr(pipeline, "_DELTA_FRACTION", fraction)
+    pred, block = _tube(tmp_path, length=256, blocks=4)
+    ref = segment_array(read_channels(open_predictions(pred), (slice(None),) * 3), DECODER)
+    out = tmp_path / "seg.zarr"
+    report = segment(pred, out, DECODER, block_shape=block, halo=8, keep_work=True)
+    assert np.array_equal(open_volume(out).array[:], ref) and len(report.rounds) == 5
+    states = tmp_path / "seg.zarr.work" / "state"
+    deltas = sorted(states.glob("*/*.delta.npz"))
+    full = sorted(p for p in states.glob("*/*") if p.is_dir())
+    assert len(full) == 4  # after pruning, one full solution per block
+    if fraction == 0.0:
+        assert deltas == []
+    else:
+        assert len(deltas) >= 3  # blocks 1..3 were updated in later rounds
+        region = np.load(full[0] / "l.npy", mmap_mode="r").size
+        assert all(np.load(d)["i"].size < fraction * region for d in deltas)
