@@ -391,8 +391,14 @@ def _render_volume(s: dict) -> list[str]:
 def run_summary(path: str) -> dict:
     from .config import STAGES, parse_config
 
-    with open(os.path.join(path, "run.json")) as f:
-        marker = json.load(f)
+    record = os.path.join(path, "run.json")
+    try:
+        with open(record, "rb") as f:
+            marker = json.loads(f.read().decode("utf-8"))
+    except ValueError as e:  # not UTF-8, not JSON
+        raise BlocksegError(f"{record}: the run record does not parse ({type(e).__name__}: {str(e).splitlines()[0][:120]}); it is damaged") from None
+    if not isinstance(marker, dict):
+        raise BlocksegError(f"{record}: the run record is JSON but not an object; it is damaged")
     stages = {}
     for stage in STAGES:
         rec_path = os.path.join(path, "stages", f"{stage}.json")

@@ -87,6 +87,8 @@ def ws(tmp_path_factory):
     (root / "v2.zarr" / ".zarray").write_text('{"chunks": [16, 32')
     (root / "garbled.npy").write_bytes(b"\x93NUMPY\x09\x00garbage")
     (root / "garbled.tif").write_bytes(b"II*\x00" + b"\x00" * 12)
+    (root / "run_damaged").mkdir()
+    (root / "run_damaged" / "run.json").write_text('{"config": {"name": "x"')  # a run record cut short
     return root
 
 
@@ -100,6 +102,7 @@ GARBLED = {
     "scale that is text": (["info", "{ws}/scale_text.zarr"], "OME-Zarr metadata is malformed"),
     "npy header garbled": (["info", "{ws}/garbled.npy"], "not a readable .npy file"),
     "tiff garbled": (["info", "{ws}/garbled.tif"], "not a readable .tif file"),
+    "run record damaged": (["info", "{ws}/run_damaged"], "run_damaged/run.json: the run record does not parse"),
     "predict: image metadata": (["predict", "{ws}/level_truncated.zarr", "{ws}/sdt.pt", "{ws}/out_p.zarr"], "level_truncated.zarr/0/zarr.json"),
     "segment: prediction group metadata": (["segment", "{ws}/pred_group.zarr", "{ws}/out_s.zarr"], "pred_group.zarr/zarr.json: metadata is not valid JSON"),
     "segment: prediction channel metadata": (["segment", "{ws}/pred_channel.zarr", "{ws}/out_s.zarr"], "pred_channel.zarr/sdt/zarr.json: metadata is not UTF-8"),
@@ -126,6 +129,17 @@ def test_debug_keeps_the_traceback(ws, capsys):
     assert rc == 2
     assert "Traceback (most recent call last)" in err
     assert err.splitlines()[-1].startswith("blockseg info: error: ") and "metadata is not UTF-8" in err.splitlines()[-1]
+
+
+def test_training_log_line_cut_short_does_not_break_the_plot(tmp_path):
+    """A run killed while appending to train_log.jsonl leaves half a line; the loss plot drawn at
+    the end of a resumed run skips it instead of failing after training finished."""
+    from blockseg.train.trainer import plot_log
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"iteration": 1, "loss": 0.5}\n{"iteration": 2, "lo\n[1]\n{"iteration": 3, "loss": 0.4}\n')
+    plot_log(log, tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").stat().st_size > 0
 
 
 def test_storage_failure_lines_from_service_errors():

@@ -402,7 +402,14 @@ def plot_log(log_path, png_path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    recs = []
+    for line in Path(log_path).read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # empty, or cut short by a run killed while appending: the plot goes without it
+        if isinstance(rec, dict) and isinstance(rec.get("iteration"), (int, float)):
+            recs.append(rec)
     loss = [(r["iteration"], r["loss"]) for r in recs if "loss" in r]
     val = [(r["iteration"], r["validation"]) for r in recs if r.get("validation") and "tuned_decoder" not in r]
     fig, ax = plt.subplots(figsize=(7, 4))
