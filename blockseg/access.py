@@ -130,9 +130,9 @@ def metadata_failure(exc: BaseException) -> str | None:
     """One line for a file that is not UTF-8 JSON anywhere in ``exc``'s chain, else None."""
     for e in _chain(exc):
         if isinstance(e, json.JSONDecodeError):
-            return f"a metadata file is not valid JSON ({e.msg}: line {e.lineno} column {e.colno})"
+            return f"a JSON file blockseg reads does not parse ({e.msg}: line {e.lineno} column {e.colno}); --debug shows which"
         if isinstance(e, UnicodeDecodeError):
-            return f"a metadata or text file is not UTF-8 ({e.reason} at byte {e.start})"
+            return f"a file blockseg reads is not UTF-8 text ({e.reason} at byte {e.start}); --debug shows which"
     return None
 
 

@@ -162,7 +162,7 @@ def test_storage_failure_lines_from_service_errors():
     )  # fmt: skip
     assert storage_failure(PermissionError("local file")) is None  # a local error is not the store's
     assert storage_failure(KeyError("x")) is None
-    assert "not valid JSON" in explain(json.JSONDecodeError("Expecting value", "x", 0))
+    assert "a JSON file blockseg reads does not parse (Expecting value" in explain(json.JSONDecodeError("Expecting value", "x", 0))
 
 
 def test_worker_without_credentials_names_the_block_and_exits_2(ws, capsys, monkeypatch):
