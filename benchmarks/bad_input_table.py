@@ -151,8 +151,21 @@ def aws_env(port: int | None, credentials: bool) -> dict:
                 "AWS_CONFIG_FILE": "/nonexistent/config", "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1",
                 "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port or _free_port()}"})  # fmt: skip
     if credentials:
-        env.update({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
+        key, secret = credentials if isinstance(credentials, tuple) else ("test", "test")
+        env.update({"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret})
     return env
+
+
+def user_without_rights(port: int) -> tuple[str, str]:
+    """On a server that checks after 3 free requests: a bucket, then a user with a key and no policy."""
+    import boto3
+
+    kw = {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1", "aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    boto3.client("s3", **kw).create_bucket(Bucket="bsb")
+    iam = boto3.client("iam", **kw)
+    iam.create_user(UserName="nobody")
+    key = iam.create_access_key(UserName="nobody")["AccessKey"]
+    return key["AccessKeyId"], key["SecretAccessKey"]
 
 
 # ----------------------------------------------------------------------------- cases
@@ -176,6 +189,8 @@ CASES = [
      ["evaluate", "--gt", "img.zarr/labels/gt", "--pred", "img.zarr/labels/gt", "--out", "s3://bsb/ev"], ("open", False)),
     ("Object storage", "input, wrong credentials", ["info", "s3://bsb/img.zarr"], ("strict", True)),
     ("Object storage", "output, wrong credentials", ["predict", "img.zarr", "sdt.pt", "s3://bsb/out.zarr"], ("strict", True)),
+    ("Object storage", "input, credentials without permission", ["info", "s3://bsb/img.zarr"], ("denied", "user")),
+    ("Object storage", "output, credentials without permission", ["predict", "img.zarr", "sdt.pt", "s3://bsb/out.zarr"], ("denied", "user")),
     ("Object storage", "output in a bucket that does not exist", ["predict", "img.zarr", "sdt.pt", "s3://nobucket/out.zarr"], ("open", True)),
     ("Object storage", "endpoint unreachable", ["info", "s3://bsb/img.zarr"], ("closed", True)),
     ("Files that would run code", "train --resume: resume.pt holds a code-running object",
@@ -294,7 +309,7 @@ def main() -> int:
         build_workspace(ws)
         base_env = {**aws_env(None, False), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         if any(c[3] for c in CASES):
-            for name, extra in (("open", {}), ("strict", {"INITIAL_NO_AUTH_ACTION_COUNT": "0"})):
+            for name, extra in (("open", {}), ("strict", {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}), ("denied", {"INITIAL_NO_AUTH_ACTION_COUNT": "3"})):
                 started = start_moto(extra)
                 if started is not None:
                     servers[name] = started
@@ -305,6 +320,7 @@ def main() -> int:
                                        client_kwargs={"endpoint_url": f"http://127.0.0.1:{servers['open'][1]}", "region_name": "us-east-1"})  # fmt: skip
                 fs.call_s3("create_bucket", Bucket="bsb")
                 fs.put(str(ws / "img.zarr"), "bsb/img.zarr", recursive=True)
+            user = user_without_rights(servers["denied"][1]) if "denied" in servers else None
         before = _digest(ws)
 
         jobs, index = [], []
@@ -316,6 +332,7 @@ def main() -> int:
                 if server != "closed" and server not in servers:
                     index.append(None)  # no moto[server]: skipped
                     continue
+                credentials = user if credentials == "user" else credentials
                 env = {**aws_env(None if server == "closed" else servers[server][1], credentials), "PYTHONPATH": base_env["PYTHONPATH"]}
             index.append(len(jobs))
             jobs.append((argv, env))
@@ -355,7 +372,8 @@ def main() -> int:
         "case runs the real CLI in a fresh process in a scratch workspace; *exit* is its status,",
         "*lines* the number of lines it printed on stderr, and the last column the last of them.",
         "Object storage is moto's S3 server on 127.0.0.1 (\"wrong credentials\": a server that checks",
-        "them); credential files and instance metadata are switched off. Relative paths are as typed.",
+        "them; \"without permission\": a user of that server with no policy); credential files and",
+        "instance metadata are switched off. Relative paths are as typed.",
         "",
         f"After all cases: files written or changed in the workspace: {len(written)}; planted code ran: {'yes' if code_ran else 'no'}.",
         f"{len(CASES)} cases, {seconds:.0f} s on {os.cpu_count()} cores.",

@@ -227,15 +227,27 @@ def servers(ws):
     pytest.importorskip("moto.server")
     open_server, open_port = _start_moto({})
     strict_server, strict_port = _start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    denied_server, denied_port = _start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "3"})
     try:
         fs = _admin(open_port)
         fs.call_s3("create_bucket", Bucket="bsb")
         fs.put(str(ws / "img.zarr"), "bsb/img.zarr", recursive=True)
-        yield {"open": open_port, "strict": strict_port, "fs": fs}
+        yield {"open": open_port, "strict": strict_port, "denied": denied_port, "denied_key": _user_without_rights(denied_port), "fs": fs}
     finally:
-        for s in (open_server, strict_server):
+        for s in (open_server, strict_server, denied_server):
             s.terminate()
             s.wait(timeout=30)
+
+
+def _user_without_rights(port: int) -> tuple[str, str]:
+    """On a server that checks after 3 free requests: a bucket, then a user with a key and no policy."""
+    boto3 = pytest.importorskip("boto3")
+    kw = {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1", "aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    boto3.client("s3", **kw).create_bucket(Bucket="bsb")
+    iam = boto3.client("iam", **kw)
+    iam.create_user(UserName="nobody")
+    key = iam.create_access_key(UserName="nobody")["AccessKey"]
+    return key["AccessKeyId"], key["SecretAccessKey"]
 
 
 @pytest.fixture
@@ -260,8 +272,9 @@ def aws(monkeypatch, tmp_path):
     def setup(port: int, credentials=True) -> None:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
         if credentials:
-            monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+            key, secret = credentials if isinstance(credentials, tuple) else ("test", "test")
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
         s3fs.S3FileSystem.clear_instance_cache()
         blockseg.access._probed.clear()
 
@@ -284,6 +297,10 @@ S3_CASES = {
     "wrong credentials, s3 output": (
         "strict", True, ["predict", "{ws}/img.zarr", "{ws}/sdt.pt", "s3://bsb/out.zarr"], "rejected the credentials",
     ),
+    "credentials without permission, s3 input": ("denied", "denied_key", ["info", "s3://bsb/img.zarr"], "access denied by object storage (s3://bsb/img.zarr)"),
+    "credentials without permission, s3 output": (
+        "denied", "denied_key", ["predict", "{ws}/img.zarr", "{ws}/sdt.pt", "s3://bsb/out.zarr"], "access denied by object storage",
+    ),
     "no such bucket, output": (
         "open", True, ["predict", "{ws}/img.zarr", "{ws}/sdt.pt", "s3://nobucket/out.zarr"], "bucket 'nobucket' does not exist",
     ),
@@ -296,7 +313,7 @@ S3_CASES = {
 def test_object_storage_failure_is_one_line_exit_2_nothing_written(ws, servers, aws, capsys, name):
     server, credentials, argv, words = S3_CASES[name]
     port = _free_port() if server == "closed" else servers[server]
-    aws(port, credentials)
+    aws(port, servers[credentials] if isinstance(credentials, str) else credentials)
     before, listing = _digest(ws), sorted(servers["fs"].find("bsb"))
     rc, err = _run(capsys, [a.replace("{ws}", str(ws)) for a in argv])
     assert rc == 2, err
