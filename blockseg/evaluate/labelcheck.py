@@ -13,7 +13,8 @@ volume looks like instead and what to do. The checks, in order:
    like labels: piecewise constant. In instance labels almost every voxel equals its neighbour
    along x (only instance borders differ); in a raw image noise makes most neighbours differ.
    A sample where fewer than :data:`MIN_EQUAL_NEIGHBOURS` of the neighbour pairs are equal is
-   refused.
+   refused. Measured on the six real crops beside the checkout (EM, X-ray, light sheet,
+   confocal): their images have 2.5-16 % equal neighbours, their label volumes 81-99.6 %.
 
 ``labels_anyway=True`` (``--labels-anyway``) skips checks 2-4 for volumes that really are
 labels but look otherwise (e.g. dense labels of one- or two-voxel objects).
