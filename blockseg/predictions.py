@@ -197,7 +197,7 @@ def open_predictions(
     except Exception as exc:
         line = storage_failure(exc, path) or bad_metadata(path)  # refused by object storage, damaged metadata
         raise BlocksegError(line or f"{path}: not a zarr group of prediction channels") from None
-    meta = dict(group.attrs.get("blockseg", {})).get("predictions")
+    meta = checked_metadata(group.attrs.asdict() if hasattr(group.attrs, "asdict") else dict(group.attrs), path)
     if not meta:
         raise BlocksegError(f"{path}: not a blockseg prediction store (no blockseg.predictions attribute)")
     if not unfinished_ok and meta.get("complete") is False:
@@ -212,6 +212,58 @@ def open_predictions(
     if len(set(shapes.values())) > 1:
         raise BlocksegError(f"{path}: channels differ in shape {shapes}")
     return out
+
+
+#: the keys of a store's ``blockseg.predictions`` attribute, and the JSON type each must have
+_META_TYPES = {"channels": list, "kinds": dict, "complete": bool, "run": dict, "decoder": dict}
+
+
+def checked_metadata(attrs: Mapping, path: str) -> dict | None:
+    """A store's ``blockseg.predictions`` attribute (None if absent), its types checked.
+
+    Raises
+    ------
+    BlocksegError
+        One line naming the damaged key (``blockseg.predictions.decoder is int, not an object``)
+        instead of a traceback wherever the value is used.
+    """
+    names = {list: "a list", dict: "an object", bool: "true or false"}
+
+    def damaged(key: str, value, want: type) -> BlocksegError:
+        return BlocksegError(f"{path}: damaged prediction store metadata: {key} is {type(value).__name__}, not {names[want]}")
+
+    outer = attrs.get("blockseg", {})
+    if not isinstance(outer, dict):
+        raise damaged("attribute blockseg", outer, dict)
+    meta = outer.get("predictions")
+    if meta is None:
+        return None
+    if not isinstance(meta, dict):
+        raise damaged("blockseg.predictions", meta, dict)
+    for key, want in _META_TYPES.items():
+        value = meta.get(key)
+        if value is not None and not isinstance(value, want):
+            raise damaged(f"blockseg.predictions.{key}", value, want)
+    bad = [c for c in meta.get("channels") or [] if not isinstance(c, str)]
+    if bad:
+        raise BlocksegError(f"{path}: damaged prediction store metadata: blockseg.predictions.channels holds {bad[0]!r}, not a name")
+    decoder = meta.get("decoder") or {}
+    if "name" in decoder and not isinstance(decoder["name"], str):
+        raise BlocksegError(
+            f"{path}: damaged prediction store metadata: blockseg.predictions.decoder.name is {type(decoder['name']).__name__}, not a name"
+        )
+    if decoder.get("params") is not None and not isinstance(decoder["params"], dict):
+        raise damaged("blockseg.predictions.decoder.params", decoder["params"], dict)
+    return meta
+
+
+def read_metadata(path: str | os.PathLike) -> dict | None:
+    """:func:`checked_metadata` of the store at ``path``; None if it is no zarr group."""
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception:  # not a group: open_predictions says what is wrong with it
+        return None
+    return checked_metadata(group.attrs.asdict() if hasattr(group.attrs, "asdict") else dict(group.attrs), str(path))
 
 
 def blocks_done(path: str | os.PathLike) -> tuple[int, int] | None:

@@ -87,7 +87,9 @@ def kind_of(path: str) -> str:
         return "checkpoint"
     if os.path.isfile(bare) and bare.endswith((".yaml", ".yml", ".json")) and _is_sidecar(bare):
         return "checkpoint"  # a foreign network's sidecar (blockseg.models.foreign)
-    if bare == path and (_blockseg_attrs(bare).get("predictions") or {}).get("channels"):
+    from .predictions import read_metadata
+
+    if bare == path and (read_metadata(bare) or {}).get("channels"):  # damaged metadata: one line naming the key
         return "predictions"
     return "volume"  # image or labels: told apart once opened
 

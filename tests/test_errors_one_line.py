@@ -81,6 +81,10 @@ def ws(tmp_path_factory):
     ))  # fmt: skip
     damaged("pred_channel.zarr", "pred.zarr", lambda d: (d / "sdt" / "zarr.json").write_bytes(b"\x89PNG\r\n"))
     damaged("pred_group.zarr", "pred.zarr", lambda d: (d / "zarr.json").write_text("{'single': 'quotes'}"))
+    damaged("pred_attr_list.zarr", "pred.zarr",
+            lambda d: _edit_json(d / "zarr.json", lambda m: m["attributes"]["blockseg"].update(predictions=[1])))  # fmt: skip
+    damaged("pred_attr_decoder.zarr", "pred.zarr",
+            lambda d: _edit_json(d / "zarr.json", lambda m: m["attributes"]["blockseg"]["predictions"].update(decoder=5)))  # fmt: skip
     damaged("gt_damaged.zarr", "img.zarr", lambda d: (d / "labels" / "gt" / "0" / "zarr.json").write_bytes(b"\x00\x01"))
     v2 = zarr.create_array(root / "v2.zarr", shape=shape, dtype="uint8", chunks=chunks, zarr_format=2)
     v2[:] = 1
@@ -106,6 +110,12 @@ GARBLED = {
     "predict: image metadata": (["predict", "{ws}/level_truncated.zarr", "{ws}/sdt.pt", "{ws}/out_p.zarr"], "level_truncated.zarr/0/zarr.json"),
     "segment: prediction group metadata": (["segment", "{ws}/pred_group.zarr", "{ws}/out_s.zarr"], "pred_group.zarr/zarr.json: metadata is not valid JSON"),
     "segment: prediction channel metadata": (["segment", "{ws}/pred_channel.zarr", "{ws}/out_s.zarr"], "pred_channel.zarr/sdt/zarr.json: metadata is not UTF-8"),
+    "info: prediction store attribute of the wrong type": (
+        ["info", "{ws}/pred_attr_list.zarr"], "damaged prediction store metadata: blockseg.predictions is list, not an object",
+    ),
+    "segment: prediction store decoder of the wrong type": (
+        ["segment", "{ws}/pred_attr_decoder.zarr", "{ws}/out_s.zarr"], "blockseg.predictions.decoder is int, not an object",
+    ),
     "evaluate: ground truth metadata": (
         ["evaluate", "--gt", "{ws}/gt_damaged.zarr/labels/gt", "--pred", "{ws}/img.zarr/labels/gt", "--out", "{ws}/out_e"],
         "gt_damaged.zarr/labels/gt/0/zarr.json",

@@ -157,13 +157,9 @@ def checkpoint_decoder(
 
 def store_decoder(pred_path: str | os.PathLike) -> dict | None:
     """The decoder recommendation a prediction store carries (written by ``predict``), or None."""
-    import zarr
+    from ..predictions import read_metadata
 
-    try:
-        attrs = dict(zarr.open_group(str(pred_path), mode="r").attrs.get("blockseg", {}))
-    except Exception:  # not a group: open_predictions reports it properly
-        return None
-    rec = (attrs.get("predictions") or {}).get("decoder")
+    rec = (read_metadata(pred_path) or {}).get("decoder")  # not a group: None (open_predictions says why)
     return dict(rec) if rec else None
 
 
