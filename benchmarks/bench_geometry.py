@@ -13,7 +13,7 @@ flood follows the path, not a gradient), blocks and halo as given:
   2 x 2 blocks (each ring crosses four faces; 4 x (4R+4) x (4R+4) voxels).
 
 For each case: rounds, block runs after round 1, wall seconds (in process, one worker: the
-rounds' count does not depend on workers), the work directory's peak size over the uint8
+rounds' count does not depend on workers; ``--tile-voxels`` sets segment's tiles), the work directory's peak size over the uint8
 volume (sampled every 20 ms), and whether the result equals ``segment_array`` (it must).
 
     PYTHONPATH=. python benchmarks/bench_geometry.py --out benchmarks/results/geometry
@@ -132,14 +132,15 @@ class _PeakSize:
         self._thread.join()
 
 
-def run_case(name: str, ch: dict, block, chunks, halo: int) -> dict:
+def run_case(name: str, ch: dict, block, chunks, halo: int, tile_voxels: int | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         pred, out = f"{tmp}/pred.zarr", f"{tmp}/seg.zarr"
         save_predictions(pred, ch, chunks=chunks)
         ref = segment_array(ch, DECODER)
         with _PeakSize(out + ".work") as peak:
             t0 = time.perf_counter()
-            report = segment(pred, out, DECODER, block_shape=block, halo=halo)
+            kw = {} if tile_voxels is None else {"tile_voxels": tile_voxels}  # the code before tiles has no such knob
+            report = segment(pred, out, DECODER, block_shape=block, halo=halo, **kw)
             wall = time.perf_counter() - t0
         same = bool(np.array_equal(open_volume(out).array[:], ref))
     volume = int(np.prod(ch["B"].shape))
@@ -155,6 +156,7 @@ def main(argv=None):
     ap.add_argument("--serpentine", type=int, nargs="*", default=[4, 16, 64, 256])
     ap.add_argument("--spiral", type=int, nargs="*", default=[8, 16, 32])
     ap.add_argument("--halo", type=int, default=8)
+    ap.add_argument("--tile-voxels", type=int, default=None, help="segment's tile_voxels (default: its default)")
     ap.add_argument("--out", default=str(HERE / "results" / "geometry"))
     args = ap.parse_args(argv)
     rows = []
@@ -162,7 +164,7 @@ def main(argv=None):
     cases += [(f"serpentine P={p}", serpentine(p)) for p in args.serpentine]
     cases += [(f"spiral R={r}", spiral(r)) for r in args.spiral]
     for name, (ch, block, chunks) in cases:
-        row = run_case(name, ch, block, chunks, args.halo)
+        row = run_case(name, ch, block, chunks, args.halo, args.tile_voxels)
         print(json.dumps(row), flush=True)
         rows.append(row)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,9 @@ from blockseg.segment import BCDDecoder, segment, segment_array
 from blockseg.segment.stats import read_csv
 
 DECODER = BCDDecoder(min_seed_size=1, min_size=1)
+#: tiles of one block: later rounds run block by block, one face crossing per round (the
+#: schedule the lost update was found in)
+ONE_BLOCK = 1
 
 
 def _tube(tmp_path, length=512, blocks=8):
@@ -92,7 +95,7 @@ def test_lost_update_regression_in_process(tube, armed, tmp_path, point):
     background. Now every attempt starts from the previous run's solution."""
     pred, block, ref, table = tube
     fired = armed(f"{point} round=3 block=2", "raise")
-    report = segment(pred, tmp_path / "seg.zarr", DECODER, block_shape=block, halo=8)
+    report = segment(pred, tmp_path / "seg.zarr", DECODER, block_shape=block, halo=8, tile_voxels=ONE_BLOCK)
     assert fired.exists(), "the fault never fired"
     _same_as_reference(tmp_path / "seg.zarr", report, ref, table)
     assert len(report.rounds) == 9
@@ -107,7 +110,8 @@ def test_lost_update_regression_on_a_cluster(tube, armed, tmp_path, action):
     pred, block, ref, table = tube
     fired = armed("segment.pieces:before round=[2-9]*", action)
     with dask_client(ClusterConfig(n_workers=2, memory_limit="2GiB", dashboard=False), quiet=True) as client:
-        report = segment(pred, tmp_path / "seg.zarr", DECODER, block_shape=block, halo=8, client=client)
+        report = segment(pred, tmp_path / "seg.zarr", DECODER, block_shape=block, halo=8, client=client,
+                         tile_voxels=ONE_BLOCK)  # fmt: skip
     assert fired.exists(), "the fault never fired"
     _same_as_reference(tmp_path / "seg.zarr", report, ref, table)
     assert len(report.rounds) == 9
@@ -118,7 +122,8 @@ def test_lost_update_regression_on_a_cluster(tube, armed, tmp_path, action):
 _DRIVER = """
 import sys
 from blockseg.segment import BCDDecoder, segment
-segment(sys.argv[1], sys.argv[2], BCDDecoder(min_seed_size=1, min_size=1), block_shape=(32, 32, 64), halo=8)
+segment(sys.argv[1], sys.argv[2], BCDDecoder(min_seed_size=1, min_size=1), block_shape=(32, 32, 64), halo=8,
+        tile_voxels=1)
 """
 
 
@@ -136,7 +141,7 @@ def test_a_driver_killed_in_a_later_round_resumes_from_its_journal(tube, armed, 
     assert proc.returncode == -9 and fired.exists(), proc.stderr[-2000:]
     assert not out.exists() and (tmp_path / "seg.zarr.work" / "journal.json").exists()
     os.environ.pop("BLOCKSEG_FAULT")
-    report = segment(pred, out, DECODER, block_shape=block, halo=8)
+    report = segment(pred, out, DECODER, block_shape=block, halo=8, tile_voxels=ONE_BLOCK)
     assert [r["round"] for r in report.rounds] == list(range(1, 10))
     reused = sum(r["blocks"] for r in report.rounds[:3])
     assert report.resumed == {"from": "round", "rounds": 3, "block_runs": reused} and reused >= 10
@@ -149,7 +154,7 @@ def test_a_driver_that_failed_after_the_seeds_resumes_them_and_other_settings_st
     out = tmp_path / "seg.zarr"
     armed("segment.journal:after done=seeds *", "raise")
     with pytest.raises(FaultInjected):
-        segment(pred, out, DECODER, block_shape=block, halo=8)
+        segment(pred, out, DECODER, block_shape=block, halo=8, tile_voxels=ONE_BLOCK)
     report = segment(pred, out, DECODER, block_shape=block, halo=4)  # another plan: nothing reused
     assert report.resumed == {}
     _same_as_reference(out, report, ref, table)
@@ -157,8 +162,45 @@ def test_a_driver_that_failed_after_the_seeds_resumes_them_and_other_settings_st
                            ("done=round round=1", {"from": "round", "rounds": 1, "block_runs": 8})]:  # fmt: skip
         armed(f"segment.journal:after {point}", "raise").unlink(missing_ok=True)
         with pytest.raises(FaultInjected):  # an existing output is replaced: --overwrite
-            segment(pred, out, DECODER, block_shape=block, halo=8, overwrite=True)
+            segment(pred, out, DECODER, block_shape=block, halo=8, overwrite=True, tile_voxels=ONE_BLOCK)
         _same_as_reference(out, report, ref, table)  # the old output is untouched
-        report = segment(pred, out, DECODER, block_shape=block, halo=8, overwrite=True)
+        report = segment(pred, out, DECODER, block_shape=block, halo=8, overwrite=True, tile_voxels=ONE_BLOCK)
         assert report.resumed == resumed
         _same_as_reference(out, report, ref, table)
+
+
+# ---------------------------------------------------------------------------- tiles
+def test_tiles_take_the_tube_in_two_rounds_and_a_failing_tile_task_runs_again(tube, armed, tmp_path):
+    """Default tiles hold the whole tube: round 2 runs its 7 later blocks in one task, one
+    after the other, to the fixed point. A fault in that task's writes changes nothing."""
+    pred, block, ref, table = tube
+    report = segment(pred, tmp_path / "calm.zarr", DECODER, block_shape=block, halo=8)
+    assert [r["round"] for r in report.rounds] == [1, 2] and report.rounds[1]["blocks"] >= 7
+    _same_as_reference(tmp_path / "calm.zarr", report, ref, table)
+    fired = armed("segment.pieces:before round=2 block=5", "raise")
+    report = segment(pred, tmp_path / "seg.zarr", DECODER, block_shape=block, halo=8)
+    assert fired.exists() and report.retried == {"watershed-round-2": [1]}  # the tile's pending block
+    _same_as_reference(tmp_path / "seg.zarr", report, ref, table)
+
+
+@pytest.mark.parametrize("tile_voxels", [1, 2 * 32 * 32 * 64, 4 * 32 * 32 * 64])
+def test_rounds_fall_with_the_tile(tube, tmp_path, tile_voxels):
+    """Tiles of T = 1, 2 and 4 blocks along the tube of 8 blocks: one round per face crossed
+    between tiles (8 / T, the label's way out and the halo's echo back) and the first, the
+    same labels."""
+    pred, block, ref, table = tube
+    report = segment(pred, tmp_path / "seg.zarr", DECODER, block_shape=block, halo=8, tile_voxels=tile_voxels)
+    t = max(1, tile_voxels // (32 * 32 * 64))
+    assert len(report.rounds) == 9 if t == 1 else 8 // t + 1 <= len(report.rounds) <= 8 // t + 2
+    _same_as_reference(tmp_path / "seg.zarr", report, ref, table)
+
+
+def test_tile_shape_doubles_the_thinnest_axis_within_the_budget():
+    from blockseg.grid import BlockGrid
+    from blockseg.segment.pipeline import tile_shape
+
+    grid = BlockGrid((512, 512, 512), (64, 64, 64))
+    assert tile_shape(grid, 1) == (1, 1, 1)
+    assert tile_shape(grid, 8 * 64**3) == (2, 2, 2)
+    assert tile_shape(grid, 4 * 64**3) == (1, 2, 2)
+    assert tile_shape(BlockGrid((64, 64, 1024), (64, 64, 64)), 4 * 64**3) == (1, 1, 4)

@@ -42,6 +42,7 @@ halo's read amplification), deleted at the end.
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import math
 import os
@@ -49,7 +50,7 @@ import uuid
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import cc3d
 import fastremap
@@ -74,6 +75,12 @@ from ..safety import aborts_on_error, prepare_output, prepare_work
 #: default halo in voxels per axis (a performance knob: any halo gives the same result)
 DEFAULT_HALO = 8
 
+#: core voxels of the tiles later exchange rounds run in (a performance knob, like the halo):
+#: a flooding path that crosses block faces inside one tile costs one round, not one per face;
+#: a tile's task holds the solutions of the blocks it runs (about 12 bytes per voxel, paged in
+#: as touched), so this bounds its memory
+DEFAULT_TILE_VOXELS = 2**26
+
 #: safety bound on exchange rounds (never reached: the fixed point is finite, see .exact)
 _MAX_ROUNDS = 100_000
 
@@ -93,6 +100,8 @@ class _Job:
     kinds: tuple[tuple[str, str], ...]
     #: unique per segment run: keys the per-process caches below (a rerun never sees stale data)
     token: str = ""
+    #: blocks per axis of a tile: later exchange rounds run one task per tile (:func:`_tile_task`)
+    tile: tuple[int, ...] = (1, 1, 1)
 
     def grid(self) -> BlockGrid:
         # the halo is handled here (any size, even larger than a block), not by the grid
@@ -338,22 +347,21 @@ def _remove_older(folder: str, than: int) -> None:
             remove_tree(path) if os.path.isdir(path) else remove_file(path)
 
 
-def _read_shell(job: _Job, grid: BlockGrid, block_id: int, outer, dtype, last_run: Mapping[int, int]):
-    """Shell values of ``block_id``'s region from the latest pieces its neighbours published."""
+def _read_shell(job: _Job, grid: BlockGrid, block_id: int, outer, dtype, pieces_of: Callable[[int], dict | None]):
+    """Shell values of ``block_id``'s region from the latest pieces its neighbours published
+    (``pieces_of(c)``: block ``c``'s pieces, None before its first run)."""
     pshape = tuple(s.stop - s.start + 2 for s in outer)
     lab = np.zeros(pshape, dtype=dtype)
     lev = np.full(pshape, UNREACHED, dtype=np.uint16)
     dist = np.zeros(pshape, dtype=np.uint32)
     origin = tuple(s.start - 1 for s in outer)
-    files: dict[int, object] = {}
     for face, slab in _shell_slabs(outer, job.shape):
         name = f"{block_id}_{face}"
         for c in grid.blocks_in(slab):
-            if c not in last_run:
+            published = pieces_of(c)
+            if published is None:
                 continue  # not run yet: its voxels are unreached
-            if c not in files:
-                files[c] = _load_pieces(job, c, last_run[c])
-            piece = files[c].get(name)
+            piece = published.get(name)
             if piece is None:
                 continue  # nothing reached on that piece
             inter = _intersect(slab, grid[c].core)
@@ -470,91 +478,165 @@ def _core_labels(state, inner) -> np.ndarray:
     return lab
 
 
-def _flood_task(block_id: int, job: _Job, rnd: int, last_run: Mapping[int, int]):
-    """One run of a block in round ``rnd`` (see :mod:`.exact`): flood core + halo with the shell
-    values published by the neighbours' latest runs, keep the region's solution in the work
-    directory, and publish the values this core holds on other blocks' shells. Round 1 floods
-    the region; later runs update the block's previous solution (:func:`.exact.keyed_update`).
-    Nothing is written to the labels here: a block may run again, so its core is read from its
-    last solution once, after the fixed point (:func:`_stats_task`, :func:`_relabel_task`).
-    Returns (blocks whose shell changed, foreground voxels of the core (round 1 only, else
-    None), voxels flooded in round 1 or changed by the update, the round of the solution the
-    block now stands on)."""
-    grid = job.grid()
-    block = grid[block_id]
-    core = block.core
+def _state_dir(job: _Job, block_id: int) -> str:
+    return os.path.join(job.work_path, "state", str(block_id))
+
+
+def _publish(job: _Job, grid: BlockGrid, block_id: int, state) -> dict[str, tuple[np.ndarray, ...]]:
+    """The parts of a block's core that lie on other blocks' shells, as ``{"<block>_<face>":
+    (labels, level, dist)}`` (only pieces with a reached voxel; a missing one is all unreached)."""
+    core = grid[block_id].core
     outer = expand(core, job.halo, job.shape)
-    inner = _within(core, outer)
-    prev = last_run.get(block_id)
-    state_dir = os.path.join(job.work_path, "state", str(block_id))
-    fg_core = None
-    where = dict(round=rnd, block=block_id)
-    if prev is None:  # round 1: nothing published yet, the shell is unreached
-        height = job.array("height")[outer]
-        seeds, fg = _global_seeds(job, grid, outer)
-        _, lev, dist, state = keyed_flood(height, seeds, fg, None, return_state=True, with_labels=False)
-        del height, seeds
-        work, fg_core = int(fg.size), int(fg[inner].sum())
-        makedirs(state_dir)
-        fault_point("segment.state:before", **where)
-        _save_state(state_dir, rnd, state)
-        fault_point("segment.state:after", **where)
-        start, core_changed = rnd, True
-    else:  # later rounds: update the solution the block's previous run left (height, seeds too)
-        start, old, entries = _load_state(state_dir, upto=prev)
-        shell = _read_shell(job, grid, block_id, outer, old[0].dtype, last_run)
-        _, lev, dist, state, moved, written = keyed_update(old, shell, with_labels=False, return_shell=True)
-        work = int(moved.size)
-        if moved.size:  # the region changed: keep its new solution (an older one stays valid
-            fault_point("segment.state:before", **where)  # as a start, as any earlier shell's does)
-            touched = np.union1d(moved, written)
-            if entries[0] + touched.size > _DELTA_FRACTION * state[0].size or entries[1] >= _MAX_DELTAS:
+    lev, dist = state[1][2:-2, 2:-2, 2:-2], state[2][2:-2, 2:-2, 2:-2]
+    pieces = {}
+    for b in grid.blocks_in(expand(core, tuple(h + 1 for h in job.halo), job.shape)):
+        if b == block_id:
+            continue
+        for face, slab in _shell_slabs(expand(grid[b].core, job.halo, job.shape), job.shape):
+            inter = _intersect(slab, core)
+            if inter is None:
+                continue
+            loc = _within(inter, outer)
+            piece = _core_labels(state, loc)
+            if piece.any():
+                pieces[f"{b}_{face}"] = (piece, np.array(lev[loc]), np.array(dist[loc]))
+    return pieces
+
+
+def _woken(old: Mapping, new: Mapping) -> set[int]:
+    """Blocks whose shell values differ between two publications of one block."""
+    return {int(name.split("_")[0]) for name in old.keys() | new.keys()
+            if not (name in old and name in new and all(np.array_equal(a, b) for a, b in zip(old[name], new[name])))}  # fmt: skip
+
+
+def _core_moved(moved: np.ndarray, pshape: Sequence[int], inner: Sequence[slice]) -> bool:
+    """Whether any of the flat indices ``moved`` (into a padded region) lies in the core."""
+    pz, pr = np.divmod(moved, pshape[1] * pshape[2])
+    py, px = np.divmod(pr, pshape[2])
+    return bool(np.any(
+        (pz >= inner[0].start + 2) & (pz < inner[0].stop + 2) & (py >= inner[1].start + 2)
+        & (py < inner[1].stop + 2) & (px >= inner[2].start + 2) & (px < inner[2].stop + 2)
+    ))  # fmt: skip
+
+
+def _flood_task(block_id: int, job: _Job, rnd: int = 1):
+    """Round 1 of a block (see :mod:`.exact`): flood core + halo with an unreached shell, keep
+    the region's solution in the work directory and publish the values its core holds on other
+    blocks' shells. Nothing is written to the labels here: a block may run again, so its core
+    is read from its last solution once, after the fixed point (:func:`_stats_task`).
+    Returns (blocks its pieces reach, foreground voxels of the core, voxels flooded)."""
+    grid = job.grid()
+    core = grid[block_id].core
+    outer = expand(core, job.halo, job.shape)
+    state_dir, where = _state_dir(job, block_id), dict(round=rnd, block=block_id)
+    height = job.array("height")[outer]
+    seeds, fg = _global_seeds(job, grid, outer)
+    _, _, _, state = keyed_flood(height, seeds, fg, None, return_state=True, with_labels=False)
+    del height, seeds
+    makedirs(state_dir)
+    fault_point("segment.state:before", **where)
+    _save_state(state_dir, rnd, state)
+    fault_point("segment.state:after", **where)
+    pieces = _publish(job, grid, block_id, state)
+    makedirs(_pieces_dir(job, block_id))
+    fault_point("segment.pieces:before", **where)
+    _save_pieces(job, block_id, rnd, pieces)
+    fault_point("segment.pieces:after", **where)
+    return sorted(_woken({}, pieces)), int(fg[_within(core, outer)].sum()), int(fg.size)
+
+
+def tile_shape(grid: BlockGrid, voxels: int) -> tuple[int, int, int]:
+    """Blocks per axis of the tiles later exchange rounds run in: doubled along the axis with
+    the fewest blocks per tile while a tile's cores hold at most ``voxels`` voxels."""
+    tile = [1, 1, 1]
+    while True:
+        options = [a for a in range(3) if tile[a] < grid.grid_shape[a]]
+        options = [a for a in options if 2 * math.prod(tile) * grid.block_voxels <= voxels]
+        if not options:
+            return tuple(tile)  # type: ignore[return-value]
+        a = min(options, key=lambda a: (tile[a], -grid.grid_shape[a], -a))  # ties: x, then y, then z
+        tile[a] = min(2 * tile[a], grid.grid_shape[a])
+
+
+def tile_of(grid: BlockGrid, tile: Sequence[int], block_id: int) -> tuple[int, int, int]:
+    return tuple(i // t for i, t in zip(grid.block_index(block_id), tile))  # type: ignore[return-value]
+
+
+def _tile_blocks(grid: BlockGrid, tile: Sequence[int], corner: Sequence[int]) -> list[int]:
+    ranges = [range(c * t, min((c + 1) * t, n)) for c, t, n in zip(corner, tile, grid.grid_shape)]
+    return [grid.block_id((z, y, x)) for z in ranges[0] for y in ranges[1] for x in ranges[2]]
+
+
+def _tile_task(corner: tuple[int, int, int], job: _Job, rnd: int, last_run: Mapping[int, int], pending: tuple[int, ...]):
+    """A later exchange round of one tile of blocks (:func:`tile_shape`): run its pending
+    blocks, and the blocks of the tile they wake, until nothing in the tile changes, each run
+    an update of the block's previous solution (:func:`.exact.keyed_update`) from the newest
+    pieces (its tile mates' of this task, the others' of their last run). Only then is each
+    block that ran saved (its update since its previous run, as a delta or in full) and
+    published. Any order of updates reaches the same fixed point (:mod:`.exact`), so this only
+    saves rounds: a path that crosses many faces inside a tile costs one round, not one per face.
+
+    Idempotent by construction: every input (the solutions of rounds <= each block's previous
+    run, the pieces of runs before this round) was written in an earlier round and is deleted
+    only by a later one, the order of the runs is fixed (smallest block id first), so any
+    attempt of this task computes the same solutions and pieces.
+
+    Returns (blocks outside the tile whose shell changed, runs per block, voxels changed,
+    the round of the solution each block that ran now stands on)."""
+    grid = job.grid()
+    members = set(_tile_blocks(grid, job.tile, corner))
+    disk: dict[int, dict] = {}
+
+    def on_disk(c):
+        if c not in disk:
+            disk[c] = _load_pieces(job, c, last_run[c])
+        return disk[c]
+
+    published: dict[int, dict] = {}
+    pieces_of = lambda c: published.get(c) if c in published else (on_disk(c) if c in last_run else None)  # noqa: E731
+    runs: dict[int, dict] = {}
+    queue, work = sorted(set(pending)), 0
+    while queue:
+        b = heapq.heappop(queue)
+        core = grid[b].core
+        outer = expand(core, job.halo, job.shape)
+        if b not in runs:
+            start, state, entries = _load_state(_state_dir(job, b), upto=last_run[b])
+            runs[b] = {"start": start, "state": state, "entries": entries, "touched": [], "n": 0}
+        rec = runs[b]
+        shell = _read_shell(job, grid, b, outer, rec["state"][0].dtype, pieces_of)
+        _, _, _, rec["state"], moved, written = keyed_update(rec["state"], shell, with_labels=False, return_shell=True)
+        rec["n"] += 1
+        work += int(moved.size)
+        if moved.size:
+            rec["touched"] += [moved, written]
+        if _core_moved(moved, rec["state"][0].shape, _within(core, outer)):
+            new = _publish(job, grid, b, rec["state"])
+            for w in _woken(pieces_of(b), new) & members:
+                if w not in queue and w != b:
+                    heapq.heappush(queue, w)
+            published[b] = new
+    woken, kept = set(), {}
+    for b in sorted(runs):
+        rec, state_dir, where = runs[b], _state_dir(job, b), dict(round=rnd, block=b)
+        state = rec["state"]
+        if rec["touched"]:  # the region changed: keep its new solution (an older one stays a valid start)
+            touched = np.unique(np.concatenate(rec["touched"]))
+            fault_point("segment.state:before", **where)
+            if rec["entries"][0] + touched.size > _DELTA_FRACTION * state[0].size or rec["entries"][1] >= _MAX_DELTAS:
                 _save_state(state_dir, rnd, state)  # a new full solution: the chain stays short
             else:
                 _save_delta(state_dir, rnd, state, touched)
             fault_point("segment.state:after", **where)
-        pz, pr = np.divmod(moved, state[0].shape[1] * state[0].shape[2])
-        py, px = np.divmod(pr, state[0].shape[2])
-        core_changed = bool(np.any(
-            (pz >= inner[0].start + 2) & (pz < inner[0].stop + 2) & (py >= inner[1].start + 2)
-            & (py < inner[1].stop + 2) & (px >= inner[2].start + 2) & (px < inner[2].stop + 2)
-        ))  # fmt: skip
-    # Idempotent by construction: every input above (the solution of round <= prev, the pieces
-    # of the neighbours' runs before this round) was written in an earlier round and is deleted
-    # only by a later one, so any attempt of this task computes the same state and pieces.
-    if prev is not None:
-        _prune_states(state_dir, prev)  # solutions before the one this run started from: read by nobody
-    folder = _pieces_dir(job, block_id)
-    makedirs(folder)
-    old = _load_pieces(job, block_id, prev) if prev is not None else {}
-    pieces: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = old
-    changed = set()
-    if core_changed:
-        # publish: the parts of this core that lie on other blocks' shells (only pieces with a
-        # reached voxel; a missing piece means all unreached)
-        pieces = {}
-        for b in grid.blocks_in(expand(core, tuple(h + 1 for h in job.halo), job.shape)):
-            if b == block_id:
-                continue
-            for face, slab in _shell_slabs(expand(grid[b].core, job.halo, job.shape), job.shape):
-                inter = _intersect(slab, core)
-                if inter is None:
-                    continue
-                loc = _within(inter, outer)
-                piece = _core_labels(state, loc)
-                if piece.any():
-                    pieces[f"{b}_{face}"] = (piece, np.array(lev[loc]), np.array(dist[loc]))
-        for name in old.keys() | pieces.keys():
-            if name in old and name in pieces and all(np.array_equal(a, b) for a, b in zip(old[name], pieces[name])):
-                continue
-            changed.add(int(name.split("_")[0]))
-    fault_point("segment.pieces:before", **where)
-    _save_pieces(job, block_id, rnd, pieces)
-    fault_point("segment.pieces:after", **where)
-    if prev is not None:  # this round's readers read this run's or the previous run's pieces
-        _remove_older(folder, prev)
-    kept = rnd if prev is None or moved.size else start
-    return sorted(changed), fg_core, work, kept
+        _prune_states(state_dir, last_run[b])  # solutions before the one this run started from: read by nobody
+        pieces = published.get(b, on_disk(b))  # unchanged core: its previous pieces again
+        woken |= _woken(on_disk(b), pieces) - members
+        fault_point("segment.pieces:before", **where)
+        _save_pieces(job, b, rnd, pieces)
+        fault_point("segment.pieces:after", **where)
+        _remove_older(_pieces_dir(job, b), last_run[b])  # this round reads this run's or the last run's
+        kept[b] = rnd if rec["touched"] else rec["start"]
+    return sorted(woken), {b: r["n"] for b, r in runs.items()}, work, kept
 
 
 def _final_labels(job: _Job, block_id: int) -> np.ndarray:
@@ -748,6 +830,7 @@ def segment(
     keep_work: bool = False,
     progress: bool = False,
     pyramid_levels: int | None = None,
+    tile_voxels: int | None = None,
 ) -> SegmentReport:
     """Segment a prediction store into a global instance-label volume, blockwise and exactly.
 
@@ -785,6 +868,11 @@ def segment(
         exchange rounds are reused; ``SegmentReport.resumed`` says what).
     progress : bool
         Show progress bars.
+    tile_voxels : int, optional
+        Core voxels of the tiles that exchange rounds after the first run in (default
+        :data:`DEFAULT_TILE_VOXELS`, 64 M). A performance knob only: a flooding path that
+        crosses many block faces inside one tile costs one round; a tile of one block gives
+        one round per face crossed. Bounds the memory of a tile's task.
     pyramid_levels : int, optional
         Levels of the label volume's multiscale pyramid (None: automatic; 1: none), sampled
         blockwise after the relabel; the volume is marked an NGFF ``image-label`` either way.
@@ -799,7 +887,7 @@ def segment(
         For a missing or incomplete prediction store, a bad geometry or an existing output.
     """
     t_start = time.perf_counter()
-    plan = plan_segment(pred_path, out_path, decoder, block_shape, halo, max_halo)
+    plan = plan_segment(pred_path, out_path, decoder, block_shape, halo, max_halo, tile_voxels)
     check_work_space(plan.out_path, plan.grid, plan.halo)
     output = prepare_output(plan.out_path, [plan.pred_path], overwrite, extra=[plan.work_path])
     target = output.begin()  # a replacement is written beside the old one, then swapped in
@@ -843,6 +931,8 @@ class SegmentPlan:
         Seed ids while stitching (uint32 when every block-offset id fits).
     voxel_size, chunks, shards
         Copied onto the label volume.
+    tile : tuple of int
+        Blocks per axis of the tiles later exchange rounds run in (:func:`tile_shape`).
     """
 
     pred_path: str
@@ -856,6 +946,7 @@ class SegmentPlan:
     voxel_size: tuple
     chunks: tuple
     shards: tuple | None
+    tile: tuple[int, int, int] = (1, 1, 1)
 
     @property
     def decoder(self) -> Decoder:
@@ -875,7 +966,9 @@ class SegmentPlan:
         }))  # fmt: skip
 
 
-def plan_segment(pred_path, out_path, decoder=None, block_shape=None, halo=None, max_halo=None) -> SegmentPlan:
+def plan_segment(
+    pred_path, out_path, decoder=None, block_shape=None, halo=None, max_halo=None, tile_voxels=None
+) -> SegmentPlan:
     """The plan of :func:`segment` (same parameters), from metadata reads only; raises
     :class:`BlocksegError` (one line) for anything :func:`segment` would refuse up front."""
     if max_halo is not None:
@@ -891,8 +984,16 @@ def plan_segment(pred_path, out_path, decoder=None, block_shape=None, halo=None,
     return SegmentPlan(
         pred_path, out_path, out_path + ".work", choice, grid, _as_triple(DEFAULT_HALO if halo is None else halo, "halo"),
         tuple((c, prediction_kind(vols[c], c)) for c in choice.decoder.channels), id_dtype, first.voxel_size,
-        first.array.chunks, getattr(first.array, "shards", None),
+        first.array.chunks, getattr(first.array, "shards", None), tile_shape(grid, _tile_voxels(tile_voxels)),
     )  # fmt: skip
+
+
+def _tile_voxels(value) -> int:
+    if value is None:
+        return DEFAULT_TILE_VOXELS
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise BlocksegError(f"tile_voxels must be a positive whole number of voxels, got {value!r}")
+    return int(value)
 
 
 def _store_stamp(pred_path: str, channels: Sequence[str]) -> list:
@@ -938,6 +1039,18 @@ class _Driver:
             self.report.retried[name] = sorted(again)
         return out
 
+    def run_tiles(self, func, name: str, corners: list, pending: list) -> list:
+        """Run ``func(corner, pending=...)`` for every tile, as block tasks numbered 0..n-1;
+        the blocks of a retried tile are reported."""
+        items = list(zip(corners, pending))
+        voxels = [sum(block_voxels(self.plan.grid, p)) for p in pending]
+        again: list[int] = []
+        out = run_blocks(partial(_tile_item, func, items), range(len(items)), client=self.client, name=name,
+                         progress=self.progress, voxels=voxels, retried=again)  # fmt: skip
+        if again:
+            self.report.retried[name] = sorted(b for i in again for b in pending[i])
+        return out
+
     def timed(self, name: str) -> None:
         now = time.perf_counter()
         self.report.seconds[name] = round(self.report.seconds.get(name, 0.0) + now - self._t, 3)
@@ -947,6 +1060,11 @@ class _Driver:
         self.journal = {**self.journal, **state}
         write_bytes(_journal_path(self.job.work_path), json.dumps(self.journal).encode())
         fault_point("segment.journal:after", done=self.journal["done"], round=self.journal.get("round", 0))
+
+
+def _tile_item(func, items: list, index: int):
+    corner, pending = items[index]
+    return func(corner, pending=pending)
 
 
 def _journal_path(work: str) -> str:
@@ -976,7 +1094,7 @@ def _open_work(plan: SegmentPlan, report: SegmentReport) -> _Job:
         write_bytes(_journal_path(work), json.dumps({"signature": signature, "done": None}).encode())
     g = plan.grid
     return _Job(plan.pred_path, work, g.shape, g.block_shape, plan.halo, g.chunk_shape, plan.decoder, plan.kinds,
-                uuid.uuid4().hex)  # fmt: skip
+                uuid.uuid4().hex, plan.tile)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- passes
@@ -997,32 +1115,48 @@ def _seed_pass(d: _Driver) -> None:
 
 
 def _watershed_pass(d: _Driver) -> None:
-    """Exchange rounds until no shell value changes (:mod:`.exact`); the driver holds only
-    the per-block round numbers and statistics, journalled after every round."""
-    j = d.journal
+    """Exchange rounds until no shell value changes (:mod:`.exact`): round 1 floods every block
+    (one task each), later rounds run the tiles holding the woken blocks (one task each,
+    :func:`_tile_task`). The driver holds only the per-block round numbers and statistics,
+    journalled after every round."""
+    j, grid, job = d.journal, d.plan.grid, d.job
     last_run = {int(b): r for b, r in j["last_run"].items()}
     fg_count = {int(b): n for b, n in j["fg_count"].items()}
     flooded, pending, rnd, rounds = j["flooded"], j["pending"], j["round"], list(j["rounds"])
     while pending:
         rnd += 1
-        if rnd > _MAX_ROUNDS:  # the fixed point is reached in finitely many rounds (see .exact)
-            raise BlocksegError(f"segment: no fixed point after {_MAX_ROUNDS} exchange rounds (a bug; please report)")
-        name = "watershed" if rnd == 1 else f"watershed-round-{rnd}"
-        res = d.run(partial(_flood_task, job=d.job, rnd=rnd, last_run=dict(last_run)), name, pending)
-        woken: set[int] = set()
-        for b, r in zip(pending, res):
-            woken.update(r[0])
-            if r[1] is not None:  # the foreground is counted by round 1
-                fg_count[b] = r[1]
-            flooded += r[2]
-            last_run[b] = rnd
-            # the round is over: no attempt of it will start from an older solution again
-            _prune_states(os.path.join(d.job.work_path, "state", str(b)), r[3])
-        rounds.append({"round": rnd, "blocks": len(pending), "woken": len(woken)})
+        if rnd > _MAX_ROUNDS:
+            raise BlocksegError(
+                f"segment: {_MAX_ROUNDS} exchange rounds without reaching the fixed point: the foreground holds paths "
+                f"that cross tile faces more than {_MAX_ROUNDS} times (see the docs, 'rounds'); use larger blocks "
+                "(--block) or a larger tile (tile_voxels) so that such paths stay inside one task"
+            )  # fmt: skip
+        if rnd == 1:
+            res = d.run(partial(_flood_task, job=job, rnd=rnd), "watershed", pending)
+            woken = set().union(*(r[0] for r in res))
+            for b, r in zip(pending, res):
+                fg_count[b], flooded, last_run[b] = r[1], flooded + r[2], rnd
+            runs = len(pending)
+        else:
+            tiles: dict[tuple, list[int]] = {}
+            for b in pending:
+                tiles.setdefault(tile_of(grid, job.tile, b), []).append(b)
+            corners = sorted(tiles)
+            res = d.run_tiles(partial(_tile_task, job=job, rnd=rnd, last_run=dict(last_run)), f"watershed-round-{rnd}",
+                              corners, [tuple(tiles[c]) for c in corners])  # fmt: skip
+            woken, runs = set(), 0
+            for r in res:
+                woken.update(r[0])
+                runs += sum(r[1].values())
+                flooded += r[2]
+                for b, kept in r[3].items():
+                    last_run[b] = rnd
+                    # the round is over: no attempt of it will start from an older solution again
+                    _prune_states(_state_dir(job, b), kept)
+        rounds.append({"round": rnd, "blocks": runs, "woken": len(woken)})
         pending = sorted(woken)
         d.record(done="round", round=rnd, pending=pending, last_run=last_run, fg_count=fg_count, flooded=flooded,
                  rounds=rounds)  # fmt: skip
-    grid = d.plan.grid
     d.report.n_seeds = d.journal["n_seeds"]
     d.report.rounds = rounds
     d.report.blocks_rerun = int(sum(r["blocks"] for r in rounds) - len(grid))
