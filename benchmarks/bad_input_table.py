@@ -81,6 +81,10 @@ def build_workspace(ws: Path) -> None:
     damaged("multiscales_str.zarr", "img.zarr",
             lambda d: _edit_json(d / "zarr.json", lambda m: m["attributes"]["ome"].update(multiscales="oops")))  # fmt: skip
     damaged("pred_channel.zarr", "pred.zarr", lambda d: (d / "sdt" / "zarr.json").write_bytes(b"\x89PNG\r\n"))
+    damaged("pred_attr_decoder.zarr", "pred.zarr",
+            lambda d: _edit_json(d / "zarr.json", lambda m: m["attributes"]["blockseg"]["predictions"].update(decoder=5)))  # fmt: skip
+    (ws / "run_damaged").mkdir()
+    (ws / "run_damaged" / "run.json").write_text('{"config": {"name": "x"')
     damaged("gt_damaged.zarr", "img.zarr", lambda d: (d / "labels" / "gt" / "0" / "zarr.json").write_bytes(b"\x00\x01"))
     v2 = zarr.create_array(ws / "v2.zarr", shape=shape, dtype="uint8", chunks=chunks, zarr_format=2)
     v2[:] = 1
@@ -179,6 +183,8 @@ CASES = [
     ("Damaged metadata", "TIFF garbled", ["info", "garbled.tif"], None),
     ("Damaged metadata", "predict: image metadata damaged", ["predict", "level_truncated.zarr", "sdt.pt", "out.zarr"], None),
     ("Damaged metadata", "segment: a prediction channel's metadata damaged", ["segment", "pred_channel.zarr", "seg.zarr"], None),
+    ("Damaged metadata", "segment: the store's decoder attribute of the wrong type", ["segment", "pred_attr_decoder.zarr", "seg.zarr"], None),
+    ("Damaged metadata", "info: a run directory's run.json cut short", ["info", "run_damaged"], None),
     ("Damaged metadata", "evaluate: ground truth metadata damaged",
      ["evaluate", "--gt", "gt_damaged.zarr/labels/gt", "--pred", "img.zarr/labels/gt", "--out", "ev"], None),
     ("Damaged metadata", "the same with --debug (traceback kept)", ["--debug", "info", "group_not_utf8.zarr"], None),
