@@ -44,7 +44,12 @@ def register(subparsers) -> None:
         "never smaller than the training patch), train (the network's training patch), or 1 or 3 sizes (z y x); auto and "
         "sizes run one stride-aligned lattice set by the patch alone, so a store's patch (blockseg info) reproduces it with other blocks",
     )  # fmt: skip
-    p.add_argument("--overlap", type=float, nargs="+", default=[0.125], metavar="F", help="overlap of neighbouring output tiles: < 1 a fraction of the output patch, else voxels (default 0.125)")
+    p.add_argument(
+        "--overlap", type=_overlap, nargs="+", default=[0.125], metavar="F|N%|Npx",
+        help="overlap of neighbouring output tiles, 1 or 3 values (z y x): a fraction of the training output patch "
+        "(0.125, or 12.5%%), or whole voxels (4px, or a whole number such as 4); default 0.125. 1.0 or 1.5 are refused: "
+        "a fraction is below 1 and voxels are whole",
+    )  # fmt: skip
     p.add_argument("--blending", choices=["gaussian", "bump", "constant"], default="gaussian", help="blending window (default gaussian)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips")
     p.add_argument("--mc-samples", type=int, default=0, metavar="N", help="MC-dropout samples: adds a <channel>_var variance channel per channel")
@@ -87,6 +92,31 @@ def _channels(text: str | None):
         return None
     names = [c.strip() for c in text.split(",") if c.strip()]
     return "all" if names == ["all"] else names
+
+
+def _overlap(text: str) -> float | int:
+    """``--overlap``: a fraction (``0.125``, ``12.5%``) or whole voxels (``4px``, ``4``), never
+    ambiguous: ``1.0`` (100 %? one voxel?) and ``1.5`` are refused."""
+    t = text.strip().lower()
+    try:
+        if t.endswith("%"):
+            value = float(t[:-1]) / 100
+            if not 0 <= value < 1:
+                raise argparse.ArgumentTypeError(f"{text}: a percentage of the output patch is below 100%")
+            return value
+        for unit in ("px", "vx", "voxels", "voxel"):
+            if t.endswith(unit):
+                return int(t[: -len(unit)])
+        if t.lstrip("+").isdigit():
+            return int(t)
+        value = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction (0.125, 12.5%) or whole voxels (4px), got {text!r}") from None
+    if value >= 1:
+        raise argparse.ArgumentTypeError(
+            f"{text} is neither a fraction (below 1: 0.125 or 12.5%) nor whole voxels (write {round(value)}px for voxels)"
+        )
+    return value
 
 
 def _patch(values: list[str]):

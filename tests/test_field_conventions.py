@@ -5,6 +5,7 @@ option of a subcommand answered with that subcommand's usage."""
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from pathlib import Path
 
@@ -109,3 +110,21 @@ def test_an_unknown_option_of_a_subcommand_prints_its_usage(capsys):
     assert info.value.code == 2
     assert err.startswith("usage: blockseg segment ") and "--halo N" in err  # the subcommand's own usage
     assert err.strip().splitlines()[-1] == "blockseg segment: error: unrecognized arguments: --hallo 8"
+
+
+# ----------------------------------------------------------------------------- --overlap
+@pytest.mark.parametrize("text, want", [("0.125", 0.125), ("12.5%", 0.125), ("4px", 4), ("4", 4), ("0", 0)])
+def test_overlap_is_a_fraction_or_whole_voxels(text, want):
+    predict_cmd = importlib.import_module("blockseg_cli.predict")
+    got = predict_cmd._overlap(text)
+    assert got == pytest.approx(want) and isinstance(got, int) == isinstance(want, int)
+
+
+@pytest.mark.parametrize("text", ["1.0", "1.5", "150%", "four"])
+def test_an_ambiguous_overlap_is_refused_with_its_usage(tmp_path, capsys, text):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["predict", str(tmp_path / "i.zarr"), "demo", str(tmp_path / "p.zarr"), "--overlap", text])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("usage: blockseg predict ")
+    assert err.strip().splitlines()[-1].startswith("blockseg predict: error: argument --overlap: ")
+    assert os.listdir(tmp_path) == []
