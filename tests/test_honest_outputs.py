@@ -78,6 +78,8 @@ def test_segment_refuses_an_unfinished_store(interrupted_store, tmp_path, capsys
     assert err == [f"blockseg segment: error: {store}: unfinished prediction store (blocks done: 0 of 8); rerun predict to resume it"]
     assert not (tmp_path / "o.zarr").exists() and os.listdir(tmp_path) == []
     assert _listing(interrupted_store) == before  # the store is not touched either
+    code, out, _ = _cli(["info", str(store)], capsys)  # info reads it, and says how far it got
+    assert code == 0 and "  blocks done: 0 of 8 (unfinished: rerun predict to resume)" in out.splitlines()
 
 
 def test_segment_api_and_tune_refuse_an_unfinished_store(interrupted_store, tmp_path):
