@@ -105,6 +105,7 @@ def build_workspace(ws: Path) -> None:
         "filters": [{"id": "pickle", "protocol": 5}], "order": "C",
     }))  # fmt: skip
     (ws / "objects.zarr" / "0.0.0").write_bytes(pickle.dumps(RunsCode(marker)))
+    (ws / "tagged.yaml").write_text(f'run_dir: r\ndata:\n  image: !!python/object/apply:builtins.exec ["open({str(marker)!r}, \'w\').close()"]\n')
 
     def train_config(name: str, **model) -> None:
         cfg = {
@@ -207,6 +208,7 @@ CASES = [
     ("Files that would run code", "train: crafted model.init checkpoint", ["train", "run_init.yaml", "--no-progress"], None),
     ("Files that would run code", "zarr v2 array of pickled objects", ["info", "objects.zarr"], None),
     ("Files that would run code", "npy of pickled objects", ["info", "objects.npy"], None),
+    ("Files that would run code", "run config with a !!python tag", ["run", "tagged.yaml"], None),
 ]  # fmt: skip
 
 

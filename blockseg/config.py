@@ -389,7 +389,8 @@ def load_yaml(text: str, path: str) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise BlocksegError(f"{path}: not valid YAML{where}") from None
+        problem = getattr(e, "problem", None)  # e.g. a !!python/... tag: only plain data is read, never objects
+        raise BlocksegError(f"{path}: not valid YAML{where}{f' ({problem})' if problem else ''}") from None
 
 
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunConfig:

@@ -248,3 +248,13 @@ def test_no_unsafe_loader_in_blockseg():
         if calls:
             bad[str(path.relative_to(ROOT))] = calls
     assert bad == {}
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_yaml_config_with_a_python_tag_runs_nothing(tmp_path, capsys, command):
+    """Configs are parsed by YAML's safe loader: a ``!!python/object/apply`` tag is an error."""
+    marker = tmp_path / "RAN"
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text(f'run_dir: {tmp_path / "r"}\noutput: {tmp_path / "o"}\ndata:\n  image: !!python/object/apply:builtins.exec ["open({str(marker)!r}, \'w\').close()"]\n')
+    _refused(capsys, [command, str(cfg)], "could not determine a constructor for the tag")
+    assert not marker.exists() and not (tmp_path / "r").exists() and not (tmp_path / "o").exists()
