@@ -68,7 +68,8 @@ def _service_error(exc: BaseException) -> tuple[str, str, str]:
 
 def _endpoint(exc: BaseException) -> str:
     """The ``scheme://host:port`` an exception could not reach, or ``""``."""
-    url = (getattr(exc, "kwargs", None) or {}).get("endpoint_url") if isinstance(getattr(exc, "kwargs", None), dict) else None
+    kwargs = getattr(exc, "kwargs", None)
+    url = kwargs.get("endpoint_url") if isinstance(kwargs, dict) else None
     if url:
         parts = urlsplit(str(url))
         return f"{parts.scheme}://{parts.netloc}" if parts.netloc else str(url)
