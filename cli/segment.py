@@ -61,7 +61,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-stored-params", action="store_true", help="ignore the thresholds stored with the predictions: start from the decoder's defaults (or --preset)")
     p.add_argument("--block-shape", type=int, nargs="+", metavar="N", help="block core shape, 1 or 3 values (z y x), a multiple of the chunks")
     p.add_argument("--halo", type=int, nargs="+", metavar="N", help="halo in voxels, 1 or 3 values (default 8; any value, 0 included, gives the same result: it trades exchange rounds for voxels read and flooded)")
-    p.add_argument("--tile-voxels", type=int, metavar="N", help="core voxels of the tiles that exchange rounds after the first run in (default 67108864; any value gives the same result: a path crossing many block faces inside one tile costs one round)")
+    p.add_argument("--tile-voxels", type=int, metavar="N", help="core voxels of the tiles that exchange rounds after the first run in (default 33554432; any value gives the same result: a path crossing many block faces inside one tile costs one round)")
     p.add_argument("--keep-work", action="store_true", help="keep the intermediate OUTPUT.work directory (a run that stops early always keeps it, and the next run with the same settings continues from it)")
     p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
     add_cluster_options(p)

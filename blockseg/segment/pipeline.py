@@ -54,6 +54,7 @@ from typing import Callable, Mapping, Sequence
 
 import cc3d
 import fastremap
+import numcodecs
 import numpy as np
 import zarr
 from scipy import sparse
@@ -77,9 +78,9 @@ DEFAULT_HALO = 8
 
 #: core voxels of the tiles later exchange rounds run in (a performance knob, like the halo):
 #: a flooding path that crosses block faces inside one tile costs one round, not one per face;
-#: a tile's task holds the solutions of the blocks it runs (about 12 bytes per voxel, paged in
-#: as touched), so this bounds its memory
-DEFAULT_TILE_VOXELS = 2**26
+#: a tile's task holds the solutions of the blocks it runs in memory (about 12 bytes per core +
+#: halo voxel: ~0.5 GB at this default), so this bounds its memory
+DEFAULT_TILE_VOXELS = 2**25
 
 #: safety bound on exchange rounds (never reached: the fixed point is finite, see .exact)
 _MAX_ROUNDS = 100_000
@@ -373,25 +374,37 @@ def _read_shell(job: _Job, grid: BlockGrid, block_id: int, outer, dtype, pieces_
 _STATE_KEYS = "lvdhf"  # labels, level, dist, height, fixed: the padded solution of a region
 
 
+#: a saved solution's arrays are compressed (lz4, bit-shuffled: ~1 GB/s each way here); labels
+#: and keys of nuclei compress ~9x (measured on synthetic nuclei, 2026-12-07)
+_CODEC = numcodecs.Blosc(cname="lz4", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE)
+
+
 def _save_state(state_dir: str, rnd: int, state) -> None:
-    """Keep a region's solution for its next update: locally one ``.npy`` per array in the
-    folder ``rnd`` (written beside, then renamed: a folder is there complete or not at all),
-    on object storage one npz."""
-    if is_url(state_dir):
-        save_npz(os.path.join(state_dir, f"{rnd}.npz"), **dict(zip(_STATE_KEYS, state)))
+    """Keep a region's solution for its next update: one file ``N.npz`` holding each array
+    compressed (:data:`_CODEC`) with its dtype and shape, written beside and renamed into place
+    (on object storage: one put), so it is there complete or not at all. A complete solution
+    of a round is never replaced: another attempt's is identical, and a reader of the next
+    round must never find none."""
+    path = os.path.join(state_dir, f"{rnd}.npz")
+    if not is_url(path) and os.path.exists(path):
         return
-    # the temporary name is unique: two attempts of one task may run at once (a worker taken
-    # for lost still finishing); both write the same arrays
-    tmp, final = os.path.join(state_dir, f"{rnd}.tmp-{uuid.uuid4().hex[:12]}"), os.path.join(state_dir, str(rnd))
-    os.makedirs(tmp)
+    arrays = {}
     for k, a in zip(_STATE_KEYS, state):
-        np.save(os.path.join(tmp, f"{k}.npy"), a)
-    try:  # a complete solution of this round is never replaced (another attempt's is identical):
-        os.rename(tmp, final)  # no moment without one, for a reader of the next round
-    except OSError:
-        if not os.path.isdir(final):
-            raise
-        remove_tree(tmp)
+        a = np.ascontiguousarray(a)
+        arrays[k] = np.frombuffer(_CODEC.encode(a), dtype=np.uint8)
+        arrays[f"{k}.meta"] = np.array([a.dtype.str, *map(str, a.shape)])
+    save_npz(path, **arrays)
+
+
+def _read_state(path: str) -> tuple:
+    saved = load_npz(path)
+    out = []
+    for k in _STATE_KEYS:
+        dtype, *shape = saved[f"{k}.meta"]
+        a = np.empty(tuple(int(n) for n in shape), dtype=np.dtype(str(dtype)))
+        _CODEC.decode(saved[k], out=a)
+        out.append(a)
+    return tuple(out)
 
 
 #: a later round's update is kept as a delta (the entries it changed) until the deltas since
@@ -436,15 +449,9 @@ def _load_state(state_dir: str, upto: int | None = None) -> tuple[int, tuple, tu
     its round and (delta entries, deltas) it was rebuilt with. A run of round ``r`` asks for
     ``upto`` = the block's previous run, never for its own round: a retried attempt must start
     from what the first attempt started from, not from what that attempt saved (it would then
-    update nothing and publish stale pieces). Locally the full solution's arrays are
-    copy-on-write memory maps: an update that touches little reads little."""
+    update nothing and publish stale pieces)."""
     base, deltas = _chain(state_dir, upto)
-    if is_url(state_dir):
-        saved = load_npz(os.path.join(state_dir, f"{base}.npz"))
-        state = tuple(saved[k] for k in _STATE_KEYS)
-    else:
-        folder = os.path.join(state_dir, str(base))
-        state = tuple(np.load(os.path.join(folder, f"{k}.npy"), mmap_mode="c") for k in _STATE_KEYS)
+    state = _read_state(os.path.join(state_dir, f"{base}.npz"))
     entries = 0
     for rnd in deltas:  # in round order: a later delta overwrites an earlier one's entries
         d = load_npz(os.path.join(state_dir, f"{rnd}{_DELTA}"))
@@ -796,10 +803,14 @@ _STATE_BYTES = 12
 
 
 def work_bytes(grid: BlockGrid, halo: Sequence[int]) -> int:
-    """Peak bytes of segment's work directory: seed code (4) and height (1) per voxel, and every
-    block's saved solution of core + halo (kept until the end, :data:`_STATE_BYTES` per voxel)."""
+    """Upper bound on the bytes of segment's work directory, as if nothing compressed: seed code
+    (4) and height (1) per voxel, and every block's saved solution of core + halo (kept until
+    the end, :data:`_STATE_BYTES` per voxel), plus a quarter of the solutions for the deltas of
+    later rounds and the blocks holding two solutions while a round compacts them. Everything
+    is stored compressed (lz4): measured peaks are a fraction of this bound
+    (``benchmarks/bench_geometry.py``, ``benchmarks/RESULTS.md``)."""
     regions = sum(math.prod(s.stop - s.start + 4 for s in expand(b.core, halo, grid.shape)) for b in grid)  # padded by 2
-    return 5 * int(np.prod(grid.shape, dtype=np.int64)) + _STATE_BYTES * regions
+    return 5 * int(np.prod(grid.shape, dtype=np.int64)) + _STATE_BYTES * regions * 5 // 4
 
 
 def check_work_space(out_path: str, grid: BlockGrid, halo: Sequence[int]) -> None:
@@ -870,7 +881,7 @@ def segment(
         Show progress bars.
     tile_voxels : int, optional
         Core voxels of the tiles that exchange rounds after the first run in (default
-        :data:`DEFAULT_TILE_VOXELS`, 64 M). A performance knob only: a flooding path that
+        :data:`DEFAULT_TILE_VOXELS`, 32 M). A performance knob only: a flooding path that
         crosses many block faces inside one tile costs one round; a tile of one block gives
         one round per face crossed. Bounds the memory of a tile's task.
     pyramid_levels : int, optional
@@ -1088,7 +1099,9 @@ def _open_work(plan: SegmentPlan, report: SegmentReport) -> _Job:
                           "block_runs": int(sum(r["blocks"] for r in journal.get("rounds", [])))}  # fmt: skip
     else:
         prepare_work(work)
-        kw = dict(shape=plan.grid.shape, chunks=plan.grid.chunk_shape, fill_value=0, compressors=None)  # scratch: fast
+        # scratch: lz4 (fast; the seed code is mostly a handful of values, ~10x smaller)
+        lz4 = zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
+        kw = dict(shape=plan.grid.shape, chunks=plan.grid.chunk_shape, fill_value=0, compressors=lz4)
         zarr.create_array(f"{work}/seeds", dtype=plan.id_dtype, **kw)
         zarr.create_array(f"{work}/height", dtype=np.uint8, **kw)
         write_bytes(_journal_path(work), json.dumps({"signature": signature, "done": None}).encode())
