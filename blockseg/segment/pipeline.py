@@ -13,21 +13,16 @@ Passes (each a set of independent block tasks that write only their own core):
    seeds under ``min_seed_size`` dropped; kept seeds numbered 1..S by their first voxel in
    raster order (as a whole-volume labelling numbers them); one small lookup table per
    block (only the ids in that block) written to the work directory.
-4. **watershed**, in exchange rounds (:mod:`.exact`: the rule, the proofs) -- a block reads
-   height and seed code of core + halo (written by the neighbours in pass 1), maps the seed
-   ids to global ids with the tables of the blocks it overlaps, floods with the exact keyed
-   flood, using as boundary condition the values (label, level, distance) its neighbours'
-   latest runs published for the voxels just outside its region, keeps the region's solution
-   in the work directory, and publishes, in one immutable file per run, the values its core
-   holds on other blocks' shells. Round 1 runs every block with an unreached shell; later
-   rounds run only the blocks whose shell values changed, until none did, and update the
-   block's previous solution (read back as a copy-on-write memory map, so an update that
-   touches a thin layer reads little more) from the changed shell values instead of flooding
-   again. A later run whose update changes nothing in the core publishes its unchanged values
-   and keeps its older solution (still a valid start for the next update, see
-   :func:`.exact.keyed_update`). No labels are written in the rounds: a block may run again,
-   so writing them would be wasted work. No block reads a file or chunk that is written in
-   the same round.
+4. **watershed**, in exchange rounds (:mod:`.exact`: the rule, the proofs) -- round 1: a block
+   reads height and seed code of core + halo, maps the seed ids to global ids with the tables of
+   the blocks it overlaps, floods with the exact keyed flood (shell unreached), keeps the
+   region's solution in the work directory and publishes, in one immutable file per run, the
+   values its core holds on other blocks' shells. Later rounds run one task per *tile* of
+   blocks holding woken blocks (:func:`_tile_task`): it updates them (and the tile mates they
+   wake) from the newest shell values until nothing in the tile changes, then saves each
+   block's update (a delta, or a full solution) and publishes; until no shell value changed
+   anywhere. No labels are written in the rounds. No task reads a file written in its own
+   round, so every task is idempotent (a retry writes the same bytes).
 5. **statistics** -- each block reads its core from its last solution (the fixed point) and
    returns partial per-instance statistics; *driver*: reduce them, remove instances under
    ``min_size`` (exact global sizes), number the rest 1..N (in seed order); per-block tables.
@@ -35,8 +30,10 @@ Passes (each a set of independent block tasks that write only their own core):
    volume; the instance table goes to ``OUT/instances.csv``.
 
 The work directory therefore holds, per voxel, the seed code and height (pass 1) and one saved
-solution per block (labels, key, height and flags of core + halo: ~12 bytes a voxel, times the
-halo's read amplification), deleted at the end.
+solution per block (labels, key, height and flags of core + halo: ~12 bytes a voxel before lz4
+compression, times the halo's read amplification) with the deltas of its later runs, and
+``journal.json``: what the driver finished (a killed driver's rerun of the same plan continues
+from it). It is deleted at the end.
 """
 
 from __future__ import annotations
