@@ -26,7 +26,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,10 +33,12 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 from blockseg.io import open_volume  # noqa: E402
 from blockseg.predictions import save_predictions  # noqa: E402
 from blockseg.segment import BCDDecoder, segment, segment_array  # noqa: E402
+from measure import FolderPeak  # noqa: E402
 
 DECODER = BCDDecoder(min_seed_size=1, min_size=1)
 
@@ -100,44 +101,12 @@ def spiral(rings: int):
     return _channels(mask, seed), (4, n // 2, n // 2), (4, n // 4, n // 4)
 
 
-class _PeakSize:
-    """Largest total size of a folder, sampled every ``dt`` seconds in a thread."""
-
-    def __init__(self, folder: str, dt: float = 0.02):
-        self.folder, self.dt, self.peak = folder, dt, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _size(self) -> int:
-        total = 0
-        for root, _, files in os.walk(self.folder):
-            for f in files:
-                try:
-                    total += os.path.getsize(os.path.join(root, f))
-                except OSError:
-                    pass
-        return total
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._size())
-            time.sleep(self.dt)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def run_case(name: str, ch: dict, block, chunks, halo: int, tile_voxels: int | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         pred, out = f"{tmp}/pred.zarr", f"{tmp}/seg.zarr"
         save_predictions(pred, ch, chunks=chunks)
         ref = segment_array(ch, DECODER)
-        with _PeakSize(out + ".work") as peak:
+        with FolderPeak(out + ".work") as peak:
             t0 = time.perf_counter()
             kw = {} if tile_voxels is None else {"tile_voxels": tile_voxels}  # the code before tiles has no such knob
             report = segment(pred, out, DECODER, block_shape=block, halo=halo, **kw)

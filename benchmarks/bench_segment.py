@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -52,7 +53,9 @@ from blockseg.segment import BCDDecoder, segment  # noqa: E402
 from blockseg.segment.pipeline import DEFAULT_HALO  # noqa: E402
 from blockseg.segment.synthetic import random_nuclei, rasterise  # noqa: E402
 from blockseg.targets import write_bcd_targets  # noqa: E402
-from measure import RssSampler  # noqa: E402
+from measure import FolderPeak, RssSampler  # noqa: E402
+from blockseg.grid import BlockGrid  # noqa: E402
+from blockseg.segment.pipeline import work_bytes  # noqa: E402
 
 
 def _label_block(block_id, path, block_shape, centres, radii):
@@ -289,13 +292,17 @@ def main() -> None:
             cpu0 = _cpu_seconds(pids)
             load0 = os.getloadavg()
             t = time.perf_counter()
-            rep = segment(pred_path, out, decoder, block_shape=args.block, halo=args.halo, client=client, overwrite=True)
+            with FolderPeak(f"{out}.work", dt=0.2) as work:
+                rep = segment(pred_path, out, decoder, block_shape=args.block, halo=args.halo, client=client,
+                              overwrite=True)  # fmt: skip
             wall = time.perf_counter() - t
             cpu = _cpu_seconds(pids) - cpu0
             sampler.stop.set()
             sampler.join()
             return {"seconds": round(wall, 2), "worker_cpu_seconds": round(cpu, 2), "report": rep.to_dict(),
                     "peak_rss_per_worker_bytes": sorted(sampler.peak.values()), "loadavg_before": load0,
+                    "work_peak_bytes": work.peak, "work_peak_over_uint8_volume": round(work.peak / math.prod(shape), 2),
+                    "work_estimate_over_uint8_volume": round(work_bytes(BlockGrid(shape, (args.block,) * 3), (args.halo,) * 3) / math.prod(shape), 2),
                     "loadavg_after": os.getloadavg(), "out": str(out)}  # fmt: skip
 
         for r in range(args.repeats):

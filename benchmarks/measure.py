@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -18,6 +19,40 @@ import time
 import psutil
 
 from blockseg.provenance import tree_rss
+
+
+class FolderPeak:
+    """Largest total size of the files under a folder, sampled every ``dt`` seconds in a
+    thread while the ``with`` block runs (a folder that does not exist yet counts 0)."""
+
+    def __init__(self, folder: str, dt: float = 0.02):
+        self.folder, self.dt, self.peak = str(folder), dt, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _size(self) -> int:
+        total = 0
+        for root, _, files in os.walk(self.folder):
+            for f in files:
+                try:
+                    total += os.path.getsize(os.path.join(root, f))
+                except OSError:  # deleted while walking
+                    pass
+        return total
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._size())
+            time.sleep(self.dt)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._size())
 
 
 class RssSampler(threading.Thread):
