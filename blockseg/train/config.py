@@ -242,22 +242,12 @@ def parse_config(data: dict) -> TrainConfig:
 
 def load_config(path) -> TrainConfig:
     """Read and validate a YAML training config (relative paths are relative to the working directory)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise BlocksegError(f"training config {path} does not exist")
-    from ..config import DuplicateKeyError, _UniqueKeyLoader
+    from ..config import load_yaml
 
-    try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except DuplicateKeyError as e:
-        raise BlocksegError(
-            f"{path}: line {e.again}: key {e.key!r} is given twice (first on line {e.first}); YAML would keep only "
-            "the last one silently: remove one"
-        ) from None
-    except yaml.YAMLError as e:
-        raise BlocksegError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = load_yaml(path.read_text(), str(path))  # duplicate keys and bad YAML: one line
     if isinstance(data, dict) and "run_dir" in data:  # a run config: train from its `train:` section
         from ..config import load_config as load_run_config
 
