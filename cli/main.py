@@ -87,7 +87,8 @@ def _raise_terminated(signum, frame) -> None:
 
 @contextlib.contextmanager
 def _terminate_like_interrupt():
-    """SIGTERM, SIGHUP and SIGUSR1 end the command as SIGINT does, for the duration (main thread only)."""
+    """SIGTERM, SIGHUP and SIGUSR1 end the command as SIGINT does, for the duration (main thread only);
+    SIGINT raises KeyboardInterrupt."""
     import signal
     import threading
 
@@ -97,6 +98,9 @@ def _terminate_like_interrupt():
     names = ("SIGTERM", "SIGHUP", "SIGUSR1")  # SIGUSR1: the pre-emption warning schedulers are often asked for
     wanted = [getattr(signal, n) for n in names if hasattr(signal, n)]
     previous = {s: signal.signal(s, _raise_terminated) for s in wanted}
+    # SIGINT: Python's own KeyboardInterrupt, whatever an imported library installed process-wide
+    # (dask_jobqueue's runner module, for one, makes it a bare sys.exit())
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
