@@ -20,5 +20,7 @@ def local_client():
     """A small in-process-free LocalCluster shared by the tests (2 worker processes)."""
     from blockseg.cluster import ClusterConfig, dask_client
 
-    with dask_client(ClusterConfig(n_workers=2, memory_limit="2GiB", dashboard=False), quiet=True) as client:
+    # 4 GiB: the workers serve the whole suite (cached networks, arrays); at 2 GiB they ended it
+    # paused above 80 % of their limit, and the memory watch rightly ended the stages
+    with dask_client(ClusterConfig(n_workers=2, memory_limit="4GiB", dashboard=False), quiet=True) as client:
         yield client

@@ -430,13 +430,28 @@ def _set_marker(job: BlockJob, name: str, index) -> None:
     zarr.open_array(f"{job.out_path.rstrip('/')}/{name}", mode="r+")[index] = 1
 
 
+_PROCESS_TORCH_THREADS: list[int] = []
+
+
+def _set_torch_threads(n: int | None) -> None:
+    """``n`` intra-op threads for this task, else the process's own default: never what an
+    earlier task on the same worker set (the thread count changes float sums in the last bits,
+    so a restarted worker and an old one would otherwise write different float channels)."""
+    import torch
+
+    if not _PROCESS_TORCH_THREADS:
+        _PROCESS_TORCH_THREADS.append(torch.get_num_threads())
+    want = n or _PROCESS_TORCH_THREADS[0]
+    if torch.get_num_threads() != want:
+        torch.set_num_threads(want)
+
+
 def task_context(job: BlockJob, block_id: int):
     """What every predict task of ``block_id`` starts from: ``(device, model, lattice, block,
     image array, normalisation)`` (torch threads set, the model cached per process)."""
     import torch
 
-    if job.torch_threads:
-        torch.set_num_threads(job.torch_threads)
+    _set_torch_threads(job.torch_threads)
     device = resolve_device(job.device)
     model = cached_model(job.checkpoint, device, mc=job.mc_samples > 0, runtime=job.runtime)
     norm = dict(job.normalisation) if job.normalisation else None
