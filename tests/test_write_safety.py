@@ -85,7 +85,9 @@ def recorded():
     mp.setattr(asyncio, "run_coroutine_threadsafe", run_coroutine_threadsafe)
     for name in ("set", "set_if_not_exists", "delete"):
         wrap(name)
-    cfg = ClusterConfig(n_workers=2, processes=False, memory_limit="2GiB", dashboard=False)
+    # threads in this process: their "worker memory" is the whole test process, which holds
+    # ~1.6 GiB by the end of the suite; a 2 GiB limit paused them and the memory watch ended the run
+    cfg = ClusterConfig(n_workers=2, processes=False, memory_limit="8GiB", dashboard=False)
     try:
         with dask_client(cfg, quiet=True) as client:
             yield client, rec
