@@ -165,7 +165,6 @@ def write_pyramid(
     list of tuple
         The (z, y, x) shape of every level, level 0 first.
     """
-    import dask
     import dask.array as da
     import zarr
 
