@@ -73,9 +73,11 @@ def run(args: argparse.Namespace) -> int:
     from blockseg.predictions import check_complete, open_predictions
     from blockseg.segment import segment
     from blockseg.segment.params import choose_decoder, store_decoder
+    from blockseg.segment.pipeline import check_tile_voxels
 
     args.predictions, args.output = absolute(args.predictions), absolute(args.output)
     block_shape, halo = zyx(args.block_shape, "--block-shape"), zyx(args.halo, "--halo")
+    check_tile_voxels(args.tile_voxels)  # before a cluster starts
     open_predictions(args.predictions)  # a missing store, a foreign folder, an unfinished store: one line, here
     check_complete(args.predictions)  # stores written before the complete flag: their done-markers
     choice = choose_decoder(

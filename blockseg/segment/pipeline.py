@@ -992,11 +992,12 @@ def plan_segment(
     return SegmentPlan(
         pred_path, out_path, out_path + ".work", choice, grid, _as_triple(DEFAULT_HALO if halo is None else halo, "halo"),
         tuple((c, prediction_kind(vols[c], c)) for c in choice.decoder.channels), id_dtype, first.voxel_size,
-        first.array.chunks, getattr(first.array, "shards", None), tile_shape(grid, _tile_voxels(tile_voxels)),
+        first.array.chunks, getattr(first.array, "shards", None), tile_shape(grid, check_tile_voxels(tile_voxels)),
     )  # fmt: skip
 
 
-def _tile_voxels(value) -> int:
+def check_tile_voxels(value) -> int:
+    """``tile_voxels`` checked (one-line BlocksegError), None as :data:`DEFAULT_TILE_VOXELS`."""
     if value is None:
         return DEFAULT_TILE_VOXELS
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
