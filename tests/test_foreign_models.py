@@ -195,7 +195,8 @@ def test_outputs_in_any_order_with_ignored_and_applied_channels(tmp_path):
      ({"outputs": ["B", "C"]}, "returns 3 channels"),
      ({"outputs": ["B", "cpv_z", "cpv_y"]}, "not \\['cpv_x'\\]"),
      ({"outputs": ["B", "C", "halo"]}, "not a channel blockseg knows"),
-     ({"patch": [16, 16, 12]}, "multiple of divisor|fails on"),
+     ({"patch": [16, 16, 13]}, "fails on"),
+     ({"patch": [16, 16, 12], "divisor": 8}, "not a multiple of divisor"),
      ({"margin": "big"}, "margin must be"),
      ({"colour": "red"}, "unknown sidecar key")],
 )  # fmt: skip
