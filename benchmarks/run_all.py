@@ -365,7 +365,7 @@ def report(res: dict, out_dir: Path) -> str:
         L += ["### Predict engine only (identity network) vs the zarr ceiling", ""]
         L += [line for line in engine_report(p)[1:] if not line.startswith("Command:")] + [""]
     profile = HERE / "results" / "predict_engine.md"
-    if profile.exists():  # the per-step profile (benchmarks/profile_predict.py), kept by hand
+    if profile.exists():  # the per-step profile (experiments/profile_predict.py), kept by hand
         L += [profile.read_text().strip(), ""]
 
     L += ["## Segment", "", "### (a) blockseg (2 workers) vs whole-volume skimage watershed", ""]

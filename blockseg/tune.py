@@ -1,7 +1,7 @@
 """Tune a prediction store's decoder thresholds on annotated nuclei, without training.
 
 A network's outputs may be good on new data while the thresholds it was shipped with are not
-(the shipped ``fluo`` checkpoint on real confocal nuclei: benchmarks/results/fluo_checkpoint.md).
+(the shipped ``fluo`` checkpoint on real confocal nuclei: experiments/results/fluo_checkpoint.md).
 With a few annotated nuclei -- a small region of a large volume is enough -- the thresholds can be
 tuned on the predictions themselves: :func:`tune_store` searches a grid of the decoder's
 thresholds on the annotated region (best COCO AP-50, then AP-75; a grid edge is widened, as in

@@ -16,7 +16,7 @@ REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
 
 
 def test_fluo_checkpoint_is_small_percentile_normalised_and_knows_its_voxel_size_and_nuclei():
-    """The shipped ``fluo``: trained on GoNuclear's train slab (benchmarks/results/fluo_from_real.md)."""
+    """The shipped ``fluo``: trained on GoNuclear's train slab (experiments/results/fluo_from_real.md)."""
     path = shipped_checkpoint_path("fluo")
     assert os.path.getsize(path) <= 5 * 2**20
     assert resolve_checkpoint("fluo") == path

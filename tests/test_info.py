@@ -57,7 +57,7 @@ def test_checkpoint(ws, capsys):
     assert js["normalisation"]["scheme"] == "percentile" and js["voxel_size"] == [0.48, 0.51, 0.51]
     assert "network: resunet3d" in text and "decoder: bcd" in text and "min_size=64" in text
     assert "normalisation: percentile, each volume's 1 % and 99.8 % map to 0 and 1" in text
-    # recorded after training from its (deterministic, synthetic) training volumes: benchmarks/shipped_diameters.py
+    # recorded after training from its (deterministic, synthetic) training volumes: experiments/shipped_diameters.py
     assert js["nucleus_diameter_um"] == pytest.approx(4.9478, abs=1e-4)
     assert "nucleus diameter (training data, median): 4.95 µm" in text
     text, js = info(capsys, ws / "plain.pt")

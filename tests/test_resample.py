@@ -214,6 +214,6 @@ def test_training_records_the_nucleus_diameter_and_predict_uses_it(tmp_path, cap
     save_checkpoint(plain, IdentityNet(("B",), input_patch=(8, 16, 16)))
     assert main(["predict", str(vol), str(plain), str(tmp_path / "q.pred"), "--diameter", "5", "--dry-run"]) == 2
     assert "records its training nucleus diameter" in capsys.readouterr().err
-    # the shipped checkpoints record theirs (benchmarks/shipped_diameters.py): --diameter works with them
+    # the shipped checkpoints record theirs (experiments/shipped_diameters.py): --diameter works with them
     assert main(["predict", str(vol), demo_checkpoint_path(), str(tmp_path / "r.pred"), "--diameter", "9.9", "--dry-run", "--json"]) == 0
     assert "resampled by" in __import__("json").loads(capsys.readouterr().out)["resampling"]

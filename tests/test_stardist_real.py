@@ -1,4 +1,4 @@
-"""benchmarks/stardist_real.py scores StarDist-3D on the same slabs as benchmarks/real_volumes_train.py.
+"""experiments/stardist_real.py scores StarDist-3D on the same slabs as experiments/real_volumes_train.py.
 
 Only the parts that need neither TensorFlow nor the real data: the split arithmetic must stay the
 one the blockseg models were tested with, and recorded command lines must come back runnable.
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+# the repository root, wherever this file sits under tests/
+EXPERIMENTS = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file()) / "experiments"
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", EXPERIMENTS / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -44,7 +45,7 @@ def test_patches_fit_validation_slabs(mods):
 
 def test_requote_gives_back_the_arguments(mods):
     sd, _ = mods
-    argv = ["benchmarks/stardist_real.py", "--train", "--lr", "0.002", "--label", "lr 2e-3 (blockseg's)"]
+    argv = ["experiments/stardist_real.py", "--train", "--lr", "0.002", "--label", "lr 2e-3 (blockseg's)"]
     unquoted = " ".join(argv)  # how the first runs were recorded
     assert shlex.split(sd.requote(unquoted)) == argv[1:]
     assert shlex.split(sd.requote(shlex.join(argv))) == argv[1:]

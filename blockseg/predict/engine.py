@@ -900,7 +900,7 @@ def predict(
         How the network runs: torch eager, or ``torch.compile`` (inductor) compiled once per
         worker and patch shape (needs a C++ compiler on CPU workers; ~10 s per worker, then a
         forward 1.14x faster on the CPU measured, with no wall-time gain for a 64x256x256 volume:
-        benchmarks/results/predict_runtime.md). Recorded in the provenance; equal to eager
+        experiments/results/predict_runtime.md). Recorded in the provenance; equal to eager
         within one storage step.
     chunks : sequence of int, optional
         Output chunk shape (default: the image's write unit).

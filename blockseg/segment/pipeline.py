@@ -805,7 +805,7 @@ def work_bytes(grid: BlockGrid, halo: Sequence[int]) -> int:
     the end, :data:`_STATE_BYTES` per voxel), plus a quarter of the solutions for the deltas of
     later rounds and the blocks holding two solutions while a round compacts them. Everything
     is stored compressed (lz4): measured peaks are a fraction of this bound
-    (``benchmarks/bench_geometry.py``, ``benchmarks/RESULTS.md``)."""
+    (``experiments/bench_geometry.py``, ``benchmarks/RESULTS.md``)."""
     regions = sum(math.prod(s.stop - s.start + 4 for s in expand(b.core, halo, grid.shape)) for b in grid)  # padded by 2
     return 5 * int(np.prod(grid.shape, dtype=np.int64)) + _STATE_BYTES * regions * 5 // 4
 
