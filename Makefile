@@ -1,5 +1,6 @@
-# The two commands of the README: `make demo` (main job) and `make test`; `make bench` regenerates
-# benchmarks/RESULTS.md (~35 min on 2 cores; BENCH_ARGS="--quick" for a tiny smoke run).
+# The two commands of the README: `make demo` (main job) and `make test` (`make test-fast` leaves
+# out the tests marked slow); `make bench` regenerates benchmarks/RESULTS.md (~35 min on 2 cores;
+# BENCH_ARGS="--quick" for a tiny smoke run).
 # Both create the project virtualenv on first use; nothing has to be installed by hand.
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ BENCH_STAMP := $(VENV)/.bench-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DEMO_DIR ?= runs/demo
 BENCH_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -27,8 +28,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/blockseg demo --run-dir $(DEMO_DIR)
 
+# the full suite (what CI runs), with its 20 slowest tests listed at the end
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20
+
+# the development lane (<= 3 min on 2 cores): the suite less the tests marked slow
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" --durations=20
 
 # the peers (bench extra: stardist, monai, dask-image) on top of the normal setup
 $(BENCH_STAMP): $(STAMP)
