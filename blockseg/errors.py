@@ -70,13 +70,14 @@ def _words(error: dict) -> str:
     return msg, got
 
 
-def describe_validation_error(err) -> str:
+def describe_validation_error(err, spell=None) -> str:
     """One line for a pydantic ``ValidationError``, every problem in plain words naming its key:
     ``segment.halo: must be ≥ 0, got -1; predict.batch_size: must be ≥ 1, got 0``.
 
     Union members' tags (``segment.halo.int``) are dropped; messages of the members of one
     union are joined with "or". A validator's message ``KEY: text`` for a nested key becomes
-    ``PARENT.KEY: text``.
+    ``PARENT.KEY: text``. ``spell`` writes a key as the caller's door names it (the CLI:
+    ``tile_voxels`` -> ``--tile-voxels``); default: the dotted key.
     """
     import re
 
@@ -90,4 +91,5 @@ def describe_validation_error(err) -> str:
         if msg not in by_key.setdefault(key, []):
             by_key[key].append(msg)
         got.setdefault(key, value)
-    return "; ".join(f"{k}: {' or '.join(msgs)}{got[k]}" for k, msgs in by_key.items())
+    spell = spell or (lambda k: k)
+    return "; ".join(f"{spell(k)}: {' or '.join(msgs)}{got[k]}" for k, msgs in by_key.items())
