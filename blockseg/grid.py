@@ -377,3 +377,66 @@ def default_block_shape(
         i = min(growable, key=lambda a: (chunk[a] * counts[a], a))
         counts[i] += 1
     return tuple(c * n for c, n in zip(chunk, counts))
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    """One pass of a stage over a grid's blocks, described as daisy describes a task.
+
+    Every blockwise pass of every stage is one such record, run by
+    :func:`blockseg.runtime.cluster.run_task`: what a block reads, what it writes, how "done" is
+    checked and the function that does it.
+
+    Attributes
+    ----------
+    name : str
+        The pass's name (progress, dashboard, error messages and the report's retries).
+    grid : BlockGrid
+        The blocks; a block writes its core (the *write region*).
+    process : callable
+        ``process(block_id)``: pickle-able (a ``functools.partial`` carrying paths and small
+        settings, never arrays); reads its own input, writes its own core, is idempotent.
+    halo : tuple of int
+        Context read around the core, per side (the *read region* is the core grown by it,
+        clipped to the volume; unlike ``grid.halo`` it may exceed the block shape).
+    check : callable, optional
+        ``check(block_id) -> bool``: the block's output is already final (a done-marker); None:
+        never done (the pass has no per-block resume).
+    select : callable, optional
+        ``select(block_id) -> bool``: the block takes part in this pass at all (None: every block).
+    resources : dict, optional
+        Worker resources each task needs, e.g. ``{"GPU": 1}``.
+
+    Examples
+    --------
+    >>> task = BlockTask("double", BlockGrid((10, 10, 10), 5), process=lambda b: 2 * b, halo=(1, 1, 1),
+    ...                  check=lambda b: b < 6)
+    >>> task.read_region(7)
+    (slice(4, 10, None), slice(4, 10, None), slice(4, 10, None))
+    >>> task.write_region(7)
+    (slice(5, 10, None), slice(5, 10, None), slice(5, 10, None))
+    >>> task.todo()
+    [6, 7]
+    """
+
+    name: str
+    grid: BlockGrid
+    process: object
+    halo: tuple = (0, 0, 0)
+    check: object = None
+    select: object = None
+    resources: dict | None = None
+
+    def write_region(self, block_id: int) -> Slices:
+        """Global slices the block writes: its core."""
+        return self.grid[block_id].core
+
+    def read_region(self, block_id: int) -> Slices:
+        """Global slices the block reads: its core grown by :attr:`halo`, clipped to the volume."""
+        return tuple(slice(max(c.start - h, 0), min(c.stop + h, n))
+                     for c, h, n in zip(self.grid[block_id].core, self.halo, self.grid.shape))  # fmt: skip
+
+    def todo(self, block_ids: Sequence[int] | None = None) -> list[int]:
+        """The blocks of ``block_ids`` (default: all) this pass selects and has not done yet."""
+        ids = self.grid.block_ids if block_ids is None else block_ids
+        return [int(b) for b in ids if (self.select is None or self.select(b)) and not (self.check and self.check(b))]
