@@ -13,7 +13,7 @@ BENCH_STAMP := $(VENV)/.bench-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DEMO_DIR ?= runs/demo
 BENCH_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast docs bench clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" --durations=20
 
+# the documentation site (mkdocs, material theme, mkdocstrings) -> site/; --strict: a warning fails it
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
+
 # the peers (bench extra: stardist, monai, dask-image) on top of the normal setup
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,bench]"
@@ -47,4 +51,4 @@ bench: $(BENCH_STAMP)
 	PYTHONPATH=.:benchmarks $(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) out runs *.egg-info
+	rm -rf $(VENV) out runs site *.egg-info
