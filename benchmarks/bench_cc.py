@@ -36,9 +36,9 @@ from bench_segment import _cpu_seconds, make_data  # noqa: E402
 from common import DATA, loadavg, median, same_partition, shape_key  # noqa: E402
 from measure import RssSampler  # noqa: E402
 
-from blockseg.cluster import ClusterConfig, dask_client, run_blocks  # noqa: E402
-from blockseg.io import create_volume, open_volume  # noqa: E402
-from blockseg.predictions import open_predictions, read_channels  # noqa: E402
+from blockseg.runtime.cluster import ClusterConfig, dask_client, run_blocks  # noqa: E402
+from blockseg.io.volume import create_volume, open_volume  # noqa: E402
+from blockseg.io.predictions import open_predictions, read_channels  # noqa: E402
 from blockseg.segment import BCDDecoder, label  # noqa: E402
 
 

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from blockseg.cluster import ClusterConfig, dask_client, run_blocks
+from blockseg.runtime.cluster import ClusterConfig, dask_client, run_blocks
 from blockseg.grid import BlockGrid
-from blockseg.io import create_volume, open_volume
+from blockseg.io.volume import create_volume, open_volume
 
 NUCMM_SHAPE = (397, 1450, 2000)
 NUCMM_CELL = (17, 20, 21)  # one nucleus per cell: 24 x 73 x 96 = 168K cells

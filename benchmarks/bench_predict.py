@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_unet  # noqa: E402  (registers "bench_resunet")
 from measure import RssSampler  # noqa: E402
 
-from blockseg.cluster import ClusterConfig, dask_client  # noqa: E402
-from blockseg.io import open_volume  # noqa: E402
+from blockseg.runtime.cluster import ClusterConfig, dask_client  # noqa: E402
+from blockseg.io.volume import open_volume  # noqa: E402
 from blockseg.models import TinyConvNet, save_checkpoint  # noqa: E402
 from blockseg.predict import compile_model, predict  # noqa: E402
 from blockseg.synth import SynthParams, synthesize  # noqa: E402
@@ -137,7 +137,7 @@ def engine_section(args, work: Path) -> dict:
     """Engine-only throughput (identity network) vs the zarr ceiling and vs ``--baseline-rev``."""
     import subprocess
 
-    from blockseg.io import create_volume
+    from blockseg.io.volume import create_volume
     from blockseg.models import IdentityNet
 
     shape = tuple(args.engine_shape)
@@ -172,7 +172,7 @@ def engine_section(args, work: Path) -> dict:
               f"train {run['train']['wall']:.2f} s, baseline {run['baseline']['wall']:.2f} s, load {load()}", flush=True)  # fmt: skip
         runs.append(run)
     # the stores agree: auto vs train within one storage step (different lattices, same identity)
-    from blockseg.predictions import open_predictions
+    from blockseg.io.predictions import open_predictions
 
     a, t = open_predictions(str(work / "e_auto.zarr")), open_predictions(str(work / "e_train.zarr"))
     diff = max(int(np.abs(a[c].array[:16].astype(int) - t[c].array[:16].astype(int)).max()) for c in a)
@@ -250,7 +250,7 @@ def model_section(args, work: Path, res: dict) -> None:
         run["ratio_raw_2p"] = n / run["blockseg"]["wall"] / run["raw_2p"]
         runs.append(run)
     # agreement of blockseg (uint8) with MONAI (different lattice, overlap): informative only
-    from blockseg.predictions import open_predictions, read_channels
+    from blockseg.io.predictions import open_predictions, read_channels
 
     pred = read_channels(open_predictions(str(work / "pred.zarr"), ["B"]), (slice(None),) * 3)["B"]
     res["blockseg_vs_monai_B_mean_abs_diff"] = float(np.abs(pred - mon[0]).mean())

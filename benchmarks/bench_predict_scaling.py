@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))
 import bench_unet  # noqa: E402  (registers "bench_resunet")
 from common import loadavg  # noqa: E402
 
-from blockseg.cluster import ClusterConfig, dask_client  # noqa: E402
+from blockseg.runtime.cluster import ClusterConfig, dask_client  # noqa: E402
 from blockseg.models import save_checkpoint  # noqa: E402
 from blockseg.predict import predict  # noqa: E402
 from blockseg.synth import SynthParams, synthesize  # noqa: E402

@@ -38,13 +38,13 @@ sys.path.insert(0, str(HERE))
 
 from common import DATA, loadavg, shape_key  # noqa: E402
 
-from blockseg.cluster import ClusterConfig, dask_client  # noqa: E402
+from blockseg.runtime.cluster import ClusterConfig, dask_client  # noqa: E402
 from blockseg.grid import BlockGrid  # noqa: E402
-from blockseg.io import open_volume  # noqa: E402
-from blockseg.predictions import open_predictions, read_channels  # noqa: E402
+from blockseg.io.volume import open_volume  # noqa: E402
+from blockseg.io.predictions import open_predictions, read_channels  # noqa: E402
 from blockseg.segment import BCDDecoder, segment, segment_array  # noqa: E402
 from blockseg.synth import preset_params, synthesize  # noqa: E402
-from blockseg.targets import write_bcd_targets  # noqa: E402
+from blockseg.train.targets import write_bcd_targets  # noqa: E402
 
 
 def make_data(shape, seed, radius, density, client) -> tuple[str, str]:

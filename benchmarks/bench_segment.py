@@ -47,12 +47,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from blockseg.cluster import ClusterConfig, dask_client, run_blocks  # noqa: E402
-from blockseg.io import create_volume, open_volume  # noqa: E402
+from blockseg.runtime.cluster import ClusterConfig, dask_client, run_blocks  # noqa: E402
+from blockseg.io.volume import create_volume, open_volume  # noqa: E402
 from blockseg.segment import BCDDecoder, segment  # noqa: E402
 from blockseg.segment.pipeline import DEFAULT_HALO  # noqa: E402
 from blockseg.segment.synthetic import random_nuclei, rasterise  # noqa: E402
-from blockseg.targets import write_bcd_targets  # noqa: E402
+from blockseg.train.targets import write_bcd_targets  # noqa: E402
 from measure import FolderPeak, RssSampler  # noqa: E402
 from blockseg.grid import BlockGrid  # noqa: E402
 from blockseg.segment.pipeline import work_bytes  # noqa: E402
@@ -122,7 +122,7 @@ def _whole_volume(pred_path: str, decoder: BCDDecoder, out_npy: str, queue, own:
     import fastremap
     from skimage.segmentation import watershed
 
-    from blockseg.predictions import open_predictions, read_channels
+    from blockseg.io.predictions import open_predictions, read_channels
 
     t0 = time.perf_counter()
     ch = read_channels(open_predictions(pred_path), (slice(None),) * 3)
@@ -214,7 +214,7 @@ NUCMM = dict(seed_b=0.9, seed_c=0.8, seed_d=0.5, fg_b=0.85, fg_d=0.0, min_seed_s
 _MAIN_SCRIPT = r"""
 import json, os, sys, time
 import psutil
-from blockseg.cluster import ClusterConfig, dask_client
+from blockseg.runtime.cluster import ClusterConfig, dask_client
 from blockseg.segment import BCDDecoder, segment
 pred, out, block, halo, workers, params = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), json.loads(sys.argv[6])
 cfg = ClusterConfig(n_workers=workers, threads_per_worker=1, dashboard=False, memory_limit="8GiB")

@@ -38,7 +38,7 @@ def ceiling_block(image_path: str, out_path: str, shape, block, chunks, channels
     import zarr
 
     from blockseg.grid import BlockGrid
-    from blockseg.io import open_volume
+    from blockseg.io.volume import open_volume
 
     core = BlockGrid(shape, block, 0, chunks)[block_id].core
     data = open_volume(image_path).array[core]
@@ -85,8 +85,8 @@ def main() -> None:
 
     import zarr
 
-    from blockseg.cluster import ClusterConfig, dask_client
-    from blockseg.io import open_volume
+    from blockseg.runtime.cluster import ClusterConfig, dask_client
+    from blockseg.io.volume import open_volume
 
     cfg = ClusterConfig(n_workers=args.workers, threads_per_worker=1, dashboard=False, memory_limit="6GiB")
     vol = open_volume(args.image)

@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .errors import BlocksegError
 from .grid import Block, BlockGrid, Interface
-from .io import Volume, create_label_volume, create_volume, import_volume, open_volume
+from .io.volume import Volume, create_label_volume, create_volume, import_volume, open_volume
 
 try:
     __version__ = version("blockseg")
@@ -27,9 +27,9 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 #: public name -> (module, attribute), imported lazily
 _LAZY = {
-    "run": ("blockseg.workflow", "run"),
-    "load_config": ("blockseg.config", "load_config"),
-    "parse_config": ("blockseg.config", "parse_config"),
+    "run": ("blockseg.pipeline.workflow", "run"),
+    "load_config": ("blockseg.pipeline.config", "load_config"),
+    "parse_config": ("blockseg.pipeline.config", "parse_config"),
     # stage packages, callable as their main function: blockseg.predict(...) == predict.predict(...)
     "predict": ("blockseg.predict", None),
     "segment": ("blockseg.segment", None),
@@ -37,7 +37,7 @@ _LAZY = {
     "train": ("blockseg.train", None),
     "synthesize": ("blockseg.synth", "synthesize"),
     "load_checkpoint": ("blockseg.models", "load_checkpoint"),
-    "summarise": ("blockseg.summary", "summarise"),
+    "summarise": ("blockseg.pipeline.summary", "summarise"),
 }
 
 

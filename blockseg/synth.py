@@ -44,11 +44,11 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from ._jit import njit
+from .runtime._jit import njit
 from .errors import BlocksegError
 from .grid import BlockGrid, default_block_shape
-from .io import DEFAULT_CHUNKS, create_label_volume, create_volume, open_volume, parse_voxel_size
-from .safety import aborts_on_error
+from .io.volume import DEFAULT_CHUNKS, create_label_volume, create_volume, open_volume, parse_voxel_size
+from .io.safety import aborts_on_error
 
 MODES = ("em", "uct", "fluo")
 #: fluorescence PSF sigma (z, y, x) in µm, depth over which the signal falls by 1/e (µm),
@@ -609,19 +609,19 @@ def synthesize(
     params : SynthParams
         What to generate.
     chunks, shards : sequence of int, optional
-        Storage layout (default chunks :data:`blockseg.io.DEFAULT_CHUNKS`).
+        Storage layout (default chunks :data:`blockseg.io.volume.DEFAULT_CHUNKS`).
     block_shape : sequence of int, optional
         Block (task) shape, a multiple of the chunks (or shards).
     client : distributed.Client, optional
         Dask client; None renders in this process.
     pyramid_levels : int, optional
         Levels of the multiscale pyramid of every volume (None: automatic; 1: none), built
-        blockwise once the blocks are written (:mod:`blockseg.pyramid`).
+        blockwise once the blocks are written (:mod:`blockseg.io.pyramid`).
     """
-    from .cluster import block_voxels, run_blocks
-    from .pyramid import finish_volume
+    from .runtime.cluster import block_voxels, run_blocks
+    from .io.pyramid import finish_volume
 
-    from .safety import prepare_output
+    from .io.safety import prepare_output
 
     t0 = time.perf_counter()
     chunks = tuple(chunks or DEFAULT_CHUNKS)
@@ -666,7 +666,7 @@ def synthesize(
         seconds=time.perf_counter() - t0,
         params=params.to_dict(),
     )
-    from .storage import open_file
+    from .io.storage import open_file
 
     with open_file(f"{path}/synth_summary.json", "w") as f:
         json.dump(summary.to_dict(), f, indent=2)
@@ -677,7 +677,7 @@ def synthesize(
 def _write_table(path: str, table: NucleusTable) -> None:
     data = np.column_stack([table.ids, table.centre, table.radii])
     header = "id,centre_z,centre_y,centre_x,axis_a_um,axis_b_um,axis_c_um"
-    from .storage import open_file
+    from .io.storage import open_file
 
     with open_file(path, "w") as f:
         np.savetxt(f, data, delimiter=",", header=header, comments="", fmt=["%d"] + ["%.3f"] * 6)

@@ -97,7 +97,7 @@ def train_arm(job: tuple) -> dict:
 
 
 def run(seeds: list[int], iterations: int, jobs: int, keep: str, dataset: str = "gonuclear", arms: list[str] | None = None) -> dict:
-    from blockseg.baseline import otsu_watershed
+    from blockseg.segment.baseline import otsu_watershed
 
     tmp = Path(keep)
     tmp.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ def build_workspace(ws: Path) -> None:
     import yaml
     import zarr
 
-    from blockseg.io import create_label_volume, create_volume
+    from blockseg.io.volume import create_label_volume, create_volume
     from blockseg.models import IdentityNet, save_checkpoint
     from blockseg.predict import predict
     from blockseg.synth import SynthParams, synthesize

@@ -35,8 +35,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "benchmarks"))  # measure.py, kept with the maintained benchmarks
 
-from blockseg.io import open_volume  # noqa: E402
-from blockseg.predictions import save_predictions  # noqa: E402
+from blockseg.io.volume import open_volume  # noqa: E402
+from blockseg.io.predictions import save_predictions  # noqa: E402
 from blockseg.segment import BCDDecoder, segment, segment_array  # noqa: E402
 from measure import FolderPeak  # noqa: E402
 

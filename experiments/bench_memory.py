@@ -56,9 +56,9 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "benchmarks"))  # measure.py, kept with the maintained benchmarks
 
-from blockseg.cluster import ClusterConfig, dask_client  # noqa: E402
+from blockseg.runtime.cluster import ClusterConfig, dask_client  # noqa: E402
 from blockseg.grid import default_block_shape  # noqa: E402
-from blockseg.io import open_volume  # noqa: E402
+from blockseg.io.volume import open_volume  # noqa: E402
 from measure import RssSampler  # noqa: E402
 
 GIB = 2**30
@@ -117,7 +117,7 @@ def run_case(root: Path, shape, chunks, block, stages, workers: int, ckpt: str, 
     from blockseg.predict import predict
     from blockseg.segment import ThreeLabelDecoder, segment
     from blockseg.synth import preset_params, synthesize
-    from blockseg.targets import write_targets
+    from blockseg.train.targets import write_targets
 
     tag = "x".join(map(str, shape))
     img = root / f"img_{tag}.zarr"

@@ -18,8 +18,8 @@ import dask
 import dask.array as da
 import numpy as np
 
-from blockseg.io import create_volume
-from blockseg.pyramid import write_pyramid
+from blockseg.io.volume import create_volume
+from blockseg.io.pyramid import write_pyramid
 
 
 def main() -> None:

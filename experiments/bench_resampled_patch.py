@@ -36,7 +36,7 @@ CASES = {
 def make_image(path: str, shape, voxel_size) -> None:
     from scipy import ndimage as ndi
 
-    from blockseg.io import create_volume
+    from blockseg.io.volume import create_volume
 
     rng = np.random.default_rng(0)
     img = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), 3)
@@ -56,7 +56,7 @@ def run_engine(pythonpath: str, image: str, ckpt: str, out: str, block) -> dict:
 
 def main(argv=None) -> int:
     from blockseg.models import shipped_checkpoint_path
-    from blockseg.predictions import open_predictions
+    from blockseg.io.predictions import open_predictions
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)

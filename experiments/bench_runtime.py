@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # bench_unet, bench_predict
 from bench_predict import blockseg_run, load  # noqa: E402
 
-from blockseg.cluster import ClusterConfig, dask_client  # noqa: E402
+from blockseg.runtime.cluster import ClusterConfig, dask_client  # noqa: E402
 from blockseg.models import load_checkpoint, resolve_checkpoint  # noqa: E402
 from blockseg.predict import compile_model, predict  # noqa: E402
-from blockseg.predictions import open_predictions  # noqa: E402
+from blockseg.io.predictions import open_predictions  # noqa: E402
 from blockseg.synth import SynthParams, synthesize  # noqa: E402
 
 

@@ -3,10 +3,10 @@ measured in the same run.
 
 Not a test. In one process, on a synthetic nuclei volume (``--shape``, voxel size 2x1x1 µm):
 
-* every representation of :func:`blockseg.targets.compute_targets`, best of ``--repeat``,
+* every representation of :func:`blockseg.train.targets.compute_targets`, best of ``--repeat``,
   relative to one ``scipy.ndimage.distance_transform_edt`` of the foreground mask (the unit of
   work of the distance targets);
-* :func:`blockseg.targets.instance_centres` (one numba pass) against
+* :func:`blockseg.train.targets.instance_centres` (one numba pass) against
   ``scipy.ndimage.center_of_mass``;
 * the gauss splat (one numba kernel over all blobs) against a Python loop over instances that
   pastes a precomputed kernel per nucleus (``np.maximum`` into each window).
@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from blockseg.segment.synthetic import random_nuclei, rasterise  # noqa: E402
-from blockseg.targets import compute_targets, gauss_target, instance_centres  # noqa: E402
+from blockseg.train.targets import compute_targets, gauss_target, instance_centres  # noqa: E402
 
 REPS = ("B", "C", "D", "cpv", "3label", "sdt", "aff", "gauss", "density")
 

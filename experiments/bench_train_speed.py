@@ -36,12 +36,12 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from blockseg.losses import MultiLoss
+    from blockseg.train.losses import MultiLoss
     from blockseg.train import CropSampler, parse_config
     from blockseg.train.config import AugmentConfig
     from blockseg.train.data import image_statistics
     from blockseg.train.trainer import make_model
-    from blockseg.training_data import import_pair
+    from blockseg.train.training_data import import_pair
 
     reps = ["B", "C", "D"]
     patch = (16, 48, 48)

@@ -88,9 +88,9 @@ def train_seed(job: tuple) -> dict:
 def run(jobs: int) -> dict:
     import torch
 
-    from blockseg.baseline import otsu_watershed
+    from blockseg.segment.baseline import otsu_watershed
     from blockseg.models import shipped_checkpoint_path
-    from blockseg.resample import nucleus_diameter_um
+    from blockseg.predict.resample import nucleus_diameter_um
 
     KEEP.mkdir(parents=True, exist_ok=True)
     data = prepare(KEEP, SOURCE)

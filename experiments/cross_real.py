@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aux_task_real import STEM as MODELS_STEM  # noqa: E402
 from real_volumes_train import BASE_GRID, DATASETS, OUT, REAL, crop_name, scores, slabs, tune_baseline  # noqa: E402
 
-from blockseg.resample import nucleus_diameter_um  # noqa: E402
+from blockseg.predict.resample import nucleus_diameter_um  # noqa: E402
 
 NAMES = {"gonuclear": "GoNuclear", "bbbc050": "BBBC050"}
 
@@ -96,11 +96,11 @@ def protocol_text_reverse() -> str:
 def run(models_dir: Path, source: str = "gonuclear") -> dict:
     import torch
 
-    from blockseg.baseline import otsu_watershed
-    from blockseg.io import create_volume
+    from blockseg.segment.baseline import otsu_watershed
+    from blockseg.io.volume import create_volume
     from blockseg.models import read_checkpoint
     from blockseg.predict import predict
-    from blockseg.predictions import open_predictions, read_channels
+    from blockseg.io.predictions import open_predictions, read_channels
     from blockseg.segment import segment_array
     from blockseg.segment.params import choose_decoder, store_decoder
 

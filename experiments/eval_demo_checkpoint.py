@@ -28,7 +28,7 @@ import torch
 
 def main(argv=None) -> int:
     from blockseg.evaluate import evaluate
-    from blockseg.io import open_volume
+    from blockseg.io.volume import open_volume
     from blockseg.models import check_decoder_channels, demo_checkpoint_path, load_checkpoint
     from blockseg.predict import predict_array
     from blockseg.segment import make_decoder, segment_array

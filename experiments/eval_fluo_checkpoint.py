@@ -6,7 +6,7 @@ Protocol (fixed before the first run):
   recorded in its metadata); the two real crops in ``../shared/data/real/`` are test data only;
 * decoder thresholds: the ones the checkpoint records (tuned on its synthetic validation
   volume at the end of training) -- never tuned on a real crop;
-* the classical baseline (Otsu + distance-transform watershed, ``blockseg.baseline``) is tuned
+* the classical baseline (Otsu + distance-transform watershed, ``blockseg.segment.baseline``) is tuned
   the same way: a grid over ``sigma_um`` x ``min_distance_um`` on the same synthetic validation
   volume, the best (AP-50, then avAP) applied to the real crops; its default parameters are
   reported too;
@@ -45,7 +45,7 @@ def scores(gt, seg) -> dict:
 
 
 def tune_baseline(val_image, val_labels, voxel_size) -> tuple[dict, dict]:
-    from blockseg.baseline import otsu_watershed
+    from blockseg.segment.baseline import otsu_watershed
 
     best = None
     for sigma, dist in itertools.product((0.3, 0.5, 1.0), (1.0, 1.5, 2.0, 3.0, 4.0)):
@@ -59,8 +59,8 @@ def tune_baseline(val_image, val_labels, voxel_size) -> tuple[dict, dict]:
 def main(argv=None) -> int:
     import torch
 
-    from blockseg.baseline import otsu_watershed
-    from blockseg.io import open_volume
+    from blockseg.segment.baseline import otsu_watershed
+    from blockseg.io.volume import open_volume
     from blockseg.models import read_checkpoint
     from fluo_real import run_checkpoint
 

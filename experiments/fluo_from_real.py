@@ -118,9 +118,9 @@ def train_all(jobs: int) -> dict:
 def test_selected(trained: dict) -> dict:
     import torch
 
-    from blockseg.baseline import otsu_watershed
+    from blockseg.segment.baseline import otsu_watershed
     from blockseg.models import read_checkpoint, shipped_checkpoint_path
-    from blockseg.resample import nucleus_diameter_um
+    from blockseg.predict.resample import nucleus_diameter_um
 
     torch.set_num_threads(1)
     ckpt = next(r["checkpoint"] for r in trained["seeds"] if r["seed"] == trained["selected"])

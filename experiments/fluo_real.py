@@ -69,14 +69,14 @@ def protocol_text() -> str:
         "",
         "* Same z-slab split as `experiments/real_volumes_train.py` (train [0, 0.5), validation [0.5, 0.7),",
         "  test [0.7, 1)). `--prepare` imports each crop's train + validation slabs with",
-        "  `blockseg.training_data.import_pair`; the two synthetic volumes of the first `fluo`",
+        "  `blockseg.train.training_data.import_pair`; the two synthetic volumes of the first `fluo`",
         "  (`blockseg synth --preset fluo`, seeds 11 and 12) stay in the training set.",
         "* Training: `configs/train_fluo_real.yaml` from scratch (same tiny residual U-Net as before, B, C, D,",
         "  percentile normalisation), `data.voxel_size` 0.5×0.25×0.25 µm (the real slabs are resampled",
         "  to it), crops drawn from the four volumes with equal probability, `data.validation` = the",
         "  two real validation slabs; the decoder grid is tuned at the end for the mean AP-50 (then",
         "  AP-75) over the two slabs. No setting is changed after a test result is seen.",
-        "* Baseline: `blockseg.baseline.otsu_watershed` tuned per crop on that crop's own validation",
+        "* Baseline: `blockseg.segment.baseline.otsu_watershed` tuned per crop on that crop's own validation",
         f"  slab (grid {BASE_GRID}, best AP-50 then AP-75) — a stronger baseline than one shared",
         "  setting — and with its default parameters.",
         "* Test: each method once on each test slab; `blockseg.evaluate` avAP (mean accuracy over IoU",
@@ -94,7 +94,7 @@ def write_section(text: str) -> None:
 
 def prepare(folder: Path) -> None:
     """Synthetic volumes (``blockseg synth``) and each crop's train + validation slabs as OME-Zarr."""
-    from blockseg.training_data import import_pair
+    from blockseg.train.training_data import import_pair
 
     folder.mkdir(parents=True, exist_ok=True)
     for name, args in SYNTH.items():
@@ -118,9 +118,9 @@ def run_checkpoint(ckpt: str, img: np.ndarray, vs: tuple, tmp: str, tag: str, di
                    **predict_kw) -> tuple[np.ndarray, dict]:  # fmt: skip
     """Blockwise predict of ``img`` (written with voxel size ``vs``; ``diameter``: ``predict --diameter``;
     ``predict_kw``: other predict options) + the checkpoint's decoder."""
-    from blockseg.io import create_volume
+    from blockseg.io.volume import create_volume
     from blockseg.predict import predict
-    from blockseg.predictions import open_predictions, read_channels
+    from blockseg.io.predictions import open_predictions, read_channels
     from blockseg.segment import segment_array
     from blockseg.segment.params import choose_decoder, store_decoder
 
@@ -141,7 +141,7 @@ def test_slabs_with_baseline():
     image and labels; ``row`` the baseline tuned on the validation slab and with its defaults,
     scored on the test slab.
     """
-    from blockseg.baseline import otsu_watershed
+    from blockseg.segment.baseline import otsu_watershed
     from real_volumes_train import scores
 
     for name, f in DATASETS.items():
@@ -201,7 +201,7 @@ def diameter_protocol_text() -> str:
 def evaluate_diameter(ckpt: str) -> dict:
     import torch
 
-    from blockseg.resample import nucleus_diameter_um
+    from blockseg.predict.resample import nucleus_diameter_um
     from real_volumes_train import scores
 
     torch.set_num_threads(1)

@@ -79,9 +79,9 @@ BASELINE_GRID = {"sigma_um": (0.3, 0.5, 1.0), "min_distance_um": (1.0, 1.5, 2.0,
 
 def validation_set(tmp: Path, ckpt: str) -> tuple[list, list, list, tuple]:
     """Images, labels and fluo's predicted channels of the synthetic validation volumes."""
-    from blockseg.io import open_volume
+    from blockseg.io.volume import open_volume
     from blockseg.predict import predict
-    from blockseg.predictions import open_predictions, read_channels
+    from blockseg.io.predictions import open_predictions, read_channels
     from blockseg.synth import preset_params, synthesize
 
     base = preset_params("fluo")
@@ -101,10 +101,10 @@ def validation_set(tmp: Path, ckpt: str) -> tuple[list, list, list, tuple]:
 def degraded_set(tmp: Path, ckpt: str, val: str) -> tuple[list, list, list, tuple]:
     """``val`` and copies of it degraded by :func:`blockseg.train.data.appearance` (p = 1), with
     their labels and the checkpoint's predicted channels."""
-    from blockseg.io import create_volume, open_volume
-    from blockseg.normalise import resolve_array
+    from blockseg.io.volume import create_volume, open_volume
+    from blockseg.predict.normalise import resolve_array
     from blockseg.predict import predict
-    from blockseg.predictions import open_predictions, read_channels
+    from blockseg.io.predictions import open_predictions, read_channels
     from blockseg.train.config import AugmentConfig
     from blockseg.train.data import appearance
 
@@ -132,7 +132,7 @@ def tune_baseline(images, labels, voxel_size) -> tuple[dict, dict]:
     """Otsu + watershed parameters with the best mean (AP-50, avAP) over the volumes."""
     import itertools
 
-    from blockseg.baseline import otsu_watershed
+    from blockseg.segment.baseline import otsu_watershed
 
     best = None
     for sigma, dist in itertools.product(*BASELINE_GRID.values()):
@@ -145,7 +145,7 @@ def tune_baseline(images, labels, voxel_size) -> tuple[dict, dict]:
 
 
 def main(argv=None) -> int:
-    from blockseg.baseline import otsu_watershed
+    from blockseg.segment.baseline import otsu_watershed
     from blockseg.models import read_checkpoint, shipped_checkpoint_path
     from blockseg.train.trainer import tune_decoder
     from fluo_real import run_checkpoint

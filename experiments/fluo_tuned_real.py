@@ -6,7 +6,7 @@ Protocol (written before the first run, 2026-11-29 night):
 * the crops' z-slabs of ``real_volumes_train.py`` (train / validation / test); only the
   *validation* slab's labels are used, as the few annotated nuclei a user would draw;
 * fluo: the whole crop through the blockwise ``predict`` (the checkpoint's percentile
-  normalisation and default voxel-size resampling), then ``blockseg.tune.tune_store`` on the
+  normalisation and default voxel-size resampling), then ``blockseg.pipeline.tune.tune_store`` on the
   validation slab (default BCD grid, best AP-50 then AP-75, edges widened), then
   ``segment_array`` of the test slab's predictions with the tuned thresholds;
 * beside it, on the same test slab: fluo with its shipped thresholds, and the Otsu + distance
@@ -42,13 +42,13 @@ from real_volumes_train import DATASETS, REAL, scores  # noqa: E402
 def main(argv=None) -> int:
     import torch
 
-    from blockseg.io import create_volume
+    from blockseg.io.volume import create_volume
     from blockseg.models import shipped_checkpoint_path
     from blockseg.predict import predict
-    from blockseg.predictions import open_predictions, read_channels
+    from blockseg.io.predictions import open_predictions, read_channels
     from blockseg.segment import segment_array
     from blockseg.segment.params import choose_decoder, store_decoder
-    from blockseg.tune import tune_store
+    from blockseg.pipeline.tune import tune_store
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default="experiments/results/fluo_tuned_real.json")

@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="JSON file of the breakdown")
     args = ap.parse_args()
 
-    from blockseg.io import create_volume
+    from blockseg.io.volume import create_volume
     from blockseg.models import IdentityNet, save_checkpoint
     from blockseg.predict import predict
 

@@ -2,7 +2,7 @@
 
 For each crop: the full pipeline (import → predict with the shipped demo checkpoint → blockwise
 BCD watershed → evaluate) and the Otsu + distance-transform watershed baseline
-(:func:`blockseg.baseline.otsu_watershed`), both scored by the same evaluator. Writes
+(:func:`blockseg.segment.baseline.otsu_watershed`), both scored by the same evaluator. Writes
 ``experiments/results/real_volumes.{json,md}``::
 
     PYTHONPATH=. python experiments/real_volumes.py
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from blockseg.baseline import otsu_watershed
-from blockseg.cluster import ClusterConfig, dask_client
-from blockseg.config import parse_config
+from blockseg.segment.baseline import otsu_watershed
+from blockseg.runtime.cluster import ClusterConfig, dask_client
+from blockseg.pipeline.config import parse_config
 from blockseg.evaluate import evaluate
-from blockseg.workflow import run
+from blockseg.pipeline.workflow import run
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"

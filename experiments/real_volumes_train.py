@@ -92,7 +92,7 @@ def protocol_text(iterations: int) -> str:
         "  flips / transposes / intensity augmentation. Budget: at most 5 CPU-minutes per model (measured).",
         "* Decoder thresholds: tuned by `blockseg train` (`decoder.tune`) on the validation slab only",
         "  (best COCO AP-50, then AP-75; the grid widens itself past a picked edge).",
-        "* Baseline: `blockseg.baseline.otsu_watershed`, grid "
+        "* Baseline: `blockseg.segment.baseline.otsu_watershed`, grid "
         f"{BASE_GRID}, tuned on the same validation slab by the same criterion.",
         "* Test: each method once on the test slab with its tuned parameters. Metrics from",
         "  `blockseg.evaluate`: avAP (mean of TP/(TP+FP+FN) over IoU 0.1–0.9, one-to-one matching) and COCO",
@@ -130,7 +130,7 @@ def scores(gt, seg) -> dict:
 
 
 def tune_baseline(img, gt, vs) -> tuple[dict, dict]:
-    from blockseg.baseline import otsu_watershed
+    from blockseg.segment.baseline import otsu_watershed
 
     best = None
     keys = sorted(BASE_GRID)
@@ -144,7 +144,7 @@ def tune_baseline(img, gt, vs) -> tuple[dict, dict]:
 
 def prepare(tmp: Path, name: str) -> dict:
     """Import the train + validation slabs of a crop as one training volume; return the pieces."""
-    from blockseg.training_data import import_pair
+    from blockseg.train.training_data import import_pair
 
     d = np.load(REAL / DATASETS[name])
     img, lab, vs = d["image"], d["labels"], tuple(float(v) for v in d["voxel_size_zyx"])
@@ -267,7 +267,7 @@ def run(iterations: int, models: list[str], cross: bool, datasets: list[str] | N
     import torch
 
     torch.set_num_threads(1)
-    from blockseg.baseline import otsu_watershed
+    from blockseg.segment.baseline import otsu_watershed
 
     load0 = os.getloadavg()
     out = {"iterations": iterations, "patch": list(PATCH), "split": SPLIT, "machine": platform.platform(),

@@ -83,7 +83,7 @@ def protocol_text() -> str:
 
 
 def _diameter(crop: dict) -> float:
-    from blockseg.resample import nucleus_diameter_um
+    from blockseg.predict.resample import nucleus_diameter_um
 
     return float(nucleus_diameter_um(crop["labels"], crop["vs"]))
 
@@ -106,7 +106,7 @@ def _tp50(gt, seg) -> int:
 
 def single_tile_patch(net: str, crop: dict, diameter) -> tuple[int, int, int]:
     """The explicit patch that covers a case's whole (reflect-padded) network grid in one tile."""
-    from blockseg.io import create_volume
+    from blockseg.io.volume import create_volume
     from blockseg.models import load_checkpoint, resolve_checkpoint
     from blockseg.predict import predict
 
@@ -121,7 +121,7 @@ def single_tile_patch(net: str, crop: dict, diameter) -> tuple[int, int, int]:
 def run(jobs: int, single_tile: bool = False) -> dict:
     import torch
 
-    from blockseg.predictions import open_predictions
+    from blockseg.io.predictions import open_predictions
 
     torch.set_num_threads(1)
     out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},

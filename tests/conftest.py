@@ -18,7 +18,7 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def local_client():
     """A small in-process-free LocalCluster shared by the tests (2 worker processes)."""
-    from blockseg.cluster import ClusterConfig, dask_client
+    from blockseg.runtime.cluster import ClusterConfig, dask_client
 
     # 4 GiB: the workers serve the whole suite (cached networks, arrays); at 2 GiB they ended it
     # paused above 80 % of their limit, and the memory watch rightly ended the stages

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from blockseg.io import create_label_volume, create_volume
+from blockseg.io.volume import create_label_volume, create_volume
 from blockseg.models import IdentityNet, save_checkpoint
 from blockseg_cli.main import main
 

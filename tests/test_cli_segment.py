@@ -8,17 +8,17 @@ import json
 import pytest
 
 from blockseg import BlocksegError
-from blockseg.io import open_volume
-from blockseg.predictions import save_predictions
+from blockseg.io.volume import open_volume
+from blockseg.io.predictions import save_predictions
 from blockseg.segment.synthetic import random_nuclei, rasterise
-from blockseg.targets import bcd_targets
+from blockseg.train.targets import bcd_targets
 import importlib
 from pathlib import Path
 
 import blockseg_cli
 
 # test this checkout's cli/ even when another checkout's is installed as blockseg_cli
-blockseg_cli.__path__.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
+blockseg_cli.__path__.insert(0, str(Path(__file__).resolve().parents[1] / "cli" / "blockseg_cli"))
 seg_cmd = importlib.import_module("blockseg_cli.segment")
 
 
@@ -34,7 +34,7 @@ def test_cli_segment_runs_in_process(tmp_path, capsys, monkeypatch):
     save_predictions(tmp_path / "p.zarr", bcd_targets(rasterise((24, 32, 32), c, r)), chunks=(8, 16, 16))
     import contextlib
 
-    monkeypatch.setattr("blockseg.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
+    monkeypatch.setattr("blockseg.runtime.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
     args = parse([str(tmp_path / "p.zarr"), str(tmp_path / "o.zarr"), "--block-shape", "8", "16", "16",
                   "--halo", "8", "-p", "seed_d=0.3", "-p", "min_size=32", "--json", "--no-progress"])  # fmt: skip
     assert seg_cmd.run(args) == 0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from blockseg import BlocksegError, open_volume
-from blockseg.cluster import ClusterConfig, dask_client, has_gpu_workers, run_blocks
+from blockseg.runtime.cluster import ClusterConfig, dask_client, has_gpu_workers, run_blocks
 from blockseg.synth import SynthParams, synthesize
 
 
@@ -281,7 +281,7 @@ def test_relative_paths_work_on_workers_started_elsewhere(tmp_path):
 
 
 def test_preflight_names_a_path_workers_cannot_see(local_client, tmp_path):
-    from blockseg.preflight import check_workers
+    from blockseg.runtime.preflight import check_workers
 
     with pytest.raises(BlocksegError, match=r"worker tcp://.* cannot see .*/nowhere.zarr"):
         check_workers(local_client, inputs=[str(tmp_path / "nowhere.zarr")])
@@ -293,7 +293,7 @@ def test_preflight_names_a_path_workers_cannot_see(local_client, tmp_path):
 
 
 def test_task_error_names_the_task_and_the_worker(local_client):
-    from blockseg.cluster import task_failure
+    from blockseg.runtime.cluster import task_failure
 
     def full(b):
         raise OSError(28, "No space left on device", f"/data/out.zarr/{b}")
@@ -374,7 +374,7 @@ def _cuda() -> bool:
 
 @pytest.mark.skipif(not _cuda(), reason="needs CUDA")
 def test_gpu_cluster_passes_the_gpu_preflight():
-    from blockseg.preflight import check_workers
+    from blockseg.runtime.preflight import check_workers
 
     with dask_client(ClusterConfig(gpu=True, n_workers=1, dashboard=False), quiet=True) as client:
         assert has_gpu_workers(client)

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from blockseg import BlocksegError
-from blockseg.config import load_config, parse_config
-from blockseg.workflow import DEMO_CONFIG, plan
+from blockseg.pipeline.config import load_config, parse_config
+from blockseg.pipeline.workflow import DEMO_CONFIG, plan
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

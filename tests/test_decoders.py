@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from blockseg.io import open_volume
-from blockseg.predictions import open_predictions, read_channels, save_predictions
+from blockseg.io.volume import open_volume
+from blockseg.io.predictions import open_predictions, read_channels, save_predictions
 from blockseg.segment import AffinityDecoder, SDTDecoder, ThreeLabelDecoder, make_decoder, segment, segment_array
 from blockseg.segment.decoders import CPVDecoder, vote_map
 from blockseg.segment.detect import detect_peaks, local_peaks
 from blockseg.segment.synthetic import random_nuclei, rasterise
-from blockseg.targets import contour_target, distance_target
+from blockseg.train.targets import contour_target, distance_target
 
 from test_segment import matched_at, same_partition
 
@@ -109,7 +109,7 @@ def touching_gt():
     """40 random touching nuclei of radius 4-10 (many contacts). A piece with no voxel deeper
     than 2.5 voxels (a sliver squeezed between neighbours) has no seedable interior in any
     representation (see BCDDecoder) and is left out."""
-    from blockseg.targets import compute_targets
+    from blockseg.train.targets import compute_targets
 
     shape = (48, 64, 64)
     c, r = random_nuclei(shape, 40, (4.0, 10.0), seed=1)
@@ -123,13 +123,13 @@ def touching_gt():
 
 @pytest.mark.parametrize("name, reps", IDENTITY, ids=[n for n, _ in IDENTITY])
 def test_default_decoders_recover_perfect_targets(tmp_path, touching_gt, name, reps):
-    """Identity: perfect targets (blockseg.targets, stored as uint8) decoded with the default
+    """Identity: perfect targets (blockseg.train.targets, stored as uint8) decoded with the default
     parameters give every ground-truth nucleus exactly once, and no other instance. Voxels on a
     contact between two nuclei carry no instance information in these representations (e.g. one
     boundary class, or equal D on both sides), so they may go to the neighbour: we require at
     least 97 % of the foreground to carry its nucleus' label (measured: bcd 99.7 %, 3label and
     sdt 98.9 %, affinities 97.9 %, cpv 97.3 %) and the background to be exact."""
-    from blockseg.targets import compute_targets
+    from blockseg.train.targets import compute_targets
 
     from test_segment import differing_voxels
 
@@ -149,7 +149,7 @@ def test_nucmm_preset_keeps_the_reference_thresholds_and_explains_the_defaults(t
     """``preset="nucmm"`` is NucMM's reference decoder; on perfect maps of small touching
     nuclei it loses many of them (the defect the defaults fix), the defaults lose none."""
     from blockseg import BlocksegError
-    from blockseg.targets import compute_targets
+    from blockseg.train.targets import compute_targets
 
     ref = make_decoder("bcd", preset="nucmm")
     assert (ref.seed_d, ref.fg_b, ref.min_seed_size, ref.min_size) == (0.5, 0.85, 32, 128)

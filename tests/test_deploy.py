@@ -62,7 +62,7 @@ def _env(home: Path, tmp: Path) -> dict:
 
 @pytest.mark.slow
 def test_runs_from_a_read_only_install_without_a_writable_home(tmp_path):
-    from blockseg.io import create_volume
+    from blockseg.io.volume import create_volume
 
     vol = create_volume(tmp_path / "tiny.zarr", (8, 16, 16), "uint8", chunks=(8, 16, 16))
     vol[:] = np.arange(8 * 16 * 16, dtype=np.uint32).reshape(8, 16, 16) % 251
@@ -74,7 +74,7 @@ def test_runs_from_a_read_only_install_without_a_writable_home(tmp_path):
     # a compiled kernel really runs (decorated at import, compiled on first call)
     kernel = (
         f"'{sys.executable}' -c 'import numpy as np; from blockseg.segment.stats import partial_stats; "
-        "from blockseg._jit import cache_dir; "
+        "from blockseg.runtime._jit import cache_dir; "
         "t = partial_stats(np.array([[[0, 1], [2, 2]]], np.uint32), np.ones((1, 2, 2), np.float32), (0, 0, 0)); "
         "print(\"stats\", t[\"count\"].tolist(), \"cache\", repr(cache_dir()))'"
     )
@@ -82,7 +82,7 @@ def test_runs_from_a_read_only_install_without_a_writable_home(tmp_path):
     # nowhere to write: a kernel outside blockseg.segment (whose own kernels need a cache folder)
     nowhere = (
         f"'{sys.executable}' -c 'import numpy as np; from blockseg.predict.kernels import quantise; "
-        "from blockseg._jit import cache_dir; "
+        "from blockseg.runtime._jit import cache_dir; "
         "print(\"quantised\", quantise(np.array([[[0.0, 1.0]]], np.float32), \"prob\").ravel().tolist(), \"cache\", repr(cache_dir()))'"
     )
     command = (
@@ -131,7 +131,7 @@ def test_cache_folder_shared_with_others_is_not_used(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ worker memory limits (goal 2)
 @pytest.fixture
 def image(tmp_path):
-    from blockseg.io import create_volume
+    from blockseg.io.volume import create_volume
 
     vol = create_volume(tmp_path / "img.zarr", (32, 64, 64), "uint8", voxel_size=(0.48, 0.51, 0.51), chunks=(32, 64, 64))
     vol[:] = np.random.default_rng(0).integers(0, 255, (32, 64, 64), dtype=np.uint8)
@@ -159,7 +159,7 @@ def test_memory_limit_that_is_no_size_is_one_line(tmp_path, image, capsys, text)
 
 
 def test_parse_memory_limit():
-    from blockseg.cluster import parse_memory_limit
+    from blockseg.runtime.cluster import parse_memory_limit
 
     assert parse_memory_limit("4GiB") == 4 * 2**30
     assert parse_memory_limit("500 MB") == 500 * 10**6
@@ -192,7 +192,7 @@ def test_memory_limit_too_small_for_a_predict_block_ends_at_once(tmp_path, image
 
 
 def test_memory_limit_below_a_resting_worker_is_refused_before_workers_start(tmp_path, capsys):
-    from blockseg.cluster import ClusterConfig, dask_client
+    from blockseg.runtime.cluster import ClusterConfig, dask_client
 
     with pytest.raises(blockseg.BlocksegError, match=r"a memory limit of 9.5 MiB per worker \(--memory-limit; cluster.memory_limit in a config\) is less than a dask worker"):
         with dask_client(ClusterConfig(n_workers=1, memory_limit="10MB", dashboard=False), quiet=True):
@@ -213,7 +213,7 @@ def test_workers_restarted_for_memory_end_the_stage_in_one_line():
     the worker and hands the task on; after MAX_MEMORY_RESTARTS + 1 restarts the stage ends."""
     import time
 
-    from blockseg.cluster import MAX_MEMORY_RESTARTS, ClusterConfig, dask_client, run_blocks
+    from blockseg.runtime.cluster import MAX_MEMORY_RESTARTS, ClusterConfig, dask_client, run_blocks
 
     with dask_client(ClusterConfig(n_workers=1, memory_limit="300MB", dashboard=False), quiet=True) as client:
         t0 = time.perf_counter()
@@ -244,7 +244,7 @@ def test_one_voxel_chunks_are_refused_before_any_file_is_written(tmp_path, capsy
 
 
 def test_chunk_and_task_thresholds():
-    from blockseg.costs import MANY_TASKS, MAX_TASKS, chunk_cost, settle, task_cost
+    from blockseg.runtime.costs import MANY_TASKS, MAX_TASKS, chunk_cost, settle, task_cost
 
     assert chunk_cost((64, 64, 64), (8, 8, 8), 1) is None  # few chunks: small ones do not matter
     assert chunk_cost((512, 2048, 2048), (64, 128, 128), 1) is None  # 1 MiB chunks
@@ -264,8 +264,8 @@ def test_chunk_and_task_thresholds():
 
 
 def test_millions_of_tasks_are_refused_before_submission():
-    from blockseg.cluster import run_blocks
-    from blockseg.costs import MAX_TASKS
+    from blockseg.runtime.cluster import run_blocks
+    from blockseg.runtime.costs import MAX_TASKS
 
     ran = []
     with pytest.raises(blockseg.BlocksegError, match=f"{MAX_TASKS + 1:,} block tasks"):
@@ -276,7 +276,7 @@ def test_millions_of_tasks_are_refused_before_submission():
 def test_millions_of_predict_blocks_are_refused_before_the_plan_lays_them_out(tmp_path, capsys):
     import time
 
-    from blockseg.io import create_volume
+    from blockseg.io.volume import create_volume
 
     vol = create_volume(tmp_path / "img.zarr", (128, 128, 128), "uint8", chunks=(64, 128, 128))
     vol[:] = np.random.default_rng(0).integers(0, 255, (128, 128, 128), dtype=np.uint8)
@@ -293,7 +293,7 @@ def test_millions_of_predict_blocks_are_refused_before_the_plan_lays_them_out(tm
 @pytest.fixture
 def lazy_image(tmp_path):
     """An image of more than 2^31 voxels declared but never written (no chunk stored)."""
-    from blockseg.io import create_volume
+    from blockseg.io.volume import create_volume
 
     create_volume(tmp_path / "lazy.zarr", (2048, 1024, 1040), "uint8", chunks=(64, 128, 128))
     return str(tmp_path / "lazy.zarr")
@@ -335,7 +335,7 @@ class _FakeScheduler:
 
 
 def test_memory_watch_names_the_block_the_restarted_workers_ran():
-    from blockseg.cluster import MemoryWatch
+    from blockseg.runtime.cluster import MemoryWatch
 
     restarts = [(10.0 + i, {"worker": f"tcp://w:{i}", "pid": i, "rss": 900 * 2**20}) for i in range(3)]
     removed = {f"tcp://w:{i}": [(10.5 + i, {"action": "remove-worker", "processing-tasks": {"predict-x-7"}})] for i in range(3)}
@@ -359,7 +359,7 @@ def test_memory_watch_names_the_block_the_restarted_workers_ran():
 
 
 def test_memory_watch_ends_a_stage_whose_workers_all_stay_paused():
-    from blockseg.cluster import MemoryWatch
+    from blockseg.runtime.cluster import MemoryWatch
 
     workers = {a: {"status": "paused", "memory_limit": 2**30, "metrics": {"memory": 850 * 2**20}} for a in ("a", "b")}
     client = _FakeScheduler(workers=workers)
@@ -379,8 +379,8 @@ def test_empty_image_is_told_from_a_written_one(tmp_path):
     import h5py
     import zarr
 
-    from blockseg.costs import EMPTY_VOXELS, empty_image_cost
-    from blockseg.io import open_volume
+    from blockseg.runtime.costs import EMPTY_VOXELS, empty_image_cost
+    from blockseg.io.volume import open_volume
 
     big = (1024, 1024, 1024)
     lazy = zarr.create_array(str(tmp_path / "lazy.zarr"), shape=big, chunks=(128, 128, 128), dtype="u1")
@@ -409,7 +409,7 @@ def test_memory_watch_cancels_a_stage_that_would_wait_forever(local_client, monk
     the watch cancels the stage, and run_blocks raises its one line within seconds."""
     import time
 
-    from blockseg.cluster import MemoryWatch, run_blocks
+    from blockseg.runtime.cluster import MemoryWatch, run_blocks
 
     t0 = time.time()
 

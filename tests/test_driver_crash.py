@@ -24,9 +24,9 @@ import yaml
 import zarr
 
 from blockseg import BlocksegError
-from blockseg.config import load_config
-from blockseg.io import open_volume
-from blockseg.workflow import plan, run
+from blockseg.pipeline.config import load_config
+from blockseg.io.volume import open_volume
+from blockseg.pipeline.workflow import plan, run
 
 REPO = Path(__file__).resolve().parents[1]
 N_PREDICT_BLOCKS = 2 * 2 * 2  # 32x128x128 in blocks of 16x64x64
@@ -52,7 +52,7 @@ def _cli_env(tmp: Path) -> dict:
     shim = tmp / "clipath"
     shim.mkdir(exist_ok=True)
     if not (shim / "blockseg_cli").exists():
-        (shim / "blockseg_cli").symlink_to(REPO / "cli")
+        (shim / "blockseg_cli").symlink_to(REPO / "cli" / "blockseg_cli")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(shim), str(REPO), env.get("PYTHONPATH", "")])
     return env

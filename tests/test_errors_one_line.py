@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import zarr
 
-from blockseg.io import create_label_volume, create_volume
+from blockseg.io.volume import create_label_volume, create_volume
 from blockseg.models import IdentityNet, save_checkpoint
 from blockseg_cli.main import main
 
@@ -155,7 +155,7 @@ def test_training_log_line_cut_short_does_not_break_the_plot(tmp_path):
 def test_storage_failure_lines_from_service_errors():
     """s3fs raises OSErrors from botocore's ClientError; the code decides the line (no server needed)."""
     botocore = pytest.importorskip("botocore.exceptions")
-    from blockseg.access import explain, storage_failure
+    from blockseg.io.access import explain, storage_failure
 
     def raised(code: str, wrap=PermissionError) -> BaseException:
         inner = botocore.ClientError({"Error": {"Code": code, "Message": "The message.", "BucketName": "bk"}}, "GetObject")
@@ -181,7 +181,7 @@ def test_worker_without_credentials_names_the_block_and_exits_2(ws, capsys, monk
     botocore = pytest.importorskip("botocore.exceptions")
     import importlib
 
-    from blockseg.cluster import task_failure
+    from blockseg.runtime.cluster import task_failure
 
     exc = botocore.NoCredentialsError()
     exc.blockseg_task, exc.blockseg_worker = "predict block 3", "tcp://10.0.0.5:4567"
@@ -268,7 +268,7 @@ def aws(monkeypatch, tmp_path):
     local server is ever asked; s3fs's and blockseg's per-process caches are cleared."""
     s3fs = pytest.importorskip("s3fs")
 
-    import blockseg.access
+    import blockseg.io.access
 
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # fmt: skip
@@ -286,11 +286,11 @@ def aws(monkeypatch, tmp_path):
             monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
             monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
         s3fs.S3FileSystem.clear_instance_cache()
-        blockseg.access._probed.clear()
+        blockseg.io.access._probed.clear()
 
     yield setup
     s3fs.S3FileSystem.clear_instance_cache()
-    blockseg.access._probed.clear()
+    blockseg.io.access._probed.clear()
 
 
 S3_CASES = {

@@ -427,7 +427,7 @@ def test_merges_and_splits():
 
 
 def test_zarr_blockwise_equals_in_memory(tmp_path, monkeypatch):
-    from blockseg.io import create_volume
+    from blockseg.io.volume import create_volume
 
     rng = np.random.default_rng(11)
     gt = blobs(rng, (20, 48, 40), 150).astype(np.uint32)
@@ -467,8 +467,8 @@ def test_zarr_blockwise_equals_in_memory(tmp_path, monkeypatch):
 
 
 def test_dask_client_pass(tmp_path):
-    from blockseg.cluster import ClusterConfig, dask_client
-    from blockseg.io import create_volume
+    from blockseg.runtime.cluster import ClusterConfig, dask_client
+    from blockseg.io.volume import create_volume
 
     rng = np.random.default_rng(5)
     gt = blobs(rng, (16, 32, 32), 80).astype(np.uint16)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from blockseg.errors import BlocksegError
-from blockseg.io import create_volume
+from blockseg.io.volume import create_volume
 
 
 def _cli_module():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import zarr
 
-from blockseg.io import open_volume
-from blockseg.predictions import open_predictions, read_channels, save_predictions
+from blockseg.io.volume import open_volume
+from blockseg.io.predictions import open_predictions, read_channels, save_predictions
 from blockseg.segment import BCDDecoder, keyed_flood, segment, segment_array
 from blockseg.segment.stats import read_csv
 

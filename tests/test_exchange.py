@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import blockseg.segment.pipeline as pipeline
-from blockseg.io import open_volume
-from blockseg.predictions import open_predictions, read_channels
+from blockseg.io.volume import open_volume
+from blockseg.io.predictions import open_predictions, read_channels
 from blockseg.segment import BCDDecoder, segment, segment_array
 from test_faults import _tube
 

@@ -8,8 +8,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from blockseg.export import downsample, export, output_shape, output_slabs
-from blockseg.io import create_label_volume, create_volume, open_volume
+from blockseg.io.export import downsample, export, output_shape, output_slabs
+from blockseg.io.volume import create_label_volume, create_volume, open_volume
 
 SHAPE, CHUNKS = (64, 128, 128), (4, 32, 32)
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import zarr
 
-from blockseg.io import create_volume, open_volume
+from blockseg.io.volume import create_volume, open_volume
 from blockseg.models import demo_checkpoint_path
-from blockseg.predictions import open_predictions, read_channels
+from blockseg.io.predictions import open_predictions, read_channels
 from blockseg.segment import BCDDecoder, segment, segment_array
 
 from test_faults import _tube
@@ -34,7 +34,7 @@ DECODER = BCDDecoder(min_seed_size=1, min_size=1)
 def local_client():
     """This module's own 2-worker cluster: its workers are killed on purpose, so no other test
     shares it."""
-    from blockseg.cluster import ClusterConfig, dask_client
+    from blockseg.runtime.cluster import ClusterConfig, dask_client
 
     with dask_client(ClusterConfig(n_workers=2, memory_limit="2GiB", dashboard=False), quiet=True) as client:
         yield client

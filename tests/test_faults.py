@@ -15,10 +15,10 @@ import os
 import numpy as np
 import pytest
 
-from blockseg.cluster import ClusterConfig, dask_client
+from blockseg.runtime.cluster import ClusterConfig, dask_client
 from blockseg.faults import FaultInjected, fault_point
-from blockseg.io import open_volume
-from blockseg.predictions import open_predictions, read_channels, save_predictions
+from blockseg.io.volume import open_volume
+from blockseg.io.predictions import open_predictions, read_channels, save_predictions
 from blockseg.segment import BCDDecoder, segment, segment_array
 from blockseg.segment.stats import read_csv
 

@@ -16,8 +16,8 @@ import blockseg_cli
 from blockseg import BlocksegError
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "cli") not in blockseg_cli.__path__:  # this checkout's cli/, whatever is installed
-    blockseg_cli.__path__.insert(0, str(REPO / "cli"))
+if str(REPO / "cli" / "blockseg_cli") not in blockseg_cli.__path__:  # this checkout's cli/, whatever is installed
+    blockseg_cli.__path__.insert(0, str(REPO / "cli" / "blockseg_cli"))
 cli_main = importlib.import_module("blockseg_cli.main").main
 
 
@@ -28,21 +28,21 @@ cli_main = importlib.import_module("blockseg_cli.main").main
      ("34px", (34.0, "px")), ("34 pixels", (34.0, "px")), ("2.5e1um", (25.0, "um"))],
 )  # fmt: skip
 def test_diameter_units(text, want):
-    from blockseg.resample import parse_diameter
+    from blockseg.predict.resample import parse_diameter
 
     assert parse_diameter(text) == want
 
 
 @pytest.mark.parametrize("text", ["17mm", "px", "-3um", "0px", "seventeen"])
 def test_diameter_without_a_known_unit_is_refused(text):
-    from blockseg.resample import parse_diameter
+    from blockseg.predict.resample import parse_diameter
 
     with pytest.raises(BlocksegError, match="--diameter takes"):
         parse_diameter(text)
 
 
 def test_diameter_in_pixels_is_the_same_nucleus_in_micrometres_and_said_in_both():
-    from blockseg.resample import resolve_scale
+    from blockseg.predict.resample import resolve_scale
 
     vs, net_vs = (1.0, 0.5, 0.5), (0.5, 0.5, 0.5)
     um, why_um = resolve_scale(None, (32, 64, 64), vs, "metadata", net_vs, "17um", 8.5)
@@ -54,7 +54,7 @@ def test_diameter_in_pixels_is_the_same_nucleus_in_micrometres_and_said_in_both(
 
 
 def test_cli_diameter_with_an_unknown_unit_is_one_line(tmp_path, capsys):
-    from blockseg.io import create_volume
+    from blockseg.io.volume import create_volume
 
     create_volume(tmp_path / "img.zarr", (8, 16, 16), np.uint8, (1, 1, 1))
     code = cli_main(["predict", str(tmp_path / "img.zarr"), "demo", str(tmp_path / "p.zarr"), "--diameter", "17mm"])
@@ -66,7 +66,7 @@ def test_cli_diameter_with_an_unknown_unit_is_one_line(tmp_path, capsys):
 
 
 def test_run_config_diameter_takes_units():
-    from blockseg.config import PredictConfig
+    from blockseg.pipeline.config import PredictConfig
 
     assert PredictConfig(diameter="34px").diameter == "34px"
     with pytest.raises(Exception, match="17mm"):
@@ -75,8 +75,8 @@ def test_run_config_diameter_takes_units():
 
 # ----------------------------------------------------------------------------- progress
 def test_progress_outside_a_terminal_prints_lines_with_rate_and_eta(capsys, monkeypatch):
-    import blockseg.progress as progress
-    from blockseg.cluster import run_blocks
+    import blockseg.runtime.progress as progress
+    from blockseg.runtime.cluster import run_blocks
 
     monkeypatch.setattr(progress, "AUTO_LINES_INTERVAL", 0.1)
 
@@ -94,8 +94,8 @@ def test_progress_outside_a_terminal_prints_lines_with_rate_and_eta(capsys, monk
 
 
 def test_a_short_stage_outside_a_terminal_prints_nothing(capsys):
-    from blockseg.cluster import run_blocks
-    from blockseg.progress import progress_settings
+    from blockseg.runtime.cluster import run_blocks
+    from blockseg.runtime.progress import progress_settings
 
     with progress_settings("auto"):
         run_blocks(lambda b: b, [0, 1], voxels=[1, 1], name="segment")

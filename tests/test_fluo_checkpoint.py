@@ -49,7 +49,7 @@ def test_a_folder_named_like_a_shipped_checkpoint_does_not_shadow_it(tmp_path, m
 def test_resampled_predictions_carry_size_thresholds_in_the_images_voxels(tmp_path):
     """fluo_synth's min_size counts voxels of its 0.5x0.25x0.25 µm grid; an image at half that voxel
     size is predicted on its own grid, so the stored (and used) sizes are 8x larger."""
-    from blockseg.io import create_volume
+    from blockseg.io.volume import create_volume
     from blockseg.predict import predict
     from blockseg.segment.params import checkpoint_decoder, choose_decoder, store_decoder
 
@@ -70,7 +70,7 @@ def test_resampled_predictions_carry_size_thresholds_in_the_images_voxels(tmp_pa
 
 @pytest.mark.parametrize("name", ["fluo", "fluo_synth"])
 def test_predict_accepts_the_name(tmp_path, name):
-    from blockseg.io import create_volume
+    from blockseg.io.volume import create_volume
     from blockseg.predict import predict
 
     vs = tuple(read_checkpoint(shipped_checkpoint_path(name))["metadata"]["voxel_size"])
@@ -88,9 +88,9 @@ def test_real_crop_as_uint8_and_uint16_gives_the_same_segmentation(tmp_path, nam
     if not f.is_file():
         pytest.skip(f"real data {f} is absent")
     from blockseg.evaluate import evaluate
-    from blockseg.io import create_volume
+    from blockseg.io.volume import create_volume
     from blockseg.predict import predict
-    from blockseg.predictions import open_predictions, read_channels
+    from blockseg.io.predictions import open_predictions, read_channels
     from blockseg.segment import segment_array
     from blockseg.segment.params import choose_decoder, store_decoder
 

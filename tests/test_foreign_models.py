@@ -16,11 +16,11 @@ import yaml
 from torch import nn
 
 from blockseg import BlocksegError
-from blockseg.io import create_volume
+from blockseg.io.volume import create_volume
 from blockseg.models import is_foreign, load_checkpoint, read_checkpoint
 from blockseg.models.foreign import describe, measure_margin
 from blockseg.predict import predict, predict_array
-from blockseg.predictions import encode_channel, open_predictions
+from blockseg.io.predictions import encode_channel, open_predictions
 
 SHAPE, BLOCK, CHUNKS = (32, 48, 40), (16, 16, 24), (8, 8, 8)
 SIDECAR = {"outputs": ["B", "C", "D"], "patch": [16, 16, 16], "margin": "auto",

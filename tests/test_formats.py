@@ -17,10 +17,10 @@ import pytest
 import zarr
 
 from blockseg import BlocksegError
-from blockseg.formats import BlocksegWarning, split_selection, with_selection
-from blockseg.io import create_volume, import_volume, open_volume
+from blockseg.io.formats import BlocksegWarning, split_selection, with_selection
+from blockseg.io.volume import create_volume, import_volume, open_volume
 from blockseg.models import IdentityNet, save_checkpoint
-from blockseg.pyramid import downsample_block, level_factors, write_pyramid
+from blockseg.io.pyramid import downsample_block, level_factors, write_pyramid
 from blockseg_cli.main import main
 
 VS = (2.0, 0.5, 0.5)
@@ -92,7 +92,7 @@ def in_process(monkeypatch):
 
     build_parser()  # import every command first: `synth` binds dask_client at import, keep it unpatched
     none = lambda *a, **k: contextlib.nullcontext(None)  # noqa: E731
-    monkeypatch.setattr("blockseg.cluster.dask_client", none)
+    monkeypatch.setattr("blockseg.runtime.cluster.dask_client", none)
 
 
 # ------------------------------------------------------------------------------ reading
@@ -204,7 +204,7 @@ def test_blockwise_pyramid_equals_whole_array(tmp_path):
 
 
 def test_pyramid_tasks_write_whole_chunks_of_their_level(tmp_path):
-    from blockseg.pyramid import level_graph
+    from blockseg.io.pyramid import level_graph
 
     v = create_volume(tmp_path / "c.zarr", (19, 37, 41), np.uint8, chunks=(4, 8, 8))
     y = level_graph(v.array, (4, 8, 8), (1, 2, 2), "mean")
@@ -290,8 +290,8 @@ def test_every_command_reads_ome_zarr_py_and_ome_tiff(tmp_path, ngff04, ome_tiff
 
 
 def test_run_config_reads_a_channel_in_place(tmp_path, ngff04, identity_ckpt, local_client):
-    from blockseg.config import parse_config
-    from blockseg.workflow import run
+    from blockseg.pipeline.config import parse_config
+    from blockseg.pipeline.workflow import run
 
     cfg = parse_config({
         "run_dir": str(tmp_path / "r"),
@@ -315,8 +315,8 @@ def test_run_config_reads_a_channel_in_place(tmp_path, ngff04, identity_ckpt, lo
 def test_napari_plugin_reads_pyramid_and_labels(tmp_path):
     """napari's OME-Zarr reader plugin (headless: its reader hook, no viewer) sees every level."""
     reader = pytest.importorskip("napari_ome_zarr._reader")
-    from blockseg.io import create_label_volume
-    from blockseg.pyramid import finish_volume
+    from blockseg.io.volume import create_label_volume
+    from blockseg.io.pyramid import finish_volume
 
     img = str(tmp_path / "img.zarr")
     create_volume(img, (16, 64, 64), np.uint8, VS, chunks=(8, 16, 16))[...] = 5

@@ -19,11 +19,11 @@ import zarr
 
 import blockseg_cli
 from blockseg import BlocksegError
-from blockseg.io import create_volume
+from blockseg.io.volume import create_volume
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "cli") not in blockseg_cli.__path__:  # this checkout's cli/, whatever is installed
-    blockseg_cli.__path__.insert(0, str(REPO / "cli"))
+if str(REPO / "cli" / "blockseg_cli") not in blockseg_cli.__path__:  # this checkout's cli/, whatever is installed
+    blockseg_cli.__path__.insert(0, str(REPO / "cli" / "blockseg_cli"))
 cli_main = importlib.import_module("blockseg_cli.main").main
 
 
@@ -41,7 +41,7 @@ def _listing(folder: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def interrupted_store(tmp_path_factory):
     """A prediction store of 8 blocks whose predict was interrupted after 2 blocks (Ctrl-C)."""
-    import blockseg.cluster as cluster
+    import blockseg.runtime.cluster as cluster
     from blockseg.predict import predict
 
     root = tmp_path_factory.mktemp("unfinished")
@@ -83,7 +83,7 @@ def test_segment_refuses_an_unfinished_store(interrupted_store, tmp_path, capsys
 
 
 def test_segment_api_and_tune_refuse_an_unfinished_store(interrupted_store, tmp_path):
-    from blockseg.predictions import open_predictions
+    from blockseg.io.predictions import open_predictions
     from blockseg.segment import segment
 
     with pytest.raises(BlocksegError, match=r"unfinished prediction store \(blocks done: 0 of 8\)"):
@@ -111,7 +111,7 @@ def test_a_store_from_before_the_complete_flag_is_judged_by_its_markers(interrup
 def test_resumed_predict_finishes_the_store_and_says_what_it_reused(interrupted_store, tmp_path, capsys):
     import shutil
 
-    from blockseg.predictions import open_predictions
+    from blockseg.io.predictions import open_predictions
     from blockseg.predict import predict
 
     store = tmp_path / "p.zarr"
@@ -125,7 +125,7 @@ def test_resumed_predict_finishes_the_store_and_says_what_it_reused(interrupted_
 # ----------------------------------------------------------------------------- evaluate
 @pytest.fixture()
 def eval_inputs(tmp_path):
-    from blockseg.predictions import save_predictions
+    from blockseg.io.predictions import save_predictions
 
     rng = np.random.default_rng(3)
     gt = np.zeros((8, 32, 32), np.uint16)
@@ -186,8 +186,8 @@ def test_label_check_accepts_labels():
 def test_a_run_stage_refuses_when_its_predecessor_is_not_recorded_complete(tmp_path, monkeypatch):
     """A stage record changed under the run (another process, a hand edit): the next stage
     refuses to read its predecessor's output instead of using a half-made one."""
-    import blockseg.workflow as wf
-    from blockseg.config import parse_config
+    import blockseg.pipeline.workflow as wf
+    from blockseg.pipeline.config import parse_config
 
     ran = []
     fakes = {s: (lambda s: lambda cfg, layout, client, resume: ran.append(s) or {})(s) for s in wf.STAGES}
@@ -221,7 +221,7 @@ def test_a_key_given_twice_in_a_config_is_refused(tmp_path, capsys, command):
 
 
 def test_yaml_merge_keys_are_not_duplicates(tmp_path):
-    from blockseg.config import load_config
+    from blockseg.pipeline.config import load_config
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("base: &b {halo: 8}\nrun_dir: out\ndata: {synth: {shape: [16, 32, 32]}}\n"
@@ -231,7 +231,7 @@ def test_yaml_merge_keys_are_not_duplicates(tmp_path):
 
 
 def test_resume_summary_says_what_was_reused():
-    from blockseg.progress import reuse_summary
+    from blockseg.runtime.progress import reuse_summary
 
     assert reuse_summary(8, 8, 8000, 8000, reused_pass1=2) == (
         "resumed: reused 0 of 8 blocks (0 of 8 k voxels) done before; computed 8 blocks (8 k voxels), reusing the "

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from blockseg.io import create_volume
+from blockseg.io.volume import create_volume
 from blockseg.models import IdentityNet, demo_checkpoint_path, save_checkpoint
 from blockseg.predict import predict
 from blockseg.segment import segment
@@ -30,9 +30,9 @@ def ws(tmp_path_factory):
     # a perfect store carrying pred.zarr's stored decoder: segment finds nuclei in it
     import zarr
 
-    from blockseg.io import open_volume
-    from blockseg.predictions import save_predictions
-    from blockseg.targets import bcd_targets
+    from blockseg.io.volume import open_volume
+    from blockseg.io.predictions import save_predictions
+    from blockseg.train.targets import bcd_targets
 
     save_predictions(root / "perfect.zarr", bcd_targets(open_volume(root / "img.zarr/labels/nuclei").array[:]))
     attrs = dict(zarr.open_group(str(root / "perfect.zarr"), mode="r+").attrs["blockseg"])
@@ -81,7 +81,7 @@ def test_prediction_store_shows_its_channels_and_stored_decoder(ws, capsys):
 
 def test_label_volume_shows_instances_and_how_it_was_segmented(ws, capsys):
     text, js = info(capsys, ws / "seg.zarr")
-    from blockseg.io import open_volume
+    from blockseg.io.volume import open_volume
 
     n = int(open_volume(ws / "seg.zarr").array[:].max())
     assert js["kind"] == "labels" and js["instances"] == n > 0

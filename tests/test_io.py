@@ -5,7 +5,7 @@ import pytest
 import zarr
 
 from blockseg import BlocksegError, create_label_volume, create_volume, import_volume, open_volume
-from blockseg.io import parse_voxel_size
+from blockseg.io.volume import parse_voxel_size
 
 
 def test_round_trip_keeps_data_voxel_size_and_ngff_metadata(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from blockseg.errors import BlocksegError
-from blockseg.io import create_volume, open_volume
+from blockseg.io.volume import create_volume, open_volume
 from blockseg.segment import label
 
 

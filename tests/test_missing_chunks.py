@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import zarr
 
-from blockseg.chunks import ENV, MissingChunkError, missing_keys, set_policy
+from blockseg.io.chunks import ENV, MissingChunkError, missing_keys, set_policy
 from blockseg.errors import BlocksegError
-from blockseg.formats import BlocksegWarning
-from blockseg.io import open_volume
+from blockseg.io.formats import BlocksegWarning
+from blockseg.io.volume import open_volume
 from blockseg.models import IdentityNet, save_checkpoint
 from blockseg_cli.main import main
 
@@ -48,7 +48,7 @@ def _digest(root: Path) -> dict:
 @contextlib.contextmanager
 def _in_process():
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("blockseg.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
+        mp.setattr("blockseg.runtime.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
         yield
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from blockseg import BlocksegError
-from blockseg.losses import MultiLoss, center_crop
+from blockseg.train.losses import MultiLoss, center_crop
 from blockseg.models import (
     JointDetSegNet,
     ResUNet3D,
@@ -254,7 +254,7 @@ def test_shipped_demo_checkpoint():
     check_decoder_channels(model, make_decoder(meta["decoder"]["name"], **meta["decoder"]["params"]))
     # the network separates a dark blob from bright background (EM look) after normalisation
     from blockseg.models import normalise
-    from blockseg.normalise import resolve_array
+    from blockseg.predict.normalise import resolve_array
 
     img = np.full((16, 32, 32), 195, np.float32)
     zz, yy, xx = np.ogrid[:16, :32, :32]

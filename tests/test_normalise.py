@@ -1,4 +1,4 @@
-"""Per-volume percentile normalisation (blockseg.normalise): statistics, transfer between
+"""Per-volume percentile normalisation (blockseg.predict.normalise): statistics, transfer between
 intensity encodings, the zero volume, old checkpoints, training."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import torch
 import zarr
 
-from blockseg.formats import BlocksegWarning
-from blockseg.io import create_volume
+from blockseg.io.formats import BlocksegWarning
+from blockseg.io.volume import create_volume
 from blockseg.models import TinyConvNet, demo_checkpoint_path, read_checkpoint, save_checkpoint
-from blockseg.normalise import (
+from blockseg.predict.normalise import (
     array_statistics,
     histogram_percentiles,
     merge_histograms,
@@ -24,7 +24,7 @@ from blockseg.normalise import (
     volume_statistics,
 )
 from blockseg.predict import predict
-from blockseg.predictions import open_predictions, read_channels
+from blockseg.io.predictions import open_predictions, read_channels
 from blockseg.segment import make_decoder, segment_array
 
 torch.set_num_threads(1)

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 
 from blockseg import BlocksegError
-from blockseg.io import open_volume
-from blockseg.predictions import save_predictions
-from blockseg.safety import acquire_lock, lock_file, prepare_output, release_lock
+from blockseg.io.volume import open_volume
+from blockseg.io.predictions import save_predictions
+from blockseg.io.safety import acquire_lock, lock_file, prepare_output, release_lock
 from blockseg.segment.synthetic import random_nuclei, rasterise
-from blockseg.targets import bcd_targets
+from blockseg.train.targets import bcd_targets
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (16, 32, 32)
@@ -54,7 +54,7 @@ def test_lock_file_names_the_holder_and_goes_with_it(tmp_path):
     output = prepare_output(out)
     info = json.loads(Path(lock_file(out)).read_text())
     assert info["pid"] == os.getpid() and {"host", "started", "command"} <= set(info)
-    code = f"from blockseg.safety import prepare_output\nprepare_output({str(out)!r})"
+    code = f"from blockseg.io.safety import prepare_output\nprepare_output({str(out)!r})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
@@ -69,7 +69,7 @@ def test_a_dead_holder_leaves_no_lock(tmp_path):
     """The holder killed (SIGKILL: no cleanup at all): its lock file stays, but the next
     command takes it over at once."""
     out = tmp_path / "o.zarr"
-    code = (f"import os, signal\nfrom blockseg.safety import prepare_output\nprepare_output({str(out)!r})\n"
+    code = (f"import os, signal\nfrom blockseg.io.safety import prepare_output\nprepare_output({str(out)!r})\n"
             "os.kill(os.getpid(), signal.SIGKILL)")  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path)
     assert proc.returncode == -9 and Path(lock_file(out)).exists()
@@ -160,14 +160,14 @@ def test_two_segment_commands_race(store, tmp_path):
     replaced by in-process runs to keep it fast), 8 tries."""
     store_path, reference = store
     script = (
-        "import contextlib, sys\nimport blockseg.cluster\n"
-        "blockseg.cluster.dask_client = lambda *a, **k: contextlib.nullcontext(None)\n"
+        "import contextlib, sys\nimport blockseg.runtime.cluster\n"
+        "blockseg.runtime.cluster.dask_client = lambda *a, **k: contextlib.nullcontext(None)\n"
         "from blockseg_cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
     )
     env = dict(os.environ)
     shim = tmp_path / "clipath"
     shim.mkdir()
-    (shim / "blockseg_cli").symlink_to(REPO / "cli")
+    (shim / "blockseg_cli").symlink_to(REPO / "cli" / "blockseg_cli")
     env["PYTHONPATH"] = os.pathsep.join([str(shim), str(REPO), env.get("PYTHONPATH", "")])
     for attempt in range(8):
         folder = tmp_path / f"try{attempt}"
@@ -198,10 +198,10 @@ def test_a_second_command_is_refused_at_once_naming_the_holder(store, tmp_path, 
     import blockseg_cli
     import yaml
 
-    from blockseg.safety import output_lock
+    from blockseg.io.safety import output_lock
 
-    if str(REPO / "cli") not in blockseg_cli.__path__:
-        blockseg_cli.__path__.insert(0, str(REPO / "cli"))
+    if str(REPO / "cli" / "blockseg_cli") not in blockseg_cli.__path__:
+        blockseg_cli.__path__.insert(0, str(REPO / "cli" / "blockseg_cli"))
     main = importlib.import_module("blockseg_cli.main").main
     store_path, _ = store
     labels = str(store_path.parent / "ref.zarr")

@@ -10,11 +10,11 @@ import pytest
 import zarr
 
 from blockseg import BlocksegError
-from blockseg.config import parse_config
+from blockseg.pipeline.config import parse_config
 from blockseg.models import demo_checkpoint_path, read_checkpoint
 from blockseg.segment import make_decoder
 from blockseg.segment.params import checkpoint_decoder, choose_decoder, store_decoder
-from blockseg.workflow import segment_decoder
+from blockseg.pipeline.workflow import segment_decoder
 from blockseg_cli.main import main
 
 STORED = {"name": "bcd", "params": {"seed_b": 0.95, "seed_c": 0.3, "fg_d": -0.3, "min_size": 64}, "from": "checkpoint"}

@@ -13,13 +13,13 @@ import torch
 import zarr
 
 from blockseg import BlocksegError
-from blockseg.io import create_volume
+from blockseg.io.volume import create_volume
 from blockseg.models import IdentityNet, TinyConvNet, save_checkpoint
 from blockseg.predict import predict, predict_array
 from blockseg.grid import BlockGrid
 from blockseg.predict.engine import block_layout, strip_sources
 from blockseg.predict.lattice import Lattice, reflect_index, window_1d
-from blockseg.predictions import encode_channel, open_predictions
+from blockseg.io.predictions import encode_channel, open_predictions
 
 NORM = {"offset": 128.0, "scale": 64.0}
 SHAPE = (23, 37, 41)
@@ -421,7 +421,7 @@ def run_cli(argv):
 def test_cli_happy_path_and_errors(tmp_path, image_zarr, capsys, monkeypatch):
     import contextlib
 
-    monkeypatch.setattr("blockseg.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
+    monkeypatch.setattr("blockseg.runtime.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
     save_checkpoint(tmp_path / "m.pt", tiny(), normalisation=NORM)
     out = str(tmp_path / "o.zarr")
     assert run_cli([image_zarr, str(tmp_path / "m.pt"), out, "--block", "8", "16", "16", "--dry-run"]) == 0

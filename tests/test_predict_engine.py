@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from blockseg import BlocksegError
-from blockseg.io import create_volume
+from blockseg.io.volume import create_volume
 from blockseg.models import IdentityNet, TinyConvNet, save_checkpoint
 from blockseg.models.base import Geometry
 from blockseg.predict import predict, predict_array
 from blockseg.predict.kernels import blend_tile, quantise
 from blockseg.predict.lattice import Lattice
 from blockseg.predict.patch import choose_patch, patch_memory
-from blockseg.predictions import encode_channel, open_predictions
+from blockseg.io.predictions import encode_channel, open_predictions
 
 NORM = {"offset": 128.0, "scale": 64.0}
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from blockseg.cluster import run_blocks
-from blockseg.progress import block_progress, progress_settings, reuse_summary
+from blockseg.runtime.cluster import run_blocks
+from blockseg.runtime.progress import block_progress, progress_settings, reuse_summary
 
 
 def test_json_mode_reports_blocks_and_voxels_done(capsys):

@@ -21,14 +21,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blockseg.io import create_volume, open_volume
-from blockseg.predictions import encode_channel, open_predictions, read_channels, save_predictions
+from blockseg.io.volume import create_volume, open_volume
+from blockseg.io.predictions import encode_channel, open_predictions, read_channels, save_predictions
 from scipy import ndimage as ndi
 
 from blockseg.segment import AffinityDecoder, BCDDecoder, SDTDecoder, ThreeLabelDecoder, segment, segment_array
 from blockseg.segment.decoders import CPVDecoder
 from blockseg.segment.stats import read_csv
-from blockseg.targets import compute_targets
+from blockseg.train.targets import compute_targets
 from blockseg.segment.synthetic import random_nuclei, rasterise
 
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -212,7 +212,7 @@ def test_resampled_predict_blockwise_equals_predict_array_scaled(geo, valid, vox
     from blockseg.models import save_checkpoint
     from blockseg.models.tiny import TinyConvNet
     from blockseg.predict import predict
-    from blockseg.resample import predict_array_scaled
+    from blockseg.predict.resample import predict_array_scaled
 
     shape, chunks, block = geo
     norm = {"offset": 128.0, "scale": 64.0}

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import zarr
 
-from blockseg.cluster import ClusterConfig, dask_client
-from blockseg.io import create_volume, open_volume
+from blockseg.runtime.cluster import ClusterConfig, dask_client
+from blockseg.io.volume import create_volume, open_volume
 from blockseg.models import demo_checkpoint_path
 
 
@@ -81,7 +81,7 @@ def _busy(client):
 @pytest.fixture(scope="module")
 def perfect_predictions(tmp_path_factory):
     from blockseg.synth import SynthParams, synthesize
-    from blockseg.targets import write_bcd_targets
+    from blockseg.train.targets import write_bcd_targets
 
     root = tmp_path_factory.mktemp("rel")
     synthesize(str(root / "s.zarr"), SynthParams(shape=(64, 128, 128), seed=4), chunks=(16, 32, 32), progress=False)

@@ -1,4 +1,4 @@
-"""Voxel-size aware inference (blockseg.resample): blockwise == whole-volume through the
+"""Voxel-size aware inference (blockseg.predict.resample): blockwise == whole-volume through the
 resampled grid, and a volume at twice the voxel size gives nearly the same nuclei."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import torch
 from scipy import ndimage as ndi
 
 from blockseg import BlocksegError
-from blockseg.io import create_volume, open_volume
+from blockseg.io.volume import create_volume, open_volume
 from blockseg.models import IdentityNet, TinyConvNet, demo_checkpoint_path, load_checkpoint, save_checkpoint
 from blockseg.predict import predict, predict_array
-from blockseg.predictions import open_predictions, read_channels
-from blockseg.resample import channel_factors, interpolate_box, predict_array_scaled, resolve_scale
+from blockseg.io.predictions import open_predictions, read_channels
+from blockseg.predict.resample import channel_factors, interpolate_box, predict_array_scaled, resolve_scale
 
 torch.set_num_threads(1)
 
@@ -91,7 +91,7 @@ def test_scale_option_resolution():
 def test_large_voxel_size_resampling_warns_that_it_assumes_the_training_nucleus_size(recwarn):
     """BBBC050 (1.75x0.8x0.8 µm, 17 µm nuclei) through a GoNuclear-trained network (0.28x0.13x0.13 µm,
     3 µm nuclei): voxel-size resampling alone makes the nuclei ~6x too large, so predict says so."""
-    from blockseg.formats import BlocksegWarning
+    from blockseg.io.formats import BlocksegWarning
 
     args = ((51, 120, 122), (1.75, 0.8, 0.8), "metadata", [0.284, 0.127, 0.127])
     s, _ = resolve_scale(None, *args, network_diameter=2.97)
@@ -152,7 +152,7 @@ def test_cli_scale_option_and_what_it_prints(tmp_path, tiny_ckpt, capsys, monkey
     import zarr
     from blockseg_cli.main import main
 
-    monkeypatch.setattr("blockseg.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
+    monkeypatch.setattr("blockseg.runtime.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
     img = (np.random.default_rng(2).random((12, 24, 24)) * 200).astype(np.uint8)
     path = write(tmp_path / "i.zarr", img, (2.0, 1.0, 1.0))
     out = str(tmp_path / "o.pred")
@@ -189,7 +189,7 @@ def test_diameter_resolves_factors_from_nucleus_sizes():
 
 
 def test_training_records_the_nucleus_diameter_and_predict_uses_it(tmp_path, capsys):
-    from blockseg.resample import nucleus_diameter_um
+    from blockseg.predict.resample import nucleus_diameter_um
     from blockseg.synth import SynthParams, synthesize
     from blockseg.train import parse_config, train
     from blockseg_cli.main import main

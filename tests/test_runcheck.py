@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from blockseg.io import create_label_volume, create_volume
+from blockseg.io.volume import create_label_volume, create_volume
 from blockseg_cli.main import main
 
 SHAPE, CHUNKS = (32, 64, 64), (16, 32, 32)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import zarr
 
-from blockseg.io import import_volume, open_volume
+from blockseg.io.volume import import_volume, open_volume
 from blockseg.models import IdentityNet, save_checkpoint
 
 pytest.importorskip("s3fs")
@@ -127,15 +127,15 @@ def test_predict_resume_segment_evaluate_on_s3(s3, on_s3):
 def test_cli_and_run_read_s3(s3, on_s3, tmp_path, monkeypatch, capsys):
     import contextlib
 
-    from blockseg.config import parse_config
-    from blockseg.workflow import run
+    from blockseg.pipeline.config import parse_config
+    from blockseg.pipeline.workflow import run
     from blockseg_cli.main import main
 
     d, ckpt = on_s3
     from blockseg_cli.main import build_parser
 
     build_parser()  # import every command first: `synth` binds dask_client at import, keep it unpatched
-    monkeypatch.setattr("blockseg.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
+    monkeypatch.setattr("blockseg.runtime.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
     assert main(["info", "s3://bsbucket/img.zarr"]) == 0
     assert "voxel size 0.48x0.51x0.51 µm" in capsys.readouterr().out  # blockseg info's summary
     assert main(["predict", "s3://bsbucket/img.zarr", ckpt, "s3://bsbucket/cli/pred.zarr", "--no-progress"]) == 0
@@ -163,7 +163,7 @@ def test_overwrite_on_s3_follows_the_local_rules(s3, on_s3):
     output, or -- once the new one was marked ready -- is rolled forward by the next attempt."""
     from blockseg.errors import BlocksegError
     from blockseg.predict import predict
-    from blockseg.safety import NEW_TAG, READY_TAG, _sibling, prepare_output
+    from blockseg.io.safety import NEW_TAG, READY_TAG, _sibling, prepare_output
     from blockseg.segment import make_decoder, segment
 
     d, ckpt = on_s3
@@ -216,7 +216,7 @@ def test_one_writer_per_output_on_s3(s3):
     import socket
 
     from blockseg.errors import BlocksegError
-    from blockseg.safety import lock_file, prepare_output
+    from blockseg.io.safety import lock_file, prepare_output
 
     url = "s3://bsbucket/lock/o.zarr"
     key = lock_file(url).replace("s3://", "")
@@ -224,7 +224,7 @@ def test_one_writer_per_output_on_s3(s3):
     out = prepare_output(url)
     s3.invalidate_cache()
     assert json.loads(s3.cat(key))["pid"] == os.getpid()
-    code = f"from blockseg.safety import prepare_output\nprepare_output({url!r})"
+    code = f"from blockseg.io.safety import prepare_output\nprepare_output({url!r})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0
     assert f"{url} is being written by another blockseg command (pid {os.getpid()}" in proc.stderr.splitlines()[-1]

@@ -1,4 +1,4 @@
-"""Data safety (blockseg.safety): the must-show matrix of issue 16.
+"""Data safety (blockseg.io.safety): the must-show matrix of issue 16.
 
 Every writing command x {output = input, output inside input, input inside output, foreign
 non-empty folder, own earlier output} x {with, without --overwrite}: the CLI runs in-process
@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from blockseg.errors import BlocksegError
-from blockseg.io import create_label_volume, create_volume, open_volume
+from blockseg.io.volume import create_label_volume, create_volume, open_volume
 from blockseg.models import IdentityNet, save_checkpoint
 from blockseg_cli.main import main
 
@@ -64,9 +64,9 @@ OWN_NAME = {"export": "export.tif"}
 def in_process():
     """Blocks run in this process: no dask cluster is started."""
     # every command opens its cluster through blockseg_cli.options.open_cluster, which looks
-    # blockseg.cluster.dask_client up when called
+    # blockseg.runtime.cluster.dask_client up when called
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("blockseg.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
+        mp.setattr("blockseg.runtime.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
         yield
 
 
@@ -79,9 +79,9 @@ def run_cli(argv, capsys) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     """data/ (the user's inputs), foreign/ (someone's folder), own/ (each command's earlier output)."""
-    from blockseg.predictions import save_predictions
+    from blockseg.io.predictions import save_predictions
     from blockseg.segment import BCDDecoder, segment
-    from blockseg.targets import bcd_targets
+    from blockseg.train.targets import bcd_targets
 
     root = tmp_path_factory.mktemp("safety")
     d = root / "data"
@@ -219,8 +219,8 @@ def test_run_dir_rules(ws, capsys):
 def test_run_never_writes_into_the_users_image(ws, capsys):
     """The segmentation of a user's zarr inside run_dir's parent goes to segmentation.zarr,
     never to IMAGE/labels (only an image the run made itself gets a labels group)."""
-    from blockseg.config import parse_config
-    from blockseg.workflow import RunLayout
+    from blockseg.pipeline.config import parse_config
+    from blockseg.pipeline.workflow import RunLayout
 
     raw = {"run_dir": str(ws / "r"), "data": {"image": str(ws / "data/img.zarr")}}
     layout = RunLayout.of(parse_config(raw, "t"))
@@ -289,7 +289,7 @@ def test_killed_overwrite_keeps_the_old_output(ws):
 
 def test_crash_between_the_two_renames_is_recovered(tmp_path):
     """Old output renamed away, new one not yet in: the next attempt renames the old one back."""
-    from blockseg.safety import prepare_output
+    from blockseg.io.safety import prepare_output
 
     vol = create_volume(tmp_path / "a.zarr", SHAPE, np.uint8, VS, CHUNKS)
     vol.array[:] = 7
@@ -303,7 +303,7 @@ def test_crash_between_the_two_renames_is_recovered(tmp_path):
 
 
 def test_paths_and_urls_are_compared_resolved(tmp_path):
-    from blockseg.safety import check_not_input, resolve, zarr_root
+    from blockseg.io.safety import check_not_input, resolve, zarr_root
 
     assert resolve("S3://Bucket/a//b/./c.zarr/") == "s3://bucket/a/b/c.zarr"
     with pytest.raises(BlocksegError, match="is the input"):
@@ -368,7 +368,7 @@ def test_export_tif_h5_region_and_level(ws, capsys):
     import h5py
     import tifffile
 
-    from blockseg.formats import tiff_imagej_voxel_size
+    from blockseg.io.formats import tiff_imagej_voxel_size
 
     seg = ws / "data" / "seg.zarr"
     labels = open_volume(seg)[:]
@@ -395,7 +395,7 @@ def test_export_tif_h5_region_and_level(ws, capsys):
 
 
 def test_downsample_mode_picks_the_most_frequent_label():
-    from blockseg.export import downsample
+    from blockseg.io.export import downsample
 
     a = np.zeros((2, 2, 4), np.uint32)
     a[:, :, :2] = [[[5, 5], [5, 3]], [[3, 3], [5, 0]]]  # 5 x4, 3 x3, 0 x1 -> 5
@@ -429,7 +429,7 @@ def test_predict_stores_only_the_decoders_channels(tmp_path):
     """Default: the channels of the checkpoint's decoder, each in its own dtype (uint8 for
     probabilities / tanh, float16 for raw vectors); --channels adds to them; 'all' keeps all."""
     from blockseg.predict import predict
-    from blockseg.predictions import open_predictions, plan_store
+    from blockseg.io.predictions import open_predictions, plan_store
 
     img = create_volume(tmp_path / "img.zarr", SHAPE, np.uint8, VS, CHUNKS)
     img.array[:] = 100
@@ -461,8 +461,8 @@ def test_demo_prediction_store_is_at_most_twice_the_image(tmp_path):
     uint8: at most 2x the image on disk (was 13x: all six channels as float16)."""
     from blockseg.predict import predict
     from blockseg.synth import preset_params, synthesize
-    from blockseg.workflow import checkpoint_path
-    from blockseg.config import parse_config
+    from blockseg.pipeline.workflow import checkpoint_path
+    from blockseg.pipeline.config import parse_config
 
     params = preset_params("nucmm-z", shape=(32, 128, 128), mode="em", seed=2026)
     synthesize(str(tmp_path / "img.zarr"), params, chunks=(32, 128, 128), progress=False)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from blockseg import BlocksegError
-from blockseg.io import open_volume
-from blockseg.predictions import open_predictions, read_channels, save_predictions
+from blockseg.io.volume import open_volume
+from blockseg.io.predictions import open_predictions, read_channels, save_predictions
 from blockseg.segment import BCDDecoder, segment, segment_array
 from blockseg.segment.stats import read_csv
 from blockseg.segment.synthetic import noisy_predictions, random_nuclei, rasterise
-from blockseg.targets import bcd_targets
+from blockseg.train.targets import bcd_targets
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 CHUNKS = (8, 8, 8)

@@ -18,8 +18,8 @@ import pytest
 import blockseg_cli
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "cli") not in blockseg_cli.__path__:  # this checkout's cli/, whatever is installed
-    blockseg_cli.__path__.insert(0, str(REPO / "cli"))
+if str(REPO / "cli" / "blockseg_cli") not in blockseg_cli.__path__:  # this checkout's cli/, whatever is installed
+    blockseg_cli.__path__.insert(0, str(REPO / "cli" / "blockseg_cli"))
 cli_main = importlib.import_module("blockseg_cli.main")
 
 

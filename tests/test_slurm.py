@@ -9,7 +9,7 @@ from blockseg import BlocksegError
 
 pytest.importorskip("dask_jobqueue")
 
-from blockseg.slurm import SlurmSettings, job_script  # noqa: E402
+from blockseg.runtime.slurm import SlurmSettings, job_script  # noqa: E402
 
 
 def test_cpu_job_script_carries_the_settings():

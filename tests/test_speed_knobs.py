@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from blockseg.defaults import DEFAULT_BATCH_SIZE
-from blockseg.io import create_volume
+from blockseg.io.volume import create_volume
 
 SHAPE = (16, 32, 32)
 BLOCK = (16, 32, 32)  # the reference's blocks (auto's patch is aligned with them)
@@ -50,7 +50,7 @@ def image(tmp_path_factory):
 
 def _predict(image, out, **kw):
     from blockseg.predict import predict
-    from blockseg.predictions import open_predictions
+    from blockseg.io.predictions import open_predictions
 
     rep = predict(image, "demo", out, progress=False, scale=1, pyramid_levels=1, **kw)
     return rep, {c: v.array[...] for c, v in open_predictions(out).items()}
@@ -89,7 +89,7 @@ def test_the_doors_share_one_default_batch_size():
     import inspect
 
     import blockseg_cli.predict as cli_predict
-    from blockseg.config import PredictConfig
+    from blockseg.pipeline.config import PredictConfig
     from blockseg.predict import predict
     from blockseg.predict.infer import InferenceOptions, predict_array
 
@@ -106,8 +106,8 @@ def test_the_doors_share_one_default_batch_size():
 
 
 def test_changing_a_speed_knob_redoes_no_run_stage(tmp_path):
-    from blockseg.config import parse_config
-    from blockseg.workflow import RunLayout, fingerprints
+    from blockseg.pipeline.config import parse_config
+    from blockseg.pipeline.workflow import RunLayout, fingerprints
 
     def fps(**predict):
         cfg = parse_config({"run_dir": str(tmp_path / "r"), "data": {"synth": {"shape": [16, 32, 32]}}, "predict": predict})

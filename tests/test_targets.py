@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from blockseg import BlocksegError
-from blockseg.io import create_volume
-from blockseg.predictions import decode_channel, encode_channel, open_predictions
+from blockseg.io.volume import create_volume
+from blockseg.io.predictions import decode_channel, encode_channel, open_predictions
 from blockseg.segment.synthetic import random_nuclei, rasterise
-from blockseg.targets import (
+from blockseg.train.targets import (
     ALPHA,
     BETA,
     bcd_targets,

@@ -18,13 +18,13 @@ from blockseg.models import load_checkpoint
 from blockseg.synth import SynthParams, synthesize
 from blockseg.train import CropSampler, load_config, parse_config, train
 from blockseg.train.config import AugmentConfig
-from blockseg.targets import instance_centres as _ic
+from blockseg.train.targets import instance_centres as _ic
 from blockseg.train.data import Geometric, compute_targets
 
 # test this checkout's cli/ even when another checkout's is installed as blockseg_cli
-blockseg_cli.__path__.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
+blockseg_cli.__path__.insert(0, str(Path(__file__).resolve().parents[1] / "cli" / "blockseg_cli"))
 # this checkout's cli/main.py under a private name (blockseg_cli.main itself is left alone)
-_spec = importlib.util.spec_from_file_location("_blockseg_cli_main_models", Path(__file__).resolve().parents[1] / "cli" / "main.py")
+_spec = importlib.util.spec_from_file_location("_blockseg_cli_main_models", Path(__file__).resolve().parents[1] / "cli" / "blockseg_cli" / "main.py")
 cli_main = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cli_main)
 
@@ -120,7 +120,7 @@ def test_sampler_crops_shapes_and_mask(volume):
 
 
 def test_sampler_without_augmentation_reads_the_volume(volume):
-    from blockseg.io import open_volume
+    from blockseg.io.volume import open_volume
 
     aug = AugmentConfig(flip=False, transpose=False, rot90=False, intensity_scale=0.0, intensity_shift=0.0)
     s = CropSampler([volume], ["B"], (8, 24, 24), {"offset": 0.0, "scale": 1.0}, aug, mask=None, target_context=0)
@@ -140,7 +140,7 @@ def test_loss_decreases_on_tiny_data(volume, tmp_path):
     model, payload = load_checkpoint(res.checkpoint)
     meta = payload["metadata"]
     assert meta["training"]["iteration"] == 30
-    assert meta["normalisation"]["scheme"] == "percentile"  # the default (blockseg.normalise)
+    assert meta["normalisation"]["scheme"] == "percentile"  # the default (blockseg.predict.normalise)
     assert meta["normalisation"]["training"][0]["p_high"] > meta["normalisation"]["training"][0]["p_low"]
     assert meta["voxel_size"] == pytest.approx([0.48, 0.51, 0.51])
     assert meta["decoder"]["name"] == "bcd"

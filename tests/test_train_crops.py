@@ -13,10 +13,10 @@ import itertools
 import numpy as np
 import pytest
 
-from blockseg.io import open_volume
+from blockseg.io.volume import open_volume
 from blockseg.models.base import channels_of
 from blockseg.synth import SynthParams, synthesize
-from blockseg.targets import compute_targets, instance_centres
+from blockseg.train.targets import compute_targets, instance_centres
 from blockseg.train.config import AugmentConfig
 from blockseg.train.data import CropSampler, Geometric, View, split_views
 

@@ -13,17 +13,17 @@ import torch
 
 import blockseg_cli
 from blockseg import BlocksegError
-from blockseg.io import open_volume
-from blockseg.losses import MultiLoss
+from blockseg.io.volume import open_volume
+from blockseg.train.losses import MultiLoss
 from blockseg.models import load_checkpoint
 from blockseg.synth import SynthParams, synthesize
-from blockseg.targets import compute_targets
+from blockseg.train.targets import compute_targets
 from blockseg.train import parse_config, train
 from blockseg.train.config import ValidationConfig
 from blockseg.train.trainer import make_model, tune_decoder, widen
 
-blockseg_cli.__path__.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
-_spec = importlib.util.spec_from_file_location("_blockseg_cli_main_trainfeat", Path(__file__).resolve().parents[1] / "cli" / "main.py")
+blockseg_cli.__path__.insert(0, str(Path(__file__).resolve().parents[1] / "cli" / "blockseg_cli"))
+_spec = importlib.util.spec_from_file_location("_blockseg_cli_main_trainfeat", Path(__file__).resolve().parents[1] / "cli" / "blockseg_cli" / "main.py")
 cli_main = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cli_main)
 
@@ -82,7 +82,7 @@ def test_volumes_of_different_voxel_sizes_are_refused_before_anything_is_written
 
 
 def test_resample_array_follows_predicts_lattice():
-    from blockseg.resample import resample_array
+    from blockseg.predict.resample import resample_array
 
     a = np.arange(4 * 6 * 8, dtype=np.uint16).reshape(4, 6, 8)
     up = resample_array(a, (8, 6, 8))  # centres aligned: z' = (z + 0.5) / 2 - 0.5, clamped

@@ -9,13 +9,13 @@ import zarr
 
 from blockseg import BlocksegError
 from blockseg.evaluate import evaluate
-from blockseg.io import create_volume, open_volume
-from blockseg.predictions import open_predictions, read_channels, save_predictions
+from blockseg.io.volume import create_volume, open_volume
+from blockseg.io.predictions import open_predictions, read_channels, save_predictions
 from blockseg.segment import segment_array
 from blockseg.segment.params import choose_decoder, store_decoder
 from blockseg.synth import SynthParams, synthesize
-from blockseg.targets import compute_targets
-from blockseg.tune import tune_store
+from blockseg.train.targets import compute_targets
+from blockseg.pipeline.tune import tune_store
 from blockseg_cli.main import main
 
 
@@ -50,7 +50,7 @@ def test_tuning_a_region_raises_ap_and_segment_uses_it(weak_store, tmp_path):
     rec = store_decoder(store)
     assert rec["from"] == "tuned" and rec["params"]["seed_d"] == res.params["seed_d"]
     assert "tuned on" in choose_decoder(stored=rec).describe()
-    from blockseg.summary import render, summarise
+    from blockseg.pipeline.summary import render, summarise
 
     import re
 

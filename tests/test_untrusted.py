@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from blockseg.io import create_volume
+from blockseg.io.volume import create_volume
 from blockseg.models import IdentityNet, save_checkpoint
 from blockseg.synth import SynthParams, synthesize
 from blockseg.train import parse_config, train
@@ -239,7 +239,7 @@ def test_no_unsafe_loader_in_blockseg():
     assert _unsafe_calls("import torch\ntorch.load(p, weights_only=False)\npickle.loads(b)\nnp.load(p, allow_pickle=True)") == [
         "torch.load without weights_only=True", "pickle.loads", "np.load(allow_pickle=True)",
     ]  # fmt: skip  (the scan itself finds what it should)
-    from blockseg.config import _UniqueKeyLoader
+    from blockseg.pipeline.config import _UniqueKeyLoader
 
     assert issubclass(_UniqueKeyLoader, yaml.SafeLoader)
     bad = {}

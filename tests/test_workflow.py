@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from blockseg import BlocksegError
-from blockseg.config import parse_config
+from blockseg.pipeline.config import parse_config
 from blockseg.models import IdentityNet, save_checkpoint
-from blockseg.workflow import RunLayout, plan, run
+from blockseg.pipeline.workflow import RunLayout, plan, run
 from blockseg_cli.main import main
 
 
@@ -184,7 +184,7 @@ def test_real_volumes_through_the_pipeline(real_data, tmp_path, local_client, na
     ev = res.evaluation
     assert ev["n_true"] == n_instances  # the imported ground truth is the file's
     assert 0.0 <= ev["avAP"] <= 1.0
-    from blockseg.io import open_volume
+    from blockseg.io.volume import open_volume
 
     img = open_volume(res.layout.image)
     assert tuple(img.voxel_size) == tuple(float(v) for v in __import__("numpy").load(src)["voxel_size_zyx"])

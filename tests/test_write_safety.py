@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 import zarr.storage
 
-from blockseg.cluster import ClusterConfig, dask_client
+from blockseg.runtime.cluster import ClusterConfig, dask_client
 from blockseg.grid import BlockGrid
-from blockseg.io import open_volume
+from blockseg.io.volume import open_volume
 
 _TASK: contextvars.ContextVar = contextvars.ContextVar("dask_task", default=None)
 
@@ -159,7 +159,7 @@ def test_synth_predict_segment_write_each_chunk_from_one_task(recorded, tmp_path
     from blockseg.predict import predict
     from blockseg.segment import BCDDecoder, segment
     from blockseg.synth import SynthParams, synthesize
-    from blockseg.targets import write_bcd_targets
+    from blockseg.train.targets import write_bcd_targets
 
     client, rec = recorded
     grid = BlockGrid(SHAPE, BLOCK, 0, CHUNKS)
@@ -227,15 +227,15 @@ def test_existing_outputs_are_refused_without_overwrite(tmp_path, capsys):
     import: test_cli / test_bad_input) and leave it untouched."""
     import yaml
 
-    from blockseg.io import create_label_volume, create_volume
+    from blockseg.io.volume import create_label_volume, create_volume
     from blockseg_cli.main import main
 
     img = create_volume(tmp_path / "img.zarr", (16, 32, 32), np.uint8, (1.0, 0.5, 0.5), (16, 32, 32))
     img.array[:] = 100
     gt = create_label_volume(tmp_path / "img.zarr", "gt", (16, 32, 32), np.uint32, (1.0, 0.5, 0.5), chunks=(16, 32, 32))
     gt.array[4:10, 4:20, 4:20] = 1
-    from blockseg.predictions import save_predictions
-    from blockseg.targets import bcd_targets
+    from blockseg.io.predictions import save_predictions
+    from blockseg.train.targets import bcd_targets
 
     save_predictions(tmp_path / "p.zarr", bcd_targets(gt.array[:]), chunks=(16, 32, 32))
     seg = tmp_path / "seg.zarr"
@@ -267,7 +267,7 @@ def test_existing_outputs_are_refused_without_overwrite(tmp_path, capsys):
     import contextlib
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("blockseg.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
+        mp.setattr("blockseg.runtime.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
         assert main(argv) == 0
     assert json.loads((ev / "evaluation.json").read_text())["n_true"] == 1
 
@@ -283,8 +283,8 @@ def _write_first_chunk(block_id: int, path: str) -> None:
 def test_recorder_catches_a_chunk_written_by_two_tasks(recorded, tmp_path):
     from functools import partial
 
-    from blockseg.cluster import run_blocks
-    from blockseg.io import create_volume
+    from blockseg.runtime.cluster import run_blocks
+    from blockseg.io.volume import create_volume
 
     client, rec = recorded
     create_volume(tmp_path / "v.zarr", SHAPE, np.uint8, None, CHUNKS)

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .._jit import njit
+from ..runtime._jit import njit
 from .overlaps import Overlaps
 
 #: COCO IoU thresholds 0.50:0.05:0.95

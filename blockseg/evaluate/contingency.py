@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .._jit import njit
+from ..runtime._jit import njit
 from ..errors import BlocksegError
 
 _LOW32 = np.uint64(0xFFFFFFFF)

@@ -100,7 +100,7 @@ def _jsonable(obj: Any) -> Any:
 @functools.lru_cache(maxsize=16)
 def _open(path: str, token: int = 0):
     """Open a volume once per process and evaluation (``token`` differs between evaluations)."""
-    from ..io import open_volume
+    from ..io.volume import open_volume
 
     return open_volume(path)
 
@@ -203,7 +203,7 @@ def volume_table(
     (ContingencyTable, ndarray of uint64, ndarray of bool or None)
         With ``points``: also the GT label and the mask value at each point.
     """
-    from ..cluster import block_voxels as voxels_of, run_blocks
+    from ..runtime.cluster import block_voxels as voxels_of, run_blocks
 
     _open.cache_clear()
     g, p = _open(str(gt)), _open(str(pred))
@@ -233,7 +233,7 @@ def volume_table(
 
 def sample_volume(path: str, points: np.ndarray, client=None, block_voxels: int = EVAL_BLOCK_VOXELS) -> np.ndarray:
     """Values of a volume at integer points (n, 3), reading only the blocks that hold points."""
-    from ..cluster import run_blocks
+    from ..runtime.cluster import run_blocks
 
     vol = _open(str(path))
     points = np.asarray(points, np.int64).reshape(-1, 3)

@@ -82,7 +82,7 @@ def check_label_volume(volume, role: str, labels_anyway: bool = False) -> None:
 
     Parameters
     ----------
-    volume : blockseg.io.Volume
+    volume : blockseg.io.volume.Volume
         The opened volume (its ``path`` locates the metadata).
     role : str
         How the volume is named in the message, e.g. ``"--pred"``.

@@ -86,7 +86,7 @@ def instance_table(result: EvaluationResult) -> dict[str, np.ndarray]:
 def write_csv(table: dict[str, np.ndarray], path: str | os.PathLike) -> None:
     """Write a column table as CSV (vectorised formatting)."""
     cols = [np.char.mod("%.6g", v) if v.dtype.kind == "f" else v.astype(str) for v in table.values()]
-    from ..storage import open_file
+    from ..io.storage import open_file
 
     with open_file(str(path), "w") as fh:
         fh.write(",".join(table) + "\n")
@@ -108,7 +108,7 @@ def plot_ap(result: EvaluationResult, path: str | os.PathLike) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     draw_ap(ax, result)
     fig.tight_layout()
-    from ..storage import open_file
+    from ..io.storage import open_file
 
     with open_file(str(path), "wb") as fh:
         fig.savefig(fh, format="png")
@@ -141,7 +141,7 @@ def write_report(
 ) -> dict[str, str]:
     """Write ``evaluation.json``, ``instances.csv`` and ``ap_vs_iou.png`` into ``out_dir``.
 
-    ``out_dir`` follows :func:`blockseg.safety.prepare_output`: it must be new or empty, or,
+    ``out_dir`` follows :func:`blockseg.io.safety.prepare_output`: it must be new or empty, or,
     with ``overwrite``, an earlier report folder (replaced new-then-swap); it may not be, hold
     or lie inside one of ``inputs`` (the evaluated volumes and tables).
 
@@ -150,7 +150,7 @@ def write_report(
     dict
         Paths written, by kind.
     """
-    from ..safety import prepare_output
+    from ..io.safety import prepare_output
 
     output = prepare_output(out_dir, inputs, overwrite, what="report folder")
     with output.writing() as target:
@@ -163,7 +163,7 @@ def write_report(
 
 
 def _write_report_files(result: EvaluationResult, out_dir: str, png: bool) -> dict[str, str]:
-    from ..storage import makedirs, open_file
+    from ..io.storage import makedirs, open_file
 
     out = str(out_dir).rstrip("/")
     makedirs(out)

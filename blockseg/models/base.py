@@ -10,7 +10,7 @@ A network used by blockseg is a :class:`BlocksegNet`: a ``torch.nn.Module`` that
   context margin a block halo must provide.
 
 Representations and the prediction channels they produce (names are the ones
-:mod:`blockseg.predictions` stores and :mod:`blockseg.segment.decoders` reads):
+:mod:`blockseg.io.predictions` stores and :mod:`blockseg.segment.decoders` reads):
 
 ============  ===========================================  ===========
 name          channels                                     kind
@@ -73,7 +73,7 @@ def channels_of(representations: Sequence[str]) -> tuple[str, ...]:
 
 
 def kinds_of(representations: Sequence[str]) -> dict[str, str]:
-    """``{channel: kind}`` of a list of representations (see :mod:`blockseg.predictions`)."""
+    """``{channel: kind}`` of a list of representations (see :mod:`blockseg.io.predictions`)."""
     return {c: REPRESENTATIONS[r][1] for r in check_representations(representations) for c in REPRESENTATIONS[r][0]}
 
 
@@ -265,7 +265,7 @@ def read_checkpoint(path) -> dict:
 
     if is_foreign(path):  # a TorchScript / ONNX network with its sidecar (blockseg.models.foreign)
         return describe(path).payload()
-    from ..untrusted import load_plain
+    from ..io.untrusted import load_plain
 
     payload = load_plain(path, "blockseg checkpoint")  # tensors and plain data only: nothing in it can run
     if not isinstance(payload, dict) or payload.get("magic") != CHECKPOINT_MAGIC:
@@ -343,7 +343,7 @@ def normalise(image, normalisation: dict | None):
     if "offset" not in normalisation and "scale" not in normalisation:
         # e.g. the percentile scheme: its affine map depends on the whole volume
         raise BlocksegError(f"normalisation {normalisation.get('scheme', normalisation)!r} needs the whole volume's "
-                            "statistics: resolve it with blockseg.normalise first")  # fmt: skip
+                            "statistics: resolve it with blockseg.predict.normalise first")  # fmt: skip
     offset = np.float32(normalisation.get("offset", 0.0))
     scale = np.float32(normalisation.get("scale", 1.0))
     return (x - offset) / scale

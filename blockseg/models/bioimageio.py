@@ -16,7 +16,7 @@ blockseg exported carries the exact sidecar in ``config.blockseg``, which then t
 sidecar beside the package (``model.zip`` + ``model.yaml``) overrides or adds any key.
 
 Note: bioimage.io's ``scale_range`` takes percentiles per sample (a tile); blockseg takes them
-over the whole volume (one map for every block, :mod:`blockseg.normalise`).
+over the whole volume (one map for every block, :mod:`blockseg.predict.normalise`).
 
 Writing (``blockseg export-model CHECKPOINT OUT.zip``): :func:`export_package`.
 """
@@ -340,7 +340,7 @@ def export_package(checkpoint, out_zip, image=None, authors: Sequence[str] = ("b
     patch = tuple(geo.input_patch)
     # a test input: the image's centre crop of the training patch, else synthetic nuclei
     if image is not None:
-        from ..io import open_volume
+        from ..io.volume import open_volume
 
         vol = open_volume(str(image))
         if any(s < p for s, p in zip(vol.shape, patch)):

@@ -173,7 +173,7 @@ class ForeignModel:
     input_patch, margin, crop, halo, divisor : tuple of int
         Geometry; ``crop`` includes ``halo`` (the engine discards both).
     normalisation : dict or None
-        blockseg's normalisation metadata (:mod:`blockseg.normalise`).
+        blockseg's normalisation metadata (:mod:`blockseg.predict.normalise`).
     voxel_size : tuple of float or None
     decoder : dict or None
     sources : dict

@@ -2,7 +2,7 @@
 
 :func:`predict_array` is the whole-volume in-memory reference; :func:`predict` runs the same
 computation block by block on Dask and writes a prediction store (see
-:mod:`blockseg.predictions`).
+:mod:`blockseg.io.predictions`).
 """
 
 from .engine import BlockJob, PredictPlan, PredictReport, predict, predict_block

@@ -49,9 +49,9 @@ from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError
 from ..faults import fault_point
 from ..grid import BlockGrid, default_block_shape
-from ..io import _is_url, open_volume
+from ..io.volume import _is_url, open_volume
 from ..models.base import BlocksegNet, build_model, load_checkpoint, normalise, read_checkpoint
-from ..predictions import create_predictions, describe_dtypes, encode_channel, mark_complete, plan_store
+from ..io.predictions import create_predictions, describe_dtypes, encode_channel, mark_complete, plan_store
 from ..provenance import file_digest
 from .kernels import quantise
 from .infer import (
@@ -65,7 +65,7 @@ from .infer import (
 )
 from .lattice import Lattice, read_reflected, resolve_overlap
 from .patch import PatchChoice, choose_patch, patch_memory
-from ..safety import aborts_on_error
+from ..io.safety import aborts_on_error
 
 DONE_ARRAY = "_done"
 PASS1_ARRAY = "_pass1"
@@ -167,7 +167,7 @@ class BlockJob:
     runtime: str = "eager"
     #: (channel, dtype) of the channels the store keeps (empty: every channel, as ``dtype``)
     store: tuple = ()
-    #: resampling for the network (blockseg.resample): per-axis factors and the resampled
+    #: resampling for the network (blockseg.predict.resample): per-axis factors and the resampled
     #: shape the lattice covers (empty: none)
     scale: tuple = ()
     net_shape: tuple = ()
@@ -351,7 +351,7 @@ def _channel_array(out_path: str, channel: str, run_id: str) -> zarr.Array:
 
 
 def encode_values(values: np.ndarray, kind: str, dtype) -> np.ndarray:
-    """:func:`blockseg.predictions.encode_channel`, with the compiled one-pass quantiser
+    """:func:`blockseg.io.predictions.encode_channel`, with the compiled one-pass quantiser
     (same bytes) for float32 values stored as uint8."""
     dtype = np.dtype(dtype)
     if dtype == np.uint8 and values.dtype == np.float32 and values.ndim == 3 and kind in ("prob", "tanh"):
@@ -607,7 +607,7 @@ class PredictPlan:
     store_bytes: int = 0
     image_bytes: int = 0
     store_note: str = ""
-    #: how the input is normalised and resampled (blockseg.normalise, blockseg.resample)
+    #: how the input is normalised and resampled (blockseg.predict.normalise, blockseg.predict.resample)
     normalisation: str = ""
     resampling: str = ""
     patch_choice: PatchChoice | None = None
@@ -617,7 +617,7 @@ class PredictPlan:
     runtime: str = "eager"
     #: the grid the lattice tiles: the image's, or the network's when the input is resampled
     lattice_shape: tuple[int, ...] | None = None
-    #: costly geometry (blockseg.costs): warned about in the dry run, refusals raised before a run
+    #: costly geometry (blockseg.runtime.costs): warned about in the dry run, refusals raised before a run
     costs: list = field(default_factory=list)
     #: a foreign network (TorchScript / ONNX with a sidecar): what it is and where its margin came from
     model: str = ""
@@ -661,7 +661,7 @@ class PredictPlan:
     def check_memory(self, limit: int | None) -> None:
         """Refuse (one line) a run whose block tasks cannot fit a worker's memory ``limit`` (bytes;
         None or 0: unlimited): named by its largest block, the estimate and what to change."""
-        from ..cluster import TORCH_WORKER_BYTES, check_task_memory
+        from ..runtime.cluster import TORCH_WORKER_BYTES, check_task_memory
 
         if not self.todo or not limit:
             return
@@ -851,7 +851,7 @@ def predict(
         are stored in the output's ``blockseg.predictions.decoder`` attribute, where
         ``segment`` takes its defaults from.
     out_path : str or path-like
-        Prediction store to create (:mod:`blockseg.predictions` layout), one volume per channel.
+        Prediction store to create (:mod:`blockseg.io.predictions` layout), one volume per channel.
     block_shape : int or sequence of int, optional
         Core shape of a block, a multiple of the output chunks (default ~16 M voxels).
     client : distributed.Client, optional
@@ -864,7 +864,7 @@ def predict(
     decoder : str, optional
         The decoder whose channels the store keeps (default: the checkpoint's recommended
         decoder, else the first one the network can feed); see
-        :func:`blockseg.predictions.plan_store`.
+        :func:`blockseg.io.predictions.plan_store`.
     overwrite : bool
         Replace an existing output.
     resume : bool
@@ -917,14 +917,14 @@ def predict(
         blockwise once every block is done; rebuilt by a resumed run.
     scale : None, "auto", float or sequence of 3 floats
         Resample the input for the network by these factors (resampled voxels per image
-        voxel) and the outputs back (:mod:`blockseg.resample`). Default: image voxel size /
+        voxel) and the outputs back (:mod:`blockseg.predict.resample`). Default: image voxel size /
         the checkpoint's training voxel size, when both are known; 1: off.
     diameter : float, optional
         The image's typical nucleus diameter (µm), instead of ``scale``: resample so that such
         a nucleus spans as many network voxels as the checkpoint's training nuclei
-        (``metadata["nucleus_diameter_um"]``; :func:`blockseg.resample.resolve_scale`).
+        (``metadata["nucleus_diameter_um"]``; :func:`blockseg.predict.resample.resolve_scale`).
 
-    The input is normalised by the checkpoint's scheme (:mod:`blockseg.normalise`: the
+    The input is normalised by the checkpoint's scheme (:mod:`blockseg.predict.normalise`: the
     image's own 1-99.8 percentiles for checkpoints trained so, else the checkpoint's fixed
     affine map); scheme, values and resampling are in the plan and the store's provenance.
 
@@ -945,8 +945,8 @@ def predict(
         raise BlocksegError(f"runtime {runtime!r} is for blockseg checkpoints; a {foreign['format']} network runs as it is (--runtime eager)")
     vol = open_volume(image_path)
     shape = vol.shape
-    from ..normalise import resolve_volume
-    from ..resample import predict_block_scaled, resolve_scale, scaled_layouts
+    from .normalise import resolve_volume
+    from .resample import predict_block_scaled, resolve_scale, scaled_layouts
 
     meta = payload.get("metadata", {})
     scaling, scale_why = resolve_scale(scale, shape, vol.voxel_size, vol.voxel_size_source, meta.get("voxel_size"),
@@ -954,7 +954,7 @@ def predict(
     normalised = resolve_volume(meta.get("normalisation"), image_path, client=client)
     names, kinds = output_channels(model, mc_samples)
 
-    # which channels the store keeps, each in its own dtype (blockseg.predictions.plan_store)
+    # which channels the store keeps, each in its own dtype (blockseg.io.predictions.plan_store)
     recommended = (payload.get("metadata", {}).get("decoder") or {}).get("name")
     keep, dtypes, store_why = plan_store(names, kinds, decoder, channels, dtype, recommended)
     dtype = "float32" if "float32" in dtypes.values() else ("float16" if "float16" in dtypes.values() else "uint8")
@@ -963,14 +963,14 @@ def predict(
     block_shape = _dims(block_shape, "block shape") or default_block_shape(shape, chunk_shape)
     block_shape = tuple(min(b, -(-s // c) * c) for b, s, c in zip(block_shape, shape, chunk_shape))
     grid = BlockGrid(shape, block_shape, 0, chunk_shape)
-    from ..costs import chunk_cost, empty_image_cost, settle, task_cost
+    from ..runtime.costs import chunk_cost, empty_image_cost, settle, task_cost
 
     # millions of blocks: refused before the plan lays them out (minutes of Python), even in a dry run
     settle([task_cost(2 * len(grid), "predict", grid.block_shape)])  # up to two passes per block
     net_shape = scaling.net_shape if scaling else shape
     regions = None
     if scaling:  # the ranges of the network's grid the blocks along each axis need
-        from ..resample import net_region
+        from .resample import net_region
 
         boxes = [net_region(b.core, shape, net_shape) for b in grid]
         regions = [sorted({(bx[a].start, bx[a].stop) for bx in boxes}) for a in range(3)]
@@ -1034,7 +1034,7 @@ def predict(
         math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in lay.held
     )  # fmt: skip
 
-    from ..safety import prepare_output
+    from ..io.safety import prepare_output
 
     output = prepare_output(out_path, [image_path, checkpoint], overwrite, resume=resume)
     markers = _existing_run(output, run_settings)
@@ -1050,7 +1050,7 @@ def predict(
     if dry_run:
         return plan
     if client is not None:  # before anything is written: blocks no worker can hold never start
-        from ..cluster import worker_memory_limit
+        from ..runtime.cluster import worker_memory_limit
 
         plan.check_memory(worker_memory_limit(client))
     if markers is None:  # a resumed run's scratch is partly on disk already
@@ -1058,7 +1058,7 @@ def predict(
 
     t0 = time.perf_counter()
     # a new store is written in place (an interrupted run resumes it); a replaced one is
-    # written beside the old one and swapped in when complete (blockseg.safety)
+    # written beside the old one and swapped in when complete (blockseg.io.safety)
     out_path = output.begin()
     if markers is None:
         done = pass1 = np.zeros(grid.grid_shape, dtype=np.uint8)
@@ -1115,7 +1115,7 @@ def predict(
     )
     resources = None
     if client is not None and device != "cpu":
-        from ..cluster import has_gpu_workers
+        from ..runtime.cluster import has_gpu_workers
 
         if has_gpu_workers(client):
             resources = {"GPU": 1}
@@ -1125,7 +1125,7 @@ def predict(
     reused_pass1 = 0
     retried: dict[str, list[int]] = {}  # blocks whose task ran again, per pass
     if plan.todo:
-        from ..cluster import block_voxels, run_blocks
+        from ..runtime.cluster import block_voxels, run_blocks
 
         second = [i for i in plan.todo if layouts[i].finish]
         first = {i for i in plan.todo if not pass1[grid[i].index]}
@@ -1146,7 +1146,7 @@ def predict(
             run_blocks(partial(finish_block, job), second, client, name="predict-strips", progress=progress,
                        voxels=block_voxels(grid, second), retried=retried.setdefault("predict-strips", []))  # fmt: skip
     _drop_partials(out_path)
-    from ..pyramid import finish_volume
+    from ..io.pyramid import finish_volume
 
     for c in keep:  # part of the output: a rerun after an interruption here rebuilds it
         finish_volume(f"{out_path.rstrip('/')}/{c}", levels=pyramid_levels, client=client)
@@ -1172,7 +1172,7 @@ def check_scratch_space(out_path: str, scratch_bytes: int, store_bytes: int) -> 
     the run's scratch (partial sums and held values, uncompressed, deleted at the end); warn when
     it could not also hold the output uncompressed (its compressed size is not known before).
     Object storage is not checked."""
-    from ..storage import free_space
+    from ..io.storage import free_space
 
     space = free_space(out_path) if scratch_bytes else None
     if space is None:
@@ -1185,7 +1185,7 @@ def check_scratch_space(out_path: str, scratch_bytes: int, store_bytes: int) -> 
             f"values blocks exchange, uncompressed, deleted at the end); {parent} has {free / gib:.1f} GiB free"
         )
     if free < scratch_bytes + store_bytes:
-        from ..formats import warn
+        from ..io.formats import warn
 
         warn(f"{parent} has {free / gib:.1f} GiB free: enough for predict's {scratch_bytes / gib:.1f} GiB of scratch, not for "
              f"the output uncompressed ({store_bytes / gib:.1f} GiB); compression decides whether it fits")  # fmt: skip
@@ -1194,7 +1194,7 @@ def check_scratch_space(out_path: str, scratch_bytes: int, store_bytes: int) -> 
 def _existing_run(output, settings: dict):
     """Done-markers of the run to resume at ``output`` (None when a new store must be made).
 
-    ``output`` is :func:`blockseg.safety.prepare_output`'s verdict: only a ``resume`` of
+    ``output`` is :func:`blockseg.io.safety.prepare_output`'s verdict: only a ``resume`` of
     blockseg's own store gets here with markers; it must hold a run with the same settings.
     """
     if output.action != "resume":

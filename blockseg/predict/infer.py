@@ -400,7 +400,7 @@ def predict_array(
     normalisation : dict, optional
         The checkpoint's ``metadata["normalisation"]``: a fixed ``{"offset", "scale"}`` map, or
         the percentile scheme, applied with this image's own percentiles
-        (:mod:`blockseg.normalise`).
+        (:mod:`blockseg.predict.normalise`).
     patch : sequence of int, optional
         Input patch (default ``model.geometry.input_patch``); must be admissible for the model.
     overlap : float or sequence
@@ -432,7 +432,7 @@ def predict_array(
 
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise BlocksegError("the image holds NaN or infinite values")
-    from ..normalise import resolve_array
+    from .normalise import resolve_array
 
     normalisation = resolve_array(normalisation, image).affine  # a percentile scheme: this image's own
     core = tuple(slice(0, s) for s in image.shape)

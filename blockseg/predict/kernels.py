@@ -9,7 +9,7 @@ thread keeps running while they do.
   output promoted to float64, then the sum), so it is bit-identical to it; with float32 ones
   it is the fast path for quantised / float16 storage.
 * :func:`quantise_into` writes the stored uint8 of a float32 channel directly, with the
-  operations of :func:`blockseg.predictions.encode_channel` in the same (float32) precision,
+  operations of :func:`blockseg.io.predictions.encode_channel` in the same (float32) precision,
   so both give the same bytes.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import njit
+from ..runtime._jit import njit
 
 
 @njit(nogil=True)

@@ -6,7 +6,7 @@ blockwise connected components of a mask volume), the decoders, and the exact ke
 (:mod:`.exact`).
 """
 
-from .._jit import cache_dir as _cache_dir
+from ..runtime._jit import cache_dir as _cache_dir
 
 _cache_dir()  # before any kernel is decorated: numba.njit(cache=True) then finds a writable cache folder
 from .decoders import DECODERS, AffinityDecoder, BCDDecoder, Decoder, SDTDecoder, ThreeLabelDecoder, make_decoder

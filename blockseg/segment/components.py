@@ -27,14 +27,14 @@ import fastremap
 import numpy as np
 import zarr
 
-from ..cluster import block_voxels, run_blocks
+from ..runtime.cluster import block_voxels, run_blocks
 from ..errors import BlocksegError
 from ..faults import fault_point
 from ..grid import BlockGrid, Interface
-from ..io import create_volume, open_volume
-from ..storage import load_npz, remove_tree
+from ..io.volume import create_volume, open_volume
+from ..io.storage import load_npz, remove_tree
 from .pipeline import _write_tables, merge_seeds
-from ..safety import aborts_on_error
+from ..io.safety import aborts_on_error
 
 #: cc3d connectivity -> BlockGrid neighbourhood connectivity (faces / + edges / + corners)
 _GRID_CONNECTIVITY = {6: 1, 18: 2, 26: 3}
@@ -163,7 +163,7 @@ def label(
     mask_path, out_path = str(mask_path), str(out_path).rstrip("/")
     vol = open_volume(mask_path)
     grid = vol.grid(block_shape)
-    from ..safety import prepare_output, prepare_work
+    from ..io.safety import prepare_output, prepare_work
 
     output = prepare_output(out_path, [mask_path], overwrite, extra=[out_path + ".work"])
     final_path, out_path = out_path, output.begin()  # a replacement is written beside the old one

@@ -14,7 +14,7 @@ inside the region it was given, and blocks read that much more.
 The thresholds and sizes are the decoders' parameters; sizes (``min_seed_size``,
 ``min_size``) are applied to global objects, never per block.
 
-Defaults recover perfect maps: the targets :mod:`blockseg.targets` computes from ground truth
+Defaults recover perfect maps: the targets :mod:`blockseg.train.targets` computes from ground truth
 decode to the ground-truth nuclei, one to one (``tests/test_decoders.py``, identity tests).
 Seeds are therefore kept at any size (``min_seed_size`` 1: a vote seed is 1-2 voxels) and only
 specks under ``min_size`` 8 voxels are removed. Published reference settings are named
@@ -31,7 +31,7 @@ from typing import ClassVar, Mapping
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._jit import njit
+from ..runtime._jit import njit
 from ..errors import BlocksegError
 
 

@@ -15,9 +15,9 @@ from functools import partial
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..cluster import run_blocks
+from ..runtime.cluster import run_blocks
 from ..errors import BlocksegError
-from ..predictions import decode_channel, open_predictions, prediction_kind
+from ..io.predictions import decode_channel, open_predictions, prediction_kind
 from .pipeline import _within, expand
 from .stats import write_csv
 

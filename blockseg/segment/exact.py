@@ -103,7 +103,7 @@ import functools
 
 import numpy as np
 
-from .._jit import njit
+from ..runtime._jit import njit
 
 #: level of a voxel no seed reached
 UNREACHED = 256

@@ -157,7 +157,7 @@ def checkpoint_decoder(
 
 def store_decoder(pred_path: str | os.PathLike) -> dict | None:
     """The decoder recommendation a prediction store carries (written by ``predict``), or None."""
-    from ..predictions import read_metadata
+    from ..io.predictions import read_metadata
 
     rec = (read_metadata(pred_path) or {}).get("decoder")  # not a group: None (open_predictions says why)
     return dict(rec) if rec else None

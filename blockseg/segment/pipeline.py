@@ -57,18 +57,18 @@ import zarr
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from ..cluster import block_voxels, run_blocks
-from .._jit import njit
+from ..runtime.cluster import block_voxels, run_blocks
+from ..runtime._jit import njit
 from ..errors import BlocksegError
 from ..faults import fault_point
 from ..grid import BlockGrid, Interface
-from ..io import create_volume
-from ..storage import free_space, is_url, listdir, load_npz, makedirs, read_bytes, remove_file, remove_tree, save_npz, write_bytes
-from ..predictions import decode_channel, open_predictions, prediction_kind
+from ..io.volume import create_volume
+from ..io.storage import free_space, is_url, listdir, load_npz, makedirs, read_bytes, remove_file, remove_tree, save_npz, write_bytes
+from ..io.predictions import decode_channel, open_predictions, prediction_kind
 from .decoders import BCDDecoder, Decoder
 from .exact import UNREACHED, keyed_flood, keyed_update
 from .stats import instance_table, partial_stats, reduce_stats, write_csv
-from ..safety import aborts_on_error, prepare_output, prepare_work
+from ..io.safety import aborts_on_error, prepare_output, prepare_work
 
 #: default halo in voxels per axis (a performance knob: any halo gives the same result)
 DEFAULT_HALO = 8
@@ -848,7 +848,7 @@ def segment(
     Parameters
     ----------
     pred_path : str or path-like
-        Prediction store (:mod:`blockseg.predictions`) with the decoder's channels.
+        Prediction store (:mod:`blockseg.io.predictions`) with the decoder's channels.
     out_path : str or path-like
         Label volume to create (OME-Zarr, uint32, or uint64 beyond 2**32 - 1 instances). The
         instance table is written to ``OUT/instances.csv``.
@@ -1196,7 +1196,7 @@ def _statistics_pass(d: _Driver) -> dict:
 
 def _write_labels(d: _Driver, target: str, final: dict, pyramid_levels: int | None) -> None:
     """The label volume (each core mapped through its table), its instance table and pyramid."""
-    from ..pyramid import MAX_PROPERTIES, finish_volume
+    from ..io.pyramid import MAX_PROPERTIES, finish_volume
 
     plan, report = d.plan, d.report
     dtype = np.uint32 if report.n_instances < 2**32 - 1 else np.uint64

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import njit
+from ..runtime._jit import njit
 
 #: partial-statistics columns
 STAT_COLUMNS = (
@@ -154,7 +154,7 @@ def write_csv(table: dict[str, np.ndarray], path: str) -> None:
     """Write a column dict as CSV (header + one row per instance)."""
     cols = list(table)
     n = len(table[cols[0]]) if cols else 0
-    from ..storage import open_file
+    from ..io.storage import open_file
 
     with open_file(path, "w") as f:
         f.write(",".join(cols) + "\n")

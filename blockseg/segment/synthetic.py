@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from ..targets import bcd_targets
+from ..train.targets import bcd_targets
 
 
 def random_nuclei(

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import VoxelSize
+from ..pipeline.config import VoxelSize
 from ..errors import BlocksegError, describe_validation_error
 from ..models.base import REPRESENTATIONS
 
@@ -82,7 +82,7 @@ class DataConfig(_Strict):
     #: a crop with a smaller foreground fraction is redrawn (up to 10 times)
     min_foreground: float = Field(0.0, ge=0.0, le=1.0)
     #: smallest context (voxels per side) read around a crop for its targets; the targets'
-    #: own halo (blockseg.targets.target_halo) is always read, so crop targets are exact
+    #: own halo (blockseg.train.targets.target_halo) is always read, so crop targets are exact
     target_context: int = Field(8, ge=0)
     #: cache the targets of whole training volumes (per in-plane transform) when they fit in
     #: this many MiB: crops are then slices (same values, several times faster); 0: never
@@ -210,7 +210,7 @@ class TrainConfig(_Strict):
     device: str = "auto"
     #: mixed precision (CUDA only; ignored on CPU)
     amp: bool = True
-    #: image normalisation (blockseg.normalise): "percentile" (each volume's 1-99.8 % -> [0, 1],
+    #: image normalisation (blockseg.predict.normalise): "percentile" (each volume's 1-99.8 % -> [0, 1],
     #: also applied per volume at inference), {percentile: [low, high]}, or the older fixed
     #: maps in raw units: "mean_std" from the training images, or {offset, scale}
     normalisation: Any = "percentile"
@@ -245,11 +245,11 @@ def load_config(path) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise BlocksegError(f"training config {path} does not exist")
-    from ..config import load_yaml
+    from ..pipeline.config import load_yaml
 
     data = load_yaml(path.read_text(), str(path))  # duplicate keys and bad YAML: one line
     if isinstance(data, dict) and "run_dir" in data:  # a run config: train from its `train:` section
-        from ..config import load_config as load_run_config
+        from ..pipeline.config import load_config as load_run_config
 
         section = load_run_config(path).train
         if section is None:

@@ -25,15 +25,15 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import BlocksegError
-from ..io import open_volume
+from ..io.volume import open_volume
 from ..models.base import REPRESENTATIONS, normalise
 from .config import AugmentConfig
 
 
 # ---------------------------------------------------------------------------- centres
 def centre_table(labels_path: str) -> dict[int, np.ndarray]:
-    """``{id: centre (z, y, x) in voxels}`` of a label volume (blockseg.targets.volume_centres)."""
-    from ..targets import volume_centres
+    """``{id: centre (z, y, x) in voxels}`` of a label volume (blockseg.train.targets.volume_centres)."""
+    from .targets import volume_centres
 
     ids, cen = volume_centres(labels_path)
     return {int(i): c for i, c in zip(ids, np.asarray(cen, dtype=np.float64))}
@@ -46,12 +46,12 @@ def compute_targets(
     centres: dict[int, np.ndarray] | None = None,
     **params,
 ) -> dict[str, np.ndarray]:
-    """Targets of one (augmented) crop via :func:`blockseg.targets.compute_targets`.
+    """Targets of one (augmented) crop via :func:`blockseg.train.targets.compute_targets`.
 
     ``centres`` maps the ids present to their centres in the crop's coordinates (already
     transformed by the augmentation); a nucleus cut by the crop keeps its true centre.
     """
-    from ..targets import compute_targets as _ct
+    from .targets import compute_targets as _ct
 
     table = None
     if centres is not None:
@@ -193,7 +193,7 @@ class CropSampler:
     """Draws augmented ``(image, targets)`` crops from training volumes.
 
     Targets of a crop equal the targets of the whole (augmented) volume on that crop: labels are
-    read with :func:`blockseg.targets.target_halo` voxels of context per side (at least
+    read with :func:`blockseg.train.targets.target_halo` voxels of context per side (at least
     ``target_context``), never beyond a volume face or a validation region, and targets are
     computed on that clipped read -- a face is "unknown", never a label change, exactly as for
     the whole volume (``tests/test_train_crops.py``). With the elastic deformation the read is
@@ -244,7 +244,7 @@ class CropSampler:
         exclude: dict | None = None,
         cache_mb: float = 1024,
     ):
-        from ..targets import target_halo
+        from .targets import target_halo
 
         self.representations = tuple(representations)
         #: representations whose targets need the global centre table

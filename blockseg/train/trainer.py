@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import BlocksegError
-from ..losses import MultiLoss
+from .losses import MultiLoss
 from ..models.base import BlocksegNet, build_model, check_decoder_channels, load_checkpoint, normalise, save_checkpoint
 from .config import TrainConfig
 from .data import CropSampler
@@ -59,7 +59,7 @@ class TrainResult:
 def read_resume(path) -> dict:
     """Load and check a training resume file (``OUTPUT/resume.pt``) without running anything in it.
 
-    It is loaded as tensors and plain data only (:func:`blockseg.untrusted.load_plain`): a file
+    It is loaded as tensors and plain data only (:func:`blockseg.io.untrusted.load_plain`): a file
     holding any other Python object -- which ``torch.load(weights_only=False)`` would have
     executed -- is refused with one line saying why. Files written before resume files carried
     :data:`RESUME_MAGIC` hold the same plain data and load too.
@@ -69,7 +69,7 @@ def read_resume(path) -> dict:
     BlocksegError
         Refused (not plain data), not a blockseg resume file, or of another format.
     """
-    from ..untrusted import load_plain
+    from ..io.untrusted import load_plain
 
     state = load_plain(path, "resume file")
     if not isinstance(state, dict) or state.get("magic", RESUME_MAGIC) != RESUME_MAGIC:
@@ -214,14 +214,14 @@ def predict_image(model: BlocksegNet, image: np.ndarray, normalisation: dict | N
 
 def validation_sets(cfg: TrainConfig) -> list[tuple[str, tuple | None]]:
     """``[(volume path, (lo, hi) box or None), ...]`` of the config's validation data (may be empty)."""
-    from ..io import open_volume
+    from ..io.volume import open_volume
 
     return [(v, None) if isinstance(v, str) else (v.volume, v.box(open_volume(v.volume).shape)) for v in cfg.data.validation_list()]
 
 
 def read_validation(path: str, box=None, labels: str = "labels/nuclei", mask: str | None = "labels/valid"):
     """``(image, labels, mask or None)`` of a validation volume or of its region ``box``."""
-    from ..io import open_volume
+    from ..io.volume import open_volume
 
     sl = (...,) if box is None else tuple(slice(a, b) for a, b in zip(*box))
     img = np.asarray(open_volume(path).array[sl])
@@ -456,14 +456,14 @@ def resample_training_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
     """``cfg`` with every training volume (and a validation volume) at ``cfg.data.voxel_size``.
 
     A volume whose voxel size differs from it by more than 1 % on some axis is resampled on
-    predict's lattice (:func:`blockseg.resample.resample_array`: image linear, labels and mask
+    predict's lattice (:func:`blockseg.predict.resample.resample_array`: image linear, labels and mask
     nearest) into ``folder/<k>.zarr`` with the same label layout; the others are used as they
     are. A validation region of a resampled volume is scaled with it (a fraction needs
     nothing). Training volumes are read whole (they are crops), so this is done in memory.
     """
     from .config import ValidationConfig
-    from ..io import create_label_volume, create_volume, open_volume
-    from ..resample import resample_array
+    from ..io.volume import create_label_volume, create_volume, open_volume
+    from ..predict.resample import resample_array
 
     target = np.asarray(cfg.data.voxel_size, dtype=float)
     done: dict[str, tuple[str, np.ndarray]] = {}  # path -> (path to train on, per-axis scale)
@@ -524,8 +524,8 @@ def resample_training_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
 def training_nucleus_diameter(paths: Sequence[str], labels: str) -> float | None:
     """Median equivalent-sphere diameter (µm) of the nuclei of all training volumes (recorded in
     the checkpoint; ``predict --diameter`` scales other nucleus sizes to it)."""
-    from ..io import open_volume
-    from ..resample import instance_diameters_um
+    from ..io.volume import open_volume
+    from ..predict.resample import instance_diameters_um
 
     vols = [open_volume(f"{str(p).rstrip('/')}/{labels}") for p in paths]
     d = np.concatenate([instance_diameters_um(v.array[...], v.voxel_size) for v in vols] or [np.zeros(0)])
@@ -577,13 +577,13 @@ def train(
         read_checkpoint(resolve_checkpoint(cfg.model.init))  # a crafted or broken init file: refused now, too
     if not resume and ckpt_path.exists():
         raise BlocksegError(f"{ckpt_path} exists; use --resume to continue it or choose another output")
-    from ..safety import check_not_input
+    from ..io.safety import check_not_input
 
     # the output folder is never an input, inside or around one, nor someone else's folder
     check_not_input([str(out)], [*cfg.data.train, *(v if isinstance(v, str) else v.volume for v in cfg.data.validation_list()), cfg.model.init])
     if out.is_dir() and any(out.iterdir()) and not any((out / f).exists() for f in (CHECKPOINT, RESUME, "train_log.jsonl")):
         raise BlocksegError(f"{out} exists, is not empty and is not a blockseg training folder; choose another output")
-    from ..io import open_volume
+    from ..io.volume import open_volume
 
     if cfg.data.voxel_size is None:
         voxel_size = training_voxel_size(cfg.data.train, [open_volume(p).voxel_size for p in cfg.data.train])
@@ -612,7 +612,7 @@ def train(
                     raise BlocksegError(f"data.validation: one validation region per training volume ({p} has two)")
                 exclude[k] = val_box
 
-    from ..normalise import training_normalisation, volume_affines
+    from ..predict.normalise import training_normalisation, volume_affines
 
     # metadata["normalisation"] (scheme + training statistics) and each volume's affine map
     normalisation, affines = training_normalisation(cfg.normalisation, cfg.data.train)

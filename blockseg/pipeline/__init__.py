@@ -1,0 +1,1 @@
+"""The whole run (``blockseg run``): config, run checks, workflow, tuning, summary and report."""

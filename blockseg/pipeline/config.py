@@ -1,0 +1,425 @@
+"""Run configuration: one YAML file describes a whole ``blockseg run``.
+
+The schema is strict: an unknown key or a value of the wrong type is an error that names the
+key in plain words (``segment.halo: must be ≥ 0, got -1``). Relative paths in a config file are
+taken relative to the file's folder, so a config and its data can move together.
+
+Example (``configs/demo.yaml``)::
+
+    name: demo
+    run_dir: runs/demo
+    data:
+      synth: {preset: nucmm-z, shape: [128, 512, 512], mode: em, seed: 7}
+    model:
+      checkpoint: demo
+    segment:
+      decoder: bcd
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..checkpoints import SHIPPED_CHECKPOINTS
+from ..defaults import DEFAULT_BATCH_SIZE
+from ..errors import BlocksegError, describe_validation_error
+
+STAGES = ("data", "predict", "segment", "evaluate")
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _sizes(minimum: int, scalar: bool):
+    """Validator of a (z, y, x) size: three whole numbers ≥ ``minimum`` (or one, when
+    ``scalar``, meaning the same on every axis); the value itself is kept as given."""
+
+    def check(v):
+        if v is None:
+            return v
+        if scalar and _whole(v):
+            values = [v]
+        elif isinstance(v, (list, tuple)) and len(v) == 3 and all(_whole(x) for x in v):
+            values = list(v)
+        else:
+            shape = "one whole number or three (z y x)" if scalar else "three whole numbers (z y x)"
+            raise ValueError(f"must be {shape}, got {v!r}")
+        if any(x < minimum for x in values):
+            raise ValueError(f"must be ≥ {minimum}, got {v!r}")
+        return tuple(v) if isinstance(v, list) else v
+
+    return BeforeValidator(check)
+
+
+def _positive_floats(v):
+    if v is None:
+        return v
+    if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        raise ValueError(f"must be three numbers (z y x) in µm, got {v!r}")
+    if any(not x > 0 for x in v):
+        raise ValueError(f"must be > 0 on every axis, got {v!r}")
+    return tuple(v)
+
+
+#: a block shape (≥ 1 per axis), a halo (≥ 0), a volume / chunk shape (three values ≥ 1)
+Block = Annotated[Optional[Union[int, tuple[int, int, int]]], _sizes(1, True)]
+Halo = Annotated[Optional[Union[int, tuple[int, int, int]]], _sizes(0, True)]
+Shape = Annotated[tuple[int, int, int], _sizes(1, False)]
+VoxelSize = Annotated[Optional[tuple[float, float, float]], BeforeValidator(_positive_floats)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SynthConfig(_Strict):
+    """Generate the input with :func:`blockseg.synth.synthesize` (ground truth included)."""
+
+    preset: Literal["nucmm-z", "nucmm-m"] = "nucmm-z"
+    shape: Shape = (128, 512, 512)
+    mode: Optional[Literal["em", "uct"]] = None
+    seed: int = 0
+    mask: bool = False
+    density: Optional[float] = Field(default=None, gt=0)
+    radius: Optional[float] = Field(default=None, gt=0)
+    voxel_size: VoxelSize = None
+
+
+class DataConfig(_Strict):
+    """Input image, optional ground truth and valid mask.
+
+    Give ``image`` (an OME-Zarr volume, or a file ``blockseg import`` reads: npy, npz, tif, h5)
+    or ``synth``. ``ground_truth`` / ``mask`` are label volumes (zarr paths; for an imported
+    npz/h5 file use ``import``'s key syntax). With ``synth`` the ground truth is the generated
+    ``labels/nuclei``.
+    """
+
+    image: Optional[str] = None
+    image_key: Optional[str] = None
+    ground_truth: Optional[str] = None
+    ground_truth_key: Optional[str] = None
+    mask: Optional[str] = None
+    voxel_size: VoxelSize = None
+    #: pyramid level / channel / timepoint of the image to segment (OME-Zarr, OME-TIFF, ...);
+    #: a zarr image is read in place through a ``#level=..&channel=..`` path fragment
+    level: Optional[int] = Field(default=None, ge=0)
+    channel: Optional[int] = Field(default=None, ge=0)
+    timepoint: Optional[int] = Field(default=None, ge=0)
+    #: multiscale levels written for the image / ground truth / mask (None: automatic; 1: none)
+    pyramid_levels: Optional[int] = Field(default=None, ge=1)
+    synth: Optional[SynthConfig] = None
+    chunks: Optional[Shape] = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.image is None) == (self.synth is None):
+            raise ValueError("give exactly one of data.image and data.synth")
+        return self
+
+
+class ModelConfig(_Strict):
+    """``checkpoint``: a checkpoint file, or ``demo`` / ``fluo`` / ``fluo_synth`` for a shipped checkpoint."""
+
+    checkpoint: str = "demo"
+
+
+class PredictConfig(_Strict):
+    block_shape: Block = None
+    #: storage of the channels; default uint8 for probabilities / tanh maps, float16 for raw ones
+    dtype: Optional[Literal["uint8", "float16", "float32"]] = None
+    #: channels stored besides the segment decoder's (``all``: every channel the network predicts)
+    channels: Optional[Union[list[str], Literal["all"]]] = None
+    tta: bool = False
+    mc_samples: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1)  # a speed knob: never changes the result
+    #: how the network runs: torch eager, or torch.compile (compiles once per worker; faster after)
+    runtime: Literal["eager", "compile"] = "eager"
+    overlap: Optional[float] = Field(default=None, ge=0, lt=1)
+    #: multiscale levels of every prediction channel (None: automatic; 1: none)
+    pyramid_levels: Optional[int] = Field(default=None, ge=1)
+    #: resample the input for the network (blockseg.predict.resample): None = image voxel size /
+    #: the checkpoint's training voxel size; 1 = off; one factor or three (z, y, x)
+    scale: Optional[Union[float, tuple[float, float, float]]] = None
+    #: or: the image's typical nucleus diameter, ``17um`` / ``34px`` (a bare number is µm); resample
+    #: so its nuclei span as many network voxels as the checkpoint's training nuclei (needs
+    #: ``metadata.nucleus_diameter_um``; blockseg.predict.resample.parse_diameter)
+    diameter: Optional[Union[float, str]] = None
+
+    @field_validator("diameter")
+    @classmethod
+    def _diameter_unit(cls, v):
+        if v is not None:
+            from ..predict.resample import parse_diameter
+
+            try:
+                parse_diameter(v)
+            except BlocksegError as e:
+                raise ValueError(str(e).replace("--diameter takes ", "")) from None
+        return v
+
+
+class TuneConfig(_Strict):
+    """Thresholds tuned on annotated nuclei before segmenting (:func:`blockseg.pipeline.tune.tune_store`)."""
+
+    #: instance labels of the annotated nuclei: a volume of the image's shape, or of the region's
+    labels: str
+    #: the annotated box ``"z0:z1,y0:y1,x0:x1"`` (None: the whole volume)
+    region: Optional[str] = None
+    #: threshold -> values to search (None: blockseg.pipeline.tune.DEFAULT_GRIDS for the decoder)
+    grid: Optional[dict[str, list[float]]] = None
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _region_text(cls, v):
+        if v is not None and not isinstance(v, str):
+            raise ValueError('must be text in quotes, e.g. "50:70,:,:" (YAML reads a bare ":" as a mapping)')
+        return v
+
+
+class SegmentConfig(_Strict):
+    decoder: Literal["bcd", "3label", "sdt", "affinities", "cpv"] = "bcd"
+    #: a named parameter set (``nucmm``) instead of the checkpoint's tuned thresholds
+    preset: Optional[str] = None
+    #: single parameters over the checkpoint's tuned thresholds (or the preset, or the defaults)
+    params: dict[str, Any] = Field(default_factory=dict)
+    block_shape: Block = None
+    halo: Halo = None
+    #: removed (segment is exact at any halo); only None is accepted
+    max_halo: Optional[Any] = None
+    #: multiscale levels of the label volume (None: automatic; 1: none)
+    pyramid_levels: Optional[int] = Field(default=None, ge=1)
+    #: tune the thresholds on annotated nuclei first (``segment.params`` still override them)
+    tune: Optional[TuneConfig] = None
+
+    @field_validator("max_halo")
+    @classmethod
+    def _max_halo(cls, v):
+        if v is not None:
+            raise ValueError(f"is gone (segment is exact at any halo, the halo only sets speed), got {v!r}: remove the key")
+        return v
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v):
+        from ..segment.decoders import PRESETS
+
+        if v is not None and v not in PRESETS:
+            raise ValueError(f"must be one of {sorted(PRESETS)}, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _decoder_params(self):
+        from ..segment.decoders import DECODERS, PRESETS, check_param
+
+        cls = DECODERS[self.decoder]
+        if self.preset is not None and self.decoder not in PRESETS[self.preset]:
+            raise ValueError(f"preset: {self.preset} has no {self.decoder} decoder (it has {sorted(PRESETS[self.preset])})")
+        from dataclasses import fields
+
+        known = [f.name for f in fields(cls)]
+        for name, value in self.params.items():
+            if name not in known:
+                raise ValueError(f"params.{name}: not a parameter of the {self.decoder} decoder (it has {', '.join(known)})")
+            try:
+                check_param(cls, name, value)
+            except BlocksegError as e:
+                raise ValueError(f"params.{name}: " + str(e).split(f"{name} ", 1)[-1]) from None
+        return self
+
+
+class EvaluateConfig(_Strict):
+    enabled: bool = True
+    thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, v):
+        if not v or any(not 0 < t <= 1 for t in v):
+            raise ValueError(f"must be IoU thresholds in (0, 1], got {list(v)}")
+        return v
+
+    detection_radius_um: float = Field(default=3.0, gt=0)
+    png: bool = True
+
+
+class ClusterSection(_Strict):
+    scheduler: Optional[str] = None
+    workers: Optional[int] = Field(default=None, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)
+    memory_limit: Optional[str] = None
+    gpu: bool = False
+    dashboard: bool = False
+
+
+class RunConfig(_Strict):
+    """A whole run; see the module docstring."""
+
+    name: str = "run"
+    run_dir: str
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    predict: PredictConfig = PredictConfig()
+    segment: SegmentConfig = SegmentConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    cluster: ClusterSection = ClusterSection()
+    #: how the checkpoint was (or is to be) trained: a ``blockseg train`` config, validated by
+    #: :mod:`blockseg.train.config`; ``blockseg train RUN_CONFIG.yaml`` trains from it
+    train: Optional[dict[str, Any]] = None
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, v):
+        if v is None:
+            return v
+        from ..train.config import parse_config as parse_train
+
+        try:
+            parse_train(v)
+        except BlocksegError as e:  # "training config: KEY: msg" -> "KEY: msg" under train.
+            raise ValueError(str(e).split(": ", 1)[-1]) from None
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError("must be a plain name (no '/')")
+        return v
+
+    def resolved(self) -> dict:
+        """The config as plain data (JSON-serialisable), defaults filled in."""
+        return self.model_dump(mode="json")
+
+
+_PATH_KEYS = {"data": ("image", "ground_truth", "mask")}
+
+
+def _anchor_paths(raw: dict, base: str) -> dict:
+    """Make relative paths of a config file relative to the file's folder."""
+    raw = dict(raw)
+
+    def anchor(p):
+        if not isinstance(p, str) or "://" in p or os.path.isabs(p):
+            return p
+        return os.path.normpath(os.path.join(base, p))
+
+    if isinstance(raw.get("run_dir"), str):
+        raw["run_dir"] = anchor(raw["run_dir"])
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("checkpoint") not in (None, *SHIPPED_CHECKPOINTS):
+        raw["model"] = {**model, "checkpoint": anchor(model["checkpoint"])}
+    data = raw.get("data")
+    if isinstance(data, dict):
+        raw["data"] = {k: (anchor(v) if k in _PATH_KEYS["data"] else v) for k, v in data.items()}
+    seg = raw.get("segment")
+    if isinstance(seg, dict) and isinstance(seg.get("tune"), dict) and isinstance(seg["tune"].get("labels"), str):
+        raw["segment"] = {**seg, "tune": {**seg["tune"], "labels": anchor(seg["tune"]["labels"])}}
+    train = raw.get("train")
+    if isinstance(train, dict):
+        train = dict(train)
+        if isinstance(train.get("output"), str):
+            train["output"] = anchor(train["output"])
+        tdata = train.get("data")
+        if isinstance(tdata, dict):
+            tdata = dict(tdata)
+            if isinstance(tdata.get("train"), list):
+                tdata["train"] = [anchor(p) for p in tdata["train"]]
+            if isinstance(tdata.get("validation"), str):
+                tdata["validation"] = anchor(tdata["validation"])
+            train["data"] = tdata
+        raw["train"] = train
+    return raw
+
+
+def parse_config(raw: Any, source: str = "config", base_dir: str | None = None) -> RunConfig:
+    """Validate a config mapping; errors become one-line :class:`BlocksegError` naming the key."""
+    if not isinstance(raw, dict):
+        raise BlocksegError(f"{source}: a config is a mapping of keys (name, run_dir, data, ...), got {type(raw).__name__}")
+    if base_dir is not None:
+        raw = _anchor_paths(raw, base_dir)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise BlocksegError(f"{source}: config key {describe_validation_error(e)}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (yaml keeps the last one
+    silently: a config would run with a value the user did not see)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # << merges: explicit keys may override them
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: yaml itself refuses it
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise DuplicateKeyError(key, first, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping."""
+
+    def __init__(self, key, first: int, again: int):
+        super().__init__(f"key {key!r} given twice")
+        self.key, self.first, self.again = key, first, again
+
+
+def load_yaml(text: str, path: str) -> Any:
+    """Parse a YAML config file's text; one-line :class:`BlocksegError` for bad YAML and for a key
+    given twice in one mapping (naming the key and both lines)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as e:
+        raise BlocksegError(
+            f"{path}: line {e.again}: key {e.key!r} is given twice (first on line {e.first}); YAML would keep only "
+            "the last one silently: remove one"
+        ) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None)  # e.g. a !!python/... tag: only plain data is read, never objects
+        raise BlocksegError(f"{path}: not valid YAML{where}{f' ({problem})' if problem else ''}") from None
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunConfig:
+    """Read and validate a YAML config file (relative paths anchored at its folder).
+
+    ``overrides`` maps dotted keys to values (``{"run_dir": "/tmp/x", "segment.halo": 32}``),
+    applied before validation.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise BlocksegError(f"config file {path} does not exist")
+    with open(path) as f:
+        raw = load_yaml(f.read(), path)
+    raw = raw or {}
+    base = os.path.dirname(os.path.abspath(path))
+    if isinstance(raw, dict):
+        raw = _anchor_paths(raw, base)
+    for key, value in (overrides or {}).items():
+        raw = set_dotted(raw, key, value)
+    return parse_config(raw, path)
+
+
+def set_dotted(raw: Any, key: str, value: Any) -> dict:
+    if not isinstance(raw, dict):
+        return raw
+    raw = dict(raw)
+    head, _, rest = key.partition(".")
+    if rest:
+        raw[head] = set_dotted(raw.get(head) or {}, rest, value)
+    else:
+        raw[head] = value
+    return raw

@@ -1,0 +1,1 @@
+"""Where blocks run: the Dask cluster, its preflight, SLURM, progress, costly-geometry checks, the numba cache."""

@@ -1,0 +1,184 @@
+"""Training losses per representation (raw network outputs against target dicts).
+
+Every loss takes the network's **raw** outputs ``(N, C, z', y', x')`` (before
+:meth:`~blockseg.models.base.BlocksegNet.postprocess`) and float targets ``(N, c, z, y, x)``;
+targets larger than the output (valid padding) are centre-cropped to it.
+
+=============  ===========================================================================
+``B``, ``C``   class-balanced BCE (minority class weighted by the class ratio, foreground
+               fraction clipped to [0.05, 0.95]) + 0.5 x soft Dice (NucMM)
+``D``          MSE of ``tanh(raw)`` against D (NucMM weight 5)
+``cpv``        MSE with voxel weight 1 inside nuclei and 0.01 on background, weighted mean
+               (aux-task paper); by default (``cpv_units="relative"``) divided by the batch's
+               weighted mean squared target vector, i.e. relative to the nuclei's size (about 1
+               for a zero prediction, like the other losses at the start); ``"voxels"`` keeps
+               the paper's unnormalised voxel units (about 7x the 3label loss on real crops)
+``3label``     class-balanced softmax cross-entropy (weights = inverse class frequency)
+``sdt``        MSE of ``tanh(raw)`` against tanh(sdt / 9); x100 when cpv is also trained
+               (aux-task paper; it used a linear output -- the tanh matches what
+               ``postprocess`` stores)
+``aff``        class-balanced BCE over the 3 affinities + the foreground channel
+``gauss``      MSE of ``sigmoid(raw)`` with weight 1 where the target >= 0.01 and 1e-5 elsewhere, weighted mean
+``density``    L1 (joint detection / segmentation network)
+=============  ===========================================================================
+
+With ``density`` (the joint network) the segmentation representation (``B`` or ``3label``)
+uses soft Dice + weighted cross-entropy instead.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import BlocksegError
+from ..models.base import REPRESENTATIONS, check_representations
+
+#: default coefficient per representation
+DEFAULT_WEIGHTS = {"B": 1.0, "C": 1.0, "D": 5.0, "cpv": 1.0, "3label": 1.0, "sdt": 1.0, "aff": 1.0, "gauss": 1.0, "density": 1.0}
+
+
+def center_crop(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Crop the last three axes of ``t`` symmetrically to ``shape``."""
+    src = t.shape[-3:]
+    if any(s < o or (s - o) % 2 for s, o in zip(src, shape)):
+        raise BlocksegError(f"cannot centre-crop targets {tuple(src)} to output {tuple(shape)}")
+    sl = tuple(slice((s - o) // 2, (s - o) // 2 + o) for s, o in zip(src, shape))
+    return t[(Ellipsis, *sl)]
+
+
+def balanced_bce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE with the minority class up-weighted by ``max(w, 1-w) / min(w, 1-w)``.
+
+    ``w`` is the foreground fraction of the batch clipped to [0.05, 0.95] (PyTC's weight '1').
+    """
+    with torch.no_grad():
+        w = target.float().mean().clamp(0.05, 0.95)
+        ratio = torch.maximum(w, 1 - w) / torch.minimum(w, 1 - w)
+        weight = torch.where(target > 0.5, ratio if w < 0.5 else torch.ones_like(ratio), torch.ones_like(ratio) if w < 0.5 else ratio)
+        if mask is not None:
+            weight = weight * mask
+    loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
+    return loss / weight.sum().clamp_min(1e-6)
+
+
+def soft_dice(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """``1 - (2 |P.T| + eps) / (|P| + |T| + eps)`` over the whole batch, per channel, averaged."""
+    dims = (0, *range(2, prob.ndim))
+    inter = (prob * target).sum(dims)
+    denom = prob.sum(dims) + target.sum(dims)
+    return (1 - (2 * inter + eps) / (denom + eps)).mean()
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``sum(w (p - t)^2) / sum(w)`` (weights broadcast over channels)."""
+    weight = weight.expand_as(pred)
+    return (weight * (pred - target) ** 2).sum() / weight.sum().clamp_min(1e-12)
+
+
+def balanced_ce(logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy with voxel weights = inverse class frequency (fractions >= 0.05)."""
+    with torch.no_grad():
+        dims = (0, *range(2, onehot.ndim))
+        frac = onehot.float().mean(dims).clamp(0.05, 1.0)
+        present = onehot.float().sum(dims) > 0
+        cw = torch.where(present, 1.0 / frac, torch.zeros_like(frac))
+        weight = (onehot * cw.view(1, -1, 1, 1, 1)).sum(1)
+    ce = -(onehot * F.log_softmax(logits, dim=1)).sum(1)
+    return (weight * ce).sum() / weight.sum().clamp_min(1e-6)
+
+
+class MultiLoss:
+    """Sum of per-representation losses for one network.
+
+    Parameters
+    ----------
+    representations : sequence of str
+        The network's representations (in channel order).
+    weights : mapping, optional
+        Coefficient per representation (default :data:`DEFAULT_WEIGHTS`; sdt x100 with cpv).
+    cpv_units : {"relative", "voxels"}
+        cpv loss relative to the batch's squared centre distances (default), or in voxels.
+    """
+
+    def __init__(self, representations: Sequence[str], weights: Mapping[str, float] | None = None, cpv_units: str = "relative"):
+        self.representations = check_representations(representations)
+        if cpv_units not in ("relative", "voxels"):
+            raise BlocksegError(f"cpv_units must be 'relative' or 'voxels', got {cpv_units!r}")
+        self.cpv_units = cpv_units
+        w = dict(DEFAULT_WEIGHTS)
+        if "sdt" in self.representations and "cpv" in self.representations:
+            w["sdt"] = 100.0
+        unknown = set(weights or {}) - set(REPRESENTATIONS)
+        if unknown:
+            raise BlocksegError(f"loss weights for unknown representations {sorted(unknown)}")
+        w.update(weights or {})
+        self.weights = {r: float(w[r]) for r in self.representations}
+        self.joint = "density" in self.representations
+
+    @staticmethod
+    def targets_tensor(targets: Mapping[str, torch.Tensor], rep: str) -> torch.Tensor:
+        """Stack the ``(N, z, y, x)`` target channels of ``rep`` into ``(N, c, z, y, x)``."""
+        names = REPRESENTATIONS[rep][0]
+        missing = [c for c in names if c not in targets]
+        if missing:
+            raise BlocksegError(f"targets lack channel(s) {missing} of representation {rep}")
+        return torch.stack([targets[c] for c in names], dim=1)
+
+    def __call__(self, raw: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return ``(total loss, {representation: its (unweighted) loss value})``.
+
+        ``targets`` maps channel names to tensors ``(N, z, y, x)``. The cpv weights (1 inside
+        nuclei, 0.01 outside) come from the optional key ``"labels_fg"`` (``(N, z, y, x)``, 0/1,
+        the instance mask); without it, from the non-zero cpv vectors.
+        """
+        raw = raw.float()
+        out_shape = raw.shape[-3:]
+        total = raw.new_zeros(())
+        parts: dict[str, float] = {}
+        i = 0
+        fg = targets.get("labels_fg")
+        if fg is not None:
+            fg = center_crop(fg.float(), out_shape)[:, None]
+        for r in self.representations:
+            n = len(REPRESENTATIONS[r][0])
+            x = raw[:, i : i + n]
+            i += n
+            t = center_crop(self.targets_tensor(targets, r).float(), out_shape)
+            loss = self._loss(r, x, t, fg)
+            parts[r] = float(loss.detach())
+            total = total + self.weights[r] * loss
+        if i != raw.shape[1]:
+            raise BlocksegError(f"network output has {raw.shape[1]} channels, representations need {i}")
+        return total, parts
+
+    def _loss(self, r: str, x: torch.Tensor, t: torch.Tensor, fg: torch.Tensor | None) -> torch.Tensor:
+        if r in ("B", "C"):
+            if self.joint and r == "B":
+                return soft_dice(torch.sigmoid(x), t) + balanced_bce(x, t)
+            return balanced_bce(x, t) + 0.5 * soft_dice(torch.sigmoid(x), t)
+        if r == "D":
+            return F.mse_loss(torch.tanh(x), t)
+        if r == "cpv":
+            inside = fg if fg is not None else (t.abs().sum(1, keepdim=True) > 0).float()
+            w = inside.clamp(0.01, 1.0)
+            loss = weighted_mse(x, t, w)
+            if self.cpv_units == "relative":
+                with torch.no_grad():
+                    scale = weighted_mse(torch.zeros_like(t), t, w).clamp_min(1.0)
+                loss = loss / scale
+            return loss
+        if r == "3label":
+            ce = balanced_ce(x, t)
+            return ce + soft_dice(torch.softmax(x, 1), t) if self.joint else ce
+        if r == "sdt":
+            return F.mse_loss(torch.tanh(x), t)
+        if r == "aff":
+            return balanced_bce(x, t)
+        if r == "gauss":
+            return weighted_mse(torch.sigmoid(x), t, torch.where(t >= 0.01, 1.0, 1e-5))
+        if r == "density":
+            return F.l1_loss(x, t)
+        raise BlocksegError(f"no loss for representation {r}")  # pragma: no cover

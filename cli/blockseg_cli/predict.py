@@ -1,0 +1,233 @@
+"""``blockseg predict``: image zarr + checkpoint -> prediction store (blockwise, seamless)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+from blockseg.defaults import DEFAULT_BATCH_SIZE
+from blockseg.errors import BlocksegError
+
+from .options import absolute, add_cluster_options, add_pyramid_option, add_selection_options, open_cluster, progress_mode, pyramid_levels, selected, zyx
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="run a network over an image zarr block by block, writing one volume per channel",
+        description="Blockwise sliding-window inference on one global patch lattice: each block "
+        "computes the patches whose outputs overlap its core (reading the halo they need, "
+        "reflected at the volume borders), blends them with normalised weights and writes its "
+        "core. The result equals a whole-volume run whatever the block shape. Reruns resume: "
+        "blocks with a done-marker are skipped. The checkpoint's recommended decoder and its tuned "
+        "thresholds are stored in the output's attributes; segment starts from them.",
+    )
+    p.add_argument("image", help="image volume: OME-Zarr (0.4/0.5), zarr array, TIFF / OME-TIFF, HDF5, npy; axes (z, y, x) after --channel / --timepoint")
+    p.add_argument("checkpoint", help="blockseg checkpoint (.pt) of the network (workers must see this path), a shipped one: demo, fluo, fluo_synth, "
+                   "or a TorchScript (.pt) / ONNX (.onnx) network with its sidecar (same stem, .yaml / .json; README 'Use your own model')")
+    p.add_argument("output", help="prediction store to create (zarr group, one volume per channel)")
+    p.add_argument("--block", type=int, nargs="+", metavar="N", help="block core shape, 1 or 3 values (z y x), a multiple of the chunks")
+    p.add_argument("--dtype", choices=["uint8", "float16", "float32"], help="one storage dtype for every kept channel (default per channel: uint8 for probabilities / tanh maps, float16 for raw vectors such as cpv)")
+    p.add_argument(
+        "--channels", metavar="C,C,...|all",
+        help="channels to store besides the decoder's (default: only the decoder's); 'all' keeps every channel",
+    )  # fmt: skip
+    p.add_argument(
+        "--decoder", metavar="NAME",
+        help="keep the channels this decoder reads (default: the checkpoint's recommended decoder, else the first one the network can feed)",
+    )  # fmt: skip
+    p.add_argument(
+        "--patch", nargs="+", default=["auto"], metavar="auto|train|N",
+        help="inference patch: auto (default: a block-aligned patch computing the fewest voxels that fits the device's memory budget, "
+        "never smaller than the training patch), train (the network's training patch), or 1 or 3 sizes (z y x); auto and "
+        "sizes run one stride-aligned lattice set by the patch alone, so a store's patch (blockseg info) reproduces it with other blocks",
+    )  # fmt: skip
+    p.add_argument(
+        "--overlap", type=_overlap, nargs="+", default=[0.125], metavar="F|N%|Npx",
+        help="overlap of neighbouring output tiles, 1 or 3 values (z y x): a fraction of the training output patch "
+        "(0.125, or 12.5%%), or whole voxels (4px, or a whole number such as 4); default 0.125. 1.0 or 1.5 are refused: "
+        "a fraction is below 1 and voxels are whole",
+    )  # fmt: skip
+    p.add_argument("--blending", choices=["gaussian", "bump", "constant"], default="gaussian", help="blending window (default gaussian)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips")
+    p.add_argument("--mc-samples", type=int, default=0, metavar="N", help="MC-dropout samples: adds a <channel>_var variance channel per channel")
+    p.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+        help=f"patches per forward pass (default {DEFAULT_BATCH_SIZE}); a speed knob: the output is the same for every batch size",
+    )  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (CUDA where visible), cpu, cuda (default auto)")
+    p.add_argument("--no-amp", action="store_true", help="on CUDA, run the network in float32 instead of bf16 (fp16 where bf16 is unsupported) autocast")
+    p.add_argument(
+        "--runtime", choices=["eager", "compile"], default="eager",
+        help="run the network in torch eager (default) or compiled with torch.compile: tens of seconds of compiling per "
+        "worker, then a faster forward (needs a C++ compiler on CPU workers); equal within one storage step",
+    )  # fmt: skip
+    p.add_argument("--chunks", type=int, nargs="+", metavar="N", help="output chunk shape (default: the image's)")
+    p.add_argument(
+        "--scale", type=float, nargs="+", metavar="F",
+        help="resample the input for the network by this factor, 1 or 3 values (z y x), outputs back to the image grid "
+        "(default: image voxel size / the checkpoint's training voxel size, when both are known; 1: off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--diameter", metavar="SIZE",
+        help="the image's typical nucleus diameter with its unit: 17um (or 17µm) in micrometres, 34px in pixels of the "
+        "y/x plane (Cellpose's unit); a bare number is µm. Instead of --scale: resample so that its nuclei span as many "
+        "network voxels as the checkpoint's training nuclei (for nuclei of another size than the training data's); the "
+        "plan and the run print it in both units",
+    )  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="print blocks, halo and a memory estimate; compute nothing")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--no-resume", action="store_true", help="refuse an existing output instead of resuming it")
+    p.add_argument("--json", action="store_true", help="print the report (or the plan) as JSON on stdout")
+    add_pyramid_option(p)
+    add_selection_options(p)
+    add_cluster_options(p)
+    p.set_defaults(func=run)
+
+
+def _channels(text: str | None):
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    return "all" if names == ["all"] else names
+
+
+def _overlap(text: str) -> float | int:
+    """``--overlap``: a fraction (``0.125``, ``12.5%``) or whole voxels (``4px``, ``4``), never
+    ambiguous: ``1.0`` (100 %? one voxel?) and ``1.5`` are refused."""
+    t = text.strip().lower()
+    try:
+        if t.endswith("%"):
+            value = float(t[:-1]) / 100
+            if not 0 <= value < 1:
+                raise argparse.ArgumentTypeError(f"{text}: a percentage of the output patch is below 100%")
+            return value
+        for unit in ("px", "vx", "voxels", "voxel"):
+            if t.endswith(unit):
+                return int(t[: -len(unit)])
+        if t.lstrip("+").isdigit():
+            return int(t)
+        value = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction (0.125, 12.5%) or whole voxels (4px), got {text!r}") from None
+    if value >= 1:
+        raise argparse.ArgumentTypeError(
+            f"{text} is neither a fraction (below 1: 0.125 or 12.5%) nor whole voxels (write {round(value)}px for voxels)"
+        )
+    return value
+
+
+def _patch(values: list[str]):
+    """``--patch``: "auto", "train" or voxel sizes."""
+    if len(values) == 1 and values[0] in ("auto", "train"):
+        return values[0]
+    try:
+        return zyx(values, "--patch")
+    except ValueError:
+        raise BlocksegError(f"--patch takes auto, train or 1 or 3 sizes, got {' '.join(values)}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from .options import cluster_config
+
+    cluster_config(args)  # the cluster options (a --memory-limit that is no size...) fail first
+    from blockseg.predict import predict
+
+    # workers run in another folder: every path leaves this process absolute
+    args.image, args.output = absolute(selected(args.image, args)), absolute(args.output)
+    from blockseg.models import resolve_checkpoint
+
+    args.checkpoint = absolute(resolve_checkpoint(args.checkpoint))  # demo, fluo, fluo_synth: the shipped files
+    args.resumable = not args.no_resume
+    if not args.dry_run:  # one writer per output, refused at once (held until the command ends)
+        from blockseg.io.safety import acquire_lock
+
+        acquire_lock(args.output)
+    overlap = args.overlap[0] if len(args.overlap) == 1 else zyx(args.overlap, "--overlap", float)
+    kwargs = dict(
+        block_shape=zyx(args.block, "--block"),
+        dtype=args.dtype,
+        channels=_channels(args.channels),
+        decoder=args.decoder,
+        overwrite=args.overwrite,
+        resume=not args.no_resume,
+        patch=_patch(args.patch),
+        overlap=overlap,
+        blending=args.blending,
+        tta=args.tta,
+        mc_samples=args.mc_samples,
+        batch_size=args.batch_size,
+        device=args.device,
+        amp=not args.no_amp,
+        runtime=args.runtime,
+        chunks=zyx(args.chunks, "--chunks"),
+        progress=progress_mode(args) != "none",
+        pyramid_levels=pyramid_levels(args),
+        scale=zyx(args.scale, "--scale", float),
+        diameter=args.diameter,
+    )
+    # the plan validates image, checkpoint and geometry: fail before starting a cluster; its
+    # warnings on the input are held until the cluster passed its preflight (a cluster error
+    # stays the only line), then said once with the run's own
+    with warnings.catch_warnings(record=True) as early:
+        warnings.simplefilter("always")
+        plan = predict(args.image, args.checkpoint, args.output, dry_run=True, **kwargs)
+    said: set = set()
+    # blocks a local worker cannot hold: refused before any worker starts (or, in the dry run, said)
+    limit = None if args.scheduler else _local_limit(args)
+    if args.dry_run:
+        _say(early, said)
+        try:
+            plan.check_memory(limit)
+        except BlocksegError as exc:
+            print(f"blockseg: warning: {exc}", file=sys.stderr)
+        print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
+        return 0
+    plan.check_memory(limit)
+    for cost in plan.costs:  # refused geometry (blockseg.runtime.costs) ends here, before any worker starts
+        if cost.refuse:
+            raise BlocksegError(cost.message)
+    # the cluster is checked (workers, blockseg version, paths, GPUs) before the store is made
+    with open_cluster(args, [args.image, args.checkpoint], [args.output], quiet=args.json or args.quiet) as client:
+        _say(early, said)
+        with warnings.catch_warnings(record=True) as late:
+            warnings.simplefilter("always")
+            report = predict(args.image, args.checkpoint, args.output, client=client, **kwargs)
+        _say(late, said)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        import math
+
+        from blockseg.runtime.progress import reuse_summary
+
+        summary = reuse_summary(report.blocks, report.computed, math.prod(report.plan.shape), report.voxels,
+                                getattr(report, "reused_pass1", 0))  # fmt: skip
+        print(
+            f"{summary} -> {report.output}; {report.seconds:.1f} s ({report.voxels_per_second / 1e6:.2f} M voxels/s)",
+            file=sys.stderr,
+        )
+    # what changes results is said, not assumed: how the input was scaled and resampled
+    print(f"normalisation: {report.plan.normalisation}\nvoxel size: {report.plan.resampling}", file=sys.stderr)
+    return 0
+
+
+def _local_limit(args: argparse.Namespace) -> int:
+    """Bytes per worker of the LocalCluster the options ask for (0: no limit)."""
+    import os
+
+    from blockseg.runtime.cluster import count_gpus, local_memory_limit
+
+    n = args.workers or (count_gpus() if args.gpu else 0) or max(1, os.cpu_count() or 1)
+    return local_memory_limit(args.memory_limit, n, base=0)  # the plan's check names the block instead
+
+
+def _say(recorded, said: set) -> None:
+    """Emit recorded warnings again, each message once (``said`` holds those already emitted)."""
+    for w in recorded:
+        key = (w.category, str(w.message))
+        if key not in said:
+            said.add(key)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
