@@ -1,30 +1,15 @@
 """The global patch lattice: where patches go, how their outputs are blended, what a block reads.
 
-Patches are placed on one lattice fixed by the *volume* (its shape, the model's geometry, the
-patch size and the overlap), never by the block. A block computes exactly the lattice patches
-whose outputs overlap its core, so every core voxel receives the same patch outputs with the
-same weights as in a whole-volume run: the assembled prediction does not depend on the block
-shape.
+Patches sit on one lattice fixed by the *volume* (its shape, the model's geometry, the patch size
+and the overlap), never by the block, so the assembled prediction does not depend on the block
+shape. Per axis, output tiles of ``O = patch - 2 * crop`` voxels start every ``stride = O -
+overlap`` voxels over the volume plus the model's context ``margin`` on both sides (the last
+tile snapped to the end, or overhanging it with ``snap=False``); input outside the volume is its
+mirror image. Blending weights are separable and normalised per axis, so the weights of the
+tiles covering any voxel sum to one with no accumulator and no division pass.
 
-Per axis (all in voxels):
-
-* ``O = patch - 2 * crop`` is the output size of a patch (valid-padding networks lose ``crop``
-  per side);
-* the lattice covers the *domain* ``[-pad, size + pad)`` where ``pad`` is the model's context
-  ``margin``: volume borders get ``margin`` voxels of reflected context like any interior voxel;
-* output tiles start at ``-pad + min(k * stride, L - O)`` with ``L = size + 2 * pad`` and
-  ``stride = O - overlap``: the last tile is snapped to the end of the domain (or, with
-  ``snap=False``, at ``-pad + k * stride`` overhanging it: every tile start stays on the
-  stride, which keeps tiles aligned with blocks whose shape the stride divides);
-* a tile starting at ``t`` reads input ``[t - crop, t - crop + patch)``; input outside the
-  volume is its mirror image (numpy ``"reflect"`` mode, edge voxel not repeated).
-
-Blending weights are separable: ``w(z, y, x) = wz(z) * wy(y) * wx(x)`` with a 1-D window per
-axis (gaussian, bump or constant), strictly positive. Because the tiles form a product
-lattice, the sum of weights over tiles is also separable, ``W = Wz * Wy * Wx``, so each tile's
-*normalised* weight is the product of three 1-D normalised windows ``w_a / W_a``. A block
-therefore needs no weight accumulator and no final division, and the normalised weights of the
-tiles covering any voxel sum to one.
+The lattice per axis, the blending argument and how blocks own tiles:
+``docs/design/predict-lattice.md`` (the site's *Design notes*).
 """
 
 from __future__ import annotations
