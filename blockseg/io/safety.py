@@ -1,45 +1,20 @@
 """Data safety: the one place that decides whether an output may be written, and how.
 
 Every command that writes (``import``, ``synth``, ``predict``, ``segment``, ``evaluate``,
-``export``, ``run`` / ``demo``, ``train``) asks :func:`prepare_output` before it writes a byte.
-The rules:
+``export``, ``run`` / ``demo``, ``train``) asks :func:`prepare_output` before it writes a byte:
 
-1. **An output is never an input, never inside an input and never around one.** Paths are
-   compared after resolving them (absolute, symlinks followed); a local input inside a zarr
-   hierarchy (``img.zarr/labels/gt``) protects the whole hierarchy (``img.zarr``), so no output
-   may go into ``img.zarr`` either. URLs are compared by their normalised form.
-2. **An existing output is replaced only with ``overwrite``, and only when blockseg wrote it.**
-   blockseg recognises its own outputs by the marks it leaves (:func:`owned_kind`): zarr
-   attributes ``blockseg`` / ``blockseg_report`` (volumes, prediction stores, segmentations),
-   ``run.json`` (run directories), a folder of evaluation reports only, an export file's
-   ``blockseg`` metadata. Anything else that is not empty is foreign and is never replaced.
-3. **A replacement is written new, then swapped in.** The new output is written to a hidden
-   sibling (``.NAME.blockseg-new-PID``), and only when it is complete is the old one renamed
-   away, the new one renamed into place and the old one deleted. An interrupted replacement
-   leaves the old output as it was (the half-written sibling is removed at the next attempt).
-   The two renames happen back to back; should a crash fall exactly between them, the next
-   :func:`prepare_output` of that path renames the old output back.
-4. A *new* output (nothing at the path, or an empty folder) is written in place, so an
-   interrupted ``predict`` leaves a store that the rerun resumes.
-5. **One writer per output.** :func:`prepare_output` first claims the output with a lock file
-   beside it (``.NAME.blockseg-lock``: host, pid, start time, command; :func:`acquire_lock`);
-   a second command (or thread) on the same output is refused in one line naming the holder.
-
-On object storage (``s3://``...) there is no rename, atomic or not. There the same rules hold
-(own outputs only, the new output written complete beside the old one first), and the swap
-is the closest honest equivalent: when the new output (``.NAME.blockseg-new-PID``) is
-complete, a small *ready* object (``.NAME.blockseg-ready-PID``) is put beside it; then the
-old output is deleted, the new one copied into place server-side (no data passes through
-blockseg) and the sibling and the ready object deleted. An overwrite interrupted before the
-ready object leaves the old output intact (the sibling is deleted at the next attempt); one
-interrupted after it -- while the old output is deleted or the copy runs -- is *rolled
-forward* by the next :func:`prepare_output` of that path (or :func:`recover`), which finishes
-the copy from the complete sibling. During that window a reader may see a partial output.
-Process ids identify writers on one machine: two machines replacing the same URL at once is
-not supported.
+1. an output is never an input, never inside an input and never around one (paths resolved);
+2. an existing output is replaced only with ``overwrite``, and only when blockseg wrote it
+   (:func:`owned_kind` recognises its marks); anything else is foreign and never replaced;
+3. a replacement is written new beside the old output, then swapped in, so an interrupted one
+   leaves the old output as it was (on object storage: a *ready* object, then a server-side
+   copy that the next call rolls forward if it was interrupted);
+4. a new output is written in place, so an interrupted ``predict`` leaves a store to resume;
+5. one writer per output: a lock file beside it (:func:`acquire_lock`).
 
 Violations raise :class:`~blockseg.errors.BlocksegError` (one line; exit code 2 in the CLI)
-before anything is written.
+before anything is written. The rules in full, with the crash windows they cover:
+``docs/design/safety.md`` (the site's *Design notes / Safety rules*).
 """
 
 from __future__ import annotations

@@ -1,33 +1,19 @@
 """The blockwise engine: image zarr -> prediction store, Dask tasks that carry block ids.
 
-Every lattice tile is computed exactly once, by the block that owns it (the block whose core
-holds the centre of the tile's output, see :mod:`.lattice`). A block's own tiles cover its core
-except for strips along its faces, which tiles of neighbouring blocks also reach, and they
-spill past its faces. So a block runs in two passes:
+Every lattice tile is computed exactly once, by the block that owns it (:mod:`.lattice`), in
+two passes:
 
-1. ``predict_block`` gets the network from a per-process cache (loaded once per worker and
-   device, never shipped), computes its own tiles (reading the input z-row by z-row, the next
-   row on a background thread, with global reflection at the volume borders) and blends them.
-   Its *interior* -- the voxels no other block's tile reaches -- is final: it writes the
-   interior's whole chunks and keeps the rest of it (in chunks that strips also touch),
-   encoded as stored; with the weighted partial sums of the rest of its region (its strips
-   and its spill; float32, float64 when the output is float32, so that an identity network
-   still reproduces its input exactly) these go to the block's own row of the scratch
-   ``OUT/_partial/rows`` (one uint8 array, a row per block: :func:`scratch_pieces`).
-2. ``finish_block`` (only blocks with strips) adds the partial sums of itself and of the
-   neighbours reaching its strips, fills in what it held, and writes the rest of its core in
-   whole chunks (pass 2 starts once every pass 1 is done). Every output chunk is written once,
-   by one task: none is read back, merged and recompressed.
+1. ``predict_block`` computes the block's own tiles (the network cached once per worker),
+   writes the whole chunks that no other block's tile reaches, and keeps the rest -- held
+   values and weighted partial sums -- in the block's row of the scratch ``OUT/_partial/rows``;
+2. ``finish_block`` adds its own and its neighbours' partial sums over its strips and writes
+   the rest of its core.
 
-No tile is computed twice, no chunk is written by two tasks at once, and the result equals a
-whole-volume run up to the order (and, for quantised outputs, the float32 rounding) of the
-additions. Done-markers: one uint8 per
-block in ``OUT/_pass1`` (pass 1 finished) and ``OUT/_done`` (the block's chunks are all final),
-each written after the data it vouches for. A rerun skips finished work; the scratch is
-deleted once every block is done.
-
-The run's settings (checkpoint digest, lattice, dtype, TTA...) are stored in the store's
-attributes; resuming with different settings is refused.
+Every output chunk is written once, by one task; the result equals a whole-volume run up to
+the order (and the float32 rounding) of the additions. Done-markers (``OUT/_pass1``,
+``OUT/_done``) are written after the data they vouch for, so a rerun resumes; the run's
+settings are stored in the store's attributes and a resume with other settings is refused.
+Design notes: ``docs/design/predict-lattice.md``.
 """
 
 from __future__ import annotations

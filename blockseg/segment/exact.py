@@ -1,100 +1,21 @@
 """The exact seeded watershed: a total order every region can evaluate, and its block kernel.
 
-Why the old flood could only be certified
------------------------------------------
-A bucket-queue flood that gives each voxel the label of whichever neighbour reaches it first
-breaks ties by *queue arrival order*. That order is a property of the whole run (which seed was
-queued first, which plateau was entered first), so a block that sees only part of the volume
-cannot reproduce it, and a halo can at best certify voxels, never guarantee them.
+A path from a seed gets the key ``(M, n)``: ``M`` its highest height (the minimax level of the
+classical watershed), ``n`` the steps since it first reached ``M``. This path algebra is strictly
+monotone and isotone, so every foreground voxel has a unique optimal key ``K*`` (the unique
+solution of local Bellman equations), and its label is the smallest seed id among its *optimal
+predecessors*. The definition mentions no queue order, so a block can evaluate it on its region
+given the values on the region's one-voxel shell.
 
-The rule (a definition that does not mention any queue)
---------------------------------------------------------
-Let ``h`` be the uint8 height, ``F`` the foreground mask (6-connected graph), ``S`` the seed
-voxels with their global seed id ``sid`` (seed ids are numbered by the raster index of their
-first voxel, so the numbering is the same in every blocking). A path ``P = (v_0, ..., v_k)`` in
-``F`` starting at a seed gets the *key*
+* :func:`keyed_flood` computes it in one bucket-queue pass (one FIFO per level), with the shell
+  values as fixed boundary sources;
+* :func:`keyed_update` updates a previous solution after shell values changed (keys only
+  decrease), visiting only the voxels whose key or label can change;
+* blocks that exchange shell values until none changes reach the whole-volume result for every
+  input, block shape and halo (:mod:`.pipeline` runs the rounds).
 
-    ``K(P) = (M, n)`` with ``M = max_i h(v_i)`` (the classical watershed level) and ``n`` the
-    number of steps taken since the path first reached height ``M`` (``n = k - i*``, ``i*``
-    the first index with ``h(v_i*) = M``),
-
-ordered lexicographically. Equivalently, seeds start at ``(h(s), 0)`` and one step to ``w``
-maps ``(M, n)`` to ``ext((M, n), w) = (h(w), 0)`` if ``h(w) > M`` else ``(M, n + 1)``: the
-level is the minimax height, the second component the geodesic distance, inside the level, from
-where the path entered the level. This algebra is
-
-* **strictly monotone**: ``ext(k, w) > k`` for every key ``k`` (the level grows, or ``n`` does);
-* **isotone**: ``k <= k'`` implies ``ext(k, w) <= ext(k', w)`` (case check: if ``h(w)`` exceeds
-  both levels both become ``(h(w), 0)``; if it exceeds only the smaller level that side becomes
-  ``(h(w), 0) <= (M', n' + 1)``; otherwise both add one step, or the smaller level stays
-  smaller).
-
-Hence ``K*(v) = min`` over seeded paths to ``v`` of ``K(P)`` is well defined, satisfies the
-Bellman equations ``K*(v) = min_{u ~ v} ext(K*(u), v)`` (``v`` not a seed; seeds keep
-``(h, 0)``, which no path beats), and is the **unique** solution of them: any solution's finite
-values are realised by a chain of strictly decreasing keys that must end at a seed (so they are
-path costs, ``>= K*``), and isotonicity along an optimal path gives ``<= K*``.
-
-The label is then fixed without any order of events: ``u`` is an *optimal predecessor* of a
-non-seed ``v`` when ``u ~ v`` and ``ext(K*(u), v) = K*(v)`` (so ``K*(u) < K*(v)``); the
-optimal-predecessor graph is acyclic and
-
-    ``label(v) = sid(v)`` for a seed, ``min`` of ``label(u)`` over the optimal predecessors
-    ``u`` of ``v`` otherwise, and 0 when no seed reaches ``v`` (``K* = infinity``).
-
-Equivalently ``label(v)`` is the smallest seed id with a path of optimal keys to ``v``. Every
-instance is connected and contains its seed (each voxel inherits its label from a neighbour of
-smaller key). It is a seeded, marker-controlled, lowest-level-first watershed restricted to
-the foreground; inside one level the basins grow by geodesic distance from where they entered
-it, and only exact ties between equally near seeds fall to the smaller seed id.
-
-The kernel computes it in one pass
-----------------------------------
-:func:`keyed_flood` is the bucket-queue flood the package always used (one FIFO per level,
-``w`` queued at ``max(level, h(w))``) with two changes: it records ``n`` (``dist``), and a
-neighbour already queued whose key equals the offered key takes the smaller label. FIFO order
-inside a level pops keys in non-decreasing order (a level's queue starts with its ``n = 0``
-entries, all queued before the level is reached, and each pop appends ``n + 1``), so the first
-offer a voxel receives carries its optimal key and all its optimal predecessors are popped
-before it: the label is the minimum over them. The order among equal keys does not matter.
-
-*Boundary sources.* A block floods a region ``R`` (its core plus the halo) and may be given
-the current values ``(K, label)`` of the voxels just outside ``R`` (the *shell*). They act as
-pre-valued, fixed voxels popped in key order: they are kept in one list sorted by key and, at
-each level, merged with that level's FIFO by ``n``. The merge keeps the pops sorted (proof: the
-FIFO only ever holds the values ``q`` and ``q + 1``, ``q`` the last pop, because a pop ``p``
-appends ``p + 1`` and ``p`` is the minimum). The result is the unique solution of the Bellman
-equations on ``R`` with the shell as boundary condition.
-
-Blockwise fixed point (used by :mod:`.pipeline`)
-------------------------------------------------
-Every block floods its region with the shell values of the previous round (round 1: no shell,
-i.e. every shell voxel unreached), writes its core, and publishes the values its core holds on
-the other blocks' shells. A block runs again only when a value on its own shell changed. Then:
-
-* **keys only decrease and stop.** Shell keys are path costs (so ``>= K*``); a region's keys
-  are isotone in its boundary; by induction every published key is ``<=`` the one it replaces,
-  and keys take finitely many values;
-* **when nothing changes, every key is ``K*``.** Take ``v`` with a wrong key and the least
-  ``K*(v)``; every voxel before it on an optimal path has a smaller ``K*`` and is right; that
-  path either stays in ``v``'s region or last enters it from a shell voxel, so the region's
-  flood finds ``K*(v)`` -- a contradiction. (The same argument holds for halo voxels.)
-* **labels then settle in key order.** With all keys right, a region's optimal-predecessor
-  sets equal the global ones, so a voxel whose optimal predecessors' labels are right gets its
-  right label at its block's next run; the least key carrying a wrong label increases at
-  every round (a block holding a wrong voxel always has a changed shell value pending), and at
-  the fixed point every label satisfies the defining recursion: it is the whole-volume label.
-
-*Later runs are updates.* Because shell keys only decrease, a block's run in round 2 or later
-does not flood again: :func:`keyed_update` starts from the block's previous solution and
-revisits, in key order, only the voxels whose key or label can change (see its docstring);
-its result is the same unique solution a fresh flood would give.
-
-So the blockwise result equals :func:`keyed_flood` on the whole volume for *every* input,
-block shape and halo; no certificate decides anything. The halo only changes the cost: with
-more context a block's first flood is already right deeper into its core, fewer shell values
-change and fewer rounds are needed; the price is reading and flooding ``(1 + 2 halo / block)^3``
-times the core. Halo 0 is valid.
+The definitions and the proofs (uniqueness, the kernel's pop order, the fixed point):
+``docs/design/exactness.md`` (the site's *Design notes / Exactness*).
 """
 
 from __future__ import annotations

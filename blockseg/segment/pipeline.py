@@ -1,39 +1,21 @@
 """``segment``: prediction store -> global instance labels, blockwise and seamless.
 
-Passes (each a set of independent block tasks that write only their own core):
+Passes, each a set of independent block tasks that write only their own core:
 
-1. **seeds** -- decode the core (the only time predictions are decoded), label the seed mask's
-   26-connected components, give them ids ``grid.id_offset(block) + k`` (unique without
-   coordination); write the core's uint8 height and its *seed code* (0 background, the
-   dtype's largest value foreground without seed, else the block seed id) to the work
-   directory; return each component's voxel count.
-2. **pairs** -- for every face, edge and corner the block shares with a later block, label the
-   two-voxel slab of seed ids 26-connected: ids in one slab component are one seed.
-3. *driver* -- union-find (sparse connected components) over the pairs; global seed sizes;
-   seeds under ``min_seed_size`` dropped; kept seeds numbered 1..S by their first voxel in
-   raster order (as a whole-volume labelling numbers them); one small lookup table per
-   block (only the ids in that block) written to the work directory.
-4. **watershed**, in exchange rounds (:mod:`.exact`: the rule, the proofs) -- round 1: a block
-   reads height and seed code of core + halo, maps the seed ids to global ids with the tables of
-   the blocks it overlaps, floods with the exact keyed flood (shell unreached), keeps the
-   region's solution in the work directory and publishes, in one immutable file per run, the
-   values its core holds on other blocks' shells. Later rounds run one task per *tile* of
-   blocks holding woken blocks (:func:`_tile_task`): it updates them (and the tile mates they
-   wake) from the newest shell values until nothing in the tile changes, then saves each
-   block's update (a delta, or a full solution) and publishes; until no shell value changed
-   anywhere. No labels are written in the rounds. No task reads a file written in its own
-   round, so every task is idempotent (a retry writes the same bytes).
-5. **statistics** -- each block reads its core from its last solution (the fixed point) and
-   returns partial per-instance statistics; *driver*: reduce them, remove instances under
-   ``min_size`` (exact global sizes), number the rest 1..N (in seed order); per-block tables.
-6. **relabel** -- each block maps its core's final labels through its table into the output
-   volume; the instance table goes to ``OUT/instances.csv``.
+1. **seeds** -- decode the core once, give its seed components block-unique ids, write its
+   height and seed code to the work directory;
+2. **pairs** -- the seed ids that touch across every face, edge and corner two blocks share;
+3. *driver* -- union-find over the pairs; global seed sizes; seeds numbered 1..S in raster order;
+4. **watershed**, in exchange rounds (:mod:`.exact`) run per tile of blocks, until no shell
+   value changes anywhere; no labels are written in the rounds;
+5. **statistics** -- per-instance partial sums from each block's last solution, reduced;
+   instances under ``min_size`` removed, the rest numbered 1..N in seed order;
+6. **relabel** -- each block writes its final labels; the table goes to ``OUT/instances.csv``.
 
-The work directory therefore holds, per voxel, the seed code and height (pass 1) and one saved
-solution per block (labels, key, height and flags of core + halo: ~12 bytes a voxel before lz4
-compression, times the halo's read amplification) with the deltas of its later runs, and
-``journal.json``: what the driver finished (a killed driver's rerun of the same plan continues
-from it). It is deleted at the end.
+No task reads a file written in its own round, so every task is idempotent. The work directory
+(``OUT.work``: seed codes, heights, lz4-compressed solutions with their deltas, ``journal.json``)
+lets a killed driver's rerun continue; it is deleted at the end. Each pass in detail:
+``docs/design/exactness.md``, section *The passes of segment*.
 """
 
 from __future__ import annotations
