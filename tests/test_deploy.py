@@ -115,7 +115,7 @@ def test_runs_from_a_read_only_install_without_a_writable_home(tmp_path):
 
 def test_cache_folder_shared_with_others_is_not_used(tmp_path, monkeypatch):
     """numba's index files are pickles: a cache folder others can write is never used."""
-    from blockseg import _jit
+    from blockseg.runtime import _jit
 
     shared = tmp_path / "shared"
     shared.mkdir()
