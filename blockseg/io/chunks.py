@@ -1,30 +1,16 @@
 """Missing chunks in input arrays: detected, not read silently as the fill value.
 
-A zarr array stores one object per chunk (per shard when sharded); the format says an absent
-chunk reads as the array's fill value. That is right for *sparse* arrays -- zarr-python 3 omits
-chunks that hold only the fill value by default (``write_empty_chunks=False``), so label
-volumes with empty background usually have gaps -- but for a microscope image a missing chunk
-is a lost or unfinished upload, and reading it as zeros would segment a hole without a word.
+zarr reads an absent chunk as the fill value: right for sparse label volumes (zarr omits
+all-background chunks), wrong for a microscope image, where a missing chunk is a lost or
+unfinished upload. :func:`check_complete` (called by :func:`blockseg.io.volume.open_volume` for
+every zarr input opened for reading) therefore refuses missing chunks in images in one line,
+reads them as the fill value with a warning in label images, and leaves blockseg's own outputs
+alone (their completeness is tracked by ``predict``'s markers). The policy ``fill`` or
+``error`` (``--missing-chunks``, or ``BLOCKSEG_MISSING_CHUNKS``, which dask workers inherit)
+changes that. Cost: one listing of the array's keys per process; nothing is read.
 
-The rule (:func:`check_complete`, called by :func:`blockseg.io.volume.open_volume` for every zarr
-input opened for reading):
-
-- **blockseg's own outputs** (marked ``blockseg`` in their attributes) are not checked: blockseg
-  writes them sparse on purpose and tracks their completeness itself (``predict``'s markers).
-- **images** (everything that is not a label image): a missing chunk is an error -- one line
-  naming the array, the first missing chunk key and how many are missing (exit 2 in the CLI),
-  raised on the driver before any output is written.
-- **label images** (NGFF ``image-label`` metadata, or a volume inside a ``labels/`` group):
-  missing chunks are read as the fill value, with a warning giving their number.
-- The policy ``fill`` (``--missing-chunks fill`` in the CLI, or the environment variable
-  ``BLOCKSEG_MISSING_CHUNKS=fill``, which dask workers inherit) reads missing chunks of any
-  input as the fill value, with the same warning; ``error`` refuses them even in labels.
-
-Cost: one listing of the array's keys per process and array (a directory walk locally, a few
-paginated LIST requests on object storage: ~1000 keys each), then a set comparison; nothing is
-read. Only the storage units (chunks, or shards for a sharded array) that the opened view
-touches are compared -- the selected channel / timepoint, not the whole array. Inner chunks
-missing *inside* a shard are not detected (that needs every shard's index).
+The rule in full, its cost and what it cannot see (chunks missing inside a shard):
+``docs/api/io.md``, section *Missing chunks*.
 """
 
 from __future__ import annotations

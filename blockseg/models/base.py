@@ -9,22 +9,9 @@ A network used by blockseg is a :class:`BlocksegNet`: a ``torch.nn.Module`` that
 * reports its :class:`Geometry`: patch sizes it was trained for, the valid-padding crop, and the
   context margin a block halo must provide.
 
-Representations and the prediction channels they produce (names are the ones
-:mod:`blockseg.io.predictions` stores and :mod:`blockseg.segment.decoders` reads):
-
-============  ===========================================  ===========
-name          channels                                     kind
-============  ===========================================  ===========
-``B``         ``B``                                        prob
-``C``         ``C``                                        prob
-``D``         ``D``                                        tanh
-``cpv``       ``cpv_z``, ``cpv_y``, ``cpv_x`` (voxels)     raw
-``3label``    ``P_bg``, ``P_boundary``, ``P_interior``     prob
-``sdt``       ``sdt``                                      tanh
-``aff``       ``aff_z``, ``aff_y``, ``aff_x``, ``fg``      prob
-``gauss``     ``gauss``                                    prob
-``density``   ``density``                                  raw
-============  ===========================================  ===========
+:data:`REPRESENTATIONS` names the channels each representation produces (the names
+:mod:`blockseg.io.predictions` stores and :mod:`blockseg.segment.decoders` reads) and their kind
+(prob, tanh or raw); the table: ``docs/api/models.md``.
 """
 
 from __future__ import annotations

@@ -2,40 +2,19 @@
 
 Any network that maps a normalised float32 batch ``(N, 1, z, y, x)`` to ``(N, K, z', y', x')``
 runs through the same engine as blockseg's own checkpoints (lattice, blending, resume,
-resampling, quantisation, store layout) once a *sidecar* says what the engine needs to know.
-The sidecar is a YAML or JSON file beside the network with the same stem (``net.pt`` +
-``net.yaml``, ``net.onnx`` + ``net.json``); either file may be given as the model::
+resampling, quantisation, store layout) once a *sidecar* says what the engine needs to know:
+a YAML or JSON file beside the network with the same stem (``net.pt`` + ``net.yaml``,
+``net.onnx`` + ``net.json``), giving at least ``outputs`` (the channels, by blockseg's names
+or aliases), ``patch``, ``margin`` (or ``auto``: measured by probing the receptive field) and
+``normalisation``; optionally ``activation``, ``voxel_size``, ``decoder``, ``crop``, ``halo``,
+``divisor``, ``nucleus_diameter_um``, ``weights``, ``format``, ``name``.
 
-    outputs: [B, C, D]          # what each output channel is, in the network's order (required)
-    activation: logits          # logits (blockseg applies sigmoid / tanh / softmax) or applied
-    patch: [32, 64, 64]         # the input patch it was trained / is run with (required)
-    margin: auto                # context per side in voxels, or auto: measured by probing (required)
-    normalisation:              # how raw intensities become the network input (required; none allowed)
-      percentile: [1, 99.8]     # each volume's 1 / 99.8 percentiles -> 0 / 1 (bioimage.io scale_range)
-    voxel_size: [1.0, 0.5, 0.5] # µm of the training data, z y x (optional: enables resampling)
-    decoder: {name: bcd}        # the decoder segment should use (optional)
+Safety: a TorchScript file is a program; it is opened with ``torch.jit.load`` (never
+``torch.load(weights_only=False)``), but only open models from sources you trust. An ONNX
+file is a data-only graph run by onnxruntime (``pip install blockseg[onnx]``).
 
-Output channel names are blockseg's (:data:`blockseg.models.base.REPRESENTATIONS`): ``B``,
-``C``, ``D``, ``cpv_z/y/x`` (or ``cpv``), ``P_bg / P_boundary / P_interior`` (or ``3label``),
-``sdt``, ``aff_z / aff_y / aff_x / fg`` (or ``aff``), ``gauss``, ``density``; the aliases
-``foreground`` (B), ``contour`` (C), ``distance`` (D), ``background`` (P_bg), ``interior``
-(P_interior); ``ignore`` drops a channel. Channels may come in any order; a representation's
-channels must all be named. Further keys: ``crop`` (voxels per side a valid-padding network
-loses), ``halo`` (voxels per side of the output to discard, bioimage.io's halo), ``divisor``
-(what patch sizes must be multiples of), ``nucleus_diameter_um``, ``weights`` (the network
-file, relative to the sidecar), ``format`` (``torchscript`` or ``onnx``), ``name``.
-
-Safety: a TorchScript file is a program (as is any pickled checkpoint); it is opened with
-``torch.jit.load`` (never ``torch.load(weights_only=False)``), but only open models from
-sources you trust. An ONNX file is a data-only graph run by onnxruntime (``pip install
-blockseg[onnx]``).
-
-``margin: auto`` measures the receptive field: an impulse added at the centre of a random
-input patch changes the outputs within the receptive radius of that voxel; the radius (per
-axis, the largest distance of a changed output voxel, over two impulse positions) becomes the
-margin, capped at half the output patch (a network whose response reaches the patch border,
-through a large receptive field or instance normalisation, sees the whole patch anyway). The plan and ``blockseg info``
-say that the margin was measured, and what was found.
+Every key, the channel aliases and how ``margin: auto`` is measured: ``docs/api/models.md``,
+section *Networks blockseg did not build: the sidecar*.
 """
 
 from __future__ import annotations

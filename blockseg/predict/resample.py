@@ -1,29 +1,16 @@
 """Voxel-size aware inference: run the network at its training voxel size, blockwise and exactly.
 
-A network sees nuclei at the voxel size it was trained at; an image with another voxel size
-is resampled to it (per axis, factor ``r = image voxel size / network voxel size``), the
-network runs on the resampled *virtual* volume, and its outputs are resampled back to the
-image grid.
+An image with another voxel size than the network's is resampled to it (per axis, factor
+``image voxel size / network voxel size``), the network runs on the resampled *virtual* volume
+and its outputs are resampled back to the image grid. Both grids are global (voxel centres
+aligned, linear interpolation), and each block computes the network with every lattice tile
+that reaches the resampled box its core needs, so a blockwise run equals the whole-volume one
+(:func:`predict_array_scaled`) whatever the block shape. Vector channels in voxels (``cpv_*``)
+are converted to image voxels, densities to counts per image voxel. Interpolation has no
+anti-aliasing filter: fine for factors down to about 0.5.
 
-Both grids are global: the resampled volume has shape ``S' = round(S * r)`` and its voxel
-``j`` lies at image coordinate ``(j + 0.5) * S / S' - 0.5`` (voxel centres aligned, as
-``skimage.transform.resize``); image voxel ``i`` lies at ``(i + 0.5) * S' / S - 0.5`` of the
-resampled grid. Values between voxels are linear interpolations (separable, clamped at the
-volume border). A block of the image grid therefore needs
-
-* the network's prediction on the resampled box its core's coordinates fall into (plus one
-  voxel for the interpolation), computed with *every* lattice tile that reaches that box --
-  so the values are final, the same as in a whole-volume run -- and
-* for those tiles, the resampled input, each voxel interpolated from the image voxels around
-  its coordinate, with the lattice's reflection at the resampled volume's borders.
-
-Every value is a fixed function of global coordinates, so a blockwise run equals the
-whole-volume one (:func:`predict_array_scaled`) whatever the block shape; tiles near a block
-face are computed by both blocks (the price of exactness without exchanging partial sums).
-
-Vector channels measured in voxels (``cpv_*``) are converted to image voxels, densities to
-counts per image voxel. Interpolation is linear without an anti-aliasing filter: fine for
-factors down to about 0.5; much coarser resampling aliases (documented limit).
+The grids, what a block reads and why it is exact: ``docs/api/predict.md``, section
+*Resampling to the network's voxel size*.
 """
 
 from __future__ import annotations

@@ -2,28 +2,13 @@
 
 Every loss takes the network's **raw** outputs ``(N, C, z', y', x')`` (before
 :meth:`~blockseg.models.base.BlocksegNet.postprocess`) and float targets ``(N, c, z, y, x)``;
-targets larger than the output (valid padding) are centre-cropped to it.
+targets larger than the output (valid padding) are centre-cropped to it. B and C: class-balanced
+BCE + 0.5 soft Dice; D and sdt: MSE of ``tanh(raw)``; cpv: weighted MSE, by default relative to
+the nuclei's size; 3label: class-balanced cross-entropy; aff: class-balanced BCE; gauss: weighted
+MSE; density: L1 (with the joint network's soft Dice + weighted cross-entropy on its
+segmentation).
 
-=============  ===========================================================================
-``B``, ``C``   class-balanced BCE (minority class weighted by the class ratio, foreground
-               fraction clipped to [0.05, 0.95]) + 0.5 x soft Dice (NucMM)
-``D``          MSE of ``tanh(raw)`` against D (NucMM weight 5)
-``cpv``        MSE with voxel weight 1 inside nuclei and 0.01 on background, weighted mean
-               (aux-task paper); by default (``cpv_units="relative"``) divided by the batch's
-               weighted mean squared target vector, i.e. relative to the nuclei's size (about 1
-               for a zero prediction, like the other losses at the start); ``"voxels"`` keeps
-               the paper's unnormalised voxel units (about 7x the 3label loss on real crops)
-``3label``     class-balanced softmax cross-entropy (weights = inverse class frequency)
-``sdt``        MSE of ``tanh(raw)`` against tanh(sdt / 9); x100 when cpv is also trained
-               (aux-task paper; it used a linear output -- the tanh matches what
-               ``postprocess`` stores)
-``aff``        class-balanced BCE over the 3 affinities + the foreground channel
-``gauss``      MSE of ``sigmoid(raw)`` with weight 1 where the target >= 0.01 and 1e-5 elsewhere, weighted mean
-``density``    L1 (joint detection / segmentation network)
-=============  ===========================================================================
-
-With ``density`` (the joint network) the segmentation representation (``B`` or ``3label``)
-uses soft Dice + weighted cross-entropy instead.
+The table of losses and weights: ``docs/api/train.md``, section *Losses*.
 """
 
 from __future__ import annotations

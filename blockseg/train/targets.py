@@ -7,43 +7,14 @@ centre-based targets, a *global* table of instance centres (:func:`instance_cent
 (and the global centre table), the core of the result equals the core of the whole-volume
 result exactly; :func:`write_targets` relies on this to write perfect predictions blockwise.
 
-Definitions (axes (z, y, x); "distance" is Euclidean in physical units, expressed in units of
-the smallest voxel edge, unless said otherwise):
+The representations: **B** (foreground), **C** (contour band), **D** (NucMM's signed tanh
+distance, inside to the nearest voxel *not of the same instance*), **cpv** (vector to the
+instance's centre), **3label** (background / boundary / interior), **sdt** (signed distance
+to the boundary), **aff** (affinities, offset -1), **gauss** (unit peaks at centres) and
+**density** (unit-sum Gaussians). The volume border is never a label change. All arrays are
+float32; per-voxel loss weights are in :func:`loss_weights`.
 
-* **B** -- foreground: ``labels > 0``.
-* **C** -- instance contour: voxels having a voxel of a different label (background included)
-  within city-block distance ``contour_width`` voxels. Width 1 (default) is the two-voxel band
-  straddling every label change, computed in 3D. The volume border is not a label change.
-* **D** -- NucMM eq. 1: inside an instance ``tanh(d_in / alpha)``, outside
-  ``-tanh(d_out / beta)`` (alpha 8, beta 50). ``d_out`` is the distance to the nearest foreground
-  voxel; ``d_in`` the distance to the nearest voxel that is *not of the same instance*
-  (background or another nucleus), computed as ``min(distance to background, distance to a
-  contact voxel + 1)`` -- see :func:`distance_target` for why. Distances clipped at
-  ``max_distance``.
-* **cpv** -- for every foreground voxel the vector (z, y, x, in voxels) from the voxel to the
-  centre of mass of its instance, 0 on background. Centres come from a global table, so cut
-  nuclei point to their true centre.
-* **3label** -- one-hot ``P_bg`` / ``P_boundary`` / ``P_interior``: interior = instance eroded
-  once with the 26-neighbourhood (a voxel whose 26 neighbours inside the volume all carry its
-  label), boundary = the rest of the instance.
-* **sdt** -- ``tanh(s / sdt_scale)`` (scale 9) with ``s`` the distance to the nearest boundary
-  voxel (3label's boundary class), negative inside instances, positive outside; clipped at
-  ``max_distance``. Boundary voxels are 0.
-* **aff** -- ``aff_z[z, y, x] = 1`` iff voxel ``(z, y, x)`` and its neighbour ``(z - 1, y, x)``
-  carry the same non-zero label (offset -1 per axis, the gunpowder / aux-task convention; the
-  first slice along an axis, whose neighbour is outside the volume, is 0), likewise ``aff_y``,
-  ``aff_x``; plus ``fg`` = B.
-* **gauss** -- Gaussian blobs of ``gauss_sigma`` = 2 voxels centred on the voxel nearest to each
-  instance centre (as the aux-task paper rasterises its points), peak exactly 1 there,
-  truncated at ``truncate`` sigmas, maximum where blobs overlap.
-* **density** -- Gaussians of ``density_sigma`` = 1 µm (per-axis sigma in voxels honours the
-  voxel size) centred on the exact (sub-voxel) centres, each normalised so that its voxels sum
-  to 1 (discrete normalisation over its truncated window): the map sums to the number of nuclei
-  whose blobs lie inside the volume, and its sum over any region estimates their count there.
-  Overlapping blobs add.
-
-All arrays are float32. Per-voxel loss weights defined by the papers are in
-:func:`loss_weights`.
+Each definition in full: ``docs/api/train.md``, section *Training targets: the definitions*.
 """
 
 from __future__ import annotations
