@@ -62,6 +62,13 @@ def encode_channel(values: np.ndarray, kind: str, dtype=np.uint8) -> np.ndarray:
     Returns
     -------
     ndarray of ``dtype``
+
+    Examples
+    --------
+    >>> encode_channel(np.array([0.0, 0.5, 1.0]), "prob")
+    array([  0, 128, 255], dtype=uint8)
+    >>> encode_channel(np.array([-1.0, 0.0, 1.5]), "tanh")
+    array([  0, 128, 255], dtype=uint8)
     """
     dtype = np.dtype(dtype)
     if kind not in KINDS:
@@ -85,6 +92,13 @@ def decode_channel(stored: np.ndarray, kind: str) -> np.ndarray:
 
     Floats are returned as float32 unchanged; uint8 is unscaled (``u / 255`` for ``"prob"``,
     ``u / 127.5 - 1`` for ``"tanh"``).
+
+    Examples
+    --------
+    >>> decode_channel(np.array([0, 255], dtype=np.uint8), "prob")
+    array([0., 1.], dtype=float32)
+    >>> decode_channel(np.array([0, 255], dtype=np.uint8), "tanh")
+    array([-1.,  1.], dtype=float32)
     """
     if kind not in KINDS:
         raise BlocksegError(f"unknown channel kind {kind!r}; use one of {KINDS}")

@@ -211,6 +211,16 @@ def open_volume(
     -----
     A voxel size the file does not give falls back to 1 µm with a :class:`BlocksegWarning`;
     ``Volume.voxel_size_source`` records it ("default") for provenance.
+
+    Examples
+    --------
+    >>> vol = create_volume("cells.zarr", (16, 64, 64), "uint16", voxel_size=(1.0, 0.5, 0.5))
+    >>> vol[:, :32, :32] = 7
+    >>> again = open_volume("cells.zarr")
+    >>> again.shape, again.voxel_size, again.voxel_size_source, str(again.dtype)
+    ((16, 64, 64), (1.0, 0.5, 0.5), 'metadata', 'uint16')
+    >>> int(again[0, 0, 0]), int(again[0, 63, 63])
+    (7, 0)
     """
     from .formats import SELECT_KEYS, open_source, split_selection, warn
 
@@ -307,6 +317,12 @@ def create_volume(
         Name recorded in the multiscales metadata.
     attributes : dict, optional
         Extra attributes stored on the group (under ``"blockseg"``).
+
+    Examples
+    --------
+    >>> vol = create_volume("empty.zarr", (8, 64, 64), "uint8", voxel_size=0.5, chunks=(8, 32, 32))
+    >>> vol.shape, vol.voxel_size, int(vol[:].max())
+    ((8, 64, 64), (0.5, 0.5, 0.5), 0)
     """
     path = str(path)
     shape = tuple(int(s) for s in shape)

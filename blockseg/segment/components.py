@@ -156,6 +156,21 @@ def label(
     ------
     BlocksegError
         For a bad connectivity or geometry, a missing mask or an existing output.
+
+    Examples
+    --------
+    A cube, and a bar that crosses the border between two blocks: two components, the bar one.
+
+    >>> from blockseg.io.volume import create_volume, open_volume
+    >>> mask = create_volume("mask.zarr", (8, 32, 32), "uint8", chunks=(8, 16, 16))
+    >>> mask[:, 2:6, 2:6] = 1
+    >>> mask[:, 10:22, 14:18] = 1
+    >>> report = label("mask.zarr", "components.zarr", block_shape=(8, 16, 16))
+    >>> report.n_components
+    2
+    >>> labels = open_volume("components.zarr")[:]
+    >>> len(set(labels[:, 10:22, 14:18].ravel().tolist()))
+    1
     """
     if connectivity not in _GRID_CONNECTIVITY:
         raise BlocksegError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
