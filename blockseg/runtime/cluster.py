@@ -619,6 +619,24 @@ def block_voxels(grid, block_ids: Iterable[int]) -> list[int]:
     return [math.prod(grid[int(b)].shape) for b in block_ids]
 
 
+def run_task(task, block_ids: Iterable[int] | None = None, client=None, progress: bool = True,
+             retried: list[int] | None = None) -> list[Any]:  # fmt: skip
+    """Run a :class:`blockseg.grid.BlockTask`: ``task.process`` for each block of ``block_ids``
+    (default: :meth:`~blockseg.grid.BlockTask.todo`, the selected blocks not done yet) through
+    :func:`run_blocks`, with the task's name and resources and progress in voxels.
+
+    Examples
+    --------
+    >>> from blockseg.grid import BlockGrid, BlockTask
+    >>> task = BlockTask("double", BlockGrid((10, 10, 10), 5), process=abs, check=lambda b: b < 6)
+    >>> run_task(task, progress=False)
+    [6, 7]
+    """
+    ids = task.todo() if block_ids is None else [int(b) for b in block_ids]
+    return run_blocks(task.process, ids, client, name=task.name, resources=task.resources, progress=progress,
+                      voxels=block_voxels(task.grid, ids), retried=retried)  # fmt: skip
+
+
 def _named_task(func: Callable[[int], Any], name: str, block_id: int) -> Any:
     """``func(block_id)`` on a worker; an exception leaves with the task and the worker named."""
     try:
