@@ -8,8 +8,7 @@ A volume of shape ``(z, y, x)`` is cut into *blocks*. Each block has
 * an **outer** region: core plus ``halo`` voxels on every side, clipped to the volume. It is
   what the task reads (the "read region" of daisy, the core being its "write region").
 
-Blocks are numbered in C order over the grid (``id = ravel_multi_index(index, grid_shape)``), so
-an id is stable for a given volume shape and block shape, whatever the halo.
+Block ids are C order over the grid: stable for a volume and block shape, whatever the halo.
 
 Examples
 --------

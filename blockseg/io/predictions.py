@@ -8,16 +8,10 @@ A prediction store is a zarr group holding one NGFF image volume per channel::
     cells_pred.zarr/C/ ...
     cells_pred.zarr/D/ ...
 
-All channels have the same shape, chunks and voxel size. Each channel is stored either as
-float32 / float16 (the value itself) or as uint8 with a fixed, per-channel-kind scaling:
-
-========================  ===========================  ===========================
-kind                      value range                  uint8 stored as
-========================  ===========================  ===========================
-``"prob"`` (B, C, ...)    probability in [0, 1]        ``round(p * 255)``
-``"tanh"`` (D, sdt)       tanh output in [-1, 1]       ``round((d + 1) * 127.5)``
-``"raw"`` (cpv_z, ...)    any float (e.g. voxels)      not allowed: float only
-========================  ===========================  ===========================
+All channels have the same shape, chunks and voxel size. Each channel is stored as float32 /
+float16 (the value itself) or as uint8 by its kind: ``"prob"`` (B, C, ...: ``round(p * 255)``),
+``"tanh"`` (D, sdt: ``round((d + 1) * 127.5)``); ``"raw"`` channels (cpv_z, ...) are float only
+(the layout in full: ``docs/guide/segment.md``, *Prediction store layout*).
 
 The kind of a channel is recorded in the volume's ``blockseg.kind`` attribute; channels named
 ``D`` default to ``"tanh"``, every other name to ``"prob"``. :func:`decode_channel` turns stored

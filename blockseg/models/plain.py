@@ -5,14 +5,8 @@
 padding, 2x2x2 max-pooling, up-sampling by nearest-neighbour repetition followed by a 1x1x1
 convolution ("resize conv"), crop-and-concatenate skips, a final 1x1x1 convolution.
 
-Valid convolutions shrink the output. With ``L`` down-samplings and two 3-convs per level an
-input of size ``s`` gives ``s - 2 * c0`` with ``c0 = 2 * (2**(L+1) - 1) + 2 * (2**L - 1)`` (44
-for L = 3: the paper's 236 -> 148), but only when every pooled map is even; those outputs are
-``2**L * k - 4 * (2**L - 1)``, not multiples of ``2**L``. So that the engine's contract holds
-(``output = input - 2 * crop``, output a multiple of ``divisor``) the network drops
-``(4 * (2**L - 1) mod 2**L) / 2`` more voxels per side of its output (0 for L = 1, 2; 2 for
-L = 3): ``crop = 46``, ``divisor = 8``, admissible inputs ``92 + 8 k`` (k >= 1), e.g.
-236 -> 144, 132 -> 40.
+Valid convolutions shrink the output: for L = 3, ``crop = 46`` and ``divisor = 8`` (admissible
+inputs ``92 + 8 k``, e.g. 236 -> 144); the arithmetic: ``docs/api/models.md``.
 
 :class:`JointDetSegNet` -- the joint detection + segmentation network: a residual U-Net
 (:class:`~blockseg.models.unet.ResUNet3D`) predicts the segmentation representation (``B`` or

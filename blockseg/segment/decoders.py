@@ -14,13 +14,10 @@ inside the region it was given, and blocks read that much more.
 The thresholds and sizes are the decoders' parameters; sizes (``min_seed_size``,
 ``min_size``) are applied to global objects, never per block.
 
-Defaults recover perfect maps: the targets :mod:`blockseg.train.targets` computes from ground truth
-decode to the ground-truth nuclei, one to one (``tests/test_decoders.py``, identity tests).
-Seeds are therefore kept at any size (``min_seed_size`` 1: a vote seed is 1-2 voxels) and only
-specks under ``min_size`` 8 voxels are removed. Published reference settings are named
-presets (:data:`PRESETS`, ``make_decoder(name, preset=...)``): ``nucmm`` is the NucMM
-reference decoder (Lin et al. 2021: seeds B > 0.9, C < 0.8, D > 0.5, seeds >= 32 voxels,
-instances >= 128 voxels).
+Defaults recover perfect maps (the targets of ground truth decode to its nuclei, one to one), so
+seeds are kept at any size and only specks under 8 voxels removed; published settings are named
+presets (:data:`PRESETS`: ``nucmm``, the NucMM reference decoder). Each decoder's thresholds and
+the rules they share: ``docs/guide/segment.md``, *Decoders and defaults*.
 """
 
 from __future__ import annotations
