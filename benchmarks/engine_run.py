@@ -64,7 +64,7 @@ def _warm() -> None:
 
     import torch  # noqa: F401
 
-    for name in ("blockseg.predict", "blockseg.predict.kernels"):
+    for name in ("blockseg.predict.engine", "blockseg.predict.kernels"):
         try:
             importlib.import_module(name)
         except ImportError:  # the baseline revision has no kernels module

@@ -178,7 +178,7 @@ def test_driver_killed_mid_segment_redoes_the_stage(tmp_path, reference, local_c
     assert _outputs(run_dir) == reference[1]
 
     # 2. the latest possible crash: the label volume fully written, the instance table not yet
-    import blockseg.segment.pipeline as pipeline
+    from blockseg.segment import pipeline
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # what a driver dying here leaves behind

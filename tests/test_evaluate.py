@@ -442,7 +442,7 @@ def test_zarr_blockwise_equals_in_memory(tmp_path, monkeypatch):
     b = evaluate(gt, pred, mask=mask.astype(bool), points="centroids")
     assert a.detection is not None
     # given points (some outside the volume) are looked up during the pass
-    import blockseg.evaluate.core as core
+    from blockseg.evaluate import core
 
     def no_second_pass(*args, **kwargs):
         raise AssertionError("given points must be looked up in the main pass")

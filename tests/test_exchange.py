@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import blockseg.segment.pipeline as pipeline
+from blockseg.segment import pipeline
 from blockseg.io.volume import open_volume
 from blockseg.io.predictions import open_predictions, read_channels
 from blockseg.segment import BCDDecoder, segment, segment_array

@@ -301,7 +301,7 @@ def test_resume_skips_finished_blocks(tmp_path, image_zarr):
 def test_resume_between_the_passes_uses_the_scratch_rows(tmp_path, image_zarr, monkeypatch):
     # interrupted in pass 2: the partial sums of every block are in the scratch; the rerun
     # computes no tile again and writes what an uninterrupted run writes
-    import blockseg.predict.engine as engine
+    from blockseg.predict import engine
 
     model = tiny(margin=(1, 2, 2))
     save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import os
 import shutil
 import signal
@@ -247,7 +248,7 @@ def test_interrupted_overwrite_keeps_the_old_output(ws, capsys, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("blockseg.segment.pipeline.write_csv", boom)
+    monkeypatch.setattr(importlib.import_module("blockseg.segment.pipeline"), "write_csv", boom)
     rc, err = run_cli(argv_of("segment", ws, str(out)) + ["--overwrite"], capsys)
     assert rc == 130, err
     assert digest(out) == before
@@ -256,7 +257,7 @@ def test_interrupted_overwrite_keeps_the_old_output(ws, capsys, monkeypatch):
     # predict: the failure in a block task, after part of the new store was written
     out = ws / "own" / "predict"
     before = digest(out)
-    monkeypatch.setattr("blockseg.predict.engine._drop_partials", boom)
+    monkeypatch.setattr(importlib.import_module("blockseg.predict.engine"), "_drop_partials", boom)
     rc, err = run_cli(argv_of("predict", ws, str(out)) + ["--overwrite"], capsys)
     assert rc == 130
     assert digest(out) == before
@@ -264,7 +265,7 @@ def test_interrupted_overwrite_keeps_the_old_output(ws, capsys, monkeypatch):
 
 KILL = """
 import os, signal, sys
-import blockseg.segment.pipeline as p
+from blockseg.segment import pipeline as p
 p.write_csv = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 from blockseg_cli.main import main
 sys.exit(main(sys.argv[1:]))

@@ -34,7 +34,7 @@ def _signal_self(signum):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1])
 def test_a_signal_ends_a_resumable_command_in_one_line(tmp_path, capsys, monkeypatch, signum):
-    monkeypatch.setattr("blockseg.predict.predict", _signal_self(signum))
+    monkeypatch.setattr(importlib.import_module("blockseg.predict"), "predict", _signal_self(signum))
     before = signal.getsignal(signal.SIGTERM)
     t0 = time.monotonic()
     code = cli_main.main(["predict", str(tmp_path / "img.zarr"), "demo", str(tmp_path / "p.zarr")])
@@ -99,7 +99,7 @@ def test_a_full_disk_names_the_output_being_written(tmp_path, capsys, monkeypatc
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("blockseg.predict.predict", full)
+    monkeypatch.setattr(importlib.import_module("blockseg.predict"), "predict", full)
     out = tmp_path / "p.zarr"
     code = cli_main.main(["predict", str(tmp_path / "img.zarr"), "demo", str(out)])
     err = capsys.readouterr().err.strip().splitlines()

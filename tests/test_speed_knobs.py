@@ -26,7 +26,7 @@ BLOCK = (16, 32, 32)  # the reference's blocks (auto's patch is aligned with the
 
 def _budget_between_batches(monkeypatch):
     """A forward budget that the larger auto patch (18, 64, 64) fits for a batch of 2 but not 3."""
-    import blockseg.predict.patch as patch_mod
+    from blockseg.predict import patch as patch_mod
     from blockseg.models import read_checkpoint, resolve_checkpoint
     from blockseg.models.base import build_model
     from blockseg.predict.engine import _activations_per_voxel

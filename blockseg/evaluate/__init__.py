@@ -14,49 +14,17 @@ Examples
 (2, 1.0)
 """
 
-from .analysis import best_partners, merges_and_splits
-from .coco import COCO_THRESHOLDS, DEFAULT_SIZE_RANGES, coco_ap, greedy_match, interpolated_ap
-from .contingency import ContingencyTable, contingency_table, merge_tables, reduce_tables
-from .core import EvaluationResult, check_inputs, evaluate, evaluate_overlaps, sample_volume, volume_table
-from .detection import inside_nearest_match, radius_match
-from .matching import DEFAULT_THRESHOLDS, Matching, match_instances, matching_metrics, matching_stats, max_weight_matching
-from .overlaps import Overlaps, concat_overlaps, overlaps_from_table
-from .report import instance_table, plot_ap, write_report
+from .._lazy import attach
 
-__all__ = [
-    "COCO_THRESHOLDS",
-    "DEFAULT_SIZE_RANGES",
-    "DEFAULT_THRESHOLDS",
-    "ContingencyTable",
-    "EvaluationResult",
-    "Matching",
-    "Overlaps",
-    "best_partners",
-    "check_inputs",
-    "coco_ap",
-    "concat_overlaps",
-    "contingency_table",
-    "evaluate",
-    "evaluate_overlaps",
-    "greedy_match",
-    "inside_nearest_match",
-    "instance_table",
-    "interpolated_ap",
-    "match_instances",
-    "matching_metrics",
-    "matching_stats",
-    "max_weight_matching",
-    "merge_tables",
-    "merges_and_splits",
-    "overlaps_from_table",
-    "plot_ap",
-    "radius_match",
-    "reduce_tables",
-    "sample_volume",
-    "volume_table",
-    "write_report",
-]
-
-from .._callable import make_callable as _make_callable
-
-_make_callable(__name__, "evaluate")
+#: public name -> submodule; imported on first use (``import blockseg`` compiles no kernel)
+_EXPORTS = {
+    "best_partners": "analysis", "merges_and_splits": "analysis",
+    "COCO_THRESHOLDS": "coco", "DEFAULT_SIZE_RANGES": "coco", "coco_ap": "coco", "greedy_match": "coco", "interpolated_ap": "coco",
+    "ContingencyTable": "contingency", "contingency_table": "contingency", "merge_tables": "contingency", "reduce_tables": "contingency",
+    "EvaluationResult": "core", "check_inputs": "core", "evaluate": "core", "evaluate_overlaps": "core", "sample_volume": "core", "volume_table": "core",
+    "inside_nearest_match": "detection", "radius_match": "detection",
+    "DEFAULT_THRESHOLDS": "matching", "Matching": "matching", "match_instances": "matching", "matching_metrics": "matching", "matching_stats": "matching", "max_weight_matching": "matching",
+    "Overlaps": "overlaps", "concat_overlaps": "overlaps", "overlaps_from_table": "overlaps",
+    "instance_table": "report", "plot_ap": "report", "write_report": "report",
+}  # fmt: skip
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)

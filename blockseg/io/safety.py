@@ -549,7 +549,7 @@ def _prepare(path: str, overwrite: bool, resume: bool, what: str) -> Output:
 
 def stamp_json(extra: dict | None = None) -> dict:
     """The ``blockseg`` mark written into outputs that are not zarr (export metadata)."""
-    from .. import __version__
+    from .._version import __version__
 
     return {"written_by": f"blockseg {__version__}", **(extra or {})}
 

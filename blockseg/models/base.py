@@ -225,7 +225,7 @@ def save_checkpoint(path, model: BlocksegNet, **metadata) -> None:
     ``metadata`` holds JSON-serialisable extras, e.g. ``normalisation`` (how the image was
     scaled to the network input), ``voxel_size``, ``training`` (config, iterations, losses).
     """
-    from .. import __version__
+    from .._version import __version__
 
     payload = {
         "magic": CHECKPOINT_MAGIC,

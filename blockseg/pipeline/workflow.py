@@ -422,7 +422,7 @@ def _write_provenance(cfg: RunConfig, layout: RunLayout, history: list[dict]) ->
 
     import yaml
 
-    from .. import __version__
+    from .._version import __version__
 
     marker = os.path.join(layout.root, RUN_MARKER)
     previous = []

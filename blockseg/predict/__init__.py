@@ -5,31 +5,14 @@ computation block by block on Dask and writes a prediction store (see
 :mod:`blockseg.io.predictions`).
 """
 
-from .engine import BlockJob, PredictPlan, PredictReport, predict, predict_block
-from .infer import RUNTIMES, InferenceOptions, compile_model, make_lattice, output_channels, predict_array, run_batch
-from .lattice import BLENDINGS, AxisLattice, Lattice, read_reflected, reflect_index, window_1d
+from .._lazy import attach
 
-__all__ = [
-    "BlockJob",
-    "PredictPlan",
-    "PredictReport",
-    "predict",
-    "predict_block",
-    "BLENDINGS",
-    "AxisLattice",
-    "InferenceOptions",
-    "RUNTIMES",
-    "compile_model",
-    "Lattice",
-    "make_lattice",
-    "output_channels",
-    "predict_array",
-    "read_reflected",
-    "reflect_index",
-    "run_batch",
-    "window_1d",
-]
-
-from .._callable import make_callable as _make_callable
-
-_make_callable(__name__, "predict")
+#: public name -> submodule; imported on first use (no torch on ``import blockseg``)
+_EXPORTS = {
+    "BlockJob": "engine", "PredictPlan": "engine", "PredictReport": "engine", "predict": "engine", "predict_block": "engine",
+    "RUNTIMES": "infer", "InferenceOptions": "infer", "compile_model": "infer", "make_lattice": "infer",
+    "output_channels": "infer", "predict_array": "infer", "run_batch": "infer",
+    "BLENDINGS": "lattice", "AxisLattice": "lattice", "Lattice": "lattice", "read_reflected": "lattice",
+    "reflect_index": "lattice", "window_1d": "lattice",
+}  # fmt: skip
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)

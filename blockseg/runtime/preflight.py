@@ -166,14 +166,15 @@ def wait_for_workers(client, n: int = 1, timeout: float = 60.0, address: str | N
 # ------------------------------------------------------------------------------ the probe
 def _probe(version: str, inputs: list, outputs: list, gpu: bool) -> dict:  # pragma: no cover - runs remotely
     """What a worker (or the scheduler) sees. Runs where blockseg may be missing: stdlib only."""
+    import importlib
     import os
     import socket
     import sys
 
     out = {"host": socket.gethostname(), "python": sys.version.split()[0], "cwd": os.getcwd()}
     try:
-        import blockseg
-
+        # the package as the worker has it, looked up by name: what is probed, not a dependency
+        blockseg = importlib.import_module("blockseg")
         out["blockseg"] = getattr(blockseg, "__version__", "unknown")
         out["blockseg_file"] = getattr(blockseg, "__file__", None)
     except Exception as exc:  # ImportError, or any error while importing it
@@ -260,7 +261,7 @@ def check_workers(
         Naming the worker and what it lacks.
     """
     if version is None:
-        from .. import __version__ as version
+        from .._version import __version__ as version
     ins = sorted({p for p in (_local(absolute_path(q)) for q in inputs if q) if p})
     outs = sorted({_existing_parent(p) for p in (_local(absolute_path(q)) for q in outputs if q) if p})
     infos = client.scheduler_info().get("workers", {})

@@ -6,30 +6,13 @@ blockwise connected components of a mask volume), the decoders, and the exact ke
 (:mod:`.exact`).
 """
 
-from ..runtime._jit import cache_dir as _cache_dir
+from .._lazy import attach
 
-_cache_dir()  # before any kernel is decorated: numba.njit(cache=True) then finds a writable cache folder
-from .decoders import DECODERS, AffinityDecoder, BCDDecoder, Decoder, SDTDecoder, ThreeLabelDecoder, make_decoder
-from .exact import keyed_flood
-from .components import LabelReport, label
-from .pipeline import SegmentReport, segment, segment_array
-
-__all__ = [
-    "segment",
-    "segment_array",
-    "SegmentReport",
-    "label",
-    "LabelReport",
-    "Decoder",
-    "BCDDecoder",
-    "ThreeLabelDecoder",
-    "SDTDecoder",
-    "AffinityDecoder",
-    "DECODERS",
-    "make_decoder",
-    "keyed_flood",
-]
-
-from .._callable import make_callable as _make_callable
-
-_make_callable(__name__, "segment")
+#: public name -> submodule; imported on first use (``import blockseg`` compiles no kernel)
+_EXPORTS = {
+    "DECODERS": "decoders", "AffinityDecoder": "decoders", "BCDDecoder": "decoders", "Decoder": "decoders",
+    "SDTDecoder": "decoders", "ThreeLabelDecoder": "decoders", "make_decoder": "decoders",
+    "keyed_flood": "exact", "LabelReport": "components", "label": "components",
+    "SegmentReport": "pipeline", "segment": "pipeline", "segment_array": "pipeline",
+}  # fmt: skip
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)

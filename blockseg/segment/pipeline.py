@@ -946,7 +946,7 @@ class SegmentPlan:
         """What a work directory must have been made by to be continued: the same stored
         predictions (their metadata files as written: a rewritten store differs), decoder,
         blocks, halo and blockseg version."""
-        from .. import __version__
+        from .._version import __version__
 
         return json.loads(json.dumps({
             "blockseg": __version__, "predictions": _store_stamp(self.pred_path, [c for c, _ in self.kinds]),

@@ -5,27 +5,13 @@ schema :class:`TrainConfig`), :class:`CropSampler` (augmented crops with targets
 augmentation), :func:`predict_image`, :func:`score_prediction`, :func:`tune_decoder`.
 """
 
-from .config import TrainConfig, load_config, parse_config
-from .data import CropSampler, centre_table, compute_targets, image_statistics
-from .trainer import TrainResult, make_model, predict_image, score_prediction, train, tune_decoder, validation_scores
+from .._lazy import attach
 
-__all__ = [
-    "CropSampler",
-    "TrainConfig",
-    "TrainResult",
-    "compute_targets",
-    "image_statistics",
-    "centre_table",
-    "load_config",
-    "make_model",
-    "parse_config",
-    "predict_image",
-    "score_prediction",
-    "train",
-    "tune_decoder",
-    "validation_scores",
-]
-
-from .._callable import make_callable as _make_callable
-
-_make_callable(__name__, "train")
+#: public name -> submodule; imported on first use (no torch on ``import blockseg``)
+_EXPORTS = {
+    "TrainConfig": "config", "load_config": "config", "parse_config": "config",
+    "CropSampler": "data", "centre_table": "data", "compute_targets": "data", "image_statistics": "data",
+    "TrainResult": "trainer", "make_model": "trainer", "predict_image": "trainer", "score_prediction": "trainer",
+    "train": "trainer", "tune_decoder": "trainer", "validation_scores": "trainer",
+}  # fmt: skip
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
