@@ -1,11 +1,17 @@
+"""Fixtures shared by the whole suite (plain helper functions are in ``_helpers.py``).
+
+Tests marked ``slow`` (each > ~3 s on 2 loaded cores: whole pipelines, clusters, subprocesses,
+training) run in ``make test`` and CI; ``make test-fast`` deselects them.
+"""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
-#: ../shared/data/real beside the checkout (absent in a plain clone: tests using it skip)
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+from _helpers import REAL_DATA, in_process
 
 
 @pytest.fixture
@@ -24,3 +30,20 @@ def local_client():
     # paused above 80 % of their limit, and the memory watch rightly ended the stages
     with dask_client(ClusterConfig(n_workers=2, memory_limit="4GiB", dashboard=False), quiet=True) as client:
         yield client
+
+
+@pytest.fixture
+def no_cluster():
+    """The test's commands run their blocks in this process: no dask cluster is started."""
+    with in_process():
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tiny networks (intra-op threads only add contention on a
+    shared 2-core machine); the count is restored after the module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

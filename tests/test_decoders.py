@@ -15,7 +15,7 @@ from blockseg.segment.detect import detect_peaks, local_peaks
 from blockseg.segment.synthetic import random_nuclei, rasterise
 from blockseg.train.targets import contour_target, distance_target
 
-from test_segment import matched_at, same_partition
+from _helpers import differing_voxels, matched_at, same_partition
 
 SHAPE, CHUNKS = (32, 40, 40), (8, 8, 8)
 
@@ -130,8 +130,6 @@ def test_default_decoders_recover_perfect_targets(tmp_path, touching_gt, name, r
     least 97 % of the foreground to carry its nucleus' label (measured: bcd 99.7 %, 3label and
     sdt 98.9 %, affinities 97.9 %, cpv 97.3 %) and the background to be exact."""
     from blockseg.train.targets import compute_targets
-
-    from test_segment import differing_voxels
 
     gt = touching_gt
     ch = compute_targets(gt, reps)

@@ -27,8 +27,9 @@ from blockseg.evaluate import (
     write_report,
 )
 
+from _helpers import REAL_DATA as REAL
+
 THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 
 
 # ----------------------------------------------------------------------------- random labels

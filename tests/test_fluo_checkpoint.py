@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,9 @@ import torch
 
 from blockseg.models import read_checkpoint, resolve_checkpoint, shipped_checkpoint_path
 
+from _helpers import REAL_DATA as REAL
+
 torch.set_num_threads(1)
-REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
 
 
 def test_fluo_checkpoint_is_small_percentile_normalised_and_knows_its_voxel_size_and_nuclei():

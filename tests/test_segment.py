@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -15,7 +13,8 @@ from blockseg.segment.stats import read_csv
 from blockseg.segment.synthetic import noisy_predictions, random_nuclei, rasterise
 from blockseg.train.targets import bcd_targets
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+from _helpers import REAL_DATA as REAL, differing_voxels, matched_at, same_partition
+
 CHUNKS = (8, 8, 8)
 #: test nuclei have radii 5-7 voxels, too small for NucMM's seed_d = 0.5 (d_in > 4.4 voxels)
 #: with 32-voxel seeds; the same decoder is used on both sides of every comparison
@@ -23,45 +22,6 @@ DECODER = BCDDecoder(seed_d=0.3, min_seed_size=8, min_size=64)
 
 
 # ---------------------------------------------------------------------------- helpers
-def partition_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Distinct (a, b) label pairs over all voxels."""
-    return np.unique(np.stack([a.ravel().astype(np.uint64), b.ravel().astype(np.uint64)], axis=1), axis=0)
-
-
-def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when the labellings are equal up to renaming (background must map to background)."""
-    pairs = partition_pairs(a, b)
-    bijective = len(np.unique(pairs[:, 0])) == len(pairs) == len(np.unique(pairs[:, 1]))
-    return bool(bijective and np.array_equal((a == 0), (b == 0)))
-
-
-def differing_voxels(a: np.ndarray, b: np.ndarray) -> int:
-    """Voxels not covered by the one-to-one best overlap of the two labellings."""
-    pairs, counts = np.unique(
-        np.stack([a.ravel().astype(np.uint64), b.ravel().astype(np.uint64)], axis=1), axis=0, return_counts=True
-    )
-    order = np.argsort(-counts, kind="stable")
-    used_a, used_b, agree = set(), set(), 0
-    for (x, y), c in zip(pairs[order].tolist(), counts[order].tolist()):
-        if x not in used_a and y not in used_b and (x == 0) == (y == 0):
-            used_a.add(x)
-            used_b.add(y)
-            agree += c
-    return int(a.size - agree)
-
-
-def matched_at(gt: np.ndarray, pred: np.ndarray, iou: float = 0.9) -> tuple[int, int, int]:
-    """(matches with IoU >= iou, GT instances, predicted instances); one-to-one for iou > 0.5."""
-    g_ids, g_n = np.unique(gt[gt > 0], return_counts=True)
-    p_ids, p_n = np.unique(pred[pred > 0], return_counts=True)
-    both = (gt > 0) & (pred > 0)
-    pairs, inter = np.unique(np.stack([gt[both], pred[both]], 1).astype(np.int64), axis=0, return_counts=True)
-    gs = g_n[np.searchsorted(g_ids, pairs[:, 0])]
-    ps = p_n[np.searchsorted(p_ids, pairs[:, 1])]
-    ious = inter / (gs + ps - inter)
-    return int((ious >= iou).sum()), len(g_ids), len(p_ids)
-
-
 def run_blockwise(tmp_path, channels, block_shape, halo, voxel_size=None, **kw):
     kw.setdefault("decoder", DECODER)
     pred = tmp_path / "pred.zarr"

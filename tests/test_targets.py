@@ -33,6 +33,8 @@ from blockseg.train.targets import (
     write_targets,
 )
 
+from _helpers import matched_at, same_partition
+
 
 def two_touching() -> np.ndarray:
     lab = np.zeros((12, 12, 20), np.uint32)
@@ -340,8 +342,6 @@ def touching():
 
 
 def _recovered(gt, reps, decoder, iou):
-    from test_segment import matched_at
-
     from blockseg.segment import segment_array
 
     m, n_gt, n_pred = matched_at(gt, segment_array(compute_targets(gt, reps), decoder), iou)
@@ -372,8 +372,6 @@ def test_affinity_target_decodes_separate_nuclei():
     zz, yy, xx = np.indices(shape)
     for i, (z, y, x) in enumerate(itertools.product((7, 20), (9, 30), (9, 30))):  # 8 balls, radius 6
         gt[(zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 <= 36] = i + 1
-    from test_segment import same_partition
-
     from blockseg.segment import segment_array
 
     out = segment_array(compute_targets(gt, ["aff"]), AffinityDecoder(min_seed_size=8, min_size=64, dilation=0))
