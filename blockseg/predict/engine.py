@@ -910,6 +910,8 @@ def predict(
         a nucleus spans as many network voxels as the checkpoint's training nuclei
         (``metadata["nucleus_diameter_um"]``; :func:`blockseg.predict.resample.resolve_scale`).
 
+    Notes
+    -----
     The input is normalised by the checkpoint's scheme (:mod:`blockseg.predict.normalise`: the
     image's own 1-99.8 percentiles for checkpoints trained so, else the checkpoint's fixed
     affine map); scheme, values and resampling are in the plan and the store's provenance.
