@@ -49,6 +49,7 @@ from .errors import BlocksegError
 from .grid import BlockGrid, default_block_shape
 from .io.volume import DEFAULT_CHUNKS, create_label_volume, create_volume, open_volume, parse_voxel_size
 from .io.safety import aborts_on_error
+from .io.tables import write_table
 
 MODES = ("em", "uct", "fluo")
 #: fluorescence PSF sigma (z, y, x) in µm, depth over which the signal falls by 1/e (µm),
@@ -675,9 +676,7 @@ def synthesize(
 
 
 def _write_table(path: str, table: NucleusTable) -> None:
-    data = np.column_stack([table.ids, table.centre, table.radii])
-    header = "id,centre_z,centre_y,centre_x,axis_a_um,axis_b_um,axis_c_um"
-    from .io.storage import open_file
-
-    with open_file(path, "w") as f:
-        np.savetxt(f, data, delimiter=",", header=header, comments="", fmt=["%d"] + ["%.3f"] * 6)
+    columns = {"id": table.ids}
+    columns.update({f"centre_{a}": table.centre[:, i] for i, a in enumerate("zyx")})
+    columns.update({f"axis_{a}_um": table.radii[:, i] for i, a in enumerate("abc")})
+    write_table(columns, path, formats={k: "%d" if k == "id" else "%.3f" for k in columns})

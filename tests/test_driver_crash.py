@@ -183,7 +183,7 @@ def test_driver_killed_mid_segment_redoes_the_stage(tmp_path, reference, local_c
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # what a driver dying here leaves behind
 
-    monkeypatch.setattr(pipeline, "write_csv", crash)
+    monkeypatch.setattr(pipeline, "write_table", crash)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, from_stage="segment", client=local_client, log=lambda m: None)
     labels = open_volume(run_dir / "image.zarr/labels/blockseg").array[:]

@@ -12,7 +12,7 @@ import zarr
 from blockseg.io.volume import open_volume
 from blockseg.io.predictions import open_predictions, read_channels, save_predictions
 from blockseg.segment import BCDDecoder, keyed_flood, segment, segment_array
-from blockseg.segment.stats import read_csv
+from blockseg.io.tables import read_table
 
 CHUNKS = (8, 8, 8)
 
@@ -105,7 +105,7 @@ def _run(tmp_path, ch, decoder, block, halo, name="seg"):
     ref, table = segment_array(read_channels(open_predictions(pred), (slice(None),) * 3), decoder, return_table=True)
     out = tmp_path / f"{name}.zarr"
     report = segment(pred, out, decoder, block_shape=block, halo=halo, overwrite=True)
-    return ref, table, open_volume(out).array[:], read_csv(report.table_path), report
+    return ref, table, open_volume(out).array[:], read_table(report.table_path), report
 
 
 def _assert_tables_equal(a, b):

@@ -20,7 +20,7 @@ from blockseg.faults import FaultInjected, fault_point
 from blockseg.io.volume import open_volume
 from blockseg.io.predictions import open_predictions, read_channels, save_predictions
 from blockseg.segment import BCDDecoder, segment, segment_array
-from blockseg.segment.stats import read_csv
+from blockseg.io.tables import read_table
 
 DECODER = BCDDecoder(min_seed_size=1, min_size=1)
 #: tiles of one block: later rounds run block by block, one face crossing per round (the
@@ -69,7 +69,7 @@ def armed(tmp_path, monkeypatch):
 def _same_as_reference(out, report, ref, table):
     labels = open_volume(out).array[:]
     assert np.array_equal(labels, ref), f"{int((labels != ref).sum())} voxels differ from segment_array"
-    got = {k: v for k, v in read_csv(report.table_path).items() if "_um" not in k}
+    got = {k: v for k, v in read_table(report.table_path).items() if "_um" not in k}
     assert list(got) == list(table)
     for c in table:
         assert np.allclose(np.asarray(table[c], float), np.asarray(got[c], float), rtol=1e-5, atol=0), c

@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 
 from blockseg.segment import AffinityDecoder, BCDDecoder, SDTDecoder, ThreeLabelDecoder, segment, segment_array
 from blockseg.segment.decoders import CPVDecoder
-from blockseg.segment.stats import read_csv
+from blockseg.io.tables import read_table
 from blockseg.train.targets import compute_targets
 from blockseg.segment.synthetic import random_nuclei, rasterise
 
@@ -145,7 +145,7 @@ def test_segment_blockwise_equals_whole_volume(geo, halo, seed, decoder, kind, r
         ref, table = segment_array(read_channels(open_predictions(pred), (slice(None),) * 3), dec, return_table=True)
         report = segment(pred, Path(tmp) / "seg.zarr", dec, block_shape=block, halo=halo)
         out = open_volume(Path(tmp) / "seg.zarr").array[:]
-        got = read_csv(report.table_path)
+        got = read_table(report.table_path)
     assert report.halo == [halo] * 3 and report.rounds[-1]["woken"] == 0
     assert report.n_instances == int(ref.max())
     assert int(np.count_nonzero(out != ref)) == 0

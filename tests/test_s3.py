@@ -144,6 +144,14 @@ def test_cli_and_run_read_s3(s3, on_s3, tmp_path, monkeypatch, capsys):
     assert main(["evaluate", "--gt", "s3://bsbucket/gt.zarr", "--pred", "s3://bsbucket/cli/seg.zarr", "--out", "s3://bsbucket/cli/ev",
                  "--no-png", "--no-progress"]) == 0  # fmt: skip
     assert s3.exists("bsbucket/cli/ev/evaluation.json")
+    # --scores reads segment's table where segment wrote it, on s3, as it reads a local copy of it
+    local = tmp_path / "instances.csv"
+    s3.get("bsbucket/cli/seg.zarr/instances.csv", str(local))
+    for name, table in (("ev_s3", "s3://bsbucket/cli/seg.zarr/instances.csv"), ("ev_local", str(local))):
+        assert main(["evaluate", "--gt", "s3://bsbucket/gt.zarr", "--pred", "s3://bsbucket/cli/seg.zarr", "--scores", table,
+                     "--out", f"s3://bsbucket/cli/{name}", "--no-png", "--no-progress"]) == 0  # fmt: skip
+    coco = [json.loads(s3.cat(f"bsbucket/cli/{name}/evaluation.json"))["coco"] for name in ("ev_s3", "ev_local")]
+    assert coco[0] == coco[1] and coco[0]
 
     cfg = parse_config({
         "run_dir": str(tmp_path / "r"),
@@ -242,3 +250,17 @@ def test_one_writer_per_output_on_s3(s3):
     with pytest.raises(BlocksegError, match=r"pid 12 on elsewhere, since then\); wait for it to finish, or delete "):
         prepare_output(url)
     s3.rm(key)
+
+
+def test_a_table_round_trips_on_s3(s3, tmp_path):
+    from blockseg import BlocksegError
+    from blockseg.io.tables import read_table, write_table
+
+    table = {"id": np.arange(1, 4, dtype=np.uint32), "score": np.array([0.5, 0.25, 1.0]), "z": np.array([1.5, 2.0, 3.25])}
+    write_table(table, "s3://bsbucket/tables/t.csv", formats={"z": "%.3f"})
+    write_table(table, tmp_path / "t.csv", formats={"z": "%.3f"})
+    assert s3.cat("bsbucket/tables/t.csv") == (tmp_path / "t.csv").read_bytes()  # the same bytes on s3 as on disk
+    back = read_table("s3://bsbucket/tables/t.csv")
+    assert list(back) == ["id", "score", "z"] and all(np.array_equal(back[k], table[k]) for k in table)
+    with pytest.raises(BlocksegError, match="missing.csv: no such file"):
+        read_table("s3://bsbucket/tables/missing.csv")

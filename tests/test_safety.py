@@ -248,7 +248,7 @@ def test_interrupted_overwrite_keeps_the_old_output(ws, capsys, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(importlib.import_module("blockseg.segment.pipeline"), "write_csv", boom)
+    monkeypatch.setattr(importlib.import_module("blockseg.segment.pipeline"), "write_table", boom)
     rc, err = run_cli(argv_of("segment", ws, str(out)) + ["--overwrite"], capsys)
     assert rc == 130, err
     assert digest(out) == before
@@ -266,7 +266,7 @@ def test_interrupted_overwrite_keeps_the_old_output(ws, capsys, monkeypatch):
 KILL = """
 import os, signal, sys
 from blockseg.segment import pipeline as p
-p.write_csv = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+p.write_table = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 from blockseg_cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -406,9 +406,9 @@ def test_downsample_mode_picks_the_most_frequent_label():
 
 
 def test_instance_tables_have_micrometre_columns(template):
-    from blockseg.segment.stats import read_csv
+    from blockseg.io.tables import read_table
 
-    t = read_csv(str(template / "data" / "seg.zarr" / "instances.csv"))
+    t = read_table(str(template / "data" / "seg.zarr" / "instances.csv"))
     vz, vy, vx = VS
     np.testing.assert_allclose(t["volume_um3"], t["voxels"] * vz * vy * vx, rtol=1e-5)
     for a, v in zip("zyx", VS):

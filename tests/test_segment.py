@@ -9,7 +9,7 @@ from blockseg import BlocksegError
 from blockseg.io.volume import open_volume
 from blockseg.io.predictions import open_predictions, read_channels, save_predictions
 from blockseg.segment import BCDDecoder, segment, segment_array
-from blockseg.segment.stats import read_csv
+from blockseg.io.tables import read_table
 from blockseg.segment.synthetic import noisy_predictions, random_nuclei, rasterise
 from blockseg.train.targets import bcd_targets
 
@@ -126,7 +126,7 @@ def test_identity_perfect_predictions(tmp_path):
 def test_instance_table(tmp_path, adversarial):
     labels, channels = adversarial
     out, report, _ = run_blockwise(tmp_path, channels, (16, 24, 24), 8)
-    table = read_csv(report.table_path)
+    table = read_table(report.table_path)
     ids, counts = np.unique(out[out > 0], return_counts=True)
     assert np.array_equal(table["id"], ids) and np.array_equal(table["voxels"], counts)
     assert np.array_equal(ids, np.arange(1, len(ids) + 1))
@@ -181,7 +181,7 @@ def test_empty_prediction_gives_empty_labels_and_table(tmp_path):
     zeros["D"] = -np.ones((16, 16, 16), np.float32)
     out, report, _ = run_blockwise(tmp_path, zeros, (8, 8, 8), 4)
     assert out.max() == 0 and report.n_instances == 0 and report.n_seeds == 0
-    assert read_csv(report.table_path)["id"].size == 0
+    assert read_table(report.table_path)["id"].size == 0
 
 
 @pytest.mark.parametrize("block_shape", [(4, 4, 4), (12, 4, 8)])

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from ..io.tables import write_table
 from .analysis import best_partners
 from .core import EvaluationResult
 
@@ -81,21 +82,6 @@ def instance_table(result: EvaluationResult) -> dict[str, np.ndarray]:
             cols[f"{a}_um"] = cols[a] * v
     order = np.lexsort((cols["id"], cols["kind"], -cols["size"], cols["best_iou"]))
     return {k: cols[k][order] for k in CSV_COLUMNS if k in cols}
-
-
-def write_csv(table: dict[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Write a column table as CSV (vectorised formatting)."""
-    cols = [np.char.mod("%.6g", v) if v.dtype.kind == "f" else v.astype(str) for v in table.values()]
-    from ..io.storage import open_file
-
-    with open_file(str(path), "w") as fh:
-        fh.write(",".join(table) + "\n")
-        if cols and len(cols[0]):
-            rows = cols[0]
-            for c in cols[1:]:
-                rows = np.char.add(np.char.add(rows, ","), c)
-            fh.write("\n".join(rows.tolist()))
-            fh.write("\n")
 
 
 def plot_ap(result: EvaluationResult, path: str | os.PathLike) -> None:
@@ -174,7 +160,7 @@ def _write_report_files(result: EvaluationResult, out_dir: str, png: bool) -> di
     summary["worst_instances"] = [dict(zip(worst, row)) for row in zip(*[v.tolist() for v in worst.values()])]
     with open_file(paths["json"], "w") as fh:
         json.dump(summary, fh, indent=2, allow_nan=False)
-    write_csv(table, paths["csv"])
+    write_table(table, paths["csv"])
     if png:
         paths["png"] = f"{out}/ap_vs_iou.png"
         plot_ap(result, paths["png"])

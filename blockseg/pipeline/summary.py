@@ -21,6 +21,7 @@ import os
 from typing import Any
 
 from ..errors import BlocksegError
+from ..io.tables import count_rows
 
 
 def _disk_bytes(path: str) -> int | None:
@@ -361,8 +362,7 @@ def volume_summary(path: str, key: str | None = None, block=None, halo=0) -> dic
         n = report.get("n_instances")
         table = os.path.join(bare, "instances.csv")
         if n is None and os.path.isfile(table):
-            with open(table) as f:
-                n = max(sum(1 for _ in f) - 1, 0)
+            n = count_rows(table)
         out["instances"] = n
         out["segment"] = attrs.get("segment")
     return out

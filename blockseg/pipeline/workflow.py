@@ -33,6 +33,7 @@ import numpy as np
 from ..checkpoints import SHIPPED_CHECKPOINTS
 from .config import STAGES, RunConfig
 from ..errors import BlocksegError
+from ..io.tables import read_table
 from ..provenance import PeakMemory, file_digest, fingerprint, now, write_json_atomic
 
 RUN_MARKER = "run.json"
@@ -340,10 +341,9 @@ def segment_decoder(cfg: RunConfig, payload: dict | None = None, stored: dict | 
 def _stage_evaluate(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict:
     from ..evaluate import evaluate, write_report
     from .report import overview_png
-    from ..segment.stats import read_csv
 
     e = cfg.evaluate
-    table = read_csv(os.path.join(layout.labels, "instances.csv"))
+    table = read_table(os.path.join(layout.labels, "instances.csv"))
     scores = np.c_[table["id"], table["score"]] if len(table.get("id", ())) else None
     result = evaluate(
         layout.ground_truth, layout.labels, layout.mask, thresholds=e.thresholds, scores=scores,

@@ -18,8 +18,8 @@ from scipy import ndimage as ndi
 from ..runtime.cluster import run_blocks
 from ..errors import BlocksegError
 from ..io.predictions import decode_channel, open_predictions, prediction_kind
+from ..io.tables import write_table
 from .pipeline import _within, expand
-from .stats import write_csv
 
 
 def local_peaks(values: np.ndarray, n: int, threshold: float) -> np.ndarray:
@@ -93,5 +93,5 @@ def detect_peaks(
     order = np.lexsort((table["x"], table["y"], table["z"]))
     table = {c: v[order] for c, v in table.items()}
     if out_csv is not None:
-        write_csv(table, str(out_csv))
+        write_table(table, str(out_csv))
     return table

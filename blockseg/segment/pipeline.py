@@ -47,9 +47,10 @@ from ..grid import BlockGrid, Interface
 from ..io.volume import create_volume
 from ..io.storage import free_space, is_url, listdir, load_npz, makedirs, read_bytes, remove_file, remove_tree, save_npz, write_bytes
 from ..io.predictions import decode_channel, open_predictions, prediction_kind
+from ..io.tables import write_table
 from .decoders import BCDDecoder, Decoder
 from .exact import UNREACHED, keyed_flood, keyed_update
-from .stats import instance_table, partial_stats, reduce_stats, write_csv
+from .stats import instance_table, partial_stats, reduce_stats
 from ..io.safety import aborts_on_error, prepare_output, prepare_work
 
 #: default halo in voxels per axis (a performance knob: any halo gives the same result)
@@ -1190,7 +1191,7 @@ def _write_labels(d: _Driver, target: str, final: dict, pyramid_levels: int | No
                                 "halo": list(plan.halo)}},
     )  # fmt: skip
     d.run(partial(_relabel_task, job=d.job, dst=f"{target}/0", table_dir=f"{d.job.work_path}/label_tables"), "relabel")
-    write_csv(instance_table(final, plan.voxel_size), f"{target}/instances.csv")
+    write_table(instance_table(final, plan.voxel_size), f"{target}/instances.csv")
     d.timed("relabel")
     props = None
     if report.n_instances <= MAX_PROPERTIES:

@@ -148,30 +148,3 @@ def _voxel_table(stats: dict[str, np.ndarray], n: np.ndarray) -> dict[str, np.nd
         "bbox_x1": stats["max_x"] + 1,
         "score": stats["sum_score"] / n,
     }
-
-
-def write_csv(table: dict[str, np.ndarray], path: str) -> None:
-    """Write a column dict as CSV (header + one row per instance)."""
-    cols = list(table)
-    n = len(table[cols[0]]) if cols else 0
-    from ..io.storage import open_file
-
-    with open_file(path, "w") as f:
-        f.write(",".join(cols) + "\n")
-        if n:
-            fmt = ",".join("%d" if np.asarray(table[c]).dtype.kind in "iu" else "%.6g" for c in cols)
-            data = np.empty((n, len(cols)), dtype=object)
-            for j, c in enumerate(cols):
-                data[:, j] = table[c]
-            np.savetxt(f, data, fmt=fmt)
-
-
-def read_csv(path: str) -> dict[str, np.ndarray]:
-    """Read a table written by :func:`write_csv`."""
-    with open(path) as f:
-        header = f.readline().strip().split(",")
-        body = f.read().strip()
-    if not body:
-        return {c: np.zeros(0) for c in header}
-    data = np.loadtxt(body.splitlines(), delimiter=",", ndmin=2)
-    return {c: data[:, j] for j, c in enumerate(header)}

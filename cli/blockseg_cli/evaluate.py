@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 
 import numpy as np
 
 from blockseg import BlocksegError
+from blockseg.io.tables import read_table, table_header
 
 from .options import absolute, add_cluster_options, floats, open_cluster, progress_mode
 
@@ -78,30 +78,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _read_table(path: str, columns: list[str], what: str) -> dict[str, np.ndarray]:
-    if not os.path.exists(path):
-        raise BlocksegError(f"{path}: no such file or directory")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields = reader.fieldnames or []
-        missing = [c for c in columns if c not in fields]
-        if missing:
-            raise BlocksegError(f"{path}: {what} needs columns {columns}, missing {missing} (found {fields})")
-        rows = [[row[c] for c in columns] for row in reader]
-    try:
-        data = np.array(rows, dtype=np.float64).reshape(len(rows), len(columns))
-    except ValueError:
-        raise BlocksegError(f"{path}: non-numeric values in columns {columns}") from None
-    return {c: data[:, k] for k, c in enumerate(columns)}
-
-
 def _scores(path: str, column: str) -> np.ndarray:
-    if not os.path.exists(path):
-        raise BlocksegError(f"{path}: no such file or directory")
-    with open(path, newline="") as fh:
-        header = next(csv.reader(fh), [])
-    id_col = "id" if "id" in header else "label"
-    t = _read_table(path, [id_col, column], "--scores")
+    id_col = "id" if "id" in table_header(path) else "label"
+    t = read_table(path, [id_col, column], "--scores")
     return np.c_[t[id_col], t[column]]
 
 
@@ -137,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     if args.points:
         if n != 1:
             raise BlocksegError("--points works with one --gt volume")
-        t = _read_table(args.points, ["z", "y", "x"], "--points")
+        t = read_table(args.points, ["z", "y", "x"], "--points")
         points = np.c_[t["z"], t["y"], t["x"]]
     with open_cluster(args, args.gt + args.pred + (args.mask or []), [], quiet=args.no_progress or args.quiet) as client:
         result = evaluate(
