@@ -1,33 +1,21 @@
 """Synthetic NucMM-like volumes: EM or micro-CT images of nuclei with exact instance labels.
 
 Everything is a pure function of *global* voxel coordinates and the seed, so a volume is
-identical whatever block shape renders it:
+identical whatever block shape renders it: :func:`nucleus_table` draws one global list of
+nuclei (a clustered point process with hard-core rejection), :func:`render_region` paints the
+nuclei intersecting a region and builds the image from noise fields of global coordinates,
+blurred over the region plus a 4-sigma halo, and :func:`synthesize` writes a volume block by
+block. Modes: ``"em"`` (serial-section EM, NucMM-Z), ``"uct"`` (micro-CT, NucMM-M) and
+``"fluo"`` (a fluorescence nuclear stain with an anisotropic PSF, intensity drift and shot
+noise).
 
-1. :func:`nucleus_table` draws one global list of nuclei (a clustered point process with
-   hard-core rejection, so nuclei touch in clusters but rarely swallow one another). It is
-   small (~170 k rows at NucMM-Z size) and cached per worker process, so tasks carry only
-   parameters and a region.
-2. :func:`render_region` paints the nuclei intersecting a region: every voxel goes to the
-   nucleus with the smallest normalised ellipsoid distance below 1 (ties to the lower id), with
-   the surface perturbed by a smooth noise field; touching nuclei meet on a flat interface.
-3. The image is built from lattice value-noise (textures) and hashed white noise, both
-   functions of global coordinates, then blurred by a Gaussian PSF over the region plus a
-   halo of 4 sigma, so cores come out bit-identical to a whole-volume render.
+Examples
+--------
+>>> p = preset_params("nucmm-m", shape=(64, 64, 64))
+>>> p.voxel_size, p.mode
+((0.72, 0.72, 0.72), 'uct')
 
-Modes
------
-``"em"``
-    Serial-section EM look (NucMM-Z): bright textured neuropil, dark nuclei with chromatin
-    texture and a darker nuclear envelope, thin dark seams between touching nuclei.
-``"uct"``
-    Micro-CT look (NucMM-M): low contrast (nuclei slightly darker than tissue), stronger
-    noise and blur.
-``"fluo"``
-    Fluorescence look (confocal / light-sheet nuclear stain): bright textured nuclei, each
-    with its own brightness, dimmer where two touch, on a dark background; an anisotropic
-    Gaussian PSF (sigma 0.6 µm along z, 0.2 µm in-plane); then, per voxel, a slow intensity
-    drift (attenuation with depth, uneven illumination) and shot noise (variance equal to the
-    signal in grey levels). For pre-training light-microscopy networks.
+How a volume is rendered and what each mode looks like: ``docs/api/synth.md``.
 """
 
 from __future__ import annotations

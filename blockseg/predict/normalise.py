@@ -1,29 +1,17 @@
 """Intensity normalisation that transfers between volumes: per-volume percentiles.
 
-A network trained on one microscope's intensities must not depend on the raw units of the
-next volume (uint8 vs uint16, a different laser power, a float export). The field's
-convention (CSBDeep / StarDist) maps the ``low`` and ``high`` percentiles of *each volume*
-(default 1 % and 99.8 %) to 0 and 1::
+The field's convention (CSBDeep / StarDist) maps the ``low`` and ``high`` percentiles of *each
+volume* (default 1 % and 99.8 %) to 0 and 1, so a network does not depend on the raw units of
+the next volume (uint8 vs uint16, another laser power, a float export). The percentiles come
+from a sampled histogram of the whole volume, every ``step``-th voxel of the global grid,
+counted block by block and merged, so they do not depend on the block shape and every block
+applies the same affine map.
 
-    x' = (x - p_low) / (p_high - p_low)
+Checkpoints record their scheme in ``metadata["normalisation"]``: ``percentile`` (with each
+training volume's statistics, used to warn when an input looks far from them), or the older
+fixed affine map in raw units, which keeps working unchanged.
 
-The percentiles come from a *sampled histogram of the whole volume*: every ``step``-th voxel
-along each axis of the global grid (``step`` chosen so that at most ``max_samples`` voxels are
-sampled), counted block by block (on Dask when a client is given) and merged. A block's
-sample is fixed by global coordinates, so the merged histogram -- and the percentiles -- do
-not depend on the block shape: blockwise statistics equal whole-volume ones exactly, and every
-block of a prediction applies the same affine map (never per-block statistics, which would
-make neighbouring blocks disagree).
-
-Checkpoints record their scheme in ``metadata["normalisation"]``:
-
-* ``{"scheme": "percentile", "low": 1.0, "high": 99.8, "training": [...], "summary": {...}}``
-  -- this module's scheme; ``training`` holds the statistics of each training volume and
-  ``summary`` their mean (normalised median / mean / std), used to warn when an input looks
-  far from the training data;
-* ``{"offset": m, "scale": s[, "method": "mean_std"]}`` -- the older fixed affine map in raw
-  intensity units (e.g. the shipped demo checkpoint). It keeps working, unchanged, and is
-  named as such wherever the scheme is reported.
+The scheme in full: ``docs/api/predict.md``, section *Normalisation*.
 """
 
 from __future__ import annotations
