@@ -14,12 +14,9 @@ Every command reads its inputs through :func:`blockseg.io.volume.open_volume`, w
   Read lazily, page by page, through tifffile's zarr store.
 - **HDF5** (``element_size_um``), **npy** (memory-mapped) and **npz** (loaded whole).
 
-N5 is not readable: zarr-python 3 dropped its N5 store and no maintained N5 reader for it
-exists; such inputs fail with a one-line hint to convert them.
-
-A choice of level / channel / timepoint can also ride on the path as a fragment,
-``img.zarr#level=1&channel=0``, so every input of every command (and the tasks that reopen it on
-the workers) is addressed by one string.
+N5 is not readable (zarr-python 3 has no N5 store): one line says to convert it. A level /
+channel / timepoint can ride on the path as a fragment, ``img.zarr#level=1&channel=0``, so every
+input (and the tasks that reopen it on workers) is one string (``docs/guide/formats.md``).
 """
 
 from __future__ import annotations

@@ -15,10 +15,9 @@ space axes' ``scale`` and ``unit``). The margin is measured (``margin: auto``). 
 blockseg exported carries the exact sidecar in ``config.blockseg``, which then takes priority; a
 sidecar beside the package (``model.zip`` + ``model.yaml``) overrides or adds any key.
 
-Note: bioimage.io's ``scale_range`` takes percentiles per sample (a tile); blockseg takes them
-over the whole volume (one map for every block, :mod:`blockseg.predict.normalise`).
+Note: ``scale_range`` percentiles are per tile in bioimage.io, per volume in blockseg.
 
-Writing (``blockseg export-model CHECKPOINT OUT.zip``): :func:`export_package`.
+Writing (``blockseg export-model CHECKPOINT OUT.zip``): :func:`blockseg.models.bioimageio_export.export_package`.
 """
 
 from __future__ import annotations
