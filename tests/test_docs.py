@@ -130,3 +130,19 @@ def test_examples_exist():
     finder = doctest.DocTestFinder(exclude_empty=True)
     counts = {name: sum(len(t.examples) for t in finder.find(importlib.import_module(name), name)) for name in _modules()}
     assert sum(counts.values()) >= 20, counts
+
+
+def test_paths_named_in_the_docs_exist():
+    """Every repository path the README and the site name (``tests/test_x.py``, ``configs/...``,
+    ``experiments/results/...``) exists: a file that moved is a stale page. A name without an
+    extension may be an output prefix (``results/segment`` for ``segment.json``)."""
+    pattern = re.compile(r"(?<![\w/.-])((?:tests|experiments|benchmarks|configs|blockseg|cli|docs)/[\w./-]*\w)")
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    stale = set()
+    for page in pages:
+        for path in pattern.findall(page.read_text(encoding="utf-8")):
+            here = ROOT / path
+            if here.exists() or (here.suffix == "" and any(here.parent.glob(here.name + ".*"))):
+                continue
+            stale.add(f"{page.relative_to(ROOT)}: {path}")
+    assert not stale, sorted(stale)
