@@ -12,15 +12,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _helpers import REPO as ROOT
+
 for _mod in ("dask_image", "stardist", "monai"):
     pytest.importorskip(_mod, reason="the bench extra is not installed")
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

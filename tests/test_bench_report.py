@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _helpers import REPO as ROOT
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import run_all  # noqa: E402

@@ -13,12 +13,13 @@ from blockseg.io.predictions import save_predictions
 from blockseg.segment.synthetic import random_nuclei, rasterise
 from blockseg.train.targets import bcd_targets
 import importlib
-from pathlib import Path
 
 import blockseg_cli
 
+from _helpers import CLI_DIR
+
 # test this checkout's cli/ even when another checkout's is installed as blockseg_cli
-blockseg_cli.__path__.insert(0, str(Path(__file__).resolve().parents[1] / "cli" / "blockseg_cli"))
+blockseg_cli.__path__.insert(0, str(CLI_DIR))
 seg_cmd = importlib.import_module("blockseg_cli.segment")
 
 

@@ -1,7 +1,6 @@
 """Run configs: strict schema, one-line errors naming the key, shipped configs parse."""
 
 import os
-from pathlib import Path
 
 import pytest
 import yaml
@@ -10,7 +9,9 @@ from blockseg import BlocksegError
 from blockseg.pipeline.config import load_config, parse_config
 from blockseg.pipeline.workflow import DEMO_CONFIG, plan
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from _helpers import REPO
+
+CONFIGS = REPO / "configs"
 
 
 def minimal(**extra):

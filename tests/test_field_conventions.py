@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +14,10 @@ import pytest
 import blockseg_cli
 from blockseg import BlocksegError
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "cli" / "blockseg_cli") not in blockseg_cli.__path__:  # this checkout's cli/, whatever is installed
-    blockseg_cli.__path__.insert(0, str(REPO / "cli" / "blockseg_cli"))
+from _helpers import CLI_DIR
+
+if str(CLI_DIR) not in blockseg_cli.__path__:  # this checkout's cli/, whatever is installed
+    blockseg_cli.__path__.insert(0, str(CLI_DIR))
 cli_main = importlib.import_module("blockseg_cli.main").main
 
 

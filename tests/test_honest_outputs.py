@@ -21,9 +21,10 @@ import blockseg_cli
 from blockseg import BlocksegError
 from blockseg.io.volume import create_volume
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "cli" / "blockseg_cli") not in blockseg_cli.__path__:  # this checkout's cli/, whatever is installed
-    blockseg_cli.__path__.insert(0, str(REPO / "cli" / "blockseg_cli"))
+from _helpers import CLI_DIR
+
+if str(CLI_DIR) not in blockseg_cli.__path__:  # this checkout's cli/, whatever is installed
+    blockseg_cli.__path__.insert(0, str(CLI_DIR))
 cli_main = importlib.import_module("blockseg_cli.main").main
 
 

@@ -27,7 +27,8 @@ from blockseg.io.safety import acquire_lock, lock_file, prepare_output, release_
 from blockseg.segment.synthetic import random_nuclei, rasterise
 from blockseg.train.targets import bcd_targets
 
-REPO = Path(__file__).resolve().parents[1]
+from _helpers import CLI_DIR, REPO
+
 SHAPE = (16, 32, 32)
 BUSY = "is being written by another blockseg command"
 
@@ -167,7 +168,7 @@ def test_two_segment_commands_race(store, tmp_path):
     env = dict(os.environ)
     shim = tmp_path / "clipath"
     shim.mkdir()
-    (shim / "blockseg_cli").symlink_to(REPO / "cli" / "blockseg_cli")
+    (shim / "blockseg_cli").symlink_to(CLI_DIR)
     env["PYTHONPATH"] = os.pathsep.join([str(shim), str(REPO), env.get("PYTHONPATH", "")])
     for attempt in range(8):
         folder = tmp_path / f"try{attempt}"
@@ -200,8 +201,8 @@ def test_a_second_command_is_refused_at_once_naming_the_holder(store, tmp_path, 
 
     from blockseg.io.safety import output_lock
 
-    if str(REPO / "cli" / "blockseg_cli") not in blockseg_cli.__path__:
-        blockseg_cli.__path__.insert(0, str(REPO / "cli" / "blockseg_cli"))
+    if str(CLI_DIR) not in blockseg_cli.__path__:
+        blockseg_cli.__path__.insert(0, str(CLI_DIR))
     main = importlib.import_module("blockseg_cli.main").main
     store_path, _ = store
     labels = str(store_path.parent / "ref.zarr")

@@ -10,16 +10,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import blockseg_cli
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "cli" / "blockseg_cli") not in blockseg_cli.__path__:  # this checkout's cli/, whatever is installed
-    blockseg_cli.__path__.insert(0, str(REPO / "cli" / "blockseg_cli"))
+from _helpers import CLI_DIR
+
+if str(CLI_DIR) not in blockseg_cli.__path__:  # this checkout's cli/, whatever is installed
+    blockseg_cli.__path__.insert(0, str(CLI_DIR))
 cli_main = importlib.import_module("blockseg_cli.main")
 
 

@@ -21,10 +21,12 @@ from blockseg.train.config import AugmentConfig
 from blockseg.train.targets import instance_centres as _ic
 from blockseg.train.data import Geometric, compute_targets
 
+from _helpers import CLI_DIR
+
 # test this checkout's cli/ even when another checkout's is installed as blockseg_cli
-blockseg_cli.__path__.insert(0, str(Path(__file__).resolve().parents[1] / "cli" / "blockseg_cli"))
+blockseg_cli.__path__.insert(0, str(CLI_DIR))
 # this checkout's cli/main.py under a private name (blockseg_cli.main itself is left alone)
-_spec = importlib.util.spec_from_file_location("_blockseg_cli_main_models", Path(__file__).resolve().parents[1] / "cli" / "blockseg_cli" / "main.py")
+_spec = importlib.util.spec_from_file_location("_blockseg_cli_main_models", CLI_DIR / "main.py")
 cli_main = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cli_main)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +21,10 @@ from blockseg.train import parse_config, train
 from blockseg.train.config import ValidationConfig
 from blockseg.train.trainer import make_model, tune_decoder, widen
 
-blockseg_cli.__path__.insert(0, str(Path(__file__).resolve().parents[1] / "cli" / "blockseg_cli"))
-_spec = importlib.util.spec_from_file_location("_blockseg_cli_main_trainfeat", Path(__file__).resolve().parents[1] / "cli" / "blockseg_cli" / "main.py")
+from _helpers import CLI_DIR
+
+blockseg_cli.__path__.insert(0, str(CLI_DIR))
+_spec = importlib.util.spec_from_file_location("_blockseg_cli_main_trainfeat", CLI_DIR / "main.py")
 cli_main = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cli_main)
 

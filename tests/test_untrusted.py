@@ -29,8 +29,9 @@ from blockseg.train import parse_config, train
 from blockseg.train.trainer import RESUME_MAGIC, read_resume
 from blockseg_cli.main import main
 
+from _helpers import REPO as ROOT
+
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class RunsCode:
@@ -239,7 +240,7 @@ def test_no_unsafe_loader_in_blockseg():
     assert _unsafe_calls("import torch\ntorch.load(p, weights_only=False)\npickle.loads(b)\nnp.load(p, allow_pickle=True)") == [
         "torch.load without weights_only=True", "pickle.loads", "np.load(allow_pickle=True)",
     ]  # fmt: skip  (the scan itself finds what it should)
-    from blockseg.pipeline.config import _UniqueKeyLoader
+    from blockseg.configfile import _UniqueKeyLoader
 
     assert issubclass(_UniqueKeyLoader, yaml.SafeLoader)
     bad = {}
