@@ -276,17 +276,23 @@ class Resolved:
         The volume's statistics (percentile scheme).
     description : str
         One line naming the scheme and its values (printed by the CLI, stored in provenance).
+    polarity : dict or None
+        How the input's polarity was decided (:func:`blockseg.predict.polarity.orient`); None
+        when the checkpoint records none.
     """
 
     affine: dict | None
     scheme: str
     stats: IntensityStats | None
     description: str
+    polarity: dict | None = None
 
     def provenance(self) -> dict:
         d = {"scheme": self.scheme, "affine": self.affine, "description": self.description}
         if self.stats is not None:
             d["statistics"] = self.stats.to_dict()
+        if self.polarity is not None:
+            d["polarity"] = self.polarity
         return d
 
 

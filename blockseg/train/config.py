@@ -214,6 +214,10 @@ class TrainConfig(_Strict):
     #: also applied per volume at inference), {percentile: [low, high]}, or the older fixed
     #: maps in raw units: "mean_std" from the training images, or {offset, scale}
     normalisation: Any = "percentile"
+    #: whether the nuclei of every training volume are brighter ("bright") or darker ("dark") than
+    #: around them: recorded in the model card (metadata["normalisation"]["polarity"]); predict
+    #: inverts an input said to have the other polarity (blockseg.predict.polarity)
+    polarity: Optional[Literal["bright", "dark"]] = None
 
     @field_validator("normalisation")
     @classmethod

@@ -616,6 +616,8 @@ def train(
 
     # metadata["normalisation"] (scheme + training statistics) and each volume's affine map
     normalisation, affines = training_normalisation(cfg.normalisation, cfg.data.train)
+    if cfg.polarity is not None:  # the model card's polarity (blockseg.predict.polarity)
+        normalisation = {**normalisation, "polarity": cfg.polarity}
     diameter = training_nucleus_diameter(cfg.data.train, cfg.data.labels)
     sampler = CropSampler(
         cfg.data.train, cfg.model.representations, cfg.patch, affines, cfg.augment, cfg.data.labels,

@@ -77,6 +77,12 @@ def register(subparsers) -> None:
         "network voxels as the checkpoint's training nuclei (for nuclei of another size than the training data's); the "
         "plan and the run print it in both units",
     )  # fmt: skip
+    p.add_argument(
+        "--polarity", choices=["bright", "dark", "auto"],
+        help="the image's nuclei are brighter or darker than around them (default: the polarity the checkpoint's model "
+        "card records; auto: detected by a blob test); the input is inverted when it differs from the card's; printed "
+        "with the normalisation, and a check warns when it disagrees",
+    )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print blocks, halo and a memory estimate; compute nothing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-resume", action="store_true", help="refuse an existing output instead of resuming it")
@@ -167,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         pyramid_levels=pyramid_levels(args),
         scale=zyx(args.scale, "--scale", float),
         diameter=args.diameter,
+        polarity=args.polarity,
     )
     # the plan validates image, checkpoint and geometry: fail before starting a cluster; its
     # warnings on the input are held until the cluster passed its preflight (a cluster error
