@@ -34,7 +34,7 @@ import zarr
 from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError
 from ..faults import fault_point
-from ..grid import BlockGrid, default_block_shape
+from ..grid import BlockGrid, BlockTask, default_block_shape
 from ..io.volume import _is_url, open_volume
 from ..models.base import BlocksegNet, build_model, load_checkpoint, normalise, read_checkpoint
 from ..io.predictions import create_predictions, describe_dtypes, encode_channel, mark_complete, plan_store
@@ -795,6 +795,58 @@ class PredictReport:
         return d
 
 
+@dataclass(frozen=True)
+class _Options:
+    """The settings of a :func:`predict` run besides its paths and client (see :func:`predict`
+    for each), as given: :func:`_validate_inputs` checks them."""
+
+    block_shape: int | Sequence[int] | None = None
+    dtype: str | np.dtype | None = None
+    overwrite: bool = False
+    resume: bool = True
+    channels: Sequence[str] | str | None = None
+    decoder: str | None = None
+    patch: int | Sequence[int] | str | None = "auto"
+    overlap: float | Sequence[float] = 0.125
+    blending: str = "gaussian"
+    tta: bool = False
+    mc_samples: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE
+    device: str = "auto"
+    amp: bool = True
+    runtime: str = "eager"
+    chunks: Sequence[int] | None = None
+    torch_threads: int | None = None
+    prefetch: bool = True
+    pyramid_levels: int | None = None
+    scale: object = None
+    diameter: float | None = None
+    polarity: str | None = None
+
+
+@dataclass
+class _Prepared:
+    """A planned run and what its passes need besides the :class:`PredictPlan` (private)."""
+
+    plan: PredictPlan
+    options: _Options
+    checkpoint: str
+    payload: dict
+    names: list
+    kinds: dict
+    keep: list
+    dtypes: dict
+    dtype: str
+    scaling: object
+    layouts: dict
+    settings: dict
+    norm: dict | None
+    voxel_size: tuple
+    output: object = None
+    #: (done, pass1) markers of the run this one resumes; None: a new store
+    markers: tuple | None = None
+
+
 @aborts_on_error
 def predict(
     image_path: str | os.PathLike,
@@ -827,6 +879,11 @@ def predict(
     polarity: str | None = None,
 ) -> PredictReport | PredictPlan:
     """Predict every representation of a checkpoint's network over an image, block by block.
+
+    Runs as named passes: :func:`plan_predict` (the plan, from metadata and the checkpoint;
+    ``dry_run`` returns it), the store's creation, the block tasks (pass 1 computes each block's
+    own tiles, pass 2 sums the strips neighbours share; both skip blocks whose done-marker is
+    set, so an interrupted run resumes per block), then the reduce (pyramid, completion mark).
 
     Parameters
     ----------
@@ -910,262 +967,378 @@ def predict(
         The image's typical nucleus diameter (µm), instead of ``scale``: resample so that such
         a nucleus spans as many network voxels as the checkpoint's training nuclei
         (``metadata["nucleus_diameter_um"]``; :func:`blockseg.predict.resample.resolve_scale`).
-
-    Notes
-    -----
     polarity : {None, "bright", "dark", "auto"}
         The image's nuclei are brighter or darker than around them (default: the polarity the
         checkpoint's model card records; ``"auto"``: detected). When it differs from the card's,
         the normalisation is inverted; a label-free check warns when it disagrees
         (:mod:`blockseg.predict.polarity`). Printed with the normalisation, in the provenance.
 
+    Returns
+    -------
+    PredictReport, or PredictPlan with ``dry_run``
+
+    Notes
+    -----
     The input is normalised by the checkpoint's scheme (:mod:`blockseg.predict.normalise`: the
     image's own 1-99.8 percentiles for checkpoints trained so, else the checkpoint's fixed
     affine map); scheme, values and resampling are in the plan and the store's provenance.
 
-    Returns
-    -------
-    PredictReport, or PredictPlan with ``dry_run``
+    Examples
+    --------
+    >>> import tempfile, blockseg
+    >>> from blockseg.synth import SynthParams, synthesize
+    >>> tmp = tempfile.mkdtemp()
+    >>> _ = synthesize(f"{tmp}/img.zarr", SynthParams(shape=(16, 48, 48), seed=1), progress=False)
+    >>> plan = blockseg.predict(f"{tmp}/img.zarr", "demo", f"{tmp}/pred.zarr", device="cpu", dry_run=True)
+    >>> len(plan.grid), plan.shape
+    (1, (16, 48, 48))
     """
+    options = _Options(block_shape, dtype, overwrite, resume, channels, decoder, patch, overlap, blending, tta,
+                             mc_samples, batch_size, device, amp, runtime, chunks, torch_threads, prefetch,
+                             pyramid_levels, scale, diameter, polarity)  # fmt: skip
+    run = _prepare(str(image_path), checkpoint, str(out_path), options, client, dry_run)
+    if dry_run:
+        return run.plan
+    _check_resources(run, client)
+    t0 = time.perf_counter()
+    # a new store is written in place (an interrupted run resumes it); a replaced one is
+    # written beside the old one and swapped in when complete (blockseg.io.safety)
+    target = run.output.begin()
+    done, pass1 = run.markers if run.markers is not None else _create_store(run, target)
+    job = _block_job(run, target)
+    stats, reused_pass1, retried = _block_passes(run, job, done, pass1, client, progress)
+    _finish_store(target, run.keep, options.pyramid_levels, client)
+    run.output.commit()
+    grid, todo = run.plan.grid, run.plan.todo
+    return PredictReport(
+        output=run.output.path, blocks=len(grid), skipped=len(grid) - len(todo), computed=len(todo),
+        patches=sum(s["patches"] for s in stats), seconds=time.perf_counter() - t0,
+        voxels=sum(math.prod(grid[i].shape) for i in todo), plan=run.plan, reused_pass1=reused_pass1,
+        retried={name: sorted(ids) for name, ids in retried.items() if ids},
+    )  # fmt: skip
+
+
+def plan_predict(image_path, checkpoint, out_path, client=None, **options) -> PredictPlan:
+    """The :class:`PredictPlan` of :func:`predict` (same parameters): what a run would compute
+    and write, from the image's metadata, the checkpoint and an existing output's markers.
+
+    Nothing is written. The one data read: a checkpoint normalised by the image's own
+    percentiles samples them (:mod:`blockseg.predict.normalise`), as the run itself would.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from blockseg.synth import SynthParams, synthesize
+    >>> tmp = tempfile.mkdtemp()
+    >>> _ = synthesize(f"{tmp}/img.zarr", SynthParams(shape=(16, 48, 48), seed=1), chunks=(16, 48, 24), progress=False)
+    >>> plan = plan_predict(f"{tmp}/img.zarr", "demo", f"{tmp}/pred.zarr", device="cpu", block_shape=(16, 48, 24))
+    >>> len(plan.grid), len(plan.todo)
+    (2, 2)
+    """
+    return _prepare(str(image_path), checkpoint, str(out_path), _Options(**options), client, True).plan
+
+
+def _validate_inputs(checkpoint, options: _Options) -> tuple[str, dict, BlocksegNet]:
+    """The checkpoint's path, payload and network, with the options the network constrains
+    checked (one-line :class:`BlocksegError` each)."""
     from ..models import resolve_checkpoint
 
-    image_path, out_path, checkpoint = str(image_path), str(out_path), resolve_checkpoint(checkpoint)
+    checkpoint = resolve_checkpoint(checkpoint)
     payload = read_checkpoint(checkpoint)
     model = build_model(payload["architecture"], **payload["config"])
-    options = InferenceOptions(batch_size, "cpu", tta, mc_samples, amp)
-    check_options(model, options)
-    check_runtime(runtime, device)
+    check_options(model, InferenceOptions(options.batch_size, "cpu", options.tta, options.mc_samples, options.amp))
+    check_runtime(options.runtime, options.device)
     foreign = payload.get("foreign")  # a TorchScript / ONNX network with its sidecar (models.foreign)
-    if foreign and runtime != "eager":
-        raise BlocksegError(f"runtime {runtime!r} is for blockseg checkpoints; a {foreign['format']} network runs as it is (--runtime eager)")
+    if foreign and options.runtime != "eager":
+        raise BlocksegError(f"runtime {options.runtime!r} is for blockseg checkpoints; a {foreign['format']} network runs as it is (--runtime eager)")
+    return checkpoint, payload, model
+
+
+def _prepare(image_path: str, checkpoint, out_path: str, options: _Options, client, dry_run: bool) -> _Prepared:
+    """Plan the run (:func:`plan_predict`), check its output may be written and read the
+    markers of the run it resumes; costly geometry is refused (warned about in a dry run)."""
+    from ..runtime.costs import chunk_cost, empty_image_cost, settle
+    from .normalise import resolve_volume
+    from .resample import resolve_scale
+    from ..io.safety import prepare_output
+
+    checkpoint, payload, model = _validate_inputs(checkpoint, options)
     vol = open_volume(image_path)
-    shape = vol.shape
+    meta = payload.get("metadata", {})
+    scaling, scale_why = resolve_scale(options.scale, vol.shape, vol.voxel_size, vol.voxel_size_source,
+                                       meta.get("voxel_size"), options.diameter, meta.get("nucleus_diameter_um"))  # fmt: skip
+    normalised = _normalisation(meta, image_path, vol, options.polarity, client)
+    names, kinds = output_channels(model, options.mc_samples)
+    # which channels the store keeps, each in its own dtype (blockseg.io.predictions.plan_store)
+    recommended = (meta.get("decoder") or {}).get("name")
+    keep, dtypes, store_why = plan_store(names, kinds, options.decoder, options.channels, options.dtype, recommended)
+    dtype = "float32" if "float32" in dtypes.values() else ("float16" if "float16" in dtypes.values() else "uint8")
+    grid = _block_grid(vol, options)
+    choice, lattice, layouts = _lattice_layouts(model, grid, scaling, options, len(names), out_path)
+    run = _Prepared(None, options, checkpoint, payload, names, kinds, keep, dtypes, dtype, scaling, layouts, {},  # type: ignore[arg-type]
+                    normalised.affine, vol.voxel_size)  # fmt: skip
+    run.settings = _run_settings(run, image_path, vol, grid, lattice, choice, normalised, scale_why)
+    run.plan = _make_plan(run, image_path, out_path, vol, model, grid, lattice, choice, store_why, normalised, scale_why)
+    run.output = prepare_output(out_path, [image_path, checkpoint], options.overwrite, resume=options.resume)
+    run.markers = _existing_run(run.output, run.settings)
+    if run.markers is not None:
+        run.plan.todo = [b.id for b in grid if not run.markers[0][b.index]]
+    # tiny output chunks, an image that stores no data: named before they cost (the dry run warns)
+    run.plan.costs = [c for c in (
+        chunk_cost(vol.shape, grid.chunk_shape, max(np.dtype(d).itemsize for d in dtypes.values()), out_path),
+        empty_image_cost(vol.array, vol.shape, image_path),
+    ) if c is not None]  # fmt: skip
+    settle(run.plan.costs, dry_run=dry_run)
+    return run
+
+
+def _normalisation(meta: dict, image_path: str, vol, polarity: str | None, client):
+    """How the input is normalised (:func:`.normalise.resolve_volume`), oriented by the image's
+    polarity when the checkpoint's card records one or ``polarity`` is given (:mod:`.polarity`)."""
     from .normalise import resolve_volume
     from .polarity import card_polarity, orient_volume
-    from .resample import predict_block_scaled, resolve_scale, scaled_layouts
 
-    meta = payload.get("metadata", {})
-    scaling, scale_why = resolve_scale(scale, shape, vol.voxel_size, vol.voxel_size_source, meta.get("voxel_size"),
-                                       diameter, meta.get("nucleus_diameter_um"))  # fmt: skip
     norm_meta = meta.get("normalisation")
     if card_polarity(norm_meta) is None and polarity is None:
-        normalised = resolve_volume(norm_meta, image_path, client=client)
-    else:  # the input check runs on the intensities as the network sees them
-        normalised = orient_volume(resolve_volume(norm_meta, image_path, client=client, warn=False), norm_meta, image_path,
-                                   vol.voxel_size, meta.get("nucleus_diameter_um"), polarity)  # fmt: skip
-    names, kinds = output_channels(model, mc_samples)
+        return resolve_volume(norm_meta, image_path, client=client)
+    # the input check runs on the intensities as the network sees them
+    return orient_volume(resolve_volume(norm_meta, image_path, client=client, warn=False), norm_meta, image_path,
+                         vol.voxel_size, meta.get("nucleus_diameter_um"), polarity)  # fmt: skip
 
-    # which channels the store keeps, each in its own dtype (blockseg.io.predictions.plan_store)
-    recommended = (payload.get("metadata", {}).get("decoder") or {}).get("name")
-    keep, dtypes, store_why = plan_store(names, kinds, decoder, channels, dtype, recommended)
-    dtype = "float32" if "float32" in dtypes.values() else ("float16" if "float16" in dtypes.values() else "uint8")
 
-    chunk_shape = tuple(min(int(c), s) for c, s in zip(_dims(chunks, "chunks") or vol.write_unit, shape))
-    block_shape = _dims(block_shape, "block shape") or default_block_shape(shape, chunk_shape)
+def _block_grid(vol, options: _Options) -> BlockGrid:
+    """Block cores on the output chunks (a block shape within the volume, rounded to chunks);
+    millions of blocks are refused before the plan lays them out (minutes of Python)."""
+    from ..runtime.costs import settle, task_cost
+
+    shape = vol.shape
+    chunk_shape = tuple(min(int(c), s) for c, s in zip(_dims(options.chunks, "chunks") or vol.write_unit, shape))
+    block_shape = _dims(options.block_shape, "block shape") or default_block_shape(shape, chunk_shape)
     block_shape = tuple(min(b, -(-s // c) * c) for b, s, c in zip(block_shape, shape, chunk_shape))
     grid = BlockGrid(shape, block_shape, 0, chunk_shape)
-    from ..runtime.costs import chunk_cost, empty_image_cost, settle, task_cost
-
-    # millions of blocks: refused before the plan lays them out (minutes of Python), even in a dry run
     settle([task_cost(2 * len(grid), "predict", grid.block_shape)])  # up to two passes per block
-    net_shape = scaling.net_shape if scaling else shape
+    return grid
+
+
+def _lattice_layouts(model, grid: BlockGrid, scaling, options: _Options, n_channels: int, out_path: str):
+    """``(patch choice, lattice, {block id: layout})``: the tiles each block owns."""
+    from .resample import net_region, scaled_layouts
+
+    net_shape = scaling.net_shape if scaling else grid.shape
     regions = None
     if scaling:  # the ranges of the network's grid the blocks along each axis need
-        from .resample import net_region
-
-        boxes = [net_region(b.core, shape, net_shape) for b in grid]
+        boxes = [net_region(b.core, grid.shape, net_shape) for b in grid]
         regions = [sorted({(bx[a].start, bx[a].stop) for bx in boxes}) for a in range(3)]
-    choice = _patch_choice(model, net_shape, grid.block_shape, patch, overlap, batch_size, len(names), device, out_path,
-                           regions)  # fmt: skip
+    choice = _patch_choice(model, net_shape, grid.block_shape, options.patch, options.overlap, options.batch_size,
+                           n_channels, options.device, out_path, regions)  # fmt: skip
     # auto and explicit patches keep tile starts on the stride (-margin + k * stride, the last tiles
     # overhanging): the lattice depends on the patch alone, not on the blocks, so a store's
     # recorded patch reproduces its lattice with any block shape; "train" keeps the snapped lattice
-    snap = choice.mode == "train"
-    lattice = make_lattice(model, net_shape, choice.patch, overlap, blending, snap)
+    lattice = make_lattice(model, net_shape, choice.patch, options.overlap, options.blending, choice.mode == "train")
     if scaling:
-        layouts = scaled_layouts(lattice, grid)
-    else:
-        layouts = {b.id: block_layout(lattice, b.core, chunk_shape) for b in grid}
-    patches_total = sum(lay.n_tiles for lay in layouts.values())
-    mem = _memory_estimate(model, grid, lattice, layouts, len(names), vol.dtype.itemsize, np.dtype(dtype).itemsize,
-                           batch_size, exchange=not scaling)  # fmt: skip
-    norm = normalised.affine
-    run_settings = {
+        return choice, lattice, scaled_layouts(lattice, grid)
+    return choice, lattice, {b.id: block_layout(lattice, b.core, grid.chunk_shape) for b in grid}
+
+
+def _run_settings(run: _Prepared, image_path: str, vol, grid: BlockGrid, lattice: Lattice, choice: PatchChoice,
+                  normalised, scale_why: str) -> dict:  # fmt: skip
+    """What the store records of the run (``predictions.run``): a resume must match it."""
+    o, foreign = run.options, run.payload.get("foreign")
+    return {
         "image": os.path.abspath(image_path) if not _is_url(image_path) else image_path,
-        "shape": list(shape),
-        "checkpoint_sha256": file_digest(checkpoint),
+        "shape": list(vol.shape),
+        "checkpoint_sha256": file_digest(run.checkpoint),
         "patch": list(lattice.patch),
         "patch_choice": choice.to_dict(),
-        "lattice_snap": snap,
+        "lattice_snap": choice.mode == "train",
         "overlap": [a.out - a.stride for a in lattice.axes],
-        "blending": blending,
+        "blending": o.blending,
         "block_shape": list(grid.block_shape),
-        "chunks": list(chunk_shape),
-        "dtype": dtypes,
-        "stored_channels": keep,
-        "tta": bool(tta),
-        "mc_samples": int(mc_samples),
-        "runtime": runtime,
-        "channels": names,
+        "chunks": list(grid.chunk_shape),
+        "dtype": run.dtypes,
+        "stored_channels": run.keep,
+        "tta": bool(o.tta),
+        "mc_samples": int(o.mc_samples),
+        "runtime": o.runtime,
+        "channels": run.names,
         "scheme": SCHEME,
         "voxel_size": list(vol.voxel_size),
         "voxel_size_source": vol.voxel_size_source,
         "normalisation": normalised.provenance(),
-        "resampling": scaling.to_dict() if scaling else {"description": scale_why},
+        "resampling": run.scaling.to_dict() if run.scaling else {"description": scale_why},
         # a foreign network's sidecar and measured margin are part of the run (the digest above is the weights')
         **({"model": {k: foreign[k] for k in ("format", "sha256", "outputs", "activation", "margin", "crop")}} if foreign else {}),
     }
-    plan = PredictPlan(image_path, out_path, shape, grid, lattice, lattice.halo(), keep, kinds, describe_dtypes(dtypes),
-                       patches_total, math.prod(lattice.n_tiles), mem, list(grid.block_ids))  # fmt: skip
-    plan.store_bytes = math.prod(shape) * sum(np.dtype(d).itemsize for d in dtypes.values())
+
+
+def _make_plan(run: _Prepared, image_path, out_path, vol, model, grid, lattice, choice, store_why, normalised,
+               scale_why) -> PredictPlan:  # fmt: skip
+    """The :class:`PredictPlan` (every block still to run: the markers are read after)."""
+    scaling, layouts, shape = run.scaling, run.layouts, vol.shape
+    mem = _memory_estimate(model, grid, lattice, layouts, len(run.names), vol.dtype.itemsize,
+                           np.dtype(run.dtype).itemsize, run.options.batch_size, exchange=not scaling)  # fmt: skip
+    plan = PredictPlan(image_path, out_path, shape, grid, lattice, lattice.halo(), run.keep, run.kinds,
+                       describe_dtypes(run.dtypes), sum(lay.n_tiles for lay in layouts.values()),
+                       math.prod(lattice.n_tiles), mem, list(grid.block_ids))  # fmt: skip
+    plan.store_bytes = math.prod(shape) * sum(np.dtype(d).itemsize for d in run.dtypes.values())
     plan.image_bytes = math.prod(shape) * vol.dtype.itemsize
     plan.store_note = store_why
     plan.normalisation, plan.resampling = normalised.description, scale_why
     plan.patch_choice = choice
-    plan.lattice_snap = snap
-    plan.runtime = runtime
+    plan.lattice_snap = choice.mode == "train"
+    plan.runtime = run.options.runtime
     plan.lattice_shape = tuple(scaling.net_shape) if scaling else None
-    if foreign:
+    if run.payload.get("foreign"):
         plan.model = model.description.summary_line()
     # resampled blocks exchange nothing: their layouts mix the network's grid (region) and the
     # image's (core), so the box arithmetic below means nothing for them
-    plan.scratch_bytes = 0 if scaling else (8 if dtype == "float32" else 4) * len(names) * sum(
+    plan.scratch_bytes = 0 if scaling else (8 if run.dtype == "float32" else 4) * len(run.names) * sum(
         math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in lay.partials
-    ) + sum(np.dtype(dtypes[c]).itemsize for c in keep) * sum(
+    ) + sum(np.dtype(run.dtypes[c]).itemsize for c in run.keep) * sum(
         math.prod(s.stop - s.start for s in box) for lay in layouts.values() for box in lay.held
     )  # fmt: skip
+    return plan
 
-    from ..io.safety import prepare_output
 
-    output = prepare_output(out_path, [image_path, checkpoint], overwrite, resume=resume)
-    markers = _existing_run(output, run_settings)
-    if markers is not None:
-        done, pass1 = markers
-        plan.todo = [b.id for b in grid if not done[b.index]]
-    # tiny output chunks, an image that stores no data: named before they cost (the dry run warns)
-    plan.costs = [c for c in (
-        chunk_cost(shape, chunk_shape, max(np.dtype(d).itemsize for d in dtypes.values()), out_path),
-        empty_image_cost(vol.array, shape, image_path),
-    ) if c is not None]  # fmt: skip
-    settle(plan.costs, dry_run=dry_run)
-    if dry_run:
-        return plan
-    if client is not None:  # before anything is written: blocks no worker can hold never start
+def _check_resources(run: _Prepared, client) -> None:
+    """Before anything is written: blocks no worker can hold never start, and a new run's
+    scratch must fit its disk (a resumed run's scratch is partly on disk already)."""
+    if client is not None:
         from ..runtime.cluster import worker_memory_limit
 
-        plan.check_memory(worker_memory_limit(client))
-    if markers is None:  # a resumed run's scratch is partly on disk already
-        check_scratch_space(out_path, plan.scratch_bytes, plan.store_bytes)
+        run.plan.check_memory(worker_memory_limit(client))
+    if run.markers is None:
+        check_scratch_space(run.plan.out_path, run.plan.scratch_bytes, run.plan.store_bytes)
 
-    t0 = time.perf_counter()
-    # a new store is written in place (an interrupted run resumes it); a replaced one is
-    # written beside the old one and swapped in when complete (blockseg.io.safety)
-    out_path = output.begin()
-    if markers is None:
-        done = pass1 = np.zeros(grid.grid_shape, dtype=np.uint8)
-        # marked unfinished until every block and level is written: segment refuses it until then
-        create_predictions(out_path, keep, shape, dtypes, vol.voxel_size, chunk_shape, {c: kinds[c] for c in keep},
-                           complete=False)  # fmt: skip
-        group = zarr.open_group(out_path, mode="r+")
-        attrs = dict(group.attrs["blockseg"])
-        # the checkpoint's tuned decoder travels with the data: segment's defaults (segment.params)
-        from ..segment.params import checkpoint_decoder
 
-        # sizes in voxels of the network's grid become voxels of this image's grid
-        size_factor = 1.0 / float(np.prod(scaling.factors)) if scaling else None
-        stored = checkpoint_decoder(payload, checkpoint, run_settings["checkpoint_sha256"], size_factor)
-        if stored is not None:  # only a decoder the kept channels can feed
-            from ..segment import DECODERS
+def _create_store(run: _Prepared, out_path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The new store: its channels, the run's settings and the checkpoint's tuned decoder in its
+    attributes, empty done-markers; marked unfinished (segment refuses it) until the reduce.
+    Returns the (all zero) ``done`` and ``pass1`` markers."""
+    from ..segment import DECODERS
+    from ..segment.params import checkpoint_decoder
 
-            stored = stored if set(DECODERS[stored["name"]].channels) <= set(keep) else None
-        attrs["predictions"] = {**attrs["predictions"], "run": run_settings, **({"decoder": stored} if stored else {})}
-        group.attrs["blockseg"] = attrs
-        for name in (DONE_ARRAY, PASS1_ARRAY):
-            group.create_array(name, shape=grid.grid_shape, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
-        group.create_group(PARTIAL_GROUP)
+    grid, keep = run.plan.grid, run.keep
+    create_predictions(out_path, keep, grid.shape, run.dtypes, run.voxel_size, grid.chunk_shape,
+                       {c: run.kinds[c] for c in keep}, complete=False)  # fmt: skip
+    group = zarr.open_group(out_path, mode="r+")
+    attrs = dict(group.attrs["blockseg"])
+    # the checkpoint's tuned decoder travels with the data: segment's defaults (segment.params);
+    # sizes in voxels of the network's grid become voxels of this image's grid
+    size_factor = 1.0 / float(np.prod(run.scaling.factors)) if run.scaling else None
+    stored = checkpoint_decoder(run.payload, run.checkpoint, run.settings["checkpoint_sha256"], size_factor)
+    if stored is not None:  # only a decoder the kept channels can feed
+        stored = stored if set(DECODERS[stored["name"]].channels) <= set(keep) else None
+    attrs["predictions"] = {**attrs["predictions"], "run": run.settings, **({"decoder": stored} if stored else {})}
+    group.attrs["blockseg"] = attrs
+    for name in (DONE_ARRAY, PASS1_ARRAY):
+        group.create_array(name, shape=grid.grid_shape, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
+    group.create_group(PARTIAL_GROUP)
+    done = np.zeros(grid.grid_shape, dtype=np.uint8)
+    return done, done
 
-    job = BlockJob(
-        image_path=image_path,
+
+def _block_job(run: _Prepared, out_path: str) -> BlockJob:
+    """The :class:`BlockJob` every block task of the run gets."""
+    o, lattice, grid, scaling = run.options, run.plan.lattice, run.plan.grid, run.scaling
+    return BlockJob(
+        image_path=run.plan.image_path,
         out_path=out_path,
-        checkpoint=os.path.abspath(checkpoint),
-        device=device,
-        shape=shape,
+        checkpoint=os.path.abspath(run.checkpoint),
+        device=o.device,
+        shape=grid.shape,
         block_shape=grid.block_shape,  # type: ignore[arg-type]
-        chunk_shape=chunk_shape,  # type: ignore[arg-type]
+        chunk_shape=grid.chunk_shape,  # type: ignore[arg-type]
         patch=lattice.patch,  # type: ignore[arg-type]
         crop=tuple(a.crop for a in lattice.axes),  # type: ignore[arg-type]
         margin=tuple(a.pad for a in lattice.axes),  # type: ignore[arg-type]
         overlap=tuple(a.out - a.stride for a in lattice.axes),  # type: ignore[arg-type]
-        blending=blending,
-        channels=tuple(names),
-        kinds=tuple(sorted(kinds.items())),
-        dtype=dtype,
-        store=tuple(dtypes.items()),
-        normalisation=tuple(sorted(norm.items())) if norm else None,
-        batch_size=batch_size,
-        tta=tta,
-        mc_samples=mc_samples,
-        amp=amp,
-        runtime=runtime,
-        torch_threads=torch_threads,
-        prefetch=prefetch,
+        blending=o.blending,
+        channels=tuple(run.names),
+        kinds=tuple(sorted(run.kinds.items())),
+        dtype=run.dtype,
+        store=tuple(run.dtypes.items()),
+        normalisation=tuple(sorted(run.norm.items())) if run.norm else None,
+        batch_size=o.batch_size,
+        tta=o.tta,
+        mc_samples=o.mc_samples,
+        amp=o.amp,
+        runtime=o.runtime,
+        torch_threads=o.torch_threads,
+        prefetch=o.prefetch,
         scale=scaling.factors if scaling else (),
         net_shape=scaling.net_shape if scaling else (),
         run_id=uuid.uuid4().hex,
-        snap=snap,
+        snap=run.plan.lattice_snap,
     )
-    resources = None
+
+
+def _gpu_resources(client, device: str) -> dict | None:
+    """``{"GPU": 1}`` for GPU tasks on a cluster with GPU workers; a local ``cuda`` run fails
+    fast here when no GPU is visible."""
     if client is not None and device != "cpu":
         from ..runtime.cluster import has_gpu_workers
 
-        if has_gpu_workers(client):
-            resources = {"GPU": 1}
-    elif client is None and device == "cuda":
-        resolve_device("cuda")  # fail fast, in this process
-    stats = []
-    reused_pass1 = 0
-    retried: dict[str, list[int]] = {}  # blocks whose task ran again, per pass
-    if plan.todo:
-        from ..runtime.cluster import block_voxels, run_blocks
+        return {"GPU": 1} if has_gpu_workers(client) else None
+    if client is None and device == "cuda":
+        resolve_device("cuda")
+    return None
 
-        second = [i for i in plan.todo if layouts[i].finish]
-        first = {i for i in plan.todo if not pass1[grid[i].index]}
-        # the scratch is deleted with the run's end: a block whose pass 1 finished before (its
-        # pass-1 or done-marker is written after its row) has its row only while the scratch
-        # is there; recompute the partial sums of the others if needed
-        scratch_there = SCRATCH_ARRAY.rpartition("/")[2] in zarr.open_group(out_path, mode="r")[PARTIAL_GROUP]
-        kept = {b.id for b in grid if pass1[b.index] or done[b.index]} if scratch_there else set()
-        for i in second:
-            first.update(j for j, _ in strip_sources(lattice, grid, i) if j not in kept)
-        first = sorted(first)
-        reused_pass1 = len(set(plan.todo) - set(first))
-        if not kept and not scaling:  # made here, so tasks write chunks only (resampled blocks exchange nothing)
-            _create_scratch(job, layouts)
-        stats = run_blocks(partial(predict_block_scaled if scaling else predict_block, job), first, client, name="predict", resources=resources,
-                           progress=progress, voxels=block_voxels(grid, first), retried=retried.setdefault("predict", []))  # fmt: skip
-        if second:
-            run_blocks(partial(finish_block, job), second, client, name="predict-strips", progress=progress,
-                       voxels=block_voxels(grid, second), retried=retried.setdefault("predict-strips", []))  # fmt: skip
-    _drop_partials(out_path)
+
+def block_tasks(job: BlockJob, layouts: dict, done: np.ndarray, pass1: np.ndarray, resources=None) -> tuple:
+    """The two passes' block tasks (:class:`blockseg.grid.BlockTask`): pass 1 (``"predict"``,
+    done when its pass-1 marker is set) and pass 2 (``"predict-strips"``, done when its
+    done-marker is; only blocks with strips to sum). Both write the block's core; pass 1
+    reads the input its own tiles need (within the lattice's halo around the core)."""
+    from .resample import predict_block_scaled
+
+    grid, halo = job.grid, _job_lattice(job).halo()
+    if job.scale:  # the lattice is on the network's grid: its halo in image voxels
+        halo = tuple(math.ceil(h / f) for h, f in zip(halo, job.scale))
+    first = BlockTask("predict", grid, partial(predict_block_scaled if job.scale else predict_block, job), halo,
+                      check=lambda b: bool(pass1[grid[b].index] or done[grid[b].index]), resources=resources)  # fmt: skip
+    second = BlockTask("predict-strips", grid, partial(finish_block, job), halo, check=lambda b: bool(done[grid[b].index]),
+                       select=lambda b: bool(layouts[b].finish))  # fmt: skip
+    return first, second
+
+
+def _block_passes(run: _Prepared, job: BlockJob, done, pass1, client, progress: bool) -> tuple[list, int, dict]:
+    """Run both passes over the blocks still to do; returns ``(pass-1 stats, blocks whose pass 1
+    was reused, {pass: retried block ids})``."""
+    from ..runtime.cluster import run_task
+
+    retried: dict[str, list[int]] = {}
+    if not run.plan.todo:
+        return [], 0, retried
+    grid, lattice, todo = run.plan.grid, run.plan.lattice, run.plan.todo
+    first, second = block_tasks(job, run.layouts, done, pass1, _gpu_resources(client, job.device))
+    strips = [i for i in todo if second.select(i)]
+    ids = {i for i in todo if not pass1[grid[i].index]}
+    # the scratch is deleted with the run's end: a block whose pass 1 finished before (its
+    # pass-1 or done-marker is written after its row) has its row only while the scratch
+    # is there; recompute the partial sums of the others if needed
+    scratch_there = SCRATCH_ARRAY.rpartition("/")[2] in zarr.open_group(job.out_path, mode="r")[PARTIAL_GROUP]
+    kept = {b for b in grid.block_ids if first.check(b)} if scratch_there else set()
+    for i in strips:
+        ids.update(j for j, _ in strip_sources(lattice, grid, i) if j not in kept)
+    ids = sorted(ids)
+    if not kept and not run.scaling:  # made here, so tasks write chunks only (resampled blocks exchange nothing)
+        _create_scratch(job, run.layouts)
+    stats = run_task(first, ids, client, progress=progress, retried=retried.setdefault(first.name, []))
+    if strips:
+        run_task(second, strips, client, progress=progress, retried=retried.setdefault(second.name, []))
+    return stats, len(set(todo) - set(ids)), retried
+
+
+def _finish_store(out_path: str, keep: Sequence[str], levels: int | None, client) -> None:
+    """The reduce: drop the scratch, build every channel's pyramid (part of the output: a rerun
+    after an interruption here rebuilds it), mark the store complete."""
     from ..io.pyramid import finish_volume
 
-    for c in keep:  # part of the output: a rerun after an interruption here rebuilds it
-        finish_volume(f"{out_path.rstrip('/')}/{c}", levels=pyramid_levels, client=client)
+    _drop_partials(out_path)
+    for c in keep:
+        finish_volume(f"{out_path.rstrip('/')}/{c}", levels=levels, client=client)
     mark_complete(out_path)
-    output.commit()
-    seconds = time.perf_counter() - t0
-    return PredictReport(
-        output=output.path,
-        blocks=len(grid),
-        skipped=len(grid) - len(plan.todo),
-        computed=len(plan.todo),
-        patches=sum(s["patches"] for s in stats),
-        seconds=seconds,
-        voxels=sum(math.prod(grid[i].shape) for i in plan.todo),
-        plan=plan,
-        reused_pass1=reused_pass1,
-        retried={name: sorted(ids) for name, ids in retried.items() if ids},
-    )
 
 
 def check_scratch_space(out_path: str, scratch_bytes: int, store_bytes: int) -> None:
