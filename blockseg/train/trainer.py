@@ -544,6 +544,83 @@ def _metadata(cfg: TrainConfig, normalisation, voxel_size, iteration, decoder, v
     }
 
 
+@dataclass
+class _Run:
+    """One training run's state: what the passes of :func:`train` share (private)."""
+
+    cfg: TrainConfig
+    out: Path
+    voxel_size: tuple
+    device: torch.device
+    use_amp: bool
+    fmt: torch.memory_format
+    decoder: object
+    model: BlocksegNet
+    val_sets: list
+    normalisation: dict
+    diameter: float | None
+    sampler: CropSampler
+    opt: object
+    sched: object
+    scaler: object
+    loss_fn: MultiLoss
+    rng: np.random.Generator
+    decoder_meta: dict = field(default_factory=dict)
+    validation: dict | None = None
+    losses: list = field(default_factory=list)
+    window: list = field(default_factory=list)
+
+    def save(self, it: int) -> None:
+        """Write ``checkpoint.pt`` and ``resume.pt`` (each whole, then renamed over the old one)."""
+        cfg, out = self.cfg, self.out
+        meta = _metadata(cfg, self.normalisation, self.voxel_size, it, self.decoder_meta, self.validation,
+                         self.losses[-cfg.log_every :], self.diameter)  # fmt: skip
+        tmp = out / (CHECKPOINT + ".tmp")
+        save_checkpoint(tmp, self.model, **meta)
+        os.replace(tmp, out / CHECKPOINT)
+        state = {
+            "magic": RESUME_MAGIC,
+            "format": RESUME_FORMAT,
+            "iteration": it,
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "model_config": cfg.model.model_dump(mode="json"),
+            "patch": list(cfg.patch),
+        }
+        tmp = out / (RESUME + ".tmp")
+        torch.save(state, tmp)  # tensors and plain data only: read back with weights_only=True (read_resume)
+        os.replace(tmp, out / RESUME)
+
+    def write_log(self, rec: dict) -> None:
+        with open(self.out / LOG, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def validation_cases(self) -> list[tuple]:
+        """``(prediction, labels, mask)`` of every validation volume with the current weights."""
+        self.model.eval()
+        cases = []
+        for p, b in self.val_sets:
+            img, gt, m = read_validation(p, b, self.cfg.data.labels, self.cfg.data.mask)
+            cases.append((predict_image(self.model, img, self.normalisation), gt, m))
+        return cases
+
+    def validate(self, it: int, cases: list[tuple] | None = None) -> dict | None:
+        """Score the validation volumes (logged), back in training mode after."""
+        if not self.val_sets:
+            return None
+        cases = self.validation_cases() if cases is None else cases
+        scores = mean_scores([score_prediction(pred, gt, self.decoder, m) for pred, gt, m in cases])
+        self.model.train()
+        if self.cfg.model.freeze_encoder:
+            freeze_norm_statistics(self.model)
+        self.write_log({"iteration": it, "validation": scores})
+        log.info("iteration %d: validation AP-50 %.3f AP-75 %.3f", it, scores["AP50"], scores["AP75"])
+        return scores
+
+
 def train(
     cfg: TrainConfig,
     resume: bool = False,
@@ -551,6 +628,12 @@ def train(
     callback: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train the network of ``cfg``; see the module docstring for the outputs.
+
+    Runs as named passes: the checks (:func:`_validate_inputs`, nothing written before them),
+    the training data (voxel size, resampling), the run's setup (network, crops, optimiser),
+    the restored state of an interrupted run, the iterations, then the reduce (last validation,
+    decoder tuning, the final checkpoint and the log's plot). Resume is per checkpoint
+    (``checkpoint_every`` iterations), not per block: training has no blocks.
 
     Parameters
     ----------
@@ -563,9 +646,24 @@ def train(
     callback : callable, optional
         ``callback(iteration, loss)`` after every iteration.
     """
-    from ..segment import make_decoder
-
     t_start = time.perf_counter()
+    out, state = _validate_inputs(cfg, resume)
+    cfg, voxel_size = _training_data(cfg, out)
+    run = _set_up(cfg, out, voxel_size, resume)
+    start = _restore(run, state) if resume else 0
+    if start >= cfg.iterations:
+        raise BlocksegError(f"the run already reached {start} of {cfg.iterations} iterations")
+    run.decoder_meta = {"name": run.decoder.name, "params": run.decoder.params()}
+    _iterate(run, start, progress, callback)
+    _finish(run)
+    return TrainResult(str(out / CHECKPOINT), cfg.iterations, run.losses, run.validation, time.perf_counter() - t_start)
+
+
+def _validate_inputs(cfg: TrainConfig, resume: bool) -> tuple[Path, dict | None]:
+    """The output folder and the resume state (None without ``resume``), checked before
+    anything is written: a resume needs its file, a new run a free output that is no input."""
+    from ..io.safety import check_not_input
+
     out = Path(cfg.output)
     ckpt_path, resume_path = out / CHECKPOINT, out / RESUME
     if resume and not resume_path.exists():
@@ -577,12 +675,16 @@ def train(
         read_checkpoint(resolve_checkpoint(cfg.model.init))  # a crafted or broken init file: refused now, too
     if not resume and ckpt_path.exists():
         raise BlocksegError(f"{ckpt_path} exists; use --resume to continue it or choose another output")
-    from ..io.safety import check_not_input
-
     # the output folder is never an input, inside or around one, nor someone else's folder
     check_not_input([str(out)], [*cfg.data.train, *(v if isinstance(v, str) else v.volume for v in cfg.data.validation_list()), cfg.model.init])
     if out.is_dir() and any(out.iterdir()) and not any((out / f).exists() for f in (CHECKPOINT, RESUME, "train_log.jsonl")):
         raise BlocksegError(f"{out} exists, is not empty and is not a blockseg training folder; choose another output")
+    return out, state
+
+
+def _training_data(cfg: TrainConfig, out: Path) -> tuple[TrainConfig, tuple]:
+    """The training voxel size: the volumes' own (they must agree), or ``data.voxel_size``, to
+    which they are resampled first (``OUTPUT/resampled``; the returned config reads those)."""
     from ..io.volume import open_volume
 
     if cfg.data.voxel_size is None:
@@ -591,10 +693,30 @@ def train(
     if cfg.data.voxel_size is not None:
         cfg = resample_training_data(cfg, out / "resampled")
         voxel_size = tuple(float(v) for v in cfg.data.voxel_size)
+    return cfg, voxel_size
+
+
+def _validation_exclusions(cfg: TrainConfig, val_sets: list) -> dict[int, tuple]:
+    """Training volume index -> the validation box crops must stay out of (one per volume)."""
+    exclude: dict[int, tuple] = {}
+    for val_path, val_box in val_sets:
+        for k, p in enumerate(cfg.data.train):
+            if val_box is not None and os.path.abspath(str(p).rstrip("/")) == os.path.abspath(str(val_path).rstrip("/")):
+                if k in exclude:
+                    raise BlocksegError(f"data.validation: one validation region per training volume ({p} has two)")
+                exclude[k] = val_box
+    return exclude
+
+
+def _set_up(cfg: TrainConfig, out: Path, voxel_size: tuple, resume: bool) -> _Run:
+    """Network, decoder, crops, optimiser and random streams, seeded in this order (a run is
+    reproduced by its config)."""
+    from ..predict.normalise import training_normalisation
+    from ..segment import make_decoder
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg.device)
-    use_amp = bool(cfg.amp and device.type == "cuda")
     _seed_all(cfg.seed)
     decoder = make_decoder(cfg.decoder.name, **cfg.decoder.params)
     model = make_model(cfg)
@@ -604,16 +726,7 @@ def train(
     elif cfg.model.freeze_encoder and not cfg.model.init:
         raise BlocksegError("model.freeze_encoder needs model.init (a checkpoint to start from)")
     val_sets = validation_sets(cfg)
-    exclude: dict[int, tuple] = {}
-    for val_path, val_box in val_sets:
-        for k, p in enumerate(cfg.data.train):
-            if val_box is not None and os.path.abspath(str(p).rstrip("/")) == os.path.abspath(str(val_path).rstrip("/")):
-                if k in exclude:
-                    raise BlocksegError(f"data.validation: one validation region per training volume ({p} has two)")
-                exclude[k] = val_box
-
-    from ..predict.normalise import training_normalisation, volume_affines
-
+    exclude = _validation_exclusions(cfg, val_sets)
     # metadata["normalisation"] (scheme + training statistics) and each volume's affine map
     normalisation, affines = training_normalisation(cfg.normalisation, cfg.data.train)
     if cfg.polarity is not None:  # the model card's polarity (blockseg.predict.polarity)
@@ -630,152 +743,132 @@ def train(
     if cfg.model.freeze_encoder:
         freeze_norm_statistics(model)
     opt, sched = make_optimizer(cfg, model)
+    use_amp = bool(cfg.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = MultiLoss(cfg.model.representations, cfg.loss_weights, cfg.cpv_units)
-    rng = np.random.default_rng(cfg.seed)
-    start = 0
-    if resume:
-        if state.get("model_config") != cfg.model.model_dump(mode="json") or state.get("patch") != list(cfg.patch):
-            raise BlocksegError(f"{resume_path} belongs to a run with another model or patch")
-        loaded, payload = load_checkpoint(ckpt_path, device)
-        model.load_state_dict(loaded.state_dict())
-        if cfg.model.freeze_encoder:
-            for n in ENCODER_MODULES:
-                for prm in getattr(model, n).parameters() if hasattr(model, n) else ():
-                    prm.requires_grad_(False)
-        model.to(memory_format=fmt).train()
-        try:
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            rng.bit_generator.state = state["numpy_rng"]
-            torch.set_rng_state(state["torch_rng"])
-        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise BlocksegError(f"{resume_path}: does not fit this run's optimiser or random state ({first})") from None
-        normalisation = payload["metadata"]["normalisation"]
-        sampler.normalisation = volume_affines(normalisation, cfg.data.train)
-        start = int(state["iteration"])
-    if start >= cfg.iterations:
-        raise BlocksegError(f"the run already reached {start} of {cfg.iterations} iterations")
+    return _Run(cfg, out, voxel_size, device, use_amp, fmt, decoder, model, val_sets, normalisation, diameter, sampler,
+                opt, sched, scaler, loss_fn, np.random.default_rng(cfg.seed))  # fmt: skip
 
-    decoder_meta = {"name": decoder.name, "params": decoder.params()}
-    validation = None
-    losses: list[float] = []
-    window: list[dict] = []
 
-    def save(it: int) -> None:
-        meta = _metadata(cfg, normalisation, voxel_size, it, decoder_meta, validation, losses[-cfg.log_every :], diameter)
-        tmp = out / (CHECKPOINT + ".tmp")
-        save_checkpoint(tmp, model, **meta)
-        os.replace(tmp, ckpt_path)
-        state = {
-            "magic": RESUME_MAGIC,
-            "format": RESUME_FORMAT,
-            "iteration": it,
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict(),
-            "numpy_rng": rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "model_config": cfg.model.model_dump(mode="json"),
-            "patch": list(cfg.patch),
-        }
-        tmp = out / (RESUME + ".tmp")
-        torch.save(state, tmp)  # tensors and plain data only: read back with weights_only=True (read_resume)
-        os.replace(tmp, resume_path)
+def _restore(run: _Run, state: dict) -> int:
+    """Weights, optimiser and random states of the interrupted run; returns its iteration."""
+    from ..predict.normalise import volume_affines
 
-    def write_log(rec: dict) -> None:
-        with open(out / LOG, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+    cfg, resume_path = run.cfg, run.out / RESUME
+    if state.get("model_config") != cfg.model.model_dump(mode="json") or state.get("patch") != list(cfg.patch):
+        raise BlocksegError(f"{resume_path} belongs to a run with another model or patch")
+    loaded, payload = load_checkpoint(run.out / CHECKPOINT, run.device)
+    run.model.load_state_dict(loaded.state_dict())
+    if cfg.model.freeze_encoder:
+        for n in ENCODER_MODULES:
+            for prm in getattr(run.model, n).parameters() if hasattr(run.model, n) else ():
+                prm.requires_grad_(False)
+    run.model.to(memory_format=run.fmt).train()
+    try:
+        run.opt.load_state_dict(state["optimizer"])
+        run.sched.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        run.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise BlocksegError(f"{resume_path}: does not fit this run's optimiser or random state ({first})") from None
+    run.normalisation = payload["metadata"]["normalisation"]
+    run.sampler.normalisation = volume_affines(run.normalisation, cfg.data.train)
+    return int(state["iteration"])
 
-    def validation_cases() -> list[tuple]:
-        """``(prediction, labels, mask)`` of every validation volume with the current weights."""
-        model.eval()
-        cases = []
-        for p, b in val_sets:
-            img, gt, m = read_validation(p, b, cfg.data.labels, cfg.data.mask)
-            cases.append((predict_image(model, img, normalisation), gt, m))
-        return cases
 
-    def validate(it: int, cases: list[tuple] | None = None) -> dict | None:
-        if not val_sets:
-            return None
-        cases = validation_cases() if cases is None else cases
-        scores = mean_scores([score_prediction(pred, gt, decoder, m) for pred, gt, m in cases])
-        model.train()
-        if cfg.model.freeze_encoder:
-            freeze_norm_statistics(model)
-        write_log({"iteration": it, "validation": scores})
-        log.info("iteration %d: validation AP-50 %.3f AP-75 %.3f", it, scores["AP50"], scores["AP75"])
-        return scores
+def _progress_bar(total: int, start: int, progress: bool | None):
+    """``(bar, task)`` of a rich progress bar, or ``(None, None)`` (default: a terminal only)."""
+    if not (sys.stderr.isatty() if progress is None else progress):
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = None
-    if show:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    bar = Progress(
+        TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(), transient=False,
+    )  # fmt: skip
+    bar.start()
+    return bar, bar.add_task("train", total=total, completed=start, loss=float("nan"))
 
-        bar = Progress(
-            TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeRemainingColumn(), transient=False,
-        )  # fmt: skip
-        bar.start()
-        task = bar.add_task("train", total=cfg.iterations, completed=start, loss=float("nan"))
+
+def _step(run: _Run, it: int) -> float:
+    """One optimiser step on a fresh batch of crops; returns the loss."""
+    x, t = run.sampler.batch(run.rng, run.cfg.batch_size)
+    xt = torch.from_numpy(x).to(run.device, memory_format=run.fmt)
+    tt = {k: torch.from_numpy(v).to(run.device) for k, v in t.items()}
+    with torch.autocast(run.device.type, enabled=run.use_amp):
+        raw = run.model(xt)
+    loss, parts = run.loss_fn(raw, tt)
+    if not torch.isfinite(loss):
+        raise BlocksegError(f"loss became {float(loss)} at iteration {it + 1}; lower the learning rate")
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    run.sched.step()
+    value = float(loss.detach())
+    run.losses.append(value)
+    run.window.append(parts)
+    return value
+
+
+def _log_window(run: _Run, done: int, seconds: float) -> None:
+    """One log line: the mean losses of the iterations since the last one."""
+    losses, window = run.losses, run.window
+    rec = {
+        "iteration": done,
+        "loss": float(np.mean(losses[-len(window) :])),
+        **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
+        "lr": float(run.sched.get_last_lr()[0]),
+        "seconds": round(seconds, 3),
+    }
+    run.write_log(rec)
+    log.info("iteration %d loss %.4f", done, rec["loss"])
+    window.clear()
+
+
+def _iterate(run: _Run, start: int, progress: bool | None, callback) -> None:
+    """The iterations ``start..cfg.iterations``: log, validate and checkpoint on their schedules."""
+    cfg = run.cfg
+    bar, task = _progress_bar(cfg.iterations, start, progress)
     t_log = time.perf_counter()
     try:
         for it in range(start, cfg.iterations):
-            x, t = sampler.batch(rng, cfg.batch_size)
-            xt = torch.from_numpy(x).to(device, memory_format=fmt)
-            tt = {k: torch.from_numpy(v).to(device) for k, v in t.items()}
-            with torch.autocast(device.type, enabled=use_amp):
-                raw = model(xt)
-            loss, parts = loss_fn(raw, tt)
-            if not torch.isfinite(loss):
-                raise BlocksegError(f"loss became {float(loss)} at iteration {it + 1}; lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            value = float(loss.detach())
-            losses.append(value)
-            window.append(parts)
+            value = _step(run, it)
             done = it + 1
             if callback:
                 callback(done, value)
             if bar is not None:
                 bar.update(task, completed=done, loss=value)
             if done % cfg.log_every == 0 or done == cfg.iterations:
-                rec = {
-                    "iteration": done,
-                    "loss": float(np.mean(losses[-len(window) :])),
-                    **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
-                    "lr": float(sched.get_last_lr()[0]),
-                    "seconds": round(time.perf_counter() - t_log, 3),
-                }
-                write_log(rec)
-                log.info("iteration %d loss %.4f", done, rec["loss"])
-                window.clear()
+                _log_window(run, done, time.perf_counter() - t_log)
                 t_log = time.perf_counter()
             if cfg.validate_every and done % cfg.validate_every == 0 and done < cfg.iterations:
-                validation = validate(done)
+                run.validation = run.validate(done)
             if done % cfg.checkpoint_every == 0 and done < cfg.iterations:
-                save(done)
+                run.save(done)
     finally:
         if bar is not None:
             bar.stop()
-    # the final weights' predictions serve both the last validation and the decoder tuning
-    final = validation_cases() if val_sets else []
-    validation = validate(cfg.iterations, final)
+
+
+def _finish(run: _Run) -> None:
+    """The reduce: the final weights' validation (its predictions also tune the decoder), the
+    final checkpoint and the log's plot."""
+    from ..segment import make_decoder
+
+    cfg = run.cfg
+    final = run.validation_cases() if run.val_sets else []
+    run.validation = run.validate(cfg.iterations, final)
     if final and cfg.decoder.tune:
         preds, gts, masks = (list(c) for c in zip(*final))
-        params, scores = tune_decoder(preds, gts, decoder.name, dict(cfg.decoder.params), cfg.decoder.tune, masks)
-        decoder_meta = {"name": decoder.name, "params": make_decoder(decoder.name, **params).params(), "tuned_on": "validation"}
-        validation = scores
-        write_log({"iteration": cfg.iterations, "tuned_decoder": decoder_meta, "validation": scores})
-    save(cfg.iterations)
+        params, scores = tune_decoder(preds, gts, run.decoder.name, dict(cfg.decoder.params), cfg.decoder.tune, masks)
+        run.decoder_meta = {"name": run.decoder.name, "params": make_decoder(run.decoder.name, **params).params(), "tuned_on": "validation"}
+        run.validation = scores
+        run.write_log({"iteration": cfg.iterations, "tuned_decoder": run.decoder_meta, "validation": scores})
+    run.save(cfg.iterations)
     try:
-        plot_log(out / LOG, out / "train_log.png")
+        plot_log(run.out / LOG, run.out / "train_log.png")
     except Exception as e:  # the plot is a convenience: never fail a finished run for it
-        log.warning("could not draw %s: %s", out / "train_log.png", e)
-    return TrainResult(str(ckpt_path), cfg.iterations, losses, validation, time.perf_counter() - t_start)
+        log.warning("could not draw %s: %s", run.out / "train_log.png", e)
