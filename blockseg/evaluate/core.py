@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import BlocksegError
 from ..faults import fault_point
-from ..grid import BlockGrid, default_block_shape
+from ..grid import BlockGrid, BlockTask, default_block_shape
 from .analysis import merges_and_splits
 from .coco import COCO_THRESHOLDS, DEFAULT_SIZE_RANGES, coco_ap
 from .contingency import contingency_table, reduce_tables
@@ -203,13 +203,13 @@ def volume_table(
     (ContingencyTable, ndarray of uint64, ndarray of bool or None)
         With ``points``: also the GT label and the mask value at each point.
     """
-    from ..runtime.cluster import block_voxels as voxels_of, run_blocks
+    from ..runtime.cluster import run_task
 
     _open.cache_clear()
     g, p = _open(str(gt)), _open(str(pred))
     m = _open(str(mask)) if mask is not None else None
     _check_volumes(g, p, m)
-    grid = BlockGrid(g.shape, default_block_shape(g.shape, g.write_unit, block_voxels))
+    grid = _pass_grid(g, block_voxels)
     token = time.time_ns()  # volumes rewritten between two evaluations are re-opened
     if points is not None:
         points = np.asarray(points, np.int32 if max(g.shape) < 2**31 else np.int64).reshape(-1, 3)
@@ -217,9 +217,9 @@ def volume_table(
         _block_table, grid=grid, gt=str(gt), pred=str(pred), mask=str(mask) if mask else None, token=token,
         points=points,
     )  # fmt: skip
-    # run_blocks makes its task keys unique per call (a rerun never meets cancelled keys)
-    results = run_blocks(func, grid.block_ids, client=client, name="evaluate", progress=progress,
-                         voxels=voxels_of(grid, grid.block_ids))
+    # every block, read-only (nothing to resume: a rerun reads them again); the runner makes its
+    # task keys unique per call (a rerun never meets cancelled keys)
+    results = run_task(BlockTask("evaluate", grid, func), client=client, progress=progress)
     if points is None:
         return reduce_tables(results)
     labels = np.zeros(len(points), np.uint64)
@@ -316,6 +316,180 @@ def _as_list(x, n=None):
     return [x]
 
 
+@dataclass(frozen=True)
+class _Case:
+    """One (gt, pred[, mask]) pair of an evaluation, with its points and scores."""
+
+    gt: Any
+    pred: Any
+    mask: Any = None
+    points: Any = None
+    scores: Any = None
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.gt, np.ndarray) or isinstance(self.pred, np.ndarray)
+
+
+@dataclass
+class EvaluatePlan:
+    """What :func:`evaluate` would read (``dry_run=True`` / ``--dry-run`` returns / prints it).
+
+    Attributes
+    ----------
+    volumes : list of dict
+        Per (gt, pred) pair: the paths (``"array"`` for arrays in memory), shape, block shape and
+        blocks of the pass, and how detection points are looked up.
+    config : dict
+        The metric settings (thresholds, size ranges, scores, points, radius).
+    """
+
+    volumes: list
+    config: dict
+
+    def describe(self) -> str:
+        lines = []
+        for k, v in enumerate(self.volumes):
+            blocks = "in memory" if v["blocks"] is None else f"{v['blocks']} blocks of {tuple(v['block_shape'])}"
+            lines.append(f"volume {k}: gt {v['gt']}, pred {v['pred']}, mask {v['mask']}; shape {tuple(v['shape'])}, {blocks}")
+            lines.append(f"  detection points: {v['detection']}")
+        c = self.config
+        lines.append(f"matching IoU thresholds: {', '.join(f'{t:g}' for t in c['thresholds'])}; COCO AP over "
+                     f"{len(c['coco_thresholds'])} thresholds; ranked by {c['score']}")  # fmt: skip
+        lines.append("writes nothing; a rerun reads every block again (the pass keeps nothing to resume from)")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return _jsonable({"volumes": self.volumes, "config": self.config})
+
+
+def _validate_inputs(gt, pred, mask, points, scores, thresholds, coco_thresholds) -> list[_Case]:
+    """The (gt, pred, mask, points, scores) of each volume; one-line :class:`BlocksegError` for
+    lists of different lengths, bad ``points`` or thresholds outside (0, 1]."""
+    gts, preds = _as_list(gt), _as_list(pred)
+    if len(gts) != len(preds):
+        raise BlocksegError(f"{len(gts)} ground-truth volumes but {len(preds)} predictions")
+    masks = _as_list(mask, len(gts))
+    if len(masks) != len(gts):
+        raise BlocksegError(f"{len(masks)} masks for {len(gts)} volumes")
+    point_list = [points] * len(gts) if points is None or isinstance(points, str) else _as_list(points)
+    if isinstance(points, str) and points != "centroids":
+        raise BlocksegError(f"points must be 'centroids', None or an array, got {points!r}")
+    if len(point_list) != len(gts):
+        raise BlocksegError(f"{len(point_list)} point sets for {len(gts)} volumes")
+    score_list = _as_list(scores, len(gts)) if scores is not None else [None] * len(gts)
+    for t in list(thresholds) + list(coco_thresholds):
+        if not 0 < t <= 1:
+            raise BlocksegError(f"IoU thresholds must be in (0, 1], got {t}")
+    return [_Case(*c) for c in zip(gts, preds, masks, point_list, score_list)]
+
+
+def plan_evaluate(gt, pred, mask=None, points=None, scores=None, block_voxels: int = EVAL_BLOCK_VOXELS,
+                  thresholds: Sequence[float] = DEFAULT_THRESHOLDS, coco_thresholds: Sequence[float] = COCO_THRESHOLDS,
+                  size_ranges=None, radius_um: float = 3.0, voxel_size=None, report_threshold: float = 0.5) -> EvaluatePlan:  # fmt: skip
+    """The :class:`EvaluatePlan` of :func:`evaluate` (same parameters), from the volumes'
+    metadata only: their shapes and dtypes are checked, no block is read.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> plan = plan_evaluate(np.zeros((4, 8, 8), np.uint32), np.zeros((4, 8, 8), np.uint32))
+    >>> plan.volumes[0]["shape"], plan.volumes[0]["blocks"]
+    ((4, 8, 8), None)
+    """
+    volumes = []
+    for case in _validate_inputs(gt, pred, mask, points, scores, thresholds, coco_thresholds):
+        names = {k: None if v is None else ("array" if isinstance(v, np.ndarray) else str(v))
+                 for k, v in (("gt", case.gt), ("pred", case.pred), ("mask", case.mask))}  # fmt: skip
+        detection = ("none" if case.points is None else "centroids: a second pass over the GT blocks holding them"
+                     if isinstance(case.points, str) else "given: looked up during the pass")  # fmt: skip
+        if case.in_memory:
+            shape, grid = np.asarray(case.gt).shape, None
+        else:
+            g, p = _open(str(case.gt)), _open(str(case.pred))
+            _check_volumes(g, p, None if case.mask is None else _open(str(case.mask)))
+            shape, grid = g.shape, _pass_grid(g, block_voxels)
+        volumes.append({**names, "shape": tuple(shape), "blocks": None if grid is None else len(grid),
+                        "block_shape": None if grid is None else grid.block_shape, "detection": detection})  # fmt: skip
+    return EvaluatePlan(volumes, _run_config(volumes, thresholds, coco_thresholds, size_ranges, scores, points,
+                                             radius_um, voxel_size, report_threshold))  # fmt: skip
+
+
+def _pass_grid(vol, block_voxels: int) -> BlockGrid:
+    """The blocks of the evaluation pass over ``vol``: whole chunks, about ``block_voxels`` each."""
+    return BlockGrid(vol.shape, default_block_shape(vol.shape, vol.write_unit, block_voxels))
+
+
+def _run_config(inputs, thresholds, coco_thresholds, size_ranges, scores, points, radius_um, spacing,
+                report_threshold) -> dict:  # fmt: skip
+    """The parameters and inputs of a run (:attr:`EvaluationResult.config`)."""
+    return {
+        "inputs": inputs,
+        "thresholds": list(thresholds),
+        "coco_thresholds": list(coco_thresholds),
+        "size_ranges": dict(DEFAULT_SIZE_RANGES if size_ranges is None else size_ranges),
+        "score": "voxel count" if scores is None else "given table",
+        "points": points if isinstance(points, str) or points is None else "given",
+        "radius_um": radius_um,
+        "voxel_size_um": spacing,
+        "report_threshold": report_threshold,
+        "mask_policy": "voxels outside the mask are ignored; instances are cut to the mask",
+    }
+
+
+def _contingency(case: _Case, client, block_voxels: int, progress: bool):
+    """The pass over one volume: ``(contingency table, shape, voxel size, input record, looked
+    up)``; ``looked up`` is ``(GT label, valid)`` at given points of a zarr volume (read in the
+    same pass), else None."""
+    g, p, m, pts = case.gt, case.pred, case.mask, case.points
+    if case.in_memory:
+        g_arr, p_arr = np.asarray(g), np.asarray(p)
+        table = contingency_table(g_arr, p_arr, None if m is None else np.asarray(m))
+        info = {"gt": "array", "pred": "array", "mask": None if m is None else "array", "shape": g_arr.shape}
+        return table, g_arr.shape, (1.0,) * g_arr.ndim, info, None
+    vol = _open(str(g))
+    shape, mask_path = vol.shape, None if m is None else str(m)
+    info = {"gt": str(g), "pred": str(p), "mask": mask_path, "shape": shape}
+    if pts is not None and not isinstance(pts, str):  # known points: looked up in the same pass
+        r, ok = _round_points(np.asarray(pts, np.float64).reshape(-1, len(shape)), shape)
+        table, labels, valid = volume_table(str(g), str(p), mask_path, client, block_voxels, progress, points=r[ok])
+        return table, shape, vol.voxel_size, info, (labels, valid)
+    return volume_table(str(g), str(p), mask_path, client, block_voxels, progress), shape, vol.voxel_size, info, None
+
+
+def _detection_points(case: _Case, ov: Overlaps, shape, looked_up, client, block_voxels: int):
+    """``(points, GT label under each)`` of one volume's detection points inside the volume
+    (and the mask); None without points. Centroids are known only after the pass: the GT
+    blocks holding them are read then."""
+    g, m = case.gt, case.mask
+    if case.points is None:
+        return None
+    pts = ov.pred_centroid if isinstance(case.points, str) else np.asarray(case.points, np.float64).reshape(-1, len(shape))
+    r, ok = _round_points(pts, shape)
+    keep = None
+    if case.in_memory:
+        lab = np.asarray(g)[tuple(r[ok].T)].astype(np.uint64)
+        if m is not None:
+            keep = np.asarray(m)[tuple(r[ok].T)] != 0
+    elif looked_up is not None:  # read during the pass
+        lab, keep = looked_up
+    else:
+        lab = sample_volume(str(g), r[ok], client, block_voxels)
+        if m is not None:
+            keep = sample_volume(str(m), r[ok], client, block_voxels) != 0
+    pts_ok = pts[ok]
+    if m is not None:
+        pts_ok, lab = pts_ok[keep], lab[keep]
+    return pts_ok, lab
+
+
+def _pooled_scores(score_parts: list, parts: list[Overlaps]) -> np.ndarray | None:
+    """Every volume's prediction scores in pooled order (voxel counts where none were given)."""
+    if not any(s is not None for s in score_parts):
+        return None
+    return np.concatenate([s if s is not None else o.pred_size.astype(np.float64) for s, o in zip(score_parts, parts)])
+
+
 def evaluate(
     gt,
     pred,
@@ -333,7 +507,8 @@ def evaluate(
     client=None,
     block_voxels: int = EVAL_BLOCK_VOXELS,
     progress: bool = False,
-) -> EvaluationResult:
+    dry_run: bool = False,
+) -> EvaluationResult | EvaluatePlan:
     """Score an instance segmentation against ground truth.
 
     Parameters
@@ -374,117 +549,74 @@ def evaluate(
         Voxels per block of the pass.
     progress : bool
         Show a progress bar.
+    dry_run : bool
+        Return the :class:`EvaluatePlan` (volumes, blocks, settings; :func:`plan_evaluate`)
+        without reading a block.
 
     Returns
     -------
-    EvaluationResult
+    EvaluationResult, or EvaluatePlan with ``dry_run``
 
     Raises
     ------
     BlocksegError
         Missing paths, shape mismatches, non-integer or negative labels, bad options.
+
+    Notes
+    -----
+    Runs as named passes: the checks (:func:`_validate_inputs`), the map (one blockwise,
+    read-only pass per volume: a contingency table per block, reduced to the volume's overlaps;
+    detection points looked up), then the reduce (every metric of the pooled overlaps). It writes
+    nothing, so there is no per-block resume: a rerun reads the blocks again.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> gt = np.zeros((1, 8, 8), np.uint32)
+    >>> gt[0, 1:4, 1:4], gt[0, 5:8, 5:8] = 1, 2
+    >>> pred = gt.copy()
+    >>> pred[0, 5:8, 5:8] = 0
+    >>> result = evaluate(gt, pred)
+    >>> result.matching[4]["threshold"], result.matching[4]["tp"], result.matching[4]["fn"]
+    (0.5, 1, 1)
+    >>> evaluate(gt, pred, dry_run=True).volumes[0]["shape"]
+    (1, 8, 8)
     """
     t_start = time.perf_counter()
-    gts, preds = _as_list(gt), _as_list(pred)
-    if len(gts) != len(preds):
-        raise BlocksegError(f"{len(gts)} ground-truth volumes but {len(preds)} predictions")
-    masks = _as_list(mask, len(gts))
-    if len(masks) != len(gts):
-        raise BlocksegError(f"{len(masks)} masks for {len(gts)} volumes")
-    point_list = [points] * len(gts) if points is None or isinstance(points, str) else _as_list(points)
-    if isinstance(points, str) and points != "centroids":
-        raise BlocksegError(f"points must be 'centroids', None or an array, got {points!r}")
-    if len(point_list) != len(gts):
-        raise BlocksegError(f"{len(point_list)} point sets for {len(gts)} volumes")
-    score_list = _as_list(scores, len(gts)) if scores is not None else [None] * len(gts)
-    for t in list(thresholds) + list(coco_thresholds):
-        if not 0 < t <= 1:
-            raise BlocksegError(f"IoU thresholds must be in (0, 1], got {t}")
-
-    parts, det_parts, score_parts, spacing = [], [], [], None
+    if dry_run:
+        return plan_evaluate(gt, pred, mask, points, scores, block_voxels, thresholds, coco_thresholds, size_ranges,
+                             radius_um, voxel_size, report_threshold)  # fmt: skip
+    cases = _validate_inputs(gt, pred, mask, points, scores, thresholds, coco_thresholds)
+    parts, det_parts, score_parts, inputs, spacing = [], [], [], [], None
     timings: dict[str, float] = {"pass": 0.0, "detection_lookup": 0.0}
-    inputs = []
-    for g, p, m, pts, sc in zip(gts, preds, masks, point_list, score_list):
+    for case in cases:  # the map: one blockwise pass per volume, reduced to its overlaps
         t0 = time.perf_counter()
-        if isinstance(g, np.ndarray) or isinstance(p, np.ndarray):
-            g_arr, p_arr = np.asarray(g), np.asarray(p)
-            m_arr = None if m is None else np.asarray(m)
-            table = contingency_table(g_arr, p_arr, m_arr)
-            shape, vs = g_arr.shape, (1.0,) * g_arr.ndim
-            inputs.append({"gt": "array", "pred": "array", "mask": None if m is None else "array", "shape": shape})
-        else:
-            vol = _open(str(g))
-            shape, vs = vol.shape, vol.voxel_size
-            if pts is not None and not isinstance(pts, str):  # known points: looked up in the same pass
-                pts = np.asarray(pts, np.float64).reshape(-1, len(shape))
-                r, ok = _round_points(pts, shape)
-                table, lab_given, valid_given = volume_table(
-                    str(g), str(p), None if m is None else str(m), client, block_voxels, progress, points=r[ok]
-                )
-            else:
-                table = volume_table(str(g), str(p), None if m is None else str(m), client, block_voxels, progress)
-            inputs.append({"gt": str(g), "pred": str(p), "mask": None if m is None else str(m), "shape": shape})
+        table, shape, vs, info, looked_up = _contingency(case, client, block_voxels, progress)
+        inputs.append(info)
         timings["pass"] += time.perf_counter() - t0
         spacing = tuple(voxel_size) if voxel_size is not None else (spacing or vs)
         ov = overlaps_from_table(table)
         parts.append(ov)
-        score_parts.append(None if sc is None else _scores_for(ov.pred_ids, sc))
-
+        score_parts.append(None if case.scores is None else _scores_for(ov.pred_ids, case.scores))
         t0 = time.perf_counter()
-        if pts is None:
-            det_parts.append(None)
-            continue
-        centroids = isinstance(pts, str)
-        pts = ov.pred_centroid if centroids else np.asarray(pts, np.float64).reshape(-1, len(shape))
-        r, ok = _round_points(pts, shape)
-        if isinstance(g, np.ndarray) or isinstance(p, np.ndarray):
-            lab = np.asarray(g)[tuple(r[ok].T)].astype(np.uint64)
-            if m is not None:
-                keep = np.asarray(m)[tuple(r[ok].T)] != 0
-        elif not centroids:  # read during the pass
-            lab, keep = lab_given, valid_given
-        else:  # centroids are known only after the pass: read the GT blocks holding them
-            lab = sample_volume(str(g), r[ok], client, block_voxels)
-            if m is not None:
-                keep = sample_volume(str(m), r[ok], client, block_voxels) != 0
-        pts_ok = pts[ok]
-        if m is not None:
-            pts_ok, lab = pts_ok[keep], lab[keep]
-        det_parts.append((pts_ok, lab))
-        timings["detection_lookup"] += time.perf_counter() - t0
-
+        det_parts.append(_detection_points(case, ov, shape, looked_up, client, block_voxels))
+        if case.points is not None:
+            timings["detection_lookup"] += time.perf_counter() - t0
+    # the reduce: metrics of the pooled overlaps
     overlaps = concat_overlaps(parts)
-    if any(s is not None for s in score_parts):
-        all_scores = np.concatenate(
-            [s if s is not None else o.pred_size.astype(np.float64) for s, o in zip(score_parts, parts)]
-        )
-    else:
-        all_scores = None
     stats, av_ap, report, coco, errors, t_metrics = evaluate_overlaps(
-        overlaps, thresholds, coco_thresholds, size_ranges, all_scores,
+        overlaps, thresholds, coco_thresholds, size_ranges, _pooled_scores(score_parts, parts),
         report_threshold, merge_threshold, split_threshold,
     )  # fmt: skip
     timings.update(t_metrics)
-
-    detection = None
-    gt_of_point = None
+    detection = gt_of_point = None
     if any(d is not None for d in det_parts):
         t0 = time.perf_counter()
         detection, gt_of_point = _detection(parts, det_parts, spacing, radius_um)
         timings["detection"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
-    config = {
-        "inputs": inputs,
-        "thresholds": list(thresholds),
-        "coco_thresholds": list(coco_thresholds),
-        "size_ranges": dict(DEFAULT_SIZE_RANGES if size_ranges is None else size_ranges),
-        "score": "voxel count" if scores is None else "given table",
-        "points": points if isinstance(points, str) or points is None else "given",
-        "radius_um": radius_um,
-        "voxel_size_um": spacing,
-        "report_threshold": report_threshold,
-        "mask_policy": "voxels outside the mask are ignored; instances are cut to the mask",
-    }
+    config = _run_config(inputs, thresholds, coco_thresholds, size_ranges, scores, points, radius_um, spacing,
+                         report_threshold)  # fmt: skip
     return EvaluationResult(overlaps, stats, av_ap, report, coco, detection, errors, config, timings, gt_of_point)
 
 

@@ -74,6 +74,7 @@ def register(subparsers) -> None:
         "channel, or a volume whose neighbouring voxels mostly differ, as in a raw image, is refused otherwise)",
     )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace the reports of an earlier evaluation in --out")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (volumes, blocks, settings); read no block, write nothing")
     add_cluster_options(p)
     p.set_defaults(func=run)
 
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     inputs = args.gt + args.pred + (args.mask or []) + [p for p in (args.scores, args.points) if p]
     for k in range(n):  # shapes, dtypes and label-likeness before any cluster starts
         check_inputs(args.gt[k], args.pred[k], args.mask[k] if args.mask else None, labels_anyway=args.labels_anyway)
-    prepare_output(args.out, inputs, args.overwrite, what="report folder")  # before any cluster starts
+    if not args.dry_run:
+        prepare_output(args.out, inputs, args.overwrite, what="report folder")  # before any cluster starts
     a, b = args.size_ranges
     ranges = {"small": (0, a), "medium": (a, b), "large": (b, float("inf"))}
     scores = _scores(args.scores, args.score_column) if args.scores else None
@@ -118,23 +120,23 @@ def run(args: argparse.Namespace) -> int:
             raise BlocksegError("--points works with one --gt volume")
         t = read_table(args.points, ["z", "y", "x"], "--points")
         points = np.c_[t["z"], t["y"], t["x"]]
+    kwargs = dict(
+        mask=(args.mask if n > 1 else args.mask[0]) if args.mask else None,
+        thresholds=args.thresholds,
+        coco_thresholds=args.coco_thresholds,
+        size_ranges=ranges,
+        scores=[scores] * n if (scores is not None and n > 1) else scores,
+        points=points,
+        radius_um=args.radius,
+        report_threshold=args.report_threshold,
+    )
+    gt, pred = (args.gt, args.pred) if n > 1 else (args.gt[0], args.pred[0])
+    if args.dry_run:
+        print(evaluate(gt, pred, dry_run=True, **kwargs).describe())
+        return 0
     with open_cluster(args, args.gt + args.pred + (args.mask or []), [], quiet=args.no_progress or args.quiet) as client:
-        result = evaluate(
-            args.gt if n > 1 else args.gt[0],
-            args.pred if n > 1 else args.pred[0],
-            mask=(args.mask if n > 1 else args.mask[0]) if args.mask else None,
-            thresholds=args.thresholds,
-            coco_thresholds=args.coco_thresholds,
-            size_ranges=ranges,
-            scores=[scores] * n if (scores is not None and n > 1) else scores,
-            points=points,
-            radius_um=args.radius,
-            report_threshold=args.report_threshold,
-            merge_threshold=args.merge_threshold,
-            split_threshold=args.split_threshold,
-            client=client,
-            progress=progress_mode(args) != "none",
-        )
+        result = evaluate(gt, pred, merge_threshold=args.merge_threshold, split_threshold=args.split_threshold,
+                          client=client, progress=progress_mode(args) != "none", **kwargs)  # fmt: skip
     paths = write_report(result, args.out, png=not args.no_png, overwrite=args.overwrite, inputs=inputs)
     s = result.summary()
     at = {m["threshold"]: m for m in s["matching"]}
