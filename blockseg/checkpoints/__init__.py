@@ -4,7 +4,7 @@
 (``configs/train_demo.yaml``). ``fluo``: residual U-Net (3-label + cpv) for light-microscopy
 nuclei, trained on a real confocal crop (``configs/train_fluo.yaml``). ``fluo_synth``: the earlier
 ``fluo``, residual U-Net (B, C, D) trained on synthetic fluorescence only
-(``configs/train_fluo_synth.yaml``), a starting point for fine-tuning. README, "The fluo checkpoint".
+(``configs/train_fluo_synth.yaml``), a starting point for fine-tuning. docs/results.md, "The shipped checkpoints".
 """
 
 #: shipped checkpoint files (in this folder) by name; a light module, so configs can check names

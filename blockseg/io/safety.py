@@ -680,7 +680,7 @@ def _take_local(path: str) -> OutputLock | None:
         try:
             fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:
-            return None  # no right to create a file beside the output: unlocked (see the README)
+            return None  # no right to create a file beside the output: unlocked (see docs/guide/data-safety.md)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -735,7 +735,7 @@ def _take_exclusive(path: str, file: str) -> OutputLock:
 def _take_url(path: str) -> OutputLock:
     """The lock object on object storage, created with a conditional put ("xb": S3's
     ``If-None-Match: *``) where the store offers it; else written and read back (two writers
-    starting within one round trip may both win: see the README)."""
+    starting within one round trip may both win: see docs/guide/data-safety.md)."""
     import fsspec
 
     file = lock_file(path)

@@ -32,7 +32,7 @@ def shipped_checkpoint_path(name: str) -> str:
     ``fluo``: residual U-Net (3-label + cpv) trained on a real confocal nuclei crop,
     percentile-normalised, with its voxel size and nucleus diameter; ``fluo_synth``: residual
     U-Net (B, C, D) trained on synthetic fluorescence only (``blockseg synth --preset fluo``)
-    (README, "The fluo checkpoint").
+    (docs/results.md, "The shipped checkpoints").
     """
     from importlib.resources import files
 
@@ -62,7 +62,7 @@ def demo_checkpoint_path() -> str:
     """Path of the shipped demo checkpoint (residual U-Net, representations B, C, D, cpv).
 
     Trained on synthetic NucMM-Z-like EM data by ``configs/train_demo.yaml``; see
-    the README (`blockseg train`, "The demo checkpoint") for how it was made and how well it segments.
+    docs/results.md ("The shipped checkpoints") for how it was made and how well it segments.
     """
     return shipped_checkpoint_path("demo")
 

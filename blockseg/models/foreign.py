@@ -492,7 +492,7 @@ def describe(path, sidecar: str | None = None) -> ForeignModel:
             stem = os.path.splitext(os.path.basename(p))[0]
             raise BlocksegError(f"{path}: a {('ONNX' if p.lower().endswith('.onnx') else 'TorchScript')} network needs a sidecar "
                                 f"{stem}.yaml beside it naming its outputs, patch, margin and normalisation "
-                                "(see blockseg.models.foreign, README 'Use your own model')")  # fmt: skip
+                                "(see blockseg.models.foreign, docs/guide/models.md, 'Use your own model')")  # fmt: skip
     key = (weights, sidecar, os.path.getmtime(weights), os.path.getmtime(sidecar))
     if key in _DESCRIBED:
         return _DESCRIBED[key]

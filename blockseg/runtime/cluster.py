@@ -364,7 +364,7 @@ def worker_environ() -> dict:
     pass: on this project's 2-core machine the same U-Net ran at 0.80 M voxels/s on two
     workers with it and 1.26 M without (``benchmarks/bench_predict.py``). Thread counts
     (``OMP_NUM_THREADS=1``...) are kept. Clusters blockseg does not start keep their own
-    settings; see the README to apply the same there.
+    settings; see docs/guide/predict.md (*Clusters*) to apply the same there.
     """
     import dask
 

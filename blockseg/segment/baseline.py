@@ -1,6 +1,6 @@
 """Classical baseline: Otsu threshold + distance-transform watershed (in memory).
 
-The reference every learned method is compared against in the README: no training, one
+The reference every learned method is compared against in docs/results.md: no training, one
 global threshold, one seed per distance-transform peak. For small volumes only.
 """
 

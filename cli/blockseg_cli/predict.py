@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("image", help="image volume: OME-Zarr (0.4/0.5), zarr array, TIFF / OME-TIFF, HDF5, npy; axes (z, y, x) after --channel / --timepoint")
     p.add_argument("checkpoint", help="blockseg checkpoint (.pt) of the network (workers must see this path), a shipped one: demo, fluo, fluo_synth, "
-                   "or a TorchScript (.pt) / ONNX (.onnx) network with its sidecar (same stem, .yaml / .json; README 'Use your own model')")
+                   "or a TorchScript (.pt) / ONNX (.onnx) network with its sidecar (same stem, .yaml / .json; docs/guide/models.md 'Use your own model')")
     p.add_argument("output", help="prediction store to create (zarr group, one volume per channel)")
     p.add_argument("--block", type=int, nargs="+", metavar="N", help="block core shape, 1 or 3 values (z y x), a multiple of the chunks")
     p.add_argument("--dtype", choices=["uint8", "float16", "float32"], help="one storage dtype for every kept channel (default per channel: uint8 for probabilities / tanh maps, float16 for raw vectors such as cpv)")
