@@ -39,11 +39,11 @@ import zarr
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from ..runtime.cluster import block_voxels, run_blocks
+from ..runtime.cluster import block_voxels, run_blocks, run_task
 from ..runtime._jit import njit
 from ..errors import BlocksegError
 from ..faults import fault_point
-from ..grid import BlockGrid, Interface
+from ..grid import BlockGrid, BlockTask, Interface
 from ..io.volume import create_volume
 from ..io.storage import free_space, is_url, listdir, load_npz, makedirs, read_bytes, remove_file, remove_tree, save_npz, write_bytes
 from ..io.predictions import decode_channel, open_predictions, prediction_kind
@@ -822,7 +822,8 @@ def segment(
     progress: bool = False,
     pyramid_levels: int | None = None,
     tile_voxels: int | None = None,
-) -> SegmentReport:
+    dry_run: bool = False,
+) -> SegmentReport | SegmentPlan:
     """Segment a prediction store into a global instance-label volume, blockwise and exactly.
 
     The result equals :func:`segment_array` on the same (stored) predictions voxel for voxel,
@@ -867,10 +868,13 @@ def segment(
     pyramid_levels : int, optional
         Levels of the label volume's multiscale pyramid (None: automatic; 1: none), sampled
         blockwise after the relabel; the volume is marked an NGFF ``image-label`` either way.
+    dry_run : bool
+        Return the :class:`SegmentPlan` (:func:`plan_segment`, from metadata alone; its
+        :meth:`~SegmentPlan.describe` is what ``segment --dry-run`` prints) and write nothing.
 
     Returns
     -------
-    SegmentReport
+    SegmentReport, or SegmentPlan with ``dry_run``
 
     Raises
     ------
@@ -879,6 +883,8 @@ def segment(
     """
     t_start = time.perf_counter()
     plan = plan_segment(pred_path, out_path, decoder, block_shape, halo, max_halo, tile_voxels)
+    if dry_run:
+        return plan
     check_work_space(plan.out_path, plan.grid, plan.halo)
     output = prepare_output(plan.out_path, [plan.pred_path], overwrite, extra=[plan.work_path])
     target = output.begin()  # a replacement is written beside the old one, then swapped in
@@ -942,6 +948,25 @@ class SegmentPlan:
     @property
     def decoder(self) -> Decoder:
         return self.choice.decoder
+
+    def describe(self) -> str:
+        """What the run will do, a fact a line (``segment --dry-run`` prints it). Reads the work
+        directory's journal, if any, to say where a rerun would continue."""
+        g = self.grid
+        journal = _read_journal(self.work_path)
+        resume = ("a new run" if journal.get("signature") != self.signature() or not journal.get("done") else
+                  f"continues the interrupted run in it (finished: {journal['done']}, {journal.get('round', 0)} round(s))")  # fmt: skip
+        return "\n".join([
+            f"predictions {self.pred_path}: shape {g.shape}, channels {', '.join(c for c, _ in self.kinds)}",
+            f"output {self.out_path} (labels and instances.csv); work directory {self.work_path}: {resume}",
+            self.choice.describe() if hasattr(self.choice, "describe") else f"decoder {self.decoder.name}: {self.decoder.params()}",
+            f"blocks: {len(g)} of {g.block_shape} (grid {g.grid_shape}), chunks {g.chunk_shape}; halo {self.halo} "
+            f"(read around each core, not clipped: a performance knob, any halo gives the same labels)",
+            f"exchange rounds after the first: tiles of {self.tile} blocks; seed ids while stitching: {np.dtype(self.id_dtype).name}",
+            f"work space (uncompressed bound): {work_bytes(g, self.halo) / 2**20:.0f} MiB",
+            "passes: seeds, seed-pairs, merge (driver), watershed rounds, statistics, reduce (driver), relabel, pyramid; "
+            "a rerun continues after the last finished pass or exchange round (journal), not within one",
+        ])  # fmt: skip
 
     def signature(self) -> dict:
         """What a work directory must have been made by to be continued: the same stored
@@ -1023,10 +1048,11 @@ class _Driver:
         self.journal = _read_journal(self.job.work_path)
 
     def run(self, func, name: str, block_ids: Sequence[int] | None = None) -> list:
-        ids = list(self.plan.grid.block_ids) if block_ids is None else list(block_ids)
+        """Run the pass ``name`` (a :class:`~blockseg.grid.BlockTask`: read core + halo, write the
+        core) over ``block_ids`` (default: every block)."""
+        task = BlockTask(name, self.plan.grid, func, self.plan.halo)
         again: list[int] = []
-        out = run_blocks(func, ids, client=self.client, name=name, progress=self.progress,
-                         voxels=block_voxels(self.plan.grid, ids), retried=again)  # fmt: skip
+        out = run_task(task, block_ids, client=self.client, progress=self.progress, retried=again)
         if again:
             self.report.retried[name] = sorted(again)
         return out

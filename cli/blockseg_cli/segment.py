@@ -64,6 +64,7 @@ def register(subparsers) -> None:
     p.add_argument("--tile-voxels", type=int, metavar="N", help="core voxels of the tiles that exchange rounds after the first run in (default 33554432; any value gives the same result: a path crossing many block faces inside one tile costs one round)")
     p.add_argument("--keep-work", action="store_true", help="keep the intermediate OUTPUT.work directory (a run that stops early always keeps it, and the next run with the same settings continues from it)")
     p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (blocks, halo, decoder, work space, passes); write nothing")
     add_cluster_options(p)
     add_pyramid_option(p)
     p.set_defaults(func=run)
@@ -84,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
         args.decoder, args.preset, dict(args.param), store_decoder(args.predictions), stored_label="store",
         user_label="user", use_stored=not args.no_stored_params,
     )  # fmt: skip
+    if args.dry_run:
+        plan = segment(args.predictions, args.output, decoder=choice, block_shape=block_shape, halo=halo,
+                       tile_voxels=args.tile_voxels, dry_run=True)  # fmt: skip
+        print(plan.describe())
+        return 0
     check_output(args, "output", [args.predictions])  # fail before starting a cluster
     if not args.json:
         print(choice.describe(), file=sys.stderr)
