@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from ..errors import BlocksegError
+from .storage import is_url
 
 #: metadata files of zarr v3 and v2 nodes, checked in this order
 METADATA_FILES = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
@@ -144,7 +145,7 @@ def explain(exc: BaseException, url: str | None = None) -> str | None:
 
 def _read(path: str, storage_options: dict | None) -> bytes | None:
     """The bytes of a file or object, or None if it is not there."""
-    if "://" not in path or path.startswith("file://"):
+    if not is_url(path):
         try:
             with open(path.removeprefix("file://"), "rb") as f:
                 return f.read()
@@ -214,7 +215,7 @@ def probe(url: str, storage_options: dict | None = None) -> None:
         reported when it happens.
     """
     url = str(url)
-    if "://" not in url or url.startswith("file://"):
+    if not is_url(url):
         return
     protocol, rest = url.split("://", 1)
     if protocol not in ("s3", "s3a"):

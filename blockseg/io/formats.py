@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BlocksegError
+from .storage import has_scheme
 
 #: selection keys a path fragment may carry (``PATH#level=1&channel=0``)
 SELECT_KEYS = ("level", "channel", "timepoint", "key")
@@ -188,7 +189,7 @@ def _unit_um(unit: str | None, path: str) -> float | None:
 
 
 def _is_n5(path: str) -> bool:
-    return not ("://" in path) and os.path.isfile(os.path.join(path, "attributes.json")) and not any(
+    return not has_scheme(path) and os.path.isfile(os.path.join(path, "attributes.json")) and not any(
         os.path.exists(os.path.join(path, f)) for f in ("zarr.json", ".zgroup", ".zarray")
     )
 
@@ -222,7 +223,7 @@ def open_source(
             if "allow_pickle" in str(exc) or "Python objects" in str(exc):
                 raise BlocksegError(f"{path}: holds Python objects (a pickle), which blockseg never loads: they could run code") from None
             raise BlocksegError(f"{path}: not a readable {suffix} file ({_first_line(exc)})") from None
-    if "://" not in path and os.path.isfile(path):
+    if not has_scheme(path) and os.path.isfile(path):
         raise BlocksegError(
             f"{path}: not a zarr array or group but a file of unsupported format {suffix or '(none)'}; "
             f"use OME-Zarr / zarr, {', '.join(FILE_SUFFIXES)}"

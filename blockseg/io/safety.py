@@ -32,6 +32,7 @@ from typing import Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import BlocksegError
+from .storage import is_url
 
 #: files a folder of evaluation reports may hold (``blockseg evaluate --out``; ``run``'s evaluation/)
 EVALUATION_FILES = frozenset({"evaluation.json", "instances.csv", "ap_vs_iou.png", "overview.png"})
@@ -41,10 +42,6 @@ NEW_TAG, OLD_TAG, READY_TAG = "blockseg-new", "blockseg-old", "blockseg-ready"
 
 
 # ---------------------------------------------------------------------------- paths
-def is_url(path: str) -> bool:
-    return "://" in str(path) and not str(path).startswith("file://")
-
-
 def _strip_file_scheme(path: str) -> str:
     return path[len("file://") :] if path.startswith("file://") else path
 

@@ -17,9 +17,31 @@ import shutil
 import numpy as np
 
 
-def is_url(path: str) -> bool:
-    """Whether ``path`` names a remote (non-local) fsspec location."""
+def is_url(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a remote fsspec location (``s3://``, ``gs://``, ``http://``, ...):
+    one that the local file system cannot see. A plain path or a ``file://`` URL is local: False.
+
+    The one test of blockseg for "is this a remote location"; :func:`has_scheme` is the other
+    question, "is this text a URL at all".
+
+    Examples
+    --------
+    >>> is_url("s3://bucket/img.zarr"), is_url("file:///data/img.zarr"), is_url("img.zarr")
+    (True, False, False)
+    """
     return "://" in str(path) and not str(path).startswith("file://")
+
+
+def has_scheme(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is written as a URL, ``file://`` included: text that must pass through as
+    given, never be made absolute, anchored at a config's folder, or joined like a path.
+
+    Examples
+    --------
+    >>> has_scheme("file:///data/img.zarr"), has_scheme("/data/img.zarr")
+    (True, False)
+    """
+    return "://" in str(path)
 
 
 def open_file(path: str, mode: str = "rb", **kwargs):

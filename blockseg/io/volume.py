@@ -27,6 +27,7 @@ import zarr
 from ..errors import BlocksegError
 from ..grid import BlockGrid, write_unit
 from .safety import install_chunk_errors
+from .storage import is_url
 
 install_chunk_errors()  # a corrupt chunk reads as one line naming the array and chunk key
 
@@ -157,15 +158,11 @@ class Volume:
         return f"Volume({self.path!r}, shape={self.shape}, dtype={self.dtype}, chunks={self.chunks}, voxel_size={vs} µm)"
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
 def _check_exists(path: str) -> None:
     from .formats import split_selection
 
     path = split_selection(path)[0]
-    if not _is_url(path) and not os.path.exists(path):
+    if not is_url(path) and not os.path.exists(path):
         raise BlocksegError(f"{path}: no such file or directory")
 
 
@@ -275,7 +272,7 @@ def _prepare_destination(path: str, overwrite: bool) -> None:
     from .safety import _remove, prepare_output
 
     out = prepare_output(path, (), overwrite, lock=False)  # inside a command's output, or a low-level call
-    if out.action == "replace" or (out.action == "create" and not _is_url(path) and os.path.isdir(path)):
+    if out.action == "replace" or (out.action == "create" and not is_url(path) and os.path.isdir(path)):
         _remove(path)
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import BlocksegError
+from ..io.storage import has_scheme
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 #: units of space axes -> micrometres
@@ -52,7 +53,7 @@ def _spec():
 def is_package(path) -> bool:
     """Whether ``path`` is a bioimage.io model package: a folder with an rdf, the rdf, or a zip holding one."""
     p = str(path)
-    if "://" in p:
+    if has_scheme(p):
         return False
     if os.path.isdir(p):
         return any(os.path.isfile(os.path.join(p, n)) for n in RDF_NAMES)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import BlocksegError
+from ..io.storage import has_scheme
 from .base import REPRESENTATIONS, BlocksegNet, Geometry, register_architecture
 
 SIDECAR_SUFFIXES = (".yaml", ".yml", ".json")
@@ -64,7 +65,7 @@ def _is_torchscript_zip(path: str) -> bool:
 def is_foreign(path) -> bool:
     """Whether ``path`` names a TorchScript or ONNX network (or its sidecar), not a blockseg checkpoint."""
     p = str(path)
-    if "://" in p:
+    if has_scheme(p):
         return False
     from .bioimageio import is_package
 

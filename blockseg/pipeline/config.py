@@ -27,6 +27,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from ..checkpoints import SHIPPED_CHECKPOINTS
 from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError, describe_validation_error
+from ..io.storage import has_scheme
 
 STAGES = ("data", "predict", "segment", "evaluate")
 
@@ -304,7 +305,7 @@ def _anchor_paths(raw: dict, base: str) -> dict:
     raw = dict(raw)
 
     def anchor(p):
-        if not isinstance(p, str) or "://" in p or os.path.isabs(p):
+        if not isinstance(p, str) or has_scheme(p) or os.path.isabs(p):
             return p
         return os.path.normpath(os.path.join(base, p))
 

@@ -13,14 +13,11 @@ import os
 
 from .config import RunConfig
 from ..errors import BlocksegError
+from ..io.storage import has_scheme
 
 
 def _fail(key: str, message: str):
     raise BlocksegError(f"config key {key}: {message}")
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
 
 
 def planned_image(cfg: RunConfig, image_path: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -130,7 +127,7 @@ def check_run(cfg: RunConfig, payload: dict | None = None) -> tuple[tuple[int, .
 
         for key, file_key in (("ground_truth", d.ground_truth_key), ("mask", None)):
             src = getattr(d, key)
-            if src is None or _is_url(src) or not os.path.exists(src.split("#")[0]):
+            if src is None or has_scheme(src) or not os.path.exists(src.split("#")[0]):
                 continue  # none, or remote, or missing (run() reports it)
             try:
                 other = tuple(open_volume(src, key=None if src == getattr(layout, key) else file_key).shape)

@@ -21,12 +21,13 @@ import os
 from typing import Any
 
 from ..errors import BlocksegError
+from ..io.storage import has_scheme
 from ..io.tables import count_rows
 
 
 def _disk_bytes(path: str) -> int | None:
     """Bytes a local file or folder takes (None for a URL)."""
-    if "://" in path:
+    if has_scheme(path):
         return None
     if os.path.isfile(path):
         return os.path.getsize(path)
@@ -76,7 +77,7 @@ def kind_of(path: str) -> str:
     bare = path.split("#")[0]
     if path == "demo" and not os.path.exists(path):
         return "checkpoint"  # the shipped one, as in run configs and predict
-    if "://" not in bare and not os.path.exists(bare):
+    if not has_scheme(bare) and not os.path.exists(bare):
         raise BlocksegError(f"{path}: no such file or directory")
     if os.path.isdir(bare) and os.path.isfile(os.path.join(bare, "run.json")):
         return "run"

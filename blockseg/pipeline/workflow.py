@@ -33,6 +33,7 @@ import numpy as np
 from ..checkpoints import SHIPPED_CHECKPOINTS
 from .config import STAGES, RunConfig
 from ..errors import BlocksegError
+from ..io.storage import has_scheme
 from ..io.tables import read_table
 from ..provenance import PeakMemory, file_digest, fingerprint, now, write_json_atomic
 
@@ -486,11 +487,11 @@ def run(
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     layout = RunLayout.of(cfg)
-    if cfg.data.image is not None and not os.path.exists(cfg.data.image) and "://" not in cfg.data.image:
+    if cfg.data.image is not None and not os.path.exists(cfg.data.image) and not has_scheme(cfg.data.image):
         raise BlocksegError(f"data.image {cfg.data.image} does not exist")
     for key in ("ground_truth", "mask"):
         p = getattr(cfg.data, key)
-        if p is not None and not os.path.exists(p) and "://" not in p:
+        if p is not None and not os.path.exists(p) and not has_scheme(p):
             raise BlocksegError(f"data.{key} {p} does not exist")
     from .runcheck import check_config
 

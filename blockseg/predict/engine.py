@@ -35,7 +35,8 @@ from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError
 from ..faults import fault_point
 from ..grid import BlockGrid, BlockTask, default_block_shape
-from ..io.volume import _is_url, open_volume
+from ..io.storage import is_url
+from ..io.volume import open_volume
 from ..models.base import BlocksegNet, build_model, load_checkpoint, normalise, read_checkpoint
 from ..io.predictions import create_predictions, describe_dtypes, encode_channel, mark_complete, plan_store
 from ..provenance import file_digest
@@ -1145,7 +1146,7 @@ def _run_settings(run: _Prepared, image_path: str, vol, grid: BlockGrid, lattice
     """What the store records of the run (``predictions.run``): a resume must match it."""
     o, foreign = run.options, run.payload.get("foreign")
     return {
-        "image": os.path.abspath(image_path) if not _is_url(image_path) else image_path,
+        "image": os.path.abspath(image_path) if not is_url(image_path) else image_path,
         "shape": list(vol.shape),
         "checkpoint_sha256": file_digest(run.checkpoint),
         "patch": list(lattice.patch),

@@ -25,14 +25,10 @@ from typing import Iterable, Sequence
 from urllib.parse import urlsplit
 
 from ..errors import BlocksegError
+from ..io.storage import has_scheme
 
 #: schemes a dask scheduler address may have
 DASK_SCHEMES = ("tcp", "tls", "inproc", "ws", "wss", "ucx")
-
-
-def is_url(path: str) -> bool:
-    """Whether ``path`` is a URL (``s3://...``) rather than a local file path."""
-    return "://" in str(path)
 
 
 def absolute_path(path: str | os.PathLike | None) -> str | None:
@@ -44,7 +40,7 @@ def absolute_path(path: str | os.PathLike | None) -> str | None:
     if path is None:
         return None
     path = os.fspath(path)
-    if is_url(path):
+    if has_scheme(path):
         return path
     bare, sep, fragment = path.partition("#")
     return os.path.abspath(os.path.expanduser(bare)) + sep + fragment
@@ -52,7 +48,7 @@ def absolute_path(path: str | os.PathLike | None) -> str | None:
 
 def _local(path: str) -> str | None:
     """The file-system part of a local path (no fragment), None for a URL."""
-    return None if is_url(path) else str(path).partition("#")[0]
+    return None if has_scheme(path) else str(path).partition("#")[0]
 
 
 def check_address(address: str, timeout: float = 5.0) -> str:
@@ -345,7 +341,6 @@ __all__: Sequence[str] = [
     "check_address",
     "check_workers",
     "connect",
-    "is_url",
     "preflight",
     "wait_for_workers",
     "WorkerCheck",

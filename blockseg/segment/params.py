@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from typing import Mapping
 
 from ..errors import BlocksegError
+from ..io.storage import has_scheme
 from .decoders import DECODERS, PRESETS, Decoder, make_decoder
 
 #: the decoder used when neither the user nor the data names one
@@ -147,7 +148,7 @@ def checkpoint_decoder(
             out["params"].update({k: max(int(v > 0), int(round(v * float(size_factor)))) for k, v in before.items()})
             out["sizes"] = {"factor": float(size_factor), "checkpoint_grid": before}
     if path is not None:
-        out["checkpoint"] = os.path.abspath(path) if "://" not in str(path) else str(path)
+        out["checkpoint"] = os.path.abspath(path) if not has_scheme(path) else str(path)
     if digest is not None:
         out["checkpoint_sha256"] = digest
     if rec.get("tuned_on"):

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import BlocksegError
-from ..io.safety import is_url
+from ..io.storage import is_url
 
 
 def make_parent(path: str) -> None:

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from blockseg import BlocksegError
+from blockseg.io.storage import has_scheme
 from blockseg.io.tables import read_table, table_header
 
 from .options import absolute, add_cluster_options, floats, open_cluster, progress_mode
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     args.gt, args.pred = [absolute(p) for p in args.gt], [absolute(p) for p in args.pred]
     args.mask = [absolute(p) for p in args.mask] if args.mask else args.mask
     for path in args.gt + args.pred + (args.mask or []):
-        if "://" not in path and not os.path.exists(path.split("#")[0]):
+        if not has_scheme(path) and not os.path.exists(path.split("#")[0]):
             raise BlocksegError(f"{path}: no such file or directory")
     if len(args.size_ranges) != 2 or not 0 < args.size_ranges[0] < args.size_ranges[1]:
         raise BlocksegError(f"--size-ranges needs two increasing positive numbers, got {args.size_ranges}")
