@@ -31,26 +31,13 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import BlocksegError
+from .zyx import zyx
 
 AXES = ("z", "y", "x")
 Slices = tuple[slice, ...]
 
 #: default number of voxels per block when none is given (about 16 M: ~64 MiB of float32)
 DEFAULT_BLOCK_VOXELS = 2**24
-
-
-def _as_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
-    if np.isscalar(value):
-        value = (value,) * ndim
-    try:
-        out = tuple(int(v) for v in value)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        raise BlocksegError(f"{name} must be integers, got {value!r}") from None
-    if any(float(v) != int(v) for v in value):  # type: ignore[union-attr]
-        raise BlocksegError(f"{name} must be integers, got {tuple(value)}")  # type: ignore[arg-type]
-    if len(out) != ndim:
-        raise BlocksegError(f"{name} has {len(out)} axes but the volume has {ndim}: {out}")
-    return out
 
 
 @dataclass(frozen=True)
@@ -155,18 +142,12 @@ class BlockGrid:
         ndim = len(shape)
         if ndim == 0:
             raise BlocksegError("a block grid needs a volume with at least one axis")
-        self.shape = _as_tuple(shape, ndim, "volume shape")
-        self.block_shape = _as_tuple(block_shape, ndim, "block shape")
-        self.halo = _as_tuple(halo, ndim, "halo")
-        self.chunk_shape = None if chunk_shape is None else _as_tuple(chunk_shape, ndim, "chunk shape")
+        self.shape = zyx(shape, "volume shape", at_least=1, axes=ndim)
+        self.block_shape = zyx(block_shape, "block shape", at_least=1, axes=ndim)
+        self.halo = zyx(halo, "halo", at_least=0, axes=ndim)
+        self.chunk_shape = zyx(chunk_shape, "chunk shape", at_least=1, axes=ndim)
         names = AXES if ndim == 3 else tuple(f"axis {i}" for i in range(ndim))
 
-        if any(s <= 0 for s in self.shape):
-            raise BlocksegError(f"volume shape must be positive on every axis, got {self.shape}")
-        if any(b <= 0 for b in self.block_shape):
-            raise BlocksegError(f"block shape must be positive on every axis, got {self.block_shape}")
-        if any(h < 0 for h in self.halo):
-            raise BlocksegError(f"halo must not be negative, got {self.halo}")
         for name, h, b in zip(names, self.halo, self.block_shape):
             if h > b:
                 raise BlocksegError(
@@ -174,8 +155,6 @@ class BlockGrid:
                     "use larger blocks"
                 )
         if self.chunk_shape is not None:
-            if any(c <= 0 for c in self.chunk_shape):
-                raise BlocksegError(f"chunk shape must be positive on every axis, got {self.chunk_shape}")
             for name, b, c in zip(names, self.block_shape, self.chunk_shape):
                 if b % c:
                     raise BlocksegError(

@@ -38,6 +38,7 @@ from .grid import BlockGrid, default_block_shape
 from .io.volume import DEFAULT_CHUNKS, create_label_volume, create_volume, open_volume, parse_voxel_size
 from .io.safety import aborts_on_error
 from .io.tables import write_table
+from .zyx import zyx
 
 MODES = ("em", "uct", "fluo")
 #: fluorescence PSF sigma (z, y, x) in µm, depth over which the signal falls by 1/e (µm),
@@ -79,10 +80,7 @@ class SynthParams:
     seed: int = 0
 
     def __post_init__(self):
-        shape = tuple(int(s) for s in self.shape)
-        if len(shape) != 3 or any(s <= 0 for s in shape):
-            raise BlocksegError(f"shape must be three positive sizes (z, y, x), got {self.shape}")
-        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "shape", zyx(self.shape, "shape", at_least=1, scalar=False))
         object.__setattr__(self, "voxel_size", parse_voxel_size(self.voxel_size))
         if self.mode not in MODES:
             raise BlocksegError(f"mode must be one of {MODES}, got {self.mode!r}")

@@ -69,7 +69,7 @@ CASES = {
     "non-integer labels": (["evaluate", "--gt", "{ws}/img.zarr/labels/gt", "--pred", "{ws}/float.zarr", "--out", "{ws}/ev"], "integers"),
     "negative labels": (["evaluate", "--gt", "{ws}/img.zarr/labels/gt", "--pred", "{ws}/neg.zarr", "--out", "{ws}/ev"], "non-negative"),
     "NaN in image": (["predict", "{ws}/nan.zarr", "{ws}/bcd.pt", "{ws}/nan_pred.zarr", "--workers", "1"], "NaN"),
-    "empty volume": (["import", "{ws}/empty.npy", "{ws}/empty.zarr"], "positive"),
+    "empty volume": (["import", "{ws}/empty.npy", "{ws}/empty.zarr"], "volume shape must be ≥ 1"),
     "block not a multiple of chunks": (["info", "{ws}/img.zarr", "--block", "10", "10", "10"], "multiple of the chunk"),
     "checkpoint missing": (["predict", "{ws}/img.zarr", "{ws}/none.pt", "{ws}/p.zarr"], "does not exist"),
     "checkpoint wrong format": (["predict", "{ws}/img.zarr", "{ws}/note.txt", "{ws}/p.zarr"], "not a blockseg checkpoint"),

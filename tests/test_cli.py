@@ -74,7 +74,7 @@ def test_synth_and_info_from_the_command_line(tmp_path, capsys):
     [
         (["info", "/nonexistent/x.zarr"], "no such file or directory"),
         (["info", "{tmp}/s.zarr", "--block", "5", "20", "20"], "not a multiple of the chunk shape"),
-        (["info", "{tmp}/s.zarr", "--halo", "1", "2"], "one value or three"),
+        (["info", "{tmp}/s.zarr", "--halo", "1", "2"], "--halo must be one whole number or three (z y x), got [1, 2]"),
         (["synth", "{tmp}/s.zarr", "--shape", "8", "8", "8"], "already exists"),
         (["synth", "{tmp}/t.zarr", "--shape", "0", "8", "8"], "shape must be"),
         (["synth", "{tmp}/t.zarr", "--shape", "8", "8", "8", "--workers", "0"], "--workers must be at least 1"),

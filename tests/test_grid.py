@@ -108,11 +108,12 @@ def test_blocks_in_region():
     [
         (dict(shape=(10, 10, 10), block_shape=(6, 8, 8), chunk_shape=(4, 4, 4)), "not a multiple of the chunk shape"),
         (dict(shape=(10, 10, 10), block_shape=(4, 4, 4), halo=(5, 0, 0)), "larger than the block shape"),
-        (dict(shape=(10, 10, 10), block_shape=(4, 0, 4)), "positive"),
-        (dict(shape=(10, -1, 10), block_shape=4), "positive"),
-        (dict(shape=(10, 10, 10), block_shape=4, halo=-1), "must not be negative"),
-        (dict(shape=(10, 10, 10), block_shape=(4, 4)), "2 axes but the volume has 3"),
-        (dict(shape=(10, 10, 10), block_shape=4.5), "integers"),
+        (dict(shape=(10, 10, 10), block_shape=(4, 0, 4)), r"^block shape must be ≥ 1, got \(4, 0, 4\)$"),
+        (dict(shape=(10, -1, 10), block_shape=4), r"^volume shape must be ≥ 1, got \(10, -1, 10\)$"),
+        (dict(shape=(10, 10, 10), block_shape=4, halo=-1), r"^halo must be ≥ 0, got -1$"),
+        (dict(shape=(10, 10, 10), block_shape=(4, 4)), r"^block shape must be one whole number or three \(z y x\), got \(4, 4\)$"),
+        (dict(shape=(10, 10, 10), block_shape=4.5), r"^block shape must be one whole number or three \(z y x\), got 4.5$"),
+        (dict(shape=(10, 10), block_shape=(4, 4, 4)), r"^block shape must be one whole number or two \(one per axis\)"),
     ],
 )
 def test_impossible_geometry_is_a_clear_error(kwargs, message):

@@ -29,6 +29,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import BlocksegError
+from ..zyx import zyx
 from .volume import open_volume
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -145,9 +146,7 @@ def export(
     if suffix not in TIFF_SUFFIXES + H5_SUFFIXES:
         raise BlocksegError(f"{out}: export writes .tif/.tiff or .h5/.hdf5, not {suffix or '(no suffix)'}")
     box = parse_region(region, vol.shape) if region is None or isinstance(region, str) else tuple(region)
-    f = (int(factor),) * 3 if np.isscalar(factor) else tuple(int(v) for v in factor)  # type: ignore[arg-type]
-    if len(f) != 3 or min(f) < 1:
-        raise BlocksegError(f"downsampling factor must be one or three positive integers, got {factor!r}")
+    f = zyx(factor, "downsampling factor", at_least=1)
     mode = mode or ("mean" if vol.dtype.kind == "f" else "stride")
     if mode not in ("stride", "mode", "mean"):
         raise BlocksegError(f"downsampling mode must be stride, mode or mean, got {mode!r}")

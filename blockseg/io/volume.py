@@ -26,6 +26,7 @@ import zarr
 
 from ..errors import BlocksegError
 from ..grid import BlockGrid, write_unit
+from ..zyx import zyx
 from .safety import install_chunk_errors
 from .storage import is_url
 
@@ -42,15 +43,7 @@ def parse_voxel_size(value: float | Sequence[float] | None) -> tuple[float, floa
     """Voxel size in µm as ``(z, y, x)``; a single number means isotropic."""
     if value is None:
         return (1.0, 1.0, 1.0)
-    if np.isscalar(value):
-        value = (value,) * 3  # type: ignore[assignment]
-    try:
-        out = tuple(float(v) for v in value)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        raise BlocksegError(f"voxel size must be numbers in µm, got {value!r}") from None
-    if len(out) != 3 or not all(np.isfinite(v) and v > 0 for v in out):
-        raise BlocksegError(f"voxel size must be three positive numbers (z, y, x) in µm, got {value!r}")
-    return out  # type: ignore[return-value]
+    return zyx(value, "voxel size (µm)", kind=float, above=0)  # type: ignore[return-value]
 
 
 def multiscales_metadata(voxel_size: Sequence[float], name: str = "") -> list[dict[str, Any]]:
@@ -322,17 +315,12 @@ def create_volume(
     ((8, 64, 64), (0.5, 0.5, 0.5), 0)
     """
     path = str(path)
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or any(s <= 0 for s in shape):
-        raise BlocksegError(f"volume shape must be three positive sizes (z, y, x), got {shape}")
+    shape = zyx(shape, "volume shape", at_least=1, scalar=False)
     voxel_size = parse_voxel_size(voxel_size)
-    chunks = tuple(min(int(c), s) for c, s in zip(chunks or DEFAULT_CHUNKS, shape))
-    if len(chunks) != 3 or any(c <= 0 for c in chunks):
-        raise BlocksegError(f"chunk shape must be three positive sizes, got {chunks}")
-    if shards is not None:
-        shards = tuple(int(s) for s in shards)
-        if len(shards) != 3 or any(s <= 0 or s % c for s, c in zip(shards, chunks)):
-            raise BlocksegError(f"shard shape {shards} must be a positive multiple of the chunk shape {chunks}")
+    chunks = tuple(min(c, s) for c, s in zip(zyx(chunks or DEFAULT_CHUNKS, "chunk shape", at_least=1), shape))
+    shards = zyx(shards, "shard shape", at_least=1)
+    if shards is not None and any(s % c for s, c in zip(shards, chunks)):
+        raise BlocksegError(f"shard shape {shards} must be a multiple of the chunk shape {chunks}")
     from ..runtime.costs import chunk_cost, settle
 
     # a quarter of a million 1-voxel chunk files is refused before the first is written

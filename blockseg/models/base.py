@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import BlocksegError
+from ..zyx import zyx
 
 #: representation name -> (channel names, value kind)
 REPRESENTATIONS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -88,10 +89,7 @@ class Geometry:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            v = tuple(int(x) for x in getattr(self, f.name))
-            if len(v) != 3 or any(x < 0 for x in v):
-                raise BlocksegError(f"geometry {f.name} must be 3 non-negative integers, got {v}")
-            object.__setattr__(self, f.name, v)
+            object.__setattr__(self, f.name, zyx(getattr(self, f.name), f"geometry {f.name}", at_least=0, scalar=False))
         if any(d < 1 for d in self.divisor) or any(p <= 2 * c for p, c in zip(self.input_patch, self.crop)):
             raise BlocksegError(f"invalid geometry {self}")
 

@@ -32,6 +32,7 @@ import torch
 
 from ..errors import BlocksegError
 from ..io.storage import has_scheme
+from ..zyx import zyx
 from .base import REPRESENTATIONS, BlocksegNet, Geometry, register_architecture
 
 SIDECAR_SUFFIXES = (".yaml", ".yml", ".json")
@@ -250,13 +251,7 @@ def _xyz(v) -> str:
 
 def _triple(spec: dict, key: str, where: str, minimum: int = 0) -> tuple[int, int, int] | None:
     """A sidecar value of one integer or three (z y x); None when absent."""
-    v = spec.get(key)
-    if v is None:
-        return None
-    vals = [v] * 3 if not isinstance(v, (list, tuple)) else list(v)
-    if len(vals) != 3 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= minimum for x in vals):
-        raise BlocksegError(f"{where}: {key} must be one integer >= {minimum} or three (z y x), got {v!r}")
-    return tuple(vals)  # type: ignore[return-value]
+    return zyx(spec.get(key), f"{where}: {key}", at_least=minimum)  # type: ignore[return-value]
 
 
 def parse_outputs(outputs, where: str) -> tuple[tuple, tuple, tuple]:
@@ -596,11 +591,7 @@ def _describe(weights: str, sidecar: str, spec: dict | None = None, origins: dic
         raise BlocksegError(f"{where}: the patch's output {list(out)} is not a multiple of divisor {list(divisor)}")
     voxel_size = spec.get("voxel_size")
     if voxel_size is not None:
-        try:
-            voxel_size = tuple(float(v) for v in ((voxel_size,) * 3 if isinstance(voxel_size, (int, float)) else voxel_size))
-            assert len(voxel_size) == 3 and all(v > 0 for v in voxel_size)
-        except (TypeError, ValueError, AssertionError):
-            raise BlocksegError(f"{where}: voxel_size is 1 or 3 positive numbers (µm, z y x), got {spec['voxel_size']!r}") from None
+        voxel_size = zyx(voxel_size, f"{where}: voxel_size (µm)", kind=float, above=0)
     sources["voxel_size"] = origin("voxel_size") if voxel_size is not None else "default"
     if voxel_size is None:
         notes["voxel_size"] = "the image is not resampled (predict --scale to do it)"

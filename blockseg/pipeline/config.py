@@ -19,63 +19,19 @@ Example (``configs/demo.yaml``)::
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..checkpoints import SHIPPED_CHECKPOINTS
 from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError, describe_validation_error
+from ..options import Block, Halo, Shape, VoxelSize
+from ..options import Strict as _Strict
 from ..io.storage import has_scheme
 
 STAGES = ("data", "predict", "segment", "evaluate")
-
-
-def _whole(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _sizes(minimum: int, scalar: bool):
-    """Validator of a (z, y, x) size: three whole numbers ≥ ``minimum`` (or one, when
-    ``scalar``, meaning the same on every axis); the value itself is kept as given."""
-
-    def check(v):
-        if v is None:
-            return v
-        if scalar and _whole(v):
-            values = [v]
-        elif isinstance(v, (list, tuple)) and len(v) == 3 and all(_whole(x) for x in v):
-            values = list(v)
-        else:
-            shape = "one whole number or three (z y x)" if scalar else "three whole numbers (z y x)"
-            raise ValueError(f"must be {shape}, got {v!r}")
-        if any(x < minimum for x in values):
-            raise ValueError(f"must be ≥ {minimum}, got {v!r}")
-        return tuple(v) if isinstance(v, list) else v
-
-    return BeforeValidator(check)
-
-
-def _positive_floats(v):
-    if v is None:
-        return v
-    if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-        raise ValueError(f"must be three numbers (z y x) in µm, got {v!r}")
-    if any(not x > 0 for x in v):
-        raise ValueError(f"must be > 0 on every axis, got {v!r}")
-    return tuple(v)
-
-
-#: a block shape (≥ 1 per axis), a halo (≥ 0), a volume / chunk shape (three values ≥ 1)
-Block = Annotated[Optional[Union[int, tuple[int, int, int]]], _sizes(1, True)]
-Halo = Annotated[Optional[Union[int, tuple[int, int, int]]], _sizes(0, True)]
-Shape = Annotated[tuple[int, int, int], _sizes(1, False)]
-VoxelSize = Annotated[Optional[tuple[float, float, float]], BeforeValidator(_positive_floats)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SynthConfig(_Strict):

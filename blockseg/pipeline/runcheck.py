@@ -13,6 +13,7 @@ import os
 
 from .config import RunConfig
 from ..errors import BlocksegError
+from ..zyx import zyx
 from ..io.storage import has_scheme
 
 
@@ -55,7 +56,7 @@ def _grid(key: str, shape, block, chunks, what: str):
 
     if block is None:
         return BlockGrid(shape, default_block_shape(shape, chunks), 0, chunks)
-    block = (block,) * 3 if isinstance(block, int) else tuple(block)
+    block = zyx(block, key)
     try:
         return BlockGrid(shape, block, 0, chunks)
     except BlocksegError as e:
@@ -67,7 +68,7 @@ def check_geometry(cfg: RunConfig, shape, chunks) -> None:
     ``chunks`` (predict keeps the image's chunks; segment reads predict's)."""
     pb = cfg.predict.block_shape
     if pb is not None:  # predict clips a block to the volume (rounded up to whole chunks)
-        pb = (pb,) * 3 if isinstance(pb, int) else tuple(pb)
+        pb = zyx(pb, "predict.block_shape")
         pb = tuple(min(b, -(-s // c) * c) for b, s, c in zip(pb, shape, chunks))
         if any(b % c for b, c in zip(pb, chunks)):
             bad = ", ".join(axis for axis, b, c in zip("zyx", pb, chunks) if b % c)
@@ -76,7 +77,7 @@ def check_geometry(cfg: RunConfig, shape, chunks) -> None:
     _grid("predict.block_shape", shape, pb, chunks, "image")
     sb = cfg.segment.block_shape
     if sb is not None:
-        t = (sb,) * 3 if isinstance(sb, int) else tuple(sb)
+        t = zyx(sb, "segment.block_shape")
         bad = [axis for axis, b, c in zip("zyx", t, chunks) if b % c]
         if bad:
             _fail("segment.block_shape", f"{t} is not a multiple of the predictions' chunks {tuple(chunks)} "

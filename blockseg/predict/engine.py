@@ -40,6 +40,7 @@ from ..io.volume import open_volume
 from ..models.base import BlocksegNet, build_model, load_checkpoint, normalise, read_checkpoint
 from ..io.predictions import create_predictions, describe_dtypes, encode_channel, mark_complete, plan_store
 from ..provenance import file_digest
+from ..zyx import zyx
 from .kernels import quantise
 from .infer import (
     InferenceOptions,
@@ -732,7 +733,7 @@ def _patch_choice(model, shape, block_shape, patch, overlap, batch_size, n_chann
 
     geo = model.geometry
     vox = resolve_overlap(overlap, geo.output_patch)
-    mode = patch if isinstance(patch, str) or patch is None else _dims(patch, "patch")
+    mode = patch if isinstance(patch, str) or patch is None else zyx(patch, "patch", at_least=1)
     if getattr(model, "fixed_patch", False):  # an ONNX graph with a fixed input shape runs its patch only
         if mode not in ("auto", "train", None) and tuple(mode) != tuple(geo.input_patch):
             raise BlocksegError(f"the network's input shape is fixed at {list(geo.input_patch)}: --patch must be that, auto or train")
@@ -755,15 +756,6 @@ def _previous_patch_choice(out_path: str) -> dict | None:
         return dict(group.attrs["blockseg"])["predictions"]["run"].get("patch_choice")
     except Exception:
         return None
-
-
-def _dims(value, name) -> tuple[int, int, int] | None:
-    if value is None:
-        return None
-    v = (value,) * 3 if np.isscalar(value) else tuple(value)
-    if len(v) != 3:
-        raise BlocksegError(f"{name} takes one value or three (z y x), got {value!r}")
-    return tuple(int(x) for x in v)  # type: ignore[return-value]
 
 
 @dataclass
@@ -1113,8 +1105,8 @@ def _block_grid(vol, options: _Options) -> BlockGrid:
     from ..runtime.costs import settle, task_cost
 
     shape = vol.shape
-    chunk_shape = tuple(min(int(c), s) for c, s in zip(_dims(options.chunks, "chunks") or vol.write_unit, shape))
-    block_shape = _dims(options.block_shape, "block shape") or default_block_shape(shape, chunk_shape)
+    chunk_shape = tuple(min(int(c), s) for c, s in zip(zyx(options.chunks, "chunks", at_least=1) or vol.write_unit, shape))
+    block_shape = zyx(options.block_shape, "block shape", at_least=1) or default_block_shape(shape, chunk_shape)
     block_shape = tuple(min(b, -(-s // c) * c) for b, s, c in zip(block_shape, shape, chunk_shape))
     grid = BlockGrid(shape, block_shape, 0, chunk_shape)
     settle([task_cost(2 * len(grid), "predict", grid.block_shape)])  # up to two passes per block

@@ -16,6 +16,7 @@ import torch
 from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError
 from ..models.base import BlocksegNet, normalise
+from ..zyx import zyx
 from .kernels import blend_tile
 from .lattice import Lattice, read_reflected, resolve_overlap
 
@@ -369,7 +370,7 @@ def make_lattice(model: BlocksegNet, shape: Sequence[int], patch=None, overlap=0
     patch keeps the overlap in voxels and computes fewer voxels twice.
     """
     geo = model.geometry
-    patch = geo.input_patch if patch is None else tuple(int(p) for p in ((patch,) * 3 if np.isscalar(patch) else patch))
+    patch = geo.input_patch if patch is None else zyx(patch, "patch", at_least=1)
     out = geo.output_for(patch)
     vox = resolve_overlap(overlap, out, reference=geo.output_patch)
     return Lattice.build(shape, patch, geo.crop, vox, geo.margin, blending, snap)

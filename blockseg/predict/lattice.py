@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import BlocksegError
+from ..zyx import zyx
 
 BLENDINGS = ("gaussian", "bump", "constant")
 #: gaussian sigma as a fraction of the output patch (as MONAI's sigma_scale)
@@ -236,14 +237,9 @@ class Lattice:
 def resolve_overlap(overlap, out: Sequence[int], reference: Sequence[int] | None = None) -> tuple[int, int, int]:
     """Overlap in voxels per axis: values < 1 are fractions of ``reference`` (default: the
     output patch ``out``), else voxels; must be smaller than ``out``."""
-    vals = (overlap,) * 3 if np.isscalar(overlap) else tuple(overlap)
-    if len(vals) != 3:
-        raise BlocksegError(f"overlap takes one value or three (z y x), got {overlap!r}")
+    vals = zyx(overlap, "overlap", kind=float, at_least=0)
     res = []
     for v, o, r in zip(vals, out, out if reference is None else reference):
-        v = float(v)
-        if v < 0:
-            raise BlocksegError(f"overlap must not be negative, got {overlap!r}")
         vox = int(round(v * r)) if v < 1 else int(v)
         if vox >= o:
             raise BlocksegError(f"overlap {vox} voxels is not smaller than the output patch {o}")

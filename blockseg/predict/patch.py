@@ -21,6 +21,7 @@ from typing import Sequence
 from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError
 from ..models.base import Geometry
+from ..zyx import zyx
 
 #: activation budget of one forward batch on a CPU worker
 CPU_PATCH_BUDGET = 1 << 30
@@ -182,7 +183,7 @@ def choose_patch(
     if mode is None or mode == "train":
         return PatchChoice(train, "train", train, 0, "the network's training patch (--patch train)")
     if not isinstance(mode, str):
-        vals = (mode,) * 3 if isinstance(mode, int) else tuple(int(v) for v in mode)
+        vals = zyx(mode, "patch", at_least=1)
         geometry.output_for(vals)  # raises if not admissible
         return PatchChoice(vals, "explicit", train, 0, "given")  # type: ignore[arg-type]
     if mode != "auto":

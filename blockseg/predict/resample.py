@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import BlocksegError
+from ..zyx import zyx
 
 #: automatic factors within this relative distance of 1 are not applied (resampling by 3 %
 #: costs an interpolation and changes nothing a network can tell)
@@ -167,12 +168,8 @@ def resolve_scale(
         why = (f"image voxel size {tuple(round(float(v), 4) for v in image_voxel_size)} µm / network's "
                f"{tuple(round(float(v), 4) for v in network_voxel_size)} µm")  # fmt: skip
     else:
-        vals = (scale,) * 3 if np.isscalar(scale) else tuple(scale)
-        if len(vals) == 1:
-            vals = vals * 3
-        if len(vals) != 3 or not all(np.isfinite(float(v)) and float(v) > 0 for v in vals):
-            raise BlocksegError(f"--scale takes one positive factor or three (z y x), got {scale!r}")
-        factors = tuple(float(v) for v in vals)
+        one = not np.isscalar(scale) and len(scale) == 1  # a one-item list, as nargs="+" gives it
+        factors = zyx(scale[0] if one else scale, "--scale", kind=float, above=0)
         if all(f == 1 for f in factors):
             return None, "not resampled (--scale 1)"
         why = "given factors"

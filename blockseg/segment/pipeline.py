@@ -48,6 +48,7 @@ from ..io.volume import create_volume
 from ..io.storage import free_space, is_url, listdir, load_npz, makedirs, read_bytes, remove_file, remove_tree, save_npz, write_bytes
 from ..io.predictions import decode_channel, open_predictions, prediction_kind
 from ..io.tables import write_table
+from ..zyx import zyx
 from .decoders import BCDDecoder, Decoder
 from .exact import UNREACHED, keyed_flood, keyed_update
 from .stats import instance_table, partial_stats, reduce_stats
@@ -751,18 +752,6 @@ class SegmentReport:
         return dict(self.__dict__)
 
 
-def _as_triple(value, name: str) -> tuple[int, int, int]:
-    if np.isscalar(value):
-        value = (value,) * 3
-    try:
-        t = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise BlocksegError(f"{name} must be integers, got {value!r}") from None
-    if len(t) != 3 or any(v < 0 for v in t):
-        raise BlocksegError(f"{name} must be one or three non-negative integers, got {value!r}")
-    return t  # type: ignore[return-value]
-
-
 def _decoder_choice(decoder, pred_path: str):
     """The decoder to use and the source of its parameters: a :class:`DecoderChoice` as given,
     a :class:`Decoder` (``given``), or None: the recommendation the store carries (written by
@@ -998,7 +987,7 @@ def plan_segment(
     # foreground code (the largest value)
     id_dtype = np.uint32 if len(grid) * grid.block_voxels < 2**32 - 1 else np.uint64
     return SegmentPlan(
-        pred_path, out_path, out_path + ".work", choice, grid, _as_triple(DEFAULT_HALO if halo is None else halo, "halo"),
+        pred_path, out_path, out_path + ".work", choice, grid, zyx(DEFAULT_HALO if halo is None else halo, "halo", at_least=0),
         tuple((c, prediction_kind(vols[c], c)) for c in choice.decoder.channels), id_dtype, first.voxel_size,
         first.array.chunks, getattr(first.array, "shards", None), tile_shape(grid, check_tile_voxels(tile_voxels)),
     )  # fmt: skip

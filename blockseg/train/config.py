@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..pipeline.config import VoxelSize
+from ..options import VoxelSize
 from ..errors import BlocksegError, describe_validation_error
 from ..models.base import REPRESENTATIONS
 

@@ -30,6 +30,7 @@ from scipy import ndimage as ndi
 
 from ..runtime._jit import njit
 from ..errors import BlocksegError
+from ..zyx import zyx
 
 #: NucMM defaults for the tanh distance target
 ALPHA = 8.0
@@ -97,9 +98,7 @@ class TargetParams:
 
 
 def _spacing(voxel_size: Sequence[float] | None, ndim: int) -> np.ndarray:
-    vs = np.ones(ndim) if voxel_size is None else np.asarray(voxel_size, dtype=float)
-    if vs.shape != (ndim,) or np.any(vs <= 0):
-        raise BlocksegError(f"voxel size must be {ndim} positive numbers, got {voxel_size}")
+    vs = np.ones(ndim) if voxel_size is None else np.asarray(zyx(voxel_size, "voxel size", kind=float, above=0, scalar=False, axes=ndim))
     return vs / vs.min()
 
 
@@ -635,9 +634,7 @@ def compute_targets(
     reps = check_representations(representations)
     p = TargetParams.make(params)
     labels = _check_labels(labels)
-    origin = tuple(int(o) for o in origin)
-    if len(origin) != 3:
-        raise BlocksegError(f"origin must be 3 integers, got {origin}")
+    origin = zyx(origin, "origin", scalar=False)
     if voxel_size is not None:
         _spacing(voxel_size, 3)
     if any(r in CENTRE_REPRESENTATIONS for r in reps):

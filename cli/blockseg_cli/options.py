@@ -6,6 +6,7 @@ import argparse
 import contextlib
 
 from blockseg import BlocksegError
+from blockseg.zyx import zyx as per_axis
 from blockseg.runtime.cluster import ClusterConfig, cluster_config_from_args
 from blockseg.runtime.progress import PROGRESS_MODES
 
@@ -110,14 +111,11 @@ def floats(text: str) -> list[float]:
 
 
 def zyx(values, option: str, kind=int):
-    """One value (isotropic) or three (z y x) from an ``nargs="+"`` option; None passes through."""
-    if values is None:
-        return None
-    if len(values) == 1:
-        values = list(values) * 3
-    if len(values) != 3:
-        raise BlocksegError(f"{option} takes one value or three (z y x), got {len(values)}")
-    return tuple(kind(v) for v in values)
+    """One value (isotropic) or three (z y x) from an ``nargs="+"`` option, by
+    :func:`blockseg.zyx.zyx`; None passes through."""
+    if values is not None and len(values) == 1:
+        values = values[0]
+    return per_axis(values, option, kind=kind)
 
 
 def add_output_options(parser: argparse.ArgumentParser, dest: str, help: str) -> None:
