@@ -525,12 +525,50 @@ def _describe(weights: str, sidecar: str, spec: dict | None = None, origins: dic
     def origin(key: str) -> str:
         return (origins or {}).get(key, "sidecar")
 
+    fmt = _weights_format(weights, spec, where)
+    outputs, reps, index, activation = _outputs(spec, where, package, origin, origins, sigmoid_only, sources, notes)
+    normalisation = parse_normalisation(spec, where)
+    sources["normalisation"] = origin("normalisation")
+    if package and normalisation and normalisation.get("scheme") == "percentile" and origin("normalisation") == "package":
+        notes["normalisation"] = "the package's scale_range, taken over the whole volume (bioimage.io: per tile)"
+    net = _load_network(weights, fmt)
+    fixed = net.fixed if fmt == "onnx" else None
+    patch, crop, halo, divisor = _patch_geometry(spec, where, fixed, origin, sources, notes)
+    voxel_size = _voxel_size(spec, where, origin, sources, notes)
+    decoder = _decoder(spec, where, origin, sources)
+    # one forward on the patch: the output's channels and size must be what the sidecar says
+    raw = _probe_forward(net, torch.zeros((1, 1, *patch)), where)
+    want = tuple(p - 2 * c for p, c in zip(patch, crop))
+    if raw.shape[1] != len(outputs) or tuple(raw.shape[2:]) != want:
+        raise BlocksegError(f"{where}: on a patch {list(patch)} the network returns {raw.shape[1]} channels of {list(raw.shape[2:])}; "
+                            f"the sidecar says {len(outputs)} outputs of {list(want)} (patch - 2 * crop)")  # fmt: skip
+    margin = _margin(spec, net, patch, crop, halo, divisor, where, origin, sources, notes)
+    diameter = spec.get("nucleus_diameter_um")
+    desc = ForeignModel(
+        weights=weights, sidecar=sidecar, format=fmt, outputs=outputs, representations=reps, index=index,
+        activation=activation, input_patch=tuple(patch), margin=tuple(margin), crop=tuple(c + h for c, h in zip(crop, halo)),
+        halo=tuple(halo), divisor=tuple(divisor), normalisation=normalisation, voxel_size=voxel_size, decoder=decoder,
+        nucleus_diameter_um=None if diameter is None else float(diameter), name=str(spec.get("name") or os.path.basename(weights)),
+        digest=_digest(weights, sidecar, *extra), sources=sources, notes=notes, fixed_patch=bool(fixed), package=package,
+    )  # fmt: skip
+    desc.geometry  # validates
+    return desc
+
+
+def _weights_format(weights: str, spec: dict, where: str) -> str:
+    """The network's format (the sidecar's ``format``, else by the file's suffix), checked."""
     fmt = spec.get("format") or ("onnx" if weights.lower().endswith(".onnx") else "torchscript")
     if fmt not in FORMATS:
         raise BlocksegError(f"{where}: format is one of {FORMATS}, got {fmt!r}")
     if fmt == "torchscript" and not _is_torchscript_zip(weights):
         raise BlocksegError(f"{weights}: not a TorchScript archive (torch.jit.save / torch.jit.trace(...).save); "
                             "for a plain state dict, rebuild the network in Python and export it with torch.jit.script or trace")  # fmt: skip
+    return fmt
+
+
+def _outputs(spec: dict, where: str, package: str, origin, origins, sigmoid_only: bool, sources: dict, notes: dict):
+    """``(outputs, representations, index, activation)`` of the sidecar (or package), their
+    sources and notes recorded."""
     try:
         outputs, reps, index = parse_outputs(spec.get("outputs"), where)
     except BlocksegError as e:
@@ -550,13 +588,12 @@ def _describe(weights: str, sidecar: str, spec: dict | None = None, origins: dic
         notes["activation"] = "the package's sigmoid postprocessing"
     if sources["activation"] == "default":
         notes["activation"] = "the network outputs logits: blockseg applies sigmoid / tanh / softmax (say 'activation: applied' if not)"
-    normalisation = parse_normalisation(spec, where)
-    sources["normalisation"] = origin("normalisation")
-    if package and normalisation and normalisation.get("scheme") == "percentile" and origin("normalisation") == "package":
-        notes["normalisation"] = "the package's scale_range, taken over the whole volume (bioimage.io: per tile)"
+    return outputs, reps, index, activation
 
-    net = _load_network(weights, fmt)
-    fixed = net.fixed if fmt == "onnx" else None
+
+def _patch_geometry(spec: dict, where: str, fixed, origin, sources: dict, notes: dict) -> tuple:
+    """``(patch, crop, halo, divisor)``: the input patch (an ONNX graph's fixed shape, if any),
+    what the network crops and the halo it discards, and the divisor of admissible outputs."""
     patch = _triple(spec, "patch", where, 1)
     if patch is None and fixed:
         patch, sources["patch"] = tuple(int(s) for s in fixed), "model"
@@ -571,8 +608,7 @@ def _describe(weights: str, sidecar: str, spec: dict | None = None, origins: dic
     halo = _triple(spec, "halo", where) or (0, 0, 0)
     sources["crop"] = origin("crop") if "crop" in spec else "default"
     sources["halo"] = origin("halo") if "halo" in spec else "default"
-    total_crop = tuple(c + h for c, h in zip(crop, halo))
-    out = tuple(p - 2 * c for p, c in zip(patch, total_crop))
+    out = tuple(p - 2 * (c + h) for p, c, h in zip(patch, crop, halo))
     if any(o <= 0 for o in out):
         raise BlocksegError(f"{where}: patch {list(patch)} leaves no output after crop {list(crop)} and halo {list(halo)}")
     divisor = _triple(spec, "divisor", where, 1)
@@ -589,12 +625,26 @@ def _describe(weights: str, sidecar: str, spec: dict | None = None, origins: dic
         sources["divisor"] = origin("divisor")
     if any(o % d for o, d in zip(out, divisor)):
         raise BlocksegError(f"{where}: the patch's output {list(out)} is not a multiple of divisor {list(divisor)}")
+    return patch, crop, halo, divisor
+
+
+def _voxel_size(spec: dict, where: str, origin, sources: dict, notes: dict) -> tuple | None:
+    """The training voxel size (µm, z y x) the sidecar gives; None: the image is not resampled."""
     voxel_size = spec.get("voxel_size")
     if voxel_size is not None:
-        voxel_size = zyx(voxel_size, f"{where}: voxel_size (µm)", kind=float, above=0)
+        try:
+            voxel_size = tuple(float(v) for v in ((voxel_size,) * 3 if isinstance(voxel_size, (int, float)) else voxel_size))
+            assert len(voxel_size) == 3 and all(v > 0 for v in voxel_size)
+        except (TypeError, ValueError, AssertionError):
+            raise BlocksegError(f"{where}: voxel_size is 1 or 3 positive numbers (µm, z y x), got {spec['voxel_size']!r}") from None
     sources["voxel_size"] = origin("voxel_size") if voxel_size is not None else "default"
     if voxel_size is None:
         notes["voxel_size"] = "the image is not resampled (predict --scale to do it)"
+    return voxel_size
+
+
+def _decoder(spec: dict, where: str, origin, sources: dict) -> dict | None:
+    """The decoder the sidecar recommends (``{"name": ..., ...}``), checked; None: none."""
     decoder = spec.get("decoder")
     if decoder is not None:
         decoder = {"name": decoder} if isinstance(decoder, str) else dict(decoder)
@@ -603,15 +653,11 @@ def _describe(weights: str, sidecar: str, spec: dict | None = None, origins: dic
         if decoder.get("name") not in DECODERS:
             raise BlocksegError(f"{where}: decoder {decoder.get('name')!r} is not one of {sorted(DECODERS)}")
     sources["decoder"] = origin("decoder") if decoder is not None else "default"
-    diameter = spec.get("nucleus_diameter_um")
+    return decoder
 
-    # one forward on the patch: the output's channels and size must be what the sidecar says
-    raw = _probe_forward(net, torch.zeros((1, 1, *patch)), where)
-    want = tuple(p - 2 * c for p, c in zip(patch, crop))
-    if raw.shape[1] != len(outputs) or tuple(raw.shape[2:]) != want:
-        raise BlocksegError(f"{where}: on a patch {list(patch)} the network returns {raw.shape[1]} channels of {list(raw.shape[2:])}; "
-                            f"the sidecar says {len(outputs)} outputs of {list(want)} (patch - 2 * crop)")  # fmt: skip
 
+def _margin(spec: dict, net, patch, crop, halo, divisor, where: str, origin, sources: dict, notes: dict) -> tuple:
+    """The context voxels per side the network needs: the sidecar's, or measured (``auto``)."""
     margin_spec = spec.get("margin")
     if margin_spec is None:
         raise BlocksegError(f"{where}: add 'margin:' (context voxels per side the network needs, 1 or 3 numbers) or "
@@ -619,17 +665,9 @@ def _describe(weights: str, sidecar: str, spec: dict | None = None, origins: dic
     if isinstance(margin_spec, str) and margin_spec.strip().lower() == "auto":
         margin, note = measure_margin(net, patch, crop, halo, divisor, where)
         sources["margin"], notes["margin"] = "measured", note
-    else:
-        margin, sources["margin"] = _triple(spec, "margin", where), origin("margin")
-    desc = ForeignModel(
-        weights=weights, sidecar=sidecar, format=fmt, outputs=outputs, representations=reps, index=index,
-        activation=activation, input_patch=tuple(patch), margin=tuple(margin), crop=total_crop, halo=tuple(halo),
-        divisor=tuple(divisor), normalisation=normalisation, voxel_size=voxel_size, decoder=decoder,
-        nucleus_diameter_um=None if diameter is None else float(diameter), name=str(spec.get("name") or os.path.basename(weights)),
-        digest=_digest(weights, sidecar, *extra), sources=sources, notes=notes, fixed_patch=bool(fixed), package=package,
-    )  # fmt: skip
-    desc.geometry  # validates
-    return desc
+        return margin
+    margin, sources["margin"] = _triple(spec, "margin", where), origin("margin")
+    return margin
 
 
 def _probe_forward(net, x: torch.Tensor, where: str) -> torch.Tensor:

@@ -66,6 +66,38 @@ class ResidualBlock(nn.Module):
         return self.act(y + self.skip(x))
 
 
+def _checked_widths(widths, anisotropic: int, blocks_per_stage: int, activation: str) -> list[int]:
+    """The stage widths as ints, with the other architecture choices checked (one-line errors)."""
+    widths = [int(w) for w in widths]
+    if len(widths) < 1 or any(w < 1 for w in widths):
+        raise BlocksegError(f"widths must be positive channel counts, got {widths}")
+    if not 0 <= anisotropic <= len(widths) or blocks_per_stage < 1:
+        raise BlocksegError("anisotropic must be in [0, len(widths)] and blocks_per_stage >= 1")
+    if activation not in ACTIVATIONS:
+        raise BlocksegError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    return widths
+
+
+def _encoder_stages(widths, strides, kernels, blocks_per_stage: int, norm: str, activation: str, dropout: float):
+    """``(down, encoder)``: the strided down-sampling convolution into each stage after the first,
+    and each stage's residual blocks (dropout in the last), created stage by stage."""
+    down, encoder = nn.ModuleList(), nn.ModuleList()
+    n = len(widths)
+    for i in range(n):
+        cin = widths[0] if i == 0 else widths[i - 1]
+        if i > 0:
+            s = strides[i]
+            down.append(nn.Sequential(
+                nn.Conv3d(cin, widths[i], s, stride=s, bias=norm == "none"), _norm(norm, widths[i]), ACTIVATIONS[activation](),
+            ))  # fmt: skip
+            cin = widths[i]
+        drop = dropout if i == n - 1 else 0.0
+        blocks = [ResidualBlock(cin if b == 0 else widths[i], widths[i], kernels[i], norm, activation, drop)
+                  for b in range(blocks_per_stage)]  # fmt: skip
+        encoder.append(nn.Sequential(*blocks))
+    return down, encoder
+
+
 @register_architecture
 class ResUNet3D(BlocksegNet):
     """Residual 3D U-Net with additive skips and one head per representation.
@@ -109,13 +141,7 @@ class ResUNet3D(BlocksegNet):
         margin: Sequence[int] | None = None,
     ):
         super().__init__(representations)
-        widths = [int(w) for w in widths]
-        if len(widths) < 1 or any(w < 1 for w in widths):
-            raise BlocksegError(f"widths must be positive channel counts, got {widths}")
-        if not 0 <= anisotropic <= len(widths) or blocks_per_stage < 1:
-            raise BlocksegError("anisotropic must be in [0, len(widths)] and blocks_per_stage >= 1")
-        if activation not in ACTIVATIONS:
-            raise BlocksegError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        widths = _checked_widths(widths, anisotropic, blocks_per_stage, activation)
         self.config = {
             "representations": list(self.representations),
             "widths": widths,
@@ -140,24 +166,7 @@ class ResUNet3D(BlocksegNet):
             _norm(norm, widths[0]),
             ACTIVATIONS[activation](),
         )
-        self.down = nn.ModuleList()
-        self.encoder = nn.ModuleList()
-        for i in range(n):
-            cin = widths[0] if i == 0 else widths[i - 1]
-            if i > 0:
-                s = self._strides[i]
-                self.down.append(
-                    nn.Sequential(
-                        nn.Conv3d(cin, widths[i], s, stride=s, bias=norm == "none"),
-                        _norm(norm, widths[i]),
-                        ACTIVATIONS[activation](),
-                    )
-                )
-                cin = widths[i]
-            drop = dropout if i == n - 1 else 0.0
-            blocks = [ResidualBlock(cin if b == 0 else widths[i], widths[i], kernels[i], norm, activation, drop)
-                      for b in range(blocks_per_stage)]  # fmt: skip
-            self.encoder.append(nn.Sequential(*blocks))
+        self.down, self.encoder = _encoder_stages(widths, self._strides, kernels, blocks_per_stage, norm, activation, dropout)
         self.reduce = nn.ModuleList(nn.Conv3d(widths[i + 1], widths[i], 1) for i in range(n - 1))
         self.decoder = nn.ModuleList(ResidualBlock(widths[i], widths[i], kernels[i], norm, activation) for i in range(n - 1))
         self.heads = nn.ModuleDict(

@@ -130,41 +130,15 @@ def tune_store(
     -------
     TuneResult
     """
-    import zarr
-
-    from ..io.export import parse_region
-    from ..io.volume import open_volume
     from ..io.predictions import open_predictions, read_channels
     from ..segment import DECODERS, make_decoder
     from ..segment.params import choose_decoder, store_decoder
     from ..train.trainer import score_prediction, tune_decoder
 
     vols = open_predictions(pred_path)
-    shape = next(iter(vols.values())).shape
-    if region is None or isinstance(region, str):
-        sl = parse_region(region, shape)
-    else:
-        sl = parse_region(",".join(f"{s.start or 0}:{s.stop if s.stop is not None else n}" for s, n in zip(region, shape)),
-                          shape)  # fmt: skip
+    sl = _region_slices(region, next(iter(vols.values())).shape)
     box = tuple((s.start, s.stop) for s in sl)
-    n = math.prod(b - a for a, b in box)
-    if n > MAX_REGION_VOXELS:
-        raise BlocksegError(f"the annotated region holds {n:,} voxels; tune on at most {MAX_REGION_VOXELS:,} (a smaller region)")
-    lab = open_volume(str(labels)).array if isinstance(labels, (str, bytes)) or hasattr(labels, "__fspath__") else labels
-    gt = np.asarray(lab[sl] if labels_cover_volume(lab.shape, shape, box, "store") else lab[...])
-    if gt.dtype.kind not in "iu":
-        raise BlocksegError(f"labels must be integer instance ids, got {gt.dtype}")
-    source = ((dict(zarr.open_group(str(pred_path), mode="r").attrs.get("blockseg", {})).get("predictions") or {})
-              .get("run") or {}).get("image")  # fmt: skip
-    if isinstance(labels, (str, os.PathLike)) and source and os.path.abspath(str(labels)) == os.path.abspath(source):
-        raise BlocksegError(f"{labels} is the image these predictions were made from, not instance labels")
-    background = float(np.mean(gt == 0))
-    if background < 0.01:
-        raise BlocksegError(f"the labels have almost no background ({background:.1%} zeros in the region): "
-                            "instance labels with 0 = background are needed, not an image")  # fmt: skip
-    n_nuclei = int(np.unique(gt[gt != 0]).size)
-    if n_nuclei == 0:
-        raise BlocksegError("the annotated region holds no nuclei (all labels are 0)")
+    gt, n_nuclei = _region_labels(labels, pred_path, sl, next(iter(vols.values())).shape, box)
     stored = store_decoder(pred_path)
     choice = choose_decoder(decoder, stored=stored)
     name = choice.decoder.name
@@ -185,13 +159,60 @@ def tune_store(
     result = TuneResult(name, params, {k: v for k, v in scores.items() if k != "volumes"}, before,
                         before_scores, box, n_nuclei, grid)  # fmt: skip
     if write:
-        group = zarr.open_group(str(pred_path), mode="r+")
-        attrs = dict(group.attrs["blockseg"])
-        rec = result.recommendation("array" if isinstance(labels, np.ndarray) else str(labels), stored)
-        attrs["predictions"] = {**attrs["predictions"], "decoder": rec}
-        group.attrs["blockseg"] = attrs
-        result.written = True
+        _write_recommendation(pred_path, result, "array" if isinstance(labels, np.ndarray) else str(labels), stored)
     return result
+
+
+def _region_slices(region, shape) -> tuple[slice, ...]:
+    """The annotated box as slices (a ``"z0:z1,y0:y1,x0:x1"`` string or slices), at most
+    :data:`MAX_REGION_VOXELS` voxels."""
+    from ..io.export import parse_region
+
+    if region is None or isinstance(region, str):
+        sl = parse_region(region, shape)
+    else:
+        sl = parse_region(",".join(f"{s.start or 0}:{s.stop if s.stop is not None else n}" for s, n in zip(region, shape)),
+                          shape)  # fmt: skip
+    n = math.prod(s.stop - s.start for s in sl)
+    if n > MAX_REGION_VOXELS:
+        raise BlocksegError(f"the annotated region holds {n:,} voxels; tune on at most {MAX_REGION_VOXELS:,} (a smaller region)")
+    return sl
+
+
+def _region_labels(labels, pred_path: str, sl, shape, box) -> tuple[np.ndarray, int]:
+    """``(labels of the region, number of nuclei)``, refused (one line) when they are not
+    instance labels: not integers, the store's own image, (almost) no background, no nuclei."""
+    import zarr
+
+    from ..io.volume import open_volume
+
+    lab = open_volume(str(labels)).array if isinstance(labels, (str, bytes)) or hasattr(labels, "__fspath__") else labels
+    gt = np.asarray(lab[sl] if labels_cover_volume(lab.shape, shape, box, "store") else lab[...])
+    if gt.dtype.kind not in "iu":
+        raise BlocksegError(f"labels must be integer instance ids, got {gt.dtype}")
+    source = ((dict(zarr.open_group(str(pred_path), mode="r").attrs.get("blockseg", {})).get("predictions") or {})
+              .get("run") or {}).get("image")  # fmt: skip
+    if isinstance(labels, (str, os.PathLike)) and source and os.path.abspath(str(labels)) == os.path.abspath(source):
+        raise BlocksegError(f"{labels} is the image these predictions were made from, not instance labels")
+    background = float(np.mean(gt == 0))
+    if background < 0.01:
+        raise BlocksegError(f"the labels have almost no background ({background:.1%} zeros in the region): "
+                            "instance labels with 0 = background are needed, not an image")  # fmt: skip
+    n_nuclei = int(np.unique(gt[gt != 0]).size)
+    if n_nuclei == 0:
+        raise BlocksegError("the annotated region holds no nuclei (all labels are 0)")
+    return gt, n_nuclei
+
+
+def _write_recommendation(pred_path: str, result: TuneResult, labels: str, stored) -> None:
+    """The tuned parameters become the store's decoder recommendation (segment's defaults)."""
+    import zarr
+
+    group = zarr.open_group(str(pred_path), mode="r+")
+    attrs = dict(group.attrs["blockseg"])
+    attrs["predictions"] = {**attrs["predictions"], "decoder": result.recommendation(labels, stored)}
+    group.attrs["blockseg"] = attrs
+    result.written = True
 
 
 def save_tuned_checkpoint(pred_path: str, out: str) -> str:
