@@ -45,7 +45,8 @@ def ceiling_block(image_path: str, out_path: str, shape, block, chunks, channels
     if checkpoint is None:
         outs = [data] * channels
     else:
-        from blockseg.models.base import normalise, read_checkpoint
+        from blockseg.models.base import normalise
+        from blockseg.models.checkpoint import read_checkpoint
         from blockseg.predict.engine import cached_model
         from blockseg.predict.infer import InferenceOptions, run_batch
         from blockseg.predict.kernels import quantise

@@ -71,7 +71,7 @@ _LAZY = {
     "run": ("blockseg.pipeline.workflow", "run"),
     "load_config": ("blockseg.pipeline.config", "load_config"),
     "parse_config": ("blockseg.pipeline.config", "parse_config"),
-    "load_train_config": ("blockseg.train.config", "load_config"),
+    "load_train_config": ("blockseg.pipeline.config", "load_train_config"),
     "label": ("blockseg.segment.components", "label"),
     "tune": ("blockseg.pipeline.tune", "tune_store"),
     "synthesize": ("blockseg.synth", "synthesize"),

@@ -7,9 +7,20 @@ exit code 2; library callers can catch it like any ``ValueError``.
 
 from __future__ import annotations
 
+import warnings
+
 
 class BlocksegError(ValueError):
     """A problem with the user's input, reported as one line, never a traceback."""
+
+
+class BlocksegWarning(UserWarning):
+    """A default that changes the result (e.g. a voxel size taken as 1 µm); one line in the CLI."""
+
+
+def warn(message: str) -> None:
+    """Emit a :class:`BlocksegWarning` (one line ``warning: ...`` in the CLI) for the caller's caller."""
+    warnings.warn(message, BlocksegWarning, stacklevel=3)
 
 
 #: pydantic's names of union members, which it puts into an error's location

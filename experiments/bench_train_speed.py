@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     from blockseg.train.losses import MultiLoss
     from blockseg.train import CropSampler, parse_config
     from blockseg.train.config import AugmentConfig
-    from blockseg.train.data import image_statistics
+    from blockseg.predict.normalise import image_statistics
     from blockseg.train.trainer import make_model
     from blockseg.train.training_data import import_pair
 

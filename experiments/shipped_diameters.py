@@ -44,7 +44,7 @@ def measure(synth_args: list[list[str]], tmp: Path) -> float:
 
 
 def main(argv=None) -> int:
-    from blockseg.models.base import read_checkpoint
+    from blockseg.models.checkpoint import read_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only compare the recorded values with fresh measurements")

@@ -312,7 +312,7 @@ def test_ctrl_c_during_predict_is_one_line_exit_130_and_the_rerun_resumes(tmp_pa
 
     from blockseg import create_volume
     from blockseg.models import demo_checkpoint_path
-    from blockseg.predict.engine import DONE_ARRAY
+    from blockseg.io.predictions import DONE_ARRAY
 
     rng = np.random.default_rng(0)
     shape = (16, 64, 96)  # six blocks: one done, then Ctrl-C

@@ -97,7 +97,8 @@ def test_plan_fresh_and_forced(tmp_path):
 
 
 def test_train_sections_of_paper_configs_load_for_blockseg_train():
-    from blockseg.train.config import load_config as load_train
+    from blockseg.pipeline.config import load_train_config as load_train
+    from blockseg.train.config import load_config as load_training_config
 
     z = load_train(CONFIGS / "nucmm_z.yaml")
     assert z.model.representations == ["B", "C", "D"] and z.optimizer.name == "sgd" and z.optimizer.lr == 0.02
@@ -107,6 +108,8 @@ def test_train_sections_of_paper_configs_load_for_blockseg_train():
     assert c.model.architecture == "valid_unet3d" and c.model.representations == ["3label", "cpv"]
     with pytest.raises(BlocksegError, match="train"):
         load_train(CONFIGS / "demo.yaml")  # a run config with nothing to train
+    with pytest.raises(BlocksegError, match="a run config .*blockseg.load_train_config"):
+        load_training_config(CONFIGS / "nucmm_z.yaml")  # the training schema alone: the run door is named
 
 
 def test_bad_train_section_names_the_key():

@@ -282,7 +282,7 @@ def test_export_model_of_a_shipped_checkpoint_validates_and_predicts_as_the_chec
     pytest.importorskip("bioimageio.spec")
     from bioimageio.spec import load_model_description
 
-    from blockseg.models.bioimageio import _blobs, export_package
+    from blockseg.models.bioimageio_export import _blobs, export_package
 
     rep = export_package("demo", tmp_path / "demo.zip")
     assert rep["status"] in ("valid-format", "passed")

@@ -17,7 +17,8 @@ import pytest
 import zarr
 
 from blockseg import BlocksegError
-from blockseg.io.formats import BlocksegWarning, split_selection, with_selection
+from blockseg.errors import BlocksegWarning
+from blockseg.io.selection import split_selection, with_selection
 from blockseg.io.volume import create_volume, import_volume, open_volume
 from blockseg.models import IdentityNet, save_checkpoint
 from blockseg.io.pyramid import downsample_block, level_factors, write_pyramid

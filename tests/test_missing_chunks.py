@@ -14,7 +14,7 @@ import zarr
 
 from blockseg.io.chunks import ENV, MissingChunkError, missing_keys, set_policy
 from blockseg.errors import BlocksegError
-from blockseg.io.formats import BlocksegWarning
+from blockseg.errors import BlocksegWarning
 from blockseg.io.volume import open_volume
 from blockseg.models import IdentityNet, save_checkpoint
 from blockseg_cli.main import main

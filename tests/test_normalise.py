@@ -10,7 +10,7 @@ import pytest
 import torch
 import zarr
 
-from blockseg.io.formats import BlocksegWarning
+from blockseg.errors import BlocksegWarning
 from blockseg.io.volume import create_volume
 from blockseg.models import TinyConvNet, demo_checkpoint_path, read_checkpoint, save_checkpoint
 from blockseg.predict.normalise import (

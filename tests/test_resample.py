@@ -91,7 +91,7 @@ def test_scale_option_resolution():
 def test_large_voxel_size_resampling_warns_that_it_assumes_the_training_nucleus_size(recwarn):
     """BBBC050 (1.75x0.8x0.8 µm, 17 µm nuclei) through a GoNuclear-trained network (0.28x0.13x0.13 µm,
     3 µm nuclei): voxel-size resampling alone makes the nuclei ~6x too large, so predict says so."""
-    from blockseg.io.formats import BlocksegWarning
+    from blockseg.errors import BlocksegWarning
 
     args = ((51, 120, 122), (1.75, 0.8, 0.8), "metadata", [0.284, 0.127, 0.127])
     s, _ = resolve_scale(None, *args, network_diameter=2.97)

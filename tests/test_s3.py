@@ -85,7 +85,7 @@ def on_s3(s3, tmp_path_factory):
 def test_predict_resume_segment_evaluate_on_s3(s3, on_s3):
     from blockseg.evaluate import evaluate, write_report
     from blockseg.predict import predict
-    from blockseg.predict.engine import DONE_ARRAY
+    from blockseg.io.predictions import DONE_ARRAY
     from blockseg.segment import make_decoder, segment
 
     d, ckpt = on_s3

@@ -55,7 +55,7 @@ def test_sigterm_to_the_job_mid_predict_then_the_rerun_resumes(tmp_path):
     import zarr
 
     from blockseg import create_volume
-    from blockseg.predict.engine import DONE_ARRAY
+    from blockseg.io.predictions import DONE_ARRAY
 
     rng = np.random.default_rng(0)
     shape = (16, 64, 96)  # six blocks: one done, then SIGTERM

@@ -19,7 +19,7 @@ import itertools
 import os
 from typing import Any, Iterator
 
-from ..errors import BlocksegError
+from ..errors import BlocksegError, warn
 
 #: environment variable holding the policy for missing chunks ("error", "fill" or "auto")
 ENV = "BLOCKSEG_MISSING_CHUNKS"
@@ -128,8 +128,6 @@ def check_complete(array, path: str, *, fixed: dict[int, int] | None = None, att
         Under the ``error`` policy, or ``auto`` for an image, when a chunk is missing.
     """
     import zarr
-
-    from .formats import warn
 
     if not isinstance(array, zarr.Array):
         return 0

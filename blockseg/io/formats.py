@@ -22,20 +22,16 @@ input (and the tasks that reopen it on workers) is one string (``docs/guide/form
 from __future__ import annotations
 
 import os
-import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import BlocksegError
+from ..errors import BlocksegError, warn
+from .chunks import check_complete
+from .safety import owned_kind, resolve, zarr_root
 from .storage import has_scheme
-
-#: selection keys a path fragment may carry (``PATH#level=1&channel=0``)
-SELECT_KEYS = ("level", "channel", "timepoint", "key")
-_FRAGMENT = re.compile(r"#((?:level|channel|timepoint|key)=[^&#]+(?:&(?:level|channel|timepoint|key)=[^&#]+)*)$")
 
 #: length units of NGFF axes (and OME-XML) in micrometres
 UNIT_UM = {
@@ -48,35 +44,6 @@ UNIT_UM = {
 FILE_SUFFIXES = (".npy", ".npz", ".tif", ".tiff", ".h5", ".hdf5", ".hdf")
 #: chunks reported for sources without chunking of their own (npy, npz, contiguous h5)
 VIRTUAL_CHUNKS = (64, 128, 128)
-
-
-class BlocksegWarning(UserWarning):
-    """A default that changes the result (e.g. a voxel size taken as 1 µm); one line in the CLI."""
-
-
-# ----------------------------------------------------------------------------- path fragments
-def split_selection(path: str) -> tuple[str, dict[str, Any]]:
-    """``"img.zarr#level=1&channel=0"`` -> ``("img.zarr", {"level": 1, "channel": 0})``."""
-    m = _FRAGMENT.search(path)
-    if not m:
-        return path, {}
-    sel: dict[str, Any] = {}
-    for part in m.group(1).split("&"):
-        k, v = part.split("=", 1)
-        if k == "key":
-            sel[k] = v
-        else:
-            try:
-                sel[k] = int(v)
-            except ValueError:
-                raise BlocksegError(f"{path}: {k} must be an integer index, got {v!r}") from None
-    return path[: m.start()], sel
-
-
-def with_selection(path: str, selection: dict[str, Any]) -> str:
-    """Inverse of :func:`split_selection` (no fragment when nothing is selected)."""
-    items = [f"{k}={selection[k]}" for k in SELECT_KEYS if selection.get(k) is not None]
-    return path + ("#" + "&".join(items) if items else "")
 
 
 # ----------------------------------------------------------------------------- a (z, y, x) view
@@ -300,9 +267,6 @@ def _open_level(group, path: str, name) -> Any:
 
 def _check_chunks(array, view, path: str, attrs: dict) -> None:
     """Missing chunks of a zarr input: refused or reported (:mod:`blockseg.io.chunks`)."""
-    from .chunks import check_complete
-    from .safety import owned_kind, resolve, zarr_root
-
     def owned() -> bool:
         where = resolve(path)
         return any(owned_kind(p) == "zarr" for p in {where, zarr_root(where)})
@@ -536,8 +500,3 @@ def _open_numpy(path, key, channel, timepoint) -> Source:
         raise BlocksegError(f"{path}: expected a 3D (z, y, x) array, got shape {data.shape}")
     view, sel = select_axes(data, axes, channel, timepoint, path, chunks=VIRTUAL_CHUNKS)
     return Source(view, vs, fmt, {**sel0, **sel}, [view.shape])
-
-
-def warn(message: str) -> None:
-    """Emit a :class:`BlocksegWarning` (one line ``warning: ...`` in the CLI)."""
-    warnings.warn(message, BlocksegWarning, stacklevel=3)

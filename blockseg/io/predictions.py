@@ -29,6 +29,8 @@ import zarr
 from ..errors import BlocksegError
 from .volume import Volume, _check_exists, create_volume, open_volume
 
+#: predict's per-block done-markers in a store: one uint8 per block, 1 once its core is final
+DONE_ARRAY = "_done"
 #: scaling kinds and the channel names that default to them
 KINDS = ("prob", "tanh", "raw")
 DEFAULT_KIND = {"D": "tanh", "sdt": "tanh", "cpv_z": "raw", "cpv_y": "raw", "cpv_x": "raw", "density": "raw"}
@@ -276,8 +278,6 @@ def read_metadata(path: str | os.PathLike) -> dict | None:
 
 def blocks_done(path: str | os.PathLike) -> tuple[int, int] | None:
     """``(done, total)`` of ``predict``'s per-block done-markers in a store (None without them)."""
-    from ..predict.engine import DONE_ARRAY
-
     try:
         markers = zarr.open_array(f"{str(path).rstrip('/')}/{DONE_ARRAY}", mode="r")[...]
     except Exception:  # a store written at once (save_predictions), or no markers yet

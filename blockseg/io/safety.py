@@ -32,6 +32,7 @@ from typing import Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import BlocksegError
+from .selection import split_selection
 from .storage import is_url
 
 #: files a folder of evaluation reports may hold (``blockseg evaluate --out``; ``run``'s evaluation/)
@@ -52,8 +53,6 @@ def resolve(path: str | os.PathLike) -> str:
     A selection fragment (``img.zarr#level=1&channel=0``, :mod:`blockseg.io.formats`) is dropped:
     the file is what counts.
     """
-    from .formats import split_selection
-
     path = split_selection(str(path))[0]
     if is_url(path):
         parts = urlsplit(path)
@@ -896,25 +895,54 @@ class CorruptChunkError(BlocksegError):
     """A stored chunk (or shard) that cannot be decoded; the message names array and key."""
 
 
-_INSTALLED = False
+#: the guard's state: how many guarded blocks run now, and zarr's own read while any does
+_GUARD = {"depth": 0, "original": None}
+_GUARD_LOCK = threading.Lock()
 
 
-def install_chunk_errors() -> None:
-    """Make zarr name the chunk it cannot decode: one line, ``ARRAY: chunk KEY ... (reason)``.
+@contextlib.contextmanager
+def chunk_errors() -> Iterator[None]:
+    """Within the block, a chunk zarr cannot decode raises :class:`CorruptChunkError`: one line,
+    ``ARRAY: chunk KEY ... (reason)``, instead of the codec's own error.
 
-    Wraps zarr's batched codec pipeline read: when decoding a batch fails, its chunks are
-    decoded one by one to find the culprit, and :class:`CorruptChunkError` is raised instead
-    of the codec's own error. Done once per process (the driver and every dask worker import
-    :mod:`blockseg.io.volume`, which calls this). Reading good chunks costs nothing extra.
+    zarr's batched codec pipeline read is wrapped while the block runs (when decoding a batch
+    fails, its chunks are decoded one by one to find the culprit) and restored when the last
+    guarded block of the process ends; importing blockseg changes nothing in zarr. Every block
+    task (:func:`blockseg.runtime.cluster.run_blocks`) and every CLI command runs in it. Reading
+    good chunks costs nothing extra.
     """
-    global _INSTALLED
-    if _INSTALLED:
-        return
+    _guard_enter()
     try:
-        from zarr.core.codec_pipeline import BatchedCodecPipeline
-    except ImportError:  # pragma: no cover - another zarr layout: keep zarr's own errors
-        return
-    original = BatchedCodecPipeline.read_batch
+        yield
+    finally:
+        _guard_exit()
+
+
+def _guard_enter() -> None:
+    with _GUARD_LOCK:
+        if _GUARD["depth"] == 0:
+            try:
+                from zarr.core.codec_pipeline import BatchedCodecPipeline
+            except ImportError:  # pragma: no cover - another zarr layout: keep zarr's own errors
+                BatchedCodecPipeline = None
+            if BatchedCodecPipeline is not None:
+                _GUARD["original"] = BatchedCodecPipeline.read_batch
+                BatchedCodecPipeline.read_batch = _named_read_batch(BatchedCodecPipeline.read_batch)
+        _GUARD["depth"] += 1
+
+
+def _guard_exit() -> None:
+    with _GUARD_LOCK:
+        _GUARD["depth"] -= 1
+        if _GUARD["depth"] == 0 and _GUARD["original"] is not None:
+            from zarr.core.codec_pipeline import BatchedCodecPipeline
+
+            BatchedCodecPipeline.read_batch = _GUARD["original"]
+            _GUARD["original"] = None
+
+
+def _named_read_batch(original):
+    """zarr's ``read_batch``, naming the chunk it cannot decode."""
 
     async def read_batch(self, batch_info, out, drop_axes=()):
         batch_info = list(batch_info)
@@ -933,8 +961,7 @@ def install_chunk_errors() -> None:
                     raise CorruptChunkError(_describe(byte_getter, one)) from None
             raise exc
 
-    BatchedCodecPipeline.read_batch = read_batch
-    _INSTALLED = True
+    return read_batch
 
 
 def _describe(byte_getter, exc: Exception) -> str:

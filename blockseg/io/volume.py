@@ -27,10 +27,8 @@ import zarr
 from ..errors import BlocksegError
 from ..grid import BlockGrid, write_unit
 from ..zyx import zyx
-from .safety import install_chunk_errors
 from .storage import is_url
 
-install_chunk_errors()  # a corrupt chunk reads as one line naming the array and chunk key
 
 NGFF_VERSION = "0.5"
 AXES = ("z", "y", "x")
@@ -101,7 +99,7 @@ class Volume:
     @property
     def ref(self) -> str:
         """The path with its selection as a fragment: reopens this exact view anywhere."""
-        from .formats import with_selection
+        from .selection import with_selection
 
         sel = {k: v for k, v in self.selection.items() if not (k in ("level", "channel", "timepoint") and v == 0)}
         return with_selection(self.path, sel)
@@ -152,7 +150,7 @@ class Volume:
 
 
 def _check_exists(path: str) -> None:
-    from .formats import split_selection
+    from .selection import split_selection
 
     path = split_selection(path)[0]
     if not is_url(path) and not os.path.exists(path):
@@ -212,7 +210,9 @@ def open_volume(
     >>> int(again[0, 0, 0]), int(again[0, 63, 63])
     (7, 0)
     """
-    from .formats import SELECT_KEYS, open_source, split_selection, warn
+    from ..errors import warn
+    from .formats import open_source
+    from .selection import SELECT_KEYS, split_selection
 
     path = str(path)
     bare, fragment = split_selection(path)
@@ -425,7 +425,7 @@ def import_volume(
 
     from .safety import prepare_output
 
-    from .formats import split_selection
+    from .selection import split_selection
 
     source, dest = str(source), str(dest)
     output = prepare_output(dest, [split_selection(source)[0]], overwrite)

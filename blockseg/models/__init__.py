@@ -7,11 +7,8 @@ from .base import (
     architectures,
     build_model,
     channels_of,
-    check_decoder_channels,
     kinds_of,
-    load_checkpoint,
     normalise,
-    read_checkpoint,
     register_architecture,
     save_checkpoint,
 )
@@ -20,6 +17,7 @@ from .tiny import TinyConvNet
 from .plain import JointDetSegNet, ValidUNet3D
 from .unet import ResUNet3D
 from .foreign import ForeignNet, describe as describe_foreign, is_foreign
+from .checkpoint import check_decoder_channels, load_checkpoint, read_checkpoint
 
 
 from ..checkpoints import SHIPPED_CHECKPOINTS

@@ -239,17 +239,14 @@ def save_checkpoint(path, model: BlocksegNet, **metadata) -> None:
     torch.save(payload, str(path))
 
 
-def read_checkpoint(path) -> dict:
-    """Load and validate a checkpoint payload (no network built)."""
+def read_native_checkpoint(path) -> dict:
+    """Load and validate a blockseg checkpoint's payload (no network built); any network file:
+    :func:`blockseg.models.checkpoint.read_checkpoint`."""
     import os
 
     path = str(path)
     if not os.path.exists(path):
         raise BlocksegError(f"checkpoint {path} does not exist")
-    from .foreign import describe, is_foreign
-
-    if is_foreign(path):  # a TorchScript / ONNX network with its sidecar (blockseg.models.foreign)
-        return describe(path).payload()
     from ..io.untrusted import load_plain
 
     payload = load_plain(path, "blockseg checkpoint")  # tensors and plain data only: nothing in it can run
@@ -262,54 +259,16 @@ def read_checkpoint(path) -> dict:
     return payload
 
 
-def load_checkpoint(path, device: str | torch.device = "cpu") -> tuple[BlocksegNet, dict]:
-    """Rebuild a network from a checkpoint; return ``(model in eval mode on device, payload)``.
-
-    A TorchScript or ONNX network with its sidecar loads as a
-    :class:`blockseg.models.foreign.ForeignNet`."""
-    from .foreign import is_foreign, load_foreign
-
-    if is_foreign(path):
-        return load_foreign(path, device)
-    payload = read_checkpoint(path)
+def load_native_checkpoint(path, device: str | torch.device = "cpu") -> tuple[BlocksegNet, dict]:
+    """Rebuild a network from a blockseg checkpoint; return ``(model in eval mode on device,
+    payload)``; any network file: :func:`blockseg.models.checkpoint.load_checkpoint`."""
+    payload = read_native_checkpoint(path)
     model = build_model(payload["architecture"], **payload["config"])
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:
         raise BlocksegError(f"{path}: weights do not fit architecture {payload['architecture']!r}: {str(e).splitlines()[0]}") from None
     return model.to(device).eval(), payload
-
-
-def check_decoder_channels(source, decoder) -> None:
-    """Refuse a decoder that reads channels a network (or checkpoint) does not produce.
-
-    Parameters
-    ----------
-    source : BlocksegNet, checkpoint payload dict, checkpoint path, or sequence of channel names
-    decoder : blockseg.segment.Decoder (anything with a ``channels`` tuple and a ``name``)
-
-    Raises
-    ------
-    BlocksegError
-        One line naming the missing channels and the representations that would provide them.
-    """
-    import os
-
-    if isinstance(source, BlocksegNet):
-        channels = source.channels
-    elif isinstance(source, dict):
-        channels = channels_of(source["representations"])
-    elif isinstance(source, (str, os.PathLike)):
-        channels = channels_of(read_checkpoint(source)["representations"])
-    else:
-        channels = tuple(source)
-    missing = [c for c in decoder.channels if c not in channels]
-    if missing:
-        need = sorted({r for r, (chs, _) in REPRESENTATIONS.items() if set(chs) & set(missing)})
-        raise BlocksegError(
-            f"decoder {decoder.name!r} needs channel(s) {missing} (representations {need}); "
-            f"the network predicts {list(channels)}"
-        )
 
 
 def normalise(image, normalisation: dict | None):

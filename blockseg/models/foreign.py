@@ -20,7 +20,6 @@ section *Networks blockseg did not build: the sidecar*.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 import zipfile
@@ -34,17 +33,14 @@ from ..errors import BlocksegError
 from ..io.storage import has_scheme
 from ..zyx import zyx
 from .base import REPRESENTATIONS, BlocksegNet, Geometry, register_architecture
+from .sidecar import SIDECAR_SUFFIXES, find_sidecar, read_sidecar
 
-SIDECAR_SUFFIXES = (".yaml", ".yml", ".json")
 FORMATS = ("torchscript", "onnx")
 #: extra names accepted for single channels
 ALIASES = {"foreground": "B", "contour": "C", "distance": "D", "background": "P_bg", "interior": "P_interior"}
 IGNORE = ("ignore", "-", "none")
 #: channel name -> representation
 CHANNEL_REPRESENTATION = {c: r for r, (chs, _) in REPRESENTATIONS.items() for c in chs}
-#: sidecar keys this module reads
-KNOWN_KEYS = {"outputs", "activation", "patch", "margin", "crop", "halo", "divisor", "normalisation", "normalization",
-              "voxel_size", "nucleus_diameter_um", "decoder", "weights", "format", "name", "description"}  # fmt: skip
 #: relative change of an output that counts as a response in the receptive-field probe
 PROBE_TOLERANCE = 1e-6
 #: hint added to every refusal: where the sidecar goes
@@ -80,14 +76,6 @@ def is_foreign(path) -> bool:
     return _is_torchscript_zip(p)
 
 
-def _find_sidecar(weights: str) -> str | None:
-    stem = os.path.splitext(weights)[0]
-    for s in SIDECAR_SUFFIXES:
-        if os.path.isfile(stem + s):
-            return stem + s
-    return None
-
-
 def _find_weights(sidecar: str, spec: dict) -> str:
     base = os.path.dirname(os.path.abspath(sidecar))
     if spec.get("weights"):
@@ -100,28 +88,6 @@ def _find_weights(sidecar: str, spec: dict) -> str:
         if os.path.isfile(stem + s):
             return stem + s
     raise BlocksegError(f"{sidecar}: no network beside it ({os.path.basename(stem)}.pt / .onnx); add 'weights: FILE' to it")
-
-
-def _read_sidecar(path: str) -> dict:
-    try:
-        with open(path) as f:
-            text = f.read()
-        if path.lower().endswith(".json"):
-            spec = json.loads(text)
-        else:
-            import yaml
-
-            spec = yaml.safe_load(text)
-    except (OSError, ValueError) as e:
-        raise BlocksegError(f"{path}: cannot read the sidecar ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    except Exception as e:  # yaml.YAMLError
-        raise BlocksegError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(spec, dict):
-        raise BlocksegError(f"{path}: the sidecar must be a mapping of keys (outputs, patch, margin, normalisation...)")
-    unknown = sorted(set(spec) - KNOWN_KEYS)
-    if unknown:
-        raise BlocksegError(f"{path}: unknown sidecar key(s) {unknown}; known: {sorted(KNOWN_KEYS - {'normalization'})}")
-    return spec
 
 
 def _digest(*paths: str) -> str:
@@ -481,9 +447,9 @@ def describe(path, sidecar: str | None = None) -> ForeignModel:
         weights, sidecar = p, os.path.abspath(str(sidecar))
     elif p.lower().endswith(SIDECAR_SUFFIXES):
         sidecar = p
-        weights = _find_weights(sidecar, _read_sidecar(sidecar))
+        weights = _find_weights(sidecar, read_sidecar(sidecar))
     else:
-        weights, sidecar = p, _find_sidecar(p)
+        weights, sidecar = p, find_sidecar(p)
         if sidecar is None:
             stem = os.path.splitext(os.path.basename(p))[0]
             raise BlocksegError(f"{path}: a {('ONNX' if p.lower().endswith('.onnx') else 'TorchScript')} network needs a sidecar "
@@ -503,7 +469,7 @@ def _describe_package(p: str) -> ForeignModel:
 
     rdf_or_self = p if os.path.isfile(p) else next((os.path.join(p, n) for n in ("rdf.yaml", "bioimageio.yaml")
                                                     if os.path.isfile(os.path.join(p, n))), p)  # fmt: skip
-    side = _find_sidecar(p) if os.path.isfile(p) and not p.lower().endswith(SIDECAR_SUFFIXES) else None
+    side = find_sidecar(p) if os.path.isfile(p) and not p.lower().endswith(SIDECAR_SUFFIXES) else None
     key = ("package", p, os.path.getmtime(rdf_or_self), os.path.getmtime(side) if side else None)
     if key in _DESCRIBED:
         return _DESCRIBED[key]
@@ -517,7 +483,7 @@ def _describe(weights: str, sidecar: str, spec: dict | None = None, origins: dic
               extra: Sequence[str] = ()) -> ForeignModel:  # fmt: skip
     """A :class:`ForeignModel` from its weights and sidecar (or a package's derived ``spec``,
     whose items came from ``origins[key]``: "package" or "sidecar")."""
-    spec = _read_sidecar(sidecar) if spec is None else dict(spec)
+    spec = read_sidecar(sidecar) if spec is None else dict(spec)
     where = package or sidecar
     sources, notes = {}, {}
     sigmoid_only = spec.pop("_sigmoid", False)  # a package's sigmoid postprocessing

@@ -21,11 +21,11 @@ from __future__ import annotations
 import os
 from typing import Any, Literal, Optional, Union
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..checkpoints import SHIPPED_CHECKPOINTS
 from ..defaults import DEFAULT_BATCH_SIZE
+from ..configfile import load_yaml
 from ..errors import BlocksegError, describe_validation_error
 from ..options import Block, Halo, Shape, VoxelSize
 from ..options import Strict as _Strict
@@ -305,49 +305,21 @@ def parse_config(raw: Any, source: str = "config", base_dir: str | None = None) 
         raise BlocksegError(f"{source}: config key {describe_validation_error(e)}") from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml's safe loader, refusing a key given twice in one mapping (yaml keeps the last one
-    silently: a config would run with a value the user did not see)."""
+def load_train_config(path: str | os.PathLike):
+    """A training config (:class:`blockseg.train.config.TrainConfig`) from a YAML file: a training
+    config itself, or a run config's ``train:`` section (paths anchored at the run config's folder)."""
+    from ..train.config import load_config as load_training, parse_config as parse_training
 
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # << merges: explicit keys may override them
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node.start_mark.line + 1)
-                except TypeError:  # an unhashable key: yaml itself refuses it
-                    continue
-                if first != key_node.start_mark.line + 1:
-                    raise DuplicateKeyError(key, first, key_node.start_mark.line + 1)
-        return super().construct_mapping(node, deep)
-
-
-class DuplicateKeyError(yaml.YAMLError):
-    """A key given twice in one YAML mapping."""
-
-    def __init__(self, key, first: int, again: int):
-        super().__init__(f"key {key!r} given twice")
-        self.key, self.first, self.again = key, first, again
-
-
-def load_yaml(text: str, path: str) -> Any:
-    """Parse a YAML config file's text; one-line :class:`BlocksegError` for bad YAML and for a key
-    given twice in one mapping (naming the key and both lines)."""
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except DuplicateKeyError as e:
-        raise BlocksegError(
-            f"{path}: line {e.again}: key {e.key!r} is given twice (first on line {e.first}); YAML would keep only "
-            "the last one silently: remove one"
-        ) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None)  # e.g. a !!python/... tag: only plain data is read, never objects
-        raise BlocksegError(f"{path}: not valid YAML{where}{f' ({problem})' if problem else ''}") from None
+    if not os.path.isfile(path):
+        raise BlocksegError(f"training config {path} does not exist")
+    with open(path) as f:
+        data = load_yaml(f.read(), str(path))
+    if not (isinstance(data, dict) and "run_dir" in data):
+        return load_training(path)
+    section = load_config(path).train
+    if section is None:
+        raise BlocksegError(f"{path}: a run config without a `train:` section; nothing to train")
+    return parse_training(section)
 
 
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunConfig:

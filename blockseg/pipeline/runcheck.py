@@ -12,6 +12,7 @@ import math
 import os
 
 from .config import RunConfig
+from .layout import RunLayout, checkpoint_path, segment_decoder
 from ..errors import BlocksegError
 from ..zyx import zyx
 from ..io.storage import has_scheme
@@ -28,7 +29,7 @@ def planned_image(cfg: RunConfig, image_path: str) -> tuple[tuple[int, ...], tup
     ----------
     cfg : RunConfig
     image_path : str
-        Where the run reads the image (:class:`blockseg.pipeline.workflow.RunLayout` ``image``).
+        Where the run reads the image (:class:`blockseg.pipeline.layout.RunLayout` ``image``).
     """
     from ..io.volume import DEFAULT_CHUNKS, open_volume
 
@@ -113,8 +114,6 @@ def check_run(cfg: RunConfig, payload: dict | None = None) -> tuple[tuple[int, .
     docstring. ``payload``: the checkpoint (:func:`blockseg.models.read_checkpoint`), to check
     the predict section against the network too. Returns the planned image's shape and write
     unit."""
-    from .workflow import RunLayout
-
     if payload is not None:
         check_predict(cfg, payload)
     layout = RunLayout.of(cfg)
@@ -175,7 +174,6 @@ def check_config(cfg: RunConfig):
         The segment stage's decoder, with the source of each parameter.
     """
     from ..models import check_decoder_channels, read_checkpoint
-    from .workflow import checkpoint_path, segment_decoder
 
     payload = read_checkpoint(checkpoint_path(cfg))
     choice = segment_decoder(cfg, payload)

@@ -98,10 +98,10 @@ def kind_of(path: str) -> str:
 
 def _is_sidecar(path: str) -> bool:
     """Whether a YAML / JSON file is a foreign network's sidecar (it names the network's outputs)."""
-    from ..models.foreign import _read_sidecar
+    from ..models.sidecar import read_sidecar
 
     try:
-        return "outputs" in _read_sidecar(path)
+        return "outputs" in read_sidecar(path)
     except BlocksegError:
         return False
 
@@ -260,7 +260,7 @@ def predictions_summary(path: str) -> dict:
     run = attrs.get("run") or {}
     done = None
     try:
-        from ..predict.engine import DONE_ARRAY
+        from ..io.predictions import DONE_ARRAY
 
         markers = zarr.open_array(f"{path.rstrip('/')}/{DONE_ARRAY}", mode="r")[...]
         done = [int(markers.sum()), int(markers.size)]

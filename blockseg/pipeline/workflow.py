@@ -32,6 +32,7 @@ import numpy as np
 
 from ..checkpoints import SHIPPED_CHECKPOINTS
 from .config import STAGES, RunConfig
+from .layout import RunLayout, checkpoint_path, is_zarr, segment_decoder
 from ..errors import BlocksegError
 from ..io.storage import has_scheme
 from ..io.tables import read_table
@@ -52,65 +53,6 @@ DEMO_CONFIG: dict = {
 }
 
 
-def _is_zarr(path: str) -> bool:
-    return path.rstrip("/").endswith(".zarr") or os.path.isdir(path)
-
-
-def _inside(path: str, root: str) -> bool:
-    path, root = os.path.abspath(path), os.path.abspath(root)
-    return os.path.commonpath([path, root]) == root
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """Where every input and output of a run lives (derived from the config alone)."""
-
-    root: str
-    image: str
-    ground_truth: str | None
-    mask: str | None
-    predictions: str
-    labels: str
-    evaluation: str
-
-    @property
-    def stages_dir(self) -> str:
-        return os.path.join(self.root, "stages")
-
-    def stage_record(self, stage: str) -> str:
-        return os.path.join(self.stages_dir, f"{stage}.json")
-
-    @classmethod
-    def of(cls, cfg: RunConfig) -> "RunLayout":
-        root = os.path.abspath(cfg.run_dir)
-        d = cfg.data
-        if d.synth is not None or not _is_zarr(d.image):
-            image = os.path.join(root, "image.zarr")
-        else:  # read in place; a chosen level / channel / timepoint rides on the path
-            from ..io.formats import with_selection
-
-            image = with_selection(d.image, {"level": d.level, "channel": d.channel, "timepoint": d.timepoint})
-        if d.synth is not None:
-            gt = f"{image}/labels/nuclei"
-            mask = f"{image}/labels/valid" if d.synth.mask else None
-        else:
-            gt = d.ground_truth if d.ground_truth is None or _is_zarr(d.ground_truth) else os.path.join(root, "ground_truth.zarr")
-            mask = d.mask if d.mask is None or _is_zarr(d.mask) else os.path.join(root, "mask.zarr")
-        # the segmentation becomes a label image of the image only when the run made the image
-        # itself (synthesised or imported into run_dir): never written into the user's zarr
-        own_image = d.synth is not None or image != d.image
-        labels = f"{image}/labels/blockseg" if own_image and _inside(image, root) else os.path.join(root, "segmentation.zarr")
-        return cls(
-            root=root,
-            image=image,
-            ground_truth=gt,
-            mask=mask,
-            predictions=os.path.join(root, "predictions.zarr"),
-            labels=labels,
-            evaluation=os.path.join(root, "evaluation"),
-        )
-
-
 @dataclass
 class RunResult:
     """What :func:`run` did: layout, per-stage records, evaluation summary (if evaluated)."""
@@ -122,14 +64,6 @@ class RunResult:
     @property
     def ran(self) -> list[str]:
         return [s for s, r in self.stages.items() if r.get("action") in ("run", "resume")]
-
-
-# ------------------------------------------------------------------------------ checkpoint
-def checkpoint_path(cfg: RunConfig) -> str:
-    """The checkpoint file of a config (a name of :data:`blockseg.checkpoints.SHIPPED_CHECKPOINTS` for a shipped one)."""
-    from ..models import resolve_checkpoint
-
-    return resolve_checkpoint(cfg.model.checkpoint)
 
 
 # ------------------------------------------------------------------------------ fingerprints
@@ -222,7 +156,7 @@ def _stage_data(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict
         return {"synth": summary.to_dict()}
     out = {}
     img = None
-    if not _is_zarr(d.image):
+    if not is_zarr(d.image):
         img = import_volume(d.image, layout.image, d.voxel_size, d.image_key, d.chunks, overwrite=True, level=d.level,
                             channel=d.channel, timepoint=d.timepoint, pyramid_levels=d.pyramid_levels)  # fmt: skip
         out["imported_image"] = layout.image
@@ -278,7 +212,7 @@ def _has_done_markers(predictions: str) -> bool:
     """Whether a prediction store has predict's per-block done-markers."""
     import zarr
 
-    from ..predict.engine import DONE_ARRAY
+    from ..io.predictions import DONE_ARRAY
 
     try:
         zarr.open_array(f"{predictions.rstrip('/')}/{DONE_ARRAY}", mode="r")
@@ -316,27 +250,6 @@ def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         register_label(layout.image, os.path.basename(layout.labels))
     # its "decoder": name, parameters and where each came from
     return {**report.to_dict(), **({"tuning": tuning} if tuning else {})}
-
-
-def segment_decoder(cfg: RunConfig, payload: dict | None = None, stored: dict | None = None):
-    """The run's decoder: the checkpoint's tuned recommendation (when it is for
-    ``segment.decoder``), or ``segment.preset``, with ``segment.params`` over it, parameter by
-    parameter (:func:`blockseg.segment.params.choose_decoder`).
-
-    ``payload``: the checkpoint, if already read. ``stored``: the recommendation as the
-    prediction store carries it (sizes rescaled when predict resampled), used instead of the
-    checkpoint's own.
-    """
-    from ..models import read_checkpoint
-    from ..segment.params import checkpoint_decoder, choose_decoder
-
-    s = cfg.segment
-    if stored is None:
-        path = checkpoint_path(cfg)
-        payload = read_checkpoint(path) if payload is None else payload
-        stored = checkpoint_decoder(payload, path)
-    label = "segment.tune" if (stored or {}).get("from") == "tuned" else "checkpoint"
-    return choose_decoder(s.decoder, s.preset, s.params, stored, stored_label=label, user_label="config")
 
 
 def _stage_evaluate(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict:
@@ -507,7 +420,7 @@ def run(
         stack.enter_context(output_lock(layout.root))
         if client is None and work:  # checked (workers, paths, versions) before run_dir is made
             # what tasks read (files in other formats are imported by this process)
-            inputs = [p for p in (*run_inputs(cfg), checkpoint_path(cfg)) if p and p != "demo" and _is_zarr(p)]
+            inputs = [p for p in (*run_inputs(cfg), checkpoint_path(cfg)) if p and p != "demo" and is_zarr(p)]
             inputs.append(checkpoint_path(cfg))
             client = stack.enter_context(
                 dask_client(cluster or _cluster_config(cfg), quiet=True, inputs=inputs, outputs=[layout.root])

@@ -37,8 +37,9 @@ from ..faults import fault_point
 from ..grid import BlockGrid, BlockTask, default_block_shape
 from ..io.storage import is_url
 from ..io.volume import open_volume
-from ..models.base import BlocksegNet, build_model, load_checkpoint, normalise, read_checkpoint
-from ..io.predictions import create_predictions, describe_dtypes, encode_channel, mark_complete, plan_store
+from ..models.base import BlocksegNet, build_model, normalise
+from ..models.checkpoint import load_checkpoint, read_checkpoint
+from ..io.predictions import DONE_ARRAY, create_predictions, describe_dtypes, encode_channel, mark_complete, plan_store
 from ..provenance import file_digest
 from ..zyx import zyx
 from .kernels import quantise
@@ -53,9 +54,9 @@ from .infer import (
 )
 from .lattice import Lattice, read_reflected, resolve_overlap
 from .patch import PatchChoice, choose_patch, patch_memory
+from .resample import Scaling, net_region, predict_core_scaled, resolve_scale
 from ..io.safety import aborts_on_error
 
-DONE_ARRAY = "_done"
 PASS1_ARRAY = "_pass1"
 PARTIAL_GROUP = "_partial"
 #: the scratch (partial sums and held values): one row of bytes per block (scratch_pieces)
@@ -573,6 +574,42 @@ def finish_block(job: BlockJob, block_id: int) -> dict:
     return {"block": block_id, "seconds": time.perf_counter() - t0, "sources": len(sources)}
 
 
+# ---------------------------------------------------------------------------- resampled blocks
+def scaled_layouts(lattice, grid) -> dict:
+    """Per block, a :class:`BlockLayout` of its resampled work (no strips:
+    a block computes every tile it needs, its whole core is final after one pass)."""
+    layouts = {}
+    shape = grid.shape
+    for b in grid:
+        region = net_region(b.core, shape, lattice.shape)
+        layouts[b.id] = BlockLayout(lattice.tiles_for(region), region, tuple(b.core), [])
+    return layouts
+
+
+def predict_block_scaled(job, block_id: int) -> dict:
+    """The resampled counterpart of :func:`predict_block`: one pass,
+    writes the block's whole core and sets its done-marker."""
+    t0 = time.perf_counter()
+    device, model, lattice, block, image, norm = task_context(job, block_id)
+    scaling = Scaling(tuple(job.scale), tuple(job.shape), tuple(job.net_shape), "")  # type: ignore[arg-type]
+    is_float = np.dtype(image.dtype).kind == "f"
+
+    def read_image(box):
+        raw = np.asarray(image[box])
+        if is_float and not np.isfinite(raw).all():
+            raise BlocksegError(f"{job.image_path}: NaN or infinite values in block {block_id}; clean the image first")
+        return raw
+
+    options = InferenceOptions(job.batch_size, device, job.tta, job.mc_samples, job.amp)
+    values = predict_core_scaled(model, read_image, lattice, block.core, scaling, job.channels, norm, options, job.prefetch)
+    t1 = time.perf_counter()
+    _write_channels(job, values, block.core)
+    _set_marker(job, DONE_ARRAY, block.index)
+    region = net_region(block.core, job.shape, job.net_shape)
+    return {"block": block_id, "patches": math.prod(len(r) for r in lattice.tiles_for(region)),
+            "seconds": time.perf_counter() - t0, "read_s": 0.0, "write_s": time.perf_counter() - t1}  # fmt: skip
+
+
 # ---------------------------------------------------------------------------- planning
 @dataclass
 class PredictPlan:
@@ -1052,7 +1089,6 @@ def _prepare(image_path: str, checkpoint, out_path: str, options: _Options, clie
     markers of the run it resumes; costly geometry is refused (warned about in a dry run)."""
     from ..runtime.costs import chunk_cost, empty_image_cost, settle
     from .normalise import resolve_volume
-    from .resample import resolve_scale
     from ..io.safety import prepare_output
 
     checkpoint, payload, model = _validate_inputs(checkpoint, options)
@@ -1115,8 +1151,6 @@ def _block_grid(vol, options: _Options) -> BlockGrid:
 
 def _lattice_layouts(model, grid: BlockGrid, scaling, options: _Options, n_channels: int, out_path: str):
     """``(patch choice, lattice, {block id: layout})``: the tiles each block owns."""
-    from .resample import net_region, scaled_layouts
-
     net_shape = scaling.net_shape if scaling else grid.shape
     regions = None
     if scaling:  # the ranges of the network's grid the blocks along each axis need
@@ -1283,8 +1317,6 @@ def block_tasks(job: BlockJob, layouts: dict, done: np.ndarray, pass1: np.ndarra
     done when its pass-1 marker is set) and pass 2 (``"predict-strips"``, done when its
     done-marker is; only blocks with strips to sum). Both write the block's core; pass 1
     reads the input its own tiles need (within the lattice's halo around the core)."""
-    from .resample import predict_block_scaled
-
     grid, halo = job.grid, _job_lattice(job).halo()
     if job.scale:  # the lattice is on the network's grid: its halo in image voxels
         halo = tuple(math.ceil(h / f) for h, f in zip(halo, job.scale))
@@ -1352,7 +1384,7 @@ def check_scratch_space(out_path: str, scratch_bytes: int, store_bytes: int) -> 
             f"values blocks exchange, uncompressed, deleted at the end); {parent} has {free / gib:.1f} GiB free"
         )
     if free < scratch_bytes + store_bytes:
-        from ..io.formats import warn
+        from ..errors import warn
 
         warn(f"{parent} has {free / gib:.1f} GiB free: enough for predict's {scratch_bytes / gib:.1f} GiB of scratch, not for "
              f"the output uncompressed ({store_bytes / gib:.1f} GiB); compression decides whether it fits")  # fmt: skip

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import BlocksegError
+from ..io.volume import open_volume
 
 PERCENTILE = "percentile"
 FIXED = "fixed"
@@ -203,10 +204,28 @@ def array_statistics(
 
 
 def _path_box_histogram(path: str, boxes: list, step: int, index: int):
-    from ..io.volume import open_volume
-
     box = boxes[index]
     return box_histogram(np.asarray(open_volume(path).array[box]), [s.start for s in box], step)
+
+
+def image_statistics(paths: Sequence[str], max_voxels: int = 2**24) -> dict:
+    """Global ``{"offset": mean, "scale": std}`` of the training images (a strided sample).
+
+    Computed once before training and stored in the checkpoint, so inference applies the same
+    affine map to every block.
+    """
+    total, total2, n = 0.0, 0.0, 0
+    for p in paths:
+        v = open_volume(p)
+        size = int(np.prod(v.shape))
+        step = max(1, int(np.ceil((size / max_voxels) ** (1 / 3))))
+        a = np.asarray(v.array[::step, ::step, ::step], dtype=np.float64)
+        total += a.sum()
+        total2 += (a * a).sum()
+        n += a.size
+    mean = total / n
+    std = float(np.sqrt(max(total2 / n - mean * mean, 0.0)))
+    return {"offset": float(mean), "scale": float(std if std > 0 else 1.0), "method": "mean_std"}
 
 
 def volume_statistics(
@@ -224,8 +243,6 @@ def volume_statistics(
     """
     from ..runtime.cluster import run_blocks
     from ..grid import default_block_shape
-    from ..io.volume import open_volume
-
     vol = open_volume(path)
     shape = vol.shape
     step = sample_step(shape, max_samples)
@@ -353,7 +370,7 @@ def check_input(resolved: Resolved, meta: dict | None, name: str = "the image", 
         if abs(mean - off) > 3 * sc or not sc / 3 <= std <= 3 * sc:
             msgs.append(f"{name}: intensities (mean {mean:.6g}, s.d. {std:.6g}) are far from the training data's (mean {off:.6g}, "
                         f"s.d. {sc:.6g}) and this checkpoint normalises in raw units; results may be poor")  # fmt: skip
-    from ..io.formats import BlocksegWarning
+    from ..errors import BlocksegWarning
 
     for m in msgs:
         warnings.warn(m, BlocksegWarning, stacklevel=2)
@@ -413,8 +430,6 @@ def training_normalisation(setting, paths: Sequence[str]) -> tuple[dict, list[di
         stats = [volume_statistics(p, low, high) for p in paths]
         return percentile_metadata(stats), [s.affine() for s in stats]
     if setting == "mean_std":
-        from ..train.data import image_statistics
-
         meta = image_statistics(paths)
     else:
         meta = dict(setting)

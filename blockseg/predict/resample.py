@@ -16,7 +16,6 @@ The grids, what a block reads and why it is exact: ``docs/api/predict.md``, sect
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -161,7 +160,7 @@ def resolve_scale(
         factors = tuple(float(a) / float(b) for a, b in zip(image_voxel_size, network_voxel_size))
         mean = math.prod(factors) ** (1 / 3)
         if network_diameter and not 1 / SIZE_WARN_FACTOR <= mean <= SIZE_WARN_FACTOR:
-            from ..io.formats import warn
+            from ..errors import warn
 
             warn(f"resampling by {mean:.2g}x to the checkpoint's voxel size assumes nuclei about {float(network_diameter):.3g} µm "
                  "across, as in its training data; if this image's differ, give --diameter (their typical size in µm)")  # fmt: skip
@@ -296,47 +295,6 @@ def predict_core_scaled(model, read_image, lattice, core, scaling: Scaling, chan
 
     out = interpolate_box(read_acc, [s.start for s in core], [s.stop for s in core], scaling.net_shape, scaling.shape, lead=1)
     return out * channel_factors(channels, scaling.factors)[:, None, None, None]
-
-
-def scaled_layouts(lattice, grid) -> dict:
-    """Per block, a :class:`blockseg.predict.engine.BlockLayout` of its resampled work (no strips:
-    a block computes every tile it needs, its whole core is final after one pass)."""
-    from .engine import BlockLayout
-
-    layouts = {}
-    shape = grid.shape
-    for b in grid:
-        region = net_region(b.core, shape, lattice.shape)
-        layouts[b.id] = BlockLayout(lattice.tiles_for(region), region, tuple(b.core), [])
-    return layouts
-
-
-# ---------------------------------------------------------------------------- entry points
-def predict_block_scaled(job, block_id: int) -> dict:
-    """The resampled counterpart of :func:`blockseg.predict.engine.predict_block`: one pass,
-    writes the block's whole core and sets its done-marker."""
-    from .engine import DONE_ARRAY, _set_marker, _write_channels, task_context
-    from .infer import InferenceOptions
-
-    t0 = time.perf_counter()
-    device, model, lattice, block, image, norm = task_context(job, block_id)
-    scaling = Scaling(tuple(job.scale), tuple(job.shape), tuple(job.net_shape), "")  # type: ignore[arg-type]
-    is_float = np.dtype(image.dtype).kind == "f"
-
-    def read_image(box):
-        raw = np.asarray(image[box])
-        if is_float and not np.isfinite(raw).all():
-            raise BlocksegError(f"{job.image_path}: NaN or infinite values in block {block_id}; clean the image first")
-        return raw
-
-    options = InferenceOptions(job.batch_size, device, job.tta, job.mc_samples, job.amp)
-    values = predict_core_scaled(model, read_image, lattice, block.core, scaling, job.channels, norm, options, job.prefetch)
-    t1 = time.perf_counter()
-    _write_channels(job, values, block.core)
-    _set_marker(job, DONE_ARRAY, block.index)
-    region = net_region(block.core, job.shape, job.net_shape)
-    return {"block": block_id, "patches": math.prod(len(r) for r in lattice.tiles_for(region)),
-            "seconds": time.perf_counter() - t0, "read_s": 0.0, "write_s": time.perf_counter() - t1}  # fmt: skip
 
 
 def predict_array_scaled(

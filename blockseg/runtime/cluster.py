@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import psutil
 
 from ..errors import BlocksegError
+from ..io.safety import chunk_errors
+from .costs import format_bytes, settle, task_cost
 
 if TYPE_CHECKING:  # annotations only
     import distributed
@@ -90,15 +92,6 @@ MAX_MEMORY_RESTARTS = 2
 #: seconds every worker may stay paused (over dask's pause fraction of its memory limit) before the
 #: stage ends: a paused worker takes no new task, so the run would wait forever
 PAUSED_SECONDS = 60.0
-
-
-def format_bytes(n: float) -> str:
-    """``1536 * 2**20`` -> ``1.5 GiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f}".removesuffix(".0") + f" {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def parse_memory_limit(value, option: str = "--memory-limit") -> str | int:
@@ -423,7 +416,6 @@ def run_blocks(
         ``blockseg_worker`` attributes (:func:`task_failure` makes one line of it); the other
         tasks are cancelled. KeyboardInterrupt cancels them too.
     """
-    from .costs import settle, task_cost
     from .progress import block_progress
 
     ids = [int(b) for b in block_ids]
@@ -638,9 +630,11 @@ def run_task(task, block_ids: Iterable[int] | None = None, client=None, progress
 
 
 def _named_task(func: Callable[[int], Any], name: str, block_id: int) -> Any:
-    """``func(block_id)`` on a worker; an exception leaves with the task and the worker named."""
+    """``func(block_id)`` on a worker; an exception leaves with the task and the worker named, a
+    chunk zarr cannot decode with the array and key named (:func:`blockseg.io.safety.chunk_errors`)."""
     try:
-        return func(block_id)
+        with chunk_errors():
+            return func(block_id)
     except Exception as exc:
         try:
             from distributed import get_worker

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from ..errors import BlocksegError
+from ..errors import BlocksegError, warn
 
 #: chunks smaller than this (bytes), in a volume of more than MANY_CHUNKS chunks, are warned about
 SMALL_CHUNK_BYTES = 256 * 2**10
@@ -56,10 +56,13 @@ def _shape(shape: Sequence[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
-def _bytes(n: float) -> str:
-    from .cluster import format_bytes
-
-    return format_bytes(n)
+def format_bytes(n: float) -> str:
+    """``1536 * 2**20`` -> ``1.5 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f}".removesuffix(".0") + f" {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
 
 
 def chunk_cost(shape: Sequence[int], chunks: Sequence[int], itemsize: int, what: str = "the volume") -> Cost | None:
@@ -71,7 +74,7 @@ def chunk_cost(shape: Sequence[int], chunks: Sequence[int], itemsize: int, what:
         return None
     refuse = size < TINY_CHUNK_BYTES
     return Cost(
-        f"{what}: chunks of {_shape(chunks)} voxels ({_bytes(size)} each) make {n_chunks:,} chunk files for "
+        f"{what}: chunks of {_shape(chunks)} voxels ({format_bytes(size)} each) make {n_chunks:,} chunk files for "
         f"{_shape(shape)} voxels{', each smaller than a file-system block' if refuse else ''}; chunks of about 1 MiB "
         f"are read and written far faster (e.g. --chunks {' '.join(map(str, SUGGESTED_CHUNKS))})",
         refuse,
@@ -147,8 +150,6 @@ def settle(costs: Iterable[Cost | None], dry_run: bool = False) -> None:
     BlocksegError
         The first refused cost's message (not in a dry run, which only warns).
     """
-    from ..io.formats import warn
-
     costs = [c for c in costs if c is not None]
     refused = [c for c in costs if c.refuse]
     if refused and not dry_run:  # the refusal is the one line

@@ -10,7 +10,7 @@ from .._lazy import attach
 #: public name -> submodule; imported on first use (no torch on ``import blockseg``)
 _EXPORTS = {
     "TrainConfig": "config", "load_config": "config", "parse_config": "config",
-    "CropSampler": "data", "centre_table": "data", "compute_targets": "data", "image_statistics": "data",
+    "CropSampler": "data", "centre_table": "data", "compute_targets": "data",
     "TrainResult": "trainer", "make_model": "trainer", "predict_image": "trainer", "score_prediction": "trainer",
     "train": "trainer", "tune_decoder": "trainer", "validation_scores": "trainer",
 }  # fmt: skip

@@ -12,6 +12,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..options import VoxelSize
+from ..configfile import load_yaml
 from ..errors import BlocksegError, describe_validation_error
 from ..models.base import REPRESENTATIONS
 
@@ -249,14 +250,8 @@ def load_config(path) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise BlocksegError(f"training config {path} does not exist")
-    from ..pipeline.config import load_yaml
-
     data = load_yaml(path.read_text(), str(path))  # duplicate keys and bad YAML: one line
-    if isinstance(data, dict) and "run_dir" in data:  # a run config: train from its `train:` section
-        from ..pipeline.config import load_config as load_run_config
-
-        section = load_run_config(path).train
-        if section is None:
-            raise BlocksegError(f"{path}: a run config without a `train:` section; nothing to train")
-        return parse_config(section)
+    if isinstance(data, dict) and "run_dir" in data:
+        raise BlocksegError(f"{path}: a run config (it has run_dir): read its `train:` section with "
+                            "blockseg.load_train_config (what `blockseg train` does)")  # fmt: skip
     return parse_config(data)

@@ -468,21 +468,3 @@ def split_views(k: int, shape: Sequence[int], box=None) -> list[View]:
     return out
 
 
-def image_statistics(paths: Sequence[str], max_voxels: int = 2**24) -> dict:
-    """Global ``{"offset": mean, "scale": std}`` of the training images (a strided sample).
-
-    Computed once before training and stored in the checkpoint, so inference applies the same
-    affine map to every block.
-    """
-    total, total2, n = 0.0, 0.0, 0
-    for p in paths:
-        v = open_volume(p)
-        size = int(np.prod(v.shape))
-        step = max(1, int(np.ceil((size / max_voxels) ** (1 / 3))))
-        a = np.asarray(v.array[::step, ::step, ::step], dtype=np.float64)
-        total += a.sum()
-        total2 += (a * a).sum()
-        n += a.size
-    mean = total / n
-    std = float(np.sqrt(max(total2 / n - mean * mean, 0.0)))
-    return {"offset": float(mean), "scale": float(std if std > 0 else 1.0), "method": "mean_std"}

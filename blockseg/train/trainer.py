@@ -29,7 +29,8 @@ import torch
 
 from ..errors import BlocksegError
 from .losses import MultiLoss
-from ..models.base import BlocksegNet, build_model, check_decoder_channels, load_checkpoint, normalise, save_checkpoint
+from ..models.base import BlocksegNet, build_model, normalise, save_checkpoint
+from ..models.checkpoint import check_decoder_channels, load_checkpoint
 from .config import TrainConfig
 from .data import CropSampler
 

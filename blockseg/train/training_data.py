@@ -64,7 +64,7 @@ def import_pair(
     (Volume, Volume)
         The image and the label volume.
     """
-    from ..io.formats import split_selection
+    from ..io.selection import split_selection
     from ..io.volume import import_volume, open_volume, register_label
     from ..io.safety import prepare_output
 
@@ -73,7 +73,7 @@ def import_pair(
     src = open_volume(image, key=key, voxel_size=voxel_size)
     import warnings
 
-    from ..io.formats import BlocksegWarning
+    from ..errors import BlocksegWarning
 
     with warnings.catch_warnings():  # the labels take the image's voxel size: no "1 µm" warning for them
         warnings.simplefilter("ignore", BlocksegWarning)

@@ -30,7 +30,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockseg.models.bioimageio import export_package
+    from blockseg.models.bioimageio_export import export_package
 
     rep = export_package(args.checkpoint, args.out, image=args.image, authors=args.author or ("blockseg user",),
                          license=args.license, cite=[tuple(c) for c in args.cite or ()], name=args.name)  # fmt: skip

@@ -45,7 +45,7 @@ def _one_line_warnings() -> None:
     """blockseg's own warnings (e.g. a voxel size taken as 1 µm) as one line on stderr."""
     import warnings
 
-    from blockseg.io.formats import BlocksegWarning
+    from blockseg.errors import BlocksegWarning
 
     plain = warnings.formatwarning
 
@@ -120,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         subparsers.choices.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         from blockseg.io.chunks import set_policy
+        from blockseg.io.safety import chunk_errors
 
         set_policy(getattr(args, "missing_chunks", None))
-        with _terminate_like_interrupt():
+        with _terminate_like_interrupt(), chunk_errors():  # a corrupt chunk: one line naming it
             return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP, SIGUSR1: one line, exit 128 + the signal
         import signal

@@ -162,7 +162,7 @@ def add_selection_options(parser: argparse.ArgumentParser, what: str = "the imag
 
 def selected(path: str, args: argparse.Namespace) -> str:
     """``path`` with the --level / --channel / --timepoint choice as a ``#...`` fragment."""
-    from blockseg.io.formats import split_selection, with_selection
+    from blockseg.io.selection import split_selection, with_selection
 
     bare, sel = split_selection(path)
     for k in ("level", "channel", "timepoint"):

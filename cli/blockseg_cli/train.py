@@ -32,9 +32,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockseg.train import load_config, parse_config, train
+    from blockseg.pipeline.config import load_train_config
+    from blockseg.train import parse_config, train
 
-    cfg = load_config(args.config)
+    cfg = load_train_config(args.config)
     over = {}
     if args.iterations is not None:
         over["iterations"] = args.iterations
