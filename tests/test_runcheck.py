@@ -50,7 +50,7 @@ CASES = {
     "threshold out of range": (IMAGE, ["segment.params.fg_b=1.5"], "segment.params.fg_b: must be between 0 and 1, got 1.5"),
     "negative size": (IMAGE, ["segment.params.min_size=-5"], "segment.params.min_size: must be >= 0, got -5"),
     "unknown decoder parameter": (IMAGE, ["segment.params.fgb=0.5"], "segment.params.fgb: not a parameter of the bcd decoder"),
-    "max_halo": (IMAGE, ["segment.max_halo=8"], "segment.max_halo: is gone"),
+    "max_halo (removed)": (IMAGE, ["segment.max_halo=8"], "segment.max_halo: unknown key"),
     "unknown preset": (IMAGE, ["segment.preset=best"], "segment.preset: must be one of ['nucmm'], got 'best'"),
     "MC dropout without dropout": (IMAGE, ["predict.mc_samples=4"], "config key predict.mc_samples: "),
     "unknown channel": (IMAGE, ["predict.channels=[B, nope]"], "config key predict.channels: ['nope']: the network predicts"),

@@ -144,8 +144,6 @@ def test_report_counts_rounds_and_reruns(tmp_path, adversarial):
     assert [r["blocks"] for r in rounds[1:]] == [r["woken"] for r in rounds[:-1]]
     assert report.blocks_rerun == sum(r["blocks"] for r in rounds) - 36 > 0
     assert report.flood_amplification > 1.0
-    with pytest.raises(BlocksegError, match="max_halo is gone"):
-        run_blockwise(tmp_path, channels, (16, 16, 16), 2, max_halo=8)
 
 
 def test_errors(tmp_path, adversarial):

@@ -146,19 +146,10 @@ class SegmentConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     block_shape: Block = None
     halo: Halo = None
-    #: removed (segment is exact at any halo); only None is accepted
-    max_halo: Optional[Any] = None
     #: multiscale levels of the label volume (None: automatic; 1: none)
     pyramid_levels: Optional[int] = Field(default=None, ge=1)
     #: tune the thresholds on annotated nuclei first (``segment.params`` still override them)
     tune: Optional[TuneConfig] = None
-
-    @field_validator("max_halo")
-    @classmethod
-    def _max_halo(cls, v):
-        if v is not None:
-            raise ValueError(f"is gone (segment is exact at any halo, the halo only sets speed), got {v!r}: remove the key")
-        return v
 
     @field_validator("preset")
     @classmethod

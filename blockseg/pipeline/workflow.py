@@ -241,7 +241,7 @@ def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
 
         zarr.open_group(os.path.dirname(layout.labels), mode="a")  # IMAGE/labels
     report = segment(
-        layout.predictions, layout.labels, choice, block_shape=s.block_shape, halo=s.halo, max_halo=s.max_halo,
+        layout.predictions, layout.labels, choice, block_shape=s.block_shape, halo=s.halo,
         client=client, overwrite=True, pyramid_levels=s.pyramid_levels, progress=True,
     )  # fmt: skip
     if under_image:

@@ -1419,11 +1419,3 @@ def _drop_partials(out_path: str) -> None:
     if PARTIAL_GROUP in group and bool(group[DONE_ARRAY][...].all()):
         del group[PARTIAL_GROUP]
         group.create_group(PARTIAL_GROUP)
-
-
-def _url_exists(url: str) -> bool:
-    try:
-        zarr.open_group(url, mode="r")
-        return True
-    except Exception:
-        return False

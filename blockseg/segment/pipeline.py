@@ -804,7 +804,6 @@ def segment(
     decoder: Decoder | None = None,
     block_shape: int | Sequence[int] | None = None,
     halo: int | Sequence[int] | None = None,
-    max_halo: int | Sequence[int] | None = None,
     client=None,
     overwrite: bool = False,
     keep_work: bool = False,
@@ -836,8 +835,6 @@ def segment(
         Context flooded around each core (default :data:`DEFAULT_HALO`, 8). A performance knob only: any value,
         0 included and larger than the blocks, gives the same result; more halo means fewer
         exchange rounds and more voxels read and flooded per block. Never clipped.
-    max_halo : None
-        Removed (the resolution rounds it bounded no longer exist); anything but None raises.
     client : distributed.Client, optional
         Dask client; None runs the blocks in this process.
     overwrite : bool
@@ -871,7 +868,7 @@ def segment(
         For a missing or incomplete prediction store, a bad geometry or an existing output.
     """
     t_start = time.perf_counter()
-    plan = plan_segment(pred_path, out_path, decoder, block_shape, halo, max_halo, tile_voxels)
+    plan = plan_segment(pred_path, out_path, decoder, block_shape, halo, tile_voxels)
     if dry_run:
         return plan
     check_work_space(plan.out_path, plan.grid, plan.halo)
@@ -972,12 +969,10 @@ class SegmentPlan:
 
 
 def plan_segment(
-    pred_path, out_path, decoder=None, block_shape=None, halo=None, max_halo=None, tile_voxels=None
+    pred_path, out_path, decoder=None, block_shape=None, halo=None, tile_voxels=None
 ) -> SegmentPlan:
     """The plan of :func:`segment` (same parameters), from metadata reads only; raises
     :class:`BlocksegError` (one line) for anything :func:`segment` would refuse up front."""
-    if max_halo is not None:
-        raise BlocksegError("max_halo is gone: segment is exact at any halo (the halo only sets speed); drop --max-halo")
     choice = _decoder_choice(decoder, str(pred_path))
     pred_path, out_path = str(pred_path), str(out_path).rstrip("/")
     vols = open_predictions(pred_path, choice.decoder.channels)
