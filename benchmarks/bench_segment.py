@@ -50,7 +50,7 @@ sys.path.insert(0, str(HERE))
 from blockseg.runtime.cluster import ClusterConfig, dask_client, run_blocks  # noqa: E402
 from blockseg.io.volume import create_volume, open_volume  # noqa: E402
 from blockseg.segment import BCDDecoder, segment  # noqa: E402
-from blockseg.segment.pipeline import DEFAULT_HALO  # noqa: E402
+from blockseg.segment.options import DEFAULT_HALO  # noqa: E402
 from blockseg.segment.synthetic import random_nuclei, rasterise  # noqa: E402
 from blockseg.train.targets import write_bcd_targets  # noqa: E402
 from measure import FolderPeak, RssSampler  # noqa: E402

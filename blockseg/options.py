@@ -19,14 +19,16 @@ blockseg.errors.BlocksegError: --halo: must be ≥ 0, got [2, -1, 2]
 
 from __future__ import annotations
 
+import numbers
 from typing import Annotated, Any, Callable, Optional, TypeVar, Union
 
+import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from .errors import BlocksegError, describe_validation_error
 from .zyx import zyx
 
-__all__ = ["Block", "Halo", "Shape", "Strict", "VoxelSize", "validate"]
+__all__ = ["Block", "Halo", "Shape", "Strict", "VoxelSize", "WholeNumber", "validate"]
 
 
 def _per_axis(kind: type = int, at_least=None, above=None, scalar: bool = True):
@@ -51,6 +53,17 @@ Halo = Annotated[Optional[Union[int, tuple[int, int, int]]], _per_axis(at_least=
 Shape = Annotated[tuple[int, int, int], _per_axis(at_least=1, scalar=False)]
 #: a voxel size in µm (three numbers > 0)
 VoxelSize = Annotated[Optional[tuple[float, float, float]], _per_axis(float, above=0, scalar=False)]
+
+
+def _whole_number(v):
+    """A whole number as an ``int`` (numpy integers included); booleans, text and fractions refused."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"must be a whole number, got {v!r}")
+    return int(v)
+
+
+#: a count (voxels, levels, ...): a whole number, never ``True`` or ``"5"``
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 
 class Strict(BaseModel):

@@ -27,9 +27,10 @@ from ..checkpoints import SHIPPED_CHECKPOINTS
 from ..defaults import DEFAULT_BATCH_SIZE
 from ..configfile import load_yaml
 from ..errors import BlocksegError, describe_validation_error
-from ..options import Block, Halo, Shape, VoxelSize
+from ..options import Block, Shape, VoxelSize
 from ..options import Strict as _Strict
 from ..io.storage import has_scheme
+from ..segment.options import SegmentOptions
 
 STAGES = ("data", "predict", "segment", "evaluate")
 
@@ -138,16 +139,15 @@ class TuneConfig(_Strict):
         return v
 
 
-class SegmentConfig(_Strict):
+class SegmentConfig(SegmentOptions):
+    """segment's options (:class:`blockseg.segment.options.SegmentOptions`: block_shape, halo,
+    tile_voxels, pyramid_levels, keep_work, with the API's and the CLI's defaults), and the decoder."""
+
     decoder: Literal["bcd", "3label", "sdt", "affinities", "cpv"] = "bcd"
     #: a named parameter set (``nucmm``) instead of the checkpoint's tuned thresholds
     preset: Optional[str] = None
     #: single parameters over the checkpoint's tuned thresholds (or the preset, or the defaults)
     params: dict[str, Any] = Field(default_factory=dict)
-    block_shape: Block = None
-    halo: Halo = None
-    #: multiscale levels of the label volume (None: automatic; 1: none)
-    pyramid_levels: Optional[int] = Field(default=None, ge=1)
     #: tune the thresholds on annotated nuclei first (``segment.params`` still override them)
     tune: Optional[TuneConfig] = None
 

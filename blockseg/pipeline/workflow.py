@@ -73,7 +73,7 @@ def fingerprints(cfg: RunConfig, layout: RunLayout) -> dict[str, str]:
     fp = {"data": fingerprint("data", d)}
     ckpt = checkpoint_path(cfg)
     ck = file_digest(ckpt) if os.path.isfile(ckpt) else ckpt
-    # speed knobs change no result (tests/test_speed_knobs.py): changing one redoes nothing
+    # speed knobs change no result (tests/predict/test_speed_knobs.py): changing one redoes nothing
     predict_cfg = {k: v for k, v in cfg.predict.model_dump(mode="json").items() if k not in SPEED_KNOBS}
     fp["predict"] = fingerprint("predict", fp["data"], ck, predict_cfg)
     fp["segment"] = fingerprint("segment", fp["predict"], cfg.segment.model_dump(mode="json"))
@@ -242,7 +242,8 @@ def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         zarr.open_group(os.path.dirname(layout.labels), mode="a")  # IMAGE/labels
     report = segment(
         layout.predictions, layout.labels, choice, block_shape=s.block_shape, halo=s.halo,
-        client=client, overwrite=True, pyramid_levels=s.pyramid_levels, progress=True,
+        client=client, overwrite=True, pyramid_levels=s.pyramid_levels, tile_voxels=s.tile_voxels, keep_work=s.keep_work,
+        progress=True,
     )  # fmt: skip
     if under_image:
         from ..io.volume import register_label

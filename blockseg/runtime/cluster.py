@@ -181,7 +181,7 @@ def check_task_memory(estimate: int, limit: int | None, task: str, base: int = W
         f"~{format_bytes(base)} a worker holds at rest, more than {fraction:.0%} of the {format_bytes(limit)} "
         f"memory limit per worker (dask pauses or restarts a worker beyond it, and the run would never end); raise "
         f"--memory-limit to at least {format_bytes(enough)} (fewer --workers leave each more of this machine's "
-        "memory) or use a smaller block shape (--block)"
+        "memory) or use a smaller block shape (--block-shape)"
     )
 
 
@@ -560,7 +560,7 @@ class MemoryWatch:
                     f"{self.name}: every dask worker stayed paused for {self.paused_seconds:.0f} s, holding "
                     f"{format_bytes(held)}{limit} (dask pauses a worker beyond "
                     f"{memory_fraction():.0%}, and a paused worker takes no new block); raise --memory-limit (fewer "
-                    "--workers leave each more of this machine's memory) or use a smaller block shape (--block)"
+                    "--workers leave each more of this machine's memory) or use a smaller block shape (--block-shape)"
                 )
         else:
             self._paused_since = None
@@ -587,7 +587,7 @@ class MemoryWatch:
         return BlocksegError(
             f"{what}: dask workers were restarted {len(events)} times for exceeding their memory limit{when} (a "
             f"worker held {format_bytes(rss)}{limit}); raise --memory-limit (fewer --workers leave each more of this "
-            "machine's memory) or use a smaller block shape (--block)"
+            "machine's memory) or use a smaller block shape (--block-shape)"
         )
 
     def raise_for_memory(self, exc: BaseException | None = None) -> None:

@@ -89,7 +89,7 @@ def task_cost(n_tasks: int, what: str, block_shape: Sequence[int] | None = None)
     return Cost(
         f"{what}: {n_tasks:,} block tasks{blocks} (dask's scheduler spends ~1 ms and a few KiB on each: "
         f"{'blockseg runs at most ' + format(MAX_TASKS, ',') + ' per stage' if n_tasks > MAX_TASKS else 'minutes of overhead'}); "
-        "give a larger block shape (--block)",
+        "give a larger block shape (--block-shape)",
         n_tasks > MAX_TASKS,
     )
 

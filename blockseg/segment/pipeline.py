@@ -48,20 +48,11 @@ from ..io.volume import create_volume
 from ..io.storage import free_space, is_url, listdir, load_npz, makedirs, read_bytes, remove_file, remove_tree, save_npz, write_bytes
 from ..io.predictions import decode_channel, open_predictions, prediction_kind
 from ..io.tables import write_table
-from ..zyx import zyx
 from .decoders import BCDDecoder, Decoder
 from .exact import UNREACHED, keyed_flood, keyed_update
+from .options import segment_options
 from .stats import instance_table, partial_stats, reduce_stats
 from ..io.safety import aborts_on_error, prepare_output, prepare_work
-
-#: default halo in voxels per axis (a performance knob: any halo gives the same result)
-DEFAULT_HALO = 8
-
-#: core voxels of the tiles later exchange rounds run in (a performance knob, like the halo):
-#: a flooding path that crosses block faces inside one tile costs one round, not one per face;
-#: a tile's task holds the solutions of the blocks it runs in memory (about 12 bytes per core +
-#: halo voxel: ~0.5 GB at this default), so this bounds its memory
-DEFAULT_TILE_VOXELS = 2**25
 
 #: safety bound on exchange rounds (never reached: the fixed point is finite, see .exact)
 _MAX_ROUNDS = 100_000
@@ -832,7 +823,7 @@ def segment(
     block_shape : int or sequence of int, optional
         Core shape of a block; a multiple of the prediction chunks (default: about 16 M voxels).
     halo : int or sequence of int, optional
-        Context flooded around each core (default :data:`DEFAULT_HALO`, 8). A performance knob only: any value,
+        Context flooded around each core (default :data:`~blockseg.segment.options.DEFAULT_HALO`, 8). A performance knob only: any value,
         0 included and larger than the blocks, gives the same result; more halo means fewer
         exchange rounds and more voxels read and flooded per block. Never clipped.
     client : distributed.Client, optional
@@ -848,7 +839,7 @@ def segment(
         Show progress bars.
     tile_voxels : int, optional
         Core voxels of the tiles that exchange rounds after the first run in (default
-        :data:`DEFAULT_TILE_VOXELS`, 32 M). A performance knob only: a flooding path that
+        :data:`~blockseg.segment.options.DEFAULT_TILE_VOXELS`, 32 M). A performance knob only: a flooding path that
         crosses many block faces inside one tile costs one round; a tile of one block gives
         one round per face crossed. Bounds the memory of a tile's task.
     pyramid_levels : int, optional
@@ -973,28 +964,20 @@ def plan_segment(
 ) -> SegmentPlan:
     """The plan of :func:`segment` (same parameters), from metadata reads only; raises
     :class:`BlocksegError` (one line) for anything :func:`segment` would refuse up front."""
+    opts = segment_options(block_shape=block_shape, halo=halo, tile_voxels=tile_voxels)
     choice = _decoder_choice(decoder, str(pred_path))
     pred_path, out_path = str(pred_path), str(out_path).rstrip("/")
     vols = open_predictions(pred_path, choice.decoder.channels)
     first = vols[choice.decoder.channels[0]]
-    grid = first.grid(block_shape)
+    grid = first.grid(opts.block_shape)
     # block-offset ids are at most len(grid) * block_voxels: uint32 when that fits below the
     # foreground code (the largest value)
     id_dtype = np.uint32 if len(grid) * grid.block_voxels < 2**32 - 1 else np.uint64
     return SegmentPlan(
-        pred_path, out_path, out_path + ".work", choice, grid, zyx(DEFAULT_HALO if halo is None else halo, "halo", at_least=0),
+        pred_path, out_path, out_path + ".work", choice, grid, opts.halo_zyx,
         tuple((c, prediction_kind(vols[c], c)) for c in choice.decoder.channels), id_dtype, first.voxel_size,
-        first.array.chunks, getattr(first.array, "shards", None), tile_shape(grid, check_tile_voxels(tile_voxels)),
+        first.array.chunks, getattr(first.array, "shards", None), tile_shape(grid, opts.tile_voxels),
     )  # fmt: skip
-
-
-def check_tile_voxels(value) -> int:
-    """``tile_voxels`` checked (one-line BlocksegError), None as :data:`DEFAULT_TILE_VOXELS`."""
-    if value is None:
-        return DEFAULT_TILE_VOXELS
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise BlocksegError(f"tile_voxels must be a positive whole number of voxels, got {value!r}")
-    return int(value)
 
 
 def _store_stamp(pred_path: str, channels: Sequence[str]) -> list:
@@ -1133,7 +1116,7 @@ def _watershed_pass(d: _Driver) -> None:
             raise BlocksegError(
                 f"segment: {_MAX_ROUNDS} exchange rounds without reaching the fixed point: the foreground holds paths "
                 f"that cross tile faces more than {_MAX_ROUNDS} times (see the docs, 'rounds'); use larger blocks "
-                "(--block) or a larger tile (tile_voxels) so that such paths stay inside one task"
+                "(--block-shape) or a larger tile (--tile-voxels) so that such paths stay inside one task"
             )  # fmt: skip
         if rnd == 1:
             res = d.run(partial(_flood_task, job=job, rnd=rnd), "watershed", pending)

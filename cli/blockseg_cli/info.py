@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import add_selection_options, selected, zyx
+from .options import add_block_shape_option, add_selection_options, selected, zyx
 
 
 def register(sub) -> None:
@@ -25,7 +25,7 @@ def register(sub) -> None:
     )
     p.add_argument("path", help="OME-Zarr image or labels, zarr array, TIFF / OME-TIFF, HDF5, npy, npz; a prediction store; a run directory; a checkpoint .pt or demo; a TorchScript / ONNX network or its sidecar")
     p.add_argument("--key", help="array inside an npz / dataset inside an h5 (needed when there are several)")
-    p.add_argument("--block", nargs="+", type=int, metavar="N", help="block shape to show the grid for (default: chosen)")
+    add_block_shape_option(p, "block shape to show the grid for, 1 or 3 values (z y x) (default: chosen)")
     p.add_argument("--halo", nargs="+", type=int, metavar="N", default=[0], help="halo: one value or Z Y X")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_selection_options(p)
@@ -38,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
     path = args.path
     if kind_of(path) == "volume":
         path = selected(path, args)
-    summary = summarise(path, key=args.key, block=zyx(args.block, "--block"), halo=zyx(args.halo, "--halo"))
+    summary = summarise(path, key=args.key, block=zyx(args.block_shape, "--block-shape"), halo=zyx(args.halo, "--halo"))
     print(json.dumps(summary, indent=2, default=str) if args.json else render(summary))
     return 0

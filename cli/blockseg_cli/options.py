@@ -118,6 +118,24 @@ def zyx(values, option: str, kind=int):
     return per_axis(values, option, kind=kind)
 
 
+def add_block_shape_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--block-shape N [N N]``, the one spelling of every command (the API's and the run config's
+    ``block_shape``). ``--block`` stays as a hidden alias: predict, synth and info took it before, and
+    users' scripts and notes still do."""
+    parser.add_argument("--block-shape", type=int, nargs="+", metavar="N", help=help)
+    parser.add_argument("--block", dest="block_shape", type=int, nargs="+", help=argparse.SUPPRESS)
+
+
+def as_given(values):
+    """An ``nargs="+"`` option's values as the user gave them: one value as itself, None passes."""
+    return values[0] if values is not None and len(values) == 1 else values
+
+
+def flag(key: str) -> str:
+    """An options model's field as its command-line flag: ``tile_voxels`` -> ``--tile-voxels``."""
+    return "--" + key.replace("_", "-")
+
+
 def add_output_options(parser: argparse.ArgumentParser, dest: str, help: str) -> None:
     """The positional output path ``dest`` and ``--overwrite`` (replace it if it exists)."""
     parser.add_argument(dest, help=help)

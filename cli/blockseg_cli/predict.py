@@ -10,7 +10,10 @@ import warnings
 from blockseg.defaults import DEFAULT_BATCH_SIZE
 from blockseg.errors import BlocksegError
 
-from .options import absolute, add_cluster_options, add_pyramid_option, add_selection_options, open_cluster, progress_mode, pyramid_levels, selected, zyx
+from .options import (
+    absolute, add_block_shape_option, add_cluster_options, add_pyramid_option, add_selection_options, open_cluster, progress_mode,
+    pyramid_levels, selected, zyx,
+)  # fmt: skip
 
 
 def register(subparsers) -> None:
@@ -28,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", help="blockseg checkpoint (.pt) of the network (workers must see this path), a shipped one: demo, fluo, fluo_synth, "
                    "or a TorchScript (.pt) / ONNX (.onnx) network with its sidecar (same stem, .yaml / .json; docs/guide/models.md 'Use your own model')")
     p.add_argument("output", help="prediction store to create (zarr group, one volume per channel)")
-    p.add_argument("--block", type=int, nargs="+", metavar="N", help="block core shape, 1 or 3 values (z y x), a multiple of the chunks")
+    add_block_shape_option(p, "block core shape, 1 or 3 values (z y x), a multiple of the chunks")
     p.add_argument("--dtype", choices=["uint8", "float16", "float32"], help="one storage dtype for every kept channel (default per channel: uint8 for probabilities / tanh maps, float16 for raw vectors such as cpv)")
     p.add_argument(
         "--channels", metavar="C,C,...|all",
@@ -153,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         acquire_lock(args.output)
     overlap = args.overlap[0] if len(args.overlap) == 1 else zyx(args.overlap, "--overlap", float)
     kwargs = dict(
-        block_shape=zyx(args.block, "--block"),
+        block_shape=zyx(args.block_shape, "--block-shape"),
         dtype=args.dtype,
         channels=_channels(args.channels),
         decoder=args.decoder,

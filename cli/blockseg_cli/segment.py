@@ -7,7 +7,10 @@ import json
 import sys
 from dataclasses import fields
 
-from .options import absolute, add_cluster_options, add_output_options, add_pyramid_option, check_output, open_cluster, progress_mode, pyramid_levels, zyx
+from .options import (
+    absolute, add_block_shape_option, add_cluster_options, add_output_options, add_pyramid_option, as_given, check_output, flag,
+    open_cluster, progress_mode,
+)  # fmt: skip
 
 
 def _param(text: str) -> tuple[str, float]:
@@ -59,10 +62,13 @@ def register(subparsers) -> None:
         help="one decoder parameter over the stored ones, repeatable, e.g. -p fg_b=0.8 -p min_size=200",
     )  # fmt: skip
     p.add_argument("--no-stored-params", action="store_true", help="ignore the thresholds stored with the predictions: start from the decoder's defaults (or --preset)")
-    p.add_argument("--block-shape", type=int, nargs="+", metavar="N", help="block core shape, 1 or 3 values (z y x), a multiple of the chunks")
-    p.add_argument("--halo", type=int, nargs="+", metavar="N", help="halo in voxels, 1 or 3 values (default 8; any value, 0 included, gives the same result: it trades exchange rounds for voxels read and flooded)")
-    p.add_argument("--tile-voxels", type=int, metavar="N", help="core voxels of the tiles that exchange rounds after the first run in (default 33554432; any value gives the same result: a path crossing many block faces inside one tile costs one round)")
-    p.add_argument("--keep-work", action="store_true", help="keep the intermediate OUTPUT.work directory (a run that stops early always keeps it, and the next run with the same settings continues from it)")
+    from blockseg.segment.options import SegmentOptions
+
+    about = {k: f.description for k, f in SegmentOptions.model_fields.items()}  # one text and default per option, the model's
+    add_block_shape_option(p, about["block_shape"])
+    p.add_argument("--halo", type=int, nargs="+", metavar="N", help=about["halo"])
+    p.add_argument("--tile-voxels", type=int, metavar="N", help=about["tile_voxels"])
+    p.add_argument("--keep-work", action="store_true", help=about["keep_work"])
     p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
     p.add_argument("--dry-run", action="store_true", help="print the plan (blocks, halo, decoder, work space, passes); write nothing")
     add_cluster_options(p)
@@ -74,11 +80,13 @@ def run(args: argparse.Namespace) -> int:
     from blockseg.io.predictions import check_complete, open_predictions
     from blockseg.segment import segment
     from blockseg.segment.params import choose_decoder, store_decoder
-    from blockseg.segment.pipeline import check_tile_voxels
+    from blockseg.segment.options import segment_options
 
     args.predictions, args.output = absolute(args.predictions), absolute(args.output)
-    block_shape, halo = zyx(args.block_shape, "--block-shape"), zyx(args.halo, "--halo")
-    check_tile_voxels(args.tile_voxels)  # before a cluster starts
+    opts = segment_options(
+        flag, block_shape=as_given(args.block_shape), halo=as_given(args.halo), tile_voxels=args.tile_voxels,
+        pyramid_levels=args.pyramid_levels, keep_work=args.keep_work,
+    )  # fmt: skip  (checked before a cluster starts, by the model the API and the run config use)
     open_predictions(args.predictions)  # a missing store, a foreign folder, an unfinished store: one line, here
     check_complete(args.predictions)  # stores written before the complete flag: their done-markers
     choice = choose_decoder(
@@ -86,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
         user_label="user", use_stored=not args.no_stored_params,
     )  # fmt: skip
     if args.dry_run:
-        plan = segment(args.predictions, args.output, decoder=choice, block_shape=block_shape, halo=halo,
-                       tile_voxels=args.tile_voxels, dry_run=True)  # fmt: skip
+        plan = segment(args.predictions, args.output, decoder=choice, block_shape=opts.block_shape, halo=opts.halo,
+                       tile_voxels=opts.tile_voxels, dry_run=True)  # fmt: skip
         print(plan.describe())
         return 0
     check_output(args, "output", [args.predictions])  # fail before starting a cluster
@@ -98,14 +106,14 @@ def run(args: argparse.Namespace) -> int:
             args.predictions,
             args.output,
             decoder=choice,
-            block_shape=block_shape,
-            halo=halo,
+            block_shape=opts.block_shape,
+            halo=opts.halo,
             client=client,
             overwrite=args.overwrite,
-            keep_work=args.keep_work,
+            keep_work=opts.keep_work,
             progress=progress_mode(args) != "none",
-            pyramid_levels=pyramid_levels(args),
-            tile_voxels=args.tile_voxels,
+            pyramid_levels=opts.pyramid_levels,
+            tile_voxels=opts.tile_voxels,
         )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

@@ -8,7 +8,7 @@ import json
 from blockseg.io.volume import check_destination
 from blockseg.synth import PRESETS, preset_params, synthesize
 
-from .options import absolute, add_cluster_options, add_pyramid_option, open_cluster, progress_mode, pyramid_levels, zyx
+from .options import absolute, add_block_shape_option, add_cluster_options, add_pyramid_option, open_cluster, progress_mode, pyramid_levels, zyx
 
 
 def register(sub) -> None:
@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same volume")
     p.add_argument("--chunks", nargs="+", type=int, metavar="N", help="zarr chunk shape: one value or Z Y X (default 64 128 128)")
     p.add_argument("--shards", nargs="+", type=int, metavar="N", help="zarr shard shape (multiple of chunks), for huge volumes")
-    p.add_argument("--block", nargs="+", type=int, metavar="N", help="block (task) shape, a multiple of chunks/shards")
+    add_block_shape_option(p, "block (task) shape, 1 or 3 values (z y x), a multiple of chunks/shards")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_cluster_options(p)
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             params,
             chunks=zyx(args.chunks, "--chunks"),
-            block_shape=zyx(args.block, "--block"),
+            block_shape=zyx(args.block_shape, "--block-shape"),
             shards=zyx(args.shards, "--shards"),
             client=client,
             overwrite=args.overwrite,
