@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError
 from ..zyx import zyx
 
@@ -305,7 +306,7 @@ def predict_array_scaled(
     patch=None,
     overlap=0.125,
     blending: str = "gaussian",
-    batch_size: int = 2,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "cpu",
     tta: bool = False,
     mc_samples: int = 0,
