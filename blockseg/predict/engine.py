@@ -1110,6 +1110,8 @@ def _prepare(image_path: str, checkpoint, out_path: str, options: _Options, clie
     run.plan = _make_plan(run, image_path, out_path, vol, model, grid, lattice, choice, store_why, normalised, scale_why)
     run.output = prepare_output(out_path, [image_path, checkpoint], options.overwrite, resume=options.resume)
     run.markers = _existing_run(run.output, run.settings)
+    if dry_run:  # the plan claims nothing: the output's lock goes with it (a run claims it again)
+        run.output.release()
     if run.markers is not None:
         run.plan.todo = [b.id for b in grid if not run.markers[0][b.index]]
     # tiny output chunks, an image that stores no data: named before they cost (the dry run warns)
