@@ -2,7 +2,7 @@
 
 A speed knob changes how fast a result comes, never the result: predict's output is the same
 (within one storage step) for every batch size, worker count, thread count and block shape
-(``tests/test_speed_knobs.py``). One default each, here, so that the doors agree anyway.
+(``tests/predict/test_speed_knobs.py``). One default each, here, so that the doors agree anyway.
 """
 
 #: patches per forward pass of predict (``predict(batch_size=)``, ``--batch-size``,

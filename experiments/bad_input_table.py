@@ -390,8 +390,8 @@ def main() -> int:
         "|---|---|---|---|---|",
         *rows,
         "",
-        "More bad inputs (paths, shapes, configs, outputs) are covered by `tests/test_bad_input.py`,",
-        "`tests/test_errors_one_line.py` and `tests/test_untrusted.py`.",
+        "More bad inputs (paths, shapes, configs, outputs) are covered by `tests/cli/test_bad_input.py`,",
+        "`tests/cli/test_errors_one_line.py` and `tests/io/test_untrusted.py`.",
         "",
     ])  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -293,7 +293,7 @@ def keyed_update(state, shell, with_labels: bool = True, return_shell: bool = Fa
     voxels whose key or label changes are exactly those reached, in key order, from the changed
     shell voxels through neighbours whose offered key is at most their own (lower: a new key;
     equal: their label is recomputed from all their optimal predecessors). The result is the
-    unique solution with the new shell, the same as a fresh flood (``tests/test_exact.py``
+    unique solution with the new shell, the same as a fresh flood (``tests/segment/test_exact.py``
     checks it). A shell key that *increased* violates the premise and raises RuntimeError.
     Only the shell positions of ``shell`` are read (elsewhere its arrays may hold anything).
 

@@ -196,7 +196,7 @@ class CropSampler:
     read with :func:`blockseg.train.targets.target_halo` voxels of context per side (at least
     ``target_context``), never beyond a volume face or a validation region, and targets are
     computed on that clipped read -- a face is "unknown", never a label change, exactly as for
-    the whole volume (``tests/test_train_crops.py``). With the elastic deformation the read is
+    the whole volume (``tests/train/test_train_crops.py``). With the elastic deformation the read is
     padded to the full context by edge replication (the continuation that adds no boundary at
     the face) before warping.
 

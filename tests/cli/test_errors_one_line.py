@@ -3,7 +3,7 @@
 Each case runs the real CLI in-process and asserts exit status 2, exactly one stderr line
 ``blockseg CMD: error: ...`` naming the problem, and that nothing was written (a digest of the
 local workspace; the bucket's listing). The object-storage cases start moto's S3 server on
-loopback (as tests/test_s3.py does) and never contact any other address: instance metadata and
+loopback (as tests/io/test_s3.py does) and never contact any other address: instance metadata and
 credential files are switched off in the environment.
 """
 

@@ -28,7 +28,8 @@ from blockseg.pipeline.config import load_config
 from blockseg.io.volume import open_volume
 from blockseg.pipeline.workflow import plan, run
 
-REPO = Path(__file__).resolve().parents[1]
+from _helpers import CLI_DIR, REPO
+
 N_PREDICT_BLOCKS = 2 * 2 * 2  # 32x128x128 in blocks of 16x64x64
 CHANNELS = ("B", "C", "D", "cpv_z", "cpv_y", "cpv_x")
 
@@ -52,7 +53,7 @@ def _cli_env(tmp: Path) -> dict:
     shim = tmp / "clipath"
     shim.mkdir(exist_ok=True)
     if not (shim / "blockseg_cli").exists():
-        (shim / "blockseg_cli").symlink_to(REPO / "cli" / "blockseg_cli")
+        (shim / "blockseg_cli").symlink_to(CLI_DIR)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(shim), str(REPO), env.get("PYTHONPATH", "")])
     return env
