@@ -34,6 +34,7 @@ def quick_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # runs two benchmarks in a subprocess
 def test_outputs_written(quick_run):
     md = (quick_run / "RESULTS.md").read_text()
     for section in ("## Machine and versions", "## Headline ratios", "## Scaling", "## GPU", "load average"):
@@ -48,6 +49,7 @@ def test_outputs_written(quick_run):
     assert all(len(r["loadavg_before"]) == 3 and len(r["loadavg_after"]) == 3 for r in res["runs"].values())
 
 
+@pytest.mark.slow  # runs two benchmarks in a subprocess
 def test_ratios_match_raw_json(quick_run):
     md = (quick_run / "RESULTS.md").read_text()
     res = json.loads((quick_run / "results" / "bench.json").read_text())

@@ -68,6 +68,7 @@ def _modules_with_examples() -> set[str]:
     return found
 
 
+@pytest.mark.slow  # mkdocs builds the whole site in a subprocess
 def test_site_builds_strict(tmp_path):
     """``mkdocs build --strict`` succeeds and prints no warning; the generated pages are there."""
     site = tmp_path / "site"

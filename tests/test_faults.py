@@ -127,6 +127,7 @@ segment(sys.argv[1], sys.argv[2], BCDDecoder(min_seed_size=1, min_size=1), block
 """
 
 
+@pytest.mark.slow  # segment in a subprocess, killed, then resumed
 def test_a_driver_killed_in_a_later_round_resumes_from_its_journal(tube, armed, tmp_path):
     """SIGKILL the driver right after it journalled exchange round 3: the rerun reuses the
     seed pass and three rounds (it runs only the rest) and writes the whole-volume result."""

@@ -9,6 +9,7 @@ import pytest
 import zarr
 
 
+@pytest.mark.slow  # a Python subprocess
 def test_importing_blockseg_leaves_zarr_untouched():
     code = (
         "from zarr.core.codec_pipeline import BatchedCodecPipeline as P\n"

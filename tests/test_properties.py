@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -115,6 +116,7 @@ def few_blocks(draw, lo=12, hi=30):
     return shape, tuple(chunks), tuple(block)
 
 
+@pytest.mark.slow  # hypothesis: 20 random geometries, each segmented blockwise and whole
 @settings(max_examples=20, **SETTINGS)
 @given(
     few_blocks(),
@@ -154,6 +156,7 @@ def test_segment_blockwise_equals_whole_volume(geo, halo, seed, decoder, kind, r
 
 
 # ---------------------------------------------------------------------------- (b) predict
+@pytest.mark.slow  # hypothesis: 12 random geometries, each predicted blockwise and whole
 @settings(max_examples=12, **SETTINGS)
 @given(
     geometry(lo=8, hi=32, chunk_lo=4, chunk_hi=16),
@@ -198,6 +201,7 @@ def test_predict_blockwise_equals_predict_array(geo, valid, margin, overlap, see
         assert np.abs(got[c].astype(int) - want).max() <= 1, c  # one uint8 step = 1/255
 
 
+@pytest.mark.slow  # hypothesis: 10 random geometries, each predicted blockwise and whole
 @settings(max_examples=10, **SETTINGS)
 @given(
     geometry(lo=8, hi=28, chunk_lo=4, chunk_hi=14),
@@ -252,6 +256,7 @@ def _tp_at(gt: np.ndarray, pred: np.ndarray, t: float) -> int:
     return tp
 
 
+@pytest.mark.slow  # hypothesis: 12 random geometries, each evaluated blockwise and whole
 @settings(max_examples=12, **SETTINGS)
 @given(geometry(chunk_lo=3, chunk_hi=16), st.integers(1, 12000), st.integers(0, 2**16))
 def test_streaming_evaluate_equals_in_memory(geo, block_voxels, seed):

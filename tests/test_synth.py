@@ -9,6 +9,7 @@ from blockseg.synth import SynthParams, nucleus_table, render_region, synthesize
 SMALL = dict(shape=(40, 96, 88), seed=11)
 
 
+@pytest.mark.slow  # the shared LocalCluster
 @pytest.mark.parametrize("mode, mask", [("em", False), ("uct", True)])
 def test_synth_on_disk_is_identical_for_any_block_shape(tmp_path, local_client, mode, mask):
     params = SynthParams(**SMALL, mode=mode, mask=mask)

@@ -154,6 +154,7 @@ def check_writes(writes, grids: dict[str, BlockGrid]) -> dict[str, dict]:
     return out
 
 
+@pytest.mark.slow  # synth, predict and segment on a LocalCluster of 2 workers
 def test_synth_predict_segment_write_each_chunk_from_one_task(recorded, tmp_path):
     from blockseg.models import IdentityNet, save_checkpoint
     from blockseg.predict import predict
@@ -280,6 +281,7 @@ def _write_first_chunk(block_id: int, path: str) -> None:
     vol.array[:16, :32, :32] = block_id + 1
 
 
+@pytest.mark.slow  # a LocalCluster of 2 workers
 def test_recorder_catches_a_chunk_written_by_two_tasks(recorded, tmp_path):
     from functools import partial
 

@@ -56,6 +56,7 @@ def test_train_takes_device_and_threads_not_cluster_options(capsys):
     assert "--device" in text and "--threads" in text and "--scheduler" not in text
 
 
+@pytest.mark.slow  # the CLI in subprocesses
 def test_synth_and_info_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "s.zarr"
     rc = main(["synth", str(out), "--shape", "16", "40", "40", "--chunks", "8", "20", "20", "--workers", "1",
@@ -69,6 +70,7 @@ def test_synth_and_info_from_the_command_line(tmp_path, capsys):
     assert "BlockGrid" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # each case runs the CLI in a subprocess
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -101,6 +103,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_data_alone(tmp_path, argv, mess
     assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "t.zarr").exists()
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_debug_shows_the_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "blockseg_cli.main", "--debug", "info", str(tmp_path / "nope.zarr")],

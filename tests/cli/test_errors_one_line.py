@@ -319,6 +319,7 @@ S3_CASES = {
 }  # fmt: skip
 
 
+@pytest.mark.slow  # three moto S3 servers in subprocesses
 @pytest.mark.parametrize("name", list(S3_CASES))
 def test_object_storage_failure_is_one_line_exit_2_nothing_written(ws, servers, aws, capsys, name):
     server, credentials, argv, words = S3_CASES[name]
@@ -335,6 +336,7 @@ def test_object_storage_failure_is_one_line_exit_2_nothing_written(ws, servers, 
     assert not os.path.exists("s3:")
 
 
+@pytest.mark.slow  # three moto S3 servers in subprocesses
 def test_object_storage_with_credentials_still_works(ws, servers, aws, capsys):
     """The probe does not get in the way: the same commands with credentials succeed."""
     aws(servers["open"], True)

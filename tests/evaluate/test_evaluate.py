@@ -179,6 +179,7 @@ def test_contingency_matches_brute_force(seed):
     np.testing.assert_array_equal(t.coord_sum, sums)
 
 
+@pytest.mark.slow  # many block layouts, each a blockwise evaluation
 def test_blocks_merge_to_whole_table():
     rng = np.random.default_rng(7)
     gt = blobs(rng, (12, 30, 30), 60)
@@ -467,6 +468,7 @@ def test_zarr_blockwise_equals_in_memory(tmp_path, monkeypatch):
     assert Path(out["png"]).stat().st_size > 1000
 
 
+@pytest.mark.slow  # a LocalCluster of 2 workers
 def test_dask_client_pass(tmp_path):
     from blockseg.runtime.cluster import ClusterConfig, dask_client
     from blockseg.io.volume import create_volume

@@ -290,6 +290,7 @@ def test_every_command_reads_ome_zarr_py_and_ome_tiff(tmp_path, ngff04, ome_tiff
     assert "mask shape" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a whole run on the shared LocalCluster
 def test_run_config_reads_a_channel_in_place(tmp_path, ngff04, identity_ckpt, local_client):
     from blockseg.pipeline.config import parse_config
     from blockseg.pipeline.workflow import run

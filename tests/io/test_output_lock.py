@@ -50,6 +50,7 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob(".*blockseg-*"))
 
 
+@pytest.mark.slow  # a Python subprocess
 def test_lock_file_names_the_holder_and_goes_with_it(tmp_path):
     out = tmp_path / "o.zarr"
     output = prepare_output(out)
@@ -66,6 +67,7 @@ def test_lock_file_names_the_holder_and_goes_with_it(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow  # a Python subprocess
 def test_a_dead_holder_leaves_no_lock(tmp_path):
     """The holder killed (SIGKILL: no cleanup at all): its lock file stays, but the next
     command takes it over at once."""

@@ -82,6 +82,7 @@ def on_s3(s3, tmp_path_factory):
     return d, str(ckpt)
 
 
+@pytest.mark.slow  # a moto S3 server in a subprocess, every stage
 def test_predict_resume_segment_evaluate_on_s3(s3, on_s3):
     from blockseg.evaluate import evaluate, write_report
     from blockseg.predict import predict
@@ -124,6 +125,7 @@ def test_predict_resume_segment_evaluate_on_s3(s3, on_s3):
     assert not os.path.exists("s3:")  # nothing landed in a local folder named after the URL
 
 
+@pytest.mark.slow  # a moto S3 server in a subprocess, every command and a run
 def test_cli_and_run_read_s3(s3, on_s3, tmp_path, monkeypatch, capsys):
     import contextlib
 
@@ -165,6 +167,7 @@ def test_cli_and_run_read_s3(s3, on_s3, tmp_path, monkeypatch, capsys):
     np.testing.assert_array_equal(open_volume(res.layout.labels)[...], open_volume("s3://bsbucket/cli/seg.zarr")[...])
 
 
+@pytest.mark.slow  # a moto S3 server in a subprocess
 def test_overwrite_on_s3_follows_the_local_rules(s3, on_s3):
     """--overwrite on object storage: own outputs only; the new output is written complete
     beside the old one before the old one goes; an interrupted replacement leaves the old
@@ -217,6 +220,7 @@ def test_overwrite_on_s3_follows_the_local_rules(s3, on_s3):
     assert [p for p in s3.ls("bsbucket/ow") if "blockseg-" in p] == []
 
 
+@pytest.mark.slow  # a moto S3 server in a subprocess
 def test_one_writer_per_output_on_s3(s3):
     """The lock of an output on object storage is an object beside it, made by an exclusive
     put; a second writer is refused naming the holder, a dead holder's lock on this host is
@@ -252,6 +256,7 @@ def test_one_writer_per_output_on_s3(s3):
     s3.rm(key)
 
 
+@pytest.mark.slow  # a moto S3 server in a subprocess
 def test_a_table_round_trips_on_s3(s3, tmp_path):
     from blockseg import BlocksegError
     from blockseg.io.tables import read_table, write_table

@@ -272,6 +272,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # a command killed in a subprocess
 def test_killed_overwrite_keeps_the_old_output(ws):
     """SIGKILL during a replacement (after the new labels are written): the old output is as
     it was; the next --overwrite removes the dead process's half-written copy and succeeds."""

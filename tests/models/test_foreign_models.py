@@ -140,6 +140,7 @@ def test_torchscript_unet_runs_blockwise_on_two_workers_as_whole_volume(tmp_path
         predict(vol.path, path, tmp_path / "o.zarr", block_shape=BLOCK, progress=False)
 
 
+@pytest.mark.slow  # the shared LocalCluster
 def test_onnx_export_runs_blockwise_on_two_workers_as_whole_volume(tmp_path, local_client):
     vol, image = volume(tmp_path, seed=1)
     path = onnx_export(tmp_path)
@@ -361,6 +362,7 @@ def zoo_package(tmp_path) -> str:
     return str(save_bioimageio_package(descr, output_path=tmp_path / "zoo.zip"))
 
 
+@pytest.mark.slow  # the shared LocalCluster
 def test_a_zoo_package_runs_blockwise_on_two_workers_as_whole_volume(tmp_path, local_client):
     pytest.importorskip("bioimageio.spec")
     path = zoo_package(tmp_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import zarr
 
 from blockseg_cli.main import main
@@ -18,6 +19,7 @@ from blockseg_cli.main import main
 SHAPE = [32, 128, 128]  # the demo's generator and seed, a smaller volume
 
 
+@pytest.mark.slow  # the demo network through every stage, twice
 def test_standalone_flow_equals_the_demo(tmp_path, capsys):
     img, pred, seg, ev = (str(tmp_path / n) for n in ("img.zarr", "pred.zarr", "seg.zarr", "evaluation"))
     one = ["--workers", "1", "--no-progress"]

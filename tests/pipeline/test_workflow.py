@@ -33,6 +33,7 @@ def config(run_dir, ckpt, **sections):
     return parse_config(raw)
 
 
+@pytest.mark.slow  # whole runs on the shared LocalCluster
 def test_run_skip_and_partial_redo(tmp_path, identity_ckpt, local_client):
     cfg = config(tmp_path / "r", identity_ckpt)
     first = run(cfg, client=local_client, log=lambda m: None)
@@ -64,6 +65,7 @@ def test_run_skip_and_partial_redo(tmp_path, identity_ckpt, local_client):
     assert plan(changed, only="data") == {"data": "run", "predict": "skip", "segment": "skip", "evaluate": "skip"}
 
 
+@pytest.mark.slow  # a whole run on the shared LocalCluster
 def test_segment_tune_fits_thresholds_for_the_run_without_touching_the_store(tmp_path, identity_ckpt, local_client):
     from blockseg.segment.params import store_decoder
 
@@ -87,6 +89,7 @@ def test_segment_tune_fits_thresholds_for_the_run_without_touching_the_store(tmp
     assert store_decoder(first.layout.predictions) == stored  # the store keeps the checkpoint's
 
 
+@pytest.mark.slow  # a whole run on the shared LocalCluster
 def test_outputs_are_ngff_that_ome_zarr_reads(tmp_path, identity_ckpt, local_client):
     ome_zarr = pytest.importorskip("ome_zarr.reader")
     from ome_zarr.io import parse_url
@@ -149,6 +152,7 @@ def _shipped_checkpoint():
         pytest.fail(str(e))
 
 
+@pytest.mark.slow  # a whole run of the shipped network on the shared LocalCluster
 def test_end_to_end_with_shipped_checkpoint(tmp_path, local_client):
     """blockseg run on a held-out synthetic volume: the shipped model must segment it well."""
     cfg = parse_config(
@@ -168,6 +172,7 @@ def test_end_to_end_with_shipped_checkpoint(tmp_path, local_client):
     assert rec["result"]["decoder"]["name"] == "bcd"
 
 
+@pytest.mark.slow  # whole runs on real crops on the shared LocalCluster
 @pytest.mark.parametrize("name, n_instances", [("bbbc050_qcanet_8cell", 8), ("gonuclear_1135_mini", 54)])
 def test_real_volumes_through_the_pipeline(real_data, tmp_path, local_client, name, n_instances):
     """The real crops run end to end (import from npz, predict, segment, evaluate)."""
@@ -191,6 +196,7 @@ def test_real_volumes_through_the_pipeline(real_data, tmp_path, local_client, na
     assert open_volume(res.layout.labels).shape == img.shape
 
 
+@pytest.mark.slow  # two whole runs on the shared LocalCluster
 def test_same_config_twice_gives_identical_outputs(tmp_path, local_client):
     """Determinism on CPU: two runs of one config (shipped network) write identical bytes."""
     import hashlib

@@ -99,6 +99,7 @@ def test_blockwise_statistics_equal_whole_volume(dtype, block):
     np.testing.assert_allclose([whole.p_low, whole.p_high], ref, rtol=1e-12)
 
 
+@pytest.mark.slow  # the shared LocalCluster
 def test_volume_statistics_on_dask_equal_in_memory(tmp_path, local_client):
     rng = np.random.default_rng(2)
     a = rng.gamma(2.0, 300.0, (24, 60, 50)).astype(np.uint16)

@@ -260,6 +260,7 @@ def test_identity_blockwise_reproduces_input_on_random_volumes(tmp_path):
             np.testing.assert_array_equal(got[c], img.astype(np.float32), err_msg=f"{shape} {block} {chunk} {crop} {margin} {patch}")
 
 
+@pytest.mark.slow  # the shared LocalCluster
 def test_blockwise_on_dask_cluster_equals_in_process(tmp_path, image_zarr, local_client):
     model = tiny()
     save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)

@@ -106,6 +106,7 @@ def test_large_voxel_size_resampling_warns_that_it_assumes_the_training_nucleus_
     assert not [w for w in recwarn.list if issubclass(w.category, BlocksegWarning)]
 
 
+@pytest.mark.slow  # the demo network over two synthetic volumes
 def test_twice_the_voxel_size_gives_nearly_the_same_nuclei(tmp_path):
     """The demo network (trained at 0.48 x 0.51 x 0.51 µm) on a synthetic volume at its voxel size,
     and on the same volume averaged 2x2x2 (0.96 x 1.02 x 1.02 µm): resampled to its voxel
@@ -188,6 +189,7 @@ def test_diameter_resolves_factors_from_nucleus_sizes():
         resolve_scale(None, (10, 20, 20), (1, 1, 1), "metadata", [1, 1, 1], -1.0, 10.0)
 
 
+@pytest.mark.slow  # a training run, then the network over a volume
 def test_training_records_the_nucleus_diameter_and_predict_uses_it(tmp_path, capsys):
     from blockseg.predict.resample import nucleus_diameter_um
     from blockseg.synth import SynthParams, synthesize

@@ -24,6 +24,7 @@ def _where(block_id):
     return os.getpid()
 
 
+@pytest.mark.slow  # the shared LocalCluster
 def test_run_blocks_on_local_cluster_returns_results_in_id_order(local_client):
     ids = [5, 0, 3, 9, 1]
     assert run_blocks(partial(_square, offset=1), ids, client=local_client, progress=False) == [26, 1, 10, 82, 2]
@@ -36,6 +37,7 @@ def test_run_blocks_without_client_runs_in_process():
     assert run_blocks(_square, [2, 3], progress=False) == [4, 9]
 
 
+@pytest.mark.slow  # the shared LocalCluster
 def test_failing_block_raises_its_error(local_client):
     def boom(b):
         raise RuntimeError(f"block {b} failed")
@@ -44,6 +46,7 @@ def test_failing_block_raises_its_error(local_client):
         run_blocks(boom, [0], client=local_client, progress=False, retries=0)
 
 
+@pytest.mark.slow  # waits for a connection timeout
 def test_unreachable_scheduler_is_a_clear_error():
     with pytest.raises(BlocksegError, match="cannot reach the dask scheduler"):
         with dask_client(ClusterConfig(scheduler="tcp://127.0.0.1:1")):
@@ -92,6 +95,7 @@ def external_cluster(tmp_path):
             p.wait(timeout=30)
 
 
+@pytest.mark.slow  # a dask scheduler and worker in subprocesses
 def test_job_through_an_external_scheduler_address(tmp_path, external_cluster):
     with dask_client(ClusterConfig(scheduler=external_cluster), quiet=True) as client:
         client.wait_for_workers(1, timeout=60)
@@ -185,6 +189,7 @@ def blind_worker_cluster(tmp_path):
         _stop(procs)
 
 
+@pytest.mark.slow  # a dask scheduler and worker in subprocesses
 def test_worker_without_blockseg_is_one_line_within_60_s_and_leaves_no_output(tmp_path, blind_worker_cluster):
     from blockseg import create_volume
 
@@ -204,6 +209,7 @@ def test_worker_without_blockseg_is_one_line_within_60_s_and_leaves_no_output(tm
     assert sorted(p.name for p in work.iterdir()) == before  # no pred.zarr, no pred.zarr.work
 
 
+@pytest.mark.slow  # waits for the scheduler's timeout
 def test_scheduler_without_workers_times_out_with_one_line(tmp_path):
     sched, address = _start_scheduler(tmp_path, _env(sys.path))
     try:
@@ -243,6 +249,7 @@ def silent_server():
         c.close()
 
 
+@pytest.mark.slow  # the CLI in a subprocess, waits for a timeout
 @pytest.mark.parametrize("scheme", ["tcp", "http"])
 def test_address_that_is_not_a_dask_scheduler_is_one_line(tmp_path, silent_server, scheme):
     t0 = time.perf_counter()
@@ -254,11 +261,13 @@ def test_address_that_is_not_a_dask_scheduler_is_one_line(tmp_path, silent_serve
     assert not (tmp_path / "s.zarr").exists()
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_closed_port_is_one_line(tmp_path):
     line = _one_error_line(_blockseg("synth", "s.zarr", "--scheduler", "127.0.0.1:1", cwd=tmp_path))
     assert "cannot reach the dask scheduler" in line
 
 
+@pytest.mark.slow  # a dask scheduler, a worker and the CLI in subprocesses
 def test_relative_paths_work_on_workers_started_elsewhere(tmp_path):
     """The driver's relative paths reach workers (running in another folder) absolute."""
     (tmp_path / "elsewhere").mkdir()
@@ -280,6 +289,7 @@ def test_relative_paths_work_on_workers_started_elsewhere(tmp_path):
     assert "avAP 1.0000" in proc.stdout
 
 
+@pytest.mark.slow  # the shared LocalCluster
 def test_preflight_names_a_path_workers_cannot_see(local_client, tmp_path):
     from blockseg.runtime.preflight import check_workers
 
@@ -292,6 +302,7 @@ def test_preflight_names_a_path_workers_cannot_see(local_client, tmp_path):
     assert check_workers(local_client, inputs=[str(tmp_path)], outputs=[str(tmp_path / "a" / "b.zarr")]).n_workers == 2
 
 
+@pytest.mark.slow  # the shared LocalCluster
 def test_task_error_names_the_task_and_the_worker(local_client):
     from blockseg.runtime.cluster import task_failure
 
@@ -304,6 +315,7 @@ def test_task_error_names_the_task_and_the_worker(local_client):
     assert line.startswith("predict block 7 on worker tcp://") and line.endswith("No space left on device: /data/out.zarr/7")
 
 
+@pytest.mark.slow  # predict in a subprocess, interrupted, then rerun
 def test_ctrl_c_during_predict_is_one_line_exit_130_and_the_rerun_resumes(tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C (the local workers get it too)."""
     import signal
@@ -348,6 +360,7 @@ def test_ctrl_c_during_predict_is_one_line_exit_130_and_the_rerun_resumes(tmp_pa
     assert f"resumed: reused {int(done.sum())} of {done.size} blocks" in rerun.stderr, rerun.stderr
 
 
+@pytest.mark.slow  # the CLI and its LocalCluster in a subprocess
 def test_worker_side_error_is_one_line_naming_the_task_and_leaves_no_output(tmp_path):
     from blockseg import create_volume
     from blockseg.models import demo_checkpoint_path
@@ -372,6 +385,7 @@ def _cuda() -> bool:
         return False
 
 
+@pytest.mark.slow  # a LocalCluster
 @pytest.mark.skipif(not _cuda(), reason="needs CUDA")
 def test_gpu_cluster_passes_the_gpu_preflight():
     from blockseg.runtime.preflight import check_workers

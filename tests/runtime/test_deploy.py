@@ -170,6 +170,7 @@ def test_parse_memory_limit():
         parse_memory_limit("lots")
 
 
+@pytest.mark.slow  # a LocalCluster of 2 workers
 def test_memory_limit_too_small_for_a_predict_block_ends_at_once(tmp_path, image, capsys):
     """The issue's command looped forever (the nanny restarting workers); now the plan refuses it
     before any worker starts, naming the block, the estimate, the limit and the fix."""
@@ -191,6 +192,7 @@ def test_memory_limit_too_small_for_a_predict_block_ends_at_once(tmp_path, image
     assert not out.exists()
 
 
+@pytest.mark.slow  # a LocalCluster
 def test_memory_limit_below_a_resting_worker_is_refused_before_workers_start(tmp_path, capsys):
     from blockseg.runtime.cluster import ClusterConfig, dask_client
 
@@ -404,6 +406,7 @@ def _sleepy(block_id):
     return block_id
 
 
+@pytest.mark.slow  # the shared LocalCluster
 def test_memory_watch_cancels_a_stage_that_would_wait_forever(local_client, monkeypatch):
     """Workers restarted for memory while no task fails (dask would keep handing the tasks on):
     the watch cancels the stage, and run_blocks raises its one line within seconds."""

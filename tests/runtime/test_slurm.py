@@ -44,6 +44,7 @@ def test_bad_settings_are_refused_before_building_a_cluster(settings, message):
         job_script(settings)
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_cluster_slurm_dry_run_prints_the_job_script():
     proc = subprocess.run(
         [sys.executable, "-m", "blockseg_cli.main", "cluster", "slurm", "--dry-run", "--cores", "4", "--memory", "8GB",

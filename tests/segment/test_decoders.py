@@ -70,6 +70,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow  # five decoders, each blockwise and whole on a 32x40x40 volume
 @pytest.mark.parametrize("decoder, make", CASES, ids=[d.name for d, _ in CASES])
 def test_decoder_blockwise_equals_whole_and_recovers(tmp_path, gt, decoder, make):
     save_predictions(tmp_path / "p.zarr", make(gt), chunks=CHUNKS)
@@ -121,6 +122,7 @@ def touching_gt():
     return lab
 
 
+@pytest.mark.slow  # five decoders on 40 touching nuclei
 @pytest.mark.parametrize("name, reps", IDENTITY, ids=[n for n, _ in IDENTITY])
 def test_default_decoders_recover_perfect_targets(tmp_path, touching_gt, name, reps):
     """Identity: perfect targets (blockseg.train.targets, stored as uint8) decoded with the default

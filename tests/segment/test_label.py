@@ -49,6 +49,7 @@ def test_label_joins_through_a_block_corner_only(tmp_path):
         assert rep.n_components == expected
 
 
+@pytest.mark.slow  # the shared LocalCluster
 def test_label_on_cluster(tmp_path, local_client):
     rng = np.random.default_rng(1)
     mask = (rng.random((24, 40, 40)) < 0.3).astype(np.uint8)

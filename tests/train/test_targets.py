@@ -305,6 +305,7 @@ def test_volume_centres_reduce_blocks_to_the_true_centres(tmp_path, cut_nuclei):
     assert np.array_equal(ids, ref_ids) and np.allclose(c, ref, rtol=0, atol=1e-9)
 
 
+@pytest.mark.slow  # the shared LocalCluster
 def test_write_targets_on_a_cluster_equals_whole_volume(tmp_path, cut_nuclei, local_client):
     vol = create_volume(tmp_path / "lab.zarr", BW_SHAPE, np.uint32, BW_VS, chunks=(10, 15, 17))
     vol.array[...] = cut_nuclei

@@ -52,6 +52,7 @@ def _cases(shape):
     return [(o, g) for i, o in enumerate(origins) for g in (geos if i % 3 == 0 else geos[i % 4 : i % 4 + 1])]
 
 
+@pytest.mark.slow  # every crop position of a volume, four target settings
 @pytest.mark.parametrize("cache_mb", [0, 1024], ids=["computed", "cached"])
 @pytest.mark.parametrize("params", [{"max_distance": 5.0, "contour_width": 2}, {}], ids=["short", "defaults"])
 def test_crop_targets_equal_whole_volume_targets(dense, params, cache_mb):
