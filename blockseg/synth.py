@@ -36,9 +36,12 @@ from .runtime._jit import njit
 from .errors import BlocksegError
 from .grid import BlockGrid, default_block_shape
 from .io.volume import DEFAULT_CHUNKS, create_label_volume, create_volume, open_volume, parse_voxel_size
-from .io.safety import aborts_on_error
+from .io.safety import aborts_on_error, prepare_output
 from .io.tables import write_table
 from .zyx import zyx
+from .io.pyramid import finish_volume
+from .io.storage import open_file
+from .runtime.cluster import block_voxels, run_blocks
 
 MODES = ("em", "uct", "fluo")
 #: fluorescence PSF sigma (z, y, x) in µm, depth over which the signal falls by 1/e (µm),
@@ -605,10 +608,7 @@ def synthesize(
         Levels of the multiscale pyramid of every volume (None: automatic; 1: none), built
         blockwise once the blocks are written (:mod:`blockseg.io.pyramid`).
     """
-    from .runtime.cluster import block_voxels, run_blocks
-    from .io.pyramid import finish_volume
 
-    from .io.safety import prepare_output
 
     t0 = time.perf_counter()
     chunks = tuple(chunks or DEFAULT_CHUNKS)
@@ -653,7 +653,6 @@ def synthesize(
         seconds=time.perf_counter() - t0,
         params=params.to_dict(),
     )
-    from .io.storage import open_file
 
     with open_file(f"{path}/synth_summary.json", "w") as f:
         json.dump(summary.to_dict(), f, indent=2)

@@ -18,6 +18,9 @@ from .contingency import contingency_table, reduce_tables
 from .detection import _ratios, inside_nearest_match, radius_match
 from .matching import DEFAULT_THRESHOLDS, Matching, match_instances, matching_stats
 from .overlaps import Overlaps, concat_overlaps, overlaps_from_table
+from ..io.volume import open_volume
+from ..runtime.cluster import run_blocks, run_task
+from .labelcheck import check_label_volume
 
 #: voxels per block of the evaluation pass (two label blocks + temporaries stay < 200 MB)
 EVAL_BLOCK_VOXELS = 2**22
@@ -100,7 +103,6 @@ def _jsonable(obj: Any) -> Any:
 @functools.lru_cache(maxsize=16)
 def _open(path: str, token: int = 0):
     """Open a volume once per process and evaluation (``token`` differs between evaluations)."""
-    from ..io.volume import open_volume
 
     return open_volume(path)
 
@@ -151,7 +153,6 @@ def check_inputs(gt: str, pred: str, mask: str | None = None, labels_anyway: boo
     ``gt`` and ``pred`` must also look like instance labels, not a raw image or a probability
     map (:func:`.labelcheck.check_label_volume`), unless ``labels_anyway``.
     """
-    from .labelcheck import check_label_volume
 
     g, p = _open(str(gt)), _open(str(pred))
     check_label_volume(g, "--gt", labels_anyway)
@@ -203,7 +204,6 @@ def volume_table(
     (ContingencyTable, ndarray of uint64, ndarray of bool or None)
         With ``points``: also the GT label and the mask value at each point.
     """
-    from ..runtime.cluster import run_task
 
     _open.cache_clear()
     g, p = _open(str(gt)), _open(str(pred))
@@ -233,7 +233,6 @@ def volume_table(
 
 def sample_volume(path: str, points: np.ndarray, client=None, block_voxels: int = EVAL_BLOCK_VOXELS) -> np.ndarray:
     """Values of a volume at integer points (n, 3), reading only the blocks that hold points."""
-    from ..runtime.cluster import run_blocks
 
     vol = _open(str(path))
     points = np.asarray(points, np.int64).reshape(-1, 3)

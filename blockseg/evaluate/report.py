@@ -10,6 +10,8 @@ import numpy as np
 from ..io.tables import write_table
 from .analysis import best_partners
 from .core import EvaluationResult
+from ..io.safety import prepare_output
+from ..io.storage import makedirs, open_file
 
 CSV_COLUMNS = (
     "kind", "volume", "id", "size", "z", "y", "x", "best_partner", "best_iou",
@@ -94,7 +96,6 @@ def plot_ap(result: EvaluationResult, path: str | os.PathLike) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     draw_ap(ax, result)
     fig.tight_layout()
-    from ..io.storage import open_file
 
     with open_file(str(path), "wb") as fh:
         fig.savefig(fh, format="png")
@@ -136,7 +137,6 @@ def write_report(
     dict
         Paths written, by kind.
     """
-    from ..io.safety import prepare_output
 
     output = prepare_output(out_dir, inputs, overwrite, what="report folder")
     with output.writing() as target:
@@ -149,7 +149,6 @@ def write_report(
 
 
 def _write_report_files(result: EvaluationResult, out_dir: str, png: bool) -> dict[str, str]:
-    from ..io.storage import makedirs, open_file
 
     out = str(out_dir).rstrip("/")
     makedirs(out)

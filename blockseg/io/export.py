@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import BlocksegError
 from ..zyx import zyx
 from .volume import open_volume
+from .safety import mark_text, prepare_output, stamp_json
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -137,7 +138,6 @@ def export(
     slab_bytes : int
         Source bytes read at once (the memory bound); the export goes slab by slab along z.
     """
-    from .safety import mark_text, prepare_output, stamp_json
 
     source, out = str(source), str(out)
     vol = open_volume(source)

@@ -32,6 +32,7 @@ from ..errors import BlocksegError, warn
 from .chunks import check_complete
 from .safety import owned_kind, resolve, zarr_root
 from .storage import has_scheme
+from .access import bad_metadata, storage_failure
 
 #: length units of NGFF axes (and OME-XML) in micrometres
 UNIT_UM = {
@@ -249,7 +250,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _unopenable(path: str, exc: BaseException, storage_options: dict | None, what: str) -> str:
     """One line for a zarr node that would not open: storage refused, metadata damaged, or ``what``."""
-    from .access import bad_metadata, storage_failure
 
     return storage_failure(exc, path) or bad_metadata(path, storage_options) or f"{path}: {what} ({_first_line(exc)})"
 

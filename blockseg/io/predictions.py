@@ -27,7 +27,8 @@ import numpy as np
 import zarr
 
 from ..errors import BlocksegError
-from .volume import Volume, _check_exists, create_volume, open_volume
+from .volume import Volume, _check_exists, _prepare_destination, create_volume, open_volume
+from .access import bad_metadata, probe, storage_failure
 
 #: predict's per-block done-markers in a store: one uint8 per block, 1 once its core is final
 DONE_ARRAY = "_done"
@@ -149,7 +150,6 @@ def create_predictions(
     -------
     dict of str to Volume
     """
-    from .volume import _prepare_destination
 
     path = str(path)
     if not channels or len(set(channels)) != len(channels):
@@ -199,7 +199,6 @@ def open_predictions(
     """
     path = str(path)
     _check_exists(path)
-    from .access import bad_metadata, probe, storage_failure
 
     probe(path)
     try:

@@ -33,7 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import BlocksegError
 from .selection import split_selection
-from .storage import is_url
+from .storage import is_url, write_bytes
+from .._version import __version__
 
 #: files a folder of evaluation reports may hold (``blockseg evaluate --out``; ``run``'s evaluation/)
 EVALUATION_FILES = frozenset({"evaluation.json", "instances.csv", "ap_vs_iou.png", "overview.png"})
@@ -308,7 +309,6 @@ def _finish_url_swap(new: str, path: str, ready: str) -> None:
 
 def swap_url(new: str, path: str) -> None:
     """:func:`swap` on object storage (see the module docstring): mark ready, then replace."""
-    from .storage import write_bytes
 
     path = path.rstrip("/")
     ready = _sibling(path, READY_TAG)
@@ -545,7 +545,6 @@ def _prepare(path: str, overwrite: bool, resume: bool, what: str) -> Output:
 
 def stamp_json(extra: dict | None = None) -> dict:
     """The ``blockseg`` mark written into outputs that are not zarr (export metadata)."""
-    from .._version import __version__
 
     return {"written_by": f"blockseg {__version__}", **(extra or {})}
 

@@ -24,10 +24,16 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 
-from ..errors import BlocksegError
+from ..errors import BlocksegError, warn
 from ..grid import BlockGrid, write_unit
 from ..zyx import zyx
 from .storage import is_url
+from ..runtime.costs import chunk_cost, settle
+from .access import probe
+from .formats import open_source
+from .pyramid import finish_volume
+from .safety import _remove, prepare_output, stamp_json
+from .selection import SELECT_KEYS, split_selection, with_selection
 
 
 NGFF_VERSION = "0.5"
@@ -99,7 +105,6 @@ class Volume:
     @property
     def ref(self) -> str:
         """The path with its selection as a fragment: reopens this exact view anywhere."""
-        from .selection import with_selection
 
         sel = {k: v for k, v in self.selection.items() if not (k in ("level", "channel", "timepoint") and v == 0)}
         return with_selection(self.path, sel)
@@ -150,7 +155,6 @@ class Volume:
 
 
 def _check_exists(path: str) -> None:
-    from .selection import split_selection
 
     path = split_selection(path)[0]
     if not is_url(path) and not os.path.exists(path):
@@ -210,9 +214,6 @@ def open_volume(
     >>> int(again[0, 0, 0]), int(again[0, 63, 63])
     (7, 0)
     """
-    from ..errors import warn
-    from .formats import open_source
-    from .selection import SELECT_KEYS, split_selection
 
     path = str(path)
     bare, fragment = split_selection(path)
@@ -223,7 +224,6 @@ def open_volume(
         if given[k] is None:
             given[k] = fragment.get(k)
     _check_exists(bare)
-    from .access import probe
 
     probe(bare, storage_options)  # object storage: credentials, bucket and endpoint, in one line
     src = open_source(bare, mode, storage_options, **given)
@@ -254,7 +254,6 @@ def check_destination(
     The rules are :func:`blockseg.io.safety.prepare_output`'s: never an input, inside or around
     one; an existing output only with ``overwrite`` and only when blockseg wrote it.
     """
-    from .safety import prepare_output
 
     prepare_output(path, inputs, overwrite).release()  # a check: another command writing it is refused too
 
@@ -262,7 +261,6 @@ def check_destination(
 def _prepare_destination(path: str, overwrite: bool) -> None:
     """Make room for a new output at ``path`` (low-level API: an own output is deleted in place;
     the commands replace outputs new-then-swap through :mod:`blockseg.io.safety` instead)."""
-    from .safety import _remove, prepare_output
 
     out = prepare_output(path, (), overwrite, lock=False)  # inside a command's output, or a low-level call
     if out.action == "replace" or (out.action == "create" and not is_url(path) and os.path.isdir(path)):
@@ -321,13 +319,11 @@ def create_volume(
     shards = zyx(shards, "shard shape", at_least=1)
     if shards is not None and any(s % c for s, c in zip(shards, chunks)):
         raise BlocksegError(f"shard shape {shards} must be a multiple of the chunk shape {chunks}")
-    from ..runtime.costs import chunk_cost, settle
 
     # a quarter of a million 1-voxel chunk files is refused before the first is written
     settle([chunk_cost(shape, shards or chunks, np.dtype(dtype).itemsize, path)])
     _prepare_destination(path, overwrite)
     group = zarr.open_group(path, mode="w" if overwrite else "w-", storage_options=storage_options)
-    from .safety import stamp_json
 
     attrs: dict[str, Any] = {"ome": {"version": NGFF_VERSION, "multiscales": multiscales_metadata(voxel_size, name)}}
     attrs["blockseg"] = stamp_json(attributes)  # marks the volume as blockseg's (see blockseg.io.safety)
@@ -423,9 +419,6 @@ def import_volume(
     """
     import dask.array as da
 
-    from .safety import prepare_output
-
-    from .selection import split_selection
 
     source, dest = str(source), str(dest)
     output = prepare_output(dest, [split_selection(source)[0]], overwrite)
@@ -433,7 +426,6 @@ def import_volume(
     out_dtype = np.dtype(dtype) if dtype is not None else src.dtype
     if out_dtype.kind not in "biuf":
         raise BlocksegError(f"{source}: unsupported dtype {out_dtype} (need integers or floats)")
-    from .pyramid import finish_volume
 
     with output.writing() as target:
         out = create_volume(target, src.shape, out_dtype, src.voxel_size, chunks, shards,

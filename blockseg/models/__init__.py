@@ -21,6 +21,7 @@ from .checkpoint import check_decoder_channels, load_checkpoint, read_checkpoint
 
 
 from ..checkpoints import SHIPPED_CHECKPOINTS
+from ..errors import BlocksegError
 
 
 def shipped_checkpoint_path(name: str) -> str:
@@ -34,7 +35,6 @@ def shipped_checkpoint_path(name: str) -> str:
     """
     from importlib.resources import files
 
-    from ..errors import BlocksegError
 
     if name not in SHIPPED_CHECKPOINTS:
         raise BlocksegError(f"no shipped checkpoint {name!r}; shipped: {sorted(SHIPPED_CHECKPOINTS)}")

@@ -25,6 +25,8 @@ from torch import nn
 
 from ..errors import BlocksegError
 from ..zyx import zyx
+from .._version import __version__
+from ..io.untrusted import load_plain
 
 #: representation name -> (channel names, value kind)
 REPRESENTATIONS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -223,7 +225,6 @@ def save_checkpoint(path, model: BlocksegNet, **metadata) -> None:
     ``metadata`` holds JSON-serialisable extras, e.g. ``normalisation`` (how the image was
     scaled to the network input), ``voxel_size``, ``training`` (config, iterations, losses).
     """
-    from .._version import __version__
 
     payload = {
         "magic": CHECKPOINT_MAGIC,
@@ -247,7 +248,6 @@ def read_native_checkpoint(path) -> dict:
     path = str(path)
     if not os.path.exists(path):
         raise BlocksegError(f"checkpoint {path} does not exist")
-    from ..io.untrusted import load_plain
 
     payload = load_plain(path, "blockseg checkpoint")  # tensors and plain data only: nothing in it can run
     if not isinstance(payload, dict) or payload.get("magic") != CHECKPOINT_MAGIC:

@@ -34,6 +34,7 @@ from ..io.storage import has_scheme
 from ..zyx import zyx
 from .base import REPRESENTATIONS, BlocksegNet, Geometry, register_architecture
 from .sidecar import SIDECAR_SUFFIXES, find_sidecar, read_sidecar
+from .bioimageio import is_package, package_spec
 
 FORMATS = ("torchscript", "onnx")
 #: extra names accepted for single channels
@@ -64,7 +65,6 @@ def is_foreign(path) -> bool:
     p = str(path)
     if has_scheme(p):
         return False
-    from .bioimageio import is_package
 
     if is_package(p):  # a bioimage.io model package (blockseg.models.bioimageio)
         return True
@@ -437,7 +437,6 @@ def describe(path, sidecar: str | None = None) -> ForeignModel:
     ``sidecar``: the sidecar of weights ``path``, when it is not found by the weights' stem.
     """
     p = os.path.abspath(str(path))
-    from .bioimageio import is_package
 
     if sidecar is None and is_package(p):
         return _describe_package(p)
@@ -465,7 +464,6 @@ def describe(path, sidecar: str | None = None) -> ForeignModel:
 
 def _describe_package(p: str) -> ForeignModel:
     """:func:`describe` of a bioimage.io package (cached per process and modification times)."""
-    from .bioimageio import package_spec
 
     rdf_or_self = p if os.path.isfile(p) else next((os.path.join(p, n) for n in ("rdf.yaml", "bioimageio.yaml")
                                                     if os.path.isfile(os.path.join(p, n))), p)  # fmt: skip

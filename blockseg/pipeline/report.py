@@ -7,6 +7,8 @@ import os
 import numpy as np
 
 from ..evaluate.core import EvaluationResult
+from ..evaluate.report import draw_ap, instance_table
+from ..io.volume import open_volume
 
 #: RGB colours of the overlay, by error class of :func:`blockseg.evaluate.report.instance_table`
 STATUS_COLOURS = {
@@ -62,8 +64,6 @@ def overview_png(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..evaluate.report import draw_ap, instance_table
-    from ..io.volume import open_volume
 
     img_v, gt_v, pr_v = open_volume(image), open_volume(gt), open_volume(pred)
     z = img_v.shape[0] // 2 if z is None else int(z)

@@ -16,6 +16,11 @@ from .layout import RunLayout, checkpoint_path, segment_decoder
 from ..errors import BlocksegError
 from ..zyx import zyx
 from ..io.storage import has_scheme
+from ..grid import BlockGrid, default_block_shape
+from ..io.export import parse_region
+from ..io.predictions import plan_store
+from ..io.volume import DEFAULT_CHUNKS, open_volume
+from .tune import labels_cover_volume
 
 
 def _fail(key: str, message: str):
@@ -31,7 +36,6 @@ def planned_image(cfg: RunConfig, image_path: str) -> tuple[tuple[int, ...], tup
     image_path : str
         Where the run reads the image (:class:`blockseg.pipeline.layout.RunLayout` ``image``).
     """
-    from ..io.volume import DEFAULT_CHUNKS, open_volume
 
     d = cfg.data
     if d.synth is not None:
@@ -53,7 +57,6 @@ def planned_image(cfg: RunConfig, image_path: str) -> tuple[tuple[int, ...], tup
 
 
 def _grid(key: str, shape, block, chunks, what: str):
-    from ..grid import BlockGrid, default_block_shape
 
     if block is None:
         return BlockGrid(shape, default_block_shape(shape, chunks), 0, chunks)
@@ -91,7 +94,6 @@ def check_predict(cfg: RunConfig, payload: dict) -> None:
     to keep (``predict.channels``) and their dtype."""
     from ..models import build_model
     from ..predict.infer import InferenceOptions, check_options, output_channels
-    from ..io.predictions import plan_store
 
     p = cfg.predict
     model = build_model(payload["architecture"], **payload["config"])
@@ -142,9 +144,6 @@ def check_run(cfg: RunConfig, payload: dict | None = None) -> tuple[tuple[int, .
 
 def check_tune(cfg: RunConfig, shape) -> None:
     """``segment.tune``: the region lies in the image, the labels exist and fit the image or the region."""
-    from ..io.export import parse_region
-    from ..io.volume import open_volume
-    from .tune import labels_cover_volume
 
     t = cfg.segment.tune
     try:

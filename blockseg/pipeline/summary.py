@@ -23,6 +23,9 @@ from typing import Any
 from ..errors import BlocksegError
 from ..io.storage import has_scheme
 from ..io.tables import count_rows
+from ..io.predictions import open_predictions, prediction_kind, read_metadata
+from ..io.volume import open_volume
+from .config import STAGES, parse_config
 
 
 def _disk_bytes(path: str) -> int | None:
@@ -89,7 +92,6 @@ def kind_of(path: str) -> str:
         return "checkpoint"
     if os.path.isfile(bare) and bare.endswith((".yaml", ".yml", ".json")) and _is_sidecar(bare):
         return "checkpoint"  # a foreign network's sidecar (blockseg.models.foreign)
-    from ..io.predictions import read_metadata
 
     if bare == path and (read_metadata(bare) or {}).get("channels"):  # damaged metadata: one line naming the key
         return "predictions"
@@ -248,7 +250,6 @@ def _render_model(s: dict) -> list[str]:
 def predictions_summary(path: str) -> dict:
     import zarr
 
-    from ..io.predictions import open_predictions, prediction_kind
 
     vols = open_predictions(path, unfinished_ok=True)  # info shows how far an unfinished store got
     attrs = _blockseg_attrs(path)["predictions"]
@@ -329,7 +330,6 @@ def _is_label(vol) -> bool:
 
 
 def volume_summary(path: str, key: str | None = None, block=None, halo=0) -> dict:
-    from ..io.volume import open_volume
 
     vol = open_volume(path, key=key)
     grid = vol.grid(block, halo)
@@ -392,7 +392,6 @@ def _render_volume(s: dict) -> list[str]:
 
 # ---------------------------------------------------------------------------- run directory
 def run_summary(path: str) -> dict:
-    from .config import STAGES, parse_config
 
     record = os.path.join(path, "run.json")
     try:

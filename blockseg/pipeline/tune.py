@@ -21,6 +21,11 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import BlocksegError
+from ..io.export import parse_region
+from ..io.predictions import open_predictions, read_channels
+from ..io.safety import prepare_output
+from ..io.volume import open_volume
+from ..provenance import file_digest
 
 #: the thresholds searched by default, per decoder (the tuner widens a grid edge it picks)
 DEFAULT_GRIDS: dict[str, dict[str, list[float]]] = {
@@ -130,7 +135,6 @@ def tune_store(
     -------
     TuneResult
     """
-    from ..io.predictions import open_predictions, read_channels
     from ..segment import DECODERS, make_decoder
     from ..segment.params import choose_decoder, store_decoder
     from ..train.trainer import score_prediction, tune_decoder
@@ -166,7 +170,6 @@ def tune_store(
 def _region_slices(region, shape) -> tuple[slice, ...]:
     """The annotated box as slices (a ``"z0:z1,y0:y1,x0:x1"`` string or slices), at most
     :data:`MAX_REGION_VOXELS` voxels."""
-    from ..io.export import parse_region
 
     if region is None or isinstance(region, str):
         sl = parse_region(region, shape)
@@ -184,7 +187,6 @@ def _region_labels(labels, pred_path: str, sl, shape, box) -> tuple[np.ndarray, 
     instance labels: not integers, the store's own image, (almost) no background, no nuclei."""
     import zarr
 
-    from ..io.volume import open_volume
 
     lab = open_volume(str(labels)).array if isinstance(labels, (str, bytes)) or hasattr(labels, "__fspath__") else labels
     gt = np.asarray(lab[sl] if labels_cover_volume(lab.shape, shape, box, "store") else lab[...])
@@ -230,8 +232,6 @@ def save_tuned_checkpoint(pred_path: str, out: str) -> str:
     import torch
 
     from ..models import read_checkpoint
-    from ..provenance import file_digest
-    from ..io.safety import prepare_output
     from ..segment.params import store_decoder
 
     rec = store_decoder(pred_path)

@@ -19,6 +19,7 @@ from ..models.base import BlocksegNet, normalise
 from ..zyx import zyx
 from .kernels import blend_tile
 from .lattice import Lattice, read_reflected, resolve_overlap
+from .normalise import resolve_array
 
 #: flips used by test-time augmentation: every subset of the axes (z, y, x) -> 8 passes
 TTA_FLIPS: tuple[tuple[int, ...], ...] = tuple(
@@ -433,7 +434,6 @@ def predict_array(
 
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise BlocksegError("the image holds NaN or infinite values")
-    from .normalise import resolve_array
 
     normalisation = resolve_array(normalisation, image).affine  # a percentile scheme: this image's own
     core = tuple(slice(0, s) for s in image.shape)

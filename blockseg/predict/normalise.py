@@ -24,8 +24,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import BlocksegError
+from ..errors import BlocksegError, BlocksegWarning
 from ..io.volume import open_volume
+from ..grid import default_block_shape
+from ..runtime.cluster import run_blocks
 
 PERCENTILE = "percentile"
 FIXED = "fixed"
@@ -241,8 +243,6 @@ def volume_statistics(
     Each task opens the volume itself (nothing large is shipped), counts the global-grid
     sample inside its block and returns a small histogram; the histograms are merged here.
     """
-    from ..runtime.cluster import run_blocks
-    from ..grid import default_block_shape
     vol = open_volume(path)
     shape = vol.shape
     step = sample_step(shape, max_samples)
@@ -370,7 +370,6 @@ def check_input(resolved: Resolved, meta: dict | None, name: str = "the image", 
         if abs(mean - off) > 3 * sc or not sc / 3 <= std <= 3 * sc:
             msgs.append(f"{name}: intensities (mean {mean:.6g}, s.d. {std:.6g}) are far from the training data's (mean {off:.6g}, "
                         f"s.d. {sc:.6g}) and this checkpoint normalises in raw units; results may be poor")  # fmt: skip
-    from ..errors import BlocksegWarning
 
     for m in msgs:
         warnings.warn(m, BlocksegWarning, stacklevel=2)

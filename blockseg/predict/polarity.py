@@ -30,7 +30,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import BlocksegError
+from ..errors import BlocksegError, warn
+from ..io.volume import open_volume
+from .normalise import check_input
 
 POLARITIES = ("bright", "dark")
 #: below this absolute blob-test score the check says "unsure" (and ``auto`` is refused)
@@ -142,7 +144,6 @@ def _top_extrema(response: np.ndarray, footprint: np.ndarray, k: int) -> float:
 
 def detect_volume_polarity(path: str, voxel_size: Sequence[float], diameter_um: float) -> PolarityCheck:
     """:func:`detect_polarity` on a central box (at most :data:`MAX_SIDE` voxels a side) of a volume."""
-    from ..io.volume import open_volume
 
     arr = open_volume(path).array
     box = tuple(slice(max(0, (n - MAX_SIDE) // 2), max(0, (n - MAX_SIDE) // 2) + min(n, MAX_SIDE)) for n in arr.shape)
@@ -170,7 +171,6 @@ def orient(resolved, card: str | None, polarity: str | None = None, check: Polar
         With an inverted affine map when the input's polarity differs from the card's, its
         description naming the polarity used and why, and ``polarity`` (provenance) set.
     """
-    from ..errors import warn
 
     _validate_polarity(polarity)
     if card is None:
@@ -208,7 +208,6 @@ def orient_volume(resolved, norm_meta: dict | None, path: str, voxel_size, diame
     """:func:`orient` for a volume on disk: the check (when the card records a polarity and a
     nucleus size), then the input check of :func:`~blockseg.predict.normalise.check_input` on the
     intensities as the network sees them (inverted ones too)."""
-    from .normalise import check_input
 
     card = card_polarity(norm_meta)
     check = detect_volume_polarity(path, voxel_size, diameter_um) if card is not None and diameter_um else None

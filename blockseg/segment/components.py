@@ -34,7 +34,7 @@ from ..grid import BlockGrid, Interface
 from ..io.volume import create_volume, open_volume
 from ..io.storage import load_npz, remove_tree
 from .pipeline import _write_tables, merge_seeds
-from ..io.safety import aborts_on_error
+from ..io.safety import aborts_on_error, prepare_output, prepare_work
 
 #: cc3d connectivity -> BlockGrid neighbourhood connectivity (faces / + edges / + corners)
 _GRID_CONNECTIVITY = {6: 1, 18: 2, 26: 3}
@@ -178,7 +178,6 @@ def label(
     mask_path, out_path = str(mask_path), str(out_path).rstrip("/")
     vol = open_volume(mask_path)
     grid = vol.grid(block_shape)
-    from ..io.safety import prepare_output, prepare_work
 
     output = prepare_output(out_path, [mask_path], overwrite, extra=[out_path + ".work"])
     final_path, out_path = out_path, output.begin()  # a replacement is written beside the old one

@@ -26,6 +26,7 @@ from typing import Mapping
 from ..errors import BlocksegError
 from ..io.storage import has_scheme
 from .decoders import DECODERS, PRESETS, Decoder, make_decoder
+from ..io.predictions import read_metadata
 
 #: the decoder used when neither the user nor the data names one
 DEFAULT_DECODER = "bcd"
@@ -158,7 +159,6 @@ def checkpoint_decoder(
 
 def store_decoder(pred_path: str | os.PathLike) -> dict | None:
     """The decoder recommendation a prediction store carries (written by ``predict``), or None."""
-    from ..io.predictions import read_metadata
 
     rec = (read_metadata(pred_path) or {}).get("decoder")  # not a group: None (open_predictions says why)
     return dict(rec) if rec else None

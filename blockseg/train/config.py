@@ -48,7 +48,6 @@ class ValidationConfig(_Strict):
 
     def box(self, shape) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
         """``(lo, hi)`` of the region in a volume of ``shape``."""
-        from ..errors import BlocksegError
 
         if self.region is not None and self.fraction is not None:
             raise BlocksegError("data.validation: give region or fraction, not both")

@@ -31,6 +31,10 @@ from scipy import ndimage as ndi
 from ..runtime._jit import njit
 from ..errors import BlocksegError
 from ..zyx import zyx
+from ..io.predictions import create_predictions, encode_channel, open_predictions, prediction_kind
+from ..io.volume import open_volume
+from ..models.base import channels_of, check_representations, kinds_of
+from ..runtime.cluster import run_blocks
 
 #: NucMM defaults for the tanh distance target
 ALPHA = 8.0
@@ -204,7 +208,6 @@ def instance_centres(labels: np.ndarray, origin: Sequence[int] = (0, 0, 0)) -> C
 
 
 def _centre_block(block_id, labels_path, block_shape):
-    from ..io.volume import open_volume
 
     lab = open_volume(labels_path)
     block = lab.grid(block_shape)[block_id]
@@ -217,8 +220,6 @@ def volume_centres(labels_path: str, block_shape: Sequence[int] | None = None, c
     Each block sums the coordinates of its core voxels per label; the partial sums are reduced
     per id, so nuclei cut by block borders get their true centre of mass.
     """
-    from ..runtime.cluster import run_blocks
-    from ..io.volume import open_volume
 
     lab = open_volume(labels_path)
     grid = lab.grid(block_shape)
@@ -629,7 +630,6 @@ def compute_targets(
     dict of str to float32 ndarray
         One array per channel, named and ordered as ``channels_of(representations)``.
     """
-    from ..models.base import channels_of, check_representations
 
     reps = check_representations(representations)
     p = TargetParams.make(params)
@@ -679,7 +679,6 @@ def target_halo(
     than ``m - 1`` since ``d_in = d_contact + 1``. Each of these values is the smallest that
     works (tests show one voxel less breaks blockwise exactness).
     """
-    from ..models.base import check_representations
 
     reps = check_representations(representations)
     p = TargetParams.make(params)
@@ -765,8 +764,6 @@ def load_centres(pred_path: str) -> Centres:
 
 
 def _targets_block(block_id, labels_path, pred_path, representations, block_shape, halo, params, with_centres):
-    from ..io.volume import open_volume
-    from ..io.predictions import encode_channel, open_predictions, prediction_kind
 
     lab = open_volume(labels_path)
     block = lab.grid(block_shape, halo)[block_id]
@@ -821,10 +818,6 @@ def write_targets(
         The created channels. Each block reads its core plus :func:`target_halo` voxels, so the
         store equals the whole-volume :func:`compute_targets` (encoded to its dtype).
     """
-    from ..runtime.cluster import run_blocks
-    from ..io.volume import open_volume
-    from ..models.base import channels_of, check_representations, kinds_of
-    from ..io.predictions import create_predictions
 
     reps = check_representations(representations)
     p = TargetParams.make(params)

@@ -31,8 +31,16 @@ from ..errors import BlocksegError
 from .losses import MultiLoss
 from ..models.base import BlocksegNet, build_model, normalise, save_checkpoint
 from ..models.checkpoint import check_decoder_channels, load_checkpoint
-from .config import TrainConfig
+from .config import CAPACITY, TrainConfig, ValidationConfig
 from .data import CropSampler
+from ..evaluate import evaluate
+from ..io.safety import check_not_input
+from ..io.untrusted import load_plain
+from ..io.volume import create_label_volume, create_volume, open_volume
+from ..models import resolve_checkpoint
+from ..predict.normalise import training_normalisation, volume_affines
+from ..predict.resample import instance_diameters_um, resample_array
+from ..segment import DECODERS, make_decoder, segment_array
 
 log = logging.getLogger("blockseg.train")
 
@@ -70,7 +78,6 @@ def read_resume(path) -> dict:
     BlocksegError
         Refused (not plain data), not a blockseg resume file, or of another format.
     """
-    from ..io.untrusted import load_plain
 
     state = load_plain(path, "resume file")
     if not isinstance(state, dict) or state.get("magic", RESUME_MAGIC) != RESUME_MAGIC:
@@ -104,7 +111,6 @@ def _seed_all(seed: int) -> None:
 
 def make_model(cfg: TrainConfig) -> BlocksegNet:
     """The network of a config (``training.patch`` is its ``input_patch``)."""
-    from .config import CAPACITY
 
     params = dict(cfg.model.params)
     params["representations"] = list(cfg.model.representations)
@@ -126,7 +132,6 @@ def init_from_checkpoint(model: BlocksegNet, path: str, freeze_encoder: bool = F
     The checkpoint must have the same architecture, widths and output channels (its heads are
     reused). With ``freeze_encoder`` the parameters of :data:`ENCODER_MODULES` stop training.
     """
-    from ..models import resolve_checkpoint
 
     path = resolve_checkpoint(path)  # demo, fluo, fluo_synth: the shipped files
     loaded, payload = load_checkpoint(path, "cpu")
@@ -215,14 +220,12 @@ def predict_image(model: BlocksegNet, image: np.ndarray, normalisation: dict | N
 
 def validation_sets(cfg: TrainConfig) -> list[tuple[str, tuple | None]]:
     """``[(volume path, (lo, hi) box or None), ...]`` of the config's validation data (may be empty)."""
-    from ..io.volume import open_volume
 
     return [(v, None) if isinstance(v, str) else (v.volume, v.box(open_volume(v.volume).shape)) for v in cfg.data.validation_list()]
 
 
 def read_validation(path: str, box=None, labels: str = "labels/nuclei", mask: str | None = "labels/valid"):
     """``(image, labels, mask or None)`` of a validation volume or of its region ``box``."""
-    from ..io.volume import open_volume
 
     sl = (...,) if box is None else tuple(slice(a, b) for a, b in zip(*box))
     img = np.asarray(open_volume(path).array[sl])
@@ -258,8 +261,6 @@ def mean_scores(scores: Sequence[dict]) -> dict:
 
 def score_prediction(pred: Mapping[str, np.ndarray], gt: np.ndarray, decoder, mask=None) -> dict:
     """Decode a prediction with ``decoder`` and score it: COCO AP-50/75, accuracy at IoU 0.5."""
-    from ..evaluate import evaluate
-    from ..segment import segment_array
 
     seg = segment_array(pred, decoder)
     res = evaluate(gt, seg, mask=mask)
@@ -279,7 +280,6 @@ def score_prediction(pred: Mapping[str, np.ndarray], gt: np.ndarray, decoder, ma
 def _grid_search(cases, name, base, grid, cache):
     import itertools
 
-    from ..segment import make_decoder
 
     keys = sorted(grid)
     best = None
@@ -342,7 +342,6 @@ def tune_decoder(
     the end of its decoder's range (:attr:`blockseg.segment.Decoder.bounds`) is reported as
     such: there is nothing beyond it to search.
     """
-    from ..segment import DECODERS
 
     warn = warn or log.warning
     if isinstance(pred, Mapping):
@@ -462,9 +461,6 @@ def resample_training_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
     are. A validation region of a resampled volume is scaled with it (a fraction needs
     nothing). Training volumes are read whole (they are crops), so this is done in memory.
     """
-    from .config import ValidationConfig
-    from ..io.volume import create_label_volume, create_volume, open_volume
-    from ..predict.resample import resample_array
 
     target = np.asarray(cfg.data.voxel_size, dtype=float)
     done: dict[str, tuple[str, np.ndarray]] = {}  # path -> (path to train on, per-axis scale)
@@ -525,8 +521,6 @@ def resample_training_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
 def training_nucleus_diameter(paths: Sequence[str], labels: str) -> float | None:
     """Median equivalent-sphere diameter (µm) of the nuclei of all training volumes (recorded in
     the checkpoint; ``predict --diameter`` scales other nucleus sizes to it)."""
-    from ..io.volume import open_volume
-    from ..predict.resample import instance_diameters_um
 
     vols = [open_volume(f"{str(p).rstrip('/')}/{labels}") for p in paths]
     d = np.concatenate([instance_diameters_um(v.array[...], v.voxel_size) for v in vols] or [np.zeros(0)])
@@ -663,7 +657,6 @@ def train(
 def _validate_inputs(cfg: TrainConfig, resume: bool) -> tuple[Path, dict | None]:
     """The output folder and the resume state (None without ``resume``), checked before
     anything is written: a resume needs its file, a new run a free output that is no input."""
-    from ..io.safety import check_not_input
 
     out = Path(cfg.output)
     ckpt_path, resume_path = out / CHECKPOINT, out / RESUME
@@ -686,7 +679,6 @@ def _validate_inputs(cfg: TrainConfig, resume: bool) -> tuple[Path, dict | None]
 def _training_data(cfg: TrainConfig, out: Path) -> tuple[TrainConfig, tuple]:
     """The training voxel size: the volumes' own (they must agree), or ``data.voxel_size``, to
     which they are resampled first (``OUTPUT/resampled``; the returned config reads those)."""
-    from ..io.volume import open_volume
 
     if cfg.data.voxel_size is None:
         voxel_size = training_voxel_size(cfg.data.train, [open_volume(p).voxel_size for p in cfg.data.train])
@@ -712,8 +704,6 @@ def _validation_exclusions(cfg: TrainConfig, val_sets: list) -> dict[int, tuple]
 def _set_up(cfg: TrainConfig, out: Path, voxel_size: tuple, resume: bool) -> _Run:
     """Network, decoder, crops, optimiser and random streams, seeded in this order (a run is
     reproduced by its config)."""
-    from ..predict.normalise import training_normalisation
-    from ..segment import make_decoder
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -753,7 +743,6 @@ def _set_up(cfg: TrainConfig, out: Path, voxel_size: tuple, resume: bool) -> _Ru
 
 def _restore(run: _Run, state: dict) -> int:
     """Weights, optimiser and random states of the interrupted run; returns its iteration."""
-    from ..predict.normalise import volume_affines
 
     cfg, resume_path = run.cfg, run.out / RESUME
     if state.get("model_config") != cfg.model.model_dump(mode="json") or state.get("patch") != list(cfg.patch):
@@ -857,7 +846,6 @@ def _iterate(run: _Run, start: int, progress: bool | None, callback) -> None:
 def _finish(run: _Run) -> None:
     """The reduce: the final weights' validation (its predictions also tune the decoder), the
     final checkpoint and the log's plot."""
-    from ..segment import make_decoder
 
     cfg = run.cfg
     final = run.validation_cases() if run.val_sets else []

@@ -15,8 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import BlocksegError
+from ..errors import BlocksegError, BlocksegWarning
 from ..io.storage import is_url
+from ..io.safety import prepare_output
+from ..io.selection import split_selection
+from ..io.volume import import_volume, open_volume, register_label
 
 
 def make_parent(path: str) -> None:
@@ -64,16 +67,12 @@ def import_pair(
     (Volume, Volume)
         The image and the label volume.
     """
-    from ..io.selection import split_selection
-    from ..io.volume import import_volume, open_volume, register_label
-    from ..io.safety import prepare_output
 
     if not name or "/" in name or name.startswith("."):
         raise BlocksegError(f"label name must be a plain name, got {name!r}")
     src = open_volume(image, key=key, voxel_size=voxel_size)
     import warnings
 
-    from ..errors import BlocksegWarning
 
     with warnings.catch_warnings():  # the labels take the image's voxel size: no "1 µm" warning for them
         warnings.simplefilter("ignore", BlocksegWarning)
@@ -103,7 +102,6 @@ def import_pair(
 def import_label_into(source: str, dest: str, **kwargs):
     """Import a label file to ``IMAGE.zarr/labels/NAME`` of an existing image: creates the
     ``labels`` group and registers the label image (NGFF), so no folder is made by hand."""
-    from ..io.volume import import_volume, open_volume, register_label
 
     parts = str(dest).rstrip("/").split("/")
     if len(parts) >= 3 and parts[-2] == "labels":
