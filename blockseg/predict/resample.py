@@ -24,6 +24,8 @@ import numpy as np
 from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError
 from ..zyx import zyx
+from .lattice import reflect_index
+from .normalise import resolve_array
 
 #: automatic factors within this relative distance of 1 are not applied (resampling by 3 %
 #: costs an interpolation and changes nothing a network can tell)
@@ -245,7 +247,6 @@ def scaled_reader(read_image, shape, net_shape, norm: dict | None):
     """``read(lo, hi)`` of the resampled, normalised input (global resampled coordinates,
     reflected at the resampled volume's borders), for :func:`blockseg.predict.infer.predict_region`."""
     from ..models.base import normalise
-    from .lattice import reflect_index
 
     def read(lo, hi):
         idx = [reflect_index(np.arange(int(l), int(h)), n) for l, h, n in zip(lo, hi, net_shape)]
@@ -328,7 +329,6 @@ def predict_array_scaled(
     patch, overlap, blending, batch_size, device, tta, mc_samples, amp, snap
         As :func:`blockseg.predict.predict_array`.
     """
-    from .normalise import resolve_array
     from .infer import InferenceOptions, check_options, make_lattice, output_channels
 
     image = np.asarray(image)

@@ -28,12 +28,12 @@ from ..errors import BlocksegError
 from ..io.volume import open_volume
 from ..models.base import REPRESENTATIONS, normalise
 from .config import AugmentConfig
+from .targets import compute_targets as _ct, target_halo, volume_centres
 
 
 # ---------------------------------------------------------------------------- centres
 def centre_table(labels_path: str) -> dict[int, np.ndarray]:
     """``{id: centre (z, y, x) in voxels}`` of a label volume (blockseg.train.targets.volume_centres)."""
-    from .targets import volume_centres
 
     ids, cen = volume_centres(labels_path)
     return {int(i): c for i, c in zip(ids, np.asarray(cen, dtype=np.float64))}
@@ -51,7 +51,6 @@ def compute_targets(
     ``centres`` maps the ids present to their centres in the crop's coordinates (already
     transformed by the augmentation); a nucleus cut by the crop keeps its true centre.
     """
-    from .targets import compute_targets as _ct
 
     table = None
     if centres is not None:
@@ -244,7 +243,6 @@ class CropSampler:
         exclude: dict | None = None,
         cache_mb: float = 1024,
     ):
-        from .targets import target_halo
 
         self.representations = tuple(representations)
         #: representations whose targets need the global centre table
