@@ -32,6 +32,8 @@ from blockseg.io.tables import read_table
 from blockseg.train.targets import compute_targets
 from blockseg.segment.synthetic import random_nuclei, rasterise
 
+from _helpers import same_partition
+
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -48,13 +50,6 @@ def _nuclei(shape, seed, radius=(4.0, 7.0)):
     n = max(2, int(np.prod(shape) / 1500))
     centres, radii = random_nuclei(shape, n, radius, seed=seed)
     return rasterise(shape, centres, radii)
-
-
-def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal up to renaming ids (background to background)."""
-    pairs = np.unique(np.stack([a.ravel().astype(np.uint64), b.ravel().astype(np.uint64)], 1), axis=0)
-    one_to_one = len(np.unique(pairs[:, 0])) == len(pairs) == len(np.unique(pairs[:, 1]))
-    return bool(one_to_one and np.array_equal(a == 0, b == 0))
 
 
 # ---------------------------------------------------------------------------- (a) segment

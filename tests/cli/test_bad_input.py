@@ -5,9 +5,7 @@ compares a digest of every file in the workspace before and after.
 """
 
 import errno
-import hashlib
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,13 +15,7 @@ from blockseg.io.volume import create_label_volume, create_volume
 from blockseg.models import IdentityNet, save_checkpoint
 from blockseg_cli.main import main
 
-
-def _digest(root: Path) -> dict:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
+from _helpers import tree_digest
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +77,7 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_one_line_exit_2_nothing_modified(ws, capsys, name):
     argv, words = CASES[name]
-    before = _digest(ws)
+    before = tree_digest(ws)
     rc = main([a.replace("{ws}", str(ws)) for a in argv])
     err = capsys.readouterr().err.strip()
     assert rc == 2, err
@@ -95,7 +87,7 @@ def test_bad_input_one_line_exit_2_nothing_modified(ws, capsys, name):
     assert len(errors) == 1 and err.splitlines()[-1] == errors[0], err
     assert errors[0].startswith(f"blockseg {argv[0]}: error: ")
     assert words.lower() in errors[0].lower(), err
-    after = _digest(ws)
+    after = tree_digest(ws)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing existing modified
 
 
@@ -113,8 +105,8 @@ def test_disk_full_is_one_line(ws, capsys, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(ws / "full.zarr"))
 
     monkeypatch.setattr(zarr.storage.LocalStore, "set", full)
-    before = _digest(ws)
+    before = tree_digest(ws)
     rc = main(["import", str(ws / "small.npy"), str(ws / "full.zarr")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "No space left on device" in err and err.count("\n") == 0, err
-    assert {k: v for k, v in _digest(ws).items() if k in before} == before
+    assert {k: v for k, v in tree_digest(ws).items() if k in before} == before

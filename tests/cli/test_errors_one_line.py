@@ -9,7 +9,6 @@ credential files are switched off in the environment.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,9 +26,7 @@ from blockseg.io.volume import create_label_volume, create_volume
 from blockseg.models import IdentityNet, save_checkpoint
 from blockseg_cli.main import main
 
-
-def _digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+from _helpers import tree_digest
 
 
 def _run(capsys, argv: list[str]) -> tuple[int, str]:
@@ -126,12 +123,12 @@ GARBLED = {
 @pytest.mark.parametrize("name", list(GARBLED))
 def test_damaged_metadata_is_one_line_exit_2_nothing_written(ws, capsys, name):
     argv, words = GARBLED[name]
-    before = _digest(ws)
+    before = tree_digest(ws)
     rc, err = _run(capsys, [a.replace("{ws}", str(ws)) for a in argv])
     assert rc == 2, err
     line = _one_line(err, argv[0])
     assert words in line, line
-    assert _digest(ws) == before  # nothing written, nothing changed
+    assert tree_digest(ws) == before  # nothing written, nothing changed
 
 
 def test_debug_keeps_the_traceback(ws, capsys):
@@ -325,12 +322,12 @@ def test_object_storage_failure_is_one_line_exit_2_nothing_written(ws, servers, 
     server, credentials, argv, words = S3_CASES[name]
     port = _free_port() if server == "closed" else servers[server]
     aws(port, servers[credentials] if isinstance(credentials, str) else credentials)
-    before, listing = _digest(ws), sorted(servers["fs"].find("bsb"))
+    before, listing = tree_digest(ws), sorted(servers["fs"].find("bsb"))
     rc, err = _run(capsys, [a.replace("{ws}", str(ws)) for a in argv])
     assert rc == 2, err
     line = _one_line(err, argv[0])
     assert words in line, line
-    assert _digest(ws) == before
+    assert tree_digest(ws) == before
     servers["fs"].invalidate_cache()
     assert sorted(servers["fs"].find("bsb")) == listing  # nothing written to the bucket either
     assert not os.path.exists("s3:")

@@ -4,8 +4,6 @@ naming the array and chunk key (exit 2, nothing written); read as the fill value
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,8 @@ from blockseg.errors import BlocksegWarning
 from blockseg.io.volume import open_volume
 from blockseg.models import IdentityNet, save_checkpoint
 from blockseg_cli.main import main
+
+from _helpers import in_process, tree_digest
 
 SHAPE, CHUNKS = (16, 32, 32), (8, 16, 16)
 
@@ -39,17 +39,6 @@ def _ome(path: Path, data: np.ndarray, label: bool = False) -> zarr.Array:
     a = g.create_array("0", shape=data.shape, chunks=CHUNKS, dtype=data.dtype)
     a[:] = data
     return a
-
-
-def _digest(root: Path) -> dict:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@contextlib.contextmanager
-def _in_process():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("blockseg.runtime.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
-        yield
 
 
 def test_missing_keys_lists_only_what_the_view_reads(tmp_path):
@@ -98,16 +87,16 @@ def test_predict_refuses_an_image_with_a_missing_chunk(tmp_path, capsys):
     _ome(img, np.random.default_rng(0).integers(1, 255, SHAPE, dtype=np.uint8))
     save_checkpoint(d / "id.pt", IdentityNet(("B", "C", "D"), input_patch=(16, 32, 32)), normalisation={"offset": 0.0, "scale": 255.0})
     (img / "0" / "c" / "0" / "1" / "0").unlink()
-    before = _digest(d)
+    before = tree_digest(d)
     out = tmp_path / "pred.zarr"
-    with _in_process():
+    with in_process():
         rc = main(["predict", str(img), str(d / "id.pt"), str(out), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2, err
     assert "Traceback" not in err
     assert err.splitlines()[-1].startswith("blockseg predict: error: ") and "img.zarr/0: chunk c/0/1/0 is missing" in err
-    assert not out.exists() and _digest(d) == before
-    with _in_process(), pytest.warns(BlocksegWarning, match="1 of 8 chunks are absent"):
+    assert not out.exists() and tree_digest(d) == before
+    with in_process(), pytest.warns(BlocksegWarning, match="1 of 8 chunks are absent"):
         rc = main(["predict", str(img), str(d / "id.pt"), str(out), "--no-progress", "--missing-chunks", "fill"])
     assert rc == 0, capsys.readouterr().err
-    assert out.exists() and _digest(d) == before
+    assert out.exists() and tree_digest(d) == before

@@ -11,8 +11,6 @@ mid-write (an exception in-process, SIGKILL in a subprocess) leaves the old outp
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib
 import os
 import shutil
@@ -30,15 +28,9 @@ from blockseg.io.volume import create_label_volume, create_volume, open_volume
 from blockseg.models import IdentityNet, save_checkpoint
 from blockseg_cli.main import main
 
+from _helpers import in_process, tree_digest
+
 SHAPE, CHUNKS, VS = (16, 32, 32), (16, 32, 32), (1.0, 0.5, 0.5)
-
-
-def digest(root: Path) -> dict:
-    out = {}
-    for p in sorted(Path(root).rglob("*")):
-        if p.is_file():
-            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def argv_of(cmd: str, ws: Path, out: str) -> list[str]:
@@ -59,16 +51,6 @@ def argv_of(cmd: str, ws: Path, out: str) -> list[str]:
 MAIN_INPUT = {"import": "img.zarr", "synth": None, "predict": "img.zarr", "segment": "pred.zarr", "evaluate": "seg.zarr",
               "export": "seg.zarr"}  # fmt: skip
 OWN_NAME = {"export": "export.tif"}
-
-
-@contextlib.contextmanager
-def in_process():
-    """Blocks run in this process: no dask cluster is started."""
-    # every command opens its cluster through blockseg_cli.options.open_cluster, which looks
-    # blockseg.runtime.cluster.dask_client up when called
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("blockseg.runtime.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
-        yield
 
 
 def run_cli(argv, capsys) -> tuple[int, str]:
@@ -140,12 +122,12 @@ def test_safety_matrix(ws, capsys, cmd, case, overwrite):
     if cmd == "predict" and case == "own earlier output":  # its run settings name the image's path:
         shutil.rmtree(out)  # made again in this copy of the workspace
         assert run_cli(argv_of(cmd, ws, out), capsys)[0] == 0
-    before = digest(ws)
+    before = tree_digest(ws)
     inputs = {k: v for k, v in before.items() if k.startswith("data/")}
     argv = argv_of(cmd, ws, out) + (["--overwrite"] if overwrite else [])
     ino = os.stat(out).st_ino if os.path.exists(out) else None
     rc, err = run_cli(argv, capsys)
-    after = digest(ws)
+    after = tree_digest(ws)
     assert {k: v for k, v in after.items() if k.startswith("data/")} == inputs, "an input changed"
     leftovers = [p for p in Path(ws).rglob(".*blockseg-*")]
     assert not leftovers, leftovers
@@ -189,12 +171,12 @@ def test_train_output_rules(ws, capsys, case):
     out = {"output is input": ws / "data" / "img.zarr", "output inside input": ws / "data" / "img.zarr" / "out",
            "input inside output": ws / "data", "foreign folder": ws / "foreign",
            "own earlier output": ws / "own" / "train"}[case]  # fmt: skip
-    before = digest(ws)
+    before = tree_digest(ws)
     rc, err = run_cli(["train", str(ws / "train.yaml"), "--output", str(out), "--no-progress"], capsys)
     assert rc == 2 and err.count("\n") == 0 and err.startswith("blockseg train: error: "), err
     words = {"foreign folder": "not a blockseg training folder", "own earlier output": "--resume"}.get(case, "input")
     assert words in err, err
-    assert digest(ws) == before, "a refused train wrote something"
+    assert tree_digest(ws) == before, "a refused train wrote something"
 
 
 def test_run_dir_rules(ws, capsys):
@@ -208,12 +190,12 @@ def test_run_dir_rules(ws, capsys):
                                      "model": {"checkpoint": str(d / "id.pt")}}))  # fmt: skip
         return str(p)
 
-    before = digest(ws)
+    before = tree_digest(ws)
     for run_dir, words in ((d / "img.zarr", "input"), (d / "img.zarr/run", "input"), (d, "input"), (ws / "foreign", "not a blockseg run directory")):
         for extra in ([], ["--overwrite"]):
             rc, err = run_cli(["run", cfg(run_dir), *extra], capsys)
             assert rc == 2 and words in err and err.count("\n") == 0, (run_dir, err)
-    after = digest(ws)
+    after = tree_digest(ws)
     assert {k: v for k, v in after.items() if k != "c.yaml"} == {k: v for k, v in before.items() if k != "c.yaml"}
 
 
@@ -232,18 +214,18 @@ def test_run_never_writes_into_the_users_image(ws, capsys):
 
 def test_symlinked_output_is_the_input(ws, capsys):
     os.symlink(ws / "data" / "pred.zarr", ws / "alias.zarr")
-    before = digest(ws / "data")
+    before = tree_digest(ws / "data")
     rc, err = run_cli(["segment", str(ws / "data/pred.zarr"), str(ws / "alias.zarr"), "--overwrite"], capsys)
     assert rc == 2 and "is the input" in err, err
     rc, err = run_cli(["segment", str(ws / "alias.zarr"), str(ws / "data/pred.zarr/x"), "--overwrite"], capsys)
     assert rc == 2 and "inside the input" in err, err
-    assert digest(ws / "data") == before
+    assert tree_digest(ws / "data") == before
 
 
 def test_interrupted_overwrite_keeps_the_old_output(ws, capsys, monkeypatch):
     """An exception in the middle of a replacement: the old output is intact, no sibling left."""
     out = ws / "own" / "segment"
-    before = digest(out)
+    before = tree_digest(out)
 
     def boom(*a, **k):
         raise KeyboardInterrupt
@@ -251,16 +233,16 @@ def test_interrupted_overwrite_keeps_the_old_output(ws, capsys, monkeypatch):
     monkeypatch.setattr(importlib.import_module("blockseg.segment.pipeline"), "write_table", boom)
     rc, err = run_cli(argv_of("segment", ws, str(out)) + ["--overwrite"], capsys)
     assert rc == 130, err
-    assert digest(out) == before
+    assert tree_digest(out) == before
     assert not list(ws.rglob(".*blockseg-*"))
     monkeypatch.undo()
     # predict: the failure in a block task, after part of the new store was written
     out = ws / "own" / "predict"
-    before = digest(out)
+    before = tree_digest(out)
     monkeypatch.setattr(importlib.import_module("blockseg.predict.engine"), "_drop_partials", boom)
     rc, err = run_cli(argv_of("predict", ws, str(out)) + ["--overwrite"], capsys)
     assert rc == 130
-    assert digest(out) == before
+    assert tree_digest(out) == before
 
 
 KILL = """
@@ -277,11 +259,11 @@ def test_killed_overwrite_keeps_the_old_output(ws):
     """SIGKILL during a replacement (after the new labels are written): the old output is as
     it was; the next --overwrite removes the dead process's half-written copy and succeeds."""
     out = ws / "own" / "segment"
-    before = digest(out)
+    before = tree_digest(out)
     argv = argv_of("segment", ws, str(out)) + ["--overwrite", "--workers", "1"]
     proc = subprocess.run([sys.executable, "-c", KILL, *argv], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert digest(out) == before
+    assert tree_digest(out) == before
     assert list(ws.rglob(".segment.blockseg-new-*")), "the killed run left no half-written copy (was it killed mid-write?)"
     with in_process():
         assert main(argv) == 0
@@ -349,7 +331,7 @@ def _corrupt(array_dir: Path, key: str = "c/0/0/0") -> None:
 def test_corrupt_chunk_is_one_line_and_nothing_is_written(ws, capsys, cmd, damaged, workers):
     _corrupt(ws / "data" / damaged)
     out = ws / "new_output"
-    before = digest(ws)
+    before = tree_digest(ws)
     argv = argv_of(cmd, ws, str(out)) + workers
     if workers:
         with pytest.MonkeyPatch.context():
@@ -361,7 +343,7 @@ def test_corrupt_chunk_is_one_line_and_nothing_is_written(ws, capsys, cmd, damag
     assert rc == 2, err
     assert "Traceback" not in err and last.startswith(f"blockseg {cmd}: error: "), err
     assert f"{damaged}: chunk c/0/0/0 is corrupt" in last, last
-    assert not out.exists() and digest(ws) == before
+    assert not out.exists() and tree_digest(ws) == before
 
 
 def test_export_tif_h5_region_and_level(ws, capsys):

@@ -11,7 +11,6 @@ unsafe loaders out of ``blockseg/``.
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import pickle
 import shutil
@@ -29,7 +28,7 @@ from blockseg.train import parse_config, train
 from blockseg.train.trainer import RESUME_MAGIC, read_resume
 from blockseg_cli.main import main
 
-from _helpers import REPO as ROOT
+from _helpers import REPO as ROOT, tree_digest
 
 torch.set_num_threads(1)
 
@@ -42,10 +41,6 @@ class RunsCode:
 
     def __reduce__(self):
         return (exec, (f"open({self.marker!r}, 'w').close()",))
-
-
-def _digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _refused(capsys, argv: list[str], words: str) -> str:
@@ -125,11 +120,11 @@ def test_crafted_resume_file_is_refused_and_runs_nothing(trained, tmp_path, caps
     else:
         _plant_pickle(run / "resume.pt", marker)
         words = "it is a general Python pickle"
-    before = _digest(run)
+    before = tree_digest(run)
     err = _refused(capsys, ["train", str(cfg), "--resume", "--no-progress"], "refused to load this resume file")
     assert words in err and "could run code" in err
     assert not marker.exists()
-    assert _digest(run) == before  # refused before anything was written
+    assert tree_digest(run) == before  # refused before anything was written
 
 
 def test_resume_file_of_an_earlier_blockseg_still_resumes(trained, tmp_path, capsys):
@@ -161,11 +156,11 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(image, tmp_path, capsys)
     ckpt = tmp_path / "model.pt"
     plain = {"magic": "blockseg-checkpoint", "format": 1, "architecture": "identity", "config": {}}
     _plant_torch(ckpt, marker, **plain)
-    before = _digest(image)
+    before = tree_digest(image)
     _refused(capsys, ["predict", str(image / "img.zarr"), str(ckpt), str(tmp_path / "pred.zarr")], "refused to load this blockseg checkpoint")
     _refused(capsys, ["info", str(ckpt)], "refused to load this blockseg checkpoint")
     assert not marker.exists() and not (tmp_path / "pred.zarr").exists()
-    assert _digest(image) == before
+    assert tree_digest(image) == before
 
 
 def test_crafted_init_checkpoint_is_refused_and_runs_nothing(trained, tmp_path, capsys):

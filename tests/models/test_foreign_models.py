@@ -20,19 +20,16 @@ from blockseg.io.volume import create_volume
 from blockseg.models import is_foreign, load_checkpoint, read_checkpoint
 from blockseg.models.foreign import describe, measure_margin
 from blockseg.predict import predict, predict_array
-from blockseg.io.predictions import encode_channel, open_predictions
+from blockseg.io.predictions import encode_channel
+
+from _helpers import stored_channels
+
+#: one torch thread for the module's tiny networks (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPE, BLOCK, CHUNKS = (32, 48, 40), (16, 16, 24), (8, 8, 8)
 SIDECAR = {"outputs": ["B", "C", "D"], "patch": [16, 16, 16], "margin": "auto",
            "normalisation": {"percentile": [1, 99.8]}}  # fmt: skip
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class PlainUNet(nn.Module):
@@ -102,17 +99,13 @@ def onnx_export(tmp_path, net=None, name="net", dynamic=True, **changes):
     return tmp_path / f"{name}.onnx"
 
 
-def stored(path):
-    return {c: v.array[...] for c, v in open_predictions(str(path)).items()}
-
-
 def assert_equals_predict_array(tmp_path, model_path, image, report):
     """The store equals a whole-volume in-memory run of the same network on the same lattice,
     within one storage step, in >99 % of voxels exactly."""
     model, payload = load_checkpoint(model_path)
     ref = predict_array(model, image, payload["metadata"]["normalisation"], patch=report.plan.lattice.patch,
                         snap=report.plan.lattice_snap)  # fmt: skip
-    got = stored(report.output)
+    got = stored_channels(report.output)
     assert set(got) == {"B", "C", "D"}
     for c in got:
         want = encode_channel(ref[c], model.kinds[c], np.uint8).astype(int)
@@ -300,7 +293,7 @@ def test_export_model_of_a_shipped_checkpoint_validates_and_predicts_as_the_chec
     native = predict(vol.path, "demo", tmp_path / "native.zarr", **kw)
     package = predict(vol.path, tmp_path / "demo.zip", tmp_path / "package.zarr", **kw)
     assert package.plan.lattice.patch == native.plan.lattice.patch and package.blocks > 1
-    a, b = stored(native.output), stored(package.output)
+    a, b = stored_channels(native.output), stored_channels(package.output)
     assert set(a) == set(b) == {"B", "C", "D", "cpv_z", "cpv_y", "cpv_x"}
     for c in a:  # the same network on the same lattice: within one storage step
         assert np.abs(a[c].astype(np.float64) - b[c].astype(np.float64)).max() <= (1 if a[c].dtype == np.uint8 else 1e-2), c

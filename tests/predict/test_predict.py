@@ -21,17 +21,13 @@ from blockseg.predict.engine import block_layout, strip_sources
 from blockseg.predict.lattice import Lattice, reflect_index, window_1d
 from blockseg.io.predictions import encode_channel, open_predictions
 
+from _helpers import stored_channels
+
+#: one torch thread for the module's tiny networks (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NORM = {"offset": 128.0, "scale": 64.0}
 SHAPE = (23, 37, 41)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny convolutions: intra-op threads only add contention on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +44,6 @@ def image_zarr(tmp_path, image):
 
 def tiny(valid=True, margin=(0, 0, 0), reps=("B", "C", "D")):
     return TinyConvNet(reps, valid=valid, input_patch=(12, 20, 20), margin=margin).eval()
-
-
-def stored(path):
-    return {c: v.array[...] for c, v in open_predictions(path).items()}
 
 
 # ---------------------------------------------------------------------------- lattice
@@ -213,7 +205,7 @@ def test_blockwise_equals_whole_volume(tmp_path, image, image_zarr, block, valid
     ref = predict_array(model, image, normalisation=NORM, overlap=0.25, patch=rep.plan.lattice.patch,
                         snap=rep.plan.lattice_snap)  # fmt: skip
     assert rep.computed == rep.blocks and rep.skipped == 0
-    got = stored(tmp_path / "o.zarr")
+    got = stored_channels(tmp_path / "o.zarr")
     for c in model.channels:
         want = encode_channel(ref[c], model.kinds[c], np.uint8).astype(int)
         assert np.abs(got[c].astype(int) - want).max() <= 1, c
@@ -230,7 +222,7 @@ def test_identity_blockwise_reproduces_input(tmp_path, image, image_zarr, crop, 
     save_checkpoint(tmp_path / "i.pt", model)
     predict(image_zarr, tmp_path / "i.pt", tmp_path / "o.zarr", block_shape=block, dtype="float32", overlap=0.4,
             progress=False)  # fmt: skip
-    got = stored(tmp_path / "o.zarr")
+    got = stored_channels(tmp_path / "o.zarr")
     for c in ("cpv_z", "cpv_y", "cpv_x"):
         assert got[c].dtype == np.float32
         np.testing.assert_array_equal(got[c], image.astype(np.float32))
@@ -255,7 +247,7 @@ def test_identity_blockwise_reproduces_input_on_random_volumes(tmp_path):
         patch = "auto" if case % 2 else "train"
         predict(str(vol.path), tmp_path / f"i{case}.pt", tmp_path / f"o{case}.zarr", block_shape=block, dtype="float32",
                 overlap=0.4, patch=patch, progress=False, torch_threads=1)  # fmt: skip
-        got = stored(tmp_path / f"o{case}.zarr")
+        got = stored_channels(tmp_path / f"o{case}.zarr")
         for c in ("cpv_z", "cpv_y", "cpv_x"):
             np.testing.assert_array_equal(got[c], img.astype(np.float32), err_msg=f"{shape} {block} {chunk} {crop} {margin} {patch}")
 
@@ -267,7 +259,7 @@ def test_blockwise_on_dask_cluster_equals_in_process(tmp_path, image_zarr, local
     kw = dict(block_shape=(8, 16, 24), progress=False, torch_threads=1)
     predict(image_zarr, tmp_path / "m.pt", tmp_path / "a.zarr", **kw)
     predict(image_zarr, tmp_path / "m.pt", tmp_path / "b.zarr", client=local_client, **kw)
-    a, b = stored(tmp_path / "a.zarr"), stored(tmp_path / "b.zarr")
+    a, b = stored_channels(tmp_path / "a.zarr"), stored_channels(tmp_path / "b.zarr")
     for c in model.channels:
         assert np.abs(a[c].astype(int) - b[c].astype(int)).max() <= 1
 
@@ -277,7 +269,7 @@ def test_resume_skips_finished_blocks(tmp_path, image_zarr):
     save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
     kw = dict(block_shape=(8, 16, 16), progress=False, torch_threads=1)
     full = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", **kw)
-    first = stored(tmp_path / "o.zarr")
+    first = stored_channels(tmp_path / "o.zarr")
     # simulate an interrupted run: forget 5 blocks' markers and corrupt those blocks' chunks
     done = zarr.open_array(str(tmp_path / "o.zarr" / "_done"), mode="r+")
     pass1 = zarr.open_array(str(tmp_path / "o.zarr" / "_pass1"), mode="r+")
@@ -290,7 +282,7 @@ def test_resume_skips_finished_blocks(tmp_path, image_zarr):
             zarr.open_array(str(tmp_path / "o.zarr" / c / "0"), mode="r+")[grid[b].core] = 7
     rerun = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", **kw)
     assert (rerun.computed, rerun.skipped) == (len(lost), full.blocks - len(lost))
-    again = stored(tmp_path / "o.zarr")
+    again = stored_channels(tmp_path / "o.zarr")
     for c in model.channels:
         np.testing.assert_array_equal(again[c], first[c])
     # everything done: nothing computed
@@ -326,11 +318,10 @@ def test_resume_between_the_passes_uses_the_scratch_rows(tmp_path, image_zarr, m
     assert (pass1 | done).all() and not done.all()
     rerun = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", **kw)
     assert rerun.patches == 0 and 0 < rerun.computed < rerun.blocks
-    a, b = stored(tmp_path / "ref.zarr"), stored(tmp_path / "o.zarr")
+    a, b = stored_channels(tmp_path / "ref.zarr"), stored_channels(tmp_path / "o.zarr")
     for c in model.channels:
         np.testing.assert_array_equal(b[c], a[c])
     assert list(zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["_partial"].keys()) == []
-
 
 
 def test_tta_and_mc_dropout_channels(tmp_path, image, image_zarr):
@@ -338,7 +329,7 @@ def test_tta_and_mc_dropout_channels(tmp_path, image, image_zarr):
     save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
     rep = predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", block_shape=(12, 24, 24), mc_samples=3,
                   dtype="float32", progress=False, torch_threads=1)  # fmt: skip
-    got = stored(tmp_path / "o.zarr")
+    got = stored_channels(tmp_path / "o.zarr")
     assert set(got) == {"B", "C", "D", "B_var", "C_var", "D_var"} and rep.plan.kinds["D_var"] == "prob"
     assert all(got[f"{c}_var"].min() >= 0 and got[f"{c}_var"].max() > 0 for c in "BCD")
     # TTA = mean of the 8 flipped runs of the reference

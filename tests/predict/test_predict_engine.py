@@ -15,22 +15,15 @@ from blockseg.predict import predict, predict_array
 from blockseg.predict.kernels import blend_tile, quantise
 from blockseg.predict.lattice import Lattice
 from blockseg.predict.patch import choose_patch, patch_memory
-from blockseg.io.predictions import encode_channel, open_predictions
+from blockseg.io.predictions import encode_channel
+
+from _helpers import stored_channels
+
+#: one torch thread for the module's tiny networks (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NORM = {"offset": 128.0, "scale": 64.0}
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def stored(path):
-    return {c: v.array[...] for c, v in open_predictions(path).items()}
 
 
 def assert_within_a_storage_step(got: dict, ref: dict, model) -> None:
@@ -148,7 +141,7 @@ def test_larger_inference_patch_equals_predict_array(tmp_path, shape, block, chu
     assert np.prod(used) > np.prod(model.geometry.input_patch)  # larger than the training patch
     assert rep.patches == rep.plan.patches_whole_volume  # every tile once
     ref = predict_array(model, image, NORM, patch=used, overlap=0.25, snap=rep.plan.lattice_snap)
-    assert_within_a_storage_step(stored(tmp_path / "o.zarr"), ref, model)
+    assert_within_a_storage_step(stored_channels(tmp_path / "o.zarr"), ref, model)
     run = run_settings(tmp_path / "o.zarr")  # the choice is in the store's provenance
     assert run["patch"] == list(used) and run["patch_choice"]["patch"] == list(used)
 
@@ -166,7 +159,7 @@ def test_a_stores_recorded_patch_reproduces_its_lattice_with_other_blocks(tmp_pa
     again = predict(vol.path, tmp_path / "m.pt", tmp_path / "c.zarr", block_shape=(12, 24, 24), patch=recorded, **kw)
     assert again.plan.patch_choice.mode == "explicit" and not again.plan.lattice_snap
     assert np.array_equal(again.plan.lattice.axes[1].starts, first.plan.lattice.axes[1].starts)
-    a, c = stored(tmp_path / "a.zarr"), stored(tmp_path / "c.zarr")
+    a, c = stored_channels(tmp_path / "a.zarr"), stored_channels(tmp_path / "c.zarr")
     for ch in model.channels:
         diff = np.abs(a[ch].astype(int) - c[ch].astype(int))
         assert diff.max() <= 1 and (diff == 0).mean() > 0.99, ch
@@ -182,7 +175,7 @@ def test_identity_stays_exact_with_auto_patch(tmp_path, block):
     rep = predict(vol.path, tmp_path / "i.pt", tmp_path / "o.zarr", block_shape=block, dtype="float32", overlap=0.4,
                   progress=False)  # fmt: skip
     assert rep.plan.patch_choice.mode == "auto" and not rep.plan.lattice_snap
-    got = stored(tmp_path / "o.zarr")
+    got = stored_channels(tmp_path / "o.zarr")
     for c in ("cpv_z", "cpv_y", "cpv_x"):
         np.testing.assert_array_equal(got[c], image.astype(np.float32))  # float64 path: exact
 
@@ -208,7 +201,7 @@ def test_compiled_runtime_equals_eager_predict_array_within_a_storage_step(tmp_p
     compiled = cached_model(str(tmp_path / "m.pt"), "cpu", runtime="compile")
     assert compiled._compiled_call_impl is not None  # the network that ran was compiled
     ref = predict_array(model, image, NORM, patch=rep.plan.lattice.patch, snap=rep.plan.lattice_snap)  # eager
-    assert_within_a_storage_step(stored(tmp_path / "o.zarr"), ref, model)
+    assert_within_a_storage_step(stored_channels(tmp_path / "o.zarr"), ref, model)
     assert run_settings(tmp_path / "o.zarr")["runtime"] == "compile"
 
 
@@ -238,7 +231,7 @@ def test_gpu_predict_matches_cpu_within_a_storage_step(tmp_path):  # pragma: no 
     kw = dict(block_shape=(8, 16, 16), progress=False, amp=False)
     predict(vol.path, tmp_path / "m.pt", tmp_path / "cpu.zarr", device="cpu", **kw)
     predict(vol.path, tmp_path / "m.pt", tmp_path / "gpu.zarr", device="cuda", **kw)
-    a, b = stored(tmp_path / "cpu.zarr"), stored(tmp_path / "gpu.zarr")
+    a, b = stored_channels(tmp_path / "cpu.zarr"), stored_channels(tmp_path / "gpu.zarr")
     for c in a:
         assert np.abs(a[c].astype(int) - b[c].astype(int)).max() <= 1, c
 

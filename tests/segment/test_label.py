@@ -10,14 +10,7 @@ from blockseg.errors import BlocksegError
 from blockseg.io.volume import create_volume, open_volume
 from blockseg.segment import label
 
-
-def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """Same background and a bijection between the labels of ``a`` and ``b``."""
-    if not np.array_equal(a == 0, b == 0):
-        return False
-    fg = a != 0
-    pairs = np.unique(np.stack([a[fg].astype(np.uint64), b[fg].astype(np.uint64)]), axis=1)
-    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+from _helpers import same_partition
 
 
 def _write(path, mask, chunks):
