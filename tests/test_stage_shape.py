@@ -28,6 +28,7 @@ from blockseg.train.targets import bcd_targets
 blockseg_cli.__path__.insert(0, str(CLI_DIR))
 seg_cmd = importlib.import_module("blockseg_cli.segment")
 eval_cmd = importlib.import_module("blockseg_cli.evaluate")
+train_cmd = importlib.import_module("blockseg_cli.train")
 
 SHAPE = (24, 32, 32)
 
@@ -139,3 +140,34 @@ def test_evaluate_cli_dry_run_writes_nothing(store, tmp_path, capsys):
     assert eval_cmd.run(args) == 0
     assert "volume 0:" in capsys.readouterr().out
     assert not out.exists()
+
+
+def test_train_dry_run_writes_nothing(tmp_path):
+    from blockseg.synth import SynthParams, synthesize
+    from blockseg.train import parse_config, train
+    from blockseg.train.trainer import TrainPlan
+
+    volume, out = str(tmp_path / "vol.zarr"), tmp_path / "run"
+    synthesize(volume, SynthParams(shape=(16, 48, 48), seed=2), progress=False)
+    cfg = parse_config({"data": {"train": [volume]}, "output": str(out), "iterations": 2, "patch": [8, 24, 24],
+                        "batch_size": 1, "model": {"representations": ["B", "C", "D"], "params": {"widths": [4, 8]}}})  # fmt: skip
+    plan = train(cfg, dry_run=True)
+    assert isinstance(plan, TrainPlan) and plan.start == 0 and plan.iterations == 2 and plan.parameters > 0
+    assert plan.voxel_size == pytest.approx((0.48, 0.51, 0.51)) and not plan.resampled
+    assert "a new run" in plan.describe() and not out.exists()
+    with pytest.raises(BlocksegError, match="cannot resume"):
+        train(cfg, resume=True, dry_run=True)
+
+
+def test_train_cli_dry_run(tmp_path, capsys):
+    import yaml
+
+    from blockseg.synth import SynthParams, synthesize
+
+    volume, out = str(tmp_path / "vol.zarr"), tmp_path / "run"
+    synthesize(volume, SynthParams(shape=(16, 48, 48), seed=2), progress=False)
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"data": {"train": [volume]}, "output": str(out), "iterations": 2, "patch": [8, 24, 24],
+                                      "batch_size": 1, "model": {"representations": ["B", "C", "D"], "params": {"widths": [4, 8]}}}))  # fmt: skip
+    assert train_cmd.run(_cli(train_cmd, "train", [str(config), "--dry-run"])) == 0
+    assert "a new run, to iteration 2" in capsys.readouterr().out and not out.exists()

@@ -621,7 +621,8 @@ def train(
     resume: bool = False,
     progress: bool | None = None,
     callback: Callable[[int, float], None] | None = None,
-) -> TrainResult:
+    dry_run: bool = False,
+) -> TrainResult | TrainPlan:
     """Train the network of ``cfg``; see the module docstring for the outputs.
 
     Runs as named passes: the checks (:func:`_validate_inputs`, nothing written before them),
@@ -640,7 +641,11 @@ def train(
         Rich progress bar; default: only when stderr is a terminal.
     callback : callable, optional
         ``callback(iteration, loss)`` after every iteration.
+    dry_run : bool
+        Return the :class:`TrainPlan` (:func:`plan_train`) and write nothing.
     """
+    if dry_run:
+        return plan_train(cfg, resume)
     t_start = time.perf_counter()
     out, state = _validate_inputs(cfg, resume)
     cfg, voxel_size = _training_data(cfg, out)
@@ -652,6 +657,61 @@ def train(
     _iterate(run, start, progress, callback)
     _finish(run)
     return TrainResult(str(out / CHECKPOINT), cfg.iterations, run.losses, run.validation, time.perf_counter() - t_start)
+
+
+@dataclass
+class TrainPlan:
+    """What :func:`train` would do, from the config and the volumes' metadata (``train(...,
+    dry_run=True)`` / ``train --dry-run``); nothing is written."""
+
+    output: str
+    start: int
+    iterations: int
+    volumes: list
+    voxel_size: tuple
+    resampled: bool
+    validation: list
+    representations: list
+    patch: list
+    batch_size: int
+    parameters: int
+    device: str
+
+    def describe(self) -> str:
+        begin = f"continues from iteration {self.start}" if self.start else "a new run"
+        vs = " x ".join(f"{v:g}" for v in self.voxel_size)
+        return "\n".join([
+            f"output {self.output}: {begin}, to iteration {self.iterations} (batches of {self.batch_size} crops of {tuple(self.patch)})",
+            f"training volumes: {', '.join(self.volumes)}; voxel size {vs} µm"
+            + (" (resampled to it first, into OUTPUT/resampled)" if self.resampled else " (the volumes' own)"),
+            f"validation: {', '.join(self.validation) or 'none'}",
+            f"network: {', '.join(self.representations)}; {self.parameters:,} parameters; device {self.device}",
+            "passes: checks, training data, set-up, iterations (checkpoint and resume.pt on schedule), final validation "
+            "and decoder tuning, final checkpoint; a rerun with --resume continues from the last checkpoint",
+        ])  # fmt: skip
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(self.__dict__))
+
+
+def plan_train(cfg: TrainConfig, resume: bool = False) -> TrainPlan:
+    """The :class:`TrainPlan` of :func:`train`: the same checks (a resume needs its file, a new
+    run a free output), the training voxel size and the network's size; nothing is written."""
+    from ..io.volume import open_volume
+
+    out, state = _validate_inputs(cfg, resume)
+    resampled = cfg.data.voxel_size is not None
+    if resampled:
+        voxel_size = tuple(float(v) for v in cfg.data.voxel_size)
+    else:
+        voxel_size = training_voxel_size(cfg.data.train, [open_volume(p).voxel_size for p in cfg.data.train])
+    start = int(state["iteration"]) if state else 0
+    if start >= cfg.iterations:
+        raise BlocksegError(f"the run already reached {start} of {cfg.iterations} iterations")
+    parameters = sum(p.numel() for p in make_model(cfg).parameters())
+    return TrainPlan(str(out), start, cfg.iterations, [str(p) for p in cfg.data.train], voxel_size, resampled,
+                     [str(p) for p, _ in validation_sets(cfg)], list(cfg.model.representations), list(cfg.patch),
+                     cfg.batch_size, parameters, str(cfg.device))  # fmt: skip
 
 
 def _validate_inputs(cfg: TrainConfig, resume: bool) -> tuple[Path, dict | None]:

@@ -28,6 +28,7 @@ def register(sub) -> None:
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (output, volumes, voxel size, network size); train nothing, write nothing")
     p.set_defaults(func=run)
 
 
@@ -47,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
         over["device"] = args.device
     if over:
         cfg = parse_config({**cfg.model_dump(mode="json"), **over})
+    if args.dry_run:
+        plan = train(cfg, resume=args.resume, dry_run=True)
+        print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
+        return 0
     progress = sys.stderr.isatty() and not args.no_progress
     if not progress:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
