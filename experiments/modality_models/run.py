@@ -408,6 +408,19 @@ def docs_text(protocol_commit: str) -> str:
     return "\n".join(lines)
 
 
+def write_config(name: str, modality: str, cfg: dict) -> None:
+    """configs/train_<name>.yaml: the shipped model's training config, paths relative to the checkout."""
+    import yaml
+
+    text = yaml.safe_dump(json.loads(json.dumps(cfg).replace(str(ROOT) + "/", "")), sort_keys=False, default_flow_style=None, width=110)
+    head = [f"# The shipped `{name}` checkpoint (blockseg/checkpoints/{name}.pt): {modality} nuclei, trained on every dev crop of",
+            "# its modality in ../shared/data/real plus synthetic volumes (issue 32). The training volumes are written by",
+            "#   PYTHONPATH=. python experiments/modality_models/run.py --prepare",
+            "# then this config is what `run.py --final` trains (blockseg train configs/train_" + name + ".yaml gives the same run).",
+            "# Protocol, leave-one-volume-out accuracy and the model card: experiments/modality_models/ (PROTOCOL.md, RESULTS.md)."]
+    (ROOT / "configs" / f"train_{name}.yaml").write_text("\n".join(head) + "\n" + text)
+
+
 def ship(arm: str, name: str, modality: str) -> dict:
     """Copy the final checkpoint of ``arm`` into blockseg/checkpoints/<name>.pt with its model card."""
     import copy
@@ -439,6 +452,7 @@ def ship(arm: str, name: str, modality: str) -> dict:
     }  # fmt: skip
     dest = ROOT / "blockseg" / "checkpoints" / f"{name}.pt"
     torch.save(payload, dest)
+    write_config(name, modality, final_row["config"])
     return {"name": name, "path": str(dest), "bytes": dest.stat().st_size, "card": meta["card"]}
 
 
