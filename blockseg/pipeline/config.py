@@ -105,13 +105,14 @@ class PredictConfig(_Strict):
     scale: Optional[Union[float, tuple[float, float, float]]] = None
     #: or: the image's typical nucleus diameter, ``17um`` / ``34px`` (a bare number is µm); resample
     #: so its nuclei span as many network voxels as the checkpoint's training nuclei (needs
-    #: ``metadata.nucleus_diameter_um``; blockseg.predict.resample.parse_diameter)
+    #: ``metadata.nucleus_diameter_um``; blockseg.predict.resample.parse_diameter); ``auto``: estimated
+    #: from the image (blockseg.predict.size, as ``blockseg predict``'s default); None / ``off``: neither
     diameter: Optional[Union[float, str]] = None
 
     @field_validator("diameter")
     @classmethod
     def _diameter_unit(cls, v):
-        if v is not None:
+        if v is not None and not (isinstance(v, str) and v.strip().lower() in ("auto", "off")):
             from ..predict.resample import parse_diameter
 
             try:

@@ -993,8 +993,11 @@ def predict(
         Resample the input for the network by these factors (resampled voxels per image
         voxel) and the outputs back (:mod:`blockseg.predict.resample`). Default: image voxel size /
         the checkpoint's training voxel size, when both are known; 1: off.
-    diameter : float, optional
-        The image's typical nucleus diameter (µm), instead of ``scale``: resample so that such
+    diameter : float, str, "auto" or "off", optional
+        ``"auto"`` (the CLI's default): estimate the image's nucleus size from the image
+        (:mod:`blockseg.predict.size`; printed as ``plan.nucleus_size``, in the provenance's
+        ``nucleus_size``); None / ``"off"``: no estimate. A size (µm, or ``"17um"``, ``"34px"``):
+        the image's typical nucleus diameter, instead of ``scale``: resample so that such
         a nucleus spans as many network voxels as the checkpoint's training nuclei
         (``metadata["nucleus_diameter_um"]``; :func:`blockseg.predict.resample.resolve_scale`).
     polarity : {None, "bright", "dark", "auto"}
@@ -1094,8 +1097,12 @@ def _prepare(image_path: str, checkpoint, out_path: str, options: _Options, clie
     checkpoint, payload, model = _validate_inputs(checkpoint, options)
     vol = open_volume(image_path)
     meta = payload.get("metadata", {})
+    from .size import resolve_diameter
+
+    # --diameter auto: the image's nucleus size estimated (blockseg.predict.size), printed and recorded
+    diameter, size = resolve_diameter(options.diameter, options.scale, vol, image_path, meta, options.polarity)
     scaling, scale_why = resolve_scale(options.scale, vol.shape, vol.voxel_size, vol.voxel_size_source,
-                                       meta.get("voxel_size"), options.diameter, meta.get("nucleus_diameter_um"))  # fmt: skip
+                                       meta.get("voxel_size"), diameter, meta.get("nucleus_diameter_um"))  # fmt: skip
     normalised = _normalisation(meta, image_path, vol, options.polarity, client)
     names, kinds = output_channels(model, options.mc_samples)
     # which channels the store keeps, each in its own dtype (blockseg.io.predictions.plan_store)
@@ -1107,7 +1114,10 @@ def _prepare(image_path: str, checkpoint, out_path: str, options: _Options, clie
     run = _Prepared(None, options, checkpoint, payload, names, kinds, keep, dtypes, dtype, scaling, layouts, {},  # type: ignore[arg-type]
                     normalised.affine, vol.voxel_size)  # fmt: skip
     run.settings = _run_settings(run, image_path, vol, grid, lattice, choice, normalised, scale_why)
+    if size["source"] != "off":  # an estimate (or a given size) is part of the run
+        run.settings["nucleus_size"] = {k: v for k, v in size.items() if k != "line"}
     run.plan = _make_plan(run, image_path, out_path, vol, model, grid, lattice, choice, store_why, normalised, scale_why)
+    run.plan.nucleus_size = size["line"]
     run.output = prepare_output(out_path, [image_path, checkpoint], options.overwrite, resume=options.resume)
     run.markers = _existing_run(run.output, run.settings)
     if dry_run:  # the plan claims nothing: the output's lock goes with it (a run claims it again)

@@ -74,8 +74,10 @@ def register(subparsers) -> None:
         "(default: image voxel size / the checkpoint's training voxel size, when both are known; 1: off)",
     )  # fmt: skip
     p.add_argument(
-        "--diameter", metavar="SIZE",
-        help="the image's typical nucleus diameter with its unit: 17um (or 17µm) in micrometres, 34px in pixels of the "
+        "--diameter", metavar="auto|off|SIZE", default="auto",
+        help="auto (default): estimate the image's nucleus size (scale-space blob census of a few boxes, "
+        "docs/size-estimate.md) and resample to the network's training nuclei when they differ by more than 25%%; "
+        "off: no estimate. Or the image's typical nucleus diameter with its unit: 17um (or 17µm) in micrometres, 34px in pixels of the "
         "y/x plane (Cellpose's unit); a bare number is µm. Instead of --scale: resample so that its nuclei span as many "
         "network voxels as the checkpoint's training nuclei (for nuclei of another size than the training data's); the "
         "plan and the run print it in both units",
@@ -194,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
         except BlocksegError as exc:
             print(f"blockseg: warning: {exc}", file=sys.stderr)
         print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
+        if not args.json and getattr(plan, "nucleus_size", None):
+            print(plan.nucleus_size)
         return 0
     plan.check_memory(limit)
     for cost in plan.costs:  # refused geometry (blockseg.runtime.costs) ends here, before any worker starts
@@ -221,6 +225,8 @@ def run(args: argparse.Namespace) -> int:
         )
     # what changes results is said, not assumed: how the input was scaled and resampled
     print(f"normalisation: {report.plan.normalisation}\nvoxel size: {report.plan.resampling}", file=sys.stderr)
+    if getattr(report.plan, "nucleus_size", None):
+        print(report.plan.nucleus_size, file=sys.stderr)
     return 0
 
 
