@@ -595,12 +595,7 @@ def _patch_geometry(spec: dict, where: str, fixed, origin, sources: dict, notes:
 def _voxel_size(spec: dict, where: str, origin, sources: dict, notes: dict) -> tuple | None:
     """The training voxel size (µm, z y x) the sidecar gives; None: the image is not resampled."""
     voxel_size = spec.get("voxel_size")
-    if voxel_size is not None:
-        try:
-            voxel_size = tuple(float(v) for v in ((voxel_size,) * 3 if isinstance(voxel_size, (int, float)) else voxel_size))
-            assert len(voxel_size) == 3 and all(v > 0 for v in voxel_size)
-        except (TypeError, ValueError, AssertionError):
-            raise BlocksegError(f"{where}: voxel_size is 1 or 3 positive numbers (µm, z y x), got {spec['voxel_size']!r}") from None
+    voxel_size = zyx(voxel_size, f"{where}: voxel_size (µm)", kind=float, above=0)
     sources["voxel_size"] = origin("voxel_size") if voxel_size is not None else "default"
     if voxel_size is None:
         notes["voxel_size"] = "the image is not resampled (predict --scale to do it)"

@@ -590,9 +590,7 @@ def density_target(
     centres and add where they overlap, so the map sums to the number of centres whose blobs
     lie inside the region.
     """
-    vs = np.ones(3) if voxel_size is None else np.asarray(voxel_size, dtype=float)
-    if vs.shape != (3,) or np.any(vs <= 0):
-        raise BlocksegError(f"voxel size must be 3 positive numbers, got {voxel_size}")
+    vs = np.ones(3) if voxel_size is None else np.asarray(zyx(voxel_size, "voxel size", kind=float, above=0, scalar=False))
     return _splat(shape, centres, float(sigma) / vs, truncate, origin, normalise=True, use_max=False)
 
 
