@@ -22,7 +22,7 @@ from blockseg.models import demo_checkpoint_path
 from blockseg.io.predictions import open_predictions, read_channels
 from blockseg.segment import BCDDecoder, segment, segment_array
 
-from test_faults import _tube
+from _helpers import tube_predictions
 
 pytestmark = pytest.mark.slow
 
@@ -150,7 +150,7 @@ SEGMENT_POINTS = [
 @pytest.fixture(scope="module")
 def calm_segment(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tube")
-    pred, block = _tube(tmp, length=256, blocks=4)
+    pred, block = tube_predictions(tmp, length=256, blocks=4)
     ref = segment_array(read_channels(open_predictions(pred), (slice(None),) * 3), DECODER)
     out = tmp / "calm.zarr"
     segment(pred, out, DECODER, block_shape=block, halo=4, pyramid_levels=2)

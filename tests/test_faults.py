@@ -18,9 +18,11 @@ import pytest
 from blockseg.runtime.cluster import ClusterConfig, dask_client
 from blockseg.faults import FaultInjected, fault_point
 from blockseg.io.volume import open_volume
-from blockseg.io.predictions import open_predictions, read_channels, save_predictions
+from blockseg.io.predictions import open_predictions, read_channels
 from blockseg.segment import BCDDecoder, segment, segment_array
 from blockseg.io.tables import read_table
+
+from _helpers import tube_predictions
 
 DECODER = BCDDecoder(min_seed_size=1, min_size=1)
 #: tiles of one block: later rounds run block by block, one face crossing per round (the
@@ -28,25 +30,10 @@ DECODER = BCDDecoder(min_seed_size=1, min_size=1)
 ONE_BLOCK = 1
 
 
-def _tube(tmp_path, length=512, blocks=8):
-    """The issue's case: a tube of radius 5 along x through ``blocks`` blocks, one seed at one
-    end, a plateau in D everywhere else (the label must travel one block per round)."""
-    shape = (32, 32, length)
-    z, y = np.ogrid[:32, :32]
-    disc = (z - 16) ** 2 + (y - 16) ** 2 <= 25
-    ch = {"B": np.zeros(shape, np.float32), "C": np.zeros(shape, np.float32), "D": -np.ones(shape, np.float32)}
-    ch["B"][disc, 2 : length - 2] = 1.0
-    ch["D"][disc, 2 : length - 2] = 0.2  # foreground, no seed: one plateau
-    ch["D"][disc, 2:6] = 0.9  # the only seed
-    pred = tmp_path / "tube.zarr"
-    save_predictions(pred, ch, chunks=(32, 32, 32))
-    return pred, (32, 32, length // blocks)
-
-
 @pytest.fixture(scope="module")
 def tube(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tube")
-    pred, block = _tube(tmp)
+    pred, block = tube_predictions(tmp)  # the issue's case: one seed at one end of a long tube
     ref, table = segment_array(read_channels(open_predictions(pred), (slice(None),) * 3), DECODER, return_table=True)
     assert (ref > 0).sum() == 81 * 508 and ref.max() == 1  # one instance, the whole tube
     return pred, block, ref, table

@@ -28,6 +28,8 @@ from blockseg.runtime.cluster import ClusterConfig, dask_client
 from blockseg.grid import BlockGrid
 from blockseg.io.volume import open_volume
 
+from _helpers import in_process
+
 _TASK: contextvars.ContextVar = contextvars.ContextVar("dask_task", default=None)
 
 SHAPE, CHUNKS, BLOCK = (32, 64, 96), (16, 32, 32), (16, 32, 64)
@@ -265,10 +267,7 @@ def test_existing_outputs_are_refused_without_overwrite(tmp_path, capsys):
     assert os.listdir(run_dir) == ["keep.txt"]
     # with --overwrite the evaluation goes through
     argv = cases[1][0] + ["--overwrite", "--workers", "1", "--no-progress", "--no-png"]
-    import contextlib
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("blockseg.runtime.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
+    with in_process():
         assert main(argv) == 0
     assert json.loads((ev / "evaluation.json").read_text())["n_true"] == 1
 

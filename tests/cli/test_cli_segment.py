@@ -30,12 +30,9 @@ def parse(argv):
     return parser.parse_args(["segment", *argv])
 
 
-def test_cli_segment_runs_in_process(tmp_path, capsys, monkeypatch):
+def test_cli_segment_runs_in_process(tmp_path, capsys, no_cluster):
     c, r = random_nuclei((24, 32, 32), 6, (6.0, 8.0), seed=2)
     save_predictions(tmp_path / "p.zarr", bcd_targets(rasterise((24, 32, 32), c, r)), chunks=(8, 16, 16))
-    import contextlib
-
-    monkeypatch.setattr("blockseg.runtime.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
     args = parse([str(tmp_path / "p.zarr"), str(tmp_path / "o.zarr"), "--block-shape", "8", "16", "16",
                   "--halo", "8", "-p", "seed_d=0.3", "-p", "min_size=32", "--json", "--no-progress"])  # fmt: skip
     assert seg_cmd.run(args) == 0

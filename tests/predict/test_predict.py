@@ -410,10 +410,7 @@ def run_cli(argv):
     return main(["predict", *argv])
 
 
-def test_cli_happy_path_and_errors(tmp_path, image_zarr, capsys, monkeypatch):
-    import contextlib
-
-    monkeypatch.setattr("blockseg.runtime.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
+def test_cli_happy_path_and_errors(tmp_path, image_zarr, capsys, no_cluster):
     save_checkpoint(tmp_path / "m.pt", tiny(), normalisation=NORM)
     out = str(tmp_path / "o.zarr")
     assert run_cli([image_zarr, str(tmp_path / "m.pt"), out, "--block", "8", "16", "16", "--dry-run"]) == 0

@@ -146,14 +146,12 @@ def test_twice_the_voxel_size_gives_nearly_the_same_nuclei(tmp_path):
     assert shifted < dice(seg_fine, up(scaled)) - 0.05, shifted
 
 
-def test_cli_scale_option_and_what_it_prints(tmp_path, tiny_ckpt, capsys, monkeypatch):
-    import contextlib
+def test_cli_scale_option_and_what_it_prints(tmp_path, tiny_ckpt, capsys, no_cluster):
     import json
 
     import zarr
     from blockseg_cli.main import main
 
-    monkeypatch.setattr("blockseg.runtime.cluster.dask_client", lambda *a, **k: contextlib.nullcontext(None))
     img = (np.random.default_rng(2).random((12, 24, 24)) * 200).astype(np.uint8)
     path = write(tmp_path / "i.zarr", img, (2.0, 1.0, 1.0))
     out = str(tmp_path / "o.pred")

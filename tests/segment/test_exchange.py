@@ -10,7 +10,7 @@ from blockseg.segment import pipeline
 from blockseg.io.volume import open_volume
 from blockseg.io.predictions import open_predictions, read_channels
 from blockseg.segment import BCDDecoder, segment, segment_array
-from test_faults import _tube
+from _helpers import tube_predictions
 
 DECODER = BCDDecoder(min_seed_size=1, min_size=1)
 
@@ -20,7 +20,7 @@ def test_deltas_and_full_solutions_give_the_same_labels(tmp_path, monkeypatch, f
     """Default: later rounds of a tube write deltas far smaller than the region; 0: every
     update saved in full (the old behaviour); 1: never compacted. All equal segment_array."""
     monkeypatch.setattr(pipeline, "_DELTA_FRACTION", fraction)
-    pred, block = _tube(tmp_path, length=256, blocks=4)
+    pred, block = tube_predictions(tmp_path, length=256, blocks=4)
     ref = segment_array(read_channels(open_predictions(pred), (slice(None),) * 3), DECODER)
     out = tmp_path / "seg.zarr"
     report = segment(pred, out, DECODER, block_shape=block, halo=8, keep_work=True)
