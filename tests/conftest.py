@@ -1,7 +1,8 @@
 """Fixtures shared by the whole suite (plain helper functions are in ``_helpers.py``).
 
-Tests marked ``slow`` (each > ~3 s on 2 loaded cores: whole pipelines, clusters, subprocesses,
-training) run in ``make test`` and CI; ``make test-fast`` deselects them.
+Tests marked ``slow`` (more than ~3 s each on a quiet 2-core machine: a LocalCluster, a
+subprocess, a whole run, many random geometries; the decorator says which) run in ``make test``
+and CI; ``make test-fast`` leaves them out.
 """
 
 from __future__ import annotations
