@@ -7,9 +7,11 @@ nuclei, trained on a real confocal crop (``configs/train_fluo.yaml``). ``fluo_sy
 (``configs/train_fluo_synth.yaml``), a starting point for fine-tuning. ``em``: residual U-Net
 (B, C, D) for serial-section EM nuclei at ~0.5 µm (bright nuclei), trained on two real larval
 zebrafish EM crops + synthetic EM (``configs/train_em.yaml``). docs/results.md, "The shipped
-checkpoints"; the micro-CT / EM ones: docs/results-modalities.md.
+checkpoints"; the micro-CT / EM ones: docs/results-modalities.md. ``xct``: the same network for
+X-ray micro-CT nuclei at ~0.5 µm (dark nuclei), trained on three real larval zebrafish micro-CT
+boxes + synthetic micro-CT (``configs/train_xct.yaml``).
 """
 
 #: shipped checkpoint files (in this folder) by name; a light module, so configs can check names
 #: without importing torch
-SHIPPED_CHECKPOINTS = {"demo": "demo_bcd_cpv.pt", "fluo": "fluo_3label_cpv.pt", "fluo_synth": "fluo_bcd.pt", "em": "em.pt"}
+SHIPPED_CHECKPOINTS = {"demo": "demo_bcd_cpv.pt", "fluo": "fluo_3label_cpv.pt", "fluo_synth": "fluo_bcd.pt", "em": "em.pt", "xct": "xct.pt"}
