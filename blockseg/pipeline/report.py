@@ -51,6 +51,35 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
+def _draw_sizes(ax, sizes_g: np.ndarray, sizes_p: np.ndarray) -> None:
+    """Histograms of the GT and predicted instance sizes (log bins)."""
+    both = np.concatenate([sizes_g, sizes_p]).astype(float)
+    if both.size and both.max() > 0:
+        bins = np.geomspace(max(1, both[both > 0].min()), both.max() + 1, 40)
+        ax.hist(sizes_g, bins=bins, alpha=0.6, label=f"GT ({sizes_g.size})")
+        ax.hist(sizes_p, bins=bins, alpha=0.6, label=f"predicted ({sizes_p.size})")
+        ax.set_xscale("log")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("instance size (voxels)")
+    ax.set_ylabel("instances")
+    ax.set_title("instance sizes")
+
+
+def _draw_summary(ax, s: dict) -> None:
+    """The headline numbers of an evaluation summary as monospaced text."""
+    ax.set_axis_off()
+    errors = {k: v for k, v in s["errors"].items() if isinstance(v, (int, float))}
+    lines = [
+        f"GT instances      {s['n_true']}",
+        f"predicted         {s['n_pred']}",
+        f"avAP (0.1-0.9)    {s['avAP']:.3f}",
+        f"COCO AP           {_fmt(s['coco'].get('AP'))}",
+        f"COCO AP-50        {_fmt(s['coco'].get('AP50'))}",
+        f"COCO AP-75        {_fmt(s['coco'].get('AP75'))}",
+    ] + [f"{k:<17} {v}" for k, v in list(errors.items())[:6]]
+    ax.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=10)
+
+
 def overview_png(
     image: str, gt: str, pred: str, result: EvaluationResult, path: str | os.PathLike, mask: str | None = None, z: int | None = None
 ) -> str:
@@ -92,32 +121,8 @@ def overview_png(
     for ax in axes[0]:
         ax.set_axis_off()
     draw_ap(axes[1, 0], result)
-    ax = axes[1, 1]
-    sizes_g = table["size"][is_gt]
-    sizes_p = table["size"][~is_gt]
-    both = np.concatenate([sizes_g, sizes_p]).astype(float)
-    if both.size and both.max() > 0:
-        bins = np.geomspace(max(1, both[both > 0].min()), both.max() + 1, 40)
-        ax.hist(sizes_g, bins=bins, alpha=0.6, label=f"GT ({sizes_g.size})")
-        ax.hist(sizes_p, bins=bins, alpha=0.6, label=f"predicted ({sizes_p.size})")
-        ax.set_xscale("log")
-        ax.legend(fontsize=8)
-    ax.set_xlabel("instance size (voxels)")
-    ax.set_ylabel("instances")
-    ax.set_title("instance sizes")
-    ax = axes[1, 2]
-    ax.set_axis_off()
-    s = result.summary()
-    errors = {k: v for k, v in s["errors"].items() if isinstance(v, (int, float))}
-    lines = [
-        f"GT instances      {s['n_true']}",
-        f"predicted         {s['n_pred']}",
-        f"avAP (0.1-0.9)    {s['avAP']:.3f}",
-        f"COCO AP           {_fmt(s['coco'].get('AP'))}",
-        f"COCO AP-50        {_fmt(s['coco'].get('AP50'))}",
-        f"COCO AP-75        {_fmt(s['coco'].get('AP75'))}",
-    ] + [f"{k:<17} {v}" for k, v in list(errors.items())[:6]]
-    ax.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=10)
+    _draw_sizes(axes[1, 1], table["size"][is_gt], table["size"][~is_gt])
+    _draw_summary(axes[1, 2], result.summary())
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

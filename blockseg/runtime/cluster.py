@@ -254,30 +254,10 @@ def dask_client(
             _restore_logs()
         return
 
-    resources = None
-    n_workers = config.n_workers
-    if config.gpu:
-        n_gpus = count_gpus()
-        if n_gpus == 0:
-            raise BlocksegError("gpu=True but no CUDA device is visible")
-        n_workers = n_workers or n_gpus
-        resources = {"GPU": 1}
-    n_workers = n_workers or max(1, os.cpu_count() or 1)
-    # a size that does not parse, or one a worker exceeds at rest, ends here in one line
-    # (a value from the command line was checked as --memory-limit already: this one is a config's)
-    memory_limit = local_memory_limit(config.memory_limit, n_workers, option="cluster.memory_limit") or None
     import dask
 
-    environ = worker_environ()
-    if config.quiet_logs:
-        environ["DASK_LOGGING__DISTRIBUTED"] = "critical"
-        # the nannies live in this process: a worker restarted for memory is reported by
-        # run_blocks (MemoryWatch) in one line, not by a warning per restart
-        import logging
-
-        nanny_log = logging.getLogger("distributed.nanny")
-        _MUTED.setdefault("distributed.nanny", nanny_log.level)
-        nanny_log.setLevel(logging.CRITICAL)
+    n_workers, resources, memory_limit = _local_workers(config)
+    environ = _local_environ(config.quiet_logs)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), _workers_ignore_sigint():
         cluster = LocalCluster(
             n_workers=n_workers,
@@ -302,6 +282,39 @@ def dask_client(
     finally:
         cluster.close()
         _restore_logs()
+
+
+def _local_workers(config: ClusterConfig) -> tuple[int, dict | None, int | str | None]:
+    """``(workers, resources, memory limit per worker)`` of a LocalCluster for ``config``: one
+    worker per GPU (with the GPU resource) or per core unless given; the limit checked."""
+    resources = None
+    n_workers = config.n_workers
+    if config.gpu:
+        n_gpus = count_gpus()
+        if n_gpus == 0:
+            raise BlocksegError("gpu=True but no CUDA device is visible")
+        n_workers = n_workers or n_gpus
+        resources = {"GPU": 1}
+    n_workers = n_workers or max(1, os.cpu_count() or 1)
+    # a size that does not parse, or one a worker exceeds at rest, ends here in one line
+    # (a value from the command line was checked as --memory-limit already: this one is a config's)
+    memory_limit = local_memory_limit(config.memory_limit, n_workers, option="cluster.memory_limit") or None
+    return n_workers, resources, memory_limit
+
+
+def _local_environ(quiet_logs: bool) -> dict:
+    """The environment the LocalCluster's worker processes start with (quiet logs muted)."""
+    environ = worker_environ()
+    if quiet_logs:
+        environ["DASK_LOGGING__DISTRIBUTED"] = "critical"
+        # the nannies live in this process: a worker restarted for memory is reported by
+        # run_blocks (MemoryWatch) in one line, not by a warning per restart
+        import logging
+
+        nanny_log = logging.getLogger("distributed.nanny")
+        _MUTED.setdefault("distributed.nanny", nanny_log.level)
+        nanny_log.setLevel(logging.CRITICAL)
+    return environ
 
 
 _MUTED: dict = {}
