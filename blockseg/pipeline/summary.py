@@ -78,8 +78,10 @@ def _blockseg_attrs(path: str) -> dict:
 def kind_of(path: str) -> str:
     """``checkpoint``, ``run``, ``predictions``, ``labels`` or ``image`` (see the module docstring)."""
     bare = path.split("#")[0]
-    if path == "demo" and not os.path.exists(path):
-        return "checkpoint"  # the shipped one, as in run configs and predict
+    from ..checkpoints import SHIPPED_CHECKPOINTS
+
+    if path in SHIPPED_CHECKPOINTS and not os.path.exists(path):
+        return "checkpoint"  # a shipped one by name (demo, fluo, ...), as in run configs and predict
     if not has_scheme(bare) and not os.path.exists(bare):
         raise BlocksegError(f"{path}: no such file or directory")
     if os.path.isdir(bare) and os.path.isfile(os.path.join(bare, "run.json")):
