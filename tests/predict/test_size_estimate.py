@@ -101,7 +101,7 @@ def test_real_crops_within_25_percent(real_data):
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "size_estimate"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "size_estimate"))
     from run import true_diameters
 
     for f in sorted(real_data.glob("*.npz")):
