@@ -268,19 +268,24 @@ CONFOCAL = ("gonuclear_1135_mini", "bbbc050_qcanet_8cell")
 
 
 def matrix_cell(model: str, crop: str) -> dict:
-    """A shipped model on a whole real crop, with predict's defaults (as a new user runs it)."""
+    """A shipped model on a whole real crop, with predict's defaults (as a new user runs it);
+    ``NAME@POLARITY`` passes ``polarity=POLARITY`` (e.g. ``xct@auto``)."""
     from blockseg.models import resolve_checkpoint
 
+    name, _, polarity = model.partition("@")
     _, gt, _ = load(crop)
     t0 = time.perf_counter()
-    seg, info = segment_crop(resolve_checkpoint(model), crop, scale=None)
+    seg, info = segment_crop(resolve_checkpoint(name), crop, polarity=polarity or None, scale=None)
     return {"model": model, "crop": crop, **scores(gt, seg, crop), "normalisation": info["normalisation"],
             "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
 
 
-def matrix(models: list[str]) -> None:
-    """Each shipped model on each real crop -> results/matrix.json (cells already there are kept)."""
-    path = RESULTS / "matrix.json"
+def matrix(models: list[str], filename: str = "matrix.json") -> None:
+    """Each shipped model on each real crop -> results/<filename> (cells already there are kept; a
+    run that refuses, e.g. ``polarity="auto"`` when the check is unsure, is recorded as its error)."""
+    from blockseg.errors import BlocksegError
+
+    path = RESULTS / filename
     cells = json.loads(path.read_text()) if path.exists() else {}
     for crop in CONFOCAL:
         if f"baseline|{crop}" not in cells:
@@ -290,9 +295,12 @@ def matrix(models: list[str]) -> None:
         for crop in XRAY + EM + CONFOCAL:
             if f"{model}|{crop}" in cells:
                 continue
-            cells[f"{model}|{crop}"] = matrix_cell(model, crop)
+            try:
+                cells[f"{model}|{crop}"] = matrix_cell(model, crop)
+            except BlocksegError as e:
+                cells[f"{model}|{crop}"] = {"error": str(e)}
             path.write_text(json.dumps(cells, indent=1))
-            print(model, crop, {k: cells[f"{model}|{crop}"][k] for k in ("avAP", "AP50")}, flush=True)
+            print(model, crop, {k: cells[f"{model}|{crop}"].get(k) for k in ("avAP", "AP50", "error")}, flush=True)
 
 
 # ------------------------------------------------------------------ results
@@ -386,6 +394,8 @@ LOVO_OF = {"xct": "xct", "em": "em"}
 def docs_text(protocol_commit: str) -> str:
     """docs/results-modalities.md: every shipped model x every real crop x the baseline."""
     cells = json.loads((RESULTS / "matrix.json").read_text())
+    if (RESULTS / "matrix_auto.json").exists():
+        cells.update(json.loads((RESULTS / "matrix_auto.json").read_text()))
     base = json.loads((RESULTS / "baseline.json").read_text())
     rows = fold_rows()
     crops = XRAY + EM + CONFOCAL
@@ -403,24 +413,30 @@ def docs_text(protocol_commit: str) -> str:
              "  the card's polarity, its stored decoder), as a new user would run it. † `fluo` trained on z 0–70 of GoNuclear.",
              "* Baseline: Otsu + distance-transform watershed with h-maxima seeds, best of both polarities × σ {0.5, 1} µm ×",
              "  h {0.5, 1, 2} µm, **tuned on each crop's own labels** (optimistic).",
+             "* `xct` / `em --polarity auto`: the polarity detected by the label-free blob test instead of the card's (goal 3 of",
+             "  issue 32); with the card's polarity, `xct` on bright-nuclei crops (and `em` on dark ones) finds nothing, and",
+             "  `predict` warns that the nuclei look the other way. – : not run.",
              "* X-ray boxes 2 and 5 are partially labelled: a prediction on an unlabelled nucleus counts as a false positive here",
              "  (the *labelled-only* scores are in `experiments/modality_models/RESULTS.md`).",
              "* Reproduce: `PYTHONPATH=. python experiments/modality_models/run.py --prepare --baseline --folds --matrix "
              + ",".join(SHIPPED) + " --docs`.", "",
              head, "|" + "---|" * (len(crops) + 1)]  # fmt: skip
-    for model in SHIPPED:
+    for model in SHIPPED + ("xct@auto", "em@auto"):
         row = []
         for c in crops:
             arm = LOVO_OF.get(model)
             lovo = summary(rows, arm).get(c) if arm else None
             if lovo:
                 row.append(f"{lovo['avAP'][0]:.2f}±{lovo['avAP'][1]:.2f} / {lovo['AP50'][0]:.2f}±{lovo['AP50'][1]:.2f} (LOVO)")
+            elif "error" in cells.get(f"{model}|{c}", {}):
+                row.append("refused (check unsure)" if "unsure" in cells[f"{model}|{c}"]["error"] else "error")
             elif f"{model}|{c}" in cells:
                 cell = cells[f"{model}|{c}"]
                 row.append(f"{cell['avAP']:.2f} / {cell['AP50']:.2f}" + (" †" if (model, c) == ("fluo", "gonuclear_1135_mini") else ""))
             else:
                 row.append("–")
-        lines.append(f"| `{model}` | " + " | ".join(row) + " |")
+        label = f"`{model.replace('@', ' --polarity ')}`"
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
     brow = [base[c]["best"] if c in base else cells.get(f"baseline|{c}") for c in crops]
     lines.append("| baseline (tuned on the crop) | " + " | ".join(f"{b['avAP']:.2f} / {b['AP50']:.2f}" if b else "–" for b in brow) + " |")
     lines += ["", "Per-fold numbers, the seeds, the baseline's picked settings and the partial-label scoring: "
@@ -500,6 +516,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ship", nargs=3, metavar=("ARM", "NAME", "MODALITY"), help="copy ARM's final model to blockseg/checkpoints/NAME.pt with its card")
     ap.add_argument("--matrix", default=None, help="comma-separated shipped models to score on every real crop (results/matrix.json)")
     ap.add_argument("--docs", default=None, metavar="PROTOCOL_COMMIT", help="write docs/results-modalities.md")
+    ap.add_argument("--matrix-file", default="matrix.json", help="results file of --matrix (default matrix.json)")
     ap.add_argument("--table", action="store_true", help="write RESULTS.md from results/*.json")
     args = ap.parse_args(argv)
     if not REAL.is_dir():
@@ -524,7 +541,7 @@ def main(argv=None) -> int:
         with ProcessPoolExecutor(max_workers=args.jobs) as ex:
             list(ex.map(fold, jobs))
     if args.matrix:
-        matrix(args.matrix.split(","))
+        matrix(args.matrix.split(","), args.matrix_file)
     if args.final:
         print(json.dumps(final(args.final), default=str))
     if args.ship:
