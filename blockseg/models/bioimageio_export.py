@@ -75,40 +75,13 @@ def export_package(checkpoint, out_zip, image=None, authors: Sequence[str] = ("b
         ``{"path", "status", "warnings"}`` (status of bioimageio.spec's validation).
     """
     require_spec()
-    import warnings
-
-    from bioimageio.spec import load_model_description, save_bioimageio_package
+    from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5 as m
 
-
-    src = resolve_checkpoint(checkpoint)
-    if is_foreign(src) or is_package(src):
-        raise BlocksegError(f"{checkpoint}: export-model takes a blockseg checkpoint (a foreign network is shared as it is)")
-    model, payload = load_checkpoint(src, "cpu")
+    model, payload, out_zip = _export_inputs(checkpoint, out_zip)
     meta = payload.get("metadata") or {}
-    geo = model.geometry
-    out_zip = str(out_zip)
-    if not out_zip.endswith(".zip"):
-        raise BlocksegError(f"{out_zip}: the package is written as a .zip file")
-    if os.path.exists(out_zip):
-        raise BlocksegError(f"{out_zip} already exists")
-    patch = tuple(geo.input_patch)
-    # a test input: the image's centre crop of the training patch, else synthetic nuclei
-    if image is not None:
-        from ..io.volume import open_volume
-
-        vol = open_volume(str(image))
-        if any(s < p for s, p in zip(vol.shape, patch)):
-            raise BlocksegError(f"{image}: smaller than the network's patch {patch}")
-        lo = [(s - p) // 2 for s, p in zip(vol.shape, patch)]
-        raw = np.asarray(vol.array[tuple(slice(a, a + p) for a, p in zip(lo, patch))], dtype=np.float32)
-    else:
-        raw = _blobs(patch)
-    norm = meta.get("normalisation")
-    norm_small = None
-    if norm:
-        norm_small = ({"scheme": "percentile", "low": float(norm.get("low", 1.0)), "high": float(norm.get("high", 99.8))}
-                      if norm.get("scheme") == "percentile" else {"offset": float(norm["offset"]), "scale": float(norm["scale"])})  # fmt: skip
+    raw = _test_input(image, tuple(model.geometry.input_patch))
+    norm_small = _package_normalisation(meta.get("normalisation"))
     final = _Final(model).eval()
     x = torch.from_numpy(_package_normalise(raw, norm_small))[None, None]
     with torch.inference_mode():
@@ -116,57 +89,14 @@ def export_package(checkpoint, out_zip, image=None, authors: Sequence[str] = ("b
     work = tempfile.mkdtemp(prefix="blockseg-export-")
     try:
         d = lambda n: os.path.join(work, n)  # noqa: E731
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(final, x, check_trace=False)  # the test output below is its check
-        traced.save(d("weights.pt"))
-        np.save(d("test_input.npy"), raw[None, None])
-        np.save(d("test_output.npy"), y.astype(np.float32))
-        _cover(raw, y, model.channels, d("cover.png"))
-        vs = meta.get("voxel_size")
-        with open(d("README.md"), "w") as f:
-            f.write(_readme(name or f"blockseg {payload['architecture']} nuclei", model, payload, meta, norm_small))
-        unit = "micrometer" if vs else None
-        # halo: the context margin (what a tiler should crop from each tile), at most half the training output;
-        # the smallest input leaves more than twice the halo
-        halos = [int(min(mg, (o - 1) // 2)) for mg, o in zip(geo.margin, geo.output_patch)]
-        mins = [2 * c + dv * (2 * h // dv + 1) for c, dv, h in zip(geo.crop, geo.divisor, halos)]
-        axes_in = [m.BatchAxis(), m.ChannelAxis(channel_names=[m.Identifier("raw")])] + [
-            m.SpaceInputAxis(id=m.AxisId(a), size=m.ParameterizedSize(min=mn, step=dv), unit=unit,
-                             scale=float(vs[i]) if vs else 1.0)
-            for i, (a, mn, dv) in enumerate(zip("zyx", mins, geo.divisor))
-        ]  # fmt: skip
-        pre = []
-        if norm_small and "scheme" in norm_small:
-            pre.append(m.ScaleRangeDescr(kwargs=m.ScaleRangeKwargs(axes=[m.AxisId(a) for a in "zyx"],
-                                                                  min_percentile=norm_small["low"], max_percentile=norm_small["high"])))  # fmt: skip
-        elif norm_small:
-            pre.append(m.ScaleLinearDescr(kwargs=m.ScaleLinearKwargs(gain=1.0 / norm_small["scale"],
-                                                                    offset=-norm_small["offset"] / norm_small["scale"])))  # fmt: skip
-        inp = m.InputTensorDescr(id=m.TensorId("raw"), axes=axes_in, test_tensor=m.FileDescr(source=d("test_input.npy")),
-                                 preprocessing=pre, description="the image, raw intensities (preprocessing normalises them)")  # fmt: skip
-        axes_out = [m.BatchAxis(), m.ChannelAxis(channel_names=[m.Identifier(c) for c in model.channels])] + [
-            m.SpaceOutputAxisWithHalo(id=m.AxisId(a), size=m.SizeReference(tensor_id=m.TensorId("raw"), axis_id=m.AxisId(a),
-                                                                          offset=-2 * c),
-                                      halo=h, unit=unit, scale=float(vs[i]) if vs else 1.0)
-            for i, (a, c, h) in enumerate(zip("zyx", geo.crop, halos))
-        ]  # fmt: skip
-        out = m.OutputTensorDescr(id=m.TensorId("predictions"), axes=axes_out, test_tensor=m.FileDescr(source=d("test_output.npy")),
-                                  description="blockseg channels: " + ", ".join(f"{c} ({k})" for c, k in model.kinds.items()))  # fmt: skip
-        sidecar = {"outputs": list(model.channels), "activation": "applied", "patch": list(patch), "margin": list(geo.margin),
-                   "crop": list(geo.crop), "divisor": list(geo.divisor), "normalisation": norm_small or "none"}  # fmt: skip
-        if vs:
-            sidecar["voxel_size"] = [float(v) for v in vs]
-        if meta.get("nucleus_diameter_um"):
-            sidecar["nucleus_diameter_um"] = float(meta["nucleus_diameter_um"])
-        if meta.get("decoder"):
-            sidecar["decoder"] = {k: v for k, v in meta["decoder"].items() if k in ("name", "params")}
+        _write_files(final, x, raw, y, model, payload, meta, norm_small, name, d)
+        inp, out = _tensor_descrs(m, model, meta.get("voxel_size"), norm_small, d)
         cites = [m.CiteEntry(text=t, url=u) for t, u in cite] or [
             m.CiteEntry(text="Çiçek et al., 3D U-Net: Learning Dense Volumetric Segmentation from Sparse Annotation (2016)",
                         url="https://arxiv.org/abs/1606.06650")]  # fmt: skip
         try:
             descr = _model_descr(m, name or f"blockseg {payload['architecture']} nuclei {'-'.join(model.representations)}",
-                                 model, payload, meta, authors, cites, license, d, inp, out, sidecar)  # fmt: skip
+                                 model, payload, meta, authors, cites, license, d, inp, out, _export_sidecar(model, meta, norm_small))  # fmt: skip
         except BlocksegError:
             raise
         except Exception as e:  # pydantic: a name, license or author the format refuses
@@ -177,6 +107,112 @@ def export_package(checkpoint, out_zip, image=None, authors: Sequence[str] = ("b
         os.replace(tmp, out_zip)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return _validate_package(out_zip)
+
+
+def _export_inputs(checkpoint, out_zip) -> tuple:
+    """``(network, payload, zip path)`` of an export, checked: a blockseg checkpoint, a new .zip."""
+    src = resolve_checkpoint(checkpoint)
+    if is_foreign(src) or is_package(src):
+        raise BlocksegError(f"{checkpoint}: export-model takes a blockseg checkpoint (a foreign network is shared as it is)")
+    model, payload = load_checkpoint(src, "cpu")
+    out_zip = str(out_zip)
+    if not out_zip.endswith(".zip"):
+        raise BlocksegError(f"{out_zip}: the package is written as a .zip file")
+    if os.path.exists(out_zip):
+        raise BlocksegError(f"{out_zip} already exists")
+    return model, payload, out_zip
+
+
+def _test_input(image, patch: tuple) -> np.ndarray:
+    """The package's test input: the image's centre crop of the training patch, else synthetic nuclei."""
+    if image is None:
+        return _blobs(patch)
+    from ..io.volume import open_volume
+
+    vol = open_volume(str(image))
+    if any(s < p for s, p in zip(vol.shape, patch)):
+        raise BlocksegError(f"{image}: smaller than the network's patch {patch}")
+    lo = [(s - p) // 2 for s, p in zip(vol.shape, patch)]
+    return np.asarray(vol.array[tuple(slice(a, a + p) for a, p in zip(lo, patch))], dtype=np.float32)
+
+
+def _package_normalisation(norm: dict | None) -> dict | None:
+    """The checkpoint's normalisation as the package states it (percentiles or an affine map)."""
+    if not norm:
+        return None
+    if norm.get("scheme") == "percentile":
+        return {"scheme": "percentile", "low": float(norm.get("low", 1.0)), "high": float(norm.get("high", 99.8))}
+    return {"offset": float(norm["offset"]), "scale": float(norm["scale"])}
+
+
+def _write_files(final, x, raw, y, model, payload, meta, norm_small, name, d) -> None:
+    """The package's files in the work folder ``d("")``: TorchScript weights, test tensors, cover, README."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(final, x, check_trace=False)  # the test output below is its check
+    traced.save(d("weights.pt"))
+    np.save(d("test_input.npy"), raw[None, None])
+    np.save(d("test_output.npy"), y.astype(np.float32))
+    _cover(raw, y, model.channels, d("cover.png"))
+    with open(d("README.md"), "w") as f:
+        f.write(_readme(name or f"blockseg {payload['architecture']} nuclei", model, payload, meta, norm_small))
+
+
+def _tensor_descrs(m, model, vs, norm_small, d) -> tuple:
+    """The input and output tensor descriptions: axes (voxel size as scale), sizes, halo, preprocessing."""
+    geo = model.geometry
+    unit = "micrometer" if vs else None
+    # halo: the context margin (what a tiler should crop from each tile), at most half the training output;
+    # the smallest input leaves more than twice the halo
+    halos = [int(min(mg, (o - 1) // 2)) for mg, o in zip(geo.margin, geo.output_patch)]
+    mins = [2 * c + dv * (2 * h // dv + 1) for c, dv, h in zip(geo.crop, geo.divisor, halos)]
+    axes_in = [m.BatchAxis(), m.ChannelAxis(channel_names=[m.Identifier("raw")])] + [
+        m.SpaceInputAxis(id=m.AxisId(a), size=m.ParameterizedSize(min=mn, step=dv), unit=unit,
+                         scale=float(vs[i]) if vs else 1.0)
+        for i, (a, mn, dv) in enumerate(zip("zyx", mins, geo.divisor))
+    ]  # fmt: skip
+    pre = []
+    if norm_small and "scheme" in norm_small:
+        pre.append(m.ScaleRangeDescr(kwargs=m.ScaleRangeKwargs(axes=[m.AxisId(a) for a in "zyx"],
+                                                              min_percentile=norm_small["low"], max_percentile=norm_small["high"])))  # fmt: skip
+    elif norm_small:
+        pre.append(m.ScaleLinearDescr(kwargs=m.ScaleLinearKwargs(gain=1.0 / norm_small["scale"],
+                                                                offset=-norm_small["offset"] / norm_small["scale"])))  # fmt: skip
+    inp = m.InputTensorDescr(id=m.TensorId("raw"), axes=axes_in, test_tensor=m.FileDescr(source=d("test_input.npy")),
+                             preprocessing=pre, description="the image, raw intensities (preprocessing normalises them)")  # fmt: skip
+    axes_out = [m.BatchAxis(), m.ChannelAxis(channel_names=[m.Identifier(c) for c in model.channels])] + [
+        m.SpaceOutputAxisWithHalo(id=m.AxisId(a), size=m.SizeReference(tensor_id=m.TensorId("raw"), axis_id=m.AxisId(a),
+                                                                      offset=-2 * c),
+                                  halo=h, unit=unit, scale=float(vs[i]) if vs else 1.0)
+        for i, (a, c, h) in enumerate(zip("zyx", geo.crop, halos))
+    ]  # fmt: skip
+    out = m.OutputTensorDescr(id=m.TensorId("predictions"), axes=axes_out, test_tensor=m.FileDescr(source=d("test_output.npy")),
+                              description="blockseg channels: " + ", ".join(f"{c} ({k})" for c, k in model.kinds.items()))  # fmt: skip
+    return inp, out
+
+
+def _export_sidecar(model, meta: dict, norm_small) -> dict:
+    """The exact sidecar blockseg reads the package back with (``config.blockseg``)."""
+    geo = model.geometry
+    sidecar = {"outputs": list(model.channels), "activation": "applied", "patch": list(geo.input_patch),
+               "margin": list(geo.margin), "crop": list(geo.crop), "divisor": list(geo.divisor),
+               "normalisation": norm_small or "none"}  # fmt: skip
+    if meta.get("voxel_size"):
+        sidecar["voxel_size"] = [float(v) for v in meta["voxel_size"]]
+    if meta.get("nucleus_diameter_um"):
+        sidecar["nucleus_diameter_um"] = float(meta["nucleus_diameter_um"])
+    if meta.get("decoder"):
+        sidecar["decoder"] = {k: v for k, v in meta["decoder"].items() if k in ("name", "params")}
+    return sidecar
+
+
+def _validate_package(out_zip: str) -> dict:
+    """bioimageio.spec's verdict on the written package (refused unless valid)."""
+    from bioimageio.spec import load_model_description
+
     check = load_model_description(out_zip, format_version="latest")
     status = check.validation_summary.status
     if status not in ("valid-format", "passed"):
