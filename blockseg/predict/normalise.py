@@ -334,7 +334,8 @@ def resolve(meta: dict | None, stats_of) -> Resolved:
     if scheme == FIXED:
         aff = {"offset": float(meta.get("offset", 0.0)), "scale": float(meta.get("scale", 1.0))}
         how = meta.get("method", "fixed")
-        desc = (f"fixed affine map in raw units from the checkpoint's training data ({how}: offset {aff['offset']:.6g}, "
+        source = "the sidecar's" if how == "sidecar" else "the checkpoint's training data"
+        desc = (f"fixed affine map in raw units from {source} ({how}: offset {aff['offset']:.6g}, "
                 f"scale {aff['scale']:.6g}); the input must be in the training data's intensity units")  # fmt: skip
         return Resolved(aff, scheme, None, desc)
     return Resolved(None, "none", None, "none: the checkpoint records no normalisation; raw values are fed to the network")
@@ -364,7 +365,9 @@ def check_input(resolved: Resolved, meta: dict | None, name: str = "the image", 
             if far_median or not 1 / STD_FACTOR <= ratio <= STD_FACTOR:
                 msgs.append(f"{name}: intensities are far from the training data's (normalised median {s.median:.2f} vs "
                             f"{ref['median']:.2f}, spread {s.std:.2f} vs {ref['std']:.2f}); results may be poor")  # fmt: skip
-    elif resolved.scheme == FIXED and raw_stats is not None:
+    elif resolved.scheme == FIXED and raw_stats is not None and (meta or {}).get("method") != "sidecar":
+        # offset / scale are the training data's mean / s.d. only for blockseg's own checkpoints
+        # (and a sidecar's {mean, std}); a sidecar's {offset, scale} is any affine map
         off, sc = resolved.affine["offset"], resolved.affine["scale"]
         mean, std = raw_stats.p_low + raw_stats.mean * (raw_stats.p_high - raw_stats.p_low), raw_stats.std * (raw_stats.p_high - raw_stats.p_low)
         if abs(mean - off) > 3 * sc or not sc / 3 <= std <= 3 * sc:

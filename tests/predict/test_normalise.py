@@ -241,3 +241,17 @@ def test_training_records_the_percentile_scheme(tmp_path):
     assert meta["scheme"] == "percentile" and (meta["low"], meta["high"]) == (1.0, 99.8)
     ref = volume_statistics(str(vol))
     assert meta["training"][0]["p_low"] == ref.p_low and meta["training"][0]["p_high"] == ref.p_high
+
+
+def test_a_sidecar_affine_map_is_not_taken_for_training_statistics():
+    # {offset: 0, scale: 255} in a foreign network's sidecar maps uint8 to [0, 1]; it says nothing of
+    # the training data's mean and spread, so an ordinary uint8 image must not be called far from it
+    image = (np.random.default_rng(0).random((16, 16, 16)) * 120).astype(np.uint8)
+    sidecar = {"offset": 0.0, "scale": 255.0, "method": "sidecar"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = resolve_array(sidecar, image)
+    assert "from the sidecar's" in res.description
+    # the same map recorded as training statistics (mean 0, s.d. 255) does warn
+    with pytest.warns(BlocksegWarning, match="far from the training data"):
+        resolve_array({**sidecar, "method": "mean_std (sidecar)"}, image)
