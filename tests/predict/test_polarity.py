@@ -136,3 +136,20 @@ def test_predict_polarity_needs_a_card(tmp_path):
         segment(tmp_path, img, ckpt, polarity="bright")
     _, rep, _ = segment(tmp_path, img, ckpt)
     assert "polarity" not in rep.plan.normalisation  # an older checkpoint: unchanged
+
+
+@pytest.mark.slow
+def test_training_records_the_polarity_in_the_model_card(tmp_path):
+    from blockseg.models import read_checkpoint
+    from blockseg.synth import SynthParams, synthesize
+    from blockseg.train import parse_config, train
+
+    vol = tmp_path / "vol.zarr"
+    synthesize(str(vol), SynthParams(shape=(16, 48, 48), seed=5, mode="uct"), chunks=(16, 48, 48), progress=False)
+    base = {"data": {"train": [str(vol)], "target_context": 2},
+            "model": {"representations": ["B", "C", "D"], "params": {"widths": [4, 8], "anisotropic": 1}},
+            "output": str(tmp_path / "run"), "iterations": 2, "patch": [8, 24, 24], "threads": 1, "log_every": 1}  # fmt: skip
+    with pytest.raises(BlocksegError, match="polarity: must be one of 'bright' or 'dark'"):
+        parse_config({**base, "polarity": "grey"})
+    res = train(parse_config({**base, "polarity": "dark"}), progress=False)
+    assert read_checkpoint(res.checkpoint)["metadata"]["normalisation"]["polarity"] == "dark"
