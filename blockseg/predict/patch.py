@@ -222,4 +222,7 @@ def choose_patch(
         kind = "block-aligned patch" if regions is None else "patch (on the resampled grid)"
         why = (f"auto: {kind} computing the fewest voxels within a {budget / 2**20:.0f} MiB forward budget "
                f"({need / 2**20:.0f} MiB for a batch of {ref}, whatever the batch size); training patch {train}")  # fmt: skip
+        if regions is None:  # the stride divides the block: another block shape may pick another patch
+            why += (f"; chosen for blocks {tuple(int(b) for b in block_shape)}: another block shape may choose another "
+                    "patch, and tiles blended differently change the output slightly (--patch Z Y X or --patch train fixes it)")  # fmt: skip
     return PatchChoice(patch, "auto", train, budget, why)  # type: ignore[arg-type]

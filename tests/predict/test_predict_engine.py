@@ -87,6 +87,17 @@ def test_auto_patch_is_block_aligned_within_budget_and_never_below_training():
         choose_patch(geo, (9, 9, 9), (9, 9, 9), (4, 4, 4), 2, 3, (17, 32, 32))
 
 
+def test_auto_patch_says_it_follows_the_block_shape():
+    # issue 34: --patch auto aligns its stride with the blocks, so the block shape can change the
+    # patch (and the output); the choice's reason, printed and stored in provenance, says so
+    geo = Geometry((16, 32, 32), (0, 0, 0), (0, 0, 0), (4, 4, 4))
+    a = choose_patch(geo, (128, 512, 512), (64, 256, 256), (4, 4, 4), 2, 3, "auto", budget_bytes=1 << 30)
+    b = choose_patch(geo, (128, 512, 512), (64, 192, 192), (4, 4, 4), 2, 3, "auto", budget_bytes=1 << 30)
+    assert a.patch != b.patch
+    assert "chosen for blocks (64, 256, 256)" in a.reason and "--patch" in a.reason
+    assert "chosen for blocks" not in choose_patch(geo, (9, 9, 9), (9, 9, 9), (4, 4, 4), 2, 3, "train").reason
+
+
 def test_auto_patch_on_a_resampled_grid_counts_the_tiles_each_block_reaches():
     """Resampled runs: blocks do not align with the lattice and each runs every tile reaching its
     region, so the choice ranks patches by those tiles (brute force over the lattice here)."""
