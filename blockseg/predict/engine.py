@@ -1091,7 +1091,6 @@ def _prepare(image_path: str, checkpoint, out_path: str, options: _Options, clie
     """Plan the run (:func:`plan_predict`), check its output may be written and read the
     markers of the run it resumes; costly geometry is refused (warned about in a dry run)."""
     from ..runtime.costs import chunk_cost, empty_image_cost, settle
-    from .normalise import resolve_volume
     from ..io.safety import prepare_output
 
     checkpoint, payload, model = _validate_inputs(checkpoint, options)
