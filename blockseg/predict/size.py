@@ -311,6 +311,10 @@ def resolve_diameter(diameter, scale, vol, path: str, meta: dict, polarity: str 
     pol = polarity if polarity in ("bright", "dark") else (card_polarity(meta.get("normalisation")) or "bright")
     est = _cached_estimate(path, vol.shape, vol.voxel_size, pol, float(net_d), vol.array)
     record = {"source": "estimated", **est.to_dict(), "network_diameter_um": round(float(net_d), 4)}
+    if est.search_um[1] < SAME_SIZE * float(net_d):  # it could not tell "the same size" from "smaller"
+        record["line"] = (f"nucleus size: not estimated (the volume is too thin: blobs up to {est.search_um[1]:.3g} µm fit, "
+                          f"the network's nuclei are {float(net_d):.3g} µm); resampled by voxel size alone")  # fmt: skip
+        return None, record
     if est.diameter_um is None:
         record["line"] = f"nucleus size: no {pol} blobs found in {est.boxes} box(es); resampled by voxel size alone"
         return None, record

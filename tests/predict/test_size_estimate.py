@@ -91,6 +91,9 @@ def test_resolve_diameter_sources():
     assert "--scale given" in resolve_diameter("auto", 2.0, _Vol(img, (1, 1, 1)), "x", meta, None)[1]["line"]
     assert "unknown" in resolve_diameter("auto", None, _Vol(img, (1, 1, 1), "default"), "x", meta, None)[1]["line"]
     assert "records no" in resolve_diameter("auto", None, _Vol(img, (1, 1, 1)), "x", {}, None)[1]["line"]
+    # a volume too thin to hold blobs a little larger than the network's: no estimate
+    d, rec = resolve_diameter("auto", None, _Vol(img[:8], (1.0, 1.0, 1.0)), "mem://c", {**meta, "nucleus_diameter_um": 12.0}, None)
+    assert d is None and "too thin" in rec["line"]
 
 
 @pytest.mark.slow
