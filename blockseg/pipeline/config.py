@@ -144,7 +144,9 @@ class SegmentConfig(SegmentOptions):
     """segment's options (:class:`blockseg.segment.options.SegmentOptions`: block_shape, halo,
     tile_voxels, pyramid_levels, keep_work, with the API's and the CLI's defaults), and the decoder."""
 
-    decoder: Literal["bcd", "3label", "sdt", "affinities", "cpv"] = "bcd"
+    #: None (default): the checkpoint's recommended decoder with its tuned thresholds (``bcd`` for
+    #: a checkpoint that recommends none); a name: that decoder
+    decoder: Optional[Literal["bcd", "3label", "sdt", "affinities", "cpv"]] = None
     #: a named parameter set (``nucmm``) instead of the checkpoint's tuned thresholds
     preset: Optional[str] = None
     #: single parameters over the checkpoint's tuned thresholds (or the preset, or the defaults)
@@ -165,6 +167,8 @@ class SegmentConfig(SegmentOptions):
     def _decoder_params(self):
         from ..segment.decoders import DECODERS, PRESETS, check_param
 
+        if self.decoder is None:  # the checkpoint's decoder: its preset and parameters are checked with it (runcheck)
+            return self
         cls = DECODERS[self.decoder]
         if self.preset is not None and self.decoder not in PRESETS[self.preset]:
             raise ValueError(f"preset: {self.preset} has no {self.decoder} decoder (it has {sorted(PRESETS[self.preset])})")

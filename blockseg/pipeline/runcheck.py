@@ -27,6 +27,22 @@ def _fail(key: str, message: str):
     raise BlocksegError(f"config key {key}: {message}")
 
 
+def _decoder_error_key(cfg: RunConfig, message: str) -> tuple[str, str]:
+    """The config key a decoder error is about (a parameter of ``segment.params``, the preset,
+    else the decoder) and the message without the decoder's name in front."""
+    text = message.split(": ", 1)[-1]
+    if "unknown parameter" in message:  # as the config's own check says it for a given decoder
+        unknown = [n for n in cfg.segment.params if repr(n) in message]
+        decoder = message.split(":", 1)[0].replace("decoder", "").strip()
+        known = message.split("known: ", 1)[-1].strip("[]").replace("'", "")
+        if unknown:
+            return f"segment.params.{unknown[0]}", f"not a parameter of the {decoder} decoder (it has {known})"
+    for name in cfg.segment.params:
+        if text.startswith(f"{name} ") or f" {name}" in text:
+            return f"segment.params.{name}", text.split(f"{name} ", 1)[-1] if text.startswith(f"{name} ") else text
+    return ("segment.preset" if cfg.segment.preset and cfg.segment.preset in message else "segment.decoder"), message
+
+
 def planned_image(cfg: RunConfig, image_path: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Shape and write unit (chunks, or shards) of the image the data stage will provide.
 
@@ -104,7 +120,8 @@ def check_predict(cfg: RunConfig, payload: dict) -> None:
     names, kinds = output_channels(model, p.mc_samples)
     recommended = ((payload.get("metadata") or {}).get("decoder") or {}).get("name")
     try:
-        plan_store(names, kinds, cfg.segment.decoder, p.channels, p.dtype, recommended)
+        # no segment.decoder: the one the run will take (the checkpoint's recommendation, else bcd)
+        plan_store(names, kinds, cfg.segment.decoder or segment_decoder(cfg, payload).decoder.name, p.channels, p.dtype, recommended)
     except BlocksegError as e:
         m = str(e)
         key = "predict.dtype" if ("stored as" in m or "raw values" in m) else ("predict.channels" if "--channels" in m else "segment.decoder")
@@ -175,7 +192,10 @@ def check_config(cfg: RunConfig):
     from ..models import check_decoder_channels, read_checkpoint
 
     payload = read_checkpoint(checkpoint_path(cfg))
-    choice = segment_decoder(cfg, payload)
+    try:
+        choice = segment_decoder(cfg, payload)
+    except BlocksegError as e:  # no segment.decoder: its preset and params are checked here, with the checkpoint's
+        _fail(*_decoder_error_key(cfg, str(e)))
     try:
         check_decoder_channels(payload, choice.decoder)
     except BlocksegError as e:

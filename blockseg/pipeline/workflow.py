@@ -193,7 +193,8 @@ def _stage_predict(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         client=client,
         dtype=p.dtype,
         channels=p.channels,
-        decoder=cfg.segment.decoder,
+        # no segment.decoder: the one the segment stage takes (the checkpoint's recommendation)
+        decoder=cfg.segment.decoder or segment_decoder(cfg).decoder.name,
         overwrite=not resume,
         resume=resume,
         tta=p.tta,
