@@ -1100,6 +1100,11 @@ def _prepare(image_path: str, checkpoint, out_path: str, options: _Options, clie
 
     # --diameter auto: the image's nucleus size estimated (blockseg.predict.size), printed and recorded
     diameter, size = resolve_diameter(options.diameter, options.scale, vol, image_path, meta, options.polarity)
+    from ..errors import warn
+    from .domain import domain_warnings
+
+    for line in domain_warnings(checkpoint, meta, vol.voxel_size, vol.voxel_size_source, size):  # far from its training data
+        warn(line)
     scaling, scale_why = resolve_scale(options.scale, vol.shape, vol.voxel_size, vol.voxel_size_source,
                                        meta.get("voxel_size"), diameter, meta.get("nucleus_diameter_um"))  # fmt: skip
     normalised = _normalisation(meta, image_path, vol, options.polarity, client)
