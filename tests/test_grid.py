@@ -45,6 +45,7 @@ def test_no_two_blocks_write_one_chunk(grid):
     assert len(seen) == n_chunks
 
 
+@pytest.mark.slow  # every block of many grids
 @settings(max_examples=100, deadline=None)
 @given(grids(), st.integers(1, 3))
 def test_neighbours_and_interfaces_are_consistent(grid, connectivity):

@@ -80,6 +80,7 @@ def test_predict_accepts_the_name(tmp_path, name):
     assert plan.normalisation.startswith("percentile") and plan.resampling.startswith("not resampled")
 
 
+@pytest.mark.slow  # the fluo network over a real crop, twice
 @pytest.mark.parametrize("name", ["fluo", "fluo_synth"])
 def test_real_crop_as_uint8_and_uint16_gives_the_same_segmentation(tmp_path, name):
     """The GoNuclear crop (uint8) and the same values x257 as uint16, through a shipped fluorescence

@@ -147,6 +147,7 @@ def test_onnx_export_runs_blockwise_on_two_workers_as_whole_volume(tmp_path, loc
     np.testing.assert_allclose(model(x).numpy(), net(x).detach().numpy(), atol=1e-4)
 
 
+@pytest.mark.slow  # exports and runs an ONNX network
 def test_onnx_with_a_fixed_input_shape_runs_that_patch_only(tmp_path):
     vol, image = volume(tmp_path, seed=2)
     path = onnx_export(tmp_path, dynamic=False, patch=None)  # the patch comes from the graph

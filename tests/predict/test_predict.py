@@ -86,6 +86,7 @@ def test_every_tile_is_owned_by_one_block_and_strips_tile_the_core(shape, patch,
     check_layouts(shape, patch, crop, overlap, pad, block, chunk)
 
 
+@pytest.mark.slow  # many random lattices
 def test_layout_invariants_hold_on_random_lattices():
     # random shapes, patches, pads, blocks and chunks, snapped and overhanging lattice ends
     rng = np.random.default_rng(17)
@@ -228,6 +229,7 @@ def test_identity_blockwise_reproduces_input(tmp_path, image, image_zarr, crop, 
         np.testing.assert_array_equal(got[c], image.astype(np.float32))
 
 
+@pytest.mark.slow  # many random volumes, each predicted blockwise
 def test_identity_blockwise_reproduces_input_on_random_volumes(tmp_path):
     # property: over random volume, block and chunk shapes, margins, crops and both patch modes,
     # every voxel's partial sums (own tiles, strips, spill, held values) add up to exactly the
@@ -430,6 +432,7 @@ def test_cli_happy_path_and_errors(tmp_path, image_zarr, capsys, no_cluster):
     assert "multiple of the chunk" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a LocalCluster
 def test_predict_refuses_to_start_without_room_for_its_scratch(tmp_path, image_zarr, monkeypatch, capsys):
     # the scratch is uncompressed (held values and partial sums): a disk without room for it is
     # refused before anything is written, in one line; room for the scratch but not for the

@@ -202,6 +202,7 @@ def test_overhanging_lattice_weights_sum_to_one():
 
 
 # ---------------------------------------------------------------------------- runtime
+@pytest.mark.slow  # compiles the runtime, then predicts blockwise and whole
 def test_compiled_runtime_equals_eager_predict_array_within_a_storage_step(tmp_path):
     vol, image, model = volume_and_tiny(tmp_path, (17, 29, 31), 6)
     rep = predict(vol.path, tmp_path / "m.pt", tmp_path / "o.zarr", block_shape=(8, 16, 16), runtime="compile",

@@ -48,6 +48,7 @@ def test_polarity_matters():
     assert wrong is None or abs(wrong / 10 - 1) > 0.25 or abs(wrong - right) > 0.5
 
 
+@pytest.mark.slow  # a large volume, estimated twice
 def test_large_volume_is_sampled_deterministically():
     img = _balls((60, 150, 150), (1, 1, 1), 8.0, 40, seed=3)
     a = estimate_volume_diameter(img, (1, 1, 1), expected_um=8.0)

@@ -275,6 +275,7 @@ def test_millions_of_tasks_are_refused_before_submission():
     assert ran == []
 
 
+@pytest.mark.slow  # plans millions of blocks
 def test_millions_of_predict_blocks_are_refused_before_the_plan_lays_them_out(tmp_path, capsys):
     import time
 
@@ -301,6 +302,7 @@ def lazy_image(tmp_path):
     return str(tmp_path / "lazy.zarr")
 
 
+@pytest.mark.slow  # plans a huge image
 def test_huge_image_holding_no_data_is_named_in_the_dry_run_and_refused(tmp_path, lazy_image, capsys):
     import time
 

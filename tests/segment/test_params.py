@@ -83,6 +83,7 @@ def test_run_set_one_parameter_keeps_the_checkpoints_others(tmp_path):
     assert preset.decoder.params() == make_decoder("bcd", preset="nucmm").params()
 
 
+@pytest.mark.slow  # the demo network over a synthetic volume
 def test_predict_stores_the_checkpoints_thresholds_and_segment_uses_them(tmp_path, capsys):
     """The README's standalone path in small: predict (checkpoint named ``demo``) writes the
     tuned thresholds into the store; segment starts from them, -p changes one, and the

@@ -86,7 +86,7 @@ def test_adversarial_geometry_is_present():
     [
         ((16, 24, 24), 4),  # halo below the nucleus diameter, non-divisor grid
         ((24, 16, 32), 16),  # halo above the nucleus diameter
-        ((8, 8, 8), 8),  # blocks smaller than the nuclei
+        pytest.param((8, 8, 8), 8, marks=pytest.mark.slow),  # blocks smaller than the nuclei (slow: the most blocks)
     ],
 )
 def test_blockwise_equals_whole_volume(tmp_path, adversarial, block_shape, halo):
@@ -161,6 +161,7 @@ def test_errors(tmp_path, adversarial):
 
 
 # ---------------------------------------------------------------------------- real data
+@pytest.mark.slow  # real nuclei, blockwise and whole
 @pytest.mark.skipif(not (REAL / "gonuclear_1135_mini.npz").exists(), reason="real data not present")
 def test_real_nuclei_blockwise_equals_whole(tmp_path):
     data = np.load(REAL / "gonuclear_1135_mini.npz")
@@ -182,7 +183,7 @@ def test_empty_prediction_gives_empty_labels_and_table(tmp_path):
     assert read_table(report.table_path)["id"].size == 0
 
 
-@pytest.mark.parametrize("block_shape", [(4, 4, 4), (12, 4, 8)])
+@pytest.mark.parametrize("block_shape", [pytest.param((4, 4, 4), marks=pytest.mark.slow), (12, 4, 8)])  # (4, 4, 4) slow: many blocks
 def test_seed_components_across_faces_edges_and_corners_equal_whole_volume(tmp_path, block_shape):
     """Blockwise 26-connected seed labelling + union-find == whole-volume cc3d (as partitions)."""
     import cc3d
