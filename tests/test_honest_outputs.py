@@ -161,6 +161,7 @@ def test_evaluate_refuses_what_is_not_labels(eval_inputs, capsys, role, which, w
     assert _listing(tmp) == before  # no report folder, nothing else
 
 
+@pytest.mark.slow  # evaluates a raw image as labels
 def test_labels_anyway_scores_a_volume_that_does_not_look_like_labels(eval_inputs, capsys):
     tmp, paths = eval_inputs
     code, out, err = _cli(["evaluate", "--gt", paths["gt"], "--pred", paths["raw"], "--out", str(tmp / "ev"),

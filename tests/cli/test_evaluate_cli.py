@@ -74,6 +74,7 @@ def test_negative_labels_raise(volumes):
         evaluate(volumes["neg"], volumes["gt"])
 
 
+@pytest.mark.slow  # evaluates through the CLI and draws the reports
 def test_cli_run_writes_reports(volumes, capsys):
     out = volumes["tmp"] / "report"
     scores = volumes["tmp"] / "scores.csv"

@@ -376,6 +376,7 @@ def test_a_zoo_package_runs_blockwise_on_two_workers_as_whole_volume(tmp_path, l
     assert d.margin == (2, 3, 3) and d.sources["margin"] == "sidecar"
 
 
+@pytest.mark.slow  # exports models through the CLI
 def test_export_model_cli_refuses_in_one_line(tmp_path, capsys):
     pytest.importorskip("bioimageio.spec")
     path = torchscript(tmp_path)

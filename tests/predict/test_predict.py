@@ -217,6 +217,7 @@ def test_blockwise_equals_whole_volume(tmp_path, image, image_zarr, block, valid
     assert list(zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["_partial"].keys()) == []
 
 
+@pytest.mark.slow  # predicts random crops blockwise
 @pytest.mark.parametrize("crop,block", [((0, 0, 0), (8, 16, 16)), ((2, 3, 1), (4, 8, 24)), ((1, 0, 4), (12, 40, 8))])
 def test_identity_blockwise_reproduces_input(tmp_path, image, image_zarr, crop, block):
     model = IdentityNet(("cpv", "B"), input_patch=(10, 16, 14), crop=crop)
@@ -266,6 +267,7 @@ def test_blockwise_on_dask_cluster_equals_in_process(tmp_path, image_zarr, local
         assert np.abs(a[c].astype(int) - b[c].astype(int)).max() <= 1
 
 
+@pytest.mark.slow  # predicts, interrupts and resumes
 def test_resume_skips_finished_blocks(tmp_path, image_zarr):
     model = tiny()
     save_checkpoint(tmp_path / "m.pt", model, normalisation=NORM)
@@ -293,6 +295,7 @@ def test_resume_skips_finished_blocks(tmp_path, image_zarr):
     with pytest.raises(BlocksegError, match="other settings.*overlap"):
         predict(image_zarr, tmp_path / "m.pt", tmp_path / "o.zarr", overlap=0.5, **kw)
 
+@pytest.mark.slow  # predicts, interrupts and resumes
 def test_resume_between_the_passes_uses_the_scratch_rows(tmp_path, image_zarr, monkeypatch):
     # interrupted in pass 2: the partial sums of every block are in the scratch; the rerun
     # computes no tile again and writes what an uninterrupted run writes

@@ -157,6 +157,7 @@ def test_larger_inference_patch_equals_predict_array(tmp_path, shape, block, chu
     assert run["patch"] == list(used) and run["patch_choice"]["patch"] == list(used)
 
 
+@pytest.mark.slow  # predicts twice with other blocks
 def test_a_stores_recorded_patch_reproduces_its_lattice_with_other_blocks(tmp_path):
     # the auto patch follows the block shape; giving the recorded patch with other blocks runs
     # the same lattice (it depends on the patch alone), so the two stores agree within a storage

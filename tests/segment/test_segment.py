@@ -111,6 +111,7 @@ def test_single_block_needs_one_round_and_is_equal(tmp_path, adversarial):
     assert np.array_equal(ref, out)  # same numbering too: seeds in raster order
 
 
+@pytest.mark.slow  # segments perfect predictions of many nuclei blockwise and whole
 def test_identity_perfect_predictions(tmp_path):
     """Decoding perfect B, C, D made from ground truth recovers it (AP@0.9 = 1)."""
     centres, radii = random_nuclei(SHAPE, 30, (6.0, 9.0), seed=7)
@@ -123,6 +124,7 @@ def test_identity_perfect_predictions(tmp_path):
     assert n_gt > 15 and m == n_gt == n_pred
 
 
+@pytest.mark.slow  # segments the volume and checks every table column
 def test_instance_table(tmp_path, adversarial):
     labels, channels = adversarial
     out, report, _ = run_blockwise(tmp_path, channels, (16, 24, 24), 8)
@@ -136,6 +138,7 @@ def test_instance_table(tmp_path, adversarial):
     assert np.all((table["score"] > 0.5) & (table["score"] <= 1.0))
 
 
+@pytest.mark.slow  # segments the volume several times
 def test_report_counts_rounds_and_reruns(tmp_path, adversarial):
     labels, channels = adversarial
     _, report, _ = run_blockwise(tmp_path, channels, (16, 16, 16), 2)
