@@ -425,7 +425,8 @@ def docs_text(protocol_commit: str) -> str:
              "  h {0.5, 1, 2} µm, **tuned on each crop's own labels** (optimistic).",
              "* `xct` / `em --polarity auto`: the polarity detected by the label-free blob test instead of the card's (goal 3 of",
              "  issue 32); with the card's polarity, `xct` on bright-nuclei crops (and `em` on dark ones) finds nothing, and",
-             "  `predict` warns that the nuclei look the other way. – : not run.",
+             "  `predict` warns that the nuclei look the other way. – : not run (`fluo` on BBBC050: resampling it to fluo's",
+             "  0.13 µm grid did not finish within the session's CPU time).",
              "* X-ray boxes 2 and 5 are partially labelled: a prediction on an unlabelled nucleus counts as a false positive here",
              "  (the *labelled-only* scores are in `experiments/modality_models/RESULTS.md`).",
              "* Reproduce: `PYTHONPATH=. python experiments/modality_models/run.py --prepare --baseline --folds --matrix "
