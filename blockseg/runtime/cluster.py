@@ -439,48 +439,63 @@ def run_blocks(
     bar = block_progress(name, len(ids), voxels, mode=None if progress else "none")
     results: dict[int, Any] = {}
     with bar as advance:
-        if client is None:
-            for b in ids:
-                for attempt in range(retries + 1):  # as dask would: a failed task runs again
-                    try:
-                        results[b] = _named_task(func, name, b)
-                        break
-                    except (BlocksegError, MemoryError):
-                        raise  # the input or the settings are wrong: running again cannot help
-                    except Exception:
-                        if attempt == retries:
-                            raise
-                        if retried is not None:
-                            retried.append(b)
-                advance(position[b])
-        else:
-            from distributed import as_completed
 
-            token = uuid.uuid4().hex[:8]  # keys unique per call: a rerun never meets stale tasks
-            futures = client.map(
-                partial(_named_task, func, name), ids, key=[f"{name}-{token}-{b}" for b in ids],
-                resources=resources, retries=retries, pure=False,
-            )  # fmt: skip
-            index = {f.key: b for f, b in zip(futures, ids)}
-            # workers restarted for memory over and over, or paused for good, end the stage
-            watch = MemoryWatch(client, futures, index, name)
-            try:
-                with watch:
-                    for fut in as_completed(futures):
-                        try:
-                            results[index[fut.key]] = fut.result()
-                        except Exception as exc:
-                            _annotate(exc, f"{name} block {index[fut.key]}", None)
-                            raise
-                        advance(position[index[fut.key]])
-            except BaseException as exc:
-                client.cancel(futures)
-                if not isinstance(exc, KeyboardInterrupt):
-                    watch.raise_for_memory(exc)  # a task lost to memory restarts: one line saying so
-                raise
-            if retried is not None:
-                retried.extend(sorted(index[k] for k in _rerun_keys(client, list(index))))
+        def done(b: int, value) -> None:
+            results[b] = value
+            advance(position[b])
+
+        if client is None:
+            _run_here(func, name, ids, retries, retried, done)
+        else:
+            _run_on(client, func, name, ids, resources, retries, retried, done)
     return [results[b] for b in ids]
+
+
+def _run_here(func, name: str, ids: list[int], retries: int, retried: list[int] | None, done) -> None:
+    """:func:`run_blocks` in this process, one block after the other, retried as dask would."""
+    for b in ids:
+        for attempt in range(retries + 1):  # as dask would: a failed task runs again
+            try:
+                value = _named_task(func, name, b)
+                break
+            except (BlocksegError, MemoryError):
+                raise  # the input or the settings are wrong: running again cannot help
+            except Exception:
+                if attempt == retries:
+                    raise
+                if retried is not None:
+                    retried.append(b)
+        done(b, value)
+
+
+def _run_on(client, func, name: str, ids: list[int], resources, retries: int, retried: list[int] | None, done) -> None:
+    """:func:`run_blocks` on a dask cluster: results as they complete, the first failure cancels the rest."""
+    from distributed import as_completed
+
+    token = uuid.uuid4().hex[:8]  # keys unique per call: a rerun never meets stale tasks
+    futures = client.map(
+        partial(_named_task, func, name), ids, key=[f"{name}-{token}-{b}" for b in ids],
+        resources=resources, retries=retries, pure=False,
+    )  # fmt: skip
+    index = {f.key: b for f, b in zip(futures, ids)}
+    # workers restarted for memory over and over, or paused for good, end the stage
+    watch = MemoryWatch(client, futures, index, name)
+    try:
+        with watch:
+            for fut in as_completed(futures):
+                try:
+                    value = fut.result()
+                except Exception as exc:
+                    _annotate(exc, f"{name} block {index[fut.key]}", None)
+                    raise
+                done(index[fut.key], value)
+    except BaseException as exc:
+        client.cancel(futures)
+        if not isinstance(exc, KeyboardInterrupt):
+            watch.raise_for_memory(exc)  # a task lost to memory restarts: one line saying so
+        raise
+    if retried is not None:
+        retried.extend(sorted(index[k] for k in _rerun_keys(client, list(index))))
 
 
 def _rerun_keys(client, keys: list[str]) -> set[str]:
