@@ -350,7 +350,7 @@ def test_memory_watch_names_the_block_the_restarted_workers_ran():
     assert str(watch.error) == (
         "predict block 7: dask workers were restarted 3 times for exceeding their memory limit (a worker held 900 MiB of "
         "its 1 GiB limit); raise --memory-limit (fewer --workers leave each more of this machine's memory) or use a "
-        "smaller block shape (--block)"
+        "smaller block shape (--block-shape)"
     )
     with pytest.raises(blockseg.BlocksegError, match="predict block 7"):
         watch.raise_for_memory(RuntimeError("cancelled"))
