@@ -608,22 +608,10 @@ def synthesize(
         Levels of the multiscale pyramid of every volume (None: automatic; 1: none), built
         blockwise once the blocks are written (:mod:`blockseg.io.pyramid`).
     """
-
-
     t0 = time.perf_counter()
-    chunks = tuple(chunks or DEFAULT_CHUNKS)
-    meta = {"synth": params.to_dict()}
     output = prepare_output(path, (), overwrite)
     final_path, path = path, output.begin()  # a replacement is written beside the old one
-    image = create_volume(
-        path, params.shape, np.uint8, params.voxel_size, chunks, shards,
-        name="synthetic " + params.mode, attributes=meta,
-    )  # fmt: skip
-    label_kw = dict(voxel_size=params.voxel_size, chunks=chunks, shards=shards, attributes=meta)
-    create_label_volume(path, "nuclei", params.shape, np.uint32, **label_kw)
-    if params.mask:
-        create_label_volume(path, "valid", params.shape, np.uint8, **label_kw)
-    unit = image.write_unit
+    unit = _create_volumes(path, params, tuple(chunks or DEFAULT_CHUNKS), shards)
     grid = BlockGrid(params.shape, block_shape or default_block_shape(params.shape, unit), 0, unit)
 
     table = nucleus_table(params)
@@ -658,6 +646,20 @@ def synthesize(
         json.dump(summary.to_dict(), f, indent=2)
     output.commit()
     return summary
+
+
+def _create_volumes(path: str, params: SynthParams, chunks: tuple, shards) -> tuple[int, ...]:
+    """The empty image and label volumes of a synthetic dataset; returns the image's write unit."""
+    meta = {"synth": params.to_dict()}
+    image = create_volume(
+        path, params.shape, np.uint8, params.voxel_size, chunks, shards,
+        name="synthetic " + params.mode, attributes=meta,
+    )  # fmt: skip
+    label_kw = dict(voxel_size=params.voxel_size, chunks=chunks, shards=shards, attributes=meta)
+    create_label_volume(path, "nuclei", params.shape, np.uint32, **label_kw)
+    if params.mask:
+        create_label_volume(path, "valid", params.shape, np.uint8, **label_kw)
+    return image.write_unit
 
 
 def _write_table(path: str, table: NucleusTable) -> None:

@@ -187,45 +187,11 @@ def _derive(descr, folder: str, where: str) -> dict:
         raise BlocksegError(f"{where}: the input has {len(chan[0].channel_names)} channels; blockseg feeds one")
     if _axes(out) != ["batch", "channel", "z", "y", "x"]:
         raise BlocksegError(f"{where}: blockseg reads outputs with axes b c z y x; this one has {_axes(out)}")
-    spec: dict = {}
     names = [str(n) for n in [a for a in out.axes if a.type == "channel"][0].channel_names]
-    spec["outputs"] = names
-    space_in = [a for a in inp.axes if a.type == "space"]
-    space_out = [a for a in out.axes if a.type == "space"]
-    # patch: the test input's shape (a size the package says it runs), divisor: the size step
-    test = np.load(os.path.join(folder, str(inp.test_tensor.source)), mmap_mode="r") if inp.test_tensor else None
-    sizes, steps = [], []
-    for k, a in enumerate(space_in):
-        s = a.size
-        if isinstance(s, int):
-            sizes.append(s)
-            steps.append(0)
-        elif hasattr(s, "min"):
-            sizes.append(int(test.shape[-3 + k]) if test is not None else int(s.min))
-            steps.append(int(s.step))
-        else:
-            raise BlocksegError(f"{where}: input axis {a.id} has a size blockseg cannot read ({s!r})")
-    spec["patch"] = sizes
-    crop, halo = [], []
-    for a in space_out:
-        halo.append(int(getattr(a, "halo", 0) or 0))
-        off = int(getattr(a.size, "offset", 0) or 0) if hasattr(a.size, "tensor_id") else 0
-        crop.append(max(-off, 0) // 2)
-    spec["crop"], spec["halo"] = crop, halo
-    if all(steps):
-        spec["divisor"] = steps
-    elif any(steps):
-        raise BlocksegError(f"{where}: some input axes have a fixed size and others not; blockseg needs all or none fixed")
-    else:
-        spec["divisor"] = [p - 2 * c - 2 * h for p, c, h in zip(sizes, crop, halo)]  # only this size runs
-    spec["margin"] = "auto"
-    # voxel size from the input's space axes
-    scales = []
-    for a in space_in:
-        unit = str(a.unit) if a.unit is not None else None
-        if unit in UNITS and a.scale:
-            scales.append(float(a.scale) * UNITS[unit])
-    if len(scales) == 3:
+    spec: dict = {"outputs": names, **_geometry(inp, out, folder, where), "margin": "auto"}
+    scales = [float(a.scale) * UNITS[str(a.unit)] for a in inp.axes
+              if a.type == "space" and a.unit is not None and str(a.unit) in UNITS and a.scale]  # fmt: skip
+    if len(scales) == 3:  # voxel size from the input's space axes
         spec["voxel_size"] = scales
     spec["normalisation"] = _normalisation(inp.preprocessing, where)
     post = [p for p in out.postprocessing if p.id != "ensure_dtype"]
@@ -238,6 +204,35 @@ def _derive(descr, folder: str, where: str) -> dict:
         raise BlocksegError(f"{where}: output postprocessing {[p.id for p in post]} is not something blockseg applies "
                             "(sigmoid or none); add 'activation:' to a sidecar beside the package")  # fmt: skip
     return spec
+
+
+def _geometry(inp, out, folder: str, where: str) -> dict:
+    """The sidecar's patch, crop, halo and divisor from the tensors' space axes."""
+    # patch: the test input's shape (a size the package says it runs), divisor: the size step
+    test = np.load(os.path.join(folder, str(inp.test_tensor.source)), mmap_mode="r") if inp.test_tensor else None
+    sizes, steps = [], []
+    for k, a in enumerate(a for a in inp.axes if a.type == "space"):
+        s = a.size
+        if isinstance(s, int):
+            sizes.append(s)
+            steps.append(0)
+        elif hasattr(s, "min"):
+            sizes.append(int(test.shape[-3 + k]) if test is not None else int(s.min))
+            steps.append(int(s.step))
+        else:
+            raise BlocksegError(f"{where}: input axis {a.id} has a size blockseg cannot read ({s!r})")
+    crop, halo = [], []
+    for a in (a for a in out.axes if a.type == "space"):
+        halo.append(int(getattr(a, "halo", 0) or 0))
+        off = int(getattr(a.size, "offset", 0) or 0) if hasattr(a.size, "tensor_id") else 0
+        crop.append(max(-off, 0) // 2)
+    if all(steps):
+        divisor = steps
+    elif any(steps):
+        raise BlocksegError(f"{where}: some input axes have a fixed size and others not; blockseg needs all or none fixed")
+    else:
+        divisor = [p - 2 * c - 2 * h for p, c, h in zip(sizes, crop, halo)]  # only this size runs
+    return {"patch": sizes, "crop": crop, "halo": halo, "divisor": divisor}
 
 
 def _normalisation(pre, where: str):

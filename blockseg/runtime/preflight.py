@@ -287,27 +287,9 @@ def check_workers(
     for addr in sorted(answers):
         ans = answers[addr]
         who = _who(addr, {**infos.get(addr, {}), **({"host": ans.get("host")} if isinstance(ans, dict) else {})})
-        if not isinstance(ans, dict):
-            problems.append(f"{who} failed the preflight check: {_one_line(ans)}")
-        elif ans.get("blockseg") is None:
-            problems.append(
-                f"{who} cannot import blockseg ({ans.get('import_error')}); install blockseg {version} in the "
-                "workers' environment"
-            )
-        elif ans["blockseg"] != version:
-            problems.append(
-                f"{who} runs blockseg {ans['blockseg']} but this driver runs {version}; install the same version "
-                "everywhere"
-            )
-        elif ans.get("missing"):
-            problems.append(
-                f"{who} cannot see {ans['missing'][0]}" + (f" (and {len(ans['missing']) - 1} more path(s))" if len(ans["missing"]) > 1 else "")
-                + "; workers need the same file system as this driver (or give URLs such as s3://...)"
-            )  # fmt: skip
-        elif ans.get("unwritable"):
-            problems.append(f"{who} cannot write to {ans['unwritable'][0]}, where the output goes")
-        elif gpu and addr in gpu_workers and not ans.get("cuda"):
-            problems.append(f"{who} offers the GPU resource but sees no CUDA device")
+        problem = _worker_problem(who, ans, version, gpu and addr in gpu_workers)
+        if problem:
+            problems.append(problem)
         else:
             result.workers[addr] = ans
     if problems:
@@ -316,6 +298,25 @@ def check_workers(
     if not result.workers:
         raise BlocksegError(f"no dask worker answered the preflight check at {client.scheduler.address}")
     return result
+
+
+def _worker_problem(who: str, ans, version: str, needs_cuda: bool) -> str | None:
+    """What one worker's preflight answer lacks, in one line (None: nothing)."""
+    if not isinstance(ans, dict):
+        return f"{who} failed the preflight check: {_one_line(ans)}"
+    if ans.get("blockseg") is None:
+        return f"{who} cannot import blockseg ({ans.get('import_error')}); install blockseg {version} in the workers' environment"
+    if ans["blockseg"] != version:
+        return f"{who} runs blockseg {ans['blockseg']} but this driver runs {version}; install the same version everywhere"
+    if ans.get("missing"):
+        more = f" (and {len(ans['missing']) - 1} more path(s))" if len(ans["missing"]) > 1 else ""
+        return (f"{who} cannot see {ans['missing'][0]}{more}; workers need the same file system as this driver "
+                "(or give URLs such as s3://...)")  # fmt: skip
+    if ans.get("unwritable"):
+        return f"{who} cannot write to {ans['unwritable'][0]}, where the output goes"
+    if needs_cuda and not ans.get("cuda"):
+        return f"{who} offers the GPU resource but sees no CUDA device"
+    return None
 
 
 def _one_line(exc) -> str:
