@@ -123,7 +123,8 @@ def select_axes(array, axes: str, channel: int | None, timepoint: int | None, pa
         n = int(array.shape[pos])
         if value is None:
             if n > 1:
-                raise BlocksegError(f"{path}: {n} {what} (axes {axes!r}); choose one with {option} 0..{n - 1}")
+                raise BlocksegError(f"{path}: {n} {what} (axes {axes!r}); choose one with {option} 0..{n - 1} "
+                                    f"(or name the axes with --axes if that axis holds no {what})")  # fmt: skip
             value = 0
         if not 0 <= value < n:
             raise BlocksegError(f"{path}: {option} {value} out of range (0..{n - 1})")
@@ -132,6 +133,31 @@ def select_axes(array, axes: str, channel: int | None, timepoint: int | None, pa
     if not fixed and axes == "zyx" and chunks is None:
         return array, selection
     return SelectedArray(array, fixed, spatial, chunks), selection
+
+
+def default_axes(ndim: int) -> str | None:
+    """The axes blockseg assumes for an array of ``ndim`` axes that names none: (c,) z, y, x."""
+    return {3: "zyx", 4: "czyx", 5: "tczyx"}.get(ndim)
+
+
+def given_axes(path: str, found: str | None, given: str | None, known: bool, shape=None) -> str:
+    """The axes to read ``path`` with: ``given`` (``--axes``) where the file names none (``known``
+    False: ``found`` is only the default for its number of axes), else the file's own ``found``.
+
+    Raises
+    ------
+    BlocksegError
+        When the file names its axes and ``given`` differs, or no axes are known for it.
+    """
+    if given:
+        given = given.lower()
+        if known and found and given != found:
+            raise BlocksegError(f"{path}: its metadata names the axes {found!r}; --axes {given!r} disagrees (drop --axes)")
+        return given
+    if found is None:
+        got = f"shape {tuple(shape)}" if shape is not None else "another number of axes"
+        raise BlocksegError(f"{path}: expected a 3D (z, y, x) volume, got {got}; name its axes with --axes (letters of t c z y x)")
+    return found
 
 
 # ----------------------------------------------------------------------------- what was read
@@ -170,8 +196,14 @@ def open_source(
     channel: int | None = None,
     timepoint: int | None = None,
     key: str | None = None,
+    axes: str | None = None,
 ) -> Source:
-    """Open any supported volume as a (z, y, x) :class:`Source` (see the module docstring)."""
+    """Open any supported volume as a (z, y, x) :class:`Source` (see the module docstring).
+
+    ``axes`` names the axes (letters of t, c, z, y, x) of an array without axis metadata (a plain
+    zarr array, HDF5, npy / npz, a TIFF whose axes tifffile could not tell); where the file names
+    them, a different ``axes`` is refused.
+    """
     suffix = Path(path.rstrip("/")).suffix.lower()
     if suffix in FILE_SUFFIXES:
         if mode != "r":
@@ -179,12 +211,12 @@ def open_source(
         try:
             if suffix in (".tif", ".tiff"):
                 with _tifffile_log_as_warnings(path):
-                    return _open_tiff(path, level, channel, timepoint)
+                    return _open_tiff(path, level, channel, timepoint, axes)
             if level not in (None, 0):
                 raise BlocksegError(f"{path}: a {suffix} file has no pyramid levels; drop --level")
             if suffix in (".h5", ".hdf5", ".hdf"):
-                return _open_h5(path, key, channel, timepoint)
-            return _open_numpy(path, key, channel, timepoint)
+                return _open_h5(path, key, channel, timepoint, axes)
+            return _open_numpy(path, key, channel, timepoint, axes)
         except (BlocksegError, MemoryError):
             raise
         except Exception as exc:  # a damaged or foreign file: its header or metadata does not parse
@@ -201,11 +233,11 @@ def open_source(
             f"{path}: an N5 container; zarr-python 3 has no N5 reader, convert it to zarr first "
             "(e.g. with BigDataViewer/Fiji's N5 export or tensorstore)"
         )
-    return _open_zarr(path, mode, storage_options, level, channel, timepoint)
+    return _open_zarr(path, mode, storage_options, level, channel, timepoint, axes)
 
 
 # ----------------------------------------------------------------------------- zarr / OME-Zarr
-def _open_zarr(path, mode, storage_options, level, channel, timepoint) -> Source:
+def _open_zarr(path, mode, storage_options, level, channel, timepoint, axes=None) -> Source:
     import zarr
 
     try:
@@ -217,22 +249,20 @@ def _open_zarr(path, mode, storage_options, level, channel, timepoint) -> Source
             raise BlocksegError(f"{path}: a plain zarr array has no pyramid levels; drop --level")
         names = getattr(node.metadata, "dimension_names", None) or node.attrs.get("_ARRAY_DIMENSIONS")
         if names and all(isinstance(n, str) and n for n in names):
-            axes = "".join(n.lower()[0] for n in names) if all(len(n) == 1 for n in names) else None
-            if axes is None:
+            found = "".join(n.lower()[0] for n in names) if all(len(n) == 1 for n in names) else None
+            if found is None:
                 raise BlocksegError(f"{path}: dimension names {list(names)}; blockseg reads t, c, z, y, x")
-        elif node.ndim == 3:
-            axes = "zyx"
-        elif node.ndim == 4:
-            axes = "czyx"
+            view, sel = select_axes(node, given_axes(path, found, axes, known=True), channel, timepoint, path)
         else:
-            raise BlocksegError(f"{path}: expected a 3D (z, y, x) volume, got {node.ndim} axes of shape {node.shape}")
-        view, sel = select_axes(node, axes, channel, timepoint, path)
+            view, sel = select_axes(node, given_axes(path, default_axes(node.ndim), axes, False, node.shape), channel, timepoint, path)
+        if axes:
+            sel["axes"] = axes.lower()
         if mode == "r":
             _check_chunks(node, view, path, dict(node.attrs))
         vs = node.attrs.get("voxel_size_um")
         return Source(view, None if vs is None else tuple(vs), f"zarr v{node.metadata.zarr_format} array", sel, [view.shape])
     try:
-        source = _open_ome_group(node, path, level, channel, timepoint)
+        source = _open_ome_group(node, path, level, channel, timepoint, axes)
     except BlocksegError:
         raise
     except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:  # metadata of the wrong shape
@@ -311,7 +341,7 @@ def _scale_of(transforms) -> list[float] | None:
     return None
 
 
-def _open_ome_group(group, path: str, level, channel, timepoint) -> Source:
+def _open_ome_group(group, path: str, level, channel, timepoint, given=None) -> Source:
     ms, version, notes = _multiscale(group, path)
     raw_axes = ms.get("axes") or ["z", "y", "x"]
     axes = [a if isinstance(a, dict) else {"name": a} for a in raw_axes]
@@ -326,7 +356,7 @@ def _open_ome_group(group, path: str, level, channel, timepoint) -> Source:
     array = _open_level(group, path, ds["path"])
     if "?" in names:
         raise BlocksegError(f"{path}: axes {[a.get('name') for a in axes]}; blockseg reads t, c, z, y, x")
-    view, sel = select_axes(array, names, channel, timepoint, path)
+    view, sel = select_axes(array, given_axes(path, names, given, known=True), channel, timepoint, path)
     sel["level"] = lvl
     scale = _scale_of(ds.get("coordinateTransformations"))
     outer = _scale_of(ms.get("coordinateTransformations"))
@@ -378,7 +408,7 @@ class _tifffile_log_as_warnings:
         return False
 
 
-def _open_tiff(path, level, channel, timepoint) -> Source:
+def _open_tiff(path, level, channel, timepoint, given=None) -> Source:
     import tifffile
     import zarr
 
@@ -390,14 +420,19 @@ def _open_tiff(path, level, channel, timepoint) -> Source:
     lvl = 0 if level is None else int(level)
     if not 0 <= lvl < len(series.levels):
         raise BlocksegError(f"{path}: --level {lvl} out of range (the file has levels 0..{len(series.levels) - 1})")
+    guessed = any(a in series.axes.upper() for a in "QI")  # tifffile could not tell these axes
     axes = series.axes.upper().replace("S", "C").replace("Q", "Z").replace("I", "Z")
-    if axes.count("Z") > 1:
-        raise BlocksegError(f"{path}: TIFF axes {series.axes!r} are ambiguous; import it with an explicit layout")
+    if given:
+        axes = given_axes(path, axes.lower(), given, known=not guessed).upper()
+    elif axes.count("Z") > 1:
+        raise BlocksegError(f"{path}: TIFF axes {series.axes!r} are ambiguous; name them with --axes (e.g. --axes zcyx)")
     array = zarr.open(series.aszarr(level=lvl), mode="r")
     if len(axes) == 3 and axes != "ZYX" and set(axes) == set("ZYX"):
         raise BlocksegError(f"{path}: TIFF axes {series.axes!r}; blockseg needs z, y, x")
     view, sel = select_axes(array, axes.lower(), channel, timepoint, path, chunks=VIRTUAL_CHUNKS)
     sel["level"] = lvl
+    if given:
+        sel["axes"] = given.lower()
     vs, fmt = None, "TIFF"
     if tif.is_ome:
         fmt = "OME-TIFF"
@@ -447,7 +482,7 @@ def tiff_imagej_voxel_size(tif) -> tuple[float, float, float] | None:
 
 
 # ----------------------------------------------------------------------------- HDF5, numpy
-def _open_h5(path, key, channel, timepoint) -> Source:
+def _open_h5(path, key, channel, timepoint, given=None) -> Source:
     import h5py
 
     try:
@@ -465,9 +500,7 @@ def _open_h5(path, key, channel, timepoint) -> Source:
         f.close()
         raise BlocksegError(f"{path}: no dataset {key!r} (has {datasets})")
     ds = f[key]
-    axes = {3: "zyx", 4: "czyx", 5: "tczyx"}.get(ds.ndim)
-    if axes is None:
-        raise BlocksegError(f"{path}: dataset {key!r} has shape {ds.shape}; expected (z, y, x)")
+    axes = given_axes(path, default_axes(ds.ndim), given, False, ds.shape)
     vs = None
     for attr in ("element_size_um", "voxel_size_um", "resolution"):
         if attr in ds.attrs:
@@ -476,10 +509,12 @@ def _open_h5(path, key, channel, timepoint) -> Source:
     chunks = tuple(ds.chunks[-3:]) if ds.chunks else VIRTUAL_CHUNKS
     view, sel = select_axes(ds, axes, channel, timepoint, path, chunks=chunks)
     sel["key"] = key
+    if given:
+        sel["axes"] = given.lower()
     return Source(view, vs, "HDF5", sel, [view.shape])
 
 
-def _open_numpy(path, key, channel, timepoint) -> Source:
+def _open_numpy(path, key, channel, timepoint, given=None) -> Source:
     if path.lower().endswith(".npy"):
         data = np.load(path, mmap_mode="r")
         vs, fmt, sel0 = None, "npy", {}
@@ -495,8 +530,6 @@ def _open_numpy(path, key, channel, timepoint) -> Source:
             data = npz[key]
             vs = tuple(float(v) for v in npz["voxel_size_zyx"]) if "voxel_size_zyx" in npz.files else None
         fmt, sel0 = "npz", {"key": key}
-    axes = {3: "zyx", 4: "czyx", 5: "tczyx"}.get(data.ndim)
-    if axes is None:
-        raise BlocksegError(f"{path}: expected a 3D (z, y, x) array, got shape {data.shape}")
+    axes = given_axes(path, default_axes(data.ndim), given, False, data.shape)
     view, sel = select_axes(data, axes, channel, timepoint, path, chunks=VIRTUAL_CHUNKS)
-    return Source(view, vs, fmt, {**sel0, **sel}, [view.shape])
+    return Source(view, vs, fmt, {**sel0, **sel, **({"axes": given.lower()} if given else {})}, [view.shape])

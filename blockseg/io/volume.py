@@ -33,7 +33,7 @@ from .access import probe
 from .formats import open_source
 from .pyramid import finish_volume
 from .safety import _remove, prepare_output, stamp_json
-from .selection import SELECT_KEYS, split_selection, with_selection
+from .selection import SELECT_KEYS, check_axes, split_selection, with_selection
 
 
 NGFF_VERSION = "0.5"
@@ -171,6 +171,7 @@ def open_volume(
     timepoint: int | None = None,
     key: str | None = None,
     voxel_size: float | Sequence[float] | None = None,
+    axes: str | None = None,
 ) -> Volume:
     """Open a (z, y, x) volume of any supported format (see :mod:`blockseg.io.formats`).
 
@@ -192,6 +193,10 @@ def open_volume(
         Array inside an npz / dataset inside an HDF5 file (when there are several).
     voxel_size : float or sequence of float, optional
         Overrides the file's voxel size (µm).
+    axes : str, optional
+        The axes (letters of t, c, z, y, x, e.g. ``"zcyx"``) of an array whose file does not name
+        them (a plain zarr array, HDF5, npy / npz); default (c,) z, y, x by the number of axes. A
+        file that names its axes is read by its own names (a different ``axes`` is refused).
 
     Raises
     ------
@@ -217,7 +222,8 @@ def open_volume(
 
     path = str(path)
     bare, fragment = split_selection(path)
-    given = {"level": level, "channel": channel, "timepoint": timepoint, "key": key}
+    given = {"level": level, "channel": channel, "timepoint": timepoint, "key": key,
+             "axes": None if axes is None else check_axes(axes)}  # fmt: skip
     for k in SELECT_KEYS:
         if given[k] is not None and fragment.get(k) is not None and given[k] != fragment[k]:
             raise BlocksegError(f"{path}: {k} {fragment[k]} in the path but {given[k]} given")

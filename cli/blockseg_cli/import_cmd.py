@@ -7,7 +7,7 @@ import contextlib
 
 from blockseg.io.volume import SUPPORTED_SUFFIXES, import_volume
 
-from .options import absolute, add_cluster_options, add_pyramid_option, add_selection_options, open_cluster, pyramid_levels, wants_cluster, zyx
+from .options import absolute, add_cluster_options, add_pyramid_option, add_selection_options, open_cluster, pyramid_levels, selected, wants_cluster, zyx
 
 
 def register(sub) -> None:
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     paths = [p for p in (args.out, args.out2) if p]
     labels_file = args.labels if isinstance(args.labels, str) else None
-    source = args.source
+    source = selected(args.source, argparse.Namespace(axes=args.axes)) if args.axes else args.source  # as PATH#axes=...
     if labels_file is not None and len(paths) == 0:  # `import --labels LAB OUT`: the flag, before the paths
         source, paths, labels_file, args.labels = labels_file, [source], None, True
     if not paths:

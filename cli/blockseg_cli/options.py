@@ -176,17 +176,21 @@ def add_selection_options(parser: argparse.ArgumentParser, what: str = "the imag
     g.add_argument("--level", type=int, metavar="N", help=f"pyramid level of {what} (default 0, full resolution)")
     g.add_argument("--channel", type=int, metavar="C", help=f"channel of {what} (needed when it has several)")
     g.add_argument("--timepoint", type=int, metavar="T", help=f"timepoint of {what} (needed when it has several)")
+    g.add_argument("--axes", metavar="AXES", help=f"axes of {what} when its file does not name them (plain zarr, HDF5, "
+                   "npy): letters of t c z y x in storage order, e.g. zcyx (default: czyx for 4 axes, tczyx for 5)")  # fmt: skip
 
 
 def selected(path: str, args: argparse.Namespace) -> str:
-    """``path`` with the --level / --channel / --timepoint choice as a ``#...`` fragment."""
-    from blockseg.io.selection import split_selection, with_selection
+    """``path`` with the --level / --channel / --timepoint / --axes choice as a ``#...`` fragment."""
+    from blockseg.io.selection import check_axes, split_selection, with_selection
 
     bare, sel = split_selection(path)
-    for k in ("level", "channel", "timepoint"):
+    for k in ("level", "channel", "timepoint", "axes"):
         v = getattr(args, k, None)
         if v is not None:
-            if v < 0:
+            if k == "axes":
+                v = check_axes(v)
+            elif v < 0:
                 raise BlocksegError(f"--{k} must be >= 0, got {v}")
             if sel.get(k) is not None and sel[k] != v:
                 raise BlocksegError(f"{path}: {k} {sel[k]} in the path but --{k} {v}")
