@@ -157,6 +157,32 @@ def test_a_driver_that_failed_after_the_seeds_resumes_them_and_other_settings_st
         _same_as_reference(out, report, ref, table)
 
 
+def test_a_full_disk_while_the_labels_are_written_leaves_nothing_at_the_output(tube, tmp_path, monkeypatch):
+    """Issue 34: the label volume is written beside the path and renamed in last, so a failure in
+    the last pass (here the instance table meets a full disk) leaves no partial output to trust;
+    the rerun resumes from the work folder and gives the reference result."""
+    import errno
+
+    from blockseg.segment import pipeline
+
+    pred, block, ref, table = tube
+    out = tmp_path / "seg.zarr"
+    real = pipeline.write_table
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "write_table", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        segment(pred, out, DECODER, block_shape=block, halo=8)
+    assert not out.exists() and not [p.name for p in tmp_path.iterdir() if p.name.startswith(".seg.zarr")]
+    assert (tmp_path / "seg.zarr.work").is_dir()  # what was computed is kept for the rerun
+    monkeypatch.setattr(pipeline, "write_table", real)
+    report = segment(pred, out, DECODER, block_shape=block, halo=8)
+    assert report.resumed["from"] == "round"
+    _same_as_reference(out, report, ref, table)
+
+
 # ---------------------------------------------------------------------------- tiles
 def test_tiles_take_the_tube_in_two_rounds_and_a_failing_tile_task_runs_again(tube, armed, tmp_path):
     """Default tiles hold the whole tube: round 2 runs its 7 later blocks in one task, one

@@ -215,9 +215,10 @@ def test_synth_predict_segment_write_each_chunk_from_one_task(recorded, tmp_path
     assert rep.n_instances > 5
     writes = rec.since(start)
     names = {_task_block(t)[0] for _, _, t in writes if t}
-    owners = check_writes(writes, {f"seg.zarr.work/{a}": sgrid for a in ("seeds", "height")} | {"seg.zarr/0": sgrid})
+    labels = f".seg.zarr.blockseg-new-{os.getpid()}/0"  # written beside the output, renamed in last
+    owners = check_writes(writes, {f"seg.zarr.work/{a}": sgrid for a in ("seeds", "height")} | {labels: sgrid})
     assert {"seeds", "relabel"} <= names
-    assert any(a.endswith("seg.zarr/0") for a in owners) and any(a.endswith("work/seeds") for a in owners)
+    assert any(a.endswith(labels) for a in owners) and any(a.endswith("work/seeds") for a in owners)
     # halo 2: later rounds re-run blocks; the rounds keep each block's solution in its own
     # folder of the work directory and write no chunk of any array (labels are written once,
     # by relabel, from the fixed point)

@@ -337,6 +337,10 @@ class Output:
     _target: str | None = field(default=None, repr=False)
     _locked: bool = field(default=False, repr=False)
     _begun: bool = field(default=False, repr=False)
+    #: a new local output is written beside the path too and renamed in by :meth:`commit`, so
+    #: a failure (a full disk) leaves nothing at the path (stages that resume from a work
+    #: folder, not from a half-written output)
+    staged: bool = False
 
     def release(self) -> None:
         """Let go of the output's lock (:func:`acquire_lock`); idempotent."""
@@ -348,8 +352,12 @@ class Output:
     def target(self) -> str:
         """Where to write: the path itself, or its hidden sibling while replacing."""
         if self._target is None:
-            self._target = _sibling(self.path, NEW_TAG) if self.action == "replace" else self.path
+            self._target = _sibling(self.path, NEW_TAG) if self.action == "replace" or self._staged_create else self.path
         return self._target
+
+    @property
+    def _staged_create(self) -> bool:
+        return self.staged and self.action == "create" and not is_url(self.path)
 
     def begin(self) -> str:
         """Start writing: return :attr:`target` (an empty folder at a new path is removed first).
@@ -359,7 +367,7 @@ class Output:
         """
         if self.action == "create" and not is_url(self.path) and os.path.isdir(self.path):
             os.rmdir(self.path)  # an empty folder: the writers create the output themselves
-        if self.action == "replace":
+        if self.action == "replace" or self._staged_create:
             _remove(self.target)
         self._begun = True
         for frame in getattr(_ACTIVE, "frames", ()):
@@ -372,11 +380,14 @@ class Output:
         if self.action == "replace":
             (swap_url if is_url(self.path) else swap)(self.target, self.path)
             self.action = "done"
+        elif self._staged_create:
+            os.rename(self.target, os.path.abspath(self.path.rstrip("/")))
+            self.action = "done"
         self.release()
 
     def abort(self) -> None:
-        """Delete a replacement's half-written copy (the old output stays)."""
-        if self.action == "replace":
+        """Delete a replacement's (or a staged new output's) half-written copy (an old output stays)."""
+        if self.action == "replace" or self._staged_create:
             with contextlib.suppress(OSError):
                 _remove(self.target)
                 _remove(self.target + ".work")
@@ -407,7 +418,8 @@ def aborts_on_error(func):
 
     A *new* output begun in the call is deleted too when the failure is the user's input
     (a :class:`BlocksegError`, e.g. a corrupt chunk): bad input leaves nothing written. After
-    any other failure (a crash, Ctrl-C) a new output stays, for ``predict`` to resume.
+    any other failure (a crash, Ctrl-C) a new output stays, for ``predict`` to resume -- unless
+    it was staged (:attr:`Output.staged`), whose copy beside the path is deleted.
     """
 
     @functools.wraps(func)
@@ -421,9 +433,9 @@ def aborts_on_error(func):
             for out in begun:
                 if not out._begun:
                     continue
-                if out.action == "replace":
-                    out.abort()
-                elif out.action == "create" and isinstance(exc, BlocksegError):
+                if out.action == "replace" or out._staged_create:
+                    out.abort()  # the half-written copy beside the path goes; the path is untouched
+                if out.action == "create" and isinstance(exc, BlocksegError):
                     with contextlib.suppress(OSError):
                         _remove(out.path)
                         _remove(out.path + ".work")
@@ -458,6 +470,7 @@ def prepare_output(
     what: str = "output",
     extra: Iterable[str] = (),
     lock: bool = True,
+    staged: bool = False,
 ) -> Output:
     """Check that ``path`` may be written, before anything is; return how to write it.
 
@@ -482,6 +495,9 @@ def prepare_output(
         the same output is refused at once, naming the holder. Released by
         :meth:`Output.commit` / :meth:`Output.abort` / :meth:`Output.release`, at the end of
         an :func:`aborts_on_error` call that prepared it, or at exit.
+    staged : bool
+        Write a new local output beside the path as well, renamed in on commit (see
+        :attr:`Output.staged`): a failure leaves nothing at the path.
 
     Returns
     -------
@@ -511,6 +527,7 @@ def prepare_output(
             release_lock(path)
         raise
     output._locked = held is not None
+    output.staged = staged
     for frame in getattr(_ACTIVE, "frames", ()):  # released when the decorated call ends
         frame.append(output)
     return output

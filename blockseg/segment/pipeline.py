@@ -863,8 +863,10 @@ def segment(
     if dry_run:
         return plan
     check_work_space(plan.out_path, plan.grid, plan.halo)
-    output = prepare_output(plan.out_path, [plan.pred_path], overwrite, extra=[plan.work_path])
-    target = output.begin()  # a replacement is written beside the old one, then swapped in
+    # written beside the path and renamed in last: a failure (a full disk) leaves no partial labels;
+    # a rerun resumes from the work folder
+    output = prepare_output(plan.out_path, [plan.pred_path], overwrite, extra=[plan.work_path], staged=True)
+    target = output.begin()
     report = SegmentReport(plan.out_path, f"{plan.out_path}/instances.csv", halo=list(plan.halo),
                            block_shape=list(plan.grid.block_shape), decoder=plan.choice.provenance())  # fmt: skip
     driver = _Driver(plan, _open_work(plan, report), report, client, progress)
