@@ -30,19 +30,20 @@ from blockseg.models.bioimageio_export import export_package
 from blockseg.synth import preset_params
 
 HERE = Path(__file__).resolve().parent
+SHAPE, BLOCK = (32, 256, 256), (32, 128, 128)
 
 
 def timed_predict(image: Path, model: str, out: Path, threads: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    blockseg.predict(str(image), model, str(out), block_shape=(32, 128, 128), torch_threads=threads, progress=False)
+    blockseg.predict(str(image), model, str(out), block_shape=BLOCK, torch_threads=threads, progress=False)
     return time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default="fluo")
     ap.add_argument("--work", default="/tmp/foreign_throughput")
     args = ap.parse_args()
@@ -50,7 +51,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     image = work / "image.zarr"
     if not image.exists():
-        blockseg.synthesize(str(image), preset_params("fluo", shape=(64, 256, 256), seed=3), progress=False)
+        blockseg.synthesize(str(image), preset_params("fluo", shape=SHAPE, seed=3), chunks=(32, 128, 128), progress=False)
     package = work / f"{args.model}_bioimageio.zip"
     if not package.exists():
         export_package(args.model, str(package))
@@ -63,9 +64,9 @@ def main() -> None:
     a, b = open_predictions(str(work / "native.zarr")), open_predictions(str(work / "foreign.zarr"))
     diff = {c: int(np.abs(a[c].array[...].astype(np.int64) - b[c].array[...].astype(np.int64)).max()) for c in a}
     ratios = [f / n for n, f in pairs]
-    voxels = int(np.prod(preset_params("fluo", shape=(64, 256, 256)).shape))
+    voxels = int(np.prod(SHAPE))
     result = {
-        "model": args.model, "volume": [64, 256, 256], "block_shape": [32, 128, 128], "threads": args.threads,
+        "model": args.model, "volume": list(SHAPE), "block_shape": list(BLOCK), "threads": args.threads,
         "pairs_native_foreign_s": pairs, "ratio_median": round(float(np.median(ratios)), 3),
         "native_voxels_per_s_median": round(voxels / float(np.median([n for n, _ in pairs]))),
         "foreign_voxels_per_s_median": round(voxels / float(np.median([f for _, f in pairs]))),
