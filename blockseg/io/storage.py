@@ -16,6 +16,8 @@ import shutil
 
 import numpy as np
 
+from ..errors import BlocksegError
+
 
 def is_url(path: str | os.PathLike) -> bool:
     """Whether ``path`` names a remote fsspec location (``s3://``, ``gs://``, ``http://``, ...):
@@ -137,10 +139,22 @@ def save_npz(path: str, **arrays) -> None:
 
 
 def load_npz(path: str) -> dict:
-    """Every array of an npz file (local path or URL) as a dict."""
+    """Every array of an npz file (local path or URL) as a dict.
+
+    Arrays of Python objects are refused (``np.load`` without ``allow_pickle``): a work file that
+    someone else could write (a shared file system, a bucket) never runs code here.
+    """
     with open_file(path, "rb") as f:
         with np.load(io.BytesIO(f.read())) as data:
-            return {k: data[k] for k in data.files}
+            try:
+                return {k: data[k] for k in data.files}
+            except ValueError as exc:
+                if "allow_pickle" not in str(exc):
+                    raise
+                raise BlocksegError(
+                    f"{path}: holds Python objects (a pickle), which blockseg never loads: they could run code; "
+                    "blockseg did not write this file"
+                ) from None
 
 
 __all__ = [

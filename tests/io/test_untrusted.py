@@ -254,3 +254,37 @@ def test_yaml_config_with_a_python_tag_runs_nothing(tmp_path, capsys, command):
     cfg.write_text(f'run_dir: {tmp_path / "r"}\noutput: {tmp_path / "o"}\ndata:\n  image: !!python/object/apply:builtins.exec ["open({str(marker)!r}, \'w\').close()"]\n')
     _refused(capsys, [command, str(cfg)], "could not determine a constructor for the tag")
     assert not marker.exists() and not (tmp_path / "r").exists() and not (tmp_path / "o").exists()
+
+
+def test_crafted_file_in_segment_work_folder_runs_nothing(tmp_path, monkeypatch):
+    """Segment's work folder (``OUT.work``: seed tables, solutions, published pieces) may sit on a
+    shared file system or bucket. An interrupted run's files are replaced by npz files holding a
+    code-running object; the resumed run refuses them in one line naming the file, runs nothing
+    and still writes no output."""
+    from blockseg.errors import BlocksegError
+    from blockseg.faults import FaultInjected
+    from blockseg.segment import BCDDecoder, segment
+
+    from _helpers import tube_predictions
+
+    pred, block = tube_predictions(tmp_path, length=128, blocks=4)
+    out, work, marker = tmp_path / "seg.zarr", tmp_path / "seg.zarr.work", tmp_path / "RAN"
+    decoder = BCDDecoder(min_seed_size=1, min_size=1)
+    monkeypatch.setenv("BLOCKSEG_FAULT", "segment.journal:after done=round round=1=raise")
+    monkeypatch.setenv("BLOCKSEG_FAULT_DIR", str(tmp_path))
+    with pytest.raises(FaultInjected):
+        segment(pred, out, decoder, block_shape=block, halo=8, tile_voxels=1)
+    monkeypatch.delenv("BLOCKSEG_FAULT")
+    planted = sorted(work.rglob("*.npz"))
+    assert planted, "the interrupted run left no work files"
+    crafted = np.empty(1, dtype=object)
+    crafted[0] = RunsCode(marker)
+    for path in planted:
+        with open(path, "wb") as f:
+            np.savez(f, keys=crafted)
+    pickle.loads(pickle.dumps(RunsCode(marker)))  # live: the unsafe way runs it
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(BlocksegError, match=r"\.npz: holds Python objects \(a pickle\), which blockseg never loads"):
+        segment(pred, out, decoder, block_shape=block, halo=8, tile_voxels=1)
+    assert not marker.exists() and not out.exists()
