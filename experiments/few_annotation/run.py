@@ -27,8 +27,19 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE.parent / "modality_models"))
-import run as mm  # noqa: E402  (experiments/modality_models/run.py: data, scoring, baseline, recipe)
+
+def _modality_models():
+    """experiments/modality_models/run.py (data, scoring, baseline, the shipped recipe), imported by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("modality_models_run", HERE.parent / "modality_models" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+mm = _modality_models()
 
 RESULTS = HERE / "results"
 WORK = ROOT / "runs" / "few_annotation"
@@ -38,14 +49,45 @@ PAIRS = {
     "em_r2_to_r3": ("em", "em_zfish_roi2", "em_zfish_roi3"),
     "em_r3_to_r2": ("em", "em_zfish_roi3", "em_zfish_roi2"),
     "xct_b5_to_b6": ("xct", "xray_zfish_box5", "xray_zfish_box6"),
+    # supplementary, outside the protocol's verdict (PROTOCOL.md, "Fluorescence"): one crop split in two
+    "fluo_gon_top_to_bottom": ("fluo", "gonuclear_top", "gonuclear_bottom"),
 }
 #: annotation budgets (annotated nuclei in the sub-box, pieces_in_box); "all" = the whole train crop
-BUDGETS = {"em": (2, 4, 8, "all"), "xct": (5, 10, 20, 40, "all")}
+BUDGETS = {"em": (2, 4, 8, "all"), "xct": (5, 10, 20, 40, "all"), "fluo": (5, 10, 20, "all")}
 SEEDS = (0, 1, 2)
 FT_ITERATIONS = 200
 FT_LR = 5e-4
-FT_PATCH = 16
+FT_PATCH = {"em": (16, 16, 16), "xct": (16, 16, 16), "fluo": (16, 32, 32)}
 MIN_PIECE = mm.MIN_PIECE
+
+# ------------------------------------------------------------------ the supplementary fluorescence pair
+#: fluo_synth's training voxel size and median nucleus diameter (its model card)
+FLUO_VS, FLUO_D = (0.5, 0.25, 0.25), 4.1
+_mm_load = mm.load
+
+
+def load(name: str):
+    """mm.load, plus ``gonuclear_top`` / ``gonuclear_bottom``: the GoNuclear crop resampled (predict's
+    lattice: linear image, nearest labels) so that its median nucleus diameter (from its labels, a
+    stand-in for the user's --diameter) is fluo_synth's in voxels, then cut in two at the middle z;
+    their voxel size is recorded as fluo_synth's (the network runs at scale 1)."""
+    if not name.startswith("gonuclear_"):
+        return _mm_load(name)
+    from blockseg.predict.resample import nucleus_diameter_um, resample_array
+
+    img, gt, vs = _mm_load("gonuclear_1135_mini")
+    k = nucleus_diameter_um(gt, vs) / FLUO_D
+    shape = tuple(int(round(n * v / (f * k))) for n, v, f in zip(img.shape, vs, FLUO_VS))
+    img, gt = resample_array(img, shape), resample_array(gt, shape, labels=True)
+    half = slice(0, shape[0] // 2) if name == "gonuclear_top" else slice(shape[0] // 2, None)
+    lab = gt[half]
+    ids = np.unique(lab)
+    relabel = np.zeros(int(gt.max()) + 1, np.uint16)
+    relabel[ids[ids > 0]] = np.arange(1, int((ids > 0).sum()) + 1)
+    return np.ascontiguousarray(img[half]), relabel[lab], FLUO_VS
+
+
+mm.load = load  # mm.baseline reads crops through it
 
 
 # ------------------------------------------------------------------ annotation sub-boxes
@@ -95,7 +137,7 @@ def grow_box(lab: np.ndarray, n: int):
 def boxes() -> dict:
     out = {}
     for pair, (arm, train, _) in PAIRS.items():
-        _, gt, _ = mm.load(train)
+        _, gt, _ = load(train)
         lab = clean_labels(gt)
         out[pair] = {}
         for n in BUDGETS[arm]:
@@ -124,6 +166,10 @@ def start_config(arm: str) -> dict:
 
 
 def start_checkpoint(arm: str) -> str:
+    if arm == "fluo":  # fluo_synth saw no real data (fluo trained on GoNuclear z 0-70)
+        from blockseg.models import resolve_checkpoint
+
+        return str(resolve_checkpoint("fluo_synth"))
     return str(WORK / "start" / arm / "checkpoint.pt")
 
 
@@ -185,7 +231,7 @@ def subbox_volume(pair: str, n: str, img: np.ndarray, lab: np.ndarray, box, vs) 
         return str(out)
     sl = tuple(slice(a, b) for a, b in box)
     si, sla = img[sl], lab[sl]
-    pad = [(0, max(0, FT_PATCH - s)) for s in si.shape]
+    pad = [(0, max(0, p - s)) for p, s in zip(FT_PATCH[pair.split("_")[0]], si.shape)]
     si, sla = np.pad(si, pad, mode="symmetric"), np.pad(sla, pad, mode="symmetric")
     tmp = WORK / "data" / "npy"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -196,18 +242,24 @@ def subbox_volume(pair: str, n: str, img: np.ndarray, lab: np.ndarray, box, vs) 
 
 
 def finetune_config(arm: str, volume: str, seed: int, output: str, decoder_params: dict) -> dict:
-    cfg = mm.config(arm, None, seed, output, iterations=FT_ITERATIONS)
+    if arm == "fluo":  # fluo_synth's architecture (configs/train_fluo_synth.yaml), the same schedule as em / xct
+        cfg = mm.config("em", None, seed, output, iterations=FT_ITERATIONS)
+        cfg["model"]["params"]["anisotropic"] = 1
+        cfg.pop("polarity")
+        cfg["augment"] = {"intensity_scale": 0.3, "intensity_shift": 0.1}
+    else:
+        cfg = mm.config(arm, None, seed, output, iterations=FT_ITERATIONS)
     cfg["data"] = {"train": [volume]}
     cfg["model"]["init"] = start_checkpoint(arm)
     cfg["optimizer"]["lr"] = FT_LR
-    cfg["patch"] = [FT_PATCH] * 3
+    cfg["patch"] = list(FT_PATCH[arm])
     cfg["decoder"] = {"name": "bcd", "params": decoder_params}
     return cfg
 
 
 # ------------------------------------------------------------------ cells
 def cell_path(pair, arm, n, seed=None) -> Path:
-    return RESULTS / f"{pair}_{arm}_N{n}" + ("" if seed is None else f"_s{seed}") + ".json"
+    return RESULTS / (f"{pair}_{arm}_N{n}" + ("" if seed is None else f"_s{seed}") + ".json")
 
 
 def write_cell(path: Path, row: dict) -> None:
@@ -220,8 +272,8 @@ def write_cell(path: Path, row: dict) -> None:
 def score_pair(pair: str, seeds) -> None:
     arm, train, test = PAIRS[pair]
     bx = load_boxes()[pair]
-    img_tr, gt_tr, vs = mm.load(train)
-    img_te, gt_te, vs_te = mm.load(test)
+    img_tr, gt_tr, vs = load(train)
+    img_te, gt_te, vs_te = load(test)
     lab_tr = clean_labels(gt_tr)
     work = WORK / "stores" / pair
     work.mkdir(parents=True, exist_ok=True)
@@ -260,7 +312,7 @@ def score_pair(pair: str, seeds) -> None:
             predict_store(ckpt, img_te, vs_te, s_te)
             t = tune_on_box(s_tr, lab_tr, b["box"])
             write_cell(p, {"pair": pair, "arm": "finetune", "N": n, "seed": seed, **b, "checkpoint": ckpt, "cpu_s": round(cpu, 1),
-                           "wall_s": round(wall, 1), "iterations": FT_ITERATIONS, "lr": FT_LR, "patch": FT_PATCH, "tune": t,
+                           "wall_s": round(wall, 1), "iterations": FT_ITERATIONS, "lr": FT_LR, "patch": FT_PATCH[arm], "tune": t,
                            "test_start_thresholds": mm.scores(gt_te, segment_store(s_te, base_params), test),
                            "test": mm.scores(gt_te, segment_store(s_te, t["params"]), test)})  # fmt: skip
 
