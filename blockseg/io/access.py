@@ -18,6 +18,8 @@ import json
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+import fsspec
+
 from ..errors import BlocksegError
 from .storage import is_url
 
@@ -151,7 +153,6 @@ def _read(path: str, storage_options: dict | None) -> bytes | None:
                 return f.read()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
-    import fsspec
 
     try:
         with fsspec.open(path, "rb", **(storage_options or {})) as f:
@@ -223,7 +224,6 @@ def probe(url: str, storage_options: dict | None = None) -> None:
     bucket, _, key = rest.partition("/")
     if not bucket or (protocol, bucket) in _probed:
         return
-    import fsspec
 
     try:
         fs, _ = fsspec.core.url_to_fs(url, **(storage_options or {}))

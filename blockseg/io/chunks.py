@@ -19,6 +19,9 @@ import itertools
 import os
 from typing import Any, Iterator
 
+import zarr
+from zarr.core.sync import sync
+
 from ..errors import BlocksegError, warn
 
 #: environment variable holding the policy for missing chunks ("error", "fill" or "auto")
@@ -68,8 +71,6 @@ def _touched(array, fixed: dict[int, int]) -> Iterator[tuple[int, ...]]:
 
 def stored_keys(array) -> set[str]:
     """Keys (relative to the array) of the objects stored for a zarr ``array``."""
-    from zarr.core.sync import sync
-
     store = array.store
     prefix = array.path.rstrip("/") + "/" if array.path else ""
 
@@ -127,8 +128,6 @@ def check_complete(array, path: str, *, fixed: dict[int, int] | None = None, att
     MissingChunkError
         Under the ``error`` policy, or ``auto`` for an image, when a chunk is missing.
     """
-    import zarr
-
     if not isinstance(array, zarr.Array):
         return 0
     mode = policy()

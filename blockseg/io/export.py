@@ -22,6 +22,7 @@ iterator, h5py writes into a chunked dataset), so memory is bounded by ``slab_by
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -175,8 +176,6 @@ def export(
                 metadata={"spacing": vs[0], "unit": "micron", "axes": "ZYX", "Info": mark_text(info)},
             )  # fmt: skip
         else:
-            import json
-
             import h5py
 
             with h5py.File(target, "w") as h5:

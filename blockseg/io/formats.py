@@ -21,12 +21,14 @@ input (and the tasks that reopen it on workers) is one string (``docs/guide/form
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
 from ..errors import BlocksegError, warn
 from .chunks import check_complete
@@ -238,8 +240,6 @@ def open_source(
 
 # ----------------------------------------------------------------------------- zarr / OME-Zarr
 def _open_zarr(path, mode, storage_options, level, channel, timepoint, axes=None) -> Source:
-    import zarr
-
     try:
         node = zarr.open(path, mode=mode, storage_options=storage_options)
     except Exception as exc:  # zarr raises several types for "not zarr"
@@ -388,8 +388,6 @@ class _tifffile_log_as_warnings:
     it does not (the error line says why)."""
 
     def __init__(self, path: str):
-        import logging
-
         self.path, self.logger, self.records = path, logging.getLogger("tifffile"), []
 
     def filter(self, record) -> bool:
@@ -410,7 +408,6 @@ class _tifffile_log_as_warnings:
 
 def _open_tiff(path, level, channel, timepoint, given=None) -> Source:
     import tifffile
-    import zarr
 
     try:
         tif = tifffile.TiffFile(path)

@@ -401,7 +401,7 @@ def plan_store(
         For an unknown decoder or channel, a decoder whose channels the network lacks, or a
         uint8 dtype for a raw channel.
     """
-    from ..segment import DECODERS
+    from ..segment import DECODERS  # defers numba and scipy (segment.decoders) until a store is planned
 
     names = list(names)
     base = [n for n in names if not n.endswith("_var")]

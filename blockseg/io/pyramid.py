@@ -22,6 +22,7 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+import zarr
 
 from ..errors import BlocksegError
 from ..faults import fault_point
@@ -166,7 +167,6 @@ def write_pyramid(
         The (z, y, x) shape of every level, level 0 first.
     """
     import dask.array as da
-    import zarr
 
     if method not in METHODS:
         raise BlocksegError(f"pyramid method must be one of {METHODS}, got {method!r}")
@@ -211,8 +211,6 @@ def set_image_label(path: str, properties: list[dict] | None = None, storage_opt
     at most :data:`MAX_PROPERTIES` long) every listed label also gets a fixed colour (a hash of
     its value) and its properties; without, colours are left to the viewer.
     """
-    import zarr
-
     group = zarr.open_group(path, mode="r+", storage_options=storage_options)
     ome = dict(group.attrs["ome"])
     label = dict(ome.get("image-label") or {})

@@ -19,21 +19,36 @@ before anything is written. The rules in full, with the crash windows they cover
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import datetime
 import functools
 import glob
 import json
 import os
 import posixpath
 import shutil
+import socket
+import sys
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
+import fsspec
+import zarr
+
+try:  # the batched read that chunk_errors() wraps; another zarr layout keeps zarr's own errors
+    from zarr.core.codec_pipeline import BatchedCodecPipeline
+except ImportError:  # pragma: no cover
+    BatchedCodecPipeline = None
+
 from ..errors import BlocksegError
+from .access import probe
 from .selection import split_selection
-from .storage import is_url, write_bytes
+from .storage import is_url, listdir, remove_tree, write_bytes
 from .._version import __version__
 
 #: files a folder of evaluation reports may hold (``blockseg evaluate --out``; ``run``'s evaluation/)
@@ -124,8 +139,6 @@ def check_not_input(outputs: Iterable[str], inputs: Iterable[str]) -> None:
 
 # ---------------------------------------------------------------------------- ownership
 def _zarr_attrs(path: str) -> dict | None:
-    import zarr
-
     try:
         node = zarr.open(path, mode="r")
     except Exception:
@@ -163,8 +176,6 @@ def owned_kind(path: str | os.PathLike) -> str | None:
     ``"export"``, ``"empty"`` for an empty folder), or None when it is not blockseg's."""
     path = str(path)
     if is_url(path):
-        from .storage import listdir
-
         attrs = _zarr_attrs(path)
         if attrs is not None:
             return "zarr" if any(k in attrs for k in ZARR_MARKS) else None
@@ -196,8 +207,6 @@ def owned_kind(path: str | os.PathLike) -> str | None:
 
 def _exists(path: str) -> bool:
     if is_url(path):
-        import fsspec
-
         fs, p = fsspec.core.url_to_fs(path)
         return bool(fs.exists(p))  # an object, or a prefix with objects under it
     return os.path.lexists(path)
@@ -224,8 +233,6 @@ def _pid_alive(pid: int) -> bool:
 
 def _leftovers(path: str, tag: str) -> list[tuple[str, int]]:
     if is_url(path):
-        from .storage import listdir
-
         parent, _, name = path.rstrip("/").rpartition("/")
         found = [f"{parent}/{e}" for e in listdir(parent) if e.startswith(f".{name}.{tag}-")]
     else:
@@ -241,8 +248,6 @@ def _leftovers(path: str, tag: str) -> list[tuple[str, int]]:
 
 def _remove(path: str) -> None:
     if is_url(path):
-        from .storage import remove_tree
-
         remove_tree(path)
         return
     if os.path.isdir(path) and not os.path.islink(path):
@@ -297,8 +302,6 @@ def _recover_url(path: str) -> None:
 
 def _finish_url_swap(new: str, path: str, ready: str) -> None:
     """Delete the old output, copy the complete ``new`` into place, delete ``new`` and ``ready``."""
-    import fsspec
-
     fs, src = fsspec.core.url_to_fs(new)
     dst = fsspec.core.url_to_fs(path)[1]
     _remove(path)
@@ -515,8 +518,6 @@ def prepare_output(
     inputs = [str(p) for p in inputs if p is not None]
     check_not_input([path, *extra], inputs)
     if is_url(path):
-        from .access import probe
-
         probe(path)  # no credentials, a missing bucket, no endpoint: one line before anything is written
     # one writer per output: claimed before anything at the path is looked at or touched
     held = acquire_lock(path) if lock else None
@@ -573,14 +574,10 @@ def mark_text(extra: dict | None = None) -> str:
 def prepare_work(work: str) -> str:
     """Create the scratch group ``work`` (``OUT.work``) of a stage, replacing only an earlier
     scratch group of blockseg's (marked ``blockseg.work``); return its path."""
-    import zarr
-
     if is_url(work):
         attrs = _zarr_attrs(work)
         if attrs is not None and "work" not in dict(attrs.get("blockseg", {})):
             raise BlocksegError(f"{work} exists and is not a blockseg work folder; move it away")
-        from .storage import remove_tree
-
         remove_tree(work)  # an earlier run's scratch (object stores have no rename to swap it)
     elif os.path.lexists(work):
         attrs = _zarr_attrs(work) if _is_zarr_node(work) else None
@@ -599,7 +596,6 @@ def swap_work(work: str, path: str) -> None:
         if _exists(path):
             prepare_work(path)
             _remove(path)
-        import fsspec
 
         fs, src = fsspec.core.url_to_fs(work)
         fs.copy(src.rstrip("/") + "/", fsspec.core.url_to_fs(path)[1], recursive=True)
@@ -640,11 +636,6 @@ class OutputLock:
 
 
 def _holder_info() -> dict:
-    import datetime
-    import socket
-    import sys
-    import uuid
-
     cmd = " ".join(os.path.basename(a) if k == 0 else a for k, a in enumerate(sys.argv)) or "python"
     return {
         "host": socket.gethostname(), "pid": os.getpid(),
@@ -675,8 +666,6 @@ def _busy(path: str, holder: dict, file: str, sure: bool) -> BlocksegError:
 
 def _stale(holder: dict) -> bool:
     """A holder is gone: it ran on this host and its process no longer exists."""
-    import socket
-
     pid = holder.get("pid")
     return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
 
@@ -684,8 +673,7 @@ def _stale(holder: dict) -> bool:
 def _take_local(path: str) -> OutputLock | None:
     """flock the lock file (released by the kernel when the holder dies, on any host sharing the
     file system); file systems without flock fall back to an exclusive create (:func:`_take_exclusive`)."""
-    import fcntl
-    import time
+    import fcntl  # POSIX only: importing blockseg must not fail where it is missing
 
     file = lock_file(path)
     for _ in range(50):
@@ -748,8 +736,6 @@ def _take_url(path: str) -> OutputLock:
     """The lock object on object storage, created with a conditional put ("xb": S3's
     ``If-None-Match: *``) where the store offers it; else written and read back (two writers
     starting within one round trip may both win: see docs/guide/data-safety.md)."""
-    import fsspec
-
     file = lock_file(path)
     fs, key = fsspec.core.url_to_fs(file)
     for _ in range(3):
@@ -811,8 +797,6 @@ def acquire_lock(path: str | os.PathLike) -> OutputLock | None:
             held.count += 1
             return held
         if is_url(path):
-            from .access import probe
-
             probe(path)  # no credentials, a missing bucket, no endpoint: one line naming the output
         lock = _take_url(path) if is_url(path) else _take_local(path)
         if lock is not None:
@@ -839,8 +823,6 @@ def release_lock(path: str | os.PathLike, force: bool = False) -> None:
 def _drop_lock(lock: OutputLock) -> None:
     with contextlib.suppress(Exception):
         if is_url(lock.path):
-            import fsspec
-
             fs, key = fsspec.core.url_to_fs(lock.file)
             fs.invalidate_cache(key)
             if _parse_holder(fs.cat_file(key)).get("token") == lock.info["token"]:
@@ -887,8 +869,6 @@ def _forget_locks_in_child() -> None:
 def _install_release_at_exit() -> None:
     global _AT_EXIT
     if not _AT_EXIT:
-        import atexit
-
         atexit.register(release_all_locks)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=_forget_locks_in_child)
@@ -936,14 +916,9 @@ def chunk_errors() -> Iterator[None]:
 
 def _guard_enter() -> None:
     with _GUARD_LOCK:
-        if _GUARD["depth"] == 0:
-            try:
-                from zarr.core.codec_pipeline import BatchedCodecPipeline
-            except ImportError:  # pragma: no cover - another zarr layout: keep zarr's own errors
-                BatchedCodecPipeline = None
-            if BatchedCodecPipeline is not None:
-                _GUARD["original"] = BatchedCodecPipeline.read_batch
-                BatchedCodecPipeline.read_batch = _named_read_batch(BatchedCodecPipeline.read_batch)
+        if _GUARD["depth"] == 0 and BatchedCodecPipeline is not None:
+            _GUARD["original"] = BatchedCodecPipeline.read_batch
+            BatchedCodecPipeline.read_batch = _named_read_batch(BatchedCodecPipeline.read_batch)
         _GUARD["depth"] += 1
 
 
@@ -951,8 +926,6 @@ def _guard_exit() -> None:
     with _GUARD_LOCK:
         _GUARD["depth"] -= 1
         if _GUARD["depth"] == 0 and _GUARD["original"] is not None:
-            from zarr.core.codec_pipeline import BatchedCodecPipeline
-
             BatchedCodecPipeline.read_batch = _GUARD["original"]
             _GUARD["original"] = None
 

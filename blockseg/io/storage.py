@@ -15,6 +15,7 @@ import uuid
 import shutil
 
 import numpy as np
+import fsspec
 
 from ..errors import BlocksegError
 
@@ -50,7 +51,6 @@ def open_file(path: str, mode: str = "rb", **kwargs):
     """``open`` for local paths and fsspec URLs alike (a context manager)."""
     if not is_url(path):
         return open(path, mode, **kwargs)
-    import fsspec
 
     return fsspec.open(str(path), mode, **kwargs)
 
@@ -66,7 +66,6 @@ def remove_tree(path: str) -> None:
     if not is_url(path):
         shutil.rmtree(path, ignore_errors=True)
         return
-    import fsspec
 
     fs, p = fsspec.core.url_to_fs(str(path))
     if fs.exists(p):
@@ -77,7 +76,6 @@ def listdir(path: str) -> list[str]:
     """Names (not paths) of the entries of a folder; empty if it is not there."""
     if not is_url(path):
         return os.listdir(path) if os.path.isdir(path) else []
-    import fsspec
 
     fs, p = fsspec.core.url_to_fs(str(path))
     if not fs.exists(p):
@@ -93,7 +91,6 @@ def remove_file(path: str) -> None:
         except FileNotFoundError:
             pass
         return
-    import fsspec
 
     fs, p = fsspec.core.url_to_fs(str(path))
     if fs.exists(p):

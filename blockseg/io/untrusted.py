@@ -15,6 +15,7 @@ programs by nature (TorchScript, :mod:`blockseg.models.foreign`), which run when
 from __future__ import annotations
 
 import re
+import pickle
 import warnings
 from typing import Any
 
@@ -58,8 +59,6 @@ def load_plain(path, what: str = "file") -> Any:
         If the file holds any other Python object (it is refused before anything in it runs,
         saying why), or is not a ``torch.save`` file at all.
     """
-    import pickle
-
     import torch
 
     try:
