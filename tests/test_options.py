@@ -3,6 +3,8 @@ and --block-shape as the one spelling of the block shape on every command."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from blockseg.pipeline.config import parse_config
@@ -54,3 +56,84 @@ def test_block_shape_is_one_spelling_on_every_command(command, positional):
     assert sub.parse_args([*positional, "--block", "8"]).block_shape == [8]  # the old spelling, kept as a hidden alias
     text = sub.format_help()
     assert "--block-shape N" in text and "--block N" not in text
+
+
+# ---------------------------------------------------------------------------------- evaluate
+def _subparser(command):
+    return build_parser()._subparsers._group_actions[0].choices[command]
+
+
+def test_evaluate_options_have_one_default_for_every_door():
+    import inspect
+
+    from blockseg.evaluate import evaluate
+    from blockseg.evaluate.options import RUN_CENTROID_POINTS, EvaluateOptions
+    from blockseg.evaluate.report import write_report
+    from blockseg_cli.evaluate import options as cli_options
+
+    model = EvaluateOptions()
+    # the API: each keyword's default is the model's (None: "the model's default")
+    api = inspect.signature(evaluate).parameters
+    for key, field in EvaluateOptions.model_fields.items():
+        if key in ("centroid_points", "png"):
+            continue
+        assert api[key].default in (None, field.default), key
+    assert api["points"].default is None and not model.centroid_points  # no detection unless asked
+    assert inspect.signature(write_report).parameters["png"].default is model.png
+    # the CLI: every flag unset, so the model's default applies; its help shows the model's text
+    sub = _subparser("evaluate")
+    args = sub.parse_args(["--gt", "g.zarr", "--pred", "p.zarr"])
+    assert cli_options(args) == model
+    assert "(default 0.1,...,0.9)" in " ".join(sub.format_help().split())
+    # the run config: the same values, its one deliberate difference named (centroid_points)
+    config = parse_config({"run_dir": "r", "data": {"image": "img.zarr"}}).evaluate
+    assert config.model_dump(exclude={"enabled", "centroid_points"}) == model.model_dump(exclude={"centroid_points"})
+    assert config.centroid_points is RUN_CENTROID_POINTS is True
+    assert model.ranges == {"small": (0, 5e3), "medium": (5e3, 1.5e4), "large": (1.5e4, float("inf"))}
+
+
+def test_the_run_config_keeps_its_spelling_and_its_fingerprint():
+    from blockseg.pipeline.workflow import section_digest
+
+    cfg = parse_config({"run_dir": "r", "data": {"image": "img.zarr"}, "evaluate": {"detection_radius_um": 2}})
+    assert cfg.evaluate.radius_um == 2 and cfg.resolved()["evaluate"]["detection_radius_um"] == 2
+    # what a run made before the options model hashed: its evaluate stage is not redone
+    default = parse_config({"run_dir": "r", "data": {"image": "img.zarr"}}).evaluate
+    assert section_digest("evaluate", default) == {
+        "enabled": True, "thresholds": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "detection_radius_um": 3.0, "png": True,
+    }  # fmt: skip
+    changed = parse_config({"run_dir": "r", "data": {"image": "i"}, "evaluate": {"report_threshold": 0.7}}).evaluate
+    assert section_digest("evaluate", changed)["report_threshold"] == 0.7  # a new key, once set, is hashed
+
+
+EVALUATE_BAD = [  # (API keyword, value, CLI argv, config key, message)
+    ("thresholds", [0.5, 1.5], ["--thresholds", "0.5,1.5"], "thresholds", "must be IoU thresholds in (0, 1], got [0.5, 1.5]"),
+    ("coco_thresholds", [0.0], ["--coco-thresholds", "0"], "coco_thresholds", "must be IoU thresholds in (0, 1], got [0.0]"),
+    ("size_ranges", [9.0, 3.0], ["--size-ranges", "9,3"], "size_ranges", "must be two increasing positive voxel counts"),
+    ("radius_um", 0.0, ["--radius", "0"], "detection_radius_um", "must be > 0.0, got 0.0"),
+    ("report_threshold", 1.5, ["--report-threshold", "1.5"], "report_threshold", "must be ≤ 1.0, got 1.5"),
+    ("merge_threshold", 0.0, ["--merge-threshold", "0"], "merge_threshold", "must be > 0.0, got 0.0"),
+]
+_FLAG = {"radius_um": "--radius"}
+
+
+@pytest.mark.parametrize("key, value, argv, config_key, message", EVALUATE_BAD)
+def test_evaluate_refuses_a_bad_option_in_the_same_line_through_every_door(tmp_path, capsys, key, value, argv, config_key, message):
+    import numpy as np
+
+    from blockseg.errors import BlocksegError
+    from blockseg.evaluate import evaluate
+
+    labels = np.zeros((2, 4, 4), np.uint16)
+    with pytest.raises(BlocksegError) as api:
+        evaluate(labels, labels, **{key: value})
+    assert str(api.value).startswith(f"{key}: {message}") and "\n" not in str(api.value)
+    # the CLI: before reading anything (the volumes do not exist), the flag named
+    out = tmp_path / "report"
+    assert main(["evaluate", "--gt", str(tmp_path / "g.zarr"), "--pred", str(tmp_path / "p.zarr"), "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    flag = _FLAG.get(key, "--" + key.replace("_", "-"))
+    assert f"{flag}: {message}" in err and "\n" not in err and not out.exists()
+    # the run config: the key as the config spells it
+    with pytest.raises(BlocksegError, match=re.escape(f"evaluate.{config_key}: {message}")):
+        parse_config({"run_dir": "r", "data": {"image": "img.zarr"}, "evaluate": {config_key: value}})

@@ -17,17 +17,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..runtime._jit import njit
+from .options import COCO_THRESHOLDS, DEFAULT_SIZE_RANGES  # the defaults' one owner (evaluate's options)
 from .overlaps import Overlaps
 
-#: COCO IoU thresholds 0.50:0.05:0.95
-COCO_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
-
-#: default GT size ranges in voxels (those of mAP_3Dvolume's demo): [lo, hi)
-DEFAULT_SIZE_RANGES: dict[str, tuple[float, float]] = {
-    "small": (0, 5e3),
-    "medium": (5e3, 1.5e4),
-    "large": (1.5e4, np.inf),
-}
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 

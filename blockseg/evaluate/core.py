@@ -13,17 +13,18 @@ from ..errors import BlocksegError
 from ..faults import fault_point
 from ..grid import BlockGrid, BlockTask, default_block_shape
 from .analysis import merges_and_splits
-from .coco import COCO_THRESHOLDS, DEFAULT_SIZE_RANGES, coco_ap
+from .coco import coco_ap
 from .contingency import contingency_table, reduce_tables
 from .detection import _ratios, inside_nearest_match, radius_match
-from .matching import DEFAULT_THRESHOLDS, Matching, match_instances, matching_stats
+from .matching import Matching, match_instances, matching_stats
+from .options import (
+    COCO_THRESHOLDS, DEFAULT_FRACTION, DEFAULT_RADIUS_UM, DEFAULT_THRESHOLDS, EVAL_BLOCK_VOXELS,
+    EvaluateOptions, evaluate_options,
+)  # fmt: skip
 from .overlaps import Overlaps, concat_overlaps, overlaps_from_table
 from ..io.volume import open_volume
 from ..runtime.cluster import run_blocks, run_task
 from .labelcheck import check_label_volume
-
-#: voxels per block of the evaluation pass (two label blocks + temporaries stay < 200 MB)
-EVAL_BLOCK_VOXELS = 2**22
 
 
 @dataclass
@@ -362,9 +363,11 @@ class EvaluatePlan:
         return _jsonable({"volumes": self.volumes, "config": self.config})
 
 
-def _validate_inputs(gt, pred, mask, points, scores, thresholds, coco_thresholds) -> list[_Case]:
-    """The (gt, pred, mask, points, scores) of each volume; one-line :class:`BlocksegError` for
-    lists of different lengths, bad ``points`` or thresholds outside (0, 1]."""
+def _validate_inputs(gt, pred, mask, points, scores, **options) -> tuple[list[_Case], EvaluateOptions]:
+    """The (gt, pred, mask, points, scores) of each volume and the checked options
+    (:class:`~blockseg.evaluate.options.EvaluateOptions`); one-line :class:`BlocksegError` for
+    a bad option, lists of different lengths or bad ``points``."""
+    opts = evaluate_options(**options)
     gts, preds = _as_list(gt), _as_list(pred)
     if len(gts) != len(preds):
         raise BlocksegError(f"{len(gts)} ground-truth volumes but {len(preds)} predictions")
@@ -377,17 +380,13 @@ def _validate_inputs(gt, pred, mask, points, scores, thresholds, coco_thresholds
     if len(point_list) != len(gts):
         raise BlocksegError(f"{len(point_list)} point sets for {len(gts)} volumes")
     score_list = _as_list(scores, len(gts)) if scores is not None else [None] * len(gts)
-    for t in list(thresholds) + list(coco_thresholds):
-        if not 0 < t <= 1:
-            raise BlocksegError(f"IoU thresholds must be in (0, 1], got {t}")
-    return [_Case(*c) for c in zip(gts, preds, masks, point_list, score_list)]
+    return [_Case(*c) for c in zip(gts, preds, masks, point_list, score_list)], opts
 
 
-def plan_evaluate(gt, pred, mask=None, points=None, scores=None, block_voxels: int = EVAL_BLOCK_VOXELS,
-                  thresholds: Sequence[float] = DEFAULT_THRESHOLDS, coco_thresholds: Sequence[float] = COCO_THRESHOLDS,
-                  size_ranges=None, radius_um: float = 3.0, voxel_size=None, report_threshold: float = 0.5) -> EvaluatePlan:  # fmt: skip
-    """The :class:`EvaluatePlan` of :func:`evaluate` (same parameters), from the volumes'
-    metadata only: their shapes and dtypes are checked, no block is read.
+def plan_evaluate(gt, pred, mask=None, points=None, scores=None, voxel_size=None, **options) -> EvaluatePlan:
+    """The :class:`EvaluatePlan` of :func:`evaluate` (same parameters; ``options`` are those of
+    :class:`~blockseg.evaluate.options.EvaluateOptions`), from the volumes' metadata only:
+    their shapes and dtypes are checked, no block is read.
 
     Examples
     --------
@@ -397,7 +396,8 @@ def plan_evaluate(gt, pred, mask=None, points=None, scores=None, block_voxels: i
     ((4, 8, 8), None)
     """
     volumes = []
-    for case in _validate_inputs(gt, pred, mask, points, scores, thresholds, coco_thresholds):
+    cases, opts = _validate_inputs(gt, pred, mask, points, scores, **options)
+    for case in cases:
         names = {k: None if v is None else ("array" if isinstance(v, np.ndarray) else str(v))
                  for k, v in (("gt", case.gt), ("pred", case.pred), ("mask", case.mask))}  # fmt: skip
         detection = ("none" if case.points is None else "centroids: a second pass over the GT blocks holding them"
@@ -407,11 +407,10 @@ def plan_evaluate(gt, pred, mask=None, points=None, scores=None, block_voxels: i
         else:
             g, p = _open(str(case.gt)), _open(str(case.pred))
             _check_volumes(g, p, None if case.mask is None else _open(str(case.mask)))
-            shape, grid = g.shape, _pass_grid(g, block_voxels)
+            shape, grid = g.shape, _pass_grid(g, opts.block_voxels)
         volumes.append({**names, "shape": tuple(shape), "blocks": None if grid is None else len(grid),
                         "block_shape": None if grid is None else grid.block_shape, "detection": detection})  # fmt: skip
-    return EvaluatePlan(volumes, _run_config(volumes, thresholds, coco_thresholds, size_ranges, scores, points,
-                                             radius_um, voxel_size, report_threshold))  # fmt: skip
+    return EvaluatePlan(volumes, _run_config(volumes, opts, scores, points, voxel_size))
 
 
 def _pass_grid(vol, block_voxels: int) -> BlockGrid:
@@ -419,19 +418,18 @@ def _pass_grid(vol, block_voxels: int) -> BlockGrid:
     return BlockGrid(vol.shape, default_block_shape(vol.shape, vol.write_unit, block_voxels))
 
 
-def _run_config(inputs, thresholds, coco_thresholds, size_ranges, scores, points, radius_um, spacing,
-                report_threshold) -> dict:  # fmt: skip
+def _run_config(inputs, opts: EvaluateOptions, scores, points, spacing) -> dict:
     """The parameters and inputs of a run (:attr:`EvaluationResult.config`)."""
     return {
         "inputs": inputs,
-        "thresholds": list(thresholds),
-        "coco_thresholds": list(coco_thresholds),
-        "size_ranges": dict(DEFAULT_SIZE_RANGES if size_ranges is None else size_ranges),
+        "thresholds": list(opts.thresholds),
+        "coco_thresholds": list(opts.coco_thresholds),
+        "size_ranges": opts.ranges,
         "score": "voxel count" if scores is None else "given table",
         "points": points if isinstance(points, str) or points is None else "given",
-        "radius_um": radius_um,
+        "radius_um": opts.radius_um,
         "voxel_size_um": spacing,
-        "report_threshold": report_threshold,
+        "report_threshold": opts.report_threshold,
         "mask_policy": "voxels outside the mask are ignored; instances are cut to the mask",
     }
 
@@ -495,14 +493,14 @@ def evaluate(
     mask=None,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     coco_thresholds: Sequence[float] = COCO_THRESHOLDS,
-    size_ranges: Mapping[str, tuple[float, float]] | None = None,
+    size_ranges: tuple[float, float] | Mapping[str, tuple[float, float]] | None = None,
     scores=None,
     points=None,
-    radius_um: float = 3.0,
+    radius_um: float = DEFAULT_RADIUS_UM,
     voxel_size: Sequence[float] | None = None,
-    report_threshold: float = 0.5,
-    merge_threshold: float = 0.5,
-    split_threshold: float = 0.5,
+    report_threshold: float = DEFAULT_FRACTION,
+    merge_threshold: float = DEFAULT_FRACTION,
+    split_threshold: float = DEFAULT_FRACTION,
     client=None,
     block_voxels: int = EVAL_BLOCK_VOXELS,
     progress: bool = False,
@@ -523,8 +521,9 @@ def evaluate(
         IoU thresholds of the matching metrics (default 0.1, ..., 0.9).
     coco_thresholds : sequence of float
         IoU thresholds of COCO AP (default 0.50:0.05:0.95).
-    size_ranges : mapping, optional
-        GT size ranges (voxels) for COCO AP, name -> (lo, hi).
+    size_ranges : (float, float) or mapping, optional
+        GT size ranges (voxels) for COCO AP: two voxel counts splitting small / medium / large,
+        or a mapping name -> (lo, hi) (default 5000, 15000).
     scores : (n, 2) array or mapping or list of them, optional
         Prediction scores [id, score] for COCO ranking (default: voxel count). Predictions
         without a score rank last.
@@ -535,17 +534,17 @@ def evaluate(
         GT-only pass over the blocks holding points; given points are looked up during the
         main pass. None (default) skips detection.
     radius_um : float
-        Radius of the radius-based detection matching, in µm.
+        Radius of the radius-based detection matching, in µm (> 0; default 3).
     voxel_size : sequence of float, optional
         Voxel size (µm) for distances; default that of the gt volume (1 for arrays).
     report_threshold : float
-        IoU threshold of the matching shown per instance.
+        IoU threshold of the matching shown per instance (in (0, 1]; default 0.5).
     merge_threshold, split_threshold : float
-        See :func:`blockseg.evaluate.analysis.merges_and_splits`.
+        See :func:`blockseg.evaluate.analysis.merges_and_splits` (in (0, 1]; default 0.5).
     client : distributed.Client, optional
         Dask client for the blockwise pass of zarr volumes (None: in this process).
     block_voxels : int
-        Voxels per block of the pass.
+        Voxels per block of the pass (a speed and memory knob).
     progress : bool
         Show a progress bar.
     dry_run : bool
@@ -559,7 +558,10 @@ def evaluate(
     Raises
     ------
     BlocksegError
-        Missing paths, shape mismatches, non-integer or negative labels, bad options.
+        Missing paths, shape mismatches, non-integer or negative labels, bad options (checked by
+        :class:`~blockseg.evaluate.options.EvaluateOptions`, the model the run config's
+        ``evaluate`` section and ``blockseg evaluate``'s flags share: one default and one check
+        each).
 
     Notes
     -----
@@ -582,10 +584,13 @@ def evaluate(
     (1, 8, 8)
     """
     t_start = time.perf_counter()
+    options = dict(thresholds=thresholds, coco_thresholds=coco_thresholds, size_ranges=size_ranges, radius_um=radius_um,
+                   report_threshold=report_threshold, merge_threshold=merge_threshold, split_threshold=split_threshold,
+                   block_voxels=block_voxels)  # fmt: skip
     if dry_run:
-        return plan_evaluate(gt, pred, mask, points, scores, block_voxels, thresholds, coco_thresholds, size_ranges,
-                             radius_um, voxel_size, report_threshold)  # fmt: skip
-    cases = _validate_inputs(gt, pred, mask, points, scores, thresholds, coco_thresholds)
+        return plan_evaluate(gt, pred, mask, points, scores, voxel_size, **options)
+    cases, opts = _validate_inputs(gt, pred, mask, points, scores, **options)
+    block_voxels = opts.block_voxels
     parts, det_parts, score_parts, inputs, spacing = [], [], [], [], None
     timings: dict[str, float] = {"pass": 0.0, "detection_lookup": 0.0}
     for case in cases:  # the map: one blockwise pass per volume, reduced to its overlaps
@@ -604,18 +609,17 @@ def evaluate(
     # the reduce: metrics of the pooled overlaps
     overlaps = concat_overlaps(parts)
     stats, av_ap, report, coco, errors, t_metrics = evaluate_overlaps(
-        overlaps, thresholds, coco_thresholds, size_ranges, _pooled_scores(score_parts, parts),
-        report_threshold, merge_threshold, split_threshold,
+        overlaps, opts.thresholds, opts.coco_thresholds, opts.ranges, _pooled_scores(score_parts, parts),
+        opts.report_threshold, opts.merge_threshold, opts.split_threshold,
     )  # fmt: skip
     timings.update(t_metrics)
     detection = gt_of_point = None
     if any(d is not None for d in det_parts):
         t0 = time.perf_counter()
-        detection, gt_of_point = _detection(parts, det_parts, spacing, radius_um)
+        detection, gt_of_point = _detection(parts, det_parts, spacing, opts.radius_um)
         timings["detection"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
-    config = _run_config(inputs, thresholds, coco_thresholds, size_ranges, scores, points, radius_um, spacing,
-                         report_threshold)  # fmt: skip
+    config = _run_config(inputs, opts, scores, points, spacing)
     return EvaluationResult(overlaps, stats, av_ap, report, coco, detection, errors, config, timings, gt_of_point)
 
 

@@ -26,10 +26,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
 
+from .options import DEFAULT_THRESHOLDS  # the default's one owner (evaluate's options)
 from .overlaps import Overlaps
-
-#: default IoU thresholds of the matching metrics
-DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 #: components with at most this many (rows x cols) cells are solved densely
 DENSE_CELLS = 250_000

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal, Optional, Union
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..checkpoints import SHIPPED_CHECKPOINTS
 from ..defaults import DEFAULT_BATCH_SIZE
@@ -30,6 +30,7 @@ from ..errors import BlocksegError, describe_validation_error
 from ..options import Block, Shape, VoxelSize
 from ..options import Strict as _Strict
 from ..io.storage import has_scheme
+from ..evaluate.options import RUN_CENTROID_POINTS, EvaluateOptions
 from ..segment.options import SegmentOptions
 
 STAGES = ("data", "predict", "segment", "evaluate")
@@ -185,19 +186,20 @@ class SegmentConfig(SegmentOptions):
         return self
 
 
-class EvaluateConfig(_Strict):
+#: keys spelled otherwise in the run config than in the API: option -> config key
+_CONFIG_SPELLING = {"radius_um": "detection_radius_um"}
+
+
+class EvaluateConfig(EvaluateOptions):
+    """evaluate's options (:class:`blockseg.evaluate.options.EvaluateOptions`, with the API's and
+    the CLI's defaults and checks; ``radius_um`` spelled ``detection_radius_um``), and ``enabled``.
+    ``centroid_points`` defaults to :data:`~blockseg.evaluate.options.RUN_CENTROID_POINTS` here:
+    a run always scored detection."""
+
+    model_config = ConfigDict(alias_generator=lambda name: _CONFIG_SPELLING.get(name, name))
+
     enabled: bool = True
-    thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-    @field_validator("thresholds")
-    @classmethod
-    def _thresholds(cls, v):
-        if not v or any(not 0 < t <= 1 for t in v):
-            raise ValueError(f"must be IoU thresholds in (0, 1], got {list(v)}")
-        return v
-
-    detection_radius_um: float = Field(default=3.0, gt=0)
-    png: bool = True
+    centroid_points: bool = Field(RUN_CENTROID_POINTS, description="detection metrics with the predicted instances' centroids")
 
 
 class ClusterSection(_Strict):
@@ -245,8 +247,9 @@ class RunConfig(_Strict):
         return v
 
     def resolved(self) -> dict:
-        """The config as plain data (JSON-serialisable), defaults filled in."""
-        return self.model_dump(mode="json")
+        """The config as plain data (JSON-serialisable), defaults filled in, keys spelled as the
+        config spells them (``evaluate.detection_radius_um``)."""
+        return self.model_dump(mode="json", by_alias=True)
 
 
 _PATH_KEYS = {"data": ("image", "ground_truth", "mask")}

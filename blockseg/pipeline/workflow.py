@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..checkpoints import SHIPPED_CHECKPOINTS
+from ..evaluate.options import EvaluateOptions
 from .config import STAGES, RunConfig
 from .layout import RunLayout, checkpoint_path, is_zarr, segment_decoder
 from ..errors import BlocksegError
@@ -67,6 +68,22 @@ class RunResult:
 
 
 # ------------------------------------------------------------------------------ fingerprints
+#: the keys a config section had before it became its stage's options model (issue 30 goal 4);
+#: a key added since enters the fingerprint only when it differs from its default, so a run
+#: directory made before keeps its fingerprints (and resumes instead of redoing the stage)
+KEYS_BEFORE_OPTIONS = {"evaluate": ("enabled", "thresholds", "detection_radius_um", "png")}
+
+
+def section_digest(stage: str, section) -> dict:
+    """A config section as its stage's fingerprint hashes it (see :data:`KEYS_BEFORE_OPTIONS`)."""
+    dump = section.model_dump(mode="json", by_alias=True)
+    before = KEYS_BEFORE_OPTIONS.get(stage)
+    if before is None:
+        return dump
+    default = type(section)().model_dump(mode="json", by_alias=True)
+    return {k: v for k, v in dump.items() if k in before or v != default[k]}
+
+
 def fingerprints(cfg: RunConfig, layout: RunLayout) -> dict[str, str]:
     """Fingerprint of every stage (see the module docstring)."""
     d = cfg.data.model_dump(mode="json")
@@ -77,7 +94,7 @@ def fingerprints(cfg: RunConfig, layout: RunLayout) -> dict[str, str]:
     predict_cfg = {k: v for k, v in cfg.predict.model_dump(mode="json").items() if k not in SPEED_KNOBS}
     fp["predict"] = fingerprint("predict", fp["data"], ck, predict_cfg)
     fp["segment"] = fingerprint("segment", fp["predict"], cfg.segment.model_dump(mode="json"))
-    fp["evaluate"] = fingerprint("evaluate", fp["segment"], cfg.evaluate.model_dump(mode="json"))
+    fp["evaluate"] = fingerprint("evaluate", fp["segment"], section_digest("evaluate", cfg.evaluate))
     return fp
 
 
@@ -261,9 +278,10 @@ def _stage_evaluate(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> 
     e = cfg.evaluate
     table = read_table(os.path.join(layout.labels, "instances.csv"))
     scores = np.c_[table["id"], table["score"]] if len(table.get("id", ())) else None
+    options = e.model_dump(include=set(EvaluateOptions.model_fields) - {"centroid_points", "png"})
     result = evaluate(
-        layout.ground_truth, layout.labels, layout.mask, thresholds=e.thresholds, scores=scores,
-        points="centroids", radius_um=e.detection_radius_um, client=client, progress=True,
+        layout.ground_truth, layout.labels, layout.mask, scores=scores, points="centroids" if e.centroid_points else None,
+        client=client, progress=True, **options,
     )  # fmt: skip
     inputs = [layout.ground_truth, layout.labels, layout.mask]
     paths = write_report(result, layout.evaluation, png=e.png, overwrite=True, inputs=inputs)

@@ -12,7 +12,7 @@ from blockseg import BlocksegError
 from blockseg.io.storage import has_scheme
 from blockseg.io.tables import read_table, table_header
 
-from .options import absolute, add_cluster_options, floats, open_cluster, progress_mode
+from .options import absolute, add_cluster_options, flag, floats, open_cluster, progress_mode
 
 #: the files ``write_report`` writes into --out
 REPORT_FILES = ("evaluation.json", "instances.csv", "ap_vs_iou.png")
@@ -33,18 +33,14 @@ def register(subparsers) -> None:
         help="valid-region volume(s) (non-zero = valid); voxels outside are ignored and instances are cut to the mask",
     )  # fmt: skip
     p.add_argument("--out", default="evaluation", metavar="DIR", help="output folder for the reports (default: ./evaluation)")
-    p.add_argument(
-        "--thresholds", type=floats, default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], metavar="T,T,...",
-        help="IoU thresholds of the matching metrics (default 0.1,...,0.9)",
-    )  # fmt: skip
-    p.add_argument(
-        "--coco-thresholds", type=floats, default=[round(0.5 + 0.05 * i, 2) for i in range(10)], metavar="T,T,...",
-        help="IoU thresholds of COCO AP (default 0.50:0.05:0.95)",
-    )  # fmt: skip
-    p.add_argument(
-        "--size-ranges", type=floats, default=[5e3, 1.5e4], metavar="A,B",
-        help="GT voxel counts separating small/medium/large for COCO AP (default 5000,15000)",
-    )  # fmt: skip
+    from blockseg.evaluate.options import EvaluateOptions
+
+    # one default, check and text per option, the model's (the API and the run config use it too);
+    # every flag is unset (None / False) by default, so the model's default applies
+    about = {k: f.description for k, f in EvaluateOptions.model_fields.items()}
+    p.add_argument("--thresholds", type=floats, metavar="T,T,...", help=about["thresholds"])
+    p.add_argument("--coco-thresholds", type=floats, metavar="T,T,...", help=about["coco_thresholds"])
+    p.add_argument("--size-ranges", type=floats, metavar="A,B", help=about["size_ranges"].split("; the API")[0])
     p.add_argument(
         "--scores", metavar="TABLE.csv",
         help="CSV with per-prediction scores for COCO ranking (columns: id or label, and --score-column); "
@@ -56,18 +52,11 @@ def register(subparsers) -> None:
         help="CSV of predicted centre points (columns z, y, x in voxels) for the detection metrics "
         "(default: no detection metrics unless --centroid-points)",
     )  # fmt: skip
-    p.add_argument(
-        "--centroid-points", action="store_true",
-        help="detection metrics with the centres of mass of the predicted instances as points "
-        "(costs a second, GT-only pass)",
-    )  # fmt: skip
-    p.add_argument("--radius", type=float, default=3.0, metavar="UM", help="detection matching radius in µm (default 3)")
-    p.add_argument(
-        "--report-threshold", type=float, default=0.5,
-        help="IoU threshold of the per-instance matches in instances.csv (default 0.5)",
-    )  # fmt: skip
-    p.add_argument("--merge-threshold", type=float, default=0.5, help="GT fraction a prediction must cover to count in a merge")
-    p.add_argument("--split-threshold", type=float, default=0.5, help="prediction fraction inside a GT to count in a split")
+    p.add_argument("--centroid-points", action="store_true", help=about["centroid_points"])
+    p.add_argument("--radius", type=float, metavar="UM", help=about["radius_um"])
+    p.add_argument("--report-threshold", type=float, help=about["report_threshold"])
+    p.add_argument("--merge-threshold", type=float, help=about["merge_threshold"])
+    p.add_argument("--split-threshold", type=float, help=about["split_threshold"])
     p.add_argument("--no-png", action="store_true", help="do not draw ap_vs_iou.png")
     p.add_argument(
         "--labels-anyway", action="store_true",
@@ -86,9 +75,27 @@ def _scores(path: str, column: str) -> np.ndarray:
     return np.c_[t[id_col], t[column]]
 
 
+#: options spelled otherwise on the command line than in the options model
+_FLAGS = {"radius_um": "--radius", "png": "--no-png"}
+
+
+def options(args: argparse.Namespace):
+    """The :class:`~blockseg.evaluate.options.EvaluateOptions` of the command line; a bad value
+    is one line naming its flag."""
+    from blockseg.evaluate.options import evaluate_options
+
+    return evaluate_options(
+        lambda key: _FLAGS.get(key) or flag(key), thresholds=args.thresholds, coco_thresholds=args.coco_thresholds,
+        size_ranges=args.size_ranges, radius_um=args.radius, report_threshold=args.report_threshold,
+        merge_threshold=args.merge_threshold, split_threshold=args.split_threshold, centroid_points=args.centroid_points,
+        png=not args.no_png,
+    )  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     from blockseg.evaluate import check_inputs, evaluate, write_report
 
+    opts = options(args)  # before reading anything
     n = len(args.gt)
     if len(args.pred) != n:
         raise BlocksegError(f"{n} --gt volume(s) but {len(args.pred)} --pred volume(s)")
@@ -99,10 +106,6 @@ def run(args: argparse.Namespace) -> int:
     for path in args.gt + args.pred + (args.mask or []):
         if not has_scheme(path) and not os.path.exists(path.split("#")[0]):
             raise BlocksegError(f"{path}: no such file or directory")
-    if len(args.size_ranges) != 2 or not 0 < args.size_ranges[0] < args.size_ranges[1]:
-        raise BlocksegError(f"--size-ranges needs two increasing positive numbers, got {args.size_ranges}")
-    if args.radius <= 0:
-        raise BlocksegError(f"--radius must be positive, got {args.radius}")
     from blockseg.io.safety import prepare_output
 
     inputs = args.gt + args.pred + (args.mask or []) + [p for p in (args.scores, args.points) if p]
@@ -110,11 +113,9 @@ def run(args: argparse.Namespace) -> int:
         check_inputs(args.gt[k], args.pred[k], args.mask[k] if args.mask else None, labels_anyway=args.labels_anyway)
     if not args.dry_run:
         prepare_output(args.out, inputs, args.overwrite, what="report folder")  # before any cluster starts
-    a, b = args.size_ranges
-    ranges = {"small": (0, a), "medium": (a, b), "large": (b, float("inf"))}
     scores = _scores(args.scores, args.score_column) if args.scores else None
-    points: object = "centroids" if args.centroid_points else None
-    if args.points and args.centroid_points:
+    points: object = "centroids" if opts.centroid_points else None
+    if args.points and opts.centroid_points:
         raise BlocksegError("give either --points or --centroid-points, not both")
     if args.points:
         if n != 1:
@@ -123,22 +124,18 @@ def run(args: argparse.Namespace) -> int:
         points = np.c_[t["z"], t["y"], t["x"]]
     kwargs = dict(
         mask=(args.mask if n > 1 else args.mask[0]) if args.mask else None,
-        thresholds=args.thresholds,
-        coco_thresholds=args.coco_thresholds,
-        size_ranges=ranges,
         scores=[scores] * n if (scores is not None and n > 1) else scores,
         points=points,
-        radius_um=args.radius,
-        report_threshold=args.report_threshold,
+        **opts.model_dump(include={"thresholds", "coco_thresholds", "size_ranges", "radius_um", "report_threshold"}),
     )
     gt, pred = (args.gt, args.pred) if n > 1 else (args.gt[0], args.pred[0])
     if args.dry_run:
         print(evaluate(gt, pred, dry_run=True, **kwargs).describe())
         return 0
     with open_cluster(args, args.gt + args.pred + (args.mask or []), [], quiet=args.no_progress or args.quiet) as client:
-        result = evaluate(gt, pred, merge_threshold=args.merge_threshold, split_threshold=args.split_threshold,
+        result = evaluate(gt, pred, merge_threshold=opts.merge_threshold, split_threshold=opts.split_threshold,
                           client=client, progress=progress_mode(args) != "none", **kwargs)  # fmt: skip
-    paths = write_report(result, args.out, png=not args.no_png, overwrite=args.overwrite, inputs=inputs)
+    paths = write_report(result, args.out, png=opts.png, overwrite=args.overwrite, inputs=inputs)
     s = result.summary()
     at = {m["threshold"]: m for m in s["matching"]}
     line = f"{s['n_true']} GT, {s['n_pred']} predicted; avAP {s['avAP']:.4f}"
