@@ -1,5 +1,8 @@
 """Networks, their geometry and the checkpoint format."""
 
+import os
+from importlib.resources import files
+
 from .base import (
     REPRESENTATIONS,
     BlocksegNet,
@@ -33,9 +36,6 @@ def shipped_checkpoint_path(name: str) -> str:
     U-Net (B, C, D) trained on synthetic fluorescence only (``blockseg synth --preset fluo``)
     (docs/results.md, "The shipped checkpoints").
     """
-    from importlib.resources import files
-
-
     if name not in SHIPPED_CHECKPOINTS:
         raise BlocksegError(f"no shipped checkpoint {name!r}; shipped: {sorted(SHIPPED_CHECKPOINTS)}")
     p = files("blockseg") / "checkpoints" / SHIPPED_CHECKPOINTS[name]
@@ -50,8 +50,6 @@ def resolve_checkpoint(checkpoint) -> str:
     Only a *file* shadows a shipped name: a folder called ``demo`` in the working directory
     (``blockseg demo --run-dir demo`` makes one) does not.
     """
-    import os
-
     c = str(checkpoint)
     return shipped_checkpoint_path(c) if c in SHIPPED_CHECKPOINTS and not os.path.isfile(c) else c
 

@@ -17,9 +17,11 @@ A network used by blockseg is a :class:`BlocksegNet`: a ``torch.nn.Module`` that
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -243,8 +245,6 @@ def save_checkpoint(path, model: BlocksegNet, **metadata) -> None:
 def read_native_checkpoint(path) -> dict:
     """Load and validate a blockseg checkpoint's payload (no network built); any network file:
     :func:`blockseg.models.checkpoint.read_checkpoint`."""
-    import os
-
     path = str(path)
     if not os.path.exists(path):
         raise BlocksegError(f"checkpoint {path} does not exist")
@@ -279,8 +279,6 @@ def normalise(image, normalisation: dict | None):
     affine map (never per block or per patch), so blockwise inference equals whole-volume
     inference. ``None`` means identity.
     """
-    import numpy as np
-
     x = np.asarray(image, dtype=np.float32)
     if not normalisation:
         return x

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..errors import BlocksegError
+from ..io.volume import open_volume
 from . import resolve_checkpoint
 from .checkpoint import load_checkpoint
 from .bioimageio import is_package, require_spec
@@ -128,7 +130,6 @@ def _test_input(image, patch: tuple) -> np.ndarray:
     """The package's test input: the image's centre crop of the training patch, else synthetic nuclei."""
     if image is None:
         return _blobs(patch)
-    from ..io.volume import open_volume
 
     vol = open_volume(str(image))
     if any(s < p for s, p in zip(vol.shape, patch)):
@@ -148,8 +149,6 @@ def _package_normalisation(norm: dict | None) -> dict | None:
 
 def _write_files(final, x, raw, y, model, payload, meta, norm_small, name, d) -> None:
     """The package's files in the work folder ``d("")``: TorchScript weights, test tensors, cover, README."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(final, x, check_trace=False)  # the test output below is its check

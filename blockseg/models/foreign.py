@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -407,8 +408,6 @@ def _load_network(weights: str, fmt: str):
 
 def _jit_load(path: str, device) -> torch.jit.ScriptModule:
     """``torch.jit.load`` in eval mode (its deprecation notice in favour of torch.export is not the user's concern)."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
         return torch.jit.load(path, map_location=device).eval()
@@ -607,7 +606,7 @@ def _decoder(spec: dict, where: str, origin, sources: dict) -> dict | None:
     decoder = spec.get("decoder")
     if decoder is not None:
         decoder = {"name": decoder} if isinstance(decoder, str) else dict(decoder)
-        from ..segment import DECODERS
+        from ..segment import DECODERS  # defers numba and scipy (segment.decoders): only a sidecar naming a decoder needs them
 
         if decoder.get("name") not in DECODERS:
             raise BlocksegError(f"{where}: decoder {decoder.get('name')!r} is not one of {sorted(DECODERS)}")
