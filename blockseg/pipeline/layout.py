@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from ..io.selection import with_selection
+from ..segment.params import checkpoint_decoder, choose_decoder
 from .config import RunConfig
 
 
@@ -89,7 +90,6 @@ def segment_decoder(cfg: RunConfig, payload: dict | None = None, stored: dict | 
     checkpoint's own.
     """
     from ..models import read_checkpoint  # torch, as above
-    from ..segment.params import checkpoint_decoder, choose_decoder
 
     s = cfg.segment
     if stored is None:

@@ -108,7 +108,7 @@ def check_geometry(cfg: RunConfig, shape, chunks) -> None:
 def check_predict(cfg: RunConfig, payload: dict) -> None:
     """The predict section against the network: TTA / MC-dropout it supports, the channels
     to keep (``predict.channels``) and their dtype."""
-    from ..models import build_model
+    from ..models import build_model  # torch: loaded when a run checks its network, not with the config
     from ..predict.infer import InferenceOptions, check_options, output_channels
 
     p = cfg.predict
@@ -142,8 +142,6 @@ def check_run(cfg: RunConfig, payload: dict | None = None) -> tuple[tuple[int, .
     check_geometry(cfg, shape, chunks)
     d = cfg.data
     if d.synth is None:
-        from ..io.volume import open_volume
-
         for key, file_key in (("ground_truth", d.ground_truth_key), ("mask", None)):
             src = getattr(d, key)
             if src is None or has_scheme(src) or not os.path.exists(src.split("#")[0]):
@@ -189,7 +187,7 @@ def check_config(cfg: RunConfig):
     choice : blockseg.segment.params.DecoderChoice
         The segment stage's decoder, with the source of each parameter.
     """
-    from ..models import check_decoder_channels, read_checkpoint
+    from ..models import check_decoder_channels, read_checkpoint  # torch, as above
 
     payload = read_checkpoint(checkpoint_path(cfg))
     try:

@@ -20,12 +20,18 @@ import json
 import os
 from typing import Any
 
+import zarr
+
+from ..checkpoints import SHIPPED_CHECKPOINTS
 from ..errors import BlocksegError
 from ..io.storage import has_scheme
 from ..io.tables import count_rows
-from ..io.predictions import open_predictions, prediction_kind, read_metadata
+from ..io.predictions import DONE_ARRAY, open_predictions, prediction_kind, read_metadata
 from ..io.volume import open_volume
+from ..segment import DECODERS
+from ..segment.params import checkpoint_decoder
 from .config import STAGES, parse_config
+from .workflow import plan
 
 
 def _disk_bytes(path: str) -> int | None:
@@ -67,8 +73,6 @@ def _xyz(values) -> str:
 
 
 def _blockseg_attrs(path: str) -> dict:
-    import zarr
-
     try:
         return dict(zarr.open_group(path, mode="r").attrs.get("blockseg", {}))
     except Exception:
@@ -78,7 +82,6 @@ def _blockseg_attrs(path: str) -> dict:
 def kind_of(path: str) -> str:
     """``checkpoint``, ``run``, ``predictions``, ``labels`` or ``image`` (see the module docstring)."""
     bare = path.split("#")[0]
-    from ..checkpoints import SHIPPED_CHECKPOINTS
 
     if path in SHIPPED_CHECKPOINTS and not os.path.exists(path):
         return "checkpoint"  # a shipped one by name (demo, fluo, ...), as in run configs and predict
@@ -86,7 +89,7 @@ def kind_of(path: str) -> str:
         raise BlocksegError(f"{path}: no such file or directory")
     if os.path.isdir(bare) and os.path.isfile(os.path.join(bare, "run.json")):
         return "run"
-    from ..models.bioimageio import is_package
+    from ..models.bioimageio import is_package  # torch (the models package): loaded only when the path may be a network
 
     if is_package(bare):
         return "checkpoint"  # a bioimage.io model package (blockseg.models.bioimageio)
@@ -102,7 +105,7 @@ def kind_of(path: str) -> str:
 
 def _is_sidecar(path: str) -> bool:
     """Whether a YAML / JSON file is a foreign network's sidecar (it names the network's outputs)."""
-    from ..models.sidecar import read_sidecar
+    from ..models.sidecar import read_sidecar  # torch, as above
 
     try:
         return "outputs" in read_sidecar(path)
@@ -112,9 +115,8 @@ def _is_sidecar(path: str) -> bool:
 
 # ---------------------------------------------------------------------------- checkpoint
 def checkpoint_summary(path: str) -> dict:
-    from ..models import channels_of, read_checkpoint, resolve_checkpoint  # noqa: F401
+    from ..models import channels_of, read_checkpoint, resolve_checkpoint  # noqa: F401  (torch, as above)
     from ..models.foreign import is_foreign
-    from ..segment.params import checkpoint_decoder
 
     file = resolve_checkpoint(path)
     if is_foreign(file):
@@ -186,7 +188,6 @@ def model_summary(path: str) -> dict:
     """A foreign network (TorchScript / ONNX with its sidecar): what the engine will use of it."""
     from ..models import build_model
     from ..models.foreign import describe
-    from ..segment.params import checkpoint_decoder
 
     d = describe(path)
     payload = d.payload()
@@ -196,7 +197,6 @@ def model_summary(path: str) -> dict:
     out["kinds"] = dict(net.kinds)
     out["parameters"] = net.parameter_count()
     out["decoder"] = checkpoint_decoder(payload, d.weights)
-    from ..segment import DECODERS
 
     implied = next((name for name, dec in DECODERS.items() if set(dec.channels) <= set(net.channels)), None)
     out["implied_decoder"] = (f"{implied} (the first decoder its channels feed; segment picks it)" if implied else
@@ -250,9 +250,6 @@ def _render_model(s: dict) -> list[str]:
 
 # ---------------------------------------------------------------------------- predictions
 def predictions_summary(path: str) -> dict:
-    import zarr
-
-
     vols = open_predictions(path, unfinished_ok=True)  # info shows how far an unfinished store got
     attrs = _blockseg_attrs(path)["predictions"]
     first = next(iter(vols.values()))
@@ -263,8 +260,6 @@ def predictions_summary(path: str) -> dict:
     run = attrs.get("run") or {}
     done = None
     try:
-        from ..io.predictions import DONE_ARRAY
-
         markers = zarr.open_array(f"{path.rstrip('/')}/{DONE_ARRAY}", mode="r")[...]
         done = [int(markers.sum()), int(markers.size)]
     except Exception:
@@ -321,8 +316,6 @@ def _render_predictions(s: dict) -> list[str]:
 
 # ---------------------------------------------------------------------------- volumes
 def _is_label(vol) -> bool:
-    import zarr
-
     try:
         attrs = zarr.open_group(vol.path.split("#")[0], mode="r").attrs
     except Exception:
@@ -357,8 +350,6 @@ def volume_summary(path: str, key: str | None = None, block=None, halo=0) -> dic
         attrs = _blockseg_attrs(bare)
         report = {}
         try:
-            import zarr
-
             report = dict(zarr.open_group(bare, mode="r").attrs.get("blockseg_report", {}))
         except Exception:
             pass
@@ -420,8 +411,6 @@ def run_summary(path: str) -> dict:
         }
     plan_actions = None
     try:  # whether each stage is current for the config the run holds
-        from .workflow import plan
-
         plan_actions = plan(parse_config(marker.get("config") or {}, "run.json"))
     except Exception:
         plan_actions = None

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
+import zarr
 
 from ..errors import BlocksegError
 from ..io.export import parse_region
@@ -135,7 +136,7 @@ def tune_store(
     -------
     TuneResult
     """
-    from ..segment import DECODERS, make_decoder
+    from ..segment import DECODERS, make_decoder  # numba, scipy, torch: loaded when a store is tuned, not by the run checks that import this module
     from ..segment.params import choose_decoder, store_decoder
     from ..train.trainer import score_prediction, tune_decoder
 
@@ -185,8 +186,6 @@ def _region_slices(region, shape) -> tuple[slice, ...]:
 def _region_labels(labels, pred_path: str, sl, shape, box) -> tuple[np.ndarray, int]:
     """``(labels of the region, number of nuclei)``, refused (one line) when they are not
     instance labels: not integers, the store's own image, (almost) no background, no nuclei."""
-    import zarr
-
 
     lab = open_volume(str(labels)).array if isinstance(labels, (str, bytes)) or hasattr(labels, "__fspath__") else labels
     gt = np.asarray(lab[sl] if labels_cover_volume(lab.shape, shape, box, "store") else lab[...])
@@ -208,8 +207,6 @@ def _region_labels(labels, pred_path: str, sl, shape, box) -> tuple[np.ndarray, 
 
 def _write_recommendation(pred_path: str, result: TuneResult, labels: str, stored) -> None:
     """The tuned parameters become the store's decoder recommendation (segment's defaults)."""
-    import zarr
-
     group = zarr.open_group(str(pred_path), mode="r+")
     attrs = dict(group.attrs["blockseg"])
     attrs["predictions"] = {**attrs["predictions"], "decoder": result.recommendation(labels, stored)}
@@ -232,7 +229,7 @@ def save_tuned_checkpoint(pred_path: str, out: str) -> str:
     import torch
 
     from ..models import read_checkpoint
-    from ..segment.params import store_decoder
+    from ..segment.params import store_decoder  # numba, scipy: as above
 
     rec = store_decoder(pred_path)
     if not rec or rec.get("from") != "tuned":
