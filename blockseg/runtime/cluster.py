@@ -10,9 +10,14 @@ on the one-worker-per-GPU cluster :func:`dask_client` builds when GPUs are prese
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
 from functools import partial
+import signal
 import sys
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
@@ -20,8 +25,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import psutil
 
 from ..errors import BlocksegError
+from ..io.access import explain
 from ..io.safety import chunk_errors
 from .costs import format_bytes, settle, task_cost
+from .preflight import connect, preflight
+from .progress import block_progress
 
 if TYPE_CHECKING:  # annotations only
     import distributed
@@ -237,8 +245,6 @@ def dask_client(
     """
     from distributed import Client, LocalCluster
 
-    from .preflight import connect, preflight
-
     config = config or ClusterConfig()
     if config.scheduler:
         client = connect(config.scheduler, timeout=config.connect_timeout)
@@ -309,8 +315,6 @@ def _local_environ(quiet_logs: bool) -> dict:
         environ["DASK_LOGGING__DISTRIBUTED"] = "critical"
         # the nannies live in this process: a worker restarted for memory is reported by
         # run_blocks (MemoryWatch) in one line, not by a warning per restart
-        import logging
-
         nanny_log = logging.getLogger("distributed.nanny")
         _MUTED.setdefault("distributed.nanny", nanny_log.level)
         nanny_log.setLevel(logging.CRITICAL)
@@ -324,8 +328,6 @@ _MUTED: dict = {}
 def _silent_shutdown(quiet: bool):
     """Mute dask's loggers in this process while the cluster closes (after the work, an error or
     Ctrl-C): cancelled tasks and slow workers killed on close are not news to the user."""
-    import logging
-
     try:
         yield
     finally:
@@ -337,8 +339,6 @@ def _silent_shutdown(quiet: bool):
 
 
 def _restore_logs() -> None:
-    import logging
-
     for name, level in list(_MUTED.items()):
         logging.getLogger(name).setLevel(level)
         del _MUTED[name]
@@ -348,9 +348,6 @@ def _restore_logs() -> None:
 def _workers_ignore_sigint():
     """Worker processes started inside ignore SIGINT: Ctrl-C in a terminal reaches the whole
     process group, and the driver alone should handle it (cancel, close the cluster, one line)."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -429,8 +426,6 @@ def run_blocks(
         ``blockseg_worker`` attributes (:func:`task_failure` makes one line of it); the other
         tasks are cancelled. KeyboardInterrupt cancels them too.
     """
-    from .progress import block_progress
-
     ids = [int(b) for b in block_ids]
     settle([task_cost(len(ids), name)])  # millions of tasks: refused before submission
     if voxels is not None and len(voxels) != len(ids):
@@ -527,8 +522,6 @@ class MemoryWatch:
 
     def __init__(self, client, futures, index: dict, name: str, restarts: int | None = None,
                  paused_seconds: float | None = None, interval: float = 1.0):  # fmt: skip
-        import threading
-
         self.client, self.futures, self.index, self.name = client, futures, index, name
         self.restarts = MAX_MEMORY_RESTARTS if restarts is None else restarts
         self.paused_seconds = PAUSED_SECONDS if paused_seconds is None else paused_seconds
@@ -569,8 +562,6 @@ class MemoryWatch:
 
     def check(self) -> None:
         """Set :attr:`error` when the workers were restarted for memory too often or stay paused."""
-        import time
-
         events = self._restart_events()
         if len(events) > self.restarts:
             self.error = self._restarted(events)
@@ -634,8 +625,6 @@ class MemoryWatch:
 
 def block_voxels(grid, block_ids: Iterable[int]) -> list[int]:
     """Voxels of each block of ``grid`` (a :class:`blockseg.grid.BlockGrid`): progress in voxels."""
-    import math
-
     return [math.prod(grid[int(b)].shape) for b in block_ids]
 
 
@@ -697,7 +686,6 @@ def task_failure(exc: BaseException) -> str | None:
         return None
     worker = getattr(exc, "blockseg_worker", None)
     where = f"{task} on worker {worker}" if worker else task
-    from ..io.access import explain
 
     if explain(exc) is not None:  # object storage refused the worker, damaged metadata
         what = explain(exc)

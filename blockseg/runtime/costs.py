@@ -26,6 +26,9 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import zarr
+from zarr.core.sync import sync
+
 from ..errors import BlocksegError, warn
 
 #: chunks smaller than this (bytes), in a volume of more than MANY_CHUNKS chunks, are warned about
@@ -101,8 +104,6 @@ _METADATA = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
 def _any_chunk_stored(array) -> bool | None:
     """Whether any chunk (or shard) of a zarr array, or any byte of an HDF5 dataset, is stored; None
     when that cannot be told (another kind of array, or a store that cannot list)."""
-    import zarr
-
     base = getattr(array, "base", array)  # a channel / timepoint view of a zarr array
     if type(base).__module__.startswith("h5py"):  # an HDF5 dataset: bytes allocated on disk
         try:
@@ -112,8 +113,6 @@ def _any_chunk_stored(array) -> bool | None:
     if not isinstance(base, zarr.Array):
         return None
     try:
-        from zarr.core.sync import sync
-
         path = base.path.strip("/")
         prefix = f"{path}/" if path else ""  # an array has no child nodes: every other key is a chunk
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 from urllib.parse import urlsplit
 
+from .._version import __version__
 from ..errors import BlocksegError
 from ..io.storage import has_scheme
 
@@ -162,6 +163,7 @@ def wait_for_workers(client, n: int = 1, timeout: float = 60.0, address: str | N
 # ------------------------------------------------------------------------------ the probe
 def _probe(version: str, inputs: list, outputs: list, gpu: bool) -> dict:  # pragma: no cover - runs remotely
     """What a worker (or the scheduler) sees. Runs where blockseg may be missing: stdlib only."""
+    # imports stay here: the probe is shipped by value (_by_value) and runs without this module
     import importlib
     import os
     import socket
@@ -257,7 +259,7 @@ def check_workers(
         Naming the worker and what it lacks.
     """
     if version is None:
-        from .._version import __version__ as version
+        version = __version__
     ins = sorted({p for p in (_local(absolute_path(q)) for q in inputs if q) if p})
     outs = sorted({_existing_parent(p) for p in (_local(absolute_path(q)) for q in outputs if q) if p})
     infos = client.scheduler_info().get("workers", {})
