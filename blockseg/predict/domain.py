@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from ..checkpoints import SHIPPED_CHECKPOINTS
+
 #: shipped networks that saw no real data, and what they saw
 SYNTHETIC_ONLY = {
     "demo_bcd_cpv.pt": "synthetic NucMM-Z-like EM only (on real confocal crops it finds almost nothing: avAP about 0.01)",
@@ -42,8 +44,6 @@ def domain_warnings(checkpoint: str, meta: dict, voxel_size: Sequence[float], vo
     >>> "synthetic NucMM-Z-like EM only" in lines[0]
     True
     """
-    from ..checkpoints import SHIPPED_CHECKPOINTS
-
     out: list[str] = []
     if os.path.basename(str(checkpoint)) not in SHIPPED_CHECKPOINTS.values():
         return out  # a user's own network: its trainer knows its data

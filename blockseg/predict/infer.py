@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -88,9 +90,6 @@ def check_runtime(runtime: str, device: str = "auto") -> None:
     if runtime not in RUNTIMES:
         raise BlocksegError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if runtime == "compile" and not device.startswith("cuda"):
-        import os
-        import shutil
-
         cxx = os.environ.get("CXX", "").split(" ")[0]
         if not any(shutil.which(c) for c in filter(None, (cxx, "g++", "c++", "clang++"))):
             raise BlocksegError("runtime 'compile' on CPU needs a C++ compiler (g++ or clang++, or $CXX); none was found")

@@ -16,6 +16,7 @@ The scheme in full: ``docs/api/predict.md``, section *Normalisation*.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -179,8 +180,6 @@ def stats_from_histogram(values: np.ndarray, counts: np.ndarray, low: float, hig
 
 # ---------------------------------------------------------------------------- volumes
 def _boxes(shape: Sequence[int], block_shape: Sequence[int]) -> list[tuple[slice, ...]]:
-    import itertools
-
     ranges = [range(0, s, b) for s, b in zip(shape, block_shape)]
     return [tuple(slice(o, min(o + b, s)) for o, b, s in zip(orig, block_shape, shape)) for orig in itertools.product(*ranges)]
 

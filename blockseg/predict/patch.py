@@ -18,6 +18,9 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+import torch
+
 from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError
 from ..models.base import Geometry
@@ -69,8 +72,6 @@ def device_budget(device: str) -> int:
     :data:`CPU_PATCH_BUDGET`."""
     if device != "cpu":
         try:
-            import torch
-
             if torch.cuda.is_available():
                 index = int(device.split(":")[1]) if ":" in device else 0
                 free, _ = torch.cuda.mem_get_info(index)
@@ -118,8 +119,6 @@ def _axis_candidates_for_regions(
     first, larger first among equals), then ``out0``. Tile starts follow the auto lattice
     (``-pad + k * stride``, the last tile overhanging), as :class:`~.lattice.AxisLattice` builds them.
     """
-    import numpy as np
-
     length = size + 2 * pad
     whole = max(-(-length // divisor) * divisor, out0)
     lo = np.array([r[0] for r in regions], dtype=np.int64)

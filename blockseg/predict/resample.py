@@ -16,13 +16,14 @@ The grids, what a block reads and why it is exact: ``docs/api/predict.md``, sect
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from ..defaults import DEFAULT_BATCH_SIZE
-from ..errors import BlocksegError
+from ..errors import BlocksegError, warn
 from ..zyx import zyx
 from .lattice import reflect_index
 from .normalise import resolve_array
@@ -93,8 +94,6 @@ def parse_diameter(value) -> tuple[float, str]:
     BlocksegError
         For anything else (one line with the accepted forms).
     """
-    import re
-
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         number, unit = float(value), "um"
     else:
@@ -163,8 +162,6 @@ def resolve_scale(
         factors = tuple(float(a) / float(b) for a, b in zip(image_voxel_size, network_voxel_size))
         mean = math.prod(factors) ** (1 / 3)
         if network_diameter and not 1 / SIZE_WARN_FACTOR <= mean <= SIZE_WARN_FACTOR:
-            from ..errors import warn
-
             warn(f"resampling by {mean:.2g}x to the checkpoint's voxel size assumes nuclei about {float(network_diameter):.3g} µm "
                  "across, as in its training data; if this image's differ, give --diameter (their typical size in µm)")  # fmt: skip
         why = (f"image voxel size {tuple(round(float(v), 4) for v in image_voxel_size)} µm / network's "
@@ -246,7 +243,7 @@ def resample_array(data: np.ndarray, shape: Sequence[int], labels: bool = False)
 def scaled_reader(read_image, shape, net_shape, norm: dict | None):
     """``read(lo, hi)`` of the resampled, normalised input (global resampled coordinates,
     reflected at the resampled volume's borders), for :func:`blockseg.predict.infer.predict_region`."""
-    from ..models.base import normalise
+    from ..models.base import normalise  # torch: loaded when a resampled prediction runs, not with the scale helpers
 
     def read(lo, hi):
         idx = [reflect_index(np.arange(int(l), int(h)), n) for l, h, n in zip(lo, hi, net_shape)]
@@ -286,7 +283,7 @@ def channel_factors(channels: Sequence[str], factors: Sequence[float]) -> np.nda
 
 def predict_core_scaled(model, read_image, lattice, core, scaling: Scaling, channels, norm, options, prefetch=True):
     """Final predictions ``(C, *core shape)`` float64 of an image-grid box, via the resampled grid."""
-    from .infer import predict_region
+    from .infer import predict_region  # torch, numba: as above
 
     region = net_region(core, scaling.shape, scaling.net_shape)
     read = scaled_reader(read_image, scaling.shape, scaling.net_shape, norm)
@@ -329,7 +326,7 @@ def predict_array_scaled(
     patch, overlap, blending, batch_size, device, tta, mc_samples, amp, snap
         As :func:`blockseg.predict.predict_array`.
     """
-    from .infer import InferenceOptions, check_options, make_lattice, output_channels
+    from .infer import InferenceOptions, check_options, make_lattice, output_channels  # torch, numba: as above
 
     image = np.asarray(image)
     if image.ndim != 3:

@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import BlocksegError
+from .polarity import card_polarity
 
 #: a ball of diameter d answers the normalised LoG most strongly at σ = d / (2√3)
 D_PER_SIGMA = 2.0 * math.sqrt(3.0)
@@ -306,7 +307,6 @@ def resolve_diameter(diameter, scale, vol, path: str, meta: dict, polarity: str 
         reason = None
     if reason:
         return None, {"source": "off", "line": f"nucleus size: not estimated ({reason})"}
-    from .polarity import card_polarity
 
     pol = polarity if polarity in ("bright", "dark") else (card_polarity(meta.get("normalisation")) or "bright")
     est = _cached_estimate(path, vol.shape, vol.voxel_size, pol, float(net_d), vol.array)
