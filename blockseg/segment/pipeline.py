@@ -33,12 +33,14 @@ from typing import Callable, Mapping, Sequence
 
 import cc3d
 import fastremap
+import fsspec
 import numcodecs
 import numpy as np
 import zarr
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
+from .._version import __version__
 from ..runtime.cluster import block_voxels, run_blocks, run_task
 from ..runtime._jit import njit
 from ..errors import BlocksegError
@@ -47,10 +49,12 @@ from ..grid import BlockGrid, BlockTask, Interface
 from ..io.volume import create_volume
 from ..io.storage import free_space, is_url, listdir, load_npz, makedirs, read_bytes, remove_file, remove_tree, save_npz, write_bytes
 from ..io.predictions import decode_channel, open_predictions, prediction_kind
+from ..io.pyramid import MAX_PROPERTIES, finish_volume
 from ..io.tables import write_table
 from .decoders import BCDDecoder, Decoder
 from .exact import UNREACHED, keyed_flood, keyed_update
 from .options import segment_options
+from .params import DecoderChoice, choose_decoder, store_decoder
 from .stats import instance_table, partial_stats, reduce_stats
 from ..io.safety import aborts_on_error, prepare_output, prepare_work
 
@@ -747,8 +751,6 @@ def _decoder_choice(decoder, pred_path: str):
     """The decoder to use and the source of its parameters: a :class:`DecoderChoice` as given,
     a :class:`Decoder` (``given``), or None: the recommendation the store carries (written by
     ``predict`` from the checkpoint) over the defaults."""
-    from .params import DecoderChoice, choose_decoder, store_decoder
-
     if decoder is None:
         return choose_decoder(stored=store_decoder(pred_path), stored_label="store")
     if isinstance(decoder, DecoderChoice):
@@ -951,8 +953,6 @@ class SegmentPlan:
         """What a work directory must have been made by to be continued: the same stored
         predictions (their metadata files as written: a rewritten store differs), decoder,
         blocks, halo and blockseg version."""
-        from .._version import __version__
-
         return json.loads(json.dumps({
             "blockseg": __version__, "predictions": _store_stamp(self.pred_path, [c for c, _ in self.kinds]),
             "decoder": [self.decoder.name, self.decoder.params()], "shape": self.grid.shape,
@@ -984,8 +984,6 @@ def plan_segment(
 
 def _store_stamp(pred_path: str, channels: Sequence[str]) -> list:
     """Modification stamps of a store's metadata files (root and channels)."""
-    import fsspec
-
     fs, root = fsspec.core.url_to_fs(pred_path)
     out = []
     for part in ("", *channels):
@@ -1174,8 +1172,6 @@ def _statistics_pass(d: _Driver) -> dict:
 
 def _write_labels(d: _Driver, target: str, final: dict, pyramid_levels: int | None) -> None:
     """The label volume (each core mapped through its table), its instance table and pyramid."""
-    from ..io.pyramid import MAX_PROPERTIES, finish_volume
-
     plan, report = d.plan, d.report
     dtype = np.uint32 if report.n_instances < 2**32 - 1 else np.uint64
     create_volume(
