@@ -26,6 +26,7 @@ from typing import Mapping, Sequence
 
 import fastremap
 import numpy as np
+import zarr
 from scipy import ndimage as ndi
 
 from ..runtime._jit import njit
@@ -742,8 +743,6 @@ CENTRES_GROUP = "instance_centres"
 
 
 def _save_centres(pred_path: str, centres: Centres) -> None:
-    import zarr
-
     g = zarr.open_group(f"{pred_path.rstrip('/')}/{CENTRES_GROUP}", mode="w")
     ids, c = centres
     g.create_array("id", data=np.asarray(ids, dtype=np.uint64))
@@ -752,8 +751,6 @@ def _save_centres(pred_path: str, centres: Centres) -> None:
 
 def load_centres(pred_path: str) -> Centres:
     """The centre table :func:`write_targets` stored beside the channels (``instance_centres``)."""
-    import zarr
-
     try:
         g = zarr.open_group(f"{str(pred_path).rstrip('/')}/{CENTRES_GROUP}", mode="r")
         return np.asarray(g["id"][:], dtype=np.uint64), np.asarray(g["zyx"][:], dtype=np.float64)

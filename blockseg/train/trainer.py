@@ -14,6 +14,7 @@ so an interrupted and resumed run draws the same crops as an uninterrupted one.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ import torch
 
 from ..errors import BlocksegError
 from .losses import MultiLoss
-from ..models.base import BlocksegNet, build_model, normalise, save_checkpoint
+from ..models.base import BlocksegNet, build_model, save_checkpoint
 from ..models.checkpoint import check_decoder_channels, load_checkpoint
 from .config import CAPACITY, TrainConfig, ValidationConfig
 from .data import CropSampler
@@ -37,7 +38,8 @@ from ..evaluate import evaluate
 from ..io.safety import check_not_input
 from ..io.untrusted import load_plain
 from ..io.volume import create_label_volume, create_volume, open_volume
-from ..models import resolve_checkpoint
+from ..models import read_checkpoint, resolve_checkpoint
+from ..predict.infer import predict_array
 from ..predict.normalise import training_normalisation, volume_affines
 from ..predict.resample import instance_diameters_um, resample_array
 from ..segment import DECODERS, make_decoder, segment_array
@@ -187,35 +189,15 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module):
 def predict_image(model: BlocksegNet, image: np.ndarray, normalisation: dict | None, device=None) -> dict[str, np.ndarray]:
     """Whole-volume in-memory prediction ``{channel: float32}`` of ``image`` (z, y, x).
 
-    Uses :func:`blockseg.predict.predict_array` (patch lattice with blending) when available;
-    otherwise one forward pass over the reflect-padded volume (fine for small validation
-    volumes of a same-padding network).
+    Uses :func:`blockseg.predict.predict_array` (patch lattice with blending).
     """
-    try:
-        from ..predict import predict_array  # type: ignore[attr-defined]
-    except ImportError:
-        predict_array = None
     device = device or next(model.parameters()).device
-    if predict_array is not None:
-        was_training = model.training
-        model.eval()
-        try:
-            return predict_array(model, image, normalisation=normalisation, device=str(device))
-        finally:
-            model.train(was_training)
-    geo = model.geometry
-    x = normalise(image, normalisation)
-    shape = np.array(x.shape)
-    core = np.array([int(math.ceil(s / d) * d) for s, d in zip(shape, geo.divisor)])
-    pad = [(c, c + int(k - s)) for c, k, s in zip(geo.crop, core, shape)]
-    xp = np.pad(x, pad, mode="reflect")
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        out = model.postprocess(model(torch.from_numpy(xp)[None, None].to(device)))[0].float().cpu().numpy()
-    model.train(was_training)
-    out = out[(slice(None), *(slice(0, int(s)) for s in shape))]
-    return {c: np.ascontiguousarray(out[i]) for i, c in enumerate(model.channels)}
+    try:
+        return predict_array(model, image, normalisation=normalisation, device=str(device))
+    finally:
+        model.train(was_training)
 
 
 def validation_sets(cfg: TrainConfig) -> list[tuple[str, tuple | None]]:
@@ -278,9 +260,6 @@ def score_prediction(pred: Mapping[str, np.ndarray], gt: np.ndarray, decoder, ma
 
 
 def _grid_search(cases, name, base, grid, cache):
-    import itertools
-
-
     keys = sorted(grid)
     best = None
     for vals in itertools.product(*(grid[k] for k in keys)):
@@ -697,8 +676,6 @@ class TrainPlan:
 def plan_train(cfg: TrainConfig, resume: bool = False) -> TrainPlan:
     """The :class:`TrainPlan` of :func:`train`: the same checks (a resume needs its file, a new
     run a free output), the training voxel size and the network's size; nothing is written."""
-    from ..io.volume import open_volume
-
     out, state = _validate_inputs(cfg, resume)
     resampled = cfg.data.voxel_size is not None
     if resampled:
@@ -724,8 +701,6 @@ def _validate_inputs(cfg: TrainConfig, resume: bool) -> tuple[Path, dict | None]
         raise BlocksegError(f"cannot resume: {resume_path} does not exist")
     state = read_resume(resume_path) if resume else None  # refused before anything is written
     if cfg.model.init and not resume:
-        from ..models import read_checkpoint, resolve_checkpoint
-
         read_checkpoint(resolve_checkpoint(cfg.model.init))  # a crafted or broken init file: refused now, too
     if not resume and ckpt_path.exists():
         raise BlocksegError(f"{ckpt_path} exists; use --resume to continue it or choose another output")

@@ -11,9 +11,11 @@ volume is written beside it and swapped in). Missing parent folders of ``OUT`` a
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Sequence
 
 import numpy as np
+import zarr
 
 from ..errors import BlocksegError, BlocksegWarning
 from ..io.storage import is_url
@@ -71,9 +73,6 @@ def import_pair(
     if not name or "/" in name or name.startswith("."):
         raise BlocksegError(f"label name must be a plain name, got {name!r}")
     src = open_volume(image, key=key, voxel_size=voxel_size)
-    import warnings
-
-
     with warnings.catch_warnings():  # the labels take the image's voxel size: no "1 µm" warning for them
         warnings.simplefilter("ignore", BlocksegWarning)
         lab = open_volume(labels, key=labels_key)
@@ -89,8 +88,6 @@ def import_pair(
     output = prepare_output(str(out), [split_selection(image)[0], split_selection(labels)[0]], overwrite)
     with output.writing() as target:
         import_volume(image, target, voxel_size=src.voxel_size, key=key, chunks=chunks, pyramid_levels=pyramid_levels)
-        import zarr
-
         zarr.open_group(f"{target}/labels", mode="a")
         dtype = np.uint32 if np.dtype(lab.dtype).itemsize <= 4 else np.uint64
         import_volume(labels, f"{target}/labels/{name}", voxel_size=src.voxel_size, key=labels_key, chunks=chunks,
@@ -111,8 +108,6 @@ def import_label_into(source: str, dest: str, **kwargs):
         except BlocksegError:
             img = None
         if img is not None:
-            import zarr
-
             shape = open_volume(source, key=kwargs.get("key")).shape
             if tuple(shape) != tuple(img.shape):
                 raise BlocksegError(f"labels {source} {tuple(shape)} do not match the image {image} {tuple(img.shape)}")
