@@ -7,6 +7,7 @@ exit code 2; library callers can catch it like any ``ValueError``.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 
@@ -90,8 +91,6 @@ def describe_validation_error(err, spell=None) -> str:
     ``PARENT.KEY: text``. ``spell`` writes a key as the caller's door names it (the CLI:
     ``tile_voxels`` -> ``--tile-voxels``); default: the dotted key.
     """
-    import re
-
     by_key: dict[str, list[str]] = {}
     got: dict[str, str] = {}
     for e in err.errors():

@@ -23,6 +23,7 @@ labels but look otherwise (e.g. dense labels of one- or two-voxel objects).
 from __future__ import annotations
 
 import numpy as np
+import zarr
 
 from ..errors import BlocksegError
 
@@ -34,8 +35,6 @@ HINT = "pass --labels-anyway (labels_anyway=True) if it really holds instance la
 
 
 def _attrs(path: str) -> dict:
-    import zarr
-
     try:
         return dict(zarr.open_group(path, mode="r").attrs)
     except Exception:
