@@ -350,9 +350,11 @@ def _read_shell(job: _Job, grid: BlockGrid, block_id: int, outer, dtype, pieces_
 _STATE_KEYS = "lvdhf"  # labels, level, dist, height, fixed: the padded solution of a region
 
 
-#: a saved solution's arrays are compressed (lz4, bit-shuffled: ~1 GB/s each way here); labels
-#: and keys of nuclei compress ~9x (measured on synthetic nuclei, 2026-12-07)
-_CODEC = numcodecs.Blosc(cname="lz4", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE)
+#: a saved solution's arrays are compressed (lz4, not shuffled: a 264³ region of the 512³
+#: benchmark, 220 MiB, packs to 24 MiB in 0.15 s CPU and unpacks in 0.09 s; bit-shuffled it was
+#: 38 MiB, 0.27 s and 0.20 s -- the runs of equal labels and keys compress best unshuffled,
+#: 2026-12-07, issue 29 goal 5). Blosc frames name their own shuffle: older work files read too
+_CODEC = numcodecs.Blosc(cname="lz4", clevel=1, shuffle=numcodecs.Blosc.NOSHUFFLE)
 
 
 def _save_state(state_dir: str, rnd: int, state) -> None:
@@ -372,10 +374,11 @@ def _save_state(state_dir: str, rnd: int, state) -> None:
     save_npz(path, **arrays)
 
 
-def _read_state(path: str) -> tuple:
+def _read_state(path: str, keys: str = _STATE_KEYS) -> tuple:
+    """The arrays ``keys`` (default: all, in :data:`_STATE_KEYS` order) of a saved solution."""
     saved = load_npz(path)
     out = []
-    for k in _STATE_KEYS:
+    for k in keys:
         dtype, *shape = saved[f"{k}.meta"]
         a = np.empty(tuple(int(n) for n in shape), dtype=np.dtype(str(dtype)))
         _CODEC.decode(saved[k], out=a)
@@ -427,11 +430,16 @@ def _load_state(state_dir: str, upto: int | None = None) -> tuple[int, tuple, tu
     from what the first attempt started from, not from what that attempt saved (it would then
     update nothing and publish stale pieces)."""
     base, deltas = _chain(state_dir, upto)
-    state = _read_state(os.path.join(state_dir, f"{base}.npz"))
+    return _load_chain(state_dir, base, deltas, _STATE_KEYS)
+
+
+def _load_chain(state_dir: str, base: int, deltas: Sequence[int], keys: str) -> tuple[int, tuple, tuple[int, int]]:
+    """The arrays ``keys`` of the full solution of round ``base`` with ``deltas`` applied."""
+    state = _read_state(os.path.join(state_dir, f"{base}.npz"), keys)
     entries = 0
     for rnd in deltas:  # in round order: a later delta overwrites an earlier one's entries
         d = load_npz(os.path.join(state_dir, f"{rnd}{_DELTA}"))
-        for k, a in zip(_STATE_KEYS, state):
+        for k, a in zip(keys, state):
             if k != "h":
                 a.reshape(-1)[d["i"]] = d[k]
         entries += int(d["i"].size)
@@ -625,7 +633,10 @@ def _tile_task(corner: tuple[int, int, int], job: _Job, rnd: int, last_run: Mapp
 def _final_labels(job: _Job, block_id: int) -> np.ndarray:
     """The core's labels (raw global seed ids) from the block's last saved solution."""
     core = job.grid()[block_id].core
-    _, state, _ = _load_state(os.path.join(job.work_path, "state", str(block_id)))
+    # only the labels (a third of the solution's bytes): the keys, height and flags are not needed
+    state_dir = os.path.join(job.work_path, "state", str(block_id))
+    base, deltas = _chain(state_dir, None)
+    _, state, _ = _load_chain(state_dir, base, deltas, "l")
     return _core_labels(state, _within(core, expand(core, job.halo, job.shape)))
 
 
