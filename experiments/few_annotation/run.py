@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
