@@ -571,7 +571,10 @@ def main(argv=None) -> int:
         arm, name, modality = args.ship
         print(json.dumps(ship(arm, name, modality), default=str))
     if args.docs:
-        (ROOT / "docs" / "results-modalities.md").write_text(docs_text(args.docs))
+        doc = ROOT / "docs" / "results-modalities.md"
+        old = doc.read_text() if doc.exists() else ""
+        kept = old[old.find("\n## Few annotations\n"):] if "\n## Few annotations\n" in old else ""
+        doc.write_text(docs_text(args.docs).rstrip("\n") + "\n" + kept)  # the few-annotation section is few_annotation/table.py's
     if args.table:
         (HERE / "RESULTS.md").write_text(results_text())
         print(results_text())
