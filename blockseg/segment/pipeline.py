@@ -131,6 +131,30 @@ def decode_region(job: _Job, region: Sequence[slice]):
     return seeds[crop], fg[crop], height[crop], {c: v[crop] for c, v in ch.items()}
 
 
+#: the float32 value of every byte, per channel kind (:func:`decode_channel` of 0..255)
+@functools.lru_cache(maxsize=8)
+def _byte_values(kind: str) -> np.ndarray:
+    return decode_channel(np.arange(256, dtype=np.uint8), kind)
+
+
+def decode_masks(job: _Job, region: Sequence[slice]):
+    """``(seeds, foreground, height)`` of ``region``, as :func:`decode_region` gives them: from
+    the stored bytes in one pass where the decoder can (:meth:`Decoder.decode_bytes`, uint8
+    channels), else from the decoded channels."""
+    if job.decoder.support == 0:
+        kinds = dict(job.kinds)
+        vols = open_predictions(job.pred_path, job.decoder.channels)
+        stored = {c: vols[c].array[tuple(region)] for c in job.decoder.channels}
+        if all(a.dtype == np.uint8 for a in stored.values()) and all(kinds[c] != "raw" for c in stored):
+            out = job.decoder.decode_bytes(stored, {c: _byte_values(kinds[c]) for c in stored})
+            if out is not None:
+                return out
+        seeds, fg, height = job.decoder.decode({c: decode_channel(a, kinds[c]) for c, a in stored.items()})
+        return seeds, fg, height
+    seeds, fg, height, _ = decode_region(job, region)
+    return seeds, fg, height
+
+
 # ---------------------------------------------------------------------------- block tasks
 @njit(nogil=True)
 def _encode_seeds(cc, fg, offset, fg_value, out, counts, first, origin, shape):
@@ -157,7 +181,7 @@ def _seed_task(block_id: int, job: _Job):
     return the block's seed ids and their voxel counts."""
     grid = job.grid()
     block = grid[block_id]
-    seeds, fg, height, _ = decode_region(job, block.core)
+    seeds, fg, height = decode_masks(job, block.core)
     cc, n = cc3d.connected_components(seeds.view(np.uint8), connectivity=26, out_dtype=np.uint32, return_N=True)
     seeds_out = job.array("seeds")
     dtype = seeds_out.dtype
