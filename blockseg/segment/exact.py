@@ -141,29 +141,68 @@ def _keyed_kernel(h, lab, lev, dist, fixed, seeds, src, pool, sy, sz, wall):
 
 
 @njit(nogil=True)
-def _prepare(height, seeds, mask, wall, hp, lab, lev, dist, fixed):
-    """Fill the interior of the padded arrays; returns the number of seed voxels (or -1 when a
-    seed carries the reserved ``wall`` value)."""
+def _prepare_padded(height, seeds, mask, wall, hp, lab, lev, dist, fixed):
+    """Fill uninitialised padded arrays (two voxels each side): the interior from the
+    region (a seed: its id, level = its height, dist 0, fixed; other masked voxels: label 0,
+    unreached; voxels outside the mask: ``wall``), the padding as outside (height 0, ``wall``,
+    unreached, dist 0, not fixed) -- one pass, no fill before. Returns the number of seed
+    voxels, or -1 when a seed carries the reserved ``wall`` value."""
     nz, ny, nx = seeds.shape
+    pz, py, px = hp.shape
     count = 0
-    for z in range(nz):
-        for y in range(ny):
+    for z in range(pz):
+        for y in range(py):
+            if z < 2 or z >= nz + 2 or y < 2 or y >= ny + 2:
+                for x in range(px):
+                    hp[z, y, x] = 0
+                    lab[z, y, x] = wall
+                    lev[z, y, x] = 256
+                    dist[z, y, x] = 0
+                    fixed[z, y, x] = 0
+                continue
+            for x in (0, 1, nx + 2, nx + 3):
+                hp[z, y, x] = 0
+                lab[z, y, x] = wall
+                lev[z, y, x] = 256
+                dist[z, y, x] = 0
+                fixed[z, y, x] = 0
             for x in range(nx):
-                hv = height[z, y, x]
-                hp[z + 2, y + 2, x + 2] = hv
-                if mask[z, y, x]:
-                    s = seeds[z, y, x]
+                hv = height[z - 2, y - 2, x]
+                hp[z, y, x + 2] = hv
+                dist[z, y, x + 2] = 0
+                if mask[z - 2, y - 2, x]:
+                    s = seeds[z - 2, y - 2, x]
                     if s == wall:
                         return -1
-                    lab[z + 2, y + 2, x + 2] = s
+                    lab[z, y, x + 2] = s
                     if s != 0:
-                        lev[z + 2, y + 2, x + 2] = hv
-                        dist[z + 2, y + 2, x + 2] = 0
-                        fixed[z + 2, y + 2, x + 2] = 1
+                        lev[z, y, x + 2] = hv
+                        fixed[z, y, x + 2] = 1
                         count += 1
+                    else:
+                        lev[z, y, x + 2] = 256
+                        fixed[z, y, x + 2] = 0
                 else:
-                    lab[z + 2, y + 2, x + 2] = wall
+                    lab[z, y, x + 2] = wall
+                    lev[z, y, x + 2] = 256
+                    fixed[z, y, x + 2] = 0
     return count
+
+
+@njit(nogil=True)
+def _seed_positions(fixed, count):
+    """Flat indices of the ``count`` fixed voxels of the padded interior, in raster order."""
+    pz, py, px = fixed.shape
+    out = np.empty(count, dtype=np.int64)
+    k = 0
+    for z in range(2, pz - 2):
+        for y in range(2, py - 2):
+            base = (z * py + y) * px
+            for x in range(2, px - 2):
+                if fixed[z, y, x]:
+                    out[k] = base + x
+                    k += 1
+    return out
 
 
 def keyed_flood(
@@ -212,12 +251,13 @@ def keyed_flood(
     if not height.size:
         return seeds.copy(), np.full(shape, UNREACHED, np.uint16), np.zeros(shape, np.uint32)
     pshape = tuple(s + 4 for s in shape)
-    hp = np.zeros(pshape, dtype=np.uint8)
-    lab = np.full(pshape, wall, dtype=seeds.dtype)
-    lev = np.full(pshape, UNREACHED, dtype=np.uint16)
-    dist = np.zeros(pshape, dtype=np.uint32)
-    fixed = np.zeros(pshape, dtype=np.uint8)
-    n_seeds = _prepare(
+    # written whole by _prepare_padded (padding included): no fill first (issue 29 goal 5)
+    hp = np.empty(pshape, dtype=np.uint8)
+    lab = np.empty(pshape, dtype=seeds.dtype)
+    lev = np.empty(pshape, dtype=np.uint16)
+    dist = np.empty(pshape, dtype=np.uint32)
+    fixed = np.empty(pshape, dtype=np.uint8)
+    n_seeds = _prepare_padded(
         np.ascontiguousarray(height, dtype=np.uint8), seeds, np.ascontiguousarray(mask, dtype=bool), wall,
         hp, lab, lev, dist, fixed,
     )  # fmt: skip
@@ -244,11 +284,8 @@ def keyed_flood(
             fixed[inner][ring] = 1
             src = np.ravel_multi_index(tuple(i + 1 for i in np.nonzero(ring)), pshape)
             src = src[np.lexsort((dist.ravel()[src], lev.ravel()[src]))]
-    seed_idx = np.flatnonzero(fixed[2:-2, 2:-2, 2:-2].ravel()) if n_seeds else np.zeros(0, np.int64)
-    if n_seeds:
-        z, r = np.divmod(seed_idx, shape[1] * shape[2])
-        y, x = np.divmod(r, shape[2])
-        seed_idx = ((z + 2) * pshape[1] + (y + 2)) * pshape[2] + (x + 2)
+    # the seeds' flat indices in the padded arrays, in raster order (the shell lies outside)
+    seed_idx = _seed_positions(fixed, n_seeds) if n_seeds else np.zeros(0, np.int64)
     n = hp.size
     pool = np.empty((n // _QBLOCK + 258, _QBLOCK), dtype=np.int32 if n < 2**31 else np.int64)
     _keyed_kernel(
