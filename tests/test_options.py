@@ -137,3 +137,64 @@ def test_evaluate_refuses_a_bad_option_in_the_same_line_through_every_door(tmp_p
     # the run config: the key as the config spells it
     with pytest.raises(BlocksegError, match=re.escape(f"evaluate.{config_key}: {message}")):
         parse_config({"run_dir": "r", "data": {"image": "img.zarr"}, "evaluate": {config_key: value}})
+
+
+# ----------------------------------------------------------------------------------- predict
+def test_predict_options_have_one_default_for_every_door():
+    import inspect
+
+    from blockseg.predict import predict
+    from blockseg.predict.options import CLI_DIAMETER, PredictOptions
+    from blockseg_cli.predict import options as cli_options
+
+    model = PredictOptions()
+    api = inspect.signature(predict).parameters
+    assert {k: api[k].default for k in PredictOptions.model_fields} == model.model_dump()
+    # the CLI: argparse's defaults give the model, but for --diameter, whose auto is the CLI's own (named)
+    args = _subparser("predict").parse_args(["i.zarr", "demo", "o.zarr"])
+    assert args.diameter == CLI_DIAMETER == "auto" and model.diameter is None
+    assert cli_options(args) == model.model_copy(update={"diameter": CLI_DIAMETER})
+    # the run config: the model itself
+    config = parse_config({"run_dir": "r", "data": {"image": "img.zarr"}}).predict
+    assert config.model_dump() == model.model_dump()
+
+
+def test_the_predict_fingerprint_of_a_run_made_before_is_kept():
+    from blockseg.pipeline.workflow import SPEED_KNOBS, section_digest
+
+    default = parse_config({"run_dir": "r", "data": {"image": "img.zarr"}}).predict
+    # what the section hashed before it became the options model (overlap: null was the API's default)
+    assert {k: v for k, v in section_digest("predict", default).items() if k not in SPEED_KNOBS} == {
+        "block_shape": None, "dtype": None, "channels": None, "tta": False, "mc_samples": 0, "runtime": "eager",
+        "overlap": None, "pyramid_levels": None, "scale": None, "diameter": None,
+    }  # fmt: skip
+    voxels = parse_config({"run_dir": "r", "data": {"image": "i"}, "predict": {"overlap": 4, "blending": "bump"}}).predict
+    assert section_digest("predict", voxels)["overlap"] == 4 and section_digest("predict", voxels)["blending"] == "bump"
+
+
+PREDICT_BAD = [  # (API keyword, value, CLI argv, message); the config's key is the API's
+    ("overlap", 1.5, None, "must be a fraction below 1 (0.125) or whole voxels (4), got 1.5"),
+    ("mc_samples", 1, ["--mc-samples", "1"], "MC-dropout needs at least 2 samples (or 0 for off), got 1"),
+    ("batch_size", 0, ["--batch-size", "0"], "must be ≥ 1, got 0"),
+    ("patch", [0, 64, 64], ["--patch", "0", "64", "64"], "must be auto, train or 1 or 3 sizes (must be ≥ 1, got [0, 64, 64])"),
+    ("scale", 0.0, ["--scale", "0"], "must be > 0, got 0.0"),
+    ("diameter", "17mm", ["--diameter", "17mm"], "takes a size with its unit, e.g. 17um, 17µm or 34px (a bare number is µm), got '17mm'"),
+    ("block_shape", [0, 8, 8], ["--block-shape", "0", "8", "8"], "must be ≥ 1, got [0, 8, 8]"),
+    ("pyramid_levels", 0, ["--pyramid-levels", "0"], "must be ≥ 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("key, value, argv, message", PREDICT_BAD)
+def test_predict_refuses_a_bad_option_in_the_same_line_through_every_door(tmp_path, capsys, key, value, argv, message):
+    from blockseg.errors import BlocksegError
+    from blockseg.predict import predict
+
+    with pytest.raises(BlocksegError) as api:  # before the image (which does not exist) is opened
+        predict(tmp_path / "missing.zarr", "demo", tmp_path / "o.zarr", **{key: value})
+    assert str(api.value) == f"{key}: {message}"
+    if argv is not None:  # (the CLI's --overlap spelling refuses 1.5 itself, as argparse's error)
+        assert main(["predict", str(tmp_path / "missing.zarr"), "demo", str(tmp_path / "o.zarr"), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"--{key.replace('_', '-')}: {message}" in err and "\n" not in err and not (tmp_path / "o.zarr").exists()
+    with pytest.raises(BlocksegError, match=re.escape(f"predict.{key}: {message}")):
+        parse_config({"run_dir": "r", "data": {"image": "img.zarr"}, "predict": {key: value}})

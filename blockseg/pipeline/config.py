@@ -24,13 +24,13 @@ from typing import Any, Literal, Optional, Union
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..checkpoints import SHIPPED_CHECKPOINTS
-from ..defaults import DEFAULT_BATCH_SIZE
 from ..configfile import load_yaml
 from ..errors import BlocksegError, describe_validation_error
-from ..options import Block, Shape, VoxelSize
+from ..options import Shape, VoxelSize
 from ..options import Strict as _Strict
 from ..io.storage import has_scheme
 from ..evaluate.options import RUN_CENTROID_POINTS, EvaluateOptions
+from ..predict.options import PredictOptions
 from ..segment.options import SegmentOptions
 
 STAGES = ("data", "predict", "segment", "evaluate")
@@ -87,40 +87,11 @@ class ModelConfig(_Strict):
     checkpoint: str = "demo"
 
 
-class PredictConfig(_Strict):
-    block_shape: Block = None
-    #: storage of the channels; default uint8 for probabilities / tanh maps, float16 for raw ones
-    dtype: Optional[Literal["uint8", "float16", "float32"]] = None
-    #: channels stored besides the segment decoder's (``all``: every channel the network predicts)
-    channels: Optional[Union[list[str], Literal["all"]]] = None
-    tta: bool = False
-    mc_samples: int = Field(default=0, ge=0)
-    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1)  # a speed knob: never changes the result
-    #: how the network runs: torch eager, or torch.compile (compiles once per worker; faster after)
-    runtime: Literal["eager", "compile"] = "eager"
-    overlap: Optional[float] = Field(default=None, ge=0, lt=1)
-    #: multiscale levels of every prediction channel (None: automatic; 1: none)
-    pyramid_levels: Optional[int] = Field(default=None, ge=1)
-    #: resample the input for the network (blockseg.predict.resample): None = image voxel size /
-    #: the checkpoint's training voxel size; 1 = off; one factor or three (z, y, x)
-    scale: Optional[Union[float, tuple[float, float, float]]] = None
-    #: or: the image's typical nucleus diameter, ``17um`` / ``34px`` (a bare number is µm); resample
-    #: so its nuclei span as many network voxels as the checkpoint's training nuclei (needs
-    #: ``metadata.nucleus_diameter_um``; blockseg.predict.resample.parse_diameter); ``auto``: estimated
-    #: from the image (blockseg.predict.size, as ``blockseg predict``'s default); None / ``off``: neither
-    diameter: Optional[Union[float, str]] = None
-
-    @field_validator("diameter")
-    @classmethod
-    def _diameter_unit(cls, v):
-        if v is not None and not (isinstance(v, str) and v.strip().lower() in ("auto", "off")):
-            from ..predict.resample import parse_diameter
-
-            try:
-                parse_diameter(v)
-            except BlocksegError as e:
-                raise ValueError(str(e).replace("--diameter takes ", "")) from None
-        return v
+class PredictConfig(PredictOptions):
+    """predict's options (:class:`blockseg.predict.options.PredictOptions`, with the API's
+    defaults and checks, and the CLI's but for ``diameter``, whose ``auto`` is the CLI's alone;
+    see :data:`~blockseg.predict.options.CLI_DIAMETER`). The decoder whose channels are kept is
+    ``segment.decoder``'s."""
 
 
 class TuneConfig(_Strict):

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..checkpoints import SHIPPED_CHECKPOINTS
 from ..evaluate.options import EvaluateOptions
+from ..predict.options import PredictOptions
 from .config import STAGES, RunConfig
 from .layout import RunLayout, checkpoint_path, is_zarr, segment_decoder
 from ..errors import BlocksegError
@@ -41,7 +42,7 @@ from ..provenance import PeakMemory, file_digest, fingerprint, now, write_json_a
 
 RUN_MARKER = "run.json"
 #: predict settings that change the speed, never the output: not part of the stage's fingerprint
-SPEED_KNOBS = ("batch_size",)
+SPEED_KNOBS = ("batch_size", "torch_threads", "prefetch")
 
 #: the demo run (``blockseg demo``; ``configs/demo.yaml`` is the same with a run_dir): a
 #: 128×512×512 NucMM-Z-like EM volume, the shipped B, C, D + cpv checkpoint, the BCD decoder
@@ -71,7 +72,14 @@ class RunResult:
 #: the keys a config section had before it became its stage's options model (issue 30 goal 4);
 #: a key added since enters the fingerprint only when it differs from its default, so a run
 #: directory made before keeps its fingerprints (and resumes instead of redoing the stage)
-KEYS_BEFORE_OPTIONS = {"evaluate": ("enabled", "thresholds", "detection_radius_um", "png")}
+KEYS_BEFORE_OPTIONS = {
+    "evaluate": ("enabled", "thresholds", "detection_radius_um", "png"),
+    "predict": ("block_shape", "dtype", "channels", "tta", "mc_samples", "batch_size", "runtime", "overlap",
+                "pyramid_levels", "scale", "diameter"),
+}  # fmt: skip
+#: keys whose default the section wrote otherwise before (``predict.overlap: null``, "the API's
+#: default"): at their default they are hashed as they were
+DEFAULTS_BEFORE_OPTIONS = {"predict": {"overlap": None}}
 
 
 def section_digest(stage: str, section) -> dict:
@@ -81,7 +89,8 @@ def section_digest(stage: str, section) -> dict:
     if before is None:
         return dump
     default = type(section)().model_dump(mode="json", by_alias=True)
-    return {k: v for k, v in dump.items() if k in before or v != default[k]}
+    old = DEFAULTS_BEFORE_OPTIONS.get(stage, {})
+    return {k: (old[k] if k in old and v == default[k] else v) for k, v in dump.items() if k in before or v != default[k]}
 
 
 def fingerprints(cfg: RunConfig, layout: RunLayout) -> dict[str, str]:
@@ -91,7 +100,7 @@ def fingerprints(cfg: RunConfig, layout: RunLayout) -> dict[str, str]:
     ckpt = checkpoint_path(cfg)
     ck = file_digest(ckpt) if os.path.isfile(ckpt) else ckpt
     # speed knobs change no result (tests/predict/test_speed_knobs.py): changing one redoes nothing
-    predict_cfg = {k: v for k, v in cfg.predict.model_dump(mode="json").items() if k not in SPEED_KNOBS}
+    predict_cfg = {k: v for k, v in section_digest("predict", cfg.predict).items() if k not in SPEED_KNOBS}
     fp["predict"] = fingerprint("predict", fp["data"], ck, predict_cfg)
     fp["segment"] = fingerprint("segment", fp["predict"], cfg.segment.model_dump(mode="json"))
     fp["evaluate"] = fingerprint("evaluate", fp["segment"], section_digest("evaluate", cfg.evaluate))
@@ -206,22 +215,12 @@ def _stage_predict(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         layout.image,
         checkpoint_path(cfg),
         layout.predictions,
-        block_shape=p.block_shape,
         client=client,
-        dtype=p.dtype,
-        channels=p.channels,
         # no segment.decoder: the one the segment stage takes (the checkpoint's recommendation)
         decoder=cfg.segment.decoder or segment_decoder(cfg).decoder.name,
         overwrite=not resume,
         resume=resume,
-        tta=p.tta,
-        mc_samples=p.mc_samples,
-        batch_size=p.batch_size,
-        runtime=p.runtime,
-        pyramid_levels=p.pyramid_levels,
-        scale=p.scale,
-        diameter=p.diameter,
-        **({"overlap": p.overlap} if p.overlap is not None else {}),
+        **p.model_dump(include=set(PredictOptions.model_fields)),
     )
     return report.to_dict() if hasattr(report, "to_dict") else dict(report or {})
 

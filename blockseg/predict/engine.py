@@ -26,7 +26,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache, partial
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import zarr
@@ -34,6 +34,7 @@ import zarr
 from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError
 from ..faults import fault_point
+from ..options import validate
 from ..grid import BlockGrid, BlockTask, default_block_shape
 from ..io.storage import is_url
 from ..io.volume import open_volume
@@ -53,6 +54,7 @@ from .infer import (
     predict_region,
 )
 from .lattice import Lattice, read_reflected, resolve_overlap
+from .options import DEFAULT_OVERLAP, PredictOptions
 from .patch import PatchChoice, choose_patch, patch_memory
 from .resample import Scaling, net_region, predict_core_scaled, resolve_scale
 from ..io.safety import aborts_on_error
@@ -825,33 +827,19 @@ class PredictReport:
         return d
 
 
-@dataclass(frozen=True)
-class _Options:
-    """The settings of a :func:`predict` run besides its paths and client (see :func:`predict`
-    for each), as given: :func:`_validate_inputs` checks them."""
+class _Options(PredictOptions):
+    """The settings of a :func:`predict` run (:class:`~blockseg.predict.options.PredictOptions`,
+    checked, kept as given) and the run's own arguments: the decoder whose channels the store
+    keeps, and whether an existing output is replaced or resumed."""
 
-    block_shape: int | Sequence[int] | None = None
-    dtype: str | np.dtype | None = None
+    decoder: Optional[str] = None
     overwrite: bool = False
     resume: bool = True
-    channels: Sequence[str] | str | None = None
-    decoder: str | None = None
-    patch: int | Sequence[int] | str | None = "auto"
-    overlap: float | Sequence[float] = 0.125
-    blending: str = "gaussian"
-    tta: bool = False
-    mc_samples: int = 0
-    batch_size: int = DEFAULT_BATCH_SIZE
-    device: str = "auto"
-    amp: bool = True
-    runtime: str = "eager"
-    chunks: Sequence[int] | None = None
-    torch_threads: int | None = None
-    prefetch: bool = True
-    pyramid_levels: int | None = None
-    scale: object = None
-    diameter: float | None = None
-    polarity: str | None = None
+
+
+def _run_options(values: dict) -> _Options:
+    """:class:`_Options` from :func:`predict`'s keyword values; one-line :class:`BlocksegError`."""
+    return validate(_Options, values)
 
 
 @dataclass
@@ -890,7 +878,7 @@ def predict(
     channels: Sequence[str] | str | None = None,
     decoder: str | None = None,
     patch: int | Sequence[int] | str | None = "auto",
-    overlap: float | Sequence[float] = 0.125,
+    overlap: float | Sequence[float] = DEFAULT_OVERLAP,
     blending: str = "gaussian",
     tta: bool = False,
     mc_samples: int = 0,
@@ -954,8 +942,9 @@ def predict(
         reproduces its lattice with any block shape.
         The choice and its reason are in the plan (dry run) and the store's provenance.
     overlap : float or sequence
-        Overlap between neighbouring output tiles: < 1 a fraction of the network's *training*
-        output patch (so it stays the same in voxels for a larger inference patch), else voxels.
+        Overlap between neighbouring output tiles (default 0.125): < 1 a fraction of the network's
+        *training* output patch (so it stays the same in voxels for a larger inference patch),
+        else whole voxels (1.5 is refused).
     blending : {"gaussian", "bump", "constant"}
         Blending window (normalised weights).
     tta : bool
@@ -1010,6 +999,14 @@ def predict(
     -------
     PredictReport, or PredictPlan with ``dry_run``
 
+    Raises
+    ------
+    BlocksegError
+        A bad option, first (one line naming it; checked by
+        :class:`~blockseg.predict.options.PredictOptions`, the model the run config's ``predict``
+        section and ``blockseg predict``'s flags share: one default and one check each), then
+        what the checkpoint, the image or the output refuse.
+
     Notes
     -----
     The input is normalised by the checkpoint's scheme (:mod:`blockseg.predict.normalise`: the
@@ -1026,9 +1023,8 @@ def predict(
     >>> len(plan.grid), plan.shape
     (1, (16, 48, 48))
     """
-    options = _Options(block_shape, dtype, overwrite, resume, channels, decoder, patch, overlap, blending, tta,
-                             mc_samples, batch_size, device, amp, runtime, chunks, torch_threads, prefetch,
-                             pyramid_levels, scale, diameter, polarity)  # fmt: skip
+    # the checks: every keyword but the paths, the client and how to run, by the options model
+    options = _run_options({k: v for k, v in locals().items() if k in _Options.model_fields})
     run = _prepare(str(image_path), checkpoint, str(out_path), options, client, dry_run)
     if dry_run:
         return run.plan
@@ -1068,7 +1064,7 @@ def plan_predict(image_path, checkpoint, out_path, client=None, **options) -> Pr
     >>> len(plan.grid), len(plan.todo)
     (2, 2)
     """
-    return _prepare(str(image_path), checkpoint, str(out_path), _Options(**options), client, True).plan
+    return _prepare(str(image_path), checkpoint, str(out_path), _run_options(options), client, True).plan
 
 
 def _validate_inputs(checkpoint, options: _Options) -> tuple[str, dict, BlocksegNet]:

@@ -7,13 +7,16 @@ import json
 import sys
 import warnings
 
-from blockseg.defaults import DEFAULT_BATCH_SIZE
 from blockseg.errors import BlocksegError
+from blockseg.predict.options import CLI_DIAMETER, PredictOptions
 
 from .options import (
-    absolute, add_block_shape_option, add_cluster_options, add_pyramid_option, add_selection_options, open_cluster, progress_mode,
-    pyramid_levels, selected, zyx,
+    absolute, add_block_shape_option, add_cluster_options, add_pyramid_option, add_selection_options, as_given, flag, open_cluster,
+    progress_mode, selected,
 )  # fmt: skip
+
+#: the options model's fields: one default each (the API and the run config use them too)
+_F = PredictOptions.model_fields
 
 
 def register(subparsers) -> None:
@@ -31,7 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", help="blockseg checkpoint (.pt) of the network (workers must see this path), a shipped one: demo, fluo, fluo_synth, "
                    "or a TorchScript (.pt) / ONNX (.onnx) network with its sidecar (same stem, .yaml / .json; docs/guide/models.md 'Use your own model')")
     p.add_argument("output", help="prediction store to create (zarr group, one volume per channel)")
-    add_block_shape_option(p, "block core shape, 1 or 3 values (z y x), a multiple of the chunks")
+    add_block_shape_option(p, _F["block_shape"].description)
     p.add_argument("--dtype", choices=["uint8", "float16", "float32"], help="one storage dtype for every kept channel (default per channel: uint8 for probabilities / tanh maps, float16 for raw vectors such as cpv)")
     p.add_argument(
         "--channels", metavar="C,C,...|all",
@@ -42,39 +45,36 @@ def register(subparsers) -> None:
         help="keep the channels this decoder reads (default: the checkpoint's recommended decoder, else the first one the network can feed)",
     )  # fmt: skip
     p.add_argument(
-        "--patch", nargs="+", default=["auto"], metavar="auto|train|N",
+        "--patch", nargs="+", default=[_F["patch"].default], metavar="auto|train|N",
         help="inference patch: auto (default: a block-aligned patch computing the fewest voxels that fits the device's memory budget, "
         "never smaller than the training patch), train (the network's training patch), or 1 or 3 sizes (z y x); auto and "
         "sizes run one stride-aligned lattice set by the patch alone, so a store's patch (blockseg info) reproduces it with other blocks",
     )  # fmt: skip
     p.add_argument(
-        "--overlap", type=_overlap, nargs="+", default=[0.125], metavar="F|N%|Npx",
+        "--overlap", type=_overlap, nargs="+", default=[_F["overlap"].default], metavar="F|N%|Npx",
         help="overlap of neighbouring output tiles, 1 or 3 values (z y x): a fraction of the training output patch "
-        "(0.125, or 12.5%%), or whole voxels (4px, or a whole number such as 4); default 0.125. 1.0 or 1.5 are refused: "
+        f"(0.125, or 12.5%%), or whole voxels (4px, or a whole number such as 4); default {_F['overlap'].default}. 1.0 or 1.5 are refused: "
         "a fraction is below 1 and voxels are whole",
     )  # fmt: skip
-    p.add_argument("--blending", choices=["gaussian", "bump", "constant"], default="gaussian", help="blending window (default gaussian)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips")
-    p.add_argument("--mc-samples", type=int, default=0, metavar="N", help="MC-dropout samples: adds a <channel>_var variance channel per channel")
-    p.add_argument(
-        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
-        help=f"patches per forward pass (default {DEFAULT_BATCH_SIZE}); a speed knob: the output is the same for every batch size",
-    )  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto (CUDA where visible), cpu, cuda (default auto)")
+    p.add_argument("--blending", choices=["gaussian", "bump", "constant"], default=_F["blending"].default, help=_F["blending"].description)
+    p.add_argument("--tta", action="store_true", default=_F["tta"].default, help=_F["tta"].description)
+    p.add_argument("--mc-samples", type=int, default=_F["mc_samples"].default, metavar="N", help=_F["mc_samples"].description)
+    p.add_argument("--batch-size", type=int, default=_F["batch_size"].default, metavar="N", help=_F["batch_size"].description)
+    p.add_argument("--device", default=_F["device"].default, help=_F["device"].description)
     p.add_argument("--no-amp", action="store_true", help="on CUDA, run the network in float32 instead of bf16 (fp16 where bf16 is unsupported) autocast")
     p.add_argument(
-        "--runtime", choices=["eager", "compile"], default="eager",
+        "--runtime", choices=["eager", "compile"], default=_F["runtime"].default,
         help="run the network in torch eager (default) or compiled with torch.compile: tens of seconds of compiling per "
         "worker, then a faster forward (needs a C++ compiler on CPU workers); equal within one storage step",
     )  # fmt: skip
-    p.add_argument("--chunks", type=int, nargs="+", metavar="N", help="output chunk shape (default: the image's)")
+    p.add_argument("--chunks", type=int, nargs="+", metavar="N", help=_F["chunks"].description)
     p.add_argument(
         "--scale", type=float, nargs="+", metavar="F",
         help="resample the input for the network by this factor, 1 or 3 values (z y x), outputs back to the image grid "
         "(default: image voxel size / the checkpoint's training voxel size, when both are known; 1: off)",
     )  # fmt: skip
     p.add_argument(
-        "--diameter", metavar="auto|off|SIZE", default="auto",
+        "--diameter", metavar="auto|off|SIZE", default=CLI_DIAMETER,  # the CLI's own default (the API's: None, off)
         help="auto (default): estimate the image's nucleus size (scale-space blob census of a few boxes, "
         "docs/size-estimate.md) and resample to the network's training nuclei when they differ by more than 25%%; "
         "off: no estimate. Or the image's typical nucleus diameter with its unit: 17um (or 17µm) in micrometres, 34px in pixels of the "
@@ -131,19 +131,38 @@ def _overlap(text: str) -> float | int:
 
 
 def _patch(values: list[str]):
-    """``--patch``: "auto", "train" or voxel sizes."""
+    """``--patch``: "auto", "train" or voxel sizes (checked by the options model)."""
     if len(values) == 1 and values[0] in ("auto", "train"):
         return values[0]
     try:
-        return zyx(values, "--patch")
+        return as_given([int(v) for v in values])
     except ValueError:
-        raise BlocksegError(f"--patch takes auto, train or 1 or 3 sizes, got {' '.join(values)}") from None
+        raise BlocksegError(f"--patch: must be auto, train or 1 or 3 sizes, got {' '.join(values)}") from None
+
+
+#: options spelled otherwise on the command line than in the options model
+_FLAGS = {"amp": "--no-amp"}
+
+
+def options(args: argparse.Namespace) -> PredictOptions:
+    """The :class:`~blockseg.predict.options.PredictOptions` of the command line; a bad value is
+    one line naming its flag."""
+    from blockseg.predict.options import predict_options
+
+    return predict_options(
+        lambda key: _FLAGS.get(key) or flag(key), block_shape=as_given(args.block_shape), dtype=args.dtype,
+        channels=_channels(args.channels), patch=_patch(args.patch), overlap=as_given(args.overlap), blending=args.blending,
+        tta=args.tta, mc_samples=args.mc_samples, batch_size=args.batch_size, device=args.device, amp=not args.no_amp,
+        runtime=args.runtime, chunks=as_given(args.chunks), pyramid_levels=args.pyramid_levels, scale=as_given(args.scale),
+        diameter=args.diameter, polarity=args.polarity,
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     from .options import cluster_config
 
     cluster_config(args)  # the cluster options (a --memory-limit that is no size...) fail first
+    opts = options(args)  # then the options, by the model the API and the run config use
     from blockseg.predict import predict
 
     # workers run in another folder: every path leaves this process absolute
@@ -156,30 +175,10 @@ def run(args: argparse.Namespace) -> int:
         from blockseg.io.safety import acquire_lock
 
         acquire_lock(args.output)
-    overlap = args.overlap[0] if len(args.overlap) == 1 else zyx(args.overlap, "--overlap", float)
     kwargs = dict(
-        block_shape=zyx(args.block_shape, "--block-shape"),
-        dtype=args.dtype,
-        channels=_channels(args.channels),
-        decoder=args.decoder,
-        overwrite=args.overwrite,
-        resume=not args.no_resume,
-        patch=_patch(args.patch),
-        overlap=overlap,
-        blending=args.blending,
-        tta=args.tta,
-        mc_samples=args.mc_samples,
-        batch_size=args.batch_size,
-        device=args.device,
-        amp=not args.no_amp,
-        runtime=args.runtime,
-        chunks=zyx(args.chunks, "--chunks"),
-        progress=progress_mode(args) != "none",
-        pyramid_levels=pyramid_levels(args),
-        scale=zyx(args.scale, "--scale", float),
-        diameter=args.diameter,
-        polarity=args.polarity,
-    )
+        decoder=args.decoder, overwrite=args.overwrite, resume=not args.no_resume, progress=progress_mode(args) != "none",
+        **opts.model_dump(),
+    )  # fmt: skip
     # the plan validates image, checkpoint and geometry: fail before starting a cluster; its
     # warnings on the input are held until the cluster passed its preflight (a cluster error
     # stays the only line), then said once with the run's own

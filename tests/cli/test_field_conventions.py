@@ -60,7 +60,7 @@ def test_cli_diameter_with_an_unknown_unit_is_one_line(tmp_path, capsys):
     code = cli_main(["predict", str(tmp_path / "img.zarr"), "demo", str(tmp_path / "p.zarr"), "--diameter", "17mm"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [
-        "blockseg predict: error: --diameter takes a size with its unit, e.g. 17um, 17µm or 34px (a bare number is µm), got '17mm'"
+        "blockseg predict: error: --diameter: takes a size with its unit, e.g. 17um, 17µm or 34px (a bare number is µm), got '17mm'"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.zarr"]
 

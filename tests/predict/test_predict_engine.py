@@ -221,7 +221,7 @@ def test_compiled_runtime_equals_eager_predict_array_within_a_storage_step(tmp_p
 def test_runtime_is_checked_before_anything_is_written(tmp_path, monkeypatch):
     vol = create_volume(tmp_path / "img.zarr", (8, 16, 16), np.uint8, chunks=(4, 8, 8))
     save_checkpoint(tmp_path / "m.pt", TinyConvNet(("B",), input_patch=(8, 12, 12)), normalisation=NORM)
-    with pytest.raises(BlocksegError, match="unknown runtime 'onnx'"):
+    with pytest.raises(BlocksegError, match="runtime: must be one of 'eager' or 'compile', got 'onnx'"):  # the options model's line
         predict(vol.path, tmp_path / "m.pt", tmp_path / "o.zarr", runtime="onnx", progress=False)
     import shutil
 
