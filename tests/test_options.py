@@ -198,3 +198,23 @@ def test_predict_refuses_a_bad_option_in_the_same_line_through_every_door(tmp_pa
         assert f"--{key.replace('_', '-')}: {message}" in err and "\n" not in err and not (tmp_path / "o.zarr").exists()
     with pytest.raises(BlocksegError, match=re.escape(f"predict.{key}: {message}")):
         parse_config({"run_dir": "r", "data": {"image": "img.zarr"}, "predict": {key: value}})
+
+
+# ------------------------------------------------------------------------------------- train
+def test_train_has_one_model_already_and_the_cli_only_overrides_it(capsys):
+    """train's options are its config (:class:`blockseg.train.config.TrainConfig`): the API takes
+    the model itself, the run config's ``train:`` section is checked by it, and ``blockseg train``'s
+    overrides default to None (the config's value) and are checked by it, in one line."""
+    from pathlib import Path
+
+    args = _subparser("train").parse_args(["c.yaml"])
+    assert (args.iterations, args.output, args.threads, args.device) == (None, None, None, None)
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "train_demo.yaml")
+    assert main(["train", config, "--iterations", "0", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("iterations: must be > 0, got 0") and "\n" not in err
+    import yaml
+
+    section = {**yaml.safe_load(Path(config).read_text()), "iterations": 0}
+    with pytest.raises(Exception, match=r"config key train\.iterations: must be > 0, got 0$"):
+        parse_config({"run_dir": "r", "data": {"image": "i"}, "train": section})
