@@ -1108,11 +1108,15 @@ def _open_work(plan: SegmentPlan, report: SegmentReport) -> _Job:
                           "block_runs": int(sum(r["blocks"] for r in journal.get("rounds", [])))}  # fmt: skip
     else:
         prepare_work(work)
-        # scratch: lz4 (fast; the seed code is mostly a handful of values, ~10x smaller)
-        lz4 = zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
-        kw = dict(shape=plan.grid.shape, chunks=plan.grid.chunk_shape, fill_value=0, compressors=lz4)
-        zarr.create_array(f"{work}/seeds", dtype=plan.id_dtype, **kw)
-        zarr.create_array(f"{work}/height", dtype=np.uint8, **kw)
+        # scratch: lz4 (fast; the seed code is mostly a handful of values, ~14x smaller unshuffled:
+        # a 256³ core packs to 4.7 MiB in 0.04 s, bit-shuffled to 6.1 MiB in 0.07 s, 2026-12-07);
+        # the height bit-shuffled (unshuffled it packs a little smaller but twice as slowly)
+        def lz4(shuffle):
+            return zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle=shuffle)
+
+        kw = dict(shape=plan.grid.shape, chunks=plan.grid.chunk_shape, fill_value=0)
+        zarr.create_array(f"{work}/seeds", dtype=plan.id_dtype, compressors=lz4("noshuffle"), **kw)
+        zarr.create_array(f"{work}/height", dtype=np.uint8, compressors=lz4("bitshuffle"), **kw)
         write_bytes(_journal_path(work), json.dumps({"signature": signature, "done": None}).encode())
     g = plan.grid
     return _Job(plan.pred_path, work, g.shape, g.block_shape, plan.halo, g.chunk_shape, plan.decoder, plan.kinds,
