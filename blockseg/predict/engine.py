@@ -29,14 +29,16 @@ from functools import lru_cache, partial
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 import zarr
+from torch import nn
 
 from ..defaults import DEFAULT_BATCH_SIZE
-from ..errors import BlocksegError
+from ..errors import BlocksegError, warn
 from ..faults import fault_point
 from ..options import validate
 from ..grid import BlockGrid, BlockTask, default_block_shape
-from ..io.storage import is_url
+from ..io.storage import free_space, is_url
 from ..io.volume import open_volume
 from ..models.base import BlocksegNet, build_model, normalise
 from ..models.checkpoint import load_checkpoint, read_checkpoint
@@ -57,7 +59,17 @@ from .lattice import Lattice, read_reflected, resolve_overlap
 from .options import DEFAULT_OVERLAP, PredictOptions
 from .patch import PatchChoice, choose_patch, patch_memory
 from .resample import Scaling, net_region, predict_core_scaled, resolve_scale
-from ..io.safety import aborts_on_error
+from ..io.safety import aborts_on_error, prepare_output
+from ..models import resolve_checkpoint
+from ..runtime.costs import chunk_cost, empty_image_cost, settle, task_cost
+from .size import resolve_diameter
+from .domain import domain_warnings
+from .normalise import resolve_volume
+from .polarity import card_polarity, orient_volume
+from ..runtime.cluster import TORCH_WORKER_BYTES, check_task_memory, has_gpu_workers, run_task, worker_memory_limit
+from ..segment import DECODERS
+from ..segment.params import checkpoint_decoder
+from ..io.pyramid import finish_volume
 
 PASS1_ARRAY = "_pass1"
 PARTIAL_GROUP = "_partial"
@@ -81,7 +93,6 @@ def resolve_device(device: str) -> str:
     """``"auto"`` -> CUDA when visible, else CPU; a bare ``"cuda"`` on a dask worker of a
     multi-GPU host picks the GPU by worker name (LocalCluster workers are named 0, 1, ...;
     dask-jobqueue's workers of one job NAME-0, NAME-1, ...)."""
-    import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -112,7 +123,6 @@ def cached_model(checkpoint: str, device: str, mc: bool = False, runtime: str = 
     ``"compile"``: the copy is compiled (:func:`.infer.compile_model`) and so compiles once per
     process and patch shape, on its first forward.
     """
-    import torch
 
     path = os.path.abspath(checkpoint)
     key = (path, os.path.getmtime(path), device, threading.get_ident() if mc else None, runtime)
@@ -428,7 +438,6 @@ def _set_torch_threads(n: int | None) -> None:
     """``n`` intra-op threads for this task, else the process's own default: never what an
     earlier task on the same worker set (the thread count changes float sums in the last bits,
     so a restarted worker and an old one would otherwise write different float channels)."""
-    import torch
 
     if not _PROCESS_TORCH_THREADS:
         _PROCESS_TORCH_THREADS.append(torch.get_num_threads())
@@ -440,7 +449,6 @@ def _set_torch_threads(n: int | None) -> None:
 def task_context(job: BlockJob, block_id: int):
     """What every predict task of ``block_id`` starts from: ``(device, model, lattice, block,
     image array, normalisation)`` (torch threads set, the model cached per process)."""
-    import torch
 
     _set_torch_threads(job.torch_threads)
     device = resolve_device(job.device)
@@ -688,7 +696,6 @@ class PredictPlan:
     def check_memory(self, limit: int | None) -> None:
         """Refuse (one line) a run whose block tasks cannot fit a worker's memory ``limit`` (bytes;
         None or 0: unlimited): named by its largest block, the estimate and what to change."""
-        from ..runtime.cluster import TORCH_WORKER_BYTES, check_task_memory
 
         if not self.todo or not limit:
             return
@@ -757,7 +764,6 @@ def _memory_estimate(model: BlocksegNet, grid: BlockGrid, lattice: Lattice, layo
 
 def _activations_per_voxel(model: BlocksegNet, n_channels: int) -> int:
     """Values per input voxel a forward holds (the plan's memory model: every conv's outputs)."""
-    from torch import nn
 
     own = getattr(model, "activations_per_voxel", None)  # a foreign network counts its own (models.foreign)
     if own is not None and (n := own()) is not None:
@@ -768,7 +774,6 @@ def _activations_per_voxel(model: BlocksegNet, n_channels: int) -> int:
 
 def _patch_choice(model, shape, block_shape, patch, overlap, batch_size, n_channels, device, out_path, regions=None) -> PatchChoice:
     """The run's :class:`PatchChoice`; a resumed ``auto`` run keeps the patch it started with."""
-    import torch
 
     geo = model.geometry
     vox = resolve_overlap(overlap, geo.output_patch)
@@ -1070,7 +1075,6 @@ def plan_predict(image_path, checkpoint, out_path, client=None, **options) -> Pr
 def _validate_inputs(checkpoint, options: _Options) -> tuple[str, dict, BlocksegNet]:
     """The checkpoint's path, payload and network, with the options the network constrains
     checked (one-line :class:`BlocksegError` each)."""
-    from ..models import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(checkpoint)
     payload = read_checkpoint(checkpoint)
@@ -1086,18 +1090,13 @@ def _validate_inputs(checkpoint, options: _Options) -> tuple[str, dict, Blockseg
 def _prepare(image_path: str, checkpoint, out_path: str, options: _Options, client, dry_run: bool) -> _Prepared:
     """Plan the run (:func:`plan_predict`), check its output may be written and read the
     markers of the run it resumes; costly geometry is refused (warned about in a dry run)."""
-    from ..runtime.costs import chunk_cost, empty_image_cost, settle
-    from ..io.safety import prepare_output
 
     checkpoint, payload, model = _validate_inputs(checkpoint, options)
     vol = open_volume(image_path)
     meta = payload.get("metadata", {})
-    from .size import resolve_diameter
 
     # --diameter auto: the image's nucleus size estimated (blockseg.predict.size), printed and recorded
     diameter, size = resolve_diameter(options.diameter, options.scale, vol, image_path, meta, options.polarity)
-    from ..errors import warn
-    from .domain import domain_warnings
 
     for line in domain_warnings(checkpoint, meta, vol.voxel_size, vol.voxel_size_source, size):  # far from its training data
         warn(line)
@@ -1136,8 +1135,6 @@ def _prepare(image_path: str, checkpoint, out_path: str, options: _Options, clie
 def _normalisation(meta: dict, image_path: str, vol, polarity: str | None, client):
     """How the input is normalised (:func:`.normalise.resolve_volume`), oriented by the image's
     polarity when the checkpoint's card records one or ``polarity`` is given (:mod:`.polarity`)."""
-    from .normalise import resolve_volume
-    from .polarity import card_polarity, orient_volume
 
     norm_meta = meta.get("normalisation")
     if card_polarity(norm_meta) is None and polarity is None:
@@ -1150,7 +1147,6 @@ def _normalisation(meta: dict, image_path: str, vol, polarity: str | None, clien
 def _block_grid(vol, options: _Options) -> BlockGrid:
     """Block cores on the output chunks (a block shape within the volume, rounded to chunks);
     millions of blocks are refused before the plan lays them out (minutes of Python)."""
-    from ..runtime.costs import settle, task_cost
 
     shape = vol.shape
     chunk_shape = tuple(min(int(c), s) for c, s in zip(zyx(options.chunks, "chunks", at_least=1) or vol.write_unit, shape))
@@ -1243,7 +1239,6 @@ def _check_resources(run: _Prepared, client) -> None:
     """Before anything is written: blocks no worker can hold never start, and a new run's
     scratch must fit its disk (a resumed run's scratch is partly on disk already)."""
     if client is not None:
-        from ..runtime.cluster import worker_memory_limit
 
         run.plan.check_memory(worker_memory_limit(client))
     if run.markers is None:
@@ -1254,8 +1249,6 @@ def _create_store(run: _Prepared, out_path: str) -> tuple[np.ndarray, np.ndarray
     """The new store: its channels, the run's settings and the checkpoint's tuned decoder in its
     attributes, empty done-markers; marked unfinished (segment refuses it) until the reduce.
     Returns the (all zero) ``done`` and ``pass1`` markers."""
-    from ..segment import DECODERS
-    from ..segment.params import checkpoint_decoder
 
     grid, keep = run.plan.grid, run.keep
     create_predictions(out_path, keep, grid.shape, run.dtypes, run.voxel_size, grid.chunk_shape,
@@ -1316,7 +1309,6 @@ def _gpu_resources(client, device: str) -> dict | None:
     """``{"GPU": 1}`` for GPU tasks on a cluster with GPU workers; a local ``cuda`` run fails
     fast here when no GPU is visible."""
     if client is not None and device != "cpu":
-        from ..runtime.cluster import has_gpu_workers
 
         return {"GPU": 1} if has_gpu_workers(client) else None
     if client is None and device == "cuda":
@@ -1342,7 +1334,6 @@ def block_tasks(job: BlockJob, layouts: dict, done: np.ndarray, pass1: np.ndarra
 def _block_passes(run: _Prepared, job: BlockJob, done, pass1, client, progress: bool) -> tuple[list, int, dict]:
     """Run both passes over the blocks still to do; returns ``(pass-1 stats, blocks whose pass 1
     was reused, {pass: retried block ids})``."""
-    from ..runtime.cluster import run_task
 
     retried: dict[str, list[int]] = {}
     if not run.plan.todo:
@@ -1370,7 +1361,6 @@ def _block_passes(run: _Prepared, job: BlockJob, done, pass1, client, progress: 
 def _finish_store(out_path: str, keep: Sequence[str], levels: int | None, client) -> None:
     """The reduce: drop the scratch, build every channel's pyramid (part of the output: a rerun
     after an interruption here rebuilds it), mark the store complete."""
-    from ..io.pyramid import finish_volume
 
     _drop_partials(out_path)
     for c in keep:
@@ -1383,7 +1373,6 @@ def check_scratch_space(out_path: str, scratch_bytes: int, store_bytes: int) -> 
     the run's scratch (partial sums and held values, uncompressed, deleted at the end); warn when
     it could not also hold the output uncompressed (its compressed size is not known before).
     Object storage is not checked."""
-    from ..io.storage import free_space
 
     space = free_space(out_path) if scratch_bytes else None
     if space is None:
@@ -1396,7 +1385,6 @@ def check_scratch_space(out_path: str, scratch_bytes: int, store_bytes: int) -> 
             f"values blocks exchange, uncompressed, deleted at the end); {parent} has {free / gib:.1f} GiB free"
         )
     if free < scratch_bytes + store_bytes:
-        from ..errors import warn
 
         warn(f"{parent} has {free / gib:.1f} GiB free: enough for predict's {scratch_bytes / gib:.1f} GiB of scratch, not for "
              f"the output uncompressed ({store_bytes / gib:.1f} GiB); compression decides whether it fits")  # fmt: skip
