@@ -19,6 +19,7 @@ Example (``configs/demo.yaml``)::
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from typing import Any, Literal, Optional
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,6 +28,7 @@ from ..checkpoints import SHIPPED_CHECKPOINTS
 from ..configfile import load_yaml
 from ..errors import BlocksegError, describe_validation_error
 from ..options import Shape, VoxelSize
+from ..segment.decoders import DECODERS, PRESETS, check_param
 from ..options import Strict as _Strict
 from ..io.storage import has_scheme
 from ..evaluate.options import RUN_CENTROID_POINTS, EvaluateOptions
@@ -129,7 +131,6 @@ class SegmentConfig(SegmentOptions):
     @field_validator("preset")
     @classmethod
     def _preset(cls, v):
-        from ..segment.decoders import PRESETS
 
         if v is not None and v not in PRESETS:
             raise ValueError(f"must be one of {sorted(PRESETS)}, got {v!r}")
@@ -137,14 +138,12 @@ class SegmentConfig(SegmentOptions):
 
     @model_validator(mode="after")
     def _decoder_params(self):
-        from ..segment.decoders import DECODERS, PRESETS, check_param
 
         if self.decoder is None:  # the checkpoint's decoder: its preset and parameters are checked with it (runcheck)
             return self
         cls = DECODERS[self.decoder]
         if self.preset is not None and self.decoder not in PRESETS[self.preset]:
             raise ValueError(f"preset: {self.preset} has no {self.decoder} decoder (it has {sorted(PRESETS[self.preset])})")
-        from dataclasses import fields
 
         known = [f.name for f in fields(cls)]
         for name, value in self.params.items():

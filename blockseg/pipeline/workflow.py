@@ -22,6 +22,7 @@ half-written output is never taken for a finished one.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
+import yaml
+import zarr
 
 from ..checkpoints import SHIPPED_CHECKPOINTS
 from ..evaluate.options import EvaluateOptions
@@ -38,6 +41,16 @@ from .layout import RunLayout, checkpoint_path, is_zarr, segment_decoder
 from ..errors import BlocksegError
 from ..io.storage import has_scheme
 from ..io.tables import read_table
+from ..io.predictions import DONE_ARRAY
+from ..io.safety import check_not_input, output_lock
+from ..io.volume import import_volume, open_volume, register_label
+from ..segment.params import store_decoder
+from .._version import __version__
+
+# The stages themselves (predict: torch; segment, synth: numba; evaluate and its report:
+# matplotlib), the cluster and progress modules are imported inside the functions that run them, so
+# that reading a run directory (`blockseg info`, the run checks) stays light; `dask_client` is
+# looked up at call time, where tests replace it.
 from ..provenance import PeakMemory, file_digest, fingerprint, now, write_json_atomic
 
 RUN_MARKER = "run.json"
@@ -108,7 +121,6 @@ def fingerprints(cfg: RunConfig, layout: RunLayout) -> dict[str, str]:
 
 
 def _read_record(layout: RunLayout, stage: str) -> dict | None:
-    import json
 
     path = layout.stage_record(stage)
     if not os.path.exists(path):
@@ -166,7 +178,6 @@ def plan(
 
 # ------------------------------------------------------------------------------ stages
 def _stage_data(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict:
-    from ..io.volume import import_volume, open_volume
 
     d = cfg.data
     if d.synth is not None:
@@ -227,9 +238,7 @@ def _stage_predict(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
 
 def _has_done_markers(predictions: str) -> bool:
     """Whether a prediction store has predict's per-block done-markers."""
-    import zarr
 
-    from ..io.predictions import DONE_ARRAY
 
     try:
         zarr.open_array(f"{predictions.rstrip('/')}/{DONE_ARRAY}", mode="r")
@@ -240,7 +249,6 @@ def _has_done_markers(predictions: str) -> bool:
 
 def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> dict:
     from ..segment import segment
-    from ..segment.params import store_decoder
 
     s = cfg.segment
     # the store's copy of the checkpoint's recommendation: its sizes are in this image's voxels
@@ -254,7 +262,6 @@ def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
     choice = segment_decoder(cfg, stored=stored)
     under_image = layout.labels.startswith(layout.image.rstrip("/") + "/labels/")
     if under_image:
-        import zarr
 
         zarr.open_group(os.path.dirname(layout.labels), mode="a")  # IMAGE/labels
     report = segment(
@@ -263,7 +270,6 @@ def _stage_segment(cfg: RunConfig, layout: RunLayout, client, resume: bool) -> d
         progress=True,
     )  # fmt: skip
     if under_image:
-        from ..io.volume import register_label
 
         register_label(layout.image, os.path.basename(layout.labels))
     # its "decoder": name, parameters and where each came from
@@ -319,7 +325,6 @@ def run_inputs(cfg: RunConfig) -> list[str]:
 
 def _check_run_dir(cfg: RunConfig, layout: RunLayout) -> None:
     """Refuse a run_dir that may not be used (creates nothing)."""
-    from ..io.safety import check_not_input
 
     root = layout.root
     marker = os.path.join(root, RUN_MARKER)
@@ -351,11 +356,8 @@ def _claim_run_dir(cfg: RunConfig, layout: RunLayout, overwrite: bool) -> None:
 
 
 def _write_provenance(cfg: RunConfig, layout: RunLayout, history: list[dict]) -> None:
-    import json
 
-    import yaml
 
-    from .._version import __version__
 
     marker = os.path.join(layout.root, RUN_MARKER)
     previous = []
@@ -431,7 +433,6 @@ def run(
     # network does not predict, a geometry that does not fit the data's shape and chunks, ...
     _, choice = check_config(cfg)
     _check_run_dir(cfg, layout)
-    from ..io.safety import output_lock
 
     work = overwrite or any(a not in ("skip", "disabled") for a in plan(cfg, from_stage, only).values())
     with contextlib.ExitStack() as stack:
