@@ -205,6 +205,31 @@ def _seed_positions(fixed, count):
     return out
 
 
+def _place_shell(shell, shape, lab, lev, dist, fixed) -> np.ndarray:
+    """Write the shell's reached face voxels into the padded arrays as fixed sources; their flat
+    indices ordered by key (level, dist), the order the flood takes them in."""
+    s_lab, s_lev, s_dist = shell
+    want = tuple(s + 2 for s in shape)
+    if s_lab.shape != want or s_lev.shape != want or s_dist.shape != want:
+        raise ValueError(f"shell arrays must have shape {want}")
+    ring = np.zeros(want, dtype=bool)
+    for ax in range(3):
+        for side in (0, -1):
+            idx = [slice(1, -1)] * 3
+            idx[ax] = side
+            ring[tuple(idx)] = True
+    ring &= (s_lab != 0) & (s_lev < UNREACHED)
+    if not ring.any():
+        return np.zeros(0, dtype=np.int64)
+    inner = (slice(1, -1),) * 3
+    lab[inner][ring] = s_lab[ring]
+    lev[inner][ring] = s_lev[ring]
+    dist[inner][ring] = s_dist[ring]
+    fixed[inner][ring] = 1
+    src = np.ravel_multi_index(tuple(i + 1 for i in np.nonzero(ring)), lab.shape)
+    return src[np.lexsort((dist.ravel()[src], lev.ravel()[src]))]
+
+
 def keyed_flood(
     height: np.ndarray,
     seeds: np.ndarray,
@@ -263,27 +288,7 @@ def keyed_flood(
     )  # fmt: skip
     if n_seeds < 0:
         raise ValueError(f"seed label {wall} is reserved (the largest {seeds.dtype} value)")
-    src = np.zeros(0, dtype=np.int64)
-    if shell is not None:
-        s_lab, s_lev, s_dist = shell
-        want = tuple(s + 2 for s in shape)
-        if s_lab.shape != want or s_lev.shape != want or s_dist.shape != want:
-            raise ValueError(f"shell arrays must have shape {want}")
-        ring = np.zeros(want, dtype=bool)
-        for ax in range(3):
-            for side in (0, -1):
-                idx = [slice(1, -1)] * 3
-                idx[ax] = side
-                ring[tuple(idx)] = True
-        ring &= (s_lab != 0) & (s_lev < UNREACHED)
-        if ring.any():
-            inner = (slice(1, -1),) * 3
-            lab[inner][ring] = s_lab[ring]
-            lev[inner][ring] = s_lev[ring]
-            dist[inner][ring] = s_dist[ring]
-            fixed[inner][ring] = 1
-            src = np.ravel_multi_index(tuple(i + 1 for i in np.nonzero(ring)), pshape)
-            src = src[np.lexsort((dist.ravel()[src], lev.ravel()[src]))]
+    src = np.zeros(0, dtype=np.int64) if shell is None else _place_shell(shell, shape, lab, lev, dist, fixed)
     # the seeds' flat indices in the padded arrays, in raster order (the shell lies outside)
     seed_idx = _seed_positions(fixed, n_seeds) if n_seeds else np.zeros(0, np.int64)
     n = hp.size
