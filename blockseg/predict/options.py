@@ -36,6 +36,7 @@ from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import BlocksegError
 from ..options import Block, Strict, WholeNumber, validate
 from ..zyx import zyx
+from .resample import parse_diameter
 
 __all__ = ["CLI_DIAMETER", "DEFAULT_OVERLAP", "PredictOptions", "predict_options"]
 
@@ -91,8 +92,6 @@ def _diameter(v):
     """``auto``, ``off`` or a size with its unit (:func:`blockseg.predict.resample.parse_diameter`)."""
     if v is None or (isinstance(v, str) and v.strip().lower() in ("auto", "off")):
         return v
-    from .resample import parse_diameter  # numpy only; its one-line message, without the flag
-
     try:
         parse_diameter(v)
     except BlocksegError as e:
