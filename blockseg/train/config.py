@@ -69,7 +69,8 @@ class DataConfig(_Strict):
 
     Each entry of ``train`` is an image volume (OME-Zarr) with instance labels under
     ``PATH/<labels>`` and, when it exists, a valid-region mask under ``PATH/<mask>``: crops are
-    then centred on valid voxels.
+    then centred on valid voxels; and, when it exists, an ignore array under ``PATH/<ignore>``:
+    its voxels > 0 are left out of the training loss (partially labelled volumes).
     """
 
     train: list[str] = Field(min_length=1)
@@ -79,6 +80,10 @@ class DataConfig(_Strict):
     validation: Optional[str | ValidationConfig | list[str | ValidationConfig]] = None
     labels: str = "labels/nuclei"
     mask: Optional[str] = "labels/valid"
+    #: sub-path of an optional ignore array per training volume (e.g. unlabelled nuclei of a
+    #: partially labelled volume): voxels > 0 contribute nothing to any loss term; volumes
+    #: without one (or with an all-zero one) train exactly as before. None: never read
+    ignore: Optional[str] = "labels/ignore"
     #: a crop with a smaller foreground fraction is redrawn (up to 10 times)
     min_foreground: float = Field(0.0, ge=0.0, le=1.0)
     #: smallest context (voxels per side) read around a crop for its targets; the targets'

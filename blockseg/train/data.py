@@ -12,6 +12,11 @@ A crop is drawn as follows:
 4. compute the targets on the augmented labels, then drop the context;
 5. scale / shift the normalised intensities.
 
+A training volume may carry an *ignore* array (``labels/ignore`` by default, e.g. unlabelled
+nuclei of a partially labelled volume): it goes through the same geometric (and elastic)
+transform as the labels, and the crop's ``loss_mask`` target is 1 where the loss counts and 0
+where the ignore array is > 0. When no training volume has one, crops have no ``loss_mask``.
+
 Targets are computed after augmentation, so contours, distances and centre vectors are those
 of the augmented nuclei.
 """
@@ -145,8 +150,13 @@ def elastic_apply(image: np.ndarray, labels: np.ndarray, field: np.ndarray) -> t
     """Warp: ``out(x) = in(x + u(x))``; linear for the image, nearest for labels."""
     coords = np.indices(labels.shape, dtype=np.float32) + field
     img = ndi.map_coordinates(image, coords, order=1, mode="mirror").astype(image.dtype)
-    lab = ndi.map_coordinates(labels, coords, order=0, mode="mirror").astype(labels.dtype)
-    return img, lab
+    return img, elastic_nearest(labels, field)
+
+
+def elastic_nearest(labels: np.ndarray, field: np.ndarray) -> np.ndarray:
+    """The warp of :func:`elastic_apply` with nearest interpolation (labels, masks)."""
+    coords = np.indices(labels.shape, dtype=np.float32) + field
+    return ndi.map_coordinates(labels, coords, order=0, mode="mirror").astype(labels.dtype)
 
 
 def elastic_points(points: np.ndarray, field: np.ndarray, iterations: int = 4) -> np.ndarray:
@@ -212,6 +222,9 @@ class CropSampler:
     augment : AugmentConfig
     labels, mask : str
         Sub-paths of labels and mask.
+    ignore : str, optional
+        Sub-path of a volume's ignore array (voxels > 0 are left out of the loss: the crops get a
+        ``loss_mask`` target, 0 there); volumes without one count everywhere.
     target_context : int
         Smallest context (voxels per side) read around the crop for the target computation.
     min_foreground : float
@@ -242,6 +255,7 @@ class CropSampler:
         target_params: dict | None = None,
         exclude: dict | None = None,
         cache_mb: float = 1024,
+        ignore: str | None = "labels/ignore",
     ):
 
         self.representations = tuple(representations)
@@ -278,9 +292,12 @@ class CropSampler:
             halo = target_halo(self.representations, img.voxel_size, **self.target_params)
             self.contexts.append(np.maximum(np.array(halo), int(target_context)))
         self.voxel_sizes = [tuple(v.voxel_size) for v in self.images]
+        #: per volume, its ignore array (a Volume) or None; crops get ``loss_mask`` when any has one
+        self.ignores = [self._ignore_volume(p, ignore, img.shape) for p, img in zip(paths, self.images)]
+        self.has_ignore = any(v is not None for v in self.ignores)
         #: kept for callers that read it: the smallest context asked for
         self.context = int(target_context)
-        need = sum(int(np.prod(v.shape)) for v in self.views) * (len(self.channels) + 1) * 4 * 16
+        need = sum(int(np.prod(v.shape)) for v in self.views) * (len(self.channels) + 1 + self.has_ignore) * 4 * 16
         #: targets of whole views are cached per (view, transform)
         self.cache_targets = bool(cache_mb > 0 and need <= cache_mb * 2**20)
         self._cache: dict = {}
@@ -289,6 +306,33 @@ class CropSampler:
         """Largest source shape a crop may need (the patch, or its in-plane transpose)."""
         z, y, x = self.patch
         return (z, max(y, x), max(y, x)) if (y == x and (self.augment.transpose or self.augment.rot90)) else (z, y, x)
+
+    @staticmethod
+    def _ignore_volume(path, ignore, shape):
+        """The ignore array of a training volume, or None when it has none."""
+        if not ignore:
+            return None
+        ipath = f"{str(path).rstrip('/')}/{ignore}"
+        try:
+            vol = open_volume(ipath)
+        except BlocksegError:
+            return None
+        if tuple(vol.shape) != tuple(shape):
+            raise BlocksegError(f"ignore array {ipath} has shape {tuple(vol.shape)}, the image {tuple(shape)}")
+        return vol
+
+    def _keep(self, k: int, sl: tuple, geo: Geometric, shape, pad=None, field=None) -> np.ndarray:
+        """``loss_mask`` (float32 0/1) of the read ``sl`` of volume ``k``, transformed like its
+        labels (edge padding ``pad``, elastic ``field``) to the transformed labels' ``shape``."""
+        if self.ignores[k] is None:
+            return np.ones(shape, np.float32)
+        ign = (np.asarray(self.ignores[k].array[sl]) > 0).astype(np.uint8)
+        if pad is not None:
+            ign = np.pad(ign, pad, mode="edge")
+        ign = geo.apply(ign)
+        if field is not None:
+            ign = elastic_nearest(ign, field)
+        return (ign == 0).astype(np.float32)
 
     def _valid_centres(self, path, mask, shape) -> np.ndarray | None:
         """Coarse list of voxels inside the mask (stride 4), or None for "anywhere"."""
@@ -361,17 +405,12 @@ class CropSampler:
         o = np.asarray(o)
         vlo, vhi = np.array(view.lo), np.array(view.hi)
         if elastic_rng is None and self.cache_targets:
-            if (view, geo) not in self._cache:
-                self._cache[(view, geo)] = self._view_targets(view, geo)
-            whole = self._cache[(view, geo)]
-            core = core_in_transformed(geo, o - vlo, src, view.shape)
-            core_sl = tuple(slice(int(a), int(a + s)) for a, s in zip(o, src))
-            img = geo.apply(np.asarray(self.images[k].array[core_sl]))
-            return self._normalise(k, img), {c: np.ascontiguousarray(whole[c][core]) for c in whole}
+            return self._cached_crop(view, geo, o, src)
         lo = np.maximum(o - ctx, vlo)
         hi = np.minimum(o + src + ctx, vhi)
         sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         lab = np.asarray(self.labels[k].array[sl])
+        pad, field = None, None
         vs = self.voxel_sizes[k]
         vs = (vs[0], vs[2], vs[1]) if geo.transpose else vs
         if elastic_rng is None:
@@ -385,6 +424,8 @@ class CropSampler:
             if any(p != (0, 0) for p in pad):
                 img = np.pad(img, pad, mode="reflect" if all(s > max(p) for s, p in zip(img.shape, pad)) else "edge")
                 lab = np.pad(lab, pad, mode="edge")  # no false boundary at the face
+            else:
+                pad = None
             start = o - ctx
             pts_shape = lab.shape
         centres = None
@@ -413,7 +454,19 @@ class CropSampler:
             img = img[core]
         targets = {c: np.ascontiguousarray(targets[c][core], dtype=np.float32) for c in self.channels}
         targets["labels_fg"] = (lab[core] != 0).astype(np.float32)
+        if self.has_ignore:
+            targets["loss_mask"] = np.ascontiguousarray(self._keep(k, sl, geo, lab.shape, pad, field)[core])
         return self._normalise(k, img), targets
+
+    def _cached_crop(self, view: View, geo: Geometric, o: np.ndarray, src: np.ndarray):
+        """:meth:`crop` without elastic deformation, its targets sliced from the cached whole view's."""
+        if (view, geo) not in self._cache:
+            self._cache[(view, geo)] = self._view_targets(view, geo)
+        whole = self._cache[(view, geo)]
+        core = core_in_transformed(geo, o - np.array(view.lo), src, view.shape)
+        core_sl = tuple(slice(int(a), int(a + s)) for a, s in zip(o, src))
+        img = geo.apply(np.asarray(self.images[view.k].array[core_sl]))
+        return self._normalise(view.k, img), {c: np.ascontiguousarray(whole[c][core]) for c in whole}
 
     def _view_targets(self, view: View, geo: Geometric) -> dict[str, np.ndarray]:
         """Targets (and ``labels_fg``) of a whole view under ``geo``, for the cache."""
@@ -433,6 +486,8 @@ class CropSampler:
         t = compute_targets(lab, self.representations, vs, centres, **self.target_params)
         out = {c: np.ascontiguousarray(t[c], dtype=np.float32) for c in self.channels}
         out["labels_fg"] = (lab != 0).astype(np.float32)
+        if self.has_ignore:
+            out["loss_mask"] = self._keep(k, tuple(slice(a, b) for a, b in zip(view.lo, view.hi)), geo, lab.shape)
         return out
 
     def batch(self, rng: np.random.Generator, n: int):

@@ -435,8 +435,8 @@ def resample_training_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
     """``cfg`` with every training volume (and a validation volume) at ``cfg.data.voxel_size``.
 
     A volume whose voxel size differs from it by more than 1 % on some axis is resampled on
-    predict's lattice (:func:`blockseg.predict.resample.resample_array`: image linear, labels and mask
-    nearest) into ``folder/<k>.zarr`` with the same label layout; the others are used as they
+    predict's lattice (:func:`blockseg.predict.resample.resample_array`: image linear; labels, mask
+    and ignore array nearest) into ``folder/<k>.zarr`` with the same label layout; the others are used as they
     are. A validation region of a resampled volume is scaled with it (a fraction needs
     nothing). Training volumes are read whole (they are crops), so this is done in memory.
     """
@@ -465,7 +465,7 @@ def resample_training_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
         log.info("resampling %s %s at %s µm to %s at %s µm", path, img.shape, tuple(round(float(v), 4) for v in vs), shape,
                  tuple(float(v) for v in target))  # fmt: skip
         create_volume(dst, shape, img.dtype, tuple(target), overwrite=True).array[...] = resample_array(img.array[...], shape)
-        for name in (cfg.data.labels, cfg.data.mask):
+        for name in (cfg.data.labels, cfg.data.mask, cfg.data.ignore):
             if not name:
                 continue
             try:
@@ -761,7 +761,7 @@ def _set_up(cfg: TrainConfig, out: Path, voxel_size: tuple, resume: bool) -> _Ru
     sampler = CropSampler(
         cfg.data.train, cfg.model.representations, cfg.patch, affines, cfg.augment, cfg.data.labels,
         cfg.data.mask, cfg.data.target_context, cfg.data.min_foreground, cfg.targets, exclude,
-        cfg.data.cache_targets_mb,
+        cfg.data.cache_targets_mb, ignore=cfg.data.ignore,
     )  # fmt: skip
     # channels-last 3D is several times faster for 3D convolutions on CPU (oneDNN)
     fmt = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format

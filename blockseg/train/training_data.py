@@ -2,9 +2,11 @@
 
 ``import_pair(IMAGE, LABELS, OUT.zarr)`` writes the image at ``OUT.zarr`` and the labels as an
 NGFF label image ``OUT.zarr/labels/<name>`` (``image-label`` metadata, listed in
-``OUT.zarr/labels``), through :mod:`blockseg.io.safety` (the output is never an input, an
-existing output is replaced only with ``overwrite`` and only when blockseg wrote it; the new
-volume is written beside it and swapped in). Missing parent folders of ``OUT`` are created.
+``OUT.zarr/labels``) and, with ``ignore=``, an ignore mask as ``OUT.zarr/labels/ignore`` (voxels
+> 0 are left out of the training loss: the unlabelled nuclei of a partially labelled volume),
+through :mod:`blockseg.io.safety` (the output is never an input, an existing output is replaced
+only with ``overwrite`` and only when blockseg wrote it; the new volume is written beside it and
+swapped in). Missing parent folders of ``OUT`` are created.
 ``blockseg train`` reads such a volume directly (``data.train: [OUT.zarr]``).
 """
 
@@ -41,8 +43,9 @@ def import_pair(
     chunks: Sequence[int] | None = None,
     overwrite: bool = False,
     pyramid_levels: int | None = 1,
+    ignore: str | None = None,
 ):
-    """Write ``image`` and its instance ``labels`` as one OME-Zarr training volume.
+    """Write ``image`` and its instance ``labels`` (and an ignore mask) as one OME-Zarr training volume.
 
     Parameters
     ----------
@@ -63,6 +66,10 @@ def import_pair(
         Replace an existing output written by blockseg.
     pyramid_levels : int, optional
         Pyramid levels of both (default 1: training reads level 0 only).
+    ignore : str, optional
+        An ignore mask of the image's shape (any format the labels may have), written to
+        ``out/labels/ignore`` (the default ``data.ignore`` of a training config): its voxels > 0
+        contribute nothing to the training loss.
 
     Returns
     -------
@@ -84,8 +91,10 @@ def import_pair(
         raise BlocksegError(
             f"labels {labels} have voxel size {tuple(lab.voxel_size)} µm, the image {tuple(src.voxel_size)} µm"
         )
+    _check_ignore(ignore, name, src.shape)
     make_parent(str(out))
-    output = prepare_output(str(out), [split_selection(image)[0], split_selection(labels)[0]], overwrite)
+    sources = [split_selection(p)[0] for p in (image, labels, ignore) if p]
+    output = prepare_output(str(out), sources, overwrite)
     with output.writing() as target:
         import_volume(image, target, voxel_size=src.voxel_size, key=key, chunks=chunks, pyramid_levels=pyramid_levels)
         zarr.open_group(f"{target}/labels", mode="a")
@@ -93,7 +102,24 @@ def import_pair(
         import_volume(labels, f"{target}/labels/{name}", voxel_size=src.voxel_size, key=labels_key, chunks=chunks,
                       dtype=dtype, labels=True, pyramid_levels=pyramid_levels)  # fmt: skip
         register_label(target, name)
+        if ignore:
+            import_volume(ignore, f"{target}/labels/ignore", voxel_size=src.voxel_size, chunks=chunks, labels=True,
+                          pyramid_levels=pyramid_levels)  # fmt: skip
+            register_label(target, "ignore")
     return open_volume(str(out)), open_volume(f"{str(out).rstrip('/')}/labels/{name}")
+
+
+def _check_ignore(ignore: str | None, name: str, shape) -> None:
+    """Refuse an ignore mask of another shape, or a label image that would share its name."""
+    if not ignore:
+        return
+    if name == "ignore":
+        raise BlocksegError("the label image cannot be named 'ignore' when an ignore mask is given (it goes to labels/ignore)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BlocksegWarning)
+        ign = open_volume(ignore)
+    if tuple(ign.shape) != tuple(shape):
+        raise BlocksegError(f"ignore mask {ignore} has shape {tuple(ign.shape)}, the image {tuple(shape)}")
 
 
 def import_label_into(source: str, dest: str, **kwargs):

@@ -35,6 +35,8 @@ def register(sub) -> None:
                    "image-label metadata; OUT may be IMAGE.zarr/labels/NAME of an existing image, whose labels "
                    "group is created); with FILE: the labels of the image source, written to OUT/labels/NAME")
     p.add_argument("--label-name", default="nuclei", help="NAME of the label image of a training pair")
+    p.add_argument("--ignore", metavar="FILE", help="with a training pair: an ignore mask (e.g. unlabelled nuclei of a "
+                   "partially labelled volume), written to OUT/labels/ignore; its voxels > 0 are left out of the training loss")
     p.add_argument("--labels-key", help="array inside an npz / dataset inside an h5 holding the labels")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     add_pyramid_option(p)
@@ -60,13 +62,15 @@ def run(args: argparse.Namespace) -> int:
     elif len(paths) > 2:
         raise BlocksegError(f"import: expected SOURCE [LABELS] OUT, got {len(paths) + 1} paths")
     out = paths[0]
+    if args.ignore and labels_file is None:
+        raise BlocksegError("import: --ignore goes with a training pair (IMAGE LABELS OUT)")
     if labels_file is not None:
         from blockseg.train.training_data import import_pair
 
         img, lab = import_pair(
             source, labels_file, out, name=args.label_name, voxel_size=zyx(args.voxel_size, "--voxel-size", float),
             key=args.key, labels_key=args.labels_key, chunks=zyx(args.chunks, "--chunks"), overwrite=args.overwrite,
-            pyramid_levels=pyramid_levels(args) or 1,
+            pyramid_levels=pyramid_levels(args) or 1, ignore=args.ignore,
         )  # fmt: skip
         print(f"wrote {img!r} with labels {lab!r}")
         return 0

@@ -304,6 +304,11 @@ def test_import_image_and_labels_in_one_go(tmp_path, capsys):
     np.save(tmp_path / "lab.npy", lab)
     assert _main([str(tmp_path / "lab.npy"), f"{out2}/labels/more", "--labels"]) == 0
     assert "more" in json.loads((out2 / "labels" / "zarr.json").read_text())["attributes"]["ome"]["labels"]
+    # an ignore mask with the pair (partially labelled volume): OUT/labels/ignore
+    np.save(tmp_path / "ign.npy", (lab == 0).astype(np.uint8))
+    out3 = tmp_path / "t3.zarr"
+    assert _main([src, "--key", "image", src, str(out3), "--labels-key", "labels", "--ignore", str(tmp_path / "ign.npy")]) == 0
+    np.testing.assert_array_equal(open_volume(f"{out3}/labels/ignore").array[...], lab == 0)
     # shapes that differ: one line, exit 2, nothing written
     np.save(tmp_path / "small.npy", lab[:3])
     capsys.readouterr()
