@@ -21,6 +21,7 @@ The definitions and the proofs (uniqueness, the kernel's pop order, the fixed po
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -324,6 +325,29 @@ def _ring_index(shape: tuple[int, int, int]) -> np.ndarray:
     return np.flatnonzero(_ring(shape))
 
 
+def shell_positions(shape: Sequence[int]) -> np.ndarray:
+    """Flat indices, in a box of ``shape + 2`` (C order), of the shell of a region of ``shape``:
+    its six face layers, ascending. The order of a shell given as 1-D arrays to :func:`keyed_update`.
+
+    Examples
+    --------
+    >>> shell_positions((1, 1, 1)).size  # 27 voxels of the 3x3x3 box minus the centre
+    26
+    """
+    return _ring_index(tuple(int(n) for n in shape))
+
+
+def _ring_values(shell, want: tuple, ring: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The shell's (labels, level, dist) at the ring positions, from region-sized arrays of shape
+    ``want`` or from 1-D arrays already in ring order."""
+    s_lab, s_lev, s_dist = (np.asarray(a) for a in shell)
+    if s_lab.ndim == 1 and s_lab.shape == s_lev.shape == s_dist.shape == ring.shape:
+        return s_lab, s_lev, s_dist
+    if s_lab.shape != want or s_lev.shape != want or s_dist.shape != want:
+        raise ValueError(f"shell arrays must have shape {want} (or be 1-D, one value per shell position)")
+    return s_lab.ravel()[ring], s_lev.ravel()[ring], s_dist.ravel()[ring]
+
+
 def keyed_update(state, shell, with_labels: bool = True, return_shell: bool = False):
     """:func:`keyed_flood` of a region whose shell values changed, from its previous solution.
 
@@ -338,6 +362,9 @@ def keyed_update(state, shell, with_labels: bool = True, return_shell: bool = Fa
     unique solution with the new shell, the same as a fresh flood (``tests/segment/test_exact.py``
     checks it). A shell key that *increased* violates the premise and raises RuntimeError.
     Only the shell positions of ``shell`` are read (elsewhere its arrays may hold anything).
+    ``shell`` may also be given as those positions alone: three 1-D arrays in the order of
+    :func:`shell_positions` (what a caller that assembles shells from face pieces builds,
+    without allocating three region-sized arrays).
 
     Returns ``(labels, level, dist, state, changed)``: ``labels`` is the core's labels (None
     without ``with_labels``: reading them touches the whole state), ``level`` and ``dist``
@@ -351,15 +378,12 @@ def keyed_update(state, shell, with_labels: bool = True, return_shell: bool = Fa
     pshape = lab.shape
     shape = tuple(n - 4 for n in pshape)
     wall = lab.dtype.type(np.iinfo(lab.dtype).max)
-    s_lab, s_lev, s_dist = (np.asarray(a) for a in shell)
     want = tuple(n + 2 for n in shape)
-    if s_lab.shape != want or s_lev.shape != want or s_dist.shape != want:
-        raise ValueError(f"shell arrays must have shape {want}")
     ring = _ring_index(shape)  # positions in the (shape + 2) box; in the padded state: + offset
+    nl, nv, nd = _ring_values(shell, want, ring)
     z, r = np.divmod(ring, want[1] * want[2])
     y, x = np.divmod(r, want[2])
     pidx = ((z + 1) * pshape[1] + (y + 1)) * pshape[2] + (x + 1)
-    nl, nv, nd = s_lab.ravel()[ring], s_lev.ravel()[ring], s_dist.ravel()[ring]
     fl, fv, fd = lab.reshape(-1), lev.reshape(-1), dist.reshape(-1)
     ol, ov, od = fl[pidx], fv[pidx], fd[pidx]
     new = (nl != 0) & (nv < UNREACHED)

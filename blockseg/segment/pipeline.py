@@ -350,11 +350,14 @@ def _remove_older(folder: str, than: int) -> None:
 
 def _read_shell(job: _Job, grid: BlockGrid, block_id: int, outer, dtype, pieces_of: Callable[[int], dict | None]):
     """Shell values of ``block_id``'s region from the latest pieces its neighbours published
-    (``pieces_of(c)``: block ``c``'s pieces, None before its first run)."""
+    (``pieces_of(c)``: block ``c``'s pieces, None before its first run), as 1-D arrays in the
+    order of :func:`.exact.shell_positions`: only the shell is allocated, not three arrays the
+    size of the region (which cost about 0.2 s per 256³ block, issue 29 goal 5)."""
     pshape = tuple(s.stop - s.start + 2 for s in outer)
-    lab = np.zeros(pshape, dtype=dtype)
-    lev = np.full(pshape, UNREACHED, dtype=np.uint16)
-    dist = np.zeros(pshape, dtype=np.uint32)
+    ring = shell_positions(tuple(n - 2 for n in pshape))
+    lab = np.zeros(ring.size, dtype=dtype)
+    lev = np.full(ring.size, UNREACHED, dtype=np.uint16)
+    dist = np.zeros(ring.size, dtype=np.uint32)
     origin = tuple(s.start - 1 for s in outer)
     for face, slab in _shell_slabs(outer, job.shape):
         name = f"{block_id}_{face}"
@@ -366,9 +369,15 @@ def _read_shell(job: _Job, grid: BlockGrid, block_id: int, outer, dtype, pieces_
             if piece is None:
                 continue  # nothing reached on that piece
             inter = _intersect(slab, grid[c].core)
-            loc = tuple(slice(i.start - o, i.stop - o) for i, o in zip(inter, origin))
-            lab[loc], lev[loc], dist[loc] = piece
+            at = np.searchsorted(ring, _box_positions(inter, origin, pshape))
+            lab[at], lev[at], dist[at] = (np.asarray(a).ravel() for a in piece)
     return lab, lev, dist
+
+
+def _box_positions(box: Sequence[slice], origin: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Flat indices (C order) of the voxels of ``box`` in an array of ``shape`` placed at ``origin``."""
+    z, y, x = (np.arange(b.start - o, b.stop - o) for b, o in zip(box, origin))
+    return ((z[:, None, None] * shape[1] + y[None, :, None]) * shape[2] + x[None, None, :]).ravel()
 
 
 _STATE_KEYS = "lvdhf"  # labels, level, dist, height, fixed: the padded solution of a region

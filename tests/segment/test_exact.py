@@ -208,7 +208,7 @@ def test_halo_zero_and_larger_than_the_volume(tmp_path, halo):
 def test_incremental_update_equals_a_fresh_flood():
     """keyed_update (later exchange rounds) from the previous solution == keyed_flood with the
     new shell, for shells whose keys decrease (unreached -> an upper bound -> the true value)."""
-    from blockseg.segment.exact import keyed_update
+    from blockseg.segment.exact import keyed_update, shell_positions
 
     rng = np.random.default_rng(3)
     for _ in range(80):
@@ -240,7 +240,14 @@ def test_incremental_update_equals_a_fresh_flood():
                 assert np.array_equal(a, b)
         assert np.array_equal(got[0], lab[box])
         # an older state (any earlier shell) is as good a start: round 1's, straight to the truth
+        first_copy = tuple(a.copy() for a in first)
         *again, _, moved = keyed_update(first, shell)
         for a, b in zip(again, got):
             assert np.array_equal(a, b)
         assert moved.dtype == np.int64 and np.unique(moved).size == moved.size
+        # the same shell given as its positions alone (1-D, shell_positions order): same update
+        positions = shell_positions(tuple(b - a for a, b in zip(lo, hi)))
+        *sparse, _, moved_sparse = keyed_update(first_copy, tuple(a.ravel()[positions] for a in shell))
+        for a, b in zip(sparse, got):
+            assert np.array_equal(a, b)
+        assert np.array_equal(moved_sparse, moved)
