@@ -376,12 +376,13 @@ def _ring_index(shape: tuple[int, int, int]) -> np.ndarray:
 
 def shell_positions(shape: Sequence[int]) -> np.ndarray:
     """Flat indices, in a box of ``shape + 2`` (C order), of the shell of a region of ``shape``:
-    its six face layers, ascending. The order of a shell given as 1-D arrays to :func:`keyed_update`.
+    the voxels sharing a face with the region (its six face layers, edges and corners of the box
+    excluded), ascending. The order of a shell given as 1-D arrays to :func:`keyed_update`.
 
     Examples
     --------
-    >>> shell_positions((1, 1, 1)).size  # 27 voxels of the 3x3x3 box minus the centre
-    26
+    >>> shell_positions((1, 1, 1))  # the six face neighbours of one voxel in its 3x3x3 box
+    array([ 4, 10, 12, 14, 16, 22])
     """
     return _ring_index(tuple(int(n) for n in shape))
 
