@@ -143,7 +143,8 @@ SEGMENT_POINTS = [
     "segment.seeds:before *", "segment.seeds:between *", "segment.seeds:after *",
     "segment.state:before round=1 *", "segment.pieces:after round=1 *",
     "segment.state:after round=[2-9] *", "segment.pieces:before round=[2-9] *",
-    "segment.relabel:before *", "segment.relabel:after *", "pyramid.level:before *",
+    "segment.statistics:before *", "segment.statistics:after *",
+    "segment.relabel:before *", "segment.relabel:after *", "segment.levels:after *", "pyramid.level:before *",
 ]  # fmt: skip
 
 

@@ -8,7 +8,10 @@ sampled with a stride (every second voxel), so no label value is invented or ble
 
 Each level is one dask graph over the level below: the source is read in blocks of
 ``chunk x factor`` voxels and each task writes exactly one chunk of the new level, so no two
-tasks write one chunk. The NGFF ``multiscales`` metadata lists every level with its ``scale``
+tasks write one chunk. A stage whose block tasks hold their core's labels may write the
+leading stride levels itself where every chunk of them samples one core only
+(:func:`block_levels`, :func:`create_levels`; ``segment``'s relabel does): the same bytes,
+without reading level 0 back; the pyramid pass then builds only the levels above. The NGFF ``multiscales`` metadata lists every level with its ``scale``
 (and, for averaged levels, the ``translation`` of the coarse voxel centre), as ome-zarr-py,
 napari and neuroglancer expect.
 
@@ -19,6 +22,7 @@ than one chunk (``levels=None``); ``levels=1`` writes full resolution only.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
@@ -139,12 +143,90 @@ def level_graph(src, chunks: Sequence[int], factors: Sequence[int], method: str)
                         meta=np.empty((0, 0, 0), dtype=src.dtype))
 
 
+def level_shapes(shape: Sequence[int], chunks: Sequence[int], factors: Sequence[Sequence[int]]) -> list[tuple]:
+    """``(shape, chunks)`` of every level made by ``factors`` (level 0 excluded): each level's
+    chunks are level 0's, clipped to the level."""
+    out, shape = [], tuple(int(s) for s in shape)
+    for f in factors:
+        shape = tuple(-(-s // q) for s, q in zip(shape, f))
+        out.append((shape, tuple(min(int(c), s) for c, s in zip(chunks, shape))))
+    return out
+
+
+def block_levels(path: str, block_shape: Sequence[int], levels: int | None = None,
+                 storage_options: dict | None = None) -> list[tuple[int, int, int]]:
+    """Factors of the leading ``"stride"`` levels of the volume at ``path`` that blocks of
+    ``block_shape`` can write themselves: those whose every chunk samples level-0 voxels of one
+    block's core only (the block is a multiple of the chunk times the cumulative factor on
+    every axis it splits), so that a block's ``core[::c]`` is exactly what :func:`write_pyramid`
+    would write there.
+
+    Parameters
+    ----------
+    path : str
+        OME-Zarr image group with its level ``0`` (its shape, chunks and voxel size are read).
+    block_shape : sequence of int
+        Core shape of the stage's blocks (cores tile the volume from the origin).
+    levels : int, optional
+        Total levels including level 0, as given to :func:`write_pyramid`.
+
+    Returns
+    -------
+    list of tuple
+        The factors of levels ``1..n`` (a prefix of :func:`level_factors`; empty when none).
+    """
+    group = zarr.open_group(path, mode="r", storage_options=storage_options)
+    base = group["0"]
+    factors = level_factors(base.shape, _base_scale(group), tuple(base.chunks), levels)
+    cum, out = np.ones(3, dtype=np.int64), []
+    for f, (_, cshape) in zip(factors, level_shapes(base.shape, base.chunks, factors)):
+        cum = cum * np.asarray(f)
+        if not all(b >= n or b % (c * k) == 0 for b, n, c, k in zip(block_shape, base.shape, cshape, cum)):
+            break
+        out.append(tuple(int(q) for q in f))
+    return out
+
+
+def _base_scale(group) -> list[float]:
+    """Level 0's voxel size, from the group's NGFF metadata."""
+    ds = group.attrs["ome"]["multiscales"][0]["datasets"][0]
+    return next(t["scale"] for t in ds["coordinateTransformations"] if t["type"] == "scale")
+
+
+def _create_level(group, k: int, shape, dtype, chunks, fill_value):
+    """Level ``k``'s empty array (one definition: the pyramid pass and a stage's block tasks
+    write into identical arrays)."""
+    return group.create_array(str(k), shape=shape, dtype=dtype, chunks=chunks, fill_value=fill_value,
+                              dimension_names=("z", "y", "x"))  # fmt: skip
+
+
+def create_levels(path: str, factors: Sequence[Sequence[int]], storage_options: dict | None = None) -> None:
+    """Replace every coarser level of the volume at ``path`` by the empty levels ``factors``
+    make, for a stage's block tasks to fill (then :func:`write_pyramid` with ``written``).
+
+    Parameters
+    ----------
+    path : str
+        OME-Zarr image group with its level ``0``.
+    factors : sequence of sequence of int
+        Per-level factors, usually :func:`block_levels`'s.
+    """
+    group = zarr.open_group(path, mode="r+", storage_options=storage_options)
+    base = group["0"]
+    for name in list(group.array_keys()):
+        if name.isdigit() and name != "0":
+            del group[name]
+    for k, (shape, cshape) in enumerate(level_shapes(base.shape, base.chunks, factors), start=1):
+        _create_level(group, k, shape, base.dtype, cshape, base.fill_value)
+
+
 def write_pyramid(
     path: str,
     method: str = "mean",
     levels: int | None = None,
     client=None,
     storage_options: dict | None = None,
+    written: int = 0,
 ) -> list[tuple[int, int, int]]:
     """Build the pyramid of the blockseg OME-Zarr volume at ``path`` from its level ``0``.
 
@@ -160,44 +242,75 @@ def write_pyramid(
         Total levels including level 0 (None: automatic, see :func:`level_factors`).
     client : distributed.Client, optional
         Where the tasks run (None: dask's threaded scheduler).
+    written : int
+        Levels ``1..written`` are complete already (:func:`create_levels`, filled by the stage's
+        block tasks, :func:`block_levels`): kept; the levels above are built from them.
 
     Returns
     -------
     list of tuple
         The (z, y, x) shape of every level, level 0 first.
     """
-    import dask.array as da
-
     if method not in METHODS:
         raise BlocksegError(f"pyramid method must be one of {METHODS}, got {method!r}")
     group = zarr.open_group(path, mode="r+", storage_options=storage_options)
     ome = dict(group.attrs["ome"])
     ms = [dict(m) for m in ome["multiscales"]]
     base = group["0"]
-    scale = next(t["scale"] for t in ms[0]["datasets"][0]["coordinateTransformations"] if t["type"] == "scale")
-    chunks = tuple(base.chunks)
-    factors = level_factors(base.shape, scale, chunks, levels)
+    scale = _base_scale(group)
+    factors = level_factors(base.shape, scale, tuple(base.chunks), levels)
+    specs = level_shapes(base.shape, base.chunks, factors)
+    if written > len(factors) or any(group[str(k)].shape != specs[k - 1][0] for k in range(1, written + 1)):
+        raise BlocksegError(f"{path}: the {written} level(s) written by the blocks are not this pyramid's")
     for name in list(group.array_keys()):
-        if name.isdigit() and name != "0":
+        if name.isdigit() and int(name) > written:
             del group[name]
-    shapes = [tuple(int(s) for s in base.shape)]
-    src = base
-    for k, f in enumerate(factors, start=1):
-        shape = tuple(-(-s // q) for s, q in zip(src.shape, f))
-        cshape = tuple(min(c, s) for c, s in zip(chunks, shape))
-        dst = group.create_array(str(k), shape=shape, dtype=src.dtype, chunks=cshape,
-                                 fill_value=base.fill_value, dimension_names=("z", "y", "x"))  # fmt: skip
-        store = da.store(level_graph(src, cshape, f, method), dst, lock=False, compute=False)
-        _compute_retried(store, client)
-        shapes.append(shape)
+    src = group[str(written)]
+    for k in range(written + 1, len(factors) + 1):
+        shape, cshape = specs[k - 1]
+        dst = _create_level(group, k, shape, src.dtype, cshape, base.fill_value)
+        _compute_level(src, dst, cshape, factors[k - 1], method, client)
         src = dst
     ms[0]["datasets"] = multiscale_datasets(scale, factors, method)
     ome["multiscales"] = ms
     group.attrs["ome"] = ome
-    return shapes
+    return [tuple(int(s) for s in base.shape), *(s for s, _ in specs)]
 
 
-__all__ = ["METHODS", "downsample_block", "level_graph", "level_factors", "multiscale_datasets", "write_pyramid"]
+#: on a cluster, a level of at most this many chunks runs as plain block tasks, not a dask array
+#: graph: importing dask.array costs 1-2 s in the driver and in every worker, more than such a
+#: level (segment's 512³ pyramid: one chunk left after its relabel wrote two levels, 2026-12-07)
+SMALL_LEVEL_CHUNKS = 64
+
+
+def _compute_level(src, dst, cshape, factors, method: str, client) -> None:
+    """Write level ``dst`` from the level ``src`` below it, one task per destination chunk (the
+    same blocks, function and bytes either way)."""
+    n = math.prod(-(-s // c) for s, c in zip(dst.shape, cshape))
+    if client is not None and n <= SMALL_LEVEL_CHUNKS:
+        from ..runtime.cluster import run_blocks
+
+        # retried once, as the graph's tasks are: a rerun writes the same chunk
+        run_blocks(partial(_level_chunk, src, dst, tuple(cshape), tuple(factors), method), range(n), client=client,
+                   name="pyramid-level", progress=False, retries=1)  # fmt: skip
+        return
+    import dask.array as da
+
+    _compute_retried(da.store(level_graph(src, cshape, factors, method), dst, lock=False, compute=False), client)
+
+
+def _level_chunk(src, dst, cshape, factors, method: str, index: int) -> None:
+    """Chunk ``index`` (C order) of level ``dst``: the task :func:`level_graph` makes for it."""
+    at = np.unravel_index(index, tuple(-(-s // c) for s, c in zip(dst.shape, cshape)))
+    out = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(at, cshape, dst.shape))
+    read = tuple(slice(o.start * f, min(o.stop * f, s)) for o, f, s in zip(out, factors, src.shape))
+    dst[out] = downsample_block(src[read], factors, method)
+
+
+__all__ = [
+    "METHODS", "block_levels", "create_levels", "downsample_block", "level_graph", "level_factors", "level_shapes",
+    "multiscale_datasets", "write_pyramid",
+]  # fmt: skip
 
 
 #: label images with more instances than this get no per-label ``properties`` in their metadata
@@ -233,10 +346,12 @@ def finish_volume(
     client=None,
     storage_options: dict | None = None,
     properties: list[dict] | None = None,
+    written: int = 0,
 ) -> list[tuple[int, int, int]]:
-    """After a stage wrote level 0: build the pyramid (mean, or stride for ``labels``) and, for
-    labels, the ``image-label`` metadata. Returns every level's shape."""
-    shapes = write_pyramid(path, "stride" if labels else "mean", levels, client, storage_options)
+    """After a stage wrote level 0 (and levels ``1..written``, see :func:`write_pyramid`): build
+    the pyramid (mean, or stride for ``labels``) and, for labels, the ``image-label`` metadata.
+    Returns every level's shape."""
+    shapes = write_pyramid(path, "stride" if labels else "mean", levels, client, storage_options, written)
     if labels:
         set_image_label(path, properties, storage_options)
     return shapes
