@@ -52,7 +52,7 @@ from ..io.predictions import decode_channel, open_predictions, prediction_kind
 from ..io.pyramid import MAX_PROPERTIES, block_levels, create_levels, downsample_block, finish_volume
 from ..io.tables import write_table
 from .decoders import BCDDecoder, Decoder
-from .exact import UNREACHED, keyed_flood, keyed_update
+from .exact import UNREACHED, keyed_flood, keyed_update, shell_positions
 from .options import segment_options
 from .params import DecoderChoice, choose_decoder, store_decoder
 from .stats import instance_table, partial_stats, reduce_stats
