@@ -258,26 +258,15 @@ def _seed_positions(fixed, count):
 def _place_shell(shell, shape, lab, lev, dist, fixed) -> np.ndarray:
     """Write the shell's reached face voxels into the padded arrays as fixed sources; their flat
     indices ordered by key (level, dist), the order the flood takes them in."""
-    s_lab, s_lev, s_dist = shell
-    want = tuple(s + 2 for s in shape)
-    if s_lab.shape != want or s_lev.shape != want or s_dist.shape != want:
-        raise ValueError(f"shell arrays must have shape {want}")
-    ring = np.zeros(want, dtype=bool)
-    for ax in range(3):
-        for side in (0, -1):
-            idx = [slice(1, -1)] * 3
-            idx[ax] = side
-            ring[tuple(idx)] = True
-    ring &= (s_lab != 0) & (s_lev < UNREACHED)
-    if not ring.any():
+    ring = _ring_index(tuple(shape))
+    nl, nv, nd = _ring_values(shell, tuple(n + 2 for n in shape), ring)
+    reached = (nl != 0) & (nv < UNREACHED)
+    if not reached.any():
         return np.zeros(0, dtype=np.int64)
-    inner = (slice(1, -1),) * 3
-    lab[inner][ring] = s_lab[ring]
-    lev[inner][ring] = s_lev[ring]
-    dist[inner][ring] = s_dist[ring]
-    fixed[inner][ring] = 1
-    src = np.ravel_multi_index(tuple(i + 1 for i in np.nonzero(ring)), lab.shape)
-    return src[np.lexsort((dist.ravel()[src], lev.ravel()[src]))]
+    src = _padded_positions(ring[reached], shape)
+    lab.reshape(-1)[src], lev.reshape(-1)[src], dist.reshape(-1)[src] = nl[reached], nv[reached], nd[reached]
+    fixed.reshape(-1)[src] = 1
+    return src[np.lexsort((dist.reshape(-1)[src], lev.reshape(-1)[src]))]
 
 
 def keyed_flood(
@@ -301,7 +290,8 @@ def keyed_flood(
         Voxels that may be labelled.
     shell : (labels, level, dist), optional
         Values of the voxels just outside the region, as arrays of the region's shape plus one
-        voxel on each side (only the six face layers are read; label 0 or level 256 = none).
+        voxel on each side (only the six face layers are read; label 0 or level 256 = none), or
+        as those positions alone (1-D, in :func:`shell_positions` order), as :func:`keyed_update`.
 
     Returns
     -------
@@ -374,6 +364,15 @@ def _ring_index(shape: tuple[int, int, int]) -> np.ndarray:
     return np.flatnonzero(_ring(shape))
 
 
+def _padded_positions(ring: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Flat indices, in a region's padded arrays (``shape + 4``), of shell positions given as flat
+    indices in the box of ``shape + 2`` (:func:`shell_positions`)."""
+    want, pshape = tuple(n + 2 for n in shape), tuple(n + 4 for n in shape)
+    z, r = np.divmod(ring, want[1] * want[2])
+    y, x = np.divmod(r, want[2])
+    return ((z + 1) * pshape[1] + (y + 1)) * pshape[2] + (x + 1)
+
+
 def shell_positions(shape: Sequence[int]) -> np.ndarray:
     """Flat indices, in a box of ``shape + 2`` (C order), of the shell of a region of ``shape``:
     the voxels sharing a face with the region (its six face layers, edges and corners of the box
@@ -431,9 +430,7 @@ def keyed_update(state, shell, with_labels: bool = True, return_shell: bool = Fa
     want = tuple(n + 2 for n in shape)
     ring = _ring_index(shape)  # positions in the (shape + 2) box; in the padded state: + offset
     nl, nv, nd = _ring_values(shell, want, ring)
-    z, r = np.divmod(ring, want[1] * want[2])
-    y, x = np.divmod(r, want[2])
-    pidx = ((z + 1) * pshape[1] + (y + 1)) * pshape[2] + (x + 1)
+    pidx = _padded_positions(ring, shape)
     fl, fv, fd = lab.reshape(-1), lev.reshape(-1), dist.reshape(-1)
     ol, ov, od = fl[pidx], fv[pidx], fd[pidx]
     new = (nl != 0) & (nv < UNREACHED)
